@@ -1,0 +1,59 @@
+# The verbs. Every target works on a fresh machine: `make run` needs only cargo;
+# `make test` installs what the tests need (apt, pip venv, npm) via deploy/scripts/setup-test-env.sh.
+SHELL := /bin/bash
+CARGO ?= cargo
+REGISTRY ?= 127.0.0.1:5000
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all build run test test-rust chart-test lint fmt bench images push image-test setup clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+## The main job on the embedded default: local executor + embedded broker, the sample
+## jobs in deploy/examples/, each job's result printed; exits 0 when all behaved as expected.
+run: build
+	./target/debug/job-manager demo --examples deploy/examples
+
+## Everything CI runs.
+test: setup test-rust chart-test
+
+setup:
+	deploy/scripts/setup-test-env.sh
+
+test-rust:
+	$(CARGO) build --workspace --all-targets
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+	$(CARGO) test --workspace --doc
+
+chart-test:
+	deploy/scripts/chart-test.sh
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	integration-tests/bench/run.sh
+
+images:
+	deploy/scripts/images.sh build
+
+push:
+	deploy/scripts/images.sh push $(REGISTRY)
+
+## Build, push to a loopback registry, pull back, inspect and smoke-run the images.
+image-test:
+	deploy/scripts/images.sh test
+
+clean:
+	$(CARGO) clean

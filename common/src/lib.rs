@@ -1,0 +1,19 @@
+//! The protocol crate shared by `job-manager` and `sidecar`.
+//!
+//! Everything two processes must agree on lives here and nowhere else: the broker
+//! wire types and paths ([`broker`]), the job and result types ([`job`]), header names
+//! ([`headers`]), the runtime-facing local API and hand-off layout ([`runtime_api`]),
+//! single-use job tokens ([`token`]), constant-time secret comparison ([`secret`]) and
+//! retry backoff ([`backoff`]). No I/O lives here.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod backoff;
+pub mod broker;
+pub mod headers;
+pub mod job;
+pub mod runtime_api;
+pub mod secret;
+pub mod token;
+
+pub use job::{Job, JobId, JobResult, Outcome, WorkloadKind};

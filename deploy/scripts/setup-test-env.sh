@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything `make test` needs beyond cargo: real HTTP clients for the proxy
+# tests (curl, Python requests, Node undici, headless Chromium) and real Helm +
+# Kubernetes schema validation for the chart tests. Idempotent; fast when done.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v node >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Python: one venv for the client tests and the chart tests.
+venv="$root/.venv"
+reqs="$root/deploy/scripts/requirements-test.txt"
+stamp="$venv/.installed-$(sha256sum "$reqs" | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$reqs"
+  touch "$stamp"
+fi
+
+# Node: undici for the ProxyAgent client test.
+nodedir="$root/integration-tests/clients/node"
+if [ -f "$nodedir/package.json" ] && [ ! -d "$nodedir/node_modules" ]; then
+  (cd "$nodedir" && npm ci --silent --no-audit --no-fund)
+fi
+echo "setup: ok"
