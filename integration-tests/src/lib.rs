@@ -1,3 +1,5 @@
+//! Test support: Kubernetes API emulator (`emulator`), process kubelet, test runtime.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
-//! Test support: Kubernetes API emulator, process kubelet, test runtime.
+
+pub mod emulator;

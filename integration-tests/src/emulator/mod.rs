@@ -1,0 +1,1 @@
+//! An emulator of the Kubernetes API for the end-to-end tests.

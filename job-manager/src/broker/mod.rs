@@ -1,0 +1,67 @@
+//! The broker boundary. [`BrokerApi`] is what the dispatcher and the result delivery
+//! loop need; the HTTP client implements it against any v1 broker (remote, or the
+//! embedded one served on loopback), and tests may implement it in memory.
+use common::broker::{AckRequest, PollRequest, PollResponse, QueueStats, ReleaseRequest};
+use common::{JobId, JobResult};
+use std::future::Future;
+
+/// What the broker said to a result submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// Stored (first time, or an identical repeat: submissions are idempotent).
+    Accepted,
+    /// The broker already holds a *different* result for this job (409). Final: the
+    /// job has its one outcome; ours is dropped and logged.
+    Conflict,
+}
+
+/// Why a broker call failed. `retryable()` decides whether callers back off and retry.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unreachable: {0}")]
+    Unreachable(String),
+    #[error("broker timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("broker answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("broker answered with an unreadable body: {0}")]
+    BadResponse(String),
+    #[error("broker refused the location key (401)")]
+    Unauthorized,
+    #[error("unknown job (404)")]
+    NotFound,
+    #[error("the job's lease was lost or it was re-delivered (409)")]
+    LeaseLost,
+}
+
+impl BrokerError {
+    pub fn retryable(&self) -> bool {
+        match self {
+            BrokerError::Unreachable(_) | BrokerError::Timeout(_) | BrokerError::BadResponse(_) => true,
+            BrokerError::Status { status, .. } => *status >= 500 || *status == 429,
+            BrokerError::Unauthorized | BrokerError::NotFound | BrokerError::LeaseLost => false,
+        }
+    }
+
+    /// Stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BrokerError::Unreachable(_) => "unreachable",
+            BrokerError::Timeout(_) => "timeout",
+            BrokerError::Status { .. } => "status",
+            BrokerError::BadResponse(_) => "bad_response",
+            BrokerError::Unauthorized => "unauthorized",
+            BrokerError::NotFound => "not_found",
+            BrokerError::LeaseLost => "lease_lost",
+        }
+    }
+}
+
+/// The broker API v1 as the job manager uses it (see `common::broker`).
+pub trait BrokerApi: Send + Sync + 'static {
+    fn poll(&self, req: &PollRequest) -> impl Future<Output = Result<PollResponse, BrokerError>> + Send;
+    fn ack(&self, id: &JobId, req: &AckRequest) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    fn release(&self, id: &JobId, req: &ReleaseRequest) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    fn submit_result(&self, result: &JobResult) -> impl Future<Output = Result<SubmitOutcome, BrokerError>> + Send;
+    fn queue_stats(&self) -> impl Future<Output = Result<QueueStats, BrokerError>> + Send;
+}

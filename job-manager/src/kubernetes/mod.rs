@@ -1,0 +1,1 @@
+//! The Kubernetes executor: translation (job -> objects), job records, leases, pruning.

@@ -1,0 +1,35 @@
+//! The durable result store. The result API and the executors record results here;
+//! the delivery loop hands pending ones to the broker. The local executor backs it with
+//! files in its state directory, the Kubernetes executor with job records (custom
+//! resources updated with resourceVersion preconditions), so a result survives the
+//! replica that received it.
+use common::{JobId, JobResult};
+use std::future::Future;
+
+/// What recording a result did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// First result for the job: stored, pending delivery. The job token is consumed.
+    Accepted,
+    /// The same result was already recorded (a retried submission): nothing changed.
+    Duplicate,
+    /// A different result was already recorded: refused (the API answers 409).
+    Conflict,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("result store unavailable: {0}")]
+    Unavailable(String),
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+}
+
+pub trait ResultStore: Send + Sync + 'static {
+    /// Atomically record the first result for a job (first writer wins, across replicas).
+    fn record(&self, result: &JobResult) -> impl Future<Output = Result<Recorded, StoreError>> + Send;
+    /// Results recorded but not yet accepted by the broker.
+    fn pending(&self) -> impl Future<Output = Result<Vec<JobResult>, StoreError>> + Send;
+    /// The broker accepted (or conclusively refused) the result: stop retrying it.
+    fn mark_delivered(&self, id: &JobId) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
