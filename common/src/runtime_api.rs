@@ -92,6 +92,23 @@ pub mod sidecar_env {
     pub const RESULT_DEADLINE_SECS: &str = "SIDECAR_RESULT_DEADLINE_SECS";
     /// Seconds SIGTERM waits for in-flight results (default 30).
     pub const SHUTDOWN_GRACE_SECS: &str = "SIDECAR_SHUTDOWN_GRACE_SECS";
+    /// When set, the sidecar writes a [`super::ReadyFile`] there (atomically) once it
+    /// serves; lets a supervisor use `--listen 127.0.0.1:0` and learn the bound ports.
+    pub const READY_FILE: &str = "SIDECAR_READY_FILE";
+    /// Job id for log lines (ephemeral jobs also read it from the job file).
+    pub const JOB_ID: &str = "SIDECAR_JOB_ID";
+}
+
+/// Written by the sidecar to `SIDECAR_READY_FILE` once all its listeners serve.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyFile {
+    /// Proxy + local API address actually bound.
+    pub listen: std::net::SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<std::net::SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<std::net::SocketAddr>,
+    pub pid: u32,
 }
 
 /// What the runtime gets from `GET /v1/job`: the job without anything secret.

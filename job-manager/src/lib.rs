@@ -13,6 +13,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod broker;
+pub mod config;
 pub mod executor;
 pub mod kubernetes;
 pub mod results;

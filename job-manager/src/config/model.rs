@@ -1,0 +1,371 @@
+//! The job manager's settings as plain data: what the config file (YAML), `JM_*`
+//! environment variables and flags fill in (see `common/CONTRACTS.md`). Loading,
+//! precedence and validation live beside this file; this one only says what exists
+//! and its default. Kubernetes-shaped fields use k8s-openapi types, so a malformed
+//! toleration or resource quantity fails when the file is read.
+use k8s_openapi::api::core::v1 as core;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    // --- seed 000 `jobManager.*` / `global.*` ---
+    pub location_key: String,
+    pub broker_api_endpoint: String,
+    /// Seconds a job may run, 1..=900.
+    pub check_timeout: u32,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub vse_passphrase: String,
+    pub api_proxy_host: String,
+    pub api_proxy_port: u16,
+    pub broker_api_proxy_self_signed_cert: bool,
+    pub broker_api_proxy_username: String,
+    pub broker_api_proxy_pw: String,
+    /// Meaningless here (no JVM); accepted with a warning.
+    pub jvm_opts: String,
+    pub network_health_check_disabled: bool,
+    pub user_defined_variables: UserDefinedVariables,
+    pub hostname_override: String,
+    pub internal_api_key: String,
+    pub token_signing_key: String,
+    // --- this project ---
+    pub listen: String,
+    pub executor: ExecutorKind,
+    pub namespace: String,
+    pub poll: PollSettings,
+    pub shutdown_grace_secs: u32,
+    /// Local executor: where job directories and the durable result store live.
+    pub state_dir: String,
+    pub runtimes: Vec<RuntimeConfig>,
+    pub sidecar: SidecarSettings,
+    pub kubernetes: KubernetesSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            location_key: String::new(),
+            broker_api_endpoint: "https://compute-broker.nr-data.net".into(),
+            check_timeout: 180,
+            log_level: "INFO".into(),
+            log_format: LogFormat::Text,
+            vse_passphrase: String::new(),
+            api_proxy_host: String::new(),
+            api_proxy_port: 0,
+            broker_api_proxy_self_signed_cert: false,
+            broker_api_proxy_username: String::new(),
+            broker_api_proxy_pw: String::new(),
+            jvm_opts: String::new(),
+            network_health_check_disabled: false,
+            user_defined_variables: UserDefinedVariables::default(),
+            hostname_override: "job-manager".into(),
+            internal_api_key: String::new(),
+            token_signing_key: String::new(),
+            listen: "0.0.0.0:8080".into(),
+            executor: ExecutorKind::Local,
+            namespace: String::new(),
+            poll: PollSettings::default(),
+            shutdown_grace_secs: 30,
+            state_dir: String::new(),
+            runtimes: Vec::new(),
+            sidecar: SidecarSettings::default(),
+            kubernetes: KubernetesSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    #[default]
+    Local,
+    Kubernetes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct UserDefinedVariables {
+    pub user_defined_json: String,
+    pub user_defined_file: String,
+    pub user_defined_path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PollSettings {
+    pub interval_ms: u64,
+    pub batch_size: u32,
+}
+
+impl Default for PollSettings {
+    fn default() -> Self {
+        Self { interval_ms: 1000, batch_size: 10 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ImageSettings {
+    pub repository: String,
+    pub tag: String,
+    pub pull_policy: String,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        Self { repository: String::new(), tag: "latest".into(), pull_policy: "IfNotPresent".into() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    #[default]
+    Ephemeral,
+    Persistent,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub name: String,
+    pub enabled: bool,
+    pub workload: Workload,
+    /// Max concurrent jobs of this type per replica (and the Job's parallelism).
+    pub parallelism: u32,
+    pub completions: u32,
+    pub image: ImageSettings,
+    pub image_pull_secrets: Vec<core::LocalObjectReference>,
+    pub resources: Option<core::ResourceRequirements>,
+    /// Local executor: the runtime's argv (`{bin}` expands to the job manager's directory).
+    pub command: Vec<String>,
+    /// Persistent workloads: HPA bounds and the runtime's loopback port.
+    pub replicas: ReplicaBounds,
+    pub port: u16,
+    pub extra_env: BTreeMap<String, String>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            enabled: true,
+            workload: Workload::Ephemeral,
+            parallelism: 1,
+            completions: 6,
+            image: ImageSettings::default(),
+            image_pull_secrets: Vec::new(),
+            resources: None,
+            command: Vec::new(),
+            replicas: ReplicaBounds::default(),
+            port: 8081,
+            extra_env: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ReplicaBounds {
+    pub min: u32,
+    pub max: u32,
+    pub target_cpu_utilization: u32,
+    pub target_memory_utilization: u32,
+}
+
+impl Default for ReplicaBounds {
+    fn default() -> Self {
+        Self { min: 1, max: 5, target_cpu_utilization: 70, target_memory_utilization: 80 }
+    }
+}
+
+/// How runtimes' sidecars are configured (policy is passed as `SIDECAR_*` env).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SidecarSettings {
+    pub enabled: bool,
+    pub image: ImageSettings,
+    pub resources: Option<core::ResourceRequirements>,
+    /// Local executor: path of the sidecar binary (default: beside the job manager).
+    pub binary: String,
+    pub allow_cidrs: Vec<String>,
+    pub deny_cidrs: Vec<String>,
+    pub allow_hosts: Vec<String>,
+    pub deny_hosts: Vec<String>,
+    pub deny_private: bool,
+    pub report_only: bool,
+    pub api_server_addresses: Vec<String>,
+    pub upstream_proxy: String,
+    pub no_proxy: Vec<String>,
+    /// Port of the proxy + local API inside the pod.
+    pub port: u16,
+    pub admin_port: u16,
+    pub ingress_port: u16,
+}
+
+impl Default for SidecarSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            image: ImageSettings { repository: "newrelic/serverless-sidecar".into(), ..ImageSettings::default() },
+            resources: None,
+            binary: String::new(),
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            allow_hosts: Vec::new(),
+            deny_hosts: Vec::new(),
+            deny_private: false,
+            report_only: false,
+            api_server_addresses: Vec::new(),
+            upstream_proxy: String::new(),
+            no_proxy: Vec::new(),
+            port: 3128,
+            admin_port: 9901,
+            ingress_port: 8443,
+        }
+    }
+}
+
+/// Seed 001 values that shape runtime pods (input of the Kubernetes translation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KubernetesSettings {
+    pub image_registry: String,
+    pub image_pull_secrets: Vec<core::LocalObjectReference>,
+    pub pod_annotations: BTreeMap<String, String>,
+    pub pod_labels: BTreeMap<String, String>,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<core::Toleration>,
+    pub affinity: Option<core::Affinity>,
+    pub pod_security_context: Option<core::PodSecurityContext>,
+    /// Sidecar container (read-only root filesystem).
+    pub security_context: Option<core::SecurityContext>,
+    /// Runtime container (root filesystem writable by default: browsers need /tmp).
+    pub runtime_security_context: Option<core::SecurityContext>,
+    pub termination_grace_period_seconds: i64,
+    pub job: JobSettings,
+    pub persistence: PersistenceSettings,
+    pub custom_node_modules_path: String,
+    pub extra_volumes: Vec<core::Volume>,
+    pub extra_volume_mounts: Vec<core::VolumeMount>,
+    pub sidecars: Vec<core::Container>,
+    pub extra_env: BTreeMap<String, String>,
+    pub network_policy: Toggle,
+    pub restrict_metadata_service: bool,
+    /// Secret (key `internalApiKey`) the sidecar's env refers to.
+    pub internal_api_key_secret_name: String,
+    /// Service account runtime pods run as (no token is mounted either way).
+    pub runtime_service_account: String,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        Self {
+            image_registry: String::new(),
+            image_pull_secrets: Vec::new(),
+            pod_annotations: BTreeMap::new(),
+            pod_labels: BTreeMap::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            pod_security_context: None,
+            security_context: None,
+            runtime_security_context: None,
+            termination_grace_period_seconds: 30,
+            job: JobSettings::default(),
+            persistence: PersistenceSettings::default(),
+            custom_node_modules_path: String::new(),
+            extra_volumes: Vec::new(),
+            extra_volume_mounts: Vec::new(),
+            sidecars: Vec::new(),
+            extra_env: BTreeMap::new(),
+            network_policy: Toggle { enabled: true },
+            restrict_metadata_service: true,
+            internal_api_key_secret_name: String::new(),
+            runtime_service_account: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Toggle {
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct JobSettings {
+    pub backoff_limit: i32,
+    pub ttl_seconds_after_finished: i32,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self { backoff_limit: 0, ttl_seconds_after_finished: 60 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PersistenceSettings {
+    /// Use this PVC for the shared data volume; empty means an emptyDir.
+    pub existing_claim_name: String,
+    pub empty_dir_size_limit: String,
+    pub mount_path: String,
+    pub sub_path: String,
+}
+
+impl Default for PersistenceSettings {
+    fn default() -> Self {
+        Self {
+            existing_claim_name: String::new(),
+            empty_dir_size_limit: "2Gi".into(),
+            mount_path: "/data".into(),
+            sub_path: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c: Config = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.check_timeout, 180);
+        assert_eq!(c.hostname_override, "job-manager");
+    }
+
+    #[test]
+    fn unknown_key_named() {
+        let err = serde_yaml::from_str::<Config>("checkTimeOut: 5").unwrap_err().to_string();
+        assert!(err.contains("unknown field `checkTimeOut`"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_fields_are_typed() {
+        let err = serde_yaml::from_str::<Config>("kubernetes: {tolerations: [{effect: 3, key: [1]}]}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kubernetes"), "{err}");
+        let c: Config = serde_yaml::from_str(
+            "runtimes: [{name: rt, resources: {limits: {cpu: '1', memory: 1Gi}}}]\nkubernetes: {persistence: {existingClaimName: data}}",
+        )
+        .unwrap();
+        assert_eq!(c.runtimes[0].parallelism, 1);
+        assert_eq!(c.kubernetes.persistence.existing_claim_name, "data");
+    }
+}
