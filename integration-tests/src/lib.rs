@@ -2,4 +2,5 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod bins;
 pub mod emulator;
