@@ -1,6 +1,8 @@
 //! The broker boundary. [`BrokerApi`] is what the dispatcher and the result delivery
 //! loop need; the HTTP client implements it against any v1 broker (remote, or the
 //! embedded one served on loopback), and tests may implement it in memory.
+pub mod embedded;
+
 use common::broker::{AckRequest, PollRequest, PollResponse, QueueStats, ReleaseRequest};
 use common::{JobId, JobResult};
 use std::future::Future;

@@ -1,0 +1,296 @@
+//! The embedded broker's queue as a pure state machine: every operation takes the current
+//! instant, so tests drive visibility timeouts with a fake clock and no sleeping.
+//!
+//! Life of a job:
+//! ```text
+//! submit -> Waiting --poll--> Leased{attempt, until} --ack--> Acked{attempt} --result--> Done
+//!              ^                  |  lease expires (not acked)      |
+//!              +------------------+  or release                     |
+//!              +-----------------------------------release----------+
+//! ```
+//! An acked job is never re-delivered by timeout: the consumer holds a runtime for it and
+//! owes the broker exactly one outcome (a result or a release). A result is accepted in any
+//! state (a fast runtime's result can arrive before the ack call returns) and is final.
+use common::broker::{PollRequest, QueueStats};
+use common::{Job, JobId, JobResult};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueueError {
+    #[error("unknown job {0}")]
+    NotFound(JobId),
+    #[error("job {id}: attempt {presented} is not the current lease ({current})")]
+    LeaseLost { id: JobId, presented: u32, current: String },
+    #[error("job {0} already has a different result")]
+    ResultConflict(JobId),
+    #[error("job {0} was submitted before")]
+    Duplicate(JobId),
+}
+
+impl QueueError {
+    /// Stable label, used as the `error` field of the HTTP [`common::broker::ErrorBody`].
+    pub fn label(&self) -> &'static str {
+        match self {
+            QueueError::NotFound(_) => "not_found",
+            QueueError::LeaseLost { .. } => "lease_lost",
+            QueueError::ResultConflict(_) => "conflict",
+            QueueError::Duplicate(_) => "duplicate",
+        }
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Waiting,
+    Leased { consumer: String, attempt: u32, until: Instant },
+    Acked { consumer: String, attempt: u32 },
+    Done,
+}
+
+/// Per-job counters, so tests can assert "delivered once, exactly one outcome".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobCounters {
+    /// Times the job was handed out by a poll (first delivery and re-deliveries).
+    pub deliveries: u32,
+    /// Lease expiries that made the job visible again without an ack.
+    pub redeliveries_by_timeout: u32,
+    pub acks: u32,
+    pub releases: u32,
+    /// Result submissions the broker accepted (the first one plus identical repeats).
+    pub results_accepted: u32,
+    /// Result submissions refused because a different result was already stored.
+    pub results_conflicting: u32,
+}
+
+#[derive(Debug)]
+struct Entry {
+    job: Job,
+    submitted_at: Instant,
+    state: JobState,
+    result: Option<JobResult>,
+    counters: JobCounters,
+    /// Set when a lease ran out unacked and nobody has taken the job since: a late ack of
+    /// that attempt is still honoured.
+    expired_attempt: Option<u32>,
+}
+
+/// The queue. Not thread-safe by itself: [`super::EmbeddedBroker`] wraps it in a mutex.
+#[derive(Debug)]
+pub struct BrokerQueue {
+    visibility_timeout: Duration,
+    entries: BTreeMap<JobId, Entry>,
+    /// Waiting jobs in delivery order (released jobs go to the front).
+    waiting: VecDeque<JobId>,
+    /// Leased jobs and their lease expiry, scanned to re-queue expired leases.
+    leases: BTreeMap<JobId, Instant>,
+}
+
+impl BrokerQueue {
+    pub fn new(visibility_timeout: Duration) -> Self {
+        Self { visibility_timeout, entries: BTreeMap::new(), waiting: VecDeque::new(), leases: BTreeMap::new() }
+    }
+
+    pub fn visibility_timeout(&self) -> Duration {
+        self.visibility_timeout
+    }
+
+    /// Queue a new job. The broker owns `attempt`: it starts at 0 deliveries.
+    pub fn submit(&mut self, job: Job, now: Instant) -> Result<(), QueueError> {
+        if self.entries.contains_key(&job.id) {
+            return Err(QueueError::Duplicate(job.id));
+        }
+        self.waiting.push_back(job.id.clone());
+        self.entries.insert(
+            job.id.clone(),
+            Entry {
+                job,
+                submitted_at: now,
+                state: JobState::Waiting,
+                result: None,
+                counters: JobCounters::default(),
+                expired_attempt: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Make jobs whose lease ran out without an ack visible again (at the front: they
+    /// have waited longest).
+    fn expire_leases(&mut self, now: Instant) {
+        let expired: Vec<JobId> =
+            self.leases.iter().filter(|(_, until)| **until <= now).map(|(id, _)| id.clone()).collect();
+        for id in expired.into_iter().rev() {
+            self.leases.remove(&id);
+            if let Some(e) = self.entries.get_mut(&id) {
+                if let JobState::Leased { attempt, .. } = e.state {
+                    e.expired_attempt = Some(attempt);
+                    e.state = JobState::Waiting;
+                    e.counters.redeliveries_by_timeout += 1;
+                    self.waiting.push_front(id);
+                }
+            }
+        }
+    }
+
+    /// Lease up to `max` waiting jobs per demanded runtime type, oldest first. Each
+    /// returned job carries its attempt number (1 on first delivery).
+    pub fn poll(&mut self, req: &PollRequest, now: Instant) -> Vec<Job> {
+        self.expire_leases(now);
+        let mut out = Vec::new();
+        for demand in &req.demands {
+            let mut taken = 0u32;
+            let mut i = 0;
+            while taken < demand.max && i < self.waiting.len() {
+                let id = &self.waiting[i];
+                let matches = self.entries.get(id).is_some_and(|e| e.job.runtime_type == demand.runtime_type);
+                if !matches {
+                    i += 1;
+                    continue;
+                }
+                let id = self.waiting.remove(i).expect("index checked");
+                let entry = self.entries.get_mut(&id).expect("waiting ids have entries");
+                entry.counters.deliveries += 1;
+                entry.expired_attempt = None;
+                let attempt = entry.counters.deliveries;
+                let until = now + self.visibility_timeout;
+                entry.state = JobState::Leased { consumer: req.consumer.clone(), attempt, until };
+                self.leases.insert(id, until);
+                let mut job = entry.job.clone();
+                job.attempt = attempt;
+                out.push(job);
+                taken += 1;
+            }
+        }
+        out
+    }
+
+    fn current_attempt(e: &Entry) -> Option<u32> {
+        match &e.state {
+            JobState::Leased { attempt, .. } | JobState::Acked { attempt, .. } => Some(*attempt),
+            JobState::Waiting | JobState::Done => None,
+        }
+    }
+
+    fn lease_lost(id: &JobId, presented: u32, e: &Entry) -> QueueError {
+        let current = match &e.state {
+            JobState::Waiting => "waiting".to_string(),
+            JobState::Done => "done".to_string(),
+            JobState::Leased { attempt, .. } => format!("leased, attempt {attempt}"),
+            JobState::Acked { attempt, .. } => format!("acked, attempt {attempt}"),
+        };
+        QueueError::LeaseLost { id: id.clone(), presented, current }
+    }
+
+    /// The consumer handed the job to a runtime. Acking the current attempt again is a
+    /// no-op; acking after the job's result arrived is accepted (the result raced the ack).
+    pub fn ack(&mut self, id: &JobId, consumer: &str, attempt: u32, now: Instant) -> Result<(), QueueError> {
+        self.expire_leases(now);
+        let e = self.entries.get_mut(id).ok_or_else(|| QueueError::NotFound(id.clone()))?;
+        match &e.state {
+            JobState::Leased { attempt: a, .. } | JobState::Acked { attempt: a, .. } if *a == attempt => {
+                if matches!(e.state, JobState::Leased { .. }) {
+                    e.counters.acks += 1;
+                }
+                e.state = JobState::Acked { consumer: consumer.to_string(), attempt };
+                self.leases.remove(id);
+                Ok(())
+            }
+            JobState::Done if e.counters.deliveries == attempt => Ok(()),
+            // The lease expired but nobody took the job since: the consumer did start it,
+            // so taking it back out of the queue avoids a second run.
+            JobState::Waiting if e.expired_attempt == Some(attempt) => {
+                self.waiting.retain(|w| w != id);
+                e.expired_attempt = None;
+                e.counters.acks += 1;
+                e.state = JobState::Acked { consumer: consumer.to_string(), attempt };
+                Ok(())
+            }
+            _ => Err(Self::lease_lost(id, attempt, e)),
+        }
+    }
+
+    /// The consumer could not hand the job off: make it visible again at once.
+    pub fn release(&mut self, id: &JobId, attempt: u32, now: Instant) -> Result<(), QueueError> {
+        self.expire_leases(now);
+        let e = self.entries.get_mut(id).ok_or_else(|| QueueError::NotFound(id.clone()))?;
+        if Self::current_attempt(e) != Some(attempt) {
+            return Err(Self::lease_lost(id, attempt, e));
+        }
+        e.state = JobState::Waiting;
+        e.expired_attempt = None;
+        e.counters.releases += 1;
+        self.leases.remove(id);
+        self.waiting.push_front(id.clone());
+        Ok(())
+    }
+
+    /// Store a job's result. Idempotent: an identical repeat is accepted, a different one
+    /// is a conflict. The result is final: the job leaves the queue.
+    pub fn submit_result(&mut self, result: JobResult, now: Instant) -> Result<(), QueueError> {
+        self.expire_leases(now);
+        let id = result.job_id.clone();
+        let e = self.entries.get_mut(&id).ok_or_else(|| QueueError::NotFound(id.clone()))?;
+        if let Some(stored) = &e.result {
+            if stored.same_as(&result) {
+                e.counters.results_accepted += 1;
+                return Ok(());
+            }
+            e.counters.results_conflicting += 1;
+            return Err(QueueError::ResultConflict(id));
+        }
+        if matches!(e.state, JobState::Waiting) {
+            self.waiting.retain(|w| *w != id);
+        }
+        self.leases.remove(&id);
+        e.state = JobState::Done;
+        e.result = Some(result);
+        e.counters.results_accepted += 1;
+        Ok(())
+    }
+
+    pub fn stats(&mut self, now: Instant) -> QueueStats {
+        self.expire_leases(now);
+        let mut depth_by_runtime = BTreeMap::new();
+        let mut oldest: Option<Instant> = None;
+        for id in &self.waiting {
+            let e = &self.entries[id];
+            *depth_by_runtime.entry(e.job.runtime_type.clone()).or_insert(0u64) += 1;
+            oldest = Some(oldest.map_or(e.submitted_at, |o| o.min(e.submitted_at)));
+        }
+        QueueStats {
+            depth: self.waiting.len() as u64,
+            depth_by_runtime,
+            oldest_age_secs: oldest.map_or(0.0, |o| now.saturating_duration_since(o).as_secs_f64()),
+        }
+    }
+
+    pub fn result(&self, id: &JobId) -> Option<JobResult> {
+        self.entries.get(id).and_then(|e| e.result.clone())
+    }
+
+    pub fn results(&self) -> BTreeMap<JobId, JobResult> {
+        self.entries.iter().filter_map(|(id, e)| e.result.clone().map(|r| (id.clone(), r))).collect()
+    }
+
+    pub fn state(&self, id: &JobId) -> Option<JobState> {
+        self.entries.get(id).map(|e| e.state.clone())
+    }
+
+    pub fn counters(&self, id: &JobId) -> Option<JobCounters> {
+        self.entries.get(id).map(|e| e.counters.clone())
+    }
+
+    pub fn all_counters(&self) -> BTreeMap<JobId, JobCounters> {
+        self.entries.iter().map(|(id, e)| (id.clone(), e.counters.clone())).collect()
+    }
+
+    pub fn job_ids(&self) -> Vec<JobId> {
+        self.entries.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod tests;
