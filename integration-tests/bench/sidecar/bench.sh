@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# Sidecar benchmark section (issue 2 "Performance"). Prints a markdown report on stdout;
+# progress and raw tool output go to stderr and $work/raw.log.
+#
+#   1. HTTP forward proxying: wrk, absolute-URI Lua script, 50 connections, keep-alive,
+#      through sidecar / squid / tinyproxy and direct, all to one nginx origin on loopback
+#      serving a small file. Rounds are interleaved so every peer sees the same noise;
+#      the report uses per-peer medians and the ratios come from the same run.
+#   2. CONNECT tunnel throughput: curl --proxytunnel downloading a 1 GiB (sparse) file
+#      from the origin, through the sidecar (and squid) vs direct.
+#   3. RSS (VmRSS): idle after start, and with 1,000 open tunnels each proven by a GET.
+#   4. Exec to ready: spawn to the first `/readyz` 200.
+#
+# Peers run from temporary configs on free loopback ports in a temp dir; no system
+# service is touched. Tools are installed via apt when missing (idempotent).
+#
+# Knobs: SIDECAR_BIN (default target/release/sidecar, built here), BENCH_ROUNDS (3),
+# BENCH_DURATION (10s), BENCH_CONNECTIONS (50), BENCH_THREADS (2), BENCH_TUNNELS (1000),
+# BENCH_EXEC_ITERATIONS (30), BENCH_TUNNEL_MIB (1024).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../../.." && pwd)"
+rounds="${BENCH_ROUNDS:-3}"
+duration="${BENCH_DURATION:-10s}"
+conns="${BENCH_CONNECTIONS:-50}"
+threads="${BENCH_THREADS:-2}"
+ntunnels="${BENCH_TUNNELS:-1000}"
+exec_iters="${BENCH_EXEC_ITERATIONS:-30}"
+tunnel_mib="${BENCH_TUNNEL_MIB:-1024}"
+
+log() { echo "bench/sidecar: $*" >&2; }
+
+# --- tools -------------------------------------------------------------------------------
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)
+command -v tinyproxy >/dev/null || need+=(tinyproxy)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  log "apt-get install ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  # policy-rc.d / no systemd: the packages' own services are not started here, and we
+  # never start them; every peer below runs from a temp config.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+sidecar_bin="${SIDECAR_BIN:-$root/target/release/sidecar}"
+if [ -z "${SIDECAR_BIN:-}" ]; then
+  log "cargo build --release -p sidecar"
+  (cd "$root" && cargo build --release -p sidecar --bins >&2)
+fi
+[ -x "$sidecar_bin" ] || { log "no sidecar binary at $sidecar_bin"; exit 1; }
+
+# --- workspace and cleanup ---------------------------------------------------------------
+work="$(mktemp -d /tmp/bench-sidecar.XXXXXX)"
+chmod 755 "$work"   # nginx workers and squid drop privileges and must read it
+raw="$work/raw.log"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "${BENCH_KEEP:-}" ]; then log "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() { # port, name, pid: wait until something accepts on 127.0.0.1:port
+  local port=$1 name=$2 pid=$3 i
+  for i in $(seq 1 500); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || { log "$name exited before listening"; return 1; }
+    sleep 0.02
+  done
+  log "$name not listening on $port after 10 s"; return 1
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# Every process here gets room for the 1,000-tunnel test (2 fds per tunnel in a proxy).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+# --- origin: nginx on loopback -----------------------------------------------------------
+origin_port=$(free_port)
+mkdir -p "$work/www" "$work/nginx-tmp"
+head -c 1024 /dev/zero | tr '\0' 'a' > "$work/www/small.txt"
+truncate -s "${tunnel_mib}M" "$work/www/big.bin"
+cat > "$work/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx-tmp/body;
+  proxy_temp_path $work/nginx-tmp/proxy;
+  fastcgi_temp_path $work/nginx-tmp/fastcgi;
+  uwsgi_temp_path $work/nginx-tmp/uwsgi;
+  scgi_temp_path $work/nginx-tmp/scgi;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  default_type application/octet-stream;
+  server { listen 127.0.0.1:$origin_port; root $work/www; }
+}
+EOF
+nginx -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" &
+pids+=($!)
+wait_port "$origin_port" nginx "$!"
+log "origin nginx on 127.0.0.1:$origin_port"
+
+# --- sidecar -----------------------------------------------------------------------------
+start_sidecar() { # port -> pid in $sidecar_pid
+  # Log level warn: the peers below log nothing per request either.
+  SIDECAR_LOG_LEVEL=warn "$sidecar_bin" --listen "127.0.0.1:$1" --allow-cidr 127.0.0.1/32 \
+    >>"$work/sidecar.log" 2>&1 &
+  sidecar_pid=$!
+  pids+=($sidecar_pid)
+  wait_port "$1" sidecar "$sidecar_pid"
+}
+sidecar_port=$(free_port)
+start_sidecar "$sidecar_port"
+main_sidecar_pid=$sidecar_pid
+log "sidecar on 127.0.0.1:$sidecar_port"
+
+# --- squid -------------------------------------------------------------------------------
+squid_port=$(free_port)
+mkdir -p "$work/squid"; chmod 777 "$work/squid"
+cat > "$work/squid.conf" <<EOF
+http_port 127.0.0.1:$squid_port
+http_access allow all
+# No caching: every request goes to the origin, as through the sidecar.
+cache deny all
+cache_mem 0 MB
+access_log none
+cache_log $work/squid/cache.log
+pid_filename none
+coredump_dir $work/squid
+shutdown_lifetime 0 seconds
+max_filedescriptors 65536
+EOF
+squid -N -f "$work/squid.conf" >>"$work/squid/stdout.log" 2>&1 &
+pids+=($!)
+squid_pid=$!
+wait_port "$squid_port" squid "$squid_pid"
+log "squid on 127.0.0.1:$squid_port"
+
+# --- tinyproxy ---------------------------------------------------------------------------
+tiny_port=$(free_port)
+cat > "$work/tinyproxy.conf" <<EOF
+User nobody
+Group nogroup
+Port $tiny_port
+Listen 127.0.0.1
+Timeout 600
+MaxClients 1024
+LogLevel Critical
+PidFile "$work/tinyproxy.pid"
+Allow 127.0.0.1
+DisableViaHeader Yes
+EOF
+tinyproxy -d -c "$work/tinyproxy.conf" >>"$work/tinyproxy.log" 2>&1 &
+pids+=($!)
+tiny_pid=$!
+wait_port "$tiny_port" tinyproxy "$tiny_pid"
+log "tinyproxy on 127.0.0.1:$tiny_port"
+
+# Sanity: each path serves the file before anything is measured.
+target="http://127.0.0.1:$origin_port/small.txt"
+curl -sf -o /dev/null "$target" || { log "origin does not serve $target"; exit 1; }
+for p in "$sidecar_port" "$squid_port" "$tiny_port"; do
+  curl -sf -o /dev/null --proxy "http://127.0.0.1:$p" "$target" || { log "proxy :$p cannot fetch $target"; exit 1; }
+done
+
+# --- 1. wrk ------------------------------------------------------------------------------
+declare -A rps p99 errs
+run_wrk() { # name url target -> appends to rps[name], p99[name]
+  local name=$1 url=$2 tgt=$3 line
+  line=$(BENCH_TARGET="$tgt" wrk -t "$threads" -c "$conns" -d "$duration" --timeout 5s \
+           -s "$here/abs_uri.lua" "$url" 2>&1 | tee -a "$raw" | grep '^RESULT' || true)
+  [ -n "$line" ] || { log "wrk $name printed no RESULT (see $raw)"; exit 1; }
+  local r q e
+  r=$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$line")
+  q=$(sed -E 's/.* p99_us=([0-9]+).*/\1/' <<<"$line")
+  e=$(awk '{s=0; for(i=1;i<=NF;i++) if ($i ~ /^errors_/) {split($i,a,"="); s+=a[2]}; print s}' <<<"$line")
+  rps[$name]="${rps[$name]:-} $r"; p99[$name]="${p99[$name]:-} $q"; errs[$name]=$(( ${errs[$name]:-0} + e ))
+  log "wrk $name: rps=$r p99=${q}us errors=$e"
+}
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+log "wrk warm-up"
+BENCH_TARGET="$target" wrk -t 1 -c 10 -d 2s -s "$here/abs_uri.lua" "http://127.0.0.1:$sidecar_port/" >/dev/null 2>&1 || true
+for round in $(seq 1 "$rounds"); do
+  log "wrk round $round/$rounds"
+  run_wrk direct "http://127.0.0.1:$origin_port/" "/small.txt"
+  run_wrk sidecar "http://127.0.0.1:$sidecar_port/" "$target"
+  run_wrk squid "http://127.0.0.1:$squid_port/" "$target"
+  run_wrk tinyproxy "http://127.0.0.1:$tiny_port/" "$target"
+done
+declare -A rps_med p99_med
+for n in direct sidecar squid tinyproxy; do
+  rps_med[$n]=$(median <<<"${rps[$n]}")
+  p99_med[$n]=$(median <<<"${p99[$n]}")
+done
+
+# --- 2. CONNECT tunnel throughput ---------------------------------------------------------
+big="http://127.0.0.1:$origin_port/big.bin"
+declare -A bps
+run_curl() { # name [curl proxy args...]
+  local name=$1; shift
+  local r out
+  for r in $(seq 1 "$rounds"); do
+    out=$(curl -sf -o /dev/null -w '%{speed_download} %{size_download}' "$@" "$big")
+    [ "${out#* }" = "$((tunnel_mib * 1024 * 1024))" ] || { log "curl $name fetched ${out#* } bytes"; exit 1; }
+    bps[$name]="${bps[$name]:-} ${out% *}"
+    log "tunnel $name: ${out% *} B/s"
+  done
+}
+curl -sf -o /dev/null "$big"   # warm-up: page cache and the origin's first sendfile
+run_curl direct
+run_curl sidecar --proxytunnel --proxy "http://127.0.0.1:$sidecar_port"
+run_curl squid --proxytunnel --proxy "http://127.0.0.1:$squid_port"
+declare -A bps_med
+for n in direct sidecar squid; do bps_med[$n]=$(median <<<"${bps[$n]}"); done
+
+# --- 3. RSS --------------------------------------------------------------------------------
+# A fresh sidecar so the numbers are not those of the one wrk just exercised.
+rss_port=$(free_port)
+start_sidecar "$rss_port"
+rss_pid=$sidecar_pid
+rss_idle=$(rss_kib "$rss_pid")
+squid_idle=$(rss_kib "$squid_pid")   # squid's main process, for context
+log "sidecar idle RSS ${rss_idle} KiB; holding $ntunnels tunnels"
+coproc HOLD { python3 "$here/hold_tunnels.py" "127.0.0.1:$rss_port" "127.0.0.1:$origin_port" "$ntunnels"; }
+hold_pid=$HOLD_PID
+pids+=($hold_pid)
+read -r holding <&"${HOLD[0]}" || true
+[ "$holding" = "HOLDING $ntunnels" ] || { log "tunnel holder failed: '$holding'"; tail -5 "$work/sidecar.log" >&2; exit 1; }
+rss_tunnels=$(rss_kib "$rss_pid")
+hwm_tunnels=$(awk '/^VmHWM:/ {print $2}' "/proc/$rss_pid/status")
+exec {HOLD[1]}>&-   # closing its stdin releases the tunnels
+wait "$hold_pid" 2>/dev/null || true
+log "sidecar RSS with $ntunnels tunnels: ${rss_tunnels} KiB (HWM ${hwm_tunnels} KiB)"
+
+# --- 4. exec to ready ----------------------------------------------------------------------
+exec_line=$(python3 "$here/exec_to_ready.py" "$sidecar_bin" "$exec_iters" --allow-cidr 127.0.0.1/32 | tee -a "$raw")
+log "$exec_line"
+kv() { sed -E "s/.* $1=([0-9.]+).*/\1/" <<<"$exec_line"; }
+
+# --- report --------------------------------------------------------------------------------
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+ms() { calc "%.2f" "$1 / 1000"; }
+cat <<EOF
+## Sidecar
+
+Run: \`make bench\` (or \`BENCH_ONLY=sidecar integration-tests/bench/run.sh\`) on $(nproc) cores,
+$(date -u +%Y-%m-%dT%H:%MZ). Peers: $(squid -v | head -1), tinyproxy $(tinyproxy -v | awk '{print $2}'),
+nginx $(nginx -v 2>&1 | sed 's|.*/||') as origin; sidecar $(basename "$sidecar_bin") from \`cargo build --release -p sidecar\`.
+
+### HTTP forward proxy (wrk)
+
+\`BENCH_TARGET=http://127.0.0.1:ORIGIN/small.txt wrk -t $threads -c $conns -d $duration --timeout 5s -s integration-tests/bench/sidecar/abs_uri.lua http://127.0.0.1:PROXY/\`
+(direct: \`BENCH_TARGET=/small.txt ... http://127.0.0.1:ORIGIN/\`), 1 KiB file, keep-alive,
+$rounds interleaved rounds, medians.
+
+| path | req/s | p99 (ms) | errors | rounds (req/s) |
+|---|---:|---:|---:|---|
+| direct | ${rps_med[direct]} | $(ms "${p99_med[direct]}") | ${errs[direct]} | ${rps[direct]} |
+| sidecar | ${rps_med[sidecar]} | $(ms "${p99_med[sidecar]}") | ${errs[sidecar]} | ${rps[sidecar]} |
+| squid | ${rps_med[squid]} | $(ms "${p99_med[squid]}") | ${errs[squid]} | ${rps[squid]} |
+| tinyproxy | ${rps_med[tinyproxy]} | $(ms "${p99_med[tinyproxy]}") | ${errs[tinyproxy]} | ${rps[tinyproxy]} |
+
+- sidecar / squid req/s: **$(calc "%.2f" "${rps_med[sidecar]} / ${rps_med[squid]}")x** (goal >= 2x)
+- sidecar / tinyproxy req/s: $(calc "%.2f" "${rps_med[sidecar]} / ${rps_med[tinyproxy]}")x
+- sidecar p99 - direct p99: **$(calc "%.2f" "(${p99_med[sidecar]} - ${p99_med[direct]}) / 1000") ms** (goal <= 1 ms)
+
+### CONNECT tunnel throughput (${tunnel_mib} MiB)
+
+\`curl -sf -o /dev/null -w '%{speed_download}' [--proxytunnel --proxy http://127.0.0.1:PROXY] http://127.0.0.1:ORIGIN/big.bin\`, $rounds rounds, medians.
+
+| path | MiB/s |
+|---|---:|
+| direct | $(calc "%.0f" "${bps_med[direct]} / 1048576") |
+| sidecar | $(calc "%.0f" "${bps_med[sidecar]} / 1048576") |
+| squid | $(calc "%.0f" "${bps_med[squid]} / 1048576") |
+
+- sidecar / direct: **$(calc "%.1f" "100 * ${bps_med[sidecar]} / ${bps_med[direct]}")%** (goal >= 90%)
+
+### Memory (VmRSS of the sidecar process)
+
+| state | RSS |
+|---|---:|
+| idle, fresh process | $(calc "%.1f" "$rss_idle / 1024") MiB |
+| $ntunnels open CONNECT tunnels (each proven by a GET) | $(calc "%.1f" "$rss_tunnels / 1024") MiB (peak $(calc "%.1f" "$hwm_tunnels / 1024") MiB) |
+| squid main process, after the wrk runs (context) | $(calc "%.1f" "$squid_idle / 1024") MiB |
+
+Goals: idle <= 6 MB, 1,000 tunnels <= 30 MB. Tunnels: \`integration-tests/bench/sidecar/hold_tunnels.py 127.0.0.1:PROXY 127.0.0.1:ORIGIN $ntunnels\`.
+
+### Exec to ready
+
+\`integration-tests/bench/sidecar/exec_to_ready.py target/release/sidecar $exec_iters --allow-cidr 127.0.0.1/32\`
+(spawn to first \`GET /readyz\` 200, polling without sleeps):
+min $(kv min_ms) ms, **median $(kv median_ms) ms**, p90 $(kv p90_ms) ms, max $(kv max_ms) ms (goal <= 20 ms).
+EOF
