@@ -266,6 +266,9 @@ pub struct KubernetesSettings {
     pub internal_api_key_secret_name: String,
     /// Service account runtime pods run as (no token is mounted either way).
     pub runtime_service_account: String,
+    /// Labels of the job-manager pods: the runtime NetworkPolicy admits ingress from, and
+    /// egress to, pods matching them (the chart sets its selector labels here).
+    pub job_manager_pod_labels: BTreeMap<String, String>,
 }
 
 impl Default for KubernetesSettings {
@@ -293,6 +296,10 @@ impl Default for KubernetesSettings {
             restrict_metadata_service: true,
             internal_api_key_secret_name: String::new(),
             runtime_service_account: String::new(),
+            job_manager_pod_labels: BTreeMap::from([(
+                "app.kubernetes.io/component".to_string(),
+                "job-manager".to_string(),
+            )]),
         }
     }
 }

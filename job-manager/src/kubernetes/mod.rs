@@ -1,1 +1,15 @@
 //! The Kubernetes executor: translation (job -> objects), job records, leases, pruning.
+//!
+//! ```text
+//! translate   pure: job + config -> JobRecord + Secret + Job (ephemeral),
+//!             Deployment + Service + HPA (persistent), runtime NetworkPolicy
+//! record      the JobRecord CRD (durable per-job state, the result store's rows)
+//! labels      every label/annotation key and derived object name
+//! rbac        the exact API rights the code uses (the chart's Role must match)
+//! cli         `render`, `crd`, `rbac` subcommands (no cluster needed)
+//! ```
+pub mod cli;
+pub mod labels;
+pub mod rbac;
+pub mod record;
+pub mod translate;

@@ -1,0 +1,193 @@
+//! The exact Kubernetes API rights the job manager uses, declared once. Every API call
+//! goes through [`crate::kubernetes::metrics::ApiMetrics::call`] with a ([`Resource`],
+//! [`Verb`]) pair, which (in debug builds) asserts the pair is declared here, so the
+//! tests against the emulator fail when code starts using a right the Role lacks.
+//! `job-manager rbac` prints [`rules`] as YAML; the chart's Role must match it. Everything
+//! is namespaced: no cluster-wide rights (the CRD itself is installed by Helm).
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    JobRecords,
+    JobRecordStatus,
+    Secrets,
+    Jobs,
+    Pods,
+    Events,
+    Deployments,
+    Services,
+    HorizontalPodAutoscalers,
+    NetworkPolicies,
+    Leases,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 11] = [
+        Resource::JobRecords,
+        Resource::JobRecordStatus,
+        Resource::Secrets,
+        Resource::Jobs,
+        Resource::Pods,
+        Resource::Events,
+        Resource::Deployments,
+        Resource::Services,
+        Resource::HorizontalPodAutoscalers,
+        Resource::NetworkPolicies,
+        Resource::Leases,
+    ];
+
+    pub fn api_group(self) -> &'static str {
+        match self {
+            Resource::JobRecords | Resource::JobRecordStatus => crate::kubernetes::record::GROUP,
+            Resource::Secrets | Resource::Pods => "",
+            Resource::Events => "events.k8s.io",
+            Resource::Jobs => "batch",
+            Resource::Deployments => "apps",
+            Resource::Services => "",
+            Resource::HorizontalPodAutoscalers => "autoscaling",
+            Resource::NetworkPolicies => "networking.k8s.io",
+            Resource::Leases => "coordination.k8s.io",
+        }
+    }
+
+    /// The RBAC resource name (and the metrics label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::JobRecords => "jobrecords",
+            Resource::JobRecordStatus => "jobrecords/status",
+            Resource::Secrets => "secrets",
+            Resource::Jobs => "jobs",
+            Resource::Pods => "pods",
+            Resource::Events => "events",
+            Resource::Deployments => "deployments",
+            Resource::Services => "services",
+            Resource::HorizontalPodAutoscalers => "horizontalpodautoscalers",
+            Resource::NetworkPolicies => "networkpolicies",
+            Resource::Leases => "leases",
+        }
+    }
+
+    /// What the code does with the resource, and why.
+    pub fn verbs(self) -> &'static [Verb] {
+        use Verb::*;
+        match self {
+            // Created per job, read by the result store, listed for capacity and pruning,
+            // deleted by pruning and delivery.
+            Resource::JobRecords => &[Get, List, Watch, Create, Delete],
+            // Results and phases are written with resourceVersion preconditions.
+            Resource::JobRecordStatus => &[Get, Update, Patch],
+            // The job directory; listed and deleted only to clean orphans.
+            Resource::Secrets => &[Get, List, Create, Delete],
+            Resource::Jobs => &[Get, List, Watch, Create, Delete],
+            // Failure diagnosis reads pod status.
+            Resource::Pods => &[Get, List, Watch],
+            // Lifecycle events (kube's recorder creates, then patches repeats).
+            Resource::Events => &[Create, Patch],
+            // Persistent workloads and the NetworkPolicy: server-side apply only.
+            Resource::Deployments | Resource::Services | Resource::HorizontalPodAutoscalers | Resource::NetworkPolicies => {
+                &[Get, Patch]
+            }
+            // kube-lease-manager: read, create once, renew/take over by patch.
+            Resource::Leases => &[Get, Create, Patch],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verb {
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+        }
+    }
+}
+
+/// Whether the declared rules grant `verb` on `resource`.
+pub fn allows(resource: Resource, verb: Verb) -> bool {
+    resource.verbs().contains(&verb)
+}
+
+/// One RBAC PolicyRule, as the chart's Role writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRule {
+    pub api_groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+}
+
+/// The Role's rules: one per resource, in a stable order.
+pub fn rules() -> Vec<PolicyRule> {
+    Resource::ALL
+        .iter()
+        .map(|r| PolicyRule {
+            api_groups: vec![r.api_group().to_string()],
+            resources: vec![r.name().to_string()],
+            verbs: r.verbs().iter().map(|v| v.as_str().to_string()).collect(),
+        })
+        .collect()
+}
+
+/// What `job-manager rbac` prints.
+pub fn rules_yaml() -> String {
+    serde_yaml::to_string(&rules()).expect("rules always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_wildcards_and_no_cluster_resources() {
+        for rule in rules() {
+            for field in [&rule.api_groups, &rule.resources, &rule.verbs] {
+                assert!(!field.iter().any(|s| s == "*"), "{rule:?}");
+            }
+            for forbidden in ["roles", "rolebindings", "clusterroles", "nodes", "namespaces", "customresourcedefinitions"] {
+                assert!(!rule.resources.iter().any(|r| r == forbidden), "{rule:?}");
+            }
+            // No escalation verbs.
+            assert!(!rule.verbs.iter().any(|v| v == "escalate" || v == "bind" || v == "impersonate"), "{rule:?}");
+        }
+    }
+
+    #[test]
+    fn every_resource_once() {
+        let rules = rules();
+        assert_eq!(rules.len(), Resource::ALL.len());
+        let mut names: Vec<_> = rules.iter().map(|r| r.resources[0].clone()).collect();
+        names.dedup();
+        assert_eq!(names.len(), Resource::ALL.len());
+    }
+
+    #[test]
+    fn yaml_shape() {
+        let yaml = rules_yaml();
+        assert!(yaml.starts_with("- apiGroups:\n  - jobs.jobmanager.dev\n  resources:\n  - jobrecords\n"), "{yaml}");
+        assert!(yaml.contains("- apiGroups:\n  - ''\n  resources:\n  - secrets\n  verbs:\n  - get\n  - list\n  - create\n  - delete\n"), "{yaml}");
+    }
+
+    #[test]
+    fn secrets_are_never_updated() {
+        // Job Secrets are immutable; a right to update them would only widen the blast radius.
+        assert!(!allows(Resource::Secrets, Verb::Update));
+        assert!(!allows(Resource::Secrets, Verb::Patch));
+        assert!(!allows(Resource::Secrets, Verb::Watch));
+    }
+}

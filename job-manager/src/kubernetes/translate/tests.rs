@@ -1,0 +1,198 @@
+//! Security-critical fields and decisions, asserted one by one (the whole-object
+//! comparisons live in `job-manager/tests/kubernetes_translate.rs`).
+use super::*;
+use crate::config::model::RuntimeConfig;
+use std::time::{Duration, UNIX_EPOCH};
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.runtimes = vec![
+        RuntimeConfig { name: "node-api-runtime".into(), ..RuntimeConfig::default() },
+        RuntimeConfig { name: "browser".into(), workload: Workload::Persistent, ..RuntimeConfig::default() },
+    ];
+    c.kubernetes.internal_api_key_secret_name = "jm-internal".into();
+    c
+}
+
+fn job(runtime: &str) -> Job {
+    serde_json::from_value(serde_json::json!({"id": "job-1", "runtime_type": runtime, "timeout_secs": 60})).unwrap()
+}
+
+fn deadline() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn objects(c: &Config) -> EphemeralObjects {
+    ephemeral_objects(&job("node-api-runtime"), "tok-123", deadline(), c, "ns").unwrap()
+}
+
+fn pod(o: &EphemeralObjects) -> core::PodSpec {
+    o.job.spec.clone().unwrap().template.spec.unwrap()
+}
+
+#[test]
+fn no_service_account_token_and_no_service_links() {
+    let p = pod(&objects(&config()));
+    assert_eq!(p.automount_service_account_token, Some(false));
+    assert_eq!(p.enable_service_links, Some(false));
+    assert_eq!(p.restart_policy.as_deref(), Some("Never"));
+}
+
+#[test]
+fn token_and_key_reach_the_sidecar_only() {
+    let o = objects(&config());
+    let p = pod(&o);
+    let sidecar = &p.init_containers.as_ref().unwrap()[0];
+    let runtime = &p.containers[0];
+    assert_eq!(sidecar.name, "sidecar");
+    assert_eq!(runtime.name, "runtime");
+    // The job dir is mounted into the sidecar only, read-only.
+    let sidecar_mounts = sidecar.volume_mounts.as_ref().unwrap();
+    assert!(sidecar_mounts.iter().any(|m| m.name == labels::JOB_DIR_VOLUME && m.read_only == Some(true)));
+    for m in runtime.volume_mounts.iter().flatten() {
+        assert_ne!(m.name, labels::JOB_DIR_VOLUME);
+        assert_ne!(m.name, labels::SPOOL_VOLUME);
+    }
+    // The key: a secretKeyRef on the sidecar, absent from the runtime.
+    let key = sidecar.env.as_ref().unwrap().iter().find(|e| e.name == sidecar_env::INTERNAL_API_KEY).unwrap();
+    assert!(key.value.is_none());
+    let r = key.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    assert_eq!((r.name.as_str(), r.key.as_str()), ("jm-internal", "internalApiKey"));
+    let runtime_env_text = serde_json::to_string(&runtime.env).unwrap();
+    assert!(!runtime_env_text.contains("jm-internal"), "{runtime_env_text}");
+    assert!(!runtime_env_text.contains("SIDECAR_"), "{runtime_env_text}");
+    assert!(!runtime_env_text.contains("tok-123"), "{runtime_env_text}");
+    assert!(runtime.env_from.is_none());
+    // The token is in the Secret and nowhere in the Job.
+    let job_text = serde_json::to_string(&o.job).unwrap();
+    assert!(!job_text.contains("tok-123"), "{job_text}");
+    assert_eq!(o.secret.data.as_ref().unwrap()["token"].0, b"tok-123");
+    assert_eq!(o.secret.immutable, Some(true));
+    let job_json: Job = serde_json::from_slice(&o.secret.data.as_ref().unwrap()["job.json"].0).unwrap();
+    assert_eq!(job_json, job("node-api-runtime"));
+}
+
+#[test]
+fn hardened_defaults() {
+    let p = pod(&objects(&config()));
+    let psc = p.security_context.unwrap();
+    assert_eq!((psc.run_as_non_root, psc.run_as_user, psc.fs_group), (Some(true), Some(1001), Some(1001)));
+    assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    let sidecar = &p.init_containers.as_ref().unwrap()[0];
+    for (c, read_only) in [(sidecar, true), (&p.containers[0], false)] {
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(1001));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(sc.read_only_root_filesystem, Some(read_only), "{}", c.name);
+    }
+}
+
+#[test]
+fn native_sidecar_gates_the_runtime() {
+    let p = pod(&objects(&config()));
+    let sidecar = &p.init_containers.as_ref().unwrap()[0];
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    let probe = sidecar.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(probe.path.as_deref(), Some("/readyz"));
+    assert_eq!(probe.port, IntOrString::String("admin".into()));
+    let admin = sidecar.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("admin")).unwrap();
+    assert_eq!(admin.container_port, 9901);
+    let runtime_env: BTreeMap<_, _> =
+        p.containers[0].env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e.value.clone().unwrap())).collect();
+    assert_eq!(runtime_env["HTTP_PROXY"], "http://127.0.0.1:3128");
+    assert_eq!(runtime_env["HTTPS_PROXY"], "http://127.0.0.1:3128");
+    assert_eq!(runtime_env["JOB_API_URL"], "http://127.0.0.1:3128");
+    assert_eq!(runtime_env["NO_PROXY"], "");
+}
+
+#[test]
+fn deadline_is_clamped_to_check_timeout() {
+    let mut c = config();
+    c.check_timeout = 30;
+    let o = objects(&c);
+    assert_eq!(o.job.spec.as_ref().unwrap().active_deadline_seconds, Some(30));
+    c.check_timeout = 900;
+    let o = objects(&c);
+    assert_eq!(o.job.spec.as_ref().unwrap().active_deadline_seconds, Some(60));
+    let mut j = job("node-api-runtime");
+    j.timeout_secs = 0;
+    let o = ephemeral_objects(&j, "t", deadline(), &c, "ns").unwrap();
+    assert_eq!(o.job.spec.unwrap().active_deadline_seconds, Some(1));
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let c = config();
+    let err = |runtime: &str, c: &Config, ns: &str| ephemeral_objects(&job(runtime), "t", deadline(), c, ns).unwrap_err();
+    assert_eq!(err("nope", &c, "ns"), TranslateError::UnknownRuntime("nope".into()));
+    assert_eq!(err("browser", &c, "ns").label(), "wrong_workload");
+    assert_eq!(err("node-api-runtime", &c, ""), TranslateError::MissingNamespace);
+    let mut disabled = c.clone();
+    disabled.runtimes[0].enabled = false;
+    assert_eq!(err("node-api-runtime", &disabled, "ns").label(), "runtime_disabled");
+    let mut no_key = c.clone();
+    no_key.kubernetes.internal_api_key_secret_name.clear();
+    assert_eq!(err("node-api-runtime", &no_key, "ns"), TranslateError::MissingInternalKeySecret);
+    let mut sneaky = c.clone();
+    sneaky.kubernetes.extra_env.insert("HTTPS_PROXY".into(), "http://elsewhere:1".into());
+    assert_eq!(err("node-api-runtime", &sneaky, "ns"), TranslateError::ReservedEnv("HTTPS_PROXY".into()));
+    let mut sneaky_runtime = c.clone();
+    sneaky_runtime.runtimes[0].extra_env.insert("no_proxy".into(), "*".into());
+    assert_eq!(err("node-api-runtime", &sneaky_runtime, "ns").label(), "reserved_env");
+    assert_eq!(persistent_objects("node-api-runtime", &c, "ns").unwrap_err().label(), "wrong_workload");
+}
+
+#[test]
+fn owner_references_point_at_the_record() {
+    let o = objects(&config()).owned_by("uid-1");
+    for refs in [&o.secret.metadata.owner_references, &o.job.metadata.owner_references] {
+        let r = &refs.as_ref().unwrap()[0];
+        assert_eq!((r.kind.as_str(), r.name.as_str(), r.uid.as_str()), ("JobRecord", "jm-job-1", "uid-1"));
+        assert_eq!(r.api_version, "jobs.jobmanager.dev/v1");
+        assert_eq!(r.controller, Some(true));
+    }
+    assert!(o.record.metadata.owner_references.is_none());
+}
+
+#[test]
+fn labels_win_over_configured_pod_labels() {
+    let mut c = config();
+    c.kubernetes.pod_labels.insert(labels::MANAGED_BY.into(), "someone-else".into());
+    c.kubernetes.pod_labels.insert("team".into(), "a".into());
+    c.kubernetes.pod_annotations.insert(labels::JOB_ID_ANNOTATION.into(), "spoof".into());
+    let o = objects(&c);
+    let meta = o.job.spec.unwrap().template.metadata.unwrap();
+    let pod_labels = meta.labels.unwrap();
+    assert_eq!(pod_labels[labels::MANAGED_BY], "job-manager");
+    assert_eq!(pod_labels["team"], "a");
+    assert_eq!(pod_labels[labels::RUNTIME_TYPE], "node-api-runtime");
+    assert_eq!(meta.annotations.unwrap()[labels::JOB_ID_ANNOTATION], "job-1");
+}
+
+#[test]
+fn image_references() {
+    let img = |repo: &str, tag: &str| ImageSettings { repository: repo.into(), tag: tag.into(), pull_policy: String::new() };
+    assert_eq!(image_ref("", &img("a/b", "1")), "a/b:1");
+    assert_eq!(image_ref("reg.io/", &img("a/b", "1")), "reg.io/a/b:1");
+    assert_eq!(image_ref("reg.io", &img("a/b", "")), "reg.io/a/b");
+    assert_eq!(image_ref("", &img("a/b@sha256:00", "latest")), "a/b@sha256:00");
+}
+
+#[test]
+fn network_policy_blocks_metadata_and_api_servers() {
+    let mut c = config();
+    c.sidecar.api_server_addresses = vec!["10.0.0.1".into(), "10.0.0.2:6443".into(), "[fd00::1]:443".into(), "api.internal".into()];
+    let np = runtime_network_policy(&c, "ns");
+    let text = serde_json::to_string(&np).unwrap();
+    for cidr in ["169.254.169.254/32", "10.0.0.1/32", "10.0.0.2/32", "fd00::1/128"] {
+        assert!(text.contains(cidr), "{cidr} missing: {text}");
+    }
+    c.kubernetes.restrict_metadata_service = false;
+    c.sidecar.api_server_addresses.clear();
+    let text = serde_json::to_string(&runtime_network_policy(&c, "ns")).unwrap();
+    assert!(!text.contains("169.254.169.254"), "{text}");
+    assert!(!text.contains("except"), "{text}");
+}
