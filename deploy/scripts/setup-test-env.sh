@@ -8,6 +8,7 @@ root=$(pwd)
 
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)   # the client tests' origin makes its cert
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -29,7 +30,12 @@ fi
 
 # Node: undici for the ProxyAgent client test.
 nodedir="$root/integration-tests/clients/node"
-if [ -f "$nodedir/package.json" ] && [ ! -d "$nodedir/node_modules" ]; then
-  (cd "$nodedir" && npm ci --silent --no-audit --no-fund)
+# Re-run `npm ci` whenever the lock file changes (stamp inside node_modules).
+if [ -f "$nodedir/package-lock.json" ]; then
+  nstamp="$nodedir/node_modules/.installed-$(sha256sum "$nodedir/package-lock.json" | cut -c1-16)"
+  if [ ! -f "$nstamp" ]; then
+    (cd "$nodedir" && npm ci --silent --no-audit --no-fund)
+    touch "$nstamp"
+  fi
 fi
 echo "setup: ok"
