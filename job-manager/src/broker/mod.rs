@@ -1,6 +1,7 @@
 //! The broker boundary. [`BrokerApi`] is what the dispatcher and the result delivery
 //! loop need; the HTTP client implements it against any v1 broker (remote, or the
 //! embedded one served on loopback), and tests may implement it in memory.
+pub mod client;
 pub mod embedded;
 
 use common::broker::{AckRequest, PollRequest, PollResponse, QueueStats, ReleaseRequest};
@@ -34,6 +35,9 @@ pub enum BrokerError {
     NotFound,
     #[error("the job's lease was lost or it was re-delivered (409)")]
     LeaseLost,
+    /// The client cannot be built as configured (bad endpoint URL, bad proxy settings).
+    #[error("invalid broker client configuration: {0}")]
+    InvalidConfig(String),
 }
 
 impl BrokerError {
@@ -41,7 +45,9 @@ impl BrokerError {
         match self {
             BrokerError::Unreachable(_) | BrokerError::Timeout(_) | BrokerError::BadResponse(_) => true,
             BrokerError::Status { status, .. } => *status >= 500 || *status == 429,
-            BrokerError::Unauthorized | BrokerError::NotFound | BrokerError::LeaseLost => false,
+            BrokerError::Unauthorized | BrokerError::NotFound | BrokerError::LeaseLost | BrokerError::InvalidConfig(_) => {
+                false
+            }
         }
     }
 
@@ -55,6 +61,7 @@ impl BrokerError {
             BrokerError::Unauthorized => "unauthorized",
             BrokerError::NotFound => "not_found",
             BrokerError::LeaseLost => "lease_lost",
+            BrokerError::InvalidConfig(_) => "invalid_config",
         }
     }
 }
