@@ -5,7 +5,7 @@
 //! ```text
 //! broker --poll--> Dispatcher --start--> Executor (local | kubernetes)
 //!                      |  ack only after the executor accepted; release on failure
-//! sidecar --POST result--> results::api --record--> ResultStore --deliver--> broker
+//! sidecar --POST result--> server (result API) --record--> ResultIntake/ResultStore --deliver--> broker
 //! ```
 //! Pure translation (config, job -> objects, decisions) lives in plain functions; I/O
 //! lives at the edges (broker client, executors, HTTP server).
@@ -14,6 +14,9 @@
 
 pub mod broker;
 pub mod config;
+pub mod dispatcher;
 pub mod executor;
 pub mod kubernetes;
+pub mod metrics;
 pub mod results;
+pub mod server;

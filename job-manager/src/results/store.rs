@@ -32,4 +32,12 @@ pub trait ResultStore: Send + Sync + 'static {
     fn pending(&self) -> impl Future<Output = Result<Vec<JobResult>, StoreError>> + Send;
     /// The broker accepted (or conclusively refused) the result: stop retrying it.
     fn mark_delivered(&self, id: &JobId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The result recorded for a job, if any (delivered or not). The dispatcher uses it
+    /// to acknowledge a re-delivered job that already has its outcome instead of running
+    /// it again. The default answers "unknown" (`None`): a store that cannot look results
+    /// up loses only that shortcut, because `record` still keeps the first outcome.
+    fn lookup(&self, id: &JobId) -> impl Future<Output = Result<Option<JobResult>, StoreError>> + Send {
+        let _ = id;
+        async { Ok(None) }
+    }
 }

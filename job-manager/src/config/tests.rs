@@ -1,0 +1,183 @@
+use super::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+const MINIMAL: &str = "brokerApiEndpoint: embedded\nruntimes: [{name: rt, command: [/bin/true]}]\n";
+
+fn file(text: &str) -> tempfile_like::TempFile {
+    tempfile_like::TempFile::new(text)
+}
+
+/// A tiny self-deleting temp file (no extra dependency for one helper).
+mod tempfile_like {
+    pub struct TempFile(pub std::path::PathBuf);
+    impl TempFile {
+        pub fn new(text: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("jm-config-test-{}-{}.yaml", std::process::id(), rand::random::<u64>()));
+            let mut f = std::fs::File::create(&p).unwrap();
+            std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn load_valid(yaml: &str, e: &[(&str, &str)], flags: &[FlagOverride]) -> Result<Validated, ConfigError> {
+    let f = file(yaml);
+    validate(load(Some(&f.0), &env(e), flags)?)
+}
+
+fn rule_of(r: Result<Validated, ConfigError>) -> String {
+    r.expect_err("must be refused").to_string()
+}
+
+#[test]
+fn env_names_follow_the_contract() {
+    assert_eq!(env_name("checkTimeout"), "JM_CHECK_TIMEOUT");
+    assert_eq!(env_name("poll.intervalMs"), "JM_POLL_INTERVAL_MS");
+    assert_eq!(
+        env_name("userDefinedVariables.userDefinedJson"),
+        "JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON"
+    );
+    assert_eq!(env_name("brokerApiProxySelfSignedCert"), "JM_BROKER_API_PROXY_SELF_SIGNED_CERT");
+}
+
+#[test]
+fn precedence_defaults_file_env_flags() {
+    // default only
+    let v = load_valid(MINIMAL, &[], &[]).unwrap();
+    assert_eq!(v.config.check_timeout, 180);
+    // file beats default
+    let yaml = format!("{MINIMAL}checkTimeout: 100\nlogLevel: WARN\n");
+    let v = load_valid(&yaml, &[], &[]).unwrap();
+    assert_eq!((v.config.check_timeout, v.config.log_level.as_str()), (100, "WARN"));
+    // env beats file
+    let v = load_valid(&yaml, &[("JM_CHECK_TIMEOUT", "200")], &[]).unwrap();
+    assert_eq!((v.config.check_timeout, v.config.log_level.as_str()), (200, "WARN"));
+    // flag beats env
+    let v = load_valid(&yaml, &[("JM_CHECK_TIMEOUT", "200")], &[FlagOverride::new("checkTimeout", "300")]).unwrap();
+    assert_eq!(v.config.check_timeout, 300);
+}
+
+#[test]
+fn env_parses_by_type() {
+    let v = load_valid(
+        MINIMAL,
+        &[
+            ("JM_POLL_INTERVAL_MS", "250"),
+            ("JM_BROKER_API_PROXY_SELF_SIGNED_CERT", "yes"),
+            ("JM_NETWORK_HEALTH_CHECK_DISABLED", "1"),
+            ("JM_SIDECAR_ALLOW_CIDRS", "127.0.0.1/32, 10.0.0.0/8"),
+            ("JM_RUNTIMES", r#"[{"name":"a","command":["x"],"parallelism":3}]"#),
+            ("JM_KUBERNETES_POD_LABELS", r#"{"team":"x"}"#),
+        ],
+        &[],
+    )
+    .unwrap();
+    let c = &v.config;
+    assert_eq!(c.poll.interval_ms, 250);
+    assert!(c.broker_api_proxy_self_signed_cert && c.network_health_check_disabled);
+    assert_eq!(c.sidecar.allow_cidrs, vec!["127.0.0.1/32", "10.0.0.0/8"]);
+    assert_eq!(c.runtimes.len(), 1);
+    assert_eq!((c.runtimes[0].name.as_str(), c.runtimes[0].parallelism), ("a", 3));
+    assert_eq!(c.kubernetes.pod_labels.get("team").map(String::as_str), Some("x"));
+}
+
+#[test]
+fn bad_env_value_names_the_variable() {
+    let err = rule_of(load_valid(MINIMAL, &[("JM_CHECK_TIMEOUT", "soon")], &[]));
+    assert!(err.contains("JM_CHECK_TIMEOUT") && err.contains("must be a number"), "{err}");
+    let err = rule_of(load_valid(MINIMAL, &[("JM_NETWORK_HEALTH_CHECK_DISABLED", "maybe")], &[]));
+    assert!(err.contains("JM_NETWORK_HEALTH_CHECK_DISABLED"), "{err}");
+}
+
+#[test]
+fn unknown_flag_setting_is_refused() {
+    let err = rule_of(load_valid(MINIMAL, &[], &[FlagOverride::new("checkTimeOut", "5")]));
+    assert!(err.contains("checkTimeOut") && err.contains("no such setting"), "{err}");
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let f = file("checkTimeOut: 5\n");
+    let err = load(Some(&f.0), &env(&[]), &[]).unwrap_err();
+    assert_eq!(err.label(), "parse_file");
+    assert!(err.to_string().contains("unknown field `checkTimeOut`"), "{err}");
+    let err = load(Some(std::path::Path::new("/nonexistent/jm.yaml")), &env(&[]), &[]).unwrap_err();
+    assert_eq!(err.label(), "read_file");
+}
+
+#[test]
+fn config_file_from_flag_or_env() {
+    let e = env(&[("JM_CONFIG_FILE", "/from/env.yaml")]);
+    assert_eq!(config_file_path(None, &e).unwrap(), std::path::PathBuf::from("/from/env.yaml"));
+    assert_eq!(
+        config_file_path(Some(std::path::Path::new("/flag.yaml")), &e).unwrap(),
+        std::path::PathBuf::from("/flag.yaml")
+    );
+    assert!(config_file_path(None, &env(&[])).is_none());
+}
+
+#[test]
+fn validation_rules_table() {
+    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        ("timeout zero", MINIMAL, &[("JM_CHECK_TIMEOUT", "0")], "checkTimeout"),
+        ("timeout too big", MINIMAL, &[("JM_CHECK_TIMEOUT", "901")], "between 1 and 900"),
+        ("location key required", "runtimes: [{name: rt, command: [x]}]\n", &[], "locationKey"),
+        ("endpoint not a url", MINIMAL, &[("JM_BROKER_API_ENDPOINT", "ftp://x"), ("JM_LOCATION_KEY", "k")], "brokerApiEndpoint"),
+        ("log level", MINIMAL, &[("JM_LOG_LEVEL", "VERBOSE")], "logLevel"),
+        ("udv json not object", MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "[1]")], "must be a JSON object"),
+        ("udv json broken", MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "{")], "userDefinedJson"),
+        ("udv file missing", MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_FILE", "/nonexistent.json")], "userDefinedFile"),
+        ("udv path escapes", MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "../x.json")], "userDefinedPath"),
+        ("no runtimes", "brokerApiEndpoint: embedded\n", &[], "at least one enabled runtime"),
+        ("dup runtimes", "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}, {name: a, command: [x]}]\n", &[], "unique"),
+        ("bad runtime name", "brokerApiEndpoint: embedded\nruntimes: [{name: A_b, command: [x]}]\n", &[], "DNS label"),
+        ("local needs command", "brokerApiEndpoint: embedded\nruntimes: [{name: a}]\n", &[], "command"),
+        ("zero parallelism", "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x], parallelism: 0}]\n", &[], "parallelism"),
+        ("listen", MINIMAL, &[("JM_LISTEN", "localhost")], "listen"),
+        ("poll interval", MINIMAL, &[("JM_POLL_INTERVAL_MS", "1")], "poll.intervalMs"),
+        ("batch size", MINIMAL, &[("JM_POLL_BATCH_SIZE", "0")], "poll.batchSize"),
+        ("proxy port", MINIMAL, &[("JM_API_PROXY_HOST", "proxy")], "apiProxyPort"),
+        ("proxy user without host", MINIMAL, &[("JM_BROKER_API_PROXY_USERNAME", "u")], "apiProxyHost"),
+        ("proxy pw without user", MINIMAL, &[("JM_API_PROXY_HOST", "p"), ("JM_API_PROXY_PORT", "3128"), ("JM_BROKER_API_PROXY_PW", "x")], "brokerApiProxyUsername"),
+        ("cidr", MINIMAL, &[("JM_SIDECAR_DENY_CIDRS", "10.0.0.0/33")], "sidecar.denyCidrs"),
+        ("k8s needs key", MINIMAL, &[("JM_EXECUTOR", "kubernetes")], "internalApiKey"),
+    ];
+    for (name, yaml, e, expect) in cases {
+        let err = rule_of(load_valid(yaml, e, &[]));
+        assert!(err.contains(expect), "case {name}: {err}");
+    }
+}
+
+#[test]
+fn udv_sources_and_jvm_opts_warning() {
+    let mut f = std::fs::File::create(std::env::temp_dir().join(format!("jm-udv-{}.json", std::process::id()))).unwrap();
+    f.write_all(br#"{"A":"1"}"#).unwrap();
+    let path = std::env::temp_dir().join(format!("jm-udv-{}.json", std::process::id()));
+    let v = load_valid(
+        MINIMAL,
+        &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_FILE", path.to_str().unwrap()), ("JM_JVM_OPTS", "-Xmx1g")],
+        &[],
+    )
+    .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(v.user_defined_variables.get("A").and_then(|v| v.as_str()), Some("1"));
+    assert!(v.warnings.iter().any(|w| w.contains("jvmOpts")), "{:?}", v.warnings);
+    let v = load_valid(MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", r#"{"k":2}"#)], &[]).unwrap();
+    assert_eq!(v.user_defined_variables.get("k"), Some(&serde_json::json!(2)));
+    let err = rule_of(load_valid(
+        MINIMAL,
+        &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "{}"), ("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "a.json")],
+        &[],
+    ));
+    assert!(err.contains("only one"), "{err}");
+}

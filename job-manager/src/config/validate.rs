@@ -1,0 +1,223 @@
+//! One validation pass over a loaded [`Config`]. Pure apart from reading the
+//! user-defined variables file, which must parse before the process starts.
+use super::error::ConfigError;
+use super::model::{Config, ExecutorKind};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+/// The seed's log levels (`jobManager.logLevel`).
+pub const LOG_LEVELS: [&str; 8] = ["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF", "TRACE"];
+
+/// `brokerApiEndpoint` value that selects the in-process broker.
+pub const EMBEDDED_BROKER: &str = "embedded";
+
+/// A configuration that passed validation, plus what validation derived from it.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    pub config: Config,
+    /// The user-defined variables as one JSON object (from JSON, file or path).
+    pub user_defined_variables: serde_json::Map<String, serde_json::Value>,
+    /// `listen`, parsed.
+    pub listen: SocketAddr,
+    /// Settings accepted but ignored or risky, to log at startup.
+    pub warnings: Vec<String>,
+}
+
+/// Validate once; the first broken rule is reported.
+pub fn validate(config: Config) -> Result<Validated, ConfigError> {
+    let c = &config;
+    let mut warnings = Vec::new();
+
+    if !(1..=900).contains(&c.check_timeout) {
+        return Err(ConfigError::invalid(
+            "checkTimeout",
+            format!("must be between 1 and 900 seconds, got {}", c.check_timeout),
+        ));
+    }
+    let embedded = c.broker_api_endpoint == EMBEDDED_BROKER;
+    if !embedded {
+        let ep = c.broker_api_endpoint.as_str();
+        if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.len() <= "https://".len() {
+            return Err(ConfigError::invalid(
+                "brokerApiEndpoint",
+                format!("must be an http(s) URL or `{EMBEDDED_BROKER}`, got {ep:?}"),
+            ));
+        }
+        if c.location_key.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "locationKey",
+                "is required unless brokerApiEndpoint is `embedded` (chart: set it or name its Secret)",
+            ));
+        }
+    }
+    if !LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(c.log_level.trim())) {
+        return Err(ConfigError::invalid(
+            "logLevel",
+            format!("must be one of {}, got {:?}", LOG_LEVELS.join(", "), c.log_level),
+        ));
+    }
+    if !c.api_proxy_host.is_empty() && c.api_proxy_port == 0 {
+        return Err(ConfigError::invalid("apiProxyPort", "is required (1..=65535) when apiProxyHost is set"));
+    }
+    if c.api_proxy_host.is_empty()
+        && (!c.broker_api_proxy_username.is_empty() || !c.broker_api_proxy_pw.is_empty() || c.api_proxy_port != 0)
+    {
+        return Err(ConfigError::invalid(
+            "apiProxyHost",
+            "is required when apiProxyPort, brokerApiProxyUsername or brokerApiProxyPw is set",
+        ));
+    }
+    if !c.broker_api_proxy_pw.is_empty() && c.broker_api_proxy_username.is_empty() {
+        return Err(ConfigError::invalid("brokerApiProxyUsername", "is required when brokerApiProxyPw is set"));
+    }
+    if !c.jvm_opts.trim().is_empty() {
+        warnings.push(format!(
+            "jvmOpts ({:?}) is accepted for chart compatibility and ignored: this job manager has no JVM",
+            c.jvm_opts
+        ));
+    }
+    if c.hostname_override.trim().is_empty() {
+        return Err(ConfigError::invalid("hostnameOverride", "must not be empty (sidecars call this Service name)"));
+    }
+    let listen: SocketAddr = c
+        .listen
+        .parse()
+        .map_err(|_| ConfigError::invalid("listen", format!("must be ip:port, got {:?}", c.listen)))?;
+    if c.poll.interval_ms < 10 || c.poll.interval_ms > 3_600_000 {
+        return Err(ConfigError::invalid(
+            "poll.intervalMs",
+            format!("must be between 10 and 3600000 ms, got {}", c.poll.interval_ms),
+        ));
+    }
+    if c.poll.batch_size == 0 || c.poll.batch_size > 1000 {
+        return Err(ConfigError::invalid(
+            "poll.batchSize",
+            format!("must be between 1 and 1000, got {}", c.poll.batch_size),
+        ));
+    }
+    if c.shutdown_grace_secs > 3600 {
+        return Err(ConfigError::invalid("shutdownGraceSecs", "must be at most 3600"));
+    }
+    if c.executor == ExecutorKind::Kubernetes && c.internal_api_key.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "internalApiKey",
+            "is required with the kubernetes executor (every replica and sidecar must share it)",
+        ));
+    }
+    validate_runtimes(c)?;
+    validate_sidecar(c)?;
+    let user_defined_variables = user_defined_variables(c)?;
+    Ok(Validated { listen, user_defined_variables, warnings, config })
+}
+
+fn validate_runtimes(c: &Config) -> Result<(), ConfigError> {
+    if c.runtimes.iter().filter(|r| r.enabled).count() == 0 {
+        return Err(ConfigError::invalid("runtimes", "must list at least one enabled runtime type"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, r) in c.runtimes.iter().enumerate() {
+        let key = format!("runtimes[{i}]");
+        if !is_dns_label(&r.name) {
+            return Err(ConfigError::invalid(
+                "runtimes",
+                format!("{key}.name must be a DNS label (lowercase letters, digits, '-', at most 63), got {:?}", r.name),
+            ));
+        }
+        if !seen.insert(r.name.as_str()) {
+            return Err(ConfigError::invalid("runtimes", format!("runtime names must be unique; {:?} repeats", r.name)));
+        }
+        if r.parallelism == 0 {
+            return Err(ConfigError::invalid("runtimes", format!("{key}.parallelism ({}) must be at least 1", r.name)));
+        }
+        if r.enabled && c.executor == ExecutorKind::Local && r.command.is_empty() {
+            return Err(ConfigError::invalid(
+                "runtimes",
+                format!("{key}.command ({}) is required with the local executor (the runtime's argv)", r.name),
+            ));
+        }
+        if r.replicas.min > r.replicas.max {
+            return Err(ConfigError::invalid(
+                "runtimes",
+                format!("{key}.replicas ({}): min {} exceeds max {}", r.name, r.replicas.min, r.replicas.max),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_sidecar(c: &Config) -> Result<(), ConfigError> {
+    for (key, list) in [("sidecar.allowCidrs", &c.sidecar.allow_cidrs), ("sidecar.denyCidrs", &c.sidecar.deny_cidrs)] {
+        for cidr in list {
+            if !is_cidr(cidr) {
+                return Err(ConfigError::invalid(key, format!("{cidr:?} is not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)")));
+            }
+        }
+    }
+    for entry in &c.sidecar.api_server_addresses {
+        let ok = entry.parse::<std::net::IpAddr>().is_ok() || entry.parse::<SocketAddr>().is_ok();
+        if !ok {
+            return Err(ConfigError::invalid(
+                "sidecar.apiServerAddresses",
+                format!("{entry:?} is not an ip or ip:port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// At most one source; each must be a JSON object.
+pub fn user_defined_variables(c: &Config) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    let u = &c.user_defined_variables;
+    let set = [&u.user_defined_json, &u.user_defined_file, &u.user_defined_path]
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .count();
+    if set > 1 {
+        return Err(ConfigError::invalid(
+            "userDefinedVariables",
+            "set only one of userDefinedJson, userDefinedFile, userDefinedPath",
+        ));
+    }
+    let parse = |key: &str, text: &str| -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(_) => Err(ConfigError::invalid(key, "must be a JSON object")),
+            Err(e) => Err(ConfigError::invalid(key, format!("must be a JSON object: {e}"))),
+        }
+    };
+    if !u.user_defined_json.trim().is_empty() {
+        return parse("userDefinedVariables.userDefinedJson", &u.user_defined_json);
+    }
+    if !u.user_defined_file.trim().is_empty() {
+        let key = "userDefinedVariables.userDefinedFile";
+        let text = std::fs::read_to_string(&u.user_defined_file)
+            .map_err(|e| ConfigError::invalid(key, format!("cannot read {:?}: {e}", u.user_defined_file)))?;
+        return parse(key, &text);
+    }
+    if !u.user_defined_path.trim().is_empty() {
+        // A path on the shared volume, read by runtimes in the cluster: it must stay inside it.
+        let p = std::path::Path::new(&u.user_defined_path);
+        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(ConfigError::invalid(
+                "userDefinedVariables.userDefinedPath",
+                "must be a relative path inside the persistent volume (no leading '/', no '..')",
+            ));
+        }
+    }
+    Ok(serde_json::Map::new())
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn is_cidr(s: &str) -> bool {
+    let Some((ip, prefix)) = s.split_once('/') else { return false };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else { return false };
+    let Ok(prefix) = prefix.parse::<u8>() else { return false };
+    prefix <= if ip.is_ipv4() { 32 } else { 128 }
+}

@@ -1,0 +1,281 @@
+use super::fakes::{BrokerCall, FakeBroker, FakeExecutor};
+use super::*;
+use crate::metrics::Metrics;
+use crate::results::MemoryResultStore;
+use std::collections::BTreeMap;
+
+fn job(id: &str, rt: &str) -> Job {
+    Job {
+        id: JobId::new(id).unwrap(),
+        runtime_type: rt.into(),
+        workload_kind: Default::default(),
+        timeout_secs: 30,
+        attempt: 1,
+        payload: serde_json::json!({"action": "sleep", "secs": 1}),
+        signature: None,
+    }
+}
+
+struct Rig {
+    broker: Arc<FakeBroker>,
+    executor: Arc<FakeExecutor>,
+    dispatcher: Arc<Dispatcher<FakeBroker, FakeExecutor, MemoryResultStore>>,
+    intake: ResultIntake<MemoryResultStore>,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+}
+
+fn rig(tweak: impl FnOnce(&mut DispatcherSettings)) -> Rig {
+    let broker = Arc::new(FakeBroker::new());
+    let executor = Arc::new(FakeExecutor::new());
+    let intake = ResultIntake::new(MemoryResultStore::new(), Arc::new(Metrics::new()));
+    let mut settings = DispatcherSettings::new(
+        "test",
+        vec![RuntimeLimit { name: "a".into(), parallelism: 2 }, RuntimeLimit { name: "b".into(), parallelism: 1 }],
+    );
+    settings.handoff_backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
+    settings.handoff_attempts = 3;
+    tweak(&mut settings);
+    let readiness = Readiness::new();
+    let dispatcher = Dispatcher::new(
+        broker.clone(),
+        executor.clone(),
+        intake.clone(),
+        TokenSigner::new("k"),
+        settings,
+        readiness.clone(),
+    );
+    Rig { broker, executor, dispatcher, intake, readiness, shutdown: CancellationToken::new() }
+}
+
+impl Rig {
+    async fn tick(&self) -> TickReport {
+        let r = self.dispatcher.tick(&self.shutdown).await;
+        // Let the spawned hand-offs finish before asserting (they ack or release).
+        self.settle().await;
+        r
+    }
+    async fn settle(&self) {
+        while !self.dispatcher.handing_off().is_empty() {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The ack/release after the hand-off runs in the same task; wait for it too.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[test]
+fn limit_never_exceeds_free_capacity_or_batch() {
+    let rts = vec![RuntimeLimit { name: "a".into(), parallelism: 3 }, RuntimeLimit { name: "b".into(), parallelism: 5 }];
+    let in_flight = BTreeMap::from([("a".to_string(), vec![JobId::new("x").unwrap()])]);
+    let handing = BTreeMap::from([("a".to_string(), 1usize)]);
+    let free = limit::free_capacity(&rts, &in_flight, &handing);
+    assert_eq!(free, BTreeMap::from([("a".into(), 1), ("b".into(), 5)]));
+    let d = limit::demands(&free, &rts, 4);
+    assert_eq!(d.iter().map(|d| (d.runtime_type.as_str(), d.max)).collect::<Vec<_>>(), vec![("a", 1), ("b", 3)]);
+    // Full: no demand at all, so no poll.
+    let full = BTreeMap::from([("a".to_string(), 0u32), ("b".to_string(), 0u32)]);
+    assert!(limit::demands(&full, &rts, 10).is_empty());
+    // More running than parallelism (config shrank) saturates at zero.
+    let many = BTreeMap::from([("b".to_string(), (0..9).map(|i| JobId::new(format!("j{i}")).unwrap()).collect())]);
+    assert_eq!(limit::free_capacity(&rts, &many, &BTreeMap::new())["b"], 0);
+}
+
+#[test]
+fn dedupe_table() {
+    use dedupe::{classify, Seen};
+    assert_eq!(classify(false, false, false), Seen::New);
+    assert_eq!(classify(true, false, false), Seen::Running);
+    assert_eq!(classify(false, true, false), Seen::HandingOff);
+    assert_eq!(classify(true, true, true), Seen::Finished);
+}
+
+#[test]
+fn stall_rules() {
+    let free = BTreeMap::from([("a".to_string(), 1u32), ("b".to_string(), 0u32)]);
+    let long = Duration::from_secs(120);
+    let limit = Duration::from_secs(60);
+    let depth = BTreeMap::from([("a".to_string(), 3u64)]);
+    let r = stall::stall_reason(&depth, 3, &free, long, limit).unwrap();
+    assert!(r.contains("a: 3 waiting, 1 free"), "{r}");
+    assert!(stall::stall_reason(&depth, 3, &free, Duration::from_secs(5), limit).is_none(), "recent dispatch");
+    let only_b = BTreeMap::from([("b".to_string(), 3u64)]);
+    assert!(stall::stall_reason(&only_b, 3, &free, long, limit).is_none(), "no room for b: not a stall");
+    assert!(stall::stall_reason(&BTreeMap::new(), 0, &free, long, limit).is_none(), "empty queue");
+    assert!(stall::stall_reason(&BTreeMap::new(), 2, &free, long, limit).is_some(), "total depth only");
+}
+
+#[tokio::test]
+async fn polls_only_free_capacity_and_acks_after_start() {
+    let rig = rig(|_| {});
+    for i in 0..5 {
+        rig.broker.push(job(&format!("a{i}"), "a"));
+    }
+    rig.broker.push(job("b0", "b"));
+    rig.broker.push(job("b1", "b"));
+    let r = rig.tick().await;
+    assert_eq!(r.scheduled, 3);
+    assert_eq!(rig.executor.started().len(), 3);
+    let calls = rig.broker.calls();
+    let BrokerCall::Poll(p) = &calls[0] else { panic!("first call is a poll: {calls:?}") };
+    assert_eq!(p.demands.iter().map(|d| d.max).sum::<u32>(), 3);
+    // Every ack comes after its start: the acked set equals the started set.
+    let mut acked = rig.broker.acks();
+    acked.sort();
+    let mut started = rig.executor.started();
+    started.sort();
+    assert_eq!(acked, started);
+    // Capacity is full now: the next tick does not poll at all.
+    let before = rig.broker.calls().len();
+    assert_eq!(rig.tick().await, TickReport::default());
+    assert_eq!(rig.broker.calls().len(), before, "no poll without free capacity");
+    // One finishes: exactly one more of that type is taken.
+    rig.executor.finish(&JobId::new("a0").unwrap());
+    assert_eq!(rig.tick().await.scheduled, 1);
+    assert_eq!(rig.executor.running(), 3);
+}
+
+#[tokio::test]
+async fn transient_failures_retry_then_release() {
+    let rig = rig(|_| {});
+    rig.executor.fail_next(HandoffError::Transient("quota".into()));
+    rig.broker.push(job("retry-ok", "b"));
+    rig.tick().await;
+    assert_eq!(rig.executor.started(), vec![JobId::new("retry-ok").unwrap()]);
+    assert_eq!(rig.broker.acks(), vec![JobId::new("retry-ok").unwrap()]);
+
+    rig.executor.finish(&JobId::new("retry-ok").unwrap());
+    rig.executor.fail_always(true);
+    rig.broker.push(job("doomed", "b"));
+    rig.tick().await;
+    assert_eq!(rig.broker.releases(), vec![JobId::new("doomed").unwrap()]);
+    assert!(!rig.broker.acks().contains(&JobId::new("doomed").unwrap()), "never acked");
+    let text = rig.intake.metrics().encode();
+    assert!(text.contains("job_manager_handoff_failures_total{reason=\"transient\"} 4"), "{text}");
+}
+
+#[tokio::test]
+async fn permanent_failure_releases_at_once() {
+    let rig = rig(|_| {});
+    rig.executor.fail_next(HandoffError::Permanent("bad object".into()));
+    rig.broker.push(job("p", "a"));
+    rig.tick().await;
+    assert_eq!(rig.broker.releases(), vec![JobId::new("p").unwrap()]);
+    assert!(rig.executor.started().is_empty());
+}
+
+#[tokio::test]
+async fn redelivered_running_job_is_acked_not_started_again() {
+    let rig = rig(|_| {});
+    rig.broker.push(job("dup", "a"));
+    rig.tick().await;
+    let mut again = job("dup", "a");
+    again.attempt = 2;
+    rig.broker.push(again);
+    let r = rig.tick().await;
+    assert_eq!(r.deduplicated, 1);
+    assert_eq!(rig.executor.started().len(), 1, "not started twice");
+    assert!(rig.broker.calls().contains(&BrokerCall::Ack(JobId::new("dup").unwrap(), 2)), "acks the new attempt");
+}
+
+#[tokio::test]
+async fn redelivered_finished_job_is_acked_not_run() {
+    let rig = rig(|_| {});
+    rig.intake.record(&JobResult::new(JobId::new("done").unwrap(), Outcome::Succeeded, "")).await.unwrap();
+    rig.broker.push(job("done", "a"));
+    let r = rig.tick().await;
+    assert_eq!(r.deduplicated, 1);
+    assert!(rig.executor.started().is_empty());
+    assert_eq!(rig.broker.acks(), vec![JobId::new("done").unwrap()]);
+}
+
+#[tokio::test]
+async fn vse_rejects_unsigned_and_runs_signed() {
+    let rig = rig(|s| {
+        s.vse_passphrase = Some(Secret::new("pass"));
+        s.runtimes[0].parallelism = 5;
+    });
+    let mut signed = job("signed", "a");
+    signed.signature = Some(common::token::vse_signature("pass", "a", &signed.payload));
+    let unsigned = job("unsigned", "a");
+    let mut forged = job("forged", "a");
+    forged.signature = Some(common::token::vse_signature("other", "a", &forged.payload));
+    rig.broker.push(signed);
+    rig.broker.push(unsigned);
+    rig.broker.push(forged);
+    let r = rig.tick().await;
+    assert_eq!((r.scheduled, r.rejected), (1, 2));
+    assert_eq!(rig.executor.started(), vec![JobId::new("signed").unwrap()]);
+    for id in ["unsigned", "forged"] {
+        let res = rig.intake.lookup(&JobId::new(id).unwrap()).await.unwrap().expect("rejection recorded");
+        assert_eq!(res.outcome, Outcome::Rejected);
+        assert!(res.message.contains("verified script execution"), "{}", res.message);
+        assert!(rig.broker.acks().contains(&JobId::new(id).unwrap()), "rejected jobs are acked");
+    }
+    let unsigned = rig.intake.lookup(&JobId::new("unsigned").unwrap()).await.unwrap().unwrap();
+    assert!(unsigned.message.contains("no signature"), "{}", unsigned.message);
+}
+
+#[tokio::test]
+async fn unknown_runtime_and_excess_jobs_are_released() {
+    let rig = rig(|_| {});
+    // A misbehaving broker hands out a type we never asked for and more "b" than room.
+    rig.broker.set_ignore_demands(true);
+    rig.broker.push(job("x", "zzz"));
+    rig.broker.push(job("b1", "b"));
+    rig.broker.push(job("b2", "b"));
+    let r = rig.tick().await;
+    assert_eq!((r.polled, r.scheduled, r.released), (3, 1, 2));
+    let mut released = rig.broker.releases();
+    released.sort();
+    assert_eq!(released, vec![JobId::new("b2").unwrap(), JobId::new("x").unwrap()]);
+    assert_eq!(rig.executor.started(), vec![JobId::new("b1").unwrap()], "capacity of b (1) not exceeded");
+}
+
+#[tokio::test]
+async fn handoff_sets_deadline_and_bound_token() {
+    let rig = rig(|s| s.check_timeout_secs = 10);
+    let now = SystemTime::now();
+    let mut long = job("long", "a");
+    long.timeout_secs = 500;
+    let h = rig.dispatcher.handoff_for(&long, now);
+    assert_eq!(h.deadline, now + Duration::from_secs(10), "clamped to the check timeout");
+    let signer = TokenSigner::new("k");
+    let t = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert!(signer.verify(&long.id, &h.token, t + 10 + 60).is_ok(), "valid past the deadline (slack)");
+    assert!(signer.verify(&JobId::new("other").unwrap(), &h.token, t).is_err(), "bound to the job id");
+    assert!(signer.verify(&long.id, &h.token, t + 10 + 16 * 60).is_err(), "expires");
+}
+
+#[tokio::test]
+async fn stall_shows_in_readiness_and_metrics() {
+    let rig = rig(|s| s.stall_after = Duration::ZERO);
+    // Jobs wait for "a", capacity is free, and the dispatcher has not polled.
+    rig.broker.push(job("w", "a"));
+    rig.dispatcher.check_queue().await;
+    let err = rig.readiness.check().unwrap_err();
+    assert!(err.contains("stalled"), "{err}");
+    assert!(rig.intake.metrics().encode().contains("job_manager_dispatcher_stalled 1"));
+    assert!(rig.intake.metrics().encode().contains("job_manager_broker_queue_depth 1"));
+    // Once it dispatches and the queue drains, it is ready again.
+    rig.tick().await;
+    rig.dispatcher.check_queue().await;
+    assert!(rig.readiness.check().is_ok());
+}
+
+#[tokio::test]
+async fn shutdown_during_backoff_releases() {
+    let rig = rig(|s| {
+        s.handoff_backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(30));
+        s.handoff_attempts = 10;
+    });
+    rig.executor.fail_always(true);
+    rig.broker.push(job("s", "a"));
+    rig.dispatcher.tick(&rig.shutdown).await;
+    rig.shutdown.cancel();
+    rig.settle().await;
+    assert_eq!(rig.broker.releases(), vec![JobId::new("s").unwrap()]);
+}

@@ -1,0 +1,62 @@
+//! The one way a result enters the job manager, whoever produced it: the result API
+//! (a sidecar), or an executor that detected a timeout, a crash or a rejection. Recording
+//! is first-wins; a newly accepted result wakes the delivery loop.
+use super::store::{Recorded, ResultStore, StoreError};
+use crate::metrics::Metrics;
+use common::{JobId, JobResult};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub struct ResultIntake<S> {
+    store: Arc<S>,
+    kick: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Clone for ResultIntake<S> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), kick: self.kick.clone(), metrics: self.metrics.clone() }
+    }
+}
+
+impl<S: ResultStore> ResultIntake<S> {
+    pub fn new(store: S, metrics: Arc<Metrics>) -> Self {
+        Self { store: Arc::new(store), kick: Arc::new(Notify::new()), metrics }
+    }
+
+    /// Record a result (first wins) and, when it is new, wake the delivery loop.
+    pub async fn record(&self, result: &JobResult) -> Result<Recorded, StoreError> {
+        let recorded = self.store.record(result).await?;
+        match recorded {
+            Recorded::Accepted => {
+                tracing::info!(job_id = %result.job_id, outcome = %result.outcome, message = %result.message, "result recorded");
+                self.metrics.record_outcome(result.outcome);
+                self.kick.notify_one();
+            }
+            Recorded::Duplicate => tracing::debug!(job_id = %result.job_id, "identical result recorded again"),
+            Recorded::Conflict => tracing::info!(
+                job_id = %result.job_id,
+                outcome = %result.outcome,
+                "a different result was already recorded for this job; keeping the first"
+            ),
+        }
+        Ok(recorded)
+    }
+
+    pub async fn lookup(&self, id: &JobId) -> Result<Option<JobResult>, StoreError> {
+        self.store.lookup(id).await
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Woken whenever a new result is recorded.
+    pub fn kicked(&self) -> Arc<Notify> {
+        self.kick.clone()
+    }
+}
