@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Chart tests (`make chart-test`, part of `make test`): render the chart with real Helm
+# (helm-python-sdk), lint it strictly, validate every manifest with kubernetes-validate,
+# check security-critical fields, the schema's refusals and the generated README.
+# Offline and fast; uses the venv made by setup-test-env.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+py=.venv/bin/python
+if ! "$py" -c 'import helm_python, kubernetes_validate, pytest, yaml' 2>/dev/null; then
+  deploy/scripts/setup-test-env.sh
+fi
+export PYTHONDONTWRITEBYTECODE=1
+exec "$py" -m pytest -q -p no:cacheprovider deploy/tests "$@"

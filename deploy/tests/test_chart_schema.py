@@ -1,0 +1,65 @@
+"""Bad values are refused before anything is rendered, with a message that names the
+value and the rule (values.schema.json, or a template `fail` where JSON Schema cannot
+say it clearly)."""
+import helm_python as helm
+import pytest
+from helm_python.errors import HelmError
+
+from conftest import CHART, REQUIRED, deep_merge, render
+
+REFUSED = {
+    "check-timeout-0": ({"global": {"checkTimeout": 0}}, ["/global/checkTimeout", "minimum: got 0, want 1"]),
+    "check-timeout-901": ({"global": {"checkTimeout": 901}}, ["/global/checkTimeout", "maximum: got 901, want 900"]),
+    "check-timeout-string": ({"global": {"checkTimeout": "soon"}}, ["/global/checkTimeout", "want integer"]),
+    "no-location-key": ({"jobManager": {"locationKey": ""}},
+                        ["jobManager.locationKey or jobManager.locationKeySecretName is required"]),
+    "both-location-keys": ({"jobManager": {"locationKeySecretName": "mine"}},
+                           ["set only one of jobManager.locationKey and jobManager.locationKeySecretName"]),
+    "no-internal-api-key": ({"global": {"internalApiKey": ""}},
+                            ["global.internalApiKey or global.internalApiKeySecretName is required"]),
+    "resources-bad-quantity": ({"resources": {"requests": {"cpu": "lots"}}}, ["/resources/requests/cpu", "does not match pattern"]),
+    "resources-typo": ({"resources": {"request": {"cpu": "1"}}}, ["/resources", "additional properties 'request' not allowed"]),
+    "runtime-resources-bad-name": ({"node-api-runtime": {"resources": {"limits": {"CPU!": "1"}}}},
+                                   ["/node-api-runtime/resources/limits", "CPU!"]),
+    "sidecar-resources-list": ({"jobManager": {"sidecar": {"resources": ["cpu"]}}}, ["/jobManager/sidecar/resources", "want object"]),
+    "unknown-top-level-key": ({"jobManger": {"locationKey": "x"}}, ["additional properties 'jobManger' not allowed"]),
+    "unknown-nested-key": ({"jobManager": {"hpa": {"minReplica": 2}}}, ["/jobManager/hpa", "'minReplica' not allowed"]),
+    "bad-log-level": ({"jobManager": {"logLevel": "verbose"}}, ["/jobManager/logLevel", "value must be one of"]),
+    "bad-pull-policy": ({"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy"]),
+    "bad-workload": ({"node-browser-runtime": {"workload": "forever"}}, ["/node-browser-runtime/workload"]),
+    "bad-service-name": ({"global": {"hostnameOverride": "Job_Manager"}}, ["/global/hostnameOverride"]),
+    "bad-proxy-port": ({"jobManager": {"apiProxyPort": 70000}}, ["/jobManager/apiProxyPort"]),
+    "grace-too-short": ({"terminationGracePeriodSeconds": 30},
+                        ["terminationGracePeriodSeconds (30) must be greater than jobManager.shutdownGraceSecs (30)"]),
+    "hpa-min-above-max": ({"jobManager": {"hpa": {"minReplicas": 5, "maxReplicas": 2}}},
+                          ["jobManager.hpa.minReplicas (5) must not exceed jobManager.hpa.maxReplicas (2)"]),
+    "no-runtime": ({"node-api-runtime": {"enabled": False}, "node-browser-runtime": {"enabled": False}},
+                   ["enable at least one runtime"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_with_clear_message(chart, case):
+    values, expected = REFUSED[case]
+    with pytest.raises(HelmError) as refused:
+        render(chart, deep_merge(REQUIRED, values))
+    message = str(refused.value)
+    for fragment in expected:
+        assert fragment in message, f"{case}: {fragment!r} not in {message!r}"
+
+
+def test_lint_reports_the_refusal():
+    report = helm.lint(CHART, deep_merge(REQUIRED, {"global": {"checkTimeout": 0}}), strict=True, kube_version="v1.29.0")
+    assert any("checkTimeout" in m["error"] for m in report["messages"] if m["severity"] >= 3), report
+
+
+@pytest.mark.parametrize("values", [
+    {"global": {"checkTimeout": 1}},
+    {"global": {"checkTimeout": 900}},
+    {"jobManager": {"apiProxyPort": "3128", "brokerApiProxySelfSignedCert": "1"}},
+    {"jobManager": {"brokerApiProxySelfSignedCert": True}, "resources": {"limits": {"cpu": 2, "memory": "1.5e9"}}},
+    {"jobManager": {"hpa": {"customMetrics": {"targetValue": "100"}}}},
+    {"global": {"imagePullSecrets": ["a", {"name": "b"}]}},
+])
+def test_accepted_edge_values(chart, values):
+    render(chart, deep_merge(REQUIRED, values))
