@@ -9,6 +9,8 @@ root=$(pwd)
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)   # the client tests' origin makes its cert
+{ command -v iptables || [ -x /usr/sbin/iptables ]; } >/dev/null || need_apt+=(iptables)   # netns egress test (owner match)
+{ command -v ip || [ -x /usr/sbin/ip ]; } >/dev/null || need_apt+=(iproute2)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
