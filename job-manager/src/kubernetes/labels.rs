@@ -135,6 +135,12 @@ pub fn job_labels(id: &JobId, runtime_type: &str) -> BTreeMap<String, String> {
     labels
 }
 
+/// Selector matching every runtime object this job manager created (records of both
+/// workload kinds included).
+pub fn managed_runtime_selector() -> String {
+    format!("{MANAGED_BY}={MANAGED_BY_VALUE},{COMPONENT}={COMPONENT_RUNTIME}")
+}
+
 /// Selector (`k=v,...`) matching every per-job object this job manager created.
 pub fn ephemeral_selector() -> String {
     format!("{MANAGED_BY}={MANAGED_BY_VALUE},{COMPONENT}={COMPONENT_RUNTIME},{WORKLOAD}=ephemeral")

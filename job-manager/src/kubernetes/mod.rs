@@ -9,7 +9,10 @@
 //! cli         `render`, `crd`, `rbac` subcommands (no cluster needed)
 //! ```
 pub mod cli;
+pub mod diagnose;
 pub mod labels;
+pub mod metrics;
 pub mod rbac;
 pub mod record;
+pub mod store;
 pub mod translate;
