@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# The sidecar image: one statically linked binary FROM scratch. No shell, no libc, no
+# package manager; runs as 1001:1001 and needs nothing writable in its root filesystem.
+# Build from the repository root:
+#   docker build -f deploy/docker/sidecar.Dockerfile -t sidecar:dev .
+# Without a Docker engine, deploy/scripts/images.sh builds the same image with buildah.
+
+ARG RUST_VERSION=1.95
+ARG TARGET=x86_64-unknown-linux-gnu
+
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
+ARG TARGET
+WORKDIR /src
+COPY . .
+# glibc with crt-static gives a fully static binary (DNS via the built-in resolver);
+# TLS is rustls everywhere, so there is no OpenSSL to link.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --release --locked --target "${TARGET}" --bin sidecar \
+ && cp "target/${TARGET}/release/sidecar" /sidecar \
+ && ! ldd /sidecar 2>/dev/null | grep -q '=>'
+
+FROM scratch
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="sidecar" \
+      org.opencontainers.image.description="Egress proxy, local runtime API and result reporter that runs beside every runtime." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/newrelic/helm-charts"
+# Trust roots for operators who rely on system certificates (rustls-native-certs).
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=builder --chmod=0555 /sidecar /sidecar
+USER 1001:1001
+ENTRYPOINT ["/sidecar"]

@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# Container images without a Docker engine: the daemonless twin of deploy/docker/*.Dockerfile.
+#
+#   images.sh build           static release binaries, then buildah images FROM scratch
+#   images.sh push REGISTRY   push them to REGISTRY/newrelic/serverless-<name>:{VERSION,latest}
+#   images.sh test            build, push to a throwaway registry on 127.0.0.1:5000, pull and
+#                             inspect them back (entrypoint, user, size), smoke-run them with podman
+#
+# Images live in a private containers-storage under .cache/images (vfs driver), so nothing
+# touches the system's container storage or services. Needs root (or sudo) for apt and for
+# podman/buildah. Environment: IMAGE_TAG (default: the workspace version).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+TARGET=x86_64-unknown-linux-gnu
+NAMES=(job-manager sidecar test-runtime)
+VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+TAG=${IMAGE_TAG:-$VERSION}
+REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The chart's image repositories (values.yaml): `--set global.imageRegistry=REGISTRY` finds them.
+repo_of() { echo "newrelic/serverless-$1"; }
+# Size goals (bytes, compressed layers as pushed).
+declare -A GOAL=([job-manager]=$((25 * 1024 * 1024)) [sidecar]=$((10 * 1024 * 1024)))
+
+state="$root/.cache/images"
+export CONTAINERS_STORAGE_CONF="$state/storage.conf"
+
+log() { echo "images: $*" >&2; }
+die() { echo "images: FAIL: $*" >&2; exit 1; }
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+# Installs only what is missing; a no-op once done.
+ensure_apt() {
+  local missing=()
+  local pkg bin
+  for pkg in "$@"; do
+    case $pkg in
+      docker-registry) bin=docker-registry ;;
+      uidmap) bin=newuidmap ;;
+      *) bin=$pkg ;;
+    esac
+    command -v "$bin" >/dev/null || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_storage() {
+  mkdir -p "$state/storage" "$state/run"
+  cat >"$CONTAINERS_STORAGE_CONF" <<EOF
+[storage]
+driver = "vfs"
+graphroot = "$state/storage"
+runroot = "$state/run"
+EOF
+}
+
+# Binaries the workspace actually defines (test-runtime lands with the end-to-end tests).
+workspace_bins() {
+  cargo metadata --no-deps --format-version 1 |
+    python3 -c 'import json,sys; print("\n".join(t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "bin" in t["kind"]))'
+}
+
+build_binaries() {
+  local have bins=() name
+  have=$(workspace_bins)
+  for name in "${NAMES[@]}"; do
+    if grep -qx "$name" <<<"$have"; then bins+=(--bin "$name"); else log "no '$name' binary in the workspace: its image is not built"; fi
+  done
+  log "cargo build --release --target $TARGET ${bins[*]} (static)"
+  # --target keeps RUSTFLAGS off build scripts and proc macros, and the output apart
+  # from everyone's debug builds in the shared target/.
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$TARGET" "${bins[@]}"
+}
+
+binary_of() { echo "$root/target/$TARGET/release/$1"; }
+
+built_names() {
+  local name
+  for name in "${NAMES[@]}"; do [ -x "$(binary_of "$name")" ] && echo "$name"; done
+  return 0
+}
+
+assert_static() {
+  if ldd "$1" >/dev/null 2>&1; then die "$1 is dynamically linked: $(ldd "$1" | tr '\n' ' ')"; fi
+}
+
+# Mirrors deploy/docker/<name>.Dockerfile: FROM scratch, CA bundle, the binary (0555),
+# USER 1001:1001, ENTRYPOINT, OCI labels.
+build_image() {
+  local name=$1 bin ctr desc image
+  bin=$(binary_of "$name")
+  assert_static "$bin"
+  desc=$(sed -n 's/^      org.opencontainers.image.description="\(.*\)" \\$/\1/p' "deploy/docker/$name.Dockerfile")
+  image="localhost/$(repo_of "$name"):$TAG"
+  ctr=$(buildah from scratch)
+  buildah copy --quiet "$ctr" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
+  buildah copy --quiet --chmod 0555 "$ctr" "$bin" "/$name" >/dev/null
+  buildah config \
+    --user 1001:1001 \
+    --entrypoint "[\"/$name\"]" \
+    --cmd '' \
+    --workingdir / \
+    --created-by "deploy/scripts/images.sh" \
+    --label "org.opencontainers.image.title=$name" \
+    --label "org.opencontainers.image.description=$desc" \
+    --label "org.opencontainers.image.version=$TAG" \
+    --label "org.opencontainers.image.revision=$REVISION" \
+    --label "org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    --label "org.opencontainers.image.licenses=Apache-2.0" \
+    --label "org.opencontainers.image.source=https://github.com/newrelic/helm-charts" \
+    "$ctr"
+  buildah commit --quiet --format oci --rm "$ctr" "$image" >/dev/null
+  buildah tag "$image" "localhost/$(repo_of "$name"):latest"
+  log "built $image"
+}
+
+cmd_build() {
+  ensure_apt buildah
+  ensure_storage
+  build_binaries
+  local name
+  for name in $(built_names); do build_image "$name"; done
+}
+
+cmd_push() {
+  local registry=${1:?usage: images.sh push REGISTRY}
+  ensure_apt buildah
+  ensure_storage
+  local name tag
+  for name in $(built_names); do
+    for tag in "$TAG" latest; do
+      buildah push --quiet --tls-verify=false "localhost/$(repo_of "$name"):$TAG" "docker://$registry/$(repo_of "$name"):$tag"
+    done
+    log "pushed $registry/$(repo_of "$name"):{$TAG,latest}"
+  done
+}
+
+# --- test ------------------------------------------------------------------------------
+
+tmp=""
+registry_pid=""
+cleanup() {
+  [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  [ -n "${upstream_pid:-}" ] && kill "$upstream_pid" 2>/dev/null
+  [ -n "${sidecar_ctr:-}" ] && podman rm -f "$sidecar_ctr" >/dev/null 2>&1
+  [ -n "$tmp" ] && rm -rf "$tmp"
+  return 0
+}
+
+wait_http() { # url, what: polls a readiness endpoint (no fixed sleeps)
+  local i
+  for i in $(seq 1 100); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "$2 did not become ready at $1"
+}
+
+start_registry() {
+  local addr=127.0.0.1:5000
+  if curl -s -o /dev/null "http://$addr/v2/" 2>/dev/null; then die "something already listens on $addr"; fi
+  mkdir -p "$tmp/registry"
+  cat >"$tmp/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $tmp/registry
+  delete:
+    enabled: true
+http:
+  addr: $addr
+EOF
+  docker-registry serve "$tmp/registry.yml" >"$tmp/registry.log" 2>&1 &
+  registry_pid=$!
+  wait_http "http://$addr/v2/" "docker-registry"
+  log "registry on $addr (pid $registry_pid)"
+}
+
+# Entrypoint, user and compressed size of a pushed image, read back from the registry.
+inspect_image() {
+  local name=$1 ref config raw size
+  ref="docker://127.0.0.1:5000/$(repo_of "$name"):$TAG"
+  config=$(skopeo inspect --tls-verify=false --config "$ref")
+  raw=$(skopeo inspect --tls-verify=false --raw "$ref")
+  python3 - "$name" "$config" "$raw" "${GOAL[$name]:-0}" "$tmp/sizes" <<'EOF'
+import json, sys
+name, config, raw, goal, sizes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+cfg = config["config"]
+assert cfg.get("Entrypoint") == [f"/{name}"], f"{name}: entrypoint {cfg.get('Entrypoint')}"
+assert cfg.get("User") == "1001:1001", f"{name}: user {cfg.get('User')}"
+assert not cfg.get("Cmd"), f"{name}: unexpected cmd {cfg.get('Cmd')}"
+labels = cfg.get("Labels") or {}
+for key in ("org.opencontainers.image.title", "org.opencontainers.image.version", "org.opencontainers.image.source"):
+    assert labels.get(key), f"{name}: label {key} missing"
+# One layer: buildah commits the CA bundle and the binary together (the Dockerfile's two COPYs make two).
+assert len(raw["layers"]) == 1, f"{name}: expected 1 layer, got {len(raw['layers'])}"
+size = raw["config"]["size"] + sum(layer["size"] for layer in raw["layers"])
+verdict = "n/a" if not goal else ("ok" if size <= goal else "OVER GOAL")
+print(f"images: {name}: entrypoint {cfg['Entrypoint']}, user {cfg['User']}, {size / 1e6:.2f} MB ({size} bytes) compressed; goal {goal / 1048576:.0f} MiB: {verdict}" if goal else
+      f"images: {name}: entrypoint {cfg['Entrypoint']}, user {cfg['User']}, {size / 1e6:.2f} MB ({size} bytes) compressed", file=sys.stderr)
+with open(sizes, "a") as f:
+    f.write(f"{name} {size}\n")
+EOF
+}
+
+podman_env() {
+  # Podman in this environment: runc, cgroupfs, explicit ulimits; a private storage for
+  # what is pulled back, so the test proves the registry round trip.
+  cat >"$tmp/containers.conf" <<'EOF'
+[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+  mkdir -p "$tmp/pulled/storage" "$tmp/pulled/run"
+  cat >"$tmp/pulled/storage.conf" <<EOF
+[storage]
+driver = "vfs"
+graphroot = "$tmp/pulled/storage"
+runroot = "$tmp/pulled/run"
+EOF
+  export CONTAINERS_CONF="$tmp/containers.conf"
+  export CONTAINERS_STORAGE_CONF="$tmp/pulled/storage.conf"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+smoke_sidecar() {
+  local image=$1 port admin up_port host_ip body
+  port=$(free_port); admin=$(free_port); up_port=$(free_port)
+  # A real upstream on a non-loopback address (the sidecar always refuses loopback).
+  host_ip=$(hostname -I | awk '{print $1}')
+  [ -n "$host_ip" ] || die "no non-loopback address for the sidecar smoke upstream"
+  mkdir -p "$tmp/www" && echo "hello through the sidecar" >"$tmp/www/index.html"
+  python3 -m http.server "$up_port" --bind "$host_ip" --directory "$tmp/www" >/dev/null 2>&1 &
+  upstream_pid=$!
+  wait_http "http://$host_ip:$up_port/" "smoke upstream"
+  sidecar_ctr=$(podman run -d --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
+    "$image" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
+  wait_http "http://127.0.0.1:$admin/readyz" "sidecar container"
+  body=$(curl -fsS --max-time 10 -x "http://127.0.0.1:$port" "http://$host_ip:$up_port/index.html") ||
+    die "sidecar did not proxy: $(podman logs "$sidecar_ctr" 2>&1 | tail -5)"
+  [ "$body" = "hello through the sidecar" ] || die "sidecar proxied the wrong body: $body"
+  [ "$(podman inspect -f '{{.Config.User}}' "$sidecar_ctr")" = "1001:1001" ] || die "sidecar does not run as 1001:1001"
+  podman rm -f "$sidecar_ctr" >/dev/null; sidecar_ctr=""
+  kill "$upstream_pid"; upstream_pid=""
+  log "sidecar image: started read-only as 1001:1001 and proxied a request"
+}
+
+smoke_job_manager() {
+  local image=$1 out code
+  out=$(podman run --rm --network none --read-only "$image" --help) || die "job-manager --help failed"
+  grep -qi "usage" <<<"$out" || die "job-manager --help printed no usage: $out"
+  printf 'checkTimeout: 0\n' >"$tmp/bad-config.yaml"
+  set +e
+  out=$(podman run --rm --network none --read-only -v "$tmp/bad-config.yaml:/config/bad.yaml:ro" \
+    -e JM_CONFIG_FILE=/config/bad.yaml "$image" 2>&1)
+  code=$?
+  set -e
+  [ "$code" = 64 ] || die "job-manager with checkTimeout 0 exited $code, want 64: $out"
+  grep -q "checkTimeout" <<<"$out" || die "job-manager did not name the bad setting: $out"
+  log "job-manager image: --help works; a bad config exits 64 naming checkTimeout"
+}
+
+cmd_test() {
+  ensure_apt buildah skopeo docker-registry podman runc uidmap curl
+  tmp=$(mktemp -d)
+  trap cleanup EXIT
+  cmd_build
+  start_registry
+  cmd_push 127.0.0.1:5000
+  local name
+  for name in $(built_names); do inspect_image "$name"; done
+  podman_env
+  for name in $(built_names); do
+    podman pull --quiet --tls-verify=false "127.0.0.1:5000/$(repo_of "$name"):$TAG" >/dev/null
+  done
+  smoke_sidecar "127.0.0.1:5000/$(repo_of sidecar):$TAG"
+  smoke_job_manager "127.0.0.1:5000/$(repo_of job-manager):$TAG"
+  cp "$tmp/sizes" "$state/sizes.txt"
+  log "ok: sizes in $state/sizes.txt"
+}
+
+case ${1:-} in
+  build) cmd_build ;;
+  push) shift; cmd_push "$@" ;;
+  test) cmd_test ;;
+  *) echo "usage: $0 build | push REGISTRY | test" >&2; exit 2 ;;
+esac
