@@ -1,3 +1,247 @@
+//! The sidecar: the runtime pod's only way out. An HTTP forward proxy and CONNECT
+//! tunnel under an egress policy decided on the address actually dialled, the local
+//! runtime API (job in, result out), the result reporter that gets results to the job
+//! manager durably, an ingress for persistent workloads, and probes and metrics.
+//!
+//! `run` takes bound listeners and a shutdown future, so tests run it in-process on
+//! `127.0.0.1:0`; `main.rs` only parses configuration and calls it.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
-//! Sidecar library (see README).
+
+pub mod authority;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod error;
+pub mod ingress;
+pub mod local_api;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod reporter;
+pub mod resolve;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+
+use crate::config::{Config, KeySource};
+use crate::connect::{Dialer, UpstreamDialer};
+use crate::local_api::{LoadedJob, LocalApi};
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::reporter::ResultReporter;
+use crate::resolve::{Resolve, SystemResolver};
+use crate::server::Serve;
+use common::backoff::Backoff;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The sockets the sidecar serves, bound before [`run`] so a caller can use port 0.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: Option<TcpListener>,
+    pub ingress: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Self, RunError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
+        };
+        Ok(Self {
+            proxy: bind(config.listen).await?,
+            admin: match config.admin_listen {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            },
+            ingress: match config.ingress {
+                Some(i) => Some(bind(i.listen).await?),
+                None => None,
+            },
+        })
+    }
+
+    pub fn addrs(&self) -> common::runtime_api::ReadyFile {
+        common::runtime_api::ReadyFile {
+            listen: self.proxy.local_addr().expect("bound listener has an address"),
+            admin: self.admin.as_ref().and_then(|l| l.local_addr().ok()),
+            ingress: self.ingress.as_ref().and_then(|l| l.local_addr().ok()),
+            pid: std::process::id(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("job: {0}")]
+    Job(#[from] local_api::JobLoadError),
+    #[error("DNS resolver: {0}")]
+    Resolver(#[from] resolve::ResolveError),
+    #[error("upstream proxy: {0}")]
+    UpstreamProxy(String),
+    #[error("cannot write ready file {path}: {source}")]
+    ReadyFile { path: String, source: std::io::Error },
+    #[error("the internal API key must be loaded before run (see config::load_key)")]
+    KeyNotLoaded,
+}
+
+/// Knobs that only tests and embedders change.
+#[derive(Clone)]
+pub struct Extras {
+    pub resolver: Option<Arc<dyn Resolve>>,
+    pub result_backoff: Backoff,
+}
+
+impl Default for Extras {
+    fn default() -> Self {
+        Self { resolver: None, result_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)) }
+    }
+}
+
+/// Runs the sidecar until `shutdown` resolves, then stops accepting, lets open requests
+/// finish and waits for in-flight result deliveries for up to the shutdown grace.
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    run_with(config, Extras::default(), listeners, shutdown).await
+}
+
+pub async fn run_with(
+    config: Config,
+    extras: Extras,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let key = match &config.internal_api_key {
+        KeySource::None => None,
+        KeySource::Inline(k) => Some(k.clone()),
+        KeySource::File(_) | KeySource::Stdin => return Err(RunError::KeyNotLoaded),
+    };
+    let job = config.job_dir.as_deref().map(LoadedJob::load).transpose()?;
+    let job_id = job.as_ref().map(|j| j.job.id.to_string()).or_else(|| config.job_id.clone());
+
+    let reporter = match (&config.job_manager, &key) {
+        (Some(jm), Some(k)) => Some(Arc::new(ResultReporter::new(
+            config.spool_dir.clone(),
+            jm.base.clone(),
+            k,
+            config.result_deadline,
+            extras.result_backoff,
+            metrics.clone(),
+        ))),
+        _ => None,
+    };
+    if reporter.is_some() && config.spool_dir.is_none() {
+        tracing::warn!("no SIDECAR_SPOOL_DIR: results are delivered from memory and lost if the sidecar restarts first");
+    }
+    let already = reporter.as_ref().map(|r| r.redeliver_spooled()).unwrap_or_default();
+    let local = Arc::new(LocalApi::new(job, reporter.clone(), already, metrics.clone(), config.limits.max_body_bytes));
+
+    let resolver: Arc<dyn Resolve> = match extras.resolver {
+        Some(r) => r,
+        None => Arc::new(SystemResolver::new()?),
+    };
+    let upstream = config.upstream_proxy.clone().map(UpstreamDialer::new).transpose().map_err(RunError::UpstreamProxy)?;
+    let dialer = Arc::new(Dialer {
+        policy: config.policy.clone(),
+        report_only: config.report_only,
+        resolver,
+        upstream,
+        connect_timeout: config.limits.connect_timeout,
+        metrics: metrics.clone(),
+    });
+    let ready = listeners.addrs();
+    let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+    let proxy = Arc::new(Proxy::new(
+        dialer,
+        local.clone(),
+        metrics.clone(),
+        ProxySettings {
+            key: key.clone(),
+            job_manager: config.job_manager.as_ref().map(|j| j.target.clone()),
+            self_addr: ready.listen,
+            idle_timeout: config.limits.idle_timeout,
+            tunnel_idle_timeout: config.limits.tunnel_idle_timeout,
+            max_tunnels: config.limits.max_tunnels,
+            connections: connections.clone(),
+        },
+    ));
+
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let serve = |name| Serve {
+        name,
+        connections: connections.clone(),
+        limits: config.limits,
+        shutdown: stop.clone(),
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        job_id: job_id.clone(),
+    };
+    let mut loops = Vec::new();
+    let p = proxy.clone();
+    loops.push(tokio::spawn(serve("proxy").run(listeners.proxy, move |req| p.clone().handle(req))));
+    if let Some(l) = listeners.admin {
+        let local = local.clone();
+        loops.push(tokio::spawn(serve("admin").run(l, move |req| {
+            let local = local.clone();
+            async move { local.handle_admin(req).await }
+        })));
+    }
+    if let (Some(l), Some(ing), Some(k)) = (listeners.ingress, config.ingress, key.clone()) {
+        let ingress =
+            Arc::new(ingress::IngressProxy::new(k, ing.upstream, local.ingress_tokens.clone(), config.limits.max_body_bytes, metrics.clone()));
+        loops.push(tokio::spawn(serve("ingress").run(l, move |req| {
+            let ingress = ingress.clone();
+            async move { ingress.handle(req).await }
+        })));
+    }
+
+    if let Some(path) = &config.ready_file {
+        write_ready_file(path, &ready).map_err(|source| RunError::ReadyFile { path: path.display().to_string(), source })?;
+    }
+    local.ready.store(true, Ordering::Release);
+    tracing::info!(
+        listen = %ready.listen,
+        admin = ?ready.admin,
+        ingress = ?ready.ingress,
+        job_id = job_id.as_deref().unwrap_or("-"),
+        report_only = config.report_only,
+        "sidecar serving"
+    );
+
+    shutdown.await;
+    let started = Instant::now();
+    tracing::info!("shutting down: no new connections; draining");
+    local.ready.store(false, Ordering::Release);
+    stop.cancel();
+    for l in loops {
+        let _ = l.await;
+    }
+    if let Some(r) = &reporter {
+        if !r.drain(config.shutdown_grace).await {
+            tracing::error!(in_flight = r.in_flight(), "shutdown grace ended with results undelivered (still spooled)");
+        }
+    }
+    tracker.close();
+    let left = config.shutdown_grace.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, tracker.wait()).await.is_err() {
+        tracing::warn!("shutdown grace ended with connections open");
+    }
+    Ok(())
+}
+
+/// Writes the ready file atomically (temp file + rename) so a reader never sees half.
+pub fn write_ready_file(path: &std::path::Path, ready: &common::runtime_api::ReadyFile) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(ready)?)?;
+    std::fs::rename(&tmp, path)
+}

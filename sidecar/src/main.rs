@@ -1,1 +1,4 @@
-fn main() {}
+#![forbid(unsafe_code)]
+fn main() -> std::process::ExitCode {
+    sidecar::cli::main()
+}

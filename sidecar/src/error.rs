@@ -1,0 +1,109 @@
+//! Why the proxy answers instead of the destination, and the one place ("rescue") that
+//! turns each cause into the synthetic response a client sees: 403 for a policy refusal,
+//! 502 for an unreachable upstream, 504 for a timeout, 4xx for bad requests. Every
+//! synthetic response carries `x-sidecar-error: <label>`.
+use crate::policy::Decision;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("refused by egress policy: {}", .0.reason)]
+    Denied(Decision),
+    #[error("bad request target: {0}")]
+    BadTarget(#[from] crate::authority::AuthorityError),
+    #[error("{0}")]
+    Resolve(#[from] crate::resolve::ResolveError),
+    #[error("connecting to {target} timed out")]
+    ConnectTimeout { target: String },
+    #[error("cannot connect to {target}: {message}")]
+    Connect { target: String, message: String },
+    #[error("upstream proxy: {0}")]
+    UpstreamProxy(String),
+    #[error("upstream request failed: {0}")]
+    Upstream(String),
+    #[error("too many open tunnels")]
+    TooManyTunnels,
+    #[error("body larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("missing internal API key")]
+    MissingKey,
+    #[error("invalid internal API key")]
+    BadKey,
+}
+
+impl ProxyError {
+    /// Stable label for metrics and the `x-sidecar-error` header.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::Denied(d) => d.class.label(),
+            ProxyError::BadTarget(e) => e.label(),
+            ProxyError::Resolve(_) => "dns_failure",
+            ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::Connect { .. } => "connect_failed",
+            ProxyError::UpstreamProxy(_) => "upstream_proxy",
+            ProxyError::Upstream(_) => "upstream_failed",
+            ProxyError::TooManyTunnels => "too_many_tunnels",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NotFound => "not_found",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::Conflict(_) => "conflict",
+            ProxyError::Unavailable(_) => "unavailable",
+            ProxyError::MissingKey => "missing_key",
+            ProxyError::BadKey => "bad_key",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::BadTarget(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Resolve(_) | ProxyError::Connect { .. } | ProxyError::UpstreamProxy(_) | ProxyError::Upstream(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::TooManyTunnels | ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Conflict(_) => StatusCode::CONFLICT,
+            ProxyError::MissingKey => StatusCode::UNAUTHORIZED,
+            ProxyError::BadKey => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The synthetic response. The body is the human-readable cause plus a newline.
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(Bytes::from(format!("{self}\n"))));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(common::headers::PROXY_ERROR, HeaderValue::from_static(self.label()));
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    }
+
+    /// Finds a `ProxyError` in an error's source chain (the forwarding client wraps what
+    /// the connector returned).
+    pub fn find_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ProxyError> {
+        let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(p) = e.downcast_ref::<ProxyError>() {
+                return Some(p);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}

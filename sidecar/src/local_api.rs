@@ -1,0 +1,213 @@
+//! The local runtime API (loopback only): the runtime reads its job and posts its
+//! result here; probes and metrics are served here too. The admin listener serves only
+//! the probes and metrics (it listens on the pod network, the job must not).
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::reporter::{ResultReporter, SpoolRecord};
+use bytes::Bytes;
+use common::runtime_api::{RuntimeJob, RuntimeResult, LOCAL_JOB_PATH, LOCAL_RESULT_PATH};
+use common::{Job, JobId};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The job handed to this sidecar (ephemeral workloads).
+pub struct LoadedJob {
+    pub job: Job,
+    pub token: String,
+    runtime_json: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobLoadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not a valid job: {source}")]
+    Parse { path: String, source: serde_json::Error },
+    #[error("{path} is empty")]
+    EmptyToken { path: String },
+}
+
+impl LoadedJob {
+    pub fn load(dir: &Path) -> Result<Self, JobLoadError> {
+        let job_path = dir.join(common::runtime_api::JOB_FILE);
+        let token_path = dir.join(common::runtime_api::TOKEN_FILE);
+        let read = |p: &Path| std::fs::read(p).map_err(|source| JobLoadError::Read { path: p.display().to_string(), source });
+        let job: Job = serde_json::from_slice(&read(&job_path)?)
+            .map_err(|source| JobLoadError::Parse { path: job_path.display().to_string(), source })?;
+        let token = String::from_utf8_lossy(&read(&token_path)?).trim().to_string();
+        if token.is_empty() {
+            return Err(JobLoadError::EmptyToken { path: token_path.display().to_string() });
+        }
+        Ok(Self::new(job, token))
+    }
+
+    pub fn new(job: Job, token: String) -> Self {
+        let runtime_json = Bytes::from(serde_json::to_vec(&RuntimeJob::from(&job)).unwrap_or_default());
+        Self { job, token, runtime_json }
+    }
+}
+
+pub struct LocalApi {
+    job: Option<LoadedJob>,
+    reporter: Option<Arc<ResultReporter>>,
+    /// Jobs whose result was accepted (spooled); a second result gets 409.
+    accepted: Mutex<HashSet<JobId>>,
+    /// Tokens of jobs dispatched through the ingress (persistent workloads).
+    pub ingress_tokens: Arc<Mutex<HashMap<JobId, String>>>,
+    pub ready: AtomicBool,
+    metrics: Arc<Metrics>,
+    max_body: usize,
+}
+
+impl LocalApi {
+    pub fn new(
+        job: Option<LoadedJob>,
+        reporter: Option<Arc<ResultReporter>>,
+        already_accepted: Vec<JobId>,
+        metrics: Arc<Metrics>,
+        max_body: usize,
+    ) -> Self {
+        Self {
+            job,
+            reporter,
+            accepted: Mutex::new(already_accepted.into_iter().collect()),
+            ingress_tokens: Arc::default(),
+            ready: AtomicBool::new(false),
+            metrics,
+            max_body,
+        }
+    }
+
+    pub fn job_id(&self) -> Option<&JobId> {
+        self.job.as_ref().map(|j| &j.job.id)
+    }
+
+    /// Probes and metrics only (the admin listener).
+    pub async fn handle_admin<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        self.probes(&req).unwrap_or_else(|| ProxyError::NotFound.response())
+    }
+
+    fn probes<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return None;
+        }
+        match req.uri().path() {
+            "/healthz" => Some(text(StatusCode::OK, "ok\n")),
+            "/readyz" if self.ready.load(Ordering::Acquire) => Some(text(StatusCode::OK, "ready\n")),
+            "/readyz" => Some(text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")),
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.encode())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                Some(r)
+            }
+            _ => None,
+        }
+    }
+
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        if let Some(r) = self.probes(&req) {
+            return r;
+        }
+        self.api(req).await.unwrap_or_else(|e| e.response())
+    }
+
+    async fn api(&self, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, ProxyError> {
+        let path = req.uri().path();
+        if path == LOCAL_JOB_PATH {
+            if req.method() != Method::GET {
+                return Err(ProxyError::MethodNotAllowed);
+            }
+            let job = self.job.as_ref().ok_or_else(no_job)?;
+            return Ok(json(StatusCode::OK, job.runtime_json.clone()));
+        }
+        if path == LOCAL_RESULT_PATH {
+            if req.method() != Method::POST {
+                return Err(ProxyError::MethodNotAllowed);
+            }
+            let job = self.job.as_ref().ok_or_else(no_job)?;
+            let (id, token) = (job.job.id.clone(), job.token.clone());
+            return self.accept_result(req, id, token).await;
+        }
+        if let Some(id) = path.strip_prefix("/v1/jobs/").and_then(|r| r.strip_suffix("/result")) {
+            if req.method() != Method::POST {
+                return Err(ProxyError::MethodNotAllowed);
+            }
+            let id = JobId::new(id).map_err(|e| ProxyError::BadRequest(format!("bad job id: {e}")))?;
+            let token = self.ingress_tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+            let token = match token {
+                Some(t) => t,
+                None if self.accepted.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) => {
+                    return Err(ProxyError::Conflict(format!("a result for job {id} was already accepted")))
+                }
+                None => return Err(ProxyError::NotFound),
+            };
+            let resp = self.accept_result(req, id.clone(), token).await;
+            if resp.is_ok() {
+                self.ingress_tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            }
+            return resp;
+        }
+        Err(ProxyError::NotFound)
+    }
+
+    async fn accept_result(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        id: JobId,
+        token: String,
+    ) -> Result<Response<Full<Bytes>>, ProxyError> {
+        let reporter = self.reporter.as_ref().ok_or_else(|| ProxyError::Unavailable("no job manager configured".into()))?;
+        let body = read_body(req.into_body(), self.max_body).await?;
+        let result: RuntimeResult =
+            serde_json::from_slice(&body).map_err(|e| ProxyError::BadRequest(format!("invalid result: {e}")))?;
+        if !self.accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+            return Err(ProxyError::Conflict(format!("a result for job {id} was already accepted")));
+        }
+        let record = SpoolRecord { result: result.into_job_result(id.clone()), token };
+        if let Err(e) = reporter.submit(record).await {
+            self.accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            tracing::error!(job_id = %id, error = %e, "cannot spool result");
+            return Err(ProxyError::Unavailable(format!("cannot store the result: {e}")));
+        }
+        tracing::info!(job_id = %id, "result accepted");
+        Ok(json(StatusCode::ACCEPTED, Bytes::from(format!("{{\"accepted\":true,\"job_id\":\"{id}\"}}"))))
+    }
+}
+
+fn no_job() -> ProxyError {
+    ProxyError::Unavailable("this sidecar has no job (SIDECAR_JOB_DIR is not set)".into())
+}
+
+/// Reads a whole body, refusing more than `limit` bytes (413).
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ProxyError>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ProxyError::BodyTooLarge { limit }),
+        Err(e) => Err(ProxyError::BadRequest(format!("reading body: {e}"))),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,284 @@
+//! The result reporter: a result is written to the spool directory (fsync + atomic
+//! rename) before the runtime hears "accepted", then delivered to the job manager with
+//! the internal key and the job's token, retried with backoff on connection errors, 5xx
+//! and 429 until delivered or the deadline. 2xx and 409 ("already have a result") are
+//! done; other 4xx are permanent and logged. Whatever is still spooled at start is
+//! delivered again, so a sidecar restart loses nothing.
+use crate::metrics::{Metrics, ReasonLabel};
+use bytes::Bytes;
+use common::backoff::Backoff;
+use common::headers;
+use common::secret::Secret;
+use common::{JobId, JobResult};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::task::TaskTracker;
+
+/// One result waiting for delivery, as stored in the spool.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SpoolRecord {
+    pub result: JobResult,
+    pub token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReporterError {
+    #[error("cannot spool result to {path}: {source}")]
+    Spool { path: PathBuf, source: std::io::Error },
+}
+
+pub struct ResultReporter {
+    spool_dir: Option<PathBuf>,
+    base: String,
+    key: HeaderValue,
+    client: Client<HttpConnector, Full<Bytes>>,
+    backoff: Backoff,
+    deadline: Duration,
+    tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered,
+    AlreadyAccepted,
+    Retry(String),
+    Permanent(String),
+}
+
+/// Pure: what a job-manager answer means for the reporter.
+pub fn classify_status(status: StatusCode) -> Attempt {
+    if status.is_success() {
+        Attempt::Delivered
+    } else if status == StatusCode::CONFLICT {
+        Attempt::AlreadyAccepted
+    } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
+        Attempt::Retry(format!("job manager answered {status}"))
+    } else {
+        Attempt::Permanent(format!("job manager answered {status}"))
+    }
+}
+
+impl ResultReporter {
+    pub fn new(
+        spool_dir: Option<PathBuf>,
+        base: String,
+        key: &Secret,
+        deadline: Duration,
+        backoff: Backoff,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connector);
+        let mut key = HeaderValue::from_str(key.expose()).unwrap_or_else(|_| HeaderValue::from_static(""));
+        key.set_sensitive(true);
+        Self { spool_dir, base, key, client, backoff, deadline, tracker: TaskTracker::new(), metrics }
+    }
+
+    /// Spools (durably) and starts delivery. Returns once the result is safe on disk.
+    pub async fn submit(self: &Arc<Self>, record: SpoolRecord) -> Result<(), ReporterError> {
+        let path = match &self.spool_dir {
+            Some(dir) => {
+                let dir = dir.clone();
+                let rec = record.clone();
+                let res = tokio::task::spawn_blocking(move || write_spool(&dir, &rec))
+                    .await
+                    .unwrap_or_else(|e| Err(ReporterError::Spool { path: PathBuf::new(), source: std::io::Error::other(e) }));
+                Some(res?)
+            }
+            None => None,
+        };
+        self.spawn_delivery(record, path);
+        Ok(())
+    }
+
+    /// Starts delivery of everything left in the spool directory; returns the job ids.
+    pub fn redeliver_spooled(self: &Arc<Self>) -> Vec<JobId> {
+        let Some(dir) = &self.spool_dir else { return Vec::new() };
+        let mut ids = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read spool directory");
+                return ids;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<SpoolRecord>(&b).map_err(|e| e.to_string())) {
+                Ok(rec) => {
+                    tracing::info!(job_id = %rec.result.job_id, "re-delivering spooled result");
+                    ids.push(rec.result.job_id.clone());
+                    self.spawn_delivery(rec, Some(path));
+                }
+                Err(e) => tracing::error!(file = %path.display(), error = %e, "unreadable spool file left in place"),
+            }
+        }
+        ids
+    }
+
+    fn spawn_delivery(self: &Arc<Self>, record: SpoolRecord, path: Option<PathBuf>) {
+        let this = self.clone();
+        self.tracker.spawn(async move { this.deliver(record, path).await });
+    }
+
+    async fn deliver(&self, record: SpoolRecord, path: Option<PathBuf>) {
+        let job_id = record.result.job_id.clone();
+        let body = Bytes::from(serde_json::to_vec(&record.result).unwrap_or_default());
+        let url = format!("{}{}", self.base, common::runtime_api::result_api_path(&job_id));
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let outcome = self.attempt(&url, &record.token, body.clone()).await;
+            let label = match &outcome {
+                Attempt::Delivered => "delivered",
+                Attempt::AlreadyAccepted => "already_accepted",
+                Attempt::Permanent(_) => "rejected",
+                Attempt::Retry(_) => "",
+            };
+            match outcome {
+                Attempt::Delivered | Attempt::AlreadyAccepted => {
+                    tracing::info!(job_id = %job_id, outcome = label, attempts = attempt + 1, "result delivered");
+                }
+                Attempt::Permanent(why) => {
+                    tracing::error!(job_id = %job_id, reason = %why, "result refused by the job manager; not retrying");
+                }
+                Attempt::Retry(why) => {
+                    let delay = self.backoff.delay(attempt);
+                    if started.elapsed() + delay > self.deadline {
+                        tracing::error!(job_id = %job_id, reason = %why, attempts = attempt + 1, "result delivery deadline passed; left in spool");
+                        self.metrics.result_deliveries.get_or_create(&ReasonLabel { reason: "expired" }).inc();
+                        return;
+                    }
+                    tracing::warn!(job_id = %job_id, reason = %why, retry_in_ms = delay.as_millis() as u64, "result delivery failed; retrying");
+                    self.metrics.result_retries.inc();
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+            self.metrics.result_deliveries.get_or_create(&ReasonLabel { reason: label }).inc();
+            if let Some(p) = &path {
+                if let Err(e) = std::fs::remove_file(p) {
+                    tracing::warn!(file = %p.display(), error = %e, "cannot remove delivered spool file");
+                }
+            }
+            return;
+        }
+    }
+
+    async fn attempt(&self, url: &str, token: &str, body: Bytes) -> Attempt {
+        let mut token_value = match HeaderValue::from_str(token) {
+            Ok(v) => v,
+            Err(_) => return Attempt::Permanent("job token is not a valid header value".into()),
+        };
+        token_value.set_sensitive(true);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(headers::INTERNAL_API_KEY, self.key.clone())
+            .header(headers::JOB_TOKEN, token_value)
+            .body(Full::new(body));
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => return Attempt::Permanent(format!("bad result request: {e}")),
+        };
+        match tokio::time::timeout(Duration::from_secs(30), self.client.request(req)).await {
+            Err(_) => Attempt::Retry("job manager did not answer within 30s".into()),
+            Ok(Err(e)) => Attempt::Retry(format!("cannot reach the job manager: {e}")),
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                // Drain so the connection can be reused.
+                let _ = resp.into_body().collect().await;
+                classify_status(status)
+            }
+        }
+    }
+
+    /// Stops taking new deliveries and waits for in-flight ones, at most `grace`.
+    /// True when everything was delivered (or given up on) in time.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.tracker.len()
+    }
+}
+
+/// Writes `{dir}/{job_id}.json` durably: temp file, fsync, rename, fsync the directory.
+pub fn write_spool(dir: &Path, record: &SpoolRecord) -> Result<PathBuf, ReporterError> {
+    let final_path = dir.join(format!("{}.json", record.result.job_id));
+    let tmp = dir.join(format!(".{}.json.tmp", record.result.job_id));
+    let io = |source| ReporterError::Spool { path: final_path.clone(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let bytes = serde_json::to_vec(record).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // It holds the job token.
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(io)?;
+    f.write_all(&bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, &final_path).map_err(io)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(final_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(classify_status(StatusCode::OK), Attempt::Delivered);
+        assert_eq!(classify_status(StatusCode::ACCEPTED), Attempt::Delivered);
+        assert_eq!(classify_status(StatusCode::CONFLICT), Attempt::AlreadyAccepted);
+        assert!(matches!(classify_status(StatusCode::INTERNAL_SERVER_ERROR), Attempt::Retry(_)));
+        assert!(matches!(classify_status(StatusCode::SERVICE_UNAVAILABLE), Attempt::Retry(_)));
+        assert!(matches!(classify_status(StatusCode::TOO_MANY_REQUESTS), Attempt::Retry(_)));
+        assert!(matches!(classify_status(StatusCode::UNAUTHORIZED), Attempt::Permanent(_)));
+        assert!(matches!(classify_status(StatusCode::BAD_REQUEST), Attempt::Permanent(_)));
+    }
+
+    #[test]
+    fn spool_is_atomic_and_private() {
+        let dir = std::env::temp_dir().join(format!("sidecar-spool-unit-{}", std::process::id()));
+        let rec = SpoolRecord {
+            result: JobResult::new(JobId::new("j1").unwrap(), common::Outcome::Succeeded, "ok"),
+            token: "tok".into(),
+        };
+        let p = write_spool(&dir, &rec).unwrap();
+        assert_eq!(p, dir.join("j1.json"));
+        let back: SpoolRecord = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back.result, rec.result);
+        assert!(!dir.join(".j1.json.tmp").exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
