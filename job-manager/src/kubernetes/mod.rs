@@ -10,6 +10,8 @@
 //! ```
 pub mod cli;
 pub mod diagnose;
+pub mod events;
+pub mod executor;
 pub mod labels;
 pub mod metrics;
 pub mod rbac;

@@ -143,16 +143,13 @@ pub fn ephemeral_objects(
         ..ObjectMeta::default()
     };
 
-    let deadline_time = Time(
-        k8s_openapi::jiff::Timestamp::try_from(deadline).map_err(|_| TranslateError::BadDeadline(deadline))?,
-    );
     let record = JobRecord {
         metadata: meta.clone(),
         spec: JobRecordSpec {
             job_id: job.id.to_string(),
             runtime_type: job.runtime_type.clone(),
             workload: RecordWorkload::Ephemeral,
-            deadline: deadline_time,
+            deadline: deadline_time(deadline)?,
             attempt: job.attempt,
         },
         status: None,
@@ -198,6 +195,36 @@ pub fn ephemeral_objects(
         status: None,
     };
     Ok(EphemeralObjects { record, secret, job: k8s_job })
+}
+
+/// The record of one job dispatched to a persistent runtime: the durable row its result
+/// lands in (and the deadline pruning enforces). Nothing else is created per job.
+pub fn persistent_record(job: &Job, deadline: SystemTime, config: &Config, namespace: &str) -> Result<JobRecord, TranslateError> {
+    let runtime = runtime_for(config, &job.runtime_type, Workload::Persistent)?;
+    check_common(config, namespace)?;
+    let mut record_labels = labels::runtime_labels(&runtime.name, "persistent");
+    record_labels.insert(labels::JOB_LABEL.to_string(), labels::object_name(&job.id));
+    Ok(JobRecord {
+        metadata: ObjectMeta {
+            name: Some(labels::object_name(&job.id)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(record_labels),
+            annotations: Some(BTreeMap::from([(labels::JOB_ID_ANNOTATION.to_string(), job.id.to_string())])),
+            ..ObjectMeta::default()
+        },
+        spec: JobRecordSpec {
+            job_id: job.id.to_string(),
+            runtime_type: job.runtime_type.clone(),
+            workload: RecordWorkload::Persistent,
+            deadline: deadline_time(deadline)?,
+            attempt: job.attempt,
+        },
+        status: None,
+    })
+}
+
+fn deadline_time(deadline: SystemTime) -> Result<Time, TranslateError> {
+    Ok(Time(k8s_openapi::jiff::Timestamp::try_from(deadline).map_err(|_| TranslateError::BadDeadline(deadline))?))
 }
 
 /// The Deployment + Service + HPA of one persistent runtime type.
