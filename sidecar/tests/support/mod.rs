@@ -327,3 +327,37 @@ fn rand_suffix() -> u64 {
     h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     h.finish()
 }
+
+/// Polls `cond` every 10 ms for up to 5 s (for effects with no event to wait on, such
+/// as a file being removed after delivery).
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Writes a job directory (job.json + token) for job `id`.
+pub fn job_dir(id: &str, token: &str) -> std::path::PathBuf {
+    let dir = temp_dir("job");
+    let job = serde_json::json!({
+        "id": id, "runtime_type": "node-api-runtime", "timeout_secs": 30, "attempt": 2,
+        "signature": "c2lnbmF0dXJl", "payload": {"script": "fetch('http://example.com')"}
+    });
+    std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+    std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
+    dir
+}
+
+pub fn post_json(path_or_url: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(path_or_url)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
