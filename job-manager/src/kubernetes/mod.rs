@@ -9,6 +9,7 @@
 //! cli         `render`, `crd`, `rbac` subcommands (no cluster needed)
 //! ```
 pub mod cli;
+pub mod coordination;
 pub mod diagnose;
 pub mod events;
 pub mod executor;
@@ -16,5 +17,6 @@ pub mod labels;
 pub mod metrics;
 pub mod rbac;
 pub mod record;
+pub mod setup;
 pub mod store;
 pub mod translate;

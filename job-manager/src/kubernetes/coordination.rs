@@ -1,0 +1,326 @@
+//! Work exactly one replica does at a time, each behind its Lease (kube-lease-manager:
+//! acquire, renew before expiry, take over once the holder stopped renewing):
+//! - `runtime-pruning`: decide results for jobs that cannot finish (diagnosis, deadlines),
+//!   stop their workloads, delete orphans ([`crate::kubernetes::diagnose::plan`]).
+//! - `service-setup`: server-side apply of persistent workloads (Deployment, Service,
+//!   HPA per persistent runtime type) and the runtime NetworkPolicy. Idempotent.
+//!
+//! Pending results are retried by the delivery loop (jm-core's `DeliveryLoop` over the
+//! [`crate::kubernetes::store::RecordStore`]); the records make them durable.
+use crate::config::model::Workload;
+use crate::kubernetes::diagnose::{self, Action, Snapshot, Timing};
+use crate::kubernetes::executor::KubeContext;
+use crate::kubernetes::labels;
+use crate::kubernetes::rbac::{Resource, Verb};
+use crate::kubernetes::record::JobRecord;
+use crate::kubernetes::store::RecordStore;
+use crate::kubernetes::translate;
+use crate::results::{Recorded, ResultIntake};
+use k8s_openapi::api::apps::v1 as apps;
+use k8s_openapi::api::autoscaling::v2 as autoscaling;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as networking;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::Api;
+use kube_lease_manager::LeaseManagerBuilder;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct CoordinationSettings {
+    /// A holder that stops renewing loses the lease after this long.
+    pub lease_duration_secs: u64,
+    /// The holder renews this long before expiry.
+    pub lease_grace_secs: u64,
+    pub prune_interval: Duration,
+    pub service_setup_interval: Duration,
+    pub timing: Timing,
+}
+
+impl Default for CoordinationSettings {
+    fn default() -> Self {
+        Self {
+            lease_duration_secs: 15,
+            lease_grace_secs: 5,
+            prune_interval: Duration::from_secs(5),
+            service_setup_interval: Duration::from_secs(30),
+            timing: Timing::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinationError {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("translation: {0}")]
+    Translate(#[from] translate::TranslateError),
+}
+
+impl CoordinationError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CoordinationError::Api(_) => "api",
+            CoordinationError::Translate(e) => e.label(),
+        }
+    }
+}
+
+/// What one pruning pass did (for tests and logs).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PrunePass {
+    pub reported: usize,
+    pub deleted: usize,
+}
+
+pub struct Coordinator {
+    ctx: Arc<KubeContext>,
+    intake: ResultIntake<RecordStore>,
+    identity: String,
+    settings: CoordinationSettings,
+}
+
+impl Coordinator {
+    pub fn new(ctx: Arc<KubeContext>, intake: ResultIntake<RecordStore>, identity: &str, settings: CoordinationSettings) -> Self {
+        Self { ctx, intake, identity: identity.to_string(), settings }
+    }
+
+    /// Run both lease-guarded loops until `shutdown`; leases are released on the way out.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let pruning = {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let every = this.settings.prune_interval;
+                this.lease_loop(labels::LEASE_RUNTIME_PRUNING, every, shutdown, || async {
+                    if let Err(e) = this.prune_once().await {
+                        tracing::warn!(error = %e, "pruning pass failed");
+                    }
+                })
+                .await
+            }
+        };
+        let setup = {
+            let this = self.clone();
+            async move {
+                let every = this.settings.service_setup_interval;
+                this.lease_loop(labels::LEASE_SERVICE_SETUP, every, shutdown, || async {
+                    if let Err(e) = this.setup_once().await {
+                        tracing::warn!(error = %e, "service setup pass failed");
+                    }
+                })
+                .await
+            }
+        };
+        tokio::join!(pruning, setup);
+    }
+
+    /// Hold `lease` when possible and run `work` every `every` while holding it.
+    async fn lease_loop<F, Fut>(&self, lease: &'static str, every: Duration, shutdown: CancellationToken, work: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let retry = common::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut attempt = 0;
+        let manager = loop {
+            let built = LeaseManagerBuilder::new(self.ctx.client.clone(), lease)
+                .with_namespace(self.ctx.namespace.clone())
+                .with_identity(self.identity.clone())
+                .with_duration(self.settings.lease_duration_secs)
+                .with_grace(self.settings.lease_grace_secs)
+                .build()
+                .await;
+            match built {
+                Ok(m) => break m,
+                Err(e) => {
+                    tracing::warn!(lease, error = %e, "cannot set up the lease; retrying");
+                    attempt += 1;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(retry.delay(attempt)) => {}
+                    }
+                }
+            }
+        };
+        let (mut held, task) = manager.watch().await;
+        loop {
+            let holding = *held.borrow_and_update();
+            self.ctx.metrics.set_lease(lease, holding);
+            if holding {
+                tracing::debug!(lease, "holding the lease");
+                work().await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = held.changed() => if changed.is_err() { break },
+                    _ = tokio::time::sleep(every) => {}
+                }
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = held.changed() => if changed.is_err() { break },
+                }
+            }
+        }
+        self.ctx.metrics.set_lease(lease, false);
+        // Closing the channel makes the manager release the lease for the next holder.
+        drop(held);
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(lease, error = %e, "lease release failed"),
+            Ok(Err(e)) => tracing::warn!(lease, error = %e, "lease task failed"),
+            _ => {}
+        }
+    }
+
+    /// One pruning pass over the job manager's objects. Public for tests.
+    pub async fn prune_once(&self) -> Result<PrunePass, CoordinationError> {
+        let m = &self.ctx.metrics;
+        let runtime_objects = ListParams::default().labels(&labels::managed_runtime_selector());
+        let ephemeral = ListParams::default().labels(&labels::ephemeral_selector());
+        let records = self.ctx.records();
+        let jobs = self.ctx.jobs();
+        let pods = self.ctx.pods();
+        let secrets = self.ctx.secrets();
+        let records = m.call(Resource::JobRecords, Verb::List, records.list(&runtime_objects)).await?.items;
+        let jobs = m.call(Resource::Jobs, Verb::List, jobs.list(&ephemeral)).await?.items;
+        let pods = m.call(Resource::Pods, Verb::List, pods.list(&ephemeral)).await?.items;
+        // Metadata only: pruning never needs (nor should hold) job tokens.
+        let secrets: Vec<core::Secret> = m
+            .call(Resource::Secrets, Verb::List, secrets.list_metadata(&ephemeral))
+            .await?
+            .items
+            .into_iter()
+            .map(|s| core::Secret { metadata: s.metadata, ..core::Secret::default() })
+            .collect();
+        let snapshot = Snapshot {
+            records: &records,
+            jobs: &jobs,
+            pods: &pods,
+            secrets: &secrets,
+            now: k8s_openapi::jiff::Timestamp::now(),
+        };
+        let actions = diagnose::plan(&snapshot, &self.settings.timing);
+        let mut pass = PrunePass::default();
+        for action in actions {
+            match self.execute(action, &records).await {
+                Ok(Executed::Reported) => pass.reported += 1,
+                Ok(Executed::Deleted) => pass.deleted += 1,
+                Ok(Executed::Nothing) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning action failed; retried next pass"),
+            }
+        }
+        Ok(pass)
+    }
+
+    async fn execute(&self, action: Action, records: &[JobRecord]) -> Result<Executed, CoordinationError> {
+        let m = &self.ctx.metrics;
+        let dp = DeleteParams::background();
+        let record_named = |name: &str| records.iter().find(|r| r.metadata.name.as_deref() == Some(name));
+        match action {
+            Action::Report { result, cause } => {
+                let recorded = self.intake.record(&result).await;
+                match recorded {
+                    Ok(Recorded::Accepted) => {
+                        m.diagnosed.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: cause.label() }).inc();
+                        tracing::warn!(job_id = %result.job_id, cause = cause.label(), message = %result.message, "job manager decided the job's result");
+                        if let Some(r) = record_named(&labels::object_name(&result.job_id)) {
+                            self.ctx.events.diagnosed(r, cause_reason(cause), &result.message);
+                        }
+                        Ok(Executed::Reported)
+                    }
+                    // A sidecar's result got there first: it wins.
+                    Ok(_) => Ok(Executed::Nothing),
+                    Err(e) => {
+                        tracing::warn!(job_id = %result.job_id, error = %e, "could not record a decided result");
+                        Ok(Executed::Nothing)
+                    }
+                }
+            }
+            Action::DeleteJob { name } => {
+                let jobs = self.ctx.jobs();
+                let done = deleted(m.call(Resource::Jobs, Verb::Delete, jobs.delete(&name, &dp)).await)?;
+                m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "stopped_job" }).inc();
+                if let Some(r) = record_named(&name) {
+                    self.ctx.events.pruned(r, "stopped the job's workload");
+                }
+                Ok(done)
+            }
+            Action::DeleteOrphanJob { name } => {
+                let jobs = self.ctx.jobs();
+                m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "orphan_job" }).inc();
+                deleted(m.call(Resource::Jobs, Verb::Delete, jobs.delete(&name, &dp)).await)
+            }
+            Action::DeleteOrphanSecret { name } => {
+                let secrets = self.ctx.secrets();
+                m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "orphan_secret" }).inc();
+                deleted(m.call(Resource::Secrets, Verb::Delete, secrets.delete(&name, &dp)).await)
+            }
+        }
+    }
+
+    /// Apply every persistent workload and the NetworkPolicy. Public for tests.
+    pub async fn setup_once(&self) -> Result<usize, CoordinationError> {
+        let m = &self.ctx.metrics;
+        let config = &self.ctx.config;
+        let ns = &self.ctx.namespace;
+        let client = self.ctx.client.clone();
+        // Force: the job manager owns these objects; a hand edit is reverted.
+        let pp = PatchParams::apply(labels::FIELD_MANAGER).force();
+        let mut applied = 0;
+        for runtime in config.runtimes.iter().filter(|r| r.enabled && r.workload == Workload::Persistent) {
+            let objects = translate::persistent_objects(&runtime.name, config, ns)?;
+            let name = labels::persistent_name(&runtime.name);
+            let deployments: Api<apps::Deployment> = Api::namespaced(client.clone(), ns);
+            m.call(Resource::Deployments, Verb::Patch, deployments.patch(&name, &pp, &Patch::Apply(&objects.deployment))).await?;
+            let services: Api<core::Service> = Api::namespaced(client.clone(), ns);
+            m.call(Resource::Services, Verb::Patch, services.patch(&name, &pp, &Patch::Apply(&objects.service))).await?;
+            let hpas: Api<autoscaling::HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+            m.call(Resource::HorizontalPodAutoscalers, Verb::Patch, hpas.patch(&name, &pp, &Patch::Apply(&objects.hpa))).await?;
+            applied += 3;
+        }
+        if config.kubernetes.network_policy.enabled {
+            let policy = translate::runtime_network_policy(config, ns);
+            let policies: Api<networking::NetworkPolicy> = Api::namespaced(client, ns);
+            m.call(
+                Resource::NetworkPolicies,
+                Verb::Patch,
+                policies.patch(labels::RUNTIME_NETWORK_POLICY_NAME, &pp, &Patch::Apply(&policy)),
+            )
+            .await?;
+            applied += 1;
+        }
+        Ok(applied)
+    }
+}
+
+fn deleted<T>(r: Result<T, kube::Error>) -> Result<Executed, CoordinationError> {
+    match r {
+        Ok(_) => Ok(Executed::Deleted),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Executed::Nothing),
+        Err(e) => Err(CoordinationError::Api(e)),
+    }
+}
+
+enum Executed {
+    Reported,
+    Deleted,
+    Nothing,
+}
+
+/// Event reason for a decided result.
+fn cause_reason(cause: diagnose::Cause) -> &'static str {
+    use diagnose::Cause::*;
+    match cause {
+        DeadlineExceeded => "TimedOut",
+        ImagePull => "ImagePullFailed",
+        Unschedulable => "Unschedulable",
+        ContainerConfig => "ContainerConfigError",
+        OomKilled => "OOMKilled",
+        CrashLoop => "SidecarCrashLoop",
+        NoPod => "NoPodCreated",
+        PodFailed => "PodFailed",
+        NoResult => "NoResult",
+    }
+}

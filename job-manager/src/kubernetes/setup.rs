@@ -1,0 +1,131 @@
+//! Assembling the Kubernetes executor for the app: a client (in-cluster config or
+//! `KUBECONFIG`), the namespace, and the parts jm-core wires in — the executor, the
+//! result store on job records, the lease-guarded coordinator, the metrics.
+use crate::config::model::Config;
+use crate::kubernetes::coordination::{CoordinationSettings, Coordinator};
+use crate::kubernetes::events::EventPublisher;
+use crate::kubernetes::executor::{KubeContext, KubeExecutor};
+use crate::kubernetes::metrics::KubeMetrics;
+use crate::kubernetes::store::RecordStore;
+use crate::results::ResultIntake;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("no Kubernetes configuration (in-cluster or KUBECONFIG): {0}")]
+    Client(String),
+    #[error("cannot read kubernetes user-defined variables file {path}: {message}")]
+    UserDefinedVariables { path: String, message: String },
+}
+
+impl SetupError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            SetupError::Client(_) => "client",
+            SetupError::UserDefinedVariables { .. } => "user_defined_variables",
+        }
+    }
+}
+
+/// The connected pieces, sharing one context.
+pub struct KubeSetup {
+    ctx: Arc<KubeContext>,
+    identity: String,
+}
+
+impl KubeSetup {
+    /// Connect with the ambient configuration (in-cluster service account, else
+    /// `KUBECONFIG`/`~/.kube/config`). The namespace is `config.namespace`, else the
+    /// client's default (the pod's namespace in-cluster).
+    pub async fn connect(config: &Config) -> Result<Self, SetupError> {
+        let client = kube::Client::try_default().await.map_err(|e| SetupError::Client(e.to_string()))?;
+        Self::with_client(client, config)
+    }
+
+    /// Use a given client (tests against an emulated cluster).
+    pub fn with_client(client: kube::Client, config: &Config) -> Result<Self, SetupError> {
+        let namespace =
+            if config.namespace.is_empty() { client.default_namespace().to_string() } else { config.namespace.clone() };
+        let config = resolve_user_defined_variables(config)?;
+        let identity = instance_identity();
+        let metrics = KubeMetrics::default();
+        let events = EventPublisher::new(client.clone(), &identity, metrics.clone());
+        let ctx = Arc::new(KubeContext { client, namespace, config: Arc::new(config), metrics, events });
+        Ok(Self { ctx, identity })
+    }
+
+    pub fn context(&self) -> &Arc<KubeContext> {
+        &self.ctx
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ctx.namespace
+    }
+
+    /// This replica's name in leases and events.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    pub fn metrics(&self) -> &KubeMetrics {
+        &self.ctx.metrics
+    }
+
+    pub fn executor(&self) -> KubeExecutor {
+        KubeExecutor::new(self.ctx.clone())
+    }
+
+    pub fn record_store(&self) -> RecordStore {
+        RecordStore::new(self.ctx.client.clone(), &self.ctx.namespace, self.ctx.metrics.clone())
+    }
+
+    /// The lease-guarded pruning and service-setup loops; run with
+    /// `tokio::spawn(coordinator.run(shutdown))`.
+    pub fn coordinator(&self, intake: ResultIntake<RecordStore>, settings: CoordinationSettings) -> Arc<Coordinator> {
+        Arc::new(Coordinator::new(self.ctx.clone(), intake, &self.identity, settings))
+    }
+}
+
+/// `userDefinedFile` is read once here, so the translation sees only JSON (the file
+/// wins over `userDefinedJson` when both are set, as the more specific source).
+pub fn resolve_user_defined_variables(config: &Config) -> Result<Config, SetupError> {
+    let mut config = config.clone();
+    let file = &config.user_defined_variables.user_defined_file;
+    if !file.is_empty() {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
+        config.user_defined_variables.user_defined_json = value.to_string();
+    }
+    Ok(config)
+}
+
+/// Pod name (HOSTNAME in a pod) plus a random suffix, so a restarted container never
+/// mistakes its predecessor's lease for its own.
+fn instance_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "job-manager".into());
+    let suffix: u32 = rand::random();
+    format!("{host}-{suffix:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_defined_file_is_read_as_json() {
+        let dir = std::env::temp_dir().join(format!("udv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vars.json");
+        std::fs::write(&path, r#"{ "KEY": "v" }"#).unwrap();
+        let mut c = Config::default();
+        c.user_defined_variables.user_defined_file = path.display().to_string();
+        assert_eq!(resolve_user_defined_variables(&c).unwrap().user_defined_variables.user_defined_json, r#"{"KEY":"v"}"#);
+        std::fs::write(&path, "not json").unwrap();
+        let err = resolve_user_defined_variables(&c).unwrap_err();
+        assert_eq!(err.label(), "user_defined_variables");
+        assert!(err.to_string().contains("vars.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
