@@ -47,14 +47,17 @@ impl FakeSidecar {
         let s = sidecar.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let s = s.clone();
                         async move { Ok::<_, std::convert::Infallible>(s.answer(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -79,7 +82,8 @@ impl FakeSidecar {
             return reply(
                 StatusCode::FORBIDDEN,
                 &[("x-sidecar-error", "private_range")],
-                json!({"error": "private_range", "message": format!("{target} is in a denied private range")}).to_string(),
+                json!({"error": "private_range", "message": format!("{target} is in a denied private range")})
+                    .to_string(),
             );
         }
         let host = req.uri().host().map(str::to_string);
@@ -140,8 +144,10 @@ impl FakeSidecar {
 }
 
 fn job(payload: Value) -> RuntimeJob {
-    serde_json::from_value(json!({"id": "job-1", "runtime_type": "rt", "timeout_secs": 10, "attempt": 1, "payload": payload}))
-        .unwrap()
+    serde_json::from_value(
+        json!({"id": "job-1", "runtime_type": "rt", "timeout_secs": 10, "attempt": 1, "payload": payload}),
+    )
+    .unwrap()
 }
 
 fn runtime_command(sidecar: &FakeSidecar, no_proxy: &str) -> Command {
@@ -223,7 +229,11 @@ async fn unexpected_status_fails_and_no_proxy_goes_direct() {
     let r = only_result(&results);
     assert_eq!(r.outcome, RuntimeOutcome::Failed);
     assert_eq!(r.message, "expected status 200, got 404: not here");
-    assert!(sidecar.targets().contains(&"GET /missing".to_string()), "origin form, not proxied: {:?}", sidecar.targets());
+    assert!(
+        sidecar.targets().contains(&"GET /missing".to_string()),
+        "origin form, not proxied: {:?}",
+        sidecar.targets()
+    );
 }
 
 #[tokio::test]
@@ -291,7 +301,8 @@ async fn persistent_mode_accepts_jobs_and_answers_429_when_busy() {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let post = |id: &str, payload: Value| {
-        let body = json!({"id": id, "runtime_type": "rt", "timeout_secs": 10, "attempt": 1, "payload": payload}).to_string();
+        let body =
+            json!({"id": id, "runtime_type": "rt", "timeout_secs": 10, "attempt": 1, "payload": payload}).to_string();
         async move {
             let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();

@@ -42,7 +42,10 @@ async fn happy_path_poll_ack_result_stats() {
     assert_eq!(served.broker.result(&id("a")), Some(result));
 
     let counters = served.broker.counters(&id("a")).unwrap();
-    assert_eq!((counters.deliveries, counters.acks, counters.results_accepted, counters.results_conflicting), (1, 1, 2, 1));
+    assert_eq!(
+        (counters.deliveries, counters.acks, counters.results_accepted, counters.results_conflicting),
+        (1, 1, 2, 1)
+    );
     let calls = served.broker.calls();
     let summary: Vec<(String, Option<String>, u16)> =
         calls.iter().map(|c| (c.path.clone(), c.job_id.as_ref().map(|i| i.to_string()), c.status)).collect();

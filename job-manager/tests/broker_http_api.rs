@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn error_code(answer: &str) -> String {
-    serde_json::from_str::<ErrorBody>(body_of(answer)).map(|e| e.error).unwrap_or_else(|_| format!("<no ErrorBody in {answer:?}>"))
+    serde_json::from_str::<ErrorBody>(body_of(answer))
+        .map(|e| e.error)
+        .unwrap_or_else(|_| format!("<no ErrorBody in {answer:?}>"))
 }
 
 async fn still_serving(served: &Served) {
@@ -30,8 +32,20 @@ async fn bad_bodies_get_400_422_413() {
         ("missing field", "/v1/jobs/a/ack", r#"{"consumer": "x"}"#, 422, "invalid"),
         ("unknown field", "/v1/jobs/a/ack", r#"{"consumer": "x", "attempt": 1, "extra": true}"#, 422, "invalid"),
         ("bad outcome", "/v1/jobs/a/result", r#"{"job_id": "a", "outcome": "exploded"}"#, 422, "invalid"),
-        ("result for another job", "/v1/jobs/a/result", r#"{"job_id": "b", "outcome": "failed"}"#, 422, "job_id_mismatch"),
-        ("bad job id in body", "/admin/v1/jobs", r#"{"id": "../x", "runtime_type": "rt", "timeout_secs": 1}"#, 422, "invalid"),
+        (
+            "result for another job",
+            "/v1/jobs/a/result",
+            r#"{"job_id": "b", "outcome": "failed"}"#,
+            422,
+            "job_id_mismatch",
+        ),
+        (
+            "bad job id in body",
+            "/admin/v1/jobs",
+            r#"{"id": "../x", "runtime_type": "rt", "timeout_secs": 1}"#,
+            422,
+            "invalid",
+        ),
     ];
     for (name, path, body, status, code) in cases {
         let answer = raw_exchange(served.addr, &request("POST", path, body)).await;
@@ -81,7 +95,11 @@ async fn auth_paths_and_methods() {
     let basic = format!("GET /v1/queue HTTP/1.1\r\nHost: b\r\nAuthorization: Basic {KEY}\r\nConnection: close\r\n\r\n");
     assert_eq!(status_of(&raw_exchange(served.addr, basic.as_bytes()).await), 401, "only a bearer key counts");
     let unknown_unauthenticated = b"GET /nope HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n";
-    assert_eq!(status_of(&raw_exchange(served.addr, unknown_unauthenticated).await), 401, "no path probing without a key");
+    assert_eq!(
+        status_of(&raw_exchange(served.addr, unknown_unauthenticated).await),
+        401,
+        "no path probing without a key"
+    );
 
     let answer = raw_exchange(served.addr, &request("GET", "/v1/nope", "")).await;
     assert_eq!((status_of(&answer), error_code(&answer).as_str()), (404, "not_found"));
@@ -113,7 +131,8 @@ async fn admin_endpoints_submit_and_read_results() {
     assert_eq!(status_of(&answer), 404);
     let result = JobResult::new(id("adm"), Outcome::TimedOut, "deadline");
     let answer =
-        raw_exchange(served.addr, &request("POST", "/v1/jobs/adm/result", &serde_json::to_string(&result).unwrap())).await;
+        raw_exchange(served.addr, &request("POST", "/v1/jobs/adm/result", &serde_json::to_string(&result).unwrap()))
+            .await;
     assert_eq!(status_of(&answer), 204, "{answer}");
     let answer = raw_exchange(served.addr, &request("GET", "/admin/v1/results/adm", "")).await;
     assert_eq!(serde_json::from_str::<JobResult>(body_of(&answer)).unwrap(), result);
@@ -168,7 +187,8 @@ async fn wait_for_results_wakes_on_a_stored_result() {
     };
     let result = JobResult::new(id("w"), Outcome::Succeeded, "");
     let answer =
-        raw_exchange(served.addr, &request("POST", "/v1/jobs/w/result", &serde_json::to_string(&result).unwrap())).await;
+        raw_exchange(served.addr, &request("POST", "/v1/jobs/w/result", &serde_json::to_string(&result).unwrap()))
+            .await;
     assert_eq!(status_of(&answer), 204);
     assert_eq!(waiter.await.unwrap(), Some(result));
     assert_eq!(served.broker.wait_for_results(1, Duration::from_millis(1)).await.len(), 1);

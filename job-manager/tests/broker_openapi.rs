@@ -84,8 +84,11 @@ fn check_object<T: Serialize + DeserializeOwned>(doc: &Value, name: &str, full: 
     assert_eq!(s["type"], "object", "{name}");
     let props: &Map<String, Value> = s["properties"].as_object().unwrap_or_else(|| panic!("{name}: no properties"));
     let documented: BTreeSet<&str> = props.keys().map(String::as_str).collect();
-    let required: BTreeSet<&str> =
-        s.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let required: BTreeSet<&str> = s
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     for r in &required {
         if !documented.contains(r) {
             drift.push(format!("{name}: required property {r} is not documented"));
@@ -123,7 +126,9 @@ fn check_object<T: Serialize + DeserializeOwned>(doc: &Value, name: &str, full: 
     let refuses_unknown = serde_json::from_value::<T>(extra).is_err();
     let closed = s.get("additionalProperties") == Some(&Value::Bool(false));
     if refuses_unknown != closed {
-        drift.push(format!("{name}: additionalProperties false={closed}, but serde refuses unknown fields={refuses_unknown}"));
+        drift.push(format!(
+            "{name}: additionalProperties false={closed}, but serde refuses unknown fields={refuses_unknown}"
+        ));
     }
 
     match s.get("example") {
@@ -195,7 +200,11 @@ fn schemas_match_the_rust_types() {
         "PollRequest",
         PollRequest { demands: vec![RuntimeDemand { runtime_type: "rt".into(), max: 3 }], consumer: "c".into() },
     ));
-    drift.extend(check_object(&doc, "PollResponse", PollResponse { jobs: vec![full_job()], visibility_timeout_secs: 30 }));
+    drift.extend(check_object(
+        &doc,
+        "PollResponse",
+        PollResponse { jobs: vec![full_job()], visibility_timeout_secs: 30 },
+    ));
     drift.extend(check_object(&doc, "AckRequest", AckRequest { consumer: "c".into(), attempt: 1 }));
     drift.extend(check_object(
         &doc,
@@ -211,10 +220,21 @@ fn schemas_match_the_rust_types() {
     drift.extend(check_enum(&doc, "Outcome", &Outcome::ALL));
     drift.extend(check_enum(&doc, "WorkloadKind", &[WorkloadKind::Ephemeral, WorkloadKind::Persistent]));
 
-    let documented: BTreeSet<&str> = doc["components"]["schemas"].as_object().unwrap().keys().map(String::as_str).collect();
+    let documented: BTreeSet<&str> =
+        doc["components"]["schemas"].as_object().unwrap().keys().map(String::as_str).collect();
     let checked: BTreeSet<&str> = [
-        "Job", "JobResult", "RuntimeDemand", "PollRequest", "PollResponse", "AckRequest", "ReleaseRequest", "QueueStats",
-        "ErrorBody", "Outcome", "WorkloadKind", "JobId",
+        "Job",
+        "JobResult",
+        "RuntimeDemand",
+        "PollRequest",
+        "PollResponse",
+        "AckRequest",
+        "ReleaseRequest",
+        "QueueStats",
+        "ErrorBody",
+        "Outcome",
+        "WorkloadKind",
+        "JobId",
     ]
     .into();
     if documented != checked {

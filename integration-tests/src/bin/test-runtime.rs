@@ -81,7 +81,8 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
             }
             "--max-concurrent" => {
                 let v = it.next().ok_or("--max-concurrent needs a number")?;
-                max_concurrent = v.parse().ok().filter(|n| *n > 0).ok_or(format!("--max-concurrent {v}: not a positive number"))?;
+                max_concurrent =
+                    v.parse().ok().filter(|n| *n > 0).ok_or(format!("--max-concurrent {v}: not a positive number"))?;
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -247,11 +248,8 @@ async fn fetch(id: &str, url: &str, expect: u16, deadline: Duration) -> StepResu
                 "sha256": hex(&Sha256::digest(&resp.body)),
                 "head": String::from_utf8_lossy(&resp.body[..head_len]),
             });
-            let proxy_error = resp
-                .headers
-                .get(common::headers::PROXY_ERROR)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let proxy_error =
+                resp.headers.get(common::headers::PROXY_ERROR).and_then(|v| v.to_str().ok()).map(str::to_string);
             if let Some(label) = &proxy_error {
                 output["proxy_error"] = json!(label);
             }
@@ -330,14 +328,25 @@ struct Fetched {
 
 /// One HTTP/1.1 request: direct, or through an HTTP proxy (absolute form for `http://`,
 /// a CONNECT tunnel for `https://`), with rustls and the webpki roots for `https://`.
-async fn request(method: Method, url: &str, body: Option<Vec<u8>>, proxy: Option<&str>, timeout: Duration) -> Result<Fetched, String> {
+async fn request(
+    method: Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+    proxy: Option<&str>,
+    timeout: Duration,
+) -> Result<Fetched, String> {
     match tokio::time::timeout(timeout, request_inner(method, url, body, proxy)).await {
         Ok(r) => r,
         Err(_) => Err(format!("timed out after {timeout:?}")),
     }
 }
 
-async fn request_inner(method: Method, url: &str, body: Option<Vec<u8>>, proxy: Option<&str>) -> Result<Fetched, String> {
+async fn request_inner(
+    method: Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+    proxy: Option<&str>,
+) -> Result<Fetched, String> {
     let uri: Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
@@ -357,7 +366,8 @@ async fn request_inner(method: Method, url: &str, body: Option<Vec<u8>>, proxy: 
         None => None,
     };
 
-    let mut builder = Request::builder().method(method).header(header::HOST, &authority).header(header::USER_AGENT, "test-runtime");
+    let mut builder =
+        Request::builder().method(method).header(header::HOST, &authority).header(header::USER_AGENT, "test-runtime");
     // Absolute form only when an http:// request goes to a proxy; else origin form.
     builder = if proxy_addr.is_some() && !https {
         builder.uri(uri.clone())
@@ -389,7 +399,8 @@ async fn request_inner(method: Method, url: &str, body: Option<Vec<u8>>, proxy: 
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let name = rustls::pki_types::ServerName::try_from(bare_host.clone()).map_err(|e| format!("TLS name {bare_host}: {e}"))?;
+    let name =
+        rustls::pki_types::ServerName::try_from(bare_host.clone()).map_err(|e| format!("TLS name {bare_host}: {e}"))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
@@ -444,7 +455,8 @@ where
     });
     let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
     let (parts, body) = resp.into_parts();
-    let body = Limited::new(body, MAX_FETCH_BODY).collect().await.map_err(|e| format!("reading the body: {e}"))?.to_bytes();
+    let body =
+        Limited::new(body, MAX_FETCH_BODY).collect().await.map_err(|e| format!("reading the body: {e}"))?.to_bytes();
     Ok(Fetched { status: parts.status.as_u16(), headers: parts.headers, body })
 }
 
@@ -465,14 +477,20 @@ async fn serve(addr: std::net::SocketAddr, max_concurrent: usize) -> i32 {
             return 2;
         }
     };
-    eprintln!("test-runtime: serving on {} (max {max_concurrent} concurrent jobs)", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    eprintln!(
+        "test-runtime: serving on {} (max {max_concurrent} concurrent jobs)",
+        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
     let running = Arc::new(AtomicUsize::new(0));
     let api = Arc::new(api);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let (running, api) = (running.clone(), api.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| dispatch(req, running.clone(), api.clone(), max_concurrent));
+            let svc =
+                hyper::service::service_fn(move |req| dispatch(req, running.clone(), api.clone(), max_concurrent));
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
@@ -492,7 +510,9 @@ async fn dispatch(
             .expect("valid response"))
     };
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({ "running": running.load(Ordering::SeqCst) })),
+        (&Method::GET, "/healthz") => {
+            return reply(StatusCode::OK, json!({ "running": running.load(Ordering::SeqCst) }))
+        }
         (&Method::POST, p) if p == INGRESS_DISPATCH_PATH => {}
         _ => return reply(StatusCode::NOT_FOUND, json!({ "error": "not_found" })),
     }
@@ -502,7 +522,9 @@ async fn dispatch(
     };
     let job: RuntimeJob = match serde_json::from_slice(&body) {
         Ok(j) => j,
-        Err(e) => return reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": "invalid", "message": e.to_string() })),
+        Err(e) => {
+            return reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": "invalid", "message": e.to_string() }))
+        }
     };
     // Claim a slot atomically; answer 429 when none is free so the caller backs off.
     if running.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max_concurrent).then_some(n + 1)).is_err() {
@@ -546,7 +568,11 @@ mod tests {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
-        let e = env(&[("HTTP_PROXY", "http://127.0.0.1:3128"), ("https_proxy", "http://127.0.0.1:3129"), ("NO_PROXY", "internal")]);
+        let e = env(&[
+            ("HTTP_PROXY", "http://127.0.0.1:3128"),
+            ("https_proxy", "http://127.0.0.1:3129"),
+            ("NO_PROXY", "internal"),
+        ]);
         assert_eq!(proxy_for("http://example.com/x", &e).as_deref(), Some("http://127.0.0.1:3128"));
         assert_eq!(proxy_for("https://example.com/x", &e).as_deref(), Some("http://127.0.0.1:3129"));
         assert_eq!(proxy_for("http://svc.internal/x", &e), None);

@@ -45,9 +45,10 @@ impl BrokerError {
         match self {
             BrokerError::Unreachable(_) | BrokerError::Timeout(_) | BrokerError::BadResponse(_) => true,
             BrokerError::Status { status, .. } => *status >= 500 || *status == 429,
-            BrokerError::Unauthorized | BrokerError::NotFound | BrokerError::LeaseLost | BrokerError::InvalidConfig(_) => {
-                false
-            }
+            BrokerError::Unauthorized
+            | BrokerError::NotFound
+            | BrokerError::LeaseLost
+            | BrokerError::InvalidConfig(_) => false,
         }
     }
 

@@ -69,7 +69,10 @@ pub fn poll_req(max: u32) -> PollRequest {
 }
 
 pub fn fast_retries(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy { max_attempts, backoff: common::backoff::Backoff::new(Duration::from_millis(5), Duration::from_millis(20)) }
+    RetryPolicy {
+        max_attempts,
+        backoff: common::backoff::Backoff::new(Duration::from_millis(5), Duration::from_millis(20)),
+    }
 }
 
 pub fn client_config(endpoint: &str) -> BrokerClientConfig {
@@ -118,7 +121,9 @@ pub async fn start_proxy(expected_auth: &str) -> TestProxy {
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((conn, _)) = listener.accept().await else { return };
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
             let (log, expected) = (log.clone(), expected.clone());
             tokio::spawn(async move {
                 let _ = proxy_connection(conn, log, expected).await;
@@ -170,8 +175,10 @@ async fn proxy_connection(
         // HTTP server takes absolute-form too) minus the proxy credentials.
         let authority = target.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
         let mut upstream = TcpStream::connect(authority).await?;
-        let forwarded: String =
-            text.split_inclusive("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("proxy-authorization")).collect();
+        let forwarded: String = text
+            .split_inclusive("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with("proxy-authorization"))
+            .collect();
         upstream.write_all(forwarded.as_bytes()).await?;
         tokio::io::copy_bidirectional(&mut conn, &mut upstream).await?;
     }
@@ -197,11 +204,17 @@ pub async fn start_tls_terminator(backend: SocketAddr) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((conn, _)) = listener.accept().await else { return };
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(conn).await else { return };
-                let Ok(mut plain) = TcpStream::connect(backend).await else { return };
+                let Ok(mut tls) = acceptor.accept(conn).await else {
+                    return;
+                };
+                let Ok(mut plain) = TcpStream::connect(backend).await else {
+                    return;
+                };
                 let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
             });
         }

@@ -142,7 +142,10 @@ impl BrokerConnector {
         let Some(proxy) = &self.proxy else {
             let tcp = tcp_connect(&host, port).await?;
             return if https {
-                Ok(BrokerStream { io: StreamKind::Tls(Box::new(self.tls_handshake(&host, tcp).await?)), proxied: false })
+                Ok(BrokerStream {
+                    io: StreamKind::Tls(Box::new(self.tls_handshake(&host, tcp).await?)),
+                    proxied: false,
+                })
             } else {
                 Ok(BrokerStream { io: StreamKind::Plain(tcp), proxied: false })
             };

@@ -19,8 +19,8 @@ use super::{BrokerApi, BrokerError, SubmitOutcome};
 use bytes::Bytes;
 use common::backoff::Backoff;
 use common::broker::{
-    ack_path, release_path, result_path, AckRequest, ErrorBody, PollRequest, PollResponse, QueueStats,
-    ReleaseRequest, POLL_PATH, QUEUE_PATH,
+    ack_path, release_path, result_path, AckRequest, ErrorBody, PollRequest, PollResponse, QueueStats, ReleaseRequest,
+    POLL_PATH, QUEUE_PATH,
 };
 use common::secret::Secret;
 use common::{JobId, JobResult};
@@ -107,9 +107,9 @@ impl std::fmt::Debug for HttpBroker {
 impl HttpBroker {
     pub fn new(config: BrokerClientConfig) -> Result<HttpBroker, BrokerError> {
         let base = config.endpoint.trim_end_matches('/').to_string();
-        let uri: Uri = base
-            .parse()
-            .map_err(|e| BrokerError::InvalidConfig(format!("broker endpoint {:?} is not a URL: {e}", config.endpoint)))?;
+        let uri: Uri = base.parse().map_err(|e| {
+            BrokerError::InvalidConfig(format!("broker endpoint {:?} is not a URL: {e}", config.endpoint))
+        })?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -126,8 +126,10 @@ impl HttpBroker {
         if config.timeout.is_zero() {
             return Err(BrokerError::InvalidConfig("broker timeout must be greater than zero".into()));
         }
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.location_key.expose()))
-            .map_err(|_| BrokerError::InvalidConfig("the location key contains characters not allowed in a header".into()))?;
+        let mut authorization =
+            HeaderValue::from_str(&format!("Bearer {}", config.location_key.expose())).map_err(|_| {
+                BrokerError::InvalidConfig("the location key contains characters not allowed in a header".into())
+            })?;
         authorization.set_sensitive(true);
 
         let proxy = match &config.proxy {
@@ -135,9 +137,10 @@ impl HttpBroker {
                 return Err(BrokerError::InvalidConfig("broker proxy needs both a host and a port (1-65535)".into()))
             }
             Some(p) => {
-                let authorization = p.username.as_deref().filter(|u| !u.is_empty()).map(|user| {
-                    ProxyTarget::basic_auth(user, p.password.as_ref().map(Secret::expose).unwrap_or(""))
-                });
+                let authorization =
+                    p.username.as_deref().filter(|u| !u.is_empty()).map(|user| {
+                        ProxyTarget::basic_auth(user, p.password.as_ref().map(Secret::expose).unwrap_or(""))
+                    });
                 Some(Arc::new(ProxyTarget { host: p.host.clone(), port: p.port, authorization }))
             }
             None => None,
@@ -170,7 +173,7 @@ impl HttpBroker {
     /// (with the usual retries).
     pub async fn network_health_check(&self) -> Result<(), BrokerError> {
         let stats = self.queue_stats().await?;
-        tracing::info!(endpoint = %self.base, depth = stats.depth, "broker reachable");
+        tracing::debug!(endpoint = %self.base, depth = stats.depth, "broker health check passed");
         Ok(())
     }
 
@@ -201,7 +204,12 @@ impl HttpBroker {
     }
 
     /// One request with the attempt timeout around connecting, sending and reading.
-    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), AttemptError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), AttemptError> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -215,7 +223,10 @@ impl HttpBroker {
             Some(b) => req.header(header::CONTENT_TYPE, "application/json").body(Full::new(Bytes::from(b))),
             None => req.body(Full::new(Bytes::new())),
         }
-        .map_err(|e| AttemptError { error: BrokerError::InvalidConfig(format!("cannot build request: {e}")), unsent: true })?;
+        .map_err(|e| AttemptError {
+            error: BrokerError::InvalidConfig(format!("cannot build request: {e}")),
+            unsent: true,
+        })?;
 
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| AttemptError {
@@ -223,9 +234,8 @@ impl HttpBroker {
                 error: BrokerError::Unreachable(error_chain(&e)),
             })?;
             let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES).collect().await.map_err(|e| AttemptError {
-                error: BrokerError::BadResponse(format!("reading the answer: {e}")),
-                unsent: false,
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES).collect().await.map_err(|e| {
+                AttemptError { error: BrokerError::BadResponse(format!("reading the answer: {e}")), unsent: false }
             })?;
             Ok((status, body.to_bytes()))
         };
@@ -249,7 +259,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, AttemptError> {
-    serde_json::from_slice(body).map_err(|e| AttemptError { error: BrokerError::BadResponse(e.to_string()), unsent: false })
+    serde_json::from_slice(body)
+        .map_err(|e| AttemptError { error: BrokerError::BadResponse(e.to_string()), unsent: false })
 }
 
 /// Map a non-success status the same way for every call; `job_scoped` calls turn 404
@@ -352,10 +363,7 @@ mod tests {
         let body = br#"{"error":"lease_lost","message":"attempt 1 is stale"}"#;
         assert!(matches!(status_error(StatusCode::UNAUTHORIZED, b"", false), BrokerError::Unauthorized));
         assert!(matches!(status_error(StatusCode::NOT_FOUND, b"", true), BrokerError::NotFound));
-        assert!(matches!(
-            status_error(StatusCode::NOT_FOUND, b"", false),
-            BrokerError::Status { status: 404, .. }
-        ));
+        assert!(matches!(status_error(StatusCode::NOT_FOUND, b"", false), BrokerError::Status { status: 404, .. }));
         match status_error(StatusCode::BAD_GATEWAY, body, true) {
             BrokerError::Status { status: 502, message } => assert_eq!(message, "lease_lost: attempt 1 is stale"),
             other => panic!("{other:?}"),

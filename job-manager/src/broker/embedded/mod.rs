@@ -178,6 +178,11 @@ impl EmbeddedBroker {
         self.lock().queue.results()
     }
 
+    /// How many jobs have a result.
+    pub fn result_count(&self) -> usize {
+        self.lock().queue.result_count()
+    }
+
     pub fn stats(&self) -> QueueStats {
         let now = self.now();
         self.lock().queue.stats(now)
@@ -219,9 +224,8 @@ impl EmbeddedBroker {
             let notified = self.result_stored.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let results = self.results();
-            if results.len() >= n {
-                return results;
+            if self.result_count() >= n {
+                return self.results();
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.results();

@@ -85,11 +85,18 @@ pub struct BrokerQueue {
     waiting: VecDeque<JobId>,
     /// Leased jobs and their lease expiry, scanned to re-queue expired leases.
     leases: BTreeMap<JobId, Instant>,
+    results_stored: usize,
 }
 
 impl BrokerQueue {
     pub fn new(visibility_timeout: Duration) -> Self {
-        Self { visibility_timeout, entries: BTreeMap::new(), waiting: VecDeque::new(), leases: BTreeMap::new() }
+        Self {
+            visibility_timeout,
+            entries: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            leases: BTreeMap::new(),
+            results_stored: 0,
+        }
     }
 
     pub fn visibility_timeout(&self) -> Duration {
@@ -247,6 +254,7 @@ impl BrokerQueue {
         e.state = JobState::Done;
         e.result = Some(result);
         e.counters.results_accepted += 1;
+        self.results_stored += 1;
         Ok(())
     }
 
@@ -268,6 +276,11 @@ impl BrokerQueue {
 
     pub fn result(&self, id: &JobId) -> Option<JobResult> {
         self.entries.get(id).and_then(|e| e.result.clone())
+    }
+
+    /// How many jobs have a result (cheap, unlike [`BrokerQueue::results`]).
+    pub fn result_count(&self) -> usize {
+        self.results_stored
     }
 
     pub fn results(&self) -> BTreeMap<JobId, JobResult> {

@@ -125,8 +125,12 @@ async fn answer(broker: &EmbeddedBroker, req: Request<Incoming>) -> Result<Answe
 }
 
 fn authorized(broker: &EmbeddedBroker, req: &Request<Incoming>) -> bool {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else { return false };
-    let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else {
+        return false;
+    };
     broker.location_key().matches(token)
 }
 
@@ -158,12 +162,12 @@ async fn route(broker: &EmbeddedBroker, req: Request<Incoming>) -> Answer {
             Err(r) => Err(r),
         },
         ["admin", "v1", "results"] => allow(Method::GET).map(|()| json(StatusCode::OK, &broker.results())),
-        ["admin", "v1", "results", id] => allow(Method::GET).and_then(|()| parse_id(id)).map(|id| {
-            match broker.result(&id) {
+        ["admin", "v1", "results", id] => {
+            allow(Method::GET).and_then(|()| parse_id(id)).map(|id| match broker.result(&id) {
                 Some(r) => json(StatusCode::OK, &r),
                 None => error(StatusCode::NOT_FOUND, "not_found", format!("no result for job {id}")),
-            }
-        }),
+            })
+        }
         _ => Err(error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}"))),
     };
     result.unwrap_or_else(|r| r)
@@ -178,7 +182,12 @@ async fn poll(broker: &EmbeddedBroker, req: Request<Incoming>) -> Result<Answer,
     Ok(json(StatusCode::OK, &broker.poll_jobs(&poll)))
 }
 
-async fn job_action(broker: &EmbeddedBroker, id: JobId, action: &str, req: Request<Incoming>) -> Result<Answer, Answer> {
+async fn job_action(
+    broker: &EmbeddedBroker,
+    id: JobId,
+    action: &str,
+    req: Request<Incoming>,
+) -> Result<Answer, Answer> {
     let done = match action {
         "ack" => {
             let ack: AckRequest = read_json(req).await?;
