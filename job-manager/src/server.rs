@@ -139,7 +139,7 @@ impl<S: ResultStore> ResultApi<S> {
         let Ok(id) = JobId::new(raw_id) else {
             return error(StatusCode::NOT_FOUND, "bad_job_id", "the path does not name a valid job id");
         };
-        let span = tracing::info_span!("result_api", job_id = %id);
+        let span = tracing::error_span!("result_api", job_id = %id);
         let _g = span.enter();
         let key = req.headers().get(common::headers::INTERNAL_API_KEY).map(|v| v.as_bytes()).unwrap_or_default();
         if !self.internal_api_key.matches(key) {

@@ -207,3 +207,22 @@ pub fn parse_bool(raw: &str) -> Result<bool, String> {
         _ => Err(format!("must be true/false (or 1/0, yes/no), got {raw:?}")),
     }
 }
+
+/// Every setting: key path, env variable and default (JSON), for `--list-settings`.
+pub fn settings_table() -> Vec<(String, String, String)> {
+    let tree = serde_json::to_value(Config::default()).expect("config serializes");
+    let mut leaves = Vec::new();
+    collect_leaves(&tree, &mut Vec::new(), &mut leaves);
+    leaves
+        .into_iter()
+        .map(|path| {
+            let mut v = &tree;
+            for seg in &path {
+                v = &v[seg.as_str()];
+            }
+            let key = path.join(".");
+            let env = env_name(&key);
+            (key, env, v.to_string())
+        })
+        .collect()
+}

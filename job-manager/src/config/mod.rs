@@ -7,7 +7,8 @@ mod validate;
 
 pub use error::{ConfigError, EXIT_CONFIG};
 pub use load::{
-    config_file_path, env_name, load, parse_bool, parse_file, EnvLookup, FlagOverride, ProcessEnv, ENV_CONFIG_FILE,
+    config_file_path, env_name, load, parse_bool, parse_file, settings_table, EnvLookup, FlagOverride, ProcessEnv,
+    ENV_CONFIG_FILE,
 };
 pub use model::Config;
 pub use validate::{is_cidr, is_dns_label, user_defined_variables, validate, Validated, EMBEDDED_BROKER, LOG_LEVELS};

@@ -165,7 +165,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             demands.iter().map(|d| (d.runtime_type.clone(), d.max)).collect();
         let running: std::collections::BTreeSet<&JobId> = in_flight.values().flatten().collect();
         for job in resp.jobs {
-            let span = tracing::info_span!("job", job_id = %job.id, runtime = %job.runtime_type, attempt = job.attempt);
+            let span = tracing::error_span!("job", job_id = %job.id, runtime = %job.runtime_type, attempt = job.attempt);
             // A broker that hands out more than asked (or a type we do not run) gets the
             // extra jobs back at once instead of overrunning capacity.
             match allowance.get_mut(&job.runtime_type) {

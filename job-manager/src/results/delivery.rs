@@ -63,7 +63,7 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
         };
         metrics.results_pending.set(pending.len() as i64);
         for result in pending {
-            let span = tracing::info_span!("deliver", job_id = %result.job_id);
+            let span = tracing::error_span!("deliver", job_id = %result.job_id);
             let _g = span.enter();
             match self.broker.submit_result(&result).await {
                 Ok(outcome) => {

@@ -1,0 +1,44 @@
+//! Logging: tracing-subscriber, text or JSON. Every line about a job carries its id:
+//! the dispatcher, executors and result API run inside a `job`/`result_api`/`deliver`
+//! span with a `job_id` field, which text logs print as a prefix and JSON logs include
+//! as `span`/`spans`. Those spans are created at ERROR level on purpose: a span below
+//! the configured level is disabled and its fields vanish from every line inside it.
+use crate::config::model::LogFormat;
+use tracing_subscriber::EnvFilter;
+
+/// The seed's log level names -> a tracing filter directive.
+pub fn level_directive(level: &str) -> &'static str {
+    match level.trim().to_ascii_uppercase().as_str() {
+        "ALL" | "TRACE" => "trace",
+        "DEBUG" => "debug",
+        "WARN" => "warn",
+        "ERROR" | "FATAL" => "error",
+        "OFF" => "off",
+        _ => "info",
+    }
+}
+
+/// Install the global subscriber. `RUST_LOG`, when set, overrides the configured level
+/// (for debugging one module). Safe to call twice: the second call is a no-op.
+pub fn init(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level_directive(level)));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn seed_levels_map() {
+        for (seed, d) in [("ALL", "trace"), ("debug", "debug"), ("INFO", "info"), ("FATAL", "error"), ("OFF", "off")] {
+            assert_eq!(super::level_directive(seed), d);
+        }
+    }
+}
