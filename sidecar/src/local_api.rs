@@ -191,6 +191,10 @@ where
     B: hyper::body::Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    // A declared length over the limit is refused before waiting for a single byte.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ProxyError::BodyTooLarge { limit }),

@@ -285,6 +285,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 /// Hop-by-hop headers (RFC 9110 7.6.1): the fixed set plus every name the `Connection`
 /// header lists. They describe one connection and must not be forwarded.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // A message framed by Transfer-Encoding is re-framed by hyper on the way out; a
+    // Content-Length next to it (a smuggling classic) must not survive to disagree.
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        h.remove(header::CONTENT_LENGTH);
+    }
     if h.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = h
             .get_all(header::CONNECTION)

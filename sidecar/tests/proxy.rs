@@ -186,3 +186,23 @@ async fn unreachable_upstream_is_502() {
     sc.healthy().await;
     sc.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn transfer_encoding_beats_content_length_and_only_one_request_reaches_origin() {
+    let origin = Origin::start().await;
+    let sc = Sidecar::start(config(LOOPBACK_ALLOWED, &[]), resolver(&[])).await;
+    // A smuggling attempt: chunked body "hi", a Content-Length that disagrees, and a
+    // second request hidden after the chunked terminator.
+    let raw = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nGET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+        origin.url("/echo"),
+        origin.url("/smuggled")
+    );
+    let answer = raw_exchange(sc.addr, raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = origin.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(&seen[0].body[..], b"hi");
+    assert_ne!(seen[0].headers.get("content-length").map(|v| v.as_bytes()), Some(&b"40"[..]));
+    sc.stop().await.unwrap();
+}
