@@ -166,3 +166,17 @@ fn stats_count_waiting_jobs_and_oldest_age() {
     let s = q.stats(t0 + Duration::from_secs(4) + VT);
     assert_eq!(s.depth, 3, "an expired lease counts as waiting again");
 }
+
+#[test]
+fn expired_leases_go_ahead_of_never_delivered_jobs_in_expiry_order() {
+    let t0 = Instant::now();
+    let mut q = queue_with(&["a", "b", "c"], t0);
+    assert_eq!(poll(&mut q, "rt", 1, t0), vec![("a".into(), 1)]);
+    assert_eq!(poll(&mut q, "rt", 1, t0 + Duration::from_secs(1)), vec![("b".into(), 1)]);
+    let later = t0 + VT + Duration::from_secs(1);
+    assert_eq!(poll(&mut q, "rt", 3, later), vec![("a".into(), 2), ("b".into(), 2), ("c".into(), 1)]);
+    q.ack(&id("c"), "jm-0", 1, later).unwrap();
+    q.submit_result(JobResult::new(id("a"), Outcome::Succeeded, ""), later).unwrap();
+    let s = q.stats(later + VT * 3);
+    assert_eq!((s.depth, s.depth_by_runtime.get("rt")), (1, Some(&1)), "only b expired again");
+}
