@@ -1,0 +1,145 @@
+//! The real binary: configuration errors exit 64, --help documents every setting, the
+//! ready file, SIGTERM, the key from stdin, and the key never in logs.
+mod support;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidecar");
+
+fn sidecar() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_setting() {
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (&["--listen", "not-an-address"], &[], "SIDECAR_LISTEN (--listen)"),
+        (&[], &[("SIDECAR_ALLOW_CIDRS", "10.0.0.0/99")], "SIDECAR_ALLOW_CIDRS"),
+        (&[], &[("SIDECAR_DENY_PRIVATE", "perhaps")], "SIDECAR_DENY_PRIVATE"),
+        (&["--job-dir", "/tmp"], &[], "SIDECAR_JOB_MANAGER_URL"),
+        (&["--no-such-flag"], &[], "--no-such-flag"),
+        (&["--max-connections", "lots"], &[], "SIDECAR_MAX_CONNECTIONS"),
+    ];
+    for (args, env, needle) in cases {
+        let out = sidecar().args(*args).envs(env.iter().copied()).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_explains_every_setting() {
+    let out = sidecar().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    use sidecar::config::*;
+    for env in [
+        ENV_LISTEN, ENV_ADMIN_LISTEN, ENV_JOB_DIR, ENV_JOB_MANAGER_URL, ENV_INTERNAL_API_KEY, ENV_INTERNAL_API_KEY_FILE,
+        ENV_SPOOL_DIR, ENV_INGRESS_LISTEN, ENV_INGRESS_UPSTREAM, ENV_ALLOW_CIDRS, ENV_DENY_CIDRS, ENV_ALLOW_HOSTS,
+        ENV_DENY_HOSTS, ENV_ALLOW_PORTS, ENV_DENY_PORTS, ENV_DENY_PRIVATE, ENV_REPORT_ONLY, ENV_API_SERVER_ADDRESSES,
+        ENV_UPSTREAM_PROXY, ENV_UPSTREAM_PROXY_CA_FILE, ENV_UPSTREAM_PROXY_INSECURE, ENV_LOG_FORMAT, ENV_LOG_LEVEL,
+        ENV_RESULT_DEADLINE_SECS, ENV_SHUTDOWN_GRACE_SECS, ENV_READY_FILE, ENV_JOB_ID, ENV_MAX_HEADER_BYTES,
+        ENV_MAX_BODY_BYTES, ENV_CONNECT_TIMEOUT_MS, ENV_IDLE_TIMEOUT_SECS, ENV_TUNNEL_IDLE_TIMEOUT_SECS,
+        ENV_HEADER_READ_TIMEOUT_MS, ENV_MAX_CONNECTIONS, ENV_MAX_TUNNELS, ENV_WORKER_THREADS,
+    ] {
+        assert!(help.contains(env), "--help does not mention {env}");
+    }
+}
+
+/// Waits for the ready file (the binary's own readiness signal) and parses it.
+fn wait_ready(path: &std::path::Path, child: &mut Child) -> common::runtime_api::ReadyFile {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(bytes) = std::fs::read(path) {
+            return serde_json::from_slice(&bytes).expect("ready file is complete JSON");
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sidecar exited early: {status}");
+        }
+        assert!(std::time::Instant::now() < deadline, "no ready file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(ok.success());
+    child.wait().unwrap()
+}
+
+#[tokio::test]
+async fn ready_file_probes_and_sigterm() {
+    let dir = temp_dir("bin");
+    let ready = dir.join("ready.json");
+    let mut child = sidecar()
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ready-file", ready.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = wait_ready(&ready, &mut child);
+    assert_eq!(r.pid, child.id());
+    assert_ne!(r.listen.port(), 0);
+    let admin = r.admin.expect("admin address in the ready file");
+    for (addr, path) in [(admin, "/readyz"), (admin, "/healthz"), (r.listen, "/readyz")] {
+        let (status, _, _) = send(addr, http::Request::get(path).header("host", "x").body(Default::default()).unwrap()).await;
+        assert_eq!(status, http::StatusCode::OK, "{addr}{path}");
+    }
+    let (status, _, body) = send(admin, http::Request::get("/metrics").header("host", "x").body(Default::default()).unwrap()).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("sidecar_connections_total"));
+    // The admin port serves probes only, never the job API.
+    let (status, _, _) = send(admin, http::Request::get("/v1/job").header("host", "x").body(Default::default()).unwrap()).await;
+    assert_eq!(status, http::StatusCode::NOT_FOUND);
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+}
+
+#[tokio::test]
+async fn key_from_stdin_is_injected_and_never_logged() {
+    let mut jm = FakeJobManager::start(&[]).await;
+    let dir = temp_dir("bin-key");
+    let ready = dir.join("ready.json");
+    let key = "stdin-key-5d8e0c";
+    let mut child = sidecar()
+        .args([
+            "--listen", "127.0.0.1:0",
+            "--ready-file", ready.to_str().unwrap(),
+            "--job-manager-url", &format!("http://{}", jm.addr),
+            "--internal-api-key-file", "-",
+            "--log-level", "trace",
+            "--log-format", "json",
+            "--job-id", "bin-job-1",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{key}\nsecond line ignored\n").as_bytes()).unwrap();
+    let r = wait_ready(&ready, &mut child);
+    let req = http::Request::get(format!("http://{}/internal/v1/ping", jm.addr))
+        .header("x-internal-api-key", "forged")
+        .body(Default::default())
+        .unwrap();
+    let (status, _, _) = send(r.listen, req).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(jm.next_call().await.headers["x-internal-api-key"], key);
+    let (status, _, _) = proxy_get(r.listen, "http://169.254.169.254/").await;
+    assert_eq!(status, http::StatusCode::FORBIDDEN);
+
+    let mut stderr = child.stderr.take().unwrap();
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
+    assert!(status.success());
+    let mut logs = String::new();
+    stderr.read_to_string(&mut logs).unwrap();
+    assert!(!logs.contains(key), "the key leaked into the logs");
+    let refusal = logs.lines().find(|l| l.contains("egress refused")).expect("refusal logged");
+    let line: serde_json::Value = serde_json::from_str(refusal).expect("JSON log line");
+    assert_eq!(line["fields"]["class"], "metadata", "{refusal}");
+    assert_eq!(line["span"]["job_id"], "bin-job-1", "{refusal}");
+}
