@@ -4,3 +4,4 @@
 
 pub mod bins;
 pub mod emulator;
+pub mod kubelet;

@@ -22,6 +22,10 @@ struct Args {
     /// Watch events kept for resumption.
     #[arg(long, default_value_t = 50_000)]
     history: usize,
+    /// Also run pods as local processes (images mapped to workspace binaries) and the
+    /// Job/Deployment controllers.
+    #[arg(long)]
+    kubelet: bool,
 }
 
 #[tokio::main]
@@ -42,6 +46,9 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let _kubelet = args
+        .kubelet
+        .then(|| integration_tests::kubelet::Kubelet::start(&emu, integration_tests::kubelet::KubeletOptions::default()));
     println!("kube-emulator serving {} (kubeconfig {})", emu.url(), args.kubeconfig.display());
     let _ = tokio::signal::ctrl_c().await;
 }
