@@ -1,0 +1,144 @@
+//! End to end on one machine: embedded broker (in process), job manager with the local
+//! executor, the real `sidecar` and `test-runtime` binaries.
+mod jm_support;
+
+use common::{JobId, Outcome};
+use jm_support::*;
+use job_manager::app;
+use job_manager::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn broker(visibility: Duration) -> EmbeddedBroker {
+    EmbeddedBroker::new(EmbeddedOptions { visibility_timeout: visibility, location_key: common::secret::Secret::new("k") })
+}
+
+fn id(s: &str) -> JobId {
+    JobId::new(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_ends_in_exactly_one_outcome() {
+    let dir = TempDir::new("outcomes");
+    let origin = Origin::start().await;
+    let v = validated(dir.path(), "");
+    let broker = broker(Duration::from_secs(30));
+    let jobs = [
+        job("ok", 20, json!({"action": "fetch", "url": format!("{}/ok", origin.url), "expectStatus": 200})),
+        job("refused", 20, json!({"action": "fetch", "url": "http://169.254.169.254/latest/meta-data/", "expectStatus": 200})),
+        job("fails", 20, json!({"action": "fail", "message": "check failed on purpose"})),
+        job("exits", 20, json!({"action": "exit", "code": 7})),
+        job("crashes", 20, json!({"action": "crash"})),
+        job("slow", 1, json!({"action": "sleep", "secs": 30})),
+    ];
+    for j in &jobs {
+        broker.submit(j.clone()).unwrap();
+    }
+    let listener = app::bind("127.0.0.1:0").await.unwrap();
+    let handle = app::start_local(&v, Arc::new(broker.clone()), listener).await.unwrap();
+    let results = broker.wait_for_results(jobs.len(), Duration::from_secs(60)).await;
+    let metrics = handle.metrics.encode();
+    handle.stop().await.unwrap();
+
+    let outcome = |s: &str| results.get(&id(s)).map(|r| r.outcome);
+    assert_eq!(outcome("ok"), Some(Outcome::Succeeded), "{results:?}");
+    assert_eq!(outcome("refused"), Some(Outcome::Failed));
+    assert!(results[&id("refused")].message.contains("403"), "{}", results[&id("refused")].message);
+    assert_eq!(outcome("fails"), Some(Outcome::Failed));
+    assert_eq!(results[&id("fails")].message, "check failed on purpose");
+    assert_eq!(outcome("exits"), Some(Outcome::Failed));
+    let exits = &results[&id("exits")];
+    assert!(exits.message.contains("exit status: 7") && exits.message.contains("without reporting a result"), "{}", exits.message);
+    assert!(exits.output["output_tail"].as_str().unwrap().contains("test-runtime"), "output tail carried: {}", exits.output);
+    assert_eq!(outcome("crashes"), Some(Outcome::Failed));
+    assert!(results[&id("crashes")].message.contains("signal"), "{}", results[&id("crashes")].message);
+    assert_eq!(outcome("slow"), Some(Outcome::TimedOut));
+    assert_eq!(origin.hits("/ok"), 1);
+    for j in &jobs {
+        let c = broker.counters(&j.id).unwrap();
+        assert_eq!((c.deliveries, c.acks, c.releases), (1, 1, 0), "{}: {c:?}", j.id);
+        assert_eq!((c.results_accepted, c.results_conflicting), (1, 0), "{}: exactly one outcome: {c:?}", j.id);
+    }
+    // Nothing leaks: every job dir (job file, token, spool) is gone.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("state/jobs")).unwrap().collect();
+    assert!(left.is_empty(), "job dirs left behind: {left:?}");
+    assert!(metrics.contains("job_manager_job_results_total{outcome=\"timed_out\"} 1"), "{metrics}");
+    assert!(metrics.contains("job_manager_jobs_acked_total 6"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_job_is_not_run_twice() {
+    let dir = TempDir::new("redeliver");
+    let origin = Origin::start().await;
+    let v = validated(dir.path(), "");
+    // A short lease: the lost ack makes the broker re-deliver while the job still runs.
+    let inner = broker(Duration::from_millis(500));
+    let flaky = Arc::new(FlakyBroker::new(inner.clone()));
+    flaky.drop_acks.store(4, Ordering::SeqCst); // every retry of the first ack is lost
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/started", origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 3},
+    ]});
+    inner.submit(job("once", 20, payload)).unwrap();
+    let listener = app::bind("127.0.0.1:0").await.unwrap();
+    let handle = app::start_local(&v, flaky.clone(), listener).await.unwrap();
+    let result = inner.wait_for_result(&id("once"), Duration::from_secs(30)).await;
+    handle.stop().await.unwrap();
+    assert_eq!(result.map(|r| r.outcome), Some(Outcome::Succeeded));
+    let c = inner.counters(&id("once")).unwrap();
+    assert!(c.deliveries >= 2, "the broker re-delivered it: {c:?}");
+    assert_eq!(c.acks, 1, "the re-delivery was acked: {c:?}");
+    assert_eq!(origin.hits("/started"), 1, "the runtime ran once");
+    assert_eq!(c.results_accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_for_a_while_loses_no_result() {
+    let dir = TempDir::new("down");
+    let v = validated(dir.path(), "");
+    let inner = broker(Duration::from_secs(30));
+    let flaky = Arc::new(FlakyBroker::new(inner.clone()));
+    flaky.results_down.store(true, Ordering::SeqCst);
+    inner.submit(job("kept", 20, json!({"action": "fail", "message": "kept while the broker was down"}))).unwrap();
+    let listener = app::bind("127.0.0.1:0").await.unwrap();
+    let handle = app::start_local(&v, flaky.clone(), listener).await.unwrap();
+    let metrics = handle.metrics.clone();
+    eventually("result recorded by the job manager", Duration::from_secs(30), || {
+        metrics.encode().contains("job_manager_job_results_total{outcome=\"failed\"} 1")
+    })
+    .await;
+    eventually("a failed delivery attempt", Duration::from_secs(10), || {
+        !metrics.encode().contains("job_manager_result_delivery_retries_total 0")
+    })
+    .await;
+    assert!(inner.result(&id("kept")).is_none(), "broker still down");
+    flaky.results_down.store(false, Ordering::SeqCst);
+    let result = inner.wait_for_result(&id("kept"), Duration::from_secs(60)).await.expect("delivered after the outage");
+    handle.stop().await.unwrap();
+    assert_eq!(result.message, "kept while the broker was down");
+    assert_eq!(inner.counters(&id("kept")).unwrap().results_accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_running_jobs_after_grace_and_reports_them() {
+    let dir = TempDir::new("grace");
+    let v = validated(dir.path(), "");
+    let broker = broker(Duration::from_secs(30));
+    broker.submit(job("long", 60, json!({"action": "sleep", "secs": 60}))).unwrap();
+    let listener = app::bind("127.0.0.1:0").await.unwrap();
+    let handle = app::start_local(&v, Arc::new(broker.clone()), listener).await.unwrap();
+    let state = dir.path().join("state/jobs");
+    eventually("job running", Duration::from_secs(20), || {
+        broker.counters(&id("long")).is_some_and(|c| c.acks == 1)
+    })
+    .await;
+    let readiness = handle.readiness.clone();
+    handle.stop().await.unwrap();
+    assert!(readiness.check().is_err(), "not ready once draining");
+    let r = broker.result(&id("long")).expect("reported before exit");
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert!(r.message.contains("shut down"), "{}", r.message);
+    assert_eq!(std::fs::read_dir(state).unwrap().count(), 0, "runtime and its dir are gone");
+}
