@@ -188,7 +188,7 @@ pub struct Cli {
     /// A tunnel with no traffic either way for this long is closed, seconds [env: SIDECAR_TUNNEL_IDLE_TIMEOUT_SECS] [default: 600]
     #[arg(long, value_name = "SECS")]
     pub tunnel_idle_timeout_secs: Option<String>,
-    /// A request head must arrive within this time (slowloris guard), ms [env: SIDECAR_HEADER_READ_TIMEOUT_MS] [default: 10000]
+    /// A request head must arrive within this time (slowloris guard; also closes idle keep-alive client connections), ms [env: SIDECAR_HEADER_READ_TIMEOUT_MS] [default: 10000]
     #[arg(long, value_name = "MS")]
     pub header_read_timeout_ms: Option<String>,
     /// Concurrent client connections (tunnels included); more get 503 [env: SIDECAR_MAX_CONNECTIONS] [default: 4096]

@@ -51,6 +51,10 @@ pub struct Proxy {
     connections: Arc<Semaphore>,
     bytes_up: Counter,
     bytes_down: Counter,
+    // Per-kind request counters, fetched once: no label lookup on the hot path.
+    count_forward: Counter,
+    count_connect: Counter,
+    count_local: Counter,
 }
 
 pub struct ProxySettings {
@@ -83,6 +87,8 @@ impl Proxy {
         });
         let bytes_up = metrics.bytes.get_or_create(&DirectionLabel { direction: "upstream" }).clone();
         let bytes_down = metrics.bytes.get_or_create(&DirectionLabel { direction: "downstream" }).clone();
+        let kind = |kind| metrics.requests.get_or_create(&KindLabel { kind }).clone();
+        let (count_forward, count_connect, count_local) = (kind("forward"), kind("connect"), kind("local"));
         Self {
             dialer,
             client,
@@ -97,12 +103,15 @@ impl Proxy {
             connections: s.connections,
             bytes_up,
             bytes_down,
+            count_forward,
+            count_connect,
+            count_local,
         }
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if req.method() == Method::CONNECT {
-            self.metrics.requests.get_or_create(&KindLabel { kind: "connect" }).inc();
+            self.count_connect.inc();
             return self.connect(req).await.unwrap_or_else(|e| self.rescue(e));
         }
         let target = match req.uri().authority() {
@@ -115,12 +124,12 @@ impl Proxy {
         if self.is_self(&target) {
             return self.local_api(req).await;
         }
-        self.metrics.requests.get_or_create(&KindLabel { kind: "forward" }).inc();
+        self.count_forward.inc();
         self.forward(req, target).await.unwrap_or_else(|e| self.rescue(e))
     }
 
     async fn local_api(&self, req: Request<Incoming>) -> Response<Body> {
-        self.metrics.requests.get_or_create(&KindLabel { kind: "local" }).inc();
+        self.count_local.inc();
         self.local.handle(req).await.map(Either::Right)
     }
 

@@ -33,13 +33,12 @@ impl SystemResolver {
 impl Resolve for SystemResolver {
     fn resolve<'a>(&'a self, name: &'a str) -> ResolveFuture<'a> {
         Box::pin(async move {
-            // A trailing dot makes the name absolute: no search-domain expansion, so
-            // `kubernetes` cannot become `kubernetes.default.svc.cluster.local` behind
-            // the name rules' back.
-            let fqdn = format!("{name}.");
+            // Search domains apply (runtimes call in-cluster services by short name).
+            // That cannot open a way to the API server: `kubernetes*` names are refused
+            // before lookup and its address (KUBERNETES_SERVICE_HOST) after it.
             let lookup = self
                 .0
-                .lookup_ip(fqdn.as_str())
+                .lookup_ip(name)
                 .await
                 .map_err(|e| ResolveError { name: name.to_string(), message: e.to_string() })?;
             Ok(lookup.iter().collect())
