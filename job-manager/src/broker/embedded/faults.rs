@@ -1,6 +1,7 @@
 //! Fault injection for the embedded broker when it stands in for a remote one in tests:
-//! errors, garbage, hangs, outages and delays, applied to the broker API (`/v1/...`) only,
-//! so a test can still read results through the admin endpoints or in-process.
+//! errors, garbage, hangs, outages and delays, applied to broker API requests (`/v1/...`)
+//! only, so a test can still read results in-process or through the admin endpoints
+//! (except while "down": then new connections are closed at once, whatever they ask).
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,7 +88,8 @@ impl Faults {
         self.with(|p| p.hang_until = Some(Instant::now() + d));
     }
 
-    /// While down, connections are closed without an answer, new and kept-alive alike.
+    /// While down, new connections are closed at once and broker API requests on
+    /// connections already open are dropped without an answer.
     pub fn set_down(&self, down: bool) {
         self.with(|p| p.down = down);
     }
