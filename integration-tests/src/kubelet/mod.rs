@@ -24,6 +24,9 @@ pub struct KubeletOptions {
     pub node_labels: BTreeMap<String, String>,
     /// Image -> binary: the first pattern contained in the image's repository wins.
     pub images: Vec<(String, PathBuf)>,
+    /// Image -> default arguments (the image's `CMD`), used when the container sets
+    /// neither `command` nor `args`; first pattern contained in the image wins.
+    pub image_args: Vec<(String, Vec<String>)>,
     /// Pod directories (volumes, logs); default: a temp dir removed with the kubelet.
     pub work_dir: PathBuf,
     /// How often probes are polled (accelerated: the real period is seconds).
@@ -45,6 +48,7 @@ impl KubeletOptions {
                 ("kubernetes.io/arch".to_string(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")),
             ]),
             images: vec![],
+            image_args: vec![],
             work_dir: PathBuf::new(),
             probe_period: Duration::from_millis(50),
             resync: Duration::from_millis(200),

@@ -111,6 +111,16 @@ pub fn image_binary(opts: &KubeletOptions, image: &str) -> Option<PathBuf> {
     opts.images.iter().find(|(pat, _)| repo.contains(pat.as_str())).map(|(_, p)| p.clone())
 }
 
+/// The image's default arguments when the container sets neither command nor args.
+fn image_default_args(opts: &KubeletOptions, c: &Value) -> Vec<String> {
+    let unset = |k: &str| c[k].as_array().is_none_or(Vec::is_empty);
+    if !(unset("command") && unset("args")) {
+        return vec![];
+    }
+    let image = c["image"].as_str().unwrap_or_default();
+    opts.image_args.iter().find(|(pat, _)| image.contains(pat.as_str())).map(|(_, a)| a.clone()).unwrap_or_default()
+}
+
 /// `$(VAR)` expansion as the kubelet does for env values, command and args.
 pub fn expand(s: &str, vars: &HashMap<String, String>) -> String {
     let mut out = String::new();
@@ -540,6 +550,9 @@ fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared, (usize, &'
         for a in c["args"].as_array().into_iter().chain(c["command"].as_array()).flatten() {
             pod_ports.extend(network::local_ports_in(a.as_str().unwrap_or_default()));
         }
+        for a in image_default_args(&ctx.opts, c) {
+            pod_ports.extend(network::local_ports_in(&a));
+        }
     }
     for p in pod_ports {
         if p != 0 && !net.ports.contains_key(&p) {
@@ -574,7 +587,10 @@ fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared, (usize, &'
         let vars: HashMap<String, String> = env.iter().cloned().collect();
         let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, rewrite(&v))).collect();
         let command: Vec<String> = c["command"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(|s| expand(s, &vars))).collect();
-        let args: Vec<String> = c["args"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(|s| expand(s, &vars))).collect();
+        let mut args: Vec<String> = c["args"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(|s| expand(s, &vars))).collect();
+        if command.is_empty() && args.is_empty() {
+            args = image_default_args(&ctx.opts, c);
+        }
         // The image's entrypoint is the mapped binary; command[0] names it inside the image.
         let argv: Vec<String> = command.iter().skip(1).chain(args.iter()).map(|a| rewrite(a)).collect();
         launches.push((
@@ -817,6 +833,14 @@ mod tests {
         assert_eq!(image_binary(&opts, "newrelic/synthetics-node-api-runtime:1.2"), Some("/bin/rt".into()));
         assert_eq!(image_binary(&opts, "nginx:runtime"), None, "tags do not count");
         assert_eq!(image_binary(&opts, "busybox"), None);
+    }
+
+    #[test]
+    fn image_default_args_apply_only_without_command_or_args() {
+        let opts = KubeletOptions { image_args: vec![("persistent".into(), vec!["--serve".into()])], ..KubeletOptions::without_binaries() };
+        assert_eq!(image_default_args(&opts, &json!({"image": "rt-persistent:1"})), vec!["--serve"]);
+        assert!(image_default_args(&opts, &json!({"image": "rt-persistent:1", "args": ["x"]})).is_empty());
+        assert!(image_default_args(&opts, &json!({"image": "other:1"})).is_empty());
     }
 
     #[test]
