@@ -292,8 +292,14 @@ pub struct Config {
 impl Config {
     /// A standalone proxy on `listen` with every default; a starting point for tests.
     pub fn standalone(listen: SocketAddr) -> Self {
-        parse_config(&Cli { listen: Some(listen.to_string()), ..Default::default() }, &HashMap::<String, String>::new())
-            .expect("defaults are valid")
+        parse_config(
+            &Cli {
+                listen: Some(listen.to_string()),
+                ..Default::default()
+            },
+            &HashMap::<String, String>::new(),
+        )
+        .expect("defaults are valid")
     }
 }
 
@@ -313,11 +319,23 @@ struct Source<'a> {
 impl Source<'_> {
     /// The flag value if given, else the env value; empty strings count as unset.
     fn one(&self, flag: &Option<String>, key: &str) -> Option<String> {
-        flag.clone().or_else(|| self.env.get(key)).filter(|s| !s.trim().is_empty()).map(|s| s.trim().to_string())
+        flag.clone()
+            .or_else(|| self.env.get(key))
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().to_string())
     }
     fn list(&self, flag: &[String], key: &str) -> Vec<String> {
-        let raw: Vec<String> = if flag.is_empty() { self.env.get(key).into_iter().collect() } else { flag.to_vec() };
-        raw.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        let raw: Vec<String> = if flag.is_empty() {
+            self.env.get(key).into_iter().collect()
+        } else {
+            flag.to_vec()
+        };
+        raw.iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
     }
     fn flag(&self, flag: bool, key: &'static str, name: &'static str) -> Result<bool, ConfigError> {
         if flag {
@@ -328,14 +346,22 @@ impl Source<'_> {
             Some(s) => match s.as_str() {
                 "" | "false" | "0" | "no" | "off" => Ok(false),
                 "true" | "1" | "yes" | "on" => Ok(true),
-                _ => Err(err(key, name, format!("{s:?} is not a boolean (true/false)"))),
+                _ => Err(err(
+                    key,
+                    name,
+                    format!("{s:?} is not a boolean (true/false)"),
+                )),
             },
         }
     }
 }
 
 fn err(setting: &'static str, flag: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { setting, flag, message: message.into() }
+    ConfigError {
+        setting,
+        flag,
+        message: message.into(),
+    }
 }
 
 fn parse_num<T: std::str::FromStr>(
@@ -355,9 +381,16 @@ fn parse_num<T: std::str::FromStr>(
     }
 }
 
-fn parse_addr(v: Option<String>, setting: &'static str, flag: &'static str) -> Result<Option<SocketAddr>, ConfigError> {
-    v.map(|s| s.parse::<SocketAddr>().map_err(|_| err(setting, flag, format!("{s:?} is not an IP:PORT address"))))
-        .transpose()
+fn parse_addr(
+    v: Option<String>,
+    setting: &'static str,
+    flag: &'static str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    v.map(|s| {
+        s.parse::<SocketAddr>()
+            .map_err(|_| err(setting, flag, format!("{s:?} is not an IP:PORT address")))
+    })
+    .transpose()
 }
 
 /// Builds and validates the whole configuration. Pure: flags plus a lookup, no I/O.
@@ -365,36 +398,56 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
     let src = Source { env: lookup };
     let listen = parse_addr(src.one(&cli.listen, ENV_LISTEN), ENV_LISTEN, "--listen")?
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3128)));
-    let admin_listen = parse_addr(src.one(&cli.admin_listen, ENV_ADMIN_LISTEN), ENV_ADMIN_LISTEN, "--admin-listen")?;
+    let admin_listen = parse_addr(
+        src.one(&cli.admin_listen, ENV_ADMIN_LISTEN),
+        ENV_ADMIN_LISTEN,
+        "--admin-listen",
+    )?;
 
     let mut policy = EgressPolicy::default();
     for s in src.list(&cli.allow_cidrs, ENV_ALLOW_CIDRS) {
-        policy.allow_cidrs.push(parse_cidr(&s).map_err(|m| err(ENV_ALLOW_CIDRS, "--allow-cidr", m))?);
+        policy
+            .allow_cidrs
+            .push(parse_cidr(&s).map_err(|m| err(ENV_ALLOW_CIDRS, "--allow-cidr", m))?);
     }
     for s in src.list(&cli.deny_cidrs, ENV_DENY_CIDRS) {
-        policy.deny_cidrs.push(parse_cidr(&s).map_err(|m| err(ENV_DENY_CIDRS, "--deny-cidr", m))?);
+        policy
+            .deny_cidrs
+            .push(parse_cidr(&s).map_err(|m| err(ENV_DENY_CIDRS, "--deny-cidr", m))?);
     }
     for s in src.list(&cli.allow_hosts, ENV_ALLOW_HOSTS) {
-        policy.allow_hosts.push(HostPattern::parse(&s).map_err(|m| err(ENV_ALLOW_HOSTS, "--allow-host", m))?);
+        policy
+            .allow_hosts
+            .push(HostPattern::parse(&s).map_err(|m| err(ENV_ALLOW_HOSTS, "--allow-host", m))?);
     }
     for s in src.list(&cli.deny_hosts, ENV_DENY_HOSTS) {
-        policy.deny_hosts.push(HostPattern::parse(&s).map_err(|m| err(ENV_DENY_HOSTS, "--deny-host", m))?);
+        policy
+            .deny_hosts
+            .push(HostPattern::parse(&s).map_err(|m| err(ENV_DENY_HOSTS, "--deny-host", m))?);
     }
     for s in src.list(&cli.allow_ports, ENV_ALLOW_PORTS) {
-        policy.allow_ports.push(parse_port_setting(&s).map_err(|m| err(ENV_ALLOW_PORTS, "--allow-port", m))?);
+        policy
+            .allow_ports
+            .push(parse_port_setting(&s).map_err(|m| err(ENV_ALLOW_PORTS, "--allow-port", m))?);
     }
     for s in src.list(&cli.deny_ports, ENV_DENY_PORTS) {
-        policy.deny_ports.push(parse_port_setting(&s).map_err(|m| err(ENV_DENY_PORTS, "--deny-port", m))?);
+        policy
+            .deny_ports
+            .push(parse_port_setting(&s).map_err(|m| err(ENV_DENY_PORTS, "--deny-port", m))?);
     }
     policy.deny_private = src.flag(cli.deny_private, ENV_DENY_PRIVATE, "--deny-private")?;
     let report_only = src.flag(cli.report_only, ENV_REPORT_ONLY, "--report-only")?;
     for s in src.list(&cli.api_server_addresses, ENV_API_SERVER_ADDRESSES) {
-        policy
-            .api_servers
-            .push(parse_api_server(&s).map_err(|m| err(ENV_API_SERVER_ADDRESSES, "--api-server-address", m))?);
+        policy.api_servers.push(
+            parse_api_server(&s)
+                .map_err(|m| err(ENV_API_SERVER_ADDRESSES, "--api-server-address", m))?,
+        );
     }
     // In a pod, Kubernetes tells us where its API is; refuse it without being asked.
-    if let Some(host) = lookup.get(ENV_KUBERNETES_SERVICE_HOST).filter(|s| !s.is_empty()) {
+    if let Some(host) = lookup
+        .get(ENV_KUBERNETES_SERVICE_HOST)
+        .filter(|s| !s.is_empty())
+    {
         if let Ok(ip) = host.trim().parse() {
             policy.api_servers.push(ApiServer { ip, port: None });
         }
@@ -403,10 +456,15 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
     let job_dir = src.one(&cli.job_dir, ENV_JOB_DIR).map(PathBuf::from);
     let job_manager = src
         .one(&cli.job_manager_url, ENV_JOB_MANAGER_URL)
-        .map(|s| parse_job_manager_url(&s).map_err(|m| err(ENV_JOB_MANAGER_URL, "--job-manager-url", m)))
+        .map(|s| {
+            parse_job_manager_url(&s).map_err(|m| err(ENV_JOB_MANAGER_URL, "--job-manager-url", m))
+        })
         .transpose()?;
     policy.job_manager = job_manager.as_ref().map(|j| j.target.clone());
-    let internal_api_key = match (src.one(&cli.internal_api_key_file, ENV_INTERNAL_API_KEY_FILE), lookup.get(ENV_INTERNAL_API_KEY)) {
+    let internal_api_key = match (
+        src.one(&cli.internal_api_key_file, ENV_INTERNAL_API_KEY_FILE),
+        lookup.get(ENV_INTERNAL_API_KEY),
+    ) {
         (Some(f), _) if f == "-" => KeySource::Stdin,
         (Some(f), _) => KeySource::File(PathBuf::from(f)),
         (None, Some(k)) if !k.trim().is_empty() => KeySource::Inline(Secret::new(k.trim())),
@@ -431,37 +489,90 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
         "a number of seconds",
     )?);
 
-    let ingress_listen = parse_addr(src.one(&cli.ingress_listen, ENV_INGRESS_LISTEN), ENV_INGRESS_LISTEN, "--ingress-listen")?;
-    let ingress_upstream =
-        parse_addr(src.one(&cli.ingress_upstream, ENV_INGRESS_UPSTREAM), ENV_INGRESS_UPSTREAM, "--ingress-upstream")?;
+    let ingress_listen = parse_addr(
+        src.one(&cli.ingress_listen, ENV_INGRESS_LISTEN),
+        ENV_INGRESS_LISTEN,
+        "--ingress-listen",
+    )?;
+    let ingress_upstream = parse_addr(
+        src.one(&cli.ingress_upstream, ENV_INGRESS_UPSTREAM),
+        ENV_INGRESS_UPSTREAM,
+        "--ingress-upstream",
+    )?;
     let ingress = match (ingress_listen, ingress_upstream) {
         (Some(listen), Some(upstream)) => Some(Ingress { listen, upstream }),
         (None, None) => None,
-        (Some(_), None) => return Err(err(ENV_INGRESS_UPSTREAM, "--ingress-upstream", "required with --ingress-listen")),
-        (None, Some(_)) => return Err(err(ENV_INGRESS_LISTEN, "--ingress-listen", "required with --ingress-upstream")),
+        (Some(_), None) => {
+            return Err(err(
+                ENV_INGRESS_UPSTREAM,
+                "--ingress-upstream",
+                "required with --ingress-listen",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                ENV_INGRESS_LISTEN,
+                "--ingress-listen",
+                "required with --ingress-upstream",
+            ))
+        }
     };
 
-    let upstream_proxy_insecure =
-        src.flag(cli.upstream_proxy_insecure, ENV_UPSTREAM_PROXY_INSECURE, "--upstream-proxy-insecure")?;
-    let upstream_proxy_ca_file = src.one(&cli.upstream_proxy_ca_file, ENV_UPSTREAM_PROXY_CA_FILE).map(PathBuf::from);
+    let upstream_proxy_insecure = src.flag(
+        cli.upstream_proxy_insecure,
+        ENV_UPSTREAM_PROXY_INSECURE,
+        "--upstream-proxy-insecure",
+    )?;
+    let upstream_proxy_ca_file = src
+        .one(&cli.upstream_proxy_ca_file, ENV_UPSTREAM_PROXY_CA_FILE)
+        .map(PathBuf::from);
     let upstream_proxy = src
         .one(&cli.upstream_proxy, ENV_UPSTREAM_PROXY)
-        .map(|s| parse_upstream_proxy(&s).map_err(|m| err(ENV_UPSTREAM_PROXY, "--upstream-proxy", m)))
+        .map(|s| {
+            parse_upstream_proxy(&s).map_err(|m| err(ENV_UPSTREAM_PROXY, "--upstream-proxy", m))
+        })
         .transpose()?
-        .map(|p| UpstreamProxy { ca_file: upstream_proxy_ca_file.clone(), insecure: upstream_proxy_insecure, ..p });
-    if upstream_proxy.as_ref().is_some_and(|p| !p.tls) && (upstream_proxy_ca_file.is_some() || upstream_proxy_insecure) {
-        return Err(err(ENV_UPSTREAM_PROXY_CA_FILE, "--upstream-proxy-ca-file", "only meaningful with an https:// upstream proxy"));
+        .map(|p| UpstreamProxy {
+            ca_file: upstream_proxy_ca_file.clone(),
+            insecure: upstream_proxy_insecure,
+            ..p
+        });
+    if upstream_proxy.as_ref().is_some_and(|p| !p.tls)
+        && (upstream_proxy_ca_file.is_some() || upstream_proxy_insecure)
+    {
+        return Err(err(
+            ENV_UPSTREAM_PROXY_CA_FILE,
+            "--upstream-proxy-ca-file",
+            "only meaningful with an https:// upstream proxy",
+        ));
     }
 
     let ready_file = src.one(&cli.ready_file, ENV_READY_FILE).map(PathBuf::from);
-    let log_format = match src.one(&cli.log_format, ENV_LOG_FORMAT).as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let log_format = match src
+        .one(&cli.log_format, ENV_LOG_FORMAT)
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
-        Some(other) => return Err(err(ENV_LOG_FORMAT, "--log-format", format!("{other:?} is not text or json"))),
+        Some(other) => {
+            return Err(err(
+                ENV_LOG_FORMAT,
+                "--log-format",
+                format!("{other:?} is not text or json"),
+            ))
+        }
     };
-    let log_level = src.one(&cli.log_level, ENV_LOG_LEVEL).unwrap_or_else(|| "info".into());
+    let log_level = src
+        .one(&cli.log_level, ENV_LOG_LEVEL)
+        .unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-        return Err(err(ENV_LOG_LEVEL, "--log-level", format!("{log_level:?} is not a log filter (e.g. info, sidecar=debug)")));
+        return Err(err(
+            ENV_LOG_LEVEL,
+            "--log-level",
+            format!("{log_level:?} is not a log filter (e.g. info, sidecar=debug)"),
+        ));
     }
     let job_id = src.one(&cli.job_id, ENV_JOB_ID);
     if let Some(id) = &job_id {
@@ -479,19 +590,79 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
             |n| *n >= 8192,
             "a byte count >= 8192",
         )?,
-        max_body_bytes: parse_num(src.one(&cli.max_body_bytes, ENV_MAX_BODY_BYTES), d.max_body_bytes, ENV_MAX_BODY_BYTES, "--max-body-bytes", |n| *n > 0, "a positive byte count")?,
-        connect_timeout: Duration::from_millis(parse_num(src.one(&cli.connect_timeout_ms, ENV_CONNECT_TIMEOUT_MS), 10_000, ENV_CONNECT_TIMEOUT_MS, "--connect-timeout-ms", positive, "a positive number of ms")?),
-        idle_timeout: Duration::from_secs(parse_num(src.one(&cli.idle_timeout_secs, ENV_IDLE_TIMEOUT_SECS), 90, ENV_IDLE_TIMEOUT_SECS, "--idle-timeout-secs", positive, "a positive number of seconds")?),
-        tunnel_idle_timeout: Duration::from_secs(parse_num(src.one(&cli.tunnel_idle_timeout_secs, ENV_TUNNEL_IDLE_TIMEOUT_SECS), 600, ENV_TUNNEL_IDLE_TIMEOUT_SECS, "--tunnel-idle-timeout-secs", positive, "a positive number of seconds")?),
-        header_read_timeout: Duration::from_millis(parse_num(src.one(&cli.header_read_timeout_ms, ENV_HEADER_READ_TIMEOUT_MS), 10_000, ENV_HEADER_READ_TIMEOUT_MS, "--header-read-timeout-ms", positive, "a positive number of ms")?),
-        max_connections: parse_num(src.one(&cli.max_connections, ENV_MAX_CONNECTIONS), d.max_connections, ENV_MAX_CONNECTIONS, "--max-connections", |n| *n > 0, "a positive count")?,
-        max_tunnels: parse_num(src.one(&cli.max_tunnels, ENV_MAX_TUNNELS), d.max_tunnels, ENV_MAX_TUNNELS, "--max-tunnels", |n| *n > 0, "a positive count")?,
+        max_body_bytes: parse_num(
+            src.one(&cli.max_body_bytes, ENV_MAX_BODY_BYTES),
+            d.max_body_bytes,
+            ENV_MAX_BODY_BYTES,
+            "--max-body-bytes",
+            |n| *n > 0,
+            "a positive byte count",
+        )?,
+        connect_timeout: Duration::from_millis(parse_num(
+            src.one(&cli.connect_timeout_ms, ENV_CONNECT_TIMEOUT_MS),
+            10_000,
+            ENV_CONNECT_TIMEOUT_MS,
+            "--connect-timeout-ms",
+            positive,
+            "a positive number of ms",
+        )?),
+        idle_timeout: Duration::from_secs(parse_num(
+            src.one(&cli.idle_timeout_secs, ENV_IDLE_TIMEOUT_SECS),
+            90,
+            ENV_IDLE_TIMEOUT_SECS,
+            "--idle-timeout-secs",
+            positive,
+            "a positive number of seconds",
+        )?),
+        tunnel_idle_timeout: Duration::from_secs(parse_num(
+            src.one(&cli.tunnel_idle_timeout_secs, ENV_TUNNEL_IDLE_TIMEOUT_SECS),
+            600,
+            ENV_TUNNEL_IDLE_TIMEOUT_SECS,
+            "--tunnel-idle-timeout-secs",
+            positive,
+            "a positive number of seconds",
+        )?),
+        header_read_timeout: Duration::from_millis(parse_num(
+            src.one(&cli.header_read_timeout_ms, ENV_HEADER_READ_TIMEOUT_MS),
+            10_000,
+            ENV_HEADER_READ_TIMEOUT_MS,
+            "--header-read-timeout-ms",
+            positive,
+            "a positive number of ms",
+        )?),
+        max_connections: parse_num(
+            src.one(&cli.max_connections, ENV_MAX_CONNECTIONS),
+            d.max_connections,
+            ENV_MAX_CONNECTIONS,
+            "--max-connections",
+            |n| *n > 0,
+            "a positive count",
+        )?,
+        max_tunnels: parse_num(
+            src.one(&cli.max_tunnels, ENV_MAX_TUNNELS),
+            d.max_tunnels,
+            ENV_MAX_TUNNELS,
+            "--max-tunnels",
+            |n| *n > 0,
+            "a positive count",
+        )?,
     };
-    let worker_threads = parse_num(src.one(&cli.worker_threads, ENV_WORKER_THREADS), 0, ENV_WORKER_THREADS, "--worker-threads", any, "a count")?;
+    let worker_threads = parse_num(
+        src.one(&cli.worker_threads, ENV_WORKER_THREADS),
+        0,
+        ENV_WORKER_THREADS,
+        "--worker-threads",
+        any,
+        "a count",
+    )?;
 
     // Cross-setting rules, checked once here.
     if job_dir.is_some() && job_manager.is_none() {
-        return Err(err(ENV_JOB_MANAGER_URL, "--job-manager-url", "required with --job-dir (results must go somewhere)"));
+        return Err(err(
+            ENV_JOB_MANAGER_URL,
+            "--job-manager-url",
+            "required with --job-dir (results must go somewhere)",
+        ));
     }
     if job_manager.is_some() && internal_api_key == KeySource::None {
         return Err(err(
@@ -501,7 +672,11 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
         ));
     }
     if ingress.is_some() && internal_api_key == KeySource::None {
-        return Err(err(ENV_INTERNAL_API_KEY, "--internal-api-key-file", "an internal API key is required with --ingress-listen"));
+        return Err(err(
+            ENV_INTERNAL_API_KEY,
+            "--internal-api-key-file",
+            "an internal API key is required with --ingress-listen",
+        ));
     }
 
     Ok(Config {
@@ -531,7 +706,9 @@ fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         return Ok(n.trunc());
     }
     // A bare address means just that address.
-    s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from).map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8)"))
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8)"))
 }
 
 fn parse_port_setting(s: &str) -> Result<u16, String> {
@@ -546,7 +723,10 @@ fn parse_api_server(s: &str) -> Result<ApiServer, String> {
         return Ok(ApiServer { ip, port: None });
     }
     if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Ok(ApiServer { ip: sa.ip(), port: Some(sa.port()) });
+        return Ok(ApiServer {
+            ip: sa.ip(),
+            port: Some(sa.port()),
+        });
     }
     Err(format!("{s:?} is not an IP or IP:PORT"))
 }
@@ -555,18 +735,33 @@ fn parse_job_manager_url(s: &str) -> Result<JobManagerEndpoint, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some(other) => return Err(format!("scheme {other:?} is not supported (the job manager Service is plain http in-cluster)")),
-        None => return Err(format!("{s:?} needs a scheme, e.g. http://job-manager:8080")),
+        Some(other) => {
+            return Err(format!(
+            "scheme {other:?} is not supported (the job manager Service is plain http in-cluster)"
+        ))
+        }
+        None => {
+            return Err(format!(
+                "{s:?} needs a scheme, e.g. http://job-manager:8080"
+            ))
+        }
     }
-    let authority = uri.authority().ok_or_else(|| format!("{s:?} has no host"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{s:?} has no host"))?;
     if authority.as_str().contains('@') {
         return Err("credentials do not belong in the job manager URL".into());
     }
     if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!("{s:?} must not have a path (the result path is fixed)"));
+        return Err(format!(
+            "{s:?} must not have a path (the result path is fixed)"
+        ));
     }
     let target = parse_authority(authority.as_str(), Some(80)).map_err(|e| e.to_string())?;
-    Ok(JobManagerEndpoint { base: format!("http://{target}"), target })
+    Ok(JobManagerEndpoint {
+        base: format!("http://{target}"),
+        target,
+    })
 }
 
 fn parse_upstream_proxy(s: &str) -> Result<UpstreamProxy, String> {
@@ -581,7 +776,8 @@ fn parse_upstream_proxy(s: &str) -> Result<UpstreamProxy, String> {
         Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
         None => (None, authority),
     };
-    let target = parse_authority(hostport, Some(if tls { 443 } else { 80 })).map_err(|e| e.to_string())?;
+    let target =
+        parse_authority(hostport, Some(if tls { 443 } else { 80 })).map_err(|e| e.to_string())?;
     let host = match &target.host {
         Host::Ip(ip) => ip.to_string(),
         Host::Name(n) => n.clone(),
@@ -600,7 +796,14 @@ fn parse_upstream_proxy(s: &str) -> Result<UpstreamProxy, String> {
         .transpose()?;
     // Validate the host spelling once, so dialing never meets a surprise.
     parse_host(&host).map_err(|e| e.to_string())?;
-    Ok(UpstreamProxy { tls, host, port: target.port, authorization, ca_file: None, insecure: false })
+    Ok(UpstreamProxy {
+        tls,
+        host,
+        port: target.port,
+        authorization,
+        ca_file: None,
+        insecure: false,
+    })
 }
 
 fn percent_decode_lossless(s: &str) -> Result<String, String> {
@@ -609,7 +812,10 @@ fn percent_decode_lossless(s: &str) -> Result<String, String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let h = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or("bad percent-encoding in credentials")?;
+            let h = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("bad percent-encoding in credentials")?;
             out.push(h);
             i += 3;
         } else {

@@ -70,11 +70,14 @@ impl ProxyError {
         match self {
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::BadTarget(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Resolve(_) | ProxyError::Connect { .. } | ProxyError::UpstreamProxy(_) | ProxyError::Upstream(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Resolve(_)
+            | ProxyError::Connect { .. }
+            | ProxyError::UpstreamProxy(_)
+            | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::TooManyTunnels | ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooManyTunnels | ProxyError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -89,8 +92,14 @@ impl ProxyError {
         let mut resp = Response::new(Full::new(Bytes::from(format!("{self}\n"))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(common::headers::PROXY_ERROR, HeaderValue::from_static(self.label()));
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            common::headers::PROXY_ERROR,
+            HeaderValue::from_static(self.label()),
+        );
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         resp
     }
 

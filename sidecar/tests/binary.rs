@@ -11,22 +11,50 @@ const BIN: &str = env!("CARGO_BIN_EXE_sidecar");
 
 fn sidecar() -> Command {
     let mut c = Command::new(BIN);
-    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     c
 }
 
+/// (flags, env, text the error must contain)
+type BadCase = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 #[test]
 fn bad_configuration_exits_64_naming_the_setting() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
-        (&["--listen", "not-an-address"], &[], "SIDECAR_LISTEN (--listen)"),
-        (&[], &[("SIDECAR_ALLOW_CIDRS", "10.0.0.0/99")], "SIDECAR_ALLOW_CIDRS"),
-        (&[], &[("SIDECAR_DENY_PRIVATE", "perhaps")], "SIDECAR_DENY_PRIVATE"),
+    let cases: &[BadCase] = &[
+        (
+            &["--listen", "not-an-address"],
+            &[],
+            "SIDECAR_LISTEN (--listen)",
+        ),
+        (
+            &[],
+            &[("SIDECAR_ALLOW_CIDRS", "10.0.0.0/99")],
+            "SIDECAR_ALLOW_CIDRS",
+        ),
+        (
+            &[],
+            &[("SIDECAR_DENY_PRIVATE", "perhaps")],
+            "SIDECAR_DENY_PRIVATE",
+        ),
         (&["--job-dir", "/tmp"], &[], "SIDECAR_JOB_MANAGER_URL"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
-        (&["--max-connections", "lots"], &[], "SIDECAR_MAX_CONNECTIONS"),
+        (
+            &["--max-connections", "lots"],
+            &[],
+            "SIDECAR_MAX_CONNECTIONS",
+        ),
     ];
     for (args, env, needle) in cases {
-        let out = sidecar().args(*args).envs(env.iter().copied()).output().unwrap();
+        let out = sidecar()
+            .args(*args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -40,13 +68,42 @@ fn help_explains_every_setting() {
     let help = String::from_utf8_lossy(&out.stdout);
     use sidecar::config::*;
     for env in [
-        ENV_LISTEN, ENV_ADMIN_LISTEN, ENV_JOB_DIR, ENV_JOB_MANAGER_URL, ENV_INTERNAL_API_KEY, ENV_INTERNAL_API_KEY_FILE,
-        ENV_SPOOL_DIR, ENV_INGRESS_LISTEN, ENV_INGRESS_UPSTREAM, ENV_ALLOW_CIDRS, ENV_DENY_CIDRS, ENV_ALLOW_HOSTS,
-        ENV_DENY_HOSTS, ENV_ALLOW_PORTS, ENV_DENY_PORTS, ENV_DENY_PRIVATE, ENV_REPORT_ONLY, ENV_API_SERVER_ADDRESSES,
-        ENV_UPSTREAM_PROXY, ENV_UPSTREAM_PROXY_CA_FILE, ENV_UPSTREAM_PROXY_INSECURE, ENV_LOG_FORMAT, ENV_LOG_LEVEL,
-        ENV_RESULT_DEADLINE_SECS, ENV_SHUTDOWN_GRACE_SECS, ENV_READY_FILE, ENV_JOB_ID, ENV_MAX_HEADER_BYTES,
-        ENV_MAX_BODY_BYTES, ENV_CONNECT_TIMEOUT_MS, ENV_IDLE_TIMEOUT_SECS, ENV_TUNNEL_IDLE_TIMEOUT_SECS,
-        ENV_HEADER_READ_TIMEOUT_MS, ENV_MAX_CONNECTIONS, ENV_MAX_TUNNELS, ENV_WORKER_THREADS,
+        ENV_LISTEN,
+        ENV_ADMIN_LISTEN,
+        ENV_JOB_DIR,
+        ENV_JOB_MANAGER_URL,
+        ENV_INTERNAL_API_KEY,
+        ENV_INTERNAL_API_KEY_FILE,
+        ENV_SPOOL_DIR,
+        ENV_INGRESS_LISTEN,
+        ENV_INGRESS_UPSTREAM,
+        ENV_ALLOW_CIDRS,
+        ENV_DENY_CIDRS,
+        ENV_ALLOW_HOSTS,
+        ENV_DENY_HOSTS,
+        ENV_ALLOW_PORTS,
+        ENV_DENY_PORTS,
+        ENV_DENY_PRIVATE,
+        ENV_REPORT_ONLY,
+        ENV_API_SERVER_ADDRESSES,
+        ENV_UPSTREAM_PROXY,
+        ENV_UPSTREAM_PROXY_CA_FILE,
+        ENV_UPSTREAM_PROXY_INSECURE,
+        ENV_LOG_FORMAT,
+        ENV_LOG_LEVEL,
+        ENV_RESULT_DEADLINE_SECS,
+        ENV_SHUTDOWN_GRACE_SECS,
+        ENV_READY_FILE,
+        ENV_JOB_ID,
+        ENV_MAX_HEADER_BYTES,
+        ENV_MAX_BODY_BYTES,
+        ENV_CONNECT_TIMEOUT_MS,
+        ENV_IDLE_TIMEOUT_SECS,
+        ENV_TUNNEL_IDLE_TIMEOUT_SECS,
+        ENV_HEADER_READ_TIMEOUT_MS,
+        ENV_MAX_CONNECTIONS,
+        ENV_MAX_TUNNELS,
+        ENV_WORKER_THREADS,
     ] {
         assert!(help.contains(env), "--help does not mention {env}");
     }
@@ -68,7 +125,11 @@ fn wait_ready(path: &std::path::Path, child: &mut Child) -> common::runtime_api:
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let ok = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
     child.wait().unwrap()
 }
@@ -78,7 +139,14 @@ async fn ready_file_probes_and_sigterm() {
     let dir = temp_dir("bin");
     let ready = dir.join("ready.json");
     let mut child = sidecar()
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ready-file", ready.to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -86,17 +154,44 @@ async fn ready_file_probes_and_sigterm() {
     assert_eq!(r.pid, child.id());
     assert_ne!(r.listen.port(), 0);
     let admin = r.admin.expect("admin address in the ready file");
-    for (addr, path) in [(admin, "/readyz"), (admin, "/healthz"), (r.listen, "/readyz")] {
-        let (status, _, _) = send(addr, http::Request::get(path).header("host", "x").body(Default::default()).unwrap()).await;
+    for (addr, path) in [
+        (admin, "/readyz"),
+        (admin, "/healthz"),
+        (r.listen, "/readyz"),
+    ] {
+        let (status, _, _) = send(
+            addr,
+            http::Request::get(path)
+                .header("host", "x")
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(status, http::StatusCode::OK, "{addr}{path}");
     }
-    let (status, _, body) = send(admin, http::Request::get("/metrics").header("host", "x").body(Default::default()).unwrap()).await;
+    let (status, _, body) = send(
+        admin,
+        http::Request::get("/metrics")
+            .header("host", "x")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, http::StatusCode::OK);
     assert!(String::from_utf8_lossy(&body).contains("sidecar_connections_total"));
     // The admin port serves probes only, never the job API.
-    let (status, _, _) = send(admin, http::Request::get("/v1/job").header("host", "x").body(Default::default()).unwrap()).await;
+    let (status, _, _) = send(
+        admin,
+        http::Request::get("/v1/job")
+            .header("host", "x")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, http::StatusCode::NOT_FOUND);
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
     assert!(status.success(), "SIGTERM is a clean exit: {status}");
 }
 
@@ -108,19 +203,31 @@ async fn key_from_stdin_is_injected_and_never_logged() {
     let key = "stdin-key-5d8e0c";
     let mut child = sidecar()
         .args([
-            "--listen", "127.0.0.1:0",
-            "--ready-file", ready.to_str().unwrap(),
-            "--job-manager-url", &format!("http://{}", jm.addr),
-            "--internal-api-key-file", "-",
-            "--log-level", "trace",
-            "--log-format", "json",
-            "--job-id", "bin-job-1",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--job-manager-url",
+            &format!("http://{}", jm.addr),
+            "--internal-api-key-file",
+            "-",
+            "--log-level",
+            "trace",
+            "--log-format",
+            "json",
+            "--job-id",
+            "bin-job-1",
         ])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{key}\nsecond line ignored\n").as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\nsecond line ignored\n").as_bytes())
+        .unwrap();
     let r = wait_ready(&ready, &mut child);
     let req = http::Request::get(format!("http://{}/internal/v1/ping", jm.addr))
         .header("x-internal-api-key", "forged")
@@ -133,12 +240,17 @@ async fn key_from_stdin_is_injected_and_never_logged() {
     assert_eq!(status, http::StatusCode::FORBIDDEN);
 
     let mut stderr = child.stderr.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
     assert!(status.success());
     let mut logs = String::new();
     stderr.read_to_string(&mut logs).unwrap();
     assert!(!logs.contains(key), "the key leaked into the logs");
-    let refusal = logs.lines().find(|l| l.contains("egress refused")).expect("refusal logged");
+    let refusal = logs
+        .lines()
+        .find(|l| l.contains("egress refused"))
+        .expect("refusal logged");
     let line: serde_json::Value = serde_json::from_str(refusal).expect("JSON log line");
     assert_eq!(line["fields"]["class"], "metadata", "{refusal}");
     assert_eq!(line["span"]["job_id"], "bin-job-1", "{refusal}");

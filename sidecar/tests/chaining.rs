@@ -14,36 +14,54 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A tiny upstream proxy: answers absolute-form requests itself (echoing the target) and
 /// opens CONNECT tunnels; records each request line and Proxy-Authorization.
-async fn upstream_proxy() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, String, Option<String>)>>>) {
+/// (method, request target, Proxy-Authorization) of each request the upstream proxy saw.
+type SeenByUpstream = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
+
+async fn upstream_proxy() -> (std::net::SocketAddr, SeenByUpstream) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<(String, String, Option<String>)>>> = Arc::default();
+    let seen: SeenByUpstream = Arc::default();
     let s = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let s = s.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let s = s.clone();
                     async move {
-                        let auth = req.headers().get("proxy-authorization").map(|v| v.to_str().unwrap().to_string());
-                        s.lock().unwrap().push((req.method().to_string(), req.uri().to_string(), auth));
+                        let auth = req
+                            .headers()
+                            .get("proxy-authorization")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        s.lock().unwrap().push((
+                            req.method().to_string(),
+                            req.uri().to_string(),
+                            auth,
+                        ));
                         if req.method() == http::Method::CONNECT {
                             let target = req.uri().authority().unwrap().to_string();
                             tokio::spawn(async move {
                                 let up = hyper::upgrade::on(req).await.unwrap();
                                 let mut up = TokioIo::new(up);
-                                let mut origin = tokio::net::TcpStream::connect(target).await.unwrap();
+                                let mut origin =
+                                    tokio::net::TcpStream::connect(target).await.unwrap();
                                 let _ = tokio::io::copy_bidirectional(&mut up, &mut origin).await;
                             });
-                            return Ok::<_, Infallible>(Response::new(Either::Right(Empty::<Bytes>::new())));
+                            return Ok::<_, Infallible>(Response::new(Either::Right(
+                                Empty::<Bytes>::new(),
+                            )));
                         }
                         let body = format!("upstream proxy saw {}", req.uri());
                         Ok(Response::new(Either::Left(Full::new(Bytes::from(body)))))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
             });
         }
     });
@@ -55,7 +73,15 @@ async fn http_and_connect_go_through_the_upstream_proxy_with_auth() {
     let (up, seen) = upstream_proxy().await;
     let echo = half_close_echo().await;
     let upstream = format!("http://alice:s3cr%40t@{up}");
-    let cfg = config(&["--upstream-proxy", &upstream, "--allow-cidr", "127.0.0.1/32"], &[]);
+    let cfg = config(
+        &[
+            "--upstream-proxy",
+            &upstream,
+            "--allow-cidr",
+            "127.0.0.1/32",
+        ],
+        &[],
+    );
     // No resolver entry for example.test: behind a corporate proxy, the proxy resolves.
     let sc = Sidecar::start(cfg, resolver(&[])).await;
     let want_auth = "Basic YWxpY2U6czNjckB0"; // alice:s3cr@t
@@ -66,9 +92,16 @@ async fn http_and_connect_go_through_the_upstream_proxy_with_auth() {
         .unwrap();
     let (status, _, body) = send(sc.addr, req).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(&body[..], b"upstream proxy saw http://example.test/path?q=1", "absolute form to the upstream proxy");
+    assert_eq!(
+        &body[..],
+        b"upstream proxy saw http://example.test/path?q=1",
+        "absolute form to the upstream proxy"
+    );
     let (method, uri, auth) = seen.lock().unwrap().last().cloned().unwrap();
-    assert_eq!((method.as_str(), uri.as_str(), auth.as_deref()), ("GET", "http://example.test/path?q=1", Some(want_auth)));
+    assert_eq!(
+        (method.as_str(), uri.as_str(), auth.as_deref()),
+        ("GET", "http://example.test/path?q=1", Some(want_auth))
+    );
 
     let (head, mut s) = connect_tunnel(sc.addr, &echo.to_string()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -78,15 +111,25 @@ async fn http_and_connect_go_through_the_upstream_proxy_with_auth() {
     s.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "echo:via upstream");
     let (method, uri, auth) = seen.lock().unwrap().last().cloned().unwrap();
-    assert_eq!((method.as_str(), uri.as_str(), auth.as_deref()), ("CONNECT", echo.to_string().as_str(), Some(want_auth)));
+    assert_eq!(
+        (method.as_str(), uri.as_str(), auth.as_deref()),
+        ("CONNECT", echo.to_string().as_str(), Some(want_auth))
+    );
 
     // Policy still applies before anything reaches the upstream proxy.
     let before = seen.lock().unwrap().len();
     let (status, headers, _) = proxy_get(sc.addr, "http://169.254.169.254/").await;
-    assert_eq!((status, headers["x-sidecar-error"].to_str().unwrap()), (StatusCode::FORBIDDEN, "metadata"));
+    assert_eq!(
+        (status, headers["x-sidecar-error"].to_str().unwrap()),
+        (StatusCode::FORBIDDEN, "metadata")
+    );
     let (head, _) = connect_tunnel(sc.addr, "metadata.google.internal:443").await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-    assert_eq!(seen.lock().unwrap().len(), before, "refused requests never reach the upstream proxy");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        before,
+        "refused requests never reach the upstream proxy"
+    );
     sc.stop().await.unwrap();
 }
 
@@ -96,7 +139,10 @@ async fn upstream_proxy_refusing_connect_is_502() {
     let upstream = format!("http://{up}");
     let sc = Sidecar::start(config(&["--upstream-proxy", &upstream], &[]), resolver(&[])).await;
     // The in-test upstream proxy cannot reach this name: its tunnel fails.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let cfg = config(&["--upstream-proxy", &format!("http://{dead}")], &[]);
     let sc2 = Sidecar::start(cfg, resolver(&[])).await;
     let (head, _) = connect_tunnel(sc2.addr, "example.test:443").await;
