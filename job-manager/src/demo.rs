@@ -234,7 +234,7 @@ mod tests {
             assert!(!serde_json::to_string(&job.payload).unwrap().contains("${"), "placeholders filled");
         }
         assert_eq!(expected.len(), jobs.len());
-        let outcomes: std::collections::BTreeSet<Outcome> = expected.values().map(Expectation::outcome).collect();
+        let outcomes: std::collections::HashSet<Outcome> = expected.values().map(Expectation::outcome).collect();
         assert_eq!(outcomes.len(), 4, "every outcome is demonstrated: {outcomes:?}");
         let cfg = config::load(Some(&dir.join("local.yaml")), &BTreeMap::new(), &[]).unwrap();
         let v = config::validate(cfg).unwrap();

@@ -186,6 +186,15 @@ impl<S: ResultStore> LocalExecutor<S> {
         let mut adopted = 0;
         for (dir, meta) in self.read_job_dirs()? {
             match meta {
+                // The hand-off never finished (no runtime was started), so `start` did not
+                // return and the job was not acked: undo it; the broker re-delivers it.
+                Some(meta) if meta.runtime.is_none() => {
+                    tracing::warn!(job_id = %meta.job.id, "removing a job whose hand-off was interrupted");
+                    if let Some(p) = meta.sidecar.filter(|p| p.alive()) {
+                        let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+                    }
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 Some(meta) => {
                     let id = meta.job.id.clone();
                     tracing::info!(job_id = %id, "adopting a job left by a previous run");
@@ -309,6 +318,9 @@ impl<S: ResultStore> LocalExecutor<S> {
             .spawn()
             .map_err(|e| transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e))?;
         meta.sidecar = sidecar.id().and_then(ProcessId::of);
+        // Recorded at once, so a restart in the middle of the hand-off can stop it.
+        write_private(&dir.join(META_FILE), &serde_json::to_vec(&meta).expect("meta serializes"))
+            .map_err(|e| transient("write meta", &e))?;
         if let Some(mut stdin) = sidecar.stdin.take() {
             let line = format!("{}\n", self.settings.internal_api_key.expose());
             stdin.write_all(line.as_bytes()).await.map_err(|e| transient("cannot pass the key to the sidecar", &e))?;
@@ -323,8 +335,6 @@ impl<S: ResultStore> LocalExecutor<S> {
                 return Err(HandoffError::Transient(format!("sidecar did not become ready: {e}; output: {tail}")));
             }
         };
-        write_private(&dir.join(META_FILE), &serde_json::to_vec(&meta).expect("meta serializes"))
-            .map_err(|e| transient("write meta", &e))?;
 
         // Runtime: only what the contract lists. Never the key, never the token.
         let proxy = format!("http://{}", ready.listen);
