@@ -1,0 +1,249 @@
+//! Lease-guarded work against the emulated API server: pruning (timeouts, pods that
+//! cannot start, orphans), service setup (server-side apply, idempotent), lease
+//! ownership and takeover when the holder dies, and persistent dispatch (429 -> busy,
+//! 202 -> accepted) through a fake sidecar ingress.
+mod kube_executor_support;
+
+use bytes::Bytes;
+use common::{JobId, Outcome};
+use http_body_util::{BodyExt, Full};
+use job_manager::executor::{Accepted, Executor, HandoffError};
+use job_manager::kubernetes::coordination::{CoordinationSettings, Coordinator};
+use job_manager::kubernetes::diagnose::Timing;
+use job_manager::kubernetes::labels;
+use job_manager::kubernetes::metrics::LeaseLabels;
+use job_manager::kubernetes::setup::KubeSetup;
+use job_manager::results::{ResultIntake, ResultStore};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, PostParams};
+use kube_executor_support::{config, eventually, handoff, Cluster, NS};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+fn id(s: &str) -> JobId {
+    JobId::new(s).unwrap()
+}
+
+fn coordinator(setup: &KubeSetup, settings: CoordinationSettings) -> Arc<Coordinator> {
+    let intake = ResultIntake::new(setup.record_store(), Arc::new(job_manager::metrics::Metrics::new()));
+    setup.coordinator(intake, settings)
+}
+
+fn fast_timing() -> Timing {
+    Timing {
+        timeout_grace: Duration::ZERO,
+        image_pull_grace: Duration::ZERO,
+        config_error_grace: Duration::ZERO,
+        unschedulable_grace: Duration::ZERO,
+        no_pod_grace: Duration::from_secs(3600),
+        finished_grace: Duration::ZERO,
+        orphan_grace: Duration::ZERO,
+    }
+}
+
+#[tokio::test]
+async fn pruning_times_out_names_pod_failures_and_deletes_orphans() {
+    let cluster = Cluster::start().await;
+    let setup = cluster.replica(&config()).await;
+    let executor = setup.executor();
+    let store = setup.record_store();
+    let pruner = coordinator(&setup, CoordinationSettings { timing: fast_timing(), ..Default::default() });
+
+    // A job already past its deadline.
+    let mut late = handoff("late", "node-api-runtime");
+    late.deadline = SystemTime::now() - Duration::from_secs(5);
+    executor.start(late).await.unwrap();
+    // A job whose pod cannot pull its image.
+    executor.start(handoff("bad-image", "node-api-runtime")).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await, NS);
+    let job_name = labels::object_name(&id("bad-image"));
+    let mut pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{job_name}-x1"), "labels": labels::job_labels(&id("bad-image"), "node-api-runtime")},
+        "spec": {"containers": [{"name": "runtime", "image": "test-runtime:nope"}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    pod = created;
+    pod.status = Some(serde_json::from_value(serde_json::json!({"phase": "Pending", "containerStatuses": [{
+        "name": "runtime", "image": "test-runtime:nope", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}}}]}))
+    .unwrap());
+    pods.replace_status(pod.metadata.name.as_deref().unwrap(), &PostParams::default(), &pod).await.unwrap();
+    // A healthy job that must be left alone.
+    executor.start(handoff("healthy", "node-api-runtime")).await.unwrap();
+    // An orphaned Secret (no record).
+    let secrets: Api<Secret> = Api::namespaced(cluster.client().await, NS);
+    let orphan: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "jm-orphan", "labels": labels::job_labels(&id("orphan"), "node-api-runtime")}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &orphan).await.unwrap();
+
+    let pass = pruner.prune_once().await.unwrap();
+    assert_eq!(pass.reported, 2, "{pass:?}");
+
+    let timed_out = store.lookup_result(&id("late")).await.unwrap().expect("late has a result");
+    assert_eq!(timed_out.outcome, Outcome::TimedOut);
+    let failed = store.lookup_result(&id("bad-image")).await.unwrap().expect("bad-image has a result");
+    assert_eq!(failed.outcome, Outcome::Failed);
+    assert!(failed.message.contains("ImagePullBackOff") && failed.message.contains("test-runtime:nope"), "{}", failed.message);
+    assert_eq!(store.lookup_result(&id("healthy")).await.unwrap(), None);
+
+    // Their workloads are stopped; the records stay until delivered.
+    for name in ["late", "bad-image"] {
+        let name = labels::object_name(&id(name));
+        assert!(cluster.object("batch/v1", "Job", &name).is_none(), "{name} still has a Job");
+        assert!(cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).is_some());
+    }
+    assert!(cluster.object("v1", "Secret", "jm-orphan").is_none());
+    assert!(cluster.object("batch/v1", "Job", &labels::object_name(&id("healthy"))).is_some());
+    assert_eq!(store.pending().await.unwrap().len(), 2);
+
+    // Idempotent: a second pass decides nothing new.
+    assert_eq!(pruner.prune_once().await.unwrap().reported, 0);
+}
+
+#[tokio::test]
+async fn service_setup_applies_persistent_workloads_idempotently() {
+    let cluster = Cluster::start().await;
+    let setup = cluster.replica(&config()).await;
+    let c = coordinator(&setup, CoordinationSettings::default());
+    assert_eq!(c.setup_once().await.unwrap(), 4);
+    let name = labels::persistent_name("browser");
+    let rv = |api: &str, kind: &str, name: &str| {
+        cluster.object(api, kind, name).unwrap()["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+    };
+    let before = [
+        rv("apps/v1", "Deployment", &name),
+        rv("v1", "Service", &name),
+        rv("autoscaling/v2", "HorizontalPodAutoscaler", &name),
+        rv("networking.k8s.io/v1", "NetworkPolicy", labels::RUNTIME_NETWORK_POLICY_NAME),
+    ];
+    let service = cluster.object("v1", "Service", &name).unwrap();
+    assert_eq!(service["spec"]["ports"][0]["port"], 8443);
+    let deployment = cluster.object("apps/v1", "Deployment", &name).unwrap();
+    assert_eq!(deployment["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"], "Always");
+    // Applying again (another holder, a restart) changes nothing.
+    c.setup_once().await.unwrap();
+    let after = [
+        rv("apps/v1", "Deployment", &name),
+        rv("v1", "Service", &name),
+        rv("autoscaling/v2", "HorizontalPodAutoscaler", &name),
+        rv("networking.k8s.io/v1", "NetworkPolicy", labels::RUNTIME_NETWORK_POLICY_NAME),
+    ];
+    assert_eq!(before, after);
+    let applies = cluster.emu.requests().into_iter().filter(|r| r.verb == "patch" && r.field_manager == "job-manager").count();
+    assert_eq!(applies, 8);
+}
+
+fn holds(setup: &KubeSetup, lease: &'static str) -> bool {
+    setup.metrics().lease_held.get_or_create(&LeaseLabels { lease }).get() == 1
+}
+
+#[test]
+fn one_lease_holder_and_takeover_when_it_dies() {
+    // Replica A runs on its own runtime so it can die without releasing its leases.
+    let main = tokio::runtime::Runtime::new().unwrap();
+    let cluster = main.block_on(Cluster::start());
+    let settings = CoordinationSettings {
+        lease_duration_secs: 3,
+        lease_grace_secs: 1,
+        prune_interval: Duration::from_millis(100),
+        service_setup_interval: Duration::from_millis(500),
+        timing: Timing::default(),
+    };
+    let replica_a = tokio::runtime::Runtime::new().unwrap();
+    let a = replica_a.block_on(cluster.replica(&config()));
+    let coordinator_a = coordinator(&a, settings.clone());
+    replica_a.spawn(coordinator_a.run(CancellationToken::new()));
+    main.block_on(eventually("A holds both leases", Duration::from_secs(10), || async {
+        holds(&a, labels::LEASE_RUNTIME_PRUNING) && holds(&a, labels::LEASE_SERVICE_SETUP)
+    }));
+
+    let b = main.block_on(cluster.replica(&config()));
+    let shutdown_b = CancellationToken::new();
+    main.spawn(coordinator(&b, settings.clone()).run(shutdown_b.clone()));
+    // B waits while A renews: well past one lease duration, A still holds.
+    main.block_on(async { tokio::time::sleep(Duration::from_secs(4)).await });
+    assert!(holds(&a, labels::LEASE_RUNTIME_PRUNING) && !holds(&b, labels::LEASE_RUNTIME_PRUNING));
+    // The lease holder did its work: the persistent workload exists.
+    assert!(cluster.object("apps/v1", "Deployment", &labels::persistent_name("browser")).is_some());
+
+    // A dies (no release); B takes over once A's lease expires.
+    replica_a.shutdown_background();
+    let died = std::time::Instant::now();
+    main.block_on(eventually("B takes over both leases", Duration::from_secs(15), || async {
+        holds(&b, labels::LEASE_RUNTIME_PRUNING) && holds(&b, labels::LEASE_SERVICE_SETUP)
+    }));
+    assert!(died.elapsed() < Duration::from_secs(10), "takeover took {:?}", died.elapsed());
+    let lease = cluster.object("coordination.k8s.io/v1", "Lease", labels::LEASE_RUNTIME_PRUNING).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], b.identity());
+    shutdown_b.cancel();
+}
+
+/// A fake sidecar ingress: answers 429 `busy` times, then 202; records what it got.
+async fn fake_ingress(busy: usize) -> (String, Arc<Mutex<Vec<http::Request<Bytes>>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen_in = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (seen, calls) = (seen_in.clone(), calls.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (seen, calls) = (seen.clone(), calls.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        seen.lock().unwrap().push(http::Request::from_parts(parts, body));
+                        let status = if calls.fetch_add(1, Ordering::SeqCst) < busy { 429 } else { 202 };
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder().status(status).body(Full::new(Bytes::from_static(b"{}"))).unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn persistent_dispatch_backs_off_on_429_and_acks_on_202() {
+    let cluster = Cluster::start().await;
+    let setup = cluster.replica(&config()).await;
+    let (url, seen) = fake_ingress(1).await;
+    let executor = setup.executor().with_persistent_endpoint("browser", &url);
+    let name = labels::object_name(&id("p-1"));
+
+    let err = executor.start(handoff("p-1", "browser")).await.unwrap_err();
+    assert!(matches!(err, HandoffError::Busy(_)), "{err}");
+    // Not accepted: no record left to time out.
+    assert!(cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).is_none());
+    assert!(executor.in_flight().await.unwrap().is_empty());
+
+    assert_eq!(executor.start(handoff("p-1", "browser")).await.unwrap(), Accepted::Started);
+    let record = cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).expect("record of the dispatched job");
+    assert_eq!(record["spec"]["workload"], "persistent");
+    assert_eq!(executor.in_flight().await.unwrap().get("browser"), Some(&vec![id("p-1")]));
+    // A re-delivery is not dispatched twice.
+    assert_eq!(executor.start(handoff("p-1", "browser")).await.unwrap(), Accepted::AlreadyRunning);
+
+    let requests = seen.lock().unwrap();
+    assert_eq!(requests.len(), 2);
+    let last = &requests[1];
+    assert_eq!(last.uri().path(), "/v1/jobs");
+    assert_eq!(last.headers()[common::headers::INTERNAL_API_KEY], "test-internal-key");
+    assert_eq!(last.headers()[common::headers::JOB_TOKEN], "token-for-p-1");
+    let body: serde_json::Value = serde_json::from_slice(last.body()).unwrap();
+    assert_eq!(body["id"], "p-1");
+    assert!(body.get("signature").is_none());
+}
