@@ -284,13 +284,22 @@ impl Dialer {
         })
     }
 
+    /// The upstream proxy to use for `target`, if any. The job manager is in-cluster
+    /// and always dialled directly, never through a corporate proxy.
+    fn upstream_for(&self, target: &Target) -> Option<&UpstreamDialer> {
+        match &self.policy.job_manager {
+            Some(jm) if jm == target => None,
+            _ => self.upstream.as_ref(),
+        }
+    }
+
     /// A connection for forwarding plain HTTP to `target`: direct, or to the upstream
     /// proxy (marked `proxied`, so requests go out in absolute form).
     pub async fn dial_http(&self, target: &Target) -> Result<Io, ProxyError> {
         let deadline = Instant::now() + self.connect_timeout;
         let work = async {
             let addrs = self.check(target).await?;
-            match &self.upstream {
+            match self.upstream_for(target) {
                 Some(up) => {
                     let mut io = up.connect().await?;
                     io.proxied = true;
@@ -313,7 +322,7 @@ impl Dialer {
         let deadline = Instant::now() + self.connect_timeout;
         let work = async {
             let addrs = self.check(target).await?;
-            match &self.upstream {
+            match self.upstream_for(target) {
                 Some(up) => up.tunnel(target).await,
                 None => self.dial_direct(target, &addrs, deadline).await,
             }

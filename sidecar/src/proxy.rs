@@ -198,7 +198,9 @@ impl Proxy {
                 h.insert(headers::INTERNAL_API_KEY, k.clone());
             }
         }
-        if let Some(auth) = &self.upstream_authorization {
+        // Corporate proxy credentials go only where the corporate proxy does (the job
+        // manager is dialled directly; see Dialer::upstream_for).
+        if let (Some(auth), false) = (&self.upstream_authorization, to_job_manager) {
             h.insert(header::PROXY_AUTHORIZATION, auth.clone());
         }
         // The origin sees the authority the client addressed, minus any userinfo; a

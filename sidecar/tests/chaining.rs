@@ -152,3 +152,28 @@ async fn upstream_proxy_refusing_connect_is_502() {
     sc2.stop().await.unwrap();
     sc.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn job_manager_is_reached_directly_not_through_the_upstream_proxy() {
+    let (up, seen) = upstream_proxy().await;
+    let mut jm = FakeJobManager::start(&[]).await;
+    let (upstream, jm_url) = (
+        format!("http://corp:pw@{up}"),
+        format!("http://{}", jm.addr),
+    );
+    let cfg = config(
+        &["--upstream-proxy", &upstream, "--job-manager-url", &jm_url],
+        &[("SIDECAR_INTERNAL_API_KEY", "k")],
+    );
+    let sc = Sidecar::start(cfg, resolver(&[])).await;
+    let (status, _, _) = proxy_get(sc.addr, &format!("{jm_url}/internal/v1/ping")).await;
+    assert_eq!(status, StatusCode::OK);
+    let call = jm.next_call().await;
+    assert_eq!(call.headers["x-internal-api-key"], "k");
+    assert!(!call.headers.contains_key("proxy-authorization"));
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the upstream proxy saw job-manager traffic"
+    );
+    sc.stop().await.unwrap();
+}
