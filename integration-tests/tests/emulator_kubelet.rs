@@ -19,7 +19,12 @@ const NS: &str = "default";
 const KEY: &str = "internal-key-for-tests";
 
 /// Waits (on store events, with a deadline) until `check` finds what it wants.
-async fn wait_for<T>(emu: &Emulator, what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
+async fn wait_for<T>(
+    emu: &Emulator,
+    what: &str,
+    secs: u64,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let mut rx = emu.store().subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
@@ -50,13 +55,34 @@ async fn fake_job_manager() -> (SocketAddr, Arc<Mutex<Vec<(String, Value, String
                     let rec = rec.clone();
                     async move {
                         let path = req.uri().path().to_string();
-                        let key = req.headers().get("x-internal-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        rec.lock().unwrap().push((path, serde_json::from_slice(&body).unwrap_or(Value::Null), key));
-                        Ok::<_, std::convert::Infallible>(http::Response::builder().status(200).body(Full::new(Bytes::from("{}"))).unwrap())
+                        let key = req
+                            .headers()
+                            .get("x-internal-api-key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        rec.lock().unwrap().push((
+                            path,
+                            serde_json::from_slice(&body).unwrap_or(Value::Null),
+                            key,
+                        ));
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(200)
+                                .body(Full::new(Bytes::from("{}")))
+                                .unwrap(),
+                        )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
             });
         }
     });
@@ -95,21 +121,40 @@ fn runtime_pod_spec(secret: &str) -> Value {
 
 async fn setup_job(raw: &Raw, name: &str, payload: Value) {
     let job = json!({"id": name, "runtime_type": "node-api-runtime", "timeout_secs": 60, "attempt": 1, "payload": payload});
-    let r = raw.post(&format!("/api/v1/namespaces/{NS}/secrets"), &json!({"metadata": {"name": format!("{name}-job")},
-        "stringData": {"job.json": job.to_string(), "token": format!("token-{name}")}})).await;
+    let r = raw
+        .post(
+            &format!("/api/v1/namespaces/{NS}/secrets"),
+            &json!({"metadata": {"name": format!("{name}-job")},
+        "stringData": {"job.json": job.to_string(), "token": format!("token-{name}")}}),
+        )
+        .await;
     assert_eq!(r.code, 201, "{}", r.text);
 }
 
-async fn cluster() -> (Emulator, Kubelet, Raw, Arc<Mutex<Vec<(String, Value, String)>>>) {
+async fn cluster() -> (
+    Emulator,
+    Kubelet,
+    Raw,
+    Arc<Mutex<Vec<(String, Value, String)>>>,
+) {
     let emu = emulator().await;
     let kubelet = Kubelet::start(&emu, KubeletOptions::default());
     let raw = Raw::new(&emu);
     let (jm, got) = fake_job_manager().await;
-    let r = raw.post(&format!("/api/v1/namespaces/{NS}/services"), &json!({"metadata": {"name": "job-manager"},
-        "spec": {"ports": [{"name": "http", "port": 8080}]}})).await;
+    let r = raw
+        .post(
+            &format!("/api/v1/namespaces/{NS}/services"),
+            &json!({"metadata": {"name": "job-manager"},
+        "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+        )
+        .await;
     assert_eq!(r.code, 201, "{}", r.text);
     kubelet.set_external_endpoints(NS, "job-manager", vec![jm]);
-    raw.post(&format!("/api/v1/namespaces/{NS}/secrets"), &json!({"metadata": {"name": "internal-key"}, "stringData": {"internalApiKey": KEY}})).await;
+    raw.post(
+        &format!("/api/v1/namespaces/{NS}/secrets"),
+        &json!({"metadata": {"name": "internal-key"}, "stringData": {"internalApiKey": KEY}}),
+    )
+    .await;
     (emu, kubelet, raw, got)
 }
 
@@ -119,11 +164,17 @@ async fn a_job_runs_sidecar_then_runtime_and_its_result_reaches_the_job_manager(
     setup_job(&raw, "job-1", json!({"action": "sleep", "secs": 0})).await;
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "job-1"},
         "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 600, "template": {"spec": runtime_pod_spec("job-1-job")}}});
-    let r = raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job).await;
+    let r = raw
+        .post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job)
+        .await;
     assert_eq!(r.code, 201, "{}", r.text);
     let done = wait_for(&emu, "the Job to complete", 60, || {
         let j = emu.object("batch/v1", "Job", NS, "job-1")?;
-        j["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "Complete").then_some(j)
+        j["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Complete")
+            .then_some(j)
     })
     .await;
     assert_eq!(done["status"]["succeeded"], 1);
@@ -137,9 +188,16 @@ async fn a_job_runs_sidecar_then_runtime_and_its_result_reaches_the_job_manager(
     assert_eq!(pod["status"]["phase"], "Succeeded");
     assert_eq!(pod["metadata"]["labels"]["job-name"], "job-1");
     assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Job");
-    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
     // The native sidecar was stopped after the runtime finished.
-    assert!(pod["status"]["initContainerStatuses"][0]["state"]["terminated"].is_object(), "{}", pod["status"]);
+    assert!(
+        pod["status"]["initContainerStatuses"][0]["state"]["terminated"].is_object(),
+        "{}",
+        pod["status"]
+    );
 }
 
 #[tokio::test]
@@ -156,19 +214,36 @@ async fn pods_that_cannot_start_show_the_kubelets_reasons() {
     raw.post(&format!("/api/v1/namespaces/{NS}/pods"), &pod("sched", json!({"restartPolicy": "Never", "nodeSelector": {"gpu": "h100"}, "containers": [{"name": "c", "image": "test-runtime"}]}))).await;
     let waiting = |name: &str| {
         let p = emu.object("v1", "Pod", NS, name)?;
-        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str().map(str::to_string)
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            .as_str()
+            .map(str::to_string)
     };
-    let r = wait_for(&emu, "ErrImagePull", 20, || waiting("img").filter(|r| r.contains("ImagePull"))).await;
+    let r = wait_for(&emu, "ErrImagePull", 20, || {
+        waiting("img").filter(|r| r.contains("ImagePull"))
+    })
+    .await;
     assert!(r == "ErrImagePull" || r == "ImagePullBackOff");
-    assert_eq!(wait_for(&emu, "CreateContainerConfigError", 20, || waiting("cfg").filter(|r| r == "CreateContainerConfigError")).await, "CreateContainerConfigError");
+    assert_eq!(
+        wait_for(&emu, "CreateContainerConfigError", 20, || waiting("cfg")
+            .filter(|r| r == "CreateContainerConfigError"))
+        .await,
+        "CreateContainerConfigError"
+    );
     let cond = wait_for(&emu, "Unschedulable", 20, || {
         let p = emu.object("v1", "Pod", NS, "sched")?;
-        p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable").cloned()
+        p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
+            .cloned()
     })
     .await;
     assert_eq!(cond["status"], "False");
     for name in ["img", "cfg", "sched"] {
-        assert_eq!(emu.object("v1", "Pod", NS, name).unwrap()["status"]["phase"], "Pending");
+        assert_eq!(
+            emu.object("v1", "Pod", NS, name).unwrap()["status"]["phase"],
+            "Pending"
+        );
     }
 }
 
@@ -181,32 +256,63 @@ async fn oom_kills_deadlines_and_ttl() {
     spec["containers"][0]["name"] = json!("runtime");
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "oom"},
         "spec": {"backoffLimit": 0, "template": {"metadata": {"annotations": {"emulator.kube/oom-kill": "runtime"}}, "spec": spec}}});
-    assert_eq!(raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job).await.code, 201);
+    assert_eq!(
+        raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job)
+            .await
+            .code,
+        201
+    );
     let failed = wait_for(&emu, "the OOM-killed Job to fail", 60, || {
         let j = emu.object("batch/v1", "Job", NS, "oom")?;
-        j["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Failed").cloned()
+        j["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Failed")
+            .cloned()
     })
     .await;
     assert_eq!(failed["reason"], "BackoffLimitExceeded");
-    let pod = emu.objects("v1", "Pod", NS).into_iter().find(|p| p["metadata"]["labels"]["job-name"] == "oom").unwrap();
-    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "OOMKilled");
-    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 137);
+    let pod = emu
+        .objects("v1", "Pod", NS)
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["job-name"] == "oom")
+        .unwrap();
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
+        "OOMKilled"
+    );
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        137
+    );
 
     // activeDeadlineSeconds: DeadlineExceeded and the running pod is deleted.
     setup_job(&raw, "slow", json!({"action": "sleep", "secs": 60})).await;
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "slow"},
         "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 2, "ttlSecondsAfterFinished": 1, "template": {"spec": runtime_pod_spec("slow-job")}}});
-    assert_eq!(raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job).await.code, 201);
+    assert_eq!(
+        raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job)
+            .await
+            .code,
+        201
+    );
     let failed = wait_for(&emu, "DeadlineExceeded", 30, || {
         let j = emu.object("batch/v1", "Job", NS, "slow")?;
-        j["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Failed").cloned()
+        j["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Failed")
+            .cloned()
     })
     .await;
     assert_eq!(failed["reason"], "DeadlineExceeded");
     // ttlSecondsAfterFinished deletes the Job, and background propagation its pods.
     wait_for(&emu, "TTL deletion", 30, || {
         let gone = emu.object("batch/v1", "Job", NS, "slow").is_none();
-        let pods_gone = !emu.objects("v1", "Pod", NS).iter().any(|p| p["metadata"]["labels"]["job-name"] == "slow");
+        let pods_gone = !emu
+            .objects("v1", "Pod", NS)
+            .iter()
+            .any(|p| p["metadata"]["labels"]["job-name"] == "slow");
         (gone && pods_gone).then_some(())
     })
     .await;
@@ -222,7 +328,9 @@ async fn deployments_serve_through_their_service() {
                 "ports": [{"name": "http", "containerPort": 8081}],
                 "env": [{"name": "JOB_API_URL", "value": "http://127.0.0.1:3128"}],
                 "readinessProbe": {"tcpSocket": {"port": "http"}}}]}}}});
-    let r = raw.post(&format!("/apis/apps/v1/namespaces/{NS}/deployments"), &dep).await;
+    let r = raw
+        .post(&format!("/apis/apps/v1/namespaces/{NS}/deployments"), &dep)
+        .await;
     assert_eq!(r.code, 201, "{}", r.text);
     raw.post(&format!("/api/v1/namespaces/{NS}/services"), &json!({"metadata": {"name": "rt"},
         "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})).await;
@@ -233,12 +341,28 @@ async fn deployments_serve_through_their_service() {
     .await;
     assert_eq!(d["status"]["conditions"][0]["type"], "Available");
     // The Service forwards to a ready pod: the persistent runtime answers its dispatch path.
-    let addr = kubelet.service_addr(NS, "rt", 80).expect("service forwarder");
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = http::Request::get(format!("http://{addr}/healthz")).body(Full::new(Bytes::new())).unwrap();
-    let resp = client.request(req).await.expect("reached a pod through the Service");
+    let addr = kubelet
+        .service_addr(NS, "rt", 80)
+        .expect("service forwarder");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::get(format!("http://{addr}/healthz"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client
+        .request(req)
+        .await
+        .expect("reached a pod through the Service");
     assert!(resp.status().as_u16() < 500, "{}", resp.status());
     // Scaling down deletes a pod gracefully; the kubelet stops it and removes it.
-    raw.patch(&format!("/apis/apps/v1/namespaces/{NS}/deployments/rt"), "application/merge-patch+json", &json!({"spec": {"replicas": 1}})).await;
-    wait_for(&emu, "one pod left", 30, || (emu.objects("v1", "Pod", NS).len() == 1).then_some(())).await;
+    raw.patch(
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/rt"),
+        "application/merge-patch+json",
+        &json!({"spec": {"replicas": 1}}),
+    )
+    .await;
+    wait_for(&emu, "one pod left", 30, || {
+        (emu.objects("v1", "Pod", NS).len() == 1).then_some(())
+    })
+    .await;
 }

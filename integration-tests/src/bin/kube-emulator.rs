@@ -8,13 +8,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "kube-emulator", about = "Kubernetes API emulator for tests (no auth, plain HTTP)")]
+#[command(
+    name = "kube-emulator",
+    about = "Kubernetes API emulator for tests (no auth, plain HTTP)"
+)]
 struct Args {
     /// Address to serve the API on.
     #[arg(long, env = "KUBE_EMULATOR_LISTEN", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// Where to write a kubeconfig pointing at the emulator.
-    #[arg(long, env = "KUBE_EMULATOR_KUBECONFIG", default_value = "kubeconfig.emulator")]
+    #[arg(
+        long,
+        env = "KUBE_EMULATOR_KUBECONFIG",
+        default_value = "kubeconfig.emulator"
+    )]
     kubeconfig: PathBuf,
     /// Namespace of the kubeconfig's context.
     #[arg(long, default_value = "default")]
@@ -30,7 +37,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let args = Args::parse();
     let opts = EmulatorOptions {
         listen: args.listen,
@@ -46,9 +55,16 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let _kubelet = args
-        .kubelet
-        .then(|| integration_tests::kubelet::Kubelet::start(&emu, integration_tests::kubelet::KubeletOptions::default()));
-    println!("kube-emulator serving {} (kubeconfig {})", emu.url(), args.kubeconfig.display());
+    let _kubelet = args.kubelet.then(|| {
+        integration_tests::kubelet::Kubelet::start(
+            &emu,
+            integration_tests::kubelet::KubeletOptions::default(),
+        )
+    });
+    println!(
+        "kube-emulator serving {} (kubeconfig {})",
+        emu.url(),
+        args.kubeconfig.display()
+    );
     let _ = tokio::signal::ctrl_c().await;
 }

@@ -22,19 +22,22 @@ impl PatchType {
             "application/json-patch+json" => Some(PatchType::Json),
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                Some(PatchType::Apply)
+            }
             _ => None,
         }
     }
 }
 
-pub const ACCEPTED_PATCH_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml";
+pub const ACCEPTED_PATCH_TYPES: &str =
+    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml";
 pub const ACCEPTED_PATCH_TYPES_BUILTIN: &str =
     "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml";
 
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
-    let ops: json_patch::Patch =
-        serde_json::from_value(patch.clone()).map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
     let mut out = target.clone();
     json_patch::patch(&mut out, &ops).map_err(|e| ApiError::Invalid {
         group: String::new(),
@@ -58,11 +61,18 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
 /// The merge key of a list field in strategic merge patch, `None` for atomic lists.
 fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => Some("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets" => Some("name"),
         "volumeMounts" => Some("mountPath"),
         "conditions" => Some("type"),
         "ownerReferences" => Some("uid"),
-        "ports" if sample.is_some_and(|s| s.get("containerPort").is_some()) => Some("containerPort"),
+        "ports" if sample.is_some_and(|s| s.get("containerPort").is_some()) => {
+            Some("containerPort")
+        }
         "ports" => Some("port"),
         _ => None,
     }
@@ -86,19 +96,21 @@ pub fn strategic_merge(target: &Value, patch: &Value) -> Value {
                     continue;
                 }
                 let merged = match (out.get(k), pv) {
-                    (Some(Value::Array(ta)), Value::Array(pa)) => match merge_key(k, pa.first().or(ta.first())) {
-                        Some(key) => Value::Array(merge_keyed_list(ta, pa, key)),
-                        None if k == "finalizers" => {
-                            let mut v = ta.clone();
-                            for x in pa {
-                                if !v.contains(x) {
-                                    v.push(x.clone());
+                    (Some(Value::Array(ta)), Value::Array(pa)) => {
+                        match merge_key(k, pa.first().or(ta.first())) {
+                            Some(key) => Value::Array(merge_keyed_list(ta, pa, key)),
+                            None if k == "finalizers" => {
+                                let mut v = ta.clone();
+                                for x in pa {
+                                    if !v.contains(x) {
+                                        v.push(x.clone());
+                                    }
                                 }
+                                Value::Array(v)
                             }
-                            Value::Array(v)
+                            None => pv.clone(),
                         }
-                        None => pv.clone(),
-                    },
+                    }
                     (Some(tv @ Value::Object(_)), Value::Object(_)) => strategic_merge(tv, pv),
                     _ => strip_directives(pv),
                 };
@@ -113,7 +125,10 @@ pub fn strategic_merge(target: &Value, patch: &Value) -> Value {
 fn strip_directives(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter().filter(|(k, v)| !k.starts_with('$') && !v.is_null()).map(|(k, v)| (k.clone(), strip_directives(v))).collect(),
+            m.iter()
+                .filter(|(k, v)| !k.starts_with('$') && !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_directives(v)))
+                .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(strip_directives).collect()),
         other => other.clone(),
@@ -194,7 +209,9 @@ fn get_path<'a>(v: &'a Value, p: &[String]) -> Option<&'a Value> {
 }
 
 fn remove_path(v: &mut Value, p: &[String]) {
-    let Some((last, parents)) = p.split_last() else { return };
+    let Some((last, parents)) = p.split_last() else {
+        return;
+    };
     let mut cur = v;
     for k in parents {
         match cur.get_mut(k) {
@@ -231,7 +248,11 @@ fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
     for p in paths {
         let mut cur = &mut root;
         for k in p {
-            cur = cur.entry(format!("f:{k}")).or_insert_with(|| json!({})).as_object_mut().expect("built as objects");
+            cur = cur
+                .entry(format!("f:{k}"))
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("built as objects");
         }
     }
     Value::Object(root)
@@ -241,7 +262,9 @@ fn from_fields_v1(v: &Value, prefix: FieldPath, out: &mut BTreeSet<FieldPath>) {
     match v.as_object() {
         Some(m) if !m.is_empty() => {
             for (k, c) in m {
-                let Some(name) = k.strip_prefix("f:") else { continue };
+                let Some(name) = k.strip_prefix("f:") else {
+                    continue;
+                };
                 let mut p = prefix.clone();
                 p.push(name.to_string());
                 from_fields_v1(c, p, out);
@@ -297,8 +320,17 @@ pub fn write_ownership(obj: &mut Value, owners: &[Ownership]) {
     }
 }
 
-fn entry<'a>(owners: &'a mut Vec<Ownership>, manager: &str, op: &str, api_version: &str, sub: Option<&str>) -> &'a mut Ownership {
-    let i = match owners.iter().position(|o| o.manager == manager && o.operation == op && o.subresource.as_deref() == sub) {
+fn entry<'a>(
+    owners: &'a mut Vec<Ownership>,
+    manager: &str,
+    op: &str,
+    api_version: &str,
+    sub: Option<&str>,
+) -> &'a mut Ownership {
+    let i = match owners
+        .iter()
+        .position(|o| o.manager == manager && o.operation == op && o.subresource.as_deref() == sub)
+    {
         Some(i) => i,
         None => {
             owners.push(Ownership {
@@ -328,7 +360,13 @@ fn paths_for(v: &Value, sub: Option<&str>) -> BTreeSet<FieldPath> {
 
 /// Records an Update-operation write (create, PUT, non-apply patches): fields whose
 /// value changed move to `manager`; fields that disappeared are owned by nobody.
-pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, sub: Option<&str>) {
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    sub: Option<&str>,
+) {
     let mut owners = old.map(read_ownership).unwrap_or_default();
     let new_paths = paths_for(new, sub);
     let old_paths = old.map(|o| paths_for(o, sub)).unwrap_or_default();
@@ -337,12 +375,19 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_ve
         .filter(|p| old.and_then(|o| get_path(o, p)) != get_path(new, p))
         .cloned()
         .collect();
-    let removed: Vec<&FieldPath> = old_paths.iter().filter(|p| get_path(new, p).is_none()).collect();
+    let removed: Vec<&FieldPath> = old_paths
+        .iter()
+        .filter(|p| get_path(new, p).is_none())
+        .collect();
     for o in owners.iter_mut() {
-        o.fields.retain(|f| !removed.iter().any(|r| overlaps(f, r)) && !changed.iter().any(|c| overlaps(f, c)));
+        o.fields.retain(|f| {
+            !removed.iter().any(|r| overlaps(f, r)) && !changed.iter().any(|c| overlaps(f, c))
+        });
     }
     if !changed.is_empty() {
-        entry(&mut owners, manager, "Update", api_version, sub).fields.extend(changed);
+        entry(&mut owners, manager, "Update", api_version, sub)
+            .fields
+            .extend(changed);
     }
     owners.retain(|o| !o.fields.is_empty());
     write_ownership(new, &owners);
@@ -375,22 +420,31 @@ pub fn apply(
     }
     if !conflicts.is_empty() && !force {
         conflicts.dedup();
-        return Err(ApiError::ApplyConflict { api_version: api_version.into(), conflicts });
+        return Err(ApiError::ApplyConflict {
+            api_version: api_version.into(),
+            conflicts,
+        });
     }
     // Shared ownership of equal values is allowed; a forced or changed value moves.
     for o in owners.iter_mut().filter(|o| o.manager != manager) {
         o.fields.retain(|f| {
-            !new_paths.iter().any(|p| overlaps(f, p) && get_path(base, p) != get_path(applied, p))
+            !new_paths
+                .iter()
+                .any(|p| overlaps(f, p) && get_path(base, p) != get_path(applied, p))
         });
     }
     let mut merged = deep_merge(base, applied);
     let previous: BTreeSet<FieldPath> = owners
         .iter()
-        .filter(|o| o.manager == manager && o.operation == "Apply" && o.subresource.as_deref() == sub)
+        .filter(|o| {
+            o.manager == manager && o.operation == "Apply" && o.subresource.as_deref() == sub
+        })
         .flat_map(|o| o.fields.iter().cloned())
         .collect();
     for gone in previous.difference(&new_paths) {
-        let owned_elsewhere = owners.iter().any(|o| !(o.manager == manager && o.operation == "Apply") && o.fields.contains(gone));
+        let owned_elsewhere = owners
+            .iter()
+            .any(|o| !(o.manager == manager && o.operation == "Apply") && o.fields.contains(gone));
         if !owned_elsewhere && !new_paths.iter().any(|p| overlaps(p, gone)) {
             remove_path(&mut merged, gone);
         }
@@ -433,16 +487,33 @@ mod tests {
             json!({"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}, {"name": "c", "image": "3"}]}})
         );
         let del = json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}]}});
-        assert_eq!(strategic_merge(&t, &del)["spec"]["containers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            strategic_merge(&t, &del)["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn apply_by_another_manager_conflicts_unless_forced() {
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}});
         let v1 = apply(None, &lease, "a", false, "coordination.k8s.io/v1", None).unwrap();
-        assert_eq!(v1["metadata"]["managedFields"][0]["fieldsV1"], json!({"f:spec": {"f:holderIdentity": {}}}));
+        assert_eq!(
+            v1["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:spec": {"f:holderIdentity": {}}})
+        );
         // Same manager re-applying the same intent: no conflict, same object.
-        let again = apply(Some(&v1), &lease, "a", false, "coordination.k8s.io/v1", None).unwrap();
+        let again = apply(
+            Some(&v1),
+            &lease,
+            "a",
+            false,
+            "coordination.k8s.io/v1",
+            None,
+        )
+        .unwrap();
         assert_eq!(again["spec"], v1["spec"]);
         let mut b = lease.clone();
         b["spec"]["holderIdentity"] = json!("b");
@@ -459,17 +530,37 @@ mod tests {
     fn apply_removes_fields_the_manager_no_longer_sets() {
         let first = json!({"metadata": {"name": "d", "labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 2}});
         let v1 = apply(None, &first, "m", false, "apps/v1", None).unwrap();
-        let second = json!({"metadata": {"name": "d", "labels": {"a": "1"}}, "spec": {"replicas": 2}});
+        let second =
+            json!({"metadata": {"name": "d", "labels": {"a": "1"}}, "spec": {"replicas": 2}});
         let v2 = apply(Some(&v1), &second, "m", false, "apps/v1", None).unwrap();
         assert_eq!(v2["metadata"]["labels"], json!({"a": "1"}));
     }
 
     #[test]
     fn updates_take_ownership_of_changed_fields() {
-        let v1 = apply(None, &json!({"spec": {"holderIdentity": "a", "renewTime": "t1"}}), "a", false, "v", None).unwrap();
-        let mut v2 = strategic_merge(&v1, &json!({"spec": {"holderIdentity": null, "renewTime": null}}));
+        let v1 = apply(
+            None,
+            &json!({"spec": {"holderIdentity": "a", "renewTime": "t1"}}),
+            "a",
+            false,
+            "v",
+            None,
+        )
+        .unwrap();
+        let mut v2 = strategic_merge(
+            &v1,
+            &json!({"spec": {"holderIdentity": null, "renewTime": null}}),
+        );
         record_update(Some(&v1), &mut v2, "a", "v", None);
         // Released: nobody owns the holder any more, so another manager may apply.
-        assert!(apply(Some(&v2), &json!({"spec": {"holderIdentity": "b"}}), "b", false, "v", None).is_ok());
+        assert!(apply(
+            Some(&v2),
+            &json!({"spec": {"holderIdentity": "b"}}),
+            "b",
+            false,
+            "v",
+            None
+        )
+        .is_ok());
     }
 }

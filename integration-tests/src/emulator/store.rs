@@ -87,7 +87,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { history: 50_000, graceful_pods: false }
+        Self {
+            history: 50_000,
+            graceful_pods: false,
+        }
     }
 }
 
@@ -111,13 +114,22 @@ const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 pub fn random_suffix(n: usize) -> String {
     let mut rng = rand::rng();
-    (0..n).map(|_| NAME_CHARS[rng.random_range(0..NAME_CHARS.len())] as char).collect()
+    (0..n)
+        .map(|_| NAME_CHARS[rng.random_range(0..NAME_CHARS.len())] as char)
+        .collect()
 }
 
 pub fn new_uid() -> String {
     let b: [u8; 16] = rand::rng().random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -125,7 +137,9 @@ pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 }
 
 fn has_finalizers(obj: &Value) -> bool {
-    obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
 }
 
 /// Compares two objects ignoring what changes on every write (no-op detection).
@@ -169,7 +183,10 @@ impl Store {
     }
 
     pub fn set_graceful_pods(&self, on: bool) {
-        self.opts.lock().unwrap_or_else(|e| e.into_inner()).graceful_pods = on;
+        self.opts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .graceful_pods = on;
     }
 
     fn options(&self) -> StoreOptions {
@@ -181,11 +198,19 @@ impl Store {
     }
 
     pub fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
-        self.lock().types.iter().find(|t| t.group == group && t.version == version && t.plural == plural).cloned()
+        self.lock()
+            .types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
     }
 
     pub fn find_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
-        self.lock().types.iter().find(|t| t.api_version() == api_version && t.kind == kind).cloned()
+        self.lock()
+            .types
+            .iter()
+            .find(|t| t.api_version() == api_version && t.kind == kind)
+            .cloned()
     }
 
     pub fn current_rv(&self) -> u64 {
@@ -200,29 +225,48 @@ impl Store {
         ObjKey {
             group: rt.group.clone(),
             plural: rt.plural.clone(),
-            namespace: if rt.namespaced { ns.to_string() } else { String::new() },
+            namespace: if rt.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
             name: name.to_string(),
         }
     }
 
     fn not_found(rt: &ResourceType, name: &str) -> ApiError {
-        ApiError::NotFound { group: rt.group.clone(), resource: rt.plural.clone(), name: name.into() }
+        ApiError::NotFound {
+            group: rt.group.clone(),
+            resource: rt.plural.clone(),
+            name: name.into(),
+        }
     }
 
     // ---- reads ----------------------------------------------------------------
 
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
         let st = self.lock();
-        st.objects.get(&Self::key(rt, ns, name)).map(|v| (**v).clone()).ok_or_else(|| Self::not_found(rt, name))
+        st.objects
+            .get(&Self::key(rt, ns, name))
+            .map(|v| (**v).clone())
+            .ok_or_else(|| Self::not_found(rt, name))
     }
 
     /// Objects of a type (all namespaces when `ns` is `None`) and the list's resourceVersion.
-    pub fn list(&self, rt: &ResourceType, ns: Option<&str>, labels: &LabelSelector, fields: &FieldSelector) -> (Vec<Value>, u64) {
+    pub fn list(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+    ) -> (Vec<Value>, u64) {
         let st = self.lock();
         let items = st
             .objects
             .iter()
-            .filter(|(k, _)| k.group == rt.group && k.plural == rt.plural && ns.is_none_or(|n| k.namespace == n))
+            .filter(|(k, _)| {
+                k.group == rt.group && k.plural == rt.plural && ns.is_none_or(|n| k.namespace == n)
+            })
             .filter(|(_, v)| labels.matches_object(v) && fields.matches(v))
             .map(|(_, v)| (**v).clone())
             .collect();
@@ -231,7 +275,12 @@ impl Store {
 
     /// Everything of a type, for controllers.
     pub fn all(&self, group: &str, plural: &str) -> Vec<Arc<Value>> {
-        self.lock().objects.iter().filter(|(k, _)| k.group == group && k.plural == plural).map(|(_, v)| v.clone()).collect()
+        self.lock()
+            .objects
+            .iter()
+            .filter(|(k, _)| k.group == group && k.plural == plural)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Starts a watch: the events after `from` (or synthetic ADDED events for the
@@ -242,28 +291,60 @@ impl Store {
         rt: &ResourceType,
         ns: Option<&str>,
         from: Option<u64>,
-    ) -> Result<(Vec<Arc<StoreEvent>>, u64, broadcast::Receiver<Arc<StoreEvent>>), ApiError> {
+    ) -> Result<
+        (
+            Vec<Arc<StoreEvent>>,
+            u64,
+            broadcast::Receiver<Arc<StoreEvent>>,
+        ),
+        ApiError,
+    > {
         let st = self.lock();
         let rx = self.events.subscribe();
-        let matches = |k: &ObjKey| k.group == rt.group && k.plural == rt.plural && ns.is_none_or(|n| k.namespace == n);
+        let matches = |k: &ObjKey| {
+            k.group == rt.group && k.plural == rt.plural && ns.is_none_or(|n| k.namespace == n)
+        };
         let backlog = match from {
             None => st
                 .objects
                 .iter()
                 .filter(|(k, _)| matches(k))
                 .map(|(k, v)| {
-                    Arc::new(StoreEvent { rv: st.rv, kind: EventType::Added, key: k.clone(), object: v.clone(), previous: None })
+                    Arc::new(StoreEvent {
+                        rv: st.rv,
+                        kind: EventType::Added,
+                        key: k.clone(),
+                        object: v.clone(),
+                        previous: None,
+                    })
                 })
                 .collect(),
-            Some(rv) if rv < st.compacted => return Err(ApiError::Expired { requested: rv, oldest: st.compacted + 1 }),
-            Some(rv) => st.history.iter().filter(|e| e.rv > rv && matches(&e.key)).cloned().collect(),
+            Some(rv) if rv < st.compacted => {
+                return Err(ApiError::Expired {
+                    requested: rv,
+                    oldest: st.compacted + 1,
+                })
+            }
+            Some(rv) => st
+                .history
+                .iter()
+                .filter(|e| e.rv > rv && matches(&e.key))
+                .cloned()
+                .collect(),
         };
         Ok((backlog, st.rv, rx))
     }
 
     // ---- writes ---------------------------------------------------------------
 
-    fn commit(&self, st: &mut State, key: ObjKey, kind: EventType, obj: Value, previous: Option<Arc<Value>>) -> Value {
+    fn commit(
+        &self,
+        st: &mut State,
+        key: ObjKey,
+        kind: EventType,
+        obj: Value,
+        previous: Option<Arc<Value>>,
+    ) -> Value {
         st.rv += 1;
         let mut obj = obj;
         if kind != EventType::Deleted {
@@ -278,7 +359,13 @@ impl Store {
                 st.objects.insert(key.clone(), arc.clone());
             }
         }
-        let ev = Arc::new(StoreEvent { rv: st.rv, kind, key, object: arc, previous });
+        let ev = Arc::new(StoreEvent {
+            rv: st.rv,
+            kind,
+            key,
+            object: arc,
+            previous,
+        });
         st.history.push_back(ev.clone());
         let cap = self.options().history.max(16);
         while st.history.len() > cap {
@@ -291,9 +378,17 @@ impl Store {
     }
 
     /// Kind-specific normalization on create: ids, defaults, status reset.
-    fn prepare_new(&self, st: &mut State, rt: &ResourceType, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+    fn prepare_new(
+        &self,
+        st: &mut State,
+        rt: &ResourceType,
+        ns: &str,
+        mut obj: Value,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::BadRequest("Object 'Kind' is missing in request body".into()));
+            return Err(ApiError::BadRequest(
+                "Object 'Kind' is missing in request body".into(),
+            ));
         }
         obj["apiVersion"] = json!(rt.api_version());
         obj["kind"] = json!(rt.kind);
@@ -339,7 +434,12 @@ impl Store {
             m.insert("uid".into(), json!(uid));
             m.insert("creationTimestamp".into(), json!(time::now()));
             m.insert("generation".into(), json!(1));
-            for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+            for k in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+            ] {
                 m.remove(k);
             }
         }
@@ -350,10 +450,14 @@ impl Store {
         }
         match (rt.group.as_str(), rt.kind.as_str()) {
             ("", "Secret") => merge_string_data(&mut obj),
-            ("", "Pod") => obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(&obj["spec"])}),
+            ("", "Pod") => {
+                obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(&obj["spec"])})
+            }
             ("batch", "Job") => job_selector(rt, &mut obj, &uid)?,
             ("", "Service") => {
-                if obj["spec"]["clusterIP"].as_str() != Some("None") && obj["spec"]["type"].as_str() != Some("ExternalName") {
+                if obj["spec"]["clusterIP"].as_str() != Some("None")
+                    && obj["spec"]["type"].as_str() != Some("ExternalName")
+                {
                     st.next_cluster_ip += 1;
                     let n = st.next_cluster_ip;
                     let ip = format!("10.96.{}.{}", n / 250, n % 250 + 1);
@@ -390,18 +494,35 @@ impl Store {
         Ok(obj)
     }
 
-    pub fn create(&self, rt: &ResourceType, ns: &str, body: Value, w: &WriteOptions) -> Result<Value, ApiError> {
+    pub fn create(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        body: Value,
+        w: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         self.create_locked(&mut st, rt, ns, body, w)
     }
 
-    fn create_locked(&self, st: &mut State, rt: &ResourceType, ns: &str, body: Value, w: &WriteOptions) -> Result<Value, ApiError> {
+    fn create_locked(
+        &self,
+        st: &mut State,
+        rt: &ResourceType,
+        ns: &str,
+        body: Value,
+        w: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let mut obj = self.prepare_new(st, rt, ns, body)?;
         validation::validate(rt, &obj, None)?;
         let name = meta_str(&obj, "name").to_string();
         let key = Self::key(rt, ns, &name);
         if st.objects.contains_key(&key) {
-            return Err(ApiError::AlreadyExists { group: rt.group.clone(), resource: rt.plural.clone(), name });
+            return Err(ApiError::AlreadyExists {
+                group: rt.group.clone(),
+                resource: rt.plural.clone(),
+                name,
+            });
         }
         patch::record_update(None, &mut obj, &w.field_manager, &rt.api_version(), None);
         if w.dry_run {
@@ -413,14 +534,24 @@ impl Store {
     }
 
     /// PUT (whole object, resourceVersion precondition when given).
-    pub fn replace(&self, rt: &ResourceType, ns: &str, name: &str, body: Value, sub: Option<&str>, w: &WriteOptions) -> Result<Value, ApiError> {
+    pub fn replace(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        body: Value,
+        sub: Option<&str>,
+        w: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let key = Self::key(rt, ns, name);
         let Some(old) = st.objects.get(&key).cloned() else {
             return Err(Self::not_found(rt, name));
         };
         if meta_str(&body, "name") != name {
-            return Err(ApiError::BadRequest("the name of the object does not match the name on the URL".into()));
+            return Err(ApiError::BadRequest(
+                "the name of the object does not match the name on the URL".into(),
+            ));
         }
         let sent_rv = meta_str(&body, "resourceVersion");
         if !sent_rv.is_empty() && sent_rv != meta_str(&old, "resourceVersion") {
@@ -429,6 +560,7 @@ impl Store {
         self.write_update(&mut st, rt, key, old, body, sub, w, None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &self,
         rt: &ResourceType,
@@ -448,7 +580,14 @@ impl Store {
                 if meta_str(&body, "name").is_empty() {
                     body["metadata"]["name"] = json!(name);
                 }
-                let applied = patch::apply(None, &body, &w.field_manager, w.force, &rt.api_version(), None)?;
+                let applied = patch::apply(
+                    None,
+                    &body,
+                    &w.field_manager,
+                    w.force,
+                    &rt.api_version(),
+                    None,
+                )?;
                 let owners = patch::read_ownership(&applied);
                 let mut obj = self.prepare_new(&mut st, rt, ns, applied)?;
                 validation::validate(rt, &obj, None)?;
@@ -470,15 +609,25 @@ impl Store {
                 if body.get("apiVersion").is_none() || body.get("kind").is_none() {
                     return Err(ApiError::BadRequest("invalid object type: /, Kind=".into()));
                 }
-                let applied = patch::apply(Some(&old), body, &w.field_manager, w.force, &rt.api_version(), sub)?;
-                return self.write_update(&mut st, rt, key, old, applied, sub, w, Some(())).map(|v| (v, false));
+                let applied = patch::apply(
+                    Some(&old),
+                    body,
+                    &w.field_manager,
+                    w.force,
+                    &rt.api_version(),
+                    sub,
+                )?;
+                return self
+                    .write_update(&mut st, rt, key, old, applied, sub, w, Some(()))
+                    .map(|v| (v, false));
             }
         };
         let sent_rv = meta_str(&patched, "resourceVersion");
         if !sent_rv.is_empty() && sent_rv != meta_str(&old, "resourceVersion") {
             return Err(ApiError::conflict_modified(&rt.group, &rt.plural, name));
         }
-        self.write_update(&mut st, rt, key, old, patched, sub, w, None).map(|v| (v, false))
+        self.write_update(&mut st, rt, key, old, patched, sub, w, None)
+            .map(|v| (v, false))
     }
 
     /// The common update path: subresource rules, immutables, validation, no-op
@@ -496,12 +645,23 @@ impl Store {
         applied: Option<()>,
     ) -> Result<Value, ApiError> {
         if !new.is_object() {
-            return Err(ApiError::BadRequest("Object 'Kind' is missing in request body".into()));
+            return Err(ApiError::BadRequest(
+                "Object 'Kind' is missing in request body".into(),
+            ));
         }
         // Identity and system fields always come from the stored object.
         new["apiVersion"] = json!(rt.api_version());
         new["kind"] = json!(rt.kind);
-        for k in ["uid", "creationTimestamp", "namespace", "name", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             match old["metadata"].get(k) {
                 Some(v) => new["metadata"][k] = v.clone(),
                 None => {
@@ -524,11 +684,17 @@ impl Store {
                 }
                 merged["metadata"]["managedFields"] = new["metadata"]["managedFields"].clone();
                 if merged["metadata"]["managedFields"].is_null() {
-                    merged["metadata"].as_object_mut().map(|m| m.remove("managedFields"));
+                    merged["metadata"]
+                        .as_object_mut()
+                        .map(|m| m.remove("managedFields"));
                 }
                 new = merged;
             }
-            Some(other) => return Err(ApiError::BadRequest(format!("subresource {other:?} is not supported"))),
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "subresource {other:?} is not supported"
+                )))
+            }
             None if rt.has_status => match old.get("status") {
                 Some(s) => new["status"] = s.clone(),
                 None => {
@@ -542,21 +708,40 @@ impl Store {
         }
         if old["metadata"].get("deletionTimestamp").is_some() {
             // Finalizers may only be removed once deletion started.
-            let old_f: HashSet<&str> = old["metadata"]["finalizers"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            let added = new["metadata"]["finalizers"].as_array().into_iter().flatten().filter_map(Value::as_str).any(|f| !old_f.contains(f));
+            let old_f: HashSet<&str> = old["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let added = new["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .any(|f| !old_f.contains(f));
             if added {
                 return Err(ApiError::Invalid {
                     group: rt.group.clone(),
                     kind: rt.kind.clone(),
                     name: key.name.clone(),
-                    causes: vec![status::Cause::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")],
+                    causes: vec![status::Cause::forbidden(
+                        "metadata.finalizers",
+                        "no new finalizers can be added if the object is being deleted",
+                    )],
                 });
             }
         }
         validation::apply_defaults(rt, &mut new);
         validation::validate(rt, &new, Some(&old))?;
         if applied.is_none() {
-            patch::record_update(Some(&old), &mut new, &w.field_manager, &rt.api_version(), sub);
+            patch::record_update(
+                Some(&old),
+                &mut new,
+                &w.field_manager,
+                &rt.api_version(),
+                sub,
+            );
         }
         let spec_changed = {
             let strip = |v: &Value| {
@@ -595,17 +780,35 @@ impl Store {
         rt.kind == "Pod"
             && rt.group.is_empty()
             && self.options().graceful_pods
-            && obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
-            && !matches!(obj["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"))
+            && obj["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+            && !matches!(
+                obj["status"]["phase"].as_str(),
+                Some("Succeeded") | Some("Failed")
+            )
             && obj["metadata"]["deletionGracePeriodSeconds"].as_i64() != Some(0)
     }
 
-    pub fn delete(&self, rt: &ResourceType, ns: &str, name: &str, o: &DeleteOptions) -> Result<DeleteOutcome, ApiError> {
+    pub fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        o: &DeleteOptions,
+    ) -> Result<DeleteOutcome, ApiError> {
         let mut st = self.lock();
         self.delete_locked(&mut st, rt, ns, name, o)
     }
 
-    fn delete_locked(&self, st: &mut State, rt: &ResourceType, ns: &str, name: &str, o: &DeleteOptions) -> Result<DeleteOutcome, ApiError> {
+    fn delete_locked(
+        &self,
+        st: &mut State,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        o: &DeleteOptions,
+    ) -> Result<DeleteOutcome, ApiError> {
         let key = Self::key(rt, ns, name);
         let Some(old) = st.objects.get(&key).cloned() else {
             return Err(Self::not_found(rt, name));
@@ -616,7 +819,10 @@ impl Store {
                     group: rt.group.clone(),
                     resource: rt.plural.clone(),
                     name: name.into(),
-                    detail: format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&old, "uid")),
+                    detail: format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta_str(&old, "uid")
+                    ),
                 });
             }
         }
@@ -634,28 +840,49 @@ impl Store {
             }
         }
         // batch/v1 Jobs orphan their pods by default (the API's historical default).
-        let default_policy = if rt.kind == "Job" && rt.group == "batch" { "Orphan" } else { "Background" };
-        let policy = o.propagation.clone().unwrap_or_else(|| default_policy.to_string());
+        let default_policy = if rt.kind == "Job" && rt.group == "batch" {
+            "Orphan"
+        } else {
+            "Background"
+        };
+        let policy = o
+            .propagation
+            .clone()
+            .unwrap_or_else(|| default_policy.to_string());
         if !["Foreground", "Background", "Orphan"].contains(&policy.as_str()) {
             return Err(ApiError::Invalid {
                 group: rt.group.clone(),
                 kind: rt.kind.clone(),
                 name: name.into(),
-                causes: vec![status::Cause::not_supported("propagationPolicy", &json!(policy), &["Foreground", "Background", "Orphan"])],
+                causes: vec![status::Cause::not_supported(
+                    "propagationPolicy",
+                    &json!(policy),
+                    &["Foreground", "Background", "Orphan"],
+                )],
             });
         }
         let mut obj = (*old).clone();
         let already_deleting = obj["metadata"].get("deletionTimestamp").is_some();
-        let mut finalizers: Vec<Value> = obj["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
-        let has_dependents = policy != "Background" && self.dependents(st, meta_str(&old, "uid")).next().is_some();
+        let mut finalizers: Vec<Value> = obj["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let has_dependents =
+            policy != "Background" && self.dependents(st, meta_str(&old, "uid")).next().is_some();
         if has_dependents {
-            let f = if policy == "Foreground" { "foregroundDeletion" } else { "orphan" };
+            let f = if policy == "Foreground" {
+                "foregroundDeletion"
+            } else {
+                "orphan"
+            };
             if !finalizers.contains(&json!(f)) {
                 finalizers.push(json!(f));
             }
         }
         let grace = if self.awaits_kubelet(rt, &obj) {
-            o.grace_period_seconds.or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30)
+            o.grace_period_seconds
+                .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30)
         } else {
             0
         };
@@ -667,15 +894,26 @@ impl Store {
             self.after_delete(st, rt, &out);
             return Ok(DeleteOutcome::Deleted(out));
         }
-        if already_deleting && obj["metadata"]["finalizers"].as_array().map(Vec::len).unwrap_or(0) == finalizers.len() {
-            let shorter = grace < obj["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(i64::MAX);
+        if already_deleting
+            && obj["metadata"]["finalizers"]
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or(0)
+                == finalizers.len()
+        {
+            let shorter = grace
+                < obj["metadata"]["deletionGracePeriodSeconds"]
+                    .as_i64()
+                    .unwrap_or(i64::MAX);
             if !shorter {
                 return Ok(DeleteOutcome::Pending(obj));
             }
         }
         obj["metadata"]["finalizers"] = Value::Array(finalizers);
         if !already_deleting {
-            obj["metadata"]["deletionTimestamp"] = json!(time::rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(grace as u64)));
+            obj["metadata"]["deletionTimestamp"] = json!(time::rfc3339(
+                std::time::SystemTime::now() + std::time::Duration::from_secs(grace as u64)
+            ));
         }
         obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         let out = self.commit(st, key, EventType::Modified, obj, Some(old));
@@ -683,17 +921,27 @@ impl Store {
         Ok(DeleteOutcome::Pending(out))
     }
 
-    fn dependents<'a>(&self, st: &'a State, uid: &'a str) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
+    fn dependents<'a>(
+        &self,
+        st: &'a State,
+        uid: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
         st.objects.iter().filter(move |(_, v)| {
-            v.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            v.pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
         })
     }
 
     fn after_write(&self, st: &mut State, rt: &ResourceType, obj: &Value) {
         if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
             let name = meta_str(obj, "name");
-            let (group, plural) = (obj["spec"]["group"].as_str().unwrap_or_default(), obj["spec"]["names"]["plural"].as_str().unwrap_or_default());
-            st.types.retain(|t| !(t.group == group && t.plural == plural));
+            let (group, plural) = (
+                obj["spec"]["group"].as_str().unwrap_or_default(),
+                obj["spec"]["names"]["plural"].as_str().unwrap_or_default(),
+            );
+            st.types
+                .retain(|t| !(t.group == group && t.plural == plural));
             if obj["metadata"].get("deletionTimestamp").is_none() {
                 st.types.extend(resources::from_crd(obj));
             }
@@ -703,9 +951,24 @@ impl Store {
 
     fn after_delete(&self, st: &mut State, rt: &ResourceType, obj: &Value) {
         if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
-            let (group, plural) = (obj["spec"]["group"].as_str().unwrap_or_default().to_string(), obj["spec"]["names"]["plural"].as_str().unwrap_or_default().to_string());
-            st.types.retain(|t| !(t.group == group && t.plural == plural));
-            let keys: Vec<ObjKey> = st.objects.keys().filter(|k| k.group == group && k.plural == plural).cloned().collect();
+            let (group, plural) = (
+                obj["spec"]["group"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                obj["spec"]["names"]["plural"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            st.types
+                .retain(|t| !(t.group == group && t.plural == plural));
+            let keys: Vec<ObjKey> = st
+                .objects
+                .keys()
+                .filter(|k| k.group == group && k.plural == plural)
+                .cloned()
+                .collect();
             for k in keys {
                 if let Some(o) = st.objects.get(&k).cloned() {
                     self.commit(st, k, EventType::Deleted, (*o).clone(), Some(o));
@@ -716,7 +979,10 @@ impl Store {
     }
 
     fn type_of(st: &State, key: &ObjKey) -> Option<ResourceType> {
-        st.types.iter().find(|t| t.group == key.group && t.plural == key.plural).cloned()
+        st.types
+            .iter()
+            .find(|t| t.group == key.group && t.plural == key.plural)
+            .cloned()
     }
 
     /// The garbage collector, run synchronously after every deletion until nothing
@@ -725,17 +991,28 @@ impl Store {
     /// processed.
     fn collect_garbage(&self, st: &mut State) {
         for _round in 0..10_000 {
-            let uids: HashSet<String> = st.objects.values().map(|v| meta_str(v, "uid").to_string()).collect();
+            let uids: HashSet<String> = st
+                .objects
+                .values()
+                .map(|v| meta_str(v, "uid").to_string())
+                .collect();
             let deleting_owner = |uid: &str, finalizer: &str| {
                 st.objects.values().any(|v| {
                     meta_str(v, "uid") == uid
                         && v["metadata"].get("deletionTimestamp").is_some()
-                        && v["metadata"]["finalizers"].as_array().is_some_and(|f| f.contains(&json!(finalizer)))
+                        && v["metadata"]["finalizers"]
+                            .as_array()
+                            .is_some_and(|f| f.contains(&json!(finalizer)))
                 })
             };
             let mut action: Option<(ObjKey, &'static str)> = None;
             for (k, v) in st.objects.iter() {
-                let Some(refs) = v.pointer("/metadata/ownerReferences").and_then(Value::as_array) else { continue };
+                let Some(refs) = v
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                else {
+                    continue;
+                };
                 if refs.is_empty() {
                     continue;
                 }
@@ -745,7 +1022,11 @@ impl Store {
                     break;
                 }
                 let being_deleted = v["metadata"].get("deletionTimestamp").is_some();
-                if !being_deleted && refs.iter().any(|r| deleting_owner(&uid_of(r), "foregroundDeletion")) {
+                if !being_deleted
+                    && refs
+                        .iter()
+                        .any(|r| deleting_owner(&uid_of(r), "foregroundDeletion"))
+                {
                     action = Some((k.clone(), "foreground"));
                     break;
                 }
@@ -766,7 +1047,10 @@ impl Store {
                     if v["metadata"].get("deletionTimestamp").is_none() {
                         continue;
                     }
-                    let fins = v["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                    let fins = v["metadata"]["finalizers"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
                     let uid = meta_str(v, "uid");
                     for f in ["foregroundDeletion", "orphan"] {
                         if fins.contains(&json!(f)) && self.dependents(st, uid).next().is_none() {
@@ -783,7 +1067,9 @@ impl Store {
                 if let Some(f) = obj["metadata"]["finalizers"].as_array_mut() {
                     f.retain(|x| x != finalizer);
                 }
-                let Some(rt) = Self::type_of(st, &k) else { return };
+                let Some(rt) = Self::type_of(st, &k) else {
+                    return;
+                };
                 if has_finalizers(&obj) || self.awaits_kubelet(&rt, &obj) {
                     self.commit(st, k, EventType::Modified, obj, Some(old));
                 } else {
@@ -793,7 +1079,9 @@ impl Store {
                 continue;
             }
             let (k, what) = action.expect("checked");
-            let Some(rt) = Self::type_of(st, &k) else { return };
+            let Some(rt) = Self::type_of(st, &k) else {
+                return;
+            };
             let old = st.objects[&k].clone();
             match what {
                 "orphan" | "prune-refs" => {
@@ -801,7 +1089,12 @@ impl Store {
                     let orphaning: Vec<String> = st
                         .objects
                         .values()
-                        .filter(|v| v["metadata"].get("deletionTimestamp").is_some() && v["metadata"]["finalizers"].as_array().is_some_and(|f| f.contains(&json!("orphan"))))
+                        .filter(|v| {
+                            v["metadata"].get("deletionTimestamp").is_some()
+                                && v["metadata"]["finalizers"]
+                                    .as_array()
+                                    .is_some_and(|f| f.contains(&json!("orphan")))
+                        })
                         .map(|v| meta_str(v, "uid").to_string())
                         .collect();
                     if let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() {
@@ -810,18 +1103,28 @@ impl Store {
                             uids.contains(u) && !orphaning.iter().any(|o| o == u)
                         });
                         if refs.is_empty() {
-                            obj["metadata"].as_object_mut().map(|m| m.remove("ownerReferences"));
+                            obj["metadata"]
+                                .as_object_mut()
+                                .map(|m| m.remove("ownerReferences"));
                         }
                     }
                     self.commit(st, k, EventType::Modified, obj, Some(old));
                 }
                 "foreground" => {
-                    let opts = DeleteOptions { propagation: Some("Foreground".into()), ..Default::default() };
-                    let _ = self.delete_locked(st, &rt, &k.namespace.clone(), &k.name.clone(), &opts);
+                    let opts = DeleteOptions {
+                        propagation: Some("Foreground".into()),
+                        ..Default::default()
+                    };
+                    let _ =
+                        self.delete_locked(st, &rt, &k.namespace.clone(), &k.name.clone(), &opts);
                 }
                 _ => {
-                    let opts = DeleteOptions { propagation: Some("Background".into()), ..Default::default() };
-                    let _ = self.delete_locked(st, &rt, &k.namespace.clone(), &k.name.clone(), &opts);
+                    let opts = DeleteOptions {
+                        propagation: Some("Background".into()),
+                        ..Default::default()
+                    };
+                    let _ =
+                        self.delete_locked(st, &rt, &k.namespace.clone(), &k.name.clone(), &opts);
                 }
             }
         }
@@ -832,7 +1135,8 @@ fn merge_string_data(obj: &mut Value) {
     if let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
         if let Some(sd) = sd.as_object() {
             for (k, v) in sd {
-                let enc = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+                let enc = base64::engine::general_purpose::STANDARD
+                    .encode(v.as_str().unwrap_or_default());
                 obj["data"][k] = json!(enc);
             }
         }
@@ -840,14 +1144,22 @@ fn merge_string_data(obj: &mut Value) {
 }
 
 fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = spec["containers"].as_array().into_iter().flatten().collect();
-    let any = containers.iter().any(|c| c["resources"]["requests"].is_object() || c["resources"]["limits"].is_object());
+    let containers: Vec<&Value> = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let any = containers
+        .iter()
+        .any(|c| c["resources"]["requests"].is_object() || c["resources"]["limits"].is_object());
     if !any {
         return "BestEffort";
     }
     let guaranteed = containers.iter().all(|c| {
         let (r, l) = (&c["resources"]["requests"], &c["resources"]["limits"]);
-        ["cpu", "memory"].iter().all(|k| l.get(k).is_some() && (r.get(k).is_none() || r.get(k) == l.get(k)))
+        ["cpu", "memory"]
+            .iter()
+            .all(|k| l.get(k).is_some() && (r.get(k).is_none() || r.get(k) == l.get(k)))
     });
     if guaranteed {
         "Guaranteed"
@@ -876,7 +1188,12 @@ fn job_selector(rt: &ResourceType, obj: &mut Value, uid: &str) -> Result<(), Api
     let name = meta_str(obj, "name").to_string();
     obj["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
     let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
-    for (k, v) in [("controller-uid", uid), ("batch.kubernetes.io/controller-uid", uid), ("job-name", &name), ("batch.kubernetes.io/job-name", &name)] {
+    for (k, v) in [
+        ("controller-uid", uid),
+        ("batch.kubernetes.io/controller-uid", uid),
+        ("job-name", &name),
+        ("batch.kubernetes.io/job-name", &name),
+    ] {
         labels[k] = json!(v);
     }
     Ok(())

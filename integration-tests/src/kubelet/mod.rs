@@ -43,9 +43,17 @@ impl KubeletOptions {
         Self {
             node_name: "emulator-node".into(),
             node_labels: BTreeMap::from([
-                ("kubernetes.io/hostname".to_string(), "emulator-node".to_string()),
+                (
+                    "kubernetes.io/hostname".to_string(),
+                    "emulator-node".to_string(),
+                ),
                 ("kubernetes.io/os".to_string(), "linux".to_string()),
-                ("kubernetes.io/arch".to_string(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")),
+                (
+                    "kubernetes.io/arch".to_string(),
+                    std::env::consts::ARCH
+                        .replace("x86_64", "amd64")
+                        .replace("aarch64", "arm64"),
+                ),
             ]),
             images: vec![],
             image_args: vec![],
@@ -98,7 +106,11 @@ impl Kubelet {
             None
         };
         let net = Arc::new(Network::default());
-        let ctx = Arc::new(PodCtx { store: store.clone(), net: net.clone(), opts: Arc::new(opts.clone()) });
+        let ctx = Arc::new(PodCtx {
+            store: store.clone(),
+            net: net.clone(),
+            opts: Arc::new(opts.clone()),
+        });
         let pods: Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>> = Default::default();
         let wake = Arc::new(Notify::new());
         let mut tasks = Vec::new();
@@ -109,7 +121,9 @@ impl Kubelet {
             tasks.push(tokio::spawn(async move {
                 loop {
                     match rx.recv().await {
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => wake.notify_waiters(),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            wake.notify_waiters()
+                        }
                         Err(_) => return,
                     }
                 }
@@ -146,7 +160,14 @@ impl Kubelet {
                 }
             }));
         }
-        Self { store, net, work_dir: opts.work_dir, tasks, pods, _temp: temp }
+        Self {
+            store,
+            net,
+            work_dir: opts.work_dir,
+            tasks,
+            pods,
+            _temp: temp,
+        }
     }
 
     /// The loopback address of a Service port (its forwarder starts on first use).
@@ -167,7 +188,11 @@ impl Kubelet {
     /// Where a container's stdout+stderr go.
     pub fn log_path(&self, namespace: &str, pod: &Value, container: &str) -> PathBuf {
         self.work_dir
-            .join(format!("{namespace}_{}_{}", meta_str(pod, "name"), meta_str(pod, "uid")))
+            .join(format!(
+                "{namespace}_{}_{}",
+                meta_str(pod, "name"),
+                meta_str(pod, "uid")
+            ))
             .join("logs")
             .join(format!("{container}.log"))
     }
@@ -190,7 +215,11 @@ impl Drop for Kubelet {
     }
 }
 
-fn dispatch(store: &Arc<Store>, ctx: &Arc<PodCtx>, pods: &Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>>) {
+fn dispatch(
+    store: &Arc<Store>,
+    ctx: &Arc<PodCtx>,
+    pods: &Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>>,
+) {
     let current = store.all("", "pods");
     let mut workers = pods.lock().unwrap_or_else(|e| e.into_inner());
     let mut seen = std::collections::HashSet::new();
@@ -201,13 +230,18 @@ fn dispatch(store: &Arc<Store>, ctx: &Arc<PodCtx>, pods: &Arc<std::sync::Mutex<H
         match workers.get(&uid) {
             Some(tx) => {
                 if deleting && *tx.borrow() == Stop::Run {
-                    let grace = p["metadata"]["deletionGracePeriodSeconds"].as_u64().unwrap_or(30);
+                    let grace = p["metadata"]["deletionGracePeriodSeconds"]
+                        .as_u64()
+                        .unwrap_or(30);
                     let _ = tx.send(Stop::Terminate(Duration::from_secs(grace)));
                 }
             }
             None if deleting => {}
             None => {
-                let terminal = matches!(p["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"));
+                let terminal = matches!(
+                    p["status"]["phase"].as_str(),
+                    Some("Succeeded") | Some("Failed")
+                );
                 if terminal {
                     continue;
                 }

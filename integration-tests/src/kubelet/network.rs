@@ -49,7 +49,10 @@ pub struct Network {
 
 /// A free loopback port (bound then released: a small race the tests accept).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// `host:port` pairs written in a string (listen addresses, URLs) for loopback and
@@ -77,11 +80,21 @@ pub fn remap_ports(s: &str, ports: &HashMap<u16, u16>) -> String {
     let mut i = 0;
     let b = s.as_bytes();
     'outer: while i < s.len() {
-        for (host, replacement) in [("127.0.0.1:", "127.0.0.1:"), ("0.0.0.0:", "127.0.0.1:"), ("localhost:", "localhost:"), ("[::]:", "127.0.0.1:"), ("[::1]:", "[::1]:")] {
+        for (host, replacement) in [
+            ("127.0.0.1:", "127.0.0.1:"),
+            ("0.0.0.0:", "127.0.0.1:"),
+            ("localhost:", "localhost:"),
+            ("[::]:", "127.0.0.1:"),
+            ("[::1]:", "[::1]:"),
+        ] {
             if s[i..].starts_with(host) {
                 let start = i + host.len();
                 let end = start + b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
-                if let Some(mapped) = s[start..end].parse::<u16>().ok().and_then(|p| ports.get(&p)) {
+                if let Some(mapped) = s[start..end]
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|p| ports.get(&p))
+                {
                     out.push_str(replacement);
                     out.push_str(&mapped.to_string());
                     i = end;
@@ -98,48 +111,86 @@ pub fn remap_ports(s: &str, ports: &HashMap<u16, u16>) -> String {
 
 impl Network {
     pub fn set_pod(&self, ns: &str, name: &str, net: PodNet) {
-        self.pods.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.into(), name.into()), net);
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ns.into(), name.into()), net);
     }
 
     pub fn set_ready(&self, ns: &str, name: &str, ready: bool) {
-        if let Some(p) = self.pods.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&(ns.into(), name.into())) {
+        if let Some(p) = self
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&(ns.into(), name.into()))
+        {
             p.ready = ready;
         }
     }
 
     pub fn remove_pod(&self, ns: &str, name: &str) {
-        self.pods.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.into(), name.into()));
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(ns.into(), name.into()));
     }
 
     pub fn pod(&self, ns: &str, name: &str) -> Option<PodNet> {
-        self.pods.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.into(), name.into())).cloned()
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.into(), name.into()))
+            .cloned()
     }
 
     /// Backends for a Service living outside the emulator (e.g. the job manager).
     pub fn set_external_endpoints(&self, ns: &str, service: &str, addrs: Vec<SocketAddr>) {
-        self.external.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.into(), service.into()), addrs);
+        self.external
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ns.into(), service.into()), addrs);
     }
 
     /// The local address of a Service port, starting its forwarder on first use.
-    pub fn service_addr(self: &Arc<Self>, store: &Arc<Store>, ns: &str, service: &str, port: u16) -> Option<SocketAddr> {
+    pub fn service_addr(
+        self: &Arc<Self>,
+        store: &Arc<Store>,
+        ns: &str,
+        service: &str,
+        port: u16,
+    ) -> Option<SocketAddr> {
         let key = (ns.to_string(), service.to_string(), port);
-        if let Some(a) = self.forwarders.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(a) = self
+            .forwarders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Some(*a);
         }
         let rt = store.find_kind("v1", "Service")?;
         let svc = store.get(&rt, ns, service).ok()?;
-        let target = svc["spec"]["ports"].as_array()?.iter().find(|p| p["port"].as_u64() == Some(port as u64))?["targetPort"].clone();
+        let target = svc["spec"]["ports"]
+            .as_array()?
+            .iter()
+            .find(|p| p["port"].as_u64() == Some(port as u64))?["targetPort"]
+            .clone();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
         std_listener.set_nonblocking(true).ok()?;
         let addr = std_listener.local_addr().ok()?;
         let listener = TcpListener::from_std(std_listener).ok()?;
-        self.forwarders.lock().unwrap_or_else(|e| e.into_inner()).insert(key, addr);
+        self.forwarders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, addr);
         let net = self.clone();
         let store = store.clone();
         let (ns, service) = (ns.to_string(), service.to_string());
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
                 let backends = net.backends(&store, &ns, &service, &target);
                 let start = net.next.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
@@ -159,30 +210,53 @@ impl Network {
     }
 
     fn backends(&self, store: &Store, ns: &str, service: &str, target: &Value) -> Vec<SocketAddr> {
-        if let Some(ext) = self.external.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.into(), service.into())) {
+        if let Some(ext) = self
+            .external
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.into(), service.into()))
+        {
             return ext.clone();
         }
-        let Some(rt) = store.find_kind("v1", "Service") else { return vec![] };
-        let Ok(svc) = store.get(&rt, ns, service) else { return vec![] };
+        let Some(rt) = store.find_kind("v1", "Service") else {
+            return vec![];
+        };
+        let Ok(svc) = store.get(&rt, ns, service) else {
+            return vec![];
+        };
         let selector: std::collections::BTreeMap<String, String> = svc["spec"]["selector"]
             .as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
             .unwrap_or_default();
         if selector.is_empty() {
             return vec![];
         }
-        let sel = LabelSelector(selector.into_iter().map(|(k, v)| crate::emulator::selectors::Requirement::Eq(k, v)).collect());
+        let sel = LabelSelector(
+            selector
+                .into_iter()
+                .map(|(k, v)| crate::emulator::selectors::Requirement::Eq(k, v))
+                .collect(),
+        );
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         pods.iter()
             .filter(|((pns, _), p)| pns == ns && p.ready && sel.matches(&p.labels))
-            .filter_map(|(_, p)| p.resolve(target).map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
+            .filter_map(|(_, p)| {
+                p.resolve(target)
+                    .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            })
             .collect()
     }
 
     /// Rewrites cluster DNS names of existing Services (`name.ns.svc[.cluster.local]:port`)
     /// to their local forwarders.
     pub fn rewrite_service_hosts(self: &Arc<Self>, store: &Arc<Store>, s: &str) -> String {
-        let Some(rt) = store.find_kind("v1", "Service") else { return s.to_string() };
+        let Some(rt) = store.find_kind("v1", "Service") else {
+            return s.to_string();
+        };
         let (services, _) = store.list(&rt, None, &Default::default(), &Default::default());
         let mut out = s.to_string();
         for svc in services {
@@ -191,9 +265,16 @@ impl Network {
                 let host = format!("{name}.{ns}{suffix}");
                 while let Some(i) = out.find(&host) {
                     let start = i + host.len();
-                    let digits: String = out[start..].chars().take_while(char::is_ascii_digit).collect();
-                    let Ok(port) = digits.parse::<u16>() else { break };
-                    let Some(addr) = self.service_addr(store, ns, name, port) else { break };
+                    let digits: String = out[start..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    let Ok(port) = digits.parse::<u16>() else {
+                        break;
+                    };
+                    let Some(addr) = self.service_addr(store, ns, name, port) else {
+                        break;
+                    };
                     out.replace_range(i..start + digits.len(), &addr.to_string());
                 }
             }
@@ -208,9 +289,15 @@ mod tests {
 
     #[test]
     fn finds_and_remaps_local_ports_without_touching_longer_numbers() {
-        assert_eq!(local_ports_in("http://127.0.0.1:3128 0.0.0.0:9901"), vec![3128, 9901]);
+        assert_eq!(
+            local_ports_in("http://127.0.0.1:3128 0.0.0.0:9901"),
+            vec![3128, 9901]
+        );
         let ports = HashMap::from([(3128, 40001), (9901, 40002)]);
-        assert_eq!(remap_ports("http://127.0.0.1:3128/x", &ports), "http://127.0.0.1:40001/x");
+        assert_eq!(
+            remap_ports("http://127.0.0.1:3128/x", &ports),
+            "http://127.0.0.1:40001/x"
+        );
         assert_eq!(remap_ports("0.0.0.0:9901", &ports), "127.0.0.1:40002");
         assert_eq!(remap_ports("127.0.0.1:31280", &ports), "127.0.0.1:31280");
         assert_eq!(remap_ports("example.com:3128", &ports), "example.com:3128");
@@ -218,7 +305,11 @@ mod tests {
 
     #[test]
     fn named_ports_resolve_through_container_port_names() {
-        let net = PodNet { ports: HashMap::from([(9901, 50000)]), names: HashMap::from([("admin".to_string(), 9901)]), ..Default::default() };
+        let net = PodNet {
+            ports: HashMap::from([(9901, 50000)]),
+            names: HashMap::from([("admin".to_string(), 9901)]),
+            ..Default::default()
+        };
         assert_eq!(net.resolve(&Value::from("admin")), Some(50000));
         assert_eq!(net.resolve(&Value::from(9901)), Some(50000));
         assert_eq!(net.resolve(&Value::from("nope")), None);

@@ -16,12 +16,25 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         SchemaSource::Builtin(key) => schema::validate_builtin(key, obj),
         SchemaSource::Crd(s) => schema::validate_custom(s, obj),
     };
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if let Some(v) = violations.iter().find(|v| v.is_decoding_error()) {
-        let what = format!("{} in version {:?} cannot be handled as a {}", rt.kind, rt.version, rt.kind);
+        let what = format!(
+            "{} in version {:?} cannot be handled as a {}",
+            rt.kind, rt.version, rt.kind
+        );
         let msg = match v {
-            Violation::UnknownField { path } => format!("{what}: strict decoding error: unknown field {path:?}"),
-            Violation::WrongType { path, expected, found } => {
+            Violation::UnknownField { path } => {
+                format!("{what}: strict decoding error: unknown field {path:?}")
+            }
+            Violation::WrongType {
+                path,
+                expected,
+                found,
+            } => {
                 format!("{what}: json: cannot unmarshal {found} into Go struct field {path} of type {expected}")
             }
             _ => unreachable!("filtered on decoding errors"),
@@ -32,15 +45,30 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         .into_iter()
         .map(|v| match v {
             Violation::Required { path } => Cause::required(path),
-            Violation::NotInEnum { path, value, allowed } => {
+            Violation::NotInEnum {
+                path,
+                value,
+                allowed,
+            } => {
                 let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
                 Cause::not_supported(path, &value, &allowed)
             }
-            Violation::BadFormat { path, value, detail } => Cause::invalid(path, &value, &detail),
-            Violation::UnknownField { .. } | Violation::WrongType { .. } => unreachable!("returned above"),
+            Violation::BadFormat {
+                path,
+                value,
+                detail,
+            } => Cause::invalid(path, &value, &detail),
+            Violation::UnknownField { .. } | Violation::WrongType { .. } => {
+                unreachable!("returned above")
+            }
         })
         .collect();
-    rules::object_meta(&obj["metadata"], rules::name_rule(&rt.kind), rt.namespaced, &mut causes);
+    rules::object_meta(
+        &obj["metadata"],
+        rules::name_rule(&rt.kind),
+        rt.namespaced,
+        &mut causes,
+    );
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "Pod") => rules::pod_spec(&obj["spec"], "spec", &mut causes),
         ("batch", "Job") => rules::job(obj, old, &mut causes),
@@ -65,7 +93,13 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
                     c["image"] = Value::Null;
                 }
             }
-            for f in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "nodeName", "schedulingGates"] {
+            for f in [
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+                "nodeName",
+                "schedulingGates",
+            ] {
                 s[f] = Value::Null;
             }
             s
@@ -77,7 +111,12 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
     if causes.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::Invalid { group: rt.group.clone(), kind: rt.kind.clone(), name, causes })
+        Err(ApiError::Invalid {
+            group: rt.group.clone(),
+            kind: rt.kind.clone(),
+            name,
+            causes,
+        })
     }
 }
 
@@ -87,7 +126,14 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
         ("", "Pod") => pod_spec_defaults(&mut obj["spec"]),
         ("batch", "Job") => {
             let spec = &mut obj["spec"];
-            for (k, v) in [("backoffLimit", json!(6)), ("completions", json!(1)), ("parallelism", json!(1)), ("suspend", json!(false)), ("completionMode", json!("NonIndexed")), ("manualSelector", Value::Null)] {
+            for (k, v) in [
+                ("backoffLimit", json!(6)),
+                ("completions", json!(1)),
+                ("parallelism", json!(1)),
+                ("suspend", json!(false)),
+                ("completionMode", json!("NonIndexed")),
+                ("manualSelector", Value::Null),
+            ] {
                 if spec.get(k).is_none() && !v.is_null() {
                     spec[k] = v;
                 }
@@ -96,8 +142,15 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
         }
         ("apps", "Deployment") => {
             let spec = &mut obj["spec"];
-            for (k, v) in [("replicas", json!(1)), ("revisionHistoryLimit", json!(10)), ("progressDeadlineSeconds", json!(600)),
-                ("strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}))] {
+            for (k, v) in [
+                ("replicas", json!(1)),
+                ("revisionHistoryLimit", json!(10)),
+                ("progressDeadlineSeconds", json!(600)),
+                (
+                    "strategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+                ),
+            ] {
                 if spec.get(k).is_none() {
                     spec[k] = v;
                 }
@@ -124,11 +177,7 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                 }
             }
         }
-        ("", "Secret") => {
-            if obj.get("type").is_none() {
-                obj["type"] = json!("Opaque");
-            }
-        }
+        ("", "Secret") if obj.get("type").is_none() => obj["type"] = json!("Opaque"),
         _ => {}
     }
 }
@@ -137,7 +186,13 @@ fn pod_spec_defaults(spec: &mut Value) {
     if !spec.is_object() {
         return;
     }
-    for (k, v) in [("restartPolicy", json!("Always")), ("dnsPolicy", json!("ClusterFirst")), ("terminationGracePeriodSeconds", json!(30)), ("schedulerName", json!("default-scheduler")), ("securityContext", json!({}))] {
+    for (k, v) in [
+        ("restartPolicy", json!("Always")),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("schedulerName", json!("default-scheduler")),
+        ("securityContext", json!({})),
+    ] {
         if spec.get(k).is_none() {
             spec[k] = v;
         }
@@ -146,7 +201,8 @@ fn pod_spec_defaults(spec: &mut Value) {
         for c in spec[list].as_array_mut().into_iter().flatten() {
             if c.get("imagePullPolicy").is_none() {
                 let image = c["image"].as_str().unwrap_or_default();
-                let latest = !image.rsplit('/').next().unwrap_or_default().contains(':') || image.ends_with(":latest");
+                let latest = !image.rsplit('/').next().unwrap_or_default().contains(':')
+                    || image.ends_with(":latest");
                 c["imagePullPolicy"] = json!(if latest { "Always" } else { "IfNotPresent" });
             }
             if c.get("terminationMessagePath").is_none() {

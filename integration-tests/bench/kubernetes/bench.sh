@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Kubernetes benchmark: E2E_JOBS (default 1000) jobs per workload, ephemeral and
+# persistent, through two job-manager replicas (one SIGKILLed mid-flight), the emulated
+# cluster (injected 429/500/conflicts) and real sidecar + test-runtime processes.
+# Prints jobs/s, API writes per job (emulator request log; goal <= 4 for ephemeral)
+# and poll -> pod-running latency (p50/p95). Set E2E_KUBECONFIG to run against a real
+# cluster (see README); API-side metrics then come only from the emulator and are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+export E2E_JOBS="${E2E_JOBS:-1000}"
+cargo build --workspace --bins >&2
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+cargo test -p integration-tests --test e2e_kubernetes -- --nocapture --test-threads=1 >"$out" 2>&1 || true
+if ! grep -q 'test result: ok' "$out"; then
+  echo "kubernetes bench: the end-to-end run failed" >&2
+  tail -50 "$out" >&2
+  exit 1
+fi
+echo "## Kubernetes executor: ${E2E_JOBS} jobs per workload, 2 job-manager replicas (one SIGKILLed), emulated cluster"
+echo
+echo "Command: \`E2E_JOBS=${E2E_JOBS} integration-tests/bench/kubernetes/bench.sh\`"
+echo
+echo "| metric | value |"
+echo "|---|---|"
+grep '^E2E-METRIC' "$out" | sed 's/^E2E-METRIC //' | awk '{print "| " $1 " | " $2 " |"}'
+echo
