@@ -437,6 +437,7 @@ fn clone_error(e: &ProxyError) -> ProxyError {
             name: r.name.clone(),
             message: r.message.clone(),
         }),
+        ProxyError::UpstreamProxy(m) => ProxyError::UpstreamProxy(m.clone()),
         other => ProxyError::Upstream(other.to_string()),
     }
 }
