@@ -89,8 +89,10 @@ pub struct Dispatcher<B, E, S> {
     signer: TokenSigner,
     settings: DispatcherSettings,
     readiness: Arc<Readiness>,
-    /// Jobs polled and being handed off (not yet started), by id -> runtime type.
-    handing_off: Mutex<BTreeMap<JobId, String>>,
+    /// Jobs polled and being handed off (not yet started): id -> (runtime type, newest
+    /// attempt seen). A re-delivery during a slow hand-off bumps the attempt, so the ack
+    /// that follows the hand-off is for the lease the broker currently holds.
+    handing_off: Mutex<BTreeMap<JobId, (String, u32)>>,
     last_dispatch: Mutex<Instant>,
     handoffs: TaskTracker,
 }
@@ -123,7 +125,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
 
     fn handing_off_counts(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        for rt in self.handing_off.lock().expect("lock").values() {
+        for (rt, _) in self.handing_off.lock().expect("lock").values() {
             *counts.entry(rt.clone()).or_insert(0) += 1;
         }
         counts
@@ -205,11 +207,17 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
                 false
             }
         };
-        let handing_off = self.handing_off.lock().expect("lock").contains_key(&job.id);
+        let handing_off = match self.handing_off.lock().expect("lock").get_mut(&job.id) {
+            Some((_, attempt)) => {
+                *attempt = (*attempt).max(job.attempt);
+                true
+            }
+            None => false,
+        };
         match dedupe::classify(running.contains(&job.id), handing_off, has_result) {
             Seen::New => {}
             Seen::HandingOff => {
-                tracing::info!("job re-delivered while its hand-off is in progress; leaving it to that hand-off");
+                tracing::info!("job re-delivered while its hand-off is in progress; that hand-off acks this attempt");
                 self.metrics().jobs_deduplicated.inc();
                 report.deduplicated += 1;
                 return;
@@ -244,7 +252,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             return;
         }
         // schedule
-        self.handing_off.lock().expect("lock").insert(job.id.clone(), job.runtime_type.clone());
+        self.handing_off.lock().expect("lock").insert(job.id.clone(), (job.runtime_type.clone(), job.attempt));
         *self.last_dispatch.lock().expect("lock") = Instant::now();
         report.scheduled += 1;
         let me = self.clone();
@@ -256,7 +264,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
 
     /// Hand the job to the executor (retrying transient failures with backoff), then ack;
     /// release it if it cannot be handed off.
-    async fn schedule(self: Arc<Self>, job: Job, polled_at: Instant, shutdown: CancellationToken) {
+    async fn schedule(self: Arc<Self>, mut job: Job, polled_at: Instant, shutdown: CancellationToken) {
         let handoff = self.handoff_for(&job, SystemTime::now());
         let mut attempt = 0;
         let outcome = loop {
@@ -278,7 +286,9 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
                 }
             }
         };
-        self.handing_off.lock().expect("lock").remove(&job.id);
+        if let Some((_, newest)) = self.handing_off.lock().expect("lock").remove(&job.id) {
+            job.attempt = job.attempt.max(newest);
+        }
         match outcome {
             Ok(accepted) => {
                 self.metrics().poll_to_handoff_seconds.observe(polled_at.elapsed().as_secs_f64());

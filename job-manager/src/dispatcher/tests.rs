@@ -279,3 +279,20 @@ async fn shutdown_during_backoff_releases() {
     rig.settle().await;
     assert_eq!(rig.broker.releases(), vec![JobId::new("s").unwrap()]);
 }
+
+#[tokio::test]
+async fn redelivery_during_slow_handoff_acks_the_newest_attempt() {
+    let rig = rig(|_| {});
+    *rig.executor.start_delay.lock().unwrap() = Duration::from_millis(200);
+    rig.broker.push(job("slow", "a"));
+    rig.dispatcher.tick(&rig.shutdown).await;
+    let mut again = job("slow", "a");
+    again.attempt = 2;
+    rig.broker.push(again);
+    let r = rig.dispatcher.tick(&rig.shutdown).await;
+    assert_eq!(r.deduplicated, 1);
+    rig.settle().await;
+    assert_eq!(rig.executor.started().len(), 1);
+    assert_eq!(rig.broker.acks(), vec![JobId::new("slow").unwrap()]);
+    assert!(rig.broker.calls().contains(&BrokerCall::Ack(JobId::new("slow").unwrap(), 2)), "{:?}", rig.broker.calls());
+}

@@ -1,0 +1,191 @@
+//! The real `job-manager` binary killed with SIGKILL and restarted, against the embedded
+//! broker served over HTTP (it outlives the job manager, like a remote broker):
+//! - a job polled but not yet handed off is re-delivered by the broker and runs once;
+//! - a job running at the kill is adopted by the restarted process and reports once;
+//! - a result received but not yet delivered (broker down) is delivered after restart.
+mod jm_support;
+
+use common::secret::Secret;
+use common::{JobId, Outcome};
+use jm_support::*;
+use job_manager::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
+use serde_json::json;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const LOCATION_KEY: &str = "restart-test-key";
+
+struct Rig {
+    dir: TempDir,
+    broker: EmbeddedBroker,
+    broker_url: String,
+    listen: String,
+    origin: Origin,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Rig {
+    async fn new(tag: &str, visibility: Duration, sidecar_binary: Option<&Path>) -> Rig {
+        let dir = TempDir::new(tag);
+        let broker = EmbeddedBroker::new(EmbeddedOptions {
+            visibility_timeout: visibility,
+            location_key: Secret::new(LOCATION_KEY),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let broker_url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(broker.clone().serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        // A fixed port: the restarted job manager must be reachable where the adopted
+        // sidecars deliver (as a Service name is in a cluster).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut yaml = local_yaml("");
+        if let Some(sc) = sidecar_binary {
+            yaml = yaml.replace(&format!("{:?}", bin("sidecar").display().to_string()), &format!("{:?}", sc.display().to_string()));
+        }
+        std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+        Rig { dir, broker, broker_url, listen: format!("127.0.0.1:{port}"), origin: Origin::start().await, _stop: stop }
+    }
+
+    /// Start the job manager process and wait until it serves.
+    async fn start_job_manager(&self, run: u32) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("jm-{run}.log"))).unwrap();
+        let child = Command::new(job_manager_bin())
+            .arg("--config")
+            .arg(self.dir.path().join("config.yaml"))
+            .env("JM_BROKER_API_ENDPOINT", &self.broker_url)
+            .env("JM_LOCATION_KEY", LOCATION_KEY)
+            .env("JM_LISTEN", &self.listen)
+            .env("JM_STATE_DIR", self.dir.path().join("state"))
+            .env("JM_LOG_LEVEL", "DEBUG")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = tokio::net::TcpStream::connect(&self.listen).await {
+                drop(s);
+                if request(&self.listen, "GET", "/healthz", &[], vec![]).await.status == 200 {
+                    return child;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "job manager did not start: {}", self.log(run));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log(&self, run: u32) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("jm-{run}.log"))).unwrap_or_default()
+    }
+
+    fn job_dirs(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("state/jobs")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    async fn metrics(&self) -> String {
+        request(&self.listen, "GET", "/metrics", &[], vec![]).await.body
+    }
+}
+
+fn sigkill(mut child: Child) {
+    child.kill().unwrap(); // std's kill is SIGKILL
+    child.wait().unwrap();
+}
+
+fn stop(child: Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let mut child = child;
+    child.wait().unwrap();
+}
+
+fn id(s: &str) -> JobId {
+    JobId::new(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_job_is_redelivered_after_sigkill_and_runs_once() {
+    // A sidecar that takes 2 s to start keeps the hand-off (and so the ack) pending.
+    let tmp = TempDir::new("slow-sidecar");
+    let slow = tmp.path().join("slow-sidecar.sh");
+    std::fs::write(&slow, format!("#!/bin/sh\nsleep 2\nexec {:?}\n", bin("sidecar").display().to_string())).unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rig = Rig::new("unacked", Duration::from_secs(4), Some(&slow)).await;
+    let payload = json!({"action": "fetch", "url": format!("{}/ran", rig.origin.url), "expectStatus": 200});
+    rig.broker.submit(job("unacked", 20, payload)).unwrap();
+    let jm = rig.start_job_manager(1).await;
+    eventually("hand-off in progress", Duration::from_secs(20), || rig.job_dirs() == 1).await;
+    sigkill(jm);
+    assert_eq!(rig.broker.counters(&id("unacked")).unwrap().acks, 0, "killed before the ack");
+    let jm = rig.start_job_manager(2).await;
+    let result = rig.broker.wait_for_result(&id("unacked"), Duration::from_secs(40)).await;
+    let log = rig.log(2);
+    stop(jm);
+    assert_eq!(result.map(|r| r.outcome), Some(Outcome::Succeeded), "log: {log}");
+    let c = rig.broker.counters(&id("unacked")).unwrap();
+    assert!(c.deliveries >= 2, "re-delivered by the broker: {c:?}");
+    // Exactly one outcome. (The ack itself may lose the race with a lease expiry on a
+    // loaded machine; the broker then closes the job by its result alone.)
+    assert_eq!((c.results_accepted, c.results_conflicting, c.releases), (1, 0, 0), "{c:?}");
+    assert!(c.acks <= 1, "{c:?}");
+    assert_eq!(rig.origin.hits("/ran"), 1, "ran exactly once");
+    assert_eq!(rig.job_dirs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_job_is_adopted_after_sigkill_and_reports_once() {
+    let rig = Rig::new("adopt", Duration::from_secs(30), None).await;
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/started", rig.origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 2},
+        {"action": "fetch", "url": format!("{}/done", rig.origin.url), "expectStatus": 200},
+    ]});
+    rig.broker.submit(job("adopted", 30, payload)).unwrap();
+    let jm = rig.start_job_manager(1).await;
+    rig.origin.wait_hit("/started", Duration::from_secs(20)).await;
+    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("adopted")).is_some_and(|c| c.acks == 1)).await;
+    sigkill(jm);
+    let jm = rig.start_job_manager(2).await;
+    let result = rig.broker.wait_for_result(&id("adopted"), Duration::from_secs(40)).await;
+    let log = rig.log(2);
+    stop(jm);
+    assert_eq!(result.map(|r| r.outcome), Some(Outcome::Succeeded), "log: {log}");
+    assert!(log.contains("adopting"), "restart adopted the job: {log}");
+    let c = rig.broker.counters(&id("adopted")).unwrap();
+    assert_eq!((c.deliveries, c.acks, c.results_accepted, c.results_conflicting), (1, 1, 1, 0), "{c:?}");
+    assert_eq!((rig.origin.hits("/started"), rig.origin.hits("/done")), (1, 1), "ran once, to the end");
+    assert_eq!(rig.job_dirs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_result_is_delivered_after_sigkill_and_restart() {
+    let rig = Rig::new("undelivered", Duration::from_secs(30), None).await;
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/started", rig.origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 1},
+        {"action": "fail", "message": "reported while the broker was down"},
+    ]});
+    rig.broker.submit(job("pending", 30, payload)).unwrap();
+    let jm = rig.start_job_manager(1).await;
+    rig.origin.wait_hit("/started", Duration::from_secs(20)).await;
+    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("pending")).is_some_and(|c| c.acks == 1)).await;
+    rig.broker.faults().set_down(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !rig.metrics().await.contains("job_manager_job_results_total{outcome=\"failed\"} 1") {
+        assert!(tokio::time::Instant::now() < deadline, "result never recorded: {}", rig.log(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigkill(jm);
+    assert!(rig.broker.result(&id("pending")).is_none(), "not delivered before the kill");
+    rig.broker.faults().set_down(false);
+    let jm = rig.start_job_manager(2).await;
+    let result = rig.broker.wait_for_result(&id("pending"), Duration::from_secs(30)).await;
+    let log = rig.log(2);
+    stop(jm);
+    let result = result.unwrap_or_else(|| panic!("delivered after restart; log: {log}"));
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(result.message.contains("reported while the broker was down"), "{}", result.message);
+    assert_eq!(rig.broker.counters(&id("pending")).unwrap().results_accepted, 1);
+}
