@@ -46,14 +46,15 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(String),
-    #[error("the kubernetes executor is not built yet; use executor: local")]
-    KubernetesNotBuilt,
+    #[error("kubernetes executor: {0}")]
+    Kubernetes(#[from] crate::kubernetes::run::RunError),
 }
 
 impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            AppError::Config(_) | AppError::KubernetesNotBuilt => EXIT_CONFIG,
+            AppError::Config(_) => EXIT_CONFIG,
+            AppError::Kubernetes(crate::kubernetes::run::RunError::MissingInternalKey) => EXIT_CONFIG,
             AppError::Broker(_) => EXIT_UNAVAILABLE,
             _ => 1,
         }
@@ -79,6 +80,26 @@ pub async fn main_with(cli: Cli) -> i32 {
         Some(Command::Run(args)) => run_command(args).await,
         Some(Command::Demo(args)) => crate::demo::run(args).await,
         Some(Command::Sign(args)) => sign_command(&args),
+        Some(Command::Render(args)) => {
+            match crate::kubernetes::cli::render_files(&args.job, args.config.as_deref(), args.namespace.as_deref()) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("job-manager render: {e}");
+                    EXIT_CONFIG
+                }
+            }
+        }
+        Some(Command::Crd) => {
+            print!("{}", crate::kubernetes::cli::crd());
+            0
+        }
+        Some(Command::Rbac) => {
+            print!("{}", crate::kubernetes::cli::rbac());
+            0
+        }
     }
 }
 
@@ -137,8 +158,18 @@ pub async fn run(validated: Validated, args: &RunArgs, shutdown: CancellationTok
     }
     let c = &validated.config;
     if c.executor == ExecutorKind::Kubernetes {
-        // Replaced by `crate::kubernetes::run(...)` once the Kubernetes executor lands.
-        return Err(AppError::KubernetesNotBuilt);
+        let listener = bind(&c.listen).await?;
+        let handle = if c.broker_api_endpoint == EMBEDDED_BROKER {
+            crate::kubernetes::run::start(&validated, Arc::new(embedded_broker(c)), listener, None).await?
+        } else {
+            let broker = http_broker(c)?;
+            if !c.network_health_check_disabled {
+                broker.network_health_check().await?;
+            }
+            crate::kubernetes::run::start(&validated, Arc::new(broker), listener, None).await?
+        };
+        shutdown.cancelled().await;
+        return Ok(handle.stop().await?);
     }
     let listener = bind(&c.listen).await?;
     if c.broker_api_endpoint == EMBEDDED_BROKER {
@@ -320,7 +351,9 @@ pub async fn start_local<B: BrokerApi>(
         }
         delivery_stop.cancel();
         if tokio::time::timeout(Duration::from_secs(15), delivery_task).await.is_err() {
-            tracing::warn!("result delivery did not finish; undelivered results stay in the state dir for the next start");
+            tracing::warn!(
+                "result delivery did not finish; undelivered results stay in the state dir for the next start"
+            );
         }
         server_stop.cancel();
         let _ = server_task.await;
@@ -346,10 +379,7 @@ fn consumer_name(c: &Config) -> String {
 /// The directory of this executable: `{bin}` in runtime commands, and where the sidecar
 /// binary is looked for by default.
 pub fn bin_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."))
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn expand_bin(arg: &str) -> String {

@@ -41,6 +41,26 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the verified-script-execution signature of a job file (for `signature`).
     Sign(SignArgs),
+    /// Print every Kubernetes object the job manager would create for a job (multi-document
+    /// YAML; no cluster needed).
+    Render(RenderArgs),
+    /// Print the JobRecord CustomResourceDefinition (the chart ships it in crds/).
+    Crd,
+    /// Print the RBAC rules the job manager needs (the chart's Role must grant exactly these).
+    Rbac,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    /// The job file (a `common::Job` as JSON or YAML)
+    #[arg(long, value_name = "FILE")]
+    pub job: PathBuf,
+    /// YAML config file (the same file `run --config` takes; defaults when omitted)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Namespace of the objects (default: the config's `namespace`, else `default`)
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -91,17 +91,21 @@ impl Metrics {
         );
         registry.register("results_delivered", "Results accepted by the broker", m.results_delivered.clone());
         registry.register("results_pending", "Results recorded but not yet delivered", m.results_pending.clone());
-        registry.register(
-            "result_api_requests",
-            "Result API requests, by status code",
-            m.result_api_requests.clone(),
-        );
+        registry.register("result_api_requests", "Result API requests, by status code", m.result_api_requests.clone());
         registry.register(
             "dispatcher_stalled",
             "1 when jobs wait at the broker, capacity is free and nothing was dispatched for a while",
             m.dispatcher_stalled.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// Like [`Metrics::new`], with more metrics registered in the same registry (the
+    /// Kubernetes executor's API-call and lease metrics), so `/metrics` shows them too.
+    pub fn with_extra(register: impl FnOnce(&mut Registry)) -> Self {
+        let mut m = Self::new();
+        register(&mut m.registry);
+        m
     }
 
     pub fn record_outcome(&self, outcome: common::Outcome) {

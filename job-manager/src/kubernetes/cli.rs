@@ -33,15 +33,17 @@ pub fn render_files(job_file: &Path, config_file: Option<&Path>, namespace: Opti
     let job: Job = serde_yaml::from_str(&job_text)
         .map_err(|e| CliError::BadJob { path: job_file.to_path_buf(), message: e.to_string() })?;
     let config: Config = match config_file {
-        Some(p) => serde_yaml::from_str(&read(p)?)
-            .map_err(|e| CliError::BadConfig { path: p.to_path_buf(), message: e.to_string() })?,
+        // The same parser `run --config` uses.
+        Some(p) => crate::config::parse_file(&read(p)?)
+            .map_err(|message| CliError::BadConfig { path: p.to_path_buf(), message })?,
         None => Config::default(),
     };
     let namespace = namespace
         .map(str::to_string)
         .or_else(|| (!config.namespace.is_empty()).then(|| config.namespace.clone()))
         .unwrap_or_else(|| RENDER_DEFAULT_NAMESPACE.to_string());
-    let deadline = SystemTime::now() + Duration::from_secs(u64::from(job.timeout_secs.clamp(1, config.check_timeout.max(1))));
+    let deadline =
+        SystemTime::now() + Duration::from_secs(u64::from(job.timeout_secs.clamp(1, config.check_timeout.max(1))));
     render(&job, &config, &namespace, deadline)
 }
 
@@ -53,17 +55,29 @@ pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime)
     let persistent = config.runtimes.iter().any(|r| r.name == job.runtime_type && r.workload == Workload::Persistent);
     if persistent {
         let objects = translate::persistent_objects(&job.runtime_type, config, namespace)?;
-        docs.push(doc("Persistent runtime: applied once per runtime type by the `service-setup` lease holder", &objects.deployment));
+        docs.push(doc(
+            "Persistent runtime: applied once per runtime type by the `service-setup` lease holder",
+            &objects.deployment,
+        ));
         docs.push(doc("", &objects.service));
         docs.push(doc("", &objects.hpa));
     } else {
         let objects = translate::ephemeral_objects(job, RENDER_TOKEN_PLACEHOLDER, deadline, config, namespace)?;
-        docs.push(doc(&format!("Job {} -> objects named {}; created in this order", job.id, labels::object_name(&job.id)), &objects.record));
-        docs.push(doc("ownerReferences -> the JobRecord above are added at creation (its uid is known only then)", &objects.secret));
+        docs.push(doc(
+            &format!("Job {} -> objects named {}; created in this order", job.id, labels::object_name(&job.id)),
+            &objects.record,
+        ));
+        docs.push(doc(
+            "ownerReferences -> the JobRecord above are added at creation (its uid is known only then)",
+            &objects.secret,
+        ));
         docs.push(doc("ownerReferences -> the JobRecord above are added at creation", &objects.job));
     }
     if config.kubernetes.network_policy.enabled {
-        docs.push(doc("Applied by the `service-setup` lease holder (kubernetes.networkPolicy.enabled)", &translate::runtime_network_policy(config, namespace)));
+        docs.push(doc(
+            "Applied by the `service-setup` lease holder (kubernetes.networkPolicy.enabled)",
+            &translate::runtime_network_policy(config, namespace),
+        ));
     }
     Ok(docs.join(""))
 }

@@ -83,7 +83,12 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(ctx: Arc<KubeContext>, intake: ResultIntake<RecordStore>, identity: &str, settings: CoordinationSettings) -> Self {
+    pub fn new(
+        ctx: Arc<KubeContext>,
+        intake: ResultIntake<RecordStore>,
+        identity: &str,
+        settings: CoordinationSettings,
+    ) -> Self {
         Self { ctx, intake, identity: identity.to_string(), settings }
     }
 
@@ -223,7 +228,9 @@ impl Coordinator {
                 let recorded = self.intake.record(&result).await;
                 match recorded {
                     Ok(Recorded::Accepted) => {
-                        m.diagnosed.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: cause.label() }).inc();
+                        m.diagnosed
+                            .get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: cause.label() })
+                            .inc();
                         tracing::warn!(job_id = %result.job_id, cause = cause.label(), message = %result.message, "job manager decided the job's result");
                         if let Some(r) = record_named(&labels::object_name(&result.job_id)) {
                             self.ctx.events.diagnosed(r, cause_reason(cause), &result.message);
@@ -273,11 +280,22 @@ impl Coordinator {
             let objects = translate::persistent_objects(&runtime.name, config, ns)?;
             let name = labels::persistent_name(&runtime.name);
             let deployments: Api<apps::Deployment> = Api::namespaced(client.clone(), ns);
-            m.call(Resource::Deployments, Verb::Patch, deployments.patch(&name, &pp, &Patch::Apply(&objects.deployment))).await?;
+            m.call(
+                Resource::Deployments,
+                Verb::Patch,
+                deployments.patch(&name, &pp, &Patch::Apply(&objects.deployment)),
+            )
+            .await?;
             let services: Api<core::Service> = Api::namespaced(client.clone(), ns);
-            m.call(Resource::Services, Verb::Patch, services.patch(&name, &pp, &Patch::Apply(&objects.service))).await?;
+            m.call(Resource::Services, Verb::Patch, services.patch(&name, &pp, &Patch::Apply(&objects.service)))
+                .await?;
             let hpas: Api<autoscaling::HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-            m.call(Resource::HorizontalPodAutoscalers, Verb::Patch, hpas.patch(&name, &pp, &Patch::Apply(&objects.hpa))).await?;
+            m.call(
+                Resource::HorizontalPodAutoscalers,
+                Verb::Patch,
+                hpas.patch(&name, &pp, &Patch::Apply(&objects.hpa)),
+            )
+            .await?;
             applied += 3;
         }
         if config.kubernetes.network_policy.enabled {

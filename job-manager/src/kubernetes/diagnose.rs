@@ -55,12 +55,21 @@ impl Default for Timing {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Record this result for the job (first wins: a racing sidecar result may still win).
-    Report { result: JobResult, cause: Cause },
+    Report {
+        result: JobResult,
+        cause: Cause,
+    },
     /// Delete the job's Job (its pod stops; the record stays until delivery).
-    DeleteJob { name: String },
+    DeleteJob {
+        name: String,
+    },
     /// Delete objects whose record is gone.
-    DeleteOrphanJob { name: String },
-    DeleteOrphanSecret { name: String },
+    DeleteOrphanJob {
+        name: String,
+    },
+    DeleteOrphanSecret {
+        name: String,
+    },
 }
 
 /// Why the job manager decided a result (the metric label).
@@ -129,7 +138,10 @@ pub fn plan(s: &Snapshot<'_>, timing: &Timing) -> Vec<Action> {
             continue;
         }
         let decided = if past(s.now, &record.spec.deadline.0, timing.timeout_grace) {
-            Some((Cause::DeadlineExceeded, format!("the job did not finish by its deadline ({})", record.spec.deadline.0)))
+            Some((
+                Cause::DeadlineExceeded,
+                format!("the job did not finish by its deadline ({})", record.spec.deadline.0),
+            ))
         } else if record.spec.workload == RecordWorkload::Persistent {
             None
         } else if let Some(job) = job {
@@ -146,13 +158,17 @@ pub fn plan(s: &Snapshot<'_>, timing: &Timing) -> Vec<Action> {
         }
     }
     for (name, job) in &jobs {
-        if !record_names.contains(name) && older_than(s.now, job.metadata.creation_timestamp.as_ref(), timing.orphan_grace) {
+        if !record_names.contains(name)
+            && older_than(s.now, job.metadata.creation_timestamp.as_ref(), timing.orphan_grace)
+        {
             actions.push(Action::DeleteOrphanJob { name: name.to_string() });
         }
     }
     for secret in s.secrets {
         let Some(name) = secret.metadata.name.as_deref() else { continue };
-        if !record_names.contains(name) && older_than(s.now, secret.metadata.creation_timestamp.as_ref(), timing.orphan_grace) {
+        if !record_names.contains(name)
+            && older_than(s.now, secret.metadata.creation_timestamp.as_ref(), timing.orphan_grace)
+        {
             actions.push(Action::DeleteOrphanSecret { name: name.to_string() });
         }
     }
@@ -163,7 +179,11 @@ fn past(now: Timestamp, deadline: &Timestamp, grace: Duration) -> bool {
     now > deadline.saturating_add(SignedDuration::try_from(grace).unwrap_or(SignedDuration::MAX)).unwrap_or(*deadline)
 }
 
-fn older_than(now: Timestamp, created: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, age: Duration) -> bool {
+fn older_than(
+    now: Timestamp,
+    created: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    age: Duration,
+) -> bool {
     created.is_some_and(|t| past(now, &t.0, age))
 }
 
@@ -194,7 +214,10 @@ fn diagnose_job(job: &batch::Job, pods: &[&core::Pod], now: Timestamp, timing: &
         }
         let since = failed.last_transition_time.as_ref();
         if older_than(now, since, timing.finished_grace) {
-            return Some((Cause::PodFailed, format!("the Job failed ({reason}: {})", failed.message.as_deref().unwrap_or(""))));
+            return Some((
+                Cause::PodFailed,
+                format!("the Job failed ({reason}: {})", failed.message.as_deref().unwrap_or("")),
+            ));
         }
         return None;
     }
@@ -205,8 +228,12 @@ fn diagnose_job(job: &batch::Job, pods: &[&core::Pod], now: Timestamp, timing: &
         return None;
     }
     let status = job.status.as_ref();
-    let seen_pods = status.map(|s| s.active.unwrap_or(0) + s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0)).unwrap_or(0);
-    if pods.is_empty() && seen_pods == 0 && older_than(now, job.metadata.creation_timestamp.as_ref(), timing.no_pod_grace) {
+    let seen_pods =
+        status.map(|s| s.active.unwrap_or(0) + s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0)).unwrap_or(0);
+    if pods.is_empty()
+        && seen_pods == 0
+        && older_than(now, job.metadata.creation_timestamp.as_ref(), timing.no_pod_grace)
+    {
         return Some((
             Cause::NoPod,
             format!(
@@ -225,18 +252,30 @@ pub fn diagnose_pod(pod: &core::Pod, now: Timestamp, timing: &Timing) -> Option<
     let started = pod.metadata.creation_timestamp.as_ref();
     let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
     for c in containers {
-        let oom = |t: Option<&core::ContainerStateTerminated>| t.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
-        if oom(c.state.as_ref().and_then(|s| s.terminated.as_ref())) || oom(c.last_state.as_ref().and_then(|s| s.terminated.as_ref())) {
-            return Some((Cause::OomKilled, format!("container {} was OOMKilled (it exceeded its memory limit)", c.name)));
+        let oom =
+            |t: Option<&core::ContainerStateTerminated>| t.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
+        if oom(c.state.as_ref().and_then(|s| s.terminated.as_ref()))
+            || oom(c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))
+        {
+            return Some((
+                Cause::OomKilled,
+                format!("container {} was OOMKilled (it exceeded its memory limit)", c.name),
+            ));
         }
         let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
         let reason = waiting.reason.as_deref().unwrap_or("");
         let detail = waiting.message.as_deref().unwrap_or("");
         let describe = || format!("container {} cannot start: {reason} (image {}): {detail}", c.name, c.image);
         match reason {
-            "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => return Some((Cause::ImagePull, describe())),
-            "ErrImagePull" if older_than(now, started, timing.image_pull_grace) => return Some((Cause::ImagePull, describe())),
-            "CreateContainerConfigError" | "CreateContainerError" if older_than(now, started, timing.config_error_grace) => {
+            "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
+                return Some((Cause::ImagePull, describe()))
+            }
+            "ErrImagePull" if older_than(now, started, timing.image_pull_grace) => {
+                return Some((Cause::ImagePull, describe()))
+            }
+            "CreateContainerConfigError" | "CreateContainerError"
+                if older_than(now, started, timing.config_error_grace) =>
+            {
                 return Some((Cause::ContainerConfig, describe()))
             }
             // The native sidecar restarts on failure; a crash loop means it never serves.
@@ -267,7 +306,10 @@ pub fn diagnose_pod(pod: &core::Pod, now: Timestamp, timing: &Timing) -> Option<
         .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
     if let Some(c) = unschedulable {
         if older_than(now, started, timing.unschedulable_grace) {
-            return Some((Cause::Unschedulable, format!("the pod is unschedulable: {}", c.message.as_deref().unwrap_or(""))));
+            return Some((
+                Cause::Unschedulable,
+                format!("the pod is unschedulable: {}", c.message.as_deref().unwrap_or("")),
+            ));
         }
     }
     None

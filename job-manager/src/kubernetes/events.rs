@@ -46,7 +46,8 @@ impl EventPublisher {
         let reference: ObjectReference = record.object_ref(&());
         // The events API caps notes at 1 kB.
         let note: String = note.chars().take(1000).collect();
-        let event = Event { type_, reason: reason.to_string(), note: Some(note), action: action.to_string(), secondary: None };
+        let event =
+            Event { type_, reason: reason.to_string(), note: Some(note), action: action.to_string(), secondary: None };
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = metrics.call(Resource::Events, Verb::Create, recorder.publish(&event, &reference)).await {

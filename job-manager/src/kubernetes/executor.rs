@@ -39,11 +39,11 @@ pub fn classify_api_error(e: &kube::Error) -> HandoffError {
             match s.code {
                 // Quota is transient (jobs finish, quota frees up); any other 403 is a Role
                 // that lacks a right, which retrying cannot fix.
-                403 if s.message.contains("quota") => {
-                    HandoffError::Transient(format!("resource quota: {what}"))
-                }
+                403 if s.message.contains("quota") => HandoffError::Transient(format!("resource quota: {what}")),
                 403 => HandoffError::Permanent(format!("forbidden (check the job manager's Role): {what}")),
-                404 => HandoffError::Permanent(format!("not found (is the JobRecord CRD installed and the namespace right?): {what}")),
+                404 => HandoffError::Permanent(format!(
+                    "not found (is the JobRecord CRD installed and the namespace right?): {what}"
+                )),
                 400 | 422 => HandoffError::Permanent(format!("invalid object: {what}")),
                 408 | 409 | 429 | 500..=599 => HandoffError::Transient(what),
                 _ => HandoffError::Transient(what),
@@ -146,10 +146,8 @@ impl KubeExecutor {
             Ok(created) => Ok((created, true)),
             Err(e) if is_already_exists(&e) => {
                 let name = record.metadata.name.as_deref().unwrap_or_default();
-                let existing = m
-                    .call(Resource::JobRecords, Verb::Get, api.get(name))
-                    .await
-                    .map_err(|e| classify_api_error(&e))?;
+                let existing =
+                    m.call(Resource::JobRecords, Verb::Get, api.get(name)).await.map_err(|e| classify_api_error(&e))?;
                 if existing.spec.job_id != id.as_str() {
                     return Err(HandoffError::Permanent(format!(
                         "object name {name} is taken by job {} (hash collision)",
@@ -227,8 +225,9 @@ impl KubeExecutor {
     }
 
     async fn dispatch_persistent(&self, handoff: Handoff) -> Result<Accepted, HandoffError> {
-        let record = translate::persistent_record(&handoff.job, handoff.deadline, &self.ctx.config, &self.ctx.namespace)
-            .map_err(|e| HandoffError::Permanent(e.to_string()))?;
+        let record =
+            translate::persistent_record(&handoff.job, handoff.deadline, &self.ctx.config, &self.ctx.namespace)
+                .map_err(|e| HandoffError::Permanent(e.to_string()))?;
         let name = record.metadata.name.clone().unwrap_or_default();
         let (existing, created) = self.create_or_get_record(&record, &handoff.job.id).await?;
         if !created {
@@ -251,7 +250,8 @@ impl KubeExecutor {
 
     async fn post_job(&self, handoff: &Handoff) -> Result<(), HandoffError> {
         let url = format!("{}{INGRESS_DISPATCH_PATH}", self.persistent_endpoint(&handoff.job.runtime_type));
-        let body = serde_json::to_vec(&RuntimeJob::from(&handoff.job)).map_err(|e| HandoffError::Permanent(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&RuntimeJob::from(&handoff.job)).map_err(|e| HandoffError::Permanent(e.to_string()))?;
         let request = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(common::headers::INTERNAL_API_KEY, &self.ctx.config.internal_api_key)
@@ -260,7 +260,8 @@ impl KubeExecutor {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| HandoffError::Permanent(format!("bad dispatch request to {url}: {e}")))?;
         let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| HandoffError::Transient(format!("{url}: {e}")))?;
+            let response =
+                self.http.request(request).await.map_err(|e| HandoffError::Transient(format!("{url}: {e}")))?;
             let status = response.status().as_u16();
             let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
@@ -302,7 +303,9 @@ impl Executor for KubeExecutor {
             .iter()
             .find(|r| r.name == handoff.job.runtime_type)
             .map(|r| r.workload.clone())
-            .ok_or_else(|| HandoffError::Permanent(format!("no runtime type {:?} is configured", handoff.job.runtime_type)))?;
+            .ok_or_else(|| {
+                HandoffError::Permanent(format!("no runtime type {:?} is configured", handoff.job.runtime_type))
+            })?;
         match workload {
             Workload::Ephemeral => self.start_ephemeral(handoff).await,
             Workload::Persistent => self.dispatch_persistent(handoff).await,
@@ -335,7 +338,12 @@ mod tests {
     use super::*;
 
     fn api(code: u16, reason: &str, message: &str) -> kube::Error {
-        kube::Error::Api(Box::new(kube::core::Status { code, reason: reason.into(), message: message.into(), ..Default::default() }))
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            ..Default::default()
+        }))
     }
 
     #[test]
@@ -375,7 +383,12 @@ mod tests {
             }
             serde_json::from_value(v).unwrap()
         };
-        let got = in_flight_from(&[record("a", "x", false), record("b", "x", true), record("c", "y", false), record("d", "x", false)]);
+        let got = in_flight_from(&[
+            record("a", "x", false),
+            record("b", "x", true),
+            record("c", "y", false),
+            record("d", "x", false),
+        ]);
         let ids = |rt: &str| got[rt].iter().map(|i| i.to_string()).collect::<Vec<_>>();
         assert_eq!(ids("x"), ["a", "d"]);
         assert_eq!(ids("y"), ["c"]);

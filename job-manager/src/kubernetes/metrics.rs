@@ -45,7 +45,11 @@ impl KubeMetrics {
         let sub = registry.sub_registry_with_prefix("kubernetes");
         sub.register("api_calls", "Kubernetes API calls by resource, verb and outcome", self.api_calls.clone());
         sub.register("lease_held", "1 while this replica holds the lease", self.lease_held.clone());
-        sub.register("lease_transitions", "Times this replica acquired or lost the lease", self.lease_transitions.clone());
+        sub.register(
+            "lease_transitions",
+            "Times this replica acquired or lost the lease",
+            self.lease_transitions.clone(),
+        );
         sub.register("diagnosed_results", "Results decided by the job manager, by cause", self.diagnosed.clone());
         sub.register("pruned_objects", "Objects deleted by pruning, by reason", self.pruned.clone());
     }
@@ -56,7 +60,12 @@ impl KubeMetrics {
     where
         F: Future<Output = Result<T, kube::Error>>,
     {
-        debug_assert!(rbac::allows(resource, verb), "{} {} is not declared in kubernetes/rbac.rs", verb.as_str(), resource.name());
+        debug_assert!(
+            rbac::allows(resource, verb),
+            "{} {} is not declared in kubernetes/rbac.rs",
+            verb.as_str(),
+            resource.name()
+        );
         let result = call.await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -109,13 +118,17 @@ mod tests {
         let _ = m.call(Resource::Jobs, Verb::Create, async { Ok::<_, kube::Error>(()) }).await;
         let _ = m.call(Resource::Jobs, Verb::Create, async { Err::<(), _>(status(409, "AlreadyExists")) }).await;
         let _ = m.call(Resource::Jobs, Verb::Create, async { Err::<(), _>(status(503, "")) }).await;
-        let get = |outcome| m.api_calls.get_or_create(&ApiCallLabels { resource: "jobs", verb: "create", outcome }).get();
+        let get =
+            |outcome| m.api_calls.get_or_create(&ApiCallLabels { resource: "jobs", verb: "create", outcome }).get();
         assert_eq!((get("ok"), get("already_exists"), get("server_error")), (1, 1, 1));
         let mut registry = Registry::default();
         m.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains("kubernetes_api_calls_total{resource=\"jobs\",verb=\"create\",outcome=\"ok\"} 1"), "{text}");
+        assert!(
+            text.contains("kubernetes_api_calls_total{resource=\"jobs\",verb=\"create\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod labels;
 pub mod metrics;
 pub mod rbac;
 pub mod record;
+pub mod run;
 pub mod setup;
 pub mod store;
 pub mod translate;

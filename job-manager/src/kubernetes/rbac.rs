@@ -84,9 +84,10 @@ impl Resource {
             // Lifecycle events (kube's recorder creates, then patches repeats).
             Resource::Events => &[Create, Patch],
             // Persistent workloads and the NetworkPolicy: server-side apply only.
-            Resource::Deployments | Resource::Services | Resource::HorizontalPodAutoscalers | Resource::NetworkPolicies => {
-                &[Get, Patch]
-            }
+            Resource::Deployments
+            | Resource::Services
+            | Resource::HorizontalPodAutoscalers
+            | Resource::NetworkPolicies => &[Get, Patch],
             // kube-lease-manager: read, create once, renew/take over by patch.
             Resource::Leases => &[Get, Create, Patch],
         }
@@ -159,7 +160,9 @@ mod tests {
             for field in [&rule.api_groups, &rule.resources, &rule.verbs] {
                 assert!(!field.iter().any(|s| s == "*"), "{rule:?}");
             }
-            for forbidden in ["roles", "rolebindings", "clusterroles", "nodes", "namespaces", "customresourcedefinitions"] {
+            for forbidden in
+                ["roles", "rolebindings", "clusterroles", "nodes", "namespaces", "customresourcedefinitions"]
+            {
                 assert!(!rule.resources.iter().any(|r| r == forbidden), "{rule:?}");
             }
             // No escalation verbs.

@@ -136,9 +136,18 @@ impl RecordedResult {
     /// record edited by hand), so callers can report it instead of guessing.
     pub fn to_result(&self, id: common::JobId) -> Option<common::JobResult> {
         let outcome = common::Outcome::ALL.into_iter().find(|o| o.as_str() == self.outcome)?;
-        let output =
-            if self.output_json.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&self.output_json).ok()? };
-        Some(common::JobResult { job_id: id, outcome, message: self.message.clone(), output, duration_ms: self.duration_ms })
+        let output = if self.output_json.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&self.output_json).ok()?
+        };
+        Some(common::JobResult {
+            job_id: id,
+            outcome,
+            message: self.message.clone(),
+            output,
+            duration_ms: self.duration_ms,
+        })
     }
 }
 

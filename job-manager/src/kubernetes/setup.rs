@@ -121,7 +121,10 @@ mod tests {
         std::fs::write(&path, r#"{ "KEY": "v" }"#).unwrap();
         let mut c = Config::default();
         c.user_defined_variables.user_defined_file = path.display().to_string();
-        assert_eq!(resolve_user_defined_variables(&c).unwrap().user_defined_variables.user_defined_json, r#"{"KEY":"v"}"#);
+        assert_eq!(
+            resolve_user_defined_variables(&c).unwrap().user_defined_variables.user_defined_json,
+            r#"{"KEY":"v"}"#
+        );
         std::fs::write(&path, "not json").unwrap();
         let err = resolve_user_defined_variables(&c).unwrap_err();
         assert_eq!(err.label(), "user_defined_variables");

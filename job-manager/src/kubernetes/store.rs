@@ -46,7 +46,8 @@ pub fn decide_record(existing: Option<&JobRecordStatus>, result: &JobResult, now
 
 fn same_output(a: &str, b: &str) -> bool {
     // Compare as JSON values: key order in the stored text must not make a retry a conflict.
-    let parse = |s: &str| if s.is_empty() { Ok(serde_json::Value::Null) } else { serde_json::from_str::<serde_json::Value>(s) };
+    let parse =
+        |s: &str| if s.is_empty() { Ok(serde_json::Value::Null) } else { serde_json::from_str::<serde_json::Value>(s) };
     match (parse(a), parse(b)) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
@@ -92,8 +93,11 @@ impl RecordStore {
     /// The result recorded for a job, if any (delivered or not).
     pub async fn lookup_result(&self, id: &JobId) -> Result<Option<JobResult>, StoreError> {
         let name = labels::object_name(id);
-        let record =
-            self.metrics.call(Resource::JobRecords, Verb::Get, self.records.get_opt(&name)).await.map_err(Self::unavailable)?;
+        let record = self
+            .metrics
+            .call(Resource::JobRecords, Verb::Get, self.records.get_opt(&name))
+            .await
+            .map_err(Self::unavailable)?;
         Ok(record.and_then(|r| r.status?.result?.to_result(id.clone())))
     }
 }
@@ -139,7 +143,11 @@ impl ResultStore for RecordStore {
 
     async fn pending(&self) -> Result<Vec<JobResult>, StoreError> {
         let lp = ListParams::default().labels(&labels::managed_runtime_selector());
-        let list = self.metrics.call(Resource::JobRecords, Verb::List, self.records.list(&lp)).await.map_err(Self::unavailable)?;
+        let list = self
+            .metrics
+            .call(Resource::JobRecords, Verb::List, self.records.list(&lp))
+            .await
+            .map_err(Self::unavailable)?;
         Ok(pending_results(&list.items))
     }
 
@@ -184,7 +192,8 @@ mod tests {
 
     #[test]
     fn existing_status_fields_are_kept() {
-        let existing = JobRecordStatus { pod: Some("p-1".into()), phase: Some(RecordPhase::Running), ..Default::default() };
+        let existing =
+            JobRecordStatus { pod: Some("p-1".into()), phase: Some(RecordPhase::Running), ..Default::default() };
         let RecordDecision::Write(status) = decide_record(Some(&existing), &result(Outcome::Failed, "x"), now()) else {
             panic!("expected a write")
         };
@@ -225,7 +234,13 @@ mod tests {
             r
         };
         let finished = |id: &str, secs: i64, delivered: bool| {
-            let RecordDecision::Write(mut s) = decide_record(None, &JobResult::new(JobId::new(id).unwrap(), Outcome::Failed, "m"), Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())) else { panic!() };
+            let RecordDecision::Write(mut s) = decide_record(
+                None,
+                &JobResult::new(JobId::new(id).unwrap(), Outcome::Failed, "m"),
+                Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap()),
+            ) else {
+                panic!()
+            };
             if delivered {
                 s.delivery.as_mut().unwrap().state = DeliveryState::Delivered;
             }

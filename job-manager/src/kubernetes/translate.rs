@@ -172,7 +172,8 @@ pub fn ephemeral_objects(
     pod_labels.extend(object_labels);
     let mut pod_annotations = config.kubernetes.pod_annotations.clone();
     pod_annotations.extend(annotations);
-    let pod = PodInputs { runtime, config, namespace, mode: PodMode::Ephemeral { job_id: &job.id, secret_name: &name } };
+    let pod =
+        PodInputs { runtime, config, namespace, mode: PodMode::Ephemeral { job_id: &job.id, secret_name: &name } };
     let active_deadline = i64::from(job.timeout_secs.clamp(1, config.check_timeout.max(1)));
     let k8s_job = batch::Job {
         metadata: meta,
@@ -199,7 +200,12 @@ pub fn ephemeral_objects(
 
 /// The record of one job dispatched to a persistent runtime: the durable row its result
 /// lands in (and the deadline pruning enforces). Nothing else is created per job.
-pub fn persistent_record(job: &Job, deadline: SystemTime, config: &Config, namespace: &str) -> Result<JobRecord, TranslateError> {
+pub fn persistent_record(
+    job: &Job,
+    deadline: SystemTime,
+    config: &Config,
+    namespace: &str,
+) -> Result<JobRecord, TranslateError> {
     let runtime = runtime_for(config, &job.runtime_type, Workload::Persistent)?;
     check_common(config, namespace)?;
     let mut record_labels = labels::runtime_labels(&runtime.name, "persistent");
@@ -326,10 +332,8 @@ pub fn runtime_network_policy(config: &Config, namespace: &str) -> networking::N
         ])),
         match_expressions: None,
     };
-    let job_manager_pods = LabelSelector {
-        match_labels: Some(config.kubernetes.job_manager_pod_labels.clone()),
-        match_expressions: None,
-    };
+    let job_manager_pods =
+        LabelSelector { match_labels: Some(config.kubernetes.job_manager_pod_labels.clone()), match_expressions: None };
     let tcp = |port: u16| networking::NetworkPolicyPort {
         port: Some(IntOrString::Int(i32::from(port))),
         protocol: Some("TCP".into()),
@@ -415,7 +419,8 @@ fn api_server_ip(address: &str) -> Option<std::net::IpAddr> {
 /// Full image reference: `[imageRegistry/]repository[:tag]`.
 pub fn image_ref(registry: &str, image: &ImageSettings) -> String {
     let registry = registry.trim_end_matches('/');
-    let mut out = if registry.is_empty() { image.repository.clone() } else { format!("{registry}/{}", image.repository) };
+    let mut out =
+        if registry.is_empty() { image.repository.clone() } else { format!("{registry}/{}", image.repository) };
     if !image.tag.is_empty() && !image.repository.contains('@') {
         out.push(':');
         out.push_str(&image.tag);
@@ -423,7 +428,11 @@ pub fn image_ref(registry: &str, image: &ImageSettings) -> String {
     out
 }
 
-fn runtime_for<'a>(config: &'a Config, runtime_type: &str, wanted: Workload) -> Result<&'a RuntimeConfig, TranslateError> {
+fn runtime_for<'a>(
+    config: &'a Config,
+    runtime_type: &str,
+    wanted: Workload,
+) -> Result<&'a RuntimeConfig, TranslateError> {
     let runtime = config
         .runtimes
         .iter()
@@ -588,7 +597,11 @@ fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
     let mut mounts = Vec::new();
     let mut ports = vec![
         core::ContainerPort { name: Some("proxy".into()), container_port: i32::from(s.port), ..Default::default() },
-        core::ContainerPort { name: Some("admin".into()), container_port: i32::from(s.admin_port), ..Default::default() },
+        core::ContainerPort {
+            name: Some("admin".into()),
+            container_port: i32::from(s.admin_port),
+            ..Default::default()
+        },
     ];
     match p.mode {
         PodMode::Ephemeral { job_id, .. } => {
@@ -670,8 +683,11 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
     let k = &c.kubernetes;
     let proxy = format!("http://127.0.0.1:{}", c.sidecar.port);
     let no_proxy = c.sidecar.no_proxy.join(",");
-    let user_defined =
-        if c.user_defined_variables.user_defined_json.trim().is_empty() { "{}".to_string() } else { c.user_defined_variables.user_defined_json.clone() };
+    let user_defined = if c.user_defined_variables.user_defined_json.trim().is_empty() {
+        "{}".to_string()
+    } else {
+        c.user_defined_variables.user_defined_json.clone()
+    };
     let mut envs = vec![
         env(runtime_env::JOB_API_URL, proxy.clone()),
         env(runtime_env::HTTP_PROXY, proxy.clone()),

@@ -97,7 +97,11 @@ fn image_pull_failures_are_named() {
     let backoff = run(&[record("jm-a", 600, false)], &jobs, &[pod("jm-a", waiting("runtime", "ImagePullBackOff"))], 5);
     let r = reported(&backoff);
     assert_eq!((r[0].0, r[0].1), (Outcome::Failed, Cause::ImagePull));
-    assert!(r[0].2.contains("ImagePullBackOff") && r[0].2.contains("img:1") && r[0].2.contains("runtime"), "{}", r[0].2);
+    assert!(
+        r[0].2.contains("ImagePullBackOff") && r[0].2.contains("img:1") && r[0].2.contains("runtime"),
+        "{}",
+        r[0].2
+    );
     assert!(backoff.contains(&Action::DeleteJob { name: "jm-a".into() }));
     // ErrImagePull gets a grace period, then fails.
     let first_pull = [pod("jm-a", waiting("sidecar", "ErrImagePull"))];
@@ -153,13 +157,19 @@ fn job_without_pods_is_a_quota_or_admission_failure() {
 
 #[test]
 fn finished_jobs_without_results() {
-    let complete = job("jm-a", json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": ts(10)}]}));
+    let complete = job(
+        "jm-a",
+        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": ts(10)}]}),
+    );
     assert_eq!(run(&[record("jm-a", 600, false)], std::slice::from_ref(&complete), &[], 20), []);
     let actions = run(&[record("jm-a", 600, false)], &[complete], &[], 41);
     assert_eq!(reported(&actions)[0].1, Cause::NoResult);
     // A finished Job is left to its TTL.
     assert!(!actions.iter().any(|a| matches!(a, Action::DeleteJob { .. })));
-    let deadline = job("jm-a", json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "lastTransitionTime": ts(10)}]}));
+    let deadline = job(
+        "jm-a",
+        json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "lastTransitionTime": ts(10)}]}),
+    );
     let r = reported(&run(&[record("jm-a", 600, false)], &[deadline], &[], 11));
     assert_eq!((r[0].0, r[0].1), (Outcome::TimedOut, Cause::DeadlineExceeded));
 }
@@ -187,7 +197,13 @@ fn orphans_are_deleted_after_grace() {
         serde_json::from_value(json!({"metadata": {"name": "jm-gone", "creationTimestamp": ts(0)}})).unwrap();
     let jobs = [job("jm-gone", json!({"active": 1})), job("jm-a", json!({"active": 1}))];
     let records = [record("jm-a", 600, false)];
-    let snapshot = |now| Snapshot { records: &records, jobs: &jobs, pods: &[], secrets: std::slice::from_ref(&secret), now: at(now) };
+    let snapshot = |now| Snapshot {
+        records: &records,
+        jobs: &jobs,
+        pods: &[],
+        secrets: std::slice::from_ref(&secret),
+        now: at(now),
+    };
     assert_eq!(plan(&snapshot(30), &Timing::default()), []);
     assert_eq!(
         plan(&snapshot(61), &Timing::default()),

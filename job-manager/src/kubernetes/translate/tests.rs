@@ -126,7 +126,8 @@ fn deadline_is_clamped_to_check_timeout() {
 #[test]
 fn errors_name_the_problem() {
     let c = config();
-    let err = |runtime: &str, c: &Config, ns: &str| ephemeral_objects(&job(runtime), "t", deadline(), c, ns).unwrap_err();
+    let err =
+        |runtime: &str, c: &Config, ns: &str| ephemeral_objects(&job(runtime), "t", deadline(), c, ns).unwrap_err();
     assert_eq!(err("nope", &c, "ns"), TranslateError::UnknownRuntime("nope".into()));
     assert_eq!(err("browser", &c, "ns").label(), "wrong_workload");
     assert_eq!(err("node-api-runtime", &c, ""), TranslateError::MissingNamespace);
@@ -174,7 +175,8 @@ fn labels_win_over_configured_pod_labels() {
 
 #[test]
 fn image_references() {
-    let img = |repo: &str, tag: &str| ImageSettings { repository: repo.into(), tag: tag.into(), pull_policy: String::new() };
+    let img =
+        |repo: &str, tag: &str| ImageSettings { repository: repo.into(), tag: tag.into(), pull_policy: String::new() };
     assert_eq!(image_ref("", &img("a/b", "1")), "a/b:1");
     assert_eq!(image_ref("reg.io/", &img("a/b", "1")), "reg.io/a/b:1");
     assert_eq!(image_ref("reg.io", &img("a/b", "")), "reg.io/a/b");
@@ -184,7 +186,8 @@ fn image_references() {
 #[test]
 fn network_policy_blocks_metadata_and_api_servers() {
     let mut c = config();
-    c.sidecar.api_server_addresses = vec!["10.0.0.1".into(), "10.0.0.2:6443".into(), "[fd00::1]:443".into(), "api.internal".into()];
+    c.sidecar.api_server_addresses =
+        vec!["10.0.0.1".into(), "10.0.0.2:6443".into(), "[fd00::1]:443".into(), "api.internal".into()];
     let np = runtime_network_policy(&c, "ns");
     let text = serde_json::to_string(&np).unwrap();
     for cidr in ["169.254.169.254/32", "10.0.0.1/32", "10.0.0.2/32", "fd00::1/128"] {
