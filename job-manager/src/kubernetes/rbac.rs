@@ -186,6 +186,41 @@ mod tests {
         assert!(yaml.contains("- apiGroups:\n  - ''\n  resources:\n  - secrets\n  verbs:\n  - get\n  - list\n  - create\n  - delete\n"), "{yaml}");
     }
 
+    /// Every `metrics.call(Resource::X, Verb::Y, ...)` in the code that talks to the API
+    /// server is declared (the debug assertion catches it at run time; this catches it
+    /// without running the call).
+    #[test]
+    fn every_call_site_is_declared() {
+        let sources = [
+            ("store.rs", include_str!("store.rs")),
+            ("executor.rs", include_str!("executor.rs")),
+            ("coordination.rs", include_str!("coordination.rs")),
+            ("events.rs", include_str!("events.rs")),
+        ];
+        let resource = |name: &str| Resource::ALL.into_iter().find(|r| format!("{r:?}") == name);
+        let verb = |name: &str| {
+            [Verb::Get, Verb::List, Verb::Watch, Verb::Create, Verb::Update, Verb::Patch, Verb::Delete]
+                .into_iter()
+                .find(|v| format!("{v:?}") == name)
+        };
+        let mut seen = 0;
+        for (file, text) in sources {
+            for (i, _) in text.match_indices("Resource::") {
+                let rest = &text[i + "Resource::".len()..];
+                let r_name: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
+                let after = rest[r_name.len()..].trim_start();
+                let Some(after) = after.strip_prefix(',').map(str::trim_start) else { continue };
+                let Some(after) = after.strip_prefix("Verb::") else { continue };
+                let v_name: String = after.chars().take_while(|c| c.is_alphanumeric()).collect();
+                let (r, v) = (resource(&r_name), verb(&v_name));
+                assert!(r.is_some() && v.is_some(), "{file}: unknown Resource::{r_name}/Verb::{v_name}");
+                assert!(allows(r.unwrap(), v.unwrap()), "{file}: {v_name} on {r_name} is used but not declared");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 15, "only {seen} call sites found: did the call shape change?");
+    }
+
     #[test]
     fn secrets_are_never_updated() {
         // Job Secrets are immutable; a right to update them would only widen the blast radius.
