@@ -1,0 +1,95 @@
+//! Two job-manager replicas wired with the Kubernetes executor (`kubernetes::run::start`)
+//! against one broker and the emulated cluster: a polled job becomes a JobRecord + Secret
+//! + Job, a sidecar's result posted to the *other* replica (token read from the job's
+//! Secret, as the sidecar would) reaches the broker once, and delivery removes the
+//! job's objects. No kubelet here: the process-level end-to-end suite covers pods.
+mod kube_executor_support;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use common::{JobId, JobResult, Outcome};
+use http_body_util::{BodyExt, Full};
+use job_manager::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
+use job_manager::config::model::ExecutorKind;
+use job_manager::kubernetes::labels;
+use job_manager::kubernetes::run::{start, KubeJobManager};
+use kube_executor_support::{config, eventually, job, Cluster};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn replica(cluster: &Cluster, broker: &Arc<EmbeddedBroker>) -> KubeJobManager {
+    let mut c = config();
+    c.executor = ExecutorKind::Kubernetes;
+    c.location_key = "location-key".into();
+    c.poll.interval_ms = 50;
+    let validated = job_manager::config::validate(c).expect("valid config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start(&validated, broker.clone(), listener, Some(cluster.client().await)).await.expect("replica starts")
+}
+
+async fn post_result(addr: std::net::SocketAddr, key: &str, token: &str, result: &JobResult) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://{addr}{}", common::runtime_api::result_api_path(&result.job_id)))
+        .header("content-type", "application/json")
+        .header(common::headers::INTERNAL_API_KEY, key)
+        .header(common::headers::JOB_TOKEN, token)
+        .body(Full::new(Bytes::from(serde_json::to_vec(result).unwrap())))
+        .unwrap();
+    let resp = client.request(req).await.expect("result API answers");
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+#[tokio::test]
+async fn polled_job_runs_as_objects_and_its_result_reaches_the_broker_once() {
+    let cluster = Cluster::start().await;
+    let broker = Arc::new(EmbeddedBroker::new(EmbeddedOptions {
+        visibility_timeout: Duration::from_secs(60),
+        location_key: common::secret::Secret::new("location-key".to_string()),
+    }));
+    let a = replica(&cluster, &broker).await;
+    let id = JobId::new("run-1").unwrap();
+    broker.submit(job("run-1", "node-api-runtime")).unwrap();
+
+    let name = labels::object_name(&id);
+    eventually("the job's Job exists", Duration::from_secs(10), || async {
+        cluster.object("batch/v1", "Job", &name).is_some()
+    })
+    .await;
+    let b = replica(&cluster, &broker).await;
+
+    // What the sidecar reads from its job directory.
+    let secret = cluster.object("v1", "Secret", &name).unwrap();
+    let token = base64::engine::general_purpose::STANDARD.decode(secret["data"]["token"].as_str().unwrap()).unwrap();
+    let token = String::from_utf8(token).unwrap();
+    let job_json = base64::engine::general_purpose::STANDARD.decode(secret["data"]["job.json"].as_str().unwrap()).unwrap();
+    assert_eq!(serde_json::from_slice::<common::Job>(&job_json).unwrap().id, id);
+
+    let mut result = JobResult::new(id.clone(), Outcome::Succeeded, "ok");
+    result.output = serde_json::json!({"checks": 3});
+    // Wrong key or token: refused, nothing recorded.
+    assert_eq!(post_result(b.addr, "wrong", &token, &result).await, 401);
+    assert!(post_result(b.addr, "test-internal-key", "forged", &result).await >= 400);
+    // The sidecar may reach either replica: B accepts A's job.
+    let status = post_result(b.addr, "test-internal-key", &token, &result).await;
+    assert!((200..300).contains(&status), "result API answered {status}");
+    let delivered = broker.wait_for_result(&id, Duration::from_secs(10)).await.expect("result delivered to the broker");
+    assert!(delivered.same_as(&result));
+
+    // Delivered: the record (and with it the Secret and Job) is removed.
+    eventually("the job's objects are gone after delivery", Duration::from_secs(15), || async {
+        cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).is_none()
+            && cluster.object("v1", "Secret", &name).is_none()
+            && cluster.object("batch/v1", "Job", &name).is_none()
+    })
+    .await;
+    assert_eq!(broker.result_count(), 1);
+
+    // The executor's metrics are on the shared /metrics registry.
+    let text = a.metrics.encode();
+    assert!(text.contains("kubernetes_api_calls_total{resource=\"jobrecords\",verb=\"create\",outcome=\"ok\"} 1"), "{text}");
+
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
