@@ -210,10 +210,8 @@ mod tests {
 
     #[test]
     fn expectations_parse_and_match() {
-        let e: BTreeMap<JobId, Expectation> = serde_yaml::from_str(
-            "a: succeeded\nb: {outcome: failed, messageContains: refused}\n",
-        )
-        .unwrap();
+        let e: BTreeMap<JobId, Expectation> =
+            serde_yaml::from_str("a: succeeded\nb: {outcome: failed, messageContains: refused}\n").unwrap();
         let a = JobResult::new(JobId::new("a").unwrap(), Outcome::Succeeded, "");
         assert_eq!(e[&a.job_id].mismatch(Some(&a)), None);
         let b = JobResult::new(JobId::new("b").unwrap(), Outcome::Failed, "egress refused: metadata");

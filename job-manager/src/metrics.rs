@@ -49,9 +49,9 @@ impl Metrics {
             jobs_deduplicated: Counter::default(),
             job_results: Family::default(),
             in_flight: Family::default(),
-            poll_to_handoff_seconds: Histogram::new(
-                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter(),
-            ),
+            poll_to_handoff_seconds: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             handoff_failures: Family::default(),
             broker_errors: Family::default(),
             result_delivery_retries: Counter::default(),

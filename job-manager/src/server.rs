@@ -120,9 +120,11 @@ impl<S: ResultStore> ResultApi<S> {
                 Ok(()) => text(StatusCode::OK, "ready\n", "text/plain"),
                 Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n"), "text/plain"),
             },
-            (&Method::GET, "/metrics") => {
-                text(StatusCode::OK, self.metrics().encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
-            }
+            (&Method::GET, "/metrics") => text(
+                StatusCode::OK,
+                self.metrics().encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
             _ => match result_path_id(&path) {
                 Some(id) if req.method() == Method::POST => {
                     let resp = self.post_result(id, req).await;
@@ -165,7 +167,13 @@ impl<S: ResultStore> ResultApi<S> {
         let _g = span.enter();
         let result: JobResult = match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_result", format!("body is not a job result: {e}")),
+            Err(e) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_result",
+                    format!("body is not a job result: {e}"),
+                )
+            }
         };
         if result.job_id != id {
             return error(

@@ -24,11 +24,18 @@ fn invalid_settings_exit_64_naming_setting_and_rule() {
     let file = dir.path().join("c.yaml");
     std::fs::write(&file, "brokerApiEndpoint: embedded\nruntimes: [{name: rt, command: [/bin/true]}]\n").unwrap();
     let f = file.to_str().unwrap();
-    let cases: &[(&str, &[&str], &[(&str, &str)], &str)] = &[
+    // (case, args, env, text stderr must contain)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("timeout from env", &["--config", f], &[("JM_CHECK_TIMEOUT", "901")], "JM_CHECK_TIMEOUT"),
         ("timeout from flag", &["--config", f, "--set", "checkTimeout=0"], &[], "between 1 and 900"),
         ("log level", &["--config", f, "--log-level", "LOUD"], &[], "logLevel"),
-        ("missing location key", &["--config", f, "--broker-api-endpoint", "https://broker.example"], &[], "locationKey"),
+        (
+            "missing location key",
+            &["--config", f, "--broker-api-endpoint", "https://broker.example"],
+            &[],
+            "locationKey",
+        ),
         ("config file from env", &[], &[("JM_CONFIG_FILE", "/nonexistent/jm.yaml")], "cannot read config file"),
         ("unknown key", &["--config", f, "--set", "nope=1"], &[], "no such setting"),
         ("bad json", &["--config", f], &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "[")], "userDefinedJson"),
@@ -59,7 +66,12 @@ fn help_and_settings_list_explain_configuration() {
     let o = run(&["--list-settings"], &[]);
     assert!(o.status.success());
     let list = String::from_utf8_lossy(&o.stdout);
-    for needle in ["JM_CHECK_TIMEOUT", "JM_POLL_INTERVAL_MS", "JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "JM_SIDECAR_ALLOW_CIDRS"] {
+    for needle in [
+        "JM_CHECK_TIMEOUT",
+        "JM_POLL_INTERVAL_MS",
+        "JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON",
+        "JM_SIDECAR_ALLOW_CIDRS",
+    ] {
         assert!(list.contains(needle), "{needle} listed");
     }
 }

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn broker(visibility: Duration) -> EmbeddedBroker {
-    EmbeddedBroker::new(EmbeddedOptions { visibility_timeout: visibility, location_key: common::secret::Secret::new("k") })
+    EmbeddedBroker::new(EmbeddedOptions {
+        visibility_timeout: visibility,
+        location_key: common::secret::Secret::new("k"),
+    })
 }
 
 fn id(s: &str) -> JobId {
@@ -27,7 +30,11 @@ async fn every_job_ends_in_exactly_one_outcome() {
     let broker = broker(Duration::from_secs(30));
     let jobs = [
         job("ok", 20, json!({"action": "fetch", "url": format!("{}/ok", origin.url), "expectStatus": 200})),
-        job("refused", 20, json!({"action": "fetch", "url": "http://169.254.169.254/latest/meta-data/", "expectStatus": 200})),
+        job(
+            "refused",
+            20,
+            json!({"action": "fetch", "url": "http://169.254.169.254/latest/meta-data/", "expectStatus": 200}),
+        ),
         job("fails", 20, json!({"action": "fail", "message": "check failed on purpose"})),
         job("exits", 20, json!({"action": "exit", "code": 7})),
         job("crashes", 20, json!({"action": "crash"})),
@@ -50,8 +57,16 @@ async fn every_job_ends_in_exactly_one_outcome() {
     assert_eq!(results[&id("fails")].message, "check failed on purpose");
     assert_eq!(outcome("exits"), Some(Outcome::Failed));
     let exits = &results[&id("exits")];
-    assert!(exits.message.contains("exit status: 7") && exits.message.contains("without reporting a result"), "{}", exits.message);
-    assert!(exits.output["output_tail"].as_str().unwrap().contains("test-runtime"), "output tail carried: {}", exits.output);
+    assert!(
+        exits.message.contains("exit status: 7") && exits.message.contains("without reporting a result"),
+        "{}",
+        exits.message
+    );
+    assert!(
+        exits.output["output_tail"].as_str().unwrap().contains("test-runtime"),
+        "output tail carried: {}",
+        exits.output
+    );
     assert_eq!(outcome("crashes"), Some(Outcome::Failed));
     assert!(results[&id("crashes")].message.contains("signal"), "{}", results[&id("crashes")].message);
     assert_eq!(outcome("slow"), Some(Outcome::TimedOut));
@@ -130,10 +145,8 @@ async fn shutdown_stops_running_jobs_after_grace_and_reports_them() {
     let listener = app::bind("127.0.0.1:0").await.unwrap();
     let handle = app::start_local(&v, Arc::new(broker.clone()), listener).await.unwrap();
     let state = dir.path().join("state/jobs");
-    eventually("job running", Duration::from_secs(20), || {
-        broker.counters(&id("long")).is_some_and(|c| c.acks == 1)
-    })
-    .await;
+    eventually("job running", Duration::from_secs(20), || broker.counters(&id("long")).is_some_and(|c| c.acks == 1))
+        .await;
     let readiness = handle.readiness.clone();
     handle.stop().await.unwrap();
     assert!(readiness.check().is_err(), "not ready once draining");

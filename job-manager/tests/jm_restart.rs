@@ -43,16 +43,21 @@ impl Rig {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut yaml = local_yaml("");
         if let Some(sc) = sidecar_binary {
-            yaml = yaml.replace(&format!("{:?}", bin("sidecar").display().to_string()), &format!("{:?}", sc.display().to_string()));
+            yaml = yaml.replace(
+                &format!("{:?}", bin("sidecar").display().to_string()),
+                &format!("{:?}", sc.display().to_string()),
+            );
         }
         std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
         Rig { dir, broker, broker_url, listen: format!("127.0.0.1:{port}"), origin: Origin::start().await, _stop: stop }
     }
 
-    /// Start the job manager process and wait until it serves.
+    /// Start the job manager process and wait until it serves. The caller waits for the
+    /// child (`sigkill` / `stop`).
+    #[allow(clippy::zombie_processes)]
     async fn start_job_manager(&self, run: u32) -> Child {
         let log = std::fs::File::create(self.dir.path().join(format!("jm-{run}.log"))).unwrap();
-        let child = Command::new(job_manager_bin())
+        let mut child = Command::new(job_manager_bin())
             .arg("--config")
             .arg(self.dir.path().join("config.yaml"))
             .env("JM_BROKER_API_ENDPOINT", &self.broker_url)
@@ -72,7 +77,11 @@ impl Rig {
                     return child;
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "job manager did not start: {}", self.log(run));
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("job manager did not start: {}", self.log(run));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -145,7 +154,8 @@ async fn running_job_is_adopted_after_sigkill_and_reports_once() {
     rig.broker.submit(job("adopted", 30, payload)).unwrap();
     let jm = rig.start_job_manager(1).await;
     rig.origin.wait_hit("/started", Duration::from_secs(20)).await;
-    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("adopted")).is_some_and(|c| c.acks == 1)).await;
+    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("adopted")).is_some_and(|c| c.acks == 1))
+        .await;
     sigkill(jm);
     let jm = rig.start_job_manager(2).await;
     let result = rig.broker.wait_for_result(&id("adopted"), Duration::from_secs(40)).await;
@@ -170,7 +180,8 @@ async fn received_result_is_delivered_after_sigkill_and_restart() {
     rig.broker.submit(job("pending", 30, payload)).unwrap();
     let jm = rig.start_job_manager(1).await;
     rig.origin.wait_hit("/started", Duration::from_secs(20)).await;
-    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("pending")).is_some_and(|c| c.acks == 1)).await;
+    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("pending")).is_some_and(|c| c.acks == 1))
+        .await;
     rig.broker.faults().set_down(true);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !rig.metrics().await.contains("job_manager_job_results_total{outcome=\"failed\"} 1") {

@@ -101,7 +101,9 @@ async fn refuses_bad_keys_and_tokens() {
     let forged = TokenSigner::new("someone-else").mint(&JobId::new("j2").unwrap(), now() + 600);
     let other_jobs = api.token("j3");
     let b = || body("j2", Outcome::Succeeded, "");
-    let cases: Vec<(&str, Option<&str>, Option<&str>, u16, &str)> = vec![
+    // (case, key, token, status, error code)
+    type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("no key", None, Some(&good), 401, "bad_internal_api_key"),
         ("wrong key", Some("internal-kez"), Some(&good), 401, "bad_internal_api_key"),
         ("key prefix", Some("internal"), Some(&good), 401, "bad_internal_api_key"),
@@ -138,7 +140,8 @@ async fn refuses_bad_bodies() {
         let a = api.post("j4", Some(KEY), Some(&t), b).await;
         assert_eq!((a.status, error_code(&a).as_str()), (status, code), "case {name}: {}", a.body);
     }
-    let bad_path = request(&api.addr, "POST", "/internal/v1/jobs/a%2Fb/result", &[("x-internal-api-key", KEY)], vec![]).await;
+    let bad_path =
+        request(&api.addr, "POST", "/internal/v1/jobs/a%2Fb/result", &[("x-internal-api-key", KEY)], vec![]).await;
     assert_eq!(bad_path.status, 404);
     let get = request(&api.addr, "GET", "/internal/v1/jobs/j4/result", &[], vec![]).await;
     assert_eq!(get.status, 405);
@@ -178,7 +181,8 @@ async fn slow_and_broken_clients_are_cut_off() {
     let mut slow = tokio::net::TcpStream::connect(&api.addr).await.unwrap();
     slow.write_all(b"POST /internal/v1/jobs/j7/result HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "slow headers: {answer}");
     // Headers complete, body trickles: 408 from the body timeout.

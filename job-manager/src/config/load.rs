@@ -74,8 +74,7 @@ pub fn env_name(key_path: &str) -> String {
 
 /// Where the config file comes from: the flag wins over `JM_CONFIG_FILE`.
 pub fn config_file_path(flag: Option<&Path>, env: &dyn EnvLookup) -> Option<PathBuf> {
-    flag.map(Path::to_path_buf)
-        .or_else(|| env.get(ENV_CONFIG_FILE).filter(|s| !s.trim().is_empty()).map(PathBuf::from))
+    flag.map(Path::to_path_buf).or_else(|| env.get(ENV_CONFIG_FILE).filter(|s| !s.trim().is_empty()).map(PathBuf::from))
 }
 
 /// Load the configuration from all sources. Validation is a separate, single pass
@@ -171,9 +170,9 @@ pub fn parse_like(current: &Value, raw: &str) -> Result<Value, String> {
             let t = raw.trim();
             if n.is_f64() {
                 t.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number)
-            } else if n.is_i64() && !n.is_u64() {
-                t.parse::<i64>().ok().map(Value::from)
             } else {
+                // Signed, so a negative value reaches serde and fails there with the
+                // field's own range rule instead of "not a number".
                 t.parse::<i64>().ok().map(Value::from)
             }
             .ok_or_else(|| format!("must be a number, got {raw:?}"))

@@ -17,7 +17,11 @@ mod tempfile_like {
     pub struct TempFile(pub std::path::PathBuf);
     impl TempFile {
         pub fn new(text: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("jm-config-test-{}-{}.yaml", std::process::id(), rand::random::<u64>()));
+            let p = std::env::temp_dir().join(format!(
+                "jm-config-test-{}-{}.yaml",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
             let mut f = std::fs::File::create(&p).unwrap();
             std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
             Self(p)
@@ -43,10 +47,7 @@ fn rule_of(r: Result<Validated, ConfigError>) -> String {
 fn env_names_follow_the_contract() {
     assert_eq!(env_name("checkTimeout"), "JM_CHECK_TIMEOUT");
     assert_eq!(env_name("poll.intervalMs"), "JM_POLL_INTERVAL_MS");
-    assert_eq!(
-        env_name("userDefinedVariables.userDefinedJson"),
-        "JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON"
-    );
+    assert_eq!(env_name("userDefinedVariables.userDefinedJson"), "JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON");
     assert_eq!(env_name("brokerApiProxySelfSignedCert"), "JM_BROKER_API_PROXY_SELF_SIGNED_CERT");
 }
 
@@ -128,27 +129,64 @@ fn config_file_from_flag_or_env() {
 
 #[test]
 fn validation_rules_table() {
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    // (case name, config file, env, text the error must contain)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("timeout zero", MINIMAL, &[("JM_CHECK_TIMEOUT", "0")], "checkTimeout"),
         ("timeout too big", MINIMAL, &[("JM_CHECK_TIMEOUT", "901")], "between 1 and 900"),
         ("location key required", "runtimes: [{name: rt, command: [x]}]\n", &[], "locationKey"),
-        ("endpoint not a url", MINIMAL, &[("JM_BROKER_API_ENDPOINT", "ftp://x"), ("JM_LOCATION_KEY", "k")], "brokerApiEndpoint"),
+        (
+            "endpoint not a url",
+            MINIMAL,
+            &[("JM_BROKER_API_ENDPOINT", "ftp://x"), ("JM_LOCATION_KEY", "k")],
+            "brokerApiEndpoint",
+        ),
         ("log level", MINIMAL, &[("JM_LOG_LEVEL", "VERBOSE")], "logLevel"),
-        ("udv json not object", MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "[1]")], "must be a JSON object"),
+        (
+            "udv json not object",
+            MINIMAL,
+            &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "[1]")],
+            "must be a JSON object",
+        ),
         ("udv json broken", MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "{")], "userDefinedJson"),
-        ("udv file missing", MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_FILE", "/nonexistent.json")], "userDefinedFile"),
-        ("udv path escapes", MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "../x.json")], "userDefinedPath"),
+        (
+            "udv file missing",
+            MINIMAL,
+            &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_FILE", "/nonexistent.json")],
+            "userDefinedFile",
+        ),
+        (
+            "udv path escapes",
+            MINIMAL,
+            &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "../x.json")],
+            "userDefinedPath",
+        ),
         ("no runtimes", "brokerApiEndpoint: embedded\n", &[], "at least one enabled runtime"),
-        ("dup runtimes", "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}, {name: a, command: [x]}]\n", &[], "unique"),
+        (
+            "dup runtimes",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}, {name: a, command: [x]}]\n",
+            &[],
+            "unique",
+        ),
         ("bad runtime name", "brokerApiEndpoint: embedded\nruntimes: [{name: A_b, command: [x]}]\n", &[], "DNS label"),
         ("local needs command", "brokerApiEndpoint: embedded\nruntimes: [{name: a}]\n", &[], "command"),
-        ("zero parallelism", "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x], parallelism: 0}]\n", &[], "parallelism"),
+        (
+            "zero parallelism",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x], parallelism: 0}]\n",
+            &[],
+            "parallelism",
+        ),
         ("listen", MINIMAL, &[("JM_LISTEN", "localhost")], "listen"),
         ("poll interval", MINIMAL, &[("JM_POLL_INTERVAL_MS", "1")], "poll.intervalMs"),
         ("batch size", MINIMAL, &[("JM_POLL_BATCH_SIZE", "0")], "poll.batchSize"),
         ("proxy port", MINIMAL, &[("JM_API_PROXY_HOST", "proxy")], "apiProxyPort"),
         ("proxy user without host", MINIMAL, &[("JM_BROKER_API_PROXY_USERNAME", "u")], "apiProxyHost"),
-        ("proxy pw without user", MINIMAL, &[("JM_API_PROXY_HOST", "p"), ("JM_API_PROXY_PORT", "3128"), ("JM_BROKER_API_PROXY_PW", "x")], "brokerApiProxyUsername"),
+        (
+            "proxy pw without user",
+            MINIMAL,
+            &[("JM_API_PROXY_HOST", "p"), ("JM_API_PROXY_PORT", "3128"), ("JM_BROKER_API_PROXY_PW", "x")],
+            "brokerApiProxyUsername",
+        ),
         ("cidr", MINIMAL, &[("JM_SIDECAR_DENY_CIDRS", "10.0.0.0/33")], "sidecar.denyCidrs"),
         ("k8s needs key", MINIMAL, &[("JM_EXECUTOR", "kubernetes")], "internalApiKey"),
     ];
@@ -160,7 +198,8 @@ fn validation_rules_table() {
 
 #[test]
 fn udv_sources_and_jvm_opts_warning() {
-    let mut f = std::fs::File::create(std::env::temp_dir().join(format!("jm-udv-{}.json", std::process::id()))).unwrap();
+    let mut f =
+        std::fs::File::create(std::env::temp_dir().join(format!("jm-udv-{}.json", std::process::id()))).unwrap();
     f.write_all(br#"{"A":"1"}"#).unwrap();
     let path = std::env::temp_dir().join(format!("jm-udv-{}.json", std::process::id()));
     let v = load_valid(
@@ -176,7 +215,10 @@ fn udv_sources_and_jvm_opts_warning() {
     assert_eq!(v.user_defined_variables.get("k"), Some(&serde_json::json!(2)));
     let err = rule_of(load_valid(
         MINIMAL,
-        &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "{}"), ("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "a.json")],
+        &[
+            ("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "{}"),
+            ("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "a.json"),
+        ],
         &[],
     ));
     assert!(err.contains("only one"), "{err}");

@@ -79,10 +79,8 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
     if c.hostname_override.trim().is_empty() {
         return Err(ConfigError::invalid("hostnameOverride", "must not be empty (sidecars call this Service name)"));
     }
-    let listen: SocketAddr = c
-        .listen
-        .parse()
-        .map_err(|_| ConfigError::invalid("listen", format!("must be ip:port, got {:?}", c.listen)))?;
+    let listen: SocketAddr =
+        c.listen.parse().map_err(|_| ConfigError::invalid("listen", format!("must be ip:port, got {:?}", c.listen)))?;
     if c.poll.interval_ms < 10 || c.poll.interval_ms > 3_600_000 {
         return Err(ConfigError::invalid(
             "poll.intervalMs",
@@ -120,11 +118,17 @@ fn validate_runtimes(c: &Config) -> Result<(), ConfigError> {
         if !is_dns_label(&r.name) {
             return Err(ConfigError::invalid(
                 "runtimes",
-                format!("{key}.name must be a DNS label (lowercase letters, digits, '-', at most 63), got {:?}", r.name),
+                format!(
+                    "{key}.name must be a DNS label (lowercase letters, digits, '-', at most 63), got {:?}",
+                    r.name
+                ),
             ));
         }
         if !seen.insert(r.name.as_str()) {
-            return Err(ConfigError::invalid("runtimes", format!("runtime names must be unique; {:?} repeats", r.name)));
+            return Err(ConfigError::invalid(
+                "runtimes",
+                format!("runtime names must be unique; {:?} repeats", r.name),
+            ));
         }
         if r.parallelism == 0 {
             return Err(ConfigError::invalid("runtimes", format!("{key}.parallelism ({}) must be at least 1", r.name)));

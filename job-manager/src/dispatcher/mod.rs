@@ -163,11 +163,11 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         let polled_at = Instant::now();
         report.polled = resp.jobs.len();
         self.metrics().jobs_polled.inc_by(resp.jobs.len() as u64);
-        let mut allowance: BTreeMap<String, u32> =
-            demands.iter().map(|d| (d.runtime_type.clone(), d.max)).collect();
+        let mut allowance: BTreeMap<String, u32> = demands.iter().map(|d| (d.runtime_type.clone(), d.max)).collect();
         let running: std::collections::BTreeSet<&JobId> = in_flight.values().flatten().collect();
         for job in resp.jobs {
-            let span = tracing::error_span!("job", job_id = %job.id, runtime = %job.runtime_type, attempt = job.attempt);
+            let span =
+                tracing::error_span!("job", job_id = %job.id, runtime = %job.runtime_type, attempt = job.attempt);
             // A broker that hands out more than asked (or a type we do not run) gets the
             // extra jobs back at once instead of overrunning capacity.
             match allowance.get_mut(&job.runtime_type) {
@@ -184,9 +184,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
                     continue;
                 }
             }
-            self.admit(job, polled_at, &running, shutdown, &mut report)
-                .instrument(span)
-                .await;
+            self.admit(job, polled_at, &running, shutdown, &mut report).instrument(span).await;
         }
         report
     }
@@ -257,9 +255,8 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         report.scheduled += 1;
         let me = self.clone();
         let shutdown = shutdown.clone();
-        self.handoffs.spawn(
-            async move { me.schedule(job, polled_at, shutdown).await }.instrument(tracing::Span::current()),
-        );
+        self.handoffs
+            .spawn(async move { me.schedule(job, polled_at, shutdown).await }.instrument(tracing::Span::current()));
     }
 
     /// Hand the job to the executor (retrying transient failures with backoff), then ack;
@@ -325,7 +322,9 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             Err(BrokerError::LeaseLost) => {
                 tracing::warn!("ack refused: the job was re-delivered; the re-delivery will be deduplicated")
             }
-            Err(e) => tracing::error!(error = %e, "ack failed; the broker will re-deliver the job and it will be deduplicated"),
+            Err(e) => {
+                tracing::error!(error = %e, "ack failed; the broker will re-deliver the job and it will be deduplicated")
+            }
         }
     }
 
@@ -340,7 +339,9 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
                 self.metrics().jobs_released.inc();
                 tracing::info!(%reason, "job released to the broker");
             }
-            Err(e) => tracing::error!(error = %e, "release failed; the broker re-delivers it after its visibility timeout"),
+            Err(e) => {
+                tracing::error!(error = %e, "release failed; the broker re-delivers it after its visibility timeout")
+            }
         }
     }
 

@@ -69,7 +69,8 @@ impl Rig {
 
 #[test]
 fn limit_never_exceeds_free_capacity_or_batch() {
-    let rts = vec![RuntimeLimit { name: "a".into(), parallelism: 3 }, RuntimeLimit { name: "b".into(), parallelism: 5 }];
+    let rts =
+        vec![RuntimeLimit { name: "a".into(), parallelism: 3 }, RuntimeLimit { name: "b".into(), parallelism: 5 }];
     let in_flight = BTreeMap::from([("a".to_string(), vec![JobId::new("x").unwrap()])]);
     let handing = BTreeMap::from([("a".to_string(), 1usize)]);
     let free = limit::free_capacity(&rts, &in_flight, &handing);

@@ -339,9 +339,10 @@ impl<S: ResultStore> LocalExecutor<S> {
         // Runtime: only what the contract lists. Never the key, never the token.
         let proxy = format!("http://{}", ready.listen);
         let no_proxy = self.settings.no_proxy.join(",");
-        let (program, args) = runtime.command.split_first().ok_or_else(|| {
-            HandoffError::Permanent(format!("runtime type {:?} has no command", job.runtime_type))
-        })?;
+        let (program, args) = runtime
+            .command
+            .split_first()
+            .ok_or_else(|| HandoffError::Permanent(format!("runtime type {:?} has no command", job.runtime_type)))?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
@@ -428,7 +429,11 @@ impl<S: ResultStore> LocalExecutor<S> {
                 let secs = meta.job.timeout_secs;
                 Some(JobResult {
                     duration_ms: Some(ran.as_millis() as u64),
-                    ..JobResult::new(id.clone(), Outcome::TimedOut, format!("runtime exceeded its timeout ({secs}s) and was killed"))
+                    ..JobResult::new(
+                        id.clone(),
+                        Outcome::TimedOut,
+                        format!("runtime exceeded its timeout ({secs}s) and was killed"),
+                    )
                 })
             }
             Ending::Aborted => Some(JobResult::new(
@@ -535,8 +540,9 @@ impl<S: ResultStore> Executor for Arc<LocalExecutor<S>> {
         tracing::warn!(jobs = remaining.len(), "grace period over; killing remaining runtimes");
         self.abort.cancel();
         // Bounded: each supervisor kills its runtime and gives its sidecar a short grace.
-        let _ = tokio::time::timeout(self.settings.sidecar_exit_grace + Duration::from_secs(5), self.supervisors.wait())
-            .await;
+        let _ =
+            tokio::time::timeout(self.settings.sidecar_exit_grace + Duration::from_secs(5), self.supervisors.wait())
+                .await;
         remaining
     }
 }

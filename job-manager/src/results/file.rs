@@ -53,7 +53,8 @@ impl FileResultStore {
     }
 
     fn record_blocking(&self, result: &JobResult) -> Result<Recorded, StoreError> {
-        let compare = |existing: JobResult| if existing.same_as(result) { Recorded::Duplicate } else { Recorded::Conflict };
+        let compare =
+            |existing: JobResult| if existing.same_as(result) { Recorded::Duplicate } else { Recorded::Conflict };
         if let Some(existing) = self.existing(&result.job_id)? {
             return Ok(compare(existing));
         }
@@ -168,7 +169,7 @@ async fn blocking<T: Send + 'static>(
 mod tests {
     use super::*;
     use common::Outcome;
-    
+
     fn tmpdir() -> PathBuf {
         let d = std::env::temp_dir().join(format!("jm-store-{}-{}", std::process::id(), rand::random::<u64>()));
         std::fs::create_dir_all(&d).unwrap();
@@ -193,10 +194,7 @@ mod tests {
         assert_eq!(reopened.lookup(&id).await.unwrap(), Some(r.clone()));
         // Still first-wins after delivery.
         assert_eq!(reopened.record(&other).await.unwrap(), Recorded::Conflict);
-        assert!(matches!(
-            reopened.mark_delivered(&JobId::new("nope").unwrap()).await,
-            Err(StoreError::UnknownJob(_))
-        ));
+        assert!(matches!(reopened.mark_delivered(&JobId::new("nope").unwrap()).await, Err(StoreError::UnknownJob(_))));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -98,8 +98,7 @@ pub struct Origin {
 impl Origin {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut origin = Origin::default();
-        origin.url = format!("http://{}", listener.local_addr().unwrap());
+        let origin = Origin { url: format!("http://{}", listener.local_addr().unwrap()), ..Origin::default() };
         let o = origin.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -117,7 +116,8 @@ impl Origin {
                             Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
