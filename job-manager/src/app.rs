@@ -179,6 +179,14 @@ pub async fn run(validated: Validated, args: &RunArgs, shutdown: CancellationTok
             tracing::info!(jobs = n, dir = %dir.display(), "submitted jobs to the embedded broker");
         }
         if let Some(addr) = &args.embedded_broker_listen {
+            if c.location_key.is_empty() {
+                // Callers of its HTTP API authenticate with the location key; a random one
+                // would make the API unusable.
+                return Err(AppError::Config(ConfigError::invalid(
+                    "locationKey",
+                    "is required with --embedded-broker-listen (clients of the embedded broker's API present it)",
+                )));
+            }
             let l = bind(addr).await?;
             tracing::info!(addr = %l.local_addr().map_err(|e| AppError::Io(e.to_string()))?, "embedded broker serving");
             let (b, stop) = (broker.clone(), shutdown.clone());
