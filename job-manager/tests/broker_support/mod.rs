@@ -222,14 +222,19 @@ pub async fn start_tls_terminator(backend: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// Send raw bytes, half-close, and return the whole answer as text.
+/// Send raw bytes, half-close, and return the whole answer as text. Writes and reads run
+/// concurrently: the server may answer (413) and close before it read all we send.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut conn = TcpStream::connect(addr).await.unwrap();
-    // The server may answer (413) and close before it read everything we send.
-    let _ = conn.write_all(request).await;
-    let _ = conn.shutdown().await;
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = conn.into_split();
+    let request = request.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&request).await;
+        let _ = wr.shutdown().await;
+    });
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+    writer.abort();
     String::from_utf8_lossy(&out).to_string()
 }
 
