@@ -498,16 +498,31 @@ impl<S: ResultStore> LocalExecutor<S> {
         }
     }
 
+    /// The job dirs present now, by runtime type. The directory listing is the truth (it
+    /// survives a restart); the runtime type comes from the supervision table when the
+    /// job is supervised, else from its `meta.json`, so a poll tick with many jobs in
+    /// flight costs one `read_dir`, not one file read per job.
     fn in_flight_now(&self) -> Result<BTreeMap<String, Vec<JobId>>, StateError> {
+        let jobs = self.jobs_dir();
+        let entries = std::fs::read_dir(&jobs).map_err(|e| StateError(format!("{}: {e}", jobs.display())))?;
+        let supervised = self.supervised.lock().expect("lock").clone();
         let mut out: BTreeMap<String, Vec<JobId>> = BTreeMap::new();
-        for (dir, meta) in self.read_job_dirs()? {
-            match meta {
-                Some(m) => out.entry(m.job.runtime_type).or_default().push(m.job.id),
-                None => {
-                    // Being claimed right now (meta is written first thing): not countable
-                    // by type yet; the dispatcher counts it as a hand-off in progress.
-                    tracing::trace!(dir = %dir.display(), "job dir without meta");
-                }
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_prefix("j-")).and_then(|n| JobId::new(n).ok()) else {
+                continue;
+            };
+            let runtime = match supervised.get(&id) {
+                Some(rt) => Some(rt.clone()),
+                None => std::fs::read(entry.path().join(META_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
+                    .map(|m| m.job.runtime_type),
+            };
+            // No meta yet: being claimed right now; the dispatcher counts it as a
+            // hand-off in progress.
+            if let Some(rt) = runtime {
+                out.entry(rt).or_default().push(id);
             }
         }
         Ok(out)
