@@ -271,7 +271,8 @@ pub async fn start_local<B: BrokerApi>(
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| AppError::Io(format!("cannot create state dir {}: {e}", state_dir.display())))?;
     let metrics = Arc::new(Metrics::new());
-    let intake = ResultIntake::new(FileResultStore::open(state_dir.join("results"))?, metrics.clone());
+    let store = FileResultStore::open(state_dir.join("results"))?;
+    let intake = ResultIntake::new(store.clone(), metrics.clone());
     // Adopted sidecars (after a restart) still hold the old key and tokens, so without
     // configured secrets the generated ones are kept in the state dir.
     let internal_key = if c.internal_api_key.is_empty() {
@@ -344,6 +345,23 @@ pub async fn start_local<B: BrokerApi>(
     let server_task = tokio::spawn(crate::server::serve(listener, api, server_stop.clone()));
     let delivery_task = tokio::spawn(DeliveryLoop::new(broker, intake).run(delivery_stop.clone()));
     let dispatcher_task = tokio::spawn(dispatcher.run(poll_stop.clone()));
+    // Delivered results are kept a day (to recognise late re-deliveries), then pruned.
+    let prune_stop = server_stop.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = prune_stop.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.prune_delivered(Duration::from_secs(24 * 3600))).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "pruned delivered results"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune delivered results"),
+                _ => {}
+            }
+        }
+    });
     tracing::info!(%addr, executor = executor.name(), state_dir = %state_dir.display(), "job manager started");
 
     let grace = Duration::from_secs(c.shutdown_grace_secs.into());

@@ -308,6 +308,11 @@ impl<S: ResultStore> LocalExecutor<S> {
             .env(sidecar_env::JOB_MANAGER_URL, &self.settings.job_manager_url)
             .env(sidecar_env::INTERNAL_API_KEY_FILE, "-")
             .env(sidecar_env::SPOOL_DIR, &spool)
+            // Finish delivering within our grace, before we resort to SIGKILL.
+            .env(
+                sidecar_env::SHUTDOWN_GRACE_SECS,
+                self.settings.sidecar_exit_grace.as_secs().saturating_sub(2).max(1).to_string(),
+            )
             .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(output_file(&dir.join(SIDECAR_OUTPUT)).map_err(|e| transient("sidecar log", &e))?)

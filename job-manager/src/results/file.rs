@@ -130,6 +130,24 @@ impl FileResultStore {
     }
 }
 
+impl FileResultStore {
+    /// Remove delivered results older than `age` (by file time). Pending results are never
+    /// pruned. Delivered ones are kept a while only so a late re-delivery of a finished
+    /// job is recognised; the broker holds the result itself. Returns how many were removed.
+    pub fn prune_delivered(&self, age: std::time::Duration) -> Result<usize, StoreError> {
+        let cutoff = std::time::SystemTime::now().checked_sub(age).unwrap_or(std::time::UNIX_EPOCH);
+        let mut removed = 0;
+        let entries = std::fs::read_dir(&self.delivered).map_err(|e| unavailable(&self.delivered, e))?;
+        for entry in entries.flatten() {
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+            if old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
 fn unavailable(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("{}: {e}", path.display()))
 }
@@ -195,6 +213,21 @@ mod tests {
         // Still first-wins after delivery.
         assert_eq!(reopened.record(&other).await.unwrap(), Recorded::Conflict);
         assert!(matches!(reopened.mark_delivered(&JobId::new("nope").unwrap()).await, Err(StoreError::UnknownJob(_))));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn prune_removes_only_old_delivered_results() {
+        let dir = tmpdir();
+        let store = FileResultStore::open(&dir).unwrap();
+        for id in ["a", "b"] {
+            store.record(&JobResult::new(JobId::new(id).unwrap(), Outcome::Failed, "")).await.unwrap();
+        }
+        store.mark_delivered(&JobId::new("a").unwrap()).await.unwrap();
+        assert_eq!(store.prune_delivered(std::time::Duration::from_secs(3600)).unwrap(), 0, "too recent");
+        assert_eq!(store.prune_delivered(std::time::Duration::ZERO).unwrap(), 1);
+        assert_eq!(store.lookup(&JobId::new("a").unwrap()).await.unwrap(), None);
+        assert_eq!(store.pending().await.unwrap().len(), 1, "pending results are never pruned");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
