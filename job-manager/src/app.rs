@@ -64,7 +64,9 @@ impl AppError {
 /// The binary's entry point: parse flags, dispatch the subcommand, return the exit code.
 pub fn main() -> i32 {
     let cli = <Cli as clap::Parser>::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Blocking threads do the result store's fsyncs and state scans; a burst of result
+    // posts must not fan out into hundreds of threads (and their stacks).
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(32).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("job-manager: cannot start the async runtime: {e}");
