@@ -87,7 +87,8 @@ built_names() {
 }
 
 assert_static() {
-  if ldd "$1" >/dev/null 2>&1; then die "$1 is dynamically linked: $(ldd "$1" | tr '\n' ' ')"; fi
+  # ldd names each shared library as "lib => path"; a static(-pie) binary has none.
+  if ldd "$1" 2>&1 | grep -q '=>'; then die "$1 is dynamically linked: $(ldd "$1" | tr '\n' ' ')"; fi
 }
 
 # Mirrors deploy/docker/<name>.Dockerfile: FROM scratch, CA bundle, the binary (0555),
@@ -146,11 +147,12 @@ cmd_push() {
 tmp=""
 registry_pid=""
 cleanup() {
-  [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
-  [ -n "${upstream_pid:-}" ] && kill "$upstream_pid" 2>/dev/null
-  [ -n "${sidecar_ctr:-}" ] && podman rm -f "$sidecar_ctr" >/dev/null 2>&1
-  [ -n "$tmp" ] && rm -rf "$tmp"
-  return 0
+  # Runs on EXIT: must not change the script's status (a killed registry's `wait` is 143).
+  set +e
+  if [ -n "${sidecar_ctr:-}" ]; then podman rm -f "$sidecar_ctr" >/dev/null 2>&1; fi
+  if [ -n "${upstream_pid:-}" ]; then kill "$upstream_pid" 2>/dev/null; fi
+  if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null; fi
+  if [ -n "$tmp" ]; then rm -rf "$tmp"; fi
 }
 
 wait_http() { # url, what: polls a readiness endpoint (no fixed sleeps)
