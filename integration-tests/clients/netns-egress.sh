@@ -110,7 +110,8 @@ body=$(as_runtime curl -sS --max-time 10 --proxytunnel --proxy http://127.0.0.1:
 echo "ok - runtime user tunnels (CONNECT) to the origin through the sidecar"
 
 # 5. The sidecar is still the policy point: metadata is refused with 403.
-code=$(as_runtime curl -s --max-time 10 -o /dev/null -w '%{http_code}' --proxy http://127.0.0.1:3128 \
+answer=$(as_runtime curl -s --max-time 10 -w ' %{http_code}' --proxy http://127.0.0.1:3128 \
   http://169.254.169.254/latest/meta-data/ || true)
-[ "$code" = 403 ] || fail "metadata through the sidecar answered '$code', expected 403"
+[ "${answer##* }" = 403 ] || fail "metadata through the sidecar answered '$answer', expected 403"
+case "$answer" in *metadata*) ;; *) fail "403 without the metadata reason: '$answer'";; esac
 echo "ok - the sidecar refuses the metadata address for the runtime user (403)"
