@@ -66,10 +66,12 @@ async fn pruning_times_out_names_pod_failures_and_deletes_orphans() {
     .unwrap();
     let created = pods.create(&PostParams::default(), &pod).await.unwrap();
     pod = created;
-    pod.status = Some(serde_json::from_value(serde_json::json!({"phase": "Pending", "containerStatuses": [{
+    pod.status = Some(
+        serde_json::from_value(serde_json::json!({"phase": "Pending", "containerStatuses": [{
         "name": "runtime", "image": "test-runtime:nope", "imageID": "", "ready": false, "restartCount": 0,
         "state": {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}}}]}))
-    .unwrap());
+        .unwrap(),
+    );
     pods.replace_status(pod.metadata.name.as_deref().unwrap(), &PostParams::default(), &pod).await.unwrap();
     // A healthy job that must be left alone.
     executor.start(handoff("healthy", "node-api-runtime")).await.unwrap();
@@ -88,7 +90,11 @@ async fn pruning_times_out_names_pod_failures_and_deletes_orphans() {
     assert_eq!(timed_out.outcome, Outcome::TimedOut);
     let failed = store.lookup_result(&id("bad-image")).await.unwrap().expect("bad-image has a result");
     assert_eq!(failed.outcome, Outcome::Failed);
-    assert!(failed.message.contains("ImagePullBackOff") && failed.message.contains("test-runtime:nope"), "{}", failed.message);
+    assert!(
+        failed.message.contains("ImagePullBackOff") && failed.message.contains("test-runtime:nope"),
+        "{}",
+        failed.message
+    );
     assert_eq!(store.lookup_result(&id("healthy")).await.unwrap(), None);
 
     // Their workloads are stopped; the records stay until delivered.
@@ -134,7 +140,8 @@ async fn service_setup_applies_persistent_workloads_idempotently() {
         rv("networking.k8s.io/v1", "NetworkPolicy", labels::RUNTIME_NETWORK_POLICY_NAME),
     ];
     assert_eq!(before, after);
-    let applies = cluster.emu.requests().into_iter().filter(|r| r.verb == "patch" && r.field_manager == "job-manager").count();
+    let applies =
+        cluster.emu.requests().into_iter().filter(|r| r.verb == "patch" && r.field_manager == "job-manager").count();
     assert_eq!(applies, 8);
 }
 
@@ -203,7 +210,10 @@ async fn fake_ingress(busy: usize) -> (String, Arc<Mutex<Vec<http::Request<Bytes
                         seen.lock().unwrap().push(http::Request::from_parts(parts, body));
                         let status = if calls.fetch_add(1, Ordering::SeqCst) < busy { 429 } else { 202 };
                         Ok::<_, std::convert::Infallible>(
-                            http::Response::builder().status(status).body(Full::new(Bytes::from_static(b"{}"))).unwrap(),
+                            http::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from_static(b"{}")))
+                                .unwrap(),
                         )
                     }
                 });

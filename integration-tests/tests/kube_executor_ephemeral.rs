@@ -37,7 +37,12 @@ async fn ephemeral_job_creates_record_then_owned_secret_and_job() {
     }
     assert_eq!(record["spec"]["jobId"], "job-1");
     // Three writes: record, Secret, Job (nothing else on the happy path).
-    let writes: Vec<_> = cluster.emu.requests().into_iter().filter(|r| r.verb != "get" && r.verb != "list" && r.verb != "watch").collect();
+    let writes: Vec<_> = cluster
+        .emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.verb != "get" && r.verb != "list" && r.verb != "watch")
+        .collect();
     assert_eq!(writes.len(), 3, "{writes:?}");
 
     // A re-delivery (new token) or another replica: nothing new is started.
@@ -48,6 +53,24 @@ async fn ephemeral_job_creates_record_then_owned_secret_and_job() {
     // In flight: derived from the records, so a fresh replica sees it too.
     let in_flight = other.in_flight().await.unwrap();
     assert_eq!(in_flight.get("node-api-runtime"), Some(&vec![id("job-1")]));
+}
+
+#[tokio::test]
+async fn in_flight_counts_this_replicas_jobs_only() {
+    // `parallelism` is per replica: each counts the records it dispatched.
+    let cluster = Cluster::start().await;
+    let a =
+        job_manager::kubernetes::setup::KubeSetup::with_client_as(cluster.client().await, &config(), "jm-a").unwrap();
+    let b =
+        job_manager::kubernetes::setup::KubeSetup::with_client_as(cluster.client().await, &config(), "jm-b").unwrap();
+    a.executor().start(handoff("mine", "node-api-runtime")).await.unwrap();
+    assert_eq!(b.executor().start(handoff("mine", "node-api-runtime")).await.unwrap(), Accepted::AlreadyRunning);
+    assert_eq!(a.executor().in_flight().await.unwrap().get("node-api-runtime"), Some(&vec![id("mine")]));
+    assert!(b.executor().in_flight().await.unwrap().is_empty());
+    // A restarted container of the same pod finds its jobs again.
+    let a_again =
+        job_manager::kubernetes::setup::KubeSetup::with_client_as(cluster.client().await, &config(), "jm-a").unwrap();
+    assert_eq!(a_again.executor().in_flight().await.unwrap().get("node-api-runtime"), Some(&vec![id("mine")]));
 }
 
 #[tokio::test]
@@ -122,7 +145,10 @@ async fn api_failures_are_transient_or_permanent_and_leave_nothing_behind() {
     // A single 429 is absorbed by the client's own Retry-After handling; the
     // dispatcher's retry then succeeds.
     let before = cluster.emu.faults().injected();
-    cluster.emu.faults().add(FaultRule::new(Fault::TooManyRequests { retry_after_secs: 0 }).resource("jobs").verb("create").times(1));
+    cluster
+        .emu
+        .faults()
+        .add(FaultRule::new(Fault::TooManyRequests { retry_after_secs: 0 }).resource("jobs").verb("create").times(1));
     assert_eq!(executor.start(handoff("job-4", "node-api-runtime")).await.unwrap(), Accepted::Started);
     assert_eq!(cluster.emu.faults().injected(), before + 1);
 

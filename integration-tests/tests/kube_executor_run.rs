@@ -1,6 +1,6 @@
 //! Two job-manager replicas wired with the Kubernetes executor (`kubernetes::run::start`)
-//! against one broker and the emulated cluster: a polled job becomes a JobRecord + Secret
-//! + Job, a sidecar's result posted to the *other* replica (token read from the job's
+//! against one broker and the emulated cluster: a polled job becomes a JobRecord, Secret
+//! and Job, a sidecar's result posted to the *other* replica (token read from the job's
 //! Secret, as the sidecar would) reaches the broker once, and delivery removes the
 //! job's objects. No kubelet here: the process-level end-to-end suite covers pods.
 mod kube_executor_support;
@@ -63,7 +63,8 @@ async fn polled_job_runs_as_objects_and_its_result_reaches_the_broker_once() {
     let secret = cluster.object("v1", "Secret", &name).unwrap();
     let token = base64::engine::general_purpose::STANDARD.decode(secret["data"]["token"].as_str().unwrap()).unwrap();
     let token = String::from_utf8(token).unwrap();
-    let job_json = base64::engine::general_purpose::STANDARD.decode(secret["data"]["job.json"].as_str().unwrap()).unwrap();
+    let job_json =
+        base64::engine::general_purpose::STANDARD.decode(secret["data"]["job.json"].as_str().unwrap()).unwrap();
     assert_eq!(serde_json::from_slice::<common::Job>(&job_json).unwrap().id, id);
 
     let mut result = JobResult::new(id.clone(), Outcome::Succeeded, "ok");
@@ -88,7 +89,10 @@ async fn polled_job_runs_as_objects_and_its_result_reaches_the_broker_once() {
 
     // The executor's metrics are on the shared /metrics registry.
     let text = a.metrics.encode();
-    assert!(text.contains("kubernetes_api_calls_total{resource=\"jobrecords\",verb=\"create\",outcome=\"ok\"} 1"), "{text}");
+    assert!(
+        text.contains("kubernetes_api_calls_total{resource=\"jobrecords\",verb=\"create\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
 
     a.stop().await.unwrap();
     b.stop().await.unwrap();

@@ -38,7 +38,10 @@ fn crd_is_structural_and_names_the_status_subresource() {
         if let Some(props) = v.get("properties").and_then(|p| p.as_mapping()) {
             for (k, p) in props {
                 let p_path = format!("{path}.{}", k.as_str().unwrap());
-                assert!(p.get("type").is_some() || p.get("anyOf").is_some() || p.get("oneOf").is_some(), "{p_path} has no type: {p:?}");
+                assert!(
+                    p.get("type").is_some() || p.get("anyOf").is_some() || p.get("oneOf").is_some(),
+                    "{p_path} has no type: {p:?}"
+                );
                 walk(p, &p_path);
             }
         }

@@ -22,7 +22,8 @@ kubernetes:
   internalApiKeySecretName: job-manager-internal
 "#;
 
-const JOB: &str = r#"{"id": "3f2a9c1e-job", "runtime_type": "node-api-runtime", "timeout_secs": 120, "payload": {"script": "ok"}}"#;
+const JOB: &str =
+    r#"{"id": "3f2a9c1e-job", "runtime_type": "node-api-runtime", "timeout_secs": 120, "payload": {"script": "ok"}}"#;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubernetes").join(format!("{name}.yaml"))

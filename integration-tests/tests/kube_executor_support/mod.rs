@@ -38,9 +38,10 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Self {
-        let emu = Emulator::start(EmulatorOptions { bookmark_interval: Duration::from_millis(200), ..Default::default() })
-            .await
-            .expect("emulator starts");
+        let emu =
+            Emulator::start(EmulatorOptions { bookmark_interval: Duration::from_millis(200), ..Default::default() })
+                .await
+                .expect("emulator starts");
         let cluster = Self { emu };
         let crds: Api<CustomResourceDefinition> = Api::all(cluster.client().await);
         crds.create(&PostParams::default(), &JobRecord::crd()).await.expect("the generated CRD is accepted");
@@ -66,12 +67,18 @@ impl Cluster {
 }
 
 pub fn job(id: &str, runtime: &str) -> common::Job {
-    serde_json::from_value(serde_json::json!({"id": id, "runtime_type": runtime, "timeout_secs": 60, "payload": {"n": 1}}))
-        .expect("job")
+    serde_json::from_value(
+        serde_json::json!({"id": id, "runtime_type": runtime, "timeout_secs": 60, "payload": {"n": 1}}),
+    )
+    .expect("job")
 }
 
 pub fn handoff(id: &str, runtime: &str) -> Handoff {
-    Handoff { job: job(id, runtime), token: format!("token-for-{id}"), deadline: SystemTime::now() + Duration::from_secs(60) }
+    Handoff {
+        job: job(id, runtime),
+        token: format!("token-for-{id}"),
+        deadline: SystemTime::now() + Duration::from_secs(60),
+    }
 }
 
 /// Poll `check` until it holds (the emulator's garbage collector and the lease managers

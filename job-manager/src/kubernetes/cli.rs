@@ -64,7 +64,12 @@ pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime)
     } else {
         let objects = translate::ephemeral_objects(job, RENDER_TOKEN_PLACEHOLDER, deadline, config, namespace)?;
         docs.push(doc(
-            &format!("Job {} -> objects named {}; created in this order", job.id, labels::object_name(&job.id)),
+            &format!(
+                "Job {} -> objects named {}; created in this order. At creation the record also gets label {}=<dispatching pod>",
+                job.id,
+                labels::object_name(&job.id),
+                labels::DISPATCHER
+            ),
             &objects.record,
         ));
         docs.push(doc(

@@ -124,8 +124,12 @@ pub fn plan(s: &Snapshot<'_>, timing: &Timing) -> Vec<Action> {
 
     let mut actions = Vec::new();
     for record in s.records {
-        let Some(name) = record.metadata.name.as_deref() else { continue };
-        let Ok(id) = JobId::new(record.spec.job_id.clone()) else { continue };
+        let Some(name) = record.metadata.name.as_deref() else {
+            continue;
+        };
+        let Ok(id) = JobId::new(record.spec.job_id.clone()) else {
+            continue;
+        };
         let has_result = record.status.as_ref().is_some_and(|st| st.result.is_some());
         let job = jobs.get(name).copied();
         if has_result {
@@ -165,7 +169,9 @@ pub fn plan(s: &Snapshot<'_>, timing: &Timing) -> Vec<Action> {
         }
     }
     for secret in s.secrets {
-        let Some(name) = secret.metadata.name.as_deref() else { continue };
+        let Some(name) = secret.metadata.name.as_deref() else {
+            continue;
+        };
         if !record_names.contains(name)
             && older_than(s.now, secret.metadata.creation_timestamp.as_ref(), timing.orphan_grace)
         {
@@ -262,7 +268,9 @@ pub fn diagnose_pod(pod: &core::Pod, now: Timestamp, timing: &Timing) -> Option<
                 format!("container {} was OOMKilled (it exceeded its memory limit)", c.name),
             ));
         }
-        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
+        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
         let reason = waiting.reason.as_deref().unwrap_or("");
         let detail = waiting.message.as_deref().unwrap_or("");
         let describe = || format!("container {} cannot start: {reason} (image {}): {detail}", c.name, c.image);

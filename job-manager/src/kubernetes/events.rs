@@ -42,7 +42,9 @@ impl EventPublisher {
     }
 
     fn publish(&self, record: &JobRecord, type_: EventType, reason: &str, action: &str, note: String) {
-        let Some(recorder) = self.recorder.clone() else { return };
+        let Some(recorder) = self.recorder.clone() else {
+            return;
+        };
         let reference: ObjectReference = record.object_ref(&());
         // The events API caps notes at 1 kB.
         let note: String = note.chars().take(1000).collect();

@@ -79,6 +79,8 @@ type HttpClient = hyper_util::client::legacy::Client<hyper_util::client::legacy:
 pub struct KubeContext {
     pub client: kube::Client,
     pub namespace: String,
+    /// This replica's [`labels::DISPATCHER`] label value.
+    pub dispatcher: String,
     pub config: Arc<Config>,
     pub metrics: KubeMetrics,
     pub events: EventPublisher,
@@ -139,6 +141,13 @@ impl KubeExecutor {
     /// Create the record, or find the one a previous attempt (or replica) created.
     /// Returns the record and whether this call created it.
     async fn create_or_get_record(&self, record: &JobRecord, id: &JobId) -> Result<(JobRecord, bool), HandoffError> {
+        let mut record = record.clone();
+        record
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(labels::DISPATCHER.into(), self.ctx.dispatcher.clone());
+        let record = &record;
         let api = self.ctx.records();
         let m = &self.ctx.metrics;
         let pp = PostParams::default();
@@ -168,7 +177,9 @@ impl KubeExecutor {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
             // Pruning removes it once its deadline passed.
-            Err(e) => tracing::warn!(record = name, error = %e, "could not delete the record of a failed hand-off"),
+            Err(e) => {
+                tracing::warn!(record = name, error = %e, "could not delete the record of a failed hand-off")
+            }
         }
     }
 
@@ -312,9 +323,11 @@ impl Executor for KubeExecutor {
         }
     }
 
-    /// Records without a result: durable cluster state, right after a restart too.
+    /// This replica's records without a result: durable cluster state, right after a
+    /// restart too.
     async fn in_flight(&self) -> Result<BTreeMap<String, Vec<JobId>>, StateError> {
-        let lp = ListParams::default().labels(&labels::managed_runtime_selector());
+        let selector = format!("{},{}={}", labels::managed_runtime_selector(), labels::DISPATCHER, self.ctx.dispatcher);
+        let lp = ListParams::default().labels(&selector);
         let api = self.ctx.records();
         let list = self
             .ctx

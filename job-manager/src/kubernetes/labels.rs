@@ -21,6 +21,10 @@ pub const WORKLOAD: &str = "jobs.jobmanager.dev/workload";
 pub const JOB_LABEL: &str = "jobs.jobmanager.dev/job";
 /// The broker's job id, verbatim.
 pub const JOB_ID_ANNOTATION: &str = "jobs.jobmanager.dev/job-id";
+/// The replica (pod name) that dispatched the job: `in_flight` counts only its own
+/// records, since `runtimes[].parallelism` is a per-replica limit. A container restart
+/// keeps the pod name, so the count survives it.
+pub const DISPATCHER: &str = "jobs.jobmanager.dev/dispatcher";
 /// Persistent workloads: the runtime type the Deployment/Service/HPA serve.
 pub const PERSISTENT_RUNTIME: &str = "jobs.jobmanager.dev/persistent-runtime";
 

@@ -209,8 +209,12 @@ mod tests {
                 let rest = &text[i + "Resource::".len()..];
                 let r_name: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
                 let after = rest[r_name.len()..].trim_start();
-                let Some(after) = after.strip_prefix(',').map(str::trim_start) else { continue };
-                let Some(after) = after.strip_prefix("Verb::") else { continue };
+                let Some(after) = after.strip_prefix(',').map(str::trim_start) else {
+                    continue;
+                };
+                let Some(after) = after.strip_prefix("Verb::") else {
+                    continue;
+                };
                 let v_name: String = after.chars().take_while(|c| c.is_alphanumeric()).collect();
                 let (r, v) = (resource(&r_name), verb(&v_name));
                 assert!(r.is_some() && v.is_some(), "{file}: unknown Resource::{r_name}/Verb::{v_name}");

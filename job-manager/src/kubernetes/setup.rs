@@ -44,13 +44,19 @@ impl KubeSetup {
 
     /// Use a given client (tests against an emulated cluster).
     pub fn with_client(client: kube::Client, config: &Config) -> Result<Self, SetupError> {
+        Self::with_client_as(client, config, &pod_name(config))
+    }
+
+    /// Like [`KubeSetup::with_client`], as the replica (pod) named `pod_name`.
+    pub fn with_client_as(client: kube::Client, config: &Config, pod_name: &str) -> Result<Self, SetupError> {
         let namespace =
             if config.namespace.is_empty() { client.default_namespace().to_string() } else { config.namespace.clone() };
         let config = resolve_user_defined_variables(config)?;
         let identity = instance_identity();
         let metrics = KubeMetrics::default();
         let events = EventPublisher::new(client.clone(), &identity, metrics.clone());
-        let ctx = Arc::new(KubeContext { client, namespace, config: Arc::new(config), metrics, events });
+        let dispatcher = crate::kubernetes::labels::label_value(pod_name);
+        let ctx = Arc::new(KubeContext { client, namespace, dispatcher, config: Arc::new(config), metrics, events });
         Ok(Self { ctx, identity })
     }
 
@@ -101,8 +107,13 @@ pub fn resolve_user_defined_variables(config: &Config) -> Result<Config, SetupEr
     Ok(config)
 }
 
-/// Pod name (HOSTNAME in a pod) plus a random suffix, so a restarted container never
-/// mistakes its predecessor's lease for its own.
+/// The pod name (HOSTNAME in a pod), else `hostnameOverride`.
+fn pod_name(config: &Config) -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| config.hostname_override.clone())
+}
+
+/// Pod name plus a random suffix, so a restarted container never mistakes its
+/// predecessor's lease for its own.
 fn instance_identity() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "job-manager".into());
     let suffix: u32 = rand::random();

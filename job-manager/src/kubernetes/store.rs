@@ -46,8 +46,13 @@ pub fn decide_record(existing: Option<&JobRecordStatus>, result: &JobResult, now
 
 fn same_output(a: &str, b: &str) -> bool {
     // Compare as JSON values: key order in the stored text must not make a retry a conflict.
-    let parse =
-        |s: &str| if s.is_empty() { Ok(serde_json::Value::Null) } else { serde_json::from_str::<serde_json::Value>(s) };
+    let parse = |s: &str| {
+        if s.is_empty() {
+            Ok(serde_json::Value::Null)
+        } else {
+            serde_json::from_str::<serde_json::Value>(s)
+        }
+    };
     match (parse(a), parse(b)) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,

@@ -1,8 +1,8 @@
 //! Pure translation: job + config -> the Kubernetes objects the job manager creates.
 //! No client in here; the executor does the I/O around it, tests compare whole objects.
 //!
-//! Ephemeral job = [`JobRecord`] (created first) + Secret (job dir: `job.json`, `token`)
-//! + `batch/v1` Job, all named [`labels::object_name`]. The record owns the other two
+//! Ephemeral job = [`JobRecord`] (created first), Secret (job dir: `job.json`, `token`)
+//! and `batch/v1` Job, all named [`labels::object_name`]. The record owns the other two
 //! (see [`EphemeralObjects::owned_by`]): its uid exists before the children are created,
 //! so the Secret exists before the pod needs it (no FailedMount race the failure
 //! diagnosis could misread), one delete removes everything, and a half-failed creation

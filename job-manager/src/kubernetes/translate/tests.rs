@@ -5,11 +5,13 @@ use crate::config::model::RuntimeConfig;
 use std::time::{Duration, UNIX_EPOCH};
 
 fn config() -> Config {
-    let mut c = Config::default();
-    c.runtimes = vec![
-        RuntimeConfig { name: "node-api-runtime".into(), ..RuntimeConfig::default() },
-        RuntimeConfig { name: "browser".into(), workload: Workload::Persistent, ..RuntimeConfig::default() },
-    ];
+    let mut c = Config {
+        runtimes: vec![
+            RuntimeConfig { name: "node-api-runtime".into(), ..RuntimeConfig::default() },
+            RuntimeConfig { name: "browser".into(), workload: Workload::Persistent, ..RuntimeConfig::default() },
+        ],
+        ..Config::default()
+    };
     c.kubernetes.internal_api_key_secret_name = "jm-internal".into();
     c
 }
