@@ -155,3 +155,47 @@ async fn shutdown_stops_running_jobs_after_grace_and_reports_them() {
     assert!(r.message.contains("shut down"), "{}", r.message);
     assert_eq!(std::fs::read_dir(state).unwrap().count(), 0, "runtime and its dir are gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_sees_only_its_contract_environment() {
+    let dir = TempDir::new("env");
+    // A second runtime type that prints its environment and exits without a result, so
+    // the environment comes back in the `failed` result's output tail.
+    let yaml = local_yaml(
+        "internalApiKey: very-secret-internal-key\nuserDefinedVariables: {userDefinedJson: '{\"ENVIRONMENT\": \"it\"}'}\n",
+    )
+    .replace("sidecar:\n", "  - name: env-dump\n    command: [/bin/sh, -c, 'env; exit 3']\nsidecar:\n  noProxy: [internal.example]\n");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let flags = [
+        job_manager::config::FlagOverride::new("listen", "127.0.0.1:0"),
+        job_manager::config::FlagOverride::new("brokerApiEndpoint", "embedded"),
+        job_manager::config::FlagOverride::new("stateDir", dir.path().join("state").display().to_string()),
+    ];
+    let v = job_manager::config::validate(
+        job_manager::config::load(Some(&file), &std::collections::BTreeMap::new(), &flags).unwrap(),
+    )
+    .unwrap();
+    let broker = broker(Duration::from_secs(30));
+    let mut j = job("env", 20, json!({}));
+    j.runtime_type = "env-dump".into();
+    broker.submit(j).unwrap();
+    let listener = app::bind("127.0.0.1:0").await.unwrap();
+    let handle = app::start_local(&v, Arc::new(broker.clone()), listener).await.unwrap();
+    let result = broker.wait_for_result(&id("env"), Duration::from_secs(30)).await.expect("result");
+    handle.stop().await.unwrap();
+    let env = result.output["output_tail"].as_str().unwrap().to_string();
+    let vars: std::collections::BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    let proxy = vars["JOB_API_URL"];
+    assert!(proxy.starts_with("http://127.0.0.1:"), "{env}");
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        assert_eq!(vars.get(name), Some(&proxy), "{name}: {env}");
+    }
+    assert_eq!(vars.get("NO_PROXY"), Some(&"internal.example"), "{env}");
+    assert_eq!(vars.get("USER_DEFINED_VARIABLES"), Some(&r#"{"ENVIRONMENT":"it"}"#), "{env}");
+    assert!(!env.contains("very-secret-internal-key"), "the internal key never reaches the runtime: {env}");
+    assert!(!env.contains("v1."), "no job token in the runtime's environment: {env}");
+    for leaked in ["SIDECAR_", "CARGO_", "JM_"] {
+        assert!(!vars.keys().any(|k| k.starts_with(leaked)), "{leaked}* leaked: {env}");
+    }
+}
