@@ -383,7 +383,7 @@ impl<S: ResultStore> LocalExecutor<S> {
         meta.runtime = child.id().and_then(ProcessId::of);
         write_private(&dir.join(META_FILE), &serde_json::to_vec(&meta).expect("meta serializes"))
             .map_err(|e| transient("write meta", &e))?;
-        tracing::info!(sidecar = %ready.listen, runtime_pid = ?child.id(), "runtime started");
+        tracing::info!(sidecar = %ready.listen, runtime_pid = child.id().unwrap_or_default(), "runtime started");
         Ok((sidecar, child, meta))
     }
 
