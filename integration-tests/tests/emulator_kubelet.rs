@@ -366,3 +366,63 @@ async fn deployments_serve_through_their_service() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_jobs_complete_and_are_cleaned_up() {
+    let n: usize = std::env::var("KUBELET_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let (emu, _kubelet, raw, got) = cluster().await;
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let name = format!("many-{i}");
+        setup_job(&raw, &name, json!({"action": "sleep", "secs": 0})).await;
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 1, "template": {"spec": runtime_pod_spec(&format!("{name}-job"))}}});
+        assert_eq!(
+            raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job)
+                .await
+                .code,
+            201
+        );
+    }
+    let report = || {
+        let mut phases = std::collections::BTreeMap::<String, usize>::new();
+        for p in emu.objects("v1", "Pod", NS) {
+            let init = p["status"]["initContainerStatuses"][0]["state"].to_string();
+            let main = p["status"]["containerStatuses"][0]["state"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            *phases
+                .entry(format!(
+                    "{}/{init}/{main}",
+                    p["status"]["phase"].as_str().unwrap_or("?")
+                ))
+                .or_default() += 1;
+        }
+        format!("results {} pods {phases:?}", got.lock().unwrap().len())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while got.lock().unwrap().len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every result delivered: {}",
+            report()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let delivered = started.elapsed();
+    // TTL removes the Jobs; garbage collection their pods (Secrets here are not owned).
+    wait_for(&emu, "Jobs and pods cleaned up", 60, || {
+        (emu.objects("batch/v1", "Job", NS).is_empty() && emu.objects("v1", "Pod", NS).is_empty())
+            .then_some(())
+    })
+    .await;
+    let mut ids: Vec<String> = got.lock().unwrap().iter().map(|r| r.0.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "one result per job");
+    println!("kubelet: {n} jobs delivered in {delivered:?}");
+}

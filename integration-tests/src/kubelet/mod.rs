@@ -105,6 +105,19 @@ impl Kubelet {
             let _ = std::fs::create_dir_all(&opts.work_dir);
             None
         };
+        // Snapshot the binaries (hard links): a concurrent `cargo build` replacing
+        // target/debug/* then cannot make images vanish mid-test.
+        let bin_dir = opts.work_dir.join("bin");
+        let _ = std::fs::create_dir_all(&bin_dir);
+        for (i, (_, path)) in opts.images.iter_mut().enumerate() {
+            let Some(name) = path.file_name() else {
+                continue;
+            };
+            let snap = bin_dir.join(format!("{i}-{}", name.to_string_lossy()));
+            if std::fs::hard_link(&*path, &snap).is_ok() || std::fs::copy(&*path, &snap).is_ok() {
+                *path = snap;
+            }
+        }
         let net = Arc::new(Network::default());
         let ctx = Arc::new(PodCtx {
             store: store.clone(),
