@@ -229,9 +229,12 @@ async fn fake_ingress(busy: usize) -> (String, Arc<Mutex<Vec<http::Request<Bytes
 #[tokio::test]
 async fn persistent_dispatch_backs_off_on_429_and_acks_on_202() {
     let cluster = Cluster::start().await;
-    let setup = cluster.replica(&config()).await;
     let (url, seen) = fake_ingress(1).await;
-    let executor = setup.executor().with_persistent_endpoint("browser", &url);
+    // `kubernetes.persistentEndpoints`: the cluster DNS name does not resolve here.
+    let mut c = config();
+    c.kubernetes.persistent_endpoints.insert("browser".into(), format!("{url}/"));
+    let setup = cluster.replica(&c).await;
+    let executor = setup.executor();
     let name = labels::object_name(&id("p-1"));
 
     let err = executor.start(handoff("p-1", "browser")).await.unwrap_err();

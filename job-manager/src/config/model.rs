@@ -269,6 +269,10 @@ pub struct KubernetesSettings {
     /// Labels of the job-manager pods: the runtime NetworkPolicy admits ingress from, and
     /// egress to, pods matching them (the chart sets its selector labels here).
     pub job_manager_pod_labels: BTreeMap<String, String>,
+    /// Base URL per persistent runtime type that jobs are POSTed to; default: the
+    /// runtime's Service by cluster DNS (`http://jm-rt-<type>.<namespace>.svc:<ingress port>`).
+    /// For a job manager outside the cluster (development) or behind a mesh.
+    pub persistent_endpoints: BTreeMap<String, String>,
 }
 
 impl Default for KubernetesSettings {
@@ -300,6 +304,7 @@ impl Default for KubernetesSettings {
                 "app.kubernetes.io/component".to_string(),
                 "job-manager".to_string(),
             )]),
+            persistent_endpoints: BTreeMap::new(),
         }
     }
 }

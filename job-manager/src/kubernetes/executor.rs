@@ -113,7 +113,14 @@ impl KubeExecutor {
     pub fn new(ctx: Arc<KubeContext>) -> Self {
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
-        Self { ctx, draining: AtomicBool::new(false), http, persistent_endpoints: BTreeMap::new() }
+        let persistent_endpoints = ctx
+            .config
+            .kubernetes
+            .persistent_endpoints
+            .iter()
+            .map(|(runtime, url)| (runtime.clone(), url.trim_end_matches('/').to_string()))
+            .collect();
+        Self { ctx, draining: AtomicBool::new(false), http, persistent_endpoints }
     }
 
     /// Dispatch jobs of `runtime_type` to `base_url` instead of the Service's cluster DNS
