@@ -102,6 +102,20 @@ def kube_validate(doc: dict, version: str) -> None:
     kv_utils.validate(doc, version, strict=True)
 
 
+class PlainLoader(yaml.SafeLoader):
+    """Leaves timestamps as strings, as the API server and JSON Schema see them."""
+
+
+PlainLoader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_all(text: str) -> list:
+    return [d for d in yaml.load_all(text, Loader=PlainLoader) if d]
+
+
 def job_manager_binary() -> Path | None:
     path = REPO / "target" / "debug" / "job-manager"
     return path if path.exists() else None

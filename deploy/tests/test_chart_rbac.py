@@ -1,22 +1,8 @@
 """The chart's Role grants exactly what the job manager uses: the rules `job-manager rbac`
 prints (job-manager/src/kubernetes/rbac.rs), no more, no less."""
-from conftest import REQUIRED, render
+import yaml
 
-# What job-manager/src/kubernetes/rbac.rs declares, until `job-manager rbac` is committed;
-# then this test compares against the subcommand's output instead.
-EXPECTED_RULES = [
-    {"apiGroups": ["jobs.jobmanager.dev"], "resources": ["jobrecords"], "verbs": ["get", "list", "watch", "create", "delete"]},
-    {"apiGroups": ["jobs.jobmanager.dev"], "resources": ["jobrecords/status"], "verbs": ["get", "update", "patch"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "delete"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "patch"]},
-    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["get", "patch"]},
-    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "patch"]},
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]},
-]
+from conftest import REQUIRED, job_manager_binary, render, run
 
 
 def grants(rules: list) -> set:
@@ -24,7 +10,19 @@ def grants(rules: list) -> set:
     return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
 
 
+def job_manager_rules() -> list:
+    binary = job_manager_binary()
+    assert binary, "target/debug/job-manager missing: chart-test.sh builds it (cargo build -p job-manager --bins)"
+    out = run([str(binary), "rbac"])
+    assert out.returncode == 0, f"job-manager rbac failed: {out.stderr}"
+    rules = yaml.safe_load(out.stdout)
+    assert isinstance(rules, list) and rules, out.stdout
+    return rules
+
+
 def test_role_grants_exactly_what_the_job_manager_uses(chart):
     role = render(chart, REQUIRED).one("Role")
-    granted, needed = grants(role["rules"]), grants(EXPECTED_RULES)
-    assert granted == needed, f"extra: {sorted(granted - needed)}; missing: {sorted(needed - granted)}"
+    granted, needed = grants(role["rules"]), grants(job_manager_rules())
+    assert granted == needed, (
+        f"extra: {sorted(granted - needed)}; missing: {sorted(needed - granted)}; "
+        "regenerate with: target/debug/job-manager rbac > deploy/helm/job-manager/files/role-rules.yaml")

@@ -1,0 +1,78 @@
+"""What the job manager creates from the chart's ConfigMap: the chart renders the config,
+the real `job-manager render` (the same translation the Kubernetes executor runs) turns
+it and a sample job into runtime objects, and those must be valid Kubernetes objects
+with no service-account token, hardened containers and the sidecar as the only way out."""
+import json
+
+import jsonschema
+import pytest
+import yaml
+
+from conftest import KUBE_VERSIONS, NAMESPACE, RELEASE, job_manager_binary, kube_validate, load_all, render, run
+from test_chart_matrix import values_for
+
+CASES = ["defaults", "everything", "registry-override", "persistence-pvc", "network-policy"]
+
+
+def runtime_objects(chart, case: str, runtime: str, tmp_path) -> list:
+    binary = job_manager_binary()
+    assert binary, "target/debug/job-manager missing: chart-test.sh builds it (cargo build -p job-manager --bins)"
+    config = tmp_path / "config.yaml"
+    config.write_text(render(chart, values_for(case)).one("ConfigMap")["data"]["config.yaml"])
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"id": "chart-test-1", "runtime_type": runtime, "timeout_secs": 60, "payload": {"script": "ok"}}))
+    out = run([str(binary), "render", "--job", str(job), "--config", str(config), "--namespace", NAMESPACE])
+    assert out.returncode == 0, f"job-manager render refused the chart's config ({case}): {out.stderr}"
+    return load_all(out.stdout)
+
+
+def crd_schema(chart) -> dict:
+    crd = yaml.safe_load(chart.crds[0]["data"])
+    return crd, crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def pod_specs(objects: list) -> list:
+    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Job", "Deployment")]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_runtime_objects_are_valid(chart, case, tmp_path):
+    crd, schema = crd_schema(chart)
+    objects = runtime_objects(chart, case, "node-api-runtime", tmp_path)
+    assert pod_specs(objects), [o["kind"] for o in objects]
+    for obj in objects:
+        if obj["apiVersion"].startswith(crd["spec"]["group"] + "/"):
+            # The job record: checked against the CRD's own schema, as the API server would.
+            assert obj["kind"] == crd["spec"]["names"]["kind"]
+            jsonschema.validate({k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, schema)
+            continue
+        for version in KUBE_VERSIONS:
+            kube_validate(obj, version)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_runtime_pods_have_no_token_and_go_out_through_the_sidecar(chart, case, tmp_path):
+    for pod in pod_specs(runtime_objects(chart, case, "node-api-runtime", tmp_path)):
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["serviceAccountName"] == f"{RELEASE}-job-manager-runtime"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        sidecars = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+        assert len(sidecars) == 1, "the sidecar is a native sidecar (restartPolicy: Always init container)"
+        runtime = next(c for c in pod["containers"] if c["name"] == "runtime")
+        for container in sidecars + [runtime]:
+            ctx = container["securityContext"]
+            assert ctx["capabilities"]["drop"] == ["ALL"] and ctx["allowPrivilegeEscalation"] is False
+            assert ctx["runAsNonRoot"] is True
+        env = {e["name"]: e for e in runtime.get("env", [])}
+        assert env["HTTPS_PROXY"]["value"].startswith("http://127.0.0.1:")
+        assert not any("valueFrom" in e and "secretKeyRef" in e["valueFrom"] for e in runtime.get("env", [])), \
+            "the runtime never sees a secret (internal API key, job token)"
+        sidecar_refs = [(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in sidecars[0].get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+        assert (f"{RELEASE}-job-manager-internal-api-key", "internalApiKey") in sidecar_refs
+
+
+def test_registry_override_reaches_runtime_images(chart, tmp_path):
+    for pod in pod_specs(runtime_objects(chart, "registry-override", "node-api-runtime", tmp_path)):
+        images = [c["image"] for c in pod["containers"] + pod.get("initContainers", [])]
+        assert all(i.startswith("registry.example.com:5000/") for i in images), images
+        assert {"name": "regcred"} in pod["imagePullSecrets"]
