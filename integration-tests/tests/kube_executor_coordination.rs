@@ -109,6 +109,33 @@ async fn pruning_times_out_names_pod_failures_and_deletes_orphans() {
 
     // Idempotent: a second pass decides nothing new.
     assert_eq!(pruner.prune_once().await.unwrap().reported, 0);
+
+    // Passes read watch caches: a pod that is OOMKilled now is seen without re-listing.
+    assert!(cluster.emu.requests().iter().any(|r| r.verb == "watch" && r.resource == "pods"));
+    let healthy = labels::object_name(&id("healthy"));
+    let mut oom: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{healthy}-y1"), "labels": labels::job_labels(&id("healthy"), "node-api-runtime")},
+        "spec": {"containers": [{"name": "runtime", "image": "test-runtime:1"}]}
+    }))
+    .unwrap();
+    oom = pods.create(&PostParams::default(), &oom).await.unwrap();
+    oom.status = Some(
+        serde_json::from_value(serde_json::json!({"phase": "Failed", "containerStatuses": [{
+            "name": "runtime", "image": "test-runtime:1", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}))
+        .unwrap(),
+    );
+    pods.replace_status(oom.metadata.name.as_deref().unwrap(), &PostParams::default(), &oom).await.unwrap();
+    cluster.emu.clear_requests();
+    eventually("the OOMKilled pod is diagnosed", Duration::from_secs(10), || async {
+        pruner.prune_once().await.unwrap();
+        store.lookup_result(&id("healthy")).await.unwrap().is_some()
+    })
+    .await;
+    let oom_result = store.lookup_result(&id("healthy")).await.unwrap().unwrap();
+    assert!(oom_result.message.contains("OOMKilled"), "{}", oom_result.message);
+    let lists = cluster.emu.requests().into_iter().filter(|r| r.verb == "list" && r.resource == "pods").count();
+    assert_eq!(lists, 0, "pruning passes listed pods instead of reading the cache");
 }
 
 #[tokio::test]

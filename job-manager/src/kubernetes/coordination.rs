@@ -8,6 +8,7 @@
 //! Pending results are retried by the delivery loop (jm-core's `DeliveryLoop` over the
 //! [`crate::kubernetes::store::RecordStore`]); the records make them durable.
 use crate::config::model::Workload;
+use crate::kubernetes::cache::ClusterCache;
 use crate::kubernetes::diagnose::{self, Action, Snapshot, Timing};
 use crate::kubernetes::executor::KubeContext;
 use crate::kubernetes::labels;
@@ -18,6 +19,7 @@ use crate::kubernetes::translate;
 use crate::results::{Recorded, ResultIntake};
 use k8s_openapi::api::apps::v1 as apps;
 use k8s_openapi::api::autoscaling::v2 as autoscaling;
+use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -77,6 +79,8 @@ pub struct PrunePass {
 
 pub struct Coordinator {
     ctx: Arc<KubeContext>,
+    /// Watch caches of the pruning holder (see [`ClusterCache`]).
+    cache: tokio::sync::Mutex<Option<ClusterCache>>,
     intake: ResultIntake<RecordStore>,
     identity: String,
     settings: CoordinationSettings,
@@ -89,7 +93,7 @@ impl Coordinator {
         identity: &str,
         settings: CoordinationSettings,
     ) -> Self {
-        Self { ctx, intake, identity: identity.to_string(), settings }
+        Self { ctx, intake, identity: identity.to_string(), settings, cache: tokio::sync::Mutex::new(None) }
     }
 
     /// Run both lease-guarded loops until `shutdown`; leases are released on the way out.
@@ -163,6 +167,10 @@ impl Coordinator {
                     _ = tokio::time::sleep(every) => {}
                 }
             } else {
+                if lease == labels::LEASE_RUNTIME_PRUNING {
+                    // Only the holder watches.
+                    self.drop_cache().await;
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     changed = held.changed() => if changed.is_err() { break },
@@ -188,9 +196,16 @@ impl Coordinator {
         let jobs = self.ctx.jobs();
         let pods = self.ctx.pods();
         let secrets = self.ctx.secrets();
-        let records = m.call(Resource::JobRecords, Verb::List, records.list(&runtime_objects)).await?.items;
-        let jobs = m.call(Resource::Jobs, Verb::List, jobs.list(&ephemeral)).await?.items;
-        let pods = m.call(Resource::Pods, Verb::List, pods.list(&ephemeral)).await?.items;
+        let cached = self.cached_snapshot().await;
+        let (records, jobs, pods) = match cached {
+            Some(snapshot) => snapshot,
+            // The watches are not synced (yet): list instead.
+            None => (
+                m.call(Resource::JobRecords, Verb::List, records.list(&runtime_objects)).await?.items,
+                m.call(Resource::Jobs, Verb::List, jobs.list(&ephemeral)).await?.items,
+                m.call(Resource::Pods, Verb::List, pods.list(&ephemeral)).await?.items,
+            ),
+        };
         // Metadata only: pruning never needs (nor should hold) job tokens.
         let secrets: Vec<core::Secret> = m
             .call(Resource::Secrets, Verb::List, secrets.list_metadata(&ephemeral))
@@ -217,6 +232,20 @@ impl Coordinator {
             }
         }
         Ok(pass)
+    }
+
+    /// Records, Jobs and pods from the watch caches, started on first use.
+    async fn cached_snapshot(&self) -> Option<(Vec<JobRecord>, Vec<batch::Job>, Vec<core::Pod>)> {
+        let mut cache = self.cache.lock().await;
+        if cache.is_none() {
+            *cache = ClusterCache::start(self.ctx.client.clone(), &self.ctx.namespace, Duration::from_secs(10)).await;
+        }
+        cache.as_ref().map(ClusterCache::snapshot)
+    }
+
+    /// Stop watching (the lease went to another replica).
+    async fn drop_cache(&self) {
+        self.cache.lock().await.take();
     }
 
     async fn execute(&self, action: Action, records: &[JobRecord]) -> Result<Executed, CoordinationError> {

@@ -8,6 +8,7 @@
 //! rbac        the exact API rights the code uses (the chart's Role must match)
 //! cli         `render`, `crd`, `rbac` subcommands (no cluster needed)
 //! ```
+pub mod cache;
 pub mod cli;
 pub mod coordination;
 pub mod diagnose;
