@@ -398,14 +398,36 @@ impl FakeJobManager {
     }
 }
 
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
+/// A private temporary directory, removed when dropped.
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn temp_dir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!(
         "sidecar-test-{name}-{}-{}",
         std::process::id(),
         rand_suffix()
     ));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 fn rand_suffix() -> u64 {
@@ -438,7 +460,7 @@ where
 }
 
 /// Writes a job directory (job.json + token) for job `id`.
-pub fn job_dir(id: &str, token: &str) -> std::path::PathBuf {
+pub fn job_dir(id: &str, token: &str) -> TempDir {
     let dir = temp_dir("job");
     let job = serde_json::json!({
         "id": id, "runtime_type": "node-api-runtime", "timeout_secs": 30, "attempt": 2,
