@@ -131,3 +131,20 @@ def test_pdb_only_with_more_than_one_replica(chart):
     pdb = render(chart, values_for("replicas-3")).one("PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert render(chart, values_for("replicas-3")).one("Deployment")["spec"]["replicas"] == 3
+
+
+def test_kube_version_floor(chart):
+    """Runtime pods use native sidecars (restartPolicy: Always init containers): Kubernetes >= 1.29."""
+    assert chart.metadata["kubeVersion"] == ">=1.29.0-0"
+    assert chart.metadata["apiVersion"] == "v2"
+
+
+def test_notes_tell_the_operator_what_to_check(chart):
+    notes = render(chart, REQUIRED).notes()
+    assert "rollout status deployment/jm-job-manager" in notes
+    assert 'Service "job-manager" on port 8080' in notes
+    assert "serverless_queue_depth" in notes and "external metrics adapter" in notes
+    assert "169.254.169.254 must be unreachable" in notes
+    keda = render(chart, values_for("keda")).notes()
+    assert "KEDA scales the job manager between 0 and 10" in keda and "HorizontalPodAutoscaler" not in keda
+    assert "NOT filtered by the sidecar" in render(chart, values_for("sidecar-disabled")).notes()
