@@ -3,8 +3,11 @@
 #
 #   images.sh build           static release binaries, then buildah images FROM scratch
 #   images.sh push REGISTRY   push them to REGISTRY/newrelic/serverless-<name>:{VERSION,latest}
-#   images.sh test            build, push to a throwaway registry on 127.0.0.1:5000, pull and
-#                             inspect them back (entrypoint, user, size), smoke-run them with podman
+#   images.sh test            build, then verify
+#   images.sh verify          push the built images to a throwaway registry on 127.0.0.1:5000,
+#                             pull and inspect them back (entrypoint, user, size), smoke-run
+#                             them with podman (a job through sidecar + test-runtime; the
+#                             job manager's --help and its exit 64 on a bad config)
 #
 # Images live in a private containers-storage under .cache/images (vfs driver), so nothing
 # touches the system's container storage or services. Needs root (or sudo) for apt and for
@@ -151,6 +154,7 @@ cleanup() {
   set +e
   if [ -n "${sidecar_ctr:-}" ]; then podman rm -f "$sidecar_ctr" >/dev/null 2>&1; fi
   if [ -n "${upstream_pid:-}" ]; then kill "$upstream_pid" 2>/dev/null; fi
+  if [ -n "${jm_pid:-}" ]; then kill "$jm_pid" 2>/dev/null; fi
   if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null; fi
   if [ -n "$tmp" ]; then rm -rf "$tmp"; fi
 }
@@ -237,26 +241,66 @@ EOF
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-smoke_sidecar() {
-  local image=$1 port admin up_port host_ip body
-  port=$(free_port); admin=$(free_port); up_port=$(free_port)
-  # A real upstream on a non-loopback address (the sidecar always refuses loopback).
+# One ephemeral job through the real images, as a pod would run it: the sidecar container
+# (read-only, 1001:1001, job directory mounted read-only) serves the job to the
+# test-runtime container, which fetches a page from an upstream through the sidecar's
+# proxy and posts its result; the sidecar delivers it to a stand-in job manager with the
+# internal API key and the job token.
+smoke_job_flow() {
+  local sidecar_image=$1 runtime_image=$2 port admin up_port jm_port host_ip i
+  port=$(free_port); admin=$(free_port); up_port=$(free_port); jm_port=$(free_port)
+  # The upstream sits on a non-loopback address: the sidecar always refuses loopback.
   host_ip=$(hostname -I | awk '{print $1}')
-  [ -n "$host_ip" ] || die "no non-loopback address for the sidecar smoke upstream"
+  [ -n "$host_ip" ] || die "no non-loopback address for the smoke upstream"
   mkdir -p "$tmp/www" && echo "hello through the sidecar" >"$tmp/www/index.html"
   python3 -m http.server "$up_port" --bind "$host_ip" --directory "$tmp/www" >/dev/null 2>&1 &
   upstream_pid=$!
+  python3 - "$jm_port" "$tmp/delivered.json" <<'PY' >"$tmp/fake-jm.log" 2>&1 &
+import http.server, json, sys
+port, out = int(sys.argv[1]), sys.argv[2]
+class JobManager(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # readiness of this stand-in
+        self.send_response(200); self.end_headers()
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        ok = (self.path == "/internal/v1/jobs/smoke-1/result"
+              and self.headers.get("x-internal-api-key") == "smoke-internal-key"
+              and self.headers.get("x-job-token") == "smoke-token")
+        with open(out, "w") as f:
+            json.dump({"ok": ok, "path": self.path, "body": json.loads(body or b"null")}, f)
+        self.send_response(204 if ok else 401); self.end_headers()
+http.server.HTTPServer(("127.0.0.1", port), JobManager).serve_forever()
+PY
+  jm_pid=$!
   wait_http "http://$host_ip:$up_port/" "smoke upstream"
+  wait_http "http://127.0.0.1:$jm_port/" "stand-in job manager"
+  mkdir -p "$tmp/job"
+  printf '{"id":"smoke-1","runtime_type":"test-runtime","timeout_secs":30,"payload":{"action":"fetch","url":"http://%s:%s/index.html","expectStatus":200}}' \
+    "$host_ip" "$up_port" >"$tmp/job/job.json"
+  printf 'smoke-token' >"$tmp/job/token"
+  chmod 0755 "$tmp/job" && chmod 0644 "$tmp/job/job.json" "$tmp/job/token"
   sidecar_ctr=$(podman run -d --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
-    "$image" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
+    -v "$tmp/job:/var/run/job:ro" --tmpfs /var/spool/sidecar:rw,mode=1777 \
+    -e SIDECAR_JOB_DIR=/var/run/job -e SIDECAR_SPOOL_DIR=/var/spool/sidecar \
+    -e "SIDECAR_JOB_MANAGER_URL=http://127.0.0.1:$jm_port" -e SIDECAR_INTERNAL_API_KEY=smoke-internal-key \
+    "$sidecar_image" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
   wait_http "http://127.0.0.1:$admin/readyz" "sidecar container"
-  body=$(curl -fsS --max-time 10 -x "http://127.0.0.1:$port" "http://$host_ip:$up_port/index.html") ||
-    die "sidecar did not proxy: $(podman logs "$sidecar_ctr" 2>&1 | tail -5)"
-  [ "$body" = "hello through the sidecar" ] || die "sidecar proxied the wrong body: $body"
   [ "$(podman inspect -f '{{.Config.User}}' "$sidecar_ctr")" = "1001:1001" ] || die "sidecar does not run as 1001:1001"
+  podman run --rm --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
+    -e "JOB_API_URL=http://127.0.0.1:$port" -e "HTTP_PROXY=http://127.0.0.1:$port" -e "HTTPS_PROXY=http://127.0.0.1:$port" \
+    "$runtime_image" >"$tmp/runtime.log" 2>&1 || die "test-runtime container failed: $(tail -5 "$tmp/runtime.log")"
+  for i in $(seq 1 100); do [ -s "$tmp/delivered.json" ] && break; sleep 0.1; done
+  [ -s "$tmp/delivered.json" ] || die "the sidecar delivered no result: $(podman logs "$sidecar_ctr" 2>&1 | tail -5)"
+  python3 - "$tmp/delivered.json" <<'PY' || die "unexpected delivery: $(cat "$tmp/delivered.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["ok"], d
+assert "succeeded" in json.dumps(d["body"]), d
+assert "hello through the sidecar" in json.dumps(d["body"]), d
+PY
   podman rm -f "$sidecar_ctr" >/dev/null; sidecar_ctr=""
-  kill "$upstream_pid"; upstream_pid=""
-  log "sidecar image: started read-only as 1001:1001 and proxied a request"
+  kill "$upstream_pid" "$jm_pid"; upstream_pid=""; jm_pid=""
+  log "sidecar + test-runtime images: a job ran read-only as 1001:1001, fetched through the proxy, and its result reached the job manager with key and token"
 }
 
 smoke_job_manager() {
@@ -274,11 +318,12 @@ smoke_job_manager() {
   log "job-manager image: --help works; a bad config exits 64 naming checkTimeout"
 }
 
-cmd_test() {
+# The registry round trip and smoke runs, for images already built (`images.sh build`).
+cmd_verify() {
   ensure_apt buildah skopeo docker-registry podman runc uidmap curl
+  ensure_storage
   tmp=$(mktemp -d)
   trap cleanup EXIT
-  cmd_build
   start_registry
   cmd_push 127.0.0.1:5000
   local name
@@ -287,15 +332,21 @@ cmd_test() {
   for name in $(built_names); do
     podman pull --quiet --tls-verify=false "127.0.0.1:5000/$(repo_of "$name"):$TAG" >/dev/null
   done
-  smoke_sidecar "127.0.0.1:5000/$(repo_of sidecar):$TAG"
+  smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of test-runtime):$TAG"
   smoke_job_manager "127.0.0.1:5000/$(repo_of job-manager):$TAG"
   cp "$tmp/sizes" "$state/sizes.txt"
   log "ok: sizes in $state/sizes.txt"
+}
+
+cmd_test() {
+  cmd_build
+  cmd_verify
 }
 
 case ${1:-} in
   build) cmd_build ;;
   push) shift; cmd_push "$@" ;;
   test) cmd_test ;;
-  *) echo "usage: $0 build | push REGISTRY | test" >&2; exit 2 ;;
+  verify) cmd_verify ;;
+  *) echo "usage: $0 build | push REGISTRY | test | verify" >&2; exit 2 ;;
 esac
