@@ -112,14 +112,18 @@ pub fn parse_host(raw: &str) -> Result<Host, AuthorityError> {
     {
         return Err(AuthorityError::BadChar(c));
     }
-    let lower = trimmed.to_ascii_lowercase();
+    let lower = if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(trimmed)
+    };
     if let Some(ip) = parse_ipv4_loose(&lower)? {
         return Ok(Host::Ip(IpAddr::V4(ip)));
     }
     if lower.split('.').any(str::is_empty) {
         return Err(AuthorityError::BadChar('.'));
     }
-    Ok(Host::Name(lower))
+    Ok(Host::Name(lower.into_owned()))
 }
 
 /// IPv4 the way `inet_aton` (and so curl, browsers' URL parsers) reads it: one to four
@@ -133,27 +137,29 @@ pub fn parse_ipv4_loose(s: &str) -> Result<Option<Ipv4Addr>, AuthorityError> {
         return Ok(None);
     }
     let bad = || AuthorityError::BadIpv4(s.to_string());
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() > 4 {
+    // No allocation: this runs for every proxied request.
+    let mut nums = [0u64; 4];
+    let mut n = 0;
+    for p in s.split('.') {
+        if n == 4 {
+            return Err(bad());
+        }
+        nums[n] = parse_ipv4_part(p).ok_or_else(bad)?;
+        n += 1;
+    }
+    let (init, last) = (&nums[..n - 1], nums[n - 1]);
+    if init.iter().any(|&x| x > 255) {
         return Err(bad());
     }
-    let mut nums = Vec::with_capacity(4);
-    for p in &parts {
-        nums.push(parse_ipv4_part(p).ok_or_else(bad)?);
-    }
-    let (last, init) = nums.split_last().ok_or_else(bad)?;
-    if init.iter().any(|&n| n > 255) {
-        return Err(bad());
-    }
-    let last_bits = 8 * (5 - nums.len() as u32);
-    if last_bits < 32 && *last >= 1u64 << last_bits || *last > u32::MAX as u64 {
+    let last_bits = 8 * (5 - n as u32);
+    if last_bits < 32 && last >= 1u64 << last_bits || last > u32::MAX as u64 {
         return Err(bad());
     }
     let mut v: u32 = 0;
-    for (i, n) in init.iter().enumerate() {
-        v |= (*n as u32) << (24 - 8 * i as u32);
+    for (i, x) in init.iter().enumerate() {
+        v |= (*x as u32) << (24 - 8 * i as u32);
     }
-    v |= *last as u32;
+    v |= last as u32;
     Ok(Some(Ipv4Addr::from(v)))
 }
 
