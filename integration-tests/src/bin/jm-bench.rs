@@ -249,7 +249,7 @@ async fn post_results(
                 let id = JobId::new(format!("{prefix}{i}")).expect("valid id");
                 let token = signer.mint(&id, expiry);
                 let body = serde_json::to_vec(&JobResult::new(id.clone(), Outcome::Succeeded, "bench")).expect("json");
-                (format!("{}", common::runtime_api::result_api_path(&id)), token, body)
+                (common::runtime_api::result_api_path(&id), token, body)
             })
             .collect(),
     );

@@ -138,13 +138,13 @@ async fn route(broker: &EmbeddedBroker, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
-    let allow = |m: Method| -> Result<(), Answer> {
+    let allow = |m: Method| -> Result<(), Rejected> {
         if method == m {
             Ok(())
         } else {
             let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{path} takes {m}"));
             resp.headers_mut().insert(header::ALLOW, m.as_str().parse().expect("method is a header value"));
-            Err(resp)
+            Err(Box::new(resp))
         }
     };
     let result = match segs.as_slice() {
@@ -168,16 +168,16 @@ async fn route(broker: &EmbeddedBroker, req: Request<Incoming>) -> Answer {
                 None => error(StatusCode::NOT_FOUND, "not_found", format!("no result for job {id}")),
             })
         }
-        _ => Err(error(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}"))),
+        _ => Err(reject(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}"))),
     };
-    result.unwrap_or_else(|r| r)
+    result.unwrap_or_else(|r| *r)
 }
 
-fn parse_id(s: &str) -> Result<JobId, Answer> {
-    JobId::new(s).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_job_id", e.to_string()))
+fn parse_id(s: &str) -> Result<JobId, Rejected> {
+    JobId::new(s).map_err(|e| reject(StatusCode::BAD_REQUEST, "bad_job_id", e.to_string()))
 }
 
-async fn poll(broker: &EmbeddedBroker, req: Request<Incoming>) -> Result<Answer, Answer> {
+async fn poll(broker: &EmbeddedBroker, req: Request<Incoming>) -> Result<Answer, Rejected> {
     let poll: PollRequest = read_json(req).await?;
     Ok(json(StatusCode::OK, &broker.poll_jobs(&poll)))
 }
@@ -187,7 +187,7 @@ async fn job_action(
     id: JobId,
     action: &str,
     req: Request<Incoming>,
-) -> Result<Answer, Answer> {
+) -> Result<Answer, Rejected> {
     let done = match action {
         "ack" => {
             let ack: AckRequest = read_json(req).await?;
@@ -200,7 +200,7 @@ async fn job_action(
         _ => {
             let result: JobResult = read_json(req).await?;
             if result.job_id != id {
-                return Err(error(
+                return Err(reject(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "job_id_mismatch",
                     format!("result for job {} posted to job {id}", result.job_id),
@@ -209,15 +209,15 @@ async fn job_action(
             broker.store_result(result)
         }
     };
-    done.map(|()| no_content()).map_err(queue_error)
+    done.map(|()| no_content()).map_err(|e| Box::new(queue_error(e)))
 }
 
-async fn admin_submit(broker: &EmbeddedBroker, req: Request<Incoming>) -> Result<Answer, Answer> {
+async fn admin_submit(broker: &EmbeddedBroker, req: Request<Incoming>) -> Result<Answer, Rejected> {
     let job: Job = read_json(req).await?;
     let id = job.id.clone();
     match broker.submit(job) {
         Ok(()) => Ok(json(StatusCode::CREATED, &serde_json::json!({ "id": id }))),
-        Err(e) => Err(error(StatusCode::CONFLICT, e.label(), e.to_string())),
+        Err(e) => Err(reject(StatusCode::CONFLICT, e.label(), e.to_string())),
     }
 }
 
@@ -231,8 +231,8 @@ fn queue_error(e: QueueError) -> Answer {
 
 /// Read a bounded body and decode it: 413 when too big, 400 when not JSON, 422 when JSON
 /// of the wrong shape.
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Answer> {
-    let too_big = || error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body exceeds {MAX_BODY_BYTES} bytes"));
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Rejected> {
+    let too_big = || reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body exceeds {MAX_BODY_BYTES} bytes"));
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_big());
@@ -240,14 +240,14 @@ async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Ans
     let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_big()),
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read body: {e}"))),
+        Err(e) => return Err(reject(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read body: {e}"))),
     };
     serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string()),
+            Category::Data => reject(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string()),
             Category::Syntax | Category::Eof | Category::Io => {
-                error(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+                reject(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
             }
         }
     })
@@ -264,6 +264,14 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Answer {
 
 fn no_content() -> Answer {
     Response::builder().status(StatusCode::NO_CONTENT).body(Full::new(Bytes::new())).expect("valid response")
+}
+
+/// A refusal on the way to an answer; boxed because a response is large and the error
+/// path is the rare one.
+type Rejected = Box<Answer>;
+
+fn reject(status: StatusCode, code: &str, message: impl Into<String>) -> Rejected {
+    Box::new(error(status, code, message))
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
