@@ -42,6 +42,26 @@ async fn post_result(addr: std::net::SocketAddr, key: &str, token: &str, result:
 }
 
 #[tokio::test]
+async fn missing_crd_fails_at_startup_with_a_clear_error() {
+    let emu = integration_tests::emulator::Emulator::start(Default::default()).await.unwrap();
+    let kc = kube::config::Kubeconfig::read_from(emu.kubeconfig_path()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let mut c = config();
+    c.executor = ExecutorKind::Kubernetes;
+    c.location_key = "k".into();
+    let validated = job_manager::config::validate(c).unwrap();
+    let broker = Arc::new(EmbeddedBroker::new(EmbeddedOptions {
+        visibility_timeout: Duration::from_secs(60),
+        location_key: common::secret::Secret::new("k".to_string()),
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err =
+        start(&validated, broker, listener, Some(kube::Client::try_from(cfg).unwrap())).await.err().expect("refused");
+    assert_eq!(err.label(), "crd_missing");
+    assert!(err.to_string().contains("jobrecords.yaml"), "{err}");
+}
+
+#[tokio::test]
 async fn polled_job_runs_as_objects_and_its_result_reaches_the_broker_once() {
     let cluster = Cluster::start().await;
     let broker = Arc::new(EmbeddedBroker::new(EmbeddedOptions {

@@ -54,7 +54,10 @@ impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Config(_) => EXIT_CONFIG,
-            AppError::Kubernetes(crate::kubernetes::run::RunError::MissingInternalKey) => EXIT_CONFIG,
+            AppError::Kubernetes(
+                crate::kubernetes::run::RunError::MissingInternalKey
+                | crate::kubernetes::run::RunError::Setup(crate::kubernetes::setup::SetupError::CrdMissing),
+            ) => EXIT_CONFIG,
             AppError::Broker(_) => EXIT_UNAVAILABLE,
             _ => 1,
         }

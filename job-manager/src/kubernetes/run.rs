@@ -95,6 +95,7 @@ pub async fn start<B: BrokerApi>(
         Some(client) => KubeSetup::with_client(client, &c)?,
         None => KubeSetup::connect(&c).await?,
     };
+    setup.preflight().await?;
     let addr = listener.local_addr().map_err(|e| RunError::Io(e.to_string()))?;
     let kube_metrics = setup.metrics().clone();
     let metrics = Arc::new(Metrics::with_extra(|registry| kube_metrics.register(registry)));

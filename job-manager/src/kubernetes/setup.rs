@@ -6,6 +6,7 @@ use crate::kubernetes::coordination::{CoordinationSettings, Coordinator};
 use crate::kubernetes::events::EventPublisher;
 use crate::kubernetes::executor::{KubeContext, KubeExecutor};
 use crate::kubernetes::metrics::KubeMetrics;
+use crate::kubernetes::rbac::{Resource, Verb};
 use crate::kubernetes::store::RecordStore;
 use crate::results::ResultIntake;
 use std::sync::Arc;
@@ -16,6 +17,12 @@ pub enum SetupError {
     Client(String),
     #[error("cannot read kubernetes user-defined variables file {path}: {message}")]
     UserDefinedVariables { path: String, message: String },
+    #[error("the JobRecord CRD (jobrecords.jobs.jobmanager.dev) is not installed; apply deploy/helm/job-manager/crds/jobrecords.yaml or `job-manager crd`")]
+    CrdMissing,
+    #[error("the job manager may not list job records in namespace {namespace} (check its Role against `job-manager rbac`): {message}")]
+    Forbidden { namespace: String, message: String },
+    #[error("Kubernetes API unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl SetupError {
@@ -23,6 +30,9 @@ impl SetupError {
         match self {
             SetupError::Client(_) => "client",
             SetupError::UserDefinedVariables { .. } => "user_defined_variables",
+            SetupError::CrdMissing => "crd_missing",
+            SetupError::Forbidden { .. } => "forbidden",
+            SetupError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -58,6 +68,22 @@ impl KubeSetup {
         let dispatcher = crate::kubernetes::labels::label_value(pod_name);
         let ctx = Arc::new(KubeContext { client, namespace, dispatcher, config: Arc::new(config), metrics, events });
         Ok(Self { ctx, identity })
+    }
+
+    /// Check, once at startup, that the CRD exists and this replica may use it, so a
+    /// broken install fails with a clear message instead of releasing every job.
+    pub async fn preflight(&self) -> Result<(), SetupError> {
+        let lp = kube::api::ListParams::default().limit(1);
+        let records = self.ctx.records();
+        let listed = self.ctx.metrics.call(Resource::JobRecords, Verb::List, records.list(&lp)).await;
+        match listed {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(SetupError::CrdMissing),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                Err(SetupError::Forbidden { namespace: self.ctx.namespace.clone(), message: s.message.clone() })
+            }
+            Err(e) => Err(SetupError::Unavailable(e.to_string())),
+        }
     }
 
     pub fn context(&self) -> &Arc<KubeContext> {
