@@ -69,7 +69,7 @@ impl Default for KubeletOptions {
     /// Images containing `sidecar` run `target/debug/sidecar`; `test-runtime`,
     /// `node-api-runtime` and `node-browser-runtime` run `target/debug/test-runtime`.
     fn default() -> Self {
-        let debug = crate::bins::target_dir().join("debug");
+        let debug = binary_dir();
         Self {
             images: vec![
                 ("sidecar".into(), debug.join("sidecar")),
@@ -80,6 +80,25 @@ impl Default for KubeletOptions {
             ..Self::without_binaries()
         }
     }
+}
+
+/// Where the workspace's binaries are, found from the running executable (tests run
+/// from `target/debug/deps`, binaries from `target/debug`), so a test uses the
+/// binaries of the build it belongs to; falls back to [`crate::bins::target_dir`].
+pub fn binary_dir() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let dir = if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.parent().unwrap_or(dir)
+            } else {
+                dir
+            };
+            if dir.join("sidecar").is_file() || dir.join("job-manager").is_file() {
+                return dir.to_path_buf();
+            }
+        }
+    }
+    crate::bins::target_dir().join("debug")
 }
 
 /// A running node + controllers. Dropping it kills every pod process.

@@ -151,7 +151,9 @@ impl Network {
             .insert((ns.into(), service.into()), addrs);
     }
 
-    /// The local address of a Service port, starting its forwarder on first use.
+    /// The local address of a Service port, starting its forwarder on first use. The
+    /// Service need not exist yet: each connection looks it up (its `targetPort` and
+    /// selector) when it arrives, like kube-proxy following the Service.
     pub fn service_addr(
         self: &Arc<Self>,
         store: &Arc<Store>,
@@ -160,29 +162,16 @@ impl Network {
         port: u16,
     ) -> Option<SocketAddr> {
         let key = (ns.to_string(), service.to_string(), port);
-        if let Some(a) = self
-            .forwarders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        let mut forwarders = self.forwarders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = forwarders.get(&key) {
             return Some(*a);
         }
-        let rt = store.find_kind("v1", "Service")?;
-        let svc = store.get(&rt, ns, service).ok()?;
-        let target = svc["spec"]["ports"]
-            .as_array()?
-            .iter()
-            .find(|p| p["port"].as_u64() == Some(port as u64))?["targetPort"]
-            .clone();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
         std_listener.set_nonblocking(true).ok()?;
         let addr = std_listener.local_addr().ok()?;
         let listener = TcpListener::from_std(std_listener).ok()?;
-        self.forwarders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, addr);
+        forwarders.insert(key, addr);
+        drop(forwarders);
         let net = self.clone();
         let store = store.clone();
         let (ns, service) = (ns.to_string(), service.to_string());
@@ -191,7 +180,7 @@ impl Network {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                let backends = net.backends(&store, &ns, &service, &target);
+                let backends = net.backends(&store, &ns, &service, port);
                 let start = net.next.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     for i in 0..backends.len() {
@@ -209,7 +198,7 @@ impl Network {
         Some(addr)
     }
 
-    fn backends(&self, store: &Store, ns: &str, service: &str, target: &Value) -> Vec<SocketAddr> {
+    fn backends(&self, store: &Store, ns: &str, service: &str, port: u16) -> Vec<SocketAddr> {
         if let Some(ext) = self
             .external
             .lock()
@@ -222,6 +211,13 @@ impl Network {
             return vec![];
         };
         let Ok(svc) = store.get(&rt, ns, service) else {
+            return vec![];
+        };
+        let Some(target) = svc["spec"]["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["port"].as_u64() == Some(port as u64)))
+            .map(|p| p["targetPort"].clone())
+        else {
             return vec![];
         };
         let selector: std::collections::BTreeMap<String, String> = svc["spec"]["selector"]
@@ -245,7 +241,7 @@ impl Network {
         pods.iter()
             .filter(|((pns, _), p)| pns == ns && p.ready && sel.matches(&p.labels))
             .filter_map(|(_, p)| {
-                p.resolve(target)
+                p.resolve(&target)
                     .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
             })
             .collect()
