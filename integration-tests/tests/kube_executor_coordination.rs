@@ -73,8 +73,17 @@ async fn pruning_times_out_names_pod_failures_and_deletes_orphans() {
         .unwrap(),
     );
     pods.replace_status(pod.metadata.name.as_deref().unwrap(), &PostParams::default(), &pod).await.unwrap();
-    // A healthy job that must be left alone.
+    // A healthy job whose pod runs: only marked Running.
     executor.start(handoff("healthy", "node-api-runtime")).await.unwrap();
+    let healthy_name = labels::object_name(&id("healthy"));
+    let mut running: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{healthy_name}-r1"), "labels": labels::job_labels(&id("healthy"), "node-api-runtime")},
+        "spec": {"containers": [{"name": "runtime", "image": "test-runtime:1"}]}
+    }))
+    .unwrap();
+    running = pods.create(&PostParams::default(), &running).await.unwrap();
+    running.status = Some(serde_json::from_value(serde_json::json!({"phase": "Running"})).unwrap());
+    pods.replace_status(running.metadata.name.as_deref().unwrap(), &PostParams::default(), &running).await.unwrap();
     // An orphaned Secret (no record).
     let secrets: Api<Secret> = Api::namespaced(cluster.client().await, NS);
     let orphan: Secret = serde_json::from_value(serde_json::json!({
@@ -105,6 +114,9 @@ async fn pruning_times_out_names_pod_failures_and_deletes_orphans() {
     }
     assert!(cluster.object("v1", "Secret", "jm-orphan").is_none());
     assert!(cluster.object("batch/v1", "Job", &labels::object_name(&id("healthy"))).is_some());
+    let healthy_record = cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &healthy_name).unwrap();
+    assert_eq!(healthy_record["status"]["phase"], "Running", "{healthy_record}");
+    assert_eq!(healthy_record["status"]["pod"], format!("{healthy_name}-r1"));
     assert_eq!(store.pending().await.unwrap().len(), 2);
 
     // Idempotent: a second pass decides nothing new.

@@ -293,6 +293,22 @@ impl Coordinator {
                 m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "orphan_secret" }).inc();
                 deleted(m.call(Resource::Secrets, Verb::Delete, secrets.delete(&name, &dp)).await)
             }
+            Action::MarkRunning { name, pod, started_at } => {
+                let Some(record) = record_named(&name) else { return Ok(Executed::Nothing) };
+                let mut updated = record.clone();
+                let status = updated.status.get_or_insert_with(Default::default);
+                status.phase = Some(crate::kubernetes::record::RecordPhase::Running);
+                status.pod = Some(pod);
+                status.started_at = started_at;
+                // With the version read: a result written meanwhile is never overwritten.
+                let pp = kube::api::PostParams::default();
+                let api = self.ctx.records();
+                match m.call(Resource::JobRecordStatus, Verb::Update, api.replace_status(&name, &pp, &updated)).await {
+                    Ok(_) => Ok(Executed::Nothing),
+                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Executed::Nothing),
+                    Err(e) => Err(CoordinationError::Api(e)),
+                }
+            }
         }
     }
 

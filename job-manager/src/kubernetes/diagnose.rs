@@ -70,6 +70,12 @@ pub enum Action {
     DeleteOrphanSecret {
         name: String,
     },
+    /// The record's pod runs: set `status.phase: Running`, `pod`, `startedAt`.
+    MarkRunning {
+        name: String,
+        pod: String,
+        started_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    },
 }
 
 /// Why the job manager decided a result (the metric label).
@@ -158,6 +164,20 @@ pub fn plan(s: &Snapshot<'_>, timing: &Timing) -> Vec<Action> {
             actions.push(Action::Report { result: JobResult::new(id, outcome, message), cause });
             if job.is_some_and(|j| !job_finished(j)) {
                 actions.push(Action::DeleteJob { name: name.to_string() });
+            }
+        } else if record.status.as_ref().and_then(|st| st.phase).is_none() {
+            // Shown by `kubectl get jr`; written once per job, by the pruning holder only.
+            let running = pods
+                .get(name)
+                .into_iter()
+                .flatten()
+                .find(|p| p.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Running"));
+            if let Some(pod) = running {
+                actions.push(Action::MarkRunning {
+                    name: name.to_string(),
+                    pod: pod.metadata.name.clone().unwrap_or_default(),
+                    started_at: pod.status.as_ref().and_then(|st| st.start_time.clone()),
+                });
             }
         }
     }

@@ -62,14 +62,23 @@ fn reported(actions: &[Action]) -> Vec<(Outcome, Cause, String)> {
 }
 
 #[test]
-fn healthy_running_job_needs_nothing() {
-    let actions = run(
-        &[record("jm-a", 120, false)],
-        &[job("jm-a", json!({"active": 1}))],
-        &[pod("jm-a", json!({"phase": "Running"}))],
-        30,
+fn healthy_running_job_is_only_marked_running_once() {
+    let jobs = [job("jm-a", json!({"active": 1}))];
+    let pods = [pod("jm-a", json!({"phase": "Running", "startTime": ts(2)}))];
+    let actions = run(&[record("jm-a", 120, false)], &jobs, &pods, 30);
+    assert_eq!(
+        actions,
+        [Action::MarkRunning {
+            name: "jm-a".into(),
+            pod: "jm-a-abcde".into(),
+            started_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(2)))
+        }]
     );
-    assert_eq!(actions, []);
+    let mut marked = record("jm-a", 120, false);
+    marked.status = Some(serde_json::from_value(json!({"phase": "Running", "pod": "jm-a-abcde"})).unwrap());
+    assert_eq!(run(&[marked], &jobs, &pods, 30), []);
+    // Not yet running: nothing.
+    assert_eq!(run(&[record("jm-a", 120, false)], &jobs, &[pod("jm-a", json!({"phase": "Pending"}))], 30), []);
 }
 
 #[test]
