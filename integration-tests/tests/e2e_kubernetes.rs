@@ -1,0 +1,447 @@
+//! End to end: fake broker -> two `job-manager` replicas (the real binary, Kubernetes
+//! executor) -> the cluster -> sidecar + runtime pods -> results back at the broker.
+//!
+//! The cluster is the in-process emulator with its process kubelet, unless
+//! `E2E_KUBECONFIG` names a real one (kind/k3d; see the README): then the same suite
+//! runs unchanged against it, in `E2E_NAMESPACE` (default `default`), with the job
+//! manager's Service backed by `E2E_HOST_IP` (the host address pods can reach).
+//!
+//! `E2E_JOBS` (default 60) sets the job count per workload; `make bench` runs 1,000 and
+//! reads the `E2E-METRIC` lines this suite prints.
+use common::{Job, JobId, Outcome, WorkloadKind};
+use integration_tests::emulator::{Emulator, EmulatorOptions, Fault, FaultRule};
+use integration_tests::kubelet::{Kubelet, KubeletOptions};
+use job_manager::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::discovery::ApiResource;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const LOCATION_KEY: &str = "e2e-location-key";
+const INTERNAL_KEY: &str = "e2e-internal-api-key";
+const INTERNAL_KEY_SECRET: &str = "job-manager-internal";
+const EPHEMERAL: &str = "node-api-runtime";
+const PERSISTENT: &str = "node-browser-runtime";
+/// Ephemeral jobs one replica runs at once.
+const PARALLELISM: usize = 25;
+
+/// The workspace at run time (cargo sets `CARGO_MANIFEST_DIR` for test processes).
+fn workspace_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|p| p.parent().map(|p| p.to_path_buf()))
+        .unwrap_or_else(integration_tests::bins::workspace_root)
+}
+
+fn job_count() -> usize {
+    std::env::var("E2E_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
+fn metric(name: &str, value: impl std::fmt::Display) {
+    println!("E2E-METRIC {name} {value}");
+}
+
+struct Cluster {
+    emu: Option<Emulator>,
+    kubelet: Option<Kubelet>,
+    kubeconfig: PathBuf,
+    namespace: String,
+    client: kube::Client,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let namespace = std::env::var("E2E_NAMESPACE").unwrap_or_else(|_| "default".into());
+        let (emu, kubelet, kubeconfig) = match std::env::var_os("E2E_KUBECONFIG") {
+            Some(p) => (None, None, PathBuf::from(p)),
+            None => {
+                let emu = Emulator::start(EmulatorOptions {
+                    namespace: namespace.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+                let mut opts = KubeletOptions::default();
+                // The persistent runtime image's CMD: serve on the pod's loopback.
+                opts.image_args.push((
+                    "persistent".into(),
+                    vec![
+                        "--serve".into(),
+                        "127.0.0.1:8081".into(),
+                        "--max-concurrent".into(),
+                        "4".into(),
+                    ],
+                ));
+                let kubelet = Kubelet::start(&emu, opts);
+                let kc = emu.kubeconfig_path().to_path_buf();
+                (Some(emu), Some(kubelet), kc)
+            }
+        };
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("kubeconfig valid");
+        let client = kube::Client::try_from(cfg).unwrap();
+        Self {
+            emu,
+            kubelet,
+            kubeconfig,
+            namespace,
+            client,
+        }
+    }
+
+    /// What the Helm chart would install: the CRD, the internal-key Secret, and the
+    /// job manager's Service (backed by the replicas running on this host).
+    async fn install(&self, replicas: &[SocketAddr]) {
+        let crd_yaml = std::fs::read_to_string(
+            integration_tests::bins::workspace_root()
+                .join("deploy/helm/job-manager/crds/jobrecords.yaml"),
+        )
+        .expect("committed CRD");
+        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml).unwrap();
+        let crds: Api<DynamicObject> = Api::all_with(self.client.clone(), &ApiResource::erase::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(&()));
+        crds.patch(
+            crd["metadata"]["name"].as_str().unwrap(),
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("CRD applied");
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": INTERNAL_KEY_SECRET}, "stringData": {"internalApiKey": INTERNAL_KEY}});
+        secrets
+            .patch(
+                INTERNAL_KEY_SECRET,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&s),
+            )
+            .await
+            .expect("secret");
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "job-manager"},
+            "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}});
+        services
+            .patch(
+                "job-manager",
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&svc),
+            )
+            .await
+            .expect("service");
+        match &self.kubelet {
+            Some(k) => k.set_external_endpoints(&self.namespace, "job-manager", replicas.to_vec()),
+            None => self.real_cluster_endpoints(replicas).await,
+        }
+    }
+
+    /// Real clusters: an EndpointSlice pointing the Service at this host.
+    async fn real_cluster_endpoints(&self, replicas: &[SocketAddr]) {
+        let host =
+            std::env::var("E2E_HOST_IP").expect("E2E_HOST_IP: the host address pods can reach");
+        let ar = ApiResource {
+            group: "discovery.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "discovery.k8s.io/v1".into(),
+            kind: "EndpointSlice".into(),
+            plural: "endpointslices".into(),
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.namespace, &ar);
+        for (i, r) in replicas.iter().enumerate() {
+            let name = format!("job-manager-e2e-{i}");
+            let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "job-manager"}},
+                "addressType": "IPv4", "endpoints": [{"addresses": [host]}], "ports": [{"name": "http", "port": r.port()}]});
+            api.patch(
+                &name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&slice),
+            )
+            .await
+            .expect("endpointslice");
+        }
+    }
+}
+
+struct Replica {
+    child: tokio::process::Child,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn write_config(
+    dir: &std::path::Path,
+    cluster: &Cluster,
+    broker: SocketAddr,
+    listen: SocketAddr,
+) -> PathBuf {
+    let cfg = json!({
+        "executor": "kubernetes",
+        "namespace": cluster.namespace,
+        "brokerApiEndpoint": format!("http://{broker}"),
+        "locationKey": LOCATION_KEY,
+        "internalApiKey": INTERNAL_KEY,
+        "tokenSigningKey": "e2e-token-signing-key",
+        "listen": listen.to_string(),
+        "hostnameOverride": "job-manager",
+        "checkTimeout": 30,
+        "logFormat": "json",
+        "poll": {"intervalMs": 100, "batchSize": 20},
+        "runtimes": [
+            {"name": EPHEMERAL, "workload": "ephemeral", "parallelism": PARALLELISM,
+             "image": {"repository": "newrelic/synthetics-node-api-runtime", "tag": "latest"}},
+            {"name": PERSISTENT, "workload": "persistent", "parallelism": 8, "replicas": {"min": 2, "max": 2},
+             "image": {"repository": "newrelic/synthetics-node-browser-runtime-persistent", "tag": "latest"}},
+        ],
+        "sidecar": {"image": {"repository": "newrelic/serverless-sidecar", "tag": "latest"}},
+        "kubernetes": {"internalApiKeySecretName": INTERNAL_KEY_SECRET, "job": {"backoffLimit": 0, "ttlSecondsAfterFinished": 5}},
+    });
+    let path = dir.join(format!("job-manager-{}.yaml", listen.port()));
+    std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+async fn spawn_replica(
+    cluster: &Cluster,
+    config: &std::path::Path,
+    addr: SocketAddr,
+    log: PathBuf,
+) -> Replica {
+    let log = std::fs::File::create(log).unwrap();
+    let child =
+        tokio::process::Command::new(integration_tests::kubelet::binary_dir().join("job-manager"))
+            .arg("--config")
+            .arg(config)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("JM_EXECUTOR", "kubernetes")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("job-manager starts");
+    // Readiness: the result API answers /healthz.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 16];
+            if s.read(&mut buf)
+                .await
+                .is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 200"))
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job-manager on {addr} did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Replica { child }
+}
+
+fn jobs(prefix: &str, runtime: &str, kind: WorkloadKind, n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|i| Job {
+            id: JobId::new(format!("{prefix}-{i:04}")).unwrap(),
+            runtime_type: runtime.into(),
+            workload_kind: kind,
+            timeout_secs: 30,
+            attempt: 1,
+            payload: json!({"action": "sleep", "secs": 0}),
+            signature: None,
+        })
+        .collect()
+}
+
+/// Poll -> pod running: from a job's first object (its record, written right after the
+/// poll) to its pod reaching `Running`, from the emulator's event stream.
+fn track_poll_to_running(emu: &Emulator) -> std::sync::Arc<std::sync::Mutex<Vec<Duration>>> {
+    let out: std::sync::Arc<std::sync::Mutex<Vec<Duration>>> = Default::default();
+    let sink = out.clone();
+    let mut rx = emu.store().subscribe();
+    tokio::spawn(async move {
+        let mut first_seen: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut running: std::collections::BTreeSet<String> = Default::default();
+        while let Ok(ev) = rx.recv().await {
+            let obj = &ev.object;
+            match ev.key.plural.as_str() {
+                "jobrecords" => {
+                    first_seen
+                        .entry(ev.key.name.clone())
+                        .or_insert_with(Instant::now);
+                }
+                "pods" if obj["status"]["phase"] == "Running" => {
+                    let Some(job) = obj["metadata"]["labels"]["job-name"].as_str() else {
+                        continue;
+                    };
+                    if running.insert(job.to_string()) {
+                        if let Some(t) = first_seen.get(job) {
+                            sink.lock().unwrap().push(t.elapsed());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    out
+}
+
+/// Runs `n` jobs of one workload through two replicas, killing one mid-flight, with
+/// API faults injected; asserts every job has exactly one result.
+async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
+    let n = job_count();
+    let cluster = Cluster::start().await;
+    let broker = EmbeddedBroker::new(EmbeddedOptions {
+        visibility_timeout: Duration::from_secs(30),
+        location_key: common::secret::Secret::new(LOCATION_KEY),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broker_addr = listener.local_addr().unwrap();
+    let serving = broker.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+    let addrs = [free_addr(), free_addr()];
+    cluster.install(&addrs).await;
+    let dir = integration_tests::emulator::TempDir::new("e2e").unwrap();
+    let mut replicas = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let cfg = write_config(dir.path(), &cluster, broker_addr, *a);
+        replicas.push(
+            spawn_replica(
+                &cluster,
+                &cfg,
+                *a,
+                dir.path().join(format!("replica-{i}.log")),
+            )
+            .await,
+        );
+    }
+    if let Some(emu) = &cluster.emu {
+        // Transient API trouble on the write path and on record updates.
+        emu.faults().add(
+            FaultRule::new(Fault::TooManyRequests {
+                retry_after_secs: 1,
+            })
+            .verb("create")
+            .probability(0.03),
+        );
+        emu.faults().add(
+            FaultRule::new(Fault::InternalError)
+                .verb("create")
+                .probability(0.03),
+        );
+        emu.faults().add(
+            FaultRule::new(Fault::Conflict)
+                .resource("jobrecords")
+                .probability(0.05),
+        );
+        emu.clear_requests();
+    }
+    let latencies = cluster.emu.as_ref().map(|emu| track_poll_to_running(emu));
+    let started = Instant::now();
+    for j in jobs(prefix, runtime, kind, n) {
+        broker.submit(j).unwrap();
+    }
+    // SIGKILL one replica once a third of the results are in.
+    let third = broker
+        .wait_for_results(n / 3, Duration::from_secs(300))
+        .await;
+    assert!(
+        third.len() >= n / 3,
+        "only {} of {} results before the kill",
+        third.len(),
+        n
+    );
+    replicas[0].child.start_kill().unwrap();
+    let _ = replicas[0].child.wait().await;
+    let results = broker.wait_for_results(n, Duration::from_secs(600)).await;
+    let elapsed = started.elapsed();
+    let logs = || std::fs::read_to_string(dir.path().join("replica-1.log")).unwrap_or_default();
+    assert_eq!(
+        results.len(),
+        n,
+        "lost jobs: {} of {n} results; replica log tail:\n{}",
+        results.len(),
+        logs().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+    let counters = broker.all_counters();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut not_succeeded = Vec::new();
+    for (id, r) in &results {
+        *outcomes.entry(format!("{:?}", r.outcome)).or_default() += 1;
+        assert_eq!(
+            counters[id].results_conflicting, 0,
+            "{id}: two different results were submitted"
+        );
+        if r.outcome != Outcome::Succeeded {
+            not_succeeded.push(format!("{id}: {:?} {}", r.outcome, r.message));
+        }
+    }
+    println!("{prefix}: outcomes {outcomes:?}; not succeeded: {not_succeeded:#?}");
+    // Jobs in the killed replica's hands may end timed out (their deadline passes before
+    // pruning sees them); never more than what one replica can hold, never lost.
+    assert!(
+        not_succeeded.len() <= PARALLELISM,
+        "too many jobs did not succeed ({} of {n}): {not_succeeded:#?}",
+        not_succeeded.len()
+    );
+    assert!(
+        not_succeeded.iter().all(|l| l.contains("TimedOut")),
+        "only the kill may cost jobs, and only as timeouts: {not_succeeded:#?}"
+    );
+    metric(&format!("{prefix}.jobs"), n);
+    metric(
+        &format!("{prefix}.jobs_per_sec"),
+        format!("{:.1}", n as f64 / elapsed.as_secs_f64()),
+    );
+    if let Some(emu) = &cluster.emu {
+        let writes = emu
+            .requests()
+            .iter()
+            .filter(|r| r.is_write() && r.field_manager != "e2e")
+            .count();
+        metric(
+            &format!("{prefix}.api_writes_per_job"),
+            format!("{:.2}", writes as f64 / n as f64),
+        );
+        metric(
+            &format!("{prefix}.faults_injected"),
+            emu.faults().injected(),
+        );
+    }
+    if let Some(l) = latencies {
+        let mut l = l.lock().unwrap().clone();
+        if !l.is_empty() {
+            l.sort();
+            let pct = |p: f64| l[((l.len() - 1) as f64 * p) as usize].as_millis();
+            metric(&format!("{prefix}.poll_to_pod_running_ms_p50"), pct(0.5));
+            metric(&format!("{prefix}.poll_to_pod_running_ms_p95"), pct(0.95));
+        }
+    }
+    drop(replicas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_ephemeral_jobs_survive_a_replica_kill_and_api_faults() {
+    run_workload("eph", EPHEMERAL, WorkloadKind::Ephemeral).await;
+}
