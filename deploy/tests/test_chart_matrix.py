@@ -35,6 +35,7 @@ MATRIX = {
     "hpa-min-2": ({"jobManager": {"hpa": {"minReplicas": 2}}}, {"PodDisruptionBudget", "HorizontalPodAutoscaler"}, set()),
     "metadata-unrestricted": ({"restrictMetadataService": False}, set(), {"NetworkPolicy"}),
     "everything": ({"jobManager": {"vsePassphrase": "vse", "brokerApiProxyPw": "pw", "brokerApiProxyUsername": "u",
+                                   "apiProxyHost": "proxy.corp", "apiProxyPort": "3128",
                                    "brokerApiProxySelfSignedCert": "yes", "tokenSigningKey": "sign", "jvmOpts": "-Xmx1g",
                                    "logLevel": "DEBUG", "logFormat": "json",
                                    "extraEnv": {"AGENT": "1"},

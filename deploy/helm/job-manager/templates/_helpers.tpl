@@ -160,6 +160,23 @@ app.kubernetes.io/component: runtime
 {{- if and $jm.tokenSigningKey $jm.tokenSigningKeySecretName }}
 {{- fail "set only one of jobManager.tokenSigningKey and jobManager.tokenSigningKeySecretName" }}
 {{- end }}
+{{- /* The broker proxy settings, as the job manager validates them (config/validate.rs). */}}
+{{- if and $jm.apiProxyHost (not $jm.apiProxyPort) }}
+{{- fail "jobManager.apiProxyPort is required (1-65535) when jobManager.apiProxyHost is set" }}
+{{- end }}
+{{- if and (not $jm.apiProxyHost) (or $jm.apiProxyPort $jm.brokerApiProxyUsername $jm.brokerApiProxyPw) }}
+{{- fail "jobManager.apiProxyHost is required when jobManager.apiProxyPort, jobManager.brokerApiProxyUsername or jobManager.brokerApiProxyPw is set" }}
+{{- end }}
+{{- if and $jm.brokerApiProxyPw (not $jm.brokerApiProxyUsername) }}
+{{- fail "jobManager.brokerApiProxyUsername is required when jobManager.brokerApiProxyPw is set" }}
+{{- end }}
+{{- $udv := $jm.userDefinedVariables }}
+{{- if gt (len (compact (list $udv.userDefinedJson $udv.userDefinedFile $udv.userDefinedPath))) 1 }}
+{{- fail "set only one of jobManager.userDefinedVariables.userDefinedJson, userDefinedFile and userDefinedPath" }}
+{{- end }}
+{{- if and $udv.userDefinedPath (or (hasPrefix "/" $udv.userDefinedPath) (has ".." (splitList "/" $udv.userDefinedPath))) }}
+{{- fail "jobManager.userDefinedVariables.userDefinedPath must be a relative path inside the persistent volume (no leading '/', no '..')" }}
+{{- end }}
 {{- if ge (int $jm.shutdownGraceSecs) (int .Values.terminationGracePeriodSeconds) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than jobManager.shutdownGraceSecs (%d), or in-flight work is killed before it drains" (int .Values.terminationGracePeriodSeconds) (int $jm.shutdownGraceSecs)) }}
 {{- end }}

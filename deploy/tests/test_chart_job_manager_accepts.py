@@ -1,0 +1,81 @@
+"""The real job manager accepts what the chart gives it: the rendered ConfigMap as its
+config file and the Deployment's env (secrets resolved from the rendered Secrets), so a
+release never crash-loops on exit 64 (invalid configuration)."""
+import base64
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import NAMESPACE, job_manager_binary
+from conftest import render as render_chart
+from test_chart_matrix import MATRIX, values_for
+
+EXIT_CONFIG = 64
+# Values for Secrets the operator creates (the `*SecretName` cases): not in the render.
+EXTERNAL_SECRET_VALUE = "operator-provided"
+
+
+def pod_environment(rendered, config_path) -> dict:
+    """The job-manager container's environment as the kubelet would build it."""
+    secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s.get("data", {}).items()}
+               for s in rendered.of_kind("Secret")}
+    env = {}
+    for entry in rendered.jm_container()["env"]:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+            continue
+        source = entry["valueFrom"]
+        if "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "metadata.namespace"
+            env[entry["name"]] = NAMESPACE
+        else:
+            ref = source["secretKeyRef"]
+            env[entry["name"]] = secrets.get(ref["name"], {}).get(ref["key"], EXTERNAL_SECRET_VALUE)
+    env["JM_CONFIG_FILE"] = str(config_path)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_job_manager_accepts_the_chart_config(chart, case, tmp_path):
+    binary = job_manager_binary()
+    assert binary, "target/debug/job-manager missing: chart-test.sh builds it (cargo build -p job-manager --bins)"
+    rendered = render_chart(chart, values_for(case))
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(rendered.one("ConfigMap")["data"]["config.yaml"])
+    port = free_port()
+    env = pod_environment(rendered, config_path)
+    # Keep the test hermetic: no real broker, no cluster. A refused broker and a missing
+    # kubeconfig fail after validation; what matters is that validation passed.
+    env.update({"JM_BROKER_API_ENDPOINT": "http://127.0.0.1:9", "JM_LISTEN": f"127.0.0.1:{port}",
+                "KUBECONFIG": str(tmp_path / "no-kubeconfig"), "PATH": "/usr/bin:/bin"})
+    process = subprocess.Popen([str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Done when it exits (it cannot reach the broker or the API server) or when it
+        # serves /healthz (it validated its settings and is retrying instead).
+        deadline = time.monotonic() + 30
+        while process.poll() is None and not healthy(port):
+            assert time.monotonic() < deadline, "job-manager neither exited nor became healthy"
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert process.returncode != EXIT_CONFIG, f"{case}: the job manager refused the chart's settings:\n{stderr}"
+    assert "invalid setting" not in stderr and "unknown field" not in stderr, stderr
