@@ -421,7 +421,7 @@ fn header<'a>(dump: &'a str, name: &str) -> Option<&'a str> {
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
         .map(|(_, v)| v.trim())
-        .last()
+        .next_back()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -735,6 +735,16 @@ fn requests_env_proxies_http_and_https() {
     );
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["body"], "posted through the sidecar");
+
+    // The refused address is refused through the proxy, and NO_PROXY sends it direct.
+    let refused = format!("http://{}/hello", origin.http_refused);
+    let v = requests(&[&refused], &env);
+    assert_refused_response(&v, "requests via env");
+    let mut env_no_proxy = env.clone();
+    env_no_proxy.push(("NO_PROXY", "127.0.0.2"));
+    let v = requests(&[&refused], &env_no_proxy);
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["body"], origin.hello_body());
 }
 
 #[test]

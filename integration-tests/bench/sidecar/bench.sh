@@ -261,7 +261,7 @@ cat <<EOF
 
 Run: \`make bench\` (or \`BENCH_ONLY=sidecar integration-tests/bench/run.sh\`) on $(nproc) cores,
 $(date -u +%Y-%m-%dT%H:%MZ). Peers: $(squid -v | head -1), tinyproxy $(tinyproxy -v | awk '{print $2}'),
-nginx $(nginx -v 2>&1 | sed 's|.*/||') as origin; sidecar $(basename "$sidecar_bin") from \`cargo build --release -p sidecar\`.
+nginx $(nginx -v 2>&1 | sed 's|.*/||') as origin; sidecar \`$sidecar_bin\`.
 
 ### HTTP forward proxy (wrk)
 
@@ -304,7 +304,7 @@ Goals: idle <= 6 MB, 1,000 tunnels <= 30 MB. Tunnels: \`integration-tests/bench/
 
 ### Exec to ready
 
-\`integration-tests/bench/sidecar/exec_to_ready.py target/release/sidecar $exec_iters --allow-cidr 127.0.0.1/32\`
+\`integration-tests/bench/sidecar/exec_to_ready.py $sidecar_bin $exec_iters --allow-cidr 127.0.0.1/32\`
 (spawn to first \`GET /readyz\` 200, polling without sleeps):
 min $(kv min_ms) ms, **median $(kv median_ms) ms**, p90 $(kv p90_ms) ms, max $(kv max_ms) ms (goal <= 20 ms).
 EOF
