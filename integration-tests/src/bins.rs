@@ -18,8 +18,14 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// The checkout under test. Cargo sets `CARGO_MANIFEST_DIR` when it *runs* a test too;
+/// prefer that over the compile-time value, so two checkouts sharing one target dir
+/// each find their own scripts and binaries.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("integration-tests sits in the workspace").to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().expect("integration-tests sits in the workspace").to_path_buf()
 }
 
 /// Path of a workspace binary in the debug profile. Panics with the command to run when
