@@ -39,6 +39,17 @@ impl Io {
             proxied: false,
         }
     }
+
+    /// The TCP stream, when this is a plain connection (tunnels relay socket to socket).
+    pub fn into_tcp(self) -> Result<TcpStream, Self> {
+        match self.kind {
+            IoKind::Plain(s) => Ok(s),
+            kind => Err(Self {
+                kind,
+                proxied: self.proxied,
+            }),
+        }
+    }
 }
 
 impl AsyncRead for Io {
