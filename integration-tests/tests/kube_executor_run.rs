@@ -18,7 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 async fn replica(cluster: &Cluster, broker: &Arc<EmbeddedBroker>) -> KubeJobManager {
-    let mut c = config();
+    replica_with(cluster, broker, config()).await
+}
+
+async fn replica_with(
+    cluster: &Cluster,
+    broker: &Arc<EmbeddedBroker>,
+    mut c: job_manager::config::Config,
+) -> KubeJobManager {
     c.executor = ExecutorKind::Kubernetes;
     c.location_key = "location-key".into();
     c.poll.interval_ms = 50;
@@ -116,4 +123,51 @@ async fn polled_job_runs_as_objects_and_its_result_reaches_the_broker_once() {
 
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn persistent_job_is_dispatched_through_the_ingress_and_acked() {
+    let cluster = Cluster::start().await;
+    let broker = Arc::new(EmbeddedBroker::new(EmbeddedOptions {
+        visibility_timeout: Duration::from_secs(60),
+        location_key: common::secret::Secret::new("location-key".to_string()),
+    }));
+    // A fake sidecar ingress that accepts every job.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ingress = format!("http://{}", listener.local_addr().unwrap());
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let _ = seen.send(req.uri().path().to_string());
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder().status(202).body(Full::new(Bytes::new())).unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let mut c = config();
+    c.kubernetes.persistent_endpoints.insert("browser".into(), ingress);
+    let a = replica_with(&cluster, &broker, c).await;
+    let mut persistent_job = job("per-1", "browser");
+    persistent_job.workload_kind = common::WorkloadKind::Persistent;
+    broker.submit(persistent_job).unwrap();
+    let path = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv()).await.expect("dispatched").unwrap();
+    assert_eq!(path, "/v1/jobs");
+    let name = labels::object_name(&JobId::new("per-1").unwrap());
+    eventually("the persistent job's record exists", Duration::from_secs(10), || async {
+        cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).is_some()
+    })
+    .await;
+    a.stop().await.unwrap();
 }
