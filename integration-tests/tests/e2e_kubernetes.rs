@@ -25,6 +25,8 @@ const INTERNAL_KEY: &str = "e2e-internal-api-key";
 const INTERNAL_KEY_SECRET: &str = "job-manager-internal";
 const EPHEMERAL: &str = "node-api-runtime";
 const PERSISTENT: &str = "node-browser-runtime";
+/// The sidecar's ingress port (the persistent runtime Service's port).
+const INGRESS_PORT: u16 = 8443;
 /// Ephemeral jobs one replica runs at once.
 const PARALLELISM: usize = 25;
 
@@ -101,8 +103,7 @@ impl Cluster {
     /// job manager's Service (backed by the replicas running on this host).
     async fn install(&self, replicas: &[SocketAddr]) {
         let crd_yaml = std::fs::read_to_string(
-            integration_tests::bins::workspace_root()
-                .join("deploy/helm/job-manager/crds/jobrecords.yaml"),
+            workspace_root().join("deploy/helm/job-manager/crds/jobrecords.yaml"),
         )
         .expect("committed CRD");
         let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml).unwrap();
@@ -188,6 +189,7 @@ fn write_config(
     cluster: &Cluster,
     broker: SocketAddr,
     listen: SocketAddr,
+    persistent_endpoints: &BTreeMap<String, String>,
 ) -> PathBuf {
     let cfg = json!({
         "executor": "kubernetes",
@@ -208,7 +210,7 @@ fn write_config(
              "image": {"repository": "newrelic/synthetics-node-browser-runtime-persistent", "tag": "latest"}},
         ],
         "sidecar": {"image": {"repository": "newrelic/serverless-sidecar", "tag": "latest"}},
-        "kubernetes": {"internalApiKeySecretName": INTERNAL_KEY_SECRET, "job": {"backoffLimit": 0, "ttlSecondsAfterFinished": 5}},
+        "kubernetes": {"internalApiKeySecretName": INTERNAL_KEY_SECRET, "persistentEndpoints": persistent_endpoints, "job": {"backoffLimit": 0, "ttlSecondsAfterFinished": 5}},
     });
     let path = dir.join(format!("job-manager-{}.yaml", listen.port()));
     std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
@@ -307,6 +309,43 @@ fn track_poll_to_running(emu: &Emulator) -> std::sync::Arc<std::sync::Mutex<Vec<
     out
 }
 
+/// What the cluster and the replicas look like, for failure messages.
+fn diagnose(cluster: &Cluster, dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    if let Some(emu) = &cluster.emu {
+        for kind in [
+            ("apps/v1", "Deployment"),
+            ("v1", "Service"),
+            ("v1", "Pod"),
+            ("batch/v1", "Job"),
+        ] {
+            for o in emu.objects(kind.0, kind.1, &cluster.namespace) {
+                out.push_str(&format!(
+                    "{} {} status={}\n",
+                    kind.1, o["metadata"]["name"], o["status"]
+                ));
+            }
+        }
+        let errors: Vec<String> = emu
+            .requests()
+            .iter()
+            .filter(|r| r.code >= 400)
+            .take(20)
+            .map(|r| format!("{r:?}"))
+            .collect();
+        out.push_str(&format!("failed API requests (first 20): {errors:#?}\n"));
+    }
+    for i in 0..2 {
+        let log = std::fs::read_to_string(dir.join(format!("replica-{i}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        out.push_str(&format!(
+            "replica-{i} log tail:\n{}\n",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    out
+}
+
 /// Runs `n` jobs of one workload through two replicas, killing one mid-flight, with
 /// API faults injected; asserts every job has exactly one result.
 async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
@@ -323,9 +362,19 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     let addrs = [free_addr(), free_addr()];
     cluster.install(&addrs).await;
     let dir = integration_tests::emulator::TempDir::new("e2e").unwrap();
+    // Out of the cluster, the job manager reaches a persistent runtime's Service through
+    // the kubelet's forwarder for it (in a cluster: the Service's DNS name).
+    let mut persistent_endpoints = BTreeMap::new();
+    if let Some(k) = &cluster.kubelet {
+        let svc = job_manager::kubernetes::labels::persistent_name(PERSISTENT);
+        let addr = k
+            .service_addr(&cluster.namespace, &svc, INGRESS_PORT)
+            .expect("forwarder");
+        persistent_endpoints.insert(PERSISTENT.to_string(), format!("http://{addr}"));
+    }
     let mut replicas = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
-        let cfg = write_config(dir.path(), &cluster, broker_addr, *a);
+        let cfg = write_config(dir.path(), &cluster, broker_addr, *a, &persistent_endpoints);
         replicas.push(
             spawn_replica(
                 &cluster,
@@ -364,8 +413,11 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     }
     // SIGKILL one replica once a third of the results are in.
     let third = broker
-        .wait_for_results(n / 3, Duration::from_secs(300))
+        .wait_for_results(n / 3, Duration::from_secs(120))
         .await;
+    if third.len() < n / 3 {
+        eprintln!("{}", diagnose(&cluster, dir.path()));
+    }
     assert!(
         third.len() >= n / 3,
         "only {} of {} results before the kill",
