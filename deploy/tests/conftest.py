@@ -117,7 +117,10 @@ def load_all(text: str) -> list:
 
 
 def job_manager_binary() -> Path | None:
-    path = REPO / "target" / "debug" / "job-manager"
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    if not target.is_absolute():
+        target = REPO / target
+    path = target / "debug" / "job-manager"
     return path if path.exists() else None
 
 
