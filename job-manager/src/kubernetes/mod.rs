@@ -1,13 +1,25 @@
 //! The Kubernetes executor: translation (job -> objects), job records, leases, pruning.
 //!
 //! ```text
-//! translate   pure: job + config -> JobRecord + Secret + Job (ephemeral),
-//!             Deployment + Service + HPA (persistent), runtime NetworkPolicy
-//! record      the JobRecord CRD (durable per-job state, the result store's rows)
-//! labels      every label/annotation key and derived object name
-//! rbac        the exact API rights the code uses (the chart's Role must match)
-//! cli         `render`, `crd`, `rbac` subcommands (no cluster needed)
+//! translate    pure: job + config -> JobRecord + Secret + Job (ephemeral),
+//!              Deployment + Service + HPA (persistent), runtime NetworkPolicy
+//! record       the JobRecord CRD (durable per-job state, the result store's rows)
+//! labels       every label/annotation key and derived object name
+//! rbac         the exact API rights the code uses (the chart's Role must match)
+//! diagnose     pure: cluster snapshot -> decided results, stopped workloads, orphans
+//! executor     KubeExecutor (Executor): create objects / dispatch to persistent runtimes
+//! store        RecordStore (ResultStore): first result wins, with resourceVersion
+//! coordination leases `runtime-pruning` (diagnose + prune) and `service-setup` (SSA)
+//! cache        watch caches the pruning holder reads
+//! events       Kubernetes Events for abnormal lifecycle steps
+//! metrics      API calls by resource/verb/outcome, lease ownership
+//! setup, run   client + namespace + parts; the wired job manager (`executor: kubernetes`)
+//! cli          `render`, `crd`, `rbac` subcommands (no cluster needed)
 //! ```
+//!
+//! API writes per ephemeral job on the normal path: create record, Secret, Job (3), the
+//! result (1), the Running mark by the pruning holder (1), the record's deletion after
+//! delivery (1, garbage-collecting the rest).
 pub mod cache;
 pub mod cli;
 pub mod coordination;
