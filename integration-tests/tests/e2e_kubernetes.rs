@@ -413,7 +413,7 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     }
     // SIGKILL one replica once a third of the results are in.
     let third = broker
-        .wait_for_results(n / 3, Duration::from_secs(120))
+        .wait_for_results(n / 3, Duration::from_secs(120.max(n as u64)))
         .await;
     if third.len() < n / 3 {
         eprintln!("{}", diagnose(&cluster, dir.path()));
@@ -426,7 +426,9 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     );
     replicas[0].child.start_kill().unwrap();
     let _ = replicas[0].child.wait().await;
-    let results = broker.wait_for_results(n, Duration::from_secs(600)).await;
+    let results = broker
+        .wait_for_results(n, Duration::from_secs(600.max(3 * n as u64)))
+        .await;
     let elapsed = started.elapsed();
     let logs = || std::fs::read_to_string(dir.path().join("replica-1.log")).unwrap_or_default();
     assert_eq!(

@@ -58,7 +58,7 @@ impl KubeletOptions {
             images: vec![],
             image_args: vec![],
             work_dir: PathBuf::new(),
-            probe_period: Duration::from_millis(50),
+            probe_period: Duration::from_millis(100),
             resync: Duration::from_millis(200),
             keep_pod_dirs: false,
         }
