@@ -32,13 +32,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+mod relay;
 #[cfg(test)]
 mod tests;
 
 pub type Body = Either<Incoming, Full<Bytes>>;
 
 /// Per-direction buffer of the generic relay (TLS upstream proxy, or a client stream
-/// hyper would not hand back). Plain TCP tunnels use [`pump`] with growing buffers.
+/// hyper would not hand back). Plain TCP tunnels use [`relay::one_way`] (splice).
 const TUNNEL_BUF: usize = 16 * 1024;
 
 pub struct Proxy {
@@ -343,9 +344,8 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// The common case, TCP on both sides: one pump per direction over owned halves (no
-    /// lock between them), each with a buffer that starts small and grows only while
-    /// reads fill it, so idle tunnels stay cheap and bulk transfers make few syscalls.
+    /// The common case, TCP on both sides: one relay per direction over owned halves
+    /// (no lock between them), spliced through a pipe in the kernel where possible.
     /// EOF on one side is passed on as a write shutdown on the other (half-close); an
     /// error on either ends the tunnel; so does the idle timeout.
     async fn relay_tcp(&self, client: TcpStream, upstream: TcpStream) {
@@ -353,8 +353,13 @@ impl Proxy {
         let last = AtomicU64::new(0);
         let (client_r, client_w) = client.into_split();
         let (upstream_r, upstream_w) = upstream.into_split();
-        let up = pump(client_r, upstream_w, &self.bytes_up, &last, epoch);
-        let down = pump(upstream_r, client_w, &self.bytes_down, &last, epoch);
+        let activity = |bytes| relay::Activity {
+            bytes,
+            last: &last,
+            epoch,
+        };
+        let up = relay::one_way(client_r, upstream_w, activity(&self.bytes_up));
+        let down = relay::one_way(upstream_r, client_w, activity(&self.bytes_down));
         let idle = self.tunnel_idle_timeout;
         let watchdog = async {
             loop {
@@ -372,16 +377,22 @@ impl Proxy {
             tokio::select! {
                 r = &mut up, if !up_done => {
                     up_done = true;
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "tunnel ended with an error (client side)");
-                        return;
+                    match r {
+                        Ok(mode) => tracing::trace!(?mode, "tunnel client side done"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "tunnel ended with an error (client side)");
+                            return;
+                        }
                     }
                 }
                 r = &mut down, if !down_done => {
                     down_done = true;
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "tunnel ended with an error (upstream side)");
-                        return;
+                    match r {
+                        Ok(mode) => tracing::trace!(?mode, "tunnel upstream side done"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "tunnel ended with an error (upstream side)");
+                            return;
+                        }
                     }
                 }
                 _ = &mut watchdog => {
@@ -389,33 +400,6 @@ impl Proxy {
                     return;
                 }
             }
-        }
-    }
-}
-
-const PUMP_MIN_BUF: usize = 8 * 1024;
-const PUMP_MAX_BUF: usize = 256 * 1024;
-
-/// Copies one direction until EOF, then shuts the writer down (half-close).
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    bytes: &Counter,
-    last: &AtomicU64,
-    epoch: Instant,
-) -> std::io::Result<()> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; PUMP_MIN_BUF];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return to.shutdown().await;
-        }
-        bytes.inc_by(n as u64);
-        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        to.write_all(&buf[..n]).await?;
-        if n == buf.len() && buf.len() < PUMP_MAX_BUF {
-            buf.resize((buf.len() * 4).min(PUMP_MAX_BUF), 0);
         }
     }
 }
