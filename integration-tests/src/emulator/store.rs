@@ -221,6 +221,24 @@ impl Store {
         self.events.subscribe()
     }
 
+    /// The objects of one type: a range of the ordered map, not a scan of everything.
+    fn scan<'a>(
+        st: &'a State,
+        group: &str,
+        plural: &str,
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
+        let (g, p) = (group.to_string(), plural.to_string());
+        let start = ObjKey {
+            group: g.clone(),
+            plural: p.clone(),
+            namespace: String::new(),
+            name: String::new(),
+        };
+        st.objects
+            .range(start..)
+            .take_while(move |(k, _)| k.group == g && k.plural == p)
+    }
+
     fn key(rt: &ResourceType, ns: &str, name: &str) -> ObjKey {
         ObjKey {
             group: rt.group.clone(),
@@ -261,12 +279,8 @@ impl Store {
         fields: &FieldSelector,
     ) -> (Vec<Value>, u64) {
         let st = self.lock();
-        let items = st
-            .objects
-            .iter()
-            .filter(|(k, _)| {
-                k.group == rt.group && k.plural == rt.plural && ns.is_none_or(|n| k.namespace == n)
-            })
+        let items = Self::scan(&st, &rt.group, &rt.plural)
+            .filter(|(k, _)| ns.is_none_or(|n| k.namespace == n))
             .filter(|(_, v)| labels.matches_object(v) && fields.matches(v))
             .map(|(_, v)| (**v).clone())
             .collect();
@@ -275,10 +289,8 @@ impl Store {
 
     /// Everything of a type, for controllers.
     pub fn all(&self, group: &str, plural: &str) -> Vec<Arc<Value>> {
-        self.lock()
-            .objects
-            .iter()
-            .filter(|(k, _)| k.group == group && k.plural == plural)
+        let st = self.lock();
+        Self::scan(&st, group, plural)
             .map(|(_, v)| v.clone())
             .collect()
     }
@@ -305,9 +317,7 @@ impl Store {
             k.group == rt.group && k.plural == rt.plural && ns.is_none_or(|n| k.namespace == n)
         };
         let backlog = match from {
-            None => st
-                .objects
-                .iter()
+            None => Self::scan(&st, &rt.group, &rt.plural)
                 .filter(|(k, _)| matches(k))
                 .map(|(k, v)| {
                     Arc::new(StoreEvent {

@@ -144,17 +144,19 @@ impl Kubelet {
             opts: Arc::new(opts.clone()),
         });
         let pods: Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>> = Default::default();
-        let wake = Arc::new(Notify::new());
+        // One permit-keeping Notify per loop: a change during a pass is never missed.
+        let (wake_ctl, wake_pods) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let mut tasks = Vec::new();
         // Event pump: wakes the loops below on every change.
         {
             let mut rx = store.subscribe();
-            let wake = wake.clone();
+            let (wake_ctl, wake_pods) = (wake_ctl.clone(), wake_pods.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
                     match rx.recv().await {
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            wake.notify_waiters()
+                            wake_ctl.notify_one();
+                            wake_pods.notify_one()
                         }
                         Err(_) => return,
                     }
@@ -164,11 +166,13 @@ impl Kubelet {
         // Controllers.
         {
             let store = store.clone();
-            let wake = wake.clone();
+            let wake = wake_ctl.clone();
             let resync = opts.resync;
             tasks.push(tokio::spawn(async move {
                 loop {
                     controllers::reconcile_all(&store);
+                    // At most one pass per 20ms however busy the API is.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     tokio::select! {
                         _ = wake.notified() => {}
                         _ = tokio::time::sleep(resync) => {}
@@ -179,12 +183,14 @@ impl Kubelet {
         // Pod dispatcher: one worker per pod uid.
         {
             let store = store.clone();
-            let wake = wake.clone();
+            let wake = wake_pods.clone();
             let pods = pods.clone();
             let resync = opts.resync;
             tasks.push(tokio::spawn(async move {
                 loop {
                     dispatch(&store, &ctx, &pods);
+                    // At most one pass per 20ms however busy the API is.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     tokio::select! {
                         _ = wake.notified() => {}
                         _ = tokio::time::sleep(resync) => {}
