@@ -567,7 +567,7 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
     let log_level = src
         .one(&cli.log_level, ENV_LOG_LEVEL)
         .unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+    if crate::telemetry::log_filter(&log_level).is_err() {
         return Err(err(
             ENV_LOG_LEVEL,
             "--log-level",

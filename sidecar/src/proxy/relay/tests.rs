@@ -76,8 +76,17 @@ async fn relay_through(data: Vec<u8>, force: Force) -> Relayed {
 async fn splice_moves_every_byte_in_order_counts_them_and_passes_eof_on() {
     let data = payload(8 * 1024 * 1024 + 123);
     let r = relay_through(data.clone(), Force::Auto).await;
-    assert_eq!(r.mode.unwrap(), Mode::Splice, "loopback TCP splices on Linux");
-    assert!(r.got == data, "relayed {} bytes of {}, or out of order", r.got.len(), data.len());
+    assert_eq!(
+        r.mode.unwrap(),
+        Mode::Splice,
+        "loopback TCP splices on Linux"
+    );
+    assert!(
+        r.got == data,
+        "relayed {} bytes of {}, or out of order",
+        r.got.len(),
+        data.len()
+    );
     assert_eq!(r.counted, data.len() as u64);
 }
 
@@ -86,7 +95,12 @@ async fn buffered_fallback_moves_every_byte_in_order_and_counts_them() {
     let data = payload(3 * 1024 * 1024 + 7);
     let r = relay_through(data.clone(), Force::Buffered).await;
     assert_eq!(r.mode.unwrap(), Mode::Buffered);
-    assert!(r.got == data, "relayed {} bytes of {}, or out of order", r.got.len(), data.len());
+    assert!(
+        r.got == data,
+        "relayed {} bytes of {}, or out of order",
+        r.got.len(),
+        data.len()
+    );
     assert_eq!(r.counted, data.len() as u64);
 }
 
