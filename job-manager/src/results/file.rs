@@ -24,9 +24,13 @@
 //! `journal.next`, fsyncs it and renames it over the journal (then fsyncs the directory),
 //! so a crash leaves either the old or the new journal whole.
 //!
+//! Results left in the old per-file layout (`pending/`, `delivered/`) are imported once
+//! at `open` (see `legacy`), so an upgrade loses nothing.
+//!
 //! One process owns the directory (an exclusive lock on `lock`): a second job manager on
 //! the same state dir gets a clear error instead of interleaved appends.
 mod journal;
+mod legacy;
 
 use super::store::{Recorded, ResultStore, StoreError};
 use common::{JobId, JobResult};
@@ -113,15 +117,19 @@ impl FileResultStore {
         })?;
         // A compaction cut short: the journal it was replacing is still whole.
         let _ = std::fs::remove_file(dir.join(COMPACTING));
-        let (file, index, len) = recover(&dir)?;
-        let index = Arc::new(RwLock::new(index));
-        let journal = Journal {
+        let (file, mut index, len) = recover(&dir)?;
+        let mut journal = Journal {
             dir: dir.clone(),
             file,
             len,
             broken: None,
             _lock: lock,
         };
+        let imported = legacy::import(&dir, &mut journal, &mut index)?;
+        if imported > 0 {
+            tracing::info!(dir = %dir.display(), results = imported, "imported results of the old per-file store");
+        }
+        let index = Arc::new(RwLock::new(index));
         let (requests, rx) = mpsc::channel();
         let writer_index = index.clone();
         let writer = std::thread::Builder::new()

@@ -331,3 +331,54 @@ async fn a_compaction_cut_short_leaves_the_old_journal_in_charge() {
     assert_eq!(store.pending().await.unwrap(), vec![result("a", "x")]);
     assert!(!dir.0.join(COMPACTING).exists());
 }
+
+#[tokio::test]
+async fn results_of_the_old_per_file_layout_are_imported_once() {
+    let dir = TempDir::new();
+    for (sub, job, msg) in [("pending", "p", "waiting"), ("delivered", "d", "done")] {
+        std::fs::create_dir_all(dir.0.join(sub)).unwrap();
+        let r = result(job, msg);
+        std::fs::write(
+            dir.0.join(sub).join(format!("r-{job}.json")),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.0.join("pending/.tmp-1-r-x.json"), b"{half").unwrap();
+    let store = FileResultStore::open(&dir.0).unwrap();
+    assert_eq!(store.pending().await.unwrap(), vec![result("p", "waiting")]);
+    assert_eq!(
+        store.lookup(&id("d")).await.unwrap(),
+        Some(result("d", "done"))
+    );
+    assert_eq!(
+        store.record(&result("d", "other")).await.unwrap(),
+        Recorded::Conflict
+    );
+    assert!(!dir.0.join("pending").exists() && !dir.0.join("delivered").exists());
+    drop(store);
+    let reopened = FileResultStore::open(&dir.0).unwrap();
+    assert_eq!(
+        reopened.pending().await.unwrap(),
+        vec![result("p", "waiting")],
+        "imported into the journal"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_old_result_keeps_its_directory() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.0.join("pending")).unwrap();
+    std::fs::write(dir.0.join("pending/r-bad.json"), b"not json").unwrap();
+    std::fs::write(
+        dir.0.join("pending/r-ok.json"),
+        serde_json::to_vec(&result("ok", "m")).unwrap(),
+    )
+    .unwrap();
+    let store = FileResultStore::open(&dir.0).unwrap();
+    assert_eq!(store.pending().await.unwrap(), vec![result("ok", "m")]);
+    assert!(
+        dir.0.join("pending/r-bad.json").exists(),
+        "not deleted without being imported"
+    );
+}
