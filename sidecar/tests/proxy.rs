@@ -284,3 +284,79 @@ async fn transfer_encoding_beats_content_length_and_only_one_request_reaches_ori
     );
     sc.stop().await.unwrap();
 }
+
+/// Bulk data both ways at once through a tunnel (the spliced path): every byte arrives
+/// in order, each side's EOF is passed on, and the byte counters match what moved.
+#[tokio::test]
+async fn connect_tunnel_relays_megabytes_both_ways_and_counts_them() {
+    const UP: usize = 3 * 1024 * 1024 + 11;
+    const DOWN: usize = 5 * 1024 * 1024 + 7;
+    let pattern = |len: usize, seed: usize| -> Vec<u8> {
+        (0..len).map(|i| ((i * 31 + seed) % 251) as u8).collect()
+    };
+    // Origin: sends DOWN bytes and half-closes while reading the client's bytes to EOF,
+    // then reports what it received.
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    let down_data = pattern(DOWN, 7);
+    let served = tokio::spawn({
+        let down_data = down_data.clone();
+        async move {
+            let (s, _) = origin.accept().await.unwrap();
+            let (mut r, mut w) = s.into_split();
+            let send = async move {
+                w.write_all(&down_data).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let recv = async move {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            tokio::join!(send, recv).1
+        }
+    });
+    let sc = Sidecar::start(config(LOOPBACK_ALLOWED, &[]), resolver(&[])).await;
+    let (head, s) = connect_tunnel(sc.addr, &origin_addr.to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let up_data = pattern(UP, 3);
+    let (mut r, mut w) = s.into_split();
+    let send = async {
+        w.write_all(&up_data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    let ((), got_down) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(send, recv) })
+            .await
+            .expect("tunnel transfer finished");
+    let got_up = served.await.unwrap();
+    assert!(
+        got_down == down_data,
+        "downstream: {} of {DOWN} bytes, or out of order",
+        got_down.len()
+    );
+    assert!(
+        got_up == up_data,
+        "upstream: {} of {UP} bytes, or out of order",
+        got_up.len()
+    );
+    let m = sc.metrics().await;
+    assert!(
+        m.contains(&format!(
+            "sidecar_bytes_total{{direction=\"upstream\"}} {UP}"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "sidecar_bytes_total{{direction=\"downstream\"}} {DOWN}"
+        )),
+        "{m}"
+    );
+    sc.stop().await.unwrap();
+}
