@@ -499,3 +499,8 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
 async fn e2e_ephemeral_jobs_survive_a_replica_kill_and_api_faults() {
     run_workload("eph", EPHEMERAL, WorkloadKind::Ephemeral).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_persistent_jobs_survive_a_replica_kill_and_api_faults() {
+    run_workload("per", PERSISTENT, WorkloadKind::Persistent).await;
+}

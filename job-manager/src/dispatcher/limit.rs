@@ -27,17 +27,30 @@ pub fn free_capacity(
 }
 
 /// The poll's demands: never more than free capacity per runtime type, never more than
-/// `batch_size` in total (shared in configuration order). Runtimes with no room are
-/// left out; an empty answer means "do not poll".
-pub fn demands(free: &BTreeMap<String, u32>, order: &[RuntimeLimit], batch_size: u32) -> Vec<RuntimeDemand> {
+/// `batch_size` in total. The batch is dealt one job at a time, round robin over the
+/// runtime types with room, starting at `start` (the caller rotates it every poll): a
+/// type whose room alone exceeds the batch must not starve the types after it, which
+/// would leave their jobs waiting at the broker with capacity free. Runtimes with no
+/// room are left out; an empty answer means "do not poll".
+pub fn demands(free: &BTreeMap<String, u32>, order: &[RuntimeLimit], batch_size: u32, start: usize) -> Vec<RuntimeDemand> {
+    let n = order.len();
+    let mut room: Vec<u32> = order.iter().map(|r| free.get(&r.name).copied().unwrap_or(0)).collect();
+    let mut granted = vec![0u32; n];
     let mut left = batch_size;
-    let mut out = Vec::new();
-    for r in order {
-        let room = free.get(&r.name).copied().unwrap_or(0).min(left);
-        if room > 0 {
-            out.push(RuntimeDemand { runtime_type: r.name.clone(), max: room });
-            left -= room;
+    while left > 0 && room.iter().any(|&r| r > 0) {
+        for k in 0..n {
+            let i = (start + k) % n;
+            if left > 0 && room[i] > 0 {
+                room[i] -= 1;
+                granted[i] += 1;
+                left -= 1;
+            }
         }
     }
-    out
+    order
+        .iter()
+        .zip(granted)
+        .filter(|(_, max)| *max > 0)
+        .map(|(r, max)| RuntimeDemand { runtime_type: r.name.clone(), max })
+        .collect()
 }

@@ -95,6 +95,8 @@ pub struct Dispatcher<B, E, S> {
     handing_off: Mutex<BTreeMap<JobId, (String, u32)>>,
     last_dispatch: Mutex<Instant>,
     handoffs: TaskTracker,
+    /// Rotates which runtime type is dealt the first job of each poll's batch.
+    polls: std::sync::atomic::AtomicUsize,
 }
 
 impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
@@ -116,6 +118,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             handing_off: Mutex::new(BTreeMap::new()),
             last_dispatch: Mutex::new(Instant::now()),
             handoffs: TaskTracker::new(),
+            polls: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -146,7 +149,8 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             self.metrics().set_in_flight(&r.name, in_flight.get(&r.name).map_or(0, Vec::len));
         }
         let free = limit::free_capacity(&self.settings.runtimes, &in_flight, &self.handing_off_counts());
-        let demands = limit::demands(&free, &self.settings.runtimes, self.settings.batch_size);
+        let start = self.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let demands = limit::demands(&free, &self.settings.runtimes, self.settings.batch_size, start);
         if demands.is_empty() {
             return report;
         }

@@ -75,14 +75,40 @@ fn limit_never_exceeds_free_capacity_or_batch() {
     let handing = BTreeMap::from([("a".to_string(), 1usize)]);
     let free = limit::free_capacity(&rts, &in_flight, &handing);
     assert_eq!(free, BTreeMap::from([("a".into(), 1), ("b".into(), 5)]));
-    let d = limit::demands(&free, &rts, 4);
+    let d = limit::demands(&free, &rts, 4, 0);
     assert_eq!(d.iter().map(|d| (d.runtime_type.as_str(), d.max)).collect::<Vec<_>>(), vec![("a", 1), ("b", 3)]);
     // Full: no demand at all, so no poll.
     let full = BTreeMap::from([("a".to_string(), 0u32), ("b".to_string(), 0u32)]);
-    assert!(limit::demands(&full, &rts, 10).is_empty());
+    assert!(limit::demands(&full, &rts, 10, 0).is_empty());
     // More running than parallelism (config shrank) saturates at zero.
     let many = BTreeMap::from([("b".to_string(), (0..9).map(|i| JobId::new(format!("j{i}")).unwrap()).collect())]);
     assert_eq!(limit::free_capacity(&rts, &many, &BTreeMap::new())["b"], 0);
+}
+
+/// Regression: with the batch dealt in config order, a first runtime type whose free room
+/// covered the whole batch took all of it on every poll, so jobs of the second type
+/// waited at the broker forever with capacity free (found by the persistent e2e).
+#[test]
+fn a_runtime_with_room_is_never_starved_by_an_earlier_one() {
+    let rts =
+        vec![RuntimeLimit { name: "a".into(), parallelism: 16 }, RuntimeLimit { name: "b".into(), parallelism: 8 }];
+    let free = limit::free_capacity(&rts, &BTreeMap::new(), &BTreeMap::new());
+    for start in 0..4 {
+        let d = limit::demands(&free, &rts, 10, start);
+        let got: BTreeMap<&str, u32> = d.iter().map(|d| (d.runtime_type.as_str(), d.max)).collect();
+        assert_eq!(got, BTreeMap::from([("a", 5), ("b", 5)]), "start {start}");
+    }
+    // A batch smaller than the number of types: the rotation reaches every type.
+    let three: Vec<RuntimeLimit> =
+        ["a", "b", "c"].iter().map(|n| RuntimeLimit { name: (*n).into(), parallelism: 4 }).collect();
+    let free = limit::free_capacity(&three, &BTreeMap::new(), &BTreeMap::new());
+    let asked: std::collections::BTreeSet<String> =
+        (0..3).flat_map(|s| limit::demands(&free, &three, 1, s)).map(|d| d.runtime_type).collect();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    // Room is still the cap: a type with 1 free slot gets 1, the rest goes to the other.
+    let free = BTreeMap::from([("a".to_string(), 1u32), ("b".to_string(), 8u32)]);
+    let d = limit::demands(&free, &rts, 10, 0);
+    assert_eq!(d.iter().map(|d| (d.runtime_type.as_str(), d.max)).collect::<Vec<_>>(), vec![("a", 1), ("b", 8)]);
 }
 
 #[test]
