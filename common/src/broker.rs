@@ -107,10 +107,8 @@ mod tests {
 
     #[test]
     fn poll_request_round_trip() {
-        let r = PollRequest {
-            demands: vec![RuntimeDemand { runtime_type: "rt".into(), max: 3 }],
-            consumer: "jm-0".into(),
-        };
+        let r =
+            PollRequest { demands: vec![RuntimeDemand { runtime_type: "rt".into(), max: 3 }], consumer: "jm-0".into() };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"demands":[{"runtime_type":"rt","max":3}],"consumer":"jm-0"}"#);
         assert_eq!(serde_json::from_str::<PollRequest>(&s).unwrap(), r);

@@ -205,9 +205,17 @@ mod tests {
         // Extending the expiry breaks the MAC.
         let extended = format!("v1.9999999.{}.{}", parts[2], parts[3]);
         assert_eq!(s.verify(&id("a"), &extended, 0), Err(TokenError::BadSignature));
-        for bad in ["", "v1", "v2.1.0000000000000000.AA", "v1.x.0000000000000000.AA", "v1.1.zz.AA",
-            "v1.1.0000000000000000.!!", "v1.1.0000000000000000.AA.extra", "v1.-1.0000000000000000.AA",
-            "v1.99999999999999999999999.0000000000000000.AA"] {
+        for bad in [
+            "",
+            "v1",
+            "v2.1.0000000000000000.AA",
+            "v1.x.0000000000000000.AA",
+            "v1.1.zz.AA",
+            "v1.1.0000000000000000.!!",
+            "v1.1.0000000000000000.AA.extra",
+            "v1.-1.0000000000000000.AA",
+            "v1.99999999999999999999999.0000000000000000.AA",
+        ] {
             assert_eq!(s.verify(&id("a"), bad, 0), Err(TokenError::Malformed), "{bad:?}");
         }
     }
@@ -232,7 +240,10 @@ mod tests {
         assert_eq!(verify_vse("pass", "node-api-runtime", &p, Some(&sig)), Ok(()));
         assert_eq!(verify_vse("pass", "node-browser-runtime", &p, Some(&sig)), Err(VseError::Mismatch));
         assert_eq!(verify_vse("wrong", "node-api-runtime", &p, Some(&sig)), Err(VseError::Mismatch));
-        assert_eq!(verify_vse("pass", "node-api-runtime", &json!({"script": "evil"}), Some(&sig)), Err(VseError::Mismatch));
+        assert_eq!(
+            verify_vse("pass", "node-api-runtime", &json!({"script": "evil"}), Some(&sig)),
+            Err(VseError::Mismatch)
+        );
         assert_eq!(verify_vse("pass", "node-api-runtime", &p, None), Err(VseError::Missing));
         assert_eq!(verify_vse("pass", "node-api-runtime", &p, Some("%%%")), Err(VseError::Malformed));
     }

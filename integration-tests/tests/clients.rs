@@ -91,15 +91,9 @@ fn venv_python() -> PathBuf {
 
 fn require_tool(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
+        .map(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
         .unwrap_or_default();
-    found.unwrap_or_else(|| {
-        panic!("`{name}` not found on PATH: run deploy/scripts/setup-test-env.sh")
-    })
+    found.unwrap_or_else(|| panic!("`{name}` not found on PATH: run deploy/scripts/setup-test-env.sh"))
 }
 
 /// The local origin (`clients/origin.py`). Lives until dropped: it exits when its stdin
@@ -123,11 +117,7 @@ impl Origin {
     fn start() -> Self {
         require_tool("openssl");
         let dir = TempDir::new("origin");
-        let marker = format!(
-            "origin-marker-{}-{}",
-            std::process::id(),
-            dir.path().display().to_string().len()
-        );
+        let marker = format!("origin-marker-{}-{}", std::process::id(), dir.path().display().to_string().len());
         let mut child = Command::new(venv_python())
             .arg(clients_dir().join("origin.py"))
             .arg("--dir")
@@ -145,12 +135,8 @@ impl Origin {
         BufReader::new(child.stdout.take().expect("origin stdout"))
             .read_line(&mut line)
             .expect("read origin readiness line");
-        assert!(
-            !line.is_empty(),
-            "origin.py exited before it was ready (see stderr above)"
-        );
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("origin line {line:?}: {e}"));
+        assert!(!line.is_empty(), "origin.py exited before it was ready (see stderr above)");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("origin line {line:?}: {e}"));
         let addr = |k: &str| -> SocketAddr { v[k].as_str().expect(k).parse().expect(k) };
         Self {
             http: addr("http"),
@@ -189,14 +175,7 @@ impl Sidecar {
         let ready = dir.path().join("ready.json");
         let log = std::fs::File::create(dir.path().join("sidecar.log")).expect("sidecar log file");
         let mut child = Command::new(sidecar_bin())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--allow-cidr",
-                "127.0.0.1/32",
-                "--log-format",
-                "json",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--allow-cidr", "127.0.0.1/32", "--log-format", "json"])
             .arg("--ready-file")
             .arg(&ready)
             .env("SIDECAR_LOG_LEVEL", "debug")
@@ -209,21 +188,14 @@ impl Sidecar {
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
-                let rf: common::runtime_api::ReadyFile = serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("ready file {text:?}: {e}"));
+                let rf: common::runtime_api::ReadyFile =
+                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("ready file {text:?}: {e}"));
                 break rf.listen;
             }
             if let Some(status) = child.try_wait().expect("try_wait sidecar") {
-                panic!(
-                    "sidecar exited with {status} before ready:\n{}",
-                    read_log(dir.path())
-                );
+                panic!("sidecar exited with {status} before ready:\n{}", read_log(dir.path()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar not ready in 20s:\n{}",
-                read_log(dir.path())
-            );
+            assert!(Instant::now() < deadline, "sidecar not ready in 20s:\n{}", read_log(dir.path()));
             std::thread::sleep(Duration::from_millis(10));
         };
         Self { child, addr, dir }
@@ -239,22 +211,8 @@ impl Sidecar {
 
     /// `/metrics` of the sidecar, fetched directly (origin-form).
     fn metrics(&self) -> String {
-        let out = curl(
-            &[
-                "-sS",
-                "--max-time",
-                "10",
-                "--noproxy",
-                "*",
-                &format!("{}/metrics", self.url()),
-            ],
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "GET /metrics failed: {}",
-            stderr(&out)
-        );
+        let out = curl(&["-sS", "--max-time", "10", "--noproxy", "*", &format!("{}/metrics", self.url())], &[]);
+        assert!(out.status.success(), "GET /metrics failed: {}", stderr(&out));
         stdout(&out)
     }
 }
@@ -283,10 +241,7 @@ fn metric_sum(metrics: &str, name: &str, labels: &str) -> f64 {
     metrics
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(&format!("{name} "))
-                || (l.starts_with(&format!("{name}{{")) && l.contains(labels))
-        })
+        .filter(|l| l.starts_with(&format!("{name} ")) || (l.starts_with(&format!("{name}{{")) && l.contains(labels)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -297,16 +252,8 @@ fn metric_sum(metrics: &str, name: &str, labels: &str) -> f64 {
 
 /// Proxy variables cleared before every client run so the machine's own settings never
 /// leak into a test; each test sets exactly what it means.
-const PROXY_VARS: [&str; 8] = [
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "all_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "ALL_PROXY",
-];
+const PROXY_VARS: [&str; 8] =
+    ["http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"];
 
 fn clean(cmd: &mut Command, env: &[(&str, &str)]) {
     for v in PROXY_VARS {
@@ -335,16 +282,10 @@ fn curl(args: &[&str], env: &[(&str, &str)]) -> Output {
 fn json_client(mut cmd: Command, env: &[(&str, &str)]) -> Value {
     clean(&mut cmd, env);
     let out = cmd.output().expect("run client");
-    assert!(
-        out.status.success(),
-        "client failed: {}\n{}",
-        out.status,
-        stderr(&out)
-    );
+    assert!(out.status.success(), "client failed: {}\n{}", out.status, stderr(&out));
     let text = stdout(&out);
     let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("client output {text:?}: {e}\nstderr: {}", stderr(&out)))
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {text:?}: {e}\nstderr: {}", stderr(&out)))
 }
 
 fn requests(args: &[&str], env: &[(&str, &str)]) -> Value {
@@ -361,9 +302,7 @@ fn node_fetch(args: &[&str], env: &[(&str, &str)]) -> Value {
         node_dir.display()
     );
     let mut cmd = Command::new(require_tool("node"));
-    cmd.current_dir(&node_dir)
-        .arg("fetch_client.mjs")
-        .args(args);
+    cmd.current_dir(&node_dir).arg("fetch_client.mjs").args(args);
     json_client(cmd, env)
 }
 
@@ -397,22 +336,10 @@ fn chromium(proxy: &str, url: &str) -> Output {
 }
 
 fn assert_refused_response(v: &Value, what: &str) {
-    assert_eq!(
-        v["status"], 403,
-        "{what}: expected the sidecar's 403, got {v}"
-    );
+    assert_eq!(v["status"], 403, "{what}: expected the sidecar's 403, got {v}");
     // 127.0.0.2 is refused as loopback: the stable label in the header, a sentence in the body.
-    assert_eq!(
-        v["headers"]["x-sidecar-error"], "loopback",
-        "{what}: reason header in {v}"
-    );
-    assert!(
-        v["body"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("127.0.0.2 is loopback"),
-        "{what}: reason body in {v}"
-    );
+    assert_eq!(v["headers"]["x-sidecar-error"], "loopback", "{what}: reason header in {v}");
+    assert!(v["body"].as_str().unwrap_or_default().contains("127.0.0.2 is loopback"), "{what}: reason body in {v}");
 }
 
 /// Header value from `curl -D -` output (last response's headers).
@@ -433,27 +360,12 @@ fn curl_proxy_flag_gets_origin_body() {
     let origin = Origin::start();
     let sidecar = Sidecar::start();
     let url = format!("http://{}/hello", origin.http);
-    let out = curl(
-        &[
-            "-sS",
-            "--fail",
-            "--max-time",
-            "20",
-            "--proxy",
-            &sidecar.url(),
-            &url,
-        ],
-        &[],
-    );
+    let out = curl(&["-sS", "--fail", "--max-time", "20", "--proxy", &sidecar.url(), &url], &[]);
     assert!(out.status.success(), "curl --proxy: {}", stderr(&out));
     assert_eq!(stdout(&out), origin.hello_body());
     // The body came through the sidecar, forwarded absolute-form.
     assert!(
-        metric_sum(
-            &sidecar.metrics(),
-            "sidecar_requests_total",
-            r#"kind="forward""#
-        ) >= 1.0,
+        metric_sum(&sidecar.metrics(), "sidecar_requests_total", r#"kind="forward""#) >= 1.0,
         "{}",
         sidecar.metrics()
     );
@@ -465,25 +377,11 @@ fn curl_keep_alive_reuses_one_proxy_connection() {
     let sidecar = Sidecar::start();
     let url = format!("http://{}/hello", origin.http);
     // Two URLs in one curl run: the second must reuse the proxy connection.
-    let out = curl(
-        &[
-            "-sS",
-            "-v",
-            "--fail",
-            "--max-time",
-            "20",
-            "--proxy",
-            &sidecar.url(),
-            &url,
-            &url,
-        ],
-        &[],
-    );
+    let out = curl(&["-sS", "-v", "--fail", "--max-time", "20", "--proxy", &sidecar.url(), &url, &url], &[]);
     assert!(out.status.success(), "curl: {}", stderr(&out));
     assert_eq!(stdout(&out), origin.hello_body().repeat(2));
     assert!(
-        stderr(&out).contains("Re-using existing connection")
-            || stderr(&out).contains("Reusing existing"),
+        stderr(&out).contains("Re-using existing connection") || stderr(&out).contains("Reusing existing"),
         "second request did not reuse the keep-alive proxy connection:\n{}",
         stderr(&out)
     );
@@ -527,37 +425,16 @@ fn curl_env_https_goes_through_connect_tunnel() {
     let url = format!("https://{}/hello", origin.https);
     let cacert = origin.cert.display().to_string();
     let out = curl(
-        &[
-            "-sS",
-            "--fail",
-            "--max-time",
-            "20",
-            "--cacert",
-            &cacert,
-            "-w",
-            "\n%{http_connect}",
-            &url,
-        ],
+        &["-sS", "--fail", "--max-time", "20", "--cacert", &cacert, "-w", "\n%{http_connect}", &url],
         &[("HTTPS_PROXY", &sidecar.url())],
     );
-    assert!(
-        out.status.success(),
-        "curl via HTTPS_PROXY: {}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "curl via HTTPS_PROXY: {}", stderr(&out));
     let text = stdout(&out);
     let (body, connect_code) = text.rsplit_once('\n').expect("body + connect code");
     assert_eq!(body, origin.hello_body());
     // %{http_connect} is the proxy's answer to CONNECT: 200 proves the tunnel was used.
-    assert_eq!(
-        connect_code, "200",
-        "HTTPS did not go through a CONNECT tunnel"
-    );
-    assert!(
-        metric_sum(&sidecar.metrics(), "sidecar_tunnels_total", "") >= 1.0,
-        "{}",
-        sidecar.metrics()
-    );
+    assert_eq!(connect_code, "200", "HTTPS did not go through a CONNECT tunnel");
+    assert!(metric_sum(&sidecar.metrics(), "sidecar_tunnels_total", "") >= 1.0, "{}", sidecar.metrics());
 }
 
 #[test]
@@ -566,64 +443,21 @@ fn curl_refused_target_gets_403_with_reason() {
     let sidecar = Sidecar::start();
     // Plain HTTP: the 403 response itself, with reason header and body.
     let url = format!("http://{}/hello", origin.http_refused);
-    let out = curl(
-        &[
-            "-sS",
-            "--max-time",
-            "20",
-            "-D",
-            "-",
-            "--proxy",
-            &sidecar.url(),
-            &url,
-        ],
-        &[],
-    );
+    let out = curl(&["-sS", "--max-time", "20", "-D", "-", "--proxy", &sidecar.url(), &url], &[]);
     let text = stdout(&out);
-    assert!(
-        text.starts_with("HTTP/1.1 403"),
-        "expected 403 from the sidecar, got:\n{text}"
-    );
-    assert_eq!(
-        header(&text, "x-sidecar-error"),
-        Some("loopback"),
-        "reason header:\n{text}"
-    );
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    assert!(
-        body.contains("127.0.0.2 is loopback"),
-        "403 without its reason:\n{text}"
-    );
-    assert!(
-        !body.contains(&origin.marker),
-        "origin content leaked through a refusal"
-    );
+    assert!(text.starts_with("HTTP/1.1 403"), "expected 403 from the sidecar, got:\n{text}");
+    assert_eq!(header(&text, "x-sidecar-error"), Some("loopback"), "reason header:\n{text}");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    assert!(body.contains("127.0.0.2 is loopback"), "403 without its reason:\n{text}");
+    assert!(!body.contains(&origin.marker), "origin content leaked through a refusal");
 
     // HTTPS through env: the CONNECT is refused with 403 and curl never reaches the origin.
     let url = format!("https://{}/hello", origin.http_refused);
-    let out = curl(
-        &["-sS", "--max-time", "20", "-w", "%{http_connect}", &url],
-        &[("HTTPS_PROXY", &sidecar.url())],
-    );
-    assert!(
-        !out.status.success(),
-        "CONNECT to a refused target succeeded"
-    );
-    assert_eq!(
-        stdout(&out),
-        "403",
-        "CONNECT answer; curl said: {}",
-        stderr(&out)
-    );
+    let out = curl(&["-sS", "--max-time", "20", "-w", "%{http_connect}", &url], &[("HTTPS_PROXY", &sidecar.url())]);
+    assert!(!out.status.success(), "CONNECT to a refused target succeeded");
+    assert_eq!(stdout(&out), "403", "CONNECT answer; curl said: {}", stderr(&out));
     // Both refusals were the sidecar's policy, counted as denials.
-    assert!(
-        metric_sum(&sidecar.metrics(), "sidecar_denials_total", "") >= 2.0,
-        "{}",
-        sidecar.metrics()
-    );
+    assert!(metric_sum(&sidecar.metrics(), "sidecar_denials_total", "") >= 2.0, "{}", sidecar.metrics());
 }
 
 #[test]
@@ -633,36 +467,16 @@ fn curl_no_proxy_bypasses_the_sidecar() {
     let url = format!("http://{}/hello", origin.http_refused);
     // Through the sidecar this destination is refused ...
     let via = curl(
-        &[
-            "-s",
-            "--max-time",
-            "20",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url,
-        ],
-        &[
-            ("HTTP_PROXY", &sidecar.url()),
-            ("http_proxy", &sidecar.url()),
-        ],
+        &["-s", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", &url],
+        &[("HTTP_PROXY", &sidecar.url()), ("http_proxy", &sidecar.url())],
     );
     assert_eq!(stdout(&via), "403");
     // ... NO_PROXY sends it direct, so the origin answers.
     let direct = curl(
         &["-sS", "--fail", "--max-time", "20", &url],
-        &[
-            ("HTTP_PROXY", &sidecar.url()),
-            ("http_proxy", &sidecar.url()),
-            ("NO_PROXY", "127.0.0.2"),
-        ],
+        &[("HTTP_PROXY", &sidecar.url()), ("http_proxy", &sidecar.url()), ("NO_PROXY", "127.0.0.2")],
     );
-    assert!(
-        direct.status.success(),
-        "curl with NO_PROXY: {}",
-        stderr(&direct)
-    );
+    assert!(direct.status.success(), "curl with NO_PROXY: {}", stderr(&direct));
     assert_eq!(stdout(&direct), origin.hello_body());
 }
 
@@ -673,24 +487,10 @@ fn curl_through_proxy_to_the_sidecar_itself_reaches_its_own_api() {
     let sidecar = Sidecar::start();
     let url = format!("{}/healthz", sidecar.url());
     let out = curl(
-        &[
-            "-sS",
-            "--max-time",
-            "20",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url,
-        ],
+        &["-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", &url],
         &[("http_proxy", &sidecar.url())],
     );
-    assert_eq!(
-        stdout(&out),
-        "200",
-        "absolute-form /healthz to the sidecar itself: {}",
-        stderr(&out)
-    );
+    assert_eq!(stdout(&out), "200", "absolute-form /healthz to the sidecar itself: {}", stderr(&out));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -701,10 +501,7 @@ fn curl_through_proxy_to_the_sidecar_itself_reaches_its_own_api() {
 fn requests_env_proxies_http_and_https() {
     let origin = Origin::start();
     let sidecar = Sidecar::start();
-    let env = [
-        ("HTTP_PROXY", sidecar.url()),
-        ("HTTPS_PROXY", sidecar.url()),
-    ];
+    let env = [("HTTP_PROXY", sidecar.url()), ("HTTPS_PROXY", sidecar.url())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
     let v = requests(&[&format!("http://{}/hello", origin.http)], &env);
@@ -712,25 +509,12 @@ fn requests_env_proxies_http_and_https() {
     assert_eq!(v["body"], origin.hello_body());
 
     let cacert = origin.cert.display().to_string();
-    let v = requests(
-        &[
-            &format!("https://{}/hello", origin.https),
-            "--cacert",
-            &cacert,
-        ],
-        &env,
-    );
+    let v = requests(&[&format!("https://{}/hello", origin.https), "--cacert", &cacert], &env);
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["body"], origin.hello_body());
 
     let v = requests(
-        &[
-            &format!("http://{}/echo", origin.http),
-            "--method",
-            "POST",
-            "--data",
-            "posted through the sidecar",
-        ],
+        &[&format!("http://{}/echo", origin.http), "--method", "POST", "--data", "posted through the sidecar"],
         &env,
     );
     assert_eq!(v["status"], 200, "{v}");
@@ -752,30 +536,13 @@ fn requests_refused_target_gets_403_with_reason() {
     let origin = Origin::start();
     let sidecar = Sidecar::start();
     let proxy = sidecar.url();
-    let v = requests(
-        &[
-            &format!("http://{}/hello", origin.http_refused),
-            "--proxy",
-            &proxy,
-        ],
-        &[],
-    );
+    let v = requests(&[&format!("http://{}/hello", origin.http_refused), "--proxy", &proxy], &[]);
     assert_refused_response(&v, "requests http");
 
     // HTTPS: requests surfaces the refused CONNECT as a ProxyError carrying the status.
-    let v = requests(
-        &[
-            &format!("https://{}/hello", origin.http_refused),
-            "--proxy",
-            &proxy,
-        ],
-        &[],
-    );
+    let v = requests(&[&format!("https://{}/hello", origin.http_refused), "--proxy", &proxy], &[]);
     assert_eq!(v["error"], "ProxyError", "{v}");
-    assert!(
-        v["message"].as_str().unwrap_or_default().contains("403"),
-        "{v}"
-    );
+    assert!(v["message"].as_str().unwrap_or_default().contains("403"), "{v}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -789,16 +556,7 @@ fn node_proxy_agent_fetches_https_and_http() {
     let proxy = sidecar.url();
     let cacert = origin.cert.display().to_string();
 
-    let v = node_fetch(
-        &[
-            &format!("https://{}/hello", origin.https),
-            "--proxy",
-            &proxy,
-            "--cacert",
-            &cacert,
-        ],
-        &[],
-    );
+    let v = node_fetch(&[&format!("https://{}/hello", origin.https), "--proxy", &proxy, "--cacert", &cacert], &[]);
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["body"], origin.hello_body());
 
@@ -834,20 +592,9 @@ fn node_env_proxy_agent_follows_env_and_refusals() {
     let sidecar = Sidecar::start();
     let proxy = sidecar.url();
     let cacert = origin.cert.display().to_string();
-    let env = [
-        ("HTTP_PROXY", proxy.as_str()),
-        ("HTTPS_PROXY", proxy.as_str()),
-    ];
+    let env = [("HTTP_PROXY", proxy.as_str()), ("HTTPS_PROXY", proxy.as_str())];
 
-    let v = node_fetch(
-        &[
-            &format!("https://{}/hello", origin.https),
-            "--env",
-            "--cacert",
-            &cacert,
-        ],
-        &env,
-    );
+    let v = node_fetch(&[&format!("https://{}/hello", origin.https), "--env", "--cacert", &cacert], &env);
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["body"], origin.hello_body());
 
@@ -858,10 +605,7 @@ fn node_env_proxy_agent_follows_env_and_refusals() {
     // Tunnelled, the refusal is the CONNECT's status, reported down the cause chain.
     let v = node_fetch(&[&refused, "--env"], &env);
     assert!(v["error"].is_string(), "refused CONNECT succeeded: {v}");
-    assert!(
-        v["causes"].to_string().contains("Proxy response (403)"),
-        "{v}"
-    );
+    assert!(v["causes"].to_string().contains("Proxy response (403)"), "{v}");
 
     // NO_PROXY: the same refused address goes direct and the origin answers.
     let env_no_proxy = [env[0], env[1], ("NO_PROXY", "127.0.0.2")];
@@ -878,10 +622,7 @@ fn node_env_proxy_agent_follows_env_and_refusals() {
 fn chromium_loads_https_page_through_sidecar() {
     let origin = Origin::start();
     let sidecar = Sidecar::start();
-    let out = chromium(
-        &sidecar.url(),
-        &format!("https://{}/page.html", origin.https),
-    );
+    let out = chromium(&sidecar.url(), &format!("https://{}/page.html", origin.https));
     let dom = stdout(&out);
     assert!(
         dom.contains(&format!(r#"<h1 id="marker">{}</h1>"#, origin.marker)),
@@ -890,11 +631,7 @@ fn chromium_loads_https_page_through_sidecar() {
     );
     // The browser spoke to the origin through a tunnel, not directly.
     let tunnels = metric_sum(&sidecar.metrics(), "sidecar_tunnels_total", "");
-    assert!(
-        tunnels >= 1.0,
-        "no CONNECT tunnel counted by the sidecar:\n{}",
-        sidecar.metrics()
-    );
+    assert!(tunnels >= 1.0, "no CONNECT tunnel counted by the sidecar:\n{}", sidecar.metrics());
 }
 
 #[test]
@@ -903,14 +640,8 @@ fn chromium_refused_https_target_fails_tunnel() {
     let sidecar = Sidecar::start();
     // 127.0.0.2 is loopback the sidecar was not told to allow.
     let port = origin.http_refused.port();
-    let out = chromium(
-        &sidecar.url(),
-        &format!("https://127.0.0.2:{port}/page.html"),
-    );
-    assert!(
-        !stdout(&out).contains(&origin.marker),
-        "refused origin's page was loaded"
-    );
+    let out = chromium(&sidecar.url(), &format!("https://127.0.0.2:{port}/page.html"));
+    assert!(!stdout(&out).contains(&origin.marker), "refused origin's page was loaded");
     assert!(
         stderr(&out).contains("ERR_TUNNEL_CONNECTION_FAILED"),
         "expected the sidecar to refuse the CONNECT; stderr tail:\n{}",
@@ -927,23 +658,10 @@ fn netns_runtime_user_blocked_directly_reaches_origin_through_sidecar() {
     // Root only (namespaces, iptables); `make test` runs as root on CI's machine. The
     // script builds throwaway namespaces and prints one `ok - ` line per check.
     let script = clients_dir().join("netns-egress.sh");
-    let out = Command::new(&script)
-        .arg(sidecar_bin())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run netns-egress.sh");
+    let out = Command::new(&script).arg(sidecar_bin()).stdin(Stdio::null()).output().expect("run netns-egress.sh");
     let text = stdout(&out);
-    assert!(
-        out.status.success(),
-        "netns-egress.sh failed ({}):\n{text}\n{}",
-        out.status,
-        stderr(&out)
-    );
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("ok - ")).count(),
-        5,
-        "expected 5 passing checks:\n{text}"
-    );
+    assert!(out.status.success(), "netns-egress.sh failed ({}):\n{text}\n{}", out.status, stderr(&out));
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok - ")).count(), 5, "expected 5 passing checks:\n{text}");
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -956,10 +674,7 @@ fn helpers_read_metrics_and_headers() {
     let metrics = "# HELP sidecar_requests Requests\n# TYPE sidecar_requests counter\n\
         sidecar_requests_total{kind=\"forward\"} 3\nsidecar_requests_total{kind=\"local\"} 5\n\
         sidecar_tunnels_total 2\nsidecar_tunnels_total_extra 9\n";
-    assert_eq!(
-        metric_sum(metrics, "sidecar_requests_total", r#"kind="forward""#),
-        3.0
-    );
+    assert_eq!(metric_sum(metrics, "sidecar_requests_total", r#"kind="forward""#), 3.0);
     assert_eq!(metric_sum(metrics, "sidecar_requests_total", ""), 8.0);
     assert_eq!(metric_sum(metrics, "sidecar_tunnels_total", ""), 2.0);
     assert_eq!(metric_sum(metrics, "sidecar_missing_total", ""), 0.0);

@@ -39,10 +39,7 @@ fn workspace_root() -> PathBuf {
 }
 
 fn job_count() -> usize {
-    std::env::var("E2E_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60)
+    std::env::var("E2E_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(60)
 }
 
 fn metric(name: &str, value: impl std::fmt::Display) {
@@ -63,22 +60,14 @@ impl Cluster {
         let (emu, kubelet, kubeconfig) = match std::env::var_os("E2E_KUBECONFIG") {
             Some(p) => (None, None, PathBuf::from(p)),
             None => {
-                let emu = Emulator::start(EmulatorOptions {
-                    namespace: namespace.clone(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+                let emu = Emulator::start(EmulatorOptions { namespace: namespace.clone(), ..Default::default() })
+                    .await
+                    .unwrap();
                 let mut opts = KubeletOptions::default();
                 // The persistent runtime image's CMD: serve on the pod's loopback.
                 opts.image_args.push((
                     "persistent".into(),
-                    vec![
-                        "--serve".into(),
-                        "127.0.0.1:8081".into(),
-                        "--max-concurrent".into(),
-                        "4".into(),
-                    ],
+                    vec!["--serve".into(), "127.0.0.1:8081".into(), "--max-concurrent".into(), "4".into()],
                 ));
                 let kubelet = Kubelet::start(&emu, opts);
                 let kc = emu.kubeconfig_path().to_path_buf();
@@ -86,58 +75,36 @@ impl Cluster {
             }
         };
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("kubeconfig valid");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig valid");
         let client = kube::Client::try_from(cfg).unwrap();
-        Self {
-            emu,
-            kubelet,
-            kubeconfig,
-            namespace,
-            client,
-        }
+        Self { emu, kubelet, kubeconfig, namespace, client }
     }
 
     /// What the Helm chart would install: the CRD, the internal-key Secret, and the
     /// job manager's Service (backed by the replicas running on this host).
     async fn install(&self, replicas: &[SocketAddr]) {
-        let crd_yaml = std::fs::read_to_string(
-            workspace_root().join("deploy/helm/job-manager/crds/jobrecords.yaml"),
-        )
-        .expect("committed CRD");
+        let crd_yaml = std::fs::read_to_string(workspace_root().join("deploy/helm/job-manager/crds/jobrecords.yaml"))
+            .expect("committed CRD");
         let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml).unwrap();
-        let crds: Api<DynamicObject> = Api::all_with(self.client.clone(), &ApiResource::erase::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(&()));
-        crds.patch(
-            crd["metadata"]["name"].as_str().unwrap(),
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("CRD applied");
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(self.client.clone(), &self.namespace);
+        let crds: Api<DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &ApiResource::erase::<
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+            >(&()),
+        );
+        crds.patch(crd["metadata"]["name"].as_str().unwrap(), &PatchParams::apply("e2e").force(), &Patch::Apply(&crd))
+            .await
+            .expect("CRD applied");
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": INTERNAL_KEY_SECRET}, "stringData": {"internalApiKey": INTERNAL_KEY}});
         secrets
-            .patch(
-                INTERNAL_KEY_SECRET,
-                &PatchParams::apply("e2e").force(),
-                &Patch::Apply(&s),
-            )
+            .patch(INTERNAL_KEY_SECRET, &PatchParams::apply("e2e").force(), &Patch::Apply(&s))
             .await
             .expect("secret");
-        let services: Api<k8s_openapi::api::core::v1::Service> =
-            Api::namespaced(self.client.clone(), &self.namespace);
+        let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(self.client.clone(), &self.namespace);
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "job-manager"},
             "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}});
-        services
-            .patch(
-                "job-manager",
-                &PatchParams::apply("e2e").force(),
-                &Patch::Apply(&svc),
-            )
-            .await
-            .expect("service");
+        services.patch("job-manager", &PatchParams::apply("e2e").force(), &Patch::Apply(&svc)).await.expect("service");
         match &self.kubelet {
             Some(k) => k.set_external_endpoints(&self.namespace, "job-manager", replicas.to_vec()),
             None => self.real_cluster_endpoints(replicas).await,
@@ -146,8 +113,7 @@ impl Cluster {
 
     /// Real clusters: an EndpointSlice pointing the Service at this host.
     async fn real_cluster_endpoints(&self, replicas: &[SocketAddr]) {
-        let host =
-            std::env::var("E2E_HOST_IP").expect("E2E_HOST_IP: the host address pods can reach");
+        let host = std::env::var("E2E_HOST_IP").expect("E2E_HOST_IP: the host address pods can reach");
         let ar = ApiResource {
             group: "discovery.k8s.io".into(),
             version: "v1".into(),
@@ -155,20 +121,13 @@ impl Cluster {
             kind: "EndpointSlice".into(),
             plural: "endpointslices".into(),
         };
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &self.namespace, &ar);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &ar);
         for (i, r) in replicas.iter().enumerate() {
             let name = format!("job-manager-e2e-{i}");
             let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "job-manager"}},
                 "addressType": "IPv4", "endpoints": [{"addresses": [host]}], "ports": [{"name": "http", "port": r.port()}]});
-            api.patch(
-                &name,
-                &PatchParams::apply("e2e").force(),
-                &Patch::Apply(&slice),
-            )
-            .await
-            .expect("endpointslice");
+            api.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&slice)).await.expect("endpointslice");
         }
     }
 }
@@ -178,10 +137,7 @@ struct Replica {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 fn write_config(
@@ -217,45 +173,31 @@ fn write_config(
     path
 }
 
-async fn spawn_replica(
-    cluster: &Cluster,
-    config: &std::path::Path,
-    addr: SocketAddr,
-    log: PathBuf,
-) -> Replica {
+async fn spawn_replica(cluster: &Cluster, config: &std::path::Path, addr: SocketAddr, log: PathBuf) -> Replica {
     let log = std::fs::File::create(log).unwrap();
-    let child =
-        tokio::process::Command::new(integration_tests::kubelet::binary_dir().join("job-manager"))
-            .arg("--config")
-            .arg(config)
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("JM_EXECUTOR", "kubernetes")
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("job-manager starts");
+    let child = tokio::process::Command::new(integration_tests::kubelet::binary_dir().join("job-manager"))
+        .arg("--config")
+        .arg(config)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("JM_EXECUTOR", "kubernetes")
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("job-manager starts");
     // Readiness: the result API answers /healthz.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = s
-                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await;
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
             let mut buf = [0u8; 16];
-            if s.read(&mut buf)
-                .await
-                .is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 200"))
-            {
+            if s.read(&mut buf).await.is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 200")) {
                 break;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "job-manager on {addr} did not become healthy"
-        );
+        assert!(Instant::now() < deadline, "job-manager on {addr} did not become healthy");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Replica { child }
@@ -288,9 +230,7 @@ fn track_poll_to_running(emu: &Emulator) -> std::sync::Arc<std::sync::Mutex<Vec<
             let obj = &ev.object;
             match ev.key.plural.as_str() {
                 "jobrecords" => {
-                    first_seen
-                        .entry(ev.key.name.clone())
-                        .or_insert_with(Instant::now);
+                    first_seen.entry(ev.key.name.clone()).or_insert_with(Instant::now);
                 }
                 "pods" if obj["status"]["phase"] == "Running" => {
                     let Some(job) = obj["metadata"]["labels"]["job-name"].as_str() else {
@@ -313,35 +253,19 @@ fn track_poll_to_running(emu: &Emulator) -> std::sync::Arc<std::sync::Mutex<Vec<
 fn diagnose(cluster: &Cluster, dir: &std::path::Path) -> String {
     let mut out = String::new();
     if let Some(emu) = &cluster.emu {
-        for kind in [
-            ("apps/v1", "Deployment"),
-            ("v1", "Service"),
-            ("v1", "Pod"),
-            ("batch/v1", "Job"),
-        ] {
+        for kind in [("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "Pod"), ("batch/v1", "Job")] {
             for o in emu.objects(kind.0, kind.1, &cluster.namespace) {
-                out.push_str(&format!(
-                    "{} {} status={}\n",
-                    kind.1, o["metadata"]["name"], o["status"]
-                ));
+                out.push_str(&format!("{} {} status={}\n", kind.1, o["metadata"]["name"], o["status"]));
             }
         }
-        let errors: Vec<String> = emu
-            .requests()
-            .iter()
-            .filter(|r| r.code >= 400)
-            .take(20)
-            .map(|r| format!("{r:?}"))
-            .collect();
+        let errors: Vec<String> =
+            emu.requests().iter().filter(|r| r.code >= 400).take(20).map(|r| format!("{r:?}")).collect();
         out.push_str(&format!("failed API requests (first 20): {errors:#?}\n"));
     }
     for i in 0..2 {
         let log = std::fs::read_to_string(dir.join(format!("replica-{i}.log"))).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        out.push_str(&format!(
-            "replica-{i} log tail:\n{}\n",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ));
+        out.push_str(&format!("replica-{i} log tail:\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
     }
     out
 }
@@ -367,68 +291,36 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     let mut persistent_endpoints = BTreeMap::new();
     if let Some(k) = &cluster.kubelet {
         let svc = job_manager::kubernetes::labels::persistent_name(PERSISTENT);
-        let addr = k
-            .service_addr(&cluster.namespace, &svc, INGRESS_PORT)
-            .expect("forwarder");
+        let addr = k.service_addr(&cluster.namespace, &svc, INGRESS_PORT).expect("forwarder");
         persistent_endpoints.insert(PERSISTENT.to_string(), format!("http://{addr}"));
     }
     let mut replicas = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
         let cfg = write_config(dir.path(), &cluster, broker_addr, *a, &persistent_endpoints);
-        replicas.push(
-            spawn_replica(
-                &cluster,
-                &cfg,
-                *a,
-                dir.path().join(format!("replica-{i}.log")),
-            )
-            .await,
-        );
+        replicas.push(spawn_replica(&cluster, &cfg, *a, dir.path().join(format!("replica-{i}.log"))).await);
     }
     if let Some(emu) = &cluster.emu {
         // Transient API trouble on the write path and on record updates.
-        emu.faults().add(
-            FaultRule::new(Fault::TooManyRequests {
-                retry_after_secs: 1,
-            })
-            .verb("create")
-            .probability(0.03),
-        );
-        emu.faults().add(
-            FaultRule::new(Fault::InternalError)
-                .verb("create")
-                .probability(0.03),
-        );
-        emu.faults().add(
-            FaultRule::new(Fault::Conflict)
-                .resource("jobrecords")
-                .probability(0.05),
-        );
+        emu.faults()
+            .add(FaultRule::new(Fault::TooManyRequests { retry_after_secs: 1 }).verb("create").probability(0.03));
+        emu.faults().add(FaultRule::new(Fault::InternalError).verb("create").probability(0.03));
+        emu.faults().add(FaultRule::new(Fault::Conflict).resource("jobrecords").probability(0.05));
         emu.clear_requests();
     }
-    let latencies = cluster.emu.as_ref().map(|emu| track_poll_to_running(emu));
+    let latencies = cluster.emu.as_ref().map(track_poll_to_running);
     let started = Instant::now();
     for j in jobs(prefix, runtime, kind, n) {
         broker.submit(j).unwrap();
     }
     // SIGKILL one replica once a third of the results are in.
-    let third = broker
-        .wait_for_results(n / 3, Duration::from_secs(120.max(n as u64)))
-        .await;
+    let third = broker.wait_for_results(n / 3, Duration::from_secs(120.max(n as u64))).await;
     if third.len() < n / 3 {
         eprintln!("{}", diagnose(&cluster, dir.path()));
     }
-    assert!(
-        third.len() >= n / 3,
-        "only {} of {} results before the kill",
-        third.len(),
-        n
-    );
+    assert!(third.len() >= n / 3, "only {} of {} results before the kill", third.len(), n);
     replicas[0].child.start_kill().unwrap();
     let _ = replicas[0].child.wait().await;
-    let results = broker
-        .wait_for_results(n, Duration::from_secs(600.max(3 * n as u64)))
-        .await;
+    let results = broker.wait_for_results(n, Duration::from_secs(600.max(3 * n as u64))).await;
     let elapsed = started.elapsed();
     let logs = || std::fs::read_to_string(dir.path().join("replica-1.log")).unwrap_or_default();
     assert_eq!(
@@ -443,10 +335,7 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     let mut not_succeeded = Vec::new();
     for (id, r) in &results {
         *outcomes.entry(format!("{:?}", r.outcome)).or_default() += 1;
-        assert_eq!(
-            counters[id].results_conflicting, 0,
-            "{id}: two different results were submitted"
-        );
+        assert_eq!(counters[id].results_conflicting, 0, "{id}: two different results were submitted");
         if r.outcome != Outcome::Succeeded {
             not_succeeded.push(format!("{id}: {:?} {}", r.outcome, r.message));
         }
@@ -464,24 +353,11 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
         "only the kill may cost jobs, and only as timeouts: {not_succeeded:#?}"
     );
     metric(&format!("{prefix}.jobs"), n);
-    metric(
-        &format!("{prefix}.jobs_per_sec"),
-        format!("{:.1}", n as f64 / elapsed.as_secs_f64()),
-    );
+    metric(&format!("{prefix}.jobs_per_sec"), format!("{:.1}", n as f64 / elapsed.as_secs_f64()));
     if let Some(emu) = &cluster.emu {
-        let writes = emu
-            .requests()
-            .iter()
-            .filter(|r| r.is_write() && r.field_manager != "e2e")
-            .count();
-        metric(
-            &format!("{prefix}.api_writes_per_job"),
-            format!("{:.2}", writes as f64 / n as f64),
-        );
-        metric(
-            &format!("{prefix}.faults_injected"),
-            emu.faults().injected(),
-        );
+        let writes = emu.requests().iter().filter(|r| r.is_write() && r.field_manager != "e2e").count();
+        metric(&format!("{prefix}.api_writes_per_job"), format!("{:.2}", writes as f64 / n as f64));
+        metric(&format!("{prefix}.faults_injected"), emu.faults().injected());
     }
     if let Some(l) = latencies {
         let mut l = l.lock().unwrap().clone();

@@ -19,12 +19,7 @@ const NS: &str = "default";
 const KEY: &str = "internal-key-for-tests";
 
 /// Waits (on store events, with a deadline) until `check` finds what it wants.
-async fn wait_for<T>(
-    emu: &Emulator,
-    what: &str,
-    secs: u64,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
+async fn wait_for<T>(emu: &Emulator, what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
     let mut rx = emu.store().subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
@@ -61,28 +56,14 @@ async fn fake_job_manager() -> (SocketAddr, Arc<Mutex<Vec<(String, Value, String
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default()
                             .to_string();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        rec.lock().unwrap().push((
-                            path,
-                            serde_json::from_slice(&body).unwrap_or(Value::Null),
-                            key,
-                        ));
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        rec.lock().unwrap().push((path, serde_json::from_slice(&body).unwrap_or(Value::Null), key));
                         Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .status(200)
-                                .body(Full::new(Bytes::from("{}")))
-                                .unwrap(),
+                            http::Response::builder().status(200).body(Full::new(Bytes::from("{}"))).unwrap(),
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
             });
         }
     });
@@ -120,7 +101,8 @@ fn runtime_pod_spec(secret: &str) -> Value {
 }
 
 async fn setup_job(raw: &Raw, name: &str, payload: Value) {
-    let job = json!({"id": name, "runtime_type": "node-api-runtime", "timeout_secs": 60, "attempt": 1, "payload": payload});
+    let job =
+        json!({"id": name, "runtime_type": "node-api-runtime", "timeout_secs": 60, "attempt": 1, "payload": payload});
     let r = raw
         .post(
             &format!("/api/v1/namespaces/{NS}/secrets"),
@@ -131,12 +113,7 @@ async fn setup_job(raw: &Raw, name: &str, payload: Value) {
     assert_eq!(r.code, 201, "{}", r.text);
 }
 
-async fn cluster() -> (
-    Emulator,
-    Kubelet,
-    Raw,
-    Arc<Mutex<Vec<(String, Value, String)>>>,
-) {
+async fn cluster() -> (Emulator, Kubelet, Raw, Arc<Mutex<Vec<(String, Value, String)>>>) {
     let emu = emulator().await;
     let kubelet = Kubelet::start(&emu, KubeletOptions::default());
     let raw = Raw::new(&emu);
@@ -164,17 +141,11 @@ async fn a_job_runs_sidecar_then_runtime_and_its_result_reaches_the_job_manager(
     setup_job(&raw, "job-1", json!({"action": "sleep", "secs": 0})).await;
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "job-1"},
         "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 600, "template": {"spec": runtime_pod_spec("job-1-job")}}});
-    let r = raw
-        .post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job)
-        .await;
+    let r = raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job).await;
     assert_eq!(r.code, 201, "{}", r.text);
     let done = wait_for(&emu, "the Job to complete", 60, || {
         let j = emu.object("batch/v1", "Job", NS, "job-1")?;
-        j["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Complete")
-            .then_some(j)
+        j["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "Complete").then_some(j)
     })
     .await;
     assert_eq!(done["status"]["succeeded"], 1);
@@ -188,40 +159,41 @@ async fn a_job_runs_sidecar_then_runtime_and_its_result_reaches_the_job_manager(
     assert_eq!(pod["status"]["phase"], "Succeeded");
     assert_eq!(pod["metadata"]["labels"]["job-name"], "job-1");
     assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Job");
-    assert_eq!(
-        pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
-        0
-    );
+    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
     // The native sidecar was stopped after the runtime finished.
-    assert!(
-        pod["status"]["initContainerStatuses"][0]["state"]["terminated"].is_object(),
-        "{}",
-        pod["status"]
-    );
+    assert!(pod["status"]["initContainerStatuses"][0]["state"]["terminated"].is_object(), "{}", pod["status"]);
 }
 
 #[tokio::test]
 async fn pods_that_cannot_start_show_the_kubelets_reasons() {
     let (emu, _kubelet, raw, _got) = cluster().await;
-    let pod = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
+    let pod =
+        |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
     // Unknown image.
-    let r = raw.post(&format!("/api/v1/namespaces/{NS}/pods"), &pod("img", json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": "nginx:1.27"}]}))).await;
+    let r = raw
+        .post(
+            &format!("/api/v1/namespaces/{NS}/pods"),
+            &pod("img", json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": "nginx:1.27"}]})),
+        )
+        .await;
     assert_eq!(r.code, 201);
     // Missing Secret for an env var.
     let env = json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}]);
-    raw.post(&format!("/api/v1/namespaces/{NS}/pods"), &pod("cfg", json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": "test-runtime", "env": env}]}))).await;
+    raw.post(
+        &format!("/api/v1/namespaces/{NS}/pods"),
+        &pod(
+            "cfg",
+            json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": "test-runtime", "env": env}]}),
+        ),
+    )
+    .await;
     // No node matches.
     raw.post(&format!("/api/v1/namespaces/{NS}/pods"), &pod("sched", json!({"restartPolicy": "Never", "nodeSelector": {"gpu": "h100"}, "containers": [{"name": "c", "image": "test-runtime"}]}))).await;
     let waiting = |name: &str| {
         let p = emu.object("v1", "Pod", NS, name)?;
-        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-            .as_str()
-            .map(str::to_string)
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str().map(str::to_string)
     };
-    let r = wait_for(&emu, "ErrImagePull", 20, || {
-        waiting("img").filter(|r| r.contains("ImagePull"))
-    })
-    .await;
+    let r = wait_for(&emu, "ErrImagePull", 20, || waiting("img").filter(|r| r.contains("ImagePull"))).await;
     assert!(r == "ErrImagePull" || r == "ImagePullBackOff");
     assert_eq!(
         wait_for(&emu, "CreateContainerConfigError", 20, || waiting("cfg")
@@ -240,10 +212,7 @@ async fn pods_that_cannot_start_show_the_kubelets_reasons() {
     .await;
     assert_eq!(cond["status"], "False");
     for name in ["img", "cfg", "sched"] {
-        assert_eq!(
-            emu.object("v1", "Pod", NS, name).unwrap()["status"]["phase"],
-            "Pending"
-        );
+        assert_eq!(emu.object("v1", "Pod", NS, name).unwrap()["status"]["phase"], "Pending");
     }
 }
 
@@ -256,63 +225,32 @@ async fn oom_kills_deadlines_and_ttl() {
     spec["containers"][0]["name"] = json!("runtime");
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "oom"},
         "spec": {"backoffLimit": 0, "template": {"metadata": {"annotations": {"emulator.kube/oom-kill": "runtime"}}, "spec": spec}}});
-    assert_eq!(
-        raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job)
-            .await
-            .code,
-        201
-    );
+    assert_eq!(raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job).await.code, 201);
     let failed = wait_for(&emu, "the OOM-killed Job to fail", 60, || {
         let j = emu.object("batch/v1", "Job", NS, "oom")?;
-        j["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "Failed")
-            .cloned()
+        j["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Failed").cloned()
     })
     .await;
     assert_eq!(failed["reason"], "BackoffLimitExceeded");
-    let pod = emu
-        .objects("v1", "Pod", NS)
-        .into_iter()
-        .find(|p| p["metadata"]["labels"]["job-name"] == "oom")
-        .unwrap();
-    assert_eq!(
-        pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
-        "OOMKilled"
-    );
-    assert_eq!(
-        pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
-        137
-    );
+    let pod = emu.objects("v1", "Pod", NS).into_iter().find(|p| p["metadata"]["labels"]["job-name"] == "oom").unwrap();
+    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "OOMKilled");
+    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 137);
 
     // activeDeadlineSeconds: DeadlineExceeded and the running pod is deleted.
     setup_job(&raw, "slow", json!({"action": "sleep", "secs": 60})).await;
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "slow"},
         "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 2, "ttlSecondsAfterFinished": 1, "template": {"spec": runtime_pod_spec("slow-job")}}});
-    assert_eq!(
-        raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job)
-            .await
-            .code,
-        201
-    );
+    assert_eq!(raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job).await.code, 201);
     let failed = wait_for(&emu, "DeadlineExceeded", 30, || {
         let j = emu.object("batch/v1", "Job", NS, "slow")?;
-        j["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "Failed")
-            .cloned()
+        j["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Failed").cloned()
     })
     .await;
     assert_eq!(failed["reason"], "DeadlineExceeded");
     // ttlSecondsAfterFinished deletes the Job, and background propagation its pods.
     wait_for(&emu, "TTL deletion", 30, || {
         let gone = emu.object("batch/v1", "Job", NS, "slow").is_none();
-        let pods_gone = !emu
-            .objects("v1", "Pod", NS)
-            .iter()
-            .any(|p| p["metadata"]["labels"]["job-name"] == "slow");
+        let pods_gone = !emu.objects("v1", "Pod", NS).iter().any(|p| p["metadata"]["labels"]["job-name"] == "slow");
         (gone && pods_gone).then_some(())
     })
     .await;
@@ -328,12 +266,14 @@ async fn deployments_serve_through_their_service() {
                 "ports": [{"name": "http", "containerPort": 8081}],
                 "env": [{"name": "JOB_API_URL", "value": "http://127.0.0.1:3128"}],
                 "readinessProbe": {"tcpSocket": {"port": "http"}}}]}}}});
-    let r = raw
-        .post(&format!("/apis/apps/v1/namespaces/{NS}/deployments"), &dep)
-        .await;
+    let r = raw.post(&format!("/apis/apps/v1/namespaces/{NS}/deployments"), &dep).await;
     assert_eq!(r.code, 201, "{}", r.text);
-    raw.post(&format!("/api/v1/namespaces/{NS}/services"), &json!({"metadata": {"name": "rt"},
-        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})).await;
+    raw.post(
+        &format!("/api/v1/namespaces/{NS}/services"),
+        &json!({"metadata": {"name": "rt"},
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+    )
+    .await;
     let d = wait_for(&emu, "2 ready replicas", 30, || {
         let d = emu.object("apps/v1", "Deployment", NS, "rt")?;
         (d["status"]["readyReplicas"] == 2).then_some(d)
@@ -341,18 +281,11 @@ async fn deployments_serve_through_their_service() {
     .await;
     assert_eq!(d["status"]["conditions"][0]["type"], "Available");
     // The Service forwards to a ready pod: the persistent runtime answers its dispatch path.
-    let addr = kubelet
-        .service_addr(NS, "rt", 80)
-        .expect("service forwarder");
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let req = http::Request::get(format!("http://{addr}/healthz"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = client
-        .request(req)
-        .await
-        .expect("reached a pod through the Service");
+    let addr = kubelet.service_addr(NS, "rt", 80).expect("service forwarder");
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::get(format!("http://{addr}/healthz")).body(Full::new(Bytes::new())).unwrap();
+    let resp = client.request(req).await.expect("reached a pod through the Service");
     assert!(resp.status().as_u16() < 500, "{}", resp.status());
     // Scaling down deletes a pod gracefully; the kubelet stops it and removes it.
     raw.patch(
@@ -361,18 +294,12 @@ async fn deployments_serve_through_their_service() {
         &json!({"spec": {"replicas": 1}}),
     )
     .await;
-    wait_for(&emu, "one pod left", 30, || {
-        (emu.objects("v1", "Pod", NS).len() == 1).then_some(())
-    })
-    .await;
+    wait_for(&emu, "one pod left", 30, || (emu.objects("v1", "Pod", NS).len() == 1).then_some(())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_jobs_complete_and_are_cleaned_up() {
-    let n: usize = std::env::var("KUBELET_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let n: usize = std::env::var("KUBELET_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let (emu, _kubelet, raw, got) = cluster().await;
     let started = std::time::Instant::now();
     for i in 0..n {
@@ -380,12 +307,7 @@ async fn many_concurrent_jobs_complete_and_are_cleaned_up() {
         setup_job(&raw, &name, json!({"action": "sleep", "secs": 0})).await;
         let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
             "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 1, "template": {"spec": runtime_pod_spec(&format!("{name}-job"))}}});
-        assert_eq!(
-            raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job)
-                .await
-                .code,
-            201
-        );
+        assert_eq!(raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job).await.code, 201);
     }
     let report = || {
         let mut phases = std::collections::BTreeMap::<String, usize>::new();
@@ -395,29 +317,19 @@ async fn many_concurrent_jobs_complete_and_are_cleaned_up() {
                 .as_object()
                 .map(|o| o.keys().cloned().collect::<Vec<_>>().join(","))
                 .unwrap_or_default();
-            *phases
-                .entry(format!(
-                    "{}/{init}/{main}",
-                    p["status"]["phase"].as_str().unwrap_or("?")
-                ))
-                .or_default() += 1;
+            *phases.entry(format!("{}/{init}/{main}", p["status"]["phase"].as_str().unwrap_or("?"))).or_default() += 1;
         }
         format!("results {} pods {phases:?}", got.lock().unwrap().len())
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while got.lock().unwrap().len() < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not every result delivered: {}",
-            report()
-        );
+        assert!(std::time::Instant::now() < deadline, "not every result delivered: {}", report());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let delivered = started.elapsed();
     // TTL removes the Jobs; garbage collection their pods (Secrets here are not owned).
     wait_for(&emu, "Jobs and pods cleaned up", 60, || {
-        (emu.objects("batch/v1", "Job", NS).is_empty() && emu.objects("v1", "Pod", NS).is_empty())
-            .then_some(())
+        (emu.objects("batch/v1", "Job", NS).is_empty() && emu.objects("v1", "Pod", NS).is_empty()).then_some(())
     })
     .await;
     let mut ids: Vec<String> = got.lock().unwrap().iter().map(|r| r.0.clone()).collect();

@@ -57,9 +57,7 @@ pub enum AuthorityError {
     BadIpv6(String),
     #[error("invalid character {0:?} in host")]
     BadChar(char),
-    #[error(
-        "unsupported scheme {0:?} (only http is proxied in absolute form; use CONNECT for https)"
-    )]
+    #[error("unsupported scheme {0:?} (only http is proxied in absolute form; use CONNECT for https)")]
     UnsupportedScheme(String),
     #[error("request target has no host")]
     NoAuthority,
@@ -87,12 +85,8 @@ pub fn parse_host(raw: &str) -> Result<Host, AuthorityError> {
         return Err(AuthorityError::EmptyHost);
     }
     if let Some(inner) = s.strip_prefix('[') {
-        let inner = inner
-            .strip_suffix(']')
-            .ok_or_else(|| AuthorityError::BadIpv6(s.to_string()))?;
-        let ip: Ipv6Addr = inner
-            .parse()
-            .map_err(|_| AuthorityError::BadIpv6(s.to_string()))?;
+        let inner = inner.strip_suffix(']').ok_or_else(|| AuthorityError::BadIpv6(s.to_string()))?;
+        let ip: Ipv6Addr = inner.parse().map_err(|_| AuthorityError::BadIpv6(s.to_string()))?;
         return Ok(Host::Ip(IpAddr::V6(ip)));
     }
     if s.contains(':') {
@@ -106,10 +100,7 @@ pub fn parse_host(raw: &str) -> Result<Host, AuthorityError> {
     if trimmed.is_empty() {
         return Err(AuthorityError::EmptyHost);
     }
-    if let Some(c) = trimmed
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
-    {
+    if let Some(c) = trimmed.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))) {
         return Err(AuthorityError::BadChar(c));
     }
     let lower = if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -195,9 +186,7 @@ fn percent_decode(s: &str) -> Result<String, AuthorityError> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .ok_or(AuthorityError::BadPercentEncoding)?;
+            let hex = b.get(i + 1..i + 3).ok_or(AuthorityError::BadPercentEncoding)?;
             let hex = std::str::from_utf8(hex).map_err(|_| AuthorityError::BadPercentEncoding)?;
             out.push(u8::from_str_radix(hex, 16).map_err(|_| AuthorityError::BadPercentEncoding)?);
             i += 3;
@@ -216,10 +205,7 @@ fn percent_decode(s: &str) -> Result<String, AuthorityError> {
 
 /// Parses `host[:port]` (an authority, possibly with `userinfo@`). The port defaults to
 /// `default_port` when absent; `None` means a port is required (CONNECT).
-pub fn parse_authority(
-    authority: &str,
-    default_port: Option<u16>,
-) -> Result<Target, AuthorityError> {
+pub fn parse_authority(authority: &str, default_port: Option<u16>) -> Result<Target, AuthorityError> {
     // Userinfo tricks: `allowed.com@169.254.169.254` goes to what follows the last '@'.
     let hostport = match authority.rfind('@') {
         Some(i) => &authority[i + 1..],
@@ -251,10 +237,7 @@ pub fn parse_authority(
         Some("") | None => default_port.ok_or(AuthorityError::MissingPort)?,
         Some(p) => parse_port(p)?,
     };
-    Ok(Target {
-        host: parse_host(host)?,
-        port,
-    })
+    Ok(Target { host: parse_host(host)?, port })
 }
 
 fn parse_port(p: &str) -> Result<u16, AuthorityError> {

@@ -1,7 +1,5 @@
 //! The binary's entry: parse, validate (exit 64 on bad config), load the key, start.
-use crate::config::{
-    parse_config, Cli, Config, ConfigError, KeySource, ProcessEnv, EXIT_BAD_CONFIG,
-};
+use crate::config::{parse_config, Cli, Config, ConfigError, KeySource, ProcessEnv, EXIT_BAD_CONFIG};
 use clap::Parser;
 use common::secret::Secret;
 use std::io::BufRead;
@@ -15,14 +13,12 @@ pub fn load_key(source: &KeySource) -> Result<KeySource, ConfigError> {
         message: m,
     };
     let raw = match source {
-        KeySource::File(p) => std::fs::read_to_string(p)
-            .map_err(|e| bad(format!("cannot read {}: {e}", p.display())))?,
+        KeySource::File(p) => {
+            std::fs::read_to_string(p).map_err(|e| bad(format!("cannot read {}: {e}", p.display())))?
+        }
         KeySource::Stdin => {
             let mut line = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut line)
-                .map_err(|e| bad(format!("cannot read stdin: {e}")))?;
+            std::io::stdin().lock().read_line(&mut line).map_err(|e| bad(format!("cannot read stdin: {e}")))?;
             line
         }
         other => return Ok(other.clone()),
@@ -40,9 +36,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    ExitCode::SUCCESS
-                }
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
                 _ => ExitCode::from(EXIT_BAD_CONFIG as u8),
             };
         }
@@ -59,16 +53,10 @@ pub fn main() -> ExitCode {
     };
     crate::telemetry::init(config.log_format, &config.log_level);
     let workers = match config.worker_threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get().min(2))
-            .unwrap_or(1),
+        0 => std::thread::available_parallelism().map(|n| n.get().min(2)).unwrap_or(1),
         n => n,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sidecar: cannot start the runtime: {e}");

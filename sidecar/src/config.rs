@@ -292,14 +292,8 @@ pub struct Config {
 impl Config {
     /// A standalone proxy on `listen` with every default; a starting point for tests.
     pub fn standalone(listen: SocketAddr) -> Self {
-        parse_config(
-            &Cli {
-                listen: Some(listen.to_string()),
-                ..Default::default()
-            },
-            &HashMap::<String, String>::new(),
-        )
-        .expect("defaults are valid")
+        parse_config(&Cli { listen: Some(listen.to_string()), ..Default::default() }, &HashMap::<String, String>::new())
+            .expect("defaults are valid")
     }
 }
 
@@ -319,23 +313,11 @@ struct Source<'a> {
 impl Source<'_> {
     /// The flag value if given, else the env value; empty strings count as unset.
     fn one(&self, flag: &Option<String>, key: &str) -> Option<String> {
-        flag.clone()
-            .or_else(|| self.env.get(key))
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| s.trim().to_string())
+        flag.clone().or_else(|| self.env.get(key)).filter(|s| !s.trim().is_empty()).map(|s| s.trim().to_string())
     }
     fn list(&self, flag: &[String], key: &str) -> Vec<String> {
-        let raw: Vec<String> = if flag.is_empty() {
-            self.env.get(key).into_iter().collect()
-        } else {
-            flag.to_vec()
-        };
-        raw.iter()
-            .flat_map(|s| s.split(','))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
+        let raw: Vec<String> = if flag.is_empty() { self.env.get(key).into_iter().collect() } else { flag.to_vec() };
+        raw.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
     }
     fn flag(&self, flag: bool, key: &'static str, name: &'static str) -> Result<bool, ConfigError> {
         if flag {
@@ -346,22 +328,14 @@ impl Source<'_> {
             Some(s) => match s.as_str() {
                 "" | "false" | "0" | "no" | "off" => Ok(false),
                 "true" | "1" | "yes" | "on" => Ok(true),
-                _ => Err(err(
-                    key,
-                    name,
-                    format!("{s:?} is not a boolean (true/false)"),
-                )),
+                _ => Err(err(key, name, format!("{s:?} is not a boolean (true/false)"))),
             },
         }
     }
 }
 
 fn err(setting: &'static str, flag: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting,
-        flag,
-        message: message.into(),
-    }
+    ConfigError { setting, flag, message: message.into() }
 }
 
 fn parse_num<T: std::str::FromStr>(
@@ -381,16 +355,9 @@ fn parse_num<T: std::str::FromStr>(
     }
 }
 
-fn parse_addr(
-    v: Option<String>,
-    setting: &'static str,
-    flag: &'static str,
-) -> Result<Option<SocketAddr>, ConfigError> {
-    v.map(|s| {
-        s.parse::<SocketAddr>()
-            .map_err(|_| err(setting, flag, format!("{s:?} is not an IP:PORT address")))
-    })
-    .transpose()
+fn parse_addr(v: Option<String>, setting: &'static str, flag: &'static str) -> Result<Option<SocketAddr>, ConfigError> {
+    v.map(|s| s.parse::<SocketAddr>().map_err(|_| err(setting, flag, format!("{s:?} is not an IP:PORT address"))))
+        .transpose()
 }
 
 /// Builds and validates the whole configuration. Pure: flags plus a lookup, no I/O.
@@ -398,56 +365,36 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
     let src = Source { env: lookup };
     let listen = parse_addr(src.one(&cli.listen, ENV_LISTEN), ENV_LISTEN, "--listen")?
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3128)));
-    let admin_listen = parse_addr(
-        src.one(&cli.admin_listen, ENV_ADMIN_LISTEN),
-        ENV_ADMIN_LISTEN,
-        "--admin-listen",
-    )?;
+    let admin_listen = parse_addr(src.one(&cli.admin_listen, ENV_ADMIN_LISTEN), ENV_ADMIN_LISTEN, "--admin-listen")?;
 
     let mut policy = EgressPolicy::default();
     for s in src.list(&cli.allow_cidrs, ENV_ALLOW_CIDRS) {
-        policy
-            .allow_cidrs
-            .push(parse_cidr(&s).map_err(|m| err(ENV_ALLOW_CIDRS, "--allow-cidr", m))?);
+        policy.allow_cidrs.push(parse_cidr(&s).map_err(|m| err(ENV_ALLOW_CIDRS, "--allow-cidr", m))?);
     }
     for s in src.list(&cli.deny_cidrs, ENV_DENY_CIDRS) {
-        policy
-            .deny_cidrs
-            .push(parse_cidr(&s).map_err(|m| err(ENV_DENY_CIDRS, "--deny-cidr", m))?);
+        policy.deny_cidrs.push(parse_cidr(&s).map_err(|m| err(ENV_DENY_CIDRS, "--deny-cidr", m))?);
     }
     for s in src.list(&cli.allow_hosts, ENV_ALLOW_HOSTS) {
-        policy
-            .allow_hosts
-            .push(HostPattern::parse(&s).map_err(|m| err(ENV_ALLOW_HOSTS, "--allow-host", m))?);
+        policy.allow_hosts.push(HostPattern::parse(&s).map_err(|m| err(ENV_ALLOW_HOSTS, "--allow-host", m))?);
     }
     for s in src.list(&cli.deny_hosts, ENV_DENY_HOSTS) {
-        policy
-            .deny_hosts
-            .push(HostPattern::parse(&s).map_err(|m| err(ENV_DENY_HOSTS, "--deny-host", m))?);
+        policy.deny_hosts.push(HostPattern::parse(&s).map_err(|m| err(ENV_DENY_HOSTS, "--deny-host", m))?);
     }
     for s in src.list(&cli.allow_ports, ENV_ALLOW_PORTS) {
-        policy
-            .allow_ports
-            .push(parse_port_setting(&s).map_err(|m| err(ENV_ALLOW_PORTS, "--allow-port", m))?);
+        policy.allow_ports.push(parse_port_setting(&s).map_err(|m| err(ENV_ALLOW_PORTS, "--allow-port", m))?);
     }
     for s in src.list(&cli.deny_ports, ENV_DENY_PORTS) {
-        policy
-            .deny_ports
-            .push(parse_port_setting(&s).map_err(|m| err(ENV_DENY_PORTS, "--deny-port", m))?);
+        policy.deny_ports.push(parse_port_setting(&s).map_err(|m| err(ENV_DENY_PORTS, "--deny-port", m))?);
     }
     policy.deny_private = src.flag(cli.deny_private, ENV_DENY_PRIVATE, "--deny-private")?;
     let report_only = src.flag(cli.report_only, ENV_REPORT_ONLY, "--report-only")?;
     for s in src.list(&cli.api_server_addresses, ENV_API_SERVER_ADDRESSES) {
-        policy.api_servers.push(
-            parse_api_server(&s)
-                .map_err(|m| err(ENV_API_SERVER_ADDRESSES, "--api-server-address", m))?,
-        );
+        policy
+            .api_servers
+            .push(parse_api_server(&s).map_err(|m| err(ENV_API_SERVER_ADDRESSES, "--api-server-address", m))?);
     }
     // In a pod, Kubernetes tells us where its API is; refuse it without being asked.
-    if let Some(host) = lookup
-        .get(ENV_KUBERNETES_SERVICE_HOST)
-        .filter(|s| !s.is_empty())
-    {
+    if let Some(host) = lookup.get(ENV_KUBERNETES_SERVICE_HOST).filter(|s| !s.is_empty()) {
         if let Ok(ip) = host.trim().parse() {
             policy.api_servers.push(ApiServer { ip, port: None });
         }
@@ -456,20 +403,16 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
     let job_dir = src.one(&cli.job_dir, ENV_JOB_DIR).map(PathBuf::from);
     let job_manager = src
         .one(&cli.job_manager_url, ENV_JOB_MANAGER_URL)
-        .map(|s| {
-            parse_job_manager_url(&s).map_err(|m| err(ENV_JOB_MANAGER_URL, "--job-manager-url", m))
-        })
+        .map(|s| parse_job_manager_url(&s).map_err(|m| err(ENV_JOB_MANAGER_URL, "--job-manager-url", m)))
         .transpose()?;
     policy.job_manager = job_manager.as_ref().map(|j| j.target.clone());
-    let internal_api_key = match (
-        src.one(&cli.internal_api_key_file, ENV_INTERNAL_API_KEY_FILE),
-        lookup.get(ENV_INTERNAL_API_KEY),
-    ) {
-        (Some(f), _) if f == "-" => KeySource::Stdin,
-        (Some(f), _) => KeySource::File(PathBuf::from(f)),
-        (None, Some(k)) if !k.trim().is_empty() => KeySource::Inline(Secret::new(k.trim())),
-        _ => KeySource::None,
-    };
+    let internal_api_key =
+        match (src.one(&cli.internal_api_key_file, ENV_INTERNAL_API_KEY_FILE), lookup.get(ENV_INTERNAL_API_KEY)) {
+            (Some(f), _) if f == "-" => KeySource::Stdin,
+            (Some(f), _) => KeySource::File(PathBuf::from(f)),
+            (None, Some(k)) if !k.trim().is_empty() => KeySource::Inline(Secret::new(k.trim())),
+            _ => KeySource::None,
+        };
     let spool_dir = src.one(&cli.spool_dir, ENV_SPOOL_DIR).map(PathBuf::from);
     let positive = |n: &u64| *n > 0;
     let result_deadline = Duration::from_secs(parse_num(
@@ -489,56 +432,28 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
         "a number of seconds",
     )?);
 
-    let ingress_listen = parse_addr(
-        src.one(&cli.ingress_listen, ENV_INGRESS_LISTEN),
-        ENV_INGRESS_LISTEN,
-        "--ingress-listen",
-    )?;
-    let ingress_upstream = parse_addr(
-        src.one(&cli.ingress_upstream, ENV_INGRESS_UPSTREAM),
-        ENV_INGRESS_UPSTREAM,
-        "--ingress-upstream",
-    )?;
+    let ingress_listen =
+        parse_addr(src.one(&cli.ingress_listen, ENV_INGRESS_LISTEN), ENV_INGRESS_LISTEN, "--ingress-listen")?;
+    let ingress_upstream =
+        parse_addr(src.one(&cli.ingress_upstream, ENV_INGRESS_UPSTREAM), ENV_INGRESS_UPSTREAM, "--ingress-upstream")?;
     let ingress = match (ingress_listen, ingress_upstream) {
         (Some(listen), Some(upstream)) => Some(Ingress { listen, upstream }),
         (None, None) => None,
         (Some(_), None) => {
-            return Err(err(
-                ENV_INGRESS_UPSTREAM,
-                "--ingress-upstream",
-                "required with --ingress-listen",
-            ))
+            return Err(err(ENV_INGRESS_UPSTREAM, "--ingress-upstream", "required with --ingress-listen"))
         }
-        (None, Some(_)) => {
-            return Err(err(
-                ENV_INGRESS_LISTEN,
-                "--ingress-listen",
-                "required with --ingress-upstream",
-            ))
-        }
+        (None, Some(_)) => return Err(err(ENV_INGRESS_LISTEN, "--ingress-listen", "required with --ingress-upstream")),
     };
 
-    let upstream_proxy_insecure = src.flag(
-        cli.upstream_proxy_insecure,
-        ENV_UPSTREAM_PROXY_INSECURE,
-        "--upstream-proxy-insecure",
-    )?;
-    let upstream_proxy_ca_file = src
-        .one(&cli.upstream_proxy_ca_file, ENV_UPSTREAM_PROXY_CA_FILE)
-        .map(PathBuf::from);
+    let upstream_proxy_insecure =
+        src.flag(cli.upstream_proxy_insecure, ENV_UPSTREAM_PROXY_INSECURE, "--upstream-proxy-insecure")?;
+    let upstream_proxy_ca_file = src.one(&cli.upstream_proxy_ca_file, ENV_UPSTREAM_PROXY_CA_FILE).map(PathBuf::from);
     let upstream_proxy = src
         .one(&cli.upstream_proxy, ENV_UPSTREAM_PROXY)
-        .map(|s| {
-            parse_upstream_proxy(&s).map_err(|m| err(ENV_UPSTREAM_PROXY, "--upstream-proxy", m))
-        })
+        .map(|s| parse_upstream_proxy(&s).map_err(|m| err(ENV_UPSTREAM_PROXY, "--upstream-proxy", m)))
         .transpose()?
-        .map(|p| UpstreamProxy {
-            ca_file: upstream_proxy_ca_file.clone(),
-            insecure: upstream_proxy_insecure,
-            ..p
-        });
-    if upstream_proxy.as_ref().is_some_and(|p| !p.tls)
-        && (upstream_proxy_ca_file.is_some() || upstream_proxy_insecure)
+        .map(|p| UpstreamProxy { ca_file: upstream_proxy_ca_file.clone(), insecure: upstream_proxy_insecure, ..p });
+    if upstream_proxy.as_ref().is_some_and(|p| !p.tls) && (upstream_proxy_ca_file.is_some() || upstream_proxy_insecure)
     {
         return Err(err(
             ENV_UPSTREAM_PROXY_CA_FILE,
@@ -548,25 +463,12 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
     }
 
     let ready_file = src.one(&cli.ready_file, ENV_READY_FILE).map(PathBuf::from);
-    let log_format = match src
-        .one(&cli.log_format, ENV_LOG_FORMAT)
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
+    let log_format = match src.one(&cli.log_format, ENV_LOG_FORMAT).as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
-        Some(other) => {
-            return Err(err(
-                ENV_LOG_FORMAT,
-                "--log-format",
-                format!("{other:?} is not text or json"),
-            ))
-        }
+        Some(other) => return Err(err(ENV_LOG_FORMAT, "--log-format", format!("{other:?} is not text or json"))),
     };
-    let log_level = src
-        .one(&cli.log_level, ENV_LOG_LEVEL)
-        .unwrap_or_else(|| "info".into());
+    let log_level = src.one(&cli.log_level, ENV_LOG_LEVEL).unwrap_or_else(|| "info".into());
     if crate::telemetry::log_filter(&log_level).is_err() {
         return Err(err(
             ENV_LOG_LEVEL,
@@ -706,9 +608,7 @@ fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         return Ok(n.trunc());
     }
     // A bare address means just that address.
-    s.parse::<std::net::IpAddr>()
-        .map(ipnet::IpNet::from)
-        .map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8)"))
+    s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from).map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8)"))
 }
 
 fn parse_port_setting(s: &str) -> Result<u16, String> {
@@ -723,10 +623,7 @@ fn parse_api_server(s: &str) -> Result<ApiServer, String> {
         return Ok(ApiServer { ip, port: None });
     }
     if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Ok(ApiServer {
-            ip: sa.ip(),
-            port: Some(sa.port()),
-        });
+        return Ok(ApiServer { ip: sa.ip(), port: Some(sa.port()) });
     }
     Err(format!("{s:?} is not an IP or IP:PORT"))
 }
@@ -736,32 +633,19 @@ fn parse_job_manager_url(s: &str) -> Result<JobManagerEndpoint, String> {
     match uri.scheme_str() {
         Some("http") => {}
         Some(other) => {
-            return Err(format!(
-            "scheme {other:?} is not supported (the job manager Service is plain http in-cluster)"
-        ))
+            return Err(format!("scheme {other:?} is not supported (the job manager Service is plain http in-cluster)"))
         }
-        None => {
-            return Err(format!(
-                "{s:?} needs a scheme, e.g. http://job-manager:8080"
-            ))
-        }
+        None => return Err(format!("{s:?} needs a scheme, e.g. http://job-manager:8080")),
     }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("{s:?} has no host"))?;
+    let authority = uri.authority().ok_or_else(|| format!("{s:?} has no host"))?;
     if authority.as_str().contains('@') {
         return Err("credentials do not belong in the job manager URL".into());
     }
     if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!(
-            "{s:?} must not have a path (the result path is fixed)"
-        ));
+        return Err(format!("{s:?} must not have a path (the result path is fixed)"));
     }
     let target = parse_authority(authority.as_str(), Some(80)).map_err(|e| e.to_string())?;
-    Ok(JobManagerEndpoint {
-        base: format!("http://{target}"),
-        target,
-    })
+    Ok(JobManagerEndpoint { base: format!("http://{target}"), target })
 }
 
 fn parse_upstream_proxy(s: &str) -> Result<UpstreamProxy, String> {
@@ -776,8 +660,7 @@ fn parse_upstream_proxy(s: &str) -> Result<UpstreamProxy, String> {
         Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
         None => (None, authority),
     };
-    let target =
-        parse_authority(hostport, Some(if tls { 443 } else { 80 })).map_err(|e| e.to_string())?;
+    let target = parse_authority(hostport, Some(if tls { 443 } else { 80 })).map_err(|e| e.to_string())?;
     let host = match &target.host {
         Host::Ip(ip) => ip.to_string(),
         Host::Name(n) => n.clone(),
@@ -796,14 +679,7 @@ fn parse_upstream_proxy(s: &str) -> Result<UpstreamProxy, String> {
         .transpose()?;
     // Validate the host spelling once, so dialing never meets a surprise.
     parse_host(&host).map_err(|e| e.to_string())?;
-    Ok(UpstreamProxy {
-        tls,
-        host,
-        port: target.port,
-        authorization,
-        ca_file: None,
-        insecure: false,
-    })
+    Ok(UpstreamProxy { tls, host, port: target.port, authorization, ca_file: None, insecure: false })
 }
 
 fn percent_decode_lossless(s: &str) -> Result<String, String> {

@@ -34,30 +34,20 @@ enum IoKind {
 
 impl Io {
     fn plain(s: TcpStream) -> Self {
-        Self {
-            kind: IoKind::Plain(s),
-            proxied: false,
-        }
+        Self { kind: IoKind::Plain(s), proxied: false }
     }
 
     /// The TCP stream, when this is a plain connection (tunnels relay socket to socket).
     pub fn into_tcp(self) -> Result<TcpStream, Self> {
         match self.kind {
             IoKind::Plain(s) => Ok(s),
-            kind => Err(Self {
-                kind,
-                proxied: self.proxied,
-            }),
+            kind => Err(Self { kind, proxied: self.proxied }),
         }
     }
 }
 
 impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().kind {
             IoKind::Plain(s) => Pin::new(s).poll_read(cx, buf),
             IoKind::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -66,11 +56,7 @@ impl AsyncRead for Io {
 }
 
 impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().kind {
             IoKind::Plain(s) => Pin::new(s).poll_write(cx, buf),
             IoKind::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -115,23 +101,16 @@ impl Connection for Io {
 /// The upstream proxy, ready to dial.
 pub struct UpstreamDialer {
     config: UpstreamProxy,
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls_pki_types::ServerName<'static>,
-    )>,
+    tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
 }
 
 impl UpstreamDialer {
     pub fn new(config: UpstreamProxy) -> Result<Self, String> {
         let tls = if config.tls {
-            let client_config =
-                crate::tls::upstream_client_config(config.ca_file.as_deref(), config.insecure)?;
+            let client_config = crate::tls::upstream_client_config(config.ca_file.as_deref(), config.insecure)?;
             let name = rustls_pki_types::ServerName::try_from(config.host.clone())
                 .map_err(|e| format!("upstream proxy host {:?}: {e}", config.host))?;
-            Some((
-                tokio_rustls::TlsConnector::from(Arc::new(client_config)),
-                name,
-            ))
+            Some((tokio_rustls::TlsConnector::from(Arc::new(client_config)), name))
         } else {
             None
         };
@@ -156,10 +135,7 @@ impl UpstreamDialer {
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| ProxyError::UpstreamProxy(format!("TLS to {hp}: {e}")))?;
-                Ok(Io {
-                    kind: IoKind::Tls(Box::new(tls)),
-                    proxied: false,
-                })
+                Ok(Io { kind: IoKind::Tls(Box::new(tls)), proxied: false })
             }
         }
     }
@@ -174,30 +150,22 @@ impl UpstreamDialer {
             req.push_str("\r\n");
         }
         req.push_str("\r\n");
-        io.write_all(req.as_bytes())
-            .await
-            .map_err(|e| ProxyError::UpstreamProxy(e.to_string()))?;
+        io.write_all(req.as_bytes()).await.map_err(|e| ProxyError::UpstreamProxy(e.to_string()))?;
         // Read the response head byte by byte: anything after it belongs to the tunnel.
         let mut head = Vec::with_capacity(256);
         while !head.ends_with(b"\r\n\r\n") {
             if head.len() > 16 * 1024 {
-                return Err(ProxyError::UpstreamProxy(
-                    "CONNECT response head too large".into(),
-                ));
+                return Err(ProxyError::UpstreamProxy("CONNECT response head too large".into()));
             }
-            let b = io
-                .read_u8()
-                .await
-                .map_err(|e| ProxyError::UpstreamProxy(format!("reading CONNECT response: {e}")))?;
+            let b =
+                io.read_u8().await.map_err(|e| ProxyError::UpstreamProxy(format!("reading CONNECT response: {e}")))?;
             head.push(b);
         }
         let status_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
         let status_line = String::from_utf8_lossy(status_line);
         let code = status_line.split_whitespace().nth(1).unwrap_or("");
         if !code.starts_with('2') {
-            return Err(ProxyError::UpstreamProxy(format!(
-                "CONNECT {target} refused: {status_line}"
-            )));
+            return Err(ProxyError::UpstreamProxy(format!("CONNECT {target} refused: {status_line}")));
         }
         Ok(io)
     }
@@ -242,10 +210,7 @@ impl Dialer {
         let enforced = !self.report_only;
         self.metrics
             .denials
-            .get_or_create(&ClassLabel {
-                class: d.class.label(),
-                enforced: if enforced { "true" } else { "false" },
-            })
+            .get_or_create(&ClassLabel { class: d.class.label(), enforced: if enforced { "true" } else { "false" } })
             .inc();
         if enforced {
             tracing::warn!(destination = %target, class = d.class.label(), reason = %d.reason, "egress refused");
@@ -264,12 +229,7 @@ impl Dialer {
     }
 
     /// Policy-checked direct TCP connection to one of the approved addresses.
-    async fn dial_direct(
-        &self,
-        target: &Target,
-        addrs: &[IpAddr],
-        deadline: Instant,
-    ) -> Result<Io, ProxyError> {
+    async fn dial_direct(&self, target: &Target, addrs: &[IpAddr], deadline: Instant) -> Result<Io, ProxyError> {
         let mut last = None;
         for ip in addrs {
             let sa = SocketAddr::new(*ip, target.port);
@@ -280,18 +240,12 @@ impl Dialer {
                     return Ok(Io::plain(s));
                 }
                 Ok(Err(e)) => last = Some(e),
-                Err(_) => {
-                    return Err(ProxyError::ConnectTimeout {
-                        target: target.to_string(),
-                    })
-                }
+                Err(_) => return Err(ProxyError::ConnectTimeout { target: target.to_string() }),
             }
         }
         Err(ProxyError::Connect {
             target: target.to_string(),
-            message: last
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "no addresses".into()),
+            message: last.map(|e| e.to_string()).unwrap_or_else(|| "no addresses".into()),
         })
     }
 
@@ -321,11 +275,7 @@ impl Dialer {
         };
         tokio::time::timeout_at(deadline.into(), work)
             .await
-            .unwrap_or_else(|_| {
-                Err(ProxyError::ConnectTimeout {
-                    target: target.to_string(),
-                })
-            })
+            .unwrap_or_else(|_| Err(ProxyError::ConnectTimeout { target: target.to_string() }))
     }
 
     /// A connection for a CONNECT tunnel to `target`.
@@ -340,11 +290,7 @@ impl Dialer {
         };
         tokio::time::timeout_at(deadline.into(), work)
             .await
-            .unwrap_or_else(|_| {
-                Err(ProxyError::ConnectTimeout {
-                    target: target.to_string(),
-                })
-            })
+            .unwrap_or_else(|_| Err(ProxyError::ConnectTimeout { target: target.to_string() }))
     }
 }
 

@@ -75,9 +75,7 @@ impl ProxyError {
             | ProxyError::UpstreamProxy(_)
             | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::TooManyTunnels | ProxyError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::TooManyTunnels | ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -92,14 +90,8 @@ impl ProxyError {
         let mut resp = Response::new(Full::new(Bytes::from(format!("{self}\n"))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(
-            common::headers::PROXY_ERROR,
-            HeaderValue::from_static(self.label()),
-        );
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        h.insert(common::headers::PROXY_ERROR, HeaderValue::from_static(self.label()));
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         resp
     }
 

@@ -49,31 +49,16 @@ impl IngressProxy {
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Self {
-            key,
-            upstream,
-            client,
-            tokens,
-            max_body,
-            metrics,
-        }
+        let client = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connector);
+        Self { key, upstream, client, tokens, max_body, metrics }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<OutBody> {
-        self.metrics
-            .requests
-            .get_or_create(&KindLabel { kind: "ingress" })
-            .inc();
+        self.metrics.requests.get_or_create(&KindLabel { kind: "ingress" }).inc();
         match self.forward(req).await {
             Ok(r) => r,
             Err(e) => {
-                self.metrics
-                    .errors
-                    .get_or_create(&crate::metrics::ReasonLabel { reason: e.label() })
-                    .inc();
+                self.metrics.errors.get_or_create(&crate::metrics::ReasonLabel { reason: e.label() }).inc();
                 tracing::info!(error = %e, label = e.label(), "ingress request refused");
                 e.response().map(Either::Right)
             }
@@ -81,10 +66,7 @@ impl IngressProxy {
     }
 
     async fn forward(&self, req: Request<Incoming>) -> Result<Response<OutBody>, ProxyError> {
-        let presented = req
-            .headers()
-            .get(headers::INTERNAL_API_KEY)
-            .ok_or(ProxyError::MissingKey)?;
+        let presented = req.headers().get(headers::INTERNAL_API_KEY).ok_or(ProxyError::MissingKey)?;
         if !self.key.matches(presented.as_bytes()) {
             return Err(ProxyError::BadKey);
         }
@@ -92,25 +74,18 @@ impl IngressProxy {
         parts.headers.remove(headers::INTERNAL_API_KEY);
         strip_hop_by_hop(&mut parts.headers);
         let token = parts.headers.remove(headers::JOB_TOKEN);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         parts.uri = Uri::try_from(format!("http://{}{}", self.upstream, path_and_query))
             .map_err(|e| ProxyError::BadRequest(format!("bad path: {e}")))?;
         parts.headers.insert(
             header::HOST,
-            HeaderValue::from_str(&self.upstream.to_string())
-                .expect("socket address is a valid header"),
+            HeaderValue::from_str(&self.upstream.to_string()).expect("socket address is a valid header"),
         );
 
         let dispatch = parts.method == Method::POST && parts.uri.path() == INGRESS_DISPATCH_PATH;
         let (body, job_id) = if dispatch {
             let bytes = read_body(body, self.max_body).await?;
-            let id = serde_json::from_slice::<DispatchedJob>(&bytes)
-                .ok()
-                .map(|j| j.id);
+            let id = serde_json::from_slice::<DispatchedJob>(&bytes).ok().map(|j| j.id);
             (Either::Right(Full::new(bytes)), id)
         } else {
             (Either::Left(body), None)
@@ -119,17 +94,11 @@ impl IngressProxy {
             .client
             .request(Request::from_parts(parts, body))
             .await
-            .map_err(|e| ProxyError::Connect {
-                target: self.upstream.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ProxyError::Connect { target: self.upstream.to_string(), message: e.to_string() })?;
         // Keep the token only once the runtime took the job (a 429 means it did not).
         if let (Some(id), Some(token), true) = (job_id, token, resp.status().is_success()) {
             if let Ok(t) = token.to_str() {
-                self.tokens
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id, t.to_string());
+                self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(id, t.to_string());
             }
         }
         let (mut parts, body) = resp.into_parts();

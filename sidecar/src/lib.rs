@@ -53,9 +53,7 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Self, RunError> {
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind { addr, source })
+            TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
         };
         Ok(Self {
             proxy: bind(config.listen).await?,
@@ -72,10 +70,7 @@ impl Listeners {
 
     pub fn addrs(&self) -> common::runtime_api::ReadyFile {
         common::runtime_api::ReadyFile {
-            listen: self
-                .proxy
-                .local_addr()
-                .expect("bound listener has an address"),
+            listen: self.proxy.local_addr().expect("bound listener has an address"),
             admin: self.admin.as_ref().and_then(|l| l.local_addr().ok()),
             ingress: self.ingress.as_ref().and_then(|l| l.local_addr().ok()),
             pid: std::process::id(),
@@ -86,10 +81,7 @@ impl Listeners {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("job: {0}")]
     Job(#[from] local_api::JobLoadError),
     #[error("DNS resolver: {0}")]
@@ -97,10 +89,7 @@ pub enum RunError {
     #[error("upstream proxy: {0}")]
     UpstreamProxy(String),
     #[error("cannot write ready file {path}: {source}")]
-    ReadyFile {
-        path: String,
-        source: std::io::Error,
-    },
+    ReadyFile { path: String, source: std::io::Error },
     #[error("the internal API key must be loaded before run (see config::load_key)")]
     KeyNotLoaded,
 }
@@ -114,20 +103,13 @@ pub struct Extras {
 
 impl Default for Extras {
     fn default() -> Self {
-        Self {
-            resolver: None,
-            result_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
-        }
+        Self { resolver: None, result_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)) }
     }
 }
 
 /// Runs the sidecar until `shutdown` resolves, then stops accepting, lets open requests
 /// finish and waits for in-flight result deliveries for up to the shutdown grace.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     run_with(config, Extras::default(), listeners, shutdown).await
 }
 
@@ -144,10 +126,7 @@ pub async fn run_with(
         KeySource::File(_) | KeySource::Stdin => return Err(RunError::KeyNotLoaded),
     };
     let job = config.job_dir.as_deref().map(LoadedJob::load).transpose()?;
-    let job_id = job
-        .as_ref()
-        .map(|j| j.job.id.to_string())
-        .or_else(|| config.job_id.clone());
+    let job_id = job.as_ref().map(|j| j.job.id.to_string()).or_else(|| config.job_id.clone());
 
     let reporter = match (&config.job_manager, &key) {
         (Some(jm), Some(k)) => Some(Arc::new(ResultReporter::new(
@@ -161,30 +140,19 @@ pub async fn run_with(
         _ => None,
     };
     if reporter.is_some() && config.spool_dir.is_none() {
-        tracing::warn!("no SIDECAR_SPOOL_DIR: results are delivered from memory and lost if the sidecar restarts first");
+        tracing::warn!(
+            "no SIDECAR_SPOOL_DIR: results are delivered from memory and lost if the sidecar restarts first"
+        );
     }
-    let already = reporter
-        .as_ref()
-        .map(|r| r.redeliver_spooled())
-        .unwrap_or_default();
-    let local = Arc::new(LocalApi::new(
-        job,
-        reporter.clone(),
-        already,
-        metrics.clone(),
-        config.limits.max_body_bytes,
-    ));
+    let already = reporter.as_ref().map(|r| r.redeliver_spooled()).unwrap_or_default();
+    let local = Arc::new(LocalApi::new(job, reporter.clone(), already, metrics.clone(), config.limits.max_body_bytes));
 
     let resolver: Arc<dyn Resolve> = match extras.resolver {
         Some(r) => r,
         None => Arc::new(SystemResolver::new()?),
     };
-    let upstream = config
-        .upstream_proxy
-        .clone()
-        .map(UpstreamDialer::new)
-        .transpose()
-        .map_err(RunError::UpstreamProxy)?;
+    let upstream =
+        config.upstream_proxy.clone().map(UpstreamDialer::new).transpose().map_err(RunError::UpstreamProxy)?;
     let dialer = Arc::new(Dialer {
         policy: config.policy.clone(),
         report_only: config.report_only,
@@ -223,9 +191,7 @@ pub async fn run_with(
     };
     let mut loops = Vec::new();
     let p = proxy.clone();
-    loops.push(tokio::spawn(
-        serve("proxy").run(listeners.proxy, move |req| p.clone().handle(req)),
-    ));
+    loops.push(tokio::spawn(serve("proxy").run(listeners.proxy, move |req| p.clone().handle(req))));
     if let Some(l) = listeners.admin {
         let local = local.clone();
         loops.push(tokio::spawn(serve("admin").run(l, move |req| {
@@ -248,10 +214,8 @@ pub async fn run_with(
     }
 
     if let Some(path) = &config.ready_file {
-        write_ready_file(path, &ready).map_err(|source| RunError::ReadyFile {
-            path: path.display().to_string(),
-            source,
-        })?;
+        write_ready_file(path, &ready)
+            .map_err(|source| RunError::ReadyFile { path: path.display().to_string(), source })?;
     }
     local.ready.store(true, Ordering::Release);
     tracing::info!(
@@ -273,10 +237,7 @@ pub async fn run_with(
     }
     if let Some(r) = &reporter {
         if !r.drain(config.shutdown_grace).await {
-            tracing::error!(
-                in_flight = r.in_flight(),
-                "shutdown grace ended with results undelivered (still spooled)"
-            );
+            tracing::error!(in_flight = r.in_flight(), "shutdown grace ended with results undelivered (still spooled)");
         }
     }
     tracker.close();
@@ -288,10 +249,7 @@ pub async fn run_with(
 }
 
 /// Writes the ready file atomically (temp file + rename) so a reader never sees half.
-pub fn write_ready_file(
-    path: &std::path::Path,
-    ready: &common::runtime_api::ReadyFile,
-) -> std::io::Result<()> {
+pub fn write_ready_file(path: &std::path::Path, ready: &common::runtime_api::ReadyFile) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(ready)?)?;
     std::fs::rename(&tmp, path)

@@ -24,15 +24,9 @@ pub struct LoadedJob {
 #[derive(Debug, thiserror::Error)]
 pub enum JobLoadError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path} is not a valid job: {source}")]
-    Parse {
-        path: String,
-        source: serde_json::Error,
-    },
+    Parse { path: String, source: serde_json::Error },
     #[error("{path} is empty")]
     EmptyToken { path: String },
 }
@@ -41,36 +35,20 @@ impl LoadedJob {
     pub fn load(dir: &Path) -> Result<Self, JobLoadError> {
         let job_path = dir.join(common::runtime_api::JOB_FILE);
         let token_path = dir.join(common::runtime_api::TOKEN_FILE);
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|source| JobLoadError::Read {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        let job: Job =
-            serde_json::from_slice(&read(&job_path)?).map_err(|source| JobLoadError::Parse {
-                path: job_path.display().to_string(),
-                source,
-            })?;
-        let token = String::from_utf8_lossy(&read(&token_path)?)
-            .trim()
-            .to_string();
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|source| JobLoadError::Read { path: p.display().to_string(), source });
+        let job: Job = serde_json::from_slice(&read(&job_path)?)
+            .map_err(|source| JobLoadError::Parse { path: job_path.display().to_string(), source })?;
+        let token = String::from_utf8_lossy(&read(&token_path)?).trim().to_string();
         if token.is_empty() {
-            return Err(JobLoadError::EmptyToken {
-                path: token_path.display().to_string(),
-            });
+            return Err(JobLoadError::EmptyToken { path: token_path.display().to_string() });
         }
         Ok(Self::new(job, token))
     }
 
     pub fn new(job: Job, token: String) -> Self {
-        let runtime_json =
-            Bytes::from(serde_json::to_vec(&RuntimeJob::from(&job)).unwrap_or_default());
-        Self {
-            job,
-            token,
-            runtime_json,
-        }
+        let runtime_json = Bytes::from(serde_json::to_vec(&RuntimeJob::from(&job)).unwrap_or_default());
+        Self { job, token, runtime_json }
     }
 }
 
@@ -111,8 +89,7 @@ impl LocalApi {
 
     /// Probes and metrics only (the admin listener).
     pub async fn handle_admin<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
-        self.probes(&req)
-            .unwrap_or_else(|| ProxyError::NotFound.response())
+        self.probes(&req).unwrap_or_else(|| ProxyError::NotFound.response())
     }
 
     fn probes<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
@@ -121,17 +98,13 @@ impl LocalApi {
         }
         match req.uri().path() {
             "/healthz" => Some(text(StatusCode::OK, "ok\n")),
-            "/readyz" if self.ready.load(Ordering::Acquire) => {
-                Some(text(StatusCode::OK, "ready\n"))
-            }
+            "/readyz" if self.ready.load(Ordering::Acquire) => Some(text(StatusCode::OK, "ready\n")),
             "/readyz" => Some(text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")),
             "/metrics" => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.encode())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
                 );
                 Some(r)
             }
@@ -146,10 +119,7 @@ impl LocalApi {
         self.api(req).await.unwrap_or_else(|e| e.response())
     }
 
-    async fn api(
-        &self,
-        req: Request<hyper::body::Incoming>,
-    ) -> Result<Response<Full<Bytes>>, ProxyError> {
+    async fn api(&self, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, ProxyError> {
         let path = req.uri().path();
         if path == LOCAL_JOB_PATH {
             if req.method() != Method::GET {
@@ -166,41 +136,22 @@ impl LocalApi {
             let (id, token) = (job.job.id.clone(), job.token.clone());
             return self.accept_result(req, id, token).await;
         }
-        if let Some(id) = path
-            .strip_prefix("/v1/jobs/")
-            .and_then(|r| r.strip_suffix("/result"))
-        {
+        if let Some(id) = path.strip_prefix("/v1/jobs/").and_then(|r| r.strip_suffix("/result")) {
             if req.method() != Method::POST {
                 return Err(ProxyError::MethodNotAllowed);
             }
-            let id =
-                JobId::new(id).map_err(|e| ProxyError::BadRequest(format!("bad job id: {e}")))?;
-            let token = self
-                .ingress_tokens
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&id)
-                .cloned();
+            let id = JobId::new(id).map_err(|e| ProxyError::BadRequest(format!("bad job id: {e}")))?;
+            let token = self.ingress_tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
             let token = match token {
                 Some(t) => t,
-                None if self
-                    .accepted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&id) =>
-                {
-                    return Err(ProxyError::Conflict(format!(
-                        "a result for job {id} was already accepted"
-                    )))
+                None if self.accepted.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) => {
+                    return Err(ProxyError::Conflict(format!("a result for job {id} was already accepted")))
                 }
                 None => return Err(ProxyError::NotFound),
             };
             let resp = self.accept_result(req, id.clone(), token).await;
             if resp.is_ok() {
-                self.ingress_tokens
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                self.ingress_tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             }
             return resp;
         }
@@ -213,42 +164,22 @@ impl LocalApi {
         id: JobId,
         token: String,
     ) -> Result<Response<Full<Bytes>>, ProxyError> {
-        let reporter = self
-            .reporter
-            .as_ref()
-            .ok_or_else(|| ProxyError::Unavailable("no job manager configured".into()))?;
+        let reporter =
+            self.reporter.as_ref().ok_or_else(|| ProxyError::Unavailable("no job manager configured".into()))?;
         let body = read_body(req.into_body(), self.max_body).await?;
-        let result: RuntimeResult = serde_json::from_slice(&body)
-            .map_err(|e| ProxyError::BadRequest(format!("invalid result: {e}")))?;
-        if !self
-            .accepted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone())
-        {
-            return Err(ProxyError::Conflict(format!(
-                "a result for job {id} was already accepted"
-            )));
+        let result: RuntimeResult =
+            serde_json::from_slice(&body).map_err(|e| ProxyError::BadRequest(format!("invalid result: {e}")))?;
+        if !self.accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+            return Err(ProxyError::Conflict(format!("a result for job {id} was already accepted")));
         }
-        let record = SpoolRecord {
-            result: result.into_job_result(id.clone()),
-            token,
-        };
+        let record = SpoolRecord { result: result.into_job_result(id.clone()), token };
         if let Err(e) = reporter.submit(record).await {
-            self.accepted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            self.accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             tracing::error!(job_id = %id, error = %e, "cannot spool result");
-            return Err(ProxyError::Unavailable(format!(
-                "cannot store the result: {e}"
-            )));
+            return Err(ProxyError::Unavailable(format!("cannot store the result: {e}")));
         }
         tracing::info!(job_id = %id, "result accepted");
-        Ok(json(
-            StatusCode::ACCEPTED,
-            Bytes::from(format!("{{\"accepted\":true,\"job_id\":\"{id}\"}}")),
-        ))
+        Ok(json(StatusCode::ACCEPTED, Bytes::from(format!("{{\"accepted\":true,\"job_id\":\"{id}\"}}"))))
     }
 }
 
@@ -268,10 +199,7 @@ where
     }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(ProxyError::BodyTooLarge { limit })
         }
         Err(e) => Err(ProxyError::BadRequest(format!("reading body: {e}"))),
@@ -281,19 +209,13 @@ where
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }

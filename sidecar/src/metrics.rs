@@ -65,57 +65,21 @@ impl Metrics {
             result_deliveries: Family::default(),
             result_retries: Counter::default(),
             // 100us .. ~6.5s
-            request_duration: Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17),
-            ),
+            request_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0001, 2.0, 17,
+            )),
             registry: Registry::default(),
         };
-        registry.register(
-            "connections",
-            "Client connections accepted",
-            m.connections.clone(),
-        );
-        registry.register(
-            "open_connections",
-            "Client connections open now",
-            m.open_connections.clone(),
-        );
-        registry.register(
-            "requests",
-            "Requests by kind (forward, connect, local, ingress)",
-            m.requests.clone(),
-        );
+        registry.register("connections", "Client connections accepted", m.connections.clone());
+        registry.register("open_connections", "Client connections open now", m.open_connections.clone());
+        registry.register("requests", "Requests by kind (forward, connect, local, ingress)", m.requests.clone());
         registry.register("tunnels", "CONNECT tunnels established", m.tunnels.clone());
-        registry.register(
-            "open_tunnels",
-            "CONNECT tunnels open now",
-            m.open_tunnels.clone(),
-        );
-        registry.register(
-            "bytes",
-            "Bytes relayed through tunnels, by direction",
-            m.bytes.clone(),
-        );
-        registry.register(
-            "denials",
-            "Destinations refused by policy, by reason class",
-            m.denials.clone(),
-        );
-        registry.register(
-            "errors",
-            "Synthetic error responses, by reason label",
-            m.errors.clone(),
-        );
-        registry.register(
-            "result_deliveries",
-            "Result delivery outcomes",
-            m.result_deliveries.clone(),
-        );
-        registry.register(
-            "result_retries",
-            "Result delivery retries",
-            m.result_retries.clone(),
-        );
+        registry.register("open_tunnels", "CONNECT tunnels open now", m.open_tunnels.clone());
+        registry.register("bytes", "Bytes relayed through tunnels, by direction", m.bytes.clone());
+        registry.register("denials", "Destinations refused by policy, by reason class", m.denials.clone());
+        registry.register("errors", "Synthetic error responses, by reason label", m.errors.clone());
+        registry.register("result_deliveries", "Result delivery outcomes", m.result_deliveries.clone());
+        registry.register("result_retries", "Result delivery retries", m.result_retries.clone());
         registry.register(
             "request_duration_seconds",
             "Forwarded request latency until response headers",

@@ -100,12 +100,7 @@ impl Class {
     pub fn from_label(s: &str) -> Option<Class> {
         Class::DENIALS
             .into_iter()
-            .chain([
-                Class::Public,
-                Class::PrivateAllowed,
-                Class::AllowedCidr,
-                Class::JobManager,
-            ])
+            .chain([Class::Public, Class::PrivateAllowed, Class::AllowedCidr, Class::JobManager])
             .find(|c| c.label() == s)
     }
 }
@@ -126,18 +121,10 @@ pub struct Decision {
 
 impl Decision {
     fn allow(class: Class, reason: impl Into<String>) -> Self {
-        Self {
-            verdict: Verdict::Allow,
-            class,
-            reason: reason.into(),
-        }
+        Self { verdict: Verdict::Allow, class, reason: reason.into() }
     }
     fn deny(class: Class, reason: impl Into<String>) -> Self {
-        Self {
-            verdict: Verdict::Deny,
-            class,
-            reason: reason.into(),
-        }
+        Self { verdict: Verdict::Deny, class, reason: reason.into() }
     }
     pub fn is_allowed(&self) -> bool {
         self.verdict == Verdict::Allow
@@ -164,21 +151,13 @@ impl HostPattern {
             (s.clone(), true, false)
         };
         let valid = !suffix.is_empty()
-            && suffix.split('.').all(|l| {
-                !l.is_empty()
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
+            && suffix
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         if !valid {
-            return Err(format!(
-                "invalid host pattern {s:?} (use example.com, *.example.com or .example.com)"
-            ));
+            return Err(format!("invalid host pattern {s:?} (use example.com, *.example.com or .example.com)"));
         }
-        Ok(Self {
-            suffix,
-            apex,
-            subdomains,
-        })
+        Ok(Self { suffix, apex, subdomains })
     }
 
     pub fn matches(&self, name: &str) -> bool {
@@ -242,59 +221,35 @@ impl EgressPolicy {
     /// [`EgressPolicy::decide_addresses`]".
     pub fn decide_name(&self, target: &Target) -> Option<Decision> {
         if self.job_manager.as_ref() == Some(target) {
-            return Some(Decision::allow(
-                Class::JobManager,
-                format!("{target} is the job manager"),
-            ));
+            return Some(Decision::allow(Class::JobManager, format!("{target} is the job manager")));
         }
         let port = target.port;
         if self.deny_ports.contains(&port) {
-            return Some(Decision::deny(
-                Class::DeniedPort,
-                format!("port {port} is on the deny list"),
-            ));
+            return Some(Decision::deny(Class::DeniedPort, format!("port {port} is on the deny list")));
         }
         if !self.allow_ports.is_empty() && !self.allow_ports.contains(&port) {
-            return Some(Decision::deny(
-                Class::PortNotAllowed,
-                format!("port {port} is not on the allow list"),
-            ));
+            return Some(Decision::deny(Class::PortNotAllowed, format!("port {port} is not on the allow list")));
         }
         if KUBELET_PORTS.contains(&port) && !self.allow_ports.contains(&port) {
-            return Some(Decision::deny(
-                Class::Kubelet,
-                format!("port {port} is a kubelet port"),
-            ));
+            return Some(Decision::deny(Class::Kubelet, format!("port {port} is a kubelet port")));
         }
         let Host::Name(name) = &target.host else {
             return None;
         };
         if self.deny_hosts.iter().any(|p| p.matches(name)) {
-            return Some(Decision::deny(
-                Class::DeniedHost,
-                format!("host {name} is on the deny list"),
-            ));
+            return Some(Decision::deny(Class::DeniedHost, format!("host {name} is on the deny list")));
         }
         if self.allow_hosts.iter().any(|p| p.matches(name)) {
             return None;
         }
         if METADATA_NAMES.contains(&name.as_str()) {
-            return Some(Decision::deny(
-                Class::Metadata,
-                format!("{name} is a cloud metadata service"),
-            ));
+            return Some(Decision::deny(Class::Metadata, format!("{name} is a cloud metadata service")));
         }
         if name == "kubernetes" || name.starts_with("kubernetes.default") {
-            return Some(Decision::deny(
-                Class::KubernetesApi,
-                format!("{name} is the Kubernetes API"),
-            ));
+            return Some(Decision::deny(Class::KubernetesApi, format!("{name} is the Kubernetes API")));
         }
         if name == "localhost" || name.ends_with(".localhost") {
-            return Some(Decision::deny(
-                Class::Loopback,
-                format!("{name} is loopback"),
-            ));
+            return Some(Decision::deny(Class::Loopback, format!("{name} is loopback")));
         }
         None
     }
@@ -306,65 +261,34 @@ impl EgressPolicy {
             let d = self.decide_ip(ip, target.port);
             if !d.is_allowed() {
                 return match &target.host {
-                    Host::Name(name) => Decision {
-                        reason: format!("{name} resolves to {}", d.reason),
-                        ..d
-                    },
+                    Host::Name(name) => Decision { reason: format!("{name} resolves to {}", d.reason), ..d },
                     Host::Ip(_) => d,
                 };
             }
             // Report the most specific allowance (an allow-list hit over "public").
-            if allowed
-                .as_ref()
-                .is_none_or(|a: &Decision| a.class == Class::Public)
-            {
+            if allowed.as_ref().is_none_or(|a: &Decision| a.class == Class::Public) {
                 allowed = Some(d);
             }
         }
-        allowed.unwrap_or_else(|| {
-            Decision::deny(
-                Class::Unspecified,
-                format!("{} has no addresses", target.host),
-            )
-        })
+        allowed.unwrap_or_else(|| Decision::deny(Class::Unspecified, format!("{} has no addresses", target.host)))
     }
 
     /// The whole decision for a destination and the addresses it resolved to.
     pub fn decide(&self, target: &Target, addrs: &[IpAddr]) -> Decision {
-        self.decide_name(target)
-            .unwrap_or_else(|| self.decide_addresses(target, addrs))
+        self.decide_name(target).unwrap_or_else(|| self.decide_addresses(target, addrs))
     }
 
     fn decide_ip(&self, raw: IpAddr, port: u16) -> Decision {
         let ip = effective_ip(raw);
-        let shown = if ip == raw {
-            ip.to_string()
-        } else {
-            format!("{raw} (= {ip})")
-        };
-        if self
-            .deny_cidrs
-            .iter()
-            .any(|n| n.contains(&ip) || n.contains(&raw))
-        {
+        let shown = if ip == raw { ip.to_string() } else { format!("{raw} (= {ip})") };
+        if self.deny_cidrs.iter().any(|n| n.contains(&ip) || n.contains(&raw)) {
             return Decision::deny(Class::DeniedCidr, format!("{shown} is in a denied CIDR"));
         }
-        if self
-            .allow_cidrs
-            .iter()
-            .any(|n| n.contains(&ip) || n.contains(&raw))
-        {
+        if self.allow_cidrs.iter().any(|n| n.contains(&ip) || n.contains(&raw)) {
             return Decision::allow(Class::AllowedCidr, format!("{shown} is in an allowed CIDR"));
         }
-        if self
-            .api_servers
-            .iter()
-            .any(|a| a.ip == ip && a.port.is_none_or(|p| p == port))
-        {
-            return Decision::deny(
-                Class::KubernetesApi,
-                format!("{shown} is the Kubernetes API server"),
-            );
+        if self.api_servers.iter().any(|a| a.ip == ip && a.port.is_none_or(|p| p == port)) {
+            return Decision::deny(Class::KubernetesApi, format!("{shown} is the Kubernetes API server"));
         }
         let class = classify(ip);
         let what = match class {
@@ -374,12 +298,7 @@ impl EgressPolicy {
             Class::LinkLocal => "link-local",
             Class::Reserved => "multicast, broadcast or reserved",
             Class::Private if self.deny_private => "a private address",
-            Class::Private => {
-                return Decision::allow(
-                    Class::PrivateAllowed,
-                    format!("{shown} is private (allowed)"),
-                )
-            }
+            Class::Private => return Decision::allow(Class::PrivateAllowed, format!("{shown} is private (allowed)")),
             _ => return Decision::allow(Class::Public, format!("{shown} is public")),
         };
         Decision::deny(class, format!("{shown} is {what}"))
@@ -402,10 +321,7 @@ pub fn classify(ip: IpAddr) -> Class {
                 Class::LinkLocal
             } else if v4.is_multicast() || v4.is_broadcast() || o[0] >= 240 {
                 Class::Reserved
-            } else if v4.is_private()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-            {
+            } else if v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) || (o[0] == 198 && (o[1] & 0xfe) == 18) {
                 // RFC 1918, CGNAT 100.64/10 (also used by some clusters), benchmarking 198.18/15.
                 Class::Private
             } else {

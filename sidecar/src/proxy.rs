@@ -74,12 +74,7 @@ pub struct ProxySettings {
 }
 
 impl Proxy {
-    pub fn new(
-        dialer: Arc<Dialer>,
-        local: Arc<LocalApi>,
-        metrics: Arc<Metrics>,
-        s: ProxySettings,
-    ) -> Self {
+    pub fn new(dialer: Arc<Dialer>, local: Arc<LocalApi>, metrics: Arc<Metrics>, s: ProxySettings) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(s.idle_timeout)
             .pool_max_idle_per_host(64)
@@ -91,30 +86,15 @@ impl Proxy {
             v.set_sensitive(true);
             Some(v)
         });
-        let upstream_authorization = dialer
-            .upstream
-            .as_ref()
-            .and_then(|u| u.authorization())
-            .and_then(|a| {
-                let mut v = HeaderValue::from_str(a).ok()?;
-                v.set_sensitive(true);
-                Some(v)
-            });
-        let bytes_up = metrics
-            .bytes
-            .get_or_create(&DirectionLabel {
-                direction: "upstream",
-            })
-            .clone();
-        let bytes_down = metrics
-            .bytes
-            .get_or_create(&DirectionLabel {
-                direction: "downstream",
-            })
-            .clone();
+        let upstream_authorization = dialer.upstream.as_ref().and_then(|u| u.authorization()).and_then(|a| {
+            let mut v = HeaderValue::from_str(a).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        let bytes_up = metrics.bytes.get_or_create(&DirectionLabel { direction: "upstream" }).clone();
+        let bytes_down = metrics.bytes.get_or_create(&DirectionLabel { direction: "downstream" }).clone();
         let kind = |kind| metrics.requests.get_or_create(&KindLabel { kind }).clone();
-        let (count_forward, count_connect, count_local) =
-            (kind("forward"), kind("connect"), kind("local"));
+        let (count_forward, count_connect, count_local) = (kind("forward"), kind("connect"), kind("local"));
         Self {
             dialer,
             client,
@@ -151,9 +131,7 @@ impl Proxy {
             return self.local_api(req).await;
         }
         self.count_forward.inc();
-        self.forward(req, target)
-            .await
-            .unwrap_or_else(|e| self.rescue(e))
+        self.forward(req, target).await.unwrap_or_else(|e| self.rescue(e))
     }
 
     async fn local_api(&self, req: Request<Incoming>) -> Response<Body> {
@@ -162,10 +140,7 @@ impl Proxy {
     }
 
     fn rescue(&self, e: ProxyError) -> Response<Body> {
-        self.metrics
-            .errors
-            .get_or_create(&crate::metrics::ReasonLabel { reason: e.label() })
-            .inc();
+        self.metrics.errors.get_or_create(&crate::metrics::ReasonLabel { reason: e.label() }).inc();
         if !matches!(e, ProxyError::Denied(_)) {
             // Refusals are logged where they are decided, with their class.
             tracing::info!(error = %e, label = e.label(), "request failed");
@@ -188,11 +163,7 @@ impl Proxy {
         }
     }
 
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        target: Target,
-    ) -> Result<Response<Body>, ProxyError> {
+    async fn forward(&self, mut req: Request<Incoming>, target: Target) -> Result<Response<Body>, ProxyError> {
         let to_job_manager = self.job_manager.as_ref() == Some(&target);
         let h = req.headers_mut();
         strip_hop_by_hop(h);
@@ -211,17 +182,13 @@ impl Proxy {
         }
         // The origin sees the authority the client addressed, minus any userinfo; a
         // mismatching Host header is overwritten (RFC 9112 3.2.2).
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or_default();
+        let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or_default();
         let host_value = match authority.rfind('@') {
             Some(i) => &authority[i + 1..],
             None => authority,
         };
-        let host_value = HeaderValue::from_str(host_value)
-            .map_err(|_| ProxyError::BadRequest("bad authority".into()))?;
+        let host_value =
+            HeaderValue::from_str(host_value).map_err(|_| ProxyError::BadRequest("bad authority".into()))?;
         if authority.contains('@') {
             *req.uri_mut() = strip_userinfo(req.uri())?;
         }
@@ -238,35 +205,20 @@ impl Proxy {
                 })
             }
         };
-        self.metrics
-            .request_duration
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.request_duration.observe(started.elapsed().as_secs_f64());
         let h = resp.headers_mut();
         strip_hop_by_hop(h);
         h.remove(headers::INTERNAL_API_KEY);
         Ok(resp.map(Either::Left))
     }
 
-    async fn connect(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Result<Response<Body>, ProxyError> {
-        let authority = req
-            .uri()
-            .authority()
-            .ok_or_else(|| ProxyError::BadRequest("CONNECT needs host:port".into()))?;
+    async fn connect(self: &Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        let authority =
+            req.uri().authority().ok_or_else(|| ProxyError::BadRequest("CONNECT needs host:port".into()))?;
         let target = parse_authority(authority.as_str(), None)?;
-        let tunnel_permit = self
-            .tunnels
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::TooManyTunnels)?;
+        let tunnel_permit = self.tunnels.clone().try_acquire_owned().map_err(|_| ProxyError::TooManyTunnels)?;
         // A tunnel outlives its HTTP connection; it keeps a connection slot of its own.
-        let conn_permit = self
-            .connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::TooManyTunnels)?;
+        let conn_permit = self.connections.clone().try_acquire_owned().map_err(|_| ProxyError::TooManyTunnels)?;
         let upstream = self.dialer.dial_tunnel(&target).await?;
         let this = self.clone();
         tokio::spawn(async move {
@@ -309,18 +261,8 @@ impl Proxy {
     async fn relay<C: AsyncRead + AsyncWrite + Unpin>(&self, client: C, upstream: Io) {
         let epoch = Instant::now();
         let last = Arc::new(AtomicU64::new(0));
-        let mut client = Tracked {
-            inner: client,
-            epoch,
-            last: last.clone(),
-            bytes: self.bytes_up.clone(),
-        };
-        let mut upstream = Tracked {
-            inner: upstream,
-            epoch,
-            last: last.clone(),
-            bytes: self.bytes_down.clone(),
-        };
+        let mut client = Tracked { inner: client, epoch, last: last.clone(), bytes: self.bytes_up.clone() };
+        let mut upstream = Tracked { inner: upstream, epoch, last: last.clone(), bytes: self.bytes_down.clone() };
         let idle = self.tunnel_idle_timeout;
         let watchdog = async {
             loop {
@@ -353,11 +295,7 @@ impl Proxy {
         let last = AtomicU64::new(0);
         let (client_r, client_w) = client.into_split();
         let (upstream_r, upstream_w) = upstream.into_split();
-        let activity = |bytes| relay::Activity {
-            bytes,
-            last: &last,
-            epoch,
-        };
+        let activity = |bytes| relay::Activity { bytes, last: &last, epoch };
         let up = relay::one_way(client_r, upstream_w, activity(&self.bytes_up));
         let down = relay::one_way(upstream_r, client_w, activity(&self.bytes_down));
         let idle = self.tunnel_idle_timeout;
@@ -413,30 +351,21 @@ struct Tracked<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
             this.bytes.inc_by(n as u64);
-            this.last
-                .store(this.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            this.last.store(this.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
         r
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -486,11 +415,7 @@ fn strip_userinfo(uri: &Uri) -> Result<Uri, ProxyError> {
     if let Some(a) = &parts.authority {
         let s = a.as_str();
         let hostport = &s[s.rfind('@').map(|i| i + 1).unwrap_or(0)..];
-        parts.authority = Some(
-            hostport
-                .parse()
-                .map_err(|_| ProxyError::BadRequest("bad authority".into()))?,
-        );
+        parts.authority = Some(hostport.parse().map_err(|_| ProxyError::BadRequest("bad authority".into()))?);
     }
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("bad request target".into()))
 }
@@ -511,17 +436,13 @@ fn clone_error(e: &ProxyError) -> ProxyError {
     match e {
         ProxyError::Denied(d) => ProxyError::Denied(d.clone()),
         ProxyError::BadTarget(a) => ProxyError::BadTarget(a.clone()),
-        ProxyError::ConnectTimeout { target } => ProxyError::ConnectTimeout {
-            target: target.clone(),
-        },
-        ProxyError::Connect { target, message } => ProxyError::Connect {
-            target: target.clone(),
-            message: message.clone(),
-        },
-        ProxyError::Resolve(r) => ProxyError::Resolve(crate::resolve::ResolveError {
-            name: r.name.clone(),
-            message: r.message.clone(),
-        }),
+        ProxyError::ConnectTimeout { target } => ProxyError::ConnectTimeout { target: target.clone() },
+        ProxyError::Connect { target, message } => {
+            ProxyError::Connect { target: target.clone(), message: message.clone() }
+        }
+        ProxyError::Resolve(r) => {
+            ProxyError::Resolve(crate::resolve::ResolveError { name: r.name.clone(), message: r.message.clone() })
+        }
         ProxyError::UpstreamProxy(m) => ProxyError::UpstreamProxy(m.clone()),
         other => ProxyError::Upstream(other.to_string()),
     }

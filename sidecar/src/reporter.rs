@@ -32,10 +32,7 @@ pub struct SpoolRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum ReporterError {
     #[error("cannot spool result to {path}: {source}")]
-    Spool {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Spool { path: PathBuf, source: std::io::Error },
 }
 
 pub struct ResultReporter {
@@ -86,22 +83,10 @@ impl ResultReporter {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        let mut key =
-            HeaderValue::from_str(key.expose()).unwrap_or_else(|_| HeaderValue::from_static(""));
+        let client = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connector);
+        let mut key = HeaderValue::from_str(key.expose()).unwrap_or_else(|_| HeaderValue::from_static(""));
         key.set_sensitive(true);
-        Self {
-            spool_dir,
-            base,
-            key,
-            client,
-            backoff,
-            deadline,
-            tracker: TaskTracker::new(),
-            metrics,
-        }
+        Self { spool_dir, base, key, client, backoff, deadline, tracker: TaskTracker::new(), metrics }
     }
 
     /// Spools (durably) and starts delivery. Returns once the result is safe on disk.
@@ -110,14 +95,9 @@ impl ResultReporter {
             Some(dir) => {
                 let dir = dir.clone();
                 let rec = record.clone();
-                let res = tokio::task::spawn_blocking(move || write_spool(&dir, &rec))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(ReporterError::Spool {
-                            path: PathBuf::new(),
-                            source: std::io::Error::other(e),
-                        })
-                    });
+                let res = tokio::task::spawn_blocking(move || write_spool(&dir, &rec)).await.unwrap_or_else(|e| {
+                    Err(ReporterError::Spool { path: PathBuf::new(), source: std::io::Error::other(e) })
+                });
                 Some(res?)
             }
             None => None,
@@ -163,18 +143,13 @@ impl ResultReporter {
 
     fn spawn_delivery(self: &Arc<Self>, record: SpoolRecord, path: Option<PathBuf>) {
         let this = self.clone();
-        self.tracker
-            .spawn(async move { this.deliver(record, path).await });
+        self.tracker.spawn(async move { this.deliver(record, path).await });
     }
 
     async fn deliver(&self, record: SpoolRecord, path: Option<PathBuf>) {
         let job_id = record.result.job_id.clone();
         let body = Bytes::from(serde_json::to_vec(&record.result).unwrap_or_default());
-        let url = format!(
-            "{}{}",
-            self.base,
-            common::runtime_api::result_api_path(&job_id)
-        );
+        let url = format!("{}{}", self.base, common::runtime_api::result_api_path(&job_id));
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -196,10 +171,7 @@ impl ResultReporter {
                     let delay = self.backoff.delay(attempt);
                     if started.elapsed() + delay > self.deadline {
                         tracing::error!(job_id = %job_id, reason = %why, attempts = attempt + 1, "result delivery deadline passed; left in spool");
-                        self.metrics
-                            .result_deliveries
-                            .get_or_create(&ReasonLabel { reason: "expired" })
-                            .inc();
+                        self.metrics.result_deliveries.get_or_create(&ReasonLabel { reason: "expired" }).inc();
                         return;
                     }
                     tracing::warn!(job_id = %job_id, reason = %why, retry_in_ms = delay.as_millis() as u64, "result delivery failed; retrying");
@@ -209,10 +181,7 @@ impl ResultReporter {
                     continue;
                 }
             }
-            self.metrics
-                .result_deliveries
-                .get_or_create(&ReasonLabel { reason: label })
-                .inc();
+            self.metrics.result_deliveries.get_or_create(&ReasonLabel { reason: label }).inc();
             if let Some(p) = &path {
                 if let Err(e) = std::fs::remove_file(p) {
                     tracing::warn!(file = %p.display(), error = %e, "cannot remove delivered spool file");
@@ -255,9 +224,7 @@ impl ResultReporter {
     /// True when everything was delivered (or given up on) in time.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -269,10 +236,7 @@ impl ResultReporter {
 pub fn write_spool(dir: &Path, record: &SpoolRecord) -> Result<PathBuf, ReporterError> {
     let final_path = dir.join(format!("{}.json", record.result.job_id));
     let tmp = dir.join(format!(".{}.json.tmp", record.result.job_id));
-    let io = |source| ReporterError::Spool {
-        path: final_path.clone(),
-        source,
-    };
+    let io = |source| ReporterError::Spool { path: final_path.clone(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
     let bytes = serde_json::to_vec(record).map_err(|e| io(std::io::Error::other(e)))?;
     let mut opts = std::fs::OpenOptions::new();
@@ -288,9 +252,7 @@ pub fn write_spool(dir: &Path, record: &SpoolRecord) -> Result<PathBuf, Reporter
     f.sync_all().map_err(io)?;
     drop(f);
     std::fs::rename(&tmp, &final_path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     Ok(final_path)
 }
 
@@ -302,30 +264,12 @@ mod tests {
     fn statuses() {
         assert_eq!(classify_status(StatusCode::OK), Attempt::Delivered);
         assert_eq!(classify_status(StatusCode::ACCEPTED), Attempt::Delivered);
-        assert_eq!(
-            classify_status(StatusCode::CONFLICT),
-            Attempt::AlreadyAccepted
-        );
-        assert!(matches!(
-            classify_status(StatusCode::INTERNAL_SERVER_ERROR),
-            Attempt::Retry(_)
-        ));
-        assert!(matches!(
-            classify_status(StatusCode::SERVICE_UNAVAILABLE),
-            Attempt::Retry(_)
-        ));
-        assert!(matches!(
-            classify_status(StatusCode::TOO_MANY_REQUESTS),
-            Attempt::Retry(_)
-        ));
-        assert!(matches!(
-            classify_status(StatusCode::UNAUTHORIZED),
-            Attempt::Permanent(_)
-        ));
-        assert!(matches!(
-            classify_status(StatusCode::BAD_REQUEST),
-            Attempt::Permanent(_)
-        ));
+        assert_eq!(classify_status(StatusCode::CONFLICT), Attempt::AlreadyAccepted);
+        assert!(matches!(classify_status(StatusCode::INTERNAL_SERVER_ERROR), Attempt::Retry(_)));
+        assert!(matches!(classify_status(StatusCode::SERVICE_UNAVAILABLE), Attempt::Retry(_)));
+        assert!(matches!(classify_status(StatusCode::TOO_MANY_REQUESTS), Attempt::Retry(_)));
+        assert!(matches!(classify_status(StatusCode::UNAUTHORIZED), Attempt::Permanent(_)));
+        assert!(matches!(classify_status(StatusCode::BAD_REQUEST), Attempt::Permanent(_)));
     }
 
     #[test]
@@ -343,10 +287,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -6,8 +6,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub type ResolveFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, ResolveError>> + Send + 'a>>;
+pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, ResolveError>> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot resolve {name}: {message}")]
@@ -25,10 +24,7 @@ pub struct SystemResolver(hickory_resolver::TokioResolver);
 
 impl SystemResolver {
     pub fn new() -> Result<Self, ResolveError> {
-        let err = |e: &dyn std::fmt::Display| ResolveError {
-            name: "(resolver setup)".into(),
-            message: e.to_string(),
-        };
+        let err = |e: &dyn std::fmt::Display| ResolveError { name: "(resolver setup)".into(), message: e.to_string() };
         let builder = hickory_resolver::TokioResolver::builder_tokio().map_err(|e| err(&e))?;
         Ok(Self(builder.build().map_err(|e| err(&e))?))
     }
@@ -40,10 +36,11 @@ impl Resolve for SystemResolver {
             // Search domains apply (runtimes call in-cluster services by short name).
             // That cannot open a way to the API server: `kubernetes*` names are refused
             // before lookup and its address (KUBERNETES_SERVICE_HOST) after it.
-            let lookup = self.0.lookup_ip(name).await.map_err(|e| ResolveError {
-                name: name.to_string(),
-                message: e.to_string(),
-            })?;
+            let lookup = self
+                .0
+                .lookup_ip(name)
+                .await
+                .map_err(|e| ResolveError { name: name.to_string(), message: e.to_string() })?;
             Ok(lookup.iter().collect())
         })
     }
@@ -63,10 +60,7 @@ impl Resolve for StaticResolver {
     fn resolve<'a>(&'a self, name: &'a str) -> ResolveFuture<'a> {
         let found = self.0.get(name).cloned();
         Box::pin(async move {
-            found.ok_or_else(|| ResolveError {
-                name: name.to_string(),
-                message: "no such name (static table)".into(),
-            })
+            found.ok_or_else(|| ResolveError { name: name.to_string(), message: "no such name (static table)".into() })
         })
     }
 }

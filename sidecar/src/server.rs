@@ -64,15 +64,11 @@ impl Serve {
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 self.metrics
                     .errors
-                    .get_or_create(&crate::metrics::ReasonLabel {
-                        reason: "too_many_connections",
-                    })
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: "too_many_connections" })
                     .inc();
                 tokio::spawn(async move {
                     let mut stream = stream;
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVERLOADED))
-                            .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVERLOADED)).await;
                 });
                 continue;
             };

@@ -10,11 +10,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// needs span-field or regex directives, and `EnvFilter` links a regex engine into a
 /// binary whose resident size is a goal (issue 2: <= 6 MB idle).
 pub fn log_filter(spec: &str) -> Result<Targets, ParseError> {
-    let directives: Vec<&str> = spec
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .collect();
+    let directives: Vec<&str> = spec.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
     if directives.is_empty() {
         return Ok(Targets::new().with_default(LevelFilter::INFO));
     }
@@ -22,20 +18,14 @@ pub fn log_filter(spec: &str) -> Result<Targets, ParseError> {
 }
 
 pub fn init(format: LogFormat, level: &str) {
-    let filter =
-        log_filter(level).unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+    let filter = log_filter(level).unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     // A second init (tests running several sidecars in one process) is harmless.
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Text => registry.with(fmt).try_init(),
-        LogFormat::Json => registry
-            .with(fmt.json().with_current_span(true).with_span_list(false))
-            .try_init(),
+        LogFormat::Json => registry.with(fmt.json().with_current_span(true).with_span_list(false)).try_init(),
     };
 }
 

@@ -12,10 +12,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Web PKI roots plus an optional extra CA file; or, with `insecure`, no verification
 /// at all (self-signed corporate proxies, an explicit operator choice).
-pub fn upstream_client_config(
-    ca_file: Option<&Path>,
-    insecure: bool,
-) -> Result<ClientConfig, String> {
+pub fn upstream_client_config(ca_file: Option<&Path>, insecure: bool) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -25,9 +22,7 @@ pub fn upstream_client_config(
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
             .with_no_client_auth());
     }
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| format!("reading CA file {}: {e}", path.display()))?
@@ -37,9 +32,7 @@ pub fn upstream_client_config(
             return Err(format!("CA file {} holds no certificates", path.display()));
         }
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            roots.add(c).map_err(|e| format!("CA file {}: {e}", path.display()))?;
         }
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
@@ -65,12 +58,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -78,12 +66,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()

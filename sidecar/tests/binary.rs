@@ -11,50 +11,25 @@ const BIN: &str = env!("CARGO_BIN_EXE_sidecar");
 
 fn sidecar() -> Command {
     let mut c = Command::new(BIN);
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     c
 }
 
 /// (flags, env, text the error must contain)
-type BadCase = (
-    &'static [&'static str],
-    &'static [(&'static str, &'static str)],
-    &'static str,
-);
+type BadCase = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static str);
 
 #[test]
 fn bad_configuration_exits_64_naming_the_setting() {
     let cases: &[BadCase] = &[
-        (
-            &["--listen", "not-an-address"],
-            &[],
-            "SIDECAR_LISTEN (--listen)",
-        ),
-        (
-            &[],
-            &[("SIDECAR_ALLOW_CIDRS", "10.0.0.0/99")],
-            "SIDECAR_ALLOW_CIDRS",
-        ),
-        (
-            &[],
-            &[("SIDECAR_DENY_PRIVATE", "perhaps")],
-            "SIDECAR_DENY_PRIVATE",
-        ),
+        (&["--listen", "not-an-address"], &[], "SIDECAR_LISTEN (--listen)"),
+        (&[], &[("SIDECAR_ALLOW_CIDRS", "10.0.0.0/99")], "SIDECAR_ALLOW_CIDRS"),
+        (&[], &[("SIDECAR_DENY_PRIVATE", "perhaps")], "SIDECAR_DENY_PRIVATE"),
         (&["--job-dir", "/tmp"], &[], "SIDECAR_JOB_MANAGER_URL"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
-        (
-            &["--max-connections", "lots"],
-            &[],
-            "SIDECAR_MAX_CONNECTIONS",
-        ),
+        (&["--max-connections", "lots"], &[], "SIDECAR_MAX_CONNECTIONS"),
     ];
     for (args, env, needle) in cases {
-        let out = sidecar()
-            .args(*args)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let out = sidecar().args(*args).envs(env.iter().copied()).output().unwrap();
         assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -125,11 +100,7 @@ fn wait_ready(path: &std::path::Path, child: &mut Child) -> common::runtime_api:
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let ok = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(ok.success());
     child.wait().unwrap()
 }
@@ -139,14 +110,7 @@ async fn ready_file_probes_and_sigterm() {
     let dir = temp_dir("bin");
     let ready = dir.join("ready.json");
     let mut child = sidecar()
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--ready-file",
-            ready.to_str().unwrap(),
-        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ready-file", ready.to_str().unwrap()])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -154,44 +118,20 @@ async fn ready_file_probes_and_sigterm() {
     assert_eq!(r.pid, child.id());
     assert_ne!(r.listen.port(), 0);
     let admin = r.admin.expect("admin address in the ready file");
-    for (addr, path) in [
-        (admin, "/readyz"),
-        (admin, "/healthz"),
-        (r.listen, "/readyz"),
-    ] {
-        let (status, _, _) = send(
-            addr,
-            http::Request::get(path)
-                .header("host", "x")
-                .body(Default::default())
-                .unwrap(),
-        )
-        .await;
+    for (addr, path) in [(admin, "/readyz"), (admin, "/healthz"), (r.listen, "/readyz")] {
+        let (status, _, _) =
+            send(addr, http::Request::get(path).header("host", "x").body(Default::default()).unwrap()).await;
         assert_eq!(status, http::StatusCode::OK, "{addr}{path}");
     }
-    let (status, _, body) = send(
-        admin,
-        http::Request::get("/metrics")
-            .header("host", "x")
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await;
+    let (status, _, body) =
+        send(admin, http::Request::get("/metrics").header("host", "x").body(Default::default()).unwrap()).await;
     assert_eq!(status, http::StatusCode::OK);
     assert!(String::from_utf8_lossy(&body).contains("sidecar_connections_total"));
     // The admin port serves probes only, never the job API.
-    let (status, _, _) = send(
-        admin,
-        http::Request::get("/v1/job")
-            .header("host", "x")
-            .body(Default::default())
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _) =
+        send(admin, http::Request::get("/v1/job").header("host", "x").body(Default::default()).unwrap()).await;
     assert_eq!(status, http::StatusCode::NOT_FOUND);
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
     assert!(status.success(), "SIGTERM is a clean exit: {status}");
 }
 
@@ -222,12 +162,7 @@ async fn key_from_stdin_is_injected_and_never_logged() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{key}\nsecond line ignored\n").as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{key}\nsecond line ignored\n").as_bytes()).unwrap();
     let r = wait_ready(&ready, &mut child);
     let req = http::Request::get(format!("http://{}/internal/v1/ping", jm.addr))
         .header("x-internal-api-key", "forged")
@@ -240,17 +175,12 @@ async fn key_from_stdin_is_injected_and_never_logged() {
     assert_eq!(status, http::StatusCode::FORBIDDEN);
 
     let mut stderr = child.stderr.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
     assert!(status.success());
     let mut logs = String::new();
     stderr.read_to_string(&mut logs).unwrap();
     assert!(!logs.contains(key), "the key leaked into the logs");
-    let refusal = logs
-        .lines()
-        .find(|l| l.contains("egress refused"))
-        .expect("refusal logged");
+    let refusal = logs.lines().find(|l| l.contains("egress refused")).expect("refusal logged");
     let line: serde_json::Value = serde_json::from_str(refusal).expect("JSON log line");
     assert_eq!(line["fields"]["class"], "metadata", "{refusal}");
     assert_eq!(line["span"]["job_id"], "bin-job-1", "{refusal}");

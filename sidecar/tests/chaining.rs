@@ -32,27 +32,17 @@ async fn upstream_proxy() -> (std::net::SocketAddr, SeenByUpstream) {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let s = s.clone();
                     async move {
-                        let auth = req
-                            .headers()
-                            .get("proxy-authorization")
-                            .map(|v| v.to_str().unwrap().to_string());
-                        s.lock().unwrap().push((
-                            req.method().to_string(),
-                            req.uri().to_string(),
-                            auth,
-                        ));
+                        let auth = req.headers().get("proxy-authorization").map(|v| v.to_str().unwrap().to_string());
+                        s.lock().unwrap().push((req.method().to_string(), req.uri().to_string(), auth));
                         if req.method() == http::Method::CONNECT {
                             let target = req.uri().authority().unwrap().to_string();
                             tokio::spawn(async move {
                                 let up = hyper::upgrade::on(req).await.unwrap();
                                 let mut up = TokioIo::new(up);
-                                let mut origin =
-                                    tokio::net::TcpStream::connect(target).await.unwrap();
+                                let mut origin = tokio::net::TcpStream::connect(target).await.unwrap();
                                 let _ = tokio::io::copy_bidirectional(&mut up, &mut origin).await;
                             });
-                            return Ok::<_, Infallible>(Response::new(Either::Right(
-                                Empty::<Bytes>::new(),
-                            )));
+                            return Ok::<_, Infallible>(Response::new(Either::Right(Empty::<Bytes>::new())));
                         }
                         let body = format!("upstream proxy saw {}", req.uri());
                         Ok(Response::new(Either::Left(Full::new(Bytes::from(body)))))
@@ -73,15 +63,7 @@ async fn http_and_connect_go_through_the_upstream_proxy_with_auth() {
     let (up, seen) = upstream_proxy().await;
     let echo = half_close_echo().await;
     let upstream = format!("http://alice:s3cr%40t@{up}");
-    let cfg = config(
-        &[
-            "--upstream-proxy",
-            &upstream,
-            "--allow-cidr",
-            "127.0.0.1/32",
-        ],
-        &[],
-    );
+    let cfg = config(&["--upstream-proxy", &upstream, "--allow-cidr", "127.0.0.1/32"], &[]);
     // No resolver entry for example.test: behind a corporate proxy, the proxy resolves.
     let sc = Sidecar::start(cfg, resolver(&[])).await;
     let want_auth = "Basic YWxpY2U6czNjckB0"; // alice:s3cr@t
@@ -92,11 +74,7 @@ async fn http_and_connect_go_through_the_upstream_proxy_with_auth() {
         .unwrap();
     let (status, _, body) = send(sc.addr, req).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        &body[..],
-        b"upstream proxy saw http://example.test/path?q=1",
-        "absolute form to the upstream proxy"
-    );
+    assert_eq!(&body[..], b"upstream proxy saw http://example.test/path?q=1", "absolute form to the upstream proxy");
     let (method, uri, auth) = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
         (method.as_str(), uri.as_str(), auth.as_deref()),
@@ -119,17 +97,10 @@ async fn http_and_connect_go_through_the_upstream_proxy_with_auth() {
     // Policy still applies before anything reaches the upstream proxy.
     let before = seen.lock().unwrap().len();
     let (status, headers, _) = proxy_get(sc.addr, "http://169.254.169.254/").await;
-    assert_eq!(
-        (status, headers["x-sidecar-error"].to_str().unwrap()),
-        (StatusCode::FORBIDDEN, "metadata")
-    );
+    assert_eq!((status, headers["x-sidecar-error"].to_str().unwrap()), (StatusCode::FORBIDDEN, "metadata"));
     let (head, _) = connect_tunnel(sc.addr, "metadata.google.internal:443").await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-    assert_eq!(
-        seen.lock().unwrap().len(),
-        before,
-        "refused requests never reach the upstream proxy"
-    );
+    assert_eq!(seen.lock().unwrap().len(), before, "refused requests never reach the upstream proxy");
     sc.stop().await.unwrap();
 }
 
@@ -139,10 +110,7 @@ async fn upstream_proxy_refusing_connect_is_502() {
     let upstream = format!("http://{up}");
     let sc = Sidecar::start(config(&["--upstream-proxy", &upstream], &[]), resolver(&[])).await;
     // The in-test upstream proxy cannot reach this name: its tunnel fails.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let cfg = config(&["--upstream-proxy", &format!("http://{dead}")], &[]);
     let sc2 = Sidecar::start(cfg, resolver(&[])).await;
     let (head, _) = connect_tunnel(sc2.addr, "example.test:443").await;
@@ -157,23 +125,15 @@ async fn upstream_proxy_refusing_connect_is_502() {
 async fn job_manager_is_reached_directly_not_through_the_upstream_proxy() {
     let (up, seen) = upstream_proxy().await;
     let mut jm = FakeJobManager::start(&[]).await;
-    let (upstream, jm_url) = (
-        format!("http://corp:pw@{up}"),
-        format!("http://{}", jm.addr),
-    );
-    let cfg = config(
-        &["--upstream-proxy", &upstream, "--job-manager-url", &jm_url],
-        &[("SIDECAR_INTERNAL_API_KEY", "k")],
-    );
+    let (upstream, jm_url) = (format!("http://corp:pw@{up}"), format!("http://{}", jm.addr));
+    let cfg =
+        config(&["--upstream-proxy", &upstream, "--job-manager-url", &jm_url], &[("SIDECAR_INTERNAL_API_KEY", "k")]);
     let sc = Sidecar::start(cfg, resolver(&[])).await;
     let (status, _, _) = proxy_get(sc.addr, &format!("{jm_url}/internal/v1/ping")).await;
     assert_eq!(status, StatusCode::OK);
     let call = jm.next_call().await;
     assert_eq!(call.headers["x-internal-api-key"], "k");
     assert!(!call.headers.contains_key("proxy-authorization"));
-    assert!(
-        seen.lock().unwrap().is_empty(),
-        "the upstream proxy saw job-manager traffic"
-    );
+    assert!(seen.lock().unwrap().is_empty(), "the upstream proxy saw job-manager traffic");
     sc.stop().await.unwrap();
 }

@@ -24,54 +24,29 @@ async fn malformed_request_lines_get_400() {
     ];
     for raw in cases {
         let answer = raw_exchange(sc.addr, raw).await;
-        assert!(
-            status_of(&answer).starts_with("HTTP/1.1 400"),
-            "{:?} -> {answer:?}",
-            String::from_utf8_lossy(raw)
-        );
+        assert!(status_of(&answer).starts_with("HTTP/1.1 400"), "{:?} -> {answer:?}", String::from_utf8_lossy(raw));
         sc.healthy().await;
     }
     // An HTTP/2 preface on the HTTP/1 port: refused (closed or 400), nothing else.
     let answer = raw_exchange(sc.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-    assert!(
-        answer.is_empty() || status_of(&answer).starts_with("HTTP/1.1 400"),
-        "{answer:?}"
-    );
+    assert!(answer.is_empty() || status_of(&answer).starts_with("HTTP/1.1 400"), "{answer:?}");
     sc.healthy().await;
     // Unsupported scheme in absolute form: our own 400, with a label.
-    let answer = raw_exchange(
-        sc.addr,
-        b"GET ftp://example.com/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let answer =
+        raw_exchange(sc.addr, b"GET ftp://example.com/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(status_of(&answer).starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(
-        answer.contains("x-sidecar-error: unsupported_scheme"),
-        "{answer}"
-    );
+    assert!(answer.contains("x-sidecar-error: unsupported_scheme"), "{answer}");
     sc.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn garbage_connect_targets_get_400() {
     let sc = Sidecar::start(config(&[], &[]), resolver(&[])).await;
-    for target in [
-        "nonsense",
-        ":443",
-        "[::1:443",
-        "host:99999",
-        "host:-1",
-        "/path",
-        "*",
-        "a..b:443",
-        "0x1ffffffff:443",
-    ] {
+    for target in ["nonsense", ":443", "[::1:443", "host:99999", "host:-1", "/path", "*", "a..b:443", "0x1ffffffff:443"]
+    {
         let raw = format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let answer = raw_exchange(sc.addr, raw.as_bytes()).await;
-        assert!(
-            status_of(&answer).starts_with("HTTP/1.1 400"),
-            "{target} -> {answer:?}"
-        );
+        assert!(status_of(&answer).starts_with("HTTP/1.1 400"), "{target} -> {answer:?}");
         sc.healthy().await;
     }
     sc.stop().await.unwrap();
@@ -80,18 +55,11 @@ async fn garbage_connect_targets_get_400() {
 #[tokio::test]
 async fn oversized_headers_are_refused() {
     let sc = Sidecar::start(config(&["--max-header-bytes", "8192"], &[]), resolver(&[])).await;
-    let raw = format!(
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(64 * 1024)
-    );
+    let raw = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
     let answer = raw_exchange(sc.addr, raw.as_bytes()).await;
     assert!(status_of(&answer).starts_with("HTTP/1.1 431"), "{answer:?}");
     let many: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let answer = raw_exchange(
-        sc.addr,
-        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
-    )
-    .await;
+    let answer = raw_exchange(sc.addr, format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).await;
     assert!(status_of(&answer).starts_with("HTTP/1.1 431"), "{answer:?}");
     sc.healthy().await;
     sc.stop().await.unwrap();
@@ -103,14 +71,7 @@ async fn oversized_bodies_are_refused() {
     let dir = job_dir("hostile-1", "tok");
     let jm_url = format!("http://{}", jm.addr);
     let cfg = config(
-        &[
-            "--job-dir",
-            dir.to_str().unwrap(),
-            "--job-manager-url",
-            &jm_url,
-            "--max-body-bytes",
-            "4096",
-        ],
+        &["--job-dir", dir.to_str().unwrap(), "--job-manager-url", &jm_url, "--max-body-bytes", "4096"],
         &[("SIDECAR_INTERNAL_API_KEY", "k")],
     );
     let sc = Sidecar::start(cfg, resolver(&[])).await;
@@ -118,16 +79,12 @@ async fn oversized_bodies_are_refused() {
     let raw = "POST /v1/result HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 99999999999\r\n\r\n";
     let answer = raw_exchange(sc.addr, raw.as_bytes()).await;
     assert!(status_of(&answer).starts_with("HTTP/1.1 413"), "{answer:?}");
-    assert!(
-        answer.contains("x-sidecar-error: body_too_large"),
-        "{answer}"
-    );
+    assert!(answer.contains("x-sidecar-error: body_too_large"), "{answer}");
     // Chunked without a length: refused once the limit is crossed.
     // (Only the response head is read: the sidecar answers and closes while the rest of
     // the body is unread, which resets the connection.)
     let chunk = "a".repeat(1000);
-    let mut raw =
-        String::from("POST /v1/result HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut raw = String::from("POST /v1/result HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
     for _ in 0..5 {
         raw.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
     }
@@ -141,27 +98,15 @@ async fn oversized_bodies_are_refused() {
 
 #[tokio::test]
 async fn slowloris_is_cut_off() {
-    let sc = Sidecar::start(
-        config(&["--header-read-timeout-ms", "300"], &[]),
-        resolver(&[]),
-    )
-    .await;
+    let sc = Sidecar::start(config(&["--header-read-timeout-ms", "300"], &[]), resolver(&[])).await;
     let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        .await
-        .unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
     // Never finish the head: the sidecar must close the connection on its own.
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
-    assert!(
-        closed.is_ok(),
-        "connection still open after the header-read timeout"
-    );
+    assert!(closed.is_ok(), "connection still open after the header-read timeout");
     let answer = String::from_utf8_lossy(&rest);
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
-        "{answer:?}"
-    );
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     sc.healthy().await;
     sc.stop().await.unwrap();
 }
@@ -169,17 +114,7 @@ async fn slowloris_is_cut_off() {
 #[tokio::test]
 async fn connection_and_tunnel_limits_answer_503() {
     let echo = half_close_echo().await;
-    let cfg = config(
-        &[
-            "--max-connections",
-            "3",
-            "--max-tunnels",
-            "1",
-            "--allow-cidr",
-            "127.0.0.1/32",
-        ],
-        &[],
-    );
+    let cfg = config(&["--max-connections", "3", "--max-tunnels", "1", "--allow-cidr", "127.0.0.1/32"], &[]);
     let sc = Sidecar::start(cfg, resolver(&[])).await;
 
     let (head, mut tunnel) = connect_tunnel(sc.addr, &echo.to_string()).await;
@@ -192,13 +127,8 @@ async fn connection_and_tunnel_limits_answer_503() {
     let idle1 = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
     let idle2 = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
     eventually("the cap is reached", || async {
-        let answer = raw_exchange(
-            sc.addr,
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        answer.starts_with("HTTP/1.1 503")
-            && answer.contains("x-sidecar-error: too_many_connections")
+        let answer = raw_exchange(sc.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        answer.starts_with("HTTP/1.1 503") && answer.contains("x-sidecar-error: too_many_connections")
     })
     .await;
 
@@ -208,12 +138,9 @@ async fn connection_and_tunnel_limits_answer_503() {
     let mut sink = Vec::new();
     tunnel.read_to_end(&mut sink).await.unwrap();
     eventually("slots freed", || async {
-        raw_exchange(
-            sc.addr,
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .starts_with("HTTP/1.1 200")
+        raw_exchange(sc.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200")
     })
     .await;
     sc.stop().await.unwrap();

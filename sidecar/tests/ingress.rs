@@ -46,16 +46,12 @@ async fn runtime(busy: Arc<AtomicBool>) -> (std::net::SocketAddr, Arc<Mutex<Vec<
                                 .header("retry-after", "3")
                                 .body(Full::new(Bytes::from_static(b"busy")))
                         } else {
-                            Response::builder()
-                                .status(202)
-                                .body(Full::new(Bytes::from_static(b"accepted")))
+                            Response::builder().status(202).body(Full::new(Bytes::from_static(b"accepted")))
                         };
                         Ok::<_, Infallible>(resp.unwrap())
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -63,16 +59,12 @@ async fn runtime(busy: Arc<AtomicBool>) -> (std::net::SocketAddr, Arc<Mutex<Vec<
 }
 
 fn dispatch(key: Option<&str>, id: &str, token: &str) -> Request<Full<Bytes>> {
-    let mut b = Request::post("/v1/jobs")
-        .header("host", "runtime")
-        .header("x-job-token", token);
+    let mut b = Request::post("/v1/jobs").header("host", "runtime").header("x-job-token", token);
     if let Some(k) = key {
         b = b.header("x-internal-api-key", k);
     }
-    b.body(Full::new(Bytes::from(format!(
-        r#"{{"id":"{id}","runtime_type":"rt","timeout_secs":5,"attempt":1}}"#
-    ))))
-    .unwrap()
+    b.body(Full::new(Bytes::from(format!(r#"{{"id":"{id}","runtime_type":"rt","timeout_secs":5,"attempt":1}}"#))))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -83,39 +75,20 @@ async fn ingress_checks_key_strips_secrets_and_keeps_token_for_result() {
     let jm_url = format!("http://{}", jm.addr);
     let ingress_upstream = rt_addr.to_string();
     let cfg = config(
-        &[
-            "--ingress-listen",
-            "127.0.0.1:0",
-            "--ingress-upstream",
-            &ingress_upstream,
-            "--job-manager-url",
-            &jm_url,
-        ],
+        &["--ingress-listen", "127.0.0.1:0", "--ingress-upstream", &ingress_upstream, "--job-manager-url", &jm_url],
         &[("SIDECAR_INTERNAL_API_KEY", KEY)],
     );
     let sc = Sidecar::start(cfg, resolver(&[])).await;
     let ingress = sc.ingress.unwrap();
 
     let (status, h, _) = send(ingress, dispatch(None, "p1", "tok-p1")).await;
-    assert_eq!(
-        (status, h["x-sidecar-error"].to_str().unwrap()),
-        (StatusCode::UNAUTHORIZED, "missing_key")
-    );
+    assert_eq!((status, h["x-sidecar-error"].to_str().unwrap()), (StatusCode::UNAUTHORIZED, "missing_key"));
     let (status, h, _) = send(ingress, dispatch(Some("ingress-key-92"), "p1", "tok-p1")).await;
-    assert_eq!(
-        (status, h["x-sidecar-error"].to_str().unwrap()),
-        (StatusCode::FORBIDDEN, "bad_key")
-    );
-    assert!(
-        seen.lock().unwrap().is_empty(),
-        "refused requests never reach the runtime"
-    );
+    assert_eq!((status, h["x-sidecar-error"].to_str().unwrap()), (StatusCode::FORBIDDEN, "bad_key"));
+    assert!(seen.lock().unwrap().is_empty(), "refused requests never reach the runtime");
 
     let (status, _, body) = send(ingress, dispatch(Some(KEY), "p1", "tok-p1")).await;
-    assert_eq!(
-        (status, &body[..]),
-        (StatusCode::ACCEPTED, &b"accepted"[..])
-    );
+    assert_eq!((status, &body[..]), (StatusCode::ACCEPTED, &b"accepted"[..]));
     let got = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(got.uri, "/v1/jobs");
     assert!(
@@ -134,37 +107,18 @@ async fn ingress_checks_key_strips_secrets_and_keeps_token_for_result() {
     );
 
     // The runtime reports p1 through the local API; the sidecar adds key and token.
-    let (status, _, _) = send(
-        sc.addr,
-        post_json("/v1/jobs/p1/result", r#"{"outcome":"succeeded"}"#),
-    )
-    .await;
+    let (status, _, _) = send(sc.addr, post_json("/v1/jobs/p1/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let call = jm.next_call().await;
     assert_eq!(call.uri, "/internal/v1/jobs/p1/result");
     assert_eq!(
-        (
-            call.headers["x-internal-api-key"].to_str().unwrap(),
-            call.headers["x-job-token"].to_str().unwrap()
-        ),
+        (call.headers["x-internal-api-key"].to_str().unwrap(), call.headers["x-job-token"].to_str().unwrap()),
         (KEY, "tok-p1")
     );
-    let (status, _, _) = send(
-        sc.addr,
-        post_json("/v1/jobs/p1/result", r#"{"outcome":"succeeded"}"#),
-    )
-    .await;
+    let (status, _, _) = send(sc.addr, post_json("/v1/jobs/p1/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(status, StatusCode::CONFLICT, "one result per job");
-    let (status, _, _) = send(
-        sc.addr,
-        post_json("/v1/jobs/p2/result", r#"{"outcome":"succeeded"}"#),
-    )
-    .await;
-    assert_eq!(
-        status,
-        StatusCode::NOT_FOUND,
-        "p2 was refused by the runtime, so it has no token here"
-    );
+    let (status, _, _) = send(sc.addr, post_json("/v1/jobs/p2/result", r#"{"outcome":"succeeded"}"#)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "p2 was refused by the runtime, so it has no token here");
     sc.healthy().await;
     sc.stop().await.unwrap();
 }

@@ -14,14 +14,8 @@ fn job_config(
     extra: &[&str],
 ) -> sidecar::config::Config {
     let jm_url = format!("http://{jm}");
-    let mut args = vec![
-        "--job-dir",
-        dir.to_str().unwrap(),
-        "--job-manager-url",
-        &jm_url,
-        "--spool-dir",
-        spool.to_str().unwrap(),
-    ];
+    let mut args =
+        vec!["--job-dir", dir.to_str().unwrap(), "--job-manager-url", &jm_url, "--spool-dir", spool.to_str().unwrap()];
     args.extend_from_slice(extra);
     config(&args, &[("SIDECAR_INTERNAL_API_KEY", KEY)])
 }
@@ -39,10 +33,7 @@ async fn job_is_served_without_secrets_and_result_delivered_once() {
     assert_eq!(job["attempt"], 2);
     assert_eq!(job["payload"]["script"], "fetch('http://example.com')");
     let text = String::from_utf8_lossy(&body);
-    assert!(
-        !text.contains("tok-1") && !text.contains("signature") && !text.contains(KEY),
-        "{text}"
-    );
+    assert!(!text.contains("tok-1") && !text.contains("signature") && !text.contains(KEY), "{text}");
 
     // Absolute-form to the sidecar itself works too (runtimes with HTTP_PROXY set).
     let (status, _, _) = proxy_get(sc.addr, &format!("http://{}/v1/job", sc.addr)).await;
@@ -50,10 +41,7 @@ async fn job_is_served_without_secrets_and_result_delivered_once() {
 
     let (status, _, body) = send(
         sc.addr,
-        post_json(
-            "/v1/result",
-            r#"{"outcome":"succeeded","message":"done","output":{"n":1},"duration_ms":12}"#,
-        ),
+        post_json("/v1/result", r#"{"outcome":"succeeded","message":"done","output":{"n":1},"duration_ms":12}"#),
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
@@ -68,16 +56,9 @@ async fn job_is_served_without_secrets_and_result_delivered_once() {
     assert_eq!(result.outcome, common::Outcome::Succeeded);
     assert_eq!(result.duration_ms, Some(12));
 
-    let (status, headers, _) =
-        send(sc.addr, post_json("/v1/result", r#"{"outcome":"failed"}"#)).await;
-    assert_eq!(
-        (status, headers["x-sidecar-error"].to_str().unwrap()),
-        (StatusCode::CONFLICT, "conflict")
-    );
-    eventually("spool emptied", || async {
-        std::fs::read_dir(&spool).unwrap().next().is_none()
-    })
-    .await;
+    let (status, headers, _) = send(sc.addr, post_json("/v1/result", r#"{"outcome":"failed"}"#)).await;
+    assert_eq!((status, headers["x-sidecar-error"].to_str().unwrap()), (StatusCode::CONFLICT, "conflict"));
+    eventually("spool emptied", || async { std::fs::read_dir(&spool).unwrap().next().is_none() }).await;
     sc.stop().await.unwrap();
 }
 
@@ -85,16 +66,8 @@ async fn job_is_served_without_secrets_and_result_delivered_once() {
 async fn bad_results_are_400_and_413() {
     let jm = FakeJobManager::start(&[]).await;
     let (dir, spool) = (job_dir("job-2", "tok-2"), temp_dir("spool"));
-    let sc = Sidecar::start(
-        job_config(&dir, jm.addr, &spool, &["--max-body-bytes", "1024"]),
-        resolver(&[]),
-    )
-    .await;
-    for body in [
-        r#"{"outcome":"timed_out"}"#,
-        "not json",
-        r#"{"outcome":"succeeded","extra":1}"#,
-    ] {
+    let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &["--max-body-bytes", "1024"]), resolver(&[])).await;
+    for body in [r#"{"outcome":"timed_out"}"#, "not json", r#"{"outcome":"succeeded","extra":1}"#] {
         let (status, headers, _) = send(sc.addr, post_json("/v1/result", body)).await;
         assert_eq!(
             (status, headers["x-sidecar-error"].to_str().unwrap()),
@@ -102,10 +75,7 @@ async fn bad_results_are_400_and_413() {
             "{body}"
         );
     }
-    let big = format!(
-        r#"{{"outcome":"succeeded","message":"{}"}}"#,
-        "x".repeat(4096)
-    );
+    let big = format!(r#"{{"outcome":"succeeded","message":"{}"}}"#, "x".repeat(4096));
     let (status, headers, _) = send(sc.addr, post_json("/v1/result", &big)).await;
     assert_eq!(
         (status, headers["x-sidecar-error"].to_str().unwrap()),
@@ -125,11 +95,7 @@ async fn retries_on_5xx_and_429_until_delivered() {
     let mut jm = FakeJobManager::start(&[500, 503, 429, 200]).await;
     let (dir, spool) = (job_dir("job-3", "tok-3"), temp_dir("spool"));
     let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &[]), resolver(&[])).await;
-    let (status, _, _) = send(
-        sc.addr,
-        post_json("/v1/result", r#"{"outcome":"succeeded"}"#),
-    )
-    .await;
+    let (status, _, _) = send(sc.addr, post_json("/v1/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     for want in [500, 503, 429, 200] {
         let call = jm.next_call().await;
@@ -150,16 +116,10 @@ async fn conflict_from_job_manager_counts_as_done_and_4xx_is_permanent() {
     let mut jm = FakeJobManager::start(&[409]).await;
     let (dir, spool) = (job_dir("job-4", "tok-4"), temp_dir("spool"));
     let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &[]), resolver(&[])).await;
-    send(
-        sc.addr,
-        post_json("/v1/result", r#"{"outcome":"succeeded"}"#),
-    )
-    .await;
+    send(sc.addr, post_json("/v1/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(jm.next_call().await.connection, 409);
     eventually("409 counted as already accepted", || async {
-        sc.metrics()
-            .await
-            .contains(r#"sidecar_result_deliveries_total{reason="already_accepted"} 1"#)
+        sc.metrics().await.contains(r#"sidecar_result_deliveries_total{reason="already_accepted"} 1"#)
     })
     .await;
     sc.stop().await.unwrap();
@@ -167,50 +127,27 @@ async fn conflict_from_job_manager_counts_as_done_and_4xx_is_permanent() {
     let mut jm = FakeJobManager::start(&[401]).await;
     let (dir, spool) = (job_dir("job-5", "tok-5"), temp_dir("spool"));
     let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &[]), resolver(&[])).await;
-    send(
-        sc.addr,
-        post_json("/v1/result", r#"{"outcome":"succeeded"}"#),
-    )
-    .await;
+    send(sc.addr, post_json("/v1/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(jm.next_call().await.connection, 401);
     eventually("401 is permanent", || async {
-        sc.metrics()
-            .await
-            .contains(r#"sidecar_result_deliveries_total{reason="rejected"} 1"#)
+        sc.metrics().await.contains(r#"sidecar_result_deliveries_total{reason="rejected"} 1"#)
     })
     .await;
-    assert!(
-        jm.calls.try_recv().is_err(),
-        "no retry after a permanent refusal"
-    );
+    assert!(jm.calls.try_recv().is_err(), "no retry after a permanent refusal");
     sc.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn spooled_result_survives_a_restart() {
     // A port with nobody listening: the job manager is "down".
-    let jm_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let jm_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let (dir, spool) = (job_dir("job-6", "tok-6"), temp_dir("spool"));
-    let sc = Sidecar::start(
-        job_config(&dir, jm_addr, &spool, &["--shutdown-grace-secs", "0"]),
-        resolver(&[]),
-    )
-    .await;
-    let (status, _, _) = send(
-        sc.addr,
-        post_json("/v1/result", r#"{"outcome":"failed","message":"boom"}"#),
-    )
-    .await;
+    let sc = Sidecar::start(job_config(&dir, jm_addr, &spool, &["--shutdown-grace-secs", "0"]), resolver(&[])).await;
+    let (status, _, _) = send(sc.addr, post_json("/v1/result", r#"{"outcome":"failed","message":"boom"}"#)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert!(spool.join("job-6.json").exists(), "spooled before 202");
     sc.stop().await.unwrap();
-    assert!(
-        spool.join("job-6.json").exists(),
-        "undelivered result stays spooled"
-    );
+    assert!(spool.join("job-6.json").exists(), "undelivered result stays spooled");
 
     let mut jm = FakeJobManager::serve(tokio::net::TcpListener::bind(jm_addr).await.unwrap(), &[]);
     let sc = Sidecar::start(job_config(&dir, jm_addr, &spool, &[]), resolver(&[])).await;
@@ -220,16 +157,9 @@ async fn spooled_result_survives_a_restart() {
     let result: common::JobResult = serde_json::from_slice(&call.body).unwrap();
     assert_eq!(result.message, "boom");
     // The restarted sidecar knows the job already has its result.
-    let (status, _, _) = send(
-        sc.addr,
-        post_json("/v1/result", r#"{"outcome":"succeeded"}"#),
-    )
-    .await;
+    let (status, _, _) = send(sc.addr, post_json("/v1/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    eventually("spool emptied", || async {
-        !spool.join("job-6.json").exists()
-    })
-    .await;
+    eventually("spool emptied", || async { !spool.join("job-6.json").exists() }).await;
     sc.stop().await.unwrap();
 }
 
@@ -237,26 +167,14 @@ async fn spooled_result_survives_a_restart() {
 async fn shutdown_waits_for_in_flight_delivery() {
     let mut jm = FakeJobManager::start(&[500, 500, 200]).await;
     let (dir, spool) = (job_dir("job-7", "tok-7"), temp_dir("spool"));
-    let sc = Sidecar::start(
-        job_config(&dir, jm.addr, &spool, &["--shutdown-grace-secs", "10"]),
-        resolver(&[]),
-    )
-    .await;
-    send(
-        sc.addr,
-        post_json("/v1/result", r#"{"outcome":"succeeded"}"#),
-    )
-    .await;
+    let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &["--shutdown-grace-secs", "10"]), resolver(&[])).await;
+    send(sc.addr, post_json("/v1/result", r#"{"outcome":"succeeded"}"#)).await;
     sc.stop().await.unwrap();
     let mut statuses = Vec::new();
     while let Ok(call) = jm.calls.try_recv() {
         statuses.push(call.connection);
     }
-    assert_eq!(
-        statuses,
-        [500, 500, 200],
-        "stop returned only after delivery"
-    );
+    assert_eq!(statuses, [500, 500, 200], "stop returned only after delivery");
     assert!(!spool.join("job-7.json").exists());
 }
 
@@ -279,17 +197,10 @@ async fn internal_key_added_for_job_manager_and_stripped_elsewhere() {
 
     // Anything else: the key is never added, and a runtime-sent one is dropped.
     let (status, headers, _) = proxy_get(sc.addr, &origin.url("/")).await;
-    assert_eq!(
-        (status, headers["x-sidecar-error"].to_str().unwrap()),
-        (StatusCode::FORBIDDEN, "loopback")
-    );
+    assert_eq!((status, headers["x-sidecar-error"].to_str().unwrap()), (StatusCode::FORBIDDEN, "loopback"));
     sc.stop().await.unwrap();
 
-    let sc = Sidecar::start(
-        job_config(&dir, jm.addr, &spool, &["--allow-cidr", "127.0.0.1/32"]),
-        resolver(&[]),
-    )
-    .await;
+    let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &["--allow-cidr", "127.0.0.1/32"]), resolver(&[])).await;
     let req = http::Request::get(origin.url("/"))
         .header("x-internal-api-key", "forged-by-runtime")
         .body(http_body_util::Full::default())
@@ -297,9 +208,6 @@ async fn internal_key_added_for_job_manager_and_stripped_elsewhere() {
     let (status, headers, _) = send(sc.addr, req).await;
     assert_eq!(status, StatusCode::OK);
     assert!(!origin.last().headers.contains_key("x-internal-api-key"));
-    assert!(
-        !headers.contains_key("x-internal-api-key"),
-        "origin's key header stripped from the response"
-    );
+    assert!(!headers.contains_key("x-internal-api-key"), "origin's key header stripped from the response");
     sc.stop().await.unwrap();
 }

@@ -23,21 +23,11 @@ fn corpus() -> Vec<Case> {
         .map(|(i, l)| {
             let f: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(f.len(), 3, "corpus line {}: {l:?}", i + 1);
-            Case {
-                line: i + 1,
-                kind: f[0].into(),
-                target: f[1].into(),
-                expected: f[2].into(),
-            }
+            Case { line: i + 1, kind: f[0].into(), target: f[1].into(), expected: f[2].into() }
         })
         .collect();
     for c in &cases {
-        assert!(
-            matches!(c.kind.as_str(), "GET" | "CONNECT"),
-            "line {}: kind {}",
-            c.line,
-            c.kind
-        );
+        assert!(matches!(c.kind.as_str(), "GET" | "CONNECT"), "line {}: kind {}", c.line, c.kind);
         assert!(
             c.expected == "bad_target" || Class::from_label(&c.expected).is_some(),
             "line {}: {}",
@@ -45,11 +35,7 @@ fn corpus() -> Vec<Case> {
             c.expected
         );
     }
-    assert!(
-        cases.len() > 100,
-        "the corpus is the point; {} cases",
-        cases.len()
-    );
+    assert!(cases.len() > 100, "the corpus is the point; {} cases", cases.len());
     cases
 }
 
@@ -85,10 +71,7 @@ async fn corpus_through_pure_policy() {
         let target = match (parsed, c.expected.as_str()) {
             (Err(_), "bad_target") => continue,
             (Err(e), _) => panic!("line {}: {} did not parse: {e}", c.line, c.target),
-            (Ok(t), "bad_target") => panic!(
-                "line {}: {} parsed as {t}, expected a parse error",
-                c.line, c.target
-            ),
+            (Ok(t), "bad_target") => panic!("line {}: {} parsed as {t}, expected a parse error", c.line, c.target),
             (Ok(t), _) => t,
         };
         let addrs = match &target.host {
@@ -96,22 +79,8 @@ async fn corpus_through_pure_policy() {
             Host::Name(n) => resolver.resolve(n).await.unwrap_or_default(),
         };
         let d = policy.decide(&target, &addrs);
-        assert_eq!(
-            d.verdict,
-            Verdict::Deny,
-            "line {}: {} allowed: {}",
-            c.line,
-            c.target,
-            d.reason
-        );
-        assert_eq!(
-            d.class.label(),
-            c.expected,
-            "line {}: {}: {}",
-            c.line,
-            c.target,
-            d.reason
-        );
+        assert_eq!(d.verdict, Verdict::Deny, "line {}: {} allowed: {}", c.line, c.target, d.reason);
+        assert_eq!(d.class.label(), c.expected, "line {}: {}: {}", c.line, c.target, d.reason);
         assert!(!d.reason.is_empty());
     }
 }
@@ -120,56 +89,24 @@ async fn corpus_through_pure_policy() {
 async fn corpus_through_running_proxy() {
     // Egress goes to a dead upstream proxy: should a corpus line ever be allowed by
     // mistake, the test fails with a 502 instead of reaching the internet.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let upstream = format!("http://{dead}");
-    let cfg = config(
-        &[
-            "--api-server-address",
-            "10.96.0.1",
-            "--upstream-proxy",
-            &upstream,
-        ],
-        &[],
-    );
+    let cfg = config(&["--api-server-address", "10.96.0.1", "--upstream-proxy", &upstream], &[]);
     let sc = Sidecar::start(cfg, corpus_resolver()).await;
     for c in corpus() {
-        let raw = format!(
-            "{} {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            c.kind, c.target
-        );
+        let raw = format!("{} {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", c.kind, c.target);
         let answer = raw_exchange(sc.addr, raw.as_bytes()).await;
         let status_line = answer.lines().next().unwrap_or_default().to_string();
         let label = answer
             .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("x-sidecar-error: ")
-                    .map(str::to_string)
-            })
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-sidecar-error: ").map(str::to_string))
             .unwrap_or_default();
         if c.expected == "bad_target" {
             // Either our parser (400 bad_target) or hyper's request-line parser (plain 400).
-            assert!(
-                status_line.starts_with("HTTP/1.1 400"),
-                "line {}: {} -> {answer:?}",
-                c.line,
-                c.target
-            );
-            assert!(
-                label.is_empty() || label == "bad_target",
-                "line {}: {label}",
-                c.line
-            );
+            assert!(status_line.starts_with("HTTP/1.1 400"), "line {}: {} -> {answer:?}", c.line, c.target);
+            assert!(label.is_empty() || label == "bad_target", "line {}: {label}", c.line);
         } else {
-            assert!(
-                status_line.starts_with("HTTP/1.1 403"),
-                "line {}: {} -> {answer:?}",
-                c.line,
-                c.target
-            );
+            assert!(status_line.starts_with("HTTP/1.1 403"), "line {}: {} -> {answer:?}", c.line, c.target);
             assert_eq!(label, c.expected, "line {}: {}", c.line, c.target);
         }
     }

@@ -18,19 +18,10 @@ impl Resolve for Unanswering {
 
 #[tokio::test]
 async fn connect_timeout_covers_dns_and_answers_504() {
-    let extras = sidecar::Extras {
-        resolver: Some(Arc::new(Unanswering)),
-        ..Default::default()
-    };
+    let extras = sidecar::Extras { resolver: Some(Arc::new(Unanswering)), ..Default::default() };
     let sc = Sidecar::start_with(config(&["--connect-timeout-ms", "200"], &[]), extras).await;
     let (status, headers, _) = proxy_get(sc.addr, "http://slow-dns.test/").await;
-    assert_eq!(
-        (
-            status.as_u16(),
-            headers["x-sidecar-error"].to_str().unwrap()
-        ),
-        (504, "connect_timeout")
-    );
+    assert_eq!((status.as_u16(), headers["x-sidecar-error"].to_str().unwrap()), (504, "connect_timeout"));
     let (head, _) = connect_tunnel(sc.addr, "slow-dns.test:443").await;
     assert!(head.starts_with("HTTP/1.1 504"), "{head}");
     sc.healthy().await;
@@ -54,15 +45,7 @@ async fn idle_tunnels_are_closed() {
             });
         }
     });
-    let cfg = config(
-        &[
-            "--allow-cidr",
-            "127.0.0.1/32",
-            "--tunnel-idle-timeout-secs",
-            "1",
-        ],
-        &[],
-    );
+    let cfg = config(&["--allow-cidr", "127.0.0.1/32", "--tunnel-idle-timeout-secs", "1"], &[]);
     let sc = Sidecar::start(cfg, resolver(&[])).await;
     let (head, mut s) = connect_tunnel(sc.addr, &echo.to_string()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -74,9 +57,6 @@ async fn idle_tunnels_are_closed() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "idle tunnel still open");
-    eventually("tunnel gauge back to zero", || async {
-        sc.metrics().await.contains("sidecar_open_tunnels 0")
-    })
-    .await;
+    eventually("tunnel gauge back to zero", || async { sc.metrics().await.contains("sidecar_open_tunnels 0") }).await;
     sc.stop().await.unwrap();
 }

@@ -8,20 +8,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "kube-emulator",
-    about = "Kubernetes API emulator for tests (no auth, plain HTTP)"
-)]
+#[command(name = "kube-emulator", about = "Kubernetes API emulator for tests (no auth, plain HTTP)")]
 struct Args {
     /// Address to serve the API on.
     #[arg(long, env = "KUBE_EMULATOR_LISTEN", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// Where to write a kubeconfig pointing at the emulator.
-    #[arg(
-        long,
-        env = "KUBE_EMULATOR_KUBECONFIG",
-        default_value = "kubeconfig.emulator"
-    )]
+    #[arg(long, env = "KUBE_EMULATOR_KUBECONFIG", default_value = "kubeconfig.emulator")]
     kubeconfig: PathBuf,
     /// Namespace of the kubeconfig's context.
     #[arg(long, default_value = "default")]
@@ -37,9 +30,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let args = Args::parse();
     let opts = EmulatorOptions {
         listen: args.listen,
@@ -56,15 +47,8 @@ async fn main() {
         }
     };
     let _kubelet = args.kubelet.then(|| {
-        integration_tests::kubelet::Kubelet::start(
-            &emu,
-            integration_tests::kubelet::KubeletOptions::default(),
-        )
+        integration_tests::kubelet::Kubelet::start(&emu, integration_tests::kubelet::KubeletOptions::default())
     });
-    println!(
-        "kube-emulator serving {} (kubeconfig {})",
-        emu.url(),
-        args.kubeconfig.display()
-    );
+    println!("kube-emulator serving {} (kubeconfig {})", emu.url(), args.kubeconfig.display());
     let _ = tokio::signal::ctrl_c().await;
 }

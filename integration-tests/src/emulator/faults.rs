@@ -7,11 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase",
-    tag = "type"
-)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "type")]
 pub enum Fault {
     /// Delay the request, then serve it normally.
     Latency { millis: u64 },
@@ -45,13 +41,7 @@ pub struct FaultRule {
 
 impl FaultRule {
     pub fn new(fault: Fault) -> Self {
-        Self {
-            verb: None,
-            resource: None,
-            fault,
-            times: None,
-            probability: None,
-        }
+        Self { verb: None, resource: None, fault, times: None, probability: None }
     }
     pub fn verb(mut self, v: &str) -> Self {
         self.verb = Some(v.into());
@@ -71,8 +61,7 @@ impl FaultRule {
     }
 
     fn matches(&self, verb: &str, resource: &str) -> bool {
-        let conflict_ok =
-            !matches!(self.fault, Fault::Conflict) || matches!(verb, "update" | "patch");
+        let conflict_ok = !matches!(self.fault, Fault::Conflict) || matches!(verb, "update" | "patch");
         let watch_ok = !matches!(self.fault, Fault::DropWatch { .. }) || verb == "watch";
         conflict_ok
             && watch_ok
@@ -90,10 +79,7 @@ pub struct Faults {
 
 impl Faults {
     pub fn add(&self, rule: FaultRule) {
-        self.rules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(rule);
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).push(rule);
     }
 
     pub fn clear(&self) {
@@ -154,12 +140,7 @@ mod tests {
     #[test]
     fn rules_match_verb_and_resource_and_retire_after_n() {
         let f = Faults::default();
-        f.add(
-            FaultRule::new(Fault::InternalError)
-                .verb("create")
-                .resource("pods")
-                .times(2),
-        );
+        f.add(FaultRule::new(Fault::InternalError).verb("create").resource("pods").times(2));
         assert!(f.pick("get", "pods").is_empty());
         assert!(f.pick("create", "jobs").is_empty());
         assert_eq!(f.pick("create", "pods"), vec![Fault::InternalError]);
@@ -180,20 +161,10 @@ mod tests {
     #[test]
     fn probability_zero_never_fires_and_one_always_does() {
         let f = Faults::default();
-        f.add(
-            FaultRule::new(Fault::TooManyRequests {
-                retry_after_secs: 1,
-            })
-            .probability(0.0),
-        );
+        f.add(FaultRule::new(Fault::TooManyRequests { retry_after_secs: 1 }).probability(0.0));
         assert!((0..100).all(|_| f.pick("get", "pods").is_empty()));
         f.clear();
-        f.add(
-            FaultRule::new(Fault::TooManyRequests {
-                retry_after_secs: 1,
-            })
-            .probability(1.0),
-        );
+        f.add(FaultRule::new(Fault::TooManyRequests { retry_after_secs: 1 }).probability(1.0));
         assert!((0..100).all(|_| !f.pick("get", "pods").is_empty()));
     }
 
@@ -203,13 +174,6 @@ mod tests {
             r#"{"verb":"create","fault":{"type":"tooManyRequests","retryAfterSecs":2},"times":3}"#,
         )
         .unwrap();
-        assert_eq!(
-            r,
-            FaultRule::new(Fault::TooManyRequests {
-                retry_after_secs: 2
-            })
-            .verb("create")
-            .times(3)
-        );
+        assert_eq!(r, FaultRule::new(Fault::TooManyRequests { retry_after_secs: 2 }).verb("create").times(3));
     }
 }

@@ -86,11 +86,7 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> std::io::Result<Self> {
-        let p = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            store::random_suffix(8)
-        ));
+        let p = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), store::random_suffix(8)));
         std::fs::create_dir_all(&p)?;
         Ok(Self(p))
     }
@@ -115,30 +111,20 @@ pub fn kubeconfig_yaml(server: &str, namespace: &str) -> String {
 
 impl Emulator {
     pub async fn start(opts: EmulatorOptions) -> Result<Self, EmulatorError> {
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .map_err(|e| EmulatorError::Bind(opts.listen, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| EmulatorError::Bind(opts.listen, e))?;
+        let listener = TcpListener::bind(opts.listen).await.map_err(|e| EmulatorError::Bind(opts.listen, e))?;
+        let addr = listener.local_addr().map_err(|e| EmulatorError::Bind(opts.listen, e))?;
         let (temp, kubeconfig) = match &opts.kubeconfig_path {
             Some(p) => (None, p.clone()),
             None => {
-                let t = TempDir::new("kube-emulator")
-                    .map_err(|e| EmulatorError::Kubeconfig(std::env::temp_dir(), e))?;
+                let t =
+                    TempDir::new("kube-emulator").map_err(|e| EmulatorError::Kubeconfig(std::env::temp_dir(), e))?;
                 let p = t.path().join("kubeconfig");
                 (Some(t), p)
             }
         };
-        std::fs::write(
-            &kubeconfig,
-            kubeconfig_yaml(&format!("http://{addr}"), &opts.namespace),
-        )
-        .map_err(|e| EmulatorError::Kubeconfig(kubeconfig.clone(), e))?;
-        let store = Store::new(StoreOptions {
-            history: opts.history,
-            graceful_pods: false,
-        });
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&format!("http://{addr}"), &opts.namespace))
+            .map_err(|e| EmulatorError::Kubeconfig(kubeconfig.clone(), e))?;
+        let store = Store::new(StoreOptions { history: opts.history, graceful_pods: false });
         let state = Arc::new(ServerState {
             store,
             faults: Arc::new(Faults::default()),
@@ -148,13 +134,7 @@ impl Emulator {
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(serve(listener, state.clone(), shutdown_rx));
-        Ok(Self {
-            addr,
-            kubeconfig,
-            state,
-            _temp: temp,
-            shutdown,
-        })
+        Ok(Self { addr, kubeconfig, state, _temp: temp, shutdown })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -198,13 +178,7 @@ impl Emulator {
     }
 
     /// One object, for assertions.
-    pub fn object(
-        &self,
-        api_version: &str,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Option<Value> {
+    pub fn object(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let rt = self.resource(api_version, kind)?;
         self.state.store.get(&rt, namespace, name).ok()
     }
@@ -214,15 +188,7 @@ impl Emulator {
         let Some(rt) = self.resource(api_version, kind) else {
             return vec![];
         };
-        self.state
-            .store
-            .list(
-                &rt,
-                Some(namespace),
-                &Default::default(),
-                &Default::default(),
-            )
-            .0
+        self.state.store.list(&rt, Some(namespace), &Default::default(), &Default::default()).0
     }
 }
 
@@ -233,11 +199,7 @@ impl Drop for Emulator {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
-    state: Arc<ServerState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn serve(listener: TcpListener, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

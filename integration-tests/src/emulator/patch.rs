@@ -22,9 +22,7 @@ impl PatchType {
             "application/json-patch+json" => Some(PatchType::Json),
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-                Some(PatchType::Apply)
-            }
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
             _ => None,
         }
     }
@@ -61,18 +59,13 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
 /// The merge key of a list field in strategic merge patch, `None` for atomic lists.
 fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
     match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "volumes"
-        | "env"
-        | "imagePullSecrets" => Some("name"),
+        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => {
+            Some("name")
+        }
         "volumeMounts" => Some("mountPath"),
         "conditions" => Some("type"),
         "ownerReferences" => Some("uid"),
-        "ports" if sample.is_some_and(|s| s.get("containerPort").is_some()) => {
-            Some("containerPort")
-        }
+        "ports" if sample.is_some_and(|s| s.get("containerPort").is_some()) => Some("containerPort"),
         "ports" => Some("port"),
         _ => None,
     }
@@ -96,21 +89,19 @@ pub fn strategic_merge(target: &Value, patch: &Value) -> Value {
                     continue;
                 }
                 let merged = match (out.get(k), pv) {
-                    (Some(Value::Array(ta)), Value::Array(pa)) => {
-                        match merge_key(k, pa.first().or(ta.first())) {
-                            Some(key) => Value::Array(merge_keyed_list(ta, pa, key)),
-                            None if k == "finalizers" => {
-                                let mut v = ta.clone();
-                                for x in pa {
-                                    if !v.contains(x) {
-                                        v.push(x.clone());
-                                    }
+                    (Some(Value::Array(ta)), Value::Array(pa)) => match merge_key(k, pa.first().or(ta.first())) {
+                        Some(key) => Value::Array(merge_keyed_list(ta, pa, key)),
+                        None if k == "finalizers" => {
+                            let mut v = ta.clone();
+                            for x in pa {
+                                if !v.contains(x) {
+                                    v.push(x.clone());
                                 }
-                                Value::Array(v)
                             }
-                            None => pv.clone(),
+                            Value::Array(v)
                         }
-                    }
+                        None => pv.clone(),
+                    },
                     (Some(tv @ Value::Object(_)), Value::Object(_)) => strategic_merge(tv, pv),
                     _ => strip_directives(pv),
                 };
@@ -248,11 +239,7 @@ fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
     for p in paths {
         let mut cur = &mut root;
         for k in p {
-            cur = cur
-                .entry(format!("f:{k}"))
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-                .expect("built as objects");
+            cur = cur.entry(format!("f:{k}")).or_insert_with(|| json!({})).as_object_mut().expect("built as objects");
         }
     }
     Value::Object(root)
@@ -360,34 +347,18 @@ fn paths_for(v: &Value, sub: Option<&str>) -> BTreeSet<FieldPath> {
 
 /// Records an Update-operation write (create, PUT, non-apply patches): fields whose
 /// value changed move to `manager`; fields that disappeared are owned by nobody.
-pub fn record_update(
-    old: Option<&Value>,
-    new: &mut Value,
-    manager: &str,
-    api_version: &str,
-    sub: Option<&str>,
-) {
+pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, sub: Option<&str>) {
     let mut owners = old.map(read_ownership).unwrap_or_default();
     let new_paths = paths_for(new, sub);
     let old_paths = old.map(|o| paths_for(o, sub)).unwrap_or_default();
-    let changed: Vec<FieldPath> = new_paths
-        .iter()
-        .filter(|p| old.and_then(|o| get_path(o, p)) != get_path(new, p))
-        .cloned()
-        .collect();
-    let removed: Vec<&FieldPath> = old_paths
-        .iter()
-        .filter(|p| get_path(new, p).is_none())
-        .collect();
+    let changed: Vec<FieldPath> =
+        new_paths.iter().filter(|p| old.and_then(|o| get_path(o, p)) != get_path(new, p)).cloned().collect();
+    let removed: Vec<&FieldPath> = old_paths.iter().filter(|p| get_path(new, p).is_none()).collect();
     for o in owners.iter_mut() {
-        o.fields.retain(|f| {
-            !removed.iter().any(|r| overlaps(f, r)) && !changed.iter().any(|c| overlaps(f, c))
-        });
+        o.fields.retain(|f| !removed.iter().any(|r| overlaps(f, r)) && !changed.iter().any(|c| overlaps(f, c)));
     }
     if !changed.is_empty() {
-        entry(&mut owners, manager, "Update", api_version, sub)
-            .fields
-            .extend(changed);
+        entry(&mut owners, manager, "Update", api_version, sub).fields.extend(changed);
     }
     owners.retain(|o| !o.fields.is_empty());
     write_ownership(new, &owners);
@@ -420,31 +391,21 @@ pub fn apply(
     }
     if !conflicts.is_empty() && !force {
         conflicts.dedup();
-        return Err(ApiError::ApplyConflict {
-            api_version: api_version.into(),
-            conflicts,
-        });
+        return Err(ApiError::ApplyConflict { api_version: api_version.into(), conflicts });
     }
     // Shared ownership of equal values is allowed; a forced or changed value moves.
     for o in owners.iter_mut().filter(|o| o.manager != manager) {
-        o.fields.retain(|f| {
-            !new_paths
-                .iter()
-                .any(|p| overlaps(f, p) && get_path(base, p) != get_path(applied, p))
-        });
+        o.fields.retain(|f| !new_paths.iter().any(|p| overlaps(f, p) && get_path(base, p) != get_path(applied, p)));
     }
     let mut merged = deep_merge(base, applied);
     let previous: BTreeSet<FieldPath> = owners
         .iter()
-        .filter(|o| {
-            o.manager == manager && o.operation == "Apply" && o.subresource.as_deref() == sub
-        })
+        .filter(|o| o.manager == manager && o.operation == "Apply" && o.subresource.as_deref() == sub)
         .flat_map(|o| o.fields.iter().cloned())
         .collect();
     for gone in previous.difference(&new_paths) {
-        let owned_elsewhere = owners
-            .iter()
-            .any(|o| !(o.manager == manager && o.operation == "Apply") && o.fields.contains(gone));
+        let owned_elsewhere =
+            owners.iter().any(|o| !(o.manager == manager && o.operation == "Apply") && o.fields.contains(gone));
         if !owned_elsewhere && !new_paths.iter().any(|p| overlaps(p, gone)) {
             remove_path(&mut merged, gone);
         }
@@ -487,38 +448,24 @@ mod tests {
             json!({"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}, {"name": "c", "image": "3"}]}})
         );
         let del = json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}]}});
-        assert_eq!(
-            strategic_merge(&t, &del)["spec"]["containers"]
-                .as_array()
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(strategic_merge(&t, &del)["spec"]["containers"].as_array().unwrap().len(), 1);
     }
 
     #[test]
     fn apply_by_another_manager_conflicts_unless_forced() {
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}});
         let v1 = apply(None, &lease, "a", false, "coordination.k8s.io/v1", None).unwrap();
-        assert_eq!(
-            v1["metadata"]["managedFields"][0]["fieldsV1"],
-            json!({"f:spec": {"f:holderIdentity": {}}})
-        );
+        assert_eq!(v1["metadata"]["managedFields"][0]["fieldsV1"], json!({"f:spec": {"f:holderIdentity": {}}}));
         // Same manager re-applying the same intent: no conflict, same object.
-        let again = apply(
-            Some(&v1),
-            &lease,
-            "a",
-            false,
-            "coordination.k8s.io/v1",
-            None,
-        )
-        .unwrap();
+        let again = apply(Some(&v1), &lease, "a", false, "coordination.k8s.io/v1", None).unwrap();
         assert_eq!(again["spec"], v1["spec"]);
         let mut b = lease.clone();
         b["spec"]["holderIdentity"] = json!("b");
         let err = apply(Some(&v1), &b, "b", false, "coordination.k8s.io/v1", None).unwrap_err();
-        assert_eq!(err.to_string(), "Apply failed with 1 conflict: conflict with \"a\" using coordination.k8s.io/v1: .spec.holderIdentity");
+        assert_eq!(
+            err.to_string(),
+            "Apply failed with 1 conflict: conflict with \"a\" using coordination.k8s.io/v1: .spec.holderIdentity"
+        );
         let forced = apply(Some(&v1), &b, "b", true, "coordination.k8s.io/v1", None).unwrap();
         assert_eq!(forced["spec"]["holderIdentity"], "b");
         let owners = read_ownership(&forced);
@@ -530,37 +477,18 @@ mod tests {
     fn apply_removes_fields_the_manager_no_longer_sets() {
         let first = json!({"metadata": {"name": "d", "labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 2}});
         let v1 = apply(None, &first, "m", false, "apps/v1", None).unwrap();
-        let second =
-            json!({"metadata": {"name": "d", "labels": {"a": "1"}}, "spec": {"replicas": 2}});
+        let second = json!({"metadata": {"name": "d", "labels": {"a": "1"}}, "spec": {"replicas": 2}});
         let v2 = apply(Some(&v1), &second, "m", false, "apps/v1", None).unwrap();
         assert_eq!(v2["metadata"]["labels"], json!({"a": "1"}));
     }
 
     #[test]
     fn updates_take_ownership_of_changed_fields() {
-        let v1 = apply(
-            None,
-            &json!({"spec": {"holderIdentity": "a", "renewTime": "t1"}}),
-            "a",
-            false,
-            "v",
-            None,
-        )
-        .unwrap();
-        let mut v2 = strategic_merge(
-            &v1,
-            &json!({"spec": {"holderIdentity": null, "renewTime": null}}),
-        );
+        let v1 =
+            apply(None, &json!({"spec": {"holderIdentity": "a", "renewTime": "t1"}}), "a", false, "v", None).unwrap();
+        let mut v2 = strategic_merge(&v1, &json!({"spec": {"holderIdentity": null, "renewTime": null}}));
         record_update(Some(&v1), &mut v2, "a", "v", None);
         // Released: nobody owns the holder any more, so another manager may apply.
-        assert!(apply(
-            Some(&v2),
-            &json!({"spec": {"holderIdentity": "b"}}),
-            "b",
-            false,
-            "v",
-            None
-        )
-        .is_ok());
+        assert!(apply(Some(&v2), &json!({"spec": {"holderIdentity": "b"}}), "b", false, "v", None).is_ok());
     }
 }

@@ -47,16 +47,7 @@ impl ResourceType {
 
     /// One entry of an `APIResourceList`.
     pub fn discovery_entries(&self) -> Vec<Value> {
-        let verbs = [
-            "create",
-            "delete",
-            "deletecollection",
-            "get",
-            "list",
-            "patch",
-            "update",
-            "watch",
-        ];
+        let verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
         let mut main = json!({
             "name": self.plural, "singularName": self.singular, "namespaced": self.namespaced,
             "kind": self.kind, "verbs": verbs,
@@ -103,13 +94,8 @@ pub fn builtins() -> Vec<ResourceType> {
     let mut pods = builtin("", "v1", "pods", "Pod", &["po"], true, "pod-v1");
     pods.extra_field_selectors = vec!["status.phase", "spec.nodeName"];
     let mut events = builtin("", "v1", "events", "Event", &["ev"], false, "event-v1");
-    events.extra_field_selectors = vec![
-        "involvedObject.name",
-        "involvedObject.kind",
-        "involvedObject.uid",
-        "reason",
-        "type",
-    ];
+    events.extra_field_selectors =
+        vec!["involvedObject.name", "involvedObject.kind", "involvedObject.uid", "reason", "type"];
     let mut secrets = builtin("", "v1", "secrets", "Secret", &[], false, "secret-v1");
     secrets.extra_field_selectors = vec!["type"];
     let mut crds = builtin(
@@ -125,44 +111,12 @@ pub fn builtins() -> Vec<ResourceType> {
     vec![
         pods,
         secrets,
-        builtin(
-            "",
-            "v1",
-            "services",
-            "Service",
-            &["svc"],
-            true,
-            "service-v1",
-        ),
-        builtin(
-            "",
-            "v1",
-            "configmaps",
-            "ConfigMap",
-            &["cm"],
-            false,
-            "configmap-v1",
-        ),
+        builtin("", "v1", "services", "Service", &["svc"], true, "service-v1"),
+        builtin("", "v1", "configmaps", "ConfigMap", &["cm"], false, "configmap-v1"),
         events,
-        builtin(
-            "events.k8s.io",
-            "v1",
-            "events",
-            "Event",
-            &["ev"],
-            false,
-            "event-events-v1",
-        ),
+        builtin("events.k8s.io", "v1", "events", "Event", &["ev"], false, "event-events-v1"),
         builtin("batch", "v1", "jobs", "Job", &[], true, "job-batch-v1"),
-        builtin(
-            "apps",
-            "v1",
-            "deployments",
-            "Deployment",
-            &["deploy"],
-            true,
-            "deployment-apps-v1",
-        ),
+        builtin("apps", "v1", "deployments", "Deployment", &["deploy"], true, "deployment-apps-v1"),
         builtin(
             "autoscaling",
             "v2",
@@ -181,15 +135,7 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
             "networkpolicy-networking-v1",
         ),
-        builtin(
-            "coordination.k8s.io",
-            "v1",
-            "leases",
-            "Lease",
-            &[],
-            false,
-            "lease-coordination-v1",
-        ),
+        builtin("coordination.k8s.io", "v1", "leases", "Lease", &[], false, "lease-coordination-v1"),
         crds,
     ]
 }
@@ -201,17 +147,10 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
     let names = &spec["names"];
     let plural = names["plural"].as_str().unwrap_or_default();
     let kind = names["kind"].as_str().unwrap_or_default();
-    let singular = names["singular"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| kind.to_ascii_lowercase());
+    let singular = names["singular"].as_str().map(str::to_string).unwrap_or_else(|| kind.to_ascii_lowercase());
     let short_names: Vec<String> = names["shortNames"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let namespaced = spec["scope"].as_str() != Some("Cluster");
     spec["versions"]
@@ -228,11 +167,7 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
             namespaced,
             short_names: short_names.clone(),
             has_status: v.pointer("/subresources/status").is_some(),
-            schema: SchemaSource::Crd(
-                v.pointer("/schema/openAPIV3Schema")
-                    .cloned()
-                    .unwrap_or(json!({})),
-            ),
+            schema: SchemaSource::Crd(v.pointer("/schema/openAPIV3Schema").cloned().unwrap_or(json!({}))),
             extra_field_selectors: vec![],
         })
         .collect()

@@ -39,27 +39,16 @@ impl LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = v.get("matchLabels").and_then(Value::as_object) {
             for (k, val) in m {
-                reqs.push(Requirement::Eq(
-                    k.clone(),
-                    val.as_str().unwrap_or_default().to_string(),
-                ));
+                reqs.push(Requirement::Eq(k.clone(), val.as_str().unwrap_or_default().to_string()));
             }
         }
         if let Some(exprs) = v.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
-                let key = e
-                    .get("key")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
+                let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
                     .unwrap_or_default();
                 reqs.push(match e.get("operator").and_then(Value::as_str) {
                     Some("In") => Requirement::In(key, values),
@@ -96,11 +85,7 @@ impl LabelSelector {
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
     obj.pointer("/metadata/labels")
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
         .unwrap_or_default()
 }
 
@@ -132,40 +117,24 @@ fn parse_term(term: &str) -> Result<Requirement, SelectorError> {
         if let Some(idx) = term.find(op) {
             let key = valid_key(term[..idx].trim()).ok_or_else(bad)?;
             let set = term[idx + op.len()..].trim();
-            let inner = set
-                .strip_prefix('(')
-                .and_then(|s| s.strip_suffix(')'))
-                .ok_or_else(bad)?;
-            let values: Vec<String> = inner
-                .split(',')
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-                .collect();
-            return Ok(if is_in {
-                Requirement::In(key, values)
-            } else {
-                Requirement::NotIn(key, values)
-            });
+            let inner = set.strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(bad)?;
+            let values: Vec<String> =
+                inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+            return Ok(if is_in { Requirement::In(key, values) } else { Requirement::NotIn(key, values) });
         }
     }
     for (op, kind) in [("!=", 0), ("==", 1), ("=", 1)] {
         if let Some(idx) = term.find(op) {
             let key = valid_key(term[..idx].trim()).ok_or_else(bad)?;
             let value = term[idx + op.len()..].trim().to_string();
-            return Ok(if kind == 0 {
-                Requirement::NotEq(key, value)
-            } else {
-                Requirement::Eq(key, value)
-            });
+            return Ok(if kind == 0 { Requirement::NotEq(key, value) } else { Requirement::Eq(key, value) });
         }
     }
     Ok(Requirement::Exists(valid_key(term).ok_or_else(bad)?))
 }
 
 fn valid_key(k: &str) -> Option<String> {
-    let ok = !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    let ok = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
     ok.then(|| k.to_string())
 }
 
@@ -199,10 +168,7 @@ impl FieldSelector {
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, eq, value)| {
             let pointer = format!("/{}", field.replace('.', "/"));
-            let actual = obj
-                .pointer(&pointer)
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let actual = obj.pointer(&pointer).and_then(Value::as_str).unwrap_or_default();
             (actual == value) == *eq
         })
     }
@@ -214,10 +180,7 @@ mod tests {
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -242,11 +205,7 @@ mod tests {
             ("", true),
         ];
         for (sel, want) in cases {
-            assert_eq!(
-                LabelSelector::parse(sel).unwrap().matches(&l),
-                want,
-                "{sel}"
-            );
+            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&l), want, "{sel}");
         }
     }
 
@@ -270,19 +229,10 @@ mod tests {
     #[test]
     fn field_selectors_on_supported_fields_only() {
         let fields = ["metadata.name", "metadata.namespace", "status.phase"];
-        let pod =
-            json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("metadata.name=p", &fields)
-            .unwrap()
-            .matches(&pod));
-        assert!(
-            FieldSelector::parse("status.phase!=Succeeded,metadata.namespace==ns", &fields)
-                .unwrap()
-                .matches(&pod)
-        );
-        assert!(!FieldSelector::parse("status.phase=Pending", &fields)
-            .unwrap()
-            .matches(&pod));
+        let pod = json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"phase": "Running"}});
+        assert!(FieldSelector::parse("metadata.name=p", &fields).unwrap().matches(&pod));
+        assert!(FieldSelector::parse("status.phase!=Succeeded,metadata.namespace==ns", &fields).unwrap().matches(&pod));
+        assert!(!FieldSelector::parse("status.phase=Pending", &fields).unwrap().matches(&pod));
         assert!(FieldSelector::parse("spec.nodeName=x", &fields).is_err());
     }
 }

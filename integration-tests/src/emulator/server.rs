@@ -5,9 +5,7 @@ use crate::emulator::patch::{self, PatchType};
 use crate::emulator::resources::ResourceType;
 use crate::emulator::selectors::{FieldSelector, LabelSelector};
 use crate::emulator::status::{self, ApiError};
-use crate::emulator::store::{
-    meta_str, DeleteOptions, DeleteOutcome, EventType, Store, StoreEvent, WriteOptions,
-};
+use crate::emulator::store::{meta_str, DeleteOptions, DeleteOutcome, EventType, Store, StoreEvent, WriteOptions};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
@@ -40,10 +38,7 @@ pub struct RequestRecord {
 
 impl RequestRecord {
     pub fn is_write(&self) -> bool {
-        matches!(
-            self.verb.as_str(),
-            "create" | "update" | "patch" | "delete" | "deletecollection"
-        )
+        matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection")
     }
 }
 
@@ -85,13 +80,9 @@ fn full(code: StatusCode, body: &Value) -> Response<Body> {
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
-    let mut r = full(
-        StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &e.status_body(),
-    );
+    let mut r = full(StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.status_body());
     if let ApiError::TooManyRequests { retry_after_secs } = e {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, (*retry_after_secs).into());
+        r.headers_mut().insert(header::RETRY_AFTER, (*retry_after_secs).into());
     }
     r
 }
@@ -104,8 +95,7 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
                     Ok(v) => {
                         out.push(v);
                         i += 2;
@@ -135,35 +125,19 @@ pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
 #[derive(Debug, PartialEq)]
 enum Route {
     Discovery(Value),
-    Resource {
-        rt: Box<ResourceType>,
-        namespace: Option<String>,
-        name: Option<String>,
-        sub: Option<String>,
-    },
+    Resource { rt: Box<ResourceType>, namespace: Option<String>, name: Option<String>, sub: Option<String> },
     Namespace(Option<String>),
     Admin(Vec<String>),
 }
 
-pub async fn handle(
-    state: Arc<ServerState>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let query = parse_query(parts.uri.query());
     let path = parts.uri.path().to_string();
-    let user_agent = parts
-        .headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let user_agent =
+        parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let content_type =
+        parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(error_response(&ApiError::TooLarge(MAX_BODY))),
@@ -176,16 +150,8 @@ pub async fn handle(
         Route::Discovery(v) => Ok(full(StatusCode::OK, &v)),
         Route::Admin(segs) => Ok(admin(&state, &parts.method, &segs, &bytes)),
         Route::Namespace(name) => Ok(namespace(&state.store, name)),
-        Route::Resource {
-            rt,
-            namespace,
-            name,
-            sub,
-        } => {
-            let watching = matches!(
-                query.get("watch").map(String::as_str),
-                Some("true") | Some("1")
-            );
+        Route::Resource { rt, namespace, name, sub } => {
+            let watching = matches!(query.get("watch").map(String::as_str), Some("true") | Some("1"));
             let verb = match (&parts.method, name.is_some()) {
                 (&Method::GET, true) => "get",
                 (&Method::GET, false) if watching => "watch",
@@ -198,12 +164,7 @@ pub async fn handle(
                 _ => return Ok(error_response(&ApiError::MethodNotAllowed)),
             };
             let field_manager = query.get("fieldManager").cloned().unwrap_or_else(|| {
-                user_agent
-                    .split('/')
-                    .next()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("unknown")
-                    .to_string()
+                user_agent.split('/').next().filter(|s| !s.is_empty()).unwrap_or("unknown").to_string()
             });
             let mut ctx = Ctx {
                 verb,
@@ -224,15 +185,13 @@ pub async fn handle(
                 tokio::time::sleep(d).await;
             }
             let injected = picked.iter().find_map(|f| match f {
-                Fault::TooManyRequests { retry_after_secs } => Some(ApiError::TooManyRequests {
-                    retry_after_secs: *retry_after_secs,
-                }),
+                Fault::TooManyRequests { retry_after_secs } => {
+                    Some(ApiError::TooManyRequests { retry_after_secs: *retry_after_secs })
+                }
                 Fault::InternalError => Some(ApiError::Internal("injected fault".into())),
-                Fault::Conflict => Some(ApiError::conflict_modified(
-                    &rt.group,
-                    &rt.plural,
-                    name.as_deref().unwrap_or_default(),
-                )),
+                Fault::Conflict => {
+                    Some(ApiError::conflict_modified(&rt.group, &rt.plural, name.as_deref().unwrap_or_default()))
+                }
                 _ => None,
             });
             let drop_after = picked.iter().find_map(|f| match f {
@@ -266,26 +225,17 @@ pub async fn handle(
 }
 
 fn route(store: &Store, path: &str) -> Result<Route, ApiError> {
-    let segs: Vec<String> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(percent_decode)
-        .collect();
+    let segs: Vec<String> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let types = store.types();
     match s.as_slice() {
         ["emulator", rest @ ..] => Ok(Route::Admin(rest.iter().map(|x| x.to_string()).collect())),
-        ["version"] => Ok(Route::Discovery(
-            json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-emulator",
+        ["version"] => Ok(Route::Discovery(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-emulator",
             "gitCommit": "emulator", "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z",
-            "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}),
-        )),
+            "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}))),
         ["healthz"] | ["readyz"] | ["livez"] => Ok(Route::Discovery(json!("ok"))),
-        ["api"] => Ok(Route::Discovery(
-            json!({"kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
-        )),
+        ["api"] => Ok(Route::Discovery(json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}))),
         ["apis"] => {
             let mut groups: Vec<(String, BTreeSet<String>)> = Vec::new();
             for t in types.iter().filter(|t| !t.group.is_empty()) {
@@ -297,16 +247,10 @@ fn route(store: &Store, path: &str) -> Result<Route, ApiError> {
                 }
             }
             let groups: Vec<Value> = groups.iter().map(|(g, vs)| api_group(g, vs)).collect();
-            Ok(Route::Discovery(
-                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
-            ))
+            Ok(Route::Discovery(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})))
         }
         ["apis", g] => {
-            let vs: BTreeSet<String> = types
-                .iter()
-                .filter(|t| t.group == *g)
-                .map(|t| t.version.clone())
-                .collect();
+            let vs: BTreeSet<String> = types.iter().filter(|t| t.group == *g).map(|t| t.version.clone()).collect();
             if vs.is_empty() {
                 return Err(ApiError::NoResource);
             }
@@ -330,39 +274,20 @@ fn route(store: &Store, path: &str) -> Result<Route, ApiError> {
 }
 
 fn api_group(g: &str, versions: &BTreeSet<String>) -> Value {
-    let vs: Vec<Value> = versions
-        .iter()
-        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
-        .collect();
+    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
     json!({"kind": "APIGroup", "name": g, "versions": vs, "preferredVersion": vs[0]})
 }
 
 fn resource_list(g: &str, v: &str, types: &[ResourceType]) -> Value {
-    let resources: Vec<Value> = types
-        .iter()
-        .filter(|t| t.group == g && t.version == v)
-        .flat_map(|t| t.discovery_entries())
-        .collect();
-    let gv = if g.is_empty() {
-        v.to_string()
-    } else {
-        format!("{g}/{v}")
-    };
+    let resources: Vec<Value> =
+        types.iter().filter(|t| t.group == g && t.version == v).flat_map(|t| t.discovery_entries()).collect();
+    let gv = if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
-fn resource_route(
-    types: &[ResourceType],
-    g: &str,
-    v: &str,
-    rest: &[&str],
-) -> Result<Route, ApiError> {
+fn resource_route(types: &[ResourceType], g: &str, v: &str, rest: &[&str]) -> Result<Route, ApiError> {
     let find = |plural: &str| {
-        types
-            .iter()
-            .find(|t| t.group == g && t.version == v && t.plural == plural)
-            .cloned()
-            .ok_or(ApiError::NoResource)
+        types.iter().find(|t| t.group == g && t.version == v && t.plural == plural).cloned().ok_or(ApiError::NoResource)
     };
     let owned = |s: &&str| s.to_string();
     match rest {
@@ -419,12 +344,10 @@ struct ResourceRequest<'a> {
 
 fn parse_body(bytes: &Bytes, yaml: bool) -> Result<Value, ApiError> {
     if yaml {
-        serde_yaml::from_slice(bytes)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
+        serde_yaml::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
     } else {
-        serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}"))
-        })
+        serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}")))
     }
 }
 
@@ -451,26 +374,15 @@ fn serve_resource(
     if rt.namespaced && r.namespace.is_none() && !matches!(ctx.verb, "list" | "watch") {
         return Err(ApiError::NoResource);
     }
-    let labels = LabelSelector::parse(
-        r.query
-            .get("labelSelector")
-            .map(String::as_str)
-            .unwrap_or_default(),
-    )
-    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let labels = LabelSelector::parse(r.query.get("labelSelector").map(String::as_str).unwrap_or_default())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let fields = FieldSelector::parse(
-        r.query
-            .get("fieldSelector")
-            .map(String::as_str)
-            .unwrap_or_default(),
+        r.query.get("fieldSelector").map(String::as_str).unwrap_or_default(),
         &rt.field_selectors(),
     )
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     match ctx.verb {
-        "get" => Ok(full(
-            StatusCode::OK,
-            &store.get(rt, ns, r.name.unwrap_or_default())?,
-        )),
+        "get" => Ok(full(StatusCode::OK, &store.get(rt, ns, r.name.unwrap_or_default())?)),
         "list" => {
             let (items, rv) = store.list(rt, r.namespace, &labels, &fields);
             Ok(full(
@@ -489,20 +401,14 @@ fn serve_resource(
         "update" => {
             let body = parse_body(r.body, false)?;
             check_kind(rt, &body)?;
-            Ok(full(
-                StatusCode::OK,
-                &store.replace(rt, ns, r.name.unwrap_or_default(), body, r.sub, &w)?,
-            ))
+            Ok(full(StatusCode::OK, &store.replace(rt, ns, r.name.unwrap_or_default(), body, r.sub, &w)?))
         }
         "patch" => {
-            let kind = PatchType::from_content_type(r.content_type).ok_or_else(|| {
-                ApiError::UnsupportedMediaType(patch::ACCEPTED_PATCH_TYPES_BUILTIN.into())
-            })?;
+            let kind = PatchType::from_content_type(r.content_type)
+                .ok_or_else(|| ApiError::UnsupportedMediaType(patch::ACCEPTED_PATCH_TYPES_BUILTIN.into()))?;
             let custom = matches!(rt.schema, crate::emulator::resources::SchemaSource::Crd(_));
             if kind == PatchType::Strategic && custom {
-                return Err(ApiError::UnsupportedMediaType(
-                    patch::ACCEPTED_PATCH_TYPES.into(),
-                ));
+                return Err(ApiError::UnsupportedMediaType(patch::ACCEPTED_PATCH_TYPES.into()));
             }
             if kind == PatchType::Apply && !r.query.contains_key("fieldManager") {
                 return Err(ApiError::BadRequest("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into()));
@@ -511,23 +417,11 @@ fn serve_resource(
             if kind == PatchType::Apply {
                 check_kind(rt, &body)?;
             }
-            let (obj, created) =
-                store.patch(rt, ns, r.name.unwrap_or_default(), kind, &body, r.sub, &w)?;
-            Ok(full(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                &obj,
-            ))
+            let (obj, created) = store.patch(rt, ns, r.name.unwrap_or_default(), kind, &body, r.sub, &w)?;
+            Ok(full(if created { StatusCode::CREATED } else { StatusCode::OK }, &obj))
         }
         "delete" => {
-            let body: Value = if r.body.is_empty() {
-                json!({})
-            } else {
-                parse_body(r.body, false)?
-            };
+            let body: Value = if r.body.is_empty() { json!({}) } else { parse_body(r.body, false)? };
             let o = delete_options(&body, r.query, dry_run);
             let name = r.name.unwrap_or_default();
             match store.delete(rt, ns, name, &o)? {
@@ -540,11 +434,7 @@ fn serve_resource(
             }
         }
         "deletecollection" => {
-            let body: Value = if r.body.is_empty() {
-                json!({})
-            } else {
-                parse_body(r.body, false)?
-            };
+            let body: Value = if r.body.is_empty() { json!({}) } else { parse_body(r.body, false)? };
             let o = delete_options(&body, r.query, dry_run);
             let (items, rv) = store.list(rt, r.namespace, &labels, &fields);
             let mut out = Vec::new();
@@ -579,10 +469,8 @@ fn check_kind(rt: &ResourceType, body: &Value) -> Result<(), ApiError> {
 }
 
 fn delete_options(body: &Value, query: &HashMap<String, String>, dry_run: bool) -> DeleteOptions {
-    let mut propagation = body["propagationPolicy"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| query.get("propagationPolicy").cloned());
+    let mut propagation =
+        body["propagationPolicy"].as_str().map(str::to_string).or_else(|| query.get("propagationPolicy").cloned());
     if propagation.is_none() {
         if let Some(orphan) = body["orphanDependents"].as_bool() {
             propagation = Some(if orphan { "Orphan" } else { "Background" }.into());
@@ -594,13 +482,8 @@ fn delete_options(body: &Value, query: &HashMap<String, String>, dry_run: bool) 
             .as_i64()
             .or_else(|| query.get("gracePeriodSeconds").and_then(|v| v.parse().ok())),
         precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_string),
-        precondition_rv: body["preconditions"]["resourceVersion"]
-            .as_str()
-            .map(str::to_string),
-        dry_run: dry_run
-            || body["dryRun"]
-                .as_array()
-                .is_some_and(|a| a.contains(&json!("All"))),
+        precondition_rv: body["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+        dry_run: dry_run || body["dryRun"].as_array().is_some_and(|a| a.contains(&json!("All"))),
     }
 }
 
@@ -615,28 +498,18 @@ fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    event_line(
-        "BOOKMARK",
-        &json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}),
-    )
+    event_line("BOOKMARK", &json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}))
 }
 
 /// What one store event means for a watch with selectors: objects entering the
 /// selection are ADDED, leaving it DELETED.
-fn translate(
-    ev: &StoreEvent,
-    labels: &LabelSelector,
-    fields: &FieldSelector,
-) -> Option<&'static str> {
+fn translate(ev: &StoreEvent, labels: &LabelSelector, fields: &FieldSelector) -> Option<&'static str> {
     let now = labels.matches_object(&ev.object) && fields.matches(&ev.object);
     match ev.kind {
         EventType::Added => now.then_some("ADDED"),
         EventType::Deleted => now.then_some("DELETED"),
         EventType::Modified => {
-            let before = ev
-                .previous
-                .as_ref()
-                .is_some_and(|p| labels.matches_object(p) && fields.matches(p));
+            let before = ev.previous.as_ref().is_some_and(|p| labels.matches_object(p) && fields.matches(p));
             match (before, now) {
                 (true, true) => Some("MODIFIED"),
                 (false, true) => Some("ADDED"),
@@ -663,18 +536,10 @@ fn watch_stream(
             let _ = v;
             None
         }
-        Some(v) => Some(
-            v.parse::<u64>()
-                .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {v}")))?,
-        ),
+        Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version: {v}")))?),
     };
-    let bookmarks = query
-        .get("allowWatchBookmarks")
-        .is_some_and(|v| v == "true");
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let timeout = query.get("timeoutSeconds").and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let start = state.store.watch_from(rt, ns, from);
     let (backlog, start_rv, mut events) = match start {
@@ -755,9 +620,7 @@ fn watch_stream(
 
 fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     Response::builder()
         .status(StatusCode::OK)

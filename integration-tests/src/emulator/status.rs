@@ -15,11 +15,7 @@ pub struct Cause {
 
 impl Cause {
     pub fn required(field: impl Into<String>) -> Self {
-        Self {
-            reason: "FieldValueRequired",
-            field: field.into(),
-            message: "Required value".into(),
-        }
+        Self { reason: "FieldValueRequired", field: field.into(), message: "Required value".into() }
     }
     pub fn invalid(field: impl Into<String>, value: &Value, detail: &str) -> Self {
         Self {
@@ -29,11 +25,7 @@ impl Cause {
         }
     }
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
-        Self {
-            reason: "FieldValueForbidden",
-            field: field.into(),
-            message: format!("Forbidden: {detail}"),
-        }
+        Self { reason: "FieldValueForbidden", field: field.into(), message: format!("Forbidden: {detail}") }
     }
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
         Self {
@@ -54,11 +46,7 @@ impl Cause {
         Self {
             reason: "FieldValueNotSupported",
             field: field.into(),
-            message: format!(
-                "Unsupported value: {}: supported values: {}",
-                render_value(value),
-                list.join(", ")
-            ),
+            message: format!("Unsupported value: {}: supported values: {}", render_value(value), list.join(", ")),
         }
     }
     pub fn too_long(field: impl Into<String>, value: &Value, max: usize) -> Self {
@@ -91,45 +79,22 @@ fn render_value(v: &Value) -> String {
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum ApiError {
     #[error("{resource} {name:?} not found")]
-    NotFound {
-        group: String,
-        resource: String,
-        name: String,
-    },
+    NotFound { group: String, resource: String, name: String },
     #[error("{resource} {name:?} already exists")]
-    AlreadyExists {
-        group: String,
-        resource: String,
-        name: String,
-    },
+    AlreadyExists { group: String, resource: String, name: String },
     #[error("Operation cannot be fulfilled on {resource} {name:?}: {detail}")]
-    Conflict {
-        group: String,
-        resource: String,
-        name: String,
-        detail: String,
-    },
+    Conflict { group: String, resource: String, name: String, detail: String },
     #[error("{kind} {name:?} is invalid: {}", causes.iter().map(Cause::line).collect::<Vec<_>>().join(", "))]
-    Invalid {
-        group: String,
-        kind: String,
-        name: String,
-        causes: Vec<Cause>,
-    },
+    Invalid { group: String, kind: String, name: String, causes: Vec<Cause> },
     #[error("Apply failed with {} conflict{}: {}", conflicts.len(), if conflicts.len() == 1 { "" } else { "s" }, conflicts.iter().map(|(m, f)| format!("conflict with {m:?} using {api_version}: {f}")).collect::<Vec<_>>().join("\n"))]
-    ApplyConflict {
-        api_version: String,
-        conflicts: Vec<(String, String)>,
-    },
+    ApplyConflict { api_version: String, conflicts: Vec<(String, String)> },
     #[error("{0}")]
     BadRequest(String),
     #[error("the server could not find the requested resource")]
     NoResource,
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
-    #[error(
-        "the body of the request was in an unknown format - accepted media types include: {0}"
-    )]
+    #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
     UnsupportedMediaType(String),
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: u64, oldest: u64 },
@@ -145,9 +110,7 @@ impl ApiError {
     pub fn code(&self) -> u16 {
         match self {
             ApiError::NotFound { .. } | ApiError::NoResource => 404,
-            ApiError::AlreadyExists { .. }
-            | ApiError::Conflict { .. }
-            | ApiError::ApplyConflict { .. } => 409,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => 409,
             ApiError::Invalid { .. } => 422,
             ApiError::BadRequest(_) => 400,
             ApiError::MethodNotAllowed => 405,
@@ -189,34 +152,16 @@ impl ApiError {
     /// The `Status` object the real API server sends for this error.
     pub fn status_body(&self) -> Value {
         let details = match self {
-            ApiError::NotFound {
-                group,
-                resource,
-                name,
-            }
-            | ApiError::AlreadyExists {
-                group,
-                resource,
-                name,
-            }
-            | ApiError::Conflict {
-                group,
-                resource,
-                name,
-                ..
-            } => {
+            ApiError::NotFound { group, resource, name }
+            | ApiError::AlreadyExists { group, resource, name }
+            | ApiError::Conflict { group, resource, name, .. } => {
                 let mut d = json!({"name": name, "kind": resource});
                 if !group.is_empty() {
                     d["group"] = json!(group);
                 }
                 Some(d)
             }
-            ApiError::Invalid {
-                group,
-                kind,
-                name,
-                causes,
-            } => {
+            ApiError::Invalid { group, kind, name, causes } => {
                 let causes: Vec<Value> = causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
@@ -227,15 +172,12 @@ impl ApiError {
                 }
                 Some(d)
             }
-            ApiError::ApplyConflict {
-                api_version,
-                conflicts,
-            } => Some(json!({"causes": conflicts.iter().map(|(m, f)| json!({
+            ApiError::ApplyConflict { api_version, conflicts } => {
+                Some(json!({"causes": conflicts.iter().map(|(m, f)| json!({
                 "reason": "FieldManagerConflict", "message": format!("conflict with {m:?} using {api_version}"), "field": f,
-            })).collect::<Vec<_>>()})),
-            ApiError::TooManyRequests { retry_after_secs } => {
-                Some(json!({"retryAfterSeconds": retry_after_secs}))
+            })).collect::<Vec<_>>()}))
             }
+            ApiError::TooManyRequests { retry_after_secs } => Some(json!({"retryAfterSeconds": retry_after_secs})),
             ApiError::Internal(msg) => Some(json!({"causes": [{"message": msg}]})),
             _ => None,
         };
@@ -272,11 +214,7 @@ mod tests {
 
     #[test]
     fn not_found_is_shaped_like_the_api_server() {
-        let e = ApiError::NotFound {
-            group: "".into(),
-            resource: "pods".into(),
-            name: "x".into(),
-        };
+        let e = ApiError::NotFound { group: "".into(), resource: "pods".into(), name: "x".into() };
         assert_eq!(
             e.status_body(),
             json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
@@ -309,14 +247,8 @@ mod tests {
     fn conflict_and_already_exists_differ_by_reason() {
         let c = ApiError::conflict_modified("coordination.k8s.io", "leases", "l");
         assert_eq!(c.status_body()["reason"], "Conflict");
-        assert!(c
-            .to_string()
-            .starts_with("Operation cannot be fulfilled on leases \"l\""));
-        let a = ApiError::AlreadyExists {
-            group: "".into(),
-            resource: "secrets".into(),
-            name: "s".into(),
-        };
+        assert!(c.to_string().starts_with("Operation cannot be fulfilled on leases \"l\""));
+        let a = ApiError::AlreadyExists { group: "".into(), resource: "secrets".into(), name: "s".into() };
         assert_eq!(a.status_body()["reason"], "AlreadyExists");
         assert_eq!(a.code(), 409);
     }

@@ -87,10 +87,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self {
-            history: 50_000,
-            graceful_pods: false,
-        }
+        Self { history: 50_000, graceful_pods: false }
     }
 }
 
@@ -114,22 +111,13 @@ const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 pub fn random_suffix(n: usize) -> String {
     let mut rng = rand::rng();
-    (0..n)
-        .map(|_| NAME_CHARS[rng.random_range(0..NAME_CHARS.len())] as char)
-        .collect()
+    (0..n).map(|_| NAME_CHARS[rng.random_range(0..NAME_CHARS.len())] as char).collect()
 }
 
 pub fn new_uid() -> String {
     let b: [u8; 16] = rand::rng().random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
+    format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -137,9 +125,7 @@ pub fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 }
 
 fn has_finalizers(obj: &Value) -> bool {
-    obj.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
+    obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
 }
 
 /// Compares two objects ignoring what changes on every write (no-op detection).
@@ -183,10 +169,7 @@ impl Store {
     }
 
     pub fn set_graceful_pods(&self, on: bool) {
-        self.opts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .graceful_pods = on;
+        self.opts.lock().unwrap_or_else(|e| e.into_inner()).graceful_pods = on;
     }
 
     fn options(&self) -> StoreOptions {
@@ -198,19 +181,11 @@ impl Store {
     }
 
     pub fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
-        self.lock()
-            .types
-            .iter()
-            .find(|t| t.group == group && t.version == version && t.plural == plural)
-            .cloned()
+        self.lock().types.iter().find(|t| t.group == group && t.version == version && t.plural == plural).cloned()
     }
 
     pub fn find_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
-        self.lock()
-            .types
-            .iter()
-            .find(|t| t.api_version() == api_version && t.kind == kind)
-            .cloned()
+        self.lock().types.iter().find(|t| t.api_version() == api_version && t.kind == kind).cloned()
     }
 
     pub fn current_rv(&self) -> u64 {
@@ -222,52 +197,30 @@ impl Store {
     }
 
     /// The objects of one type: a range of the ordered map, not a scan of everything.
-    fn scan<'a>(
-        st: &'a State,
-        group: &str,
-        plural: &str,
-    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
+    fn scan<'a>(st: &'a State, group: &str, plural: &str) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
         let (g, p) = (group.to_string(), plural.to_string());
-        let start = ObjKey {
-            group: g.clone(),
-            plural: p.clone(),
-            namespace: String::new(),
-            name: String::new(),
-        };
-        st.objects
-            .range(start..)
-            .take_while(move |(k, _)| k.group == g && k.plural == p)
+        let start = ObjKey { group: g.clone(), plural: p.clone(), namespace: String::new(), name: String::new() };
+        st.objects.range(start..).take_while(move |(k, _)| k.group == g && k.plural == p)
     }
 
     fn key(rt: &ResourceType, ns: &str, name: &str) -> ObjKey {
         ObjKey {
             group: rt.group.clone(),
             plural: rt.plural.clone(),
-            namespace: if rt.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
+            namespace: if rt.namespaced { ns.to_string() } else { String::new() },
             name: name.to_string(),
         }
     }
 
     fn not_found(rt: &ResourceType, name: &str) -> ApiError {
-        ApiError::NotFound {
-            group: rt.group.clone(),
-            resource: rt.plural.clone(),
-            name: name.into(),
-        }
+        ApiError::NotFound { group: rt.group.clone(), resource: rt.plural.clone(), name: name.into() }
     }
 
     // ---- reads ----------------------------------------------------------------
 
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
         let st = self.lock();
-        st.objects
-            .get(&Self::key(rt, ns, name))
-            .map(|v| (**v).clone())
-            .ok_or_else(|| Self::not_found(rt, name))
+        st.objects.get(&Self::key(rt, ns, name)).map(|v| (**v).clone()).ok_or_else(|| Self::not_found(rt, name))
     }
 
     /// Objects of a type (all namespaces when `ns` is `None`) and the list's resourceVersion.
@@ -290,9 +243,7 @@ impl Store {
     /// Everything of a type, for controllers.
     pub fn all(&self, group: &str, plural: &str) -> Vec<Arc<Value>> {
         let st = self.lock();
-        Self::scan(&st, group, plural)
-            .map(|(_, v)| v.clone())
-            .collect()
+        Self::scan(&st, group, plural).map(|(_, v)| v.clone()).collect()
     }
 
     /// Starts a watch: the events after `from` (or synthetic ADDED events for the
@@ -303,19 +254,10 @@ impl Store {
         rt: &ResourceType,
         ns: Option<&str>,
         from: Option<u64>,
-    ) -> Result<
-        (
-            Vec<Arc<StoreEvent>>,
-            u64,
-            broadcast::Receiver<Arc<StoreEvent>>,
-        ),
-        ApiError,
-    > {
+    ) -> Result<(Vec<Arc<StoreEvent>>, u64, broadcast::Receiver<Arc<StoreEvent>>), ApiError> {
         let st = self.lock();
         let rx = self.events.subscribe();
-        let matches = |k: &ObjKey| {
-            k.group == rt.group && k.plural == rt.plural && ns.is_none_or(|n| k.namespace == n)
-        };
+        let matches = |k: &ObjKey| k.group == rt.group && k.plural == rt.plural && ns.is_none_or(|n| k.namespace == n);
         let backlog = match from {
             None => Self::scan(&st, &rt.group, &rt.plural)
                 .filter(|(k, _)| matches(k))
@@ -329,32 +271,15 @@ impl Store {
                     })
                 })
                 .collect(),
-            Some(rv) if rv < st.compacted => {
-                return Err(ApiError::Expired {
-                    requested: rv,
-                    oldest: st.compacted + 1,
-                })
-            }
-            Some(rv) => st
-                .history
-                .iter()
-                .filter(|e| e.rv > rv && matches(&e.key))
-                .cloned()
-                .collect(),
+            Some(rv) if rv < st.compacted => return Err(ApiError::Expired { requested: rv, oldest: st.compacted + 1 }),
+            Some(rv) => st.history.iter().filter(|e| e.rv > rv && matches(&e.key)).cloned().collect(),
         };
         Ok((backlog, st.rv, rx))
     }
 
     // ---- writes ---------------------------------------------------------------
 
-    fn commit(
-        &self,
-        st: &mut State,
-        key: ObjKey,
-        kind: EventType,
-        obj: Value,
-        previous: Option<Arc<Value>>,
-    ) -> Value {
+    fn commit(&self, st: &mut State, key: ObjKey, kind: EventType, obj: Value, previous: Option<Arc<Value>>) -> Value {
         st.rv += 1;
         let mut obj = obj;
         if kind != EventType::Deleted {
@@ -369,13 +294,7 @@ impl Store {
                 st.objects.insert(key.clone(), arc.clone());
             }
         }
-        let ev = Arc::new(StoreEvent {
-            rv: st.rv,
-            kind,
-            key,
-            object: arc,
-            previous,
-        });
+        let ev = Arc::new(StoreEvent { rv: st.rv, kind, key, object: arc, previous });
         st.history.push_back(ev.clone());
         let cap = self.options().history.max(16);
         while st.history.len() > cap {
@@ -388,17 +307,9 @@ impl Store {
     }
 
     /// Kind-specific normalization on create: ids, defaults, status reset.
-    fn prepare_new(
-        &self,
-        st: &mut State,
-        rt: &ResourceType,
-        ns: &str,
-        mut obj: Value,
-    ) -> Result<Value, ApiError> {
+    fn prepare_new(&self, st: &mut State, rt: &ResourceType, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::BadRequest(
-                "Object 'Kind' is missing in request body".into(),
-            ));
+            return Err(ApiError::BadRequest("Object 'Kind' is missing in request body".into()));
         }
         obj["apiVersion"] = json!(rt.api_version());
         obj["kind"] = json!(rt.kind);
@@ -444,12 +355,7 @@ impl Store {
             m.insert("uid".into(), json!(uid));
             m.insert("creationTimestamp".into(), json!(time::now()));
             m.insert("generation".into(), json!(1));
-            for k in [
-                "resourceVersion",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "selfLink",
-            ] {
+            for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
                 m.remove(k);
             }
         }
@@ -460,9 +366,7 @@ impl Store {
         }
         match (rt.group.as_str(), rt.kind.as_str()) {
             ("", "Secret") => merge_string_data(&mut obj),
-            ("", "Pod") => {
-                obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(&obj["spec"])})
-            }
+            ("", "Pod") => obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(&obj["spec"])}),
             ("batch", "Job") => job_selector(rt, &mut obj, &uid)?,
             ("", "Service") => {
                 if obj["spec"]["clusterIP"].as_str() != Some("None")
@@ -504,13 +408,7 @@ impl Store {
         Ok(obj)
     }
 
-    pub fn create(
-        &self,
-        rt: &ResourceType,
-        ns: &str,
-        body: Value,
-        w: &WriteOptions,
-    ) -> Result<Value, ApiError> {
+    pub fn create(&self, rt: &ResourceType, ns: &str, body: Value, w: &WriteOptions) -> Result<Value, ApiError> {
         let mut st = self.lock();
         self.create_locked(&mut st, rt, ns, body, w)
     }
@@ -528,11 +426,7 @@ impl Store {
         let name = meta_str(&obj, "name").to_string();
         let key = Self::key(rt, ns, &name);
         if st.objects.contains_key(&key) {
-            return Err(ApiError::AlreadyExists {
-                group: rt.group.clone(),
-                resource: rt.plural.clone(),
-                name,
-            });
+            return Err(ApiError::AlreadyExists { group: rt.group.clone(), resource: rt.plural.clone(), name });
         }
         patch::record_update(None, &mut obj, &w.field_manager, &rt.api_version(), None);
         if w.dry_run {
@@ -559,9 +453,7 @@ impl Store {
             return Err(Self::not_found(rt, name));
         };
         if meta_str(&body, "name") != name {
-            return Err(ApiError::BadRequest(
-                "the name of the object does not match the name on the URL".into(),
-            ));
+            return Err(ApiError::BadRequest("the name of the object does not match the name on the URL".into()));
         }
         let sent_rv = meta_str(&body, "resourceVersion");
         if !sent_rv.is_empty() && sent_rv != meta_str(&old, "resourceVersion") {
@@ -590,14 +482,7 @@ impl Store {
                 if meta_str(&body, "name").is_empty() {
                     body["metadata"]["name"] = json!(name);
                 }
-                let applied = patch::apply(
-                    None,
-                    &body,
-                    &w.field_manager,
-                    w.force,
-                    &rt.api_version(),
-                    None,
-                )?;
+                let applied = patch::apply(None, &body, &w.field_manager, w.force, &rt.api_version(), None)?;
                 let owners = patch::read_ownership(&applied);
                 let mut obj = self.prepare_new(&mut st, rt, ns, applied)?;
                 validation::validate(rt, &obj, None)?;
@@ -619,25 +504,15 @@ impl Store {
                 if body.get("apiVersion").is_none() || body.get("kind").is_none() {
                     return Err(ApiError::BadRequest("invalid object type: /, Kind=".into()));
                 }
-                let applied = patch::apply(
-                    Some(&old),
-                    body,
-                    &w.field_manager,
-                    w.force,
-                    &rt.api_version(),
-                    sub,
-                )?;
-                return self
-                    .write_update(&mut st, rt, key, old, applied, sub, w, Some(()))
-                    .map(|v| (v, false));
+                let applied = patch::apply(Some(&old), body, &w.field_manager, w.force, &rt.api_version(), sub)?;
+                return self.write_update(&mut st, rt, key, old, applied, sub, w, Some(())).map(|v| (v, false));
             }
         };
         let sent_rv = meta_str(&patched, "resourceVersion");
         if !sent_rv.is_empty() && sent_rv != meta_str(&old, "resourceVersion") {
             return Err(ApiError::conflict_modified(&rt.group, &rt.plural, name));
         }
-        self.write_update(&mut st, rt, key, old, patched, sub, w, None)
-            .map(|v| (v, false))
+        self.write_update(&mut st, rt, key, old, patched, sub, w, None).map(|v| (v, false))
     }
 
     /// The common update path: subresource rules, immutables, validation, no-op
@@ -655,9 +530,7 @@ impl Store {
         applied: Option<()>,
     ) -> Result<Value, ApiError> {
         if !new.is_object() {
-            return Err(ApiError::BadRequest(
-                "Object 'Kind' is missing in request body".into(),
-            ));
+            return Err(ApiError::BadRequest("Object 'Kind' is missing in request body".into()));
         }
         // Identity and system fields always come from the stored object.
         new["apiVersion"] = json!(rt.api_version());
@@ -694,17 +567,11 @@ impl Store {
                 }
                 merged["metadata"]["managedFields"] = new["metadata"]["managedFields"].clone();
                 if merged["metadata"]["managedFields"].is_null() {
-                    merged["metadata"]
-                        .as_object_mut()
-                        .map(|m| m.remove("managedFields"));
+                    merged["metadata"].as_object_mut().map(|m| m.remove("managedFields"));
                 }
                 new = merged;
             }
-            Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "subresource {other:?} is not supported"
-                )))
-            }
+            Some(other) => return Err(ApiError::BadRequest(format!("subresource {other:?} is not supported"))),
             None if rt.has_status => match old.get("status") {
                 Some(s) => new["status"] = s.clone(),
                 None => {
@@ -718,12 +585,8 @@ impl Store {
         }
         if old["metadata"].get("deletionTimestamp").is_some() {
             // Finalizers may only be removed once deletion started.
-            let old_f: HashSet<&str> = old["metadata"]["finalizers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let old_f: HashSet<&str> =
+                old["metadata"]["finalizers"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
             let added = new["metadata"]["finalizers"]
                 .as_array()
                 .into_iter()
@@ -745,13 +608,7 @@ impl Store {
         validation::apply_defaults(rt, &mut new);
         validation::validate(rt, &new, Some(&old))?;
         if applied.is_none() {
-            patch::record_update(
-                Some(&old),
-                &mut new,
-                &w.field_manager,
-                &rt.api_version(),
-                sub,
-            );
+            patch::record_update(Some(&old), &mut new, &w.field_manager, &rt.api_version(), sub);
         }
         let spec_changed = {
             let strip = |v: &Value| {
@@ -790,13 +647,8 @@ impl Store {
         rt.kind == "Pod"
             && rt.group.is_empty()
             && self.options().graceful_pods
-            && obj["spec"]["nodeName"]
-                .as_str()
-                .is_some_and(|n| !n.is_empty())
-            && !matches!(
-                obj["status"]["phase"].as_str(),
-                Some("Succeeded") | Some("Failed")
-            )
+            && obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+            && !matches!(obj["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"))
             && obj["metadata"]["deletionGracePeriodSeconds"].as_i64() != Some(0)
     }
 
@@ -850,15 +702,8 @@ impl Store {
             }
         }
         // batch/v1 Jobs orphan their pods by default (the API's historical default).
-        let default_policy = if rt.kind == "Job" && rt.group == "batch" {
-            "Orphan"
-        } else {
-            "Background"
-        };
-        let policy = o
-            .propagation
-            .clone()
-            .unwrap_or_else(|| default_policy.to_string());
+        let default_policy = if rt.kind == "Job" && rt.group == "batch" { "Orphan" } else { "Background" };
+        let policy = o.propagation.clone().unwrap_or_else(|| default_policy.to_string());
         if !["Foreground", "Background", "Orphan"].contains(&policy.as_str()) {
             return Err(ApiError::Invalid {
                 group: rt.group.clone(),
@@ -873,26 +718,16 @@ impl Store {
         }
         let mut obj = (*old).clone();
         let already_deleting = obj["metadata"].get("deletionTimestamp").is_some();
-        let mut finalizers: Vec<Value> = obj["metadata"]["finalizers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let has_dependents =
-            policy != "Background" && self.dependents(st, meta_str(&old, "uid")).next().is_some();
+        let mut finalizers: Vec<Value> = obj["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        let has_dependents = policy != "Background" && self.dependents(st, meta_str(&old, "uid")).next().is_some();
         if has_dependents {
-            let f = if policy == "Foreground" {
-                "foregroundDeletion"
-            } else {
-                "orphan"
-            };
+            let f = if policy == "Foreground" { "foregroundDeletion" } else { "orphan" };
             if !finalizers.contains(&json!(f)) {
                 finalizers.push(json!(f));
             }
         }
         let grace = if self.awaits_kubelet(rt, &obj) {
-            o.grace_period_seconds
-                .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
-                .unwrap_or(30)
+            o.grace_period_seconds.or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30)
         } else {
             0
         };
@@ -904,26 +739,16 @@ impl Store {
             self.after_delete(st, rt, &out);
             return Ok(DeleteOutcome::Deleted(out));
         }
-        if already_deleting
-            && obj["metadata"]["finalizers"]
-                .as_array()
-                .map(Vec::len)
-                .unwrap_or(0)
-                == finalizers.len()
-        {
-            let shorter = grace
-                < obj["metadata"]["deletionGracePeriodSeconds"]
-                    .as_i64()
-                    .unwrap_or(i64::MAX);
+        if already_deleting && obj["metadata"]["finalizers"].as_array().map(Vec::len).unwrap_or(0) == finalizers.len() {
+            let shorter = grace < obj["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(i64::MAX);
             if !shorter {
                 return Ok(DeleteOutcome::Pending(obj));
             }
         }
         obj["metadata"]["finalizers"] = Value::Array(finalizers);
         if !already_deleting {
-            obj["metadata"]["deletionTimestamp"] = json!(time::rfc3339(
-                std::time::SystemTime::now() + std::time::Duration::from_secs(grace as u64)
-            ));
+            obj["metadata"]["deletionTimestamp"] =
+                json!(time::rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(grace as u64)));
         }
         obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         let out = self.commit(st, key, EventType::Modified, obj, Some(old));
@@ -931,11 +756,7 @@ impl Store {
         Ok(DeleteOutcome::Pending(out))
     }
 
-    fn dependents<'a>(
-        &self,
-        st: &'a State,
-        uid: &'a str,
-    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
+    fn dependents<'a>(&self, st: &'a State, uid: &'a str) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
         st.objects.iter().filter(move |(_, v)| {
             v.pointer("/metadata/ownerReferences")
                 .and_then(Value::as_array)
@@ -950,8 +771,7 @@ impl Store {
                 obj["spec"]["group"].as_str().unwrap_or_default(),
                 obj["spec"]["names"]["plural"].as_str().unwrap_or_default(),
             );
-            st.types
-                .retain(|t| !(t.group == group && t.plural == plural));
+            st.types.retain(|t| !(t.group == group && t.plural == plural));
             if obj["metadata"].get("deletionTimestamp").is_none() {
                 st.types.extend(resources::from_crd(obj));
             }
@@ -962,23 +782,12 @@ impl Store {
     fn after_delete(&self, st: &mut State, rt: &ResourceType, obj: &Value) {
         if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
             let (group, plural) = (
-                obj["spec"]["group"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                obj["spec"]["names"]["plural"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                obj["spec"]["group"].as_str().unwrap_or_default().to_string(),
+                obj["spec"]["names"]["plural"].as_str().unwrap_or_default().to_string(),
             );
-            st.types
-                .retain(|t| !(t.group == group && t.plural == plural));
-            let keys: Vec<ObjKey> = st
-                .objects
-                .keys()
-                .filter(|k| k.group == group && k.plural == plural)
-                .cloned()
-                .collect();
+            st.types.retain(|t| !(t.group == group && t.plural == plural));
+            let keys: Vec<ObjKey> =
+                st.objects.keys().filter(|k| k.group == group && k.plural == plural).cloned().collect();
             for k in keys {
                 if let Some(o) = st.objects.get(&k).cloned() {
                     self.commit(st, k, EventType::Deleted, (*o).clone(), Some(o));
@@ -989,10 +798,7 @@ impl Store {
     }
 
     fn type_of(st: &State, key: &ObjKey) -> Option<ResourceType> {
-        st.types
-            .iter()
-            .find(|t| t.group == key.group && t.plural == key.plural)
-            .cloned()
+        st.types.iter().find(|t| t.group == key.group && t.plural == key.plural).cloned()
     }
 
     /// The garbage collector, run synchronously after every deletion until nothing
@@ -1001,26 +807,17 @@ impl Store {
     /// processed.
     fn collect_garbage(&self, st: &mut State) {
         for _round in 0..10_000 {
-            let uids: HashSet<String> = st
-                .objects
-                .values()
-                .map(|v| meta_str(v, "uid").to_string())
-                .collect();
+            let uids: HashSet<String> = st.objects.values().map(|v| meta_str(v, "uid").to_string()).collect();
             let deleting_owner = |uid: &str, finalizer: &str| {
                 st.objects.values().any(|v| {
                     meta_str(v, "uid") == uid
                         && v["metadata"].get("deletionTimestamp").is_some()
-                        && v["metadata"]["finalizers"]
-                            .as_array()
-                            .is_some_and(|f| f.contains(&json!(finalizer)))
+                        && v["metadata"]["finalizers"].as_array().is_some_and(|f| f.contains(&json!(finalizer)))
                 })
             };
             let mut action: Option<(ObjKey, &'static str)> = None;
             for (k, v) in st.objects.iter() {
-                let Some(refs) = v
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                else {
+                let Some(refs) = v.pointer("/metadata/ownerReferences").and_then(Value::as_array) else {
                     continue;
                 };
                 if refs.is_empty() {
@@ -1032,11 +829,7 @@ impl Store {
                     break;
                 }
                 let being_deleted = v["metadata"].get("deletionTimestamp").is_some();
-                if !being_deleted
-                    && refs
-                        .iter()
-                        .any(|r| deleting_owner(&uid_of(r), "foregroundDeletion"))
-                {
+                if !being_deleted && refs.iter().any(|r| deleting_owner(&uid_of(r), "foregroundDeletion")) {
                     action = Some((k.clone(), "foreground"));
                     break;
                 }
@@ -1057,10 +850,7 @@ impl Store {
                     if v["metadata"].get("deletionTimestamp").is_none() {
                         continue;
                     }
-                    let fins = v["metadata"]["finalizers"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
+                    let fins = v["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
                     let uid = meta_str(v, "uid");
                     for f in ["foregroundDeletion", "orphan"] {
                         if fins.contains(&json!(f)) && self.dependents(st, uid).next().is_none() {
@@ -1101,9 +891,7 @@ impl Store {
                         .values()
                         .filter(|v| {
                             v["metadata"].get("deletionTimestamp").is_some()
-                                && v["metadata"]["finalizers"]
-                                    .as_array()
-                                    .is_some_and(|f| f.contains(&json!("orphan")))
+                                && v["metadata"]["finalizers"].as_array().is_some_and(|f| f.contains(&json!("orphan")))
                         })
                         .map(|v| meta_str(v, "uid").to_string())
                         .collect();
@@ -1113,28 +901,18 @@ impl Store {
                             uids.contains(u) && !orphaning.iter().any(|o| o == u)
                         });
                         if refs.is_empty() {
-                            obj["metadata"]
-                                .as_object_mut()
-                                .map(|m| m.remove("ownerReferences"));
+                            obj["metadata"].as_object_mut().map(|m| m.remove("ownerReferences"));
                         }
                     }
                     self.commit(st, k, EventType::Modified, obj, Some(old));
                 }
                 "foreground" => {
-                    let opts = DeleteOptions {
-                        propagation: Some("Foreground".into()),
-                        ..Default::default()
-                    };
-                    let _ =
-                        self.delete_locked(st, &rt, &k.namespace.clone(), &k.name.clone(), &opts);
+                    let opts = DeleteOptions { propagation: Some("Foreground".into()), ..Default::default() };
+                    let _ = self.delete_locked(st, &rt, &k.namespace.clone(), &k.name.clone(), &opts);
                 }
                 _ => {
-                    let opts = DeleteOptions {
-                        propagation: Some("Background".into()),
-                        ..Default::default()
-                    };
-                    let _ =
-                        self.delete_locked(st, &rt, &k.namespace.clone(), &k.name.clone(), &opts);
+                    let opts = DeleteOptions { propagation: Some("Background".into()), ..Default::default() };
+                    let _ = self.delete_locked(st, &rt, &k.namespace.clone(), &k.name.clone(), &opts);
                 }
             }
         }
@@ -1145,8 +923,7 @@ fn merge_string_data(obj: &mut Value) {
     if let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
         if let Some(sd) = sd.as_object() {
             for (k, v) in sd {
-                let enc = base64::engine::general_purpose::STANDARD
-                    .encode(v.as_str().unwrap_or_default());
+                let enc = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
                 obj["data"][k] = json!(enc);
             }
         }
@@ -1154,22 +931,14 @@ fn merge_string_data(obj: &mut Value) {
 }
 
 fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = spec["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .collect();
-    let any = containers
-        .iter()
-        .any(|c| c["resources"]["requests"].is_object() || c["resources"]["limits"].is_object());
+    let containers: Vec<&Value> = spec["containers"].as_array().into_iter().flatten().collect();
+    let any = containers.iter().any(|c| c["resources"]["requests"].is_object() || c["resources"]["limits"].is_object());
     if !any {
         return "BestEffort";
     }
     let guaranteed = containers.iter().all(|c| {
         let (r, l) = (&c["resources"]["requests"], &c["resources"]["limits"]);
-        ["cpu", "memory"]
-            .iter()
-            .all(|k| l.get(k).is_some() && (r.get(k).is_none() || r.get(k) == l.get(k)))
+        ["cpu", "memory"].iter().all(|k| l.get(k).is_some() && (r.get(k).is_none() || r.get(k) == l.get(k)))
     });
     if guaranteed {
         "Guaranteed"

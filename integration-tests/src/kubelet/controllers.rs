@@ -28,10 +28,9 @@ fn deleting(v: &Value) -> bool {
 }
 
 fn pod_ready(p: &Value) -> bool {
-    p["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
+    p["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 fn condition(ty: &str, reason: &str, message: &str, now: &str) -> Value {
@@ -40,14 +39,8 @@ fn condition(ty: &str, reason: &str, message: &str, now: &str) -> Value {
 
 fn finished_at(job: &Value) -> Option<SystemTime> {
     let conds = job["status"]["conditions"].as_array()?;
-    let c = conds
-        .iter()
-        .find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")?;
-    time::parse_rfc3339(
-        job["status"]["completionTime"]
-            .as_str()
-            .or(c["lastTransitionTime"].as_str())?,
-    )
+    let c = conds.iter().find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")?;
+    time::parse_rfc3339(job["status"]["completionTime"].as_str().or(c["lastTransitionTime"].as_str())?)
 }
 
 /// What the Job controller does for one Job, given the pods it owns.
@@ -78,66 +71,37 @@ pub fn plan_job(job: &Value, pods: &[&Value], now: SystemTime) -> Plan {
     if status.get("startTime").is_none() {
         status["startTime"] = json!(now_s);
     }
-    let start = status["startTime"]
-        .as_str()
-        .and_then(time::parse_rfc3339)
-        .unwrap_or(now);
-    let live: Vec<&&Value> = pods
-        .iter()
-        .filter(|p| !deleting(p) && !matches!(phase(p), "Succeeded" | "Failed"))
-        .collect();
+    let start = status["startTime"].as_str().and_then(time::parse_rfc3339).unwrap_or(now);
+    let live: Vec<&&Value> =
+        pods.iter().filter(|p| !deleting(p) && !matches!(phase(p), "Succeeded" | "Failed")).collect();
     let succeeded = pods
         .iter()
         .filter(|p| phase(p) == "Succeeded")
         .count()
         .max(old_status["succeeded"].as_u64().unwrap_or(0) as usize);
-    let failed = pods
-        .iter()
-        .filter(|p| phase(p) == "Failed")
-        .count()
-        .max(old_status["failed"].as_u64().unwrap_or(0) as usize);
+    let failed =
+        pods.iter().filter(|p| phase(p) == "Failed").count().max(old_status["failed"].as_u64().unwrap_or(0) as usize);
     let completions = spec["completions"].as_u64().unwrap_or(1) as usize;
     let parallelism = spec["parallelism"].as_u64().unwrap_or(1) as usize;
     let backoff_limit = spec["backoffLimit"].as_u64().unwrap_or(6) as usize;
     let mut failure: Option<(&str, &str)> = None;
     if failed > backoff_limit {
-        failure = Some((
-            "BackoffLimitExceeded",
-            "Job has reached the specified backoff limit",
-        ));
+        failure = Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit"));
     } else if let Some(d) = spec["activeDeadlineSeconds"].as_u64() {
         if start + Duration::from_secs(d) <= now {
-            failure = Some((
-                "DeadlineExceeded",
-                "Job was active longer than specified deadline",
-            ));
+            failure = Some(("DeadlineExceeded", "Job was active longer than specified deadline"));
         }
     }
     let mut active = live.len();
     if let Some((reason, message)) = failure {
-        plan.delete_pods = live
-            .iter()
-            .map(|p| meta_str(p, "name").to_string())
-            .collect();
+        plan.delete_pods = live.iter().map(|p| meta_str(p, "name").to_string()).collect();
         active = 0;
-        status["conditions"] = json!([
-            condition("FailureTarget", reason, message, &now_s),
-            condition("Failed", reason, message, &now_s)
-        ]);
+        status["conditions"] =
+            json!([condition("FailureTarget", reason, message, &now_s), condition("Failed", reason, message, &now_s)]);
     } else if succeeded >= completions {
         status["conditions"] = json!([
-            condition(
-                "SuccessCriteriaMet",
-                "CompletionsReached",
-                "Reached expected number of succeeded pods",
-                &now_s
-            ),
-            condition(
-                "Complete",
-                "CompletionsReached",
-                "Reached expected number of succeeded pods",
-                &now_s
-            )
+            condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods", &now_s),
+            condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods", &now_s)
         ]);
         status["completionTime"] = json!(now_s);
     } else {
@@ -181,33 +145,21 @@ pub fn plan_deployment(dep: &Value, pods: &[&Value]) -> Plan {
     }
     let replicas = dep["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
     let hash = template_hash(&dep["spec"]["template"]);
-    let live: Vec<&&Value> = pods
-        .iter()
-        .filter(|p| !deleting(p) && !matches!(phase(p), "Succeeded" | "Failed"))
-        .collect();
-    let (current, old): (Vec<&&Value>, Vec<&&Value>) = live
-        .iter()
-        .partition(|p| p["metadata"]["labels"]["pod-template-hash"] == json!(hash));
-    plan.delete_pods
-        .extend(old.iter().map(|p| meta_str(p, "name").to_string()));
+    let live: Vec<&&Value> =
+        pods.iter().filter(|p| !deleting(p) && !matches!(phase(p), "Succeeded" | "Failed")).collect();
+    let (current, old): (Vec<&&Value>, Vec<&&Value>) =
+        live.iter().partition(|p| p["metadata"]["labels"]["pod-template-hash"] == json!(hash));
+    plan.delete_pods.extend(old.iter().map(|p| meta_str(p, "name").to_string()));
     plan.delete_pods.extend(
         pods.iter()
             .filter(|p| matches!(phase(p), "Succeeded" | "Failed") && !deleting(p))
             .map(|p| meta_str(p, "name").to_string()),
     );
     if current.len() > replicas {
-        plan.delete_pods.extend(
-            current[replicas..]
-                .iter()
-                .map(|p| meta_str(p, "name").to_string()),
-        );
+        plan.delete_pods.extend(current[replicas..].iter().map(|p| meta_str(p, "name").to_string()));
     }
     plan.create_pods = replicas.saturating_sub(current.len());
-    let ready = current
-        .iter()
-        .take(replicas)
-        .filter(|p| pod_ready(p))
-        .count();
+    let ready = current.iter().take(replicas).filter(|p| pod_ready(p)).count();
     let old_status = dep.get("status").cloned().unwrap_or(json!({}));
     let mut status = json!({
         "observedGeneration": dep["metadata"]["generation"],
@@ -231,13 +183,7 @@ pub fn plan_deployment(dep: &Value, pods: &[&Value]) -> Plan {
         "message": if available { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." },
         "lastUpdateTime": keep_time("Available", avail_status).unwrap_or(now.clone()),
         "lastTransitionTime": keep_time("Available", avail_status).unwrap_or(now)}]);
-    for k in [
-        "readyReplicas",
-        "availableReplicas",
-        "unavailableReplicas",
-        "replicas",
-        "updatedReplicas",
-    ] {
+    for k in ["readyReplicas", "availableReplicas", "unavailableReplicas", "replicas", "updatedReplicas"] {
         if status[k] == json!(0) {
             status.as_object_mut().map(|m| m.remove(k));
         }
@@ -253,21 +199,13 @@ fn owned_pods<'a>(pods: &'a [Arc<Value>], uid: &str) -> Vec<&'a Value> {
         .filter(|p| {
             p["metadata"]["ownerReferences"]
                 .as_array()
-                .is_some_and(|r| {
-                    r.iter()
-                        .any(|r| r["uid"] == uid && r["controller"] == json!(true))
-                })
+                .is_some_and(|r| r.iter().any(|r| r["uid"] == uid && r["controller"] == json!(true)))
         })
         .map(|p| p.as_ref())
         .collect()
 }
 
-fn pod_from_template(
-    owner: &Value,
-    kind: &str,
-    api_version: &str,
-    extra_labels: &[(&str, String)],
-) -> Value {
+fn pod_from_template(owner: &Value, kind: &str, api_version: &str, extra_labels: &[(&str, String)]) -> Value {
     let template = &owner["spec"]["template"];
     let mut labels = template["metadata"]["labels"].clone();
     if !labels.is_object() {
@@ -291,59 +229,34 @@ fn pod_from_template(
 
 /// One pass over all Jobs and Deployments.
 pub fn reconcile_all(store: &Arc<Store>) {
-    let w = WriteOptions {
-        field_manager: CONTROLLER_MANAGER.into(),
-        ..Default::default()
-    };
-    let (Some(pod_rt), Some(job_rt), Some(dep_rt)) = (
-        store.find_kind("v1", "Pod"),
-        store.find_kind("batch/v1", "Job"),
-        store.find_kind("apps/v1", "Deployment"),
-    ) else {
+    let w = WriteOptions { field_manager: CONTROLLER_MANAGER.into(), ..Default::default() };
+    let (Some(pod_rt), Some(job_rt), Some(dep_rt)) =
+        (store.find_kind("v1", "Pod"), store.find_kind("batch/v1", "Job"), store.find_kind("apps/v1", "Deployment"))
+    else {
         return;
     };
     let pods = store.all("", "pods");
     let now = SystemTime::now();
     let mut by_owner: HashMap<String, Vec<&Value>> = HashMap::new();
     for p in &pods {
-        for r in p["metadata"]["ownerReferences"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
+        for r in p["metadata"]["ownerReferences"].as_array().into_iter().flatten() {
             if r["controller"] == json!(true) {
-                by_owner
-                    .entry(r["uid"].as_str().unwrap_or_default().to_string())
-                    .or_default()
-                    .push(p);
+                by_owner.entry(r["uid"].as_str().unwrap_or_default().to_string()).or_default().push(p);
             }
         }
     }
     let _ = owned_pods;
     for job in store.all("batch", "jobs") {
-        let owned = by_owner
-            .get(meta_str(&job, "uid"))
-            .cloned()
-            .unwrap_or_default();
+        let owned = by_owner.get(meta_str(&job, "uid")).cloned().unwrap_or_default();
         let plan = plan_job(&job, &owned, now);
-        apply_plan(store, &w, &job, &plan, &pod_rt, &job_rt, || {
-            pod_from_template(&job, "Job", "batch/v1", &[])
-        });
+        apply_plan(store, &w, &job, &plan, &pod_rt, &job_rt, || pod_from_template(&job, "Job", "batch/v1", &[]));
     }
     for dep in store.all("apps", "deployments") {
-        let owned = by_owner
-            .get(meta_str(&dep, "uid"))
-            .cloned()
-            .unwrap_or_default();
+        let owned = by_owner.get(meta_str(&dep, "uid")).cloned().unwrap_or_default();
         let plan = plan_deployment(&dep, &owned);
         let hash = template_hash(&dep["spec"]["template"]);
         apply_plan(store, &w, &dep, &plan, &pod_rt, &dep_rt, || {
-            pod_from_template(
-                &dep,
-                "Deployment",
-                "apps/v1",
-                &[("pod-template-hash", hash.clone())],
-            )
+            pod_from_template(&dep, "Deployment", "apps/v1", &[("pod-template-hash", hash.clone())])
         });
     }
 }
@@ -369,23 +282,11 @@ fn apply_plan(
     if let Some(status) = &plan.status {
         let mut obj = owner.clone();
         obj["status"] = status.clone();
-        obj["metadata"]
-            .as_object_mut()
-            .map(|m| m.remove("resourceVersion"));
-        let _ = store.replace(
-            owner_rt,
-            ns,
-            meta_str(owner, "name"),
-            obj,
-            Some("status"),
-            w,
-        );
+        obj["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+        let _ = store.replace(owner_rt, ns, meta_str(owner, "name"), obj, Some("status"), w);
     }
     if plan.delete_owner {
-        let o = DeleteOptions {
-            propagation: Some("Background".into()),
-            ..Default::default()
-        };
+        let o = DeleteOptions { propagation: Some("Background".into()), ..Default::default() };
         let _ = store.delete(owner_rt, ns, meta_str(owner, "name"), &o);
     }
 }
@@ -421,23 +322,14 @@ mod tests {
         let failed = pod("p", "Failed");
         let plan = plan_job(&j, &[&failed], SystemTime::now());
         assert_eq!(plan.create_pods, 0);
-        assert_eq!(
-            plan.status.unwrap()["conditions"][1]["reason"],
-            "BackoffLimitExceeded"
-        );
+        assert_eq!(plan.status.unwrap()["conditions"][1]["reason"], "BackoffLimitExceeded");
         let j2 = job(json!({"completions": 1, "parallelism": 1, "backoffLimit": 1}));
-        assert_eq!(
-            plan_job(&j2, &[&failed], SystemTime::now()).create_pods,
-            1,
-            "retried within the backoff limit"
-        );
+        assert_eq!(plan_job(&j2, &[&failed], SystemTime::now()).create_pods, 1, "retried within the backoff limit");
     }
 
     #[test]
     fn deadline_exceeded_deletes_running_pods() {
-        let mut j = job(
-            json!({"completions": 1, "parallelism": 1, "backoffLimit": 0, "activeDeadlineSeconds": 5}),
-        );
+        let mut j = job(json!({"completions": 1, "parallelism": 1, "backoffLimit": 0, "activeDeadlineSeconds": 5}));
         j["status"] = json!({"startTime": time::rfc3339(SystemTime::now() - Duration::from_secs(10)), "active": 1});
         let running = pod("p", "Running");
         let plan = plan_job(&j, &[&running], SystemTime::now());
@@ -461,8 +353,10 @@ mod tests {
     fn deployments_scale_and_replace_old_templates() {
         let dep = json!({"metadata": {"name": "d", "generation": 2}, "spec": {"replicas": 2, "template": {"spec": {"containers": []}}}});
         let hash = template_hash(&dep["spec"]["template"]);
-        let cur = json!({"metadata": {"name": "a", "labels": {"pod-template-hash": hash}}, "status": {"phase": "Running"}});
-        let old = json!({"metadata": {"name": "b", "labels": {"pod-template-hash": "old"}}, "status": {"phase": "Running"}});
+        let cur =
+            json!({"metadata": {"name": "a", "labels": {"pod-template-hash": hash}}, "status": {"phase": "Running"}});
+        let old =
+            json!({"metadata": {"name": "b", "labels": {"pod-template-hash": "old"}}, "status": {"phase": "Running"}});
         let plan = plan_deployment(&dep, &[&cur, &old]);
         assert_eq!(plan.create_pods, 1);
         assert_eq!(plan.delete_pods, vec!["b"]);

@@ -43,16 +43,11 @@ impl KubeletOptions {
         Self {
             node_name: "emulator-node".into(),
             node_labels: BTreeMap::from([
-                (
-                    "kubernetes.io/hostname".to_string(),
-                    "emulator-node".to_string(),
-                ),
+                ("kubernetes.io/hostname".to_string(), "emulator-node".to_string()),
                 ("kubernetes.io/os".to_string(), "linux".to_string()),
                 (
                     "kubernetes.io/arch".to_string(),
-                    std::env::consts::ARCH
-                        .replace("x86_64", "amd64")
-                        .replace("aarch64", "arm64"),
+                    std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
                 ),
             ]),
             images: vec![],
@@ -88,11 +83,7 @@ impl Default for KubeletOptions {
 pub fn binary_dir() -> PathBuf {
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            let dir = if dir.file_name().is_some_and(|n| n == "deps") {
-                dir.parent().unwrap_or(dir)
-            } else {
-                dir
-            };
+            let dir = if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir };
             if dir.join("sidecar").is_file() || dir.join("job-manager").is_file() {
                 return dir.to_path_buf();
             }
@@ -138,11 +129,7 @@ impl Kubelet {
             }
         }
         let net = Arc::new(Network::default());
-        let ctx = Arc::new(PodCtx {
-            store: store.clone(),
-            net: net.clone(),
-            opts: Arc::new(opts.clone()),
-        });
+        let ctx = Arc::new(PodCtx { store: store.clone(), net: net.clone(), opts: Arc::new(opts.clone()) });
         let pods: Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>> = Default::default();
         // One permit-keeping Notify per loop: a change during a pass is never missed.
         let (wake_ctl, wake_pods) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
@@ -198,14 +185,7 @@ impl Kubelet {
                 }
             }));
         }
-        Self {
-            store,
-            net,
-            work_dir: opts.work_dir,
-            tasks,
-            pods,
-            _temp: temp,
-        }
+        Self { store, net, work_dir: opts.work_dir, tasks, pods, _temp: temp }
     }
 
     /// The loopback address of a Service port (its forwarder starts on first use).
@@ -226,11 +206,7 @@ impl Kubelet {
     /// Where a container's stdout+stderr go.
     pub fn log_path(&self, namespace: &str, pod: &Value, container: &str) -> PathBuf {
         self.work_dir
-            .join(format!(
-                "{namespace}_{}_{}",
-                meta_str(pod, "name"),
-                meta_str(pod, "uid")
-            ))
+            .join(format!("{namespace}_{}_{}", meta_str(pod, "name"), meta_str(pod, "uid")))
             .join("logs")
             .join(format!("{container}.log"))
     }
@@ -253,11 +229,7 @@ impl Drop for Kubelet {
     }
 }
 
-fn dispatch(
-    store: &Arc<Store>,
-    ctx: &Arc<PodCtx>,
-    pods: &Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>>,
-) {
+fn dispatch(store: &Arc<Store>, ctx: &Arc<PodCtx>, pods: &Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>>) {
     let current = store.all("", "pods");
     let mut workers = pods.lock().unwrap_or_else(|e| e.into_inner());
     let mut seen = std::collections::HashSet::new();
@@ -268,18 +240,13 @@ fn dispatch(
         match workers.get(&uid) {
             Some(tx) => {
                 if deleting && *tx.borrow() == Stop::Run {
-                    let grace = p["metadata"]["deletionGracePeriodSeconds"]
-                        .as_u64()
-                        .unwrap_or(30);
+                    let grace = p["metadata"]["deletionGracePeriodSeconds"].as_u64().unwrap_or(30);
                     let _ = tx.send(Stop::Terminate(Duration::from_secs(grace)));
                 }
             }
             None if deleting => {}
             None => {
-                let terminal = matches!(
-                    p["status"]["phase"].as_str(),
-                    Some("Succeeded") | Some("Failed")
-                );
+                let terminal = matches!(p["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"));
                 if terminal {
                     continue;
                 }

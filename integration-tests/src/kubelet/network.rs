@@ -49,10 +49,7 @@ pub struct Network {
 
 /// A free loopback port (bound then released: a small race the tests accept).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 /// `host:port` pairs written in a string (listen addresses, URLs) for loopback and
@@ -90,11 +87,7 @@ pub fn remap_ports(s: &str, ports: &HashMap<u16, u16>) -> String {
             if s[i..].starts_with(host) {
                 let start = i + host.len();
                 let end = start + b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
-                if let Some(mapped) = s[start..end]
-                    .parse::<u16>()
-                    .ok()
-                    .and_then(|p| ports.get(&p))
-                {
+                if let Some(mapped) = s[start..end].parse::<u16>().ok().and_then(|p| ports.get(&p)) {
                     out.push_str(replacement);
                     out.push_str(&mapped.to_string());
                     i = end;
@@ -111,44 +104,26 @@ pub fn remap_ports(s: &str, ports: &HashMap<u16, u16>) -> String {
 
 impl Network {
     pub fn set_pod(&self, ns: &str, name: &str, net: PodNet) {
-        self.pods
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((ns.into(), name.into()), net);
+        self.pods.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.into(), name.into()), net);
     }
 
     pub fn set_ready(&self, ns: &str, name: &str, ready: bool) {
-        if let Some(p) = self
-            .pods
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&(ns.into(), name.into()))
-        {
+        if let Some(p) = self.pods.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&(ns.into(), name.into())) {
             p.ready = ready;
         }
     }
 
     pub fn remove_pod(&self, ns: &str, name: &str) {
-        self.pods
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(ns.into(), name.into()));
+        self.pods.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.into(), name.into()));
     }
 
     pub fn pod(&self, ns: &str, name: &str) -> Option<PodNet> {
-        self.pods
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(ns.into(), name.into()))
-            .cloned()
+        self.pods.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.into(), name.into())).cloned()
     }
 
     /// Backends for a Service living outside the emulator (e.g. the job manager).
     pub fn set_external_endpoints(&self, ns: &str, service: &str, addrs: Vec<SocketAddr>) {
-        self.external
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((ns.into(), service.into()), addrs);
+        self.external.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.into(), service.into()), addrs);
     }
 
     /// The local address of a Service port, starting its forwarder on first use. The
@@ -199,12 +174,7 @@ impl Network {
     }
 
     fn backends(&self, store: &Store, ns: &str, service: &str, port: u16) -> Vec<SocketAddr> {
-        if let Some(ext) = self
-            .external
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(ns.into(), service.into()))
-        {
+        if let Some(ext) = self.external.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.into(), service.into())) {
             return ext.clone();
         }
         let Some(rt) = store.find_kind("v1", "Service") else {
@@ -222,28 +192,18 @@ impl Network {
         };
         let selector: std::collections::BTreeMap<String, String> = svc["spec"]["selector"]
             .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
             .unwrap_or_default();
         if selector.is_empty() {
             return vec![];
         }
         let sel = LabelSelector(
-            selector
-                .into_iter()
-                .map(|(k, v)| crate::emulator::selectors::Requirement::Eq(k, v))
-                .collect(),
+            selector.into_iter().map(|(k, v)| crate::emulator::selectors::Requirement::Eq(k, v)).collect(),
         );
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         pods.iter()
             .filter(|((pns, _), p)| pns == ns && p.ready && sel.matches(&p.labels))
-            .filter_map(|(_, p)| {
-                p.resolve(&target)
-                    .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
-            })
+            .filter_map(|(_, p)| p.resolve(&target).map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
             .collect()
     }
 
@@ -261,10 +221,7 @@ impl Network {
                 let host = format!("{name}.{ns}{suffix}");
                 while let Some(i) = out.find(&host) {
                     let start = i + host.len();
-                    let digits: String = out[start..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
+                    let digits: String = out[start..].chars().take_while(char::is_ascii_digit).collect();
                     let Ok(port) = digits.parse::<u16>() else {
                         break;
                     };
@@ -285,15 +242,9 @@ mod tests {
 
     #[test]
     fn finds_and_remaps_local_ports_without_touching_longer_numbers() {
-        assert_eq!(
-            local_ports_in("http://127.0.0.1:3128 0.0.0.0:9901"),
-            vec![3128, 9901]
-        );
+        assert_eq!(local_ports_in("http://127.0.0.1:3128 0.0.0.0:9901"), vec![3128, 9901]);
         let ports = HashMap::from([(3128, 40001), (9901, 40002)]);
-        assert_eq!(
-            remap_ports("http://127.0.0.1:3128/x", &ports),
-            "http://127.0.0.1:40001/x"
-        );
+        assert_eq!(remap_ports("http://127.0.0.1:3128/x", &ports), "http://127.0.0.1:40001/x");
         assert_eq!(remap_ports("0.0.0.0:9901", &ports), "127.0.0.1:40002");
         assert_eq!(remap_ports("127.0.0.1:31280", &ports), "127.0.0.1:31280");
         assert_eq!(remap_ports("example.com:3128", &ports), "example.com:3128");

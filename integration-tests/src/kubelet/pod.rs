@@ -51,12 +51,7 @@ struct Launch {
 #[derive(Debug)]
 enum CEvent {
     Started(usize),
-    Exited {
-        idx: usize,
-        code: i32,
-        reason: &'static str,
-        finished: bool,
-    },
+    Exited { idx: usize, code: i32, reason: &'static str, finished: bool },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -77,13 +72,7 @@ impl CStatus {
         if !message.is_empty() {
             state["waiting"]["message"] = json!(message);
         }
-        Self {
-            name: name.into(),
-            image: image.into(),
-            state,
-            last_state: json!({}),
-            ..Default::default()
-        }
+        Self { name: name.into(), image: image.into(), state, last_state: json!({}), ..Default::default() }
     }
     fn render(&self) -> Value {
         json!({"name": self.name, "image": self.image, "imageID": format!("emulator://{}", self.image), "ready": self.ready,
@@ -104,16 +93,9 @@ fn write_status(ctx: &PodCtx, ns: &str, name: &str, f: impl FnOnce(&mut Value)) 
         return false;
     };
     f(&mut pod["status"]);
-    pod["metadata"]
-        .as_object_mut()
-        .map(|m| m.remove("resourceVersion"));
-    let w = WriteOptions {
-        field_manager: KUBELET.into(),
-        ..Default::default()
-    };
-    ctx.store
-        .replace(&rt, ns, name, pod, Some("status"), &w)
-        .is_ok()
+    pod["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+    let w = WriteOptions { field_manager: KUBELET.into(), ..Default::default() };
+    ctx.store.replace(&rt, ns, name, pod, Some("status"), &w).is_ok()
 }
 
 fn cond(ty: &str, ok: bool) -> Value {
@@ -121,10 +103,9 @@ fn cond(ty: &str, ok: bool) -> Value {
 }
 
 fn node_selector_matches(pod: &Value, node_labels: &BTreeMap<String, String>) -> bool {
-    pod["spec"]["nodeSelector"].as_object().is_none_or(|m| {
-        m.iter()
-            .all(|(k, v)| node_labels.get(k).map(String::as_str) == v.as_str())
-    })
+    pod["spec"]["nodeSelector"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| node_labels.get(k).map(String::as_str) == v.as_str()))
 }
 
 pub fn image_binary(opts: &KubeletOptions, image: &str) -> Option<PathBuf> {
@@ -133,10 +114,7 @@ pub fn image_binary(opts: &KubeletOptions, image: &str) -> Option<PathBuf> {
         Some((r, tag)) if !tag.contains('/') => r,
         _ => repo,
     };
-    opts.images
-        .iter()
-        .find(|(pat, _)| repo.contains(pat.as_str()))
-        .map(|(_, p)| p.clone())
+    opts.images.iter().find(|(pat, _)| repo.contains(pat.as_str())).map(|(_, p)| p.clone())
 }
 
 /// The image's default arguments when the container sets neither command nor args.
@@ -146,11 +124,7 @@ fn image_default_args(opts: &KubeletOptions, c: &Value) -> Vec<String> {
         return vec![];
     }
     let image = c["image"].as_str().unwrap_or_default();
-    opts.image_args
-        .iter()
-        .find(|(pat, _)| image.contains(pat.as_str()))
-        .map(|(_, a)| a.clone())
-        .unwrap_or_default()
+    opts.image_args.iter().find(|(pat, _)| image.contains(pat.as_str())).map(|(_, a)| a.clone()).unwrap_or_default()
 }
 
 /// `$(VAR)` expansion as the kubelet does for env values, command and args.
@@ -211,10 +185,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         until_stopped(&mut stop).await;
         return;
     }
-    let w = WriteOptions {
-        field_manager: "kube-scheduler".into(),
-        ..Default::default()
-    };
+    let w = WriteOptions { field_manager: "kube-scheduler".into(), ..Default::default() };
     if ctx
         .store
         .patch(
@@ -232,14 +203,8 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
     }
     let dir = ctx.opts.work_dir.join(format!("{ns}_{name}_{uid}"));
     let _ = std::fs::create_dir_all(dir.join("logs"));
-    let init_specs: Vec<Value> = pod["spec"]["initContainers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let main_specs: Vec<Value> = pod["spec"]["containers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let init_specs: Vec<Value> = pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
+    let main_specs: Vec<Value> = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
     let mut init_st: Vec<CStatus> = init_specs
         .iter()
         .map(|c| {
@@ -263,18 +228,17 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         })
         .collect();
     let started_at = time::now();
-    let publish = |ctx: &PodCtx,
-                   init: &[CStatus],
-                   main: &[CStatus],
-                   phase: &str,
-                   extra: Option<(&str, &str)>| {
-        let initialized = init.iter().zip(&init_specs).all(|(s, spec)| {
-            if spec["restartPolicy"] == "Always" {
-                s.started
-            } else {
-                s.done
-            }
-        });
+    let publish = |ctx: &PodCtx, init: &[CStatus], main: &[CStatus], phase: &str, extra: Option<(&str, &str)>| {
+        let initialized =
+            init.iter().zip(&init_specs).all(
+                |(s, spec)| {
+                    if spec["restartPolicy"] == "Always" {
+                        s.started
+                    } else {
+                        s.done
+                    }
+                },
+            );
         let ready = initialized && !main.is_empty() && main.iter().all(|s| s.ready);
         write_status(ctx, &ns, &name, |s| {
             s["phase"] = json!(phase);
@@ -291,8 +255,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
                 cond("PodScheduled", true)
             ]);
             if !init.is_empty() {
-                s["initContainerStatuses"] =
-                    json!(init.iter().map(CStatus::render).collect::<Vec<_>>());
+                s["initContainerStatuses"] = json!(init.iter().map(CStatus::render).collect::<Vec<_>>());
             }
             s["containerStatuses"] = json!(main.iter().map(CStatus::render).collect::<Vec<_>>());
             if let Some((reason, message)) = extra {
@@ -308,11 +271,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         match prepare(&ctx, &pod, &dir) {
             Ok(p) => break p,
             Err((idx, reason, message)) => {
-                let st = if idx < init_st.len() {
-                    &mut init_st[idx]
-                } else {
-                    &mut main_st[idx - init_st.len()]
-                };
+                let st = if idx < init_st.len() { &mut init_st[idx] } else { &mut main_st[idx - init_st.len()] };
                 *st = CStatus::waiting(&st.name.clone(), &st.image.clone(), reason, &message);
                 if reason == "ErrImagePull" {
                     publish(&ctx, &init_st, &main_st, "Pending", None);
@@ -334,32 +293,18 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
     pod_net.labels = crate::emulator::selectors::labels_of(&pod);
     ctx.net.set_pod(&ns, &name, pod_net.clone());
 
-    let restart_policy = pod["spec"]["restartPolicy"]
-        .as_str()
-        .unwrap_or("Always")
-        .to_string();
+    let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_string();
     let (tx, mut rx) = mpsc::channel::<CEvent>(64);
     let mut kills: Vec<watch::Sender<Option<Duration>>> = Vec::new();
     let mut tasks = Vec::new();
     let n_init = init_specs.len();
-    let deadline = pod["spec"]["activeDeadlineSeconds"]
-        .as_u64()
-        .map(|d| Instant::now() + Duration::from_secs(d));
+    let deadline = pod["spec"]["activeDeadlineSeconds"].as_u64().map(|d| Instant::now() + Duration::from_secs(d));
     let mut launches = prepared.launches.into_iter();
     let mut spawn_container =
-        |idx: usize,
-         launch: Launch,
-         policy: &str,
-         kills: &mut Vec<watch::Sender<Option<Duration>>>| {
+        |idx: usize, launch: Launch, policy: &str, kills: &mut Vec<watch::Sender<Option<Duration>>>| {
             let (ktx, krx) = watch::channel(None);
             kills.push(ktx);
-            tasks.push(tokio::spawn(container_loop(
-                idx,
-                Arc::new(launch),
-                policy.to_string(),
-                tx.clone(),
-                krx,
-            )));
+            tasks.push(tokio::spawn(container_loop(idx, Arc::new(launch), policy.to_string(), tx.clone(), krx)));
         };
     // Init containers in order.
     let mut stopped: Option<Stop> = None;
@@ -375,10 +320,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         };
         spawn_container(i, launch, &policy, &mut kills);
         // Wait for the sidecar's startup probe, or the init container's success.
-        let probe = spec
-            .get("startupProbe")
-            .or_else(|| spec.get("readinessProbe"))
-            .cloned();
+        let probe = spec.get("startupProbe").or_else(|| spec.get("readinessProbe")).cloned();
         let mut probe_ok = probe.is_none();
         let mut next_probe = Instant::now();
         loop {
@@ -410,15 +352,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         if !sidecar && exit_code(&init_st[i]) != Some(0) {
             // A failed init container fails the pod (restartPolicy Never).
             publish(&ctx, &init_st, &main_st, "Failed", None);
-            terminate_all(
-                &kills,
-                Duration::from_secs(1),
-                &mut rx,
-                &mut init_st,
-                &mut main_st,
-                n_init,
-            )
-            .await;
+            terminate_all(&kills, Duration::from_secs(1), &mut rx, &mut init_st, &mut main_st, n_init).await;
             ctx.net.remove_pod(&ns, &name);
             let s = until_stopped(&mut stop).await;
             finish(&ctx, &ns, &name, &dir, s).await;
@@ -426,15 +360,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         }
     }
     if let Some(s) = stopped {
-        terminate_all(
-            &kills,
-            grace_of(s),
-            &mut rx,
-            &mut init_st,
-            &mut main_st,
-            n_init,
-        )
-        .await;
+        terminate_all(&kills, grace_of(s), &mut rx, &mut init_st, &mut main_st, n_init).await;
         finish(&ctx, &ns, &name, &dir, s).await;
         return;
     }
@@ -444,14 +370,8 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         let (launch, _, _) = launches.next().expect("one launch per container");
         spawn_container(n_init + j, launch, &main_policy, &mut kills);
     }
-    let readiness: Vec<Option<Value>> = main_specs
-        .iter()
-        .map(|c| {
-            c.get("readinessProbe")
-                .or_else(|| c.get("startupProbe"))
-                .cloned()
-        })
-        .collect();
+    let readiness: Vec<Option<Value>> =
+        main_specs.iter().map(|c| c.get("readinessProbe").or_else(|| c.get("startupProbe")).cloned()).collect();
     let mut probe_ok: Vec<bool> = readiness.iter().map(Option::is_none).collect();
     let mut ticker = tokio::time::interval(ctx.opts.probe_period);
     let mut failure: Option<(&str, &str)> = None;
@@ -460,9 +380,8 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         if all_done {
             break;
         }
-        let until_deadline = deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(86_400));
+        let until_deadline =
+            deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(86_400));
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
@@ -493,28 +412,18 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         }
     }
     ctx.net.set_ready(&ns, &name, false);
-    let grace = stopped.map(grace_of).unwrap_or_else(|| {
-        Duration::from_secs(
-            pod["spec"]["terminationGracePeriodSeconds"]
-                .as_u64()
-                .unwrap_or(30),
-        )
-    });
+    let grace = stopped
+        .map(grace_of)
+        .unwrap_or_else(|| Duration::from_secs(pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30)));
     // Main containers first, then the sidecars in reverse order.
     for k in kills.iter().skip(n_init) {
         let _ = k.send(Some(grace));
     }
-    drain(&mut rx, &mut init_st, &mut main_st, n_init, |i, m| {
-        m.iter().all(|s| s.done) && i.len() == n_init
-    })
-    .await;
+    drain(&mut rx, &mut init_st, &mut main_st, n_init, |i, m| m.iter().all(|s| s.done) && i.len() == n_init).await;
     for k in kills.iter().take(n_init).rev() {
         let _ = k.send(Some(grace));
     }
-    drain(&mut rx, &mut init_st, &mut main_st, n_init, |i, _| {
-        i.iter().all(|s| s.done || !s.started)
-    })
-    .await;
+    drain(&mut rx, &mut init_st, &mut main_st, n_init, |i, _| i.iter().all(|s| s.done || !s.started)).await;
     for t in tasks {
         let _ = t.await;
     }
@@ -523,11 +432,8 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         finish(&ctx, &ns, &name, &dir, s).await;
         return;
     }
-    let phase = if failure.is_none() && main_st.iter().all(|s| exit_code(s) == Some(0)) {
-        "Succeeded"
-    } else {
-        "Failed"
-    };
+    let phase =
+        if failure.is_none() && main_st.iter().all(|s| exit_code(s) == Some(0)) { "Succeeded" } else { "Failed" };
     for s in init_st.iter_mut().chain(main_st.iter_mut()) {
         s.ready = false;
     }
@@ -551,11 +457,7 @@ async fn until_stopped(stop: &mut watch::Receiver<Stop>) -> Stop {
 
 fn st_backoff(init: &mut [CStatus], main: &mut [CStatus], idx: usize) {
     let n = init.len();
-    let st = if idx < n {
-        &mut init[idx]
-    } else {
-        &mut main[idx - n]
-    };
+    let st = if idx < n { &mut init[idx] } else { &mut main[idx - n] };
     st.state["waiting"]["reason"] = json!("ImagePullBackOff");
     let msg = format!("Back-off pulling image {:?}", st.image);
     st.state["waiting"]["message"] = json!(msg);
@@ -569,20 +471,14 @@ fn grace_of(s: Stop) -> Duration {
 }
 
 fn exit_code(s: &CStatus) -> Option<i64> {
-    s.state
-        .pointer("/terminated/exitCode")
-        .and_then(Value::as_i64)
+    s.state.pointer("/terminated/exitCode").and_then(Value::as_i64)
 }
 
 fn apply_event(init: &mut [CStatus], main: &mut [CStatus], n_init: usize, ev: CEvent) {
     let idx = match ev {
         CEvent::Started(i) | CEvent::Exited { idx: i, .. } => i,
     };
-    let st = if idx < n_init {
-        &mut init[idx]
-    } else {
-        &mut main[idx - n_init]
-    };
+    let st = if idx < n_init { &mut init[idx] } else { &mut main[idx - n_init] };
     match ev {
         CEvent::Started(_) => {
             if st.state.get("terminated").is_some() {
@@ -592,12 +488,7 @@ fn apply_event(init: &mut [CStatus], main: &mut [CStatus], n_init: usize, ev: CE
             st.state = json!({"running": {"startedAt": time::now()}});
             st.started = true;
         }
-        CEvent::Exited {
-            code,
-            reason,
-            finished,
-            ..
-        } => {
+        CEvent::Exited { code, reason, finished, .. } => {
             st.state = json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": st.state.pointer("/running/startedAt").cloned().unwrap_or(json!(time::now())), "finishedAt": time::now()}});
             st.ready = false;
             st.started = false;
@@ -632,10 +523,7 @@ async fn terminate_all(
     for k in kills.iter().rev() {
         let _ = k.send(Some(grace));
     }
-    drain(rx, init, main, n_init, |i, m| {
-        i.iter().chain(m.iter()).all(|s| s.done || !s.started)
-    })
-    .await;
+    drain(rx, init, main, n_init, |i, m| i.iter().chain(m.iter()).all(|s| s.done || !s.started)).await;
 }
 
 /// After the processes are gone: drop the pod object (graceful deletion completes)
@@ -643,10 +531,7 @@ async fn terminate_all(
 async fn finish(ctx: &PodCtx, ns: &str, name: &str, dir: &Path, stop: Stop) {
     ctx.net.remove_pod(ns, name);
     if let (Stop::Terminate(_), Some(rt)) = (stop, status_pods(ctx)) {
-        let o = DeleteOptions {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        };
+        let o = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
         let _ = ctx.store.delete(&rt, ns, name, &o);
     }
     if !ctx.opts.keep_pod_dirs {
@@ -666,9 +551,7 @@ async fn probe_passes(probe: &Value, net: &PodNet) -> bool {
         let Some(port) = net.resolve(&tcp["port"]) else {
             return false;
         };
-        return tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok();
+        return tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok();
     }
     // exec/grpc probes are not emulated: treated as passing.
     true
@@ -677,9 +560,7 @@ async fn probe_passes(probe: &Value, net: &PodNet) -> bool {
 async fn http_get_ok(port: u16, path: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.33\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
         let mut buf = [0u8; 32];
         let n = s.read(&mut buf).await.ok()?;
@@ -687,20 +568,12 @@ async fn http_get_ok(port: u16, path: &str) -> bool {
         let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some((200..400).contains(&code))
     };
-    tokio::time::timeout(Duration::from_secs(1), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten().unwrap_or(false)
 }
 
 /// Resolves everything a pod needs before any process starts. Errors carry the
 /// container index and the waiting reason the kubelet would show.
-fn prepare(
-    ctx: &PodCtx,
-    pod: &Value,
-    dir: &Path,
-) -> Result<Prepared, (usize, &'static str, String)> {
+fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared, (usize, &'static str, String)> {
     let ns = meta_str(pod, "namespace");
     let spec = &pod["spec"];
     let containers: Vec<&Value> = spec["initContainers"]
@@ -717,18 +590,11 @@ fn prepare(
         let vname = v["name"].as_str().unwrap_or_default();
         let vdir = dir.join("volumes").join(vname);
         let mount_err = |what: String| {
-            (
-                0usize,
-                "ContainerCreating",
-                format!("MountVolume.SetUp failed for volume {vname:?} : {what}"),
-            )
+            (0usize, "ContainerCreating", format!("MountVolume.SetUp failed for volume {vname:?} : {what}"))
         };
         if let Some(s) = v.get("secret") {
             let sname = s["secretName"].as_str().unwrap_or_default();
-            match secret_rt
-                .as_ref()
-                .and_then(|rt| ctx.store.get(rt, ns, sname).ok())
-            {
+            match secret_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, sname).ok()) {
                 Some(secret) => write_keys(&vdir, &secret["data"], s.get("items"), true),
                 None if s["optional"] == json!(true) => {
                     let _ = std::fs::create_dir_all(&vdir);
@@ -737,10 +603,7 @@ fn prepare(
             }
         } else if let Some(c) = v.get("configMap") {
             let cname = c["name"].as_str().unwrap_or_default();
-            match cm_rt
-                .as_ref()
-                .and_then(|rt| ctx.store.get(rt, ns, cname).ok())
-            {
+            match cm_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, cname).ok()) {
                 Some(cm) => write_keys(&vdir, &cm["data"], c.get("items"), false),
                 None if c["optional"] == json!(true) => {
                     let _ = std::fs::create_dir_all(&vdir);
@@ -754,10 +617,7 @@ fn prepare(
             volumes.insert(vname.into(), shared);
             continue;
         } else if let Some(h) = v.get("hostPath") {
-            volumes.insert(
-                vname.into(),
-                PathBuf::from(h["path"].as_str().unwrap_or("/")),
-            );
+            volumes.insert(vname.into(), PathBuf::from(h["path"].as_str().unwrap_or("/")));
             continue;
         } else {
             let _ = std::fs::create_dir_all(&vdir);
@@ -776,16 +636,9 @@ fn prepare(
             }
         }
         for e in c["env"].as_array().into_iter().flatten() {
-            pod_ports.extend(network::local_ports_in(
-                e["value"].as_str().unwrap_or_default(),
-            ));
+            pod_ports.extend(network::local_ports_in(e["value"].as_str().unwrap_or_default()));
         }
-        for a in c["args"]
-            .as_array()
-            .into_iter()
-            .chain(c["command"].as_array())
-            .flatten()
-        {
+        for a in c["args"].as_array().into_iter().chain(c["command"].as_array()).flatten() {
             pod_ports.extend(network::local_ports_in(a.as_str().unwrap_or_default()));
         }
         for a in image_default_args(&ctx.opts, c) {
@@ -798,10 +651,7 @@ fn prepare(
         }
     }
     let mut launches = Vec::new();
-    let oom_target = pod["metadata"]["annotations"][OOM_KILL_ANNOTATION]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let oom_target = pod["metadata"]["annotations"][OOM_KILL_ANNOTATION].as_str().unwrap_or_default().to_string();
     for (idx, c) in containers.iter().enumerate() {
         let cname = c["name"].as_str().unwrap_or_default();
         let image = c["image"].as_str().unwrap_or_default();
@@ -817,18 +667,11 @@ fn prepare(
             .filter_map(|m| {
                 let vdir = volumes.get(m["name"].as_str()?)?;
                 let sub = m["subPath"].as_str().unwrap_or_default();
-                let d = if sub.is_empty() {
-                    vdir.clone()
-                } else {
-                    vdir.join(sub)
-                };
+                let d = if sub.is_empty() { vdir.clone() } else { vdir.join(sub) };
                 if !sub.is_empty() {
                     let _ = std::fs::create_dir_all(&d);
                 }
-                Some((
-                    m["mountPath"].as_str()?.trim_end_matches('/').to_string(),
-                    d,
-                ))
+                Some((m["mountPath"].as_str()?.trim_end_matches('/').to_string(), d))
             })
             .collect();
         let env = resolve_env(ctx, pod, c).map_err(|m| (idx, "CreateContainerConfigError", m))?;
@@ -845,22 +688,13 @@ fn prepare(
             .flatten()
             .filter_map(|v| v.as_str().map(|s| expand(s, &vars)))
             .collect();
-        let mut args: Vec<String> = c["args"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(|s| expand(s, &vars)))
-            .collect();
+        let mut args: Vec<String> =
+            c["args"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(|s| expand(s, &vars))).collect();
         if command.is_empty() && args.is_empty() {
             args = image_default_args(&ctx.opts, c);
         }
         // The image's entrypoint is the mapped binary; command[0] names it inside the image.
-        let argv: Vec<String> = command
-            .iter()
-            .skip(1)
-            .chain(args.iter())
-            .map(|a| rewrite(a))
-            .collect();
+        let argv: Vec<String> = command.iter().skip(1).chain(args.iter()).map(|a| rewrite(a)).collect();
         launches.push((
             Launch {
                 name: cname.into(),
@@ -882,9 +716,7 @@ fn write_keys(dir: &Path, data: &Value, items: Option<&Value>, base64: bool) {
     let decode = |v: &Value| -> Vec<u8> {
         let s = v.as_str().unwrap_or_default();
         if base64 {
-            base64::engine::general_purpose::STANDARD
-                .decode(s)
-                .unwrap_or_default()
+            base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
         } else {
             s.as_bytes().to_vec()
         }
@@ -917,21 +749,11 @@ fn resolve_env(ctx: &PodCtx, pod: &Value, c: &Value) -> Result<Vec<(String, Stri
     let ns = meta_str(pod, "namespace");
     let secret_rt = ctx.store.find_kind("v1", "Secret");
     let cm_rt = ctx.store.find_kind("v1", "ConfigMap");
-    let secret = |name: &str| {
-        secret_rt
-            .as_ref()
-            .and_then(|rt| ctx.store.get(rt, ns, name).ok())
-    };
-    let config_map = |name: &str| {
-        cm_rt
-            .as_ref()
-            .and_then(|rt| ctx.store.get(rt, ns, name).ok())
-    };
+    let secret = |name: &str| secret_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, name).ok());
+    let config_map = |name: &str| cm_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, name).ok());
     let b64 = |v: &Value| {
         String::from_utf8_lossy(
-            &base64::engine::general_purpose::STANDARD
-                .decode(v.as_str().unwrap_or_default())
-                .unwrap_or_default(),
+            &base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default()).unwrap_or_default(),
         )
         .into_owned()
     };
@@ -956,10 +778,7 @@ fn resolve_env(ctx: &PodCtx, pod: &Value, c: &Value) -> Result<Vec<(String, Stri
             match config_map(name) {
                 Some(cm) => {
                     for (k, v) in cm["data"].as_object().into_iter().flatten() {
-                        out.push((
-                            format!("{prefix}{k}"),
-                            v.as_str().unwrap_or_default().to_string(),
-                        ));
+                        out.push((format!("{prefix}{k}"), v.as_str().unwrap_or_default().to_string()));
                     }
                 }
                 None if r["optional"] == json!(true) => {}
@@ -974,26 +793,18 @@ fn resolve_env(ctx: &PodCtx, pod: &Value, c: &Value) -> Result<Vec<(String, Stri
         let name = e["name"].as_str().unwrap_or_default().to_string();
         let value = if let Some(from) = e.get("valueFrom") {
             if let Some(r) = from.get("secretKeyRef") {
-                let (sname, key) = (
-                    r["name"].as_str().unwrap_or_default(),
-                    r["key"].as_str().unwrap_or_default(),
-                );
+                let (sname, key) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
                 match secret(sname) {
                     Some(s) => match s["data"].get(key) {
                         Some(v) => b64(v),
                         None if r["optional"] == json!(true) => continue,
-                        None => {
-                            return Err(format!("couldn't find key {key} in Secret {ns}/{sname}"))
-                        }
+                        None => return Err(format!("couldn't find key {key} in Secret {ns}/{sname}")),
                     },
                     None if r["optional"] == json!(true) => continue,
                     None => return Err(format!("secret {sname:?} not found")),
                 }
             } else if let Some(r) = from.get("configMapKeyRef") {
-                let (cname, key) = (
-                    r["name"].as_str().unwrap_or_default(),
-                    r["key"].as_str().unwrap_or_default(),
-                );
+                let (cname, key) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
                 match config_map(cname).and_then(|cm| cm["data"].get(key).cloned()) {
                     Some(v) => v.as_str().unwrap_or_default().to_string(),
                     None if r["optional"] == json!(true) => continue,
@@ -1002,32 +813,16 @@ fn resolve_env(ctx: &PodCtx, pod: &Value, c: &Value) -> Result<Vec<(String, Stri
             } else if let Some(f) = from.get("fieldRef") {
                 let path = f["fieldPath"].as_str().unwrap_or_default();
                 match path {
-                    "metadata.name" | "metadata.namespace" | "metadata.uid" => {
-                        meta_str(pod, &path[9..]).to_string()
-                    }
+                    "metadata.name" | "metadata.namespace" | "metadata.uid" => meta_str(pod, &path[9..]).to_string(),
                     "spec.nodeName" => ctx.opts.node_name.clone(),
-                    "spec.serviceAccountName" => pod["spec"]["serviceAccountName"]
-                        .as_str()
-                        .unwrap_or("default")
-                        .to_string(),
-                    "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => {
-                        "127.0.0.1".into()
+                    "spec.serviceAccountName" => {
+                        pod["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_string()
                     }
+                    "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => "127.0.0.1".into(),
                     p => {
-                        let key = p
-                            .split("['")
-                            .nth(1)
-                            .and_then(|s| s.strip_suffix("']"))
-                            .unwrap_or_default();
-                        let map = if p.starts_with("metadata.labels") {
-                            "labels"
-                        } else {
-                            "annotations"
-                        };
-                        pod["metadata"][map][key]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string()
+                        let key = p.split("['").nth(1).and_then(|s| s.strip_suffix("']")).unwrap_or_default();
+                        let map = if p.starts_with("metadata.labels") { "labels" } else { "annotations" };
+                        pod["metadata"][map][key].as_str().unwrap_or_default().to_string()
                     }
                 }
             } else if let Some(r) = from.get("resourceFieldRef") {
@@ -1052,29 +847,17 @@ fn resolve_env(ctx: &PodCtx, pod: &Value, c: &Value) -> Result<Vec<(String, Stri
 }
 
 fn spawn(launch: &Launch) -> std::io::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&launch.log)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&launch.log)?;
     let mut cmd = tokio::process::Command::new(&launch.binary);
     cmd.args(&launch.args).env_clear();
-    for keep in [
-        "PATH",
-        "RUST_LOG",
-        "RUST_BACKTRACE",
-        "TMPDIR",
-        "LLVM_PROFILE_FILE",
-    ] {
+    for keep in ["PATH", "RUST_LOG", "RUST_BACKTRACE", "TMPDIR", "LLVM_PROFILE_FILE"] {
         if let Ok(v) = std::env::var(keep) {
             cmd.env(keep, v);
         }
     }
     cmd.env("HOSTNAME", &launch.name);
     cmd.envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
+    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
     cmd.spawn()
 }
 
@@ -1086,9 +869,7 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) {
 
 fn code_of(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt as _;
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(9))
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(9))
 }
 
 /// Runs one container, restarting it per policy, until told to stop.
@@ -1101,28 +882,15 @@ async fn container_loop(
 ) {
     loop {
         if kill.borrow().is_some() {
-            let _ = tx
-                .send(CEvent::Exited {
-                    idx,
-                    code: 137,
-                    reason: "Error",
-                    finished: true,
-                })
-                .await;
+            let _ = tx.send(CEvent::Exited { idx, code: 137, reason: "Error", finished: true }).await;
             return;
         }
         let mut child = match spawn(&launch) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(container = %launch.name, error = %e, "could not start container process");
-                let _ = tx
-                    .send(CEvent::Exited {
-                        idx,
-                        code: 128,
-                        reason: "StartError",
-                        finished: policy == "Never",
-                    })
-                    .await;
+                let _ =
+                    tx.send(CEvent::Exited { idx, code: 128, reason: "StartError", finished: policy == "Never" }).await;
                 if policy == "Never" {
                     return;
                 }
@@ -1134,14 +902,7 @@ async fn container_loop(
         if launch.oom {
             signal(&child, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait().await;
-            let _ = tx
-                .send(CEvent::Exited {
-                    idx,
-                    code: 137,
-                    reason: "OOMKilled",
-                    finished: policy != "Always",
-                })
-                .await;
+            let _ = tx.send(CEvent::Exited { idx, code: 137, reason: "OOMKilled", finished: policy != "Always" }).await;
             if policy == "Always" {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -1190,35 +951,19 @@ mod tests {
         assert_eq!(expand("$(A)/$(B)", &vars), "x/$(B)");
         let mounts = vec![("/var/run/job".to_string(), PathBuf::from("/tmp/p/job"))];
         assert_eq!(map_mounts("/var/run/job", &mounts), "/tmp/p/job");
-        assert_eq!(
-            map_mounts("/var/run/job/token", &mounts),
-            "/tmp/p/job/token"
-        );
+        assert_eq!(map_mounts("/var/run/job/token", &mounts), "/tmp/p/job/token");
         assert_eq!(map_mounts("/var/run/jobs", &mounts), "/var/run/jobs");
     }
 
     #[test]
     fn images_map_to_binaries_by_repository() {
         let opts = KubeletOptions {
-            images: vec![
-                ("sidecar".into(), "/bin/sidecar".into()),
-                ("runtime".into(), "/bin/rt".into()),
-            ],
+            images: vec![("sidecar".into(), "/bin/sidecar".into()), ("runtime".into(), "/bin/rt".into())],
             ..KubeletOptions::without_binaries()
         };
-        assert_eq!(
-            image_binary(&opts, "reg.io/newrelic/serverless-sidecar:latest"),
-            Some("/bin/sidecar".into())
-        );
-        assert_eq!(
-            image_binary(&opts, "newrelic/synthetics-node-api-runtime:1.2"),
-            Some("/bin/rt".into())
-        );
-        assert_eq!(
-            image_binary(&opts, "nginx:runtime"),
-            None,
-            "tags do not count"
-        );
+        assert_eq!(image_binary(&opts, "reg.io/newrelic/serverless-sidecar:latest"), Some("/bin/sidecar".into()));
+        assert_eq!(image_binary(&opts, "newrelic/synthetics-node-api-runtime:1.2"), Some("/bin/rt".into()));
+        assert_eq!(image_binary(&opts, "nginx:runtime"), None, "tags do not count");
         assert_eq!(image_binary(&opts, "busybox"), None);
     }
 
@@ -1228,14 +973,8 @@ mod tests {
             image_args: vec![("persistent".into(), vec!["--serve".into()])],
             ..KubeletOptions::without_binaries()
         };
-        assert_eq!(
-            image_default_args(&opts, &json!({"image": "rt-persistent:1"})),
-            vec!["--serve"]
-        );
-        assert!(
-            image_default_args(&opts, &json!({"image": "rt-persistent:1", "args": ["x"]}))
-                .is_empty()
-        );
+        assert_eq!(image_default_args(&opts, &json!({"image": "rt-persistent:1"})), vec!["--serve"]);
+        assert!(image_default_args(&opts, &json!({"image": "rt-persistent:1", "args": ["x"]})).is_empty());
         assert!(image_default_args(&opts, &json!({"image": "other:1"})).is_empty());
     }
 
@@ -1243,13 +982,7 @@ mod tests {
     fn node_selectors_must_match_the_node() {
         let labels = BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())]);
         assert!(node_selector_matches(&json!({"spec": {}}), &labels));
-        assert!(node_selector_matches(
-            &json!({"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}}),
-            &labels
-        ));
-        assert!(!node_selector_matches(
-            &json!({"spec": {"nodeSelector": {"gpu": "yes"}}}),
-            &labels
-        ));
+        assert!(node_selector_matches(&json!({"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}}), &labels));
+        assert!(!node_selector_matches(&json!({"spec": {"nodeSelector": {"gpu": "yes"}}}), &labels));
     }
 }

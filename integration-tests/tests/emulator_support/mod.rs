@@ -10,17 +10,13 @@ use serde_json::Value;
 use std::time::Duration;
 
 pub async fn emulator() -> Emulator {
-    Emulator::start(EmulatorOptions {
-        bookmark_interval: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await
-    .expect("emulator starts")
+    Emulator::start(EmulatorOptions { bookmark_interval: Duration::from_millis(200), ..Default::default() })
+        .await
+        .expect("emulator starts")
 }
 
 pub async fn kube_client(emu: &Emulator) -> kube::Client {
-    let kc =
-        kube::config::Kubeconfig::read_from(emu.kubeconfig_path()).expect("kubeconfig readable");
+    let kc = kube::config::Kubeconfig::read_from(emu.kubeconfig_path()).expect("kubeconfig readable");
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .expect("kubeconfig valid");
@@ -41,26 +37,15 @@ pub struct RawResponse {
 
 impl Raw {
     pub fn new(emu: &Emulator) -> Self {
-        Self {
-            base: emu.url(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        Self { base: emu.url(), client: Client::builder(TokioExecutor::new()).build_http() }
     }
 
-    pub async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        body: Option<&Value>,
-    ) -> RawResponse {
+    pub async fn send(&self, method: &str, path: &str, content_type: &str, body: Option<&Value>) -> RawResponse {
         let req = http::Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path))
             .header("content-type", content_type)
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))
+            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
             .unwrap();
         let resp = self.client.request(req).await.expect("request served");
         let code = resp.status().as_u16();
@@ -68,20 +53,14 @@ impl Raw {
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        RawResponse {
-            code,
-            headers,
-            body,
-            text,
-        }
+        RawResponse { code, headers, body, text }
     }
 
     pub async fn get(&self, path: &str) -> RawResponse {
         self.send("GET", path, "application/json", None).await
     }
     pub async fn post(&self, path: &str, body: &Value) -> RawResponse {
-        self.send("POST", path, "application/json", Some(body))
-            .await
+        self.send("POST", path, "application/json", Some(body)).await
     }
     pub async fn put(&self, path: &str, body: &Value) -> RawResponse {
         self.send("PUT", path, "application/json", Some(body)).await
@@ -95,10 +74,7 @@ impl Raw {
 
     /// Reads a watch stream until it closes; returns the event lines.
     pub async fn watch_lines(&self, path: &str, limit: usize) -> Vec<Value> {
-        let req = http::Request::builder()
-            .uri(format!("{}{}", self.base, path))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let req = http::Request::builder().uri(format!("{}{}", self.base, path)).body(Full::new(Bytes::new())).unwrap();
         let resp = self.client.request(req).await.expect("watch served");
         let mut body = resp.into_body();
         let mut buf = Vec::new();

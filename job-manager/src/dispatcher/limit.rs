@@ -32,7 +32,12 @@ pub fn free_capacity(
 /// type whose room alone exceeds the batch must not starve the types after it, which
 /// would leave their jobs waiting at the broker with capacity free. Runtimes with no
 /// room are left out; an empty answer means "do not poll".
-pub fn demands(free: &BTreeMap<String, u32>, order: &[RuntimeLimit], batch_size: u32, start: usize) -> Vec<RuntimeDemand> {
+pub fn demands(
+    free: &BTreeMap<String, u32>,
+    order: &[RuntimeLimit],
+    batch_size: u32,
+    start: usize,
+) -> Vec<RuntimeDemand> {
     let n = order.len();
     let mut room: Vec<u32> = order.iter().map(|r| free.get(&r.name).copied().unwrap_or(0)).collect();
     let mut granted = vec![0u32; n];

@@ -57,9 +57,7 @@ pub struct FileResultStore {
 
 impl std::fmt::Debug for FileResultStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileResultStore")
-            .field("dir", &self.shared.dir)
-            .finish()
+        f.debug_struct("FileResultStore").field("dir", &self.shared.dir).finish()
     }
 }
 
@@ -83,18 +81,9 @@ impl Drop for Shared {
 }
 
 enum Request {
-    Record {
-        result: JobResult,
-        reply: oneshot::Sender<Result<Recorded, StoreError>>,
-    },
-    Deliver {
-        job_id: JobId,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Prune {
-        older_than: Duration,
-        reply: mpsc::Sender<Result<usize, StoreError>>,
-    },
+    Record { result: JobResult, reply: oneshot::Sender<Result<Recorded, StoreError>> },
+    Deliver { job_id: JobId, reply: oneshot::Sender<Result<(), StoreError>> },
+    Prune { older_than: Duration, reply: mpsc::Sender<Result<usize, StoreError>> },
 }
 
 impl FileResultStore {
@@ -110,21 +99,12 @@ impl FileResultStore {
             .open(&lock_path)
             .map_err(|e| unavailable(&lock_path, e))?;
         lock.try_lock().map_err(|e| {
-            StoreError::Unavailable(format!(
-                "{} is in use by another job manager process: {e}",
-                dir.display()
-            ))
+            StoreError::Unavailable(format!("{} is in use by another job manager process: {e}", dir.display()))
         })?;
         // A compaction cut short: the journal it was replacing is still whole.
         let _ = std::fs::remove_file(dir.join(COMPACTING));
         let (file, mut index, len) = recover(&dir)?;
-        let mut journal = Journal {
-            dir: dir.clone(),
-            file,
-            len,
-            broken: None,
-            _lock: lock,
-        };
+        let mut journal = Journal { dir: dir.clone(), file, len, broken: None, _lock: lock };
         let imported = legacy::import(&dir, &mut journal, &mut index)?;
         if imported > 0 {
             tracing::info!(dir = %dir.display(), results = imported, "imported results of the old per-file store");
@@ -135,17 +115,8 @@ impl FileResultStore {
         let writer = std::thread::Builder::new()
             .name("result-journal".into())
             .spawn(move || journal.run(rx, &writer_index))
-            .map_err(|e| {
-                StoreError::Unavailable(format!("cannot start the result journal writer: {e}"))
-            })?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                dir,
-                index,
-                requests: Some(requests),
-                writer: Some(writer),
-            }),
-        })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the result journal writer: {e}")))?;
+        Ok(Self { shared: Arc::new(Shared { dir, index, requests: Some(requests), writer: Some(writer) }) })
     }
 
     /// Forget results delivered at least `age` ago and compact the journal to what is
@@ -154,10 +125,7 @@ impl FileResultStore {
     /// itself. Returns how many were removed. Blocks until done (call it off the runtime).
     pub fn prune_delivered(&self, age: Duration) -> Result<usize, StoreError> {
         let (reply, rx) = mpsc::channel();
-        self.send(Request::Prune {
-            older_than: age,
-            reply,
-        })?;
+        self.send(Request::Prune { older_than: age, reply })?;
         rx.recv().map_err(|_| writer_gone())?
     }
 
@@ -174,18 +142,12 @@ impl FileResultStore {
 impl ResultStore for FileResultStore {
     async fn record(&self, result: &JobResult) -> Result<Recorded, StoreError> {
         // A repeat of a durable result is answered from the index, without a journal write.
-        let known = self
-            .index()
-            .get(&result.job_id)
-            .map(|s| compare(&s.result, result));
+        let known = self.index().get(&result.job_id).map(|s| compare(&s.result, result));
         if let Some(recorded) = known {
             return Ok(recorded);
         }
         let (reply, answer) = oneshot::channel();
-        self.send(Request::Record {
-            result: result.clone(),
-            reply,
-        })?;
+        self.send(Request::Record { result: result.clone(), reply })?;
         answer.await.map_err(|_| writer_gone())?
     }
 
@@ -200,10 +162,7 @@ impl ResultStore for FileResultStore {
             Some(_) => {}
         }
         let (reply, answer) = oneshot::channel();
-        self.send(Request::Deliver {
-            job_id: id.clone(),
-            reply,
-        })?;
+        self.send(Request::Deliver { job_id: id.clone(), reply })?;
         answer.await.map_err(|_| writer_gone())?
     }
 
@@ -230,17 +189,11 @@ fn recover(dir: &Path) -> Result<(File, Index, u64), StoreError> {
     };
     let existed = path.exists();
     let replay = journal::replay(&bytes);
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| unavailable(&path, e))?;
+    let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| unavailable(&path, e))?;
     if replay.valid_len < bytes.len() {
         let torn = dir.join(format!("journal.torn-{}", now_ms()));
         std::fs::write(&torn, &bytes[replay.valid_len..]).map_err(|e| unavailable(&torn, e))?;
-        file.set_len(replay.valid_len as u64)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| unavailable(&path, e))?;
+        file.set_len(replay.valid_len as u64).and_then(|()| file.sync_all()).map_err(|e| unavailable(&path, e))?;
         tracing::warn!(
             journal = %path.display(),
             kept_bytes = replay.valid_len,
@@ -304,9 +257,8 @@ impl Journal {
             for request in batch {
                 match request {
                     Request::Record { result, reply } => {
-                        let existing = staged
-                            .get(&result.job_id)
-                            .or_else(|| index.get(&result.job_id).map(|s| &s.result));
+                        let existing =
+                            staged.get(&result.job_id).or_else(|| index.get(&result.job_id).map(|s| &s.result));
                         if let Some(existing) = existing {
                             answers.push(Answer::Record(reply, compare(existing, &result)));
                             continue;
@@ -316,28 +268,21 @@ impl Journal {
                             let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
                             continue;
                         }
-                        let Entry::Recorded { result } = &entry else {
-                            unreachable!()
-                        };
+                        let Entry::Recorded { result } = &entry else { unreachable!() };
                         staged.insert(result.job_id.clone(), result.clone());
                         entries.push(entry);
                         answers.push(Answer::Record(reply, Recorded::Accepted));
                     }
                     Request::Deliver { job_id, reply } => {
                         let delivered = staged_delivered.contains(&job_id)
-                            || index
-                                .get(&job_id)
-                                .is_some_and(|s| s.delivered_at_ms.is_some());
+                            || index.get(&job_id).is_some_and(|s| s.delivered_at_ms.is_some());
                         let known = staged.contains_key(&job_id) || index.get(&job_id).is_some();
                         if !known {
                             answers.push(Answer::Deliver(reply, Err(job_id)));
                             continue;
                         }
                         if !delivered {
-                            let entry = Entry::Delivered {
-                                job_id: job_id.clone(),
-                                at_ms: now_ms(),
-                            };
+                            let entry = Entry::Delivered { job_id: job_id.clone(), at_ms: now_ms() };
                             journal::encode(&entry, &mut buf).expect("a delivery marker is small");
                             entries.push(entry);
                             staged_delivered.insert(job_id);
@@ -390,11 +335,7 @@ impl Journal {
 
     fn append(&mut self, buf: &[u8]) -> Result<(), String> {
         let path = self.dir.join(JOURNAL);
-        match self
-            .file
-            .write_all(buf)
-            .and_then(|()| self.file.sync_data())
-        {
+        match self.file.write_all(buf).and_then(|()| self.file.sync_data()) {
             Ok(()) => {
                 self.len += buf.len() as u64;
                 Ok(())
@@ -415,8 +356,7 @@ impl Journal {
         if let Some(why) = &self.broken {
             return Err(StoreError::Unavailable(why.clone()));
         }
-        let cutoff =
-            now_ms().saturating_sub(u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX));
+        let cutoff = now_ms().saturating_sub(u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX));
         let mut index = index.write().expect("result index lock");
         let removed = index.forget_delivered_before(cutoff);
         let mut buf = Vec::new();
@@ -448,10 +388,7 @@ impl Journal {
                 Ok(removed)
             }
             Err(e) => {
-                let why = format!(
-                    "cannot reopen the compacted result journal {}: {e}",
-                    path.display()
-                );
+                let why = format!("cannot reopen the compacted result journal {}: {e}", path.display());
                 self.broken = Some(why.clone());
                 Err(StoreError::Unavailable(why))
             }
@@ -460,10 +397,7 @@ impl Journal {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn writer_gone() -> StoreError {
@@ -475,9 +409,7 @@ fn unavailable(path: &Path, e: std::io::Error) -> StoreError {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| unavailable(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| unavailable(dir, e))
 }
 
 #[cfg(test)]

@@ -31,41 +31,17 @@ fn ipv4_spellings_normalise() {
 
 #[test]
 fn invalid_numeric_hosts_are_errors_not_names() {
-    for input in [
-        "1.2.3.999",
-        "256.1",
-        "08.1.1.1",
-        "1.2.3.4.5",
-        "4294967296",
-        "0x1ffffffff",
-        "1.0x100.1.1",
-    ] {
-        assert!(
-            matches!(parse_host(input), Err(AuthorityError::BadIpv4(_))),
-            "{input}: {:?}",
-            parse_host(input)
-        );
+    for input in ["1.2.3.999", "256.1", "08.1.1.1", "1.2.3.4.5", "4294967296", "0x1ffffffff", "1.0x100.1.1"] {
+        assert!(matches!(parse_host(input), Err(AuthorityError::BadIpv4(_))), "{input}: {:?}", parse_host(input));
     }
 }
 
 #[test]
 fn names_normalise() {
-    assert_eq!(
-        parse_host("Metadata.Google.Internal."),
-        Ok(Host::Name("metadata.google.internal".into()))
-    );
-    assert_eq!(
-        parse_host("example.com"),
-        Ok(Host::Name("example.com".into()))
-    );
-    assert_eq!(
-        parse_host("1.2.3.example"),
-        Ok(Host::Name("1.2.3.example".into()))
-    );
-    assert_eq!(
-        parse_host("%6c%6fcalhost"),
-        Ok(Host::Name("localhost".into()))
-    );
+    assert_eq!(parse_host("Metadata.Google.Internal."), Ok(Host::Name("metadata.google.internal".into())));
+    assert_eq!(parse_host("example.com"), Ok(Host::Name("example.com".into())));
+    assert_eq!(parse_host("1.2.3.example"), Ok(Host::Name("1.2.3.example".into())));
+    assert_eq!(parse_host("%6c%6fcalhost"), Ok(Host::Name("localhost".into())));
 }
 
 #[test]
@@ -84,25 +60,13 @@ fn bad_hosts_are_refused() {
 #[test]
 fn ipv6_forms() {
     assert_eq!(parse_host("[::1]"), Ok(Host::Ip("::1".parse().unwrap())));
-    assert_eq!(
-        parse_host("[::FFFF:169.254.169.254]"),
-        Ok(Host::Ip("::ffff:a9fe:a9fe".parse().unwrap()))
-    );
+    assert_eq!(parse_host("[::FFFF:169.254.169.254]"), Ok(Host::Ip("::ffff:a9fe:a9fe".parse().unwrap())));
     let mapped: IpAddr = "::ffff:169.254.169.254".parse().unwrap();
-    assert_eq!(
-        effective_ip(mapped),
-        "169.254.169.254".parse::<IpAddr>().unwrap()
-    );
+    assert_eq!(effective_ip(mapped), "169.254.169.254".parse::<IpAddr>().unwrap());
     let compat: IpAddr = "::169.254.169.254".parse().unwrap();
-    assert_eq!(
-        effective_ip(compat),
-        "169.254.169.254".parse::<IpAddr>().unwrap()
-    );
+    assert_eq!(effective_ip(compat), "169.254.169.254".parse::<IpAddr>().unwrap());
     let nat64: IpAddr = "64:ff9b::a9fe:a9fe".parse().unwrap();
-    assert_eq!(
-        effective_ip(nat64),
-        "169.254.169.254".parse::<IpAddr>().unwrap()
-    );
+    assert_eq!(effective_ip(nat64), "169.254.169.254".parse::<IpAddr>().unwrap());
     let one: IpAddr = "::1".parse().unwrap();
     assert_eq!(effective_ip(one), one, "::1 is IPv6 loopback, not 0.0.0.1");
 }
@@ -110,40 +74,16 @@ fn ipv6_forms() {
 #[test]
 fn authorities() {
     let t = parse_authority("allowed.com@169.254.169.254", Some(80)).unwrap();
-    assert_eq!(
-        t,
-        Target {
-            host: v4("169.254.169.254"),
-            port: 80
-        }
-    );
+    assert_eq!(t, Target { host: v4("169.254.169.254"), port: 80 });
     let t = parse_authority("a@b@127.1:8080", Some(80)).unwrap();
-    assert_eq!(
-        t,
-        Target {
-            host: v4("127.0.0.1"),
-            port: 8080
-        }
-    );
+    assert_eq!(t, Target { host: v4("127.0.0.1"), port: 8080 });
     let t = parse_authority("[::1]:443", None).unwrap();
     assert_eq!(t.port, 443);
-    assert_eq!(
-        parse_authority("example.com", None),
-        Err(AuthorityError::MissingPort)
-    );
+    assert_eq!(parse_authority("example.com", None), Err(AuthorityError::MissingPort));
     assert_eq!(parse_authority("example.com:", Some(80)).unwrap().port, 80);
-    assert!(matches!(
-        parse_authority("example.com:0", None),
-        Err(AuthorityError::BadPort(_))
-    ));
-    assert!(matches!(
-        parse_authority("example.com:65536", None),
-        Err(AuthorityError::BadPort(_))
-    ));
-    assert!(matches!(
-        parse_authority("example.com:+80", None),
-        Err(AuthorityError::BadPort(_))
-    ));
+    assert!(matches!(parse_authority("example.com:0", None), Err(AuthorityError::BadPort(_))));
+    assert!(matches!(parse_authority("example.com:65536", None), Err(AuthorityError::BadPort(_))));
+    assert!(matches!(parse_authority("example.com:+80", None), Err(AuthorityError::BadPort(_))));
     assert!(parse_authority("[::1]x", None).is_err());
     assert_eq!(parse_authority("", None), Err(AuthorityError::EmptyHost));
     assert_eq!(parse_authority(":80", None), Err(AuthorityError::EmptyHost));
@@ -152,26 +92,11 @@ fn authorities() {
 #[test]
 fn uris() {
     let uri: http::Uri = "http://user:pw@0x7f.1:81/x".parse().unwrap();
-    assert_eq!(
-        target_of_uri(&uri).unwrap(),
-        Target {
-            host: v4("127.0.0.1"),
-            port: 81
-        }
-    );
+    assert_eq!(target_of_uri(&uri).unwrap(), Target { host: v4("127.0.0.1"), port: 81 });
     let uri: http::Uri = "HTTP://Example.COM/".parse().unwrap();
-    assert_eq!(
-        target_of_uri(&uri).unwrap(),
-        Target {
-            host: Host::Name("example.com".into()),
-            port: 80
-        }
-    );
+    assert_eq!(target_of_uri(&uri).unwrap(), Target { host: Host::Name("example.com".into()), port: 80 });
     let uri: http::Uri = "https://example.com/".parse().unwrap();
-    assert!(matches!(
-        target_of_uri(&uri),
-        Err(AuthorityError::UnsupportedScheme(_))
-    ));
+    assert!(matches!(target_of_uri(&uri), Err(AuthorityError::UnsupportedScheme(_))));
     let uri: http::Uri = "/v1/job".parse().unwrap();
     assert_eq!(target_of_uri(&uri), Err(AuthorityError::NoAuthority));
 }

@@ -4,10 +4,7 @@ fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let mut argv = vec!["sidecar"];
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(argv).expect("flags parse");
-    let map: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     parse_config(&cli, &map)
 }
 
@@ -26,14 +23,7 @@ fn defaults() {
 #[test]
 fn flags_beat_env_and_lists_split() {
     let c = parse(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-cidr",
-            "127.0.0.1/32",
-            "--allow-cidr",
-            "10.0.0.1",
-        ],
+        &["--listen", "127.0.0.1:0", "--allow-cidr", "127.0.0.1/32", "--allow-cidr", "10.0.0.1"],
         &[
             (ENV_LISTEN, "0.0.0.0:1"),
             (ENV_ALLOW_CIDRS, "192.168.0.0/16"),
@@ -53,11 +43,7 @@ fn flags_beat_env_and_lists_split() {
     assert_eq!(c.policy.deny_cidrs.len(), 2);
     assert_eq!(c.policy.deny_ports, [25, 465]);
     assert!(c.policy.deny_private && c.report_only);
-    assert_eq!(
-        c.policy.api_servers.len(),
-        3,
-        "the pod's KUBERNETES_SERVICE_HOST is added"
-    );
+    assert_eq!(c.policy.api_servers.len(), 3, "the pod's KUBERNETES_SERVICE_HOST is added");
     assert_eq!(c.policy.api_servers[1].port, Some(6443));
     assert_eq!(c.log_format, LogFormat::Json);
 }
@@ -66,82 +52,36 @@ fn flags_beat_env_and_lists_split() {
 fn job_mode_needs_manager_and_key() {
     let e = parse(&["--job-dir", "/x"], &[]).unwrap_err();
     assert_eq!(e.setting, ENV_JOB_MANAGER_URL);
-    let e = parse(
-        &["--job-dir", "/x", "--job-manager-url", "http://jm:8080"],
-        &[],
-    )
-    .unwrap_err();
+    let e = parse(&["--job-dir", "/x", "--job-manager-url", "http://jm:8080"], &[]).unwrap_err();
     assert_eq!(e.setting, ENV_INTERNAL_API_KEY);
-    let c = parse(
-        &["--job-dir", "/x", "--job-manager-url", "http://JM:8080/"],
-        &[(ENV_INTERNAL_API_KEY, "k")],
-    )
-    .unwrap();
+    let c =
+        parse(&["--job-dir", "/x", "--job-manager-url", "http://JM:8080/"], &[(ENV_INTERNAL_API_KEY, "k")]).unwrap();
     let jm = c.job_manager.unwrap();
     assert_eq!(jm.base, "http://jm:8080");
     assert_eq!(c.policy.job_manager, Some(jm.target));
     assert_eq!(c.internal_api_key, KeySource::Inline(Secret::new("k")));
-    let c = parse(
-        &[
-            "--job-manager-url",
-            "http://jm",
-            "--internal-api-key-file",
-            "-",
-        ],
-        &[],
-    )
-    .unwrap();
+    let c = parse(&["--job-manager-url", "http://jm", "--internal-api-key-file", "-"], &[]).unwrap();
     assert_eq!(c.internal_api_key, KeySource::Stdin);
     assert_eq!(c.job_manager.unwrap().target.port, 80);
 }
 
 #[test]
 fn upstream_proxy_settings() {
-    let c = parse(
-        &["--upstream-proxy", "http://us%40r:p%3Ass@proxy.corp:3128"],
-        &[],
-    )
-    .unwrap();
+    let c = parse(&["--upstream-proxy", "http://us%40r:p%3Ass@proxy.corp:3128"], &[]).unwrap();
     let p = c.upstream_proxy.unwrap();
-    assert_eq!(
-        (p.tls, p.host.as_str(), p.port),
-        (false, "proxy.corp", 3128)
-    );
+    assert_eq!((p.tls, p.host.as_str(), p.port), (false, "proxy.corp", 3128));
     use base64::Engine;
-    let want = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("us@r:p:ss")
-    );
+    let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("us@r:p:ss"));
     assert_eq!(p.authorization.unwrap().expose(), want);
-    let c = parse(
-        &[
-            "--upstream-proxy",
-            "https://proxy.corp",
-            "--upstream-proxy-insecure",
-        ],
-        &[],
-    )
-    .unwrap();
+    let c = parse(&["--upstream-proxy", "https://proxy.corp", "--upstream-proxy-insecure"], &[]).unwrap();
     let p = c.upstream_proxy.unwrap();
     assert!(p.tls && p.insecure && p.port == 443 && p.authorization.is_none());
-    let e = parse(
-        &[
-            "--upstream-proxy",
-            "http://proxy.corp:3128",
-            "--upstream-proxy-insecure",
-        ],
-        &[],
-    )
-    .unwrap_err();
+    let e = parse(&["--upstream-proxy", "http://proxy.corp:3128", "--upstream-proxy-insecure"], &[]).unwrap_err();
     assert_eq!(e.setting, ENV_UPSTREAM_PROXY_CA_FILE);
 }
 
 /// (flags, env, the setting the error must name)
-type BadCase = (
-    &'static [&'static str],
-    &'static [(&'static str, &'static str)],
-    &'static str,
-);
+type BadCase = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static str);
 
 #[test]
 fn every_bad_value_names_its_setting() {
@@ -156,54 +96,17 @@ fn every_bad_value_names_its_setting() {
         (&[], &[(ENV_DENY_PORTS, "70000")], ENV_DENY_PORTS),
         (&[], &[(ENV_DENY_PRIVATE, "maybe")], ENV_DENY_PRIVATE),
         (&[], &[(ENV_REPORT_ONLY, "2")], ENV_REPORT_ONLY),
-        (
-            &["--api-server-address", "kubernetes"],
-            &[],
-            ENV_API_SERVER_ADDRESSES,
-        ),
-        (
-            &["--job-manager-url", "https://jm"],
-            &[(ENV_INTERNAL_API_KEY, "k")],
-            ENV_JOB_MANAGER_URL,
-        ),
-        (
-            &["--job-manager-url", "jm:8080"],
-            &[(ENV_INTERNAL_API_KEY, "k")],
-            ENV_JOB_MANAGER_URL,
-        ),
-        (
-            &["--job-manager-url", "http://jm/x"],
-            &[(ENV_INTERNAL_API_KEY, "k")],
-            ENV_JOB_MANAGER_URL,
-        ),
-        (
-            &["--ingress-listen", "0.0.0.0:8443"],
-            &[(ENV_INTERNAL_API_KEY, "k")],
-            ENV_INGRESS_UPSTREAM,
-        ),
-        (
-            &[
-                "--ingress-listen",
-                "0.0.0.0:8443",
-                "--ingress-upstream",
-                "127.0.0.1:8081",
-            ],
-            &[],
-            ENV_INTERNAL_API_KEY,
-        ),
-        (
-            &["--upstream-proxy", "socks5://p:1"],
-            &[],
-            ENV_UPSTREAM_PROXY,
-        ),
+        (&["--api-server-address", "kubernetes"], &[], ENV_API_SERVER_ADDRESSES),
+        (&["--job-manager-url", "https://jm"], &[(ENV_INTERNAL_API_KEY, "k")], ENV_JOB_MANAGER_URL),
+        (&["--job-manager-url", "jm:8080"], &[(ENV_INTERNAL_API_KEY, "k")], ENV_JOB_MANAGER_URL),
+        (&["--job-manager-url", "http://jm/x"], &[(ENV_INTERNAL_API_KEY, "k")], ENV_JOB_MANAGER_URL),
+        (&["--ingress-listen", "0.0.0.0:8443"], &[(ENV_INTERNAL_API_KEY, "k")], ENV_INGRESS_UPSTREAM),
+        (&["--ingress-listen", "0.0.0.0:8443", "--ingress-upstream", "127.0.0.1:8081"], &[], ENV_INTERNAL_API_KEY),
+        (&["--upstream-proxy", "socks5://p:1"], &[], ENV_UPSTREAM_PROXY),
         (&["--log-format", "xml"], &[], ENV_LOG_FORMAT),
         (&["--log-level", "sidecar=loud"], &[], ENV_LOG_LEVEL),
         (&["--job-id", "a/b"], &[], ENV_JOB_ID),
-        (
-            &["--result-deadline-secs", "0"],
-            &[],
-            ENV_RESULT_DEADLINE_SECS,
-        ),
+        (&["--result-deadline-secs", "0"], &[], ENV_RESULT_DEADLINE_SECS),
         (&["--shutdown-grace-secs=-1"], &[], ENV_SHUTDOWN_GRACE_SECS),
         (&["--max-header-bytes", "100"], &[], ENV_MAX_HEADER_BYTES),
         (&["--max-body-bytes", "0"], &[], ENV_MAX_BODY_BYTES),
@@ -214,10 +117,7 @@ fn every_bad_value_names_its_setting() {
     for (args, env, setting) in cases {
         let e = parse(args, env).expect_err(&format!("{args:?} {env:?} should fail"));
         assert_eq!(e.setting, *setting, "{args:?} {env:?}: {e}");
-        assert!(
-            e.to_string().starts_with(&format!("invalid {setting} (")),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with(&format!("invalid {setting} (")), "{e}");
     }
 }
 

@@ -3,47 +3,20 @@ use crate::authority::parse_authority;
 
 fn policy() -> EgressPolicy {
     EgressPolicy {
-        api_servers: vec![ApiServer {
-            ip: "10.96.0.1".parse().unwrap(),
-            port: None,
-        }],
+        api_servers: vec![ApiServer { ip: "10.96.0.1".parse().unwrap(), port: None }],
         job_manager: Some(parse_authority("job-manager.ns.svc:8080", None).unwrap()),
         ..Default::default()
     }
 }
 
 /// (case, policy tweak, authority, resolved addresses, verdict, class, reason fragment)
-type Case = (
-    &'static str,
-    fn(&mut EgressPolicy),
-    &'static str,
-    &'static [&'static str],
-    Verdict,
-    Class,
-    &'static str,
-);
+type Case = (&'static str, fn(&mut EgressPolicy), &'static str, &'static [&'static str], Verdict, Class, &'static str);
 
 fn none(_: &mut EgressPolicy) {}
 
 const CASES: &[Case] = &[
-    (
-        "public literal",
-        none,
-        "93.184.216.34:80",
-        &[],
-        Verdict::Allow,
-        Class::Public,
-        "93.184.216.34 is public",
-    ),
-    (
-        "public name",
-        none,
-        "example.com:443",
-        &["93.184.216.34"],
-        Verdict::Allow,
-        Class::Public,
-        "is public",
-    ),
+    ("public literal", none, "93.184.216.34:80", &[], Verdict::Allow, Class::Public, "93.184.216.34 is public"),
+    ("public name", none, "example.com:443", &["93.184.216.34"], Verdict::Allow, Class::Public, "is public"),
     (
         "metadata literal",
         none,
@@ -53,15 +26,7 @@ const CASES: &[Case] = &[
         Class::Metadata,
         "169.254.169.254 is a cloud metadata address",
     ),
-    (
-        "metadata decimal",
-        none,
-        "2852039166:80",
-        &[],
-        Verdict::Deny,
-        Class::Metadata,
-        "cloud metadata",
-    ),
+    ("metadata decimal", none, "2852039166:80", &[], Verdict::Deny, Class::Metadata, "cloud metadata"),
     (
         "metadata mapped v6",
         none,
@@ -71,15 +36,7 @@ const CASES: &[Case] = &[
         Class::Metadata,
         "::ffff:169.254.169.254 (= 169.254.169.254)",
     ),
-    (
-        "metadata ec2 v6",
-        none,
-        "[fd00:ec2::254]:80",
-        &[],
-        Verdict::Deny,
-        Class::Metadata,
-        "cloud metadata",
-    ),
+    ("metadata ec2 v6", none, "[fd00:ec2::254]:80", &[], Verdict::Deny, Class::Metadata, "cloud metadata"),
     (
         "metadata gcp name",
         none,
@@ -89,114 +46,18 @@ const CASES: &[Case] = &[
         Class::Metadata,
         "metadata.google.internal is a cloud metadata service",
     ),
-    (
-        "ecs metadata",
-        none,
-        "169.254.170.2:80",
-        &[],
-        Verdict::Deny,
-        Class::Metadata,
-        "cloud metadata",
-    ),
-    (
-        "link local",
-        none,
-        "169.254.1.1:80",
-        &[],
-        Verdict::Deny,
-        Class::LinkLocal,
-        "link-local",
-    ),
-    (
-        "link local v6",
-        none,
-        "[fe80::1]:80",
-        &[],
-        Verdict::Deny,
-        Class::LinkLocal,
-        "link-local",
-    ),
-    (
-        "loopback",
-        none,
-        "127.0.0.1:8080",
-        &[],
-        Verdict::Deny,
-        Class::Loopback,
-        "127.0.0.1 is loopback",
-    ),
-    (
-        "loopback v6",
-        none,
-        "[::1]:8080",
-        &[],
-        Verdict::Deny,
-        Class::Loopback,
-        "loopback",
-    ),
-    (
-        "loopback short",
-        none,
-        "127.1:80",
-        &[],
-        Verdict::Deny,
-        Class::Loopback,
-        "loopback",
-    ),
-    (
-        "localhost name",
-        none,
-        "LocalHost.:80",
-        &[],
-        Verdict::Deny,
-        Class::Loopback,
-        "localhost is loopback",
-    ),
-    (
-        "sub localhost",
-        none,
-        "a.localhost:80",
-        &[],
-        Verdict::Deny,
-        Class::Loopback,
-        "loopback",
-    ),
-    (
-        "unspecified",
-        none,
-        "0.0.0.0:80",
-        &[],
-        Verdict::Deny,
-        Class::Unspecified,
-        "unspecified",
-    ),
-    (
-        "zero short",
-        none,
-        "0:80",
-        &[],
-        Verdict::Deny,
-        Class::Unspecified,
-        "unspecified",
-    ),
-    (
-        "multicast",
-        none,
-        "224.0.0.1:80",
-        &[],
-        Verdict::Deny,
-        Class::Reserved,
-        "multicast",
-    ),
-    (
-        "broadcast",
-        none,
-        "255.255.255.255:80",
-        &[],
-        Verdict::Deny,
-        Class::Reserved,
-        "reserved",
-    ),
+    ("ecs metadata", none, "169.254.170.2:80", &[], Verdict::Deny, Class::Metadata, "cloud metadata"),
+    ("link local", none, "169.254.1.1:80", &[], Verdict::Deny, Class::LinkLocal, "link-local"),
+    ("link local v6", none, "[fe80::1]:80", &[], Verdict::Deny, Class::LinkLocal, "link-local"),
+    ("loopback", none, "127.0.0.1:8080", &[], Verdict::Deny, Class::Loopback, "127.0.0.1 is loopback"),
+    ("loopback v6", none, "[::1]:8080", &[], Verdict::Deny, Class::Loopback, "loopback"),
+    ("loopback short", none, "127.1:80", &[], Verdict::Deny, Class::Loopback, "loopback"),
+    ("localhost name", none, "LocalHost.:80", &[], Verdict::Deny, Class::Loopback, "localhost is loopback"),
+    ("sub localhost", none, "a.localhost:80", &[], Verdict::Deny, Class::Loopback, "loopback"),
+    ("unspecified", none, "0.0.0.0:80", &[], Verdict::Deny, Class::Unspecified, "unspecified"),
+    ("zero short", none, "0:80", &[], Verdict::Deny, Class::Unspecified, "unspecified"),
+    ("multicast", none, "224.0.0.1:80", &[], Verdict::Deny, Class::Reserved, "multicast"),
+    ("broadcast", none, "255.255.255.255:80", &[], Verdict::Deny, Class::Reserved, "reserved"),
     (
         "kubernetes name",
         none,
@@ -206,15 +67,7 @@ const CASES: &[Case] = &[
         Class::KubernetesApi,
         "Kubernetes API",
     ),
-    (
-        "kubernetes short",
-        none,
-        "kubernetes:443",
-        &[],
-        Verdict::Deny,
-        Class::KubernetesApi,
-        "Kubernetes API",
-    ),
+    ("kubernetes short", none, "kubernetes:443", &[], Verdict::Deny, Class::KubernetesApi, "Kubernetes API"),
     (
         "api server address",
         none,
@@ -233,24 +86,8 @@ const CASES: &[Case] = &[
         Class::KubernetesApi,
         "sneaky.example resolves to 10.96.0.1",
     ),
-    (
-        "kubelet port",
-        none,
-        "10.0.0.5:10250",
-        &[],
-        Verdict::Deny,
-        Class::Kubelet,
-        "port 10250 is a kubelet port",
-    ),
-    (
-        "kubelet ro port",
-        none,
-        "10.0.0.5:10255",
-        &[],
-        Verdict::Deny,
-        Class::Kubelet,
-        "kubelet",
-    ),
+    ("kubelet port", none, "10.0.0.5:10250", &[], Verdict::Deny, Class::Kubelet, "port 10250 is a kubelet port"),
+    ("kubelet ro port", none, "10.0.0.5:10255", &[], Verdict::Deny, Class::Kubelet, "kubelet"),
     (
         "private allowed by default",
         none,
@@ -269,24 +106,8 @@ const CASES: &[Case] = &[
         Class::Private,
         "10.1.2.3 is a private address",
     ),
-    (
-        "ula denied",
-        |p| p.deny_private = true,
-        "[fd12::1]:80",
-        &[],
-        Verdict::Deny,
-        Class::Private,
-        "private",
-    ),
-    (
-        "cgnat denied",
-        |p| p.deny_private = true,
-        "100.64.1.1:80",
-        &[],
-        Verdict::Deny,
-        Class::Private,
-        "private",
-    ),
+    ("ula denied", |p| p.deny_private = true, "[fd12::1]:80", &[], Verdict::Deny, Class::Private, "private"),
+    ("cgnat denied", |p| p.deny_private = true, "100.64.1.1:80", &[], Verdict::Deny, Class::Private, "private"),
     (
         "name resolving to metadata",
         none,
@@ -305,15 +126,7 @@ const CASES: &[Case] = &[
         Class::Loopback,
         "resolves to 127.0.0.1",
     ),
-    (
-        "no addresses",
-        none,
-        "empty.example:80",
-        &[],
-        Verdict::Deny,
-        Class::Unspecified,
-        "has no addresses",
-    ),
+    ("no addresses", none, "empty.example:80", &[], Verdict::Deny, Class::Unspecified, "has no addresses"),
     (
         "allow cidr beats loopback",
         |p| p.allow_cidrs = vec!["127.0.0.1/32".parse().unwrap()],
@@ -472,12 +285,7 @@ const CASES: &[Case] = &[
     ),
     (
         "api server with port only that port",
-        |p| {
-            p.api_servers = vec![ApiServer {
-                ip: "10.0.0.1".parse().unwrap(),
-                port: Some(6443),
-            }]
-        },
+        |p| p.api_servers = vec![ApiServer { ip: "10.0.0.1".parse().unwrap(), port: Some(6443) }],
         "10.0.0.1:80",
         &[],
         Verdict::Allow,
@@ -486,27 +294,14 @@ const CASES: &[Case] = &[
     ),
     (
         "api server port match",
-        |p| {
-            p.api_servers = vec![ApiServer {
-                ip: "10.0.0.1".parse().unwrap(),
-                port: Some(6443),
-            }]
-        },
+        |p| p.api_servers = vec![ApiServer { ip: "10.0.0.1".parse().unwrap(), port: Some(6443) }],
         "10.0.0.1:6443",
         &[],
         Verdict::Deny,
         Class::KubernetesApi,
         "Kubernetes API server",
     ),
-    (
-        "nat64 metadata",
-        none,
-        "[64:ff9b::a9fe:a9fe]:80",
-        &[],
-        Verdict::Deny,
-        Class::Metadata,
-        "(= 169.254.169.254)",
-    ),
+    ("nat64 metadata", none, "[64:ff9b::a9fe:a9fe]:80", &[], Verdict::Deny, Class::Metadata, "(= 169.254.169.254)"),
 ];
 
 #[test]
@@ -520,27 +315,15 @@ fn decision_table() {
             _ => resolved.iter().map(|s| s.parse().unwrap()).collect(),
         };
         let d = p.decide(&target, &addrs);
-        assert_eq!(
-            (d.verdict, d.class),
-            (*verdict, *class),
-            "case {name:?}: {d:?}"
-        );
-        assert!(
-            d.reason.contains(reason),
-            "case {name:?}: reason {:?} lacks {reason:?}",
-            d.reason
-        );
+        assert_eq!((d.verdict, d.class), (*verdict, *class), "case {name:?}: {d:?}");
+        assert!(d.reason.contains(reason), "case {name:?}: reason {:?} lacks {reason:?}", d.reason);
     }
 }
 
 #[test]
 fn name_rules_need_no_lookup() {
     let p = policy();
-    for a in [
-        "metadata.google.internal:80",
-        "kubernetes.default.svc:443",
-        "localhost:1",
-    ] {
+    for a in ["metadata.google.internal:80", "kubernetes.default.svc:443", "localhost:1"] {
         let t = parse_authority(a, None).unwrap();
         assert!(p.decide_name(&t).is_some_and(|d| !d.is_allowed()), "{a}");
     }

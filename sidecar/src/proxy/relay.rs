@@ -25,8 +25,7 @@ pub struct Activity<'a> {
 impl Activity<'_> {
     fn moved(&self, n: usize) {
         self.bytes.inc_by(n as u64);
-        self.last
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -38,11 +37,7 @@ pub enum Mode {
 }
 
 /// Copies `from` to `to` until EOF, then shuts `to`'s write side down (half-close).
-pub async fn one_way(
-    from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    activity: Activity<'_>,
-) -> io::Result<Mode> {
+pub async fn one_way(from: OwnedReadHalf, mut to: OwnedWriteHalf, activity: Activity<'_>) -> io::Result<Mode> {
     // Nothing is allocated (no pipe, no buffer) until the first byte arrives, so an
     // idle tunnel costs two sockets and a task.
     from.readable().await?;
@@ -50,23 +45,17 @@ pub async fn one_way(
     let mode = match splice::Pipe::new() {
         // The first splice tells whether this socket pair can be spliced at all.
         Ok(pipe) => match splice::run(&from, &to, &pipe, &activity).await {
-            Err(splice::Failed::Unsupported) => buffered(&from, &to, &activity)
-                .await
-                .map(|()| Mode::Buffered),
+            Err(splice::Failed::Unsupported) => buffered(&from, &to, &activity).await.map(|()| Mode::Buffered),
             Err(splice::Failed::Io(e)) => Err(e),
             Ok(()) => Ok(Mode::Splice),
         },
         Err(e) => {
             tracing::debug!(error = %e, "no pipe for the tunnel; buffered copy");
-            buffered(&from, &to, &activity)
-                .await
-                .map(|()| Mode::Buffered)
+            buffered(&from, &to, &activity).await.map(|()| Mode::Buffered)
         }
     };
     #[cfg(not(target_os = "linux"))]
-    let mode = buffered(&from, &to, &activity)
-        .await
-        .map(|()| Mode::Buffered);
+    let mode = buffered(&from, &to, &activity).await.map(|()| Mode::Buffered);
     let mode = mode?;
     to.shutdown().await?;
     Ok(mode)
@@ -77,11 +66,7 @@ pub async fn one_way(
 const BUF_MIN: usize = 8 * 1024;
 const BUF_MAX: usize = 256 * 1024;
 
-async fn buffered(
-    from: &OwnedReadHalf,
-    to: &OwnedWriteHalf,
-    activity: &Activity<'_>,
-) -> io::Result<()> {
+async fn buffered(from: &OwnedReadHalf, to: &OwnedWriteHalf, activity: &Activity<'_>) -> io::Result<()> {
     let mut buf = vec![0u8; BUF_MIN];
     loop {
         from.readable().await?;
@@ -197,9 +182,6 @@ mod splice {
     }
 
     fn unsupported(e: &io::Error) -> bool {
-        matches!(
-            e.raw_os_error().map(Errno::from_raw),
-            Some(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP)
-        )
+        matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP))
     }
 }

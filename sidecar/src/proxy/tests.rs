@@ -3,20 +3,14 @@ use super::*;
 #[test]
 fn hop_by_hop_headers_and_connection_listed_ones_go() {
     let mut h = HeaderMap::new();
-    h.insert(
-        header::CONNECTION,
-        HeaderValue::from_static("keep-alive, X-Custom-Hop"),
-    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Custom-Hop"));
     h.append(header::CONNECTION, HeaderValue::from_static("x-second"));
     h.insert("x-custom-hop", HeaderValue::from_static("1"));
     h.insert("x-second", HeaderValue::from_static("1"));
     h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
     h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
     h.insert(header::TE, HeaderValue::from_static("trailers"));
-    h.insert(
-        header::TRANSFER_ENCODING,
-        HeaderValue::from_static("chunked"),
-    );
+    h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::TRAILER, HeaderValue::from_static("x-t"));
     h.insert("x-end-to-end", HeaderValue::from_static("kept"));
@@ -31,8 +25,5 @@ fn hop_by_hop_headers_and_connection_listed_ones_go() {
 #[test]
 fn userinfo_is_removed_from_forwarded_uri() {
     let uri: Uri = "http://allowed.com:pw@1.2.3.4:8080/p?q=1".parse().unwrap();
-    assert_eq!(
-        strip_userinfo(&uri).unwrap().to_string(),
-        "http://1.2.3.4:8080/p?q=1"
-    );
+    assert_eq!(strip_userinfo(&uri).unwrap().to_string(), "http://1.2.3.4:8080/p?q=1");
 }

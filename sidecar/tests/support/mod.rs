@@ -28,20 +28,14 @@ pub fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
     let mut argv = vec!["sidecar", "--listen", "127.0.0.1:0"];
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(argv).expect("flags parse");
-    let map: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     parse_config(&cli, &map).expect("valid config")
 }
 
 pub fn resolver(entries: &[(&str, &[&str])]) -> StaticResolver {
-    StaticResolver::new(entries.iter().map(|(n, ips)| {
-        (
-            n.to_string(),
-            ips.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect(),
-        )
-    }))
+    StaticResolver::new(
+        entries.iter().map(|(n, ips)| (n.to_string(), ips.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect())),
+    )
 }
 
 pub struct Sidecar {
@@ -56,10 +50,7 @@ impl Sidecar {
     pub async fn start(config: Config, resolver: StaticResolver) -> Self {
         let extras = sidecar::Extras {
             resolver: Some(Arc::new(resolver)),
-            result_backoff: common::backoff::Backoff::new(
-                Duration::from_millis(20),
-                Duration::from_millis(200),
-            ),
+            result_backoff: common::backoff::Backoff::new(Duration::from_millis(20), Duration::from_millis(200)),
         };
         Self::start_with(config, extras).await
     }
@@ -71,13 +62,7 @@ impl Sidecar {
         let handle = tokio::spawn(sidecar::run_with(config, extras, listeners, async {
             let _ = rx.await;
         }));
-        let s = Self {
-            addr: ready.listen,
-            admin: ready.admin,
-            ingress: ready.ingress,
-            stop: Some(tx),
-            handle,
-        };
+        let s = Self { addr: ready.listen, admin: ready.admin, ingress: ready.ingress, stop: Some(tx), handle };
         // The listeners are bound, so this connects; readiness is the signal we wait on.
         assert_eq!(s.get_local("/readyz").await.0, StatusCode::OK);
         s
@@ -92,23 +77,12 @@ impl Sidecar {
 
     /// Origin-form request to the local API.
     pub async fn get_local(&self, path: &str) -> (StatusCode, HeaderMap, Bytes) {
-        send(
-            self.addr,
-            Request::get(path)
-                .header("host", self.addr.to_string())
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
+        send(self.addr, Request::get(path).header("host", self.addr.to_string()).body(Full::default()).unwrap()).await
     }
 
     pub async fn healthy(&self) {
         let (status, _, body) = self.get_local("/healthz").await;
-        assert_eq!(
-            (status, &body[..]),
-            (StatusCode::OK, &b"ok\n"[..]),
-            "sidecar must still be healthy"
-        );
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok\n"[..]), "sidecar must still be healthy");
     }
 
     pub async fn metrics(&self) -> String {
@@ -135,9 +109,7 @@ pub struct Client {
 impl Client {
     pub async fn connect(to: SocketAddr) -> Self {
         let stream = TcpStream::connect(to).await.expect("connect");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
         tokio::spawn(conn.with_upgrades());
         Self { sender }
     }
@@ -189,17 +161,11 @@ impl Origin {
                         let seen = seen.clone();
                         async move { Ok::<_, Infallible>(origin_answer(req, n, seen).await) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        Self {
-            addr,
-            seen,
-            connections,
-        }
+        Self { addr, seen, connections }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -207,12 +173,7 @@ impl Origin {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("origin saw a request")
+        self.seen.lock().unwrap().last().cloned().expect("origin saw a request")
     }
 }
 
@@ -221,17 +182,9 @@ type OriginBody = http_body_util::Either<
     StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>,
 >;
 
-async fn origin_answer(
-    req: Request<Incoming>,
-    connection: usize,
-    seen: Arc<Mutex<Vec<Seen>>>,
-) -> Response<OriginBody> {
+async fn origin_answer(req: Request<Incoming>, connection: usize, seen: Arc<Mutex<Vec<Seen>>>) -> Response<OriginBody> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let path = parts.uri.path().to_string();
     seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
@@ -241,18 +194,11 @@ async fn origin_answer(
         connection,
     });
     if path == "/chunked" {
-        let chunks: Vec<Result<Frame<Bytes>, Infallible>> = ["first,", "second,", "third"]
-            .iter()
-            .map(|s| Ok(Frame::data(Bytes::from_static(s.as_bytes()))))
-            .collect();
-        return Response::new(http_body_util::Either::Right(StreamBody::new(
-            futures_util::stream::iter(chunks),
-        )));
+        let chunks: Vec<Result<Frame<Bytes>, Infallible>> =
+            ["first,", "second,", "third"].iter().map(|s| Ok(Frame::data(Bytes::from_static(s.as_bytes())))).collect();
+        return Response::new(http_body_util::Either::Right(StreamBody::new(futures_util::stream::iter(chunks))));
     }
-    let status = path
-        .strip_prefix("/status/")
-        .and_then(|s| s.parse::<u16>().ok())
-        .unwrap_or(200);
+    let status = path.strip_prefix("/status/").and_then(|s| s.parse::<u16>().ok()).unwrap_or(200);
     let mut text = format!("origin ok {} {}", parts.method, body.len());
     if path == "/echo" {
         text = String::from_utf8_lossy(&body).to_string();
@@ -295,9 +241,7 @@ pub async fn half_close_echo() -> SocketAddr {
 /// and (on 200) the stream.
 pub async fn connect_tunnel(proxy: SocketAddr, target: &str) -> (String, TcpStream) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await.unwrap();
     let head = read_head(&mut s).await;
     (head, s)
 }
@@ -339,9 +283,7 @@ impl FakeJobManager {
 
     pub fn serve(listener: TcpListener, statuses: &[u16]) -> Self {
         let addr = listener.local_addr().unwrap();
-        let statuses = Arc::new(Mutex::new(
-            statuses.iter().copied().collect::<VecDeque<u16>>(),
-        ));
+        let statuses = Arc::new(Mutex::new(statuses.iter().copied().collect::<VecDeque<u16>>()));
         let (tx, calls) = mpsc::unbounded_channel();
         let st = statuses.clone();
         tokio::spawn(async move {
@@ -355,11 +297,7 @@ impl FakeJobManager {
                         let (st, tx) = (st.clone(), tx.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                             let status = st.lock().unwrap().pop_front().unwrap_or(200);
                             let _ = tx.send(Seen {
                                 method: parts.method.to_string(),
@@ -369,24 +307,15 @@ impl FakeJobManager {
                                 connection: status as usize,
                             });
                             Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::from_static(b"jm")))
-                                    .unwrap(),
+                                Response::builder().status(status).body(Full::new(Bytes::from_static(b"jm"))).unwrap(),
                             )
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        Self {
-            addr,
-            statuses,
-            calls,
-        }
+        Self { addr, statuses, calls }
     }
 
     /// The next call, or a panic after 10 s.
@@ -421,11 +350,7 @@ impl Drop for TempDir {
 }
 
 pub fn temp_dir(name: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!(
-        "sidecar-test-{name}-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
+    let d = std::env::temp_dir().join(format!("sidecar-test-{name}-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&d).unwrap();
     TempDir(d)
 }
@@ -433,12 +358,7 @@ pub fn temp_dir(name: &str) -> TempDir {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    );
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     h.finish()
 }
 
@@ -451,10 +371,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -16,25 +16,14 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         SchemaSource::Builtin(key) => schema::validate_builtin(key, obj),
         SchemaSource::Crd(s) => schema::validate_custom(s, obj),
     };
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
     if let Some(v) = violations.iter().find(|v| v.is_decoding_error()) {
-        let what = format!(
-            "{} in version {:?} cannot be handled as a {}",
-            rt.kind, rt.version, rt.kind
-        );
+        let what = format!("{} in version {:?} cannot be handled as a {}", rt.kind, rt.version, rt.kind);
         let msg = match v {
             Violation::UnknownField { path } => {
                 format!("{what}: strict decoding error: unknown field {path:?}")
             }
-            Violation::WrongType {
-                path,
-                expected,
-                found,
-            } => {
+            Violation::WrongType { path, expected, found } => {
                 format!("{what}: json: cannot unmarshal {found} into Go struct field {path} of type {expected}")
             }
             _ => unreachable!("filtered on decoding errors"),
@@ -45,30 +34,17 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         .into_iter()
         .map(|v| match v {
             Violation::Required { path } => Cause::required(path),
-            Violation::NotInEnum {
-                path,
-                value,
-                allowed,
-            } => {
+            Violation::NotInEnum { path, value, allowed } => {
                 let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
                 Cause::not_supported(path, &value, &allowed)
             }
-            Violation::BadFormat {
-                path,
-                value,
-                detail,
-            } => Cause::invalid(path, &value, &detail),
+            Violation::BadFormat { path, value, detail } => Cause::invalid(path, &value, &detail),
             Violation::UnknownField { .. } | Violation::WrongType { .. } => {
                 unreachable!("returned above")
             }
         })
         .collect();
-    rules::object_meta(
-        &obj["metadata"],
-        rules::name_rule(&rt.kind),
-        rt.namespaced,
-        &mut causes,
-    );
+    rules::object_meta(&obj["metadata"], rules::name_rule(&rt.kind), rt.namespaced, &mut causes);
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "Pod") => rules::pod_spec(&obj["spec"], "spec", &mut causes),
         ("batch", "Job") => rules::job(obj, old, &mut causes),
@@ -93,13 +69,9 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
                     c["image"] = Value::Null;
                 }
             }
-            for f in [
-                "activeDeadlineSeconds",
-                "tolerations",
-                "terminationGracePeriodSeconds",
-                "nodeName",
-                "schedulingGates",
-            ] {
+            for f in
+                ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "nodeName", "schedulingGates"]
+            {
                 s[f] = Value::Null;
             }
             s
@@ -111,12 +83,7 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
     if causes.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::Invalid {
-            group: rt.group.clone(),
-            kind: rt.kind.clone(),
-            name,
-            causes,
-        })
+        Err(ApiError::Invalid { group: rt.group.clone(), kind: rt.kind.clone(), name, causes })
     }
 }
 
@@ -201,8 +168,7 @@ fn pod_spec_defaults(spec: &mut Value) {
         for c in spec[list].as_array_mut().into_iter().flatten() {
             if c.get("imagePullPolicy").is_none() {
                 let image = c["image"].as_str().unwrap_or_default();
-                let latest = !image.rsplit('/').next().unwrap_or_default().contains(':')
-                    || image.ends_with(":latest");
+                let latest = !image.rsplit('/').next().unwrap_or_default().contains(':') || image.ends_with(":latest");
                 c["imagePullPolicy"] = json!(if latest { "Always" } else { "IfNotPresent" });
             }
             if c.get("terminationMessagePath").is_none() {

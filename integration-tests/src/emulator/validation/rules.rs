@@ -7,8 +7,7 @@ use std::collections::HashSet;
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -25,8 +24,7 @@ pub fn is_dns1035_label(s: &str) -> bool {
 pub fn is_qualified_name_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
@@ -43,10 +41,7 @@ pub fn is_label_value(s: &str) -> bool {
 }
 
 fn is_config_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
@@ -84,22 +79,15 @@ pub fn object_meta(meta: &Value, rule: NameRule, namespaced: bool, causes: &mut 
         };
         if !ok {
             let limit = if rule == NameRule::Subdomain { 253 } else { 63 };
-            let detail = if name.len() > limit {
-                format!("must be no more than {limit} characters")
-            } else {
-                msg.to_string()
-            };
+            let detail =
+                if name.len() > limit { format!("must be no more than {limit} characters") } else { msg.to_string() };
             causes.push(Cause::invalid("metadata.name", &json!(name), &detail));
         }
     }
     if namespaced {
         if let Some(ns) = meta.get("namespace").and_then(Value::as_str) {
             if !is_dns1123_label(ns) {
-                causes.push(Cause::invalid(
-                    "metadata.namespace",
-                    &json!(ns),
-                    DNS1123_LABEL_MSG,
-                ));
+                causes.push(Cause::invalid("metadata.namespace", &json!(ns), DNS1123_LABEL_MSG));
             }
         }
     }
@@ -109,26 +97,15 @@ pub fn object_meta(meta: &Value, rule: NameRule, namespaced: bool, causes: &mut 
         for (k, v) in a {
             total += k.len() + v.as_str().map_or(0, str::len);
             if !is_qualified_name(k) {
-                causes.push(Cause::invalid(
-                    "metadata.annotations",
-                    &json!(k),
-                    QUALIFIED_NAME_MSG,
-                ));
+                causes.push(Cause::invalid("metadata.annotations", &json!(k), QUALIFIED_NAME_MSG));
             }
         }
         if total > 256 * 1024 {
-            causes.push(Cause::too_long(
-                "metadata.annotations",
-                &Value::Null,
-                256 * 1024,
-            ));
+            causes.push(Cause::too_long("metadata.annotations", &Value::Null, 256 * 1024));
         }
     }
     if let Some(refs) = meta.get("ownerReferences").and_then(Value::as_array) {
-        let controllers = refs
-            .iter()
-            .filter(|r| r["controller"] == json!(true))
-            .count();
+        let controllers = refs.iter().filter(|r| r["controller"] == json!(true)).count();
         if controllers > 1 {
             causes.push(Cause::invalid(
                 "metadata.ownerReferences",
@@ -160,20 +137,13 @@ pub fn labels(l: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
         }
         let v = v.as_str().unwrap_or_default();
         if !is_label_value(v) {
-            causes.push(Cause::invalid(
-                format!("{path}[{k}]"),
-                &json!(v),
-                LABEL_VALUE_MSG,
-            ));
+            causes.push(Cause::invalid(format!("{path}[{k}]"), &json!(v), LABEL_VALUE_MSG));
         }
     }
 }
 
 fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
 /// PodSpec rules; `path` is e.g. `spec` or `spec.template.spec`.
@@ -192,26 +162,15 @@ pub fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
         } else if !volume_names.insert(name.to_string()) {
             causes.push(Cause::duplicate(&p, &json!(name)));
         }
-        let sources = v
-            .as_object()
-            .map_or(0, |o| o.keys().filter(|k| *k != "name").count());
+        let sources = v.as_object().map_or(0, |o| o.keys().filter(|k| *k != "name").count());
         if sources == 0 {
-            causes.push(
-                Cause::required(format!("{path}.volumes[{i}]"))
-                    .with_message("must specify a volume type"),
-            );
+            causes.push(Cause::required(format!("{path}.volumes[{i}]")).with_message("must specify a volume type"));
         } else if sources > 1 {
-            causes.push(Cause::forbidden(
-                format!("{path}.volumes[{i}]"),
-                "may not specify more than 1 volume type",
-            ));
+            causes.push(Cause::forbidden(format!("{path}.volumes[{i}]"), "may not specify more than 1 volume type"));
         }
     }
     let mut names = HashSet::new();
-    for (field, list, is_init) in [
-        ("initContainers", inits, true),
-        ("containers", containers, false),
-    ] {
+    for (field, list, is_init) in [("initContainers", inits, true), ("containers", containers, false)] {
         for (i, c) in list.iter().enumerate() {
             let cp = format!("{path}.{field}[{i}]");
             container(c, &cp, is_init, &volume_names, &mut names, causes);
@@ -235,10 +194,7 @@ pub fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    if let Some(g) = spec
-        .get("terminationGracePeriodSeconds")
-        .and_then(Value::as_i64)
-    {
+    if let Some(g) = spec.get("terminationGracePeriodSeconds").and_then(Value::as_i64) {
         if g < 0 {
             causes.push(Cause::invalid(
                 format!("{path}.terminationGracePeriodSeconds"),
@@ -247,11 +203,7 @@ pub fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    labels(
-        spec.get("nodeSelector"),
-        &format!("{path}.nodeSelector"),
-        causes,
-    );
+    labels(spec.get("nodeSelector"), &format!("{path}.nodeSelector"), causes);
 }
 
 impl Cause {
@@ -273,11 +225,7 @@ fn container(
     if name.is_empty() {
         causes.push(Cause::required(format!("{cp}.name")));
     } else if !is_dns1123_label(name) {
-        causes.push(Cause::invalid(
-            format!("{cp}.name"),
-            &json!(name),
-            DNS1123_LABEL_MSG,
-        ));
+        causes.push(Cause::invalid(format!("{cp}.name"), &json!(name), DNS1123_LABEL_MSG));
     } else if !names.insert(name.to_string()) {
         causes.push(Cause::duplicate(format!("{cp}.name"), &json!(name)));
     }
@@ -287,15 +235,12 @@ fn container(
     let restart = c.get("restartPolicy").and_then(Value::as_str);
     let is_sidecar = is_init && restart == Some("Always");
     match (is_init, restart) {
-        (false, Some(_)) => causes.push(Cause::forbidden(
-            format!("{cp}.restartPolicy"),
-            "may not be set for non-init containers",
-        )),
-        (true, Some(r)) if r != "Always" => causes.push(Cause::not_supported(
-            format!("{cp}.restartPolicy"),
-            &json!(r),
-            &["Always"],
-        )),
+        (false, Some(_)) => {
+            causes.push(Cause::forbidden(format!("{cp}.restartPolicy"), "may not be set for non-init containers"))
+        }
+        (true, Some(r)) if r != "Always" => {
+            causes.push(Cause::not_supported(format!("{cp}.restartPolicy"), &json!(r), &["Always"]))
+        }
         _ => {}
     }
     if is_init && !is_sidecar {
@@ -327,18 +272,14 @@ fn container(
         }
         port_numbers.push(n);
         if let Some(pn) = p.get("name").and_then(Value::as_str) {
-            if pn.len() > 15 || !is_dns1123_label(pn) || !pn.bytes().any(|b| b.is_ascii_lowercase())
-            {
+            if pn.len() > 15 || !is_dns1123_label(pn) || !pn.bytes().any(|b| b.is_ascii_lowercase()) {
                 causes.push(Cause::invalid(
                     format!("{cp}.ports[{i}].name"),
                     &json!(pn),
                     "must be no more than 15 characters and an IANA_SVC_NAME",
                 ));
             } else if !port_names.insert(pn.to_string()) {
-                causes.push(Cause::duplicate(
-                    format!("{cp}.ports[{i}].name"),
-                    &json!(pn),
-                ));
+                causes.push(Cause::duplicate(format!("{cp}.ports[{i}].name"), &json!(pn)));
             }
         }
     }
@@ -346,14 +287,12 @@ fn container(
         if let Some(port) = c.pointer(&format!("/{probe}/httpGet/port")) {
             let field = format!("{cp}.{probe}.httpGet.port");
             match port {
-                Value::Number(n) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => causes.push(
-                    Cause::invalid(field, port, "must be between 1 and 65535, inclusive"),
-                ),
-                Value::String(s) if !port_names.contains(s) => causes.push(Cause::invalid(
-                    field,
-                    port,
-                    "must contain at least one port definition",
-                )),
+                Value::Number(n) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
+                    causes.push(Cause::invalid(field, port, "must be between 1 and 65535, inclusive"))
+                }
+                Value::String(s) if !port_names.contains(s) => {
+                    causes.push(Cause::invalid(field, port, "must contain at least one port definition"))
+                }
                 _ => {}
             }
         }
@@ -362,20 +301,13 @@ fn container(
     for (i, m) in arr(c, "volumeMounts").iter().enumerate() {
         let vn = m["name"].as_str().unwrap_or_default();
         if !volumes.contains(vn) {
-            causes.push(Cause::not_found(
-                format!("{cp}.volumeMounts[{i}].name"),
-                &json!(vn),
-            ));
+            causes.push(Cause::not_found(format!("{cp}.volumeMounts[{i}].name"), &json!(vn)));
         }
         let mp = m["mountPath"].as_str().unwrap_or_default();
         if mp.is_empty() {
             causes.push(Cause::required(format!("{cp}.volumeMounts[{i}].mountPath")));
         } else if !mount_paths.insert(mp.to_string()) {
-            causes.push(Cause::invalid(
-                format!("{cp}.volumeMounts[{i}].mountPath"),
-                &json!(mp),
-                "must be unique",
-            ));
+            causes.push(Cause::invalid(format!("{cp}.volumeMounts[{i}].mountPath"), &json!(mp), "must be unique"));
         }
     }
     for (i, e) in arr(c, "env").iter().enumerate() {
@@ -384,10 +316,7 @@ fn container(
             causes.push(Cause::required(format!("{ep}.name")));
         }
         if let Some(from) = e.get("valueFrom").and_then(Value::as_object) {
-            if e.get("value")
-                .and_then(Value::as_str)
-                .is_some_and(|v| !v.is_empty())
-            {
+            if e.get("value").and_then(Value::as_str).is_some_and(|v| !v.is_empty()) {
                 causes.push(Cause::invalid(
                     format!("{ep}.valueFrom"),
                     &Value::Null,
@@ -413,8 +342,7 @@ fn container(
                     "status.podIP",
                     "status.podIPs",
                 ];
-                let labeled = path.starts_with("metadata.labels['")
-                    || path.starts_with("metadata.annotations['");
+                let labeled = path.starts_with("metadata.labels['") || path.starts_with("metadata.annotations['");
                 if !supported.contains(&path) && !labeled {
                     causes.push(Cause::not_supported(
                         format!("{ep}.valueFrom.fieldRef.fieldPath"),
@@ -435,9 +363,7 @@ pub fn parse_quantity(v: &Value) -> Option<f64> {
         Value::String(s) => s.trim(),
         _ => return None,
     };
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
     let mult = match suffix {
@@ -463,15 +389,18 @@ fn quantities(c: &Value, cp: &str, causes: &mut Vec<Cause>) {
         if let Some(m) = res.get(part).and_then(Value::as_object) {
             for (k, v) in m {
                 if parse_quantity(v).is_none() {
-                    causes.push(Cause::invalid(format!("{cp}.resources.{part}[{k}]"), v, "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"));
+                    causes.push(Cause::invalid(
+                        format!("{cp}.resources.{part}[{k}]"),
+                        v,
+                        "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+                    ));
                 }
             }
         }
     }
-    if let (Some(req), Some(lim)) = (
-        res.get("requests").and_then(Value::as_object),
-        res.get("limits").and_then(Value::as_object),
-    ) {
+    if let (Some(req), Some(lim)) =
+        (res.get("requests").and_then(Value::as_object), res.get("limits").and_then(Value::as_object))
+    {
         for (k, r) in req {
             if let (Some(rq), Some(lq)) = (parse_quantity(r), lim.get(k).and_then(parse_quantity)) {
                 if rq > lq {
@@ -480,10 +409,7 @@ fn quantities(c: &Value, cp: &str, causes: &mut Vec<Cause>) {
                         r,
                         &format!(
                             "must be less than or equal to {k} limit of {}",
-                            lim[k]
-                                .as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| lim[k].to_string())
+                            lim[k].as_str().map(str::to_string).unwrap_or_else(|| lim[k].to_string())
                         ),
                     ));
                 }
@@ -500,15 +426,8 @@ pub fn job(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         return;
     }
     pod_spec(&template["spec"], "spec.template.spec", causes);
-    labels(
-        template.pointer("/metadata/labels"),
-        "spec.template.metadata.labels",
-        causes,
-    );
-    match template
-        .pointer("/spec/restartPolicy")
-        .and_then(Value::as_str)
-    {
+    labels(template.pointer("/metadata/labels"), "spec.template.metadata.labels", causes);
+    match template.pointer("/spec/restartPolicy").and_then(Value::as_str) {
         Some("Never") | Some("OnFailure") => {}
         Some(other) => causes.push(Cause::not_supported(
             "spec.template.spec.restartPolicy",
@@ -517,45 +436,22 @@ pub fn job(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         )),
         None => causes.push(Cause::required("spec.template.spec.restartPolicy")),
     }
-    for f in [
-        "parallelism",
-        "completions",
-        "backoffLimit",
-        "ttlSecondsAfterFinished",
-    ] {
+    for f in ["parallelism", "completions", "backoffLimit", "ttlSecondsAfterFinished"] {
         if let Some(n) = spec.get(f).and_then(Value::as_i64) {
             if n < 0 {
-                causes.push(Cause::invalid(
-                    format!("spec.{f}"),
-                    &json!(n),
-                    "must be greater than or equal to 0",
-                ));
+                causes.push(Cause::invalid(format!("spec.{f}"), &json!(n), "must be greater than or equal to 0"));
             }
         }
     }
     if let Some(n) = spec.get("activeDeadlineSeconds").and_then(Value::as_i64) {
         if n <= 0 {
-            causes.push(Cause::invalid(
-                "spec.activeDeadlineSeconds",
-                &json!(n),
-                "must be greater than 0",
-            ));
+            causes.push(Cause::invalid("spec.activeDeadlineSeconds", &json!(n), "must be greater than 0"));
         }
     }
     if let Some(old) = old {
-        for f in [
-            "template",
-            "selector",
-            "completions",
-            "completionMode",
-            "podFailurePolicy",
-        ] {
+        for f in ["template", "selector", "completions", "completionMode", "podFailurePolicy"] {
             if old["spec"].get(f) != spec.get(f) && !(f == "completions" && spec.get(f).is_none()) {
-                causes.push(Cause::invalid(
-                    format!("spec.{f}"),
-                    &spec[f],
-                    "field is immutable",
-                ));
+                causes.push(Cause::invalid(format!("spec.{f}"), &spec[f], "field is immutable"));
             }
         }
     }
@@ -567,15 +463,9 @@ pub fn deployment(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     let selector = &spec["selector"];
     if selector.is_null() || selector.as_object().is_some_and(|o| o.is_empty()) {
         causes.push(Cause::required("spec.selector"));
-    } else if let Ok(sel) =
-        crate::emulator::selectors::LabelSelector::from_label_selector_json(selector)
-    {
+    } else if let Ok(sel) = crate::emulator::selectors::LabelSelector::from_label_selector_json(selector) {
         if sel.is_empty() {
-            causes.push(Cause::invalid(
-                "spec.selector",
-                selector,
-                "empty selector is invalid for deployment",
-            ));
+            causes.push(Cause::invalid("spec.selector", selector, "empty selector is invalid for deployment"));
         } else if !sel.matches_object(&spec["template"]) {
             causes.push(Cause::invalid(
                 "spec.template.metadata.labels",
@@ -584,33 +474,20 @@ pub fn deployment(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    match spec
-        .pointer("/template/spec/restartPolicy")
-        .and_then(Value::as_str)
-    {
+    match spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str) {
         None | Some("Always") => {}
-        Some(other) => causes.push(Cause::not_supported(
-            "spec.template.spec.restartPolicy",
-            &json!(other),
-            &["Always"],
-        )),
+        Some(other) => {
+            causes.push(Cause::not_supported("spec.template.spec.restartPolicy", &json!(other), &["Always"]))
+        }
     }
     if let Some(r) = spec.get("replicas").and_then(Value::as_i64) {
         if r < 0 {
-            causes.push(Cause::invalid(
-                "spec.replicas",
-                &json!(r),
-                "must be greater than or equal to 0",
-            ));
+            causes.push(Cause::invalid("spec.replicas", &json!(r), "must be greater than or equal to 0"));
         }
     }
     if let Some(old) = old {
         if old["spec"]["selector"] != *selector {
-            causes.push(Cause::invalid(
-                "spec.selector",
-                selector,
-                "field is immutable",
-            ));
+            causes.push(Cause::invalid("spec.selector", selector, "field is immutable"));
         }
     }
 }
@@ -637,10 +514,7 @@ pub fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             causes.push(Cause::required(format!("spec.ports[{i}].name")));
         }
         if !name.is_empty() && !names.insert(name.to_string()) {
-            causes.push(Cause::duplicate(
-                format!("spec.ports[{i}].name"),
-                &json!(name),
-            ));
+            causes.push(Cause::duplicate(format!("spec.ports[{i}].name"), &json!(name)));
         }
     }
     if let Some(sel) = spec.get("selector") {
@@ -649,11 +523,7 @@ pub fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     if let Some(old) = old {
         let (o, n) = (&old["spec"]["clusterIP"], &spec["clusterIP"]);
         if !n.is_null() && o != n {
-            causes.push(Cause::invalid(
-                "spec.clusterIPs[0]",
-                n,
-                "may not change once set",
-            ));
+            causes.push(Cause::invalid("spec.clusterIPs[0]", n, "may not change once set"));
         }
     }
 }
@@ -675,10 +545,7 @@ pub fn immutable_data(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>)
         if old["immutable"] == json!(true)
             && (old["data"] != obj["data"] || old.get("binaryData") != obj.get("binaryData"))
         {
-            causes.push(Cause::forbidden(
-                "data",
-                "field is immutable when `immutable` is set",
-            ));
+            causes.push(Cause::forbidden("data", "field is immutable when `immutable` is set"));
         }
     }
 }
@@ -687,19 +554,11 @@ pub fn hpa(obj: &Value, causes: &mut Vec<Cause>) {
     let spec = &obj["spec"];
     let max = spec["maxReplicas"].as_i64().unwrap_or(0);
     if max < 1 {
-        causes.push(Cause::invalid(
-            "spec.maxReplicas",
-            &json!(max),
-            "must be greater than or equal to 1",
-        ));
+        causes.push(Cause::invalid("spec.maxReplicas", &json!(max), "must be greater than or equal to 1"));
     }
     if let Some(min) = spec.get("minReplicas").and_then(Value::as_i64) {
         if min < 1 {
-            causes.push(Cause::invalid(
-                "spec.minReplicas",
-                &json!(min),
-                "must be greater than or equal to 1",
-            ));
+            causes.push(Cause::invalid("spec.minReplicas", &json!(min), "must be greater than or equal to 1"));
         } else if min > max {
             causes.push(Cause::invalid(
                 "spec.maxReplicas",
@@ -718,61 +577,35 @@ pub fn hpa(obj: &Value, causes: &mut Vec<Cause>) {
                 _ => "type",
             };
             if target.get(key).is_none() {
-                causes.push(Cause::required(format!(
-                    "spec.metrics[{i}].resource.target.{key}"
-                )));
+                causes.push(Cause::required(format!("spec.metrics[{i}].resource.target.{key}")));
             }
         }
     }
 }
 
 pub fn lease(obj: &Value, causes: &mut Vec<Cause>) {
-    if let Some(d) = obj
-        .pointer("/spec/leaseDurationSeconds")
-        .and_then(Value::as_i64)
-    {
+    if let Some(d) = obj.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64) {
         if d <= 0 {
-            causes.push(Cause::invalid(
-                "spec.leaseDurationSeconds",
-                &json!(d),
-                "must be greater than 0",
-            ));
+            causes.push(Cause::invalid("spec.leaseDurationSeconds", &json!(d), "must be greater than 0"));
         }
     }
-    if let Some(t) = obj
-        .pointer("/spec/leaseTransitions")
-        .and_then(Value::as_i64)
-    {
+    if let Some(t) = obj.pointer("/spec/leaseTransitions").and_then(Value::as_i64) {
         if t < 0 {
-            causes.push(Cause::invalid(
-                "spec.leaseTransitions",
-                &json!(t),
-                "must be greater than or equal to 0",
-            ));
+            causes.push(Cause::invalid("spec.leaseTransitions", &json!(t), "must be greater than or equal to 0"));
         }
     }
 }
 
 /// events.k8s.io/v1 requires what kube's `Recorder` sends.
 pub fn event_v1(obj: &Value, causes: &mut Vec<Cause>) {
-    for f in [
-        "eventTime",
-        "reportingController",
-        "reportingInstance",
-        "action",
-        "reason",
-    ] {
+    for f in ["eventTime", "reportingController", "reportingInstance", "action", "reason"] {
         if obj.get(f).is_none_or(|v| v.is_null() || v == "") {
             causes.push(Cause::required(f));
         }
     }
     if let Some(t) = obj.get("type").and_then(Value::as_str) {
         if t != "Normal" && t != "Warning" {
-            causes.push(Cause::not_supported(
-                "type",
-                &json!(t),
-                &["Normal", "Warning"],
-            ));
+            causes.push(Cause::not_supported("type", &json!(t), &["Normal", "Warning"]));
         }
     }
 }
@@ -783,22 +616,13 @@ pub fn crd(obj: &Value, causes: &mut Vec<Cause>) {
     let plural = spec["names"]["plural"].as_str().unwrap_or_default();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     if name != format!("{plural}.{group}") {
-        causes.push(Cause::invalid(
-            "metadata.name",
-            &json!(name),
-            "must be spec.names.plural+\".\"+spec.group",
-        ));
+        causes.push(Cause::invalid("metadata.name", &json!(name), "must be spec.names.plural+\".\"+spec.group"));
     }
     let versions = arr(spec, "versions");
     if versions.is_empty() {
         causes.push(Cause::required("spec.versions"));
     }
-    if versions
-        .iter()
-        .filter(|v| v["storage"] == json!(true))
-        .count()
-        != 1
-    {
+    if versions.iter().filter(|v| v["storage"] == json!(true)).count() != 1 {
         causes.push(Cause::invalid(
             "spec.versions",
             &Value::Null,
@@ -807,9 +631,7 @@ pub fn crd(obj: &Value, causes: &mut Vec<Cause>) {
     }
     for (i, v) in versions.iter().enumerate() {
         if v.pointer("/schema/openAPIV3Schema").is_none() {
-            causes.push(Cause::required(format!(
-                "spec.versions[{i}].schema.openAPIV3Schema"
-            )));
+            causes.push(Cause::required(format!("spec.versions[{i}].schema.openAPIV3Schema")));
         }
     }
 }
@@ -854,10 +676,7 @@ mod tests {
             "containers": [{"name": "a", "image": "r"}]});
         let got = causes_of(|c| pod_spec(&spec, "spec", c));
         assert!(got.contains(&"spec.initContainers[0].startupProbe: Forbidden: may not be set for init containers without restartPolicy=Always".to_string()), "{got:?}");
-        assert!(
-            got.contains(&"spec.containers[0].name: Duplicate value: \"a\"".to_string()),
-            "{got:?}"
-        );
+        assert!(got.contains(&"spec.containers[0].name: Duplicate value: \"a\"".to_string()), "{got:?}");
     }
 
     #[test]
@@ -883,8 +702,7 @@ mod tests {
         let got = causes_of(|c| job(&new, Some(&old), c));
         assert_eq!(got.len(), 1);
         assert!(
-            got[0].starts_with("spec.template: Invalid value:")
-                && got[0].ends_with("field is immutable"),
+            got[0].starts_with("spec.template: Invalid value:") && got[0].ends_with("field is immutable"),
             "{got:?}"
         );
     }

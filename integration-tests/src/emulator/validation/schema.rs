@@ -14,21 +14,24 @@ static BUNDLE: &str = include_str!("../../../schemas/k8s-v1.33-strict.json");
 
 pub fn bundle() -> &'static Value {
     static PARSED: OnceLock<Value> = OnceLock::new();
-    PARSED
-        .get_or_init(|| serde_json::from_str(BUNDLE).expect("vendored schema bundle is valid JSON"))
+    PARSED.get_or_init(|| serde_json::from_str(BUNDLE).expect("vendored schema bundle is valid JSON"))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Violation {
     /// Decoding errors: the API answers 400 BadRequest for these.
-    UnknownField { path: String },
+    UnknownField {
+        path: String,
+    },
     WrongType {
         path: String,
         expected: String,
         found: &'static str,
     },
     /// Validation errors: 422 Invalid.
-    Required { path: String },
+    Required {
+        path: String,
+    },
     NotInEnum {
         path: String,
         value: Value,
@@ -43,10 +46,7 @@ pub enum Violation {
 
 impl Violation {
     pub fn is_decoding_error(&self) -> bool {
-        matches!(
-            self,
-            Violation::UnknownField { .. } | Violation::WrongType { .. }
-        )
+        matches!(self, Violation::UnknownField { .. } | Violation::WrongType { .. })
     }
 }
 
@@ -84,11 +84,7 @@ pub fn validate_custom(schema: &Value, value: &Value) -> Vec<Violation> {
     let b = bundle();
     let mut out = Vec::new();
     let Some(obj) = value.as_object() else {
-        out.push(Violation::WrongType {
-            path: String::new(),
-            expected: "object".into(),
-            found: json_type(value),
-        });
+        out.push(Violation::WrongType { path: String::new(), expected: "object".into(), found: json_type(value) });
         return out;
     };
     let meta = &b["$defs"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"];
@@ -102,17 +98,14 @@ pub fn validate_custom(schema: &Value, value: &Value) -> Vec<Violation> {
         }
         match props.and_then(|p| p.get(k)) {
             Some(s) => walk(s, v, k, &mut out, b, true),
-            None if schema.get("x-kubernetes-preserve-unknown-fields")
-                == Some(&Value::Bool(true)) => {}
+            None if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) => {}
             None => out.push(Violation::UnknownField { path: k.clone() }),
         }
     }
     if let Some(req) = schema.get("required").and_then(Value::as_array) {
         for r in req.iter().filter_map(Value::as_str) {
             if !obj.contains_key(r) {
-                out.push(Violation::Required {
-                    path: r.to_string(),
-                });
+                out.push(Violation::Required { path: r.to_string() });
             }
         }
     }
@@ -132,10 +125,7 @@ fn resolve<'a>(schema: &'a Value, bundle: &'a Value) -> &'a Value {
 fn allowed_types(schema: &Value, crd: bool) -> Option<Vec<String>> {
     let mut types: Vec<String> = match schema.get("type") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|t| t.as_str().map(str::to_string))
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
         _ => return None,
     };
     if crd && schema.get("nullable") == Some(&Value::Bool(true)) {
@@ -144,14 +134,7 @@ fn allowed_types(schema: &Value, crd: bool) -> Option<Vec<String>> {
     Some(types)
 }
 
-fn walk(
-    schema: &Value,
-    value: &Value,
-    path: &str,
-    out: &mut Vec<Violation>,
-    bundle: &Value,
-    crd: bool,
-) {
+fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>, bundle: &Value, crd: bool) {
     let schema = resolve(schema, bundle);
     // int-or-string (bundle: oneOf of two types; CRD: the extension).
     if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
@@ -183,15 +166,9 @@ fn walk(
     }
     let found = json_type(value);
     if let Some(types) = allowed_types(schema, crd) {
-        let ok = types
-            .iter()
-            .any(|t| t == found || (t == "number" && found == "integer"));
+        let ok = types.iter().any(|t| t == found || (t == "number" && found == "integer"));
         if !ok {
-            out.push(Violation::WrongType {
-                path: path.into(),
-                expected: types.join(" or "),
-                found,
-            });
+            out.push(Violation::WrongType { path: path.into(), expected: types.join(" or "), found });
             return;
         }
     }
@@ -203,14 +180,7 @@ fn walk(
             out.push(Violation::NotInEnum {
                 path: path.into(),
                 value: value.clone(),
-                allowed: e
-                    .iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| v.to_string())
-                    })
-                    .collect(),
+                allowed: e.iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect(),
             });
         }
     }
@@ -218,24 +188,19 @@ fn walk(
         Value::Object(obj) => {
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties");
-            let preserve =
-                schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+            let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
             for (k, v) in obj {
                 if let Some(s) = props.and_then(|p| p.get(k)) {
                     walk(s, v, &child(path, k), out, bundle, crd);
                 } else {
                     match additional {
-                        Some(s @ Value::Object(_)) => {
-                            walk(s, v, &format!("{path}[{k}]"), out, bundle, crd)
-                        }
+                        Some(s @ Value::Object(_)) => walk(s, v, &format!("{path}[{k}]"), out, bundle, crd),
                         Some(Value::Bool(true)) => {}
                         _ if preserve => {}
                         // The bundle says `additionalProperties: false`; a CRD object
                         // without it would prune the field: both are unknown fields.
                         _ if props.is_some() || additional == Some(&Value::Bool(false)) || crd => {
-                            out.push(Violation::UnknownField {
-                                path: child(path, k),
-                            })
+                            out.push(Violation::UnknownField { path: child(path, k) })
                         }
                         _ => {}
                     }
@@ -244,9 +209,7 @@ fn walk(
             if let Some(req) = schema.get("required").and_then(Value::as_array) {
                 for r in req.iter().filter_map(Value::as_str) {
                     if obj.get(r).is_none_or(Value::is_null) {
-                        out.push(Violation::Required {
-                            path: child(path, r),
-                        });
+                        out.push(Violation::Required { path: child(path, r) });
                     }
                 }
             }
@@ -337,18 +300,8 @@ mod tests {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"image": "x", "bogus": 1, "ports": [{"containerPort": "80"}]}]}});
         let v = validate_builtin("pod-v1", &pod);
-        assert!(
-            v.contains(&Violation::UnknownField {
-                path: "spec.containers[0].bogus".into()
-            }),
-            "{v:?}"
-        );
-        assert!(
-            v.contains(&Violation::Required {
-                path: "spec.containers[0].name".into()
-            }),
-            "{v:?}"
-        );
+        assert!(v.contains(&Violation::UnknownField { path: "spec.containers[0].bogus".into() }), "{v:?}");
+        assert!(v.contains(&Violation::Required { path: "spec.containers[0].name".into() }), "{v:?}");
         assert!(v.iter().any(|x| matches!(x, Violation::WrongType { path, .. } if path == "spec.containers[0].ports[0].containerPort")), "{v:?}");
     }
 
@@ -369,28 +322,9 @@ mod tests {
         assert_eq!(validate_custom(&schema, &ok), vec![]);
         let bad = json!({"metadata": {"name": "r", "bogus": 1}, "spec": {"n": 0, "extra": true}});
         let v = validate_custom(&schema, &bad);
-        assert!(
-            v.contains(&Violation::UnknownField {
-                path: "metadata.bogus".into()
-            }),
-            "{v:?}"
-        );
-        assert!(
-            v.contains(&Violation::UnknownField {
-                path: "spec.extra".into()
-            }),
-            "{v:?}"
-        );
-        assert!(
-            v.contains(&Violation::Required {
-                path: "spec.jobId".into()
-            }),
-            "{v:?}"
-        );
-        assert!(
-            v.iter()
-                .any(|x| matches!(x, Violation::BadFormat { path, .. } if path == "spec.n")),
-            "{v:?}"
-        );
+        assert!(v.contains(&Violation::UnknownField { path: "metadata.bogus".into() }), "{v:?}");
+        assert!(v.contains(&Violation::UnknownField { path: "spec.extra".into() }), "{v:?}");
+        assert!(v.contains(&Violation::Required { path: "spec.jobId".into() }), "{v:?}");
+        assert!(v.iter().any(|x| matches!(x, Violation::BadFormat { path, .. } if path == "spec.n")), "{v:?}");
     }
 }

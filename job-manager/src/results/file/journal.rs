@@ -113,13 +113,7 @@ impl Index {
             Entry::Recorded { result } => {
                 if !self.results.contains_key(&result.job_id) {
                     self.pending.insert(result.job_id.clone());
-                    self.results.insert(
-                        result.job_id.clone(),
-                        Stored {
-                            result,
-                            delivered_at_ms: None,
-                        },
-                    );
+                    self.results.insert(result.job_id.clone(), Stored { result, delivered_at_ms: None });
                 }
             }
             Entry::Delivered { job_id, at_ms } => {
@@ -130,23 +124,13 @@ impl Index {
             }
             Entry::DeliveredResult { result, at_ms } => {
                 self.pending.remove(&result.job_id);
-                self.results.insert(
-                    result.job_id.clone(),
-                    Stored {
-                        result,
-                        delivered_at_ms: Some(at_ms),
-                    },
-                );
+                self.results.insert(result.job_id.clone(), Stored { result, delivered_at_ms: Some(at_ms) });
             }
         }
     }
 
     pub fn pending(&self) -> Vec<JobResult> {
-        self.pending
-            .iter()
-            .filter_map(|id| self.results.get(id))
-            .map(|s| s.result.clone())
-            .collect()
+        self.pending.iter().filter_map(|id| self.results.get(id)).map(|s| s.result.clone()).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -160,21 +144,15 @@ impl Index {
     /// Forget delivered results delivered at or before `cutoff_ms`; returns how many.
     pub fn forget_delivered_before(&mut self, cutoff_ms: u64) -> usize {
         let before = self.results.len();
-        self.results
-            .retain(|_, s| s.delivered_at_ms.is_none_or(|at| at > cutoff_ms));
+        self.results.retain(|_, s| s.delivered_at_ms.is_none_or(|at| at > cutoff_ms));
         before - self.results.len()
     }
 
     /// The entries a compacted journal holds: one per result, pending ones as `Recorded`.
     pub fn snapshot(&self) -> impl Iterator<Item = Entry> + '_ {
         self.results.values().map(|s| match s.delivered_at_ms {
-            None => Entry::Recorded {
-                result: s.result.clone(),
-            },
-            Some(at_ms) => Entry::DeliveredResult {
-                result: s.result.clone(),
-                at_ms,
-            },
+            None => Entry::Recorded { result: s.result.clone() },
+            Some(at_ms) => Entry::DeliveredResult { result: s.result.clone(), at_ms },
         })
     }
 }
@@ -196,11 +174,7 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         table[i] = c;
@@ -234,83 +208,44 @@ mod tests {
     #[test]
     fn replay_round_trips_and_stops_at_a_torn_or_corrupt_tail() {
         let entries = vec![
-            Entry::Recorded {
-                result: result("a", "x"),
-            },
-            Entry::Delivered {
-                job_id: JobId::new("a").unwrap(),
-                at_ms: 7,
-            },
-            Entry::Recorded {
-                result: result("b", "y"),
-            },
+            Entry::Recorded { result: result("a", "x") },
+            Entry::Delivered { job_id: JobId::new("a").unwrap(), at_ms: 7 },
+            Entry::Recorded { result: result("b", "y") },
         ];
         let bytes = frames(&entries);
-        assert_eq!(
-            replay(&bytes),
-            Replay {
-                entries: entries.clone(),
-                valid_len: bytes.len()
-            }
-        );
+        assert_eq!(replay(&bytes), Replay { entries: entries.clone(), valid_len: bytes.len() });
         let first_two = frames(&entries[..2]).len();
         for cut in [first_two + 1, first_two + FRAME_HEADER, bytes.len() - 1] {
             let r = replay(&bytes[..cut]);
-            assert_eq!(
-                (r.entries.len(), r.valid_len),
-                (2, first_two),
-                "cut at {cut}"
-            );
+            assert_eq!((r.entries.len(), r.valid_len), (2, first_two), "cut at {cut}");
         }
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 0x20;
-        assert_eq!(
-            replay(&flipped).valid_len,
-            first_two,
-            "a bit flip fails the checksum"
-        );
+        assert_eq!(replay(&flipped).valid_len, first_two, "a bit flip fails the checksum");
         let mut huge = frames(&entries[..2]);
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&[0; 64]);
-        assert_eq!(
-            replay(&huge).valid_len,
-            first_two,
-            "a garbage length is not waited for"
-        );
+        assert_eq!(replay(&huge).valid_len, first_two, "a garbage length is not waited for");
     }
 
     #[test]
     fn index_keeps_the_first_result_and_tracks_delivery() {
         let id = JobId::new("a").unwrap();
         let mut index = Index::from_entries([
-            Entry::Recorded {
-                result: result("a", "first"),
-            },
-            Entry::Recorded {
-                result: result("a", "second"),
-            },
-            Entry::Recorded {
-                result: result("b", "b"),
-            },
+            Entry::Recorded { result: result("a", "first") },
+            Entry::Recorded { result: result("a", "second") },
+            Entry::Recorded { result: result("b", "b") },
         ]);
         assert_eq!(index.get(&id).unwrap().result.message, "first");
         assert_eq!(index.pending().len(), 2);
-        index.apply(Entry::Delivered {
-            job_id: id.clone(),
-            at_ms: 10,
-        });
+        index.apply(Entry::Delivered { job_id: id.clone(), at_ms: 10 });
         assert_eq!(index.pending(), vec![result("b", "b")]);
         assert_eq!(index.pending_count(), 1);
         assert_eq!(index.forget_delivered_before(9), 0);
         assert_eq!(index.forget_delivered_before(10), 1);
         assert!(index.get(&id).is_none());
         let snapshot: Vec<Entry> = index.snapshot().collect();
-        assert_eq!(
-            snapshot,
-            vec![Entry::Recorded {
-                result: result("b", "b")
-            }]
-        );
+        assert_eq!(snapshot, vec![Entry::Recorded { result: result("b", "b") }]);
     }
 
     #[test]

@@ -13,11 +13,7 @@ use std::time::UNIX_EPOCH;
 /// open finds them in the index and imports nothing twice. An unreadable legacy file is
 /// logged and keeps its directory in place, so nothing is deleted that was not imported.
 /// Returns how many results were imported.
-pub(super) fn import(
-    dir: &Path,
-    journal: &mut Journal,
-    index: &mut Index,
-) -> Result<usize, StoreError> {
+pub(super) fn import(dir: &Path, journal: &mut Journal, index: &mut Index) -> Result<usize, StoreError> {
     let mut imported = 0;
     for (sub, delivered) in [("pending", false), ("delivered", true)] {
         let legacy = dir.join(sub);
@@ -58,8 +54,7 @@ pub(super) fn import(
             } else {
                 Entry::Recorded { result }
             };
-            journal::encode(&entry, &mut buf)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            journal::encode(&entry, &mut buf).map_err(|e| StoreError::Unavailable(e.to_string()))?;
             entries.push(entry);
         }
         if !buf.is_empty() {

@@ -7,11 +7,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Self {
-        let d = std::env::temp_dir().join(format!(
-            "jm-store-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
+        let d = std::env::temp_dir().join(format!("jm-store-{}-{}", std::process::id(), rand::random::<u64>()));
         std::fs::create_dir_all(&d).unwrap();
         Self(d)
     }
@@ -55,16 +51,10 @@ async fn first_wins_duplicate_conflict_and_survives_reopen() {
     assert_eq!(reopened.lookup(&j1).await.unwrap(), Some(r.clone()));
     // Still first-wins after delivery, and after another reopen.
     assert_eq!(reopened.record(&other).await.unwrap(), Recorded::Conflict);
-    assert!(matches!(
-        reopened.mark_delivered(&id("nope")).await,
-        Err(StoreError::UnknownJob(_))
-    ));
+    assert!(matches!(reopened.mark_delivered(&id("nope")).await, Err(StoreError::UnknownJob(_))));
     drop(reopened);
     let again = FileResultStore::open(&dir.0).unwrap();
-    assert!(
-        again.pending().await.unwrap().is_empty(),
-        "the delivery was durable too"
-    );
+    assert!(again.pending().await.unwrap().is_empty(), "the delivery was durable too");
     assert_eq!(again.record(&r).await.unwrap(), Recorded::Duplicate);
 }
 
@@ -73,10 +63,7 @@ async fn a_second_process_cannot_open_the_same_directory() {
     let dir = TempDir::new();
     let store = FileResultStore::open(&dir.0).unwrap();
     let err = FileResultStore::open(&dir.0).unwrap_err().to_string();
-    assert!(
-        err.contains("in use by another job manager process"),
-        "{err}"
-    );
+    assert!(err.contains("in use by another job manager process"), "{err}");
     drop(store);
     FileResultStore::open(&dir.0).expect("free again once the first handle is gone");
 }
@@ -88,11 +75,7 @@ async fn concurrent_batch_is_durable_across_reopen() {
     let tasks: Vec<_> = (0..500)
         .map(|i| {
             let s = store.clone();
-            tokio::spawn(async move {
-                s.record(&result(&format!("j{i:03}"), &format!("m{i}")))
-                    .await
-                    .unwrap()
-            })
+            tokio::spawn(async move { s.record(&result(&format!("j{i:03}"), &format!("m{i}"))).await.unwrap() })
         })
         .collect();
     for t in tasks {
@@ -101,9 +84,7 @@ async fn concurrent_batch_is_durable_across_reopen() {
     drop(store);
     let reopened = FileResultStore::open(&dir.0).unwrap();
     let pending = reopened.pending().await.unwrap();
-    let expected: Vec<_> = (0..500)
-        .map(|i| result(&format!("j{i:03}"), &format!("m{i}")))
-        .collect();
+    let expected: Vec<_> = (0..500).map(|i| result(&format!("j{i:03}"), &format!("m{i}"))).collect();
     assert_eq!(pending, expected, "every accepted result, in job-id order");
 }
 
@@ -115,24 +96,15 @@ async fn concurrent_records_for_one_job_have_exactly_one_winner() {
         .map(|i| {
             let s = store.clone();
             // Writers 0..16 send the same result, 16..32 each a different one.
-            let msg = if i < 16 {
-                "same".to_string()
-            } else {
-                format!("writer {i}")
-            };
-            tokio::spawn(
-                async move { (msg.clone(), s.record(&result("race", &msg)).await.unwrap()) },
-            )
+            let msg = if i < 16 { "same".to_string() } else { format!("writer {i}") };
+            tokio::spawn(async move { (msg.clone(), s.record(&result("race", &msg)).await.unwrap()) })
         })
         .collect();
     let mut outcomes = Vec::new();
     for t in tasks {
         outcomes.push(t.await.unwrap());
     }
-    let winners: Vec<_> = outcomes
-        .iter()
-        .filter(|(_, r)| *r == Recorded::Accepted)
-        .collect();
+    let winners: Vec<_> = outcomes.iter().filter(|(_, r)| *r == Recorded::Accepted).collect();
     assert_eq!(winners.len(), 1, "{outcomes:?}");
     let winner = &winners[0].0;
     for (msg, recorded) in &outcomes {
@@ -141,10 +113,7 @@ async fn concurrent_records_for_one_job_have_exactly_one_winner() {
         } else {
             [Recorded::Conflict, Recorded::Conflict]
         };
-        assert!(
-            expected.contains(recorded),
-            "{msg}: {recorded:?} (winner {winner})"
-        );
+        assert!(expected.contains(recorded), "{msg}: {recorded:?} (winner {winner})");
     }
     assert_eq!(store.pending().await.unwrap(), vec![result("race", winner)]);
 }
@@ -177,30 +146,17 @@ async fn a_result_delivered_right_after_it_is_recorded_is_still_accepted() {
     let recorders: Vec<_> = (0..n)
         .map(|i| {
             let intake = intake.clone();
-            tokio::spawn(async move {
-                intake
-                    .record(&result(&format!("r{i}"), "done"))
-                    .await
-                    .unwrap()
-            })
+            tokio::spawn(async move { intake.record(&result(&format!("r{i}"), "done")).await.unwrap() })
         })
         .collect();
     for r in recorders {
         assert_eq!(r.await.unwrap(), Recorded::Accepted);
     }
-    let delivered = tokio::time::timeout(Duration::from_secs(30), deliverer)
-        .await
-        .expect("all delivered")
-        .unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(30), deliverer).await.expect("all delivered").unwrap();
     assert_eq!(delivered, n, "each result delivered exactly once");
-    assert!(metrics.encode().contains(&format!(
-        "job_manager_job_results_total{{outcome=\"failed\"}} {n}"
-    )));
+    assert!(metrics.encode().contains(&format!("job_manager_job_results_total{{outcome=\"failed\"}} {n}")));
     // Each repeat after delivery is still a duplicate, never a second acceptance.
-    assert_eq!(
-        intake.record(&result("r0", "done")).await.unwrap(),
-        Recorded::Duplicate
-    );
+    assert_eq!(intake.record(&result("r0", "done")).await.unwrap(), Recorded::Duplicate);
 }
 
 #[tokio::test]
@@ -213,10 +169,7 @@ async fn torn_tail_is_cut_off_and_saved_and_appends_continue_after_it() {
     drop(store);
     let intact = journal_len(&dir.0);
     // A batch cut short: a header promising 100 bytes, then only 10 of them.
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(dir.0.join(JOURNAL))
-        .unwrap();
+    let mut f = OpenOptions::new().append(true).open(dir.0.join(JOURNAL)).unwrap();
     f.write_all(&100u32.to_le_bytes()).unwrap();
     f.write_all(&[0xAB; 14]).unwrap();
     drop(f);
@@ -231,17 +184,10 @@ async fn torn_tail_is_cut_off_and_saved_and_appends_continue_after_it() {
     assert_eq!(saved.len(), 1, "the torn bytes are kept aside: {saved:?}");
     assert_eq!(std::fs::metadata(dir.0.join(&saved[0])).unwrap().len(), 18);
     assert_eq!(store.pending().await.unwrap().len(), 3);
-    assert_eq!(
-        store.record(&result("d", "x")).await.unwrap(),
-        Recorded::Accepted
-    );
+    assert_eq!(store.record(&result("d", "x")).await.unwrap(), Recorded::Accepted);
     drop(store);
     let store = FileResultStore::open(&dir.0).unwrap();
-    assert_eq!(
-        store.pending().await.unwrap().len(),
-        4,
-        "the append after recovery is readable"
-    );
+    assert_eq!(store.pending().await.unwrap().len(), 4, "the append after recovery is readable");
 }
 
 #[tokio::test]
@@ -258,11 +204,7 @@ async fn corrupt_last_frame_is_dropped_and_earlier_results_kept() {
     std::fs::write(&path, &bytes).unwrap();
     let store = FileResultStore::open(&dir.0).unwrap();
     assert_eq!(store.pending().await.unwrap(), vec![result("a", "x")]);
-    assert_eq!(
-        store.record(&result("b", "y2")).await.unwrap(),
-        Recorded::Accepted,
-        "b was never durable"
-    );
+    assert_eq!(store.record(&result("b", "y2")).await.unwrap(), Recorded::Accepted, "b was never durable");
 }
 
 #[tokio::test]
@@ -270,47 +212,24 @@ async fn compaction_keeps_undelivered_and_recent_results_and_shrinks_the_journal
     let dir = TempDir::new();
     let store = FileResultStore::open(&dir.0).unwrap();
     for i in 0..50 {
-        store
-            .record(&result(&format!("d{i:02}"), &"delivered ".repeat(10)))
-            .await
-            .unwrap();
+        store.record(&result(&format!("d{i:02}"), &"delivered ".repeat(10))).await.unwrap();
     }
     for job in ["p1", "p2"] {
         store.record(&result(job, "pending")).await.unwrap();
     }
     for i in 0..50 {
-        store
-            .mark_delivered(&id(&format!("d{i:02}")))
-            .await
-            .unwrap();
+        store.mark_delivered(&id(&format!("d{i:02}"))).await.unwrap();
     }
     let before = journal_len(&dir.0);
-    assert_eq!(
-        store.prune_delivered(Duration::from_secs(3600)).unwrap(),
-        0,
-        "too recent to forget"
-    );
-    assert!(
-        journal_len(&dir.0) < before,
-        "delivery markers folded into their results"
-    );
-    assert_eq!(
-        store.lookup(&id("d00")).await.unwrap(),
-        Some(result("d00", &"delivered ".repeat(10)))
-    );
+    assert_eq!(store.prune_delivered(Duration::from_secs(3600)).unwrap(), 0, "too recent to forget");
+    assert!(journal_len(&dir.0) < before, "delivery markers folded into their results");
+    assert_eq!(store.lookup(&id("d00")).await.unwrap(), Some(result("d00", &"delivered ".repeat(10))));
     assert_eq!(store.prune_delivered(Duration::ZERO).unwrap(), 50);
     assert_eq!(store.lookup(&id("d00")).await.unwrap(), None);
     let expected = vec![result("p1", "pending"), result("p2", "pending")];
-    assert_eq!(
-        store.pending().await.unwrap(),
-        expected,
-        "pending results are never pruned"
-    );
+    assert_eq!(store.pending().await.unwrap(), expected, "pending results are never pruned");
     // Appends after a compaction go to the new journal.
-    assert_eq!(
-        store.record(&result("p3", "late")).await.unwrap(),
-        Recorded::Accepted
-    );
+    assert_eq!(store.record(&result("p3", "late")).await.unwrap(), Recorded::Accepted);
     drop(store);
     let reopened = FileResultStore::open(&dir.0).unwrap();
     let pending = reopened.pending().await.unwrap();
@@ -338,31 +257,17 @@ async fn results_of_the_old_per_file_layout_are_imported_once() {
     for (sub, job, msg) in [("pending", "p", "waiting"), ("delivered", "d", "done")] {
         std::fs::create_dir_all(dir.0.join(sub)).unwrap();
         let r = result(job, msg);
-        std::fs::write(
-            dir.0.join(sub).join(format!("r-{job}.json")),
-            serde_json::to_vec(&r).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(dir.0.join(sub).join(format!("r-{job}.json")), serde_json::to_vec(&r).unwrap()).unwrap();
     }
     std::fs::write(dir.0.join("pending/.tmp-1-r-x.json"), b"{half").unwrap();
     let store = FileResultStore::open(&dir.0).unwrap();
     assert_eq!(store.pending().await.unwrap(), vec![result("p", "waiting")]);
-    assert_eq!(
-        store.lookup(&id("d")).await.unwrap(),
-        Some(result("d", "done"))
-    );
-    assert_eq!(
-        store.record(&result("d", "other")).await.unwrap(),
-        Recorded::Conflict
-    );
+    assert_eq!(store.lookup(&id("d")).await.unwrap(), Some(result("d", "done")));
+    assert_eq!(store.record(&result("d", "other")).await.unwrap(), Recorded::Conflict);
     assert!(!dir.0.join("pending").exists() && !dir.0.join("delivered").exists());
     drop(store);
     let reopened = FileResultStore::open(&dir.0).unwrap();
-    assert_eq!(
-        reopened.pending().await.unwrap(),
-        vec![result("p", "waiting")],
-        "imported into the journal"
-    );
+    assert_eq!(reopened.pending().await.unwrap(), vec![result("p", "waiting")], "imported into the journal");
 }
 
 #[tokio::test]
@@ -370,15 +275,8 @@ async fn an_unreadable_old_result_keeps_its_directory() {
     let dir = TempDir::new();
     std::fs::create_dir_all(dir.0.join("pending")).unwrap();
     std::fs::write(dir.0.join("pending/r-bad.json"), b"not json").unwrap();
-    std::fs::write(
-        dir.0.join("pending/r-ok.json"),
-        serde_json::to_vec(&result("ok", "m")).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("pending/r-ok.json"), serde_json::to_vec(&result("ok", "m")).unwrap()).unwrap();
     let store = FileResultStore::open(&dir.0).unwrap();
     assert_eq!(store.pending().await.unwrap(), vec![result("ok", "m")]);
-    assert!(
-        dir.0.join("pending/r-bad.json").exists(),
-        "not deleted without being imported"
-    );
+    assert!(dir.0.join("pending/r-bad.json").exists(), "not deleted without being imported");
 }

@@ -39,11 +39,7 @@ async fn relay_through(data: Vec<u8>, force: Force) -> Relayed {
     let (_b_r, mut to) = b_near.into_split();
     let counter = Counter::default();
     let last = AtomicU64::new(0);
-    let activity = Activity {
-        bytes: &counter,
-        last: &last,
-        epoch: Instant::now(),
-    };
+    let activity = Activity { bytes: &counter, last: &last, epoch: Instant::now() };
     let relay = async {
         match force {
             Force::Auto => one_way(from, to, activity).await,
@@ -64,29 +60,15 @@ async fn relay_through(data: Vec<u8>, force: Force) -> Relayed {
         got
     };
     let (mode, (), got) = tokio::join!(relay, write, read);
-    Relayed {
-        got,
-        mode,
-        counted: counter.get(),
-        last_ms: last.load(Ordering::Relaxed),
-    }
+    Relayed { got, mode, counted: counter.get(), last_ms: last.load(Ordering::Relaxed) }
 }
 
 #[tokio::test]
 async fn splice_moves_every_byte_in_order_counts_them_and_passes_eof_on() {
     let data = payload(8 * 1024 * 1024 + 123);
     let r = relay_through(data.clone(), Force::Auto).await;
-    assert_eq!(
-        r.mode.unwrap(),
-        Mode::Splice,
-        "loopback TCP splices on Linux"
-    );
-    assert!(
-        r.got == data,
-        "relayed {} bytes of {}, or out of order",
-        r.got.len(),
-        data.len()
-    );
+    assert_eq!(r.mode.unwrap(), Mode::Splice, "loopback TCP splices on Linux");
+    assert!(r.got == data, "relayed {} bytes of {}, or out of order", r.got.len(), data.len());
     assert_eq!(r.counted, data.len() as u64);
 }
 
@@ -95,12 +77,7 @@ async fn buffered_fallback_moves_every_byte_in_order_and_counts_them() {
     let data = payload(3 * 1024 * 1024 + 7);
     let r = relay_through(data.clone(), Force::Buffered).await;
     assert_eq!(r.mode.unwrap(), Mode::Buffered);
-    assert!(
-        r.got == data,
-        "relayed {} bytes of {}, or out of order",
-        r.got.len(),
-        data.len()
-    );
+    assert!(r.got == data, "relayed {} bytes of {}, or out of order", r.got.len(), data.len());
     assert_eq!(r.counted, data.len() as u64);
 }
 
