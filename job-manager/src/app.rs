@@ -174,7 +174,7 @@ pub async fn run(validated: Validated, args: &RunArgs, shutdown: CancellationTok
             crate::kubernetes::run::start(&validated, Arc::new(broker), listener, None).await?
         };
         shutdown.cancelled().await;
-        return Ok(handle.stop().await?);
+        return handle.stop().await;
     }
     let listener = bind(&c.listen).await?;
     if c.broker_api_endpoint == EMBEDDED_BROKER {
@@ -241,7 +241,7 @@ pub fn http_broker(c: &Config) -> Result<HttpBroker, BrokerError> {
     })
 }
 
-/// A running job manager (local executor), for `run`, the demo and tests.
+/// A running job manager (either executor), for `run`, the demo and tests.
 pub struct JobManagerHandle {
     /// The result API's bound address.
     pub addr: SocketAddr,
@@ -252,7 +252,17 @@ pub struct JobManagerHandle {
 }
 
 impl JobManagerHandle {
-    /// Graceful shutdown; returns once every part stopped.
+    pub(crate) fn new(
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+        shutdown: CancellationToken,
+        task: JoinHandle<()>,
+    ) -> Self {
+        Self { addr, metrics, readiness, shutdown, task }
+    }
+
+    /// Graceful shutdown; returns once every part stopped (leases released, on Kubernetes).
     pub async fn stop(self) -> Result<(), AppError> {
         self.shutdown.cancel();
         self.task.await.map_err(|e| AppError::Io(format!("job manager task failed: {e}")))

@@ -14,11 +14,9 @@ use crate::results::{DeliveryLoop, ResultIntake};
 use crate::server::{Readiness, ResultApi, ServerLimits};
 use common::secret::Secret;
 use common::token::TokenSigner;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,27 +39,8 @@ impl RunError {
     }
 }
 
-/// A running job manager on Kubernetes.
-pub struct KubeJobManager {
-    /// The result API's bound address.
-    pub addr: SocketAddr,
-    pub metrics: Arc<Metrics>,
-    pub readiness: Arc<Readiness>,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl KubeJobManager {
-    /// Graceful shutdown; returns once every part stopped (leases released).
-    pub async fn stop(self) -> Result<(), RunError> {
-        self.shutdown.cancel();
-        self.task.await.map_err(|e| RunError::Io(format!("job manager task failed: {e}")))
-    }
-
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-}
+/// A running job manager on Kubernetes: the same handle as the local executor's.
+pub type KubeJobManager = crate::app::JobManagerHandle;
 
 /// Tokens must verify on every replica: the configured signing key, else one derived
 /// from the location key, else from the internal API key (required and shared).
@@ -158,5 +137,5 @@ pub async fn start<B: BrokerApi>(
         let _ = server_task.await;
         tracing::info!("job manager stopped");
     });
-    Ok(KubeJobManager { addr, metrics, readiness, shutdown, task })
+    Ok(KubeJobManager::new(addr, metrics, readiness, shutdown, task))
 }
