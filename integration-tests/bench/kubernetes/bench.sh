@@ -14,6 +14,7 @@ trap 'rm -f "$out"' EXIT
 cargo test -p integration-tests --test e2e_kubernetes -- --nocapture --test-threads=1 >"$out" 2>&1 || true
 if ! grep -q 'test result: ok' "$out"; then
   echo "kubernetes bench: the end-to-end run failed" >&2
+  grep -E "panicked|only [0-9]+ of|lost|duplicat" "$out" >&2 || true
   tail -50 "$out" >&2
   exit 1
 fi
