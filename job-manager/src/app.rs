@@ -337,19 +337,7 @@ pub async fn start_local<B: BrokerApi>(
         readiness: readiness.clone(),
         limits: ServerLimits::default(),
     });
-    let mut settings = DispatcherSettings::new(
-        consumer_name(c),
-        c.runtimes
-            .iter()
-            .filter(|r| r.enabled)
-            .map(|r| RuntimeLimit { name: r.name.clone(), parallelism: r.parallelism })
-            .collect(),
-    );
-    settings.batch_size = c.poll.batch_size;
-    settings.poll_interval = Duration::from_millis(c.poll.interval_ms);
-    settings.check_timeout_secs = c.check_timeout;
-    settings.vse_passphrase = (!c.vse_passphrase.is_empty()).then(|| Secret::new(c.vse_passphrase.clone()));
-    settings.stall_after = (settings.poll_interval * 30).max(Duration::from_secs(60));
+    let settings = dispatcher_settings(c);
     let executor = Arc::new(executor);
     let dispatcher =
         Dispatcher::new(broker.clone(), executor.clone(), intake.clone(), signer, settings, readiness.clone());
@@ -410,6 +398,24 @@ pub fn state_dir(c: &Config) -> PathBuf {
     } else {
         PathBuf::from(&c.state_dir)
     }
+}
+
+/// The dispatcher's settings, the same for every executor.
+pub(crate) fn dispatcher_settings(c: &Config) -> DispatcherSettings {
+    let mut settings = DispatcherSettings::new(
+        consumer_name(c),
+        c.runtimes
+            .iter()
+            .filter(|r| r.enabled)
+            .map(|r| RuntimeLimit { name: r.name.clone(), parallelism: r.parallelism })
+            .collect(),
+    );
+    settings.batch_size = c.poll.batch_size;
+    settings.poll_interval = Duration::from_millis(c.poll.interval_ms);
+    settings.check_timeout_secs = c.check_timeout;
+    settings.vse_passphrase = (!c.vse_passphrase.is_empty()).then(|| Secret::new(c.vse_passphrase.clone()));
+    settings.stall_after = (settings.poll_interval * 30).max(Duration::from_secs(60));
+    settings
 }
 
 fn consumer_name(c: &Config) -> String {

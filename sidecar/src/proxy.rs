@@ -264,16 +264,7 @@ impl Proxy {
         let mut client = Tracked { inner: client, epoch, last: last.clone(), bytes: self.bytes_up.clone() };
         let mut upstream = Tracked { inner: upstream, epoch, last: last.clone(), bytes: self.bytes_down.clone() };
         let idle = self.tunnel_idle_timeout;
-        let watchdog = async {
-            loop {
-                let since = Duration::from_millis(last.load(Ordering::Relaxed));
-                let quiet = epoch.elapsed().saturating_sub(since);
-                if quiet >= idle {
-                    return;
-                }
-                tokio::time::sleep(idle - quiet).await;
-            }
-        };
+        let watchdog = idle_watchdog(&last, epoch, idle);
         tokio::select! {
             r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_BUF, TUNNEL_BUF) => {
                 if let Err(e) = r {
@@ -282,6 +273,20 @@ impl Proxy {
             }
             _ = watchdog => tracing::info!(idle_secs = idle.as_secs(), "tunnel closed: idle timeout"),
         }
+    }
+}
+
+/// Resolves once nothing moved through a tunnel for `idle` (`last` holds the time of
+/// the last byte, in ms since `epoch`). Sleeps exactly until the earliest possible
+/// expiry instead of ticking.
+async fn idle_watchdog(last: &AtomicU64, epoch: Instant, idle: Duration) {
+    loop {
+        let since = Duration::from_millis(last.load(Ordering::Relaxed));
+        let quiet = epoch.elapsed().saturating_sub(since);
+        if quiet >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - quiet).await;
     }
 }
 
@@ -299,16 +304,7 @@ impl Proxy {
         let up = relay::one_way(client_r, upstream_w, activity(&self.bytes_up));
         let down = relay::one_way(upstream_r, client_w, activity(&self.bytes_down));
         let idle = self.tunnel_idle_timeout;
-        let watchdog = async {
-            loop {
-                let since = Duration::from_millis(last.load(Ordering::Relaxed));
-                let quiet = epoch.elapsed().saturating_sub(since);
-                if quiet >= idle {
-                    return;
-                }
-                tokio::time::sleep(idle - quiet).await;
-            }
-        };
+        let watchdog = idle_watchdog(&last, epoch, idle);
         tokio::pin!(up, down, watchdog);
         let (mut up_done, mut down_done) = (false, false);
         while !(up_done && down_done) {

@@ -5,7 +5,7 @@
 //! sets up persistent workloads.
 use crate::broker::BrokerApi;
 use crate::config::Validated;
-use crate::dispatcher::{Dispatcher, DispatcherSettings, RuntimeLimit};
+use crate::dispatcher::Dispatcher;
 use crate::executor::Executor;
 use crate::kubernetes::coordination::CoordinationSettings;
 use crate::kubernetes::setup::{KubeSetup, SetupError};
@@ -88,21 +88,7 @@ pub async fn start<B: BrokerApi>(
         readiness: readiness.clone(),
         limits: ServerLimits::default(),
     });
-    // Same dispatcher settings as the local executor.
-    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| c.hostname_override.clone());
-    let mut settings = DispatcherSettings::new(
-        format!("{host}-{}", std::process::id()),
-        c.runtimes
-            .iter()
-            .filter(|r| r.enabled)
-            .map(|r| RuntimeLimit { name: r.name.clone(), parallelism: r.parallelism })
-            .collect(),
-    );
-    settings.batch_size = c.poll.batch_size;
-    settings.poll_interval = Duration::from_millis(c.poll.interval_ms);
-    settings.check_timeout_secs = c.check_timeout;
-    settings.vse_passphrase = (!c.vse_passphrase.is_empty()).then(|| Secret::new(c.vse_passphrase.clone()));
-    settings.stall_after = (settings.poll_interval * 30).max(Duration::from_secs(60));
+    let settings = crate::app::dispatcher_settings(&c);
     let executor = Arc::new(setup.executor());
     let dispatcher =
         Dispatcher::new(broker.clone(), executor.clone(), intake.clone(), signer, settings, readiness.clone());
