@@ -3,7 +3,10 @@
 //! the local executor both hand a job over exactly this way.
 //!
 //! ```text
-//! job manager --(job dir: job.json + token; internal key)--> sidecar
+//! job manager --(job dir: job.json + token; internal key)--> sidecar   (local executor)
+//! job manager --(job id + token in env; internal key)------> sidecar   (Kubernetes)
+//! sidecar --GET  {job manager}/internal/v1/jobs/{id}---------> job manager (Kubernetes:
+//!           + x-internal-api-key + x-job-token, answer Job   the job comes from its record)
 //! runtime --GET  {JOB_API_URL}/v1/job-------------------------> sidecar (no secrets in the answer)
 //! runtime --POST {JOB_API_URL}/v1/result (RuntimeResult)------> sidecar
 //! sidecar --POST {job manager}/internal/v1/jobs/{id}/result---> job manager
@@ -30,6 +33,12 @@ pub fn result_api_path(id: &JobId) -> String {
     format!("/internal/v1/jobs/{id}/result")
 }
 pub const RESULT_API_PREFIX: &str = "/internal/v1/jobs/";
+/// Sidecar -> job manager: fetch the job handed to this sidecar (`GET`, answer
+/// [`crate::Job`]), with the internal key and the job token. Used when the job manager
+/// hands over only the job id and token (Kubernetes) instead of a job directory.
+pub fn job_api_path(id: &JobId) -> String {
+    format!("{RESULT_API_PREFIX}{id}")
+}
 
 /// Files in the job directory handed to the sidecar (a Secret volume in Kubernetes,
 /// a private temp dir in the local executor). Only the sidecar reads them.
@@ -95,8 +104,12 @@ pub mod sidecar_env {
     /// When set, the sidecar writes a [`super::ReadyFile`] there (atomically) once it
     /// serves; lets a supervisor use `--listen 127.0.0.1:0` and learn the bound ports.
     pub const READY_FILE: &str = "SIDECAR_READY_FILE";
-    /// Job id for log lines (ephemeral jobs also read it from the job file).
+    /// Job id for log lines (ephemeral jobs also read it from the job file). With
+    /// [`JOB_TOKEN`] and no [`JOB_DIR`], the job the sidecar fetches from the job manager.
     pub const JOB_ID: &str = "SIDECAR_JOB_ID";
+    /// The single-use job token, inline (Kubernetes: a literal env var on the sidecar
+    /// container only; the runtime container cannot read another container's env).
+    pub const JOB_TOKEN: &str = "SIDECAR_JOB_TOKEN";
 }
 
 /// Written by the sidecar to `SIDECAR_READY_FILE` once all its listeners serve.
@@ -197,6 +210,7 @@ mod tests {
         let id = JobId::new("j1").unwrap();
         assert_eq!(result_api_path(&id), "/internal/v1/jobs/j1/result");
         assert!(result_api_path(&id).starts_with(RESULT_API_PREFIX));
+        assert_eq!(job_api_path(&id), "/internal/v1/jobs/j1");
         assert_eq!(local_job_result_path(&id), "/v1/jobs/j1/result");
     }
 }

@@ -355,8 +355,20 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     metric(&format!("{prefix}.jobs"), n);
     metric(&format!("{prefix}.jobs_per_sec"), format!("{:.1}", n as f64 / elapsed.as_secs_f64()));
     if let Some(emu) = &cluster.emu {
-        let writes = emu.requests().iter().filter(|r| r.is_write() && r.field_manager != "e2e").count();
-        metric(&format!("{prefix}.api_writes_per_job"), format!("{:.2}", writes as f64 / n as f64));
+        let writes: Vec<_> = emu.requests().into_iter().filter(|r| r.is_write() && r.field_manager != "e2e").collect();
+        let per_job = |count: usize| format!("{:.2}", count as f64 / n as f64);
+        metric(&format!("{prefix}.api_writes_per_job"), per_job(writes.len()));
+        // Without the writes the emulator refused (injected 429/500/409 and the retries'
+        // AlreadyExists): what the job costs when the API server is healthy.
+        let accepted = writes.iter().filter(|r| r.code < 300).count();
+        metric(&format!("{prefix}.api_writes_per_job_accepted"), per_job(accepted));
+        let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+        for w in &writes {
+            let sub = if w.subresource.is_empty() { String::new() } else { format!("/{}", w.subresource) };
+            *by_kind.entry(format!("{}{sub}:{}:{}", w.resource, w.verb, w.code)).or_default() += 1;
+        }
+        let breakdown: Vec<String> = by_kind.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        metric(&format!("{prefix}.api_writes_breakdown"), breakdown.join(","));
         metric(&format!("{prefix}.faults_injected"), emu.faults().injected());
     }
     if let Some(l) = latencies {

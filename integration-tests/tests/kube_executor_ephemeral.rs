@@ -16,7 +16,7 @@ fn id(s: &str) -> JobId {
 }
 
 #[tokio::test]
-async fn ephemeral_job_creates_record_then_owned_secret_and_job() {
+async fn ephemeral_job_creates_record_then_owned_job() {
     let cluster = Cluster::start().await;
     let setup = cluster.replica(&config()).await;
     let executor = setup.executor();
@@ -26,24 +26,23 @@ async fn ephemeral_job_creates_record_then_owned_secret_and_job() {
 
     let name = labels::object_name(&id("job-1"));
     let record = cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).expect("record exists");
-    let secret = cluster.object("v1", "Secret", &name).expect("secret exists");
     let job = cluster.object("batch/v1", "Job", &name).expect("job exists");
     let record_uid = record["metadata"]["uid"].as_str().unwrap();
-    for child in [&secret, &job] {
-        let owner = &child["metadata"]["ownerReferences"][0];
-        assert_eq!(owner["uid"], record_uid, "{child}");
-        assert_eq!(owner["kind"], "JobRecord");
-        assert_eq!(owner["controller"], true);
-    }
+    let owner = &job["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["uid"], record_uid, "{job}");
+    assert_eq!(owner["kind"], "JobRecord");
+    assert_eq!(owner["controller"], true);
     assert_eq!(record["spec"]["jobId"], "job-1");
-    // Three writes: record, Secret, Job (nothing else on the happy path).
+    // No per-job Secret: the token travels in the sidecar's env, the job on the record.
+    assert!(cluster.emu.requests().iter().all(|r| r.resource != "secrets"), "no Secret API call");
+    // Two writes: record, Job (nothing else on the happy path).
     let writes: Vec<_> = cluster
         .emu
         .requests()
         .into_iter()
         .filter(|r| r.verb != "get" && r.verb != "list" && r.verb != "watch")
         .collect();
-    assert_eq!(writes.len(), 3, "{writes:?}");
+    assert_eq!(writes.len(), 2, "{writes:?}");
 
     // A re-delivery (new token) or another replica: nothing new is started.
     let other = cluster.replica(&config()).await.executor();
@@ -97,13 +96,13 @@ async fn first_result_wins_across_replicas_then_delivery_cleans_up() {
     assert_eq!(pending.len(), 1);
     assert!(pending[0].same_as(winner));
 
-    // Delivered: the record goes, and with it (garbage collection) the Secret and Job.
+    // Delivered: the record goes, and with it (garbage collection) the Job.
     store_a.mark_delivered(&id("job-2")).await.unwrap();
     store_b.mark_delivered(&id("job-2")).await.unwrap(); // idempotent
     assert!(store_a.pending().await.unwrap().is_empty());
     let name = labels::object_name(&id("job-2"));
-    eventually("secret and job garbage-collected", Duration::from_secs(10), || async {
-        cluster.object("v1", "Secret", &name).is_none() && cluster.object("batch/v1", "Job", &name).is_none()
+    eventually("job garbage-collected", Duration::from_secs(10), || async {
+        cluster.object("batch/v1", "Job", &name).is_none()
     })
     .await;
 }
@@ -132,15 +131,12 @@ async fn api_failures_are_transient_or_permanent_and_leave_nothing_behind() {
     cluster.emu.faults().add(FaultRule::new(Fault::InternalError).resource("jobs").verb("create").times(1));
     let err = executor.start(handoff("job-4", "node-api-runtime")).await.unwrap_err();
     assert!(matches!(err, HandoffError::Transient(_)), "{err}");
-    // The record this attempt created is gone, and its Secret with it.
+    // The record this attempt created is gone.
     assert!(cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).is_none());
-    eventually("secret of the failed hand-off collected", Duration::from_secs(10), || async {
-        cluster.object("v1", "Secret", &name).is_none()
-    })
-    .await;
-
-    cluster.emu.faults().add(FaultRule::new(Fault::InternalError).resource("secrets").verb("create").times(1));
+    // A failed record create: nothing was made, nothing to undo.
+    cluster.emu.faults().add(FaultRule::new(Fault::InternalError).resource("jobrecords").verb("create").times(1));
     assert!(matches!(executor.start(handoff("job-4", "node-api-runtime")).await, Err(HandoffError::Transient(_))));
+    assert!(cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).is_none());
 
     // A single 429 is absorbed by the client's own Retry-After handling; the
     // dispatcher's retry then succeeds.

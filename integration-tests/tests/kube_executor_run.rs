@@ -1,11 +1,11 @@
 //! Two job-manager replicas wired with the Kubernetes executor (`kubernetes::run::start`)
-//! against one broker and the emulated cluster: a polled job becomes a JobRecord, Secret
-//! and Job, a sidecar's result posted to the *other* replica (token read from the job's
-//! Secret, as the sidecar would) reaches the broker once, and delivery removes the
-//! job's objects. No kubelet here: the process-level end-to-end suite covers pods.
+//! against one broker and the emulated cluster: a polled job becomes a JobRecord and a
+//! Job, the job fetched and a sidecar's result posted to the *other* replica (with the
+//! token read from the sidecar container's env, as the sidecar gets it) reaches the
+//! broker once, and delivery removes the job's objects. No kubelet here: the
+//! process-level end-to-end suite covers pods.
 mod kube_executor_support;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use common::{JobId, JobResult, Outcome};
 use http_body_util::{BodyExt, Full};
@@ -48,6 +48,19 @@ async fn post_result(addr: std::net::SocketAddr, key: &str, token: &str, result:
     status
 }
 
+/// `GET /internal/v1/jobs/{id}` as the sidecar calls it: (status, body).
+async fn get_job(addr: std::net::SocketAddr, key: &str, token: &str, id: &JobId) -> (u16, Bytes) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = http::Request::get(format!("http://{addr}{}", common::runtime_api::job_api_path(id)))
+        .header(common::headers::INTERNAL_API_KEY, key)
+        .header(common::headers::JOB_TOKEN, token)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.expect("job API answers");
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
 #[tokio::test]
 async fn missing_crd_fails_at_startup_with_a_clear_error() {
     let emu = integration_tests::emulator::Emulator::start(Default::default()).await.unwrap();
@@ -86,13 +99,27 @@ async fn polled_job_runs_as_objects_and_its_result_reaches_the_broker_once() {
     .await;
     let b = replica(&cluster, &broker).await;
 
-    // What the sidecar reads from its job directory.
-    let secret = cluster.object("v1", "Secret", &name).unwrap();
-    let token = base64::engine::general_purpose::STANDARD.decode(secret["data"]["token"].as_str().unwrap()).unwrap();
-    let token = String::from_utf8(token).unwrap();
-    let job_json =
-        base64::engine::general_purpose::STANDARD.decode(secret["data"]["job.json"].as_str().unwrap()).unwrap();
-    assert_eq!(serde_json::from_slice::<common::Job>(&job_json).unwrap().id, id);
+    // What the sidecar gets: the job id and token in its container's env.
+    let k8s_job = cluster.object("batch/v1", "Job", &name).unwrap();
+    let sidecar = &k8s_job["spec"]["template"]["spec"]["initContainers"][0];
+    let env = |n: &str| {
+        sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .map(|e| e["value"].as_str().unwrap().to_string())
+    };
+    let token = env("SIDECAR_JOB_TOKEN").expect("token in the sidecar's env");
+    assert_eq!(env("SIDECAR_JOB_ID").as_deref(), Some("run-1"));
+    // It fetches the job from either replica (B did not create it), key and token checked.
+    assert_eq!(get_job(b.addr, "wrong", &token, &id).await.0, 401);
+    assert_eq!(get_job(b.addr, "test-internal-key", "forged", &id).await.0, 401);
+    let (status, body) = get_job(b.addr, "test-internal-key", &token, &id).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let fetched: common::Job = serde_json::from_slice(&body).unwrap();
+    assert_eq!((fetched.id.clone(), fetched.runtime_type.as_str()), (id.clone(), "node-api-runtime"));
+    assert_eq!(fetched.payload, job("run-1", "node-api-runtime").payload);
 
     let mut result = JobResult::new(id.clone(), Outcome::Succeeded, "ok");
     result.output = serde_json::json!({"checks": 3});
@@ -105,10 +132,9 @@ async fn polled_job_runs_as_objects_and_its_result_reaches_the_broker_once() {
     let delivered = broker.wait_for_result(&id, Duration::from_secs(10)).await.expect("result delivered to the broker");
     assert!(delivered.same_as(&result));
 
-    // Delivered: the record (and with it the Secret and Job) is removed.
+    // Delivered: the record (and with it the Job) is removed.
     eventually("the job's objects are gone after delivery", Duration::from_secs(15), || async {
         cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).is_none()
-            && cluster.object("v1", "Secret", &name).is_none()
             && cluster.object("batch/v1", "Job", &name).is_none()
     })
     .await;

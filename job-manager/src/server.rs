@@ -5,6 +5,10 @@
 //! the job token (401 missing/malformed/expired, 403 forged or another job's), the body
 //! (413 too large, 408 too slow, 400 unreadable, 422 not a `JobResult` for this job), and
 //! then records the result: 202 first result, 200 identical repeat, 409 a different one.
+//! `GET /internal/v1/jobs/{id}` (Kubernetes executor: the sidecar of an ephemeral job
+//! fetching its job) checks the same key and token, then answers the job kept on its
+//! record: 200 [`common::Job`], 404 unknown here (or the local executor, which hands
+//! sidecars a job directory instead), 503 store unavailable.
 //! Errors are JSON [`common::broker::ErrorBody`] with a stable `error` code.
 use crate::metrics::Metrics;
 use crate::results::{Recorded, ResultIntake, ResultStore};
@@ -125,15 +129,63 @@ impl<S: ResultStore> ResultApi<S> {
                 self.metrics().encode(),
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             ),
-            _ => match result_path_id(&path) {
-                Some(id) if req.method() == Method::POST => {
+            _ => match (result_path_id(&path), job_path_id(&path)) {
+                (Some(id), _) if req.method() == Method::POST => {
                     let resp = self.post_result(id, req).await;
                     self.metrics().result_api(resp.status().as_u16());
                     resp
                 }
-                Some(_) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
-                None => error(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}")),
+                (Some(_), _) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
+                (_, Some(id)) if req.method() == Method::GET => self.get_job(id, &req).await,
+                (_, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"),
+                _ => error(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}")),
             },
+        }
+    }
+
+    /// The internal key, then the job token for `id`: the checks both sidecar calls share.
+    /// `Some(answer)` when the request is refused.
+    fn refusal<B>(&self, id: &JobId, req: &Request<B>) -> Option<Response<Body>> {
+        let key = req.headers().get(common::headers::INTERNAL_API_KEY).map(|v| v.as_bytes()).unwrap_or_default();
+        if !self.internal_api_key.matches(key) {
+            tracing::warn!("refused: missing or wrong internal API key");
+            return Some(error(
+                StatusCode::UNAUTHORIZED,
+                "bad_internal_api_key",
+                "missing or wrong x-internal-api-key",
+            ));
+        }
+        let Some(token) = req.headers().get(common::headers::JOB_TOKEN).and_then(|v| v.to_str().ok()) else {
+            return Some(error(StatusCode::UNAUTHORIZED, "missing_job_token", "missing x-job-token"));
+        };
+        if let Err(e) = self.signer.verify(id, token, now_unix()) {
+            tracing::warn!(reason = e.label(), "refused: bad job token");
+            let status = match e {
+                TokenError::Malformed | TokenError::Expired => StatusCode::UNAUTHORIZED,
+                TokenError::BadSignature => StatusCode::FORBIDDEN,
+            };
+            return Some(error(status, &format!("job_token_{}", e.label()), e.to_string()));
+        }
+        None
+    }
+
+    async fn get_job<B>(&self, raw_id: &str, req: &Request<B>) -> Response<Body> {
+        let Ok(id) = JobId::new(raw_id) else {
+            return error(StatusCode::NOT_FOUND, "bad_job_id", "the path does not name a valid job id");
+        };
+        let span = tracing::error_span!("job_api", job_id = %id);
+        let _g = span.enter();
+        if let Some(refused) = self.refusal(&id, req) {
+            return refused;
+        }
+        drop(_g);
+        match self.intake.handed_job(&id).await {
+            Ok(Some(job)) => json_response(StatusCode::OK, &job),
+            Ok(None) => error(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id} is kept here")),
+            Err(e) => {
+                tracing::error!(job_id = %id, error = %e, "cannot read the job");
+                error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+            }
         }
     }
 
@@ -143,21 +195,8 @@ impl<S: ResultStore> ResultApi<S> {
         };
         let span = tracing::error_span!("result_api", job_id = %id);
         let _g = span.enter();
-        let key = req.headers().get(common::headers::INTERNAL_API_KEY).map(|v| v.as_bytes()).unwrap_or_default();
-        if !self.internal_api_key.matches(key) {
-            tracing::warn!("result refused: missing or wrong internal API key");
-            return error(StatusCode::UNAUTHORIZED, "bad_internal_api_key", "missing or wrong x-internal-api-key");
-        }
-        let Some(token) = req.headers().get(common::headers::JOB_TOKEN).and_then(|v| v.to_str().ok()) else {
-            return error(StatusCode::UNAUTHORIZED, "missing_job_token", "missing x-job-token");
-        };
-        if let Err(e) = self.signer.verify(&id, token, now_unix()) {
-            tracing::warn!(reason = e.label(), "result refused: bad job token");
-            let status = match e {
-                TokenError::Malformed | TokenError::Expired => StatusCode::UNAUTHORIZED,
-                TokenError::BadSignature => StatusCode::FORBIDDEN,
-            };
-            return error(status, &format!("job_token_{}", e.label()), e.to_string());
+        if let Some(refused) = self.refusal(&id, &req) {
+            return refused;
         }
         drop(_g);
         let body = match self.read_body(req).await {
@@ -221,6 +260,12 @@ impl<S: ResultStore> ResultApi<S> {
 pub fn result_path_id(path: &str) -> Option<&str> {
     let rest = path.strip_prefix(common::runtime_api::RESULT_API_PREFIX)?;
     let id = rest.strip_suffix("/result")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// `/internal/v1/jobs/{id}` -> `{id}`.
+pub fn job_path_id(path: &str) -> Option<&str> {
+    let id = path.strip_prefix(common::runtime_api::RESULT_API_PREFIX)?;
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 

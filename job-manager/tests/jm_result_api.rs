@@ -125,6 +125,59 @@ async fn refuses_bad_keys_and_tokens() {
 }
 
 #[tokio::test]
+async fn job_fetch_checks_key_and_token_then_answers_the_handed_job() {
+    let api = start().await;
+    let job: common::Job = serde_json::from_value(serde_json::json!({
+        "id": "j5", "runtime_type": "rt", "timeout_secs": 9, "attempt": 2, "payload": {"code": "1+1"}
+    }))
+    .unwrap();
+    api.intake.store().hand(job.clone());
+    let get = |id: &str, key: Option<&str>, token: Option<String>| {
+        let mut headers = Vec::new();
+        if let Some(k) = key {
+            headers.push(("x-internal-api-key".to_string(), k.to_string()));
+        }
+        if let Some(t) = token {
+            headers.push(("x-job-token".to_string(), t));
+        }
+        let (addr, path) = (api.addr.clone(), format!("/internal/v1/jobs/{id}"));
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            request(&addr, "GET", &path, &h, Vec::new()).await
+        }
+    };
+    // (case, id, key, token, status, error code)
+    let cases = [
+        ("no key", "j5", None, Some(api.token("j5")), 401, "bad_internal_api_key"),
+        ("wrong key", "j5", Some("nope"), Some(api.token("j5")), 401, "bad_internal_api_key"),
+        ("no token", "j5", Some(KEY), None, 401, "missing_job_token"),
+        ("another job's token", "j5", Some(KEY), Some(api.token("j6")), 403, "job_token_bad_signature"),
+        (
+            "forged token",
+            "j5",
+            Some(KEY),
+            Some(TokenSigner::new("x").mint(&JobId::new("j5").unwrap(), now() + 60)),
+            403,
+            "job_token_bad_signature",
+        ),
+        ("not kept here", "j6", Some(KEY), Some(api.token("j6")), 404, "unknown_job"),
+        ("bad id", "%00", Some(KEY), Some(api.token("j5")), 404, "bad_job_id"),
+    ];
+    for (name, id, key, token, status, code) in cases {
+        let a = get(id, key, token).await;
+        assert_eq!((a.status, error_code(&a).as_str()), (status, code), "case {name}: {}", a.body);
+        assert!(!a.body.contains("1+1"), "case {name} leaked the payload: {}", a.body);
+    }
+    let post = request(&api.addr, "POST", "/internal/v1/jobs/j5", &[("x-internal-api-key", KEY)], Vec::new()).await;
+    assert_eq!((post.status, error_code(&post).as_str()), (405, "method_not_allowed"));
+    let ok = get("j5", Some(KEY), Some(api.token("j5"))).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(serde_json::from_str::<common::Job>(&ok.body).unwrap(), job);
+    api.healthy().await;
+    api.stop.cancel();
+}
+
+#[tokio::test]
 async fn refuses_bad_bodies() {
     let api = start().await;
     let t = api.token("j4");

@@ -36,7 +36,7 @@ fn render_prints_every_object_as_yaml() {
         .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d.trim_start_matches("---\n")).unwrap())
         .map(|v| format!("{}/{}", v["kind"].as_str().unwrap(), v["metadata"]["namespace"].as_str().unwrap()))
         .collect();
-    assert_eq!(kinds, ["JobRecord/jobs", "Secret/jobs", "Job/jobs", "NetworkPolicy/jobs"]);
+    assert_eq!(kinds, ["JobRecord/jobs", "Job/jobs", "NetworkPolicy/jobs"]);
 
     // A config the translation refuses: the rule is named, exit 64.
     std::fs::write(dir.join("bad.yaml"), "runtimes: [{name: node-api-runtime}]\n").unwrap();

@@ -44,6 +44,7 @@ pub const ENV_RESULT_DEADLINE_SECS: &str = env::RESULT_DEADLINE_SECS;
 pub const ENV_SHUTDOWN_GRACE_SECS: &str = env::SHUTDOWN_GRACE_SECS;
 pub const ENV_READY_FILE: &str = env::READY_FILE;
 pub const ENV_JOB_ID: &str = env::JOB_ID;
+pub const ENV_JOB_TOKEN: &str = env::JOB_TOKEN;
 // Limits: sidecar-private settings, not part of the job-manager contract.
 pub const ENV_MAX_HEADER_BYTES: &str = "SIDECAR_MAX_HEADER_BYTES";
 pub const ENV_MAX_BODY_BYTES: &str = "SIDECAR_MAX_BODY_BYTES";
@@ -170,7 +171,7 @@ pub struct Cli {
     /// tracing filter, e.g. info or sidecar=debug [env: SIDECAR_LOG_LEVEL] [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
-    /// Job id for log lines (ephemeral jobs also read it from job.json) [env: SIDECAR_JOB_ID]
+    /// Job id for log lines (ephemeral jobs also read it from job.json). With the job token in env SIDECAR_JOB_TOKEN (no flag: flags show in ps) and no --job-dir, the sidecar fetches this job from the job manager before it reports ready [env: SIDECAR_JOB_ID]
     #[arg(long, value_name = "ID")]
     pub job_id: Option<String>,
     /// Largest request head accepted, bytes (>= 8192) [env: SIDECAR_MAX_HEADER_BYTES] [default: 65536]
@@ -285,6 +286,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub job_id: Option<String>,
+    /// Ephemeral job handed over by id + token (Kubernetes): fetched from the job manager.
+    pub job_token: Option<Secret>,
     pub limits: Limits,
     pub worker_threads: usize,
 }
@@ -480,6 +483,7 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
     if let Some(id) = &job_id {
         common::JobId::new(id.clone()).map_err(|e| err(ENV_JOB_ID, "--job-id", e.to_string()))?;
     }
+    let job_token = lookup.get(ENV_JOB_TOKEN).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).map(Secret::new);
 
     let d = Limits::default();
     let any = |_: &usize| true;
@@ -566,6 +570,20 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
             "required with --job-dir (results must go somewhere)",
         ));
     }
+    if job_token.is_some() {
+        let rule = if job_dir.is_some() {
+            Some("give the job either as --job-dir or as SIDECAR_JOB_ID + SIDECAR_JOB_TOKEN, not both")
+        } else if job_id.is_none() {
+            Some("SIDECAR_JOB_ID is required with SIDECAR_JOB_TOKEN (which job to fetch)")
+        } else if job_manager.is_none() {
+            Some("--job-manager-url is required with SIDECAR_JOB_TOKEN (where to fetch the job from)")
+        } else {
+            None
+        };
+        if let Some(rule) = rule {
+            return Err(err(ENV_JOB_TOKEN, "env only", rule));
+        }
+    }
     if job_manager.is_some() && internal_api_key == KeySource::None {
         return Err(err(
             ENV_INTERNAL_API_KEY,
@@ -598,6 +616,7 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
         log_format,
         log_level,
         job_id,
+        job_token,
         limits,
         worker_threads,
     })

@@ -92,6 +92,8 @@ pub enum RunError {
     ReadyFile { path: String, source: std::io::Error },
     #[error("the internal API key must be loaded before run (see config::load_key)")]
     KeyNotLoaded,
+    #[error("cannot fetch job {id} from the job manager: {reason}")]
+    JobFetch { id: String, reason: String },
 }
 
 /// Knobs that only tests and embedders change.
@@ -213,6 +215,23 @@ pub async fn run_with(
         })));
     }
 
+    // Handed over by id + token (Kubernetes): fetch the job before reporting ready, so
+    // the runtime (started by the startup probe's success) finds it. Probes are served
+    // meanwhile (`/readyz` answers "starting").
+    tokio::pin!(shutdown);
+    if let (None, Some(token), Some(id), Some(r)) = (local.job_id(), &config.job_token, &job_id, &reporter) {
+        tokio::select! {
+            fetched = fetch_job(r, id, token.expose(), config.result_deadline) => {
+                local.set_job(LoadedJob::new(fetched?, token.expose().to_string()));
+            }
+            _ = &mut shutdown => {
+                tracing::info!("shut down before the job could be fetched");
+                stop.cancel();
+                return Ok(());
+            }
+        }
+    }
+
     if let Some(path) = &config.ready_file {
         write_ready_file(path, &ready)
             .map_err(|source| RunError::ReadyFile { path: path.display().to_string(), source })?;
@@ -246,6 +265,38 @@ pub async fn run_with(
         tracing::warn!("shutdown grace ended with connections open");
     }
     Ok(())
+}
+
+/// Fetches the job from the job manager, retrying connection errors, 5xx, 429 and 404
+/// (a just-created record another replica cannot see yet) with backoff until `deadline`.
+async fn fetch_job(
+    reporter: &ResultReporter,
+    id: &str,
+    token: &str,
+    deadline: Duration,
+) -> Result<common::Job, RunError> {
+    let fail = |reason: String| RunError::JobFetch { id: id.to_string(), reason };
+    let job_id = common::JobId::new(id).map_err(|e| fail(e.to_string()))?;
+    // Short waits: the runtime's start waits on this.
+    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        match reporter.fetch_job(&job_id, token).await {
+            Ok(job) => {
+                tracing::info!(job_id = id, attempts = attempt + 1, "job fetched from the job manager");
+                return Ok(job);
+            }
+            Err(reporter::Attempt::Retry(reason)) if started.elapsed() < deadline => {
+                let wait = backoff.ceiling(attempt);
+                tracing::warn!(job_id = id, %reason, retry_in_ms = wait.as_millis() as u64, "cannot fetch the job yet");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(reporter::Attempt::Retry(reason) | reporter::Attempt::Permanent(reason)) => return Err(fail(reason)),
+            Err(other) => return Err(fail(format!("{other:?}"))),
+        }
+    }
 }
 
 /// Writes the ready file atomically (temp file + rename) so a reader never sees half.

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The job handed to this sidecar (ephemeral workloads).
 pub struct LoadedJob {
@@ -53,7 +53,8 @@ impl LoadedJob {
 }
 
 pub struct LocalApi {
-    job: Option<LoadedJob>,
+    /// Set at start (job directory) or once fetched from the job manager (id + token).
+    job: OnceLock<LoadedJob>,
     reporter: Option<Arc<ResultReporter>>,
     /// Jobs whose result was accepted (spooled); a second result gets 409.
     accepted: Mutex<HashSet<JobId>>,
@@ -72,8 +73,12 @@ impl LocalApi {
         metrics: Arc<Metrics>,
         max_body: usize,
     ) -> Self {
+        let cell = OnceLock::new();
+        if let Some(job) = job {
+            let _ = cell.set(job);
+        }
         Self {
-            job,
+            job: cell,
             reporter,
             accepted: Mutex::new(already_accepted.into_iter().collect()),
             ingress_tokens: Arc::default(),
@@ -84,7 +89,12 @@ impl LocalApi {
     }
 
     pub fn job_id(&self) -> Option<&JobId> {
-        self.job.as_ref().map(|j| &j.job.id)
+        self.job.get().map(|j| &j.job.id)
+    }
+
+    /// The job fetched from the job manager; ignored if one is already set.
+    pub fn set_job(&self, job: LoadedJob) {
+        let _ = self.job.set(job);
     }
 
     /// Probes and metrics only (the admin listener).
@@ -125,14 +135,14 @@ impl LocalApi {
             if req.method() != Method::GET {
                 return Err(ProxyError::MethodNotAllowed);
             }
-            let job = self.job.as_ref().ok_or_else(no_job)?;
+            let job = self.job.get().ok_or_else(no_job)?;
             return Ok(json(StatusCode::OK, job.runtime_json.clone()));
         }
         if path == LOCAL_RESULT_PATH {
             if req.method() != Method::POST {
                 return Err(ProxyError::MethodNotAllowed);
             }
-            let job = self.job.as_ref().ok_or_else(no_job)?;
+            let job = self.job.get().ok_or_else(no_job)?;
             let (id, token) = (job.job.id.clone(), job.token.clone());
             return self.accept_result(req, id, token).await;
         }

@@ -220,6 +220,45 @@ impl ResultReporter {
         }
     }
 
+    /// Fetches the job handed to this sidecar by id + token (Kubernetes: the job manager
+    /// reads it off the job record). One attempt; the caller retries `Retry`.
+    pub async fn fetch_job(&self, id: &JobId, token: &str) -> Result<common::Job, Attempt> {
+        let mut token_value = HeaderValue::from_str(token)
+            .map_err(|_| Attempt::Permanent("job token is not a valid header value".into()))?;
+        token_value.set_sensitive(true);
+        let url = format!("{}{}", self.base, common::runtime_api::job_api_path(id));
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .header(headers::INTERNAL_API_KEY, self.key.clone())
+            .header(headers::JOB_TOKEN, token_value)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Attempt::Permanent(format!("bad job request: {e}")))?;
+        let resp = match tokio::time::timeout(Duration::from_secs(30), self.client.request(req)).await {
+            Err(_) => return Err(Attempt::Retry("job manager did not answer within 30s".into())),
+            Ok(Err(e)) => return Err(Attempt::Retry(format!("cannot reach the job manager: {e}"))),
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        if status != StatusCode::OK {
+            // 404 too is worth retrying for a while: a record just created may not be
+            // visible to another replica's cache yet. The caller bounds the retries.
+            let reason =
+                format!("job manager answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+            return Err(match classify_status(status) {
+                Attempt::Permanent(_) if status != StatusCode::NOT_FOUND => Attempt::Permanent(reason),
+                _ => Attempt::Retry(reason),
+            });
+        }
+        let job: common::Job = serde_json::from_slice(&body)
+            .map_err(|e| Attempt::Permanent(format!("the job manager's job is not a job: {e}")))?;
+        if &job.id != id {
+            return Err(Attempt::Permanent(format!("asked for job {id}, got job {}", job.id)));
+        }
+        Ok(job)
+    }
+
     /// Stops taking new deliveries and waits for in-flight ones, at most `grace`.
     /// True when everything was delivered (or given up on) in time.
     pub async fn drain(&self, grace: Duration) -> bool {

@@ -211,3 +211,73 @@ async fn internal_key_added_for_job_manager_and_stripped_elsewhere() {
     assert!(!headers.contains_key("x-internal-api-key"), "origin's key header stripped from the response");
     sc.stop().await.unwrap();
 }
+
+/// Kubernetes hand-off: only the job id and token are given (env); the sidecar fetches
+/// the job from the job manager (retrying its 503/404 while the record settles), is not
+/// ready before it has it, and then serves and reports it like a job directory's.
+#[tokio::test]
+async fn job_handed_over_by_id_and_token_is_fetched_before_ready() {
+    let mut jm = FakeJobManager::start(&[503, 404, 503, 503, 200]).await;
+    *jm.job.lock().unwrap() = Some(
+        r#"{"id":"job-9","runtime_type":"rt","timeout_secs":30,"attempt":3,"payload":{"script":"x"}}"#.to_string(),
+    );
+    let spool = temp_dir("spool");
+    let jm_url = format!("http://{}", jm.addr);
+    let cfg = config(
+        &["--job-id", "job-9", "--job-manager-url", &jm_url, "--spool-dir", spool.to_str().unwrap()],
+        &[("SIDECAR_INTERNAL_API_KEY", KEY), ("SIDECAR_JOB_TOKEN", "tok-9")],
+    );
+    let extras = sidecar::Extras { resolver: Some(std::sync::Arc::new(resolver(&[]))), ..Default::default() };
+    let sc = Sidecar::spawn(cfg, extras).await;
+    for (i, want) in [503, 404, 503, 503, 200].into_iter().enumerate() {
+        if i == 1 {
+            // Four refusals cost at least 50 + 100 + 200 ms of backoff: not ready yet.
+            assert_eq!(sc.get_local("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let call = jm.next_call().await;
+        assert_eq!(
+            (call.method.as_str(), call.uri.as_str(), call.connection),
+            ("GET", "/internal/v1/jobs/job-9", want)
+        );
+        assert_eq!(call.headers["x-internal-api-key"], KEY);
+        assert_eq!(call.headers["x-job-token"], "tok-9");
+    }
+    eventually("ready once fetched", || async { sc.get_local("/readyz").await.0 == StatusCode::OK }).await;
+    let (status, _, body) = sc.get_local("/v1/job").await;
+    assert_eq!(status, StatusCode::OK);
+    let job: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((job["id"].as_str(), job["attempt"].as_u64()), (Some("job-9"), Some(3)));
+    assert_eq!(job["payload"]["script"], "x");
+    assert!(!String::from_utf8_lossy(&body).contains("tok-9"));
+    let (status, _, _) = send(sc.addr, post_json("/v1/result", r#"{"outcome":"succeeded"}"#)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let call = jm.next_call().await;
+    assert_eq!((call.method.as_str(), call.uri.as_str()), ("POST", "/internal/v1/jobs/job-9/result"));
+    assert_eq!(call.headers["x-job-token"], "tok-9");
+    sc.stop().await.unwrap();
+}
+
+/// A job manager that answers the fetch with a refusal (403: not this job's token) or
+/// another job ends the sidecar with an error naming the cause: never a runtime started
+/// on the wrong job.
+#[tokio::test]
+async fn job_fetch_refused_or_wrong_job_is_an_error() {
+    for (status, body, expect) in [
+        (403, None, "403"),
+        (200, Some(r#"{"id":"other","runtime_type":"rt","timeout_secs":30}"#), "got job other"),
+        (200, Some("not json"), "not a job"),
+    ] {
+        let jm = FakeJobManager::start(&[status]).await;
+        *jm.job.lock().unwrap() = body.map(str::to_string);
+        let jm_url = format!("http://{}", jm.addr);
+        let cfg = config(
+            &["--job-id", "job-10", "--job-manager-url", &jm_url],
+            &[("SIDECAR_INTERNAL_API_KEY", KEY), ("SIDECAR_JOB_TOKEN", "tok-10")],
+        );
+        let sc = Sidecar::spawn(cfg, sidecar::Extras::default()).await;
+        let err =
+            tokio::time::timeout(std::time::Duration::from_secs(10), sc.handle).await.unwrap().unwrap().unwrap_err();
+        assert!(err.to_string().contains(expect), "{status} {body:?}: {err}");
+        assert!(err.to_string().contains("job-10"), "{err}");
+    }
+}

@@ -2,8 +2,7 @@
 //! job records, Jobs and pods with the job manager's labels. Started by the
 //! `runtime-pruning` holder on its first pass, so only one replica watches; each pass
 //! then reads memory instead of listing the namespace, and pod changes are seen as they
-//! happen. Secrets are not watched (no `watch` right on Secrets): orphan cleanup lists
-//! their metadata.
+//! happen.
 use crate::kubernetes::labels;
 use crate::kubernetes::record::JobRecord;
 use futures_util::StreamExt;

@@ -74,9 +74,8 @@ pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime)
         ));
         docs.push(doc(
             "ownerReferences -> the JobRecord above are added at creation (its uid is known only then)",
-            &objects.secret,
+            &objects.job,
         ));
-        docs.push(doc("ownerReferences -> the JobRecord above are added at creation", &objects.job));
     }
     if config.kubernetes.network_policy.enabled {
         docs.push(doc(

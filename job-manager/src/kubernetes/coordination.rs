@@ -195,7 +195,6 @@ impl Coordinator {
         let records = self.ctx.records();
         let jobs = self.ctx.jobs();
         let pods = self.ctx.pods();
-        let secrets = self.ctx.secrets();
         let cached = self.cached_snapshot().await;
         let (records, jobs, pods) = match cached {
             Some(snapshot) => snapshot,
@@ -206,21 +205,8 @@ impl Coordinator {
                 m.call(Resource::Pods, Verb::List, pods.list(&ephemeral)).await?.items,
             ),
         };
-        // Metadata only: pruning never needs (nor should hold) job tokens.
-        let secrets: Vec<core::Secret> = m
-            .call(Resource::Secrets, Verb::List, secrets.list_metadata(&ephemeral))
-            .await?
-            .items
-            .into_iter()
-            .map(|s| core::Secret { metadata: s.metadata, ..core::Secret::default() })
-            .collect();
-        let snapshot = Snapshot {
-            records: &records,
-            jobs: &jobs,
-            pods: &pods,
-            secrets: &secrets,
-            now: k8s_openapi::jiff::Timestamp::now(),
-        };
+        let snapshot =
+            Snapshot { records: &records, jobs: &jobs, pods: &pods, now: k8s_openapi::jiff::Timestamp::now() };
         let actions = diagnose::plan(&snapshot, &self.settings.timing);
         let mut pass = PrunePass::default();
         for action in actions {
@@ -287,27 +273,6 @@ impl Coordinator {
                 let jobs = self.ctx.jobs();
                 m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "orphan_job" }).inc();
                 deleted(m.call(Resource::Jobs, Verb::Delete, jobs.delete(&name, &dp)).await)
-            }
-            Action::DeleteOrphanSecret { name } => {
-                let secrets = self.ctx.secrets();
-                m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "orphan_secret" }).inc();
-                deleted(m.call(Resource::Secrets, Verb::Delete, secrets.delete(&name, &dp)).await)
-            }
-            Action::MarkRunning { name, pod, started_at } => {
-                let Some(record) = record_named(&name) else { return Ok(Executed::Nothing) };
-                let mut updated = record.clone();
-                let status = updated.status.get_or_insert_with(Default::default);
-                status.phase = Some(crate::kubernetes::record::RecordPhase::Running);
-                status.pod = Some(pod);
-                status.started_at = started_at;
-                // With the version read: a result written meanwhile is never overwritten.
-                let pp = kube::api::PostParams::default();
-                let api = self.ctx.records();
-                match m.call(Resource::JobRecordStatus, Verb::Update, api.replace_status(&name, &pp, &updated)).await {
-                    Ok(_) => Ok(Executed::Nothing),
-                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Executed::Nothing),
-                    Err(e) => Err(CoordinationError::Api(e)),
-                }
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Pure decisions over a snapshot of the cluster (records, Jobs, pods, Secrets): which
+//! Pure decisions over a snapshot of the cluster (records, Jobs, pods): which
 //! jobs get a result decided by the job manager (a pod that cannot start, OOMKilled, a
 //! deadline breached, a runtime that exited without reporting) and which objects are
 //! orphans to delete. The pruning loop (lease holder only) takes a snapshot, calls
@@ -55,27 +55,13 @@ impl Default for Timing {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Record this result for the job (first wins: a racing sidecar result may still win).
-    Report {
-        result: JobResult,
-        cause: Cause,
-    },
+    Report { result: JobResult, cause: Cause },
     /// Delete the job's Job (its pod stops; the record stays until delivery).
-    DeleteJob {
-        name: String,
-    },
-    /// Delete objects whose record is gone.
-    DeleteOrphanJob {
-        name: String,
-    },
-    DeleteOrphanSecret {
-        name: String,
-    },
-    /// The record's pod runs: set `status.phase: Running`, `pod`, `startedAt`.
-    MarkRunning {
-        name: String,
-        pod: String,
-        started_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    },
+    DeleteJob { name: String },
+    /// Delete a Job whose record is gone. (Job records own their Jobs, so the garbage
+    /// collector normally does this; this covers a Job created without its owner
+    /// reference, e.g. by hand or by a version that did so.)
+    DeleteOrphanJob { name: String },
 }
 
 /// Why the job manager decided a result (the metric label).
@@ -113,7 +99,6 @@ pub struct Snapshot<'a> {
     pub records: &'a [JobRecord],
     pub jobs: &'a [batch::Job],
     pub pods: &'a [core::Pod],
-    pub secrets: &'a [core::Secret],
     pub now: Timestamp,
 }
 
@@ -165,20 +150,6 @@ pub fn plan(s: &Snapshot<'_>, timing: &Timing) -> Vec<Action> {
             if job.is_some_and(|j| !job_finished(j)) {
                 actions.push(Action::DeleteJob { name: name.to_string() });
             }
-        } else if record.status.as_ref().and_then(|st| st.phase).is_none() {
-            // Shown by `kubectl get jr`; written once per job, by the pruning holder only.
-            let running = pods
-                .get(name)
-                .into_iter()
-                .flatten()
-                .find(|p| p.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Running"));
-            if let Some(pod) = running {
-                actions.push(Action::MarkRunning {
-                    name: name.to_string(),
-                    pod: pod.metadata.name.clone().unwrap_or_default(),
-                    started_at: pod.status.as_ref().and_then(|st| st.start_time.clone()),
-                });
-            }
         }
     }
     for (name, job) in &jobs {
@@ -186,16 +157,6 @@ pub fn plan(s: &Snapshot<'_>, timing: &Timing) -> Vec<Action> {
             && older_than(s.now, job.metadata.creation_timestamp.as_ref(), timing.orphan_grace)
         {
             actions.push(Action::DeleteOrphanJob { name: name.to_string() });
-        }
-    }
-    for secret in s.secrets {
-        let Some(name) = secret.metadata.name.as_deref() else {
-            continue;
-        };
-        if !record_names.contains(name)
-            && older_than(s.now, secret.metadata.creation_timestamp.as_ref(), timing.orphan_grace)
-        {
-            actions.push(Action::DeleteOrphanSecret { name: name.to_string() });
         }
     }
     actions

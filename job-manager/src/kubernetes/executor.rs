@@ -1,5 +1,5 @@
 //! [`KubeExecutor`]: the I/O around the pure translation. Ephemeral jobs: create the
-//! JobRecord, then the Secret and Job owned by it (`AlreadyExists` on the deterministic
+//! JobRecord, then the Job owned by it (`AlreadyExists` on the deterministic
 //! names means the job already runs). Persistent jobs: create the record, then POST the
 //! job to the runtime type's Service (202 accepted, 429 busy).
 //!
@@ -91,9 +91,6 @@ impl KubeContext {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
     pub fn jobs(&self) -> Api<batch::Job> {
-        Api::namespaced(self.client.clone(), &self.namespace)
-    }
-    pub fn secrets(&self) -> Api<core::Secret> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
     pub fn pods(&self) -> Api<core::Pod> {
@@ -210,21 +207,6 @@ impl KubeExecutor {
         let m = &self.ctx.metrics;
         let pp = PostParams::default();
 
-        let secrets = self.ctx.secrets();
-        match m.call(Resource::Secrets, Verb::Create, secrets.create(&pp, &objects.secret)).await {
-            Ok(_) => {}
-            // From an earlier attempt: it holds that attempt's token, still valid until
-            // the same deadline.
-            Err(e) if is_already_exists(&e) => {}
-            Err(e) => {
-                let err = classify_api_error(&e);
-                if created_record {
-                    self.abandon(&name).await;
-                }
-                self.ctx.events.handoff_failed(&record, &err);
-                return Err(err);
-            }
-        }
         let jobs = self.ctx.jobs();
         match m.call(Resource::Jobs, Verb::Create, jobs.create(&pp, &objects.job)).await {
             Ok(_) => Ok(Accepted::Started),

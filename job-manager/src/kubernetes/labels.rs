@@ -40,12 +40,10 @@ pub const SIDECAR_CONTAINER: &str = "sidecar";
 pub const RUNTIME_CONTAINER: &str = "runtime";
 
 /// Volume names inside runtime pods.
-pub const JOB_DIR_VOLUME: &str = "job-dir";
 pub const SPOOL_VOLUME: &str = "sidecar-spool";
 pub const DATA_VOLUME: &str = "data";
 
-/// Where the sidecar sees the job directory and its spool.
-pub const JOB_DIR_MOUNT: &str = "/var/run/job";
+/// Where the sidecar sees its spool.
 pub const SPOOL_MOUNT: &str = "/var/spool/sidecar";
 
 /// Name of the runtime NetworkPolicy.
@@ -74,7 +72,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// The name of every object created for one job (JobRecord, Secret, Job): `jm-<id>` when
+/// The name of every object created for one job (JobRecord, Job): `jm-<id>` when
 /// the id is already a DNS-1123 label (lowercase alphanumerics and '-') and short enough,
 /// otherwise `jm-<sanitized prefix>-<48-bit hash>`. Deterministic, so any replica (or a
 /// re-delivery) creating the same job hits `AlreadyExists`; injective in practice, since
@@ -122,7 +120,7 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Labels every runtime object carries (pods, Jobs, Secrets, records, Deployments...).
+/// Labels every runtime object carries (pods, Jobs, records, Deployments...).
 pub fn runtime_labels(runtime_type: &str, workload: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),

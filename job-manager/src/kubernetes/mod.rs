@@ -1,7 +1,7 @@
 //! The Kubernetes executor: translation (job -> objects), job records, leases, pruning.
 //!
 //! ```text
-//! translate    pure: job + config -> JobRecord + Secret + Job (ephemeral),
+//! translate    pure: job + config -> JobRecord + Job (ephemeral),
 //!              Deployment + Service + HPA (persistent), runtime NetworkPolicy
 //! record       the JobRecord CRD (durable per-job state, the result store's rows)
 //! labels       every label/annotation key and derived object name
@@ -17,9 +17,11 @@
 //! cli          `render`, `crd`, `rbac` subcommands (no cluster needed)
 //! ```
 //!
-//! API writes per ephemeral job on the normal path: create record, Secret, Job (3), the
-//! result (1), the Running mark by the pruning holder (1), the record's deletion after
-//! delivery (1, garbage-collecting the rest).
+//! API writes per ephemeral job on the normal path: four. Create the record and the Job
+//! (2), record the result (1, consuming the token with a resourceVersion precondition),
+//! delete the record once the broker accepted the result (1, garbage-collecting the Job).
+//! No per-job Secret (the sidecar fetches the job with its token, see `translate`) and
+//! no status bookkeeping while the job runs.
 pub mod cache;
 pub mod cli;
 pub mod coordination;

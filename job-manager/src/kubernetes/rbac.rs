@@ -10,7 +10,6 @@ use serde::Serialize;
 pub enum Resource {
     JobRecords,
     JobRecordStatus,
-    Secrets,
     Jobs,
     Pods,
     Events,
@@ -22,10 +21,9 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 11] = [
+    pub const ALL: [Resource; 10] = [
         Resource::JobRecords,
         Resource::JobRecordStatus,
-        Resource::Secrets,
         Resource::Jobs,
         Resource::Pods,
         Resource::Events,
@@ -39,7 +37,7 @@ impl Resource {
     pub fn api_group(self) -> &'static str {
         match self {
             Resource::JobRecords | Resource::JobRecordStatus => crate::kubernetes::record::GROUP,
-            Resource::Secrets | Resource::Pods => "",
+            Resource::Pods => "",
             Resource::Events => "events.k8s.io",
             Resource::Jobs => "batch",
             Resource::Deployments => "apps",
@@ -55,7 +53,6 @@ impl Resource {
         match self {
             Resource::JobRecords => "jobrecords",
             Resource::JobRecordStatus => "jobrecords/status",
-            Resource::Secrets => "secrets",
             Resource::Jobs => "jobs",
             Resource::Pods => "pods",
             Resource::Events => "events",
@@ -74,10 +71,8 @@ impl Resource {
             // Created per job, read by the result store, listed for capacity and pruning,
             // deleted by pruning and delivery.
             Resource::JobRecords => &[Get, List, Watch, Create, Delete],
-            // Results and phases are written with resourceVersion preconditions.
+            // Results are written with resourceVersion preconditions.
             Resource::JobRecordStatus => &[Get, Update, Patch],
-            // The job directory; listed and deleted only to clean orphans.
-            Resource::Secrets => &[Get, List, Create, Delete],
             Resource::Jobs => &[Get, List, Watch, Create, Delete],
             // Failure diagnosis reads pod status.
             Resource::Pods => &[Get, List, Watch],
@@ -183,7 +178,10 @@ mod tests {
     fn yaml_shape() {
         let yaml = rules_yaml();
         assert!(yaml.starts_with("- apiGroups:\n  - jobs.jobmanager.dev\n  resources:\n  - jobrecords\n"), "{yaml}");
-        assert!(yaml.contains("- apiGroups:\n  - ''\n  resources:\n  - secrets\n  verbs:\n  - get\n  - list\n  - create\n  - delete\n"), "{yaml}");
+        assert!(
+            yaml.contains("- apiGroups:\n  - ''\n  resources:\n  - pods\n  verbs:\n  - get\n  - list\n  - watch\n"),
+            "{yaml}"
+        );
     }
 
     /// Every `metrics.call(Resource::X, Verb::Y, ...)` in the code that talks to the API
@@ -226,10 +224,10 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_never_updated() {
-        // Job Secrets are immutable; a right to update them would only widen the blast radius.
-        assert!(!allows(Resource::Secrets, Verb::Update));
-        assert!(!allows(Resource::Secrets, Verb::Patch));
-        assert!(!allows(Resource::Secrets, Verb::Watch));
+    fn no_access_to_secrets() {
+        // Runtime pods get the job token as an env var on the sidecar and the internal API
+        // key by `secretKeyRef` (resolved by the kubelet): the job manager itself never
+        // needs to read or write a Secret, so its Role grants none.
+        assert!(!rules().iter().any(|r| r.resources.iter().any(|x| x == "secrets")));
     }
 }

@@ -4,7 +4,7 @@
 //! generated from these types (`job-manager crd`) and committed to the chart; a test
 //! fails when the committed file drifts.
 //!
-//! Ownership: the record is created first and owns the job's Secret and Job, so deleting
+//! Ownership: the record is created first and owns the job's Job, so deleting
 //! the record (pruning, delivery) garbage-collects everything, and a creation that failed
 //! halfway leaves at most a record without a Job, which pruning removes.
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -47,6 +47,42 @@ pub struct JobRecordSpec {
     /// The broker's delivery attempt (1 for the first).
     #[serde(default)]
     pub attempt: u32,
+    /// Seconds the job may run (ephemeral; what the runtime is told).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout_secs: u32,
+    /// The job's payload as JSON text (ephemeral): the job's sidecar fetches it from the
+    /// job manager, which reads it here, so no per-job Secret is needed. Kept opaque so
+    /// the schema stays structural. Grant `get` on job records as carefully as on Secrets.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub payload_json: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl JobRecord {
+    /// The job as handed to the job's sidecar (`GET /internal/v1/jobs/{id}`); `None`
+    /// when the stored id or payload is not valid (a record edited by hand).
+    pub fn handed_job(&self) -> Option<common::Job> {
+        let payload = if self.spec.payload_json.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&self.spec.payload_json).ok()?
+        };
+        Some(common::Job {
+            id: common::JobId::new(self.spec.job_id.clone()).ok()?,
+            runtime_type: self.spec.runtime_type.clone(),
+            workload_kind: match self.spec.workload {
+                RecordWorkload::Ephemeral => common::WorkloadKind::Ephemeral,
+                RecordWorkload::Persistent => common::WorkloadKind::Persistent,
+            },
+            timeout_secs: self.spec.timeout_secs,
+            attempt: self.spec.attempt,
+            payload,
+            signature: None,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -80,9 +116,11 @@ pub struct JobRecordStatus {
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum RecordPhase {
-    /// Objects created; the pod has not started yet.
+    /// Objects created (not written by this version: a record without a result is in
+    /// flight, which `kubectl get jr` shows as an empty Outcome).
     Pending,
-    /// The pod runs.
+    /// The pod runs (written by earlier versions only; marking it cost one API write
+    /// per job).
     Running,
     /// A result is recorded.
     Finished,

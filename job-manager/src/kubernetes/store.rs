@@ -6,7 +6,9 @@
 use crate::kubernetes::labels;
 use crate::kubernetes::metrics::KubeMetrics;
 use crate::kubernetes::rbac::{Resource, Verb};
-use crate::kubernetes::record::{Delivery, DeliveryState, JobRecord, JobRecordStatus, RecordPhase, RecordedResult};
+use crate::kubernetes::record::{
+    Delivery, DeliveryState, JobRecord, JobRecordStatus, RecordPhase, RecordWorkload, RecordedResult,
+};
 use crate::results::{Recorded, ResultStore, StoreError};
 use common::{JobId, JobResult};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -97,13 +99,18 @@ impl RecordStore {
 
     /// The result recorded for a job, if any (delivered or not).
     pub async fn lookup_result(&self, id: &JobId) -> Result<Option<JobResult>, StoreError> {
+        Ok(self.get_record(id).await?.and_then(|r| r.status?.result?.to_result(id.clone())))
+    }
+
+    async fn get_record(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let name = labels::object_name(id);
         let record = self
             .metrics
             .call(Resource::JobRecords, Verb::Get, self.records.get_opt(&name))
             .await
             .map_err(Self::unavailable)?;
-        Ok(record.and_then(|r| r.status?.result?.to_result(id.clone())))
+        // Two ids can only share a name through a hash collision: never mix them up.
+        Ok(record.filter(|r| r.spec.job_id == id.as_str()))
     }
 }
 
@@ -156,8 +163,16 @@ impl ResultStore for RecordStore {
         Ok(pending_results(&list.items))
     }
 
+    async fn handed_job(&self, id: &JobId) -> Result<Option<common::Job>, StoreError> {
+        Ok(self
+            .get_record(id)
+            .await?
+            .filter(|r| r.spec.workload == RecordWorkload::Ephemeral)
+            .and_then(|r| r.handed_job()))
+    }
+
     /// Delivered: the record has served its purpose; deleting it garbage-collects the
-    /// job's Secret and Job (the runtime is done once its result exists). One write
+    /// job's Job (the runtime is done once its result exists). One write
     /// instead of a status update now and a delete later.
     async fn mark_delivered(&self, id: &JobId) -> Result<(), StoreError> {
         let name = labels::object_name(id);
@@ -233,6 +248,8 @@ mod tests {
                     workload: RecordWorkload::Ephemeral,
                     deadline: now(),
                     attempt: 1,
+                    timeout_secs: 0,
+                    payload_json: String::new(),
                 },
             );
             r.status = status;

@@ -1,12 +1,16 @@
 //! Pure translation: job + config -> the Kubernetes objects the job manager creates.
 //! No client in here; the executor does the I/O around it, tests compare whole objects.
 //!
-//! Ephemeral job = [`JobRecord`] (created first), Secret (job dir: `job.json`, `token`)
-//! and `batch/v1` Job, all named [`labels::object_name`]. The record owns the other two
-//! (see [`EphemeralObjects::owned_by`]): its uid exists before the children are created,
-//! so the Secret exists before the pod needs it (no FailedMount race the failure
-//! diagnosis could misread), one delete removes everything, and a half-failed creation
-//! leaves at most a record without a Job, which pruning removes.
+//! Ephemeral job = [`JobRecord`] (created first) and `batch/v1` Job, both named
+//! [`labels::object_name`]. The record owns the Job (see [`EphemeralObjects::owned_by`]),
+//! so one delete removes everything and a half-failed creation leaves at most a record
+//! without a Job, which pruning removes. The record also carries the payload; the pod
+//! gets only the job id and the single-use token, as literal env vars on the sidecar
+//! container (the runtime container cannot read another container's env: the pod does
+//! not share its process namespace and mounts no service-account token). The sidecar
+//! fetches the job from the job manager with the token. Two objects instead of a record,
+//! a Secret and a Job: one API write less per job (the budget is four: two
+//! creates, the result, the record's delete).
 //!
 //! Seed 000's `parallelism`/`completions`: an execution is ONE pod, so every Job has
 //! `parallelism: 1, completions: 1`. `runtimes[].parallelism` is how many jobs of the type
@@ -18,7 +22,7 @@
 use crate::config::model::{Config, ImageSettings, RuntimeConfig, Workload};
 use crate::kubernetes::labels;
 use crate::kubernetes::record::{JobRecord, JobRecordSpec, RecordWorkload};
-use common::runtime_api::{runtime_env, sidecar_env, JOB_FILE, TOKEN_FILE};
+use common::runtime_api::{runtime_env, sidecar_env};
 use common::{Job, JobId};
 use k8s_openapi::api::apps::v1 as apps;
 use k8s_openapi::api::autoscaling::v2 as autoscaling;
@@ -28,7 +32,6 @@ use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_openapi::ByteString;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -91,12 +94,11 @@ impl TranslateError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EphemeralObjects {
     pub record: JobRecord,
-    pub secret: core::Secret,
     pub job: batch::Job,
 }
 
 impl EphemeralObjects {
-    /// Make the record the controller owner of the Secret and Job (its uid is known once
+    /// Make the record the controller owner of the Job (its uid is known once
     /// it was created). `blockOwnerDeletion` stays unset: it would need `update` on
     /// `jobrecords/finalizers`, and background deletion is all pruning needs.
     pub fn owned_by(mut self, record_uid: &str) -> Self {
@@ -108,7 +110,6 @@ impl EphemeralObjects {
             controller: Some(true),
             block_owner_deletion: None,
         };
-        self.secret.metadata.owner_references = Some(vec![owner.clone()]);
         self.job.metadata.owner_references = Some(vec![owner]);
         self
     }
@@ -122,7 +123,7 @@ pub struct PersistentObjects {
     pub hpa: autoscaling::HorizontalPodAutoscaler,
 }
 
-/// The objects for one ephemeral job. `token` goes into the Secret only.
+/// The objects for one ephemeral job. `token` goes into the sidecar container's env only.
 pub fn ephemeral_objects(
     job: &Job,
     token: &str,
@@ -151,29 +152,17 @@ pub fn ephemeral_objects(
             workload: RecordWorkload::Ephemeral,
             deadline: deadline_time(deadline)?,
             attempt: job.attempt,
+            timeout_secs: job.timeout_secs,
+            payload_json: if job.payload.is_null() { String::new() } else { job.payload.to_string() },
         },
         status: None,
-    };
-
-    let job_json = serde_json::to_vec(job).map_err(|e| TranslateError::Serialize(e.to_string()))?;
-    let secret = core::Secret {
-        metadata: meta.clone(),
-        type_: Some("Opaque".into()),
-        // Immutable: the kubelet need not watch it, and nobody can swap a token in.
-        immutable: Some(true),
-        data: Some(BTreeMap::from([
-            (JOB_FILE.to_string(), ByteString(job_json)),
-            (TOKEN_FILE.to_string(), ByteString(token.as_bytes().to_vec())),
-        ])),
-        ..core::Secret::default()
     };
 
     let mut pod_labels = config.kubernetes.pod_labels.clone();
     pod_labels.extend(object_labels);
     let mut pod_annotations = config.kubernetes.pod_annotations.clone();
     pod_annotations.extend(annotations);
-    let pod =
-        PodInputs { runtime, config, namespace, mode: PodMode::Ephemeral { job_id: &job.id, secret_name: &name } };
+    let pod = PodInputs { runtime, config, namespace, mode: PodMode::Ephemeral { job_id: &job.id, token } };
     let active_deadline = i64::from(job.timeout_secs.clamp(1, config.check_timeout.max(1)));
     let k8s_job = batch::Job {
         metadata: meta,
@@ -195,7 +184,7 @@ pub fn ephemeral_objects(
         }),
         status: None,
     };
-    Ok(EphemeralObjects { record, secret, job: k8s_job })
+    Ok(EphemeralObjects { record, job: k8s_job })
 }
 
 /// The record of one job dispatched to a persistent runtime: the durable row its result
@@ -224,6 +213,9 @@ pub fn persistent_record(
             workload: RecordWorkload::Persistent,
             deadline: deadline_time(deadline)?,
             attempt: job.attempt,
+            // Persistent jobs travel to the runtime in the dispatch request.
+            timeout_secs: 0,
+            payload_json: String::new(),
         },
         status: None,
     })
@@ -469,7 +461,7 @@ fn check_common(config: &Config, namespace: &str) -> Result<(), TranslateError> 
 }
 
 enum PodMode<'a> {
-    Ephemeral { job_id: &'a JobId, secret_name: &'a str },
+    Ephemeral { job_id: &'a JobId, token: &'a str },
     Persistent,
 }
 
@@ -491,18 +483,6 @@ fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateError> {
     }));
 
     let mut volumes = Vec::new();
-    if let PodMode::Ephemeral { secret_name, .. } = p.mode {
-        volumes.push(core::Volume {
-            name: labels::JOB_DIR_VOLUME.into(),
-            secret: Some(core::SecretVolumeSource {
-                secret_name: Some(secret_name.to_string()),
-                // Owner and fsGroup read; nobody writes, nobody else reads.
-                default_mode: Some(0o440),
-                ..core::SecretVolumeSource::default()
-            }),
-            ..core::Volume::default()
-        });
-    }
     volumes.push(core::Volume {
         name: labels::SPOOL_VOLUME.into(),
         empty_dir: Some(core::EmptyDirVolumeSource::default()),
@@ -528,6 +508,9 @@ fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateError> {
         service_account_name: (!k.runtime_service_account.is_empty()).then(|| k.runtime_service_account.clone()),
         // Service env vars would tell the runtime where every Service in the namespace is.
         enable_service_links: Some(false),
+        // Explicit: with a shared process namespace the runtime could read the sidecar's
+        // env (`/proc/<pid>/environ`), which holds the job token.
+        share_process_namespace: Some(false),
         termination_grace_period_seconds: Some(k.termination_grace_period_seconds),
         security_context: Some(k.pod_security_context.clone().unwrap_or_else(default_pod_security_context)),
         node_selector: (!k.node_selector.is_empty()).then(|| k.node_selector.clone()),
@@ -604,15 +587,9 @@ fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
         },
     ];
     match p.mode {
-        PodMode::Ephemeral { job_id, .. } => {
-            envs.push(env(sidecar_env::JOB_DIR, labels::JOB_DIR_MOUNT));
+        PodMode::Ephemeral { job_id, token } => {
             envs.push(env(sidecar_env::JOB_ID, job_id.as_str()));
-            mounts.push(core::VolumeMount {
-                name: labels::JOB_DIR_VOLUME.into(),
-                mount_path: labels::JOB_DIR_MOUNT.into(),
-                read_only: Some(true),
-                ..core::VolumeMount::default()
-            });
+            envs.push(env(sidecar_env::JOB_TOKEN, token));
         }
         PodMode::Persistent => {
             envs.push(env(sidecar_env::INGRESS_LISTEN, format!("0.0.0.0:{}", s.ingress_port)));

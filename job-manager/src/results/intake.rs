@@ -47,6 +47,10 @@ impl<S: ResultStore> ResultIntake<S> {
         self.store.lookup(id).await
     }
 
+    pub async fn handed_job(&self, id: &JobId) -> Result<Option<common::Job>, StoreError> {
+        self.store.handed_job(id).await
+    }
+
     pub fn store(&self) -> &Arc<S> {
         &self.store
     }

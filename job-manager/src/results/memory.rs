@@ -1,18 +1,25 @@
 //! An in-memory [`ResultStore`]: for tests and for processes whose results need not
 //! survive them. Not durable: the local executor uses [`super::FileResultStore`].
 use super::store::{Recorded, ResultStore, StoreError};
-use common::{JobId, JobResult};
+use common::{Job, JobId, JobResult};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 #[derive(Default)]
 pub struct MemoryResultStore {
     entries: Mutex<BTreeMap<JobId, (JobResult, bool)>>,
+    handed: Mutex<BTreeMap<JobId, Job>>,
 }
 
 impl MemoryResultStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keep `job` for its sidecar to fetch by id and token (what job records do for the
+    /// Kubernetes executor).
+    pub fn hand(&self, job: Job) {
+        self.handed.lock().expect("store lock").insert(job.id.clone(), job);
     }
 }
 
@@ -47,5 +54,9 @@ impl ResultStore for MemoryResultStore {
 
     async fn lookup(&self, id: &JobId) -> Result<Option<JobResult>, StoreError> {
         Ok(self.entries.lock().expect("store lock").get(id).map(|(r, _)| r.clone()))
+    }
+
+    async fn handed_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        Ok(self.handed.lock().expect("store lock").get(id).cloned())
     }
 }

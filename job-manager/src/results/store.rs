@@ -3,7 +3,7 @@
 //! files in its state directory, the Kubernetes executor with job records (custom
 //! resources updated with resourceVersion preconditions), so a result survives the
 //! replica that received it.
-use common::{JobId, JobResult};
+use common::{Job, JobId, JobResult};
 use std::future::Future;
 
 /// What recording a result did.
@@ -37,6 +37,13 @@ pub trait ResultStore: Send + Sync + 'static {
     /// it again. The default answers "unknown" (`None`): a store that cannot look results
     /// up loses only that shortcut, because `record` still keeps the first outcome.
     fn lookup(&self, id: &JobId) -> impl Future<Output = Result<Option<JobResult>, StoreError>> + Send {
+        let _ = id;
+        async { Ok(None) }
+    }
+    /// The job handed to a sidecar by id and token only (the Kubernetes executor keeps
+    /// it on the job record; `GET /internal/v1/jobs/{id}`). The default holds none: the
+    /// local executor hands its sidecars a job directory instead.
+    fn handed_job(&self, id: &JobId) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send {
         let _ = id;
         async { Ok(None) }
     }

@@ -106,6 +106,14 @@ fn every_bad_value_names_its_setting() {
         (&["--log-format", "xml"], &[], ENV_LOG_FORMAT),
         (&["--log-level", "sidecar=loud"], &[], ENV_LOG_LEVEL),
         (&["--job-id", "a/b"], &[], ENV_JOB_ID),
+        // A job token without the rest of the hand-off, or with a job dir too.
+        (&["--job-manager-url", "http://jm:8080"], &[(ENV_INTERNAL_API_KEY, "k"), (ENV_JOB_TOKEN, "t")], ENV_JOB_TOKEN),
+        (&["--job-id", "j1"], &[(ENV_JOB_TOKEN, "t")], ENV_JOB_TOKEN),
+        (
+            &["--job-id", "j1", "--job-dir", "/tmp/x", "--job-manager-url", "http://jm:8080"],
+            &[(ENV_INTERNAL_API_KEY, "k"), (ENV_JOB_TOKEN, "t")],
+            ENV_JOB_TOKEN,
+        ),
         (&["--result-deadline-secs", "0"], &[], ENV_RESULT_DEADLINE_SECS),
         (&["--shutdown-grace-secs=-1"], &[], ENV_SHUTDOWN_GRACE_SECS),
         (&["--max-header-bytes", "100"], &[], ENV_MAX_HEADER_BYTES),
@@ -125,4 +133,20 @@ fn every_bad_value_names_its_setting() {
 fn standalone_is_the_default_policy() {
     let c = Config::standalone("127.0.0.1:0".parse().unwrap());
     assert!(c.policy.allow_cidrs.is_empty() && c.job_manager.is_none());
+}
+
+#[test]
+fn job_handed_over_by_id_and_token() {
+    let c = parse(
+        &["--job-manager-url", "http://jm.ns.svc:8080"],
+        &[(ENV_INTERNAL_API_KEY, "k"), (ENV_JOB_ID, "j1"), (ENV_JOB_TOKEN, " v1.1.2.3 \n")],
+    )
+    .unwrap();
+    assert_eq!(c.job_id.as_deref(), Some("j1"));
+    assert_eq!(c.job_token.as_ref().map(|t| t.expose().to_string()).as_deref(), Some("v1.1.2.3"));
+    assert!(c.job_dir.is_none());
+    // Never printed, e.g. when the config is logged for debugging.
+    assert!(!format!("{c:?}").contains("v1.1.2.3"));
+    // An empty token is no token.
+    assert!(parse(&[], &[(ENV_JOB_TOKEN, "  ")]).unwrap().job_token.is_none());
 }

@@ -43,7 +43,7 @@ pub struct Sidecar {
     pub admin: Option<SocketAddr>,
     pub ingress: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<(), sidecar::RunError>>,
+    pub handle: JoinHandle<Result<(), sidecar::RunError>>,
 }
 
 impl Sidecar {
@@ -56,16 +56,21 @@ impl Sidecar {
     }
 
     pub async fn start_with(config: Config, extras: sidecar::Extras) -> Self {
+        let s = Self::spawn(config, extras).await;
+        // The listeners are bound, so this connects; readiness is the signal we wait on.
+        assert_eq!(s.get_local("/readyz").await.0, StatusCode::OK);
+        s
+    }
+
+    /// Started, not necessarily ready yet.
+    pub async fn spawn(config: Config, extras: sidecar::Extras) -> Self {
         let listeners = sidecar::Listeners::bind(&config).await.expect("bind");
         let ready = listeners.addrs();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(sidecar::run_with(config, extras, listeners, async {
             let _ = rx.await;
         }));
-        let s = Self { addr: ready.listen, admin: ready.admin, ingress: ready.ingress, stop: Some(tx), handle };
-        // The listeners are bound, so this connects; readiness is the signal we wait on.
-        assert_eq!(s.get_local("/readyz").await.0, StatusCode::OK);
-        s
+        Self { addr: ready.listen, admin: ready.admin, ingress: ready.ingress, stop: Some(tx), handle }
     }
 
     pub async fn stop(mut self) -> Result<(), sidecar::RunError> {
@@ -272,6 +277,8 @@ pub async fn raw_exchange(to: SocketAddr, bytes: &[u8]) -> String {
 pub struct FakeJobManager {
     pub addr: SocketAddr,
     pub statuses: Arc<Mutex<VecDeque<u16>>>,
+    /// The body of a 200 answer to `GET` (the job a sidecar fetches); default "jm".
+    pub job: Arc<Mutex<Option<String>>>,
     pub calls: mpsc::UnboundedReceiver<Seen>,
 }
 
@@ -286,19 +293,25 @@ impl FakeJobManager {
         let statuses = Arc::new(Mutex::new(statuses.iter().copied().collect::<VecDeque<u16>>()));
         let (tx, calls) = mpsc::unbounded_channel();
         let st = statuses.clone();
+        let job = Arc::new(Mutex::new(None::<String>));
+        let job_body = job.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (st, tx) = (st.clone(), tx.clone());
+                let (st, tx, job_body) = (st.clone(), tx.clone(), job_body.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (st, tx) = (st.clone(), tx.clone());
+                        let (st, tx, job_body) = (st.clone(), tx.clone(), job_body.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                             let status = st.lock().unwrap().pop_front().unwrap_or(200);
+                            let answer = match job_body.lock().unwrap().clone() {
+                                Some(j) if parts.method == http::Method::GET && status == 200 => Bytes::from(j),
+                                _ => Bytes::from_static(b"jm"),
+                            };
                             let _ = tx.send(Seen {
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
@@ -306,16 +319,14 @@ impl FakeJobManager {
                                 body,
                                 connection: status as usize,
                             });
-                            Ok::<_, Infallible>(
-                                Response::builder().status(status).body(Full::new(Bytes::from_static(b"jm"))).unwrap(),
-                            )
+                            Ok::<_, Infallible>(Response::builder().status(status).body(Full::new(answer)).unwrap())
                         }
                     });
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        Self { addr, statuses, calls }
+        Self { addr, statuses, job, calls }
     }
 
     /// The next call, or a panic after 10 s.

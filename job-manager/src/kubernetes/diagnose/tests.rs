@@ -48,7 +48,7 @@ fn waiting(container: &str, reason: &str) -> serde_json::Value {
 }
 
 fn run(records: &[JobRecord], jobs: &[batch::Job], pods: &[core::Pod], now: i64) -> Vec<Action> {
-    plan(&Snapshot { records, jobs, pods, secrets: &[], now: at(now) }, &Timing::default())
+    plan(&Snapshot { records, jobs, pods, now: at(now) }, &Timing::default())
 }
 
 fn reported(actions: &[Action]) -> Vec<(Outcome, Cause, String)> {
@@ -62,22 +62,12 @@ fn reported(actions: &[Action]) -> Vec<(Outcome, Cause, String)> {
 }
 
 #[test]
-fn healthy_running_job_is_only_marked_running_once() {
+fn healthy_running_job_costs_no_write() {
+    // A running job is left alone: no status bookkeeping (each would be an API write per
+    // job); `kubectl get jr` shows it in flight by its empty Outcome.
     let jobs = [job("jm-a", json!({"active": 1}))];
     let pods = [pod("jm-a", json!({"phase": "Running", "startTime": ts(2)}))];
-    let actions = run(&[record("jm-a", 120, false)], &jobs, &pods, 30);
-    assert_eq!(
-        actions,
-        [Action::MarkRunning {
-            name: "jm-a".into(),
-            pod: "jm-a-abcde".into(),
-            started_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(2)))
-        }]
-    );
-    let mut marked = record("jm-a", 120, false);
-    marked.status = Some(serde_json::from_value(json!({"phase": "Running", "pod": "jm-a-abcde"})).unwrap());
-    assert_eq!(run(&[marked], &jobs, &pods, 30), []);
-    // Not yet running: nothing.
+    assert_eq!(run(&[record("jm-a", 120, false)], &jobs, &pods, 30), []);
     assert_eq!(run(&[record("jm-a", 120, false)], &jobs, &[pod("jm-a", json!({"phase": "Pending"}))], 30), []);
 }
 
@@ -202,20 +192,9 @@ fn persistent_records_only_time_out() {
 
 #[test]
 fn orphans_are_deleted_after_grace() {
-    let secret: core::Secret =
-        serde_json::from_value(json!({"metadata": {"name": "jm-gone", "creationTimestamp": ts(0)}})).unwrap();
     let jobs = [job("jm-gone", json!({"active": 1})), job("jm-a", json!({"active": 1}))];
     let records = [record("jm-a", 600, false)];
-    let snapshot = |now| Snapshot {
-        records: &records,
-        jobs: &jobs,
-        pods: &[],
-        secrets: std::slice::from_ref(&secret),
-        now: at(now),
-    };
+    let snapshot = |now| Snapshot { records: &records, jobs: &jobs, pods: &[], now: at(now) };
     assert_eq!(plan(&snapshot(30), &Timing::default()), []);
-    assert_eq!(
-        plan(&snapshot(61), &Timing::default()),
-        [Action::DeleteOrphanJob { name: "jm-gone".into() }, Action::DeleteOrphanSecret { name: "jm-gone".into() }]
-    );
+    assert_eq!(plan(&snapshot(61), &Timing::default()), [Action::DeleteOrphanJob { name: "jm-gone".into() }]);
 }

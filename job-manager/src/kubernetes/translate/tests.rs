@@ -48,13 +48,12 @@ fn token_and_key_reach_the_sidecar_only() {
     let runtime = &p.containers[0];
     assert_eq!(sidecar.name, "sidecar");
     assert_eq!(runtime.name, "runtime");
-    // The job dir is mounted into the sidecar only, read-only.
-    let sidecar_mounts = sidecar.volume_mounts.as_ref().unwrap();
-    assert!(sidecar_mounts.iter().any(|m| m.name == labels::JOB_DIR_VOLUME && m.read_only == Some(true)));
+    // The spool is the sidecar's; the runtime mounts nothing of it.
     for m in runtime.volume_mounts.iter().flatten() {
-        assert_ne!(m.name, labels::JOB_DIR_VOLUME);
         assert_ne!(m.name, labels::SPOOL_VOLUME);
     }
+    // No process namespace sharing: the runtime cannot read the sidecar's env.
+    assert_eq!(p.share_process_namespace, Some(false));
     // The key: a secretKeyRef on the sidecar, absent from the runtime.
     let key = sidecar.env.as_ref().unwrap().iter().find(|e| e.name == sidecar_env::INTERNAL_API_KEY).unwrap();
     assert!(key.value.is_none());
@@ -65,13 +64,20 @@ fn token_and_key_reach_the_sidecar_only() {
     assert!(!runtime_env_text.contains("SIDECAR_"), "{runtime_env_text}");
     assert!(!runtime_env_text.contains("tok-123"), "{runtime_env_text}");
     assert!(runtime.env_from.is_none());
-    // The token is in the Secret and nowhere in the Job.
-    let job_text = serde_json::to_string(&o.job).unwrap();
-    assert!(!job_text.contains("tok-123"), "{job_text}");
-    assert_eq!(o.secret.data.as_ref().unwrap()["token"].0, b"tok-123");
-    assert_eq!(o.secret.immutable, Some(true));
-    let job_json: Job = serde_json::from_slice(&o.secret.data.as_ref().unwrap()["job.json"].0).unwrap();
-    assert_eq!(job_json, job("node-api-runtime"));
+    // The token: a literal env var on the sidecar container, the only place it appears
+    // in the pod template; the record carries the payload, never the token.
+    let sidecar_env_of = |name: &str| sidecar.env.as_ref().unwrap().iter().find(|e| e.name == name).cloned();
+    assert_eq!(sidecar_env_of(sidecar_env::JOB_TOKEN).and_then(|e| e.value).as_deref(), Some("tok-123"));
+    assert_eq!(sidecar_env_of(sidecar_env::JOB_ID).and_then(|e| e.value).as_deref(), Some("job-1"));
+    assert!(sidecar_env_of(sidecar_env::JOB_DIR).is_none());
+    let template = o.job.spec.as_ref().unwrap().template.clone();
+    let mut without_sidecar_env = template.clone();
+    without_sidecar_env.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].env = None;
+    let rest = serde_json::to_string(&without_sidecar_env).unwrap();
+    assert!(!rest.contains("tok-123"), "{rest}");
+    assert!(!serde_json::to_string(&o.record).unwrap().contains("tok-123"));
+    // The sidecar fetches the job from the job manager, which reads it off the record.
+    assert_eq!(o.record.handed_job().unwrap(), job("node-api-runtime"));
 }
 
 #[test]
@@ -151,8 +157,8 @@ fn errors_name_the_problem() {
 #[test]
 fn owner_references_point_at_the_record() {
     let o = objects(&config()).owned_by("uid-1");
-    for refs in [&o.secret.metadata.owner_references, &o.job.metadata.owner_references] {
-        let r = &refs.as_ref().unwrap()[0];
+    {
+        let r = &o.job.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((r.kind.as_str(), r.name.as_str(), r.uid.as_str()), ("JobRecord", "jm-job-1", "uid-1"));
         assert_eq!(r.api_version, "jobs.jobmanager.dev/v1");
         assert_eq!(r.controller, Some(true));
