@@ -12,7 +12,7 @@ use crate::emulator::validation;
 use base64::Engine as _;
 use rand::Rng as _;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -807,13 +807,24 @@ impl Store {
     /// processed.
     fn collect_garbage(&self, st: &mut State) {
         for _round in 0..10_000 {
+            // Indexes built once per round (one pass): every live uid, and the owners being
+            // deleted with the finalizers that matter here. A scan per owner reference
+            // made each deletion quadratic in the number of stored objects.
             let uids: HashSet<String> = st.objects.values().map(|v| meta_str(v, "uid").to_string()).collect();
-            let deleting_owner = |uid: &str, finalizer: &str| {
-                st.objects.values().any(|v| {
-                    meta_str(v, "uid") == uid
-                        && v["metadata"].get("deletionTimestamp").is_some()
-                        && v["metadata"]["finalizers"].as_array().is_some_and(|f| f.contains(&json!(finalizer)))
+            let deleting: HashMap<String, (bool, bool)> = st
+                .objects
+                .values()
+                .filter(|v| v["metadata"].get("deletionTimestamp").is_some())
+                .map(|v| {
+                    let fins = v["metadata"]["finalizers"].as_array();
+                    let has = |f: &str| fins.is_some_and(|a| a.iter().any(|x| x == f));
+                    (meta_str(v, "uid").to_string(), (has("orphan"), has("foregroundDeletion")))
                 })
+                .collect();
+            let deleting_owner = |uid: &str, finalizer: &str| {
+                deleting
+                    .get(uid)
+                    .is_some_and(|&(orphan, foreground)| if finalizer == "orphan" { orphan } else { foreground })
             };
             let mut action: Option<(ObjKey, &'static str)> = None;
             for (k, v) in st.objects.iter() {
