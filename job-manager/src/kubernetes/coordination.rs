@@ -6,7 +6,9 @@
 //!   HPA per persistent runtime type) and the runtime NetworkPolicy. Idempotent.
 //!
 //! Pending results are retried by the delivery loop (jm-core's `DeliveryLoop` over the
-//! [`crate::kubernetes::store::RecordStore`]); the records make them durable.
+//! [`crate::kubernetes::store::RecordStore`]); the records make them durable. Every
+//! replica delivers the results it received itself; only the `runtime-pruning` holder
+//! sweeps the records for results nobody delivered ([`Coordinator::holds_pruning`]).
 use crate::config::model::Workload;
 use crate::kubernetes::cache::ClusterCache;
 use crate::kubernetes::diagnose::{self, Action, Snapshot, Timing};
@@ -26,6 +28,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::Api;
 use kube_lease_manager::LeaseManagerBuilder;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -84,16 +87,29 @@ pub struct Coordinator {
     intake: ResultIntake<RecordStore>,
     identity: String,
     settings: CoordinationSettings,
+    holds_pruning: Arc<AtomicBool>,
 }
 
 impl Coordinator {
+    /// True while this replica holds `runtime-pruning` (the delivery loop's sweep gate).
+    pub fn holds_pruning(&self) -> Arc<AtomicBool> {
+        self.holds_pruning.clone()
+    }
+
     pub fn new(
         ctx: Arc<KubeContext>,
         intake: ResultIntake<RecordStore>,
         identity: &str,
         settings: CoordinationSettings,
     ) -> Self {
-        Self { ctx, intake, identity: identity.to_string(), settings, cache: tokio::sync::Mutex::new(None) }
+        Self {
+            ctx,
+            intake,
+            identity: identity.to_string(),
+            settings,
+            cache: tokio::sync::Mutex::new(None),
+            holds_pruning: Arc::default(),
+        }
     }
 
     /// Run both lease-guarded loops until `shutdown`; leases are released on the way out.
@@ -158,6 +174,9 @@ impl Coordinator {
         loop {
             let holding = *held.borrow_and_update();
             self.ctx.metrics.set_lease(lease, holding);
+            if lease == labels::LEASE_RUNTIME_PRUNING {
+                self.holds_pruning.store(holding, Ordering::SeqCst);
+            }
             if holding {
                 tracing::debug!(lease, "holding the lease");
                 work().await;
@@ -178,6 +197,9 @@ impl Coordinator {
             }
         }
         self.ctx.metrics.set_lease(lease, false);
+        if lease == labels::LEASE_RUNTIME_PRUNING {
+            self.holds_pruning.store(false, Ordering::SeqCst);
+        }
         // Closing the channel makes the manager release the lease for the next holder.
         drop(held);
         match tokio::time::timeout(Duration::from_secs(5), task).await {

@@ -98,7 +98,11 @@ pub async fn start<B: BrokerApi>(
     let (poll_stop, delivery_stop, server_stop, coordination_stop) =
         (CancellationToken::new(), CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
     let server_task = tokio::spawn(crate::server::serve(listener, api, server_stop.clone()));
-    let delivery_task = tokio::spawn(DeliveryLoop::new(broker, intake).run(delivery_stop.clone()));
+    // Every replica delivers what it received; only the pruning holder sweeps the records.
+    let holds_pruning = coordinator.holds_pruning();
+    let delivery = DeliveryLoop::new(broker, intake)
+        .with_sweep_gate(Arc::new(move || holds_pruning.load(std::sync::atomic::Ordering::SeqCst)));
+    let delivery_task = tokio::spawn(delivery.run(delivery_stop.clone()));
     let dispatcher_task = tokio::spawn(dispatcher.run(poll_stop.clone()));
     let coordination_task = tokio::spawn(coordinator.run(coordination_stop.clone()));
     tracing::info!(%addr, executor = executor.name(), namespace = setup.namespace(), identity = setup.identity(), "job manager started");

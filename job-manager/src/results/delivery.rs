@@ -1,14 +1,28 @@
-//! The delivery loop: hands every pending result to the broker, retrying with backoff
-//! and jitter while the broker is down, and marks a result delivered only when the broker
-//! accepted it (or conclusively holds another one: 409). A result is never dropped: even
-//! a non-retryable refusal is retried, at the slowest pace, and logged as an error.
+//! The delivery loop: hands results to the broker, retrying with backoff and jitter while
+//! the broker is down, and marks a result delivered only when the broker accepted it (or
+//! conclusively holds another one: 409). A result is never dropped: even a non-retryable
+//! refusal is retried, at the slowest pace, and logged as an error.
+//!
+//! Two sources, so that a result costs no store read and is handed over once:
+//! - **fresh** results this process accepted ([`ResultIntake::take_fresh`]): delivered at
+//!   once, without listing the store;
+//! - a **sweep** of the store's pending results every `rescan`, for results another
+//!   process recorded and could not deliver (it died) or a previous run left. Only where
+//!   the sweep gate allows (Kubernetes: the `runtime-pruning` lease holder), and only
+//!   results already pending at the previous sweep (the first sweep takes all): a result
+//!   another replica is delivering right now is left to it.
 use super::intake::ResultIntake;
 use super::store::ResultStore;
 use crate::broker::{BrokerApi, SubmitOutcome};
 use common::backoff::Backoff;
+use common::{JobId, JobResult};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Whether this process may sweep the store now.
+pub type SweepGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 pub struct DeliveryLoop<B, S> {
     broker: Arc<B>,
@@ -17,6 +31,7 @@ pub struct DeliveryLoop<B, S> {
     /// How often pending results are re-scanned without a kick (results recorded by
     /// another process sharing the store, or left by a previous run).
     rescan: Duration,
+    sweep_gate: SweepGate,
 }
 
 /// What one pass over the pending results did.
@@ -35,7 +50,14 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
             intake,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             rescan: Duration::from_secs(5),
+            sweep_gate: Arc::new(|| true),
         }
+    }
+
+    /// Sweep the store only while `gate` answers true (default: always).
+    pub fn with_sweep_gate(mut self, gate: SweepGate) -> Self {
+        self.sweep_gate = gate;
+        self
     }
 
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
@@ -48,21 +70,29 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
         self
     }
 
-    /// Submit every pending result once.
+    /// Submit every pending result in the store once (no age rule, no gate).
     pub async fn deliver_pending(&self) -> DeliveryPass {
+        match self.intake.store().pending().await {
+            Ok(pending) => {
+                self.intake.metrics().results_pending.set(pending.len() as i64);
+                self.deliver(pending).await.0
+            }
+            Err(e) => Self::store_unavailable(e),
+        }
+    }
+
+    fn store_unavailable(e: super::store::StoreError) -> DeliveryPass {
+        tracing::error!(error = %e, "cannot list pending results");
+        DeliveryPass { delivered: 0, failed: 1, broker_unavailable: true }
+    }
+
+    /// Submit `results` in order; stops at the first retryable broker error and returns
+    /// the results not handed over (that one included).
+    async fn deliver(&self, results: Vec<JobResult>) -> (DeliveryPass, Vec<JobResult>) {
         let metrics = self.intake.metrics();
         let mut pass = DeliveryPass::default();
-        let pending = match self.intake.store().pending().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list pending results");
-                pass.failed += 1;
-                pass.broker_unavailable = true;
-                return pass;
-            }
-        };
-        metrics.results_pending.set(pending.len() as i64);
-        for result in pending {
+        let mut results = results.into_iter();
+        while let Some(result) = results.next() {
             let span = tracing::error_span!("deliver", job_id = %result.job_id);
             let _g = span.enter();
             match self.broker.submit_result(&result).await {
@@ -93,7 +123,9 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
                     if e.retryable() {
                         tracing::warn!(error = %e, "result delivery failed; will retry");
                         pass.broker_unavailable = true;
-                        break;
+                        let mut left = vec![result];
+                        left.extend(results);
+                        return (pass, left);
                     }
                     tracing::error!(error = %e, "broker refused the result; keeping it and retrying slowly");
                 }
@@ -102,7 +134,48 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
         if pass.delivered > 0 {
             metrics.results_pending.dec_by(pass.delivered as i64);
         }
+        (pass, Vec::new())
+    }
+
+    /// Fresh results of this process; what could not be handed over is queued again.
+    async fn deliver_fresh(&self) -> DeliveryPass {
+        let fresh = self.intake.take_fresh();
+        if fresh.is_empty() {
+            return DeliveryPass::default();
+        }
+        let (pass, left) = self.deliver(fresh).await;
+        if !left.is_empty() {
+            self.intake.requeue_fresh(left);
+        }
         pass
+    }
+
+    /// One sweep: deliver the store's pending results that were pending at the previous
+    /// sweep too (all of them on the first), skipping this process's fresh queue.
+    async fn sweep(&self, previous: &mut Option<HashSet<JobId>>) -> DeliveryPass {
+        let pending = match self.intake.store().pending().await {
+            Ok(p) => p,
+            Err(e) => return Self::store_unavailable(e),
+        };
+        self.intake.metrics().results_pending.set(pending.len() as i64);
+        let ids: HashSet<JobId> = pending.iter().map(|r| r.job_id.clone()).collect();
+        let queued: HashSet<JobId> = {
+            let fresh = self.intake.take_fresh();
+            let ids = fresh.iter().map(|r| r.job_id.clone()).collect();
+            self.intake.requeue_fresh(fresh);
+            ids
+        };
+        let due: Vec<JobResult> = pending
+            .into_iter()
+            .filter(|r| !queued.contains(&r.job_id))
+            .filter(|r| previous.as_ref().is_none_or(|p| p.contains(&r.job_id)))
+            .collect();
+        *previous = Some(ids);
+        if due.is_empty() {
+            return DeliveryPass::default();
+        }
+        tracing::info!(results = due.len(), "delivering results left pending by this or another process");
+        self.deliver(due).await.0
     }
 
     /// Run until `shutdown`; then make one last pass so results recorded during the
@@ -110,8 +183,22 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
     pub async fn run(self, shutdown: CancellationToken) {
         let kick = self.intake.kicked();
         let mut attempt: u32 = 0;
+        let mut previous: Option<HashSet<JobId>> = None;
+        let mut next_sweep = tokio::time::Instant::now();
         loop {
-            let pass = self.deliver_pending().await;
+            let mut pass = self.deliver_fresh().await;
+            if !pass.broker_unavailable && tokio::time::Instant::now() >= next_sweep {
+                next_sweep = tokio::time::Instant::now() + self.rescan;
+                if (self.sweep_gate)() {
+                    let swept = self.sweep(&mut previous).await;
+                    pass.delivered += swept.delivered;
+                    pass.failed += swept.failed;
+                    pass.broker_unavailable |= swept.broker_unavailable;
+                } else {
+                    // Not ours to sweep: start over (all pending) when it becomes ours.
+                    previous = None;
+                }
+            }
             let wait = if pass.broker_unavailable {
                 attempt = attempt.saturating_add(1);
                 self.backoff.delay(attempt - 1)
@@ -119,7 +206,7 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
                 self.backoff.max
             } else {
                 attempt = 0;
-                self.rescan
+                next_sweep.saturating_duration_since(tokio::time::Instant::now())
             };
             let backing_off = pass.failed > 0;
             tokio::select! {
@@ -128,7 +215,12 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        let last = self.deliver_pending().await;
+        let mut last = self.deliver_fresh().await;
+        if (self.sweep_gate)() && !last.broker_unavailable {
+            let swept = self.deliver_pending().await;
+            last.delivered += swept.delivered;
+            last.failed += swept.failed;
+        }
         tracing::info!(delivered = last.delivered, undelivered = last.failed, "delivery loop stopped");
     }
 }

@@ -1,27 +1,47 @@
 //! The one way a result enters the job manager, whoever produced it: the result API
 //! (a sidecar), or an executor that detected a timeout, a crash or a rejection. Recording
-//! is first-wins; a newly accepted result wakes the delivery loop.
+//! is first-wins; a newly accepted result is queued for this process's delivery loop
+//! (delivered without re-reading the store) and wakes it.
 use super::store::{Recorded, ResultStore, StoreError};
 use crate::metrics::Metrics;
 use common::{JobId, JobResult};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 pub struct ResultIntake<S> {
     store: Arc<S>,
     kick: Arc<Notify>,
+    /// Results this process accepted and has not handed to the delivery loop yet.
+    fresh: Arc<Mutex<Vec<JobResult>>>,
     metrics: Arc<Metrics>,
 }
 
 impl<S> Clone for ResultIntake<S> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), kick: self.kick.clone(), metrics: self.metrics.clone() }
+        Self {
+            store: self.store.clone(),
+            kick: self.kick.clone(),
+            fresh: self.fresh.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 impl<S: ResultStore> ResultIntake<S> {
     pub fn new(store: S, metrics: Arc<Metrics>) -> Self {
-        Self { store: Arc::new(store), kick: Arc::new(Notify::new()), metrics }
+        Self { store: Arc::new(store), kick: Arc::new(Notify::new()), fresh: Arc::default(), metrics }
+    }
+
+    /// The results accepted here since the last call, oldest first (the delivery loop).
+    pub fn take_fresh(&self) -> Vec<JobResult> {
+        std::mem::take(&mut *self.fresh.lock().expect("fresh lock"))
+    }
+
+    /// Put back results the delivery loop could not hand over yet, ahead of newer ones.
+    pub fn requeue_fresh(&self, mut results: Vec<JobResult>) {
+        let mut fresh = self.fresh.lock().expect("fresh lock");
+        results.append(&mut fresh);
+        *fresh = results;
     }
 
     /// Record a result (first wins) and, when it is new, wake the delivery loop.
@@ -31,6 +51,8 @@ impl<S: ResultStore> ResultIntake<S> {
             Recorded::Accepted => {
                 tracing::info!(job_id = %result.job_id, outcome = %result.outcome, message = %result.message, "result recorded");
                 self.metrics.record_outcome(result.outcome);
+                self.metrics.results_pending.inc();
+                self.fresh.lock().expect("fresh lock").push(result.clone());
                 self.kick.notify_one();
             }
             Recorded::Duplicate => tracing::debug!(job_id = %result.job_id, "identical result recorded again"),

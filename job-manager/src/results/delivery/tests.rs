@@ -64,3 +64,88 @@ async fn loop_delivers_on_kick_and_flushes_on_shutdown() {
     assert!(broker.results().contains_key(&JobId::new("late").unwrap()));
     assert!(broker.calls().iter().all(|c| matches!(c, BrokerCall::Result(_))));
 }
+
+/// A store shared by "processes": counts `pending()` listings.
+#[derive(Default)]
+struct Shared {
+    inner: MemoryResultStore,
+    listings: std::sync::atomic::AtomicUsize,
+}
+
+impl ResultStore for Arc<Shared> {
+    async fn record(&self, result: &JobResult) -> Result<crate::results::Recorded, crate::results::StoreError> {
+        self.inner.record(result).await
+    }
+    async fn pending(&self) -> Result<Vec<JobResult>, crate::results::StoreError> {
+        self.listings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.pending().await
+    }
+    async fn mark_delivered(&self, id: &JobId) -> Result<(), crate::results::StoreError> {
+        self.inner.mark_delivered(id).await
+    }
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn fresh_results_are_delivered_without_listing_the_store() {
+    let broker = Arc::new(FakeBroker::new());
+    let shared = Arc::new(Shared::default());
+    let intake = ResultIntake::new(shared.clone(), Arc::new(Metrics::new()));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        DeliveryLoop::new(broker.clone(), intake.clone()).with_rescan(Duration::from_secs(3600)).run(shutdown.clone()),
+    );
+    // The start-up sweep lists once; then every result goes straight to the broker.
+    until("start-up sweep", || shared.listings.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    for i in 0..20 {
+        intake.record(&result(&format!("f{i}"), Outcome::Succeeded)).await.unwrap();
+    }
+    until("all delivered", || broker.results().len() == 20).await;
+    assert_eq!(shared.listings.load(std::sync::atomic::Ordering::SeqCst), 1, "no listing per result");
+    assert!(intake.store().inner.pending().await.unwrap().is_empty());
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn sweep_only_where_the_gate_allows_and_only_results_pending_twice() {
+    let broker = Arc::new(FakeBroker::new());
+    let shared = Arc::new(Shared::default());
+    // Another replica recorded this result and died before delivering it.
+    let other = ResultIntake::new(shared.clone(), Arc::new(Metrics::new()));
+    other.record(&result("orphaned", Outcome::Succeeded)).await.unwrap();
+
+    let gate = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let open = gate.clone();
+    let intake = ResultIntake::new(shared.clone(), Arc::new(Metrics::new()));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        DeliveryLoop::new(broker.clone(), intake.clone())
+            .with_rescan(Duration::from_millis(50))
+            .with_sweep_gate(Arc::new(move || open.load(std::sync::atomic::Ordering::SeqCst)))
+            .run(shutdown.clone()),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(broker.results().is_empty(), "not the sweeper: other processes' results are left alone");
+    assert_eq!(shared.listings.load(std::sync::atomic::Ordering::SeqCst), 0, "and the store is not even listed");
+    gate.store(true, std::sync::atomic::Ordering::SeqCst);
+    until("the sweeper delivers it", || broker.results().contains_key(&JobId::new("orphaned").unwrap())).await;
+    shutdown.cancel();
+    task.await.unwrap();
+
+    // Once sweeping, a result that appears between two sweeps waits for the second:
+    // its own process is delivering it.
+    let mut previous = Some(std::collections::HashSet::new());
+    other.record(&result("in-hand", Outcome::Failed)).await.unwrap();
+    let delivery = DeliveryLoop::new(broker.clone(), intake.clone());
+    assert_eq!(delivery.sweep(&mut previous).await.delivered, 0);
+    assert_eq!(delivery.sweep(&mut previous).await.delivered, 1);
+    assert_eq!(broker.results().len(), 2);
+}
