@@ -183,6 +183,29 @@ async fn service_setup_applies_persistent_workloads_idempotently() {
     let applies =
         cluster.emu.requests().into_iter().filter(|r| r.verb == "patch" && r.field_manager == "job-manager").count();
     assert_eq!(applies, 8);
+    let deletes = || cluster.emu.requests().into_iter().filter(|r| r.verb == "delete").count();
+    assert_eq!(deletes(), 0, "nothing retired while the config wants it all");
+
+    // The operator removes the persistent runtime type and switches the NetworkPolicy off:
+    // the next holder's pass deletes what the old config had applied.
+    let mut reduced = config();
+    reduced.runtimes.retain(|r| r.name != "browser");
+    reduced.kubernetes.network_policy.enabled = false;
+    let later = cluster.replica(&reduced).await;
+    let c2 = coordinator(&later, CoordinationSettings::default());
+    assert_eq!(c2.setup_once().await.unwrap(), 0);
+    for (api, kind, n) in [
+        ("apps/v1", "Deployment", name.as_str()),
+        ("v1", "Service", name.as_str()),
+        ("autoscaling/v2", "HorizontalPodAutoscaler", name.as_str()),
+        ("networking.k8s.io/v1", "NetworkPolicy", labels::RUNTIME_NETWORK_POLICY_NAME),
+    ] {
+        assert!(cluster.object(api, kind, n).is_none(), "{kind} {n} still exists");
+    }
+    assert_eq!(deletes(), 4);
+    // Idempotent: nothing left to delete, no delete attempted.
+    c2.setup_once().await.unwrap();
+    assert_eq!(deletes(), 4);
 }
 
 fn holds(setup: &KubeSetup, lease: &'static str) -> bool {

@@ -330,9 +330,10 @@ impl Coordinator {
             .await?;
             applied += 3;
         }
+        self.retire_persistent_workloads().await?;
+        let policies: Api<networking::NetworkPolicy> = Api::namespaced(client, ns);
         if config.kubernetes.network_policy.enabled {
             let policy = translate::runtime_network_policy(config, ns);
-            let policies: Api<networking::NetworkPolicy> = Api::namespaced(client, ns);
             m.call(
                 Resource::NetworkPolicies,
                 Verb::Patch,
@@ -340,8 +341,46 @@ impl Coordinator {
             )
             .await?;
             applied += 1;
+        } else {
+            // Switched off: remove ours if an earlier configuration applied it.
+            let name = labels::RUNTIME_NETWORK_POLICY_NAME;
+            let existing = m.call(Resource::NetworkPolicies, Verb::Get, policies.get_opt(name)).await?;
+            let ours = existing
+                .as_ref()
+                .and_then(|p| p.metadata.labels.as_ref())
+                .is_some_and(|l| l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE));
+            if ours {
+                tracing::info!(name, "kubernetes.networkPolicy.enabled is off: deleting the runtime NetworkPolicy");
+                deleted(
+                    m.call(Resource::NetworkPolicies, Verb::Delete, policies.delete(name, &DeleteParams::background()))
+                        .await,
+                )?;
+            }
         }
         Ok(applied)
+    }
+
+    /// Delete the Deployment, Service and HPA of persistent runtime types the config no
+    /// longer has (see [`translate::retired_persistent_workloads`]).
+    async fn retire_persistent_workloads(&self) -> Result<usize, CoordinationError> {
+        let m = &self.ctx.metrics;
+        let (client, ns) = (self.ctx.client.clone(), &self.ctx.namespace);
+        let deployments: Api<apps::Deployment> = Api::namespaced(client.clone(), ns);
+        let lp = ListParams::default().labels(&labels::persistent_selector());
+        let existing = m.call(Resource::Deployments, Verb::List, deployments.list_metadata(&lp)).await?;
+        let names = existing.items.iter().filter_map(|d| d.metadata.name.as_deref());
+        let retired = translate::retired_persistent_workloads(names, &self.ctx.config);
+        let dp = DeleteParams::background();
+        let services: Api<core::Service> = Api::namespaced(client.clone(), ns);
+        let hpas: Api<autoscaling::HorizontalPodAutoscaler> = Api::namespaced(client, ns);
+        for name in &retired {
+            tracing::info!(name, "persistent runtime type no longer configured: deleting its workload");
+            deleted(m.call(Resource::HorizontalPodAutoscalers, Verb::Delete, hpas.delete(name, &dp)).await)?;
+            deleted(m.call(Resource::Services, Verb::Delete, services.delete(name, &dp)).await)?;
+            deleted(m.call(Resource::Deployments, Verb::Delete, deployments.delete(name, &dp)).await)?;
+            m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "retired_runtime" }).inc();
+        }
+        Ok(retired.len())
     }
 }
 

@@ -78,11 +78,13 @@ impl Resource {
             Resource::Pods => &[Get, List, Watch],
             // Lifecycle events (kube's recorder creates, then patches repeats).
             Resource::Events => &[Create, Patch],
-            // Persistent workloads and the NetworkPolicy: server-side apply only.
-            Resource::Deployments
-            | Resource::Services
-            | Resource::HorizontalPodAutoscalers
-            | Resource::NetworkPolicies => &[Get, Patch],
+            // Persistent workloads: server-side apply; listed and deleted when their
+            // runtime type leaves the config.
+            Resource::Deployments | Resource::Services | Resource::HorizontalPodAutoscalers => {
+                &[Get, List, Patch, Delete]
+            }
+            // The NetworkPolicy: applied, deleted when switched off.
+            Resource::NetworkPolicies => &[Get, Patch, Delete],
             // kube-lease-manager: read, create once, renew/take over by patch.
             Resource::Leases => &[Get, Create, Patch],
         }

@@ -226,6 +226,23 @@ fn deadline_time(deadline: SystemTime) -> Result<Time, TranslateError> {
 }
 
 /// The Deployment + Service + HPA of one persistent runtime type.
+/// The persistent workloads (Deployment, Service and HPA share the name) among `existing`
+/// that no enabled persistent runtime type of `config` wants any more: removed from the
+/// config, disabled, or turned ephemeral. The `service-setup` holder deletes them, so a
+/// runtime type taken out of the values does not keep pods running.
+pub fn retired_persistent_workloads<'a>(existing: impl IntoIterator<Item = &'a str>, config: &Config) -> Vec<String> {
+    let wanted: std::collections::BTreeSet<String> = config
+        .runtimes
+        .iter()
+        .filter(|r| r.enabled && r.workload == Workload::Persistent)
+        .map(|r| labels::persistent_name(&r.name))
+        .collect();
+    let mut retired: Vec<String> = existing.into_iter().filter(|n| !wanted.contains(*n)).map(str::to_string).collect();
+    retired.sort();
+    retired.dedup();
+    retired
+}
+
 pub fn persistent_objects(
     runtime_type: &str,
     config: &Config,

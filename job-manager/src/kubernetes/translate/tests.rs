@@ -207,3 +207,22 @@ fn network_policy_blocks_metadata_and_api_servers() {
     assert!(!text.contains("169.254.169.254"), "{text}");
     assert!(!text.contains("except"), "{text}");
 }
+
+#[test]
+fn retired_persistent_workloads_are_those_no_longer_wanted() {
+    let mut c = config();
+    c.runtimes.push(RuntimeConfig {
+        name: "off".into(),
+        workload: Workload::Persistent,
+        enabled: false,
+        ..RuntimeConfig::default()
+    });
+    let browser = labels::persistent_name("browser");
+    let existing = [browser.as_str(), "jm-rt-removed", "jm-rt-off", "jm-rt-node-api-runtime", "jm-rt-removed"];
+    // Still configured, enabled and persistent: kept. Removed, disabled, or now ephemeral: retired.
+    assert_eq!(
+        retired_persistent_workloads(existing, &c),
+        ["jm-rt-node-api-runtime", "jm-rt-off", "jm-rt-removed"].map(String::from)
+    );
+    assert!(retired_persistent_workloads([browser.as_str()], &c).is_empty());
+}
