@@ -6,8 +6,11 @@
 #      through sidecar / squid / tinyproxy and direct, all to one nginx origin on loopback
 #      serving a small file. Rounds are interleaved so every peer sees the same noise;
 #      the report uses per-peer medians and the ratios come from the same run.
-#   2. CONNECT tunnel throughput: curl --proxytunnel downloading a 1 GiB (sparse) file
-#      from the origin, through the sidecar (and squid) vs direct.
+#   2. CONNECT tunnel throughput: curl downloading a 1 GiB (sparse) file through a
+#      CONNECT tunnel of the sidecar (and squid) vs direct, from the origin's plain HTTP
+#      port (--proxytunnel) and from its HTTPS port (self-signed certificate made here
+#      with openssl; what a runtime's HTTPS_PROXY traffic is). Rounds interleaved
+#      direct -> sidecar -> squid, medians.
 #   3. RSS (VmRSS): idle after start, and with 1,000 open tunnels each proven by a GET.
 #   4. Exec to ready: spawn to the first `/readyz` 200.
 #
@@ -16,7 +19,12 @@
 #
 # Knobs: SIDECAR_BIN (default target/release/sidecar, built here), BENCH_ROUNDS (3),
 # BENCH_DURATION (10s), BENCH_CONNECTIONS (50), BENCH_THREADS (2), BENCH_TUNNELS (1000),
-# BENCH_EXEC_ITERATIONS (30), BENCH_TUNNEL_MIB (1024).
+# BENCH_EXEC_ITERATIONS (30), BENCH_TUNNEL_MIB (1024), BENCH_TUNNEL_ROUNDS (5).
+# SIDECAR_STATIC_BIN: the statically linked build the images ship (default: built here
+# exactly as deploy/scripts/images.sh does; BENCH_STATIC=0 skips it); its idle RSS is
+# reported beside the dynamic build's.
+# SIDECAR_BASELINE_BIN: a second sidecar binary (e.g. the previous commit's, copied
+# aside) measured as "baseline" in the same interleaved wrk and tunnel rounds, for A/B.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -27,6 +35,8 @@ threads="${BENCH_THREADS:-2}"
 ntunnels="${BENCH_TUNNELS:-1000}"
 exec_iters="${BENCH_EXEC_ITERATIONS:-30}"
 tunnel_mib="${BENCH_TUNNEL_MIB:-1024}"
+tunnel_rounds="${BENCH_TUNNEL_ROUNDS:-5}"
+baseline_bin="${SIDECAR_BASELINE_BIN:-}"
 
 log() { echo "bench/sidecar: $*" >&2; }
 
@@ -37,6 +47,7 @@ command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   log "apt-get install ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -53,6 +64,16 @@ if [ -z "${SIDECAR_BIN:-}" ]; then
   (cd "$root" && cargo build --release -p sidecar --bins >&2)
 fi
 [ -x "$sidecar_bin" ] || { log "no sidecar binary at $sidecar_bin"; exit 1; }
+[ -z "$baseline_bin" ] || [ -x "$baseline_bin" ] || { log "no baseline binary at $baseline_bin"; exit 1; }
+# The image's binary: glibc with crt-static, as deploy/scripts/images.sh builds it.
+static_bin="${SIDECAR_STATIC_BIN:-}"
+if [ -z "$static_bin" ] && [ "${BENCH_STATIC:-1}" != 0 ]; then
+  triple="$(rustc -vV | sed -n 's/^host: //p')"
+  log "cargo build --release --target $triple -p sidecar (static, as in the image)"
+  (cd "$root" && RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --release --target "$triple" -p sidecar --bins >&2)
+  static_bin="$root/target/$triple/release/sidecar"
+fi
 
 # --- workspace and cleanup ---------------------------------------------------------------
 work="$(mktemp -d /tmp/bench-sidecar.XXXXXX)"
@@ -88,6 +109,11 @@ origin_port=$(free_port)
 mkdir -p "$work/www" "$work/nginx-tmp"
 head -c 1024 /dev/zero | tr '\0' 'a' > "$work/www/small.txt"
 truncate -s "${tunnel_mib}M" "$work/www/big.bin"
+# HTTPS origin: a throwaway self-signed certificate for 127.0.0.1 (curl gets it as CA).
+tls_port=$(free_port)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$work/origin.key" -out "$work/origin.crt" 2>>"$raw"
 cat > "$work/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -108,12 +134,20 @@ http {
   keepalive_timeout 300s;
   default_type application/octet-stream;
   server { listen 127.0.0.1:$origin_port; root $work/www; }
+  server {
+    listen 127.0.0.1:$tls_port ssl;
+    ssl_certificate $work/origin.crt;
+    ssl_certificate_key $work/origin.key;
+    ssl_protocols TLSv1.3;
+    root $work/www;
+  }
 }
 EOF
 nginx -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" &
 pids+=($!)
 wait_port "$origin_port" nginx "$!"
-log "origin nginx on 127.0.0.1:$origin_port"
+wait_port "$tls_port" nginx "$!"
+log "origin nginx on 127.0.0.1:$origin_port (HTTPS on $tls_port)"
 
 # --- sidecar -----------------------------------------------------------------------------
 start_sidecar() { # port -> pid in $sidecar_pid
@@ -128,6 +162,18 @@ sidecar_port=$(free_port)
 start_sidecar "$sidecar_port"
 main_sidecar_pid=$sidecar_pid
 log "sidecar on 127.0.0.1:$sidecar_port"
+peers=(direct sidecar squid tinyproxy)
+tunnel_peers=(direct sidecar squid)
+if [ -n "$baseline_bin" ]; then
+  baseline_port=$(free_port)
+  SIDECAR_LOG_LEVEL=warn "$baseline_bin" --listen "127.0.0.1:$baseline_port" --allow-cidr 127.0.0.1/32 \
+    >>"$work/baseline.log" 2>&1 &
+  pids+=($!)
+  wait_port "$baseline_port" baseline "$!"
+  log "baseline sidecar ($baseline_bin) on 127.0.0.1:$baseline_port"
+  peers=(direct sidecar baseline squid tinyproxy)
+  tunnel_peers=(direct sidecar baseline squid)
+fi
 
 # --- squid -------------------------------------------------------------------------------
 squid_port=$(free_port)
@@ -174,7 +220,7 @@ log "tinyproxy on 127.0.0.1:$tiny_port"
 # Sanity: each path serves the file before anything is measured.
 target="http://127.0.0.1:$origin_port/small.txt"
 curl -sf -o /dev/null "$target" || { log "origin does not serve $target"; exit 1; }
-for p in "$sidecar_port" "$squid_port" "$tiny_port"; do
+for p in "$sidecar_port" "$squid_port" "$tiny_port" ${baseline_port:-}; do
   curl -sf -o /dev/null --proxy "http://127.0.0.1:$p" "$target" || { log "proxy :$p cannot fetch $target"; exit 1; }
 done
 
@@ -200,43 +246,81 @@ for round in $(seq 1 "$rounds"); do
   log "wrk round $round/$rounds"
   run_wrk direct "http://127.0.0.1:$origin_port/" "/small.txt"
   run_wrk sidecar "http://127.0.0.1:$sidecar_port/" "$target"
+  [ -z "$baseline_bin" ] || run_wrk baseline "http://127.0.0.1:$baseline_port/" "$target"
   run_wrk squid "http://127.0.0.1:$squid_port/" "$target"
   run_wrk tinyproxy "http://127.0.0.1:$tiny_port/" "$target"
 done
 declare -A rps_med p99_med
-for n in direct sidecar squid tinyproxy; do
+for n in "${peers[@]}"; do
   rps_med[$n]=$(median <<<"${rps[$n]}")
   p99_med[$n]=$(median <<<"${p99[$n]}")
 done
 
 # --- 2. CONNECT tunnel throughput ---------------------------------------------------------
-big="http://127.0.0.1:$origin_port/big.bin"
+# Two origins: plain HTTP (the worst case for a relay: nginx sendfile()s straight into
+# curl's socket when direct, one loopback hop, while the tunnel adds a second hop that
+# competes for the same cores) and HTTPS (what a runtime's HTTPS_PROXY traffic is: TLS
+# end to end, the proxy relays ciphertext it cannot read).
 declare -A bps
-run_curl() { # name [curl proxy args...]
-  local name=$1; shift
-  local r out
-  for r in $(seq 1 "$rounds"); do
-    out=$(curl -sf -o /dev/null -w '%{speed_download} %{size_download}' "$@" "$big")
-    [ "${out#* }" = "$((tunnel_mib * 1024 * 1024))" ] || { log "curl $name fetched ${out#* } bytes"; exit 1; }
-    bps[$name]="${bps[$name]:-} ${out% *}"
-    log "tunnel $name: ${out% *} B/s"
-  done
+proxy_port_of() { case $1 in sidecar) echo "$sidecar_port";; baseline) echo "$baseline_port";; squid) echo "$squid_port";; esac; }
+run_curl() { # proto name
+  local proto=$1 name=$2 url args=() out
+  if [ "$proto" = https ]; then
+    url="https://127.0.0.1:$tls_port/big.bin"; args=(--cacert "$work/origin.crt")
+  else
+    url="http://127.0.0.1:$origin_port/big.bin"
+  fi
+  [ "$name" = direct ] || args+=(--proxytunnel --proxy "http://127.0.0.1:$(proxy_port_of "$name")")
+  out=$(curl -sf -o /dev/null -w '%{speed_download} %{size_download}' "${args[@]}" "$url")
+  [ "${out#* }" = "$((tunnel_mib * 1024 * 1024))" ] || { log "curl $proto $name fetched ${out#* } bytes"; exit 1; }
+  bps[$proto.$name]="${bps[$proto.$name]:-} ${out% *}"
+  log "tunnel $proto $name: ${out% *} B/s"
 }
-curl -sf -o /dev/null "$big"   # warm-up: page cache and the origin's first sendfile
-run_curl direct
-run_curl sidecar --proxytunnel --proxy "http://127.0.0.1:$sidecar_port"
-run_curl squid --proxytunnel --proxy "http://127.0.0.1:$squid_port"
+# Warm-up: page cache, the origin's first sendfile and its TLS session setup.
+curl -sf -o /dev/null "http://127.0.0.1:$origin_port/big.bin"
+curl -sf -o /dev/null --cacert "$work/origin.crt" "https://127.0.0.1:$tls_port/big.bin"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+for r in $(seq 1 "$tunnel_rounds"); do
+  log "tunnel round $r/$tunnel_rounds"
+  for proto in http https; do
+    for n in "${tunnel_peers[@]}"; do run_curl "$proto" "$n"; done
+  done
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A bps_med
-for n in direct sidecar squid; do bps_med[$n]=$(median <<<"${bps[$n]}"); done
+for proto in http https; do
+  for n in "${tunnel_peers[@]}"; do bps_med[$proto.$n]=$(median <<<"${bps[$proto.$n]}"); done
+done
 
 # --- 3. RSS --------------------------------------------------------------------------------
-# A fresh sidecar so the numbers are not those of the one wrk just exercised.
+# Idle: median VmRSS of 5 fresh processes, each read 0.5 s after it first accepted a
+# connection (wait_port's probe), so nothing is still starting up.
+idle_rss() { # bin -> "median KiB" then the 5 samples, on one line
+  local bin=$1 i port pid samples=""
+  for i in 1 2 3 4 5; do
+    port=$(free_port)
+    SIDECAR_LOG_LEVEL=warn "$bin" --listen "127.0.0.1:$port" --allow-cidr 127.0.0.1/32 >>"$work/sidecar.log" 2>&1 &
+    pid=$!
+    wait_port "$port" sidecar "$pid" >&2
+    sleep 0.5
+    samples="$samples $(rss_kib "$pid")"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+  echo "$(median <<<"$samples")$samples"
+}
+read -r rss_idle rss_idle_samples <<<"$(idle_rss "$sidecar_bin")"
+log "sidecar idle RSS ${rss_idle} KiB (samples $rss_idle_samples)"
+static_idle=""
+if [ -n "$static_bin" ]; then
+  read -r static_idle static_idle_samples <<<"$(idle_rss "$static_bin")"
+  log "static sidecar idle RSS ${static_idle} KiB (samples $static_idle_samples)"
+fi
+squid_idle=$(rss_kib "$squid_pid")   # squid's main process, for context
+# A fresh sidecar for the tunnels, so the numbers are not those of the one wrk exercised.
 rss_port=$(free_port)
 start_sidecar "$rss_port"
 rss_pid=$sidecar_pid
-rss_idle=$(rss_kib "$rss_pid")
-squid_idle=$(rss_kib "$squid_pid")   # squid's main process, for context
-log "sidecar idle RSS ${rss_idle} KiB; holding $ntunnels tunnels"
+log "holding $ntunnels tunnels"
 coproc HOLD { python3 "$here/hold_tunnels.py" "127.0.0.1:$rss_port" "127.0.0.1:$origin_port" "$ntunnels"; }
 hold_pid=$HOLD_PID
 pids+=($hold_pid)
@@ -271,10 +355,9 @@ $rounds interleaved rounds, medians.
 
 | path | req/s | p99 (ms) | errors | rounds (req/s) |
 |---|---:|---:|---:|---|
-| direct | ${rps_med[direct]} | $(ms "${p99_med[direct]}") | ${errs[direct]} | ${rps[direct]} |
-| sidecar | ${rps_med[sidecar]} | $(ms "${p99_med[sidecar]}") | ${errs[sidecar]} | ${rps[sidecar]} |
-| squid | ${rps_med[squid]} | $(ms "${p99_med[squid]}") | ${errs[squid]} | ${rps[squid]} |
-| tinyproxy | ${rps_med[tinyproxy]} | $(ms "${p99_med[tinyproxy]}") | ${errs[tinyproxy]} | ${rps[tinyproxy]} |
+$(for n in "${peers[@]}"; do echo "| $n | ${rps_med[$n]} | $(ms "${p99_med[$n]}") | ${errs[$n]} | ${rps[$n]} |"; done)
+$([ -z "$baseline_bin" ] || echo "
+baseline: \`$baseline_bin\`; sidecar / baseline req/s: **$(calc "%.3f" "${rps_med[sidecar]} / ${rps_med[baseline]}")x**")
 
 - sidecar / squid req/s: **$(calc "%.2f" "${rps_med[sidecar]} / ${rps_med[squid]}")x** (goal >= 2x)
 - sidecar / tinyproxy req/s: $(calc "%.2f" "${rps_med[sidecar]} / ${rps_med[tinyproxy]}")x
@@ -282,21 +365,26 @@ $rounds interleaved rounds, medians.
 
 ### CONNECT tunnel throughput (${tunnel_mib} MiB)
 
-\`curl -sf -o /dev/null -w '%{speed_download}' [--proxytunnel --proxy http://127.0.0.1:PROXY] http://127.0.0.1:ORIGIN/big.bin\`, $rounds rounds, medians.
+\`curl -sf -o /dev/null -w '%{speed_download}' [--proxytunnel --proxy http://127.0.0.1:PROXY] http://127.0.0.1:ORIGIN/big.bin\`
+and the same from the HTTPS port (\`--cacert origin.crt https://127.0.0.1:TLS_ORIGIN/big.bin\`, TLS 1.3,
+self-signed certificate made by openssl at bench time); $tunnel_rounds rounds, each
+http: direct -> proxies, then https: direct -> proxies; medians. Load average
+$load_before before, $load_after after.
 
-| path | MiB/s |
-|---|---:|
-| direct | $(calc "%.0f" "${bps_med[direct]} / 1048576") |
-| sidecar | $(calc "%.0f" "${bps_med[sidecar]} / 1048576") |
-| squid | $(calc "%.0f" "${bps_med[squid]} / 1048576") |
+| path | HTTP MiB/s | HTTP % of direct | HTTPS MiB/s | HTTPS % of direct | HTTP rounds (MiB/s) | HTTPS rounds (MiB/s) |
+|---|---:|---:|---:|---:|---|---|
+$(for n in "${tunnel_peers[@]}"; do
+  echo "| $n | $(calc "%.0f" "${bps_med[http.$n]} / 1048576") | $(calc "%.1f" "100 * ${bps_med[http.$n]} / ${bps_med[http.direct]}")% | $(calc "%.0f" "${bps_med[https.$n]} / 1048576") | $(calc "%.1f" "100 * ${bps_med[https.$n]} / ${bps_med[https.direct]}")% | $(for v in ${bps[http.$n]}; do printf '%s ' "$(calc "%.0f" "$v / 1048576")"; done)| $(for v in ${bps[https.$n]}; do printf '%s ' "$(calc "%.0f" "$v / 1048576")"; done)|"
+done)
 
-- sidecar / direct: **$(calc "%.1f" "100 * ${bps_med[sidecar]} / ${bps_med[direct]}")%** (goal >= 90%)
+- sidecar / direct, HTTPS: **$(calc "%.1f" "100 * ${bps_med[https.sidecar]} / ${bps_med[https.direct]}")%**; plain HTTP (worst case): **$(calc "%.1f" "100 * ${bps_med[http.sidecar]} / ${bps_med[http.direct]}")%** (goal >= 90%)
 
 ### Memory (VmRSS of the sidecar process)
 
 | state | RSS |
 |---|---:|
-| idle, fresh process | $(calc "%.1f" "$rss_idle / 1024") MiB |
+| idle, fresh process (median of 5: $rss_idle_samples KiB) | $(calc "%.1f" "$rss_idle / 1024") MiB ($(calc "%.2f" "$rss_idle * 1024 / 1000000") MB) |
+$([ -z "$static_idle" ] || echo "| idle, static build as in the image (median of 5: $static_idle_samples KiB) | $(calc "%.1f" "$static_idle / 1024") MiB ($(calc "%.2f" "$static_idle * 1024 / 1000000") MB) |")
 | $ntunnels open CONNECT tunnels (each proven by a GET) | $(calc "%.1f" "$rss_tunnels / 1024") MiB (peak $(calc "%.1f" "$hwm_tunnels / 1024") MiB) |
 | squid main process, after the wrk runs (context) | $(calc "%.1f" "$squid_idle / 1024") MiB |
 

@@ -89,3 +89,15 @@ async fn an_empty_stream_is_just_a_passed_on_eof() {
     assert_eq!(r.counted, 0);
     assert_eq!(r.last_ms, 0, "no activity recorded");
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_pipe_grows_to_the_bulk_size_or_keeps_its_own_when_refused() {
+    let mut pipe = splice::Pipe::new().unwrap();
+    let before = pipe.capacity();
+    assert!(before >= 4096, "a pipe holds at least a page, got {before}");
+    pipe.grow(splice::BULK_PIPE);
+    let after = pipe.capacity();
+    // Refused (per-user pipe budget, a lower pipe-max-size): the old size stays.
+    assert!(after == splice::BULK_PIPE || after == before, "{before} -> {after}");
+}
