@@ -7,6 +7,7 @@ mod kube_executor_support;
 use bytes::Bytes;
 use common::{JobId, Outcome};
 use http_body_util::{BodyExt, Full};
+use integration_tests::emulator::{Fault, FaultRule};
 use job_manager::executor::{Accepted, Executor, HandoffError};
 use job_manager::kubernetes::coordination::{CoordinationSettings, Coordinator};
 use job_manager::kubernetes::diagnose::Timing;
@@ -299,10 +300,14 @@ async fn persistent_dispatch_backs_off_on_429_and_acks_on_202() {
     let setup = cluster.replica(&c).await;
     let executor = setup.executor();
     let name = labels::object_name(&id("p-1"));
+    // Undoing the record meets API trouble twice: it is retried, not left behind.
+    cluster.emu.faults().add(FaultRule::new(Fault::InternalError).resource("jobrecords").verb("delete").times(2));
 
     let err = executor.start(handoff("p-1", "browser")).await.unwrap_err();
     assert!(matches!(err, HandoffError::Busy(_)), "{err}");
-    // Not accepted: no record left to time out.
+    assert_eq!(cluster.emu.faults().injected(), 2);
+    // Not accepted: no record left (its next delivery would look already running and
+    // end as a false timeout).
     assert!(cluster.object("jobs.jobmanager.dev/v1", "JobRecord", &name).is_none());
     assert!(executor.in_flight().await.unwrap().is_empty());
 

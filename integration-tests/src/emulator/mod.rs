@@ -97,6 +97,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // A failing test keeps its logs for inspection.
+        if std::thread::panicking() {
+            eprintln!("kept {} (the test failed)", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -30,6 +30,8 @@ use std::time::Duration;
 
 /// How long a persistent runtime may take to accept or refuse a dispatch.
 const DISPATCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tries to delete the record of a failed hand-off (with backoff, about 2 s in all).
+const ABANDON_ATTEMPTS: u32 = 6;
 
 /// Map a failed API call during hand-off to what the dispatcher should do.
 pub fn classify_api_error(e: &kube::Error) -> HandoffError {
@@ -173,16 +175,29 @@ impl KubeExecutor {
         }
     }
 
-    /// Undo a record this call created (its children go with it).
+    /// Undo a record this call created (its children go with it). Retried: a record
+    /// left behind makes the job's next delivery look already running, and for a
+    /// persistent job (nothing runs) it would end as a false timeout.
     async fn abandon(&self, name: &str) {
         let dp = DeleteParams::background();
         let api = self.ctx.records();
-        match self.ctx.metrics.call(Resource::JobRecords, Verb::Delete, api.delete(name, &dp)).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            // Pruning removes it once its deadline passed.
-            Err(e) => {
-                tracing::warn!(record = name, error = %e, "could not delete the record of a failed hand-off")
+        let backoff = common::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        for attempt in 0..ABANDON_ATTEMPTS {
+            match self.ctx.metrics.call(Resource::JobRecords, Verb::Delete, api.delete(name, &dp)).await {
+                Ok(_) => return,
+                Err(e) if is_not_found(&e) => return,
+                Err(e)
+                    if attempt + 1 < ABANDON_ATTEMPTS
+                        && matches!(classify_api_error(&e), HandoffError::Transient(_)) =>
+                {
+                    tracing::debug!(record = name, error = %e, "retrying the delete of a failed hand-off's record");
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                }
+                // Pruning removes it once its deadline passed.
+                Err(e) => {
+                    tracing::warn!(record = name, error = %e, "could not delete the record of a failed hand-off");
+                    return;
+                }
             }
         }
     }
