@@ -90,16 +90,34 @@ impl IngressProxy {
         } else {
             (Either::Left(body), None)
         };
-        let resp = self
-            .client
-            .request(Request::from_parts(parts, body))
-            .await
-            .map_err(|e| ProxyError::Connect { target: self.upstream.to_string(), message: e.to_string() })?;
-        // Keep the token only once the runtime took the job (a 429 means it did not).
-        if let (Some(id), Some(token), true) = (job_id, token, resp.status().is_success()) {
-            if let Ok(t) = token.to_str() {
-                self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(id, t.to_string());
+        // Keep the token *before* the runtime sees the job: a fast runtime posts its result
+        // before the dispatch's answer gets back here. Undone when the runtime does not
+        // take the job (a 429, an error), restoring what an earlier dispatch left.
+        let kept = match (&job_id, token.as_ref().and_then(|t| t.to_str().ok())) {
+            (Some(id), Some(t)) => {
+                let previous = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), t.to_string());
+                Some((id.clone(), previous))
             }
+            _ => None,
+        };
+        let undo = |kept: Option<(JobId, Option<String>)>| {
+            if let Some((id, previous)) = kept {
+                let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                match previous {
+                    Some(p) => tokens.insert(id, p),
+                    None => tokens.remove(&id),
+                };
+            }
+        };
+        let resp = match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(r) => r,
+            Err(e) => {
+                undo(kept);
+                return Err(ProxyError::Connect { target: self.upstream.to_string(), message: e.to_string() });
+            }
+        };
+        if !resp.status().is_success() {
+            undo(kept);
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);

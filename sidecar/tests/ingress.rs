@@ -122,3 +122,56 @@ async fn ingress_checks_key_strips_secrets_and_keeps_token_for_result() {
     sc.healthy().await;
     sc.stop().await.unwrap();
 }
+
+/// A fast runtime posts its result before its answer to the dispatch is back at the
+/// sidecar: the result must still find the job's token (it used to get 404, and the job
+/// ended as a timeout).
+#[tokio::test]
+async fn result_posted_before_the_dispatch_answer_is_accepted() {
+    let sidecar_addr: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
+    let result_status: Arc<Mutex<Option<StatusCode>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rt_addr = listener.local_addr().unwrap();
+    let (local, status_seen) = (sidecar_addr.clone(), result_status.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (local, status_seen) = (local.clone(), status_seen.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (local, status_seen) = (local.clone(), status_seen.clone());
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let job: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let id = job["id"].as_str().unwrap().to_string();
+                        let addr = local.lock().unwrap().expect("sidecar address set");
+                        let path = format!("/v1/jobs/{id}/result");
+                        let (status, _, _) = send(addr, post_json(&path, r#"{"outcome":"succeeded"}"#)).await;
+                        *status_seen.lock().unwrap() = Some(status);
+                        Ok::<_, Infallible>(Response::builder().status(202).body(Full::new(Bytes::new())).unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    let mut jm = FakeJobManager::start(&[]).await;
+    let (jm_url, upstream) = (format!("http://{}", jm.addr), rt_addr.to_string());
+    let cfg = config(
+        &["--ingress-listen", "127.0.0.1:0", "--ingress-upstream", &upstream, "--job-manager-url", &jm_url],
+        &[("SIDECAR_INTERNAL_API_KEY", KEY)],
+    );
+    let sc = Sidecar::start(cfg, resolver(&[])).await;
+    *sidecar_addr.lock().unwrap() = Some(sc.addr);
+    let (status, _, _) = send(sc.ingress.unwrap(), dispatch(Some(KEY), "fast", "tok-fast")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(*result_status.lock().unwrap(), Some(StatusCode::ACCEPTED), "the early result found its token");
+    let call = jm.next_call().await;
+    assert_eq!(
+        (call.uri.as_str(), call.headers["x-job-token"].to_str().unwrap()),
+        ("/internal/v1/jobs/fast/result", "tok-fast")
+    );
+    // The consumed token is not brought back by the dispatch's late answer.
+    let (status, _, _) = send(sc.addr, post_json("/v1/jobs/fast/result", r#"{"outcome":"succeeded"}"#)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    sc.stop().await.unwrap();
+}
