@@ -145,6 +145,7 @@ http {
 EOF
 nginx -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" &
 pids+=($!)
+nginx_pid=$!
 wait_port "$origin_port" nginx "$!"
 wait_port "$tls_port" nginx "$!"
 log "origin nginx on 127.0.0.1:$origin_port (HTTPS on $tls_port)"
@@ -169,6 +170,7 @@ if [ -n "$baseline_bin" ]; then
   SIDECAR_LOG_LEVEL=warn "$baseline_bin" --listen "127.0.0.1:$baseline_port" --allow-cidr 127.0.0.1/32 \
     >>"$work/baseline.log" 2>&1 &
   pids+=($!)
+  baseline_pid=$!
   wait_port "$baseline_port" baseline "$!"
   log "baseline sidecar ($baseline_bin) on 127.0.0.1:$baseline_port"
   peers=(direct sidecar baseline squid tinyproxy)
@@ -261,7 +263,11 @@ done
 # curl's socket when direct, one loopback hop, while the tunnel adds a second hop that
 # competes for the same cores) and HTTPS (what a runtime's HTTPS_PROXY traffic is: TLS
 # end to end, the proxy relays ciphertext it cannot read).
-declare -A bps
+declare -A bps cpu_proxy cpu_curl cpu_origin
+nginx_worker=$(pgrep -P "$nginx_pid" | head -1)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
+tick_ms=$(( 1000 / $(getconf CLK_TCK) ))
+proxy_pid_of() { case $1 in sidecar) echo "$main_sidecar_pid";; baseline) echo "$baseline_pid";; squid) echo "$squid_pid";; esac; }
 proxy_port_of() { case $1 in sidecar) echo "$sidecar_port";; baseline) echo "$baseline_port";; squid) echo "$squid_port";; esac; }
 run_curl() { # proto name
   local proto=$1 name=$2 url args=() out
@@ -271,7 +277,15 @@ run_curl() { # proto name
     url="http://127.0.0.1:$origin_port/big.bin"
   fi
   [ "$name" = direct ] || args+=(--proxytunnel --proxy "http://127.0.0.1:$(proxy_port_of "$name")")
-  out=$(curl -sf -o /dev/null -w '%{speed_download} %{size_download}' "${args[@]}" "$url")
+  # CPU seconds of each process on the path, per download: what the tunnel costs, and
+  # what it takes from the endpoints on a machine whose cores they share.
+  local ppid="" p0=0 o0 tf=$work/time.out
+  [ "$name" = direct ] || { ppid=$(proxy_pid_of "$name"); p0=$(ticks "$ppid"); }
+  o0=$(ticks "$nginx_worker")
+  out=$( { TIMEFORMAT='%3U %3S'; time curl -sf -o /dev/null -w '%{speed_download} %{size_download}' "${args[@]}" "$url"; } 2>"$tf")
+  cpu_curl[$proto.$name]="${cpu_curl[$proto.$name]:-} $(awk '{printf "%d", ($1 + $2) * 1000}' "$tf")"
+  cpu_origin[$proto.$name]="${cpu_origin[$proto.$name]:-} $(( ($(ticks "$nginx_worker") - o0) * tick_ms ))"
+  [ -z "$ppid" ] || cpu_proxy[$proto.$name]="${cpu_proxy[$proto.$name]:-} $(( ($(ticks "$ppid") - p0) * tick_ms ))"
   [ "${out#* }" = "$((tunnel_mib * 1024 * 1024))" ] || { log "curl $proto $name fetched ${out#* } bytes"; exit 1; }
   bps[$proto.$name]="${bps[$proto.$name]:-} ${out% *}"
   log "tunnel $proto $name: ${out% *} B/s"
@@ -291,6 +305,11 @@ declare -A bps_med
 for proto in http https; do
   for n in "${tunnel_peers[@]}"; do bps_med[$proto.$n]=$(median <<<"${bps[$proto.$n]}"); done
 done
+cpu_cell() { # array-name key -> median CPU ms as seconds per GiB, or -
+  local -n arr=$1
+  local v=${arr[$2]:-}
+  if [ -z "$v" ]; then echo -; else calc "%.2f" "$(median <<<"$v") / 1000 / ($tunnel_mib / 1024)"; fi
+}
 
 # --- 3. RSS --------------------------------------------------------------------------------
 # Idle: median VmRSS of 5 fresh processes, each read 0.5 s after it first accepted a
@@ -375,6 +394,16 @@ $load_before before, $load_after after.
 |---|---:|---:|---:|---:|---|---|
 $(for n in "${tunnel_peers[@]}"; do
   echo "| $n | $(calc "%.0f" "${bps_med[http.$n]} / 1048576") | $(calc "%.1f" "100 * ${bps_med[http.$n]} / ${bps_med[http.direct]}")% | $(calc "%.0f" "${bps_med[https.$n]} / 1048576") | $(calc "%.1f" "100 * ${bps_med[https.$n]} / ${bps_med[https.direct]}")% | $(for v in ${bps[http.$n]}; do printf '%s ' "$(calc "%.0f" "$v / 1048576")"; done)| $(for v in ${bps[https.$n]}; do printf '%s ' "$(calc "%.0f" "$v / 1048576")"; done)|"
+done)
+
+CPU seconds per GiB (medians over the same rounds; utime + stime of the proxy process and
+of nginx's worker from /proc, curl's from bash \`time\`). On a machine whose cores the
+endpoints saturate, a tunnel's throughput follows the CPU it adds to the path.
+
+| path | proxy HTTP | curl HTTP | nginx HTTP | proxy HTTPS | curl HTTPS | nginx HTTPS |
+|---|---:|---:|---:|---:|---:|---:|
+$(for n in "${tunnel_peers[@]}"; do
+  echo "| $n | $(cpu_cell cpu_proxy "http.$n") | $(cpu_cell cpu_curl "http.$n") | $(cpu_cell cpu_origin "http.$n") | $(cpu_cell cpu_proxy "https.$n") | $(cpu_cell cpu_curl "https.$n") | $(cpu_cell cpu_origin "https.$n") |"
 done)
 
 - sidecar / direct, HTTPS: **$(calc "%.1f" "100 * ${bps_med[https.sidecar]} / ${bps_med[https.direct]}")%**; plain HTTP (worst case): **$(calc "%.1f" "100 * ${bps_med[http.sidecar]} / ${bps_med[http.direct]}")%** (goal >= 90%)
