@@ -7,7 +7,8 @@
 //! manager's Service backed by `E2E_HOST_IP` (the host address pods can reach).
 //!
 //! `E2E_JOBS` (default 60) sets the job count per workload; `make bench` runs 1,000 and
-//! reads the `E2E-METRIC` lines this suite prints.
+//! reads the `E2E-METRIC` lines this suite prints. `E2E_CALM=1` runs without injected
+//! API faults and without the replica kill: what a job costs on a healthy cluster.
 use common::{Job, JobId, Outcome, WorkloadKind};
 use integration_tests::emulator::{Emulator, EmulatorOptions, Fault, FaultRule};
 use integration_tests::kubelet::{Kubelet, KubeletOptions};
@@ -36,6 +37,11 @@ fn workspace_root() -> PathBuf {
         .map(PathBuf::from)
         .and_then(|p| p.parent().map(|p| p.to_path_buf()))
         .unwrap_or_else(integration_tests::bins::workspace_root)
+}
+
+/// No injected faults, no killed replica (`E2E_CALM=1`).
+fn calm() -> bool {
+    std::env::var("E2E_CALM").is_ok_and(|v| v == "1")
 }
 
 fn job_count() -> usize {
@@ -299,12 +305,14 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
         let cfg = write_config(dir.path(), &cluster, broker_addr, *a, &persistent_endpoints);
         replicas.push(spawn_replica(&cluster, &cfg, *a, dir.path().join(format!("replica-{i}.log"))).await);
     }
-    if let Some(emu) = &cluster.emu {
+    if let Some(emu) = cluster.emu.as_ref().filter(|_| !calm()) {
         // Transient API trouble on the write path and on record updates.
         emu.faults()
             .add(FaultRule::new(Fault::TooManyRequests { retry_after_secs: 1 }).verb("create").probability(0.03));
         emu.faults().add(FaultRule::new(Fault::InternalError).verb("create").probability(0.03));
         emu.faults().add(FaultRule::new(Fault::Conflict).resource("jobrecords").probability(0.05));
+    }
+    if let Some(emu) = &cluster.emu {
         emu.clear_requests();
     }
     let latencies = cluster.emu.as_ref().map(track_poll_to_running);
@@ -318,8 +326,10 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
         eprintln!("{}", diagnose(&cluster, dir.path()));
     }
     assert!(third.len() >= n / 3, "only {} of {} results before the kill", third.len(), n);
-    replicas[0].child.start_kill().unwrap();
-    let _ = replicas[0].child.wait().await;
+    if !calm() {
+        replicas[0].child.start_kill().unwrap();
+        let _ = replicas[0].child.wait().await;
+    }
     let results = broker.wait_for_results(n, Duration::from_secs(600.max(3 * n as u64))).await;
     let elapsed = started.elapsed();
     let logs = || std::fs::read_to_string(dir.path().join("replica-1.log")).unwrap_or_default();

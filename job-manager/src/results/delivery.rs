@@ -9,8 +9,9 @@
 //! - a **sweep** of the store's pending results every `rescan`, for results another
 //!   process recorded and could not deliver (it died) or a previous run left. Only where
 //!   the sweep gate allows (Kubernetes: the `runtime-pruning` lease holder), and only
-//!   results already pending at the previous sweep (the first sweep takes all): a result
-//!   another replica is delivering right now is left to it.
+//!   results already pending at the previous sweep (the first sweep at start takes all,
+//!   unless the gate was closed): a result another replica is delivering right now is
+//!   left to it.
 use super::intake::ResultIntake;
 use super::store::ResultStore;
 use crate::broker::{BrokerApi, SubmitOutcome};
@@ -195,8 +196,9 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
                     pass.failed += swept.failed;
                     pass.broker_unavailable |= swept.broker_unavailable;
                 } else {
-                    // Not ours to sweep: start over (all pending) when it becomes ours.
-                    previous = None;
+                    // Not ours to sweep. When it becomes ours (a lease taken over), results
+                    // pending then may be in their receivers' hands: wait one more sweep.
+                    previous = Some(HashSet::new());
                 }
             }
             let wait = if pass.broker_unavailable {
