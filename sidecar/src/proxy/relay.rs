@@ -111,8 +111,8 @@ mod splice {
     /// The pipe a direction grows to once it carries bulk data (a read filled the
     /// pipe): 16x fewer splices and wake-ups per byte. Measured on a 1 GiB download
     /// (BENCHMARKS.md, Sidecar): about 30% less sidecar CPU per GiB on plain HTTP
-    /// than the default 64 KiB pipe, no difference on TLS. 1 MiB is also the
-    /// default `pipe-max-size`, the most an unprivileged process may ask for.
+    /// than the default 64 KiB pipe, 0-25% less on TLS. 1 MiB is also the default
+    /// `pipe-max-size`, the most an unprivileged process may ask for.
     pub const BULK_PIPE: usize = 1024 * 1024;
 
     pub struct Pipe {
