@@ -73,6 +73,20 @@ async fn splice_moves_every_byte_in_order_counts_them_and_passes_eof_on() {
 }
 
 #[tokio::test]
+async fn tls_records_take_the_buffered_copy() {
+    // A TLS handshake record first (ClientHello/ServerHello): buffered, byte for byte.
+    let mut data = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+    data.extend(payload(2 * 1024 * 1024));
+    let r = relay_through(data.clone(), Force::Auto).await;
+    assert_eq!(r.mode.unwrap(), Mode::Buffered);
+    assert!(r.got == data, "relayed {} bytes of {}, or out of order", r.got.len(), data.len());
+    assert_eq!(r.counted, data.len() as u64);
+    // Anything else (plain HTTP here) is spliced.
+    let r = relay_through(b"GET / HTTP/1.1\r\n\r\n".to_vec(), Force::Auto).await;
+    assert_eq!(r.mode.unwrap(), Mode::Splice);
+}
+
+#[tokio::test]
 async fn buffered_fallback_moves_every_byte_in_order_and_counts_them() {
     let data = payload(3 * 1024 * 1024 + 7);
     let r = relay_through(data.clone(), Force::Buffered).await;
