@@ -39,7 +39,8 @@ mod tests;
 pub type Body = Either<Incoming, Full<Bytes>>;
 
 /// Per-direction buffer of the generic relay (TLS upstream proxy, or a client stream
-/// hyper would not hand back). Plain TCP tunnels use [`relay::one_way`] (splice).
+/// hyper would not hand back). Plain TCP tunnels use [`relay::one_way`] (splice; TLS
+/// streams a buffered copy).
 const TUNNEL_BUF: usize = 16 * 1024;
 
 pub struct Proxy {
