@@ -268,7 +268,7 @@ pub async fn run_with(
 }
 
 /// Fetches the job from the job manager, retrying connection errors, 5xx, 429 and 404
-/// (a just-created record another replica cannot see yet) with backoff until `deadline`.
+/// with backoff until `deadline` (see [`ResultReporter::fetch_job`]).
 async fn fetch_job(
     reporter: &ResultReporter,
     id: &str,

@@ -242,8 +242,10 @@ impl ResultReporter {
         let status = resp.status();
         let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         if status != StatusCode::OK {
-            // 404 too is worth retrying for a while: a record just created may not be
-            // visible to another replica's cache yet. The caller bounds the retries.
+            // 404 is retried too (bounded by the caller): the pod exists only because a
+            // record does, and a record that is really gone takes the pod with it (its
+            // Job is garbage-collected), so waiting costs nothing and a transient miss
+            // (a load balancer in front of a replica without the CRD yet) heals.
             let reason =
                 format!("job manager answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
             return Err(match classify_status(status) {
