@@ -160,12 +160,7 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
         };
         self.intake.metrics().results_pending.set(pending.len() as i64);
         let ids: HashSet<JobId> = pending.iter().map(|r| r.job_id.clone()).collect();
-        let queued: HashSet<JobId> = {
-            let fresh = self.intake.take_fresh();
-            let ids = fresh.iter().map(|r| r.job_id.clone()).collect();
-            self.intake.requeue_fresh(fresh);
-            ids
-        };
+        let queued = self.intake.fresh_ids();
         let due: Vec<JobResult> = pending
             .into_iter()
             .filter(|r| !queued.contains(&r.job_id))

@@ -37,6 +37,11 @@ impl<S: ResultStore> ResultIntake<S> {
         std::mem::take(&mut *self.fresh.lock().expect("fresh lock"))
     }
 
+    /// The ids of the results waiting in the fresh queue.
+    pub fn fresh_ids(&self) -> std::collections::HashSet<JobId> {
+        self.fresh.lock().expect("fresh lock").iter().map(|r| r.job_id.clone()).collect()
+    }
+
     /// Put back results the delivery loop could not hand over yet, ahead of newer ones.
     pub fn requeue_fresh(&self, mut results: Vec<JobResult>) {
         let mut fresh = self.fresh.lock().expect("fresh lock");
