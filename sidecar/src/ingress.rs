@@ -5,6 +5,7 @@
 //! `POST /v1/jobs/{id}/result` to the local API is delivered with it. The runtime's
 //! answers, 429 included, go back unchanged.
 use crate::error::ProxyError;
+use crate::ingress_tokens::IngressTokens;
 use crate::local_api::read_body;
 use crate::metrics::{KindLabel, Metrics};
 use crate::proxy::strip_hop_by_hop;
@@ -19,9 +20,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 type OutBody = Either<Incoming, Full<Bytes>>;
 
@@ -29,7 +29,7 @@ pub struct IngressProxy {
     key: Secret,
     upstream: SocketAddr,
     client: Client<HttpConnector, OutBody>,
-    tokens: Arc<Mutex<HashMap<JobId, String>>>,
+    tokens: Arc<IngressTokens>,
     max_body: usize,
     metrics: Arc<Metrics>,
 }
@@ -43,7 +43,7 @@ impl IngressProxy {
     pub fn new(
         key: Secret,
         upstream: SocketAddr,
-        tokens: Arc<Mutex<HashMap<JobId, String>>>,
+        tokens: Arc<IngressTokens>,
         max_body: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -94,19 +94,12 @@ impl IngressProxy {
         // before the dispatch's answer gets back here. Undone when the runtime does not
         // take the job (a 429, an error), restoring what an earlier dispatch left.
         let kept = match (&job_id, token.as_ref().and_then(|t| t.to_str().ok())) {
-            (Some(id), Some(t)) => {
-                let previous = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), t.to_string());
-                Some((id.clone(), previous))
-            }
+            (Some(id), Some(t)) => Some((id.clone(), self.tokens.keep(id, t))),
             _ => None,
         };
         let undo = |kept: Option<(JobId, Option<String>)>| {
             if let Some((id, previous)) = kept {
-                let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-                match previous {
-                    Some(p) => tokens.insert(id, p),
-                    None => tokens.remove(&id),
-                };
+                self.tokens.restore(&id, previous);
             }
         };
         let resp = match self.client.request(Request::from_parts(parts, body)).await {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod ingress;
+pub mod ingress_tokens;
 pub mod local_api;
 pub mod metrics;
 pub mod policy;
@@ -147,7 +148,17 @@ pub async fn run_with(
         );
     }
     let already = reporter.as_ref().map(|r| r.redeliver_spooled()).unwrap_or_default();
-    let local = Arc::new(LocalApi::new(job, reporter.clone(), already, metrics.clone(), config.limits.max_body_bytes));
+    // Only an ingress (persistent workload) keeps tokens; with a spool they outlive a restart.
+    let tokens = config.ingress.as_ref().map(|_| config.spool_dir.as_deref()).unwrap_or_default();
+    let ingress_tokens = Arc::new(ingress_tokens::IngressTokens::new(tokens));
+    let local = Arc::new(LocalApi::new(
+        job,
+        ingress_tokens,
+        reporter.clone(),
+        already,
+        metrics.clone(),
+        config.limits.max_body_bytes,
+    ));
 
     let resolver: Arc<dyn Resolve> = match extras.resolver {
         Some(r) => r,

@@ -2,6 +2,7 @@
 //! result here; probes and metrics are served here too. The admin listener serves only
 //! the probes and metrics (it listens on the pod network, the job must not).
 use crate::error::ProxyError;
+use crate::ingress_tokens::IngressTokens;
 use crate::metrics::Metrics;
 use crate::reporter::{ResultReporter, SpoolRecord};
 use bytes::Bytes;
@@ -9,7 +10,7 @@ use common::runtime_api::{RuntimeJob, RuntimeResult, LOCAL_JOB_PATH, LOCAL_RESUL
 use common::{Job, JobId};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -59,7 +60,7 @@ pub struct LocalApi {
     /// Jobs whose result was accepted (spooled); a second result gets 409.
     accepted: Mutex<HashSet<JobId>>,
     /// Tokens of jobs dispatched through the ingress (persistent workloads).
-    pub ingress_tokens: Arc<Mutex<HashMap<JobId, String>>>,
+    pub ingress_tokens: Arc<IngressTokens>,
     pub ready: AtomicBool,
     metrics: Arc<Metrics>,
     max_body: usize,
@@ -68,6 +69,7 @@ pub struct LocalApi {
 impl LocalApi {
     pub fn new(
         job: Option<LoadedJob>,
+        ingress_tokens: Arc<IngressTokens>,
         reporter: Option<Arc<ResultReporter>>,
         already_accepted: Vec<JobId>,
         metrics: Arc<Metrics>,
@@ -81,7 +83,7 @@ impl LocalApi {
             job: cell,
             reporter,
             accepted: Mutex::new(already_accepted.into_iter().collect()),
-            ingress_tokens: Arc::default(),
+            ingress_tokens,
             ready: AtomicBool::new(false),
             metrics,
             max_body,
@@ -151,7 +153,7 @@ impl LocalApi {
                 return Err(ProxyError::MethodNotAllowed);
             }
             let id = JobId::new(id).map_err(|e| ProxyError::BadRequest(format!("bad job id: {e}")))?;
-            let token = self.ingress_tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+            let token = self.ingress_tokens.get(&id);
             let token = match token {
                 Some(t) => t,
                 None if self.accepted.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) => {
@@ -161,7 +163,7 @@ impl LocalApi {
             };
             let resp = self.accept_result(req, id.clone(), token).await;
             if resp.is_ok() {
-                self.ingress_tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                self.ingress_tokens.remove(&id);
             }
             return resp;
         }

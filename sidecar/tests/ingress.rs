@@ -175,3 +175,43 @@ async fn result_posted_before_the_dispatch_answer_is_accepted() {
     assert_eq!(status, StatusCode::CONFLICT);
     sc.stop().await.unwrap();
 }
+
+/// A restarted sidecar container (same spool emptyDir) still accepts the result of a job
+/// its runtime took before the restart, with that job's token.
+#[tokio::test]
+async fn tokens_of_dispatched_jobs_survive_a_sidecar_restart() {
+    let busy = Arc::new(AtomicBool::new(false));
+    let (rt_addr, _seen) = runtime(busy).await;
+    let mut jm = FakeJobManager::start(&[]).await;
+    let spool = temp_dir("spool");
+    let (jm_url, upstream) = (format!("http://{}", jm.addr), rt_addr.to_string());
+    let args = [
+        "--ingress-listen",
+        "127.0.0.1:0",
+        "--ingress-upstream",
+        upstream.as_str(),
+        "--job-manager-url",
+        jm_url.as_str(),
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ];
+    let first = Sidecar::start(config(&args, &[("SIDECAR_INTERNAL_API_KEY", KEY)]), resolver(&[])).await;
+    let (status, _, _) = send(first.ingress.unwrap(), dispatch(Some(KEY), "kept", "tok-kept")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    first.stop().await.unwrap();
+
+    let second = Sidecar::start(config(&args, &[("SIDECAR_INTERNAL_API_KEY", KEY)]), resolver(&[])).await;
+    let (status, _, _) = send(second.addr, post_json("/v1/jobs/kept/result", r#"{"outcome":"succeeded"}"#)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let call = jm.next_call().await;
+    assert_eq!(
+        (call.uri.as_str(), call.headers["x-job-token"].to_str().unwrap()),
+        ("/internal/v1/jobs/kept/result", "tok-kept")
+    );
+    // Spent: not kept for a third run.
+    let (status, _, _) = send(second.addr, post_json("/v1/jobs/kept/result", r#"{"outcome":"succeeded"}"#)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    second.stop().await.unwrap();
+    let left: Vec<_> = std::fs::read_dir(spool.join("ingress-tokens")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
