@@ -95,6 +95,9 @@ pub mod sidecar_env {
     pub const UPSTREAM_PROXY: &str = "SIDECAR_UPSTREAM_PROXY";
     pub const UPSTREAM_PROXY_CA_FILE: &str = "SIDECAR_UPSTREAM_PROXY_CA_FILE";
     pub const UPSTREAM_PROXY_INSECURE: &str = "SIDECAR_UPSTREAM_PROXY_INSECURE";
+    /// Comma-separated hosts (`--allow-host` syntax) and CIDRs dialled directly, not
+    /// through the upstream proxy (the usual NO_PROXY list: in-cluster services).
+    pub const UPSTREAM_PROXY_BYPASS: &str = "SIDECAR_UPSTREAM_PROXY_BYPASS";
     pub const LOG_FORMAT: &str = "SIDECAR_LOG_FORMAT";
     pub const LOG_LEVEL: &str = "SIDECAR_LOG_LEVEL";
     /// Seconds the sidecar keeps retrying a result before giving up (default 600).

@@ -2,7 +2,7 @@
 //! pure function over a string lookup (tests pass a map, never `set_var`) and validated
 //! in one pass. Bad configuration names the setting and exits 64 (`EX_USAGE`).
 use crate::authority::{parse_authority, parse_host, Host, Target};
-use crate::policy::{ApiServer, EgressPolicy, HostPattern};
+use crate::policy::{ApiServer, EgressPolicy, HostPattern, UpstreamBypass};
 use clap::Parser;
 use common::runtime_api::sidecar_env as env;
 use common::secret::Secret;
@@ -38,6 +38,7 @@ pub const ENV_API_SERVER_ADDRESSES: &str = env::API_SERVER_ADDRESSES;
 pub const ENV_UPSTREAM_PROXY: &str = env::UPSTREAM_PROXY;
 pub const ENV_UPSTREAM_PROXY_CA_FILE: &str = env::UPSTREAM_PROXY_CA_FILE;
 pub const ENV_UPSTREAM_PROXY_INSECURE: &str = env::UPSTREAM_PROXY_INSECURE;
+pub const ENV_UPSTREAM_PROXY_BYPASS: &str = env::UPSTREAM_PROXY_BYPASS;
 pub const ENV_LOG_FORMAT: &str = env::LOG_FORMAT;
 pub const ENV_LOG_LEVEL: &str = env::LOG_LEVEL;
 pub const ENV_RESULT_DEADLINE_SECS: &str = env::RESULT_DEADLINE_SECS;
@@ -162,6 +163,9 @@ pub struct Cli {
     /// Accept any certificate from an https upstream proxy (self-signed) [env: SIDECAR_UPSTREAM_PROXY_INSECURE=true]
     #[arg(long)]
     pub upstream_proxy_insecure: bool,
+    /// Dial this host pattern (as --allow-host) or CIDR directly, not through the upstream proxy; repeatable (a NO_PROXY list, e.g. .svc.cluster.local,10.0.0.0/8) [env: SIDECAR_UPSTREAM_PROXY_BYPASS, comma-separated]
+    #[arg(long = "upstream-proxy-bypass", value_name = "HOST|CIDR")]
+    pub upstream_proxy_bypass: Vec<String>,
     /// Write the bound addresses as JSON here once serving [env: SIDECAR_READY_FILE]
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<String>,
@@ -233,6 +237,8 @@ pub struct UpstreamProxy {
     pub authorization: Option<Secret>,
     pub ca_file: Option<PathBuf>,
     pub insecure: bool,
+    /// Destinations dialled directly instead (NO_PROXY).
+    pub bypass: UpstreamBypass,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -456,6 +462,21 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
         .map(|s| parse_upstream_proxy(&s).map_err(|m| err(ENV_UPSTREAM_PROXY, "--upstream-proxy", m)))
         .transpose()?
         .map(|p| UpstreamProxy { ca_file: upstream_proxy_ca_file.clone(), insecure: upstream_proxy_insecure, ..p });
+    let mut bypass = UpstreamBypass::default();
+    for s in src.list(&cli.upstream_proxy_bypass, ENV_UPSTREAM_PROXY_BYPASS) {
+        match parse_cidr(&s) {
+            Ok(n) => bypass.cidrs.push(n),
+            Err(_) => {
+                bypass.hosts.push(HostPattern::parse(&s).map_err(|m| {
+                    err(ENV_UPSTREAM_PROXY_BYPASS, "--upstream-proxy-bypass", format!("{m}, or a CIDR"))
+                })?)
+            }
+        }
+    }
+    if bypass != UpstreamBypass::default() && upstream_proxy.is_none() {
+        return Err(err(ENV_UPSTREAM_PROXY_BYPASS, "--upstream-proxy-bypass", "only meaningful with --upstream-proxy"));
+    }
+    let upstream_proxy = upstream_proxy.map(|p| UpstreamProxy { bypass, ..p });
     if upstream_proxy.as_ref().is_some_and(|p| !p.tls) && (upstream_proxy_ca_file.is_some() || upstream_proxy_insecure)
     {
         return Err(err(
@@ -698,7 +719,15 @@ fn parse_upstream_proxy(s: &str) -> Result<UpstreamProxy, String> {
         .transpose()?;
     // Validate the host spelling once, so dialing never meets a surprise.
     parse_host(&host).map_err(|e| e.to_string())?;
-    Ok(UpstreamProxy { tls, host, port: target.port, authorization, ca_file: None, insecure: false })
+    Ok(UpstreamProxy {
+        tls,
+        host,
+        port: target.port,
+        authorization,
+        ca_file: None,
+        insecure: false,
+        bypass: UpstreamBypass::default(),
+    })
 }
 
 fn percent_decode_lossless(s: &str) -> Result<String, String> {

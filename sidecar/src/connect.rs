@@ -250,11 +250,12 @@ impl Dialer {
     }
 
     /// The upstream proxy to use for `target`, if any. The job manager is in-cluster
-    /// and always dialled directly, never through a corporate proxy.
-    fn upstream_for(&self, target: &Target) -> Option<&UpstreamDialer> {
+    /// and always dialled directly, never through a corporate proxy; so is whatever the
+    /// bypass list names.
+    fn upstream_for(&self, target: &Target, resolved: &[IpAddr]) -> Option<&UpstreamDialer> {
         match &self.policy.job_manager {
             Some(jm) if jm == target => None,
-            _ => self.upstream.as_ref(),
+            _ => self.upstream.as_ref().filter(|up| !up.config.bypass.matches(target, resolved)),
         }
     }
 
@@ -264,7 +265,7 @@ impl Dialer {
         let deadline = Instant::now() + self.connect_timeout;
         let work = async {
             let addrs = self.check(target).await?;
-            match self.upstream_for(target) {
+            match self.upstream_for(target, &addrs) {
                 Some(up) => {
                     let mut io = up.connect().await?;
                     io.proxied = true;
@@ -283,7 +284,7 @@ impl Dialer {
         let deadline = Instant::now() + self.connect_timeout;
         let work = async {
             let addrs = self.check(target).await?;
-            match self.upstream_for(target) {
+            match self.upstream_for(target, &addrs) {
                 Some(up) => up.tunnel(target).await,
                 None => self.dial_direct(target, &addrs, deadline).await,
             }

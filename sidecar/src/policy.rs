@@ -171,6 +171,26 @@ impl HostPattern {
     }
 }
 
+/// Destinations dialled directly instead of through the upstream proxy (a NO_PROXY list):
+/// host patterns matched against the name asked for, CIDRs against the address asked
+/// for or any address it resolved to. Routing only: the destination policy has already
+/// decided before this is asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamBypass {
+    pub hosts: Vec<HostPattern>,
+    pub cidrs: Vec<IpNet>,
+}
+
+impl UpstreamBypass {
+    pub fn matches(&self, target: &Target, resolved: &[IpAddr]) -> bool {
+        let ip_in = |ip: &IpAddr| self.cidrs.iter().any(|n| n.contains(ip) || n.contains(&effective_ip(*ip)));
+        match &target.host {
+            Host::Name(name) => self.hosts.iter().any(|p| p.matches(name)) || resolved.iter().any(ip_in),
+            Host::Ip(ip) => ip_in(ip),
+        }
+    }
+}
+
 /// An API server address to refuse: any port, or one port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApiServer {

@@ -137,3 +137,37 @@ async fn job_manager_is_reached_directly_not_through_the_upstream_proxy() {
     assert!(seen.lock().unwrap().is_empty(), "the upstream proxy saw job-manager traffic");
     sc.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn bypass_list_is_dialled_directly_and_the_rest_goes_upstream() {
+    let (up, seen) = upstream_proxy().await;
+    let mut origin = FakeJobManager::start(&[]).await;
+    let port = origin.addr.port();
+    let upstream = format!("http://{up}");
+    let cfg = config(
+        &[
+            "--upstream-proxy",
+            &upstream,
+            "--allow-cidr",
+            "127.0.0.1/32",
+            "--upstream-proxy-bypass",
+            ".corp.internal",
+            "--upstream-proxy-bypass",
+            "127.0.0.0/8",
+        ],
+        &[],
+    );
+    let sc = Sidecar::start(cfg, resolver(&[("api.corp.internal", &["127.0.0.1"])])).await;
+    // By name (and, for the second, by address): straight to the origin.
+    for url in [format!("http://api.corp.internal:{port}/by-name"), format!("http://127.0.0.1:{port}/by-cidr")] {
+        let (status, _, body) = proxy_get(sc.addr, &url).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"jm"[..]), "{url}");
+        assert!(origin.next_call().await.uri.ends_with(url.rsplit('/').next().unwrap()));
+    }
+    assert!(seen.lock().unwrap().is_empty(), "the upstream proxy saw bypassed traffic");
+    // Anything else goes through the upstream proxy (which resolves example.test itself).
+    let (status, _, _) = proxy_get(sc.addr, "http://example.test/elsewhere").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    sc.stop().await.unwrap();
+}

@@ -150,3 +150,28 @@ fn job_handed_over_by_id_and_token() {
     // An empty token is no token.
     assert!(parse(&[], &[(ENV_JOB_TOKEN, "  ")]).unwrap().job_token.is_none());
 }
+
+#[test]
+fn upstream_proxy_bypass_list() {
+    let env = [(ENV_UPSTREAM_PROXY_BYPASS, ".svc.cluster.local,10.0.0.0/8, 192.168.1.7 ,example.com")];
+    let c = parse(&["--upstream-proxy", "http://proxy:3128"], &env).unwrap();
+    let b = &c.upstream_proxy.unwrap().bypass;
+    assert_eq!(
+        b.hosts,
+        [HostPattern::parse(".svc.cluster.local").unwrap(), HostPattern::parse("example.com").unwrap()]
+    );
+    assert_eq!(b.cidrs, ["10.0.0.0/8".parse().unwrap(), "192.168.1.7/32".parse().unwrap()]);
+    // Flags replace the env list, as for every list setting.
+    let args = ["--upstream-proxy", "http://proxy:3128", "--upstream-proxy-bypass", "10.1.0.0/16"];
+    let b = parse(&args, &env).unwrap().upstream_proxy.unwrap().bypass;
+    assert!(b.hosts.is_empty());
+    assert_eq!(b.cidrs, ["10.1.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
+    for (args, env) in [
+        (&["--upstream-proxy", "http://proxy:3128", "--upstream-proxy-bypass", "bad host!"][..], &[][..]),
+        (&["--upstream-proxy-bypass", "10.0.0.0/8"][..], &[][..]),
+        (&[][..], &[(ENV_UPSTREAM_PROXY_BYPASS, ".svc")][..]),
+    ] {
+        let e = parse(args, env).unwrap_err();
+        assert_eq!(e.setting, ENV_UPSTREAM_PROXY_BYPASS, "{args:?} {env:?}: {e}");
+    }
+}

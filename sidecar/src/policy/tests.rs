@@ -347,3 +347,33 @@ fn host_patterns() {
     let p = HostPattern::parse(".Example.com.").unwrap();
     assert!(p.matches("example.com") && p.matches("x.example.com") && !p.matches("xexample.com"));
 }
+
+#[test]
+fn upstream_bypass_matches_names_and_addresses() {
+    use crate::authority::{Host, Target};
+    let b = UpstreamBypass {
+        hosts: vec![HostPattern::parse(".svc.cluster.local").unwrap(), HostPattern::parse("exact.example").unwrap()],
+        cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+    };
+    let name = |n: &str| Target { host: Host::Name(n.into()), port: 80 };
+    let ip = |s: &str| Target { host: Host::Ip(s.parse().unwrap()), port: 80 };
+    let ten: IpAddr = "10.1.2.3".parse().unwrap();
+    let public: IpAddr = "93.184.216.34".parse().unwrap();
+    // (target, resolved, bypassed)
+    let cases = [
+        (name("api.ns.svc.cluster.local"), vec![], true),
+        (name("svc.cluster.local"), vec![], true),
+        (name("exact.example"), vec![], true),
+        (name("sub.exact.example"), vec![public], false),
+        (name("internal.corp"), vec![ten], true),
+        (name("internal.corp"), vec![public, ten], true),
+        (name("www.example.com"), vec![public], false),
+        (ip("10.9.9.9"), vec![], true),
+        (ip("::ffff:10.9.9.9"), vec![], true),
+        (ip("11.0.0.1"), vec![], false),
+    ];
+    for (target, resolved, want) in cases {
+        assert_eq!(b.matches(&target, &resolved), want, "{target} {resolved:?}");
+    }
+    assert!(!UpstreamBypass::default().matches(&name("anything"), &[ten]));
+}
