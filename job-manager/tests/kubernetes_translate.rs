@@ -154,6 +154,7 @@ sidecar:
   reportOnly: true
   apiServerAddresses: [10.96.0.1, "172.18.0.2:6443"]
   upstreamProxy: http://proxy.corp:3128
+  upstreamProxyBypass: [.svc.cluster.local, 10.0.0.0/8]
   noProxy: [localhost, .svc]
   port: 3129
   adminPort: 9902

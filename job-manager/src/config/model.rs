@@ -206,6 +206,8 @@ pub struct SidecarSettings {
     pub report_only: bool,
     pub api_server_addresses: Vec<String>,
     pub upstream_proxy: String,
+    /// Destinations the sidecar dials directly instead of through `upstream_proxy`.
+    pub upstream_proxy_bypass: Vec<String>,
     pub no_proxy: Vec<String>,
     /// Port of the proxy + local API inside the pod.
     pub port: u16,
@@ -228,6 +230,7 @@ impl Default for SidecarSettings {
             report_only: false,
             api_server_addresses: Vec::new(),
             upstream_proxy: String::new(),
+            upstream_proxy_bypass: Vec::new(),
             no_proxy: Vec::new(),
             port: 3128,
             admin_port: 9901,

@@ -188,6 +188,12 @@ fn validation_rules_table() {
             "brokerApiProxyUsername",
         ),
         ("cidr", MINIMAL, &[("JM_SIDECAR_DENY_CIDRS", "10.0.0.0/33")], "sidecar.denyCidrs"),
+        (
+            "bypass without upstream proxy",
+            MINIMAL,
+            &[("JM_SIDECAR_UPSTREAM_PROXY_BYPASS", ".svc.cluster.local")],
+            "sidecar.upstreamProxyBypass",
+        ),
         ("k8s needs key", MINIMAL, &[("JM_EXECUTOR", "kubernetes")], "internalApiKey"),
     ];
     for (name, yaml, e, expect) in cases {

@@ -157,6 +157,12 @@ fn validate_sidecar(c: &Config) -> Result<(), ConfigError> {
             }
         }
     }
+    if !c.sidecar.upstream_proxy_bypass.is_empty() && c.sidecar.upstream_proxy.is_empty() {
+        return Err(ConfigError::invalid(
+            "sidecar.upstreamProxyBypass",
+            "only meaningful with sidecar.upstreamProxy (nothing to bypass)",
+        ));
+    }
     for entry in &c.sidecar.api_server_addresses {
         let ok = entry.parse::<std::net::IpAddr>().is_ok() || entry.parse::<SocketAddr>().is_ok();
         if !ok {

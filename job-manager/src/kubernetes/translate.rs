@@ -637,6 +637,7 @@ fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
     if !s.upstream_proxy.is_empty() {
         // On the sidecar only; the runtime never sees upstream credentials.
         envs.push(env(sidecar_env::UPSTREAM_PROXY, s.upstream_proxy.clone()));
+        list(sidecar_env::UPSTREAM_PROXY_BYPASS, &s.upstream_proxy_bypass, &mut envs);
     }
     mounts.push(core::VolumeMount {
         name: labels::SPOOL_VOLUME.into(),
