@@ -463,6 +463,9 @@ pub fn sidecar_policy_env(c: &Config) -> Vec<(String, String)> {
     }
     if !s.upstream_proxy.is_empty() {
         env.push((sidecar_env::UPSTREAM_PROXY.into(), s.upstream_proxy.clone()));
+        if !s.upstream_proxy_bypass.is_empty() {
+            env.push((sidecar_env::UPSTREAM_PROXY_BYPASS.into(), s.upstream_proxy_bypass.join(",")));
+        }
     }
     let format = match c.log_format {
         LogFormat::Json => "json",
@@ -536,4 +539,26 @@ fn sign_command(args: &SignArgs) -> i32 {
 /// Environment as a map (tests).
 pub fn env_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_env_carries_the_policy_and_the_upstream_proxy_with_its_bypass() {
+        let mut c = Config::default();
+        c.sidecar.allow_cidrs = vec!["10.0.0.0/8".into(), "192.168.0.0/16".into()];
+        c.sidecar.deny_private = true;
+        c.sidecar.upstream_proxy_bypass = vec![".svc.cluster.local".into()];
+        let env: std::collections::BTreeMap<_, _> = sidecar_policy_env(&c).into_iter().collect();
+        assert_eq!(env[sidecar_env::ALLOW_CIDRS], "10.0.0.0/8,192.168.0.0/16");
+        assert_eq!(env[sidecar_env::DENY_PRIVATE], "true");
+        // No upstream proxy: no bypass either (the sidecar would refuse it alone).
+        assert!(!env.contains_key(sidecar_env::UPSTREAM_PROXY_BYPASS));
+        c.sidecar.upstream_proxy = "http://proxy.corp:3128".into();
+        let env: std::collections::BTreeMap<_, _> = sidecar_policy_env(&c).into_iter().collect();
+        assert_eq!(env[sidecar_env::UPSTREAM_PROXY], "http://proxy.corp:3128");
+        assert_eq!(env[sidecar_env::UPSTREAM_PROXY_BYPASS], ".svc.cluster.local");
+    }
 }
