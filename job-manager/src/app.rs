@@ -9,7 +9,7 @@ use crate::broker::client::{BrokerClientConfig, HttpBroker, ProxySettings};
 use crate::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use crate::broker::{BrokerApi, BrokerError};
 use crate::cli::{Cli, Command, RunArgs, SignArgs};
-use crate::config::model::{Config, ExecutorKind, LogFormat};
+use crate::config::model::{Config, ExecutorKind};
 use crate::config::{self, ConfigError, EnvLookup, ProcessEnv, Validated, EMBEDDED_BROKER, EXIT_CONFIG};
 use crate::dispatcher::{Dispatcher, DispatcherSettings, RuntimeLimit};
 use crate::executor::local::{LocalExecutor, LocalRuntime, LocalSettings};
@@ -17,7 +17,6 @@ use crate::executor::{Executor, StateError};
 use crate::metrics::Metrics;
 use crate::results::{DeliveryLoop, FileResultStore, ResultIntake, StoreError};
 use crate::server::{Readiness, ResultApi, ServerLimits};
-use common::runtime_api::sidecar_env;
 use common::secret::Secret;
 use common::token::TokenSigner;
 use std::collections::BTreeMap;
@@ -318,7 +317,7 @@ pub async fn start_local<B: BrokerApi>(
             (r.name.clone(), LocalRuntime { command, parallelism: r.parallelism, extra_env: r.extra_env.clone() })
         })
         .collect();
-    local.sidecar_env = sidecar_policy_env(c);
+    local.sidecar_env = config::model::sidecar_policy_env(c);
     local.no_proxy = c.sidecar.no_proxy.clone();
     local.user_defined_variables = serde_json::Value::Object(validated.user_defined_variables.clone()).to_string();
     local.custom_node_modules_path =
@@ -441,41 +440,6 @@ fn sidecar_binary(c: &Config) -> PathBuf {
     }
 }
 
-/// `sidecar.*` config -> the sidecar's `SIDECAR_*` environment.
-pub fn sidecar_policy_env(c: &Config) -> Vec<(String, String)> {
-    let s = &c.sidecar;
-    let mut env = Vec::new();
-    let mut list = |name: &str, v: &[String]| {
-        if !v.is_empty() {
-            env.push((name.to_string(), v.join(",")));
-        }
-    };
-    list(sidecar_env::ALLOW_CIDRS, &s.allow_cidrs);
-    list(sidecar_env::DENY_CIDRS, &s.deny_cidrs);
-    list(sidecar_env::ALLOW_HOSTS, &s.allow_hosts);
-    list(sidecar_env::DENY_HOSTS, &s.deny_hosts);
-    list(sidecar_env::API_SERVER_ADDRESSES, &s.api_server_addresses);
-    if s.deny_private {
-        env.push((sidecar_env::DENY_PRIVATE.into(), "true".into()));
-    }
-    if s.report_only {
-        env.push((sidecar_env::REPORT_ONLY.into(), "true".into()));
-    }
-    if !s.upstream_proxy.is_empty() {
-        env.push((sidecar_env::UPSTREAM_PROXY.into(), s.upstream_proxy.clone()));
-        if !s.upstream_proxy_bypass.is_empty() {
-            env.push((sidecar_env::UPSTREAM_PROXY_BYPASS.into(), s.upstream_proxy_bypass.join(",")));
-        }
-    }
-    let format = match c.log_format {
-        LogFormat::Json => "json",
-        LogFormat::Text => "text",
-    };
-    env.push((sidecar_env::LOG_FORMAT.into(), format.into()));
-    env.push((sidecar_env::LOG_LEVEL.into(), crate::telemetry::level_directive(&c.log_level).into()));
-    env
-}
-
 /// Read a generated secret from `path`, creating it (0600) on first use.
 fn persistent_secret(path: &Path) -> Result<String, AppError> {
     use std::io::Write;
@@ -539,26 +503,4 @@ fn sign_command(args: &SignArgs) -> i32 {
 /// Environment as a map (tests).
 pub fn env_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sidecar_env_carries_the_policy_and_the_upstream_proxy_with_its_bypass() {
-        let mut c = Config::default();
-        c.sidecar.allow_cidrs = vec!["10.0.0.0/8".into(), "192.168.0.0/16".into()];
-        c.sidecar.deny_private = true;
-        c.sidecar.upstream_proxy_bypass = vec![".svc.cluster.local".into()];
-        let env: std::collections::BTreeMap<_, _> = sidecar_policy_env(&c).into_iter().collect();
-        assert_eq!(env[sidecar_env::ALLOW_CIDRS], "10.0.0.0/8,192.168.0.0/16");
-        assert_eq!(env[sidecar_env::DENY_PRIVATE], "true");
-        // No upstream proxy: no bypass either (the sidecar would refuse it alone).
-        assert!(!env.contains_key(sidecar_env::UPSTREAM_PROXY_BYPASS));
-        c.sidecar.upstream_proxy = "http://proxy.corp:3128".into();
-        let env: std::collections::BTreeMap<_, _> = sidecar_policy_env(&c).into_iter().collect();
-        assert_eq!(env[sidecar_env::UPSTREAM_PROXY], "http://proxy.corp:3128");
-        assert_eq!(env[sidecar_env::UPSTREAM_PROXY_BYPASS], ".svc.cluster.local");
-    }
 }

@@ -586,13 +586,6 @@ fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
             }),
         },
         env(sidecar_env::SPOOL_DIR, labels::SPOOL_MOUNT),
-        env(
-            sidecar_env::LOG_FORMAT,
-            match c.log_format {
-                crate::config::model::LogFormat::Text => "text",
-                crate::config::model::LogFormat::Json => "json",
-            },
-        ),
     ];
     let mut mounts = Vec::new();
     let mut ports = vec![
@@ -618,27 +611,9 @@ fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
             });
         }
     }
-    let list = |name: &str, values: &[String], envs: &mut Vec<core::EnvVar>| {
-        if !values.is_empty() {
-            envs.push(env(name, values.join(",")));
-        }
-    };
-    list(sidecar_env::ALLOW_CIDRS, &s.allow_cidrs, &mut envs);
-    list(sidecar_env::DENY_CIDRS, &s.deny_cidrs, &mut envs);
-    list(sidecar_env::ALLOW_HOSTS, &s.allow_hosts, &mut envs);
-    list(sidecar_env::DENY_HOSTS, &s.deny_hosts, &mut envs);
-    list(sidecar_env::API_SERVER_ADDRESSES, &s.api_server_addresses, &mut envs);
-    if s.deny_private {
-        envs.push(env(sidecar_env::DENY_PRIVATE, "true"));
-    }
-    if s.report_only {
-        envs.push(env(sidecar_env::REPORT_ONLY, "true"));
-    }
-    if !s.upstream_proxy.is_empty() {
-        // On the sidecar only; the runtime never sees upstream credentials.
-        envs.push(env(sidecar_env::UPSTREAM_PROXY, s.upstream_proxy.clone()));
-        list(sidecar_env::UPSTREAM_PROXY_BYPASS, &s.upstream_proxy_bypass, &mut envs);
-    }
+    // Policy, upstream proxy (on the sidecar only: the runtime never sees upstream
+    // credentials) and logging: the same mapping the local executor uses.
+    envs.extend(crate::config::model::sidecar_policy_env(c).into_iter().map(|(k, v)| env(&k, v)));
     mounts.push(core::VolumeMount {
         name: labels::SPOOL_VOLUME.into(),
         mount_path: labels::SPOOL_MOUNT.into(),
