@@ -75,12 +75,8 @@ impl LocalApi {
         metrics: Arc<Metrics>,
         max_body: usize,
     ) -> Self {
-        let cell = OnceLock::new();
-        if let Some(job) = job {
-            let _ = cell.set(job);
-        }
         Self {
-            job: cell,
+            job: job.map(OnceLock::from).unwrap_or_default(),
             reporter,
             accepted: Mutex::new(already_accepted.into_iter().collect()),
             ingress_tokens,
