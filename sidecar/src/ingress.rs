@@ -94,23 +94,23 @@ impl IngressProxy {
         // before the dispatch's answer gets back here. Undone when the runtime does not
         // take the job (a 429, an error), restoring what an earlier dispatch left.
         let kept = match (&job_id, token.as_ref().and_then(|t| t.to_str().ok())) {
-            (Some(id), Some(t)) => Some((id.clone(), self.tokens.keep(id, t))),
+            (Some(id), Some(t)) => Some((id.clone(), self.tokens.keep(id, t).await)),
             _ => None,
         };
-        let undo = |kept: Option<(JobId, Option<String>)>| {
+        let undo = |kept: Option<(JobId, Option<String>)>| async {
             if let Some((id, previous)) = kept {
-                self.tokens.restore(&id, previous);
+                self.tokens.restore(&id, previous).await;
             }
         };
         let resp = match self.client.request(Request::from_parts(parts, body)).await {
             Ok(r) => r,
             Err(e) => {
-                undo(kept);
+                undo(kept).await;
                 return Err(ProxyError::Connect { target: self.upstream.to_string(), message: e.to_string() });
             }
         };
         if !resp.status().is_success() {
-            undo(kept);
+            undo(kept).await;
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);

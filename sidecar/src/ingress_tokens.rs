@@ -53,39 +53,47 @@ impl IngressTokens {
     }
 
     /// Keep `token` for `id`; returns the token it replaced (see [`Self::restore`]).
-    pub fn keep(&self, id: &JobId, token: &str) -> Option<String> {
+    /// Returns once the token is in memory and on disk, so a caller that awaits it before
+    /// handing the job over orders every later [`Self::remove`] after this write.
+    pub async fn keep(&self, id: &JobId, token: &str) -> Option<String> {
         let previous = self.lock().insert(id.clone(), token.to_string());
-        self.write(id, Some(token));
+        self.persist(id, Some(token.to_string())).await;
         previous
     }
 
     /// Undo a [`Self::keep`]: put back what it replaced, or forget the job.
-    pub fn restore(&self, id: &JobId, previous: Option<String>) {
+    pub async fn restore(&self, id: &JobId, previous: Option<String>) {
         match previous {
             Some(p) => {
                 self.lock().insert(id.clone(), p.clone());
-                self.write(id, Some(&p));
+                self.persist(id, Some(p)).await;
             }
-            None => self.remove(id),
+            None => self.remove(id).await,
         }
     }
 
     /// The job's result was accepted: its token is spent.
-    pub fn remove(&self, id: &JobId) {
+    pub async fn remove(&self, id: &JobId) {
         self.lock().remove(id);
-        self.write(id, None);
+        self.persist(id, None).await;
     }
 
-    fn write(&self, id: &JobId, token: Option<&str>) {
-        let Some(dir) = &self.dir else { return };
+    /// Mirrors memory on disk, off the async workers (file system calls block).
+    async fn persist(&self, id: &JobId, token: Option<String>) {
+        let Some(dir) = self.dir.clone() else { return };
         let path = dir.join(format!("{id}{SUFFIX}"));
-        let result = match token {
-            None => match std::fs::remove_file(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
-            Some(t) => write_private(dir, &path, t),
-        };
+        let result = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || match token {
+                None => match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                },
+                Some(t) => write_private(&dir, &path, &t),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = result {
             // Memory still holds it: only a restart before the result would lose it.
             tracing::warn!(file = %path.display(), error = %e, "cannot persist an ingress token");
@@ -113,18 +121,18 @@ mod tests {
         JobId::new(s).unwrap()
     }
 
-    #[test]
-    fn tokens_survive_a_restart_and_spent_ones_do_not() {
+    #[tokio::test]
+    async fn tokens_survive_a_restart_and_spent_ones_do_not() {
         let spool = std::env::temp_dir().join(format!("ingress-tokens-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&spool);
         let a = IngressTokens::new(Some(&spool));
-        assert_eq!(a.keep(&id("j1"), "t1"), None);
-        a.keep(&id("j2"), "t2");
-        a.keep(&id("j3"), "t3");
-        a.remove(&id("j2"));
+        assert_eq!(a.keep(&id("j1"), "t1").await, None);
+        a.keep(&id("j2"), "t2").await;
+        a.keep(&id("j3"), "t3").await;
+        a.remove(&id("j2")).await;
         // A refused re-dispatch of j3 puts the first token back.
-        let prev = a.keep(&id("j3"), "t3-bis");
-        a.restore(&id("j3"), prev);
+        let prev = a.keep(&id("j3"), "t3-bis").await;
+        a.restore(&id("j3"), prev).await;
         let file = spool.join(SUBDIR).join("j1.token");
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::write(spool.join(SUBDIR).join("not a job!.token"), "x").unwrap();
@@ -137,12 +145,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&spool);
     }
 
-    #[test]
-    fn without_a_spool_memory_only() {
+    #[tokio::test]
+    async fn without_a_spool_memory_only() {
         let t = IngressTokens::new(None);
-        t.keep(&id("j"), "t");
+        t.keep(&id("j"), "t").await;
         assert_eq!(t.get(&id("j")).as_deref(), Some("t"));
-        t.remove(&id("j"));
+        t.remove(&id("j")).await;
         assert_eq!(t.get(&id("j")), None);
     }
 }

@@ -159,7 +159,7 @@ impl LocalApi {
             };
             let resp = self.accept_result(req, id.clone(), token).await;
             if resp.is_ok() {
-                self.ingress_tokens.remove(&id);
+                self.ingress_tokens.remove(&id).await;
             }
             return resp;
         }
