@@ -10,9 +10,9 @@
 #      CONNECT tunnel of the sidecar (and squid) vs direct, from the origin's plain HTTP
 #      port (--proxytunnel) and from its HTTPS port (self-signed certificate made here
 #      with openssl; what a runtime's HTTPS_PROXY traffic is). Rounds interleaved
-#      direct -> sidecar -> squid, medians. Then the same rounds pinned: nginx and curl
-#      on CPU 0, each proxy on CPU 1 (a sidecar container's own CPU; BENCH_PINNED=0
-#      skips this pass).
+#      direct -> sidecar -> squid, medians. Then the same rounds pinned: each proxy on a
+#      CPU of its own (a sidecar container's CPU), nginx and curl on theirs (3+ CPUs) or
+#      sharing CPU 0 (2 CPUs). BENCH_PINNED=0 skips this pass.
 #   3. RSS (VmRSS): idle after start, and with 1,000 open tunnels each proven by a GET.
 #   4. Exec to ready: spawn to the first `/readyz` 200.
 #
@@ -21,7 +21,8 @@
 #
 # Knobs: SIDECAR_BIN (default target/release/sidecar, built here), BENCH_ROUNDS (3),
 # BENCH_DURATION (10s), BENCH_CONNECTIONS (50), BENCH_THREADS (2), BENCH_TUNNELS (1000),
-# BENCH_EXEC_ITERATIONS (30), BENCH_TUNNEL_MIB (1024), BENCH_TUNNEL_ROUNDS (5).
+# BENCH_EXEC_ITERATIONS (30), BENCH_TUNNEL_MIB (1024), BENCH_TUNNEL_ROUNDS (5),
+# BENCH_PINNED (1), BENCH_ORIGIN_CPUS / BENCH_CLIENT_CPUS / BENCH_PROXY_CPUS (pinned pass).
 # SIDECAR_STATIC_BIN: the statically linked build the images ship (default: built here
 # exactly as deploy/scripts/images.sh does; BENCH_STATIC=0 skips it); its idle RSS is
 # reported beside the dynamic build's.
@@ -276,7 +277,7 @@ proxy_pid_of() { echo "${proxy_pid[$1]}"; }
 proxy_port_of() { echo "${proxy_port[$1]}"; }
 run_curl() { # proto name; proto http|https, or pin-http|pin-https for the pinned pass
   local proto=$1 name=$2 url args=() out pin=()
-  [ "${proto#pin-}" = "$proto" ] || pin=(taskset -c "$endpoint_cpus")
+  [ "${proto#pin-}" = "$proto" ] || pin=(taskset -c "$client_cpus")
   if [ "${proto#pin-}" = https ]; then
     url="https://127.0.0.1:$tls_port/big.bin"; args=(--cacert "$work/origin.crt")
   else
@@ -307,23 +308,26 @@ for r in $(seq 1 "$tunnel_rounds"); do
   done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-# Pinned pass: the endpoints (nginx and curl) on CPU 0 and each proxy on CPU 1, direct
-# included (its endpoints on CPU 0 too). In a pod the sidecar container has CPU of its
-# own beside the runtime's, and the origin is elsewhere; pinning is the nearest this one
-# machine gets to that, where in the pass above the proxy takes its CPU from the
-# endpoints (BENCHMARKS.md, "Sidecar"). BENCH_PINNED=0 skips it; it needs 2 CPUs.
-all_cpus="0-$(( $(nproc) - 1 ))"
-endpoint_cpus=0
-proxy_cpus=1
+# Pinned pass: origin (nginx), client (curl) and each proxy on CPUs of their own, direct
+# included. In a pod the sidecar container has CPU of its own beside the runtime's, and
+# the origin is another host; in the pass above the proxy takes its CPU from the
+# endpoints (BENCHMARKS.md, "Sidecar"). With 3+ CPUs: origin 0, curl 1, proxy 2; with
+# 2 the endpoints share CPU 0 and the proxy gets CPU 1. BENCH_ORIGIN_CPUS,
+# BENCH_CLIENT_CPUS, BENCH_PROXY_CPUS (taskset lists) override; BENCH_PINNED=0 skips it.
+ncpu=$(nproc)
+all_cpus="0-$(( ncpu - 1 ))"
+origin_cpus=${BENCH_ORIGIN_CPUS:-0}
+if [ "$ncpu" -ge 3 ]; then client_cpus=${BENCH_CLIENT_CPUS:-1}; proxy_cpus=${BENCH_PROXY_CPUS:-2}
+else client_cpus=${BENCH_CLIENT_CPUS:-0}; proxy_cpus=${BENCH_PROXY_CPUS:-1}; fi
 pin_protos=()
-set_affinity() { # endpoint cpus, squid's cpus
+set_affinity() { # origin cpus, squid's cpus
   local p
   for p in "$nginx_pid" "$nginx_worker"; do taskset -a -pc "$1" "$p" >/dev/null; done
   taskset -a -pc "$2" "$squid_pid" >/dev/null
 }
-if [ "${BENCH_PINNED:-1}" != 0 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+if [ "${BENCH_PINNED:-1}" != 0 ] && [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null; then
   pin_protos=(pin-http pin-https)
-  set_affinity "$endpoint_cpus" "$proxy_cpus"
+  set_affinity "$origin_cpus" "$proxy_cpus"
   # Sidecars started on their CPU, so they size their runtime as in a 1-CPU container
   # (one worker thread: available_parallelism() follows the affinity mask and cgroup quota).
   for n in sidecar baseline; do
@@ -464,11 +468,11 @@ done)
 - sidecar / direct, HTTPS: **$(calc "%.1f" "100 * ${bps_med[https.sidecar]} / ${bps_med[https.direct]}")%**; plain HTTP (worst case): **$(calc "%.1f" "100 * ${bps_med[http.sidecar]} / ${bps_med[http.direct]}")%** (goal >= 90%)
 
 $([ ${#pin_protos[@]} -eq 0 ] || cat <<PIN
-#### Pinned: endpoints on CPU $endpoint_cpus, each proxy on CPU $proxy_cpus
+#### Pinned: nginx on CPU $origin_cpus, curl on CPU $client_cpus, each proxy on CPU $proxy_cpus
 
-The same downloads, $tunnel_rounds more rounds, with nginx and curl pinned to CPU $endpoint_cpus
-(taskset; direct too) and each proxy to CPU $proxy_cpus: in a pod the sidecar container has
-CPU of its own, which the pass above cannot give it. Load average $pin_load_before before,
+The same downloads, $tunnel_rounds more rounds, with nginx pinned to CPU $origin_cpus, curl to CPU
+$client_cpus (taskset; direct too) and each proxy to CPU $proxy_cpus: in a pod the sidecar container
+has CPU of its own, which the pass above cannot give it. Load average $pin_load_before before,
 $pin_load_after after.
 
 | path | HTTP MiB/s | HTTP % of direct | HTTPS MiB/s | HTTPS % of direct | HTTP rounds (MiB/s) | HTTPS rounds (MiB/s) |
