@@ -17,16 +17,26 @@ Routes (every body carries the marker so a test knows it came from this origin):
   GET  /hello      -> text/plain  "hello from origin <marker>"
   GET  /page.html  -> text/html   page with <h1 id="marker"><marker></h1>
   POST /echo       -> echoes the request body (content-length or chunked)
+  GET  /redirect?to=URL -> 302 to URL (redirect-based SSRF tests: the client follows,
+                     the proxy must judge the new destination on its own)
+  GET  /hits       -> {"127.0.0.2": n, ...}: requests each listener address has served
+                     (proves a refused destination was never reached)
   any other        -> 404
 """
 import argparse
+import collections
 import json
 import os
 import ssl
 import subprocess
 import sys
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Requests served, per listening address (host), across all listeners.
+HITS = collections.Counter()
+HITS_LOCK = threading.Lock()
 
 
 def make_cert(directory):
@@ -62,8 +72,25 @@ def handler_for(marker):
             if self.command != "HEAD":
                 self.wfile.write(body)
 
+        def count(self):
+            with HITS_LOCK:
+                HITS[self.server.server_address[0]] += 1
+
         def do_GET(self):
-            if self.path == "/hello":
+            url = urllib.parse.urlsplit(self.path)
+            if url.path == "/hits":
+                with HITS_LOCK:
+                    body = json.dumps(dict(HITS)).encode()
+                self.reply(200, "application/json", body)
+                return
+            self.count()
+            if url.path == "/redirect":
+                to = urllib.parse.parse_qs(url.query).get("to", [""])[0]
+                self.send_response(302)
+                self.send_header("Location", to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path == "/hello":
                 self.reply(200, "text/plain", f"hello from origin {marker}".encode())
             elif self.path == "/page.html":
                 page = (
@@ -77,6 +104,7 @@ def handler_for(marker):
         do_HEAD = do_GET
 
         def do_POST(self):
+            self.count()
             if self.path != "/echo":
                 self.reply(404, "text/plain", b"not found")
                 return

@@ -153,6 +153,23 @@ impl Origin {
     fn hello_body(&self) -> String {
         format!("hello from origin {}", self.marker)
     }
+
+    /// A URL on the allowed listener that answers `302 Location: to`.
+    fn redirect_to(&self, to: &str) -> String {
+        let to: String = to
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        format!("http://{}/redirect?to={to}", self.http)
+    }
+
+    /// Requests the refused listener (127.0.0.2) has served, asked directly (no proxy).
+    fn refused_hits(&self) -> u64 {
+        let out = curl(&["-sS", "--max-time", "10", "--noproxy", "*", &format!("http://{}/hits", self.http)], &[]);
+        assert!(out.status.success(), "GET /hits: {}", stderr(&out));
+        let v: Value = serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("/hits {:?}: {e}", stdout(&out)));
+        v[self.http_refused.ip().to_string()].as_u64().unwrap_or(0)
+    }
 }
 
 impl Drop for Origin {
@@ -460,6 +477,52 @@ fn curl_refused_target_gets_403_with_reason() {
     assert!(metric_sum(&sidecar.metrics(), "sidecar_denials_total", "") >= 2.0, "{}", sidecar.metrics());
 }
 
+/// Spellings of the refused listener's address (127.0.0.2) a redirect can point at.
+fn refused_spellings(origin: &Origin) -> Vec<String> {
+    let port = origin.http_refused.port();
+    ["127.0.0.2", "2130706434", "0x7f000002", "0177.0.0.2", "127.2", "[::ffff:127.0.0.2]", "127.0.0.2."]
+        .iter()
+        .map(|h| format!("http://{h}:{port}/hello"))
+        .collect()
+}
+
+#[test]
+fn curl_following_a_redirect_to_a_refused_address_gets_403() {
+    // The origin is allowed; its 302 points at an address the policy refuses, spelled in
+    // every way. The client follows (-L) with a new request through the proxy, which
+    // judges the new destination on its own: 403, and the refused listener never sees it.
+    let origin = Origin::start();
+    let sidecar = Sidecar::start();
+    let mut targets = refused_spellings(&origin);
+    targets.push("http://169.254.169.254/latest/meta-data/".into());
+    for to in &targets {
+        let url = origin.redirect_to(to);
+        let out = curl(&["-sS", "-g", "-L", "--max-time", "20", "-D", "-", "--proxy", &sidecar.url(), &url], &[]);
+        let text = stdout(&out);
+        // Two responses: the origin's 302, then the sidecar's 403 for the followed request.
+        assert!(text.starts_with("HTTP/1.1 302"), "{to}: the redirect itself:\n{text}\n{}", stderr(&out));
+        let last = text.rsplit("HTTP/1.1 ").next().unwrap_or_default();
+        assert!(last.starts_with("403"), "{to}: expected the sidecar's 403 after the redirect, got:\n{text}");
+        let reason = header(&text, "x-sidecar-error");
+        let want = if to.contains("169.254") { "metadata" } else { "loopback" };
+        assert_eq!(reason, Some(want), "{to}: reason header in:\n{text}");
+        assert!(!last.contains(&origin.marker), "{to}: refused origin's content leaked:\n{text}");
+    }
+    // HTTPS: a redirect to https://127.0.0.2 makes the client open a CONNECT, refused.
+    let to = format!("https://{}/hello", origin.http_refused);
+    let (url, written) = (origin.redirect_to(&to), "%{num_redirects} %{http_connect}");
+    let out = curl(
+        &["-sS", "-L", "--max-time", "20", "-o", "/dev/null", "-w", written, &url],
+        &[("HTTP_PROXY", &sidecar.url()), ("HTTPS_PROXY", &sidecar.url())],
+    );
+    assert!(!out.status.success(), "following to {to} succeeded");
+    // One redirect followed, whose CONNECT the sidecar answered 403.
+    assert_eq!(stdout(&out), "1 403", "redirect then refused CONNECT; curl said: {}", stderr(&out));
+    assert_eq!(origin.refused_hits(), 0, "a refused destination was reached through a redirect");
+    let denials = metric_sum(&sidecar.metrics(), "sidecar_denials_total", "");
+    assert!(denials >= (targets.len() + 1) as f64, "{} denials for {} refused follow-ups", denials, targets.len() + 1);
+}
+
 #[test]
 fn curl_no_proxy_bypasses_the_sidecar() {
     let origin = Origin::start();
@@ -471,6 +534,7 @@ fn curl_no_proxy_bypasses_the_sidecar() {
         &[("HTTP_PROXY", &sidecar.url()), ("http_proxy", &sidecar.url())],
     );
     assert_eq!(stdout(&via), "403");
+    assert_eq!(origin.refused_hits(), 0, "the refused request reached the origin");
     // ... NO_PROXY sends it direct, so the origin answers.
     let direct = curl(
         &["-sS", "--fail", "--max-time", "20", &url],
@@ -478,6 +542,8 @@ fn curl_no_proxy_bypasses_the_sidecar() {
     );
     assert!(direct.status.success(), "curl with NO_PROXY: {}", stderr(&direct));
     assert_eq!(stdout(&direct), origin.hello_body());
+    // The counter the redirect tests rely on sees the request that did get there.
+    assert_eq!(origin.refused_hits(), 1, "the direct request was not counted");
 }
 
 #[test]
@@ -545,6 +611,20 @@ fn requests_refused_target_gets_403_with_reason() {
     assert!(v["message"].as_str().unwrap_or_default().contains("403"), "{v}");
 }
 
+#[test]
+fn requests_following_a_redirect_to_a_refused_address_gets_403() {
+    // requests follows redirects by default: the followed request is the proxy's to judge.
+    let origin = Origin::start();
+    let sidecar = Sidecar::start();
+    let proxy = sidecar.url();
+    for to in refused_spellings(&origin) {
+        let v = requests(&[&origin.redirect_to(&to), "--proxy", &proxy], &[]);
+        assert_eq!(v["status"], 403, "{to}: expected the sidecar's 403 after the redirect, got {v}");
+        assert_eq!(v["headers"]["x-sidecar-error"], "loopback", "{to}: {v}");
+    }
+    assert_eq!(origin.refused_hits(), 0, "a refused destination was reached through a redirect");
+}
+
 // ---------------------------------------------------------------------------------------
 // Node fetch (undici)
 // ---------------------------------------------------------------------------------------
@@ -606,6 +686,15 @@ fn node_env_proxy_agent_follows_env_and_refusals() {
     let v = node_fetch(&[&refused, "--env"], &env);
     assert!(v["error"].is_string(), "refused CONNECT succeeded: {v}");
     assert!(v["causes"].to_string().contains("Proxy response (403)"), "{v}");
+
+    // fetch follows redirects by default; the followed request is judged on its own,
+    // forwarded (403 response) and tunnelled (refused CONNECT).
+    let redirect = origin.redirect_to(&refused);
+    let v = node_fetch(&[&redirect, "--env", "--forward"], &env);
+    assert_refused_response(&v, "undici forward, after a redirect");
+    let v = node_fetch(&[&redirect, "--env"], &env);
+    assert!(v["causes"].to_string().contains("Proxy response (403)"), "tunnelled, after a redirect: {v}");
+    assert_eq!(origin.refused_hits(), 0, "a refused destination was reached through a redirect");
 
     // NO_PROXY: the same refused address goes direct and the origin answers.
     let env_no_proxy = [env[0], env[1], ("NO_PROXY", "127.0.0.2")];
