@@ -257,6 +257,60 @@ async fn oom_kills_deadlines_and_ttl() {
 }
 
 #[tokio::test]
+async fn a_pod_quota_refuses_pods_and_the_job_controller_says_so() {
+    let (emu, _kubelet, raw, _got) = cluster().await;
+    let quota = json!({"metadata": {"name": "team-quota"}, "spec": {"hard": {"pods": "1"}}});
+    assert_eq!(raw.post(&format!("/api/v1/namespaces/{NS}/resourcequotas"), &quota).await.code, 201);
+    let pod = |name: &str| json!({"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "test-runtime", "args": ["sleep", "30"]}]}});
+    assert_eq!(raw.post(&format!("/api/v1/namespaces/{NS}/pods"), &pod("first")).await.code, 201);
+    // The second pod is over the quota: 403 with the API server's wording.
+    let r = raw.post(&format!("/api/v1/namespaces/{NS}/pods"), &pod("second")).await;
+    assert_eq!(r.code, 403, "{}", r.text);
+    let status: Value = serde_json::from_str(&r.text).unwrap();
+    assert_eq!(status["reason"], "Forbidden");
+    assert_eq!(
+        status["message"],
+        r#"pods "second" is forbidden: exceeded quota: team-quota, requested: pods=1, used: pods=1, limited: pods=1"#
+    );
+    assert!(emu.object("v1", "Pod", NS, "second").is_none());
+
+    // A Job's pod refused the same way: no pod, and a FailedCreate warning on the Job.
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "over"},
+        "spec": {"backoffLimit": 0, "template": {"spec": runtime_pod_spec("over-job")}}});
+    assert_eq!(raw.post(&format!("/apis/batch/v1/namespaces/{NS}/jobs"), &job).await.code, 201);
+    let event = wait_for(&emu, "the FailedCreate event", 20, || {
+        emu.objects("v1", "Event", NS).into_iter().find(|e| e["involvedObject"]["name"] == "over")
+    })
+    .await;
+    assert_eq!(event["reason"], "FailedCreate");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["involvedObject"]["kind"], "Job");
+    let message = event["message"].as_str().unwrap();
+    assert!(message.starts_with(r#"Error creating: pods "over-"#), "{message}");
+    assert!(
+        message.ends_with("is forbidden: exceeded quota: team-quota, requested: pods=1, used: pods=1, limited: pods=1"),
+        "{message}"
+    );
+    assert!(!emu.objects("v1", "Pod", NS).iter().any(|p| p["metadata"]["labels"]["job-name"] == "over"));
+    // The field selector a client uses to find it.
+    let r = raw
+        .get(&format!(
+            "/api/v1/namespaces/{NS}/events?fieldSelector=involvedObject.kind%3DJob,involvedObject.name%3Dover,reason%3DFailedCreate"
+        ))
+        .await;
+    let list: Value = serde_json::from_str(&r.text).unwrap();
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{}", r.text);
+
+    // Finished pods do not count: once the first pod is gone, the Job gets its pod.
+    let r = raw.delete(&format!("/api/v1/namespaces/{NS}/pods/first"), Some(&json!({"gracePeriodSeconds": 0}))).await;
+    assert!(r.code == 200 || r.code == 202, "{}", r.text);
+    wait_for(&emu, "the Job's pod once the quota has room", 20, || {
+        emu.objects("v1", "Pod", NS).into_iter().find(|p| p["metadata"]["labels"]["job-name"] == "over")
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn deployments_serve_through_their_service() {
     let (emu, kubelet, raw, _got) = cluster().await;
     let labels = json!({"app": "persistent"});

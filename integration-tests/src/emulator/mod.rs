@@ -13,6 +13,7 @@
 //! ```
 pub mod faults;
 pub mod patch;
+pub mod quota;
 pub mod resources;
 pub mod selectors;
 pub mod server;

@@ -96,6 +96,7 @@ pub fn builtins() -> Vec<ResourceType> {
     let mut events = builtin("", "v1", "events", "Event", &["ev"], false, "event-v1");
     events.extra_field_selectors =
         vec!["involvedObject.name", "involvedObject.kind", "involvedObject.uid", "reason", "type"];
+    let quotas = builtin("", "v1", "resourcequotas", "ResourceQuota", &["quota"], true, "resourcequota-v1");
     let mut secrets = builtin("", "v1", "secrets", "Secret", &[], false, "secret-v1");
     secrets.extra_field_selectors = vec!["type"];
     let mut crds = builtin(
@@ -136,6 +137,7 @@ pub fn builtins() -> Vec<ResourceType> {
             "networkpolicy-networking-v1",
         ),
         builtin("coordination.k8s.io", "v1", "leases", "Lease", &[], false, "lease-coordination-v1"),
+        quotas,
         crds,
     ]
 }

@@ -104,6 +104,9 @@ pub enum ApiError {
     Internal(String),
     #[error("Request entity too large: limit is {0}")]
     TooLarge(usize),
+    /// Refused by admission (e.g. ResourceQuota): `pods "x" is forbidden: exceeded quota: ...`.
+    #[error("{resource} {name:?} is forbidden: {detail}")]
+    Forbidden { group: String, resource: String, name: String, detail: String },
 }
 
 impl ApiError {
@@ -119,6 +122,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => 429,
             ApiError::Internal(_) => 500,
             ApiError::TooLarge(_) => 413,
+            ApiError::Forbidden { .. } => 403,
         }
     }
 
@@ -136,6 +140,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
+            ApiError::Forbidden { .. } => "Forbidden",
         }
     }
 
@@ -154,7 +159,8 @@ impl ApiError {
         let details = match self {
             ApiError::NotFound { group, resource, name }
             | ApiError::AlreadyExists { group, resource, name }
-            | ApiError::Conflict { group, resource, name, .. } => {
+            | ApiError::Conflict { group, resource, name, .. }
+            | ApiError::Forbidden { group, resource, name, .. } => {
                 let mut d = json!({"name": name, "kind": resource});
                 if !group.is_empty() {
                     d["group"] = json!(group);

@@ -4,6 +4,7 @@
 //! Everything runs under one mutex: operations are short and this makes every write
 //! and its watch event atomic, like etcd's linearizable revisions.
 use crate::emulator::patch::{self, PatchType};
+use crate::emulator::quota;
 use crate::emulator::resources::{self, ResourceType};
 use crate::emulator::selectors::{FieldSelector, LabelSelector};
 use crate::emulator::status::{self, ApiError};
@@ -201,6 +202,22 @@ impl Store {
         let (g, p) = (group.to_string(), plural.to_string());
         let start = ObjKey { group: g.clone(), plural: p.clone(), namespace: String::new(), name: String::new() };
         st.objects.range(start..).take_while(move |(k, _)| k.group == g && k.plural == p)
+    }
+
+    /// ResourceQuota admission of a new pod (see [`quota`]).
+    fn admit_pod(st: &State, ns: &str, name: &str) -> Result<(), ApiError> {
+        let quotas: Vec<&Value> =
+            Self::scan(st, "", "resourcequotas").filter(|(k, _)| k.namespace == ns).map(|(_, v)| v.as_ref()).collect();
+        if quotas.is_empty() {
+            return Ok(());
+        }
+        let used = Self::scan(st, "", "pods").filter(|(k, v)| k.namespace == ns && quota::counts(v)).count() as u64;
+        match quota::refuse_pod(&quotas, used) {
+            None => Ok(()),
+            Some(detail) => {
+                Err(ApiError::Forbidden { group: String::new(), resource: "pods".into(), name: name.into(), detail })
+            }
+        }
     }
 
     fn key(rt: &ResourceType, ns: &str, name: &str) -> ObjKey {
@@ -424,6 +441,9 @@ impl Store {
         let mut obj = self.prepare_new(st, rt, ns, body)?;
         validation::validate(rt, &obj, None)?;
         let name = meta_str(&obj, "name").to_string();
+        if rt.group.is_empty() && rt.kind == "Pod" {
+            Self::admit_pod(st, ns, &name)?;
+        }
         let key = Self::key(rt, ns, &name);
         if st.objects.contains_key(&key) {
             return Err(ApiError::AlreadyExists { group: rt.group.clone(), resource: rt.plural.clone(), name });

@@ -277,6 +277,10 @@ fn apply_plan(
     for _ in 0..plan.create_pods {
         if let Err(e) = store.create(pod_rt, ns, make_pod(), w) {
             tracing::warn!(owner = meta_str(owner, "name"), error = %e, "controller could not create a pod");
+            if owner_rt.kind == "Job" {
+                failed_create_event(store, w, owner, &format!("Error creating: {e}"));
+            }
+            break;
         }
     }
     if let Some(status) = &plan.status {
@@ -288,6 +292,46 @@ fn apply_plan(
     if plan.delete_owner {
         let o = DeleteOptions { propagation: Some("Background".into()), ..Default::default() };
         let _ = store.delete(owner_rt, ns, meta_str(owner, "name"), &o);
+    }
+}
+
+/// The Job controller's `FailedCreate` warning on the Job (core/v1 Event), repeats
+/// counted on one event as the real recorder aggregates them.
+fn failed_create_event(store: &Arc<Store>, w: &WriteOptions, job: &Value, message: &str) {
+    let Some(rt) = store.find_kind("v1", "Event") else { return };
+    let (ns, name) = (meta_str(job, "namespace"), format!("{}.failedcreate", meta_str(job, "name")));
+    let now = time::now();
+    let event = match store.get(&rt, ns, &name) {
+        Ok(mut old) => {
+            old["count"] = json!(old["count"].as_u64().unwrap_or(1) + 1);
+            old["lastTimestamp"] = json!(now);
+            old["message"] = json!(message);
+            old["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+            store.replace(&rt, ns, &name, old, None, w)
+        }
+        Err(_) => store.create(
+            &rt,
+            ns,
+            json!({
+                "metadata": {"name": name, "namespace": ns},
+                "involvedObject": {
+                    "apiVersion": "batch/v1", "kind": "Job", "namespace": ns,
+                    "name": meta_str(job, "name"), "uid": meta_str(job, "uid"),
+                },
+                "reason": "FailedCreate",
+                "message": message,
+                "type": "Warning",
+                "source": {"component": "job-controller"},
+                "reportingComponent": "job-controller",
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            }),
+            w,
+        ),
+    };
+    if let Err(e) = event {
+        tracing::warn!(job = meta_str(job, "name"), error = %e, "could not record the FailedCreate event");
     }
 }
 
