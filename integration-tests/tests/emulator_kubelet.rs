@@ -292,6 +292,9 @@ async fn a_pod_quota_refuses_pods_and_the_job_controller_says_so() {
         "{message}"
     );
     assert!(!emu.objects("v1", "Pod", NS).iter().any(|p| p["metadata"]["labels"]["job-name"] == "over"));
+    // A refused pod is not counted as active (the job manager reads "no pod" from this).
+    let status = &emu.object("batch/v1", "Job", NS, "over").unwrap()["status"];
+    assert!(status.get("active").is_none(), "{status}");
     // The field selector a client uses to find it.
     let r = raw
         .get(&format!(

@@ -16,7 +16,7 @@ use job_manager::kubernetes::metrics::LeaseLabels;
 use job_manager::kubernetes::setup::KubeSetup;
 use job_manager::results::{ResultIntake, ResultStore};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use kube::api::{Api, PostParams};
 use kube_executor_support::{config, eventually, handoff, Cluster, NS};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -150,6 +150,45 @@ async fn pruning_times_out_names_pod_failures_and_deletes_orphans() {
     assert!(oom_result.message.contains("OOMKilled"), "{}", oom_result.message);
     let lists = cluster.emu.requests().into_iter().filter(|r| r.verb == "list" && r.resource == "pods").count();
     assert_eq!(lists, 0, "pruning passes listed pods instead of reading the cache");
+}
+
+#[tokio::test]
+async fn a_job_refused_by_a_pod_quota_fails_quoting_the_job_controller() {
+    let cluster = Cluster::start().await;
+    let setup = cluster.replica(&config()).await;
+    let store = setup.record_store();
+    // The namespace's quota allows no pod at all.
+    let quotas: Api<ResourceQuota> = Api::namespaced(cluster.client().await, NS);
+    let quota: ResourceQuota =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}))
+            .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    setup.executor().start(handoff("over-quota", "node-api-runtime")).await.unwrap();
+    // The Job controller's pass: the pod is refused, a FailedCreate event says why.
+    integration_tests::kubelet::controllers::reconcile_all(cluster.emu.store());
+    assert!(cluster.emu.objects("v1", "Pod", NS).is_empty());
+    assert_eq!(cluster.emu.objects("v1", "Event", NS).len(), 1);
+
+    let timing = Timing { no_pod_grace: Duration::ZERO, ..fast_timing() };
+    let pruner = coordinator(&setup, CoordinationSettings { timing, ..Default::default() });
+    eventually("the job without a pod is reported", Duration::from_secs(10), || async {
+        pruner.prune_once().await.unwrap();
+        store.lookup_result(&id("over-quota")).await.unwrap().is_some()
+    })
+    .await;
+    let result = store.lookup_result(&id("over-quota")).await.unwrap().unwrap();
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(result.message.starts_with("no pod was created for the Job"), "{}", result.message);
+    assert!(
+        result.message.contains("the Job controller said: Error creating: pods")
+            && result.message.ends_with("exceeded quota: no-pods, requested: pods=1, used: pods=0, limited: pods=0"),
+        "{}",
+        result.message
+    );
+    // One field-selected list of the Job's events, with the Role's `list` on core events.
+    let lists: Vec<_> =
+        cluster.emu.requests().into_iter().filter(|r| r.verb == "list" && r.resource == "events").collect();
+    assert_eq!(lists.len(), 1, "{lists:?}");
 }
 
 #[tokio::test]

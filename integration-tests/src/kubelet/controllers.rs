@@ -274,18 +274,28 @@ fn apply_plan(
     for name in &plan.delete_pods {
         let _ = store.delete(pod_rt, ns, name, &DeleteOptions::default());
     }
-    for _ in 0..plan.create_pods {
+    let mut refused = 0;
+    for created in 0..plan.create_pods {
         if let Err(e) = store.create(pod_rt, ns, make_pod(), w) {
             tracing::warn!(owner = meta_str(owner, "name"), error = %e, "controller could not create a pod");
             if owner_rt.kind == "Job" {
                 failed_create_event(store, w, owner, &format!("Error creating: {e}"));
             }
+            refused = plan.create_pods - created;
             break;
         }
     }
-    if let Some(status) = &plan.status {
+    let mut status = plan.status.clone();
+    if let Some(s) = status.as_mut().filter(|_| refused > 0) {
+        // The plan counted the pods it meant to create as active; refused ones are not.
+        match s["active"].as_u64().unwrap_or(0).saturating_sub(refused as u64) {
+            0 => drop(s.as_object_mut().map(|m| m.remove("active"))),
+            n => s["active"] = json!(n),
+        }
+    }
+    if let Some(status) = status.filter(|s| owner.get("status") != Some(s)) {
         let mut obj = owner.clone();
-        obj["status"] = status.clone();
+        obj["status"] = status;
         obj["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
         let _ = store.replace(owner_rt, ns, meta_str(owner, "name"), obj, Some("status"), w);
     }

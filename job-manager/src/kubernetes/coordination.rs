@@ -256,12 +256,31 @@ impl Coordinator {
         self.cache.lock().await.take();
     }
 
+    /// Quotes the Job controller's `FailedCreate` event (quota, admission) in a "no pod"
+    /// result; the plain message when there is none or it cannot be read.
+    async fn no_pod_message(&self, job: &str, message: String) -> String {
+        let events: Api<core::Event> = Api::namespaced(self.ctx.client.clone(), &self.ctx.namespace);
+        let lp = ListParams::default()
+            .fields(&format!("involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"));
+        match self.ctx.metrics.call(Resource::CoreEvents, Verb::List, events.list(&lp)).await {
+            Ok(list) => diagnose::no_pod_message(&message, &list.items),
+            Err(e) => {
+                tracing::warn!(job, error = %e, "cannot read the Job's FailedCreate events; reporting without them");
+                message
+            }
+        }
+    }
+
     async fn execute(&self, action: Action, records: &[JobRecord]) -> Result<Executed, CoordinationError> {
         let m = &self.ctx.metrics;
         let dp = DeleteParams::background();
         let record_named = |name: &str| records.iter().find(|r| r.metadata.name.as_deref() == Some(name));
         match action {
-            Action::Report { result, cause } => {
+            Action::Report { mut result, cause } => {
+                if cause == diagnose::Cause::NoPod {
+                    let job = labels::object_name(&result.job_id);
+                    result.message = self.no_pod_message(&job, result.message).await;
+                }
                 let recorded = self.intake.record(&result).await;
                 match recorded {
                     Ok(Recorded::Accepted) => {

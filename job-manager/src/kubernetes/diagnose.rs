@@ -233,6 +233,34 @@ fn diagnose_job(job: &batch::Job, pods: &[&core::Pod], now: Timestamp, timing: &
     None
 }
 
+/// How much of the Job controller's message a result quotes.
+const EVENT_MESSAGE_MAX: usize = 400;
+
+/// The "no pod" message with the Job controller's own words when it left `FailedCreate`
+/// events on the Job (`events` is what a field-selected list returned): the most recent
+/// one, e.g. `Error creating: pods "x" is forbidden: exceeded quota: ...`, cut to a
+/// readable length. Without such an event the message stays as it is.
+pub fn no_pod_message(message: &str, events: &[core::Event]) -> String {
+    let when = |e: &core::Event| {
+        let (last, at) = (e.last_timestamp.as_ref().map(|t| t.0), e.event_time.as_ref().map(|t| t.0));
+        last.or(at).or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    let latest = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+        .filter(|e| e.message.as_deref().is_some_and(|m| !m.trim().is_empty()))
+        .max_by_key(|e| when(e));
+    let Some(said) = latest.and_then(|e| e.message.as_deref()) else {
+        return message.to_string();
+    };
+    let said = said.trim();
+    let cut = match said.char_indices().nth(EVENT_MESSAGE_MAX) {
+        Some((i, _)) => format!("{}...", &said[..i]),
+        None => said.to_string(),
+    };
+    format!("{message}; the Job controller said: {cut}")
+}
+
 /// Why a pod cannot run the job, if certain.
 pub fn diagnose_pod(pod: &core::Pod, now: Timestamp, timing: &Timing) -> Option<(Cause, String)> {
     let status = pod.status.as_ref()?;

@@ -18,10 +18,12 @@ pub enum Resource {
     HorizontalPodAutoscalers,
     NetworkPolicies,
     Leases,
+    /// Core (v1) events, read-only: the Job controller's `FailedCreate` warnings.
+    CoreEvents,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 10] = [
+    pub const ALL: [Resource; 11] = [
         Resource::JobRecords,
         Resource::JobRecordStatus,
         Resource::Jobs,
@@ -32,12 +34,13 @@ impl Resource {
         Resource::HorizontalPodAutoscalers,
         Resource::NetworkPolicies,
         Resource::Leases,
+        Resource::CoreEvents,
     ];
 
     pub fn api_group(self) -> &'static str {
         match self {
             Resource::JobRecords | Resource::JobRecordStatus => crate::kubernetes::record::GROUP,
-            Resource::Pods => "",
+            Resource::Pods | Resource::CoreEvents => "",
             Resource::Events => "events.k8s.io",
             Resource::Jobs => "batch",
             Resource::Deployments => "apps",
@@ -55,7 +58,7 @@ impl Resource {
             Resource::JobRecordStatus => "jobrecords/status",
             Resource::Jobs => "jobs",
             Resource::Pods => "pods",
-            Resource::Events => "events",
+            Resource::Events | Resource::CoreEvents => "events",
             Resource::Deployments => "deployments",
             Resource::Services => "services",
             Resource::HorizontalPodAutoscalers => "horizontalpodautoscalers",
@@ -87,6 +90,9 @@ impl Resource {
             Resource::NetworkPolicies => &[Get, Patch, Delete],
             // kube-lease-manager: read, create once, renew/take over by patch.
             Resource::Leases => &[Get, Create, Patch],
+            // Why a Job has no pod (quota, admission): its FailedCreate events, listed by
+            // field selector when pruning reports the job failed.
+            Resource::CoreEvents => &[List],
         }
     }
 }
@@ -171,7 +177,8 @@ mod tests {
     fn every_resource_once() {
         let rules = rules();
         assert_eq!(rules.len(), Resource::ALL.len());
-        let mut names: Vec<_> = rules.iter().map(|r| r.resources[0].clone()).collect();
+        let mut names: Vec<_> = rules.iter().map(|r| (r.api_groups[0].clone(), r.resources[0].clone())).collect();
+        names.sort();
         names.dedup();
         assert_eq!(names.len(), Resource::ALL.len());
     }

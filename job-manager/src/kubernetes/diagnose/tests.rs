@@ -155,6 +155,33 @@ fn job_without_pods_is_a_quota_or_admission_failure() {
 }
 
 #[test]
+fn no_pod_message_quotes_the_latest_failed_create_event() {
+    let event = |reason: &str, message: &str, last: i64| -> core::Event {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("e{last}")},
+            "involvedObject": {"kind": "Job", "name": "jm-a"},
+            "reason": reason, "message": message, "lastTimestamp": ts(last),
+        }))
+        .unwrap()
+    };
+    let base = "no pod was created for the Job within 90s";
+    assert_eq!(no_pod_message(base, &[]), base, "no event: unchanged");
+    let quota = r#"Error creating: pods "jm-a-x1" is forbidden: exceeded quota: team, requested: pods=1, used: pods=5, limited: pods=5"#;
+    let events = [
+        event("FailedCreate", "Error creating: an older refusal", 10),
+        event("FailedCreate", quota, 30),
+        event("SuccessfulCreate", "Created pod: jm-a-x2", 40),
+        event("FailedCreate", "  ", 50),
+    ];
+    assert_eq!(no_pod_message(base, &events), format!("{base}; the Job controller said: {quota}"));
+    // A long admission message is cut, on a character boundary.
+    let long = format!("Error creating: {}", "é".repeat(1000));
+    let out = no_pod_message(base, &[event("FailedCreate", &long, 1)]);
+    assert!(out.ends_with("..."), "{out}");
+    assert_eq!(out.chars().count(), base.chars().count() + "; the Job controller said: ".len() + 400 + 3);
+}
+
+#[test]
 fn finished_jobs_without_results() {
     let complete = job(
         "jm-a",
