@@ -288,9 +288,10 @@ fn apply_plan(
     let mut status = plan.status.clone();
     if let Some(s) = status.as_mut().filter(|_| refused > 0) {
         // The plan counted the pods it meant to create as active; refused ones are not.
-        match s["active"].as_u64().unwrap_or(0).saturating_sub(refused as u64) {
-            0 => drop(s.as_object_mut().map(|m| m.remove("active"))),
-            n => s["active"] = json!(n),
+        let active = s["active"].as_u64().unwrap_or(0).saturating_sub(refused as u64);
+        match s.as_object_mut() {
+            Some(m) if active == 0 => _ = m.remove("active"),
+            _ => s["active"] = json!(active),
         }
     }
     if let Some(status) = status.filter(|s| owner.get("status") != Some(s)) {
