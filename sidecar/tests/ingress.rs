@@ -67,6 +67,16 @@ fn dispatch(key: Option<&str>, id: &str, token: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// The fake job manager's next call is job `id`'s result, with the internal key and `token`.
+async fn expect_result(jm: &mut FakeJobManager, id: &str, token: &str) {
+    let call = jm.next_call().await;
+    assert_eq!(call.uri, format!("/internal/v1/jobs/{id}/result"));
+    assert_eq!(
+        (call.headers["x-internal-api-key"].to_str().unwrap(), call.headers["x-job-token"].to_str().unwrap()),
+        (KEY, token)
+    );
+}
+
 #[tokio::test]
 async fn ingress_checks_key_strips_secrets_and_keeps_token_for_result() {
     let busy = Arc::new(AtomicBool::new(false));
@@ -109,12 +119,7 @@ async fn ingress_checks_key_strips_secrets_and_keeps_token_for_result() {
     // The runtime reports p1 through the local API; the sidecar adds key and token.
     let (status, _, _) = send(sc.addr, post_json("/v1/jobs/p1/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let call = jm.next_call().await;
-    assert_eq!(call.uri, "/internal/v1/jobs/p1/result");
-    assert_eq!(
-        (call.headers["x-internal-api-key"].to_str().unwrap(), call.headers["x-job-token"].to_str().unwrap()),
-        (KEY, "tok-p1")
-    );
+    expect_result(&mut jm, "p1", "tok-p1").await;
     let (status, _, _) = send(sc.addr, post_json("/v1/jobs/p1/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(status, StatusCode::CONFLICT, "one result per job");
     let (status, _, _) = send(sc.addr, post_json("/v1/jobs/p2/result", r#"{"outcome":"succeeded"}"#)).await;
@@ -165,11 +170,7 @@ async fn result_posted_before_the_dispatch_answer_is_accepted() {
     let (status, _, _) = send(sc.ingress.unwrap(), dispatch(Some(KEY), "fast", "tok-fast")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(*result_status.lock().unwrap(), Some(StatusCode::ACCEPTED), "the early result found its token");
-    let call = jm.next_call().await;
-    assert_eq!(
-        (call.uri.as_str(), call.headers["x-job-token"].to_str().unwrap()),
-        ("/internal/v1/jobs/fast/result", "tok-fast")
-    );
+    expect_result(&mut jm, "fast", "tok-fast").await;
     // The consumed token is not brought back by the dispatch's late answer.
     let (status, _, _) = send(sc.addr, post_json("/v1/jobs/fast/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(status, StatusCode::CONFLICT);
@@ -203,11 +204,7 @@ async fn tokens_of_dispatched_jobs_survive_a_sidecar_restart() {
     let second = Sidecar::start(config(&args, &[("SIDECAR_INTERNAL_API_KEY", KEY)]), resolver(&[])).await;
     let (status, _, _) = send(second.addr, post_json("/v1/jobs/kept/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let call = jm.next_call().await;
-    assert_eq!(
-        (call.uri.as_str(), call.headers["x-job-token"].to_str().unwrap()),
-        ("/internal/v1/jobs/kept/result", "tok-kept")
-    );
+    expect_result(&mut jm, "kept", "tok-kept").await;
     // Spent: not kept for a third run.
     let (status, _, _) = send(second.addr, post_json("/v1/jobs/kept/result", r#"{"outcome":"succeeded"}"#)).await;
     assert_eq!(status, StatusCode::CONFLICT);
