@@ -296,7 +296,7 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     // the kubelet's forwarder for it (in a cluster: the Service's DNS name).
     let mut persistent_endpoints = BTreeMap::new();
     if let Some(k) = &cluster.kubelet {
-        let svc = job_manager::kubernetes::labels::persistent_name(PERSISTENT);
+        let svc = job_manager::backend::kubernetes::labels::persistent_name(PERSISTENT);
         let addr = k.service_addr(&cluster.namespace, &svc, INGRESS_PORT).expect("forwarder");
         persistent_endpoints.insert(PERSISTENT.to_string(), format!("http://{addr}"));
     }

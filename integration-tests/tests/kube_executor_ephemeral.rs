@@ -5,8 +5,8 @@ mod kube_executor_support;
 
 use common::{JobId, JobResult, Outcome};
 use integration_tests::emulator::{Fault, FaultRule};
-use job_manager::executor::{Accepted, Executor, HandoffError};
-use job_manager::kubernetes::labels;
+use job_manager::backend::kubernetes::labels;
+use job_manager::backend::{Accepted, Executor, HandoffError};
 use job_manager::results::{Recorded, ResultStore};
 use kube_executor_support::{config, eventually, handoff, Cluster};
 use std::time::Duration;
@@ -59,16 +59,19 @@ async fn in_flight_counts_this_replicas_jobs_only() {
     // `parallelism` is per replica: each counts the records it dispatched.
     let cluster = Cluster::start().await;
     let a =
-        job_manager::kubernetes::setup::KubeSetup::with_client_as(cluster.client().await, &config(), "jm-a").unwrap();
+        job_manager::backend::kubernetes::setup::KubeSetup::with_client_as(cluster.client().await, &config(), "jm-a")
+            .unwrap();
     let b =
-        job_manager::kubernetes::setup::KubeSetup::with_client_as(cluster.client().await, &config(), "jm-b").unwrap();
+        job_manager::backend::kubernetes::setup::KubeSetup::with_client_as(cluster.client().await, &config(), "jm-b")
+            .unwrap();
     a.executor().start(handoff("mine", "node-api-runtime")).await.unwrap();
     assert_eq!(b.executor().start(handoff("mine", "node-api-runtime")).await.unwrap(), Accepted::AlreadyRunning);
     assert_eq!(a.executor().in_flight().await.unwrap().get("node-api-runtime"), Some(&vec![id("mine")]));
     assert!(b.executor().in_flight().await.unwrap().is_empty());
     // A restarted container of the same pod finds its jobs again.
     let a_again =
-        job_manager::kubernetes::setup::KubeSetup::with_client_as(cluster.client().await, &config(), "jm-a").unwrap();
+        job_manager::backend::kubernetes::setup::KubeSetup::with_client_as(cluster.client().await, &config(), "jm-a")
+            .unwrap();
     assert_eq!(a_again.executor().in_flight().await.unwrap().get("node-api-runtime"), Some(&vec![id("mine")]));
 }
 

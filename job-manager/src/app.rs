@@ -5,6 +5,8 @@
 //! finish or are released), running jobs get `shutdownGraceSecs` to finish (the result
 //! API keeps serving their sidecars), what still runs is killed and reported `failed`,
 //! the delivery loop makes a last pass, then the server stops.
+use crate::backend::local::{LocalExecutor, LocalRuntime, LocalSettings};
+use crate::backend::{Executor, StateError};
 use crate::broker::client::{BrokerClientConfig, HttpBroker, ProxySettings};
 use crate::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use crate::broker::{BrokerApi, BrokerError};
@@ -12,11 +14,10 @@ use crate::cli::{Cli, Command, RunArgs, SignArgs};
 use crate::config::model::{Config, ExecutorKind};
 use crate::config::{self, ConfigError, EnvLookup, ProcessEnv, Validated, EMBEDDED_BROKER, EXIT_CONFIG};
 use crate::dispatcher::{Dispatcher, DispatcherSettings, RuntimeLimit};
-use crate::executor::local::{LocalExecutor, LocalRuntime, LocalSettings};
-use crate::executor::{Executor, StateError};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::results::api::{ResultApi, ServerLimits};
 use crate::results::{DeliveryLoop, FileResultStore, ResultIntake, StoreError};
-use crate::server::{Readiness, ResultApi, ServerLimits};
 use common::secret::Secret;
 use common::token::TokenSigner;
 use std::collections::BTreeMap;
@@ -46,7 +47,7 @@ pub enum AppError {
     #[error("{0}")]
     Io(String),
     #[error("kubernetes executor: {0}")]
-    Kubernetes(#[from] crate::kubernetes::run::RunError),
+    Kubernetes(#[from] crate::backend::kubernetes::run::RunError),
 }
 
 impl AppError {
@@ -54,8 +55,10 @@ impl AppError {
         match self {
             AppError::Config(_) => EXIT_CONFIG,
             AppError::Kubernetes(
-                crate::kubernetes::run::RunError::MissingInternalKey
-                | crate::kubernetes::run::RunError::Setup(crate::kubernetes::setup::SetupError::CrdMissing),
+                crate::backend::kubernetes::run::RunError::MissingInternalKey
+                | crate::backend::kubernetes::run::RunError::Setup(
+                    crate::backend::kubernetes::setup::SetupError::CrdMissing,
+                ),
             ) => EXIT_CONFIG,
             AppError::Broker(_) => EXIT_UNAVAILABLE,
             _ => 1,
@@ -85,7 +88,11 @@ pub async fn main_with(cli: Cli) -> i32 {
         Some(Command::Demo(args)) => crate::demo::run(args).await,
         Some(Command::Sign(args)) => sign_command(&args),
         Some(Command::Render(args)) => {
-            match crate::kubernetes::cli::render_files(&args.job, args.config.as_deref(), args.namespace.as_deref()) {
+            match crate::backend::kubernetes::cli::render_files(
+                &args.job,
+                args.config.as_deref(),
+                args.namespace.as_deref(),
+            ) {
                 Ok(yaml) => {
                     print!("{yaml}");
                     0
@@ -97,11 +104,11 @@ pub async fn main_with(cli: Cli) -> i32 {
             }
         }
         Some(Command::Crd) => {
-            print!("{}", crate::kubernetes::cli::crd());
+            print!("{}", crate::backend::kubernetes::cli::crd());
             0
         }
         Some(Command::Rbac) => {
-            print!("{}", crate::kubernetes::cli::rbac());
+            print!("{}", crate::backend::kubernetes::cli::rbac());
             0
         }
     }
@@ -164,13 +171,13 @@ pub async fn run(validated: Validated, args: &RunArgs, shutdown: CancellationTok
     if c.executor == ExecutorKind::Kubernetes {
         let listener = bind(&c.listen).await?;
         let handle = if c.broker_api_endpoint == EMBEDDED_BROKER {
-            crate::kubernetes::run::start(&validated, Arc::new(embedded_broker(c)), listener, None).await?
+            crate::backend::kubernetes::run::start(&validated, Arc::new(embedded_broker(c)), listener, None).await?
         } else {
             let broker = http_broker(c)?;
             if !c.network_health_check_disabled {
                 broker.network_health_check().await?;
             }
-            crate::kubernetes::run::start(&validated, Arc::new(broker), listener, None).await?
+            crate::backend::kubernetes::run::start(&validated, Arc::new(broker), listener, None).await?
         };
         shutdown.cancelled().await;
         return handle.stop().await;
@@ -344,7 +351,7 @@ pub async fn start_local<B: BrokerApi>(
     let shutdown = CancellationToken::new();
     let (poll_stop, delivery_stop, server_stop) =
         (CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
-    let server_task = tokio::spawn(crate::server::serve(listener, api, server_stop.clone()));
+    let server_task = tokio::spawn(crate::results::api::serve(listener, api, server_stop.clone()));
     let delivery_task = tokio::spawn(DeliveryLoop::new(broker, intake).run(delivery_stop.clone()));
     let dispatcher_task = tokio::spawn(dispatcher.run(poll_stop.clone()));
     // Delivered results are kept a day (to recognise late re-deliveries), then pruned.

@@ -3,7 +3,7 @@
 //!
 //! Extending: add a variant to [`Command`] and an arm in [`crate::app::main_with`]; the
 //! Kubernetes tools (`render`, `crd`, `rbac`) are added here as variants that call
-//! `crate::kubernetes::cli::*`. Nothing else needs to change.
+//! `crate::backend::kubernetes::cli::*`. Nothing else needs to change.
 use crate::config::FlagOverride;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

@@ -13,14 +13,13 @@
 #![deny(rust_2018_idioms)]
 
 pub mod app;
+pub mod backend;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dispatcher;
-pub mod executor;
-pub mod kubernetes;
 pub mod metrics;
+pub mod readiness;
 pub mod results;
-pub mod server;
 pub mod telemetry;

@@ -63,9 +63,9 @@ fn render_prints_every_object_as_yaml() {
 fn crd_and_rbac_match_the_library() {
     let crd = bin().arg("crd").output().unwrap();
     assert!(crd.status.success());
-    assert_eq!(String::from_utf8(crd.stdout).unwrap(), job_manager::kubernetes::cli::crd());
+    assert_eq!(String::from_utf8(crd.stdout).unwrap(), job_manager::backend::kubernetes::cli::crd());
     let rbac = bin().arg("rbac").output().unwrap();
     assert!(rbac.status.success());
     let rules: Vec<serde_yaml::Value> = serde_yaml::from_slice(&rbac.stdout).unwrap();
-    assert_eq!(rules.len(), job_manager::kubernetes::rbac::Resource::ALL.len());
+    assert_eq!(rules.len(), job_manager::backend::kubernetes::rbac::Resource::ALL.len());
 }

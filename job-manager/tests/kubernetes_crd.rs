@@ -2,7 +2,7 @@
 //! `job-manager crd` generates from the Rust types. After changing the types, regenerate
 //! with `UPDATE_FIXTURES=1 cargo test -p job-manager --test kubernetes_crd` (or
 //! `job-manager crd > deploy/helm/job-manager/crds/jobrecords.yaml`).
-use job_manager::kubernetes::cli;
+use job_manager::backend::kubernetes::cli;
 use std::path::PathBuf;
 
 #[test]

@@ -3,8 +3,8 @@
 //! `tests/fixtures/kubernetes/`. After an intended change, regenerate with
 //! `UPDATE_FIXTURES=1 cargo test -p job-manager --test kubernetes_translate` and review
 //! the diff like code.
+use job_manager::backend::kubernetes::cli;
 use job_manager::config::Config;
-use job_manager::kubernetes::cli;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 

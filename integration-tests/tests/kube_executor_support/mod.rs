@@ -2,10 +2,10 @@
 //! CRD installed, a job-manager config, and helpers to build hand-offs.
 #![allow(dead_code)]
 use integration_tests::emulator::{Emulator, EmulatorOptions};
+use job_manager::backend::kubernetes::record::JobRecord;
+use job_manager::backend::kubernetes::setup::KubeSetup;
+use job_manager::backend::Handoff;
 use job_manager::config::Config;
-use job_manager::executor::Handoff;
-use job_manager::kubernetes::record::JobRecord;
-use job_manager::kubernetes::setup::KubeSetup;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::CustomResourceExt;

@@ -2,8 +2,8 @@
 //! unit tests here and in other modules: a [`FakeBroker`] that records every call and
 //! can be switched down, and a [`FakeExecutor`] with scriptable hand-off failures.
 //! Public so integration tests can drive the dispatcher without processes.
+use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::broker::{BrokerApi, BrokerError, SubmitOutcome};
-use crate::executor::{Accepted, Executor, Handoff, HandoffError, StateError};
 use common::broker::{AckRequest, PollRequest, PollResponse, QueueStats, ReleaseRequest};
 use common::{Job, JobId, JobResult};
 use std::collections::{BTreeMap, VecDeque};

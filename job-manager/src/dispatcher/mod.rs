@@ -14,10 +14,10 @@ pub mod limit;
 pub mod stall;
 pub mod vse;
 
+use crate::backend::{Accepted, Executor, Handoff, HandoffError};
 use crate::broker::{BrokerApi, BrokerError};
-use crate::executor::{Accepted, Executor, Handoff, HandoffError};
+use crate::readiness::Readiness;
 use crate::results::{ResultIntake, ResultStore};
-use crate::server::Readiness;
 use common::backoff::Backoff;
 use common::broker::{AckRequest, PollRequest, ReleaseRequest};
 use common::secret::Secret;

@@ -8,6 +8,7 @@
 //!                                                  v                         |
 //!                                             DeliveryLoop --submit_result--> broker
 //! ```
+pub mod api;
 pub mod delivery;
 pub mod file;
 pub mod intake;

@@ -1,5 +1,5 @@
 //! The exact Kubernetes API rights the job manager uses, declared once. Every API call
-//! goes through [`crate::kubernetes::metrics::ApiMetrics::call`] with a ([`Resource`],
+//! goes through [`crate::backend::kubernetes::metrics::ApiMetrics::call`] with a ([`Resource`],
 //! [`Verb`]) pair, which (in debug builds) asserts the pair is declared here, so the
 //! tests against the emulator fail when code starts using a right the Role lacks.
 //! `job-manager rbac` prints [`rules`] as YAML; the chart's Role must match it. Everything
@@ -39,7 +39,7 @@ impl Resource {
 
     pub fn api_group(self) -> &'static str {
         match self {
-            Resource::JobRecords | Resource::JobRecordStatus => crate::kubernetes::record::GROUP,
+            Resource::JobRecords | Resource::JobRecordStatus => crate::backend::kubernetes::record::GROUP,
             Resource::Pods | Resource::CoreEvents => "",
             Resource::Events => "events.k8s.io",
             Resource::Jobs => "batch",

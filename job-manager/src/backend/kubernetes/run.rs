@@ -3,15 +3,16 @@
 //! executor, the result store (job records) and the lease-guarded coordinator from
 //! this module. Every replica runs the same thing; the leases decide who prunes and who
 //! sets up persistent workloads.
+use crate::backend::kubernetes::coordination::CoordinationSettings;
+use crate::backend::kubernetes::setup::{KubeSetup, SetupError};
+use crate::backend::Executor;
 use crate::broker::BrokerApi;
 use crate::config::Validated;
 use crate::dispatcher::Dispatcher;
-use crate::executor::Executor;
-use crate::kubernetes::coordination::CoordinationSettings;
-use crate::kubernetes::setup::{KubeSetup, SetupError};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::results::api::{ResultApi, ServerLimits};
 use crate::results::{DeliveryLoop, ResultIntake};
-use crate::server::{Readiness, ResultApi, ServerLimits};
 use common::secret::Secret;
 use common::token::TokenSigner;
 use std::sync::Arc;
@@ -97,7 +98,7 @@ pub async fn start<B: BrokerApi>(
     let shutdown = CancellationToken::new();
     let (poll_stop, delivery_stop, server_stop, coordination_stop) =
         (CancellationToken::new(), CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
-    let server_task = tokio::spawn(crate::server::serve(listener, api, server_stop.clone()));
+    let server_task = tokio::spawn(crate::results::api::serve(listener, api, server_stop.clone()));
     // Every replica delivers what it received; only the pruning holder sweeps the records.
     let holds_pruning = coordinator.holds_pruning();
     let delivery = DeliveryLoop::new(broker, intake)

@@ -3,11 +3,11 @@
 //! decided (timeout, pod that cannot start), objects pruned. The normal path is visible
 //! in the record's status and would otherwise cost an API write per job. Publishing is
 //! best effort and never blocks the caller.
-use crate::executor::HandoffError;
-use crate::kubernetes::labels;
-use crate::kubernetes::metrics::KubeMetrics;
-use crate::kubernetes::rbac::{Resource, Verb};
-use crate::kubernetes::record::JobRecord;
+use crate::backend::kubernetes::labels;
+use crate::backend::kubernetes::metrics::KubeMetrics;
+use crate::backend::kubernetes::rbac::{Resource, Verb};
+use crate::backend::kubernetes::record::JobRecord;
+use crate::backend::HandoffError;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Resource as _;

@@ -3,8 +3,8 @@
 //! `runtime-pruning` holder on its first pass, so only one replica watches; each pass
 //! then reads memory instead of listing the namespace, and pod changes are seen as they
 //! happen.
-use crate::kubernetes::labels;
-use crate::kubernetes::record::JobRecord;
+use crate::backend::kubernetes::labels;
+use crate::backend::kubernetes::record::JobRecord;
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;

@@ -1,23 +1,23 @@
 //! Work exactly one replica does at a time, each behind its Lease (kube-lease-manager:
 //! acquire, renew before expiry, take over once the holder stopped renewing):
 //! - `runtime-pruning`: decide results for jobs that cannot finish (diagnosis, deadlines),
-//!   stop their workloads, delete orphans ([`crate::kubernetes::diagnose::plan`]).
+//!   stop their workloads, delete orphans ([`crate::backend::kubernetes::diagnose::plan`]).
 //! - `service-setup`: server-side apply of persistent workloads (Deployment, Service,
 //!   HPA per persistent runtime type) and the runtime NetworkPolicy. Idempotent.
 //!
 //! Pending results are retried by the delivery loop (jm-core's `DeliveryLoop` over the
-//! [`crate::kubernetes::store::RecordStore`]); the records make them durable. Every
+//! [`crate::backend::kubernetes::store::RecordStore`]); the records make them durable. Every
 //! replica delivers the results it received itself; only the `runtime-pruning` holder
 //! sweeps the records for results nobody delivered ([`Coordinator::holds_pruning`]).
+use crate::backend::kubernetes::cache::ClusterCache;
+use crate::backend::kubernetes::diagnose::{self, Action, Snapshot, Timing};
+use crate::backend::kubernetes::executor::KubeContext;
+use crate::backend::kubernetes::labels;
+use crate::backend::kubernetes::rbac::{Resource, Verb};
+use crate::backend::kubernetes::record::JobRecord;
+use crate::backend::kubernetes::store::RecordStore;
+use crate::backend::kubernetes::translate;
 use crate::config::model::Workload;
-use crate::kubernetes::cache::ClusterCache;
-use crate::kubernetes::diagnose::{self, Action, Snapshot, Timing};
-use crate::kubernetes::executor::KubeContext;
-use crate::kubernetes::labels;
-use crate::kubernetes::rbac::{Resource, Verb};
-use crate::kubernetes::record::JobRecord;
-use crate::kubernetes::store::RecordStore;
-use crate::kubernetes::translate;
 use crate::results::{Recorded, ResultIntake};
 use k8s_openapi::api::apps::v1 as apps;
 use k8s_openapi::api::autoscaling::v2 as autoscaling;
@@ -285,7 +285,7 @@ impl Coordinator {
                 match recorded {
                     Ok(Recorded::Accepted) => {
                         m.diagnosed
-                            .get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: cause.label() })
+                            .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: cause.label() })
                             .inc();
                         tracing::warn!(job_id = %result.job_id, cause = cause.label(), message = %result.message, "job manager decided the job's result");
                         if let Some(r) = record_named(&labels::object_name(&result.job_id)) {
@@ -304,7 +304,9 @@ impl Coordinator {
             Action::DeleteJob { name } => {
                 let jobs = self.ctx.jobs();
                 let done = deleted(m.call(Resource::Jobs, Verb::Delete, jobs.delete(&name, &dp)).await)?;
-                m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "stopped_job" }).inc();
+                m.pruned
+                    .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: "stopped_job" })
+                    .inc();
                 if let Some(r) = record_named(&name) {
                     self.ctx.events.pruned(r, "stopped the job's workload");
                 }
@@ -312,7 +314,9 @@ impl Coordinator {
             }
             Action::DeleteOrphanJob { name } => {
                 let jobs = self.ctx.jobs();
-                m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "orphan_job" }).inc();
+                m.pruned
+                    .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: "orphan_job" })
+                    .inc();
                 deleted(m.call(Resource::Jobs, Verb::Delete, jobs.delete(&name, &dp)).await)
             }
         }
@@ -397,7 +401,9 @@ impl Coordinator {
             deleted(m.call(Resource::HorizontalPodAutoscalers, Verb::Delete, hpas.delete(name, &dp)).await)?;
             deleted(m.call(Resource::Services, Verb::Delete, services.delete(name, &dp)).await)?;
             deleted(m.call(Resource::Deployments, Verb::Delete, deployments.delete(name, &dp)).await)?;
-            m.pruned.get_or_create(&crate::kubernetes::metrics::ReasonLabels { reason: "retired_runtime" }).inc();
+            m.pruned
+                .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: "retired_runtime" })
+                .inc();
         }
         Ok(retired.len())
     }

@@ -5,6 +5,7 @@
 //! Outcomes the executor detects itself (timeout, crash, a pod that cannot start) are
 //! reported through the [`crate::results::ResultIntake`] it was built with: the same path
 //! a sidecar's result takes, so the first outcome recorded for a job wins.
+pub mod kubernetes;
 pub mod local;
 
 use common::{Job, JobId};

@@ -3,10 +3,10 @@
 //! with the version read), so when two replicas race, the API server accepts exactly one
 //! write; the loser gets 409, re-reads, and answers `Duplicate` or `Conflict`. That first
 //! accepted write is what consumes the job's single-use token.
-use crate::kubernetes::labels;
-use crate::kubernetes::metrics::KubeMetrics;
-use crate::kubernetes::rbac::{Resource, Verb};
-use crate::kubernetes::record::{
+use crate::backend::kubernetes::labels;
+use crate::backend::kubernetes::metrics::KubeMetrics;
+use crate::backend::kubernetes::rbac::{Resource, Verb};
+use crate::backend::kubernetes::record::{
     Delivery, DeliveryState, JobRecord, JobRecordStatus, RecordPhase, RecordWorkload, RecordedResult,
 };
 use crate::results::{Recorded, ResultStore, StoreError};
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn pending_skips_delivered_and_unfinished() {
-        use crate::kubernetes::record::{JobRecordSpec, RecordWorkload};
+        use crate::backend::kubernetes::record::{JobRecordSpec, RecordWorkload};
         let record = |id: &str, status: Option<JobRecordStatus>| {
             let mut r = JobRecord::new(
                 id,

@@ -11,6 +11,7 @@
 //! sidecars a job directory instead), 503 store unavailable.
 //! Errors are JSON [`common::broker::ErrorBody`] with a stable `error` code.
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::results::{Recorded, ResultIntake, ResultStore};
 use bytes::Bytes;
 use common::broker::ErrorBody;
@@ -22,40 +23,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// What `/readyz` answers. Not ready while draining or while the dispatcher is stalled.
-#[derive(Default, Debug)]
-pub struct Readiness {
-    stalled: Mutex<Option<String>>,
-    draining: AtomicBool,
-}
-
-impl Readiness {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-    pub fn set_stalled(&self, reason: Option<String>) {
-        *self.stalled.lock().expect("lock") = reason;
-    }
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-    /// `Err(reason)` when not ready.
-    pub fn check(&self) -> Result<(), String> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Err("shutting down".into());
-        }
-        match &*self.stalled.lock().expect("lock") {
-            Some(r) => Err(r.clone()),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Limits that keep hostile or broken clients from hurting the process.
 #[derive(Clone, Debug)]

@@ -2,7 +2,7 @@
 //! ownership; what pruning and diagnosis did. [`KubeMetrics::register`] is the hook the
 //! process's `/metrics` registry calls (metrics are shared handles: register once,
 //! update from anywhere).
-use crate::kubernetes::rbac::{self, Resource, Verb};
+use crate::backend::kubernetes::rbac::{self, Resource, Verb};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -1,13 +1,13 @@
 //! Assembling the Kubernetes executor for the app: a client (in-cluster config or
 //! `KUBECONFIG`), the namespace, and the parts jm-core wires in — the executor, the
 //! result store on job records, the lease-guarded coordinator, the metrics.
+use crate::backend::kubernetes::coordination::{CoordinationSettings, Coordinator};
+use crate::backend::kubernetes::events::EventPublisher;
+use crate::backend::kubernetes::executor::{KubeContext, KubeExecutor};
+use crate::backend::kubernetes::metrics::KubeMetrics;
+use crate::backend::kubernetes::rbac::{Resource, Verb};
+use crate::backend::kubernetes::store::RecordStore;
 use crate::config::model::Config;
-use crate::kubernetes::coordination::{CoordinationSettings, Coordinator};
-use crate::kubernetes::events::EventPublisher;
-use crate::kubernetes::executor::{KubeContext, KubeExecutor};
-use crate::kubernetes::metrics::KubeMetrics;
-use crate::kubernetes::rbac::{Resource, Verb};
-use crate::kubernetes::store::RecordStore;
 use crate::results::ResultIntake;
 use std::sync::Arc;
 
@@ -65,7 +65,7 @@ impl KubeSetup {
         let identity = instance_identity();
         let metrics = KubeMetrics::default();
         let events = EventPublisher::new(client.clone(), &identity, metrics.clone());
-        let dispatcher = crate::kubernetes::labels::label_value(pod_name);
+        let dispatcher = crate::backend::kubernetes::labels::label_value(pod_name);
         let ctx = Arc::new(KubeContext { client, namespace, dispatcher, config: Arc::new(config), metrics, events });
         Ok(Self { ctx, identity })
     }

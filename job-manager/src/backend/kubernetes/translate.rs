@@ -19,9 +19,9 @@
 //!
 //! `activeDeadlineSeconds` is the job's timeout clamped to `1..=checkTimeout`: the cluster
 //! kills a runaway pod even if every job-manager replica is gone; pruning then reports it.
+use crate::backend::kubernetes::labels;
+use crate::backend::kubernetes::record::{JobRecord, JobRecordSpec, RecordWorkload};
 use crate::config::model::{Config, ImageSettings, RuntimeConfig, Workload};
-use crate::kubernetes::labels;
-use crate::kubernetes::record::{JobRecord, JobRecordSpec, RecordWorkload};
 use common::runtime_api::{runtime_env, sidecar_env};
 use common::{Job, JobId};
 use k8s_openapi::api::apps::v1 as apps;
@@ -103,7 +103,11 @@ impl EphemeralObjects {
     /// `jobrecords/finalizers`, and background deletion is all pruning needs.
     pub fn owned_by(mut self, record_uid: &str) -> Self {
         let owner = OwnerReference {
-            api_version: format!("{}/{}", crate::kubernetes::record::GROUP, crate::kubernetes::record::VERSION),
+            api_version: format!(
+                "{}/{}",
+                crate::backend::kubernetes::record::GROUP,
+                crate::backend::kubernetes::record::VERSION
+            ),
             kind: "JobRecord".into(),
             name: self.record.metadata.name.clone().unwrap_or_default(),
             uid: record_uid.to_string(),

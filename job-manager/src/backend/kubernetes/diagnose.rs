@@ -7,8 +7,8 @@
 //! Every job ends with a result within a bounded time: at the latest `deadline +
 //! timeout_grace`, usually far earlier (a pull error is named within
 //! `image_pull_grace`), never a silent timeout.
-use crate::kubernetes::labels;
-use crate::kubernetes::record::{JobRecord, RecordWorkload};
+use crate::backend::kubernetes::labels;
+use crate::backend::kubernetes::record::{JobRecord, RecordWorkload};
 use common::{JobId, JobResult, Outcome};
 use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;

@@ -1,8 +1,8 @@
 //! The Kubernetes subcommands: `render` (every object the job manager would create for
 //! a job and a config, no cluster needed), `crd` and `rbac`. Plain functions returning
 //! the text, so jm-core's clap enum only has to call them and print.
+use crate::backend::kubernetes::{labels, rbac, record, translate};
 use crate::config::model::{Config, Workload};
-use crate::kubernetes::{labels, rbac, record, translate};
 use common::Job;
 use serde::Serialize;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@
 //! watches the recorded pids (checked against their start time, so a reused pid is not
 //! mistaken for ours), enforces the recorded deadline, terminates the sidecar once the
 //! runtime is gone, records a `failed` result if none arrived, and removes the dir.
-use super::{Accepted, Executor, Handoff, HandoffError, StateError};
+use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::results::{ResultIntake, ResultStore};
 use common::runtime_api::{self, runtime_env, sidecar_env, ReadyFile};
 use common::secret::Secret;

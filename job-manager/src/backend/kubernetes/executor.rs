@@ -7,14 +7,14 @@
 //! existing record and creates only what is missing; a record this call created is
 //! deleted again when the call fails, so a released job leaves nothing behind (and the
 //! pruning plan removes what a crash leaves).
+use crate::backend::kubernetes::events::EventPublisher;
+use crate::backend::kubernetes::labels;
+use crate::backend::kubernetes::metrics::KubeMetrics;
+use crate::backend::kubernetes::rbac::{Resource, Verb};
+use crate::backend::kubernetes::record::JobRecord;
+use crate::backend::kubernetes::translate;
+use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::config::model::{Config, Workload};
-use crate::executor::{Accepted, Executor, Handoff, HandoffError, StateError};
-use crate::kubernetes::events::EventPublisher;
-use crate::kubernetes::labels;
-use crate::kubernetes::metrics::KubeMetrics;
-use crate::kubernetes::rbac::{Resource, Verb};
-use crate::kubernetes::record::JobRecord;
-use crate::kubernetes::translate;
 use bytes::Bytes;
 use common::runtime_api::{RuntimeJob, INGRESS_DISPATCH_PATH};
 use common::JobId;

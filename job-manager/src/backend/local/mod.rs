@@ -1,0 +1,5 @@
+//! The local executor: each job runs as a local process beside a real sidecar process,
+//! with the same hand-off and result path as a pod.
+pub mod executor;
+
+pub use executor::*;
