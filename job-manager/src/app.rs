@@ -12,7 +12,7 @@ use crate::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use crate::broker::{BrokerApi, BrokerError};
 use crate::cli::{Cli, Command, RunArgs, SignArgs};
 use crate::config::model::{Config, ExecutorKind};
-use crate::config::{self, ConfigError, EnvLookup, ProcessEnv, Validated, EMBEDDED_BROKER, EXIT_CONFIG};
+use crate::config::{self, ConfigError, EnvLookup, ProcessEnv, Validated, EMBEDDED_BROKER, EXIT_USAGE};
 use crate::dispatcher::{Dispatcher, DispatcherSettings, RuntimeLimit};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -53,13 +53,13 @@ pub enum AppError {
 impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            AppError::Config(_) => EXIT_CONFIG,
+            AppError::Config(_) => EXIT_USAGE,
             AppError::Kubernetes(
                 crate::backend::kubernetes::run::RunError::MissingInternalKey
                 | crate::backend::kubernetes::run::RunError::Setup(
                     crate::backend::kubernetes::setup::SetupError::CrdMissing,
                 ),
-            ) => EXIT_CONFIG,
+            ) => EXIT_USAGE,
             AppError::Broker(_) => EXIT_UNAVAILABLE,
             _ => 1,
         }
@@ -99,7 +99,7 @@ pub async fn main_with(cli: Cli) -> i32 {
                 }
                 Err(e) => {
                     eprintln!("job-manager render: {e}");
-                    EXIT_CONFIG
+                    EXIT_USAGE
                 }
             }
         }
@@ -132,7 +132,7 @@ async fn run_command(args: RunArgs) -> i32 {
         Ok(v) => v,
         Err(e) => {
             eprintln!("job-manager: {e}");
-            return EXIT_CONFIG;
+            return EXIT_USAGE;
         }
     };
     crate::telemetry::init(&validated.config.log_level, validated.config.log_format);

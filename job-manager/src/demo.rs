@@ -115,7 +115,7 @@ pub async fn run(args: DemoArgs) -> i32 {
         Err(e) => {
             eprintln!("job-manager demo: {e}");
             if e.contains("invalid setting") {
-                config::EXIT_CONFIG
+                config::EXIT_USAGE
             } else {
                 1
             }

@@ -1,7 +1,9 @@
 //! Why a configuration was refused. Every variant names the setting and the rule; the
-//! binary prints it and exits with [`EXIT_CONFIG`].
-/// `EX_CONFIG` from sysexits.h: the conventional exit status for a bad configuration.
-pub const EXIT_CONFIG: i32 = 64;
+//! binary prints it and exits with [`EXIT_USAGE`].
+/// `EX_USAGE` (64) from sysexits.h: the command was used incorrectly (a bad flag or
+/// setting). Not `EX_CONFIG` (78), which sysexits.h reserves for a broken system
+/// configuration file; linkerd2-proxy and the sidecar exit 64 for a bad setting too.
+pub const EXIT_USAGE: i32 = 64;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -15,7 +17,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(key: &str, rule: impl Into<String>) -> Self {
-        ConfigError::Invalid { setting: format!("`{key}` ({})", super::load::env_name(key)), rule: rule.into() }
+        ConfigError::Invalid { setting: format!("`{key}` ({})", super::keys::env_name(key)), rule: rule.into() }
     }
 
     /// Stable label for logs.

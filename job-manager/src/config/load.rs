@@ -6,6 +6,7 @@
 //! names always match `common/CONTRACTS.md`: `JM_` + camelCase keys in SCREAMING_SNAKE,
 //! nested keys joined by `_`.
 use super::error::ConfigError;
+use super::keys::env_name;
 use super::model::Config;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -52,24 +53,6 @@ impl FlagOverride {
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
         Self { key: key.into(), value: value.into() }
     }
-}
-
-/// `checkTimeout` -> `CHECK_TIMEOUT`, `intervalMs` -> `INTERVAL_MS`.
-pub fn screaming_snake(camel: &str) -> String {
-    let mut out = String::with_capacity(camel.len() + 4);
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
-}
-
-/// The environment variable of a dotted key path: `poll.intervalMs` -> `JM_POLL_INTERVAL_MS`.
-pub fn env_name(key_path: &str) -> String {
-    let parts: Vec<String> = key_path.split('.').map(screaming_snake).collect();
-    format!("JM_{}", parts.join("_"))
 }
 
 /// Where the config file comes from: the flag wins over `JM_CONFIG_FILE`.

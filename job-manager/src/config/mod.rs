@@ -1,13 +1,15 @@
 //! Configuration: the model (plain data + defaults), loading with precedence
 //! (defaults < file < `JM_*` env < flags), and one validation pass.
 mod error;
+mod keys;
 mod load;
 pub mod model;
 mod validate;
 
-pub use error::{ConfigError, EXIT_CONFIG};
+pub use error::{ConfigError, EXIT_USAGE};
+pub use keys::env_name;
 pub use load::{
-    config_file_path, env_name, load, parse_bool, parse_file, settings_table, EnvLookup, FlagOverride, ProcessEnv,
+    config_file_path, load, parse_bool, parse_file, settings_table, EnvLookup, FlagOverride, ProcessEnv,
     ENV_CONFIG_FILE,
 };
 pub use model::Config;
