@@ -49,3 +49,8 @@ mod tests {
         assert_eq!(format!("{s:?} {s}"), "Secret([redacted]) [redacted]");
     }
 }
+
+/// `bytes` random bytes as lowercase hex: generated keys and per-process secrets.
+pub fn random_hex(bytes: usize) -> String {
+    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}

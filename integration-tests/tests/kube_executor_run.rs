@@ -1,4 +1,4 @@
-//! Two job-manager replicas wired with the Kubernetes executor (`kubernetes::run::start`)
+//! Two job-manager replicas wired with the Kubernetes executor (`App::start` with `KubeBackend`)
 //! against one broker and the emulated cluster: a polled job becomes a JobRecord and a
 //! Job, the job fetched and a sidecar's result posted to the *other* replica (with the
 //! token read from the sidecar container's env, as the sidecar gets it) reaches the
@@ -9,8 +9,9 @@ mod kube_executor_support;
 use bytes::Bytes;
 use common::{JobId, JobResult, Outcome};
 use http_body_util::{BodyExt, Full};
+use job_manager::app::{App, AppSettings, Handle as KubeJobManager};
 use job_manager::backend::kubernetes::labels;
-use job_manager::backend::kubernetes::run::{start, KubeJobManager};
+use job_manager::backend::kubernetes::run::KubeBackend;
 use job_manager::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use job_manager::config::model::ExecutorKind;
 use kube_executor_support::{config, eventually, job, Cluster};
@@ -31,7 +32,8 @@ async fn replica_with(
     c.poll.interval_ms = 50;
     let validated = job_manager::config::validate(c).expect("valid config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    start(&validated, broker.clone(), listener, Some(cluster.client().await)).await.expect("replica starts")
+    let backend = KubeBackend::connect(&validated, Some(cluster.client().await)).await.expect("replica connects");
+    App::start(AppSettings::from(&validated), broker.clone(), backend, listener).await.expect("replica starts")
 }
 
 async fn post_result(addr: std::net::SocketAddr, key: &str, token: &str, result: &JobResult) -> u16 {
@@ -70,13 +72,8 @@ async fn missing_crd_fails_at_startup_with_a_clear_error() {
     c.executor = ExecutorKind::Kubernetes;
     c.location_key = "k".into();
     let validated = job_manager::config::validate(c).unwrap();
-    let broker = Arc::new(EmbeddedBroker::new(EmbeddedOptions {
-        visibility_timeout: Duration::from_secs(60),
-        location_key: common::secret::Secret::new("k".to_string()),
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err =
-        start(&validated, broker, listener, Some(kube::Client::try_from(cfg).unwrap())).await.err().expect("refused");
+        KubeBackend::connect(&validated, Some(kube::Client::try_from(cfg).unwrap())).await.err().expect("refused");
     assert_eq!(err.label(), "crd_missing");
     assert!(err.to_string().contains("jobrecords.yaml"), "{err}");
 }

@@ -1,7 +1,7 @@
 //! Command line. `job-manager` alone (or `job-manager run`) runs the job manager;
 //! other subcommands are tools around it.
 //!
-//! Extending: add a variant to [`Command`] and an arm in [`crate::app::main_with`]; the
+//! Extending: add a variant to [`Command`] and an arm in [`crate::commands::main_with`]; the
 //! Kubernetes tools (`render`, `crd`, `rbac`) are added here as variants that call
 //! `crate::backend::kubernetes::cli::*`. Nothing else needs to change.
 use crate::config::FlagOverride;

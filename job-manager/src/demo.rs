@@ -10,7 +10,9 @@
 //! `signature` is `${VSE_SIGNATURE}` are signed here, after `${ORIGIN}` is filled in (the
 //! demo plays the job author, who holds the passphrase); any other signature is kept as
 //! written, so a forged one is rejected.
-use crate::app;
+use crate::app::{App, AppSettings};
+use crate::backend::local::LocalBackend;
+use crate::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use crate::cli::DemoArgs;
 use crate::config::{self, FlagOverride};
 use bytes::Bytes;
@@ -140,19 +142,22 @@ async fn run_demo(args: &DemoArgs) -> Result<bool, String> {
     let (origin, origin_task) = start_origin().await.map_err(|e| format!("cannot start the origin: {e}"))?;
     let jobs = load_jobs(&dir.join("jobs"), &origin, &validated.config.vse_passphrase)?;
     let expected = load_expected(&dir.join("expected.yaml"))?;
-    let broker = app::embedded_broker(&validated.config);
+    let broker = EmbeddedBroker::new(EmbeddedOptions::from(&validated.config));
     for job in &jobs {
         broker.submit(job.clone()).map_err(|e| e.to_string())?;
     }
     println!("demo: origin {origin}; {} jobs submitted to the embedded broker", jobs.len());
 
-    let listener = app::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let handle = app::start_local(&validated, Arc::new(broker.clone()), listener).await.map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot listen: {e}"))?;
+    let backend = LocalBackend::new(&validated).map_err(|e| e.to_string())?;
+    let handle = App::start(AppSettings::from(&validated), Arc::new(broker.clone()), backend, listener)
+        .await
+        .map_err(|e| e.to_string())?;
     let results = broker.wait_for_results(jobs.len(), Duration::from_secs(args.timeout_secs)).await;
     let stopped = handle.stop().await;
     origin_task.abort();
     let _ = std::fs::remove_dir_all(&state);
-    stopped.map_err(|e| e.to_string())?;
+    stopped.map_err(|e| format!("job manager task failed: {e}"))?;
 
     let ok = print_report(&jobs, &results, &expected);
     Ok(ok)

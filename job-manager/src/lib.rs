@@ -1,11 +1,12 @@
 //! The job manager: polls a broker for jobs and runs each one in a runtime workload
 //! beside a sidecar, then carries the result back to the broker.
 //!
-//! The pipeline, wired in [`app`]:
+//! The pipeline, wired once in [`app`] (the composition root); [`commands`] only chooses a
+//! broker and a [`backend`]:
 //! ```text
-//! broker --poll--> Dispatcher --start--> Executor (local | kubernetes)
+//! broker --poll--> Dispatcher --start--> Executor (backend: local | kubernetes)
 //!                      |  ack only after the executor accepted; release on failure
-//! sidecar --POST result--> server (result API) --record--> ResultIntake/ResultStore --deliver--> broker
+//! sidecar --POST result--> results::api --record--> ResultIntake/ResultStore --deliver--> broker
 //! ```
 //! Pure translation (config, job -> objects, decisions) lives in plain functions; I/O
 //! lives at the edges (broker client, executors, HTTP server).
@@ -16,6 +17,7 @@ pub mod app;
 pub mod backend;
 pub mod broker;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod dispatcher;

@@ -1,6 +1,6 @@
-//! Thin entry point: everything lives in the library (`job_manager::app`).
+//! Thin entry point: everything lives in the library (`job_manager::commands`).
 #![forbid(unsafe_code)]
 
 fn main() {
-    std::process::exit(job_manager::app::main());
+    std::process::exit(job_manager::commands::main());
 }

@@ -4,7 +4,8 @@ mod jm_support;
 
 use common::{JobId, Outcome};
 use jm_support::*;
-use job_manager::app;
+use job_manager::app::{App, AppSettings, Handle};
+use job_manager::backend::local::LocalBackend;
 use job_manager::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -43,8 +44,7 @@ async fn every_job_ends_in_exactly_one_outcome() {
     for j in &jobs {
         broker.submit(j.clone()).unwrap();
     }
-    let listener = app::bind("127.0.0.1:0").await.unwrap();
-    let handle = app::start_local(&v, Arc::new(broker.clone()), listener).await.unwrap();
+    let handle = start_local(&v, Arc::new(broker.clone())).await;
     let results = broker.wait_for_results(jobs.len(), Duration::from_secs(60)).await;
     let metrics = handle.metrics.encode();
     handle.stop().await.unwrap();
@@ -97,8 +97,7 @@ async fn redelivered_job_is_not_run_twice() {
         {"action": "sleep", "secs": 3},
     ]});
     inner.submit(job("once", 20, payload)).unwrap();
-    let listener = app::bind("127.0.0.1:0").await.unwrap();
-    let handle = app::start_local(&v, flaky.clone(), listener).await.unwrap();
+    let handle = start_local(&v, flaky.clone()).await;
     let result = inner.wait_for_result(&id("once"), Duration::from_secs(30)).await;
     handle.stop().await.unwrap();
     assert_eq!(result.map(|r| r.outcome), Some(Outcome::Succeeded));
@@ -117,8 +116,7 @@ async fn broker_down_for_a_while_loses_no_result() {
     let flaky = Arc::new(FlakyBroker::new(inner.clone()));
     flaky.results_down.store(true, Ordering::SeqCst);
     inner.submit(job("kept", 20, json!({"action": "fail", "message": "kept while the broker was down"}))).unwrap();
-    let listener = app::bind("127.0.0.1:0").await.unwrap();
-    let handle = app::start_local(&v, flaky.clone(), listener).await.unwrap();
+    let handle = start_local(&v, flaky.clone()).await;
     let metrics = handle.metrics.clone();
     eventually("result recorded by the job manager", Duration::from_secs(30), || {
         metrics.encode().contains("job_manager_job_results_total{outcome=\"failed\"} 1")
@@ -142,8 +140,7 @@ async fn shutdown_stops_running_jobs_after_grace_and_reports_them() {
     let v = validated(dir.path(), "");
     let broker = broker(Duration::from_secs(30));
     broker.submit(job("long", 60, json!({"action": "sleep", "secs": 60}))).unwrap();
-    let listener = app::bind("127.0.0.1:0").await.unwrap();
-    let handle = app::start_local(&v, Arc::new(broker.clone()), listener).await.unwrap();
+    let handle = start_local(&v, Arc::new(broker.clone())).await;
     let state = dir.path().join("state/jobs");
     eventually("job running", Duration::from_secs(20), || broker.counters(&id("long")).is_some_and(|c| c.acks == 1))
         .await;
@@ -180,8 +177,7 @@ async fn runtime_sees_only_its_contract_environment() {
     let mut j = job("env", 20, json!({}));
     j.runtime_type = "env-dump".into();
     broker.submit(j).unwrap();
-    let listener = app::bind("127.0.0.1:0").await.unwrap();
-    let handle = app::start_local(&v, Arc::new(broker.clone()), listener).await.unwrap();
+    let handle = start_local(&v, Arc::new(broker.clone())).await;
     let result = broker.wait_for_result(&id("env"), Duration::from_secs(30)).await.expect("result");
     handle.stop().await.unwrap();
     let env = result.output["output_tail"].as_str().unwrap().to_string();
@@ -198,4 +194,11 @@ async fn runtime_sees_only_its_contract_environment() {
     for leaked in ["SIDECAR_", "CARGO_", "JM_"] {
         assert!(!vars.keys().any(|k| k.starts_with(leaked)), "{leaked}* leaked: {env}");
     }
+}
+
+/// The job manager on the local executor, as `job-manager run` wires it.
+async fn start_local<B: job_manager::broker::BrokerApi>(v: &job_manager::config::Validated, broker: Arc<B>) -> Handle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = LocalBackend::new(v).unwrap();
+    App::start(AppSettings::from(v), broker, backend, listener).await.unwrap()
 }

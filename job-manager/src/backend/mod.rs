@@ -1,6 +1,13 @@
-//! The executor boundary: where a job becomes a running workload. The dispatcher only
-//! talks to [`Executor`]; the local executor (processes) and the Kubernetes executor
-//! (Jobs, persistent Services) slot in beside each other without touching it.
+//! Backends: where a job becomes a running workload. Two sit side by side behind the
+//! same traits: `local` (processes on this machine, beside a real sidecar process) and
+//! `kubernetes` (a Job per ephemeral execution, Deployment + Service + HPA per persistent
+//! runtime type).
+//!
+//! - [`Executor`] is what the dispatcher talks to: start a job, count what runs, drain.
+//! - [`Backend`] is what the composition root ([`crate::app::App`]) asks for: the
+//!   executor, the durable result store, the keys, and the work that runs beside the
+//!   dispatcher. Everything else (broker, dispatcher, result API, delivery, shutdown
+//!   order) is the same for both and wired once.
 //!
 //! Outcomes the executor detects itself (timeout, crash, a pod that cannot start) are
 //! reported through the [`crate::results::ResultIntake`] it was built with: the same path
@@ -8,10 +15,17 @@
 pub mod kubernetes;
 pub mod local;
 
+use crate::config::Config;
+use crate::results::{ResultIntake, ResultStore, SweepGate};
+use common::secret::Secret;
+use common::token::TokenSigner;
 use common::{Job, JobId};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::SystemTime;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Everything a runtime workload needs for one job.
 #[derive(Debug, Clone)]
@@ -78,4 +92,135 @@ pub trait Executor: Send + Sync + 'static {
     /// Stop accepting work and wait (up to `grace`) for running workloads; return the
     /// jobs still running when the grace period ended.
     fn drain(&self, grace: std::time::Duration) -> impl Future<Output = Vec<JobId>> + Send;
+}
+
+/// The keys every part of one job manager shares: the internal API key sidecars present
+/// on every call, and the signer of single-use job tokens.
+#[derive(Clone)]
+pub struct Keys {
+    pub internal_api_key: Secret,
+    pub signer: TokenSigner,
+}
+
+/// The keys as configured; empty means "not set". Where an unset key comes from is the
+/// backend's decision ([`Backend::keys`]).
+#[derive(Clone, Default)]
+pub struct KeySettings {
+    pub internal_api_key: String,
+    pub token_signing_key: String,
+    pub location_key: String,
+}
+
+impl From<&Config> for KeySettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            internal_api_key: c.internal_api_key.clone(),
+            token_signing_key: c.token_signing_key.clone(),
+            location_key: c.location_key.clone(),
+        }
+    }
+}
+
+impl KeySettings {
+    /// The token signer when a key is configured: the signing key itself, else one derived
+    /// from the location key (the same on every replica of a location).
+    pub fn configured_signer(&self) -> Option<TokenSigner> {
+        if !self.token_signing_key.is_empty() {
+            Some(TokenSigner::new(&self.token_signing_key))
+        } else if !self.location_key.is_empty() {
+            Some(TokenSigner::derived_from(&self.location_key))
+        } else {
+            None
+        }
+    }
+}
+
+/// What the executor is built with.
+pub struct ExecutorParts<S> {
+    /// Where the executor reports the outcomes it detects itself.
+    pub intake: ResultIntake<S>,
+    pub keys: Keys,
+    /// The result API's bound address (local sidecars call it directly).
+    pub result_api: SocketAddr,
+}
+
+/// Work a backend runs beside the dispatcher (lease coordination, pruning). The app
+/// stops it after the executor drained and before the last delivery pass.
+#[derive(Default)]
+pub struct Companions {
+    pub tasks: Vec<JoinHandle<()>>,
+    /// Whether this replica may sweep the store for others' undelivered results (the
+    /// `runtime-pruning` lease holder on Kubernetes); `None`: always.
+    pub sweep_gate: Option<SweepGate>,
+}
+
+/// Why a backend could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct BackendError {
+    context: &'static str,
+    /// Stable label for logs and metrics (`crd_missing`, `state_dir`, ...).
+    label: &'static str,
+    /// A misconfiguration (exit 64) rather than a failure of the environment.
+    usage: bool,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BackendError {
+    /// The environment failed (a directory, the API server): exit 1.
+    pub fn failed(
+        context: &'static str,
+        label: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self { context, label, usage: false, source: source.into() }
+    }
+
+    /// The configuration cannot work with this backend: exit 64.
+    pub fn usage(
+        context: &'static str,
+        label: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self { context, label, usage: true, source: source.into() }
+    }
+
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+
+    pub fn is_usage(&self) -> bool {
+        self.usage
+    }
+}
+
+/// What sets running jobs as local processes apart from running them on Kubernetes.
+pub trait Backend: Send + Sync + 'static {
+    type Store: ResultStore;
+    type Executor: Executor;
+
+    /// Stable name for logs and metrics (`local`, `kubernetes`).
+    fn name(&self) -> &'static str;
+
+    /// The keys, filling in what is not configured. The backends differ on purpose: one
+    /// local process may generate and keep its own, replicas on Kubernetes must share them.
+    fn keys(&self, configured: &KeySettings) -> Result<Keys, BackendError>;
+
+    /// The durable result store (files in the state dir, job records in the cluster).
+    fn result_store(&self) -> Self::Store;
+
+    /// Metric families of the backend's own, exported beside the job manager's.
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let _ = registry;
+    }
+
+    /// The executor; a local one adopts the jobs a previous process left running.
+    fn executor(&self, parts: ExecutorParts<Self::Store>) -> Result<Self::Executor, BackendError>;
+
+    /// Start the work that runs beside the dispatcher until `stop`.
+    fn companions(&self, intake: &ResultIntake<Self::Store>, stop: CancellationToken) -> Companions {
+        let _ = (intake, stop);
+        Companions::default()
+    }
 }

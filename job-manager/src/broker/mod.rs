@@ -75,3 +75,33 @@ pub trait BrokerApi: Send + Sync + 'static {
     fn submit_result(&self, result: &JobResult) -> impl Future<Output = Result<SubmitOutcome, BrokerError>> + Send;
     fn queue_stats(&self) -> impl Future<Output = Result<QueueStats, BrokerError>> + Send;
 }
+
+/// The in-process broker, keyed with the location key (random when none is set).
+impl From<&crate::config::Config> for embedded::EmbeddedOptions {
+    fn from(c: &crate::config::Config) -> Self {
+        let key = if c.location_key.is_empty() { common::secret::random_hex(16) } else { c.location_key.clone() };
+        let visibility = std::time::Duration::from_millis(c.poll.interval_ms.saturating_mul(5))
+            .max(std::time::Duration::from_secs(30));
+        embedded::EmbeddedOptions { visibility_timeout: visibility, location_key: common::secret::Secret::new(key) }
+    }
+}
+
+/// The broker's HTTP API, through the configured proxy if any.
+impl From<&crate::config::Config> for client::BrokerClientConfig {
+    fn from(c: &crate::config::Config) -> Self {
+        use common::secret::Secret;
+        let proxy = (!c.api_proxy_host.is_empty()).then(|| client::ProxySettings {
+            host: c.api_proxy_host.clone(),
+            port: c.api_proxy_port,
+            username: (!c.broker_api_proxy_username.is_empty()).then(|| c.broker_api_proxy_username.clone()),
+            password: (!c.broker_api_proxy_pw.is_empty()).then(|| Secret::new(c.broker_api_proxy_pw.clone())),
+            accept_self_signed: c.broker_api_proxy_self_signed_cert,
+        });
+        client::BrokerClientConfig {
+            endpoint: c.broker_api_endpoint.clone(),
+            location_key: Secret::new(c.location_key.clone()),
+            timeout: std::time::Duration::from_secs(30),
+            proxy,
+        }
+    }
+}

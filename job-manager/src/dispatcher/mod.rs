@@ -72,6 +72,29 @@ impl DispatcherSettings {
     }
 }
 
+impl From<&crate::config::Config> for DispatcherSettings {
+    /// The same for every backend. The consumer name is `$HOSTNAME` (the pod name on
+    /// Kubernetes), else `hostnameOverride`, plus the pid.
+    fn from(c: &crate::config::Config) -> Self {
+        let host =
+            std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| c.hostname_override.clone());
+        let mut settings = DispatcherSettings::new(
+            format!("{host}-{}", std::process::id()),
+            c.runtimes
+                .iter()
+                .filter(|r| r.enabled)
+                .map(|r| RuntimeLimit { name: r.name.clone(), parallelism: r.parallelism })
+                .collect(),
+        );
+        settings.batch_size = c.poll.batch_size;
+        settings.poll_interval = Duration::from_millis(c.poll.interval_ms);
+        settings.check_timeout_secs = c.check_timeout;
+        settings.vse_passphrase = (!c.vse_passphrase.is_empty()).then(|| Secret::new(c.vse_passphrase.clone()));
+        settings.stall_after = (settings.poll_interval * 30).max(Duration::from_secs(60));
+        settings
+    }
+}
+
 /// What one tick did (for tests and debug logs).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TickReport {

@@ -15,7 +15,7 @@ pub mod intake;
 pub mod memory;
 pub mod store;
 
-pub use delivery::DeliveryLoop;
+pub use delivery::{DeliveryLoop, SweepGate};
 pub use file::FileResultStore;
 pub use intake::ResultIntake;
 pub use memory::MemoryResultStore;

@@ -1,5 +1,183 @@
 //! The local executor: each job runs as a local process beside a real sidecar process,
-//! with the same hand-off and result path as a pod.
+//! with the same hand-off and result path as a pod. [`LocalBackend`] is what the app
+//! wires: the executor, the file result store in the state dir, generated keys kept
+//! there when none are configured, and the hourly pruning of delivered results.
 pub mod executor;
 
 pub use executor::*;
+
+use crate::backend::{Backend, BackendError, Companions, ExecutorParts, KeySettings, Keys};
+use crate::config::Validated;
+use crate::results::{FileResultStore, ResultIntake};
+use common::secret::Secret;
+use common::token::TokenSigner;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Delivered results are kept this long (to recognise late re-deliveries), then pruned.
+const KEEP_DELIVERED: Duration = Duration::from_secs(24 * 3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Jobs as local processes, state in one directory.
+pub struct LocalBackend {
+    /// Everything but the result API's URL and the internal key, known only at start.
+    settings: LocalSettings,
+    store: FileResultStore,
+}
+
+impl LocalBackend {
+    /// Create the state dir and open the result store in it.
+    pub fn new(validated: &Validated) -> Result<Self, BackendError> {
+        let c = &validated.config;
+        let state_dir = state_dir(&c.state_dir);
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            BackendError::failed(
+                "state dir",
+                "state_dir",
+                format!("cannot create state dir {}: {e}", state_dir.display()),
+            )
+        })?;
+        let store = FileResultStore::open(state_dir.join("results"))
+            .map_err(|e| BackendError::failed("result store", "result_store", e))?;
+        let mut settings =
+            LocalSettings::new(state_dir, sidecar_binary(&c.sidecar.binary), String::new(), Secret::new(String::new()));
+        settings.runtimes = c
+            .runtimes
+            .iter()
+            .filter(|r| r.enabled)
+            .map(|r| {
+                let command = r.command.iter().map(|a| expand_bin(a)).collect();
+                (r.name.clone(), LocalRuntime { command, parallelism: r.parallelism, extra_env: r.extra_env.clone() })
+            })
+            .collect();
+        settings.sidecar_env = crate::config::model::sidecar_policy_env(c);
+        settings.no_proxy = c.sidecar.no_proxy.clone();
+        settings.user_defined_variables =
+            serde_json::Value::Object(validated.user_defined_variables.clone()).to_string();
+        settings.custom_node_modules_path =
+            (!c.kubernetes.custom_node_modules_path.is_empty()).then(|| c.kubernetes.custom_node_modules_path.clone());
+        Ok(Self { settings, store })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.settings.state_dir
+    }
+}
+
+impl Backend for LocalBackend {
+    type Store = FileResultStore;
+    type Executor = Arc<LocalExecutor<FileResultStore>>;
+
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    /// Adopted sidecars (after a restart) still hold the old key and tokens, so keys that
+    /// are not configured are generated once and kept in the state dir (0600).
+    fn keys(&self, configured: &KeySettings) -> Result<Keys, BackendError> {
+        let dir = &self.settings.state_dir;
+        let internal_api_key = if configured.internal_api_key.is_empty() {
+            persistent_secret(&dir.join("internal-api-key"))?
+        } else {
+            configured.internal_api_key.clone()
+        };
+        let signer = match configured.configured_signer() {
+            Some(signer) => signer,
+            None => TokenSigner::new(persistent_secret(&dir.join("token-signing-key"))?),
+        };
+        Ok(Keys { internal_api_key: Secret::new(internal_api_key), signer })
+    }
+
+    fn result_store(&self) -> FileResultStore {
+        self.store.clone()
+    }
+
+    fn executor(&self, parts: ExecutorParts<FileResultStore>) -> Result<Self::Executor, BackendError> {
+        let mut settings = self.settings.clone();
+        let api = parts.result_api;
+        let loopback = if api.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], api.port())) } else { api };
+        settings.job_manager_url = format!("http://{loopback}");
+        settings.internal_api_key = parts.keys.internal_api_key;
+        let executor = LocalExecutor::new(settings, parts.intake)
+            .map_err(|e| BackendError::failed("executor state", "executor_state", e))?;
+        let adopted = executor.recover().map_err(|e| BackendError::failed("executor state", "executor_state", e))?;
+        if adopted > 0 {
+            tracing::info!(jobs = adopted, "adopted jobs left running by a previous process");
+        }
+        tracing::info!(state_dir = %self.settings.state_dir.display(), "local executor ready");
+        Ok(executor)
+    }
+
+    fn companions(&self, _intake: &ResultIntake<FileResultStore>, stop: CancellationToken) -> Companions {
+        let store = self.store.clone();
+        let pruner = tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => {}
+                }
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.prune_delivered(KEEP_DELIVERED)).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "pruned delivered results"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune delivered results"),
+                    _ => {}
+                }
+            }
+        });
+        Companions { tasks: vec![pruner], sweep_gate: None }
+    }
+}
+
+/// `stateDir`, or a stable default under the temp dir (stable so a restart finds it).
+pub fn state_dir(configured: &str) -> PathBuf {
+    if configured.is_empty() {
+        std::env::temp_dir().join("job-manager-state")
+    } else {
+        PathBuf::from(configured)
+    }
+}
+
+/// The directory of this executable: `{bin}` in runtime commands, and where the sidecar
+/// binary is looked for by default.
+pub fn bin_dir() -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn expand_bin(arg: &str) -> String {
+    arg.replace("{bin}", &bin_dir().display().to_string())
+}
+
+fn sidecar_binary(configured: &str) -> PathBuf {
+    if configured.is_empty() {
+        bin_dir().join("sidecar")
+    } else {
+        PathBuf::from(expand_bin(configured))
+    }
+}
+
+/// Read a generated secret from `path`, creating it (0600) on first use.
+fn persistent_secret(path: &Path) -> Result<String, BackendError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(s) = std::fs::read_to_string(path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_string());
+        }
+    }
+    let secret = common::secret::random_hex(32);
+    let cannot_write =
+        |e: std::io::Error| BackendError::failed("keys", "keys", format!("cannot write {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(cannot_write)?;
+    f.write_all(secret.as_bytes()).and_then(|_| f.sync_all()).map_err(cannot_write)?;
+    Ok(secret)
+}
