@@ -3,8 +3,18 @@
 //! span with a `job_id` field, which text logs print as a prefix and JSON logs include
 //! as `span`/`spans`. Those spans are created at ERROR level on purpose: a span below
 //! the configured level is disabled and its fields vanish from every line inside it.
-use crate::config::model::LogFormat;
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
+
+/// How log lines are written (`logFormat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 
 /// The seed's log level names -> a tracing filter directive.
 pub fn level_directive(level: &str) -> &'static str {

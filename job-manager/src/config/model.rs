@@ -3,6 +3,7 @@
 //! precedence and validation live beside this file; this one only says what exists
 //! and its default. Kubernetes-shaped fields use k8s-openapi types, so a malformed
 //! toleration or resource quantity fails when the file is read.
+pub use crate::telemetry::LogFormat;
 use common::runtime_api::sidecar_env;
 use k8s_openapi::api::core::v1 as core;
 use serde::{Deserialize, Serialize};
@@ -75,14 +76,6 @@ impl Default for Config {
             kubernetes: KubernetesSettings::default(),
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
