@@ -15,7 +15,6 @@ pub enum LogFormat {
     Json,
 }
 
-
 /// The seed's log level names -> a tracing filter directive.
 pub fn level_directive(level: &str) -> &'static str {
     match level.trim().to_ascii_uppercase().as_str() {

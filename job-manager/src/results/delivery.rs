@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Whether this process may sweep the store now.
 pub type SweepGate = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -87,6 +88,46 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
         DeliveryPass { delivered: 0, failed: 1, broker_unavailable: true }
     }
 
+    /// Submit one result and mark it delivered; true when the broker is unavailable and
+    /// this result (and the ones after it) must wait for the next pass.
+    async fn deliver_one(&self, result: &JobResult, pass: &mut DeliveryPass) -> bool {
+        let metrics = self.intake.metrics();
+        match self.broker.submit_result(result).await {
+            Ok(outcome) => {
+                if outcome == SubmitOutcome::Conflict {
+                    tracing::error!(
+                        job_id = %result.job_id,
+                        outcome = %result.outcome,
+                        "broker already holds a different result for this job; ours is not delivered"
+                    );
+                }
+                match self.intake.store().mark_delivered(&result.job_id).await {
+                    Ok(()) => {
+                        pass.delivered += 1;
+                        metrics.results_delivered.inc();
+                        tracing::info!(job_id = %result.job_id, outcome = %result.outcome, "result delivered to broker");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "result delivered but not marked; it will be re-sent (idempotent)");
+                        pass.failed += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.broker_error("submit_result", e.label());
+                metrics.result_delivery_retries.inc();
+                pass.failed += 1;
+                if e.retryable() {
+                    tracing::warn!(error = %e, "result delivery failed; will retry");
+                    pass.broker_unavailable = true;
+                    return true;
+                }
+                tracing::error!(error = %e, "broker refused the result; keeping it and retrying slowly");
+            }
+        }
+        false
+    }
+
     /// Submit `results` in order; stops at the first retryable broker error and returns
     /// the results not handed over (that one included).
     async fn deliver(&self, results: Vec<JobResult>) -> (DeliveryPass, Vec<JobResult>) {
@@ -95,41 +136,10 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
         let mut results = results.into_iter();
         while let Some(result) = results.next() {
             let span = tracing::error_span!("deliver", job_id = %result.job_id);
-            let _g = span.enter();
-            match self.broker.submit_result(&result).await {
-                Ok(outcome) => {
-                    if outcome == SubmitOutcome::Conflict {
-                        tracing::error!(
-                            job_id = %result.job_id,
-                            outcome = %result.outcome,
-                            "broker already holds a different result for this job; ours is not delivered"
-                        );
-                    }
-                    match self.intake.store().mark_delivered(&result.job_id).await {
-                        Ok(()) => {
-                            pass.delivered += 1;
-                            metrics.results_delivered.inc();
-                            tracing::info!(job_id = %result.job_id, outcome = %result.outcome, "result delivered to broker");
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "result delivered but not marked; it will be re-sent (idempotent)");
-                            pass.failed += 1;
-                        }
-                    }
-                }
-                Err(e) => {
-                    metrics.broker_error("submit_result", e.label());
-                    metrics.result_delivery_retries.inc();
-                    pass.failed += 1;
-                    if e.retryable() {
-                        tracing::warn!(error = %e, "result delivery failed; will retry");
-                        pass.broker_unavailable = true;
-                        let mut left = vec![result];
-                        left.extend(results);
-                        return (pass, left);
-                    }
-                    tracing::error!(error = %e, "broker refused the result; keeping it and retrying slowly");
-                }
+            if self.deliver_one(&result, &mut pass).instrument(span).await {
+                let mut left = vec![result];
+                left.extend(results);
+                return (pass, left);
             }
         }
         if pass.delivered > 0 {

@@ -1,0 +1,108 @@
+//! `CallerAuth`: the check both sidecar calls share — the internal API key, then the job
+//! token for the job the path names (the router puts that [`JobId`] in the request's
+//! extensions). It runs before any byte of the body is read, so an unauthenticated
+//! caller cannot make the server buffer anything.
+use super::refusal::Refusal;
+use super::Body;
+use common::secret::Secret;
+use common::token::{TokenError, TokenSigner};
+use common::JobId;
+use futures_util::future::{ready, Either, Ready};
+use http::{Request, Response, StatusCode};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing or wrong x-internal-api-key")]
+    BadKey,
+    #[error("missing x-job-token")]
+    MissingToken,
+    #[error("{0}")]
+    Token(TokenError),
+}
+
+impl From<AuthError> for Refusal {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::BadKey => Refusal::new(StatusCode::UNAUTHORIZED, "bad_internal_api_key", e.to_string()),
+            AuthError::MissingToken => Refusal::new(StatusCode::UNAUTHORIZED, "missing_job_token", e.to_string()),
+            AuthError::Token(t) => {
+                let status = match t {
+                    TokenError::Malformed | TokenError::Expired => StatusCode::UNAUTHORIZED,
+                    TokenError::BadSignature => StatusCode::FORBIDDEN,
+                };
+                Refusal::new(status, format!("job_token_{}", t.label()), t.to_string())
+            }
+        }
+    }
+}
+
+/// Builds [`CallerAuth`] around a route's handler.
+#[derive(Clone)]
+pub struct CallerAuthLayer {
+    key: Secret,
+    signer: TokenSigner,
+}
+
+impl CallerAuthLayer {
+    pub fn new(key: Secret, signer: TokenSigner) -> Self {
+        Self { key, signer }
+    }
+}
+
+impl<S> tower::Layer<S> for CallerAuthLayer {
+    type Service = CallerAuth<S>;
+
+    fn layer(&self, inner: S) -> CallerAuth<S> {
+        CallerAuth { inner, key: self.key.clone(), signer: self.signer.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallerAuth<S> {
+    inner: S,
+    key: Secret,
+    signer: TokenSigner,
+}
+
+impl<S> CallerAuth<S> {
+    fn check<B>(&self, req: &Request<B>) -> Result<(), AuthError> {
+        let key = req.headers().get(common::headers::INTERNAL_API_KEY).map(|v| v.as_bytes()).unwrap_or_default();
+        if !self.key.matches(key) {
+            tracing::warn!("refused: missing or wrong internal API key");
+            return Err(AuthError::BadKey);
+        }
+        let token = req
+            .headers()
+            .get(common::headers::JOB_TOKEN)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(AuthError::MissingToken)?;
+        let id = req.extensions().get::<JobId>().expect("the router puts the path's job id in the extensions");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.signer.verify(id, token, now).map(drop).map_err(|e| {
+            tracing::warn!(reason = e.label(), "refused: bad job token");
+            AuthError::Token(e)
+        })
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for CallerAuth<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Refusal>,
+{
+    type Response = Response<Body>;
+    type Error = Refusal;
+    type Future = Either<Ready<Result<Response<Body>, Refusal>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self.check(&req) {
+            Ok(()) => Either::Right(self.inner.call(req)),
+            Err(e) => Either::Left(ready(Err(e.into()))),
+        }
+    }
+}

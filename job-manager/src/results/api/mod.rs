@@ -1,0 +1,279 @@
+//! The job manager's HTTP server: the result API sidecars call, plus `/healthz`,
+//! `/readyz` and `/metrics`.
+//!
+//! `POST /internal/v1/jobs/{id}/result` checks, in order: the internal API key (401),
+//! the job token (401 missing/malformed/expired, 403 forged or another job's), the body
+//! (413 too large, 408 too slow, 400 unreadable, 422 not a `JobResult` for this job), and
+//! then records the result: 202 first result, 200 identical repeat, 409 a different one.
+//! `GET /internal/v1/jobs/{id}` (Kubernetes executor: the sidecar of an ephemeral job
+//! fetching its job) checks the same key and token, then answers the job kept on its
+//! record: 200 [`common::Job`], 404 unknown here (or the local executor, which hands
+//! sidecars a job directory instead), 503 store unavailable.
+//! Errors are JSON [`common::broker::ErrorBody`] with a stable `error` code.
+//!
+//! Each job route is a tower stack of small layers, assembled in [`ResultApi::routes`]:
+//! ```text
+//! rescue        every refusal below -> its JSON error (refusal.rs; the router applies it)
+//!  span         job_id on every log line of the request (the router names the job)
+//!   CallerAuth  internal key, then job token: 401/403 before any body byte is read
+//!    BufferBody POST only: 413 / 408 / 400 within the size and time limits
+//!     handler   422, then record (202/200/409) or fetch (200/404/503)
+//! ```
+mod auth;
+mod body;
+mod refusal;
+
+pub use auth::{AuthError, CallerAuth, CallerAuthLayer};
+pub use body::{BodyError, BufferBody, BufferBodyLayer};
+pub use refusal::Refusal;
+
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::results::{Recorded, ResultIntake, ResultStore};
+use bytes::Bytes;
+use common::secret::Secret;
+use common::token::TokenSigner;
+use common::{JobId, JobResult};
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use refusal::{json_response, rescue, text};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+use tracing::Instrument;
+
+/// Limits that keep hostile or broken clients from hurting the process.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
+pub struct ResultApi<S> {
+    pub intake: ResultIntake<S>,
+    pub internal_api_key: Secret,
+    pub signer: TokenSigner,
+    pub readiness: Arc<Readiness>,
+    pub limits: ServerLimits,
+}
+
+type Body = Full<Bytes>;
+type Route<B> = BoxCloneSyncService<Request<B>, Response<Body>, Refusal>;
+
+/// The job routes' stacks, built once per server.
+struct Routes {
+    post_result: Route<Incoming>,
+    get_job: Route<Incoming>,
+}
+
+impl<S: ResultStore> ResultApi<S> {
+    fn metrics(&self) -> &Metrics {
+        self.intake.metrics()
+    }
+
+    /// The two job routes, each a stack of the layers named in the module docs.
+    fn routes(self: &Arc<Self>) -> Routes {
+        let auth = CallerAuthLayer::new(self.internal_api_key.clone(), self.signer.clone());
+        let body = BufferBodyLayer::new(self.limits.max_body_bytes, self.limits.body_read_timeout);
+        let api = self.clone();
+        let post_result =
+            ServiceBuilder::new().layer(auth.clone()).layer(body).service_fn(move |req: Request<Bytes>| {
+                let api = api.clone();
+                async move { api.record(req).await }
+            });
+        let api = self.clone();
+        let get_job = ServiceBuilder::new().layer(auth).service_fn(move |req: Request<Incoming>| {
+            let api = api.clone();
+            async move { api.handed_job(req).await }
+        });
+        Routes { post_result: BoxCloneSyncService::new(post_result), get_job: BoxCloneSyncService::new(get_job) }
+    }
+
+    /// The router: probes and metrics answer here; a job route gets the job id from the
+    /// path (404 when it is not a valid one) and runs its stack inside the job's span.
+    fn route(self: &Arc<Self>, routes: &Routes, req: Request<Incoming>) -> BoxFuture<'static, Response<Body>> {
+        let path = req.uri().path().to_string();
+        let answer = |resp: Response<Body>| -> BoxFuture<'static, Response<Body>> { Box::pin(async move { resp }) };
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => return answer(text(StatusCode::OK, "ok\n", "text/plain")),
+            (&Method::GET, "/readyz") => {
+                return answer(match self.readiness.check() {
+                    Ok(()) => text(StatusCode::OK, "ready\n", "text/plain"),
+                    Err(reason) => {
+                        text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n"), "text/plain")
+                    }
+                })
+            }
+            (&Method::GET, "/metrics") => {
+                return answer(text(
+                    StatusCode::OK,
+                    self.metrics().encode(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ))
+            }
+            _ => {}
+        }
+        let refused = |status, code: &str, message: &str| answer(Refusal::new(status, code, message).into_response());
+        let (route, span_name, raw_id) = match (result_path_id(&path), job_path_id(&path)) {
+            (Some(id), _) if req.method() == Method::POST => (routes.post_result.clone(), "result_api", id),
+            (Some(_), _) => return refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
+            (_, Some(id)) if req.method() == Method::GET => (routes.get_job.clone(), "job_api", id),
+            (_, Some(_)) => return refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"),
+            _ => return refused(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
+        };
+        let counted = span_name == "result_api";
+        let Ok(id) = JobId::new(raw_id) else {
+            let resp = Refusal::new(StatusCode::NOT_FOUND, "bad_job_id", "the path does not name a valid job id")
+                .into_response();
+            if counted {
+                self.metrics().result_api(resp.status().as_u16());
+            }
+            return answer(resp);
+        };
+        let span = if counted {
+            tracing::error_span!("result_api", job_id = %id)
+        } else {
+            tracing::error_span!("job_api", job_id = %id)
+        };
+        let mut req = req;
+        req.extensions_mut().insert(id);
+        let api = self.clone();
+        Box::pin(
+            async move {
+                let resp = rescue(route.oneshot(req).await);
+                if counted {
+                    api.metrics().result_api(resp.status().as_u16());
+                }
+                resp
+            }
+            .instrument(span),
+        )
+    }
+
+    /// `GET /internal/v1/jobs/{id}`, once the caller is authenticated.
+    async fn handed_job<B>(&self, req: Request<B>) -> Result<Response<Body>, Refusal> {
+        let id = req.extensions().get::<JobId>().expect("routed").clone();
+        match self.intake.handed_job(&id).await {
+            Ok(Some(job)) => Ok(json_response(StatusCode::OK, &job)),
+            Ok(None) => Err(Refusal::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id} is kept here"))),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the job");
+                Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))
+            }
+        }
+    }
+
+    /// `POST /internal/v1/jobs/{id}/result`, once authenticated and the body is read.
+    async fn record(&self, req: Request<Bytes>) -> Result<Response<Body>, Refusal> {
+        let id = req.extensions().get::<JobId>().expect("routed").clone();
+        let result: JobResult = serde_json::from_slice(req.body()).map_err(|e| {
+            Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_result", format!("body is not a job result: {e}"))
+        })?;
+        if result.job_id != id {
+            return Err(Refusal::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "job_id_mismatch",
+                format!("body is for job {} but the path names {id}", result.job_id),
+            ));
+        }
+        match self.intake.record(&result).await {
+            Ok(Recorded::Accepted) => {
+                Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({"recorded": "accepted"})))
+            }
+            Ok(Recorded::Duplicate) => Ok(json_response(StatusCode::OK, &serde_json::json!({"recorded": "duplicate"}))),
+            Ok(Recorded::Conflict) => Err(Refusal::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a different result was already recorded for this job",
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record result");
+                Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()))
+            }
+        }
+    }
+}
+
+/// `/internal/v1/jobs/{id}/result` -> `{id}`.
+pub fn result_path_id(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix(common::runtime_api::RESULT_API_PREFIX)?;
+    let id = rest.strip_suffix("/result")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// `/internal/v1/jobs/{id}` -> `{id}`.
+pub fn job_path_id(path: &str) -> Option<&str> {
+    let id = path.strip_prefix(common::runtime_api::RESULT_API_PREFIX)?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// Serve on `listener` until `shutdown`, then let open requests finish (bounded).
+pub async fn serve<S: ResultStore>(
+    listener: TcpListener,
+    api: Arc<ResultApi<S>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let connections = Arc::new(tokio::sync::Semaphore::new(api.limits.max_connections));
+    let routes = Arc::new(api.routes());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = connections.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let (stream, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let header_timeout = api.limits.header_read_timeout;
+        let (api, routes) = (api.clone(), routes.clone());
+        let service = hyper::service::service_fn(move |req| {
+            let response = api.route(&routes, req);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(5)) => tracing::warn!("connections still open after 5s; closing"),
+    }
+    Ok(())
+}
