@@ -527,7 +527,7 @@ fn curl_no_proxy_bypasses_the_sidecar() {
 
 #[test]
 fn curl_through_proxy_to_the_sidecar_itself_reaches_its_own_api() {
-    // CONTRACTS.md: NO_PROXY is empty by default, so a runtime's calls to the sidecar's
+    // common/CONTRACTS.md: NO_PROXY is empty by default, so a runtime's calls to the sidecar's
     // own address also arrive absolute-form through the proxy; the sidecar serves them.
     let sidecar = Sidecar::start();
     let url = format!("{}/healthz", sidecar.url());

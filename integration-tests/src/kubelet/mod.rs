@@ -1,7 +1,7 @@
 //! The emulated node: a process kubelet (pods run as local processes — the real
 //! `sidecar` and `test-runtime` binaries), the Job and Deployment controllers, and
-//! Service networking through local forwarders. See `pod.rs` for the pod lifecycle
-//! and `network.rs` for how ports and Service names map onto loopback.
+//! Service networking through local forwarders. See [`pod`] for the pod lifecycle
+//! and [`network`] for how ports and Service names map onto loopback.
 pub mod controllers;
 pub mod network;
 pub mod pod;

@@ -5,10 +5,10 @@
 //! and its watch event atomic, like etcd's linearizable revisions.
 //!
 //! The jobs around the engine live beside it, each an `impl Store` block:
-//! - [`write`]: create, replace and patch; the update path with its 409 conflicts;
-//! - [`defaults`]: what the API server fills in when an object of a kind is created;
-//! - [`delete`]: deletion with preconditions, finalizers and graceful pod termination;
-//! - [`gc`]: the garbage collector that follows owner references after a deletion.
+//! - `write`: create, replace and patch; the update path with its 409 conflicts;
+//! - `defaults`: what the API server fills in when an object of a kind is created;
+//! - `delete`: deletion with preconditions, finalizers and graceful pod termination;
+//! - `gc`: the garbage collector that follows owner references after a deletion.
 mod defaults;
 mod delete;
 mod gc;

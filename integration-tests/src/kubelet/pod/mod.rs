@@ -6,12 +6,12 @@
 //! containers' exit codes. Deletion sends SIGTERM, waits the grace period, SIGKILLs.
 //!
 //! The pieces, in the order a pod meets them:
-//! - [`spec`]: reads the pod spec into launches (images to binaries, ports, argv);
-//! - [`volumes`] and [`env`]: materialise volumes and resolve environment variables;
-//! - [`lifecycle`]: the worker that schedules, starts, probes and stops the containers;
-//! - [`process`]: one container as one restarted child process;
-//! - [`probe`]: startup and readiness probes against the pod's ports;
-//! - [`status`]: container statuses and the pod status the kubelet writes.
+//! - `spec`: reads the pod spec into launches (images to binaries, ports, argv);
+//! - `volumes` and `env`: materialise volumes and resolve environment variables;
+//! - `lifecycle`: the worker that schedules, starts, probes and stops the containers;
+//! - `process`: one container as one restarted child process;
+//! - `probe`: startup and readiness probes against the pod's ports;
+//! - `status`: container statuses and the pod status the kubelet writes.
 mod env;
 mod lifecycle;
 mod probe;
