@@ -3,7 +3,7 @@
 use super::probe::probe_passes;
 use super::process::{container_loop, CEvent, Launch};
 use super::spec::{node_selector_matches, prepare, Blocked, PrepareError};
-use super::status::{apply_event, cond, exit_code, st_backoff, status_pods, write_status, CStatus};
+use super::status::{apply_event, cond, exit_code, st_backoff, status_pods, write_status, CStatus, PodStatusWriter};
 use super::{PodCtx, Stop};
 use crate::emulator::store::{meta_str, DeleteOptions, WriteOptions};
 use crate::emulator::time;
@@ -50,66 +50,10 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
     let _ = std::fs::create_dir_all(dir.join("logs"));
     let init_specs: Vec<Value> = pod["spec"]["initContainers"].as_array().cloned().unwrap_or_default();
     let main_specs: Vec<Value> = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
-    let mut init_st: Vec<CStatus> = init_specs
-        .iter()
-        .map(|c| {
-            CStatus::waiting(
-                c["name"].as_str().unwrap_or_default(),
-                c["image"].as_str().unwrap_or_default(),
-                "PodInitializing",
-                "",
-            )
-        })
-        .collect();
-    let mut main_st: Vec<CStatus> = main_specs
-        .iter()
-        .map(|c| {
-            CStatus::waiting(
-                c["name"].as_str().unwrap_or_default(),
-                c["image"].as_str().unwrap_or_default(),
-                "ContainerCreating",
-                "",
-            )
-        })
-        .collect();
-    let started_at = time::now();
-    let publish = |ctx: &PodCtx, init: &[CStatus], main: &[CStatus], phase: &str, extra: Option<(&str, &str)>| {
-        let initialized =
-            init.iter().zip(&init_specs).all(
-                |(s, spec)| {
-                    if spec["restartPolicy"] == "Always" {
-                        s.started
-                    } else {
-                        s.done
-                    }
-                },
-            );
-        let ready = initialized && !main.is_empty() && main.iter().all(|s| s.ready);
-        write_status(ctx, &ns, &name, |s| {
-            s["phase"] = json!(phase);
-            s["hostIP"] = json!("127.0.0.1");
-            s["hostIPs"] = json!([{"ip": "127.0.0.1"}]);
-            s["podIP"] = json!("127.0.0.1");
-            s["podIPs"] = json!([{"ip": "127.0.0.1"}]);
-            s["startTime"] = json!(started_at);
-            s["conditions"] = json!([
-                cond("PodReadyToStartContainers", true),
-                cond("Initialized", initialized),
-                cond("Ready", ready),
-                cond("ContainersReady", ready),
-                cond("PodScheduled", true)
-            ]);
-            if !init.is_empty() {
-                s["initContainerStatuses"] = json!(init.iter().map(CStatus::render).collect::<Vec<_>>());
-            }
-            s["containerStatuses"] = json!(main.iter().map(CStatus::render).collect::<Vec<_>>());
-            if let Some((reason, message)) = extra {
-                s["reason"] = json!(reason);
-                s["message"] = json!(message);
-            }
-        })
-    };
-    publish(&ctx, &init_st, &main_st, "Pending", None);
+    let mut init_st = CStatus::all_waiting(&init_specs, "PodInitializing");
+    let mut main_st = CStatus::all_waiting(&main_specs, "ContainerCreating");
+    let status = PodStatusWriter { ctx: &ctx, ns: &ns, name: &name, init_specs: &init_specs, started_at: time::now() };
+    status.publish(&init_st, &main_st, "Pending", None);
 
     // Volumes, images and env: retried (as the kubelet does) until they resolve.
     let prepared = loop {
@@ -119,10 +63,10 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
                 let st = if idx < init_st.len() { &mut init_st[idx] } else { &mut main_st[idx - init_st.len()] };
                 *st = CStatus::waiting(&st.name.clone(), &st.image.clone(), error.reason(), &error.to_string());
                 if matches!(error, PrepareError::Image(_)) {
-                    publish(&ctx, &init_st, &main_st, "Pending", None);
+                    status.publish(&init_st, &main_st, "Pending", None);
                     st_backoff(&mut init_st, &mut main_st, idx);
                 }
-                publish(&ctx, &init_st, &main_st, "Pending", None);
+                status.publish(&init_st, &main_st, "Pending", None);
                 let stopped_now = tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => None,
                     s = until_stopped(&mut stop) => Some(s),
@@ -171,7 +115,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         loop {
             if sidecar && init_st[i].started && probe_ok {
                 init_st[i].ready = true;
-                publish(&ctx, &init_st, &main_st, "Pending", None);
+                status.publish(&init_st, &main_st, "Pending", None);
                 break;
             }
             let tick = tokio::time::sleep_until(tokio::time::Instant::from_std(next_probe));
@@ -179,7 +123,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break };
                     apply_event(&mut init_st, &mut main_st, n_init, ev);
-                    publish(&ctx, &init_st, &main_st, "Pending", None);
+                    status.publish(&init_st, &main_st, "Pending", None);
                     if !sidecar && init_st[i].done {
                         break;
                     }
@@ -196,7 +140,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
         }
         if !sidecar && exit_code(&init_st[i]) != Some(0) {
             // A failed init container fails the pod (restartPolicy Never).
-            publish(&ctx, &init_st, &main_st, "Failed", None);
+            status.publish(&init_st, &main_st, "Failed", None);
             terminate_all(&kills, Duration::from_secs(1), &mut rx, &mut init_st, &mut main_st, n_init).await;
             ctx.net.remove_pod(&ns, &name);
             let s = until_stopped(&mut stop).await;
@@ -235,7 +179,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
                     st.ready = st.started && st.state.get("running").is_some() && probe_ok[j];
                 }
                 ctx.net.set_ready(&ns, &name, main_st.iter().all(|s| s.ready));
-                publish(&ctx, &init_st, &main_st, "Running", None);
+                status.publish(&init_st, &main_st, "Running", None);
             }
             _ = ticker.tick(), if probe_ok.iter().any(|ok| !ok) => {
                 for j in 0..main_st.len() {
@@ -244,7 +188,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
                         if probe_ok[j] {
                             main_st[j].ready = main_st[j].state.get("running").is_some();
                             ctx.net.set_ready(&ns, &name, main_st.iter().all(|s| s.ready));
-                            publish(&ctx, &init_st, &main_st, "Running", None);
+                            status.publish(&init_st, &main_st, "Running", None);
                         }
                     }
                 }
@@ -282,7 +226,7 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
     for s in init_st.iter_mut().chain(main_st.iter_mut()) {
         s.ready = false;
     }
-    publish(&ctx, &init_st, &main_st, phase, failure);
+    status.publish(&init_st, &main_st, phase, failure);
     let s = until_stopped(&mut stop).await;
     finish(&ctx, &ns, &name, &dir, s).await;
 }

@@ -27,6 +27,20 @@ impl CStatus {
         }
         Self { name: name.into(), image: image.into(), state, last_state: json!({}), ..Default::default() }
     }
+    /// One waiting status per container spec, all with the same reason.
+    pub(super) fn all_waiting(specs: &[Value], reason: &str) -> Vec<Self> {
+        specs
+            .iter()
+            .map(|c| {
+                Self::waiting(
+                    c["name"].as_str().unwrap_or_default(),
+                    c["image"].as_str().unwrap_or_default(),
+                    reason,
+                    "",
+                )
+            })
+            .collect()
+    }
     pub(super) fn render(&self) -> Value {
         json!({"name": self.name, "image": self.image, "imageID": format!("emulator://{}", self.image), "ready": self.ready,
             "started": self.started, "restartCount": self.restarts, "state": self.state, "lastState": self.last_state})
@@ -49,6 +63,56 @@ pub(super) fn write_status(ctx: &PodCtx, ns: &str, name: &str, f: impl FnOnce(&m
     pod["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
     let w = WriteOptions { field_manager: KUBELET.into(), ..Default::default() };
     ctx.store.replace(&rt, ns, name, pod, Some("status"), &w).is_ok()
+}
+
+/// Writes the status of one pod while its containers run: phase, addresses, conditions
+/// derived from the container statuses, and the container statuses themselves.
+pub(super) struct PodStatusWriter<'a> {
+    pub ctx: &'a PodCtx,
+    pub ns: &'a str,
+    pub name: &'a str,
+    pub init_specs: &'a [Value],
+    pub started_at: String,
+}
+
+impl PodStatusWriter<'_> {
+    /// `false` once the pod is gone.
+    pub(super) fn publish(&self, init: &[CStatus], main: &[CStatus], phase: &str, extra: Option<(&str, &str)>) -> bool {
+        let initialized =
+            init.iter().zip(self.init_specs).all(
+                |(s, spec)| {
+                    if spec["restartPolicy"] == "Always" {
+                        s.started
+                    } else {
+                        s.done
+                    }
+                },
+            );
+        let ready = initialized && !main.is_empty() && main.iter().all(|s| s.ready);
+        write_status(self.ctx, self.ns, self.name, |s| {
+            s["phase"] = json!(phase);
+            s["hostIP"] = json!("127.0.0.1");
+            s["hostIPs"] = json!([{"ip": "127.0.0.1"}]);
+            s["podIP"] = json!("127.0.0.1");
+            s["podIPs"] = json!([{"ip": "127.0.0.1"}]);
+            s["startTime"] = json!(self.started_at);
+            s["conditions"] = json!([
+                cond("PodReadyToStartContainers", true),
+                cond("Initialized", initialized),
+                cond("Ready", ready),
+                cond("ContainersReady", ready),
+                cond("PodScheduled", true)
+            ]);
+            if !init.is_empty() {
+                s["initContainerStatuses"] = json!(init.iter().map(CStatus::render).collect::<Vec<_>>());
+            }
+            s["containerStatuses"] = json!(main.iter().map(CStatus::render).collect::<Vec<_>>());
+            if let Some((reason, message)) = extra {
+                s["reason"] = json!(reason);
+                s["message"] = json!(message);
+            }
+        })
+    }
 }
 
 pub(super) fn cond(ty: &str, ok: bool) -> Value {
