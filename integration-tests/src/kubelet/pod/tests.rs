@@ -48,43 +48,59 @@ fn node_selectors_must_match_the_node() {
     assert!(!node_selector_matches(&json!({"spec": {"nodeSelector": {"gpu": "yes"}}}), &labels));
 }
 
+/// One container that cannot start yet: the waiting reason and message the kubelet shows.
+struct Blocked {
+    error: PrepareError,
+    reason: &'static str,
+    message: &'static str,
+}
+
 #[test]
 fn blocked_containers_show_the_kubelets_reason_and_message() {
-    let cases: Vec<(PrepareError, &str, &str)> = vec![
-        (
-            VolumeError::SecretNotFound { volume: "creds".into(), secret: "s".into() }.into(),
-            "ContainerCreating",
-            r#"MountVolume.SetUp failed for volume "creds" : secret "s" not found"#,
-        ),
-        (
-            VolumeError::ConfigMapNotFound { volume: "cfg".into(), config_map: "c".into() }.into(),
-            "ContainerCreating",
-            r#"MountVolume.SetUp failed for volume "cfg" : configmap "c" not found"#,
-        ),
-        (
-            ImageError::NotBuilt { image: "rt:1".into(), binary: "/bin/rt".into() }.into(),
-            "ErrImagePull",
-            r#"Failed to pull image "rt:1": binary /bin/rt is not built"#,
-        ),
-        (
-            ImageError::NotFound { image: "busybox".into() }.into(),
-            "ErrImagePull",
-            r#"Failed to pull image "busybox": rpc error: code = NotFound desc = failed to pull and unpack image: not found"#,
-        ),
-        (EnvError::Secret { name: "s".into() }.into(), "CreateContainerConfigError", r#"secret "s" not found"#),
-        (EnvError::ConfigMap { name: "c".into() }.into(), "CreateContainerConfigError", r#"configmap "c" not found"#),
-        (
-            EnvError::SecretKey { namespace: "ns".into(), secret: "s".into(), key: "k".into() }.into(),
-            "CreateContainerConfigError",
-            "couldn't find key k in Secret ns/s",
-        ),
-        (
-            EnvError::ConfigMapKey { name: "c".into(), key: "k".into() }.into(),
-            "CreateContainerConfigError",
-            r#"configmap "c" or its key k not found"#,
-        ),
+    let cases = [
+        Blocked {
+            error: VolumeError::SecretNotFound { volume: "creds".into(), secret: "s".into() }.into(),
+            reason: "ContainerCreating",
+            message: r#"MountVolume.SetUp failed for volume "creds" : secret "s" not found"#,
+        },
+        Blocked {
+            error: VolumeError::ConfigMapNotFound { volume: "cfg".into(), config_map: "c".into() }.into(),
+            reason: "ContainerCreating",
+            message: r#"MountVolume.SetUp failed for volume "cfg" : configmap "c" not found"#,
+        },
+        Blocked {
+            error: ImageError::NotBuilt { image: "rt:1".into(), binary: "/bin/rt".into() }.into(),
+            reason: "ErrImagePull",
+            message: r#"Failed to pull image "rt:1": binary /bin/rt is not built"#,
+        },
+        Blocked {
+            error: ImageError::NotFound { image: "busybox".into() }.into(),
+            reason: "ErrImagePull",
+            message: r#"Failed to pull image "busybox": rpc error: code = NotFound desc = failed to pull and unpack image: not found"#,
+        },
+        Blocked {
+            error: EnvError::Secret { name: "s".into() }.into(),
+            reason: "CreateContainerConfigError",
+            message: r#"secret "s" not found"#,
+        },
+        Blocked {
+            error: EnvError::ConfigMap { name: "c".into() }.into(),
+            reason: "CreateContainerConfigError",
+            message: r#"configmap "c" not found"#,
+        },
+        Blocked {
+            error: EnvError::SecretKey { namespace: "ns".into(), secret: "s".into(), key: "k".into() }.into(),
+            reason: "CreateContainerConfigError",
+            message: "couldn't find key k in Secret ns/s",
+        },
+        Blocked {
+            error: EnvError::ConfigMapKey { name: "c".into(), key: "k".into() }.into(),
+            reason: "CreateContainerConfigError",
+            message: r#"configmap "c" or its key k not found"#,
+        },
     ];
-    for (error, reason, message) in cases {
-        assert_eq!((error.reason(), error.to_string().as_str()), (reason, message));
+    for case in cases {
+        assert_eq!(case.error.reason(), case.reason, "{}", case.message);
+        assert_eq!(case.error.to_string(), case.message);
     }
 }
