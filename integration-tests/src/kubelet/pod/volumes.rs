@@ -1,6 +1,6 @@
 //! Volumes as directories under the pod's work dir: Secret and ConfigMap keys as
-//! files, emptyDir as an empty directory, PersistentVolumeClaims shared by claim name,
-//! hostPath as the host's own path.
+//! files, emptyDir (or any other source) as an empty directory, PersistentVolumeClaims
+//! shared by claim name, hostPath as the host's own path.
 use super::PodCtx;
 use crate::emulator::store::meta_str;
 use base64::Engine as _;
