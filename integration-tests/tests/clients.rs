@@ -18,40 +18,19 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use integration_tests::bins::{bin_path, workspace_root};
 use serde_json::Value;
+use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
 // ---------------------------------------------------------------------------------------
 
-/// A directory under the system temp dir, removed on drop (no tempfile crate here).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "clients-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory under the system temp dir, removed on drop.
+fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("clients-{tag}-")).tempdir().expect("create temp dir")
 }
 
 /// The checkout these tests run in. Prefers the runtime `CARGO_MANIFEST_DIR` (set by
@@ -116,7 +95,7 @@ struct Origin {
 impl Origin {
     fn start() -> Self {
         require_tool("openssl");
-        let dir = TempDir::new("origin");
+        let dir = temp_dir("origin");
         let marker = format!("origin-marker-{}-{}", std::process::id(), dir.path().display().to_string().len());
         let mut child = Command::new(venv_python())
             .arg(clients_dir().join("origin.py"))
@@ -188,7 +167,7 @@ struct Sidecar {
 
 impl Sidecar {
     fn start() -> Self {
-        let dir = TempDir::new("sidecar");
+        let dir = temp_dir("sidecar");
         let ready = dir.path().join("ready.json");
         let log = std::fs::File::create(dir.path().join("sidecar.log")).expect("sidecar log file");
         let mut child = Command::new(sidecar_bin())
@@ -326,7 +305,7 @@ fn node_fetch(args: &[&str], env: &[(&str, &str)]) -> Value {
 /// Headless Chromium loading `url` through `proxy`; returns the dumped DOM and stderr.
 fn chromium(proxy: &str, url: &str) -> Output {
     let browser = require_tool("chromium");
-    let profile = TempDir::new("chromium");
+    let profile = temp_dir("chromium");
     let mut cmd = Command::new(require_tool("timeout"));
     clean(&mut cmd, &[]);
     cmd.arg("90")
@@ -409,7 +388,7 @@ fn curl_posts_chunked_body_through_proxy() {
     let origin = Origin::start();
     let sidecar = Sidecar::start();
     let body = "x".repeat(100_000) + "-end";
-    let body_file = TempDir::new("body");
+    let body_file = temp_dir("body");
     let path = body_file.path().join("body");
     std::fs::write(&path, &body).unwrap();
     let data = format!("@{}", path.display());
@@ -548,7 +527,7 @@ fn curl_no_proxy_bypasses_the_sidecar() {
 
 #[test]
 fn curl_through_proxy_to_the_sidecar_itself_reaches_its_own_api() {
-    // CONTRACTS.md: NO_PROXY is empty by default, so a runtime's calls to the sidecar's
+    // common/CONTRACTS.md: NO_PROXY is empty by default, so a runtime's calls to the sidecar's
     // own address also arrive absolute-form through the proxy; the sidecar serves them.
     let sidecar = Sidecar::start();
     let url = format!("{}/healthz", sidecar.url());

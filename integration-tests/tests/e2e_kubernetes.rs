@@ -291,7 +291,7 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
     let addrs = [free_addr(), free_addr()];
     cluster.install(&addrs).await;
-    let dir = integration_tests::emulator::TempDir::new("e2e").unwrap();
+    let dir = tempfile::Builder::new().prefix("e2e-").tempdir().unwrap();
     // Out of the cluster, the job manager reaches a persistent runtime's Service through
     // the kubelet's forwarder for it (in a cluster: the Service's DNS name).
     let mut persistent_endpoints = BTreeMap::new();

@@ -6,7 +6,7 @@ use tokio::io::AsyncBufReadExt;
 
 #[tokio::test]
 async fn the_binary_serves_the_api_and_its_admin_endpoint() {
-    let dir = integration_tests::emulator::TempDir::new("kube-emulator-bin").unwrap();
+    let dir = tempfile::Builder::new().prefix("kube-emulator-bin-").tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     let mut child = tokio::process::Command::new(integration_tests::bins::bin_path("kube-emulator"))
         .args(["--listen", "127.0.0.1:0", "--namespace", "e2e", "--kubeconfig"])

@@ -261,7 +261,12 @@ async fn a_pod_quota_refuses_pods_and_the_job_controller_says_so() {
     let (emu, _kubelet, raw, _got) = cluster().await;
     let quota = json!({"metadata": {"name": "team-quota"}, "spec": {"hard": {"pods": "1"}}});
     assert_eq!(raw.post(&format!("/api/v1/namespaces/{NS}/resourcequotas"), &quota).await.code, 201);
-    let pod = |name: &str| json!({"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "test-runtime", "args": ["sleep", "30"]}]}});
+    // A pod that keeps running (the persistent runtime serves until stopped), so it counts
+    // against the quota until it is deleted.
+    let pod = |name: &str| {
+        json!({"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "test-runtime",
+        "args": ["--serve", "127.0.0.1:0"], "env": [{"name": "JOB_API_URL", "value": "http://127.0.0.1:9"}]}]}})
+    };
     assert_eq!(raw.post(&format!("/api/v1/namespaces/{NS}/pods"), &pod("first")).await.code, 201);
     // The second pod is over the quota: 403 with the API server's wording.
     let r = raw.post(&format!("/api/v1/namespaces/{NS}/pods"), &pod("second")).await;

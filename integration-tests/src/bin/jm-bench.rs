@@ -1,4 +1,4 @@
-//! `jm-bench`: load driver for the job-manager benchmarks (`integration-tests/bench/job-manager.sh`).
+//! `jm-bench`: load driver for the job-manager benchmarks (`integration-tests/bench/job-manager/bench.sh`).
 //!
 //! - `submit`: queue N jobs at an embedded broker's admin API (`POST /admin/v1/jobs`).
 //! - `wait-results`: wait until N jobs with a prefix have results at the broker; prints

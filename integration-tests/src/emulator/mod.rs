@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -78,32 +79,22 @@ pub struct Emulator {
     addr: SocketAddr,
     kubeconfig: PathBuf,
     state: Arc<ServerState>,
-    _temp: Option<TempDir>,
+    temp: Option<TempDir>,
     shutdown: watch::Sender<bool>,
 }
 
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> std::io::Result<Self> {
-        let p = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), store::random_suffix(8)));
-        std::fs::create_dir_all(&p)?;
-        Ok(Self(p))
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
+/// A scratch directory under the system temp dir, removed on drop; named
+/// `{prefix}-{pid}-…` so a leftover one is recognisable.
+pub(crate) fn scratch_dir(prefix: &str) -> std::io::Result<TempDir> {
+    tempfile::Builder::new().prefix(&format!("{prefix}-{}-", std::process::id())).tempdir()
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // A failing test keeps its logs for inspection.
-        if std::thread::panicking() {
-            eprintln!("kept {} (the test failed)", self.0.display());
-            return;
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Called from a `Drop`: a failing test keeps its scratch directory (logs, kubeconfig)
+/// for inspection.
+pub(crate) fn keep_if_failing(dir: &mut TempDir) {
+    if std::thread::panicking() {
+        dir.disable_cleanup(true);
+        eprintln!("kept {} (the test failed)", dir.path().display());
     }
 }
 
@@ -122,8 +113,7 @@ impl Emulator {
         let (temp, kubeconfig) = match &opts.kubeconfig_path {
             Some(p) => (None, p.clone()),
             None => {
-                let t =
-                    TempDir::new("kube-emulator").map_err(|e| EmulatorError::Kubeconfig(std::env::temp_dir(), e))?;
+                let t = scratch_dir("kube-emulator").map_err(|e| EmulatorError::Kubeconfig(std::env::temp_dir(), e))?;
                 let p = t.path().join("kubeconfig");
                 (Some(t), p)
             }
@@ -140,7 +130,7 @@ impl Emulator {
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(serve(listener, state.clone(), shutdown_rx));
-        Ok(Self { addr, kubeconfig, state, _temp: temp, shutdown })
+        Ok(Self { addr, kubeconfig, state, temp, shutdown })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -202,6 +192,9 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
         self.drop_watches();
+        if let Some(temp) = &mut self.temp {
+            keep_if_failing(temp);
+        }
     }
 }
 
@@ -223,5 +216,39 @@ async fn serve(listener: TcpListener, state: Arc<ServerState>, mut shutdown: wat
                 _ = shutdown.changed() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holds a scratch dir the way `Emulator` and `Kubelet` do.
+    struct Holder(TempDir);
+
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            keep_if_failing(&mut self.0);
+        }
+    }
+
+    #[test]
+    fn scratch_dirs_are_removed_unless_the_test_fails() {
+        let passed = Holder(scratch_dir("scratch-test").unwrap());
+        let passed_path = passed.0.path().to_path_buf();
+        assert!(passed_path.file_name().unwrap().to_string_lossy().starts_with("scratch-test-"));
+        drop(passed);
+        assert!(!passed_path.exists());
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let failed = std::thread::spawn(move || {
+            let held = Holder(scratch_dir("scratch-test").unwrap());
+            tx.send(held.0.path().to_path_buf()).unwrap();
+            panic!("a failing test");
+        });
+        assert!(failed.join().is_err());
+        let kept = rx.recv().unwrap();
+        assert!(kept.is_dir(), "{} was removed", kept.display());
+        std::fs::remove_dir_all(kept).unwrap();
     }
 }

@@ -1,13 +1,13 @@
 //! The emulated node: a process kubelet (pods run as local processes — the real
 //! `sidecar` and `test-runtime` binaries), the Job and Deployment controllers, and
-//! Service networking through local forwarders. See `pod.rs` for the pod lifecycle
-//! and `network.rs` for how ports and Service names map onto loopback.
+//! Service networking through local forwarders. See [`pod`] for the pod lifecycle
+//! and [`network`] for how ports and Service names map onto loopback.
 pub mod controllers;
 pub mod network;
 pub mod pod;
 
 use crate::emulator::store::{meta_str, Store, StoreEvent};
-use crate::emulator::{Emulator, TempDir};
+use crate::emulator::{keep_if_failing, scratch_dir, Emulator};
 use network::Network;
 use pod::{PodCtx, Stop};
 use serde_json::Value;
@@ -99,7 +99,7 @@ pub struct Kubelet {
     work_dir: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pods: Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>>,
-    _temp: Option<TempDir>,
+    temp: Option<tempfile::TempDir>,
 }
 
 impl Kubelet {
@@ -108,7 +108,7 @@ impl Kubelet {
         store.set_graceful_pods(true);
         let mut opts = opts;
         let temp = if opts.work_dir.as_os_str().is_empty() {
-            let t = TempDir::new("kubelet").expect("temp dir for pods");
+            let t = scratch_dir("kubelet").expect("temp dir for pods");
             opts.work_dir = t.path().to_path_buf();
             Some(t)
         } else {
@@ -185,7 +185,7 @@ impl Kubelet {
                 }
             }));
         }
-        Self { store, net, work_dir: opts.work_dir, tasks, pods, _temp: temp }
+        Self { store, net, work_dir: opts.work_dir, tasks, pods, temp }
     }
 
     /// The loopback address of a Service port (its forwarder starts on first use).
@@ -226,6 +226,9 @@ impl Drop for Kubelet {
             t.abort();
         }
         self.store.set_graceful_pods(false);
+        if let Some(temp) = &mut self.temp {
+            keep_if_failing(temp);
+        }
     }
 }
 

@@ -1,0 +1,55 @@
+//! One pod as local processes. Order follows the kubelet: schedule (nodeSelector),
+//! volumes, init containers one by one (a native sidecar — an init container with
+//! `restartPolicy: Always` — is started and its startupProbe polled until it passes
+//! before the next one starts), then all main containers; when the main containers
+//! are done the sidecars get SIGTERM, and the pod's phase is derived from the main
+//! containers' exit codes. Deletion sends SIGTERM, waits the grace period, SIGKILLs.
+//!
+//! The pieces, in the order a pod meets them:
+//! - `spec`: reads the pod spec into launches (images to binaries, ports, argv);
+//! - `volumes` and `env`: materialise volumes and resolve environment variables;
+//! - `lifecycle`: the worker that schedules, starts, probes and stops the containers;
+//! - `process`: one container as one restarted child process;
+//! - `probe`: startup and readiness probes against the pod's ports;
+//! - `status`: container statuses and the pod status the kubelet writes.
+mod env;
+mod lifecycle;
+mod probe;
+mod process;
+mod spec;
+mod status;
+mod volumes;
+
+pub use env::{expand, map_mounts};
+pub use lifecycle::run;
+pub use spec::image_binary;
+
+use super::network::Network;
+use super::KubeletOptions;
+use crate::emulator::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Set on a pod to have the kubelet kill that container as if the kernel's OOM
+/// killer had (exit 137, reason `OOMKilled`).
+pub const OOM_KILL_ANNOTATION: &str = "emulator.kube/oom-kill";
+pub const KUBELET: &str = "kubelet";
+
+/// What the dispatcher tells a pod worker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stop {
+    Run,
+    /// Graceful deletion with this grace period.
+    Terminate(Duration),
+    /// The object is gone: kill at once, write nothing.
+    Gone,
+}
+
+pub struct PodCtx {
+    pub store: Arc<Store>,
+    pub net: Arc<Network>,
+    pub opts: Arc<KubeletOptions>,
+}
+
+#[cfg(test)]
+mod tests;

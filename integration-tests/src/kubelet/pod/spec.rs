@@ -1,0 +1,180 @@
+//! Reading a pod spec into what its processes need: the node selector, images mapped
+//! to binaries, ports, and one launch (binary, argv, env, log) per container.
+use super::super::network::{self, PodNet};
+use super::env::{expand, map_mounts, resolve_env, EnvError};
+use super::process::Launch;
+use super::volumes::{self, VolumeError};
+use super::{PodCtx, OOM_KILL_ANNOTATION};
+use crate::kubelet::KubeletOptions;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub(super) fn node_selector_matches(pod: &Value, node_labels: &BTreeMap<String, String>) -> bool {
+    pod["spec"]["nodeSelector"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| node_labels.get(k).map(String::as_str) == v.as_str()))
+}
+
+pub fn image_binary(opts: &KubeletOptions, image: &str) -> Option<PathBuf> {
+    let repo = image.split('@').next().unwrap_or(image);
+    let repo = match repo.rsplit_once(':') {
+        Some((r, tag)) if !tag.contains('/') => r,
+        _ => repo,
+    };
+    opts.images.iter().find(|(pat, _)| repo.contains(pat.as_str())).map(|(_, p)| p.clone())
+}
+
+/// The image's default arguments when the container sets neither command nor args.
+pub(super) fn image_default_args(opts: &KubeletOptions, c: &Value) -> Vec<String> {
+    let unset = |k: &str| c[k].as_array().is_none_or(Vec::is_empty);
+    if !(unset("command") && unset("args")) {
+        return vec![];
+    }
+    let image = c["image"].as_str().unwrap_or_default();
+    opts.image_args.iter().find(|(pat, _)| image.contains(pat.as_str())).map(|(_, a)| a.clone()).unwrap_or_default()
+}
+
+/// What a pod's processes need, resolved before any of them starts.
+pub(super) struct Prepared {
+    /// One per container: init containers first, in order, then the main ones.
+    pub launches: Vec<Launch>,
+    pub net: PodNet,
+}
+
+/// A container that cannot start yet; the kubelet shows the reason and retries.
+#[derive(Debug)]
+pub(super) struct Blocked {
+    /// Index over init containers then main containers (volumes block the first).
+    pub container: usize,
+    pub error: PrepareError,
+}
+
+/// Why a container cannot start yet.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PrepareError {
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+}
+
+impl PrepareError {
+    /// The container's waiting reason, as the kubelet reports it: a stable label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PrepareError::Volume(_) => "ContainerCreating",
+            PrepareError::Image(_) => "ErrImagePull",
+            PrepareError::Env(_) => "CreateContainerConfigError",
+        }
+    }
+}
+
+/// An image no binary stands in for.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ImageError {
+    #[error("Failed to pull image {image:?}: binary {} is not built", .binary.display())]
+    NotBuilt { image: String, binary: PathBuf },
+    #[error(
+        "Failed to pull image {image:?}: rpc error: code = NotFound desc = failed to pull and unpack image: not found"
+    )]
+    NotFound { image: String },
+}
+
+/// Resolves everything a pod needs before any process starts.
+pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared, Blocked> {
+    let spec = &pod["spec"];
+    let containers: Vec<&Value> = spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["containers"].as_array().into_iter().flatten())
+        .collect();
+    let volumes = volumes::materialise(ctx, pod, dir).map_err(|e| Blocked { container: 0, error: e.into() })?;
+    // Ports: declared ones plus any loopback/wildcard port written in env or args.
+    let mut net = PodNet::default();
+    let mut pod_ports: Vec<u16> = Vec::new();
+    for c in &containers {
+        for p in c["ports"].as_array().into_iter().flatten() {
+            let n = p["containerPort"].as_u64().unwrap_or(0) as u16;
+            pod_ports.push(n);
+            if let Some(pn) = p["name"].as_str() {
+                net.names.insert(pn.into(), n);
+            }
+        }
+        for e in c["env"].as_array().into_iter().flatten() {
+            pod_ports.extend(network::local_ports_in(e["value"].as_str().unwrap_or_default()));
+        }
+        for a in c["args"].as_array().into_iter().chain(c["command"].as_array()).flatten() {
+            pod_ports.extend(network::local_ports_in(a.as_str().unwrap_or_default()));
+        }
+        for a in image_default_args(&ctx.opts, c) {
+            pod_ports.extend(network::local_ports_in(&a));
+        }
+    }
+    for p in pod_ports {
+        if p != 0 && !net.ports.contains_key(&p) {
+            net.ports.insert(p, network::free_port());
+        }
+    }
+    let mut launches = Vec::new();
+    let oom_target = pod["metadata"]["annotations"][OOM_KILL_ANNOTATION].as_str().unwrap_or_default().to_string();
+    for (idx, c) in containers.iter().enumerate() {
+        let cname = c["name"].as_str().unwrap_or_default();
+        let image = c["image"].as_str().unwrap_or_default();
+        let binary = match image_binary(&ctx.opts, image) {
+            Some(b) if b.is_file() => b,
+            Some(b) => {
+                let error = ImageError::NotBuilt { image: image.into(), binary: b }.into();
+                return Err(Blocked { container: idx, error });
+            }
+            None => return Err(Blocked { container: idx, error: ImageError::NotFound { image: image.into() }.into() }),
+        };
+        let mounts: Vec<(String, PathBuf)> = c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let vdir = volumes.get(m["name"].as_str()?)?;
+                let sub = m["subPath"].as_str().unwrap_or_default();
+                let d = if sub.is_empty() { vdir.clone() } else { vdir.join(sub) };
+                if !sub.is_empty() {
+                    let _ = std::fs::create_dir_all(&d);
+                }
+                Some((m["mountPath"].as_str()?.trim_end_matches('/').to_string(), d))
+            })
+            .collect();
+        let env = resolve_env(ctx, pod, c).map_err(|e| Blocked { container: idx, error: e.into() })?;
+        let rewrite = |s: &str| {
+            let s = map_mounts(s, &mounts);
+            let s = network::remap_ports(&s, &net.ports);
+            ctx.net.rewrite_service_hosts(&ctx.store, &s)
+        };
+        let vars: HashMap<String, String> = env.iter().cloned().collect();
+        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, rewrite(&v))).collect();
+        let command: Vec<String> = c["command"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(|s| expand(s, &vars)))
+            .collect();
+        let mut args: Vec<String> =
+            c["args"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(|s| expand(s, &vars))).collect();
+        if command.is_empty() && args.is_empty() {
+            args = image_default_args(&ctx.opts, c);
+        }
+        // The image's entrypoint is the mapped binary; command[0] names it inside the image.
+        let argv: Vec<String> = command.iter().skip(1).chain(args.iter()).map(|a| rewrite(a)).collect();
+        launches.push(Launch {
+            name: cname.into(),
+            binary,
+            args: argv,
+            env,
+            log: dir.join("logs").join(format!("{cname}.log")),
+            oom: oom_target == cname,
+        });
+    }
+    Ok(Prepared { launches, net })
+}

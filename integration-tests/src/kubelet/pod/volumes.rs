@@ -1,0 +1,97 @@
+//! Volumes as directories under the pod's work dir: Secret and ConfigMap keys as
+//! files, emptyDir (or any other source) as an empty directory, PersistentVolumeClaims
+//! shared by claim name, hostPath as the host's own path.
+use super::PodCtx;
+use crate::emulator::store::meta_str;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A volume whose source is missing (the pod waits in `ContainerCreating`).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum VolumeError {
+    #[error("MountVolume.SetUp failed for volume {volume:?} : secret {secret:?} not found")]
+    SecretNotFound { volume: String, secret: String },
+    #[error("MountVolume.SetUp failed for volume {volume:?} : configmap {config_map:?} not found")]
+    ConfigMapNotFound { volume: String, config_map: String },
+}
+
+/// Materialises the pod's volumes; returns each volume's directory by volume name.
+pub(super) fn materialise(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<HashMap<String, PathBuf>, VolumeError> {
+    let ns = meta_str(pod, "namespace");
+    let spec = &pod["spec"];
+    let mut volumes: HashMap<String, PathBuf> = HashMap::new();
+    let secret_rt = ctx.store.find_kind("v1", "Secret");
+    let cm_rt = ctx.store.find_kind("v1", "ConfigMap");
+    for v in spec["volumes"].as_array().into_iter().flatten() {
+        let vname = v["name"].as_str().unwrap_or_default();
+        let vdir = dir.join("volumes").join(vname);
+        if let Some(s) = v.get("secret") {
+            let sname = s["secretName"].as_str().unwrap_or_default();
+            match secret_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, sname).ok()) {
+                Some(secret) => write_keys(&vdir, &secret["data"], s.get("items"), true),
+                None if s["optional"] == json!(true) => {
+                    let _ = std::fs::create_dir_all(&vdir);
+                }
+                None => return Err(VolumeError::SecretNotFound { volume: vname.into(), secret: sname.into() }),
+            }
+        } else if let Some(c) = v.get("configMap") {
+            let cname = c["name"].as_str().unwrap_or_default();
+            match cm_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, cname).ok()) {
+                Some(cm) => write_keys(&vdir, &cm["data"], c.get("items"), false),
+                None if c["optional"] == json!(true) => {
+                    let _ = std::fs::create_dir_all(&vdir);
+                }
+                None => return Err(VolumeError::ConfigMapNotFound { volume: vname.into(), config_map: cname.into() }),
+            }
+        } else if let Some(pvc) = v.get("persistentVolumeClaim") {
+            let claim = pvc["claimName"].as_str().unwrap_or_default();
+            let shared = ctx.opts.work_dir.join("volumes").join(ns).join(claim);
+            let _ = std::fs::create_dir_all(&shared);
+            volumes.insert(vname.into(), shared);
+            continue;
+        } else if let Some(h) = v.get("hostPath") {
+            volumes.insert(vname.into(), PathBuf::from(h["path"].as_str().unwrap_or("/")));
+            continue;
+        } else {
+            let _ = std::fs::create_dir_all(&vdir);
+        }
+        volumes.insert(vname.into(), vdir);
+    }
+    Ok(volumes)
+}
+
+fn write_keys(dir: &Path, data: &Value, items: Option<&Value>, base64: bool) {
+    let _ = std::fs::create_dir_all(dir);
+    let decode = |v: &Value| -> Vec<u8> {
+        let s = v.as_str().unwrap_or_default();
+        if base64 {
+            base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
+        } else {
+            s.as_bytes().to_vec()
+        }
+    };
+    let Some(map) = data.as_object() else { return };
+    match items.and_then(Value::as_array) {
+        Some(items) => {
+            for it in items {
+                let (Some(k), Some(p)) = (it["key"].as_str(), it["path"].as_str()) else {
+                    continue;
+                };
+                if let Some(v) = map.get(k) {
+                    let f = dir.join(p);
+                    if let Some(parent) = f.parent() {
+                        let _ = std::fs::create_dir_all(parent);
+                    }
+                    let _ = std::fs::write(f, decode(v));
+                }
+            }
+        }
+        None => {
+            for (k, v) in map {
+                let _ = std::fs::write(dir.join(k), decode(v));
+            }
+        }
+    }
+}
