@@ -24,4 +24,5 @@ pub mod dispatcher;
 pub mod metrics;
 pub mod readiness;
 pub mod results;
+pub mod serve;
 pub mod telemetry;

@@ -2,14 +2,13 @@
 //! Every request is checked for the bearer key first, then routed; bodies are bounded;
 //! a malformed body gets 400, a well-formed one of the wrong shape 422, a huge one 413.
 use super::{CallRecord, EmbeddedBroker, Injected, QueueError, NO_ANSWER};
+use crate::serve::{serve_http1, ServeSettings};
 use bytes::Bytes;
 use common::broker::{AckRequest, ErrorBody, PollRequest, ReleaseRequest, POLL_PATH, QUEUE_PATH};
 use common::{Job, JobId, JobResult};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -17,6 +16,8 @@ use std::time::Duration;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// A client must send its request head within this time (slow-client guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 4096;
 /// After shutdown, open requests get this long before connections are cut.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -32,41 +33,21 @@ pub(super) async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving once it passes.
-                    tracing::warn!(error = %e, "embedded broker: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let settings = ServeSettings {
+        name: "embedded_broker",
+        max_connections: MAX_CONNECTIONS,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    let service_for = || {
+        // A broker that is "down" (fault injection) drops connections unanswered.
         if broker.faults.is_down() {
-            drop(stream);
-            continue;
+            return None;
         }
         let b = broker.clone();
-        let svc = hyper::service::service_fn(move |req| handle(b.clone(), req));
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "embedded broker: connection ended");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("embedded broker: open connections did not finish within {DRAIN_TIMEOUT:?}");
-    }
-    Ok(())
+        Some(hyper::service::service_fn(move |req| handle(b.clone(), req)))
+    };
+    serve_http1(listener, settings, service_for, shutdown).await
 }
 
 async fn handle(broker: EmbeddedBroker, req: Request<Incoming>) -> Result<Answer, Dropped> {

@@ -30,6 +30,7 @@ pub use refusal::Refusal;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::results::{Recorded, ResultIntake, ResultStore};
+use crate::serve::{serve_http1, ServeSettings};
 use bytes::Bytes;
 use common::secret::Secret;
 use common::token::TokenSigner;
@@ -38,7 +39,6 @@ use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use refusal::{json_response, rescue, text};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -233,47 +233,19 @@ pub async fn serve<S: ResultStore>(
     api: Arc<ResultApi<S>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let connections = Arc::new(tokio::sync::Semaphore::new(api.limits.max_connections));
+    let settings = ServeSettings {
+        name: "result_api",
+        max_connections: api.limits.max_connections,
+        header_read_timeout: api.limits.header_read_timeout,
+        drain_timeout: Duration::from_secs(5),
+    };
     let routes = Arc::new(api.routes());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = connections.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
-        let (stream, _peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let header_timeout = api.limits.header_read_timeout;
+    let service_for = || {
         let (api, routes) = (api.clone(), routes.clone());
-        let service = hyper::service::service_fn(move |req| {
+        Some(hyper::service::service_fn(move |req| {
             let response = api.route(&routes, req);
             async move { Ok::<_, Infallible>(response.await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(5)) => tracing::warn!("connections still open after 5s; closing"),
-    }
-    Ok(())
+        }))
+    };
+    serve_http1(listener, settings, service_for, shutdown.cancelled_owned()).await
 }
