@@ -1,4 +1,7 @@
+use super::normalize::strip_userinfo;
 use super::*;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::Uri;
 
 #[test]
 fn hop_by_hop_headers_and_connection_listed_ones_go() {
