@@ -3,9 +3,10 @@ use super::*;
 fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let mut argv = vec!["sidecar"];
     argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("flags parse");
     let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    parse_config(&cli, &map)
+    let cli = Cli::try_parse_with_env(argv, &map).expect("flags parse");
+    // The first error: the cases below name the setting a check stops at.
+    parse_config(&cli, &map).map_err(|errors| errors.first().clone())
 }
 
 #[test]
@@ -174,4 +175,24 @@ fn upstream_proxy_bypass_list() {
         let e = parse(args, env).unwrap_err();
         assert_eq!(e.setting, ENV_UPSTREAM_PROXY_BYPASS, "{args:?} {env:?}: {e}");
     }
+}
+
+#[test]
+fn every_bad_setting_is_reported_at_once_in_check_order() {
+    let map: HashMap<String, String> = [(ENV_DENY_PRIVATE, "maybe"), (ENV_LOG_FORMAT, "xml")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let cli = Cli::try_parse_with_env(["sidecar", "--listen", "x", "--max-tunnels", "0"], &map).unwrap();
+    let errors = parse_config(&cli, &map).unwrap_err();
+    let settings: Vec<&str> = errors.0.iter().map(|e| e.setting).collect();
+    assert_eq!(settings, [ENV_LISTEN, ENV_DENY_PRIVATE, ENV_LOG_FORMAT, ENV_MAX_TUNNELS]);
+    assert_eq!(errors.to_string().lines().count(), 4, "{errors}");
+}
+
+#[test]
+fn empty_values_fall_back_to_the_defaults_clap_owns() {
+    let c = parse(&["--listen", " "], &[(ENV_LOG_LEVEL, ""), (ENV_MAX_TUNNELS, "  ")]).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:3128".parse().unwrap());
+    assert_eq!((c.log_level.as_str(), c.limits.max_tunnels), ("info", Limits::default().max_tunnels));
 }

@@ -3,7 +3,6 @@
 //! that talks to the proxy in absolute form.
 #![allow(dead_code)]
 use bytes::Bytes;
-use clap::Parser;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -27,8 +26,8 @@ use tokio::task::JoinHandle;
 pub fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
     let mut argv = vec!["sidecar", "--listen", "127.0.0.1:0"];
     argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("flags parse");
     let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let cli = Cli::try_parse_with_env(argv, &map).expect("flags parse");
     parse_config(&cli, &map).expect("valid config")
 }
 
