@@ -337,39 +337,25 @@ impl FakeJobManager {
     }
 }
 
-/// A private temporary directory, removed when dropped.
-pub struct TempDir(std::path::PathBuf);
+/// A private temporary directory (`tempfile`: a unique name, removed when dropped),
+/// usable wherever a `&Path` is.
+pub struct TempDir(tempfile::TempDir);
 
 impl std::ops::Deref for TempDir {
     type Target = std::path::Path;
     fn deref(&self) -> &std::path::Path {
-        &self.0
+        self.0.path()
     }
 }
 
 impl AsRef<std::path::Path> for TempDir {
     fn as_ref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
 pub fn temp_dir(name: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("sidecar-test-{name}-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&d).unwrap();
-    TempDir(d)
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
-    h.finish()
+    TempDir(tempfile::Builder::new().prefix(&format!("sidecar-test-{name}-")).tempdir().unwrap())
 }
 
 /// Polls `cond` every 10 ms for up to 5 s (for effects with no event to wait on, such
