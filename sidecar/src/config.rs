@@ -397,7 +397,9 @@ impl Check<'_> {
     }
 
     fn default_of(&self, id: &str) -> Option<String> {
-        let arg = self.cmd.get_arguments().find(|a| a.get_id() == id)?;
+        let arg = self.cmd.get_arguments().find(|a| a.get_id() == id);
+        debug_assert!(arg.is_some(), "no argument {id:?}");
+        let arg = arg?;
         arg.get_default_values().first()?.to_str().map(String::from)
     }
 
@@ -561,7 +563,7 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
             None
         }
     };
-    let ingress_given = cli_given(&c, &cli.ingress_listen, "ingress_listen");
+    let ingress_given = c.one(&cli.ingress_listen, "ingress_listen").is_some();
 
     let upstream_proxy_insecure =
         c.flag(&cli.upstream_proxy_insecure, ENV_UPSTREAM_PROXY_INSECURE, "--upstream-proxy-insecure");
@@ -753,10 +755,6 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
         limits,
         worker_threads,
     })
-}
-
-fn cli_given(c: &Check<'_>, value: &Option<String>, id: &str) -> bool {
-    c.one(value, id).is_some()
 }
 
 fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
