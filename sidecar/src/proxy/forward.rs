@@ -17,8 +17,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::Service;
 
+/// Cheap to clone (one `Arc`): the stack is cloned for every request.
 #[derive(Clone)]
 pub struct Forward {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     client: Client<PolicyConnector, Incoming>,
     duration: Histogram,
 }
@@ -32,7 +37,7 @@ impl Forward {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(PolicyConnector(dialer));
-        Self { client, duration }
+        Self { shared: Arc::new(Shared { client, duration }) }
     }
 }
 
@@ -48,11 +53,10 @@ impl Service<Request<Incoming>> for Forward {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
-        let response = self.client.request(req);
-        let duration = self.duration.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
-            let resp = response.await?;
-            duration.observe(started.elapsed().as_secs_f64());
+            let resp = shared.client.request(req).await?;
+            shared.duration.observe(started.elapsed().as_secs_f64());
             Ok(resp.map(Either::Left))
         })
     }

@@ -31,7 +31,7 @@ pub enum RouteError {
 }
 
 /// Per-kind request counters, fetched once: no label lookup on the hot path.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct KindCounters {
     forward: Counter,
     connect: Counter,
@@ -50,7 +50,7 @@ impl KindCounters {
 #[derive(Clone, Debug)]
 pub struct Route<C, L, F> {
     self_addr: SocketAddr,
-    counters: KindCounters,
+    counters: Arc<KindCounters>,
     connect: C,
     local: L,
     forward: F,
@@ -58,7 +58,7 @@ pub struct Route<C, L, F> {
 
 impl<C, L, F> Route<C, L, F> {
     pub fn new(self_addr: SocketAddr, counters: KindCounters, connect: C, local: L, forward: F) -> Self {
-        Self { self_addr, counters, connect, local, forward }
+        Self { self_addr, counters: Arc::new(counters), connect, local, forward }
     }
 
     /// Our own listen address, however it is spelled (`localhost`, `127.1`, ...).

@@ -28,28 +28,32 @@ pub struct TunnelSlots {
 
 #[derive(Clone, Debug)]
 pub struct TunnelLimitLayer {
+    caps: Arc<Caps>,
+}
+
+#[derive(Debug)]
+struct Caps {
     tunnels: Arc<Semaphore>,
     connections: ConnectionLimit,
 }
 
 impl TunnelLimitLayer {
     pub fn new(max_tunnels: usize, connections: ConnectionLimit) -> Self {
-        Self { tunnels: Arc::new(Semaphore::new(max_tunnels)), connections }
+        Self { caps: Arc::new(Caps { tunnels: Arc::new(Semaphore::new(max_tunnels)), connections }) }
     }
 }
 
 impl<S> Layer<S> for TunnelLimitLayer {
     type Service = TunnelLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        TunnelLimit { inner, tunnels: self.tunnels.clone(), connections: self.connections.clone() }
+        TunnelLimit { inner, caps: self.caps.clone() }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct TunnelLimit<S> {
     inner: S,
-    tunnels: Arc<Semaphore>,
-    connections: ConnectionLimit,
+    caps: Arc<Caps>,
 }
 
 impl<S, B> Service<Request<B>> for TunnelLimit<S>
@@ -66,12 +70,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let slots = self
+        let caps = &self.caps;
+        let slots = caps
             .tunnels
             .clone()
             .try_acquire_owned()
             .map_err(|_| TunnelLimitError::Tunnels)
-            .and_then(|t| Ok((t, self.connections.try_acquire().map_err(|_| TunnelLimitError::Connections)?)));
+            .and_then(|t| Ok((t, caps.connections.try_acquire().map_err(|_| TunnelLimitError::Connections)?)));
         match slots {
             Ok(slots) => {
                 req.extensions_mut().insert(TunnelSlots { _slots: Arc::new(slots) });
