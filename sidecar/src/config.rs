@@ -383,8 +383,9 @@ impl From<ConfigError> for ConfigErrors {
 
 /// The one validation pass: reads raw values, collects every failure.
 struct Check<'a> {
-    /// The clap command, for the defaults it owns.
-    cmd: clap::Command,
+    /// The clap command, for the defaults it owns; built only when a value is empty
+    /// (clap has already filled in the defaults of settings not given at all).
+    cmd: std::cell::OnceCell<clap::Command>,
     env: &'a dyn Lookup,
     errors: Vec<ConfigError>,
 }
@@ -397,7 +398,7 @@ impl Check<'_> {
     }
 
     fn default_of(&self, id: &str) -> Option<String> {
-        let arg = self.cmd.get_arguments().find(|a| a.get_id() == id);
+        let arg = self.cmd.get_or_init(Cli::command).get_arguments().find(|a| a.get_id() == id);
         debug_assert!(arg.is_some(), "no argument {id:?}");
         let arg = arg?;
         arg.get_default_values().first()?.to_str().map(String::from)
@@ -460,7 +461,7 @@ fn parse_addr(v: Option<String>, setting: &'static str, flag: &'static str) -> R
 /// [`Cli::try_parse_with_env`]) plus a lookup for the env-only settings (the key, the
 /// job token, `KUBERNETES_SERVICE_HOST`); no I/O.
 pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErrors> {
-    let mut c = Check { cmd: Cli::command(), env: lookup, errors: Vec::new() };
+    let mut c = Check { cmd: std::cell::OnceCell::new(), env: lookup, errors: Vec::new() };
     let d = Limits::default();
     let listen = c
         .ok(parse_addr(c.one(&cli.listen, "listen"), ENV_LISTEN, "--listen"))

@@ -196,3 +196,14 @@ fn empty_values_fall_back_to_the_defaults_clap_owns() {
     assert_eq!(c.listen, "127.0.0.1:3128".parse().unwrap());
     assert_eq!((c.log_level.as_str(), c.limits.max_tunnels), ("info", Limits::default().max_tunnels));
 }
+
+#[test]
+fn a_cli_built_without_clap_gets_claps_defaults() {
+    // Every setting's id is looked up in the clap command (a typo would trip a debug
+    // assertion), and the defaults match what clap fills in.
+    let c = parse_config(&Cli::default(), &HashMap::<String, String>::new()).unwrap();
+    let d = parse(&[], &[]).unwrap();
+    assert_eq!((c.listen, c.limits, c.log_format), (d.listen, d.limits, d.log_format));
+    assert_eq!((c.result_deadline, c.shutdown_grace, c.worker_threads), (d.result_deadline, d.shutdown_grace, 0));
+    assert_eq!(c.log_level, d.log_level);
+}
