@@ -1,5 +1,6 @@
-//! The binary's entry: parse, validate (exit 64 on bad config), load the key, start.
-use crate::config::{parse_config, Cli, Config, ConfigError, KeySource, ProcessEnv, EXIT_BAD_CONFIG};
+//! The binary's entry: parse, validate (every bad setting printed, then exit 64), load
+//! the key, start.
+use crate::config::{parse_config, Cli, ConfigError, ConfigErrors, KeySource, ProcessEnv, EXIT_BAD_CONFIG};
 use clap::Parser;
 use common::secret::Secret;
 use std::io::BufRead;
@@ -41,13 +42,17 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let config = match parse_config(&cli, &ProcessEnv).and_then(|mut c: Config| {
-        c.internal_api_key = load_key(&c.internal_api_key)?;
+    // clap has read the flag-backed settings' env values; the lookup serves the
+    // env-only ones (the key, the job token, KUBERNETES_SERVICE_HOST).
+    let config = match parse_config(&cli, &ProcessEnv).and_then(|mut c| {
+        c.internal_api_key = load_key(&c.internal_api_key).map_err(ConfigErrors::from)?;
         Ok(c)
     }) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("sidecar: {e}");
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("sidecar: {e}");
+            }
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };

@@ -1,9 +1,14 @@
-//! Configuration: flags (clap) over environment variables over defaults, parsed by one
-//! pure function over a string lookup (tests pass a map, never `set_var`) and validated
-//! in one pass. Bad configuration names the setting and exits 64 (`EX_USAGE`).
+//! Configuration: flags over environment variables over defaults. clap owns the flag
+//! names, the env variable of each setting (`ENV_*`) and the defaults, and hands over
+//! raw strings; [`parse_config`] is the one validation pass, pure (tests give env
+//! values as a map through [`Cli::try_parse_with_env`], never `set_var`), that types
+//! every value and collects every bad setting, each named by env variable and flag.
+//! Bad configuration exits 64 (`EX_USAGE` in sysexits.h) after printing them all.
 use crate::authority::{parse_authority, parse_host, Host, Target};
 use crate::policy::{ApiServer, EgressPolicy, HostPattern, UpstreamBypass};
-use clap::Parser;
+use crate::telemetry::log_filter;
+pub use crate::telemetry::LogFormat;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use common::runtime_api::sidecar_env as env;
 use common::secret::Secret;
 use std::collections::HashMap;
@@ -93,124 +98,119 @@ impl Lookup for ProcessEnv {
 /// `--listen` it is a standalone egress proxy with the default policy: cloud metadata,
 /// link-local, loopback, the Kubernetes API and kubelet ports are refused; private
 /// ranges are allowed unless --deny-private. List settings take a comma-separated env
-/// value or a repeated flag.
+/// value or a repeated flag (which replaces the env list); boolean settings take
+/// true/false (1/0, yes/no, on/off) from the environment.
 #[derive(Debug, Default, Parser)]
 #[command(name = "sidecar", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
-    /// Proxy + local runtime API listen address [env: SIDECAR_LISTEN] [default: 127.0.0.1:3128]
-    #[arg(long, value_name = "ADDR")]
+    /// Proxy + local runtime API listen address
+    #[arg(long, value_name = "ADDR", env = ENV_LISTEN, default_value = "127.0.0.1:3128", hide_env_values = true)]
     pub listen: Option<String>,
-    /// Extra listener for /healthz, /readyz, /metrics (pods: 0.0.0.0:9901) [env: SIDECAR_ADMIN_LISTEN]
-    #[arg(long, value_name = "ADDR")]
+    /// Extra listener for /healthz, /readyz, /metrics (pods: 0.0.0.0:9901)
+    #[arg(long, value_name = "ADDR", env = ENV_ADMIN_LISTEN, hide_env_values = true)]
     pub admin_listen: Option<String>,
-    /// CIDR allowed even where a built-in rule would refuse it, e.g. 127.0.0.1/32 for a loopback origin [env: SIDECAR_ALLOW_CIDRS]
-    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    /// CIDR allowed even where a built-in rule would refuse it, e.g. 127.0.0.1/32 for a loopback origin
+    #[arg(long = "allow-cidr", value_name = "CIDR", env = ENV_ALLOW_CIDRS, hide_env_values = true)]
     pub allow_cidrs: Vec<String>,
-    /// CIDR always refused (beats --allow-cidr) [env: SIDECAR_DENY_CIDRS]
-    #[arg(long = "deny-cidr", value_name = "CIDR")]
+    /// CIDR always refused (beats --allow-cidr)
+    #[arg(long = "deny-cidr", value_name = "CIDR", env = ENV_DENY_CIDRS, hide_env_values = true)]
     pub deny_cidrs: Vec<String>,
-    /// Host pattern exempt from the built-in name rules (example.com, *.example.com, .example.com); its addresses are still checked [env: SIDECAR_ALLOW_HOSTS]
-    #[arg(long = "allow-host", value_name = "PATTERN")]
+    /// Host pattern exempt from the built-in name rules (example.com, *.example.com, .example.com); its addresses are still checked
+    #[arg(long = "allow-host", value_name = "PATTERN", env = ENV_ALLOW_HOSTS, hide_env_values = true)]
     pub allow_hosts: Vec<String>,
-    /// Host pattern always refused [env: SIDECAR_DENY_HOSTS]
-    #[arg(long = "deny-host", value_name = "PATTERN")]
+    /// Host pattern always refused
+    #[arg(long = "deny-host", value_name = "PATTERN", env = ENV_DENY_HOSTS, hide_env_values = true)]
     pub deny_hosts: Vec<String>,
-    /// When given, only these destination ports are allowed [env: SIDECAR_ALLOW_PORTS]
-    #[arg(long = "allow-port", value_name = "PORT")]
+    /// When given, only these destination ports are allowed
+    #[arg(long = "allow-port", value_name = "PORT", env = ENV_ALLOW_PORTS, hide_env_values = true)]
     pub allow_ports: Vec<String>,
-    /// Destination port always refused [env: SIDECAR_DENY_PORTS]
-    #[arg(long = "deny-port", value_name = "PORT")]
+    /// Destination port always refused
+    #[arg(long = "deny-port", value_name = "PORT", env = ENV_DENY_PORTS, hide_env_values = true)]
     pub deny_ports: Vec<String>,
-    /// Also refuse private ranges (RFC 1918, CGNAT, ULA) [env: SIDECAR_DENY_PRIVATE=true]
-    #[arg(long)]
-    pub deny_private: bool,
-    /// Log what would be refused but let it through (rollout mode) [env: SIDECAR_REPORT_ONLY=true]
-    #[arg(long)]
-    pub report_only: bool,
-    /// Kubernetes API server address to refuse, IP or IP:PORT; KUBERNETES_SERVICE_HOST is always added [env: SIDECAR_API_SERVER_ADDRESSES]
-    #[arg(long = "api-server-address", value_name = "ADDR")]
+    /// Also refuse private ranges (RFC 1918, CGNAT, ULA)
+    #[arg(long, env = ENV_DENY_PRIVATE, num_args = 0, default_missing_value = "true", value_name = "BOOL", hide_env_values = true)]
+    pub deny_private: Option<String>,
+    /// Log what would be refused but let it through (rollout mode)
+    #[arg(long, env = ENV_REPORT_ONLY, num_args = 0, default_missing_value = "true", value_name = "BOOL", hide_env_values = true)]
+    pub report_only: Option<String>,
+    /// Kubernetes API server address to refuse, IP or IP:PORT; KUBERNETES_SERVICE_HOST is always added
+    #[arg(long = "api-server-address", value_name = "ADDR", env = ENV_API_SERVER_ADDRESSES, hide_env_values = true)]
     pub api_server_addresses: Vec<String>,
-    /// Ephemeral job: directory holding job.json and token [env: SIDECAR_JOB_DIR]
-    #[arg(long, value_name = "DIR")]
+    /// Ephemeral job: directory holding job.json and token
+    #[arg(long, value_name = "DIR", env = ENV_JOB_DIR, hide_env_values = true)]
     pub job_dir: Option<String>,
-    /// Job manager base URL (http); results go there and calls to it get the internal key [env: SIDECAR_JOB_MANAGER_URL]
-    #[arg(long, value_name = "URL")]
+    /// Job manager base URL (http); results go there and calls to it get the internal key
+    #[arg(long, value_name = "URL", env = ENV_JOB_MANAGER_URL, hide_env_values = true)]
     pub job_manager_url: Option<String>,
-    /// File holding the internal API key; "-" reads the first line of stdin. The key itself may come from env SIDECAR_INTERNAL_API_KEY (no flag: flags show in ps) [env: SIDECAR_INTERNAL_API_KEY_FILE]
-    #[arg(long, value_name = "FILE")]
+    /// File holding the internal API key; "-" reads the first line of stdin. The key itself may come from env SIDECAR_INTERNAL_API_KEY (no flag: flags show in ps)
+    #[arg(long, value_name = "FILE", env = ENV_INTERNAL_API_KEY_FILE, hide_env_values = true)]
     pub internal_api_key_file: Option<String>,
-    /// Results are written here (fsync + rename) before delivery and re-delivered on start [env: SIDECAR_SPOOL_DIR]
-    #[arg(long, value_name = "DIR")]
+    /// Results are written here (fsync + rename) before delivery and re-delivered on start
+    #[arg(long, value_name = "DIR", env = ENV_SPOOL_DIR, hide_env_values = true)]
     pub spool_dir: Option<String>,
-    /// Seconds to keep retrying a result [env: SIDECAR_RESULT_DEADLINE_SECS] [default: 600]
-    #[arg(long, value_name = "SECS")]
+    /// Seconds to keep retrying a result
+    #[arg(long, value_name = "SECS", env = ENV_RESULT_DEADLINE_SECS, default_value = "600", hide_env_values = true)]
     pub result_deadline_secs: Option<String>,
-    /// Seconds SIGTERM waits for in-flight results [env: SIDECAR_SHUTDOWN_GRACE_SECS] [default: 30]
-    #[arg(long, value_name = "SECS")]
+    /// Seconds SIGTERM waits for in-flight results
+    #[arg(long, value_name = "SECS", env = ENV_SHUTDOWN_GRACE_SECS, default_value = "30", hide_env_values = true)]
     pub shutdown_grace_secs: Option<String>,
-    /// Persistent workloads: ingress listen address [env: SIDECAR_INGRESS_LISTEN]
-    #[arg(long, value_name = "ADDR")]
+    /// Persistent workloads: ingress listen address
+    #[arg(long, value_name = "ADDR", env = ENV_INGRESS_LISTEN, hide_env_values = true)]
     pub ingress_listen: Option<String>,
-    /// Persistent workloads: the runtime's loopback address [env: SIDECAR_INGRESS_UPSTREAM]
-    #[arg(long, value_name = "ADDR")]
+    /// Persistent workloads: the runtime's loopback address
+    #[arg(long, value_name = "ADDR", env = ENV_INGRESS_UPSTREAM, hide_env_values = true)]
     pub ingress_upstream: Option<String>,
-    /// Chain egress through this proxy: http(s)://[user:pass@]host:port [env: SIDECAR_UPSTREAM_PROXY]
-    #[arg(long, value_name = "URL")]
+    /// Chain egress through this proxy: http(s)://[user:pass@]host:port
+    #[arg(long, value_name = "URL", env = ENV_UPSTREAM_PROXY, hide_env_values = true)]
     pub upstream_proxy: Option<String>,
-    /// Extra CA (PEM) trusted for an https upstream proxy [env: SIDECAR_UPSTREAM_PROXY_CA_FILE]
-    #[arg(long, value_name = "FILE")]
+    /// Extra CA (PEM) trusted for an https upstream proxy
+    #[arg(long, value_name = "FILE", env = ENV_UPSTREAM_PROXY_CA_FILE, hide_env_values = true)]
     pub upstream_proxy_ca_file: Option<String>,
-    /// Accept any certificate from an https upstream proxy (self-signed) [env: SIDECAR_UPSTREAM_PROXY_INSECURE=true]
-    #[arg(long)]
-    pub upstream_proxy_insecure: bool,
-    /// Dial this host pattern (as --allow-host) or CIDR directly, not through the upstream proxy; repeatable (a NO_PROXY list, e.g. .svc.cluster.local,10.0.0.0/8) [env: SIDECAR_UPSTREAM_PROXY_BYPASS, comma-separated]
-    #[arg(long = "upstream-proxy-bypass", value_name = "HOST|CIDR")]
+    /// Accept any certificate from an https upstream proxy (self-signed)
+    #[arg(long, env = ENV_UPSTREAM_PROXY_INSECURE, num_args = 0, default_missing_value = "true", value_name = "BOOL", hide_env_values = true)]
+    pub upstream_proxy_insecure: Option<String>,
+    /// Dial this host pattern (as --allow-host) or CIDR directly, not through the upstream proxy; repeatable (a NO_PROXY list, e.g. .svc.cluster.local,10.0.0.0/8)
+    #[arg(long = "upstream-proxy-bypass", value_name = "HOST|CIDR", env = ENV_UPSTREAM_PROXY_BYPASS, hide_env_values = true)]
     pub upstream_proxy_bypass: Vec<String>,
-    /// Write the bound addresses as JSON here once serving [env: SIDECAR_READY_FILE]
-    #[arg(long, value_name = "FILE")]
+    /// Write the bound addresses as JSON here once serving
+    #[arg(long, value_name = "FILE", env = ENV_READY_FILE, hide_env_values = true)]
     pub ready_file: Option<String>,
-    /// text or json [env: SIDECAR_LOG_FORMAT] [default: text]
-    #[arg(long, value_name = "FORMAT")]
+    /// text or json
+    #[arg(long, value_name = "FORMAT", env = ENV_LOG_FORMAT, default_value = "text", hide_env_values = true)]
     pub log_format: Option<String>,
-    /// tracing filter, e.g. info or sidecar=debug [env: SIDECAR_LOG_LEVEL] [default: info]
-    #[arg(long, value_name = "FILTER")]
+    /// tracing filter, e.g. info or sidecar=debug
+    #[arg(long, value_name = "FILTER", env = ENV_LOG_LEVEL, default_value = "info", hide_env_values = true)]
     pub log_level: Option<String>,
-    /// Job id for log lines (ephemeral jobs also read it from job.json). With the job token in env SIDECAR_JOB_TOKEN (no flag: flags show in ps) and no --job-dir, the sidecar fetches this job from the job manager before it reports ready [env: SIDECAR_JOB_ID]
-    #[arg(long, value_name = "ID")]
+    /// Job id for log lines (ephemeral jobs also read it from job.json). With the job token in env SIDECAR_JOB_TOKEN (no flag: flags show in ps) and no --job-dir, the sidecar fetches this job from the job manager before it reports ready
+    #[arg(long, value_name = "ID", env = ENV_JOB_ID, hide_env_values = true)]
     pub job_id: Option<String>,
-    /// Largest request head accepted, bytes (>= 8192) [env: SIDECAR_MAX_HEADER_BYTES] [default: 65536]
-    #[arg(long, value_name = "BYTES")]
+    /// Largest request head accepted, bytes (>= 8192)
+    #[arg(long, value_name = "BYTES", env = ENV_MAX_HEADER_BYTES, default_value = "65536", hide_env_values = true)]
     pub max_header_bytes: Option<String>,
-    /// Largest local API / ingress dispatch body, bytes [env: SIDECAR_MAX_BODY_BYTES] [default: 10485760]
-    #[arg(long, value_name = "BYTES")]
+    /// Largest local API / ingress dispatch body, bytes
+    #[arg(long, value_name = "BYTES", env = ENV_MAX_BODY_BYTES, default_value = "10485760", hide_env_values = true)]
     pub max_body_bytes: Option<String>,
-    /// Upstream connect timeout, ms (DNS included) [env: SIDECAR_CONNECT_TIMEOUT_MS] [default: 10000]
-    #[arg(long, value_name = "MS")]
+    /// Upstream connect timeout, ms (DNS included)
+    #[arg(long, value_name = "MS", env = ENV_CONNECT_TIMEOUT_MS, default_value = "10000", hide_env_values = true)]
     pub connect_timeout_ms: Option<String>,
-    /// Idle keep-alive timeout for pooled upstream connections, seconds [env: SIDECAR_IDLE_TIMEOUT_SECS] [default: 90]
-    #[arg(long, value_name = "SECS")]
+    /// Idle keep-alive timeout for pooled upstream connections, seconds
+    #[arg(long, value_name = "SECS", env = ENV_IDLE_TIMEOUT_SECS, default_value = "90", hide_env_values = true)]
     pub idle_timeout_secs: Option<String>,
-    /// A tunnel with no traffic either way for this long is closed, seconds [env: SIDECAR_TUNNEL_IDLE_TIMEOUT_SECS] [default: 600]
-    #[arg(long, value_name = "SECS")]
+    /// A tunnel with no traffic either way for this long is closed, seconds
+    #[arg(long, value_name = "SECS", env = ENV_TUNNEL_IDLE_TIMEOUT_SECS, default_value = "600", hide_env_values = true)]
     pub tunnel_idle_timeout_secs: Option<String>,
-    /// A request head must arrive within this time (slowloris guard; also closes idle keep-alive client connections), ms [env: SIDECAR_HEADER_READ_TIMEOUT_MS] [default: 10000]
-    #[arg(long, value_name = "MS")]
+    /// A request head must arrive within this time (slowloris guard; also closes idle keep-alive client connections), ms
+    #[arg(long, value_name = "MS", env = ENV_HEADER_READ_TIMEOUT_MS, default_value = "10000", hide_env_values = true)]
     pub header_read_timeout_ms: Option<String>,
-    /// Concurrent client connections (tunnels included); more get 503 [env: SIDECAR_MAX_CONNECTIONS] [default: 4096]
-    #[arg(long, value_name = "N")]
+    /// Concurrent client connections (tunnels included); more get 503
+    #[arg(long, value_name = "N", env = ENV_MAX_CONNECTIONS, default_value = "4096", hide_env_values = true)]
     pub max_connections: Option<String>,
-    /// Concurrent CONNECT tunnels; more get 503 [env: SIDECAR_MAX_TUNNELS] [default: 2048]
-    #[arg(long, value_name = "N")]
+    /// Concurrent CONNECT tunnels; more get 503
+    #[arg(long, value_name = "N", env = ENV_MAX_TUNNELS, default_value = "2048", hide_env_values = true)]
     pub max_tunnels: Option<String>,
-    /// Runtime worker threads, 0 = min(2, CPUs) [env: SIDECAR_WORKER_THREADS] [default: 0]
-    #[arg(long, value_name = "N")]
+    /// Runtime worker threads, 0 = min(2, CPUs)
+    #[arg(long, value_name = "N", env = ENV_WORKER_THREADS, default_value = "0", hide_env_values = true)]
     pub worker_threads: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,16 +298,51 @@ pub struct Config {
     pub worker_threads: usize,
 }
 
+impl Cli {
+    /// Parses `args` with environment values from `env` instead of the process
+    /// environment: each setting's env value (as clap names it) becomes that argument's
+    /// default, so flags still win and clap's own default applies when the env value is
+    /// missing or empty. Pure: tests pass a map, never `set_var`.
+    pub fn try_parse_with_env<I, T>(args: I, env: &dyn Lookup) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = Self::command();
+        let envs: Vec<(clap::Id, Option<String>)> = cmd
+            .get_arguments()
+            .filter_map(|a| {
+                let name = a.get_env()?.to_str()?;
+                Some((a.get_id().clone(), env.get(name).filter(|v| !v.trim().is_empty())))
+            })
+            .collect();
+        for (id, value) in envs {
+            cmd = cmd.mut_arg(id, |a| {
+                let a = a.env(None);
+                match value {
+                    // clap keeps `&'static str` defaults (its "string" feature is off);
+                    // this runs once per parse, so the leak is a few bytes per setting.
+                    Some(v) => a.default_value(&*Box::leak(v.into_boxed_str())),
+                    None => a,
+                }
+            });
+        }
+        Self::from_arg_matches(&cmd.try_get_matches_from(args)?)
+    }
+}
+
 impl Config {
     /// A standalone proxy on `listen` with every default; a starting point for tests.
     pub fn standalone(listen: SocketAddr) -> Self {
-        parse_config(&Cli { listen: Some(listen.to_string()), ..Default::default() }, &HashMap::<String, String>::new())
-            .expect("defaults are valid")
+        let empty = HashMap::<String, String>::new();
+        let cli =
+            Cli::try_parse_with_env(["sidecar", "--listen", &listen.to_string()], &empty).expect("--listen parses");
+        parse_config(&cli, &empty).expect("defaults are valid")
     }
 }
 
 /// A setting that failed validation, named by its env variable and flag.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {setting} ({flag}): {message}")]
 pub struct ConfigError {
     pub setting: &'static str,
@@ -315,31 +350,84 @@ pub struct ConfigError {
     pub message: String,
 }
 
-struct Source<'a> {
-    env: &'a dyn Lookup,
+/// Every setting that failed validation, in the order they were checked (never empty).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The first failure (the one a setting-by-setting check would have stopped at).
+    pub fn first(&self) -> &ConfigError {
+        &self.0[0]
+    }
 }
 
-impl Source<'_> {
-    /// The flag value if given, else the env value; empty strings count as unset.
-    fn one(&self, flag: &Option<String>, key: &str) -> Option<String> {
-        flag.clone().or_else(|| self.env.get(key)).filter(|s| !s.trim().is_empty()).map(|s| s.trim().to_string())
-    }
-    fn list(&self, flag: &[String], key: &str) -> Vec<String> {
-        let raw: Vec<String> = if flag.is_empty() { self.env.get(key).into_iter().collect() } else { flag.to_vec() };
-        raw.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
-    }
-    fn flag(&self, flag: bool, key: &'static str, name: &'static str) -> Result<bool, ConfigError> {
-        if flag {
-            return Ok(true);
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
         }
-        match self.env.get(key).map(|s| s.trim().to_ascii_lowercase()) {
-            None => Ok(false),
-            Some(s) => match s.as_str() {
-                "" | "false" | "0" | "no" | "off" => Ok(false),
-                "true" | "1" | "yes" | "on" => Ok(true),
-                _ => Err(err(key, name, format!("{s:?} is not a boolean (true/false)"))),
-            },
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        Self(vec![e])
+    }
+}
+
+/// The one validation pass: reads raw values, collects every failure.
+struct Check<'a> {
+    /// The clap command, for the defaults it owns; built only when a value is empty
+    /// (clap has already filled in the defaults of settings not given at all).
+    cmd: std::cell::OnceCell<clap::Command>,
+    env: &'a dyn Lookup,
+    errors: Vec<ConfigError>,
+}
+
+impl Check<'_> {
+    /// The value (trimmed) if given, else clap's default for the argument `id`; empty
+    /// strings count as unset.
+    fn one(&self, value: &Option<String>, id: &str) -> Option<String> {
+        value.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(String::from).or_else(|| self.default_of(id))
+    }
+
+    fn default_of(&self, id: &str) -> Option<String> {
+        let arg = self.cmd.get_or_init(Cli::command).get_arguments().find(|a| a.get_id() == id);
+        debug_assert!(arg.is_some(), "no argument {id:?}");
+        let arg = arg?;
+        arg.get_default_values().first()?.to_str().map(String::from)
+    }
+
+    /// List settings: every value (a repeated flag, or the env value) split on commas.
+    fn list(&self, values: &[String]) -> Vec<String> {
+        values.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    }
+
+    /// Boolean settings: the bare flag means true; env values are true/1/yes/on or
+    /// false/0/no/off (any case), empty is false.
+    fn flag(&mut self, value: &Option<String>, key: &'static str, name: &'static str) -> bool {
+        match value.as_deref().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("" | "false" | "0" | "no" | "off") => false,
+            Some("true" | "1" | "yes" | "on") => true,
+            Some(s) => {
+                self.fail(err(key, name, format!("{s:?} is not a boolean (true/false)")));
+                false
+            }
         }
+    }
+
+    fn ok<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.fail(e)).ok()
+    }
+
+    fn fail(&mut self, e: ConfigError) {
+        self.errors.push(e);
     }
 }
 
@@ -349,16 +437,15 @@ fn err(setting: &'static str, flag: &'static str, message: impl Into<String>) ->
 
 fn parse_num<T: std::str::FromStr>(
     v: Option<String>,
-    default: T,
     setting: &'static str,
     flag: &'static str,
     valid: impl Fn(&T) -> bool,
     rule: &str,
-) -> Result<T, ConfigError> {
+) -> Result<Option<T>, ConfigError> {
     match v {
-        None => Ok(default),
+        None => Ok(None),
         Some(s) => match s.parse::<T>() {
-            Ok(n) if valid(&n) => Ok(n),
+            Ok(n) if valid(&n) => Ok(Some(n)),
             _ => Err(err(setting, flag, format!("{s:?} is not {rule}"))),
         },
     }
@@ -369,257 +456,285 @@ fn parse_addr(v: Option<String>, setting: &'static str, flag: &'static str) -> R
         .transpose()
 }
 
-/// Builds and validates the whole configuration. Pure: flags plus a lookup, no I/O.
-pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigError> {
-    let src = Source { env: lookup };
-    let listen = parse_addr(src.one(&cli.listen, ENV_LISTEN), ENV_LISTEN, "--listen")?
+/// Builds and validates the whole configuration in one pass, reporting every bad
+/// setting (not just the first). Pure: parsed flags (with their env values, see
+/// [`Cli::try_parse_with_env`]) plus a lookup for the env-only settings (the key, the
+/// job token, `KUBERNETES_SERVICE_HOST`); no I/O.
+pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErrors> {
+    let mut c = Check { cmd: std::cell::OnceCell::new(), env: lookup, errors: Vec::new() };
+    let d = Limits::default();
+    let listen = c
+        .ok(parse_addr(c.one(&cli.listen, "listen"), ENV_LISTEN, "--listen"))
+        .flatten()
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3128)));
-    let admin_listen = parse_addr(src.one(&cli.admin_listen, ENV_ADMIN_LISTEN), ENV_ADMIN_LISTEN, "--admin-listen")?;
+    let admin_listen =
+        c.ok(parse_addr(c.one(&cli.admin_listen, "admin_listen"), ENV_ADMIN_LISTEN, "--admin-listen")).flatten();
 
     let mut policy = EgressPolicy::default();
-    for s in src.list(&cli.allow_cidrs, ENV_ALLOW_CIDRS) {
-        policy.allow_cidrs.push(parse_cidr(&s).map_err(|m| err(ENV_ALLOW_CIDRS, "--allow-cidr", m))?);
+    for s in c.list(&cli.allow_cidrs) {
+        let r = parse_cidr(&s).map_err(|m| err(ENV_ALLOW_CIDRS, "--allow-cidr", m));
+        policy.allow_cidrs.extend(c.ok(r));
     }
-    for s in src.list(&cli.deny_cidrs, ENV_DENY_CIDRS) {
-        policy.deny_cidrs.push(parse_cidr(&s).map_err(|m| err(ENV_DENY_CIDRS, "--deny-cidr", m))?);
+    for s in c.list(&cli.deny_cidrs) {
+        let r = parse_cidr(&s).map_err(|m| err(ENV_DENY_CIDRS, "--deny-cidr", m));
+        policy.deny_cidrs.extend(c.ok(r));
     }
-    for s in src.list(&cli.allow_hosts, ENV_ALLOW_HOSTS) {
-        policy.allow_hosts.push(HostPattern::parse(&s).map_err(|m| err(ENV_ALLOW_HOSTS, "--allow-host", m))?);
+    for s in c.list(&cli.allow_hosts) {
+        let r = HostPattern::parse(&s).map_err(|m| err(ENV_ALLOW_HOSTS, "--allow-host", m));
+        policy.allow_hosts.extend(c.ok(r));
     }
-    for s in src.list(&cli.deny_hosts, ENV_DENY_HOSTS) {
-        policy.deny_hosts.push(HostPattern::parse(&s).map_err(|m| err(ENV_DENY_HOSTS, "--deny-host", m))?);
+    for s in c.list(&cli.deny_hosts) {
+        let r = HostPattern::parse(&s).map_err(|m| err(ENV_DENY_HOSTS, "--deny-host", m));
+        policy.deny_hosts.extend(c.ok(r));
     }
-    for s in src.list(&cli.allow_ports, ENV_ALLOW_PORTS) {
-        policy.allow_ports.push(parse_port_setting(&s).map_err(|m| err(ENV_ALLOW_PORTS, "--allow-port", m))?);
+    for s in c.list(&cli.allow_ports) {
+        let r = parse_port_setting(&s).map_err(|m| err(ENV_ALLOW_PORTS, "--allow-port", m));
+        policy.allow_ports.extend(c.ok(r));
     }
-    for s in src.list(&cli.deny_ports, ENV_DENY_PORTS) {
-        policy.deny_ports.push(parse_port_setting(&s).map_err(|m| err(ENV_DENY_PORTS, "--deny-port", m))?);
+    for s in c.list(&cli.deny_ports) {
+        let r = parse_port_setting(&s).map_err(|m| err(ENV_DENY_PORTS, "--deny-port", m));
+        policy.deny_ports.extend(c.ok(r));
     }
-    policy.deny_private = src.flag(cli.deny_private, ENV_DENY_PRIVATE, "--deny-private")?;
-    let report_only = src.flag(cli.report_only, ENV_REPORT_ONLY, "--report-only")?;
-    for s in src.list(&cli.api_server_addresses, ENV_API_SERVER_ADDRESSES) {
-        policy
-            .api_servers
-            .push(parse_api_server(&s).map_err(|m| err(ENV_API_SERVER_ADDRESSES, "--api-server-address", m))?);
+    policy.deny_private = c.flag(&cli.deny_private, ENV_DENY_PRIVATE, "--deny-private");
+    let report_only = c.flag(&cli.report_only, ENV_REPORT_ONLY, "--report-only");
+    for s in c.list(&cli.api_server_addresses) {
+        let r = parse_api_server(&s).map_err(|m| err(ENV_API_SERVER_ADDRESSES, "--api-server-address", m));
+        policy.api_servers.extend(c.ok(r));
     }
     // In a pod, Kubernetes tells us where its API is; refuse it without being asked.
-    if let Some(host) = lookup.get(ENV_KUBERNETES_SERVICE_HOST).filter(|s| !s.is_empty()) {
+    if let Some(host) = c.env.get(ENV_KUBERNETES_SERVICE_HOST).filter(|s| !s.is_empty()) {
         if let Ok(ip) = host.trim().parse() {
             policy.api_servers.push(ApiServer { ip, port: None });
         }
     }
 
-    let job_dir = src.one(&cli.job_dir, ENV_JOB_DIR).map(PathBuf::from);
-    let job_manager = src
-        .one(&cli.job_manager_url, ENV_JOB_MANAGER_URL)
-        .map(|s| parse_job_manager_url(&s).map_err(|m| err(ENV_JOB_MANAGER_URL, "--job-manager-url", m)))
-        .transpose()?;
+    let job_dir = c.one(&cli.job_dir, "job_dir").map(PathBuf::from);
+    let job_manager_url = c.one(&cli.job_manager_url, "job_manager_url");
+    let job_manager = job_manager_url
+        .as_deref()
+        .map(|s| parse_job_manager_url(s).map_err(|m| err(ENV_JOB_MANAGER_URL, "--job-manager-url", m)))
+        .transpose();
+    let job_manager = c.ok(job_manager).flatten();
     policy.job_manager = job_manager.as_ref().map(|j| j.target.clone());
     let internal_api_key =
-        match (src.one(&cli.internal_api_key_file, ENV_INTERNAL_API_KEY_FILE), lookup.get(ENV_INTERNAL_API_KEY)) {
+        match (c.one(&cli.internal_api_key_file, "internal_api_key_file"), c.env.get(ENV_INTERNAL_API_KEY)) {
             (Some(f), _) if f == "-" => KeySource::Stdin,
             (Some(f), _) => KeySource::File(PathBuf::from(f)),
             (None, Some(k)) if !k.trim().is_empty() => KeySource::Inline(Secret::new(k.trim())),
             _ => KeySource::None,
         };
-    let spool_dir = src.one(&cli.spool_dir, ENV_SPOOL_DIR).map(PathBuf::from);
+    let spool_dir = c.one(&cli.spool_dir, "spool_dir").map(PathBuf::from);
     let positive = |n: &u64| *n > 0;
-    let result_deadline = Duration::from_secs(parse_num(
-        src.one(&cli.result_deadline_secs, ENV_RESULT_DEADLINE_SECS),
-        600,
+    let secs = |n: Option<u64>, default: u64| Duration::from_secs(n.unwrap_or(default));
+    let ms = |n: Option<u64>, default: u64| Duration::from_millis(n.unwrap_or(default));
+    let result_deadline = parse_num(
+        c.one(&cli.result_deadline_secs, "result_deadline_secs"),
         ENV_RESULT_DEADLINE_SECS,
         "--result-deadline-secs",
         positive,
         "a positive number of seconds",
-    )?);
-    let shutdown_grace = Duration::from_secs(parse_num(
-        src.one(&cli.shutdown_grace_secs, ENV_SHUTDOWN_GRACE_SECS),
-        30,
+    );
+    let result_deadline = secs(c.ok(result_deadline).flatten(), 600);
+    let shutdown_grace = parse_num(
+        c.one(&cli.shutdown_grace_secs, "shutdown_grace_secs"),
         ENV_SHUTDOWN_GRACE_SECS,
         "--shutdown-grace-secs",
         |_| true,
         "a number of seconds",
-    )?);
+    );
+    let shutdown_grace = secs(c.ok(shutdown_grace).flatten(), 30);
 
-    let ingress_listen =
-        parse_addr(src.one(&cli.ingress_listen, ENV_INGRESS_LISTEN), ENV_INGRESS_LISTEN, "--ingress-listen")?;
-    let ingress_upstream =
-        parse_addr(src.one(&cli.ingress_upstream, ENV_INGRESS_UPSTREAM), ENV_INGRESS_UPSTREAM, "--ingress-upstream")?;
+    let ingress_listen = c.one(&cli.ingress_listen, "ingress_listen");
+    let ingress_upstream = c.one(&cli.ingress_upstream, "ingress_upstream");
     let ingress = match (ingress_listen, ingress_upstream) {
-        (Some(listen), Some(upstream)) => Some(Ingress { listen, upstream }),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(err(ENV_INGRESS_UPSTREAM, "--ingress-upstream", "required with --ingress-listen"))
+        (Some(listen), Some(upstream)) => {
+            let listen = c.ok(parse_addr(Some(listen), ENV_INGRESS_LISTEN, "--ingress-listen")).flatten();
+            let upstream = c.ok(parse_addr(Some(upstream), ENV_INGRESS_UPSTREAM, "--ingress-upstream")).flatten();
+            listen.zip(upstream).map(|(listen, upstream)| Ingress { listen, upstream })
         }
-        (None, Some(_)) => return Err(err(ENV_INGRESS_LISTEN, "--ingress-listen", "required with --ingress-upstream")),
+        (None, None) => None,
+        (Some(listen), None) => {
+            c.ok(parse_addr(Some(listen), ENV_INGRESS_LISTEN, "--ingress-listen"));
+            c.fail(err(ENV_INGRESS_UPSTREAM, "--ingress-upstream", "required with --ingress-listen"));
+            None
+        }
+        (None, Some(upstream)) => {
+            c.ok(parse_addr(Some(upstream), ENV_INGRESS_UPSTREAM, "--ingress-upstream"));
+            c.fail(err(ENV_INGRESS_LISTEN, "--ingress-listen", "required with --ingress-upstream"));
+            None
+        }
     };
+    let ingress_given = c.one(&cli.ingress_listen, "ingress_listen").is_some();
 
     let upstream_proxy_insecure =
-        src.flag(cli.upstream_proxy_insecure, ENV_UPSTREAM_PROXY_INSECURE, "--upstream-proxy-insecure")?;
-    let upstream_proxy_ca_file = src.one(&cli.upstream_proxy_ca_file, ENV_UPSTREAM_PROXY_CA_FILE).map(PathBuf::from);
-    let upstream_proxy = src
-        .one(&cli.upstream_proxy, ENV_UPSTREAM_PROXY)
-        .map(|s| parse_upstream_proxy(&s).map_err(|m| err(ENV_UPSTREAM_PROXY, "--upstream-proxy", m)))
-        .transpose()?
-        .map(|p| UpstreamProxy { ca_file: upstream_proxy_ca_file.clone(), insecure: upstream_proxy_insecure, ..p });
+        c.flag(&cli.upstream_proxy_insecure, ENV_UPSTREAM_PROXY_INSECURE, "--upstream-proxy-insecure");
+    let upstream_proxy_ca_file = c.one(&cli.upstream_proxy_ca_file, "upstream_proxy_ca_file").map(PathBuf::from);
+    let upstream_proxy_url = c.one(&cli.upstream_proxy, "upstream_proxy");
+    let upstream_proxy = upstream_proxy_url
+        .as_deref()
+        .map(|s| parse_upstream_proxy(s).map_err(|m| err(ENV_UPSTREAM_PROXY, "--upstream-proxy", m)))
+        .transpose();
+    let upstream_proxy = c.ok(upstream_proxy).flatten().map(|p| UpstreamProxy {
+        ca_file: upstream_proxy_ca_file.clone(),
+        insecure: upstream_proxy_insecure,
+        ..p
+    });
     let mut bypass = UpstreamBypass::default();
-    for s in src.list(&cli.upstream_proxy_bypass, ENV_UPSTREAM_PROXY_BYPASS) {
+    for s in c.list(&cli.upstream_proxy_bypass) {
         match parse_cidr(&s) {
             Ok(n) => bypass.cidrs.push(n),
             Err(_) => {
-                bypass.hosts.push(HostPattern::parse(&s).map_err(|m| {
-                    err(ENV_UPSTREAM_PROXY_BYPASS, "--upstream-proxy-bypass", format!("{m}, or a CIDR"))
-                })?)
+                let r = HostPattern::parse(&s)
+                    .map_err(|m| err(ENV_UPSTREAM_PROXY_BYPASS, "--upstream-proxy-bypass", format!("{m}, or a CIDR")));
+                bypass.hosts.extend(c.ok(r));
             }
         }
     }
-    if bypass != UpstreamBypass::default() && upstream_proxy.is_none() {
-        return Err(err(ENV_UPSTREAM_PROXY_BYPASS, "--upstream-proxy-bypass", "only meaningful with --upstream-proxy"));
+    if !c.list(&cli.upstream_proxy_bypass).is_empty() && upstream_proxy_url.is_none() {
+        c.fail(err(ENV_UPSTREAM_PROXY_BYPASS, "--upstream-proxy-bypass", "only meaningful with --upstream-proxy"));
     }
     let upstream_proxy = upstream_proxy.map(|p| UpstreamProxy { bypass, ..p });
     if upstream_proxy.as_ref().is_some_and(|p| !p.tls) && (upstream_proxy_ca_file.is_some() || upstream_proxy_insecure)
     {
-        return Err(err(
+        c.fail(err(
             ENV_UPSTREAM_PROXY_CA_FILE,
             "--upstream-proxy-ca-file",
             "only meaningful with an https:// upstream proxy",
         ));
     }
 
-    let ready_file = src.one(&cli.ready_file, ENV_READY_FILE).map(PathBuf::from);
-    let log_format = match src.one(&cli.log_format, ENV_LOG_FORMAT).as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let ready_file = c.one(&cli.ready_file, "ready_file").map(PathBuf::from);
+    let log_format = match c.one(&cli.log_format, "log_format").as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
-        Some(other) => return Err(err(ENV_LOG_FORMAT, "--log-format", format!("{other:?} is not text or json"))),
+        Some(other) => {
+            c.fail(err(ENV_LOG_FORMAT, "--log-format", format!("{other:?} is not text or json")));
+            LogFormat::Text
+        }
     };
-    let log_level = src.one(&cli.log_level, ENV_LOG_LEVEL).unwrap_or_else(|| "info".into());
-    if crate::telemetry::log_filter(&log_level).is_err() {
-        return Err(err(
+    let log_level = c.one(&cli.log_level, "log_level").unwrap_or_else(|| "info".into());
+    if log_filter(&log_level).is_err() {
+        c.fail(err(
             ENV_LOG_LEVEL,
             "--log-level",
             format!("{log_level:?} is not a log filter (e.g. info, sidecar=debug)"),
         ));
     }
-    let job_id = src.one(&cli.job_id, ENV_JOB_ID);
+    let job_id = c.one(&cli.job_id, "job_id");
     if let Some(id) = &job_id {
-        common::JobId::new(id.clone()).map_err(|e| err(ENV_JOB_ID, "--job-id", e.to_string()))?;
+        let r = common::JobId::new(id.clone()).map_err(|e| err(ENV_JOB_ID, "--job-id", e.to_string()));
+        c.ok(r);
     }
-    let job_token = lookup.get(ENV_JOB_TOKEN).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).map(Secret::new);
+    let job_token = c.env.get(ENV_JOB_TOKEN).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).map(Secret::new);
 
-    let d = Limits::default();
     let any = |_: &usize| true;
+    let max_header_bytes = parse_num(
+        c.one(&cli.max_header_bytes, "max_header_bytes"),
+        ENV_MAX_HEADER_BYTES,
+        "--max-header-bytes",
+        |n| *n >= 8192,
+        "a byte count >= 8192",
+    );
+    let max_body_bytes = parse_num(
+        c.one(&cli.max_body_bytes, "max_body_bytes"),
+        ENV_MAX_BODY_BYTES,
+        "--max-body-bytes",
+        |n| *n > 0,
+        "a positive byte count",
+    );
+    let connect_timeout = parse_num(
+        c.one(&cli.connect_timeout_ms, "connect_timeout_ms"),
+        ENV_CONNECT_TIMEOUT_MS,
+        "--connect-timeout-ms",
+        positive,
+        "a positive number of ms",
+    );
+    let idle_timeout = parse_num(
+        c.one(&cli.idle_timeout_secs, "idle_timeout_secs"),
+        ENV_IDLE_TIMEOUT_SECS,
+        "--idle-timeout-secs",
+        positive,
+        "a positive number of seconds",
+    );
+    let tunnel_idle_timeout = parse_num(
+        c.one(&cli.tunnel_idle_timeout_secs, "tunnel_idle_timeout_secs"),
+        ENV_TUNNEL_IDLE_TIMEOUT_SECS,
+        "--tunnel-idle-timeout-secs",
+        positive,
+        "a positive number of seconds",
+    );
+    let header_read_timeout = parse_num(
+        c.one(&cli.header_read_timeout_ms, "header_read_timeout_ms"),
+        ENV_HEADER_READ_TIMEOUT_MS,
+        "--header-read-timeout-ms",
+        positive,
+        "a positive number of ms",
+    );
+    let max_connections = parse_num(
+        c.one(&cli.max_connections, "max_connections"),
+        ENV_MAX_CONNECTIONS,
+        "--max-connections",
+        |n| *n > 0,
+        "a positive count",
+    );
+    let max_tunnels = parse_num(
+        c.one(&cli.max_tunnels, "max_tunnels"),
+        ENV_MAX_TUNNELS,
+        "--max-tunnels",
+        |n| *n > 0,
+        "a positive count",
+    );
     let limits = Limits {
-        max_header_bytes: parse_num(
-            src.one(&cli.max_header_bytes, ENV_MAX_HEADER_BYTES),
-            d.max_header_bytes,
-            ENV_MAX_HEADER_BYTES,
-            "--max-header-bytes",
-            |n| *n >= 8192,
-            "a byte count >= 8192",
-        )?,
-        max_body_bytes: parse_num(
-            src.one(&cli.max_body_bytes, ENV_MAX_BODY_BYTES),
-            d.max_body_bytes,
-            ENV_MAX_BODY_BYTES,
-            "--max-body-bytes",
-            |n| *n > 0,
-            "a positive byte count",
-        )?,
-        connect_timeout: Duration::from_millis(parse_num(
-            src.one(&cli.connect_timeout_ms, ENV_CONNECT_TIMEOUT_MS),
-            10_000,
-            ENV_CONNECT_TIMEOUT_MS,
-            "--connect-timeout-ms",
-            positive,
-            "a positive number of ms",
-        )?),
-        idle_timeout: Duration::from_secs(parse_num(
-            src.one(&cli.idle_timeout_secs, ENV_IDLE_TIMEOUT_SECS),
-            90,
-            ENV_IDLE_TIMEOUT_SECS,
-            "--idle-timeout-secs",
-            positive,
-            "a positive number of seconds",
-        )?),
-        tunnel_idle_timeout: Duration::from_secs(parse_num(
-            src.one(&cli.tunnel_idle_timeout_secs, ENV_TUNNEL_IDLE_TIMEOUT_SECS),
-            600,
-            ENV_TUNNEL_IDLE_TIMEOUT_SECS,
-            "--tunnel-idle-timeout-secs",
-            positive,
-            "a positive number of seconds",
-        )?),
-        header_read_timeout: Duration::from_millis(parse_num(
-            src.one(&cli.header_read_timeout_ms, ENV_HEADER_READ_TIMEOUT_MS),
-            10_000,
-            ENV_HEADER_READ_TIMEOUT_MS,
-            "--header-read-timeout-ms",
-            positive,
-            "a positive number of ms",
-        )?),
-        max_connections: parse_num(
-            src.one(&cli.max_connections, ENV_MAX_CONNECTIONS),
-            d.max_connections,
-            ENV_MAX_CONNECTIONS,
-            "--max-connections",
-            |n| *n > 0,
-            "a positive count",
-        )?,
-        max_tunnels: parse_num(
-            src.one(&cli.max_tunnels, ENV_MAX_TUNNELS),
-            d.max_tunnels,
-            ENV_MAX_TUNNELS,
-            "--max-tunnels",
-            |n| *n > 0,
-            "a positive count",
-        )?,
+        max_header_bytes: c.ok(max_header_bytes).flatten().unwrap_or(d.max_header_bytes),
+        max_body_bytes: c.ok(max_body_bytes).flatten().unwrap_or(d.max_body_bytes),
+        connect_timeout: ms(c.ok(connect_timeout).flatten(), 10_000),
+        idle_timeout: secs(c.ok(idle_timeout).flatten(), 90),
+        tunnel_idle_timeout: secs(c.ok(tunnel_idle_timeout).flatten(), 600),
+        header_read_timeout: ms(c.ok(header_read_timeout).flatten(), 10_000),
+        max_connections: c.ok(max_connections).flatten().unwrap_or(d.max_connections),
+        max_tunnels: c.ok(max_tunnels).flatten().unwrap_or(d.max_tunnels),
     };
-    let worker_threads = parse_num(
-        src.one(&cli.worker_threads, ENV_WORKER_THREADS),
-        0,
-        ENV_WORKER_THREADS,
-        "--worker-threads",
-        any,
-        "a count",
-    )?;
+    let worker_threads =
+        parse_num(c.one(&cli.worker_threads, "worker_threads"), ENV_WORKER_THREADS, "--worker-threads", any, "a count");
+    let worker_threads = c.ok(worker_threads).flatten().unwrap_or(0);
 
-    // Cross-setting rules, checked once here.
-    if job_dir.is_some() && job_manager.is_none() {
-        return Err(err(
-            ENV_JOB_MANAGER_URL,
-            "--job-manager-url",
-            "required with --job-dir (results must go somewhere)",
-        ));
+    // Cross-setting rules. They ask whether a setting was given, not whether it was
+    // valid: a bad value is reported above, once, and not again as "missing" here.
+    if job_dir.is_some() && job_manager_url.is_none() {
+        c.fail(err(ENV_JOB_MANAGER_URL, "--job-manager-url", "required with --job-dir (results must go somewhere)"));
     }
     if job_token.is_some() {
         let rule = if job_dir.is_some() {
             Some("give the job either as --job-dir or as SIDECAR_JOB_ID + SIDECAR_JOB_TOKEN, not both")
         } else if job_id.is_none() {
             Some("SIDECAR_JOB_ID is required with SIDECAR_JOB_TOKEN (which job to fetch)")
-        } else if job_manager.is_none() {
+        } else if job_manager_url.is_none() {
             Some("--job-manager-url is required with SIDECAR_JOB_TOKEN (where to fetch the job from)")
         } else {
             None
         };
         if let Some(rule) = rule {
-            return Err(err(ENV_JOB_TOKEN, "env only", rule));
+            c.fail(err(ENV_JOB_TOKEN, "env only", rule));
         }
     }
-    if job_manager.is_some() && internal_api_key == KeySource::None {
-        return Err(err(
+    if job_manager_url.is_some() && internal_api_key == KeySource::None {
+        c.fail(err(
             ENV_INTERNAL_API_KEY,
             "--internal-api-key-file",
             "an internal API key is required with --job-manager-url (SIDECAR_INTERNAL_API_KEY or --internal-api-key-file)",
         ));
     }
-    if ingress.is_some() && internal_api_key == KeySource::None {
-        return Err(err(
+    if ingress_given && internal_api_key == KeySource::None {
+        c.fail(err(
             ENV_INTERNAL_API_KEY,
             "--internal-api-key-file",
             "an internal API key is required with --ingress-listen",
         ));
     }
 
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
     Ok(Config {
         listen,
         admin_listen,

@@ -123,8 +123,8 @@ mod tests {
 
     #[tokio::test]
     async fn tokens_survive_a_restart_and_spent_ones_do_not() {
-        let spool = std::env::temp_dir().join(format!("ingress-tokens-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&spool);
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
         let a = IngressTokens::new(Some(&spool));
         assert_eq!(a.keep(&id("j1"), "t1").await, None);
         a.keep(&id("j2"), "t2").await;
@@ -142,7 +142,6 @@ mod tests {
         assert_eq!(b.get(&id("j2")), None, "spent");
         assert_eq!(b.get(&id("j3")).as_deref(), Some("t3"));
         assert_eq!(b.lock().len(), 2);
-        let _ = std::fs::remove_dir_all(&spool);
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ pub mod connect;
 pub mod error;
 pub mod ingress;
 pub mod ingress_tokens;
+pub mod limit;
 pub mod local_api;
 pub mod metrics;
 pub mod policy;
@@ -27,20 +28,21 @@ pub mod tls;
 
 use crate::config::{Config, KeySource};
 use crate::connect::{Dialer, UpstreamDialer};
+use crate::limit::ConnectionLimit;
 use crate::local_api::{LoadedJob, LocalApi};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxySettings};
+use crate::proxy::{new_proxy, ProxySettings};
 use crate::reporter::ResultReporter;
 use crate::resolve::{Resolve, SystemResolver};
 use crate::server::Serve;
 use common::backoff::Backoff;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -175,8 +177,8 @@ pub async fn run_with(
         metrics: metrics.clone(),
     });
     let ready = listeners.addrs();
-    let connections = Arc::new(Semaphore::new(config.limits.max_connections));
-    let proxy = Arc::new(Proxy::new(
+    let connections = ConnectionLimit::new(config.limits.max_connections);
+    let proxy = new_proxy(
         dialer,
         local.clone(),
         metrics.clone(),
@@ -189,7 +191,7 @@ pub async fn run_with(
             max_tunnels: config.limits.max_tunnels,
             connections: connections.clone(),
         },
-    ));
+    );
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -203,14 +205,16 @@ pub async fn run_with(
         job_id: job_id.clone(),
     };
     let mut loops = Vec::new();
-    let p = proxy.clone();
-    loops.push(tokio::spawn(serve("proxy").run(listeners.proxy, move |req| p.clone().handle(req))));
+    loops.push(tokio::spawn(serve("proxy").run(listeners.proxy, proxy)));
     if let Some(l) = listeners.admin {
         let local = local.clone();
-        loops.push(tokio::spawn(serve("admin").run(l, move |req| {
-            let local = local.clone();
-            async move { local.handle_admin(req).await }
-        })));
+        loops.push(tokio::spawn(serve("admin").run(
+            l,
+            tower::service_fn(move |req| {
+                let local = local.clone();
+                async move { Ok::<_, Infallible>(local.handle_admin(req).await) }
+            }),
+        )));
     }
     if let (Some(l), Some(ing), Some(k)) = (listeners.ingress, config.ingress, key.clone()) {
         let ingress = Arc::new(ingress::IngressProxy::new(
@@ -220,10 +224,13 @@ pub async fn run_with(
             config.limits.max_body_bytes,
             metrics.clone(),
         ));
-        loops.push(tokio::spawn(serve("ingress").run(l, move |req| {
-            let ingress = ingress.clone();
-            async move { ingress.handle(req).await }
-        })));
+        loops.push(tokio::spawn(serve("ingress").run(
+            l,
+            tower::service_fn(move |req| {
+                let ingress = ingress.clone();
+                async move { Ok::<_, Infallible>(ingress.handle(req).await) }
+            }),
+        )));
     }
 
     // Handed over by id + token (Kubernetes): fetch the job before reporting ready, so

@@ -315,7 +315,8 @@ mod tests {
 
     #[test]
     fn spool_is_atomic_and_private() {
-        let dir = std::env::temp_dir().join(format!("sidecar-spool-unit-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("spool");
         let rec = SpoolRecord {
             result: JobResult::new(JobId::new("j1").unwrap(), common::Outcome::Succeeded, "ok"),
             token: "tok".into(),
@@ -330,6 +331,5 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

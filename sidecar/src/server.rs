@@ -1,7 +1,9 @@
-//! Accept loops: one per listener, a semaphore capping concurrent connections (a client
-//! over the cap gets an immediate 503 instead of waiting in the kernel backlog), and a
-//! graceful drain on shutdown.
+//! Accept loops: one per listener, all under the shared connection cap
+//! ([`ConnectionLimit`]: a client over it gets an immediate 503 instead of waiting in
+//! the kernel backlog), serving one tower service per listener, and a graceful drain on
+//! shutdown.
 use crate::config::Limits;
+use crate::limit::ConnectionLimit;
 use crate::metrics::Metrics;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -9,19 +11,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 pub struct Serve {
     pub name: &'static str,
-    pub connections: Arc<Semaphore>,
+    pub connections: ConnectionLimit,
     pub limits: Limits,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -29,13 +29,13 @@ pub struct Serve {
     pub job_id: Option<String>,
 }
 
-const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-sidecar-error: too_many_connections\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
-
 impl Serve {
-    pub async fn run<H, Fut, B>(self, listener: TcpListener, handler: H)
+    /// Serves `service` (which answers every request itself: errors are already
+    /// responses, hence `Infallible`) on `listener` until shutdown.
+    pub async fn run<S, B>(self, listener: TcpListener, service: S)
     where
-        H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Response<B>> + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -61,29 +61,20 @@ impl Serve {
                     continue;
                 }
             };
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            let Ok(permit) = self.connections.try_acquire() else {
                 self.metrics
                     .errors
                     .get_or_create(&crate::metrics::ReasonLabel { reason: "too_many_connections" })
                     .inc();
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVERLOADED)).await;
-                });
+                ConnectionLimit::refuse(stream);
                 continue;
             };
             let _ = stream.set_nodelay(true);
             self.metrics.connections.inc();
             self.metrics.open_connections.inc();
-            let handler = handler.clone();
+            let service = service.clone();
             let conn = builder
-                .serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |req| {
-                        let fut = handler(req);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    }),
-                )
+                .serve_connection(TokioIo::new(stream), service_fn(move |req| service.clone().oneshot(req)))
                 .with_upgrades();
             let shutdown = self.shutdown.clone();
             let metrics = self.metrics.clone();

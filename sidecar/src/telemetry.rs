@@ -1,6 +1,6 @@
 //! Logs: tracing-subscriber, text or JSON, to stderr. Span fields (job id, peer) appear
-//! on every line of a request.
-use crate::config::LogFormat;
+//! on every line of a request. Depends on nothing else in the crate: configuration
+//! uses [`LogFormat`] and [`log_filter`] from here to validate its log settings.
 use tracing_subscriber::filter::{LevelFilter, ParseError, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -8,13 +8,19 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// The log filter: `LEVEL` and/or `TARGET=LEVEL` directives separated by commas
 /// (`info`, `warn,sidecar=debug`). `Targets` rather than `EnvFilter`: the sidecar never
 /// needs span-field or regex directives, and `EnvFilter` links a regex engine into a
-/// binary whose resident size is a goal (issue 2: <= 6 MB idle).
+/// binary whose resident size is a goal (<= 6 MB idle).
 pub fn log_filter(spec: &str) -> Result<Targets, ParseError> {
     let directives: Vec<&str> = spec.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
     if directives.is_empty() {
         return Ok(Targets::new().with_default(LevelFilter::INFO));
     }
     directives.join(",").parse()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 pub fn init(format: LogFormat, level: &str) {

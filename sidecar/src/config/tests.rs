@@ -3,9 +3,10 @@ use super::*;
 fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let mut argv = vec!["sidecar"];
     argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("flags parse");
     let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    parse_config(&cli, &map)
+    let cli = Cli::try_parse_with_env(argv, &map).expect("flags parse");
+    // The first error: the cases below name the setting a check stops at.
+    parse_config(&cli, &map).map_err(|errors| errors.first().clone())
 }
 
 #[test]
@@ -174,4 +175,35 @@ fn upstream_proxy_bypass_list() {
         let e = parse(args, env).unwrap_err();
         assert_eq!(e.setting, ENV_UPSTREAM_PROXY_BYPASS, "{args:?} {env:?}: {e}");
     }
+}
+
+#[test]
+fn every_bad_setting_is_reported_at_once_in_check_order() {
+    let map: HashMap<String, String> = [(ENV_DENY_PRIVATE, "maybe"), (ENV_LOG_FORMAT, "xml")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let cli = Cli::try_parse_with_env(["sidecar", "--listen", "x", "--max-tunnels", "0"], &map).unwrap();
+    let errors = parse_config(&cli, &map).unwrap_err();
+    let settings: Vec<&str> = errors.0.iter().map(|e| e.setting).collect();
+    assert_eq!(settings, [ENV_LISTEN, ENV_DENY_PRIVATE, ENV_LOG_FORMAT, ENV_MAX_TUNNELS]);
+    assert_eq!(errors.to_string().lines().count(), 4, "{errors}");
+}
+
+#[test]
+fn empty_values_fall_back_to_the_defaults_clap_owns() {
+    let c = parse(&["--listen", " "], &[(ENV_LOG_LEVEL, ""), (ENV_MAX_TUNNELS, "  ")]).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:3128".parse().unwrap());
+    assert_eq!((c.log_level.as_str(), c.limits.max_tunnels), ("info", Limits::default().max_tunnels));
+}
+
+#[test]
+fn a_cli_built_without_clap_gets_claps_defaults() {
+    // Every setting's id is looked up in the clap command (a typo would trip a debug
+    // assertion), and the defaults match what clap fills in.
+    let c = parse_config(&Cli::default(), &HashMap::<String, String>::new()).unwrap();
+    let d = parse(&[], &[]).unwrap();
+    assert_eq!((c.listen, c.limits, c.log_format), (d.listen, d.limits, d.log_format));
+    assert_eq!((c.result_deadline, c.shutdown_grace, c.worker_threads), (d.result_deadline, d.shutdown_grace, 0));
+    assert_eq!(c.log_level, d.log_level);
 }

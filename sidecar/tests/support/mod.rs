@@ -3,7 +3,6 @@
 //! that talks to the proxy in absolute form.
 #![allow(dead_code)]
 use bytes::Bytes;
-use clap::Parser;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -27,8 +26,8 @@ use tokio::task::JoinHandle;
 pub fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
     let mut argv = vec!["sidecar", "--listen", "127.0.0.1:0"];
     argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("flags parse");
     let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let cli = Cli::try_parse_with_env(argv, &map).expect("flags parse");
     parse_config(&cli, &map).expect("valid config")
 }
 
@@ -338,39 +337,25 @@ impl FakeJobManager {
     }
 }
 
-/// A private temporary directory, removed when dropped.
-pub struct TempDir(std::path::PathBuf);
+/// A private temporary directory (`tempfile`: a unique name, removed when dropped),
+/// usable wherever a `&Path` is.
+pub struct TempDir(tempfile::TempDir);
 
 impl std::ops::Deref for TempDir {
     type Target = std::path::Path;
     fn deref(&self) -> &std::path::Path {
-        &self.0
+        self.0.path()
     }
 }
 
 impl AsRef<std::path::Path> for TempDir {
     fn as_ref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
 pub fn temp_dir(name: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("sidecar-test-{name}-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&d).unwrap();
-    TempDir(d)
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
-    h.finish()
+    TempDir(tempfile::Builder::new().prefix(&format!("sidecar-test-{name}-")).tempdir().unwrap())
 }
 
 /// Polls `cond` every 10 ms for up to 5 s (for effects with no event to wait on, such
