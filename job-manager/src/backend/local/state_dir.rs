@@ -13,8 +13,7 @@ use common::runtime_api;
 use common::{Job, JobId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 const META_FILE: &str = "meta.json";
@@ -142,11 +141,7 @@ pub(super) fn write_handoff(dir: &Path, job: &Job, token: &str) -> Result<(), (&
     Ok(())
 }
 
+/// Owner-only, and replaced atomically so a reader (or a restart) never sees half a file.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // Temp + rename so a reader (or a restart) never sees half a file.
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    common::fs::write_atomic(path, bytes, 0o600)
 }
