@@ -160,21 +160,10 @@ impl<S: ResultStore> LocalExecutor<S> {
         let Some(runtime) = self.settings.runtimes.get(&job.runtime_type) else {
             return Err(HandoffError::Permanent(format!("runtime type {:?} is not configured", job.runtime_type)));
         };
-        if self.jobs.job_dir(&job.id).exists() {
+        let me = self.clone();
+        let (id, runtime_type, parallelism) = (job.id.clone(), job.runtime_type.clone(), runtime.parallelism);
+        let Some(dir) = off_worker(move || me.claim_slot(&id, &runtime_type, parallelism)).await? else {
             return Ok(Accepted::AlreadyRunning);
-        }
-        let running = self.in_flight_now().map_err(|e| HandoffError::Transient(e.to_string()))?;
-        let busy = running.get(&job.runtime_type).map_or(0, Vec::len);
-        if busy >= runtime.parallelism as usize {
-            return Err(HandoffError::Busy(format!(
-                "{} of {} {} jobs already run",
-                busy, runtime.parallelism, job.runtime_type
-            )));
-        }
-        let dir = match self.jobs.claim(&job.id) {
-            Ok(Claim::Claimed(dir)) => dir,
-            Ok(Claim::Exists) => return Ok(Accepted::AlreadyRunning),
-            Err(e) => return Err(HandoffError::Transient(e.to_string())),
         };
         match self.launch(&dir, &handoff, runtime).await {
             Ok((sidecar, child, meta)) => {
@@ -185,9 +174,29 @@ impl<S: ResultStore> LocalExecutor<S> {
                 Ok(Accepted::Started)
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                // Awaited: a retried start must not find this dir.
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Claim a job dir if the job has none and its runtime type has a free slot; `None`
+    /// when the job's dir exists (it runs here already). Blocking: the existence check,
+    /// the state-dir scan and the claim, in that order.
+    fn claim_slot(&self, id: &JobId, runtime_type: &str, parallelism: u32) -> Result<Option<PathBuf>, HandoffError> {
+        if self.jobs.job_dir(id).exists() {
+            return Ok(None);
+        }
+        let running = self.in_flight_now().map_err(|e| HandoffError::Transient(e.to_string()))?;
+        let busy = running.get(runtime_type).map_or(0, Vec::len);
+        if busy >= parallelism as usize {
+            return Err(HandoffError::Busy(format!("{busy} of {parallelism} {runtime_type} jobs already run")));
+        }
+        match self.jobs.claim(id) {
+            Ok(Claim::Claimed(dir)) => Ok(Some(dir)),
+            Ok(Claim::Exists) => Ok(None),
+            Err(e) => Err(HandoffError::Transient(e.to_string())),
         }
     }
 
@@ -198,13 +207,16 @@ impl<S: ResultStore> LocalExecutor<S> {
         handoff: &Handoff,
         runtime: &LocalRuntime,
     ) -> Result<(Child, Child, Meta), HandoffError> {
-        let transient = |what: &str, e: &dyn std::fmt::Display| HandoffError::Transient(format!("{what}: {e}"));
         let job = &handoff.job;
         let deadline_unix_ms =
             handoff.deadline.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
         let mut meta = Meta { job: job.clone(), deadline_unix_ms, sidecar: None, runtime: None };
-        state_dir::write_meta(dir, &meta).map_err(|e| transient("write meta", &e))?;
-        state_dir::write_handoff(dir, job, &handoff.token).map_err(|(what, e)| transient(what, &e))?;
+        let (d, m, token) = (dir.to_path_buf(), meta.clone(), handoff.token.clone());
+        off_worker(move || {
+            state_dir::write_meta(&d, &m).map_err(|e| transient("write meta", &e))?;
+            state_dir::write_handoff(&d, &m.job, &token).map_err(|(what, e)| transient(what, &e))
+        })
+        .await?;
         let spool = dir.join(SPOOL_DIR);
         let scratch = dir.join(SCRATCH_DIR);
 
@@ -214,7 +226,7 @@ impl<S: ResultStore> LocalExecutor<S> {
             .map_err(|e| transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e))?;
         meta.sidecar = sidecar.id().and_then(ProcessId::of);
         // Recorded at once, so a restart in the middle of the hand-off can stop it.
-        state_dir::write_meta(dir, &meta).map_err(|e| transient("write meta", &e))?;
+        write_meta(dir, &meta).await?;
         if let Some(mut stdin) = sidecar.stdin.take() {
             let line = format!("{}\n", self.settings.internal_api_key.expose());
             stdin.write_all(line.as_bytes()).await.map_err(|e| transient("cannot pass the key to the sidecar", &e))?;
@@ -241,7 +253,7 @@ impl<S: ResultStore> LocalExecutor<S> {
             }
         };
         meta.runtime = child.id().and_then(ProcessId::of);
-        state_dir::write_meta(dir, &meta).map_err(|e| transient("write meta", &e))?;
+        write_meta(dir, &meta).await?;
         tracing::info!(sidecar = %ready.listen, runtime_pid = child.id().unwrap_or_default(), "runtime started");
         Ok((sidecar, child, meta))
     }
@@ -344,7 +356,11 @@ impl<S: ResultStore> LocalExecutor<S> {
                 self.record(&result).await;
             }
         }
-        if let Err(e) = std::fs::remove_dir_all(dir) {
+        let removing = dir.to_path_buf();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(removing))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
             tracing::error!(error = %e, dir = %dir.display(), "cannot remove job dir");
         }
         self.supervised.lock().expect("lock").remove(id);
@@ -400,6 +416,23 @@ impl<S: ResultStore> Executor for Arc<LocalExecutor<S>> {
                 .await;
         remaining
     }
+}
+
+/// Run blocking state-dir I/O (scans, fsyncs, removals) on the blocking pool, not on an
+/// async worker.
+async fn off_worker<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HandoffError> + Send + 'static,
+) -> Result<T, HandoffError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| HandoffError::Transient(format!("state dir I/O failed: {e}")))?
+}
+
+async fn write_meta(dir: &Path, meta: &Meta) -> Result<(), HandoffError> {
+    let (dir, meta) = (dir.to_path_buf(), meta.clone());
+    off_worker(move || state_dir::write_meta(&dir, &meta).map_err(|e| transient("write meta", &e))).await
+}
+
+fn transient(what: &str, e: &dyn std::fmt::Display) -> HandoffError {
+    HandoffError::Transient(format!("{what}: {e}"))
 }
 
 fn until(deadline_unix_ms: u64) -> Duration {
