@@ -228,7 +228,8 @@ mod tests {
 
     #[test]
     fn tail_reads_only_the_end() {
-        let p = std::env::temp_dir().join(format!("jm-tail-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tail");
         std::fs::write(&p, "a".repeat(5000) + "END").unwrap();
         let t = read_tail(&p, 10);
         assert_eq!(t, "aaaaaaaEND");

@@ -364,8 +364,8 @@ mod tests {
 
     #[test]
     fn load_dir_submits_json_files_and_refuses_bad_ones() {
-        let dir = std::env::temp_dir().join(format!("embedded-broker-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("b.json"), r#"{"id":"b","runtime_type":"rt","timeout_secs":1}"#).unwrap();
         std::fs::write(dir.join("a.json"), r#"{"id":"a","runtime_type":"rt","timeout_secs":1}"#).unwrap();
         std::fs::write(dir.join("notes.txt"), "not a job").unwrap();
@@ -381,7 +381,7 @@ mod tests {
         let err = broker.load_dir(&dir).unwrap_err();
         assert_eq!(err.label(), "parse");
         assert!(err.to_string().contains("c.json"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        tmp.close().unwrap();
         assert_eq!(broker.load_dir(&dir).unwrap_err().label(), "read");
     }
 }
