@@ -4,12 +4,14 @@
 //! wire types and paths ([`broker`]), the job and result types ([`job`]), header names
 //! ([`headers`]), the runtime-facing local API and hand-off layout ([`runtime_api`]),
 //! single-use job tokens ([`token`]), constant-time secret comparison ([`secret`]) and
-//! retry backoff ([`backoff`]). No I/O lives here.
+//! retry backoff ([`backoff`]). No I/O lives here but atomic file replacement ([`fs`]),
+//! which both processes use for the files a crash must not leave half written.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod backoff;
 pub mod broker;
+pub mod fs;
 pub mod headers;
 pub mod job;
 pub mod runtime_api;

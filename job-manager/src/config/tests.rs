@@ -8,35 +8,15 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 const MINIMAL: &str = "brokerApiEndpoint: embedded\nruntimes: [{name: rt, command: [/bin/true]}]\n";
 
-fn file(text: &str) -> tempfile_like::TempFile {
-    tempfile_like::TempFile::new(text)
-}
-
-/// A tiny self-deleting temp file (no extra dependency for one helper).
-mod tempfile_like {
-    pub struct TempFile(pub std::path::PathBuf);
-    impl TempFile {
-        pub fn new(text: &str) -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "jm-config-test-{}-{}.yaml",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            let mut f = std::fs::File::create(&p).unwrap();
-            std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-            Self(p)
-        }
-    }
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().prefix("jm-config-test-").suffix(".yaml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
 }
 
 fn load_valid(yaml: &str, e: &[(&str, &str)], flags: &[FlagOverride]) -> Result<Validated, ConfigError> {
     let f = file(yaml);
-    validate(load(Some(&f.0), &env(e), flags)?)
+    validate(load(Some(f.path()), &env(e), flags)?)
 }
 
 fn rule_of(r: Result<Validated, ConfigError>) -> String {
@@ -109,7 +89,7 @@ fn unknown_flag_setting_is_refused() {
 #[test]
 fn file_errors_name_the_file() {
     let f = file("checkTimeOut: 5\n");
-    let err = load(Some(&f.0), &env(&[]), &[]).unwrap_err();
+    let err = load(Some(f.path()), &env(&[]), &[]).unwrap_err();
     assert_eq!(err.label(), "parse_file");
     assert!(err.to_string().contains("unknown field `checkTimeOut`"), "{err}");
     let err = load(Some(std::path::Path::new("/nonexistent/jm.yaml")), &env(&[]), &[]).unwrap_err();
@@ -204,17 +184,16 @@ fn validation_rules_table() {
 
 #[test]
 fn udv_sources_and_jvm_opts_warning() {
-    let mut f =
-        std::fs::File::create(std::env::temp_dir().join(format!("jm-udv-{}.json", std::process::id()))).unwrap();
+    let mut f = tempfile::Builder::new().prefix("jm-udv-").suffix(".json").tempfile().unwrap();
     f.write_all(br#"{"A":"1"}"#).unwrap();
-    let path = std::env::temp_dir().join(format!("jm-udv-{}.json", std::process::id()));
+    let path = f.path().to_path_buf();
     let v = load_valid(
         MINIMAL,
         &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_FILE", path.to_str().unwrap()), ("JM_JVM_OPTS", "-Xmx1g")],
         &[],
     )
     .unwrap();
-    std::fs::remove_file(&path).unwrap();
+    f.close().unwrap();
     assert_eq!(v.user_defined_variables.get("A").and_then(|v| v.as_str()), Some("1"));
     assert!(v.warnings.iter().any(|w| w.contains("jvmOpts")), "{:?}", v.warnings);
     let v = load_valid(MINIMAL, &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", r#"{"k":2}"#)], &[]).unwrap();

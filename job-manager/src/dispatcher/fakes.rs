@@ -1,7 +1,7 @@
 //! In-memory fakes of the two boundaries the dispatcher and delivery loop talk to, for
 //! unit tests here and in other modules: a [`FakeBroker`] that records every call and
 //! can be switched down, and a [`FakeExecutor`] with scriptable hand-off failures.
-//! Public so integration tests can drive the dispatcher without processes.
+//! Compiled for unit tests only (`cfg(test)`), so none of it ships in the binary.
 use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::broker::{BrokerApi, BrokerError, SubmitOutcome};
 use common::broker::{AckRequest, PollRequest, PollResponse, QueueStats, ReleaseRequest};

@@ -9,6 +9,7 @@
 //! executor accepted it, and released when it could not be handed off; a job rejected by
 //! VSE gets a `rejected` result through the same [`ResultIntake`] as every other result.
 pub mod dedupe;
+#[cfg(test)]
 pub mod fakes;
 pub mod limit;
 pub mod stall;

@@ -20,9 +20,10 @@
 //! Recovery (at `open`): frames are replayed up to the first torn or corrupt one; the
 //! rest was a batch cut short before its fsync (so never acknowledged). It is copied
 //! aside to `journal.torn-<unix ms>` for inspection and cut off, so new appends follow
-//! intact frames. Compaction (`prune_delivered`) rewrites the live results to
-//! `journal.next`, fsyncs it and renames it over the journal (then fsyncs the directory),
-//! so a crash leaves either the old or the new journal whole.
+//! intact frames. Compaction (`prune_delivered`) writes the live results to a temp file,
+//! fsyncs it and renames it over the journal, then fsyncs the directory
+//! ([`common::fs::write_atomic`]), so a crash leaves either the old or the new journal
+//! whole; the temp file of a compaction cut short is removed at the next `open`.
 //!
 //! Results left in the old per-file layout (`pending/`, `delivered/`) are imported once
 //! at `open` (see `legacy`), so an upgrade loses nothing.
@@ -45,6 +46,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 const JOURNAL: &str = "journal";
+/// Where compactions wrote before they used `write_atomic`; a leftover is removed at open.
 const COMPACTING: &str = "journal.next";
 const LOCK: &str = "lock";
 /// Requests decided and committed together at most; bounds one write's size and latency.
@@ -103,6 +105,7 @@ impl FileResultStore {
         })?;
         // A compaction cut short: the journal it was replacing is still whole.
         let _ = std::fs::remove_file(dir.join(COMPACTING));
+        let _ = common::fs::remove_stale_temps(&dir.join(JOURNAL));
         let (file, mut index, len) = recover(&dir)?;
         let mut journal = Journal { dir: dir.clone(), file, len, broken: None, _lock: lock };
         let imported = legacy::import(&dir, &mut journal, &mut index)?;
@@ -364,23 +367,20 @@ impl Journal {
             journal::encode(&entry, &mut buf).expect("entries were encodable when first written");
         }
         drop(index);
-        let next = self.dir.join(COMPACTING);
         let path = self.dir.join(JOURNAL);
-        let write_next = || -> std::io::Result<()> {
-            let mut f = File::create(&next)?;
-            f.write_all(&buf)?;
-            f.sync_all()
-        };
-        if let Err(e) = write_next() {
-            let _ = std::fs::remove_file(&next);
-            return Err(unavailable(&next, e));
+        // Mode as `File::create`'s; the umask applies.
+        if let Err(e) = common::fs::write_atomic(&path, &buf, 0o666) {
+            // Failed before the rename: the old journal stands and our handle on it is
+            // good. After it (only the directory fsync failed) the handle is stale.
+            if !is_same_file(&self.file, &path) {
+                let why = format!("cannot reopen the compacted result journal {}: {e}", path.display());
+                self.broken = Some(why.clone());
+                return Err(StoreError::Unavailable(why));
+            }
+            return Err(unavailable(&path, e));
         }
-        std::fs::rename(&next, &path).map_err(|e| unavailable(&path, e))?;
         // From here the journal is the new file: our handle must follow it.
-        let reopened = OpenOptions::new().append(true).open(&path).and_then(|f| {
-            File::open(&self.dir)?.sync_all()?;
-            Ok(f)
-        });
+        let reopened = OpenOptions::new().append(true).open(&path);
         match reopened {
             Ok(f) => {
                 self.file = f;
@@ -406,6 +406,15 @@ fn writer_gone() -> StoreError {
 
 fn unavailable(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("{}: {e}", path.display()))
+}
+
+/// Whether `path` names the file `file` has open (the same inode on the same device).
+fn is_same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

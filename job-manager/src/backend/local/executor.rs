@@ -2,44 +2,38 @@
 //! process, handed over exactly as in a pod (job dir with `job.json` + `token`, the
 //! internal key on the sidecar's stdin, the runtime behind the sidecar's proxy).
 //!
-//! State lives in `<state_dir>/jobs/<job id>/` (mode 0700): `meta.json` (job, deadline,
-//! pids), `job.json`, `token`, the sidecar's `ready.json`, `spool/`, and the processes'
-//! output. A job dir exists exactly while its job runs, so [`Executor::in_flight`] is
-//! derived from the directory (it survives a restart) and a re-delivered job whose dir
-//! exists is [`Accepted::AlreadyRunning`].
+//! This file holds the [`LocalExecutor`] and its [`Executor`] impl: starting a job,
+//! supervising it to its end, in-flight counts, drain, and recovery after a restart. The
+//! job dir layout is in `state_dir`, the processes in `process`.
 //!
-//! If the job manager is SIGKILLed its children keep running (`kill_on_drop` only covers
-//! an orderly drop, and `PR_SET_PDEATHSIG` needs `unsafe` `pre_exec`). The restart path
-//! makes that correct: [`LocalExecutor::recover`] adopts every job dir it finds — it
-//! watches the recorded pids (checked against their start time, so a reused pid is not
-//! mistaken for ours), enforces the recorded deadline, terminates the sidecar once the
-//! runtime is gone, records a `failed` result if none arrived, and removes the dir.
+//! A job dir exists exactly while its job runs, so [`Executor::in_flight`] is derived
+//! from the directory (it survives a restart) and a re-delivered job whose dir exists is
+//! [`Accepted::AlreadyRunning`].
+//!
+//! If the job manager is SIGKILLed its children keep running. The restart path makes that
+//! correct: [`LocalExecutor::recover`] adopts every job dir it finds — it watches the
+//! recorded pids (checked against their start time, so a reused pid is not mistaken for
+//! ours), enforces the recorded deadline, terminates the sidecar once the runtime is gone,
+//! records a `failed` result if none arrived, and removes the dir.
+use super::process::{self, read_tail, ProcessId};
+use super::state_dir::{
+    self, Claim, JobsDir, Meta, READY_FILE, RUNTIME_OUTPUT, SCRATCH_DIR, SIDECAR_OUTPUT, SPOOL_DIR,
+};
 use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::results::{ResultIntake, ResultStore};
-use common::runtime_api::{self, runtime_env, sidecar_env, ReadyFile};
 use common::secret::Secret;
-use common::{Job, JobId, JobResult, Outcome};
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
+use common::{JobId, JobResult, Outcome};
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-
-const META_FILE: &str = "meta.json";
-const READY_FILE: &str = "ready.json";
-const RUNTIME_OUTPUT: &str = "runtime.log";
-const SIDECAR_OUTPUT: &str = "sidecar.log";
 
 /// How one runtime type runs locally.
 #[derive(Clone, Debug)]
@@ -90,51 +84,6 @@ impl LocalSettings {
     }
 }
 
-/// What a job dir records about its job, written before any process starts and updated
-/// with the pids once they exist.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Meta {
-    job: Job,
-    deadline_unix_ms: u64,
-    #[serde(default)]
-    sidecar: Option<ProcessId>,
-    #[serde(default)]
-    runtime: Option<ProcessId>,
-}
-
-/// A pid plus its start time (from `/proc/<pid>/stat`), so a recycled pid is never
-/// mistaken for ours after a restart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct ProcessId {
-    pid: i32,
-    start_ticks: u64,
-}
-
-impl ProcessId {
-    fn of(pid: u32) -> Option<Self> {
-        let pid = i32::try_from(pid).ok()?;
-        Some(Self { pid, start_ticks: proc_start_ticks(pid)? })
-    }
-    fn alive(&self) -> bool {
-        proc_start_ticks(self.pid) == Some(self.start_ticks) && !proc_is_zombie(self.pid)
-    }
-}
-
-/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot).
-fn proc_start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after its ')' are plain.
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn proc_is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').and_then(|i| s[i + 2..].chars().next()))
-        .is_some_and(|state| state == 'Z' || state == 'X')
-}
-
 /// Why a job's runtime stopped.
 enum Ending {
     Exited(Option<ExitStatus>),
@@ -144,6 +93,7 @@ enum Ending {
 
 pub struct LocalExecutor<S> {
     settings: LocalSettings,
+    jobs: JobsDir,
     intake: ResultIntake<S>,
     draining: AtomicBool,
     /// Cancelled when the drain grace period is over: remaining runtimes are killed.
@@ -155,14 +105,10 @@ pub struct LocalExecutor<S> {
 
 impl<S: ResultStore> LocalExecutor<S> {
     pub fn new(settings: LocalSettings, intake: ResultIntake<S>) -> Result<Arc<Self>, StateError> {
-        let jobs = settings.state_dir.join("jobs");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&jobs)
-            .map_err(|e| StateError(format!("cannot create {}: {e}", jobs.display())))?;
+        let jobs = JobsDir::create(&settings.state_dir)?;
         Ok(Arc::new(Self {
             settings,
+            jobs,
             intake,
             draining: AtomicBool::new(false),
             abort: CancellationToken::new(),
@@ -171,27 +117,18 @@ impl<S: ResultStore> LocalExecutor<S> {
         }))
     }
 
-    fn jobs_dir(&self) -> PathBuf {
-        self.settings.state_dir.join("jobs")
-    }
-
-    fn job_dir(&self, id: &JobId) -> PathBuf {
-        // JobId's alphabet has no '/'; the prefix keeps ids like ".." ordinary names.
-        self.jobs_dir().join(format!("j-{id}"))
-    }
-
     /// Adopt jobs left running by a previous process (see the module docs). Call once
     /// at startup, before the dispatcher polls.
     pub fn recover(self: &Arc<Self>) -> Result<usize, StateError> {
         let mut adopted = 0;
-        for (dir, meta) in self.read_job_dirs()? {
+        for (dir, meta) in self.jobs.scan()? {
             match meta {
                 // The hand-off never finished (no runtime was started), so `start` did not
                 // return and the job was not acked: undo it; the broker re-delivers it.
                 Some(meta) if meta.runtime.is_none() => {
                     tracing::warn!(job_id = %meta.job.id, "removing a job whose hand-off was interrupted");
                     if let Some(p) = meta.sidecar.filter(|p| p.alive()) {
-                        let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+                        process::kill_now(p.pid);
                     }
                     let _ = std::fs::remove_dir_all(&dir);
                 }
@@ -215,21 +152,6 @@ impl<S: ResultStore> LocalExecutor<S> {
         Ok(adopted)
     }
 
-    fn read_job_dirs(&self) -> Result<Vec<(PathBuf, Option<Meta>)>, StateError> {
-        let jobs = self.jobs_dir();
-        let entries = std::fs::read_dir(&jobs).map_err(|e| StateError(format!("{}: {e}", jobs.display())))?;
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let dir = entry.path();
-            if !dir.is_dir() {
-                continue;
-            }
-            let meta = std::fs::read(dir.join(META_FILE)).ok().and_then(|b| serde_json::from_slice::<Meta>(&b).ok());
-            out.push((dir, meta));
-        }
-        Ok(out)
-    }
-
     async fn start_job(self: &Arc<Self>, handoff: Handoff) -> Result<Accepted, HandoffError> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(HandoffError::Transient("local executor is shutting down".into()));
@@ -238,24 +160,11 @@ impl<S: ResultStore> LocalExecutor<S> {
         let Some(runtime) = self.settings.runtimes.get(&job.runtime_type) else {
             return Err(HandoffError::Permanent(format!("runtime type {:?} is not configured", job.runtime_type)));
         };
-        let dir = self.job_dir(&job.id);
-        if dir.exists() {
+        let me = self.clone();
+        let (id, runtime_type, parallelism) = (job.id.clone(), job.runtime_type.clone(), runtime.parallelism);
+        let Some(dir) = off_worker(move || me.claim_slot(&id, &runtime_type, parallelism)).await? else {
             return Ok(Accepted::AlreadyRunning);
-        }
-        let running = self.in_flight_now().map_err(|e| HandoffError::Transient(e.to_string()))?;
-        let busy = running.get(&job.runtime_type).map_or(0, Vec::len);
-        if busy >= runtime.parallelism as usize {
-            return Err(HandoffError::Busy(format!(
-                "{} of {} {} jobs already run",
-                busy, runtime.parallelism, job.runtime_type
-            )));
-        }
-        // Claim: creating the dir is atomic, so two concurrent starts cannot both win.
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(Accepted::AlreadyRunning),
-            Err(e) => return Err(HandoffError::Transient(format!("cannot create {}: {e}", dir.display()))),
-        }
+        };
         match self.launch(&dir, &handoff, runtime).await {
             Ok((sidecar, child, meta)) => {
                 self.supervised.lock().expect("lock").insert(job.id.clone(), job.runtime_type.clone());
@@ -265,9 +174,29 @@ impl<S: ResultStore> LocalExecutor<S> {
                 Ok(Accepted::Started)
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                // Awaited: a retried start must not find this dir.
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Claim a job dir if the job has none and its runtime type has a free slot; `None`
+    /// when the job's dir exists (it runs here already). Blocking: the existence check,
+    /// the state-dir scan and the claim, in that order.
+    fn claim_slot(&self, id: &JobId, runtime_type: &str, parallelism: u32) -> Result<Option<PathBuf>, HandoffError> {
+        if self.jobs.job_dir(id).exists() {
+            return Ok(None);
+        }
+        let running = self.in_flight_now().map_err(|e| HandoffError::Transient(e.to_string()))?;
+        let busy = running.get(runtime_type).map_or(0, Vec::len);
+        if busy >= parallelism as usize {
+            return Err(HandoffError::Busy(format!("{busy} of {parallelism} {runtime_type} jobs already run")));
+        }
+        match self.jobs.claim(id) {
+            Ok(Claim::Claimed(dir)) => Ok(Some(dir)),
+            Ok(Claim::Exists) => Ok(None),
+            Err(e) => Err(HandoffError::Transient(e.to_string())),
         }
     }
 
@@ -278,60 +207,32 @@ impl<S: ResultStore> LocalExecutor<S> {
         handoff: &Handoff,
         runtime: &LocalRuntime,
     ) -> Result<(Child, Child, Meta), HandoffError> {
-        let transient = |what: &str, e: &dyn std::fmt::Display| HandoffError::Transient(format!("{what}: {e}"));
         let job = &handoff.job;
         let deadline_unix_ms =
             handoff.deadline.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
         let mut meta = Meta { job: job.clone(), deadline_unix_ms, sidecar: None, runtime: None };
-        write_private(&dir.join(META_FILE), &serde_json::to_vec(&meta).expect("meta serializes"))
-            .map_err(|e| transient("write meta", &e))?;
-        write_private(&dir.join(runtime_api::JOB_FILE), &serde_json::to_vec(job).expect("job serializes"))
-            .map_err(|e| transient("write job file", &e))?;
-        write_private(&dir.join(runtime_api::TOKEN_FILE), handoff.token.as_bytes())
-            .map_err(|e| transient("write token", &e))?;
-        let spool = dir.join("spool");
-        let scratch = dir.join("scratch");
-        for d in [&spool, &scratch] {
-            std::fs::DirBuilder::new().mode(0o700).create(d).map_err(|e| transient("create dir", &e))?;
-        }
+        let (d, m, token) = (dir.to_path_buf(), meta.clone(), handoff.token.clone());
+        off_worker(move || {
+            state_dir::write_meta(&d, &m).map_err(|e| transient("write meta", &e))?;
+            state_dir::write_handoff(&d, &m.job, &token).map_err(|(what, e)| transient(what, &e))
+        })
+        .await?;
+        let spool = dir.join(SPOOL_DIR);
+        let scratch = dir.join(SCRATCH_DIR);
 
-        // Sidecar: policy env from config, the job dir, and the key on stdin only.
         let ready = dir.join(READY_FILE);
-        let mut cmd = Command::new(&self.settings.sidecar_binary);
-        cmd.env_clear()
-            .envs(basic_env())
-            .envs(self.settings.sidecar_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(sidecar_env::LISTEN, "127.0.0.1:0")
-            .env(sidecar_env::READY_FILE, &ready)
-            .env(sidecar_env::JOB_DIR, dir)
-            .env(sidecar_env::JOB_ID, job.id.as_str())
-            .env(sidecar_env::JOB_MANAGER_URL, &self.settings.job_manager_url)
-            .env(sidecar_env::INTERNAL_API_KEY_FILE, "-")
-            .env(sidecar_env::SPOOL_DIR, &spool)
-            // Finish delivering within our grace, before we resort to SIGKILL.
-            .env(
-                sidecar_env::SHUTDOWN_GRACE_SECS,
-                self.settings.sidecar_exit_grace.as_secs().saturating_sub(2).max(1).to_string(),
-            )
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(output_file(&dir.join(SIDECAR_OUTPUT)).map_err(|e| transient("sidecar log", &e))?)
-            .stderr(output_file(&dir.join(SIDECAR_OUTPUT)).map_err(|e| transient("sidecar log", &e))?)
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut sidecar = cmd
+        let mut sidecar = process::sidecar_command(&self.settings, dir, job, &ready, &spool)?
             .spawn()
             .map_err(|e| transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e))?;
         meta.sidecar = sidecar.id().and_then(ProcessId::of);
         // Recorded at once, so a restart in the middle of the hand-off can stop it.
-        write_private(&dir.join(META_FILE), &serde_json::to_vec(&meta).expect("meta serializes"))
-            .map_err(|e| transient("write meta", &e))?;
+        write_meta(dir, &meta).await?;
         if let Some(mut stdin) = sidecar.stdin.take() {
             let line = format!("{}\n", self.settings.internal_api_key.expose());
             stdin.write_all(line.as_bytes()).await.map_err(|e| transient("cannot pass the key to the sidecar", &e))?;
             // Dropping stdin closes it: the sidecar reads one line and nothing else.
         }
-        let ready = match wait_ready(&ready, &mut sidecar, self.settings.sidecar_ready_timeout).await {
+        let ready = match process::wait_ready(&ready, &mut sidecar, self.settings.sidecar_ready_timeout).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = sidecar.start_kill();
@@ -341,48 +242,18 @@ impl<S: ResultStore> LocalExecutor<S> {
             }
         };
 
-        // Runtime: only what the contract lists. Never the key, never the token.
         let proxy = format!("http://{}", ready.listen);
-        let no_proxy = self.settings.no_proxy.join(",");
-        let (program, args) = runtime
-            .command
-            .split_first()
-            .ok_or_else(|| HandoffError::Permanent(format!("runtime type {:?} has no command", job.runtime_type)))?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env_clear()
-            .envs(basic_env())
-            .envs(&runtime.extra_env)
-            .env("HOME", &scratch)
-            .env("TMPDIR", &scratch)
-            .env(runtime_env::JOB_API_URL, &proxy)
-            .env(runtime_env::HTTP_PROXY, &proxy)
-            .env(runtime_env::HTTPS_PROXY, &proxy)
-            .env("http_proxy", &proxy)
-            .env("https_proxy", &proxy)
-            .env(runtime_env::NO_PROXY, &no_proxy)
-            .env("no_proxy", &no_proxy)
-            .env(runtime_env::USER_DEFINED_VARIABLES, &self.settings.user_defined_variables)
-            .current_dir(&scratch)
-            .stdin(Stdio::null())
-            .stdout(output_file(&dir.join(RUNTIME_OUTPUT)).map_err(|e| transient("runtime log", &e))?)
-            .stderr(output_file(&dir.join(RUNTIME_OUTPUT)).map_err(|e| transient("runtime log", &e))?)
-            // Its own process group, so a timeout kills everything it started.
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(p) = &self.settings.custom_node_modules_path {
-            cmd.env(runtime_env::CUSTOM_NODE_MODULES_PATH, p);
-        }
+        let mut cmd = process::runtime_command(&self.settings, runtime, dir, job, &scratch, &proxy)?;
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                terminate(&mut sidecar, Duration::from_secs(2)).await;
+                process::terminate(&mut sidecar, Duration::from_secs(2)).await;
+                let program = &runtime.command[0];
                 return Err(HandoffError::Permanent(format!("cannot start runtime {program:?}: {e}")));
             }
         };
         meta.runtime = child.id().and_then(ProcessId::of);
-        write_private(&dir.join(META_FILE), &serde_json::to_vec(&meta).expect("meta serializes"))
-            .map_err(|e| transient("write meta", &e))?;
+        write_meta(dir, &meta).await?;
         tracing::info!(sidecar = %ready.listen, runtime_pid = child.id().unwrap_or_default(), "runtime started");
         Ok((sidecar, child, meta))
     }
@@ -397,7 +268,7 @@ impl<S: ResultStore> LocalExecutor<S> {
         };
         // Whatever happened, nothing of the runtime's process group may outlive it.
         if let Some(pid) = runtime.id() {
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            process::kill_group(pid as i32);
         }
         let _ = runtime.wait().await;
         self.settle(&dir, &meta, ending, started.elapsed(), Some(&mut sidecar)).await;
@@ -420,7 +291,7 @@ impl<S: ResultStore> LocalExecutor<S> {
             }
         };
         if let Some(p) = meta.runtime.filter(|p| p.alive()) {
-            let _ = killpg(Pid::from_raw(p.pid), Signal::SIGKILL);
+            process::kill_group(p.pid);
         }
         self.settle(&dir, &meta, ending, started.elapsed(), None).await;
     }
@@ -454,10 +325,10 @@ impl<S: ResultStore> LocalExecutor<S> {
         }
         // SIGTERM lets the sidecar finish delivering a result the runtime posted.
         match sidecar {
-            Some(child) => terminate(child, self.settings.sidecar_exit_grace).await,
+            Some(child) => process::terminate(child, self.settings.sidecar_exit_grace).await,
             None => {
                 if let Some(p) = meta.sidecar.filter(|p| p.alive()) {
-                    terminate_pid(p, self.settings.sidecar_exit_grace).await;
+                    process::terminate_pid(p, self.settings.sidecar_exit_grace).await;
                 }
             }
         }
@@ -485,7 +356,11 @@ impl<S: ResultStore> LocalExecutor<S> {
                 self.record(&result).await;
             }
         }
-        if let Err(e) = std::fs::remove_dir_all(dir) {
+        let removing = dir.to_path_buf();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(removing))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
             tracing::error!(error = %e, dir = %dir.display(), "cannot remove job dir");
         }
         self.supervised.lock().expect("lock").remove(id);
@@ -503,34 +378,10 @@ impl<S: ResultStore> LocalExecutor<S> {
         }
     }
 
-    /// The job dirs present now, by runtime type. The directory listing is the truth (it
-    /// survives a restart); the runtime type comes from the supervision table when the
-    /// job is supervised, else from its `meta.json`, so a poll tick with many jobs in
-    /// flight costs one `read_dir`, not one file read per job.
+    /// The job dirs present now, by runtime type (see [`JobsDir::in_flight`]); the
+    /// supervision table names the runtime type of the jobs this process supervises.
     fn in_flight_now(&self) -> Result<BTreeMap<String, Vec<JobId>>, StateError> {
-        let jobs = self.jobs_dir();
-        let entries = std::fs::read_dir(&jobs).map_err(|e| StateError(format!("{}: {e}", jobs.display())))?;
-        let supervised = self.supervised.lock().expect("lock").clone();
-        let mut out: BTreeMap<String, Vec<JobId>> = BTreeMap::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_prefix("j-")).and_then(|n| JobId::new(n).ok()) else {
-                continue;
-            };
-            let runtime = match supervised.get(&id) {
-                Some(rt) => Some(rt.clone()),
-                None => std::fs::read(entry.path().join(META_FILE))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
-                    .map(|m| m.job.runtime_type),
-            };
-            // No meta yet: being claimed right now; the dispatcher counts it as a
-            // hand-off in progress.
-            if let Some(rt) = runtime {
-                out.entry(rt).or_default().push(id);
-            }
-        }
-        Ok(out)
+        self.jobs.in_flight(|| self.supervised.lock().expect("lock").clone())
     }
 }
 
@@ -567,105 +418,24 @@ impl<S: ResultStore> Executor for Arc<LocalExecutor<S>> {
     }
 }
 
-fn basic_env() -> Vec<(String, String)> {
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut env = vec![("PATH".to_string(), path)];
-    for name in ["LANG", "LC_ALL", "TZ"] {
-        if let Ok(v) = std::env::var(name) {
-            env.push((name.to_string(), v));
-        }
-    }
-    env
+/// Run blocking state-dir I/O (scans, fsyncs, removals) on the blocking pool, not on an
+/// async worker.
+async fn off_worker<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HandoffError> + Send + 'static,
+) -> Result<T, HandoffError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| HandoffError::Transient(format!("state dir I/O failed: {e}")))?
+}
+
+async fn write_meta(dir: &Path, meta: &Meta) -> Result<(), HandoffError> {
+    let (dir, meta) = (dir.to_path_buf(), meta.clone());
+    off_worker(move || state_dir::write_meta(&dir, &meta).map_err(|e| transient("write meta", &e))).await
+}
+
+fn transient(what: &str, e: &dyn std::fmt::Display) -> HandoffError {
+    HandoffError::Transient(format!("{what}: {e}"))
 }
 
 fn until(deadline_unix_ms: u64) -> Duration {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     Duration::from_millis(deadline_unix_ms.saturating_sub(now))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // Temp + rename so a reader (or a restart) never sees half a file.
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-fn output_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)
-}
-
-/// The last `max` bytes of a file, lossily decoded (empty when unreadable).
-pub fn read_tail(path: &Path, max: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-async fn wait_ready(path: &Path, sidecar: &mut Child, timeout: Duration) -> Result<ReadyFile, String> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Ok(bytes) = std::fs::read(path) {
-            if let Ok(ready) = serde_json::from_slice::<ReadyFile>(&bytes) {
-                return Ok(ready);
-            }
-        }
-        if let Ok(Some(status)) = sidecar.try_wait() {
-            return Err(format!("sidecar exited with {status}"));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("no ready file after {timeout:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// SIGTERM, wait up to `grace`, then SIGKILL.
-async fn terminate(child: &mut Child, grace: Duration) {
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    }
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        tracing::warn!("sidecar did not exit within {grace:?}; killing it");
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-    }
-}
-
-async fn terminate_pid(p: ProcessId, grace: Duration) {
-    let _ = kill(Pid::from_raw(p.pid), Signal::SIGTERM);
-    let deadline = tokio::time::Instant::now() + grace;
-    while p.alive() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if p.alive() {
-        let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_pid_is_alive_and_start_time_checked() {
-        let me = ProcessId::of(std::process::id()).expect("/proc readable");
-        assert!(me.alive());
-        let recycled = ProcessId { start_ticks: me.start_ticks + 1, ..me };
-        assert!(!recycled.alive(), "same pid, other start time: not ours");
-    }
-
-    #[test]
-    fn tail_reads_only_the_end() {
-        let p = std::env::temp_dir().join(format!("jm-tail-{}", std::process::id()));
-        std::fs::write(&p, "a".repeat(5000) + "END").unwrap();
-        let t = read_tail(&p, 10);
-        assert_eq!(t, "aaaaaaaEND");
-        assert_eq!(read_tail(Path::new("/nonexistent"), 10), "");
-        std::fs::remove_file(p).unwrap();
-    }
 }

@@ -3,8 +3,11 @@
 //! wires: the executor, the file result store in the state dir, generated keys kept
 //! there when none are configured, and the hourly pruning of delivered results.
 pub mod executor;
+mod process;
+mod state_dir;
 
 pub use executor::*;
+pub use process::read_tail;
 
 use crate::backend::{Backend, BackendError, Companions, ExecutorParts, KeySettings, Keys};
 use crate::config::Validated;
@@ -161,23 +164,13 @@ fn sidecar_binary(configured: &str) -> PathBuf {
 
 /// Read a generated secret from `path`, creating it (0600) on first use.
 fn persistent_secret(path: &Path) -> Result<String, BackendError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Ok(s) = std::fs::read_to_string(path) {
         if !s.trim().is_empty() {
             return Ok(s.trim().to_string());
         }
     }
     let secret = common::secret::random_hex(32);
-    let cannot_write =
-        |e: std::io::Error| BackendError::failed("keys", "keys", format!("cannot write {}: {e}", path.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(cannot_write)?;
-    f.write_all(secret.as_bytes()).and_then(|_| f.sync_all()).map_err(cannot_write)?;
+    common::fs::write_atomic(path, secret.as_bytes(), 0o600)
+        .map_err(|e| BackendError::failed("keys", "keys", format!("cannot write {}: {e}", path.display())))?;
     Ok(secret)
 }

@@ -1,16 +1,20 @@
 //! The embedded broker: an in-process implementation of broker API v1 (see
 //! `common::broker`), selected by default in local mode, and the fake broker every test
 //! drives. The queue logic is the pure [`queue::BrokerQueue`]; this module adds the shared
-//! handle, job submission (files, HTTP admin API), a call log, per-job counters and
-//! fault injection; [`server`] serves it over HTTP.
+//! handle, job submission (files, HTTP admin API), a call log, per-job counters and,
+//! with the `test-support` feature, fault injection; [`server`] serves it over HTTP.
 //!
 //! Admin endpoints (same bearer key as the broker API):
 //! `POST /admin/v1/jobs` (a `Job`; 201, 409 duplicate), `GET /admin/v1/results`
 //! (object keyed by job id), `GET /admin/v1/results/{id}` (a `JobResult`, 404 until known).
+// Only tests stand the embedded broker in for a flaky remote one: no flag or endpoint
+// reaches the fault plan, so it stays out of the release binary.
+#[cfg(feature = "test-support")]
 pub mod faults;
 pub mod queue;
 mod server;
 
+#[cfg(feature = "test-support")]
 pub use faults::{Faults, Injected};
 pub use queue::{BrokerQueue, JobCounters, JobState, QueueError};
 
@@ -84,6 +88,7 @@ pub struct EmbeddedBroker {
     inner: Arc<Mutex<Inner>>,
     location_key: Secret,
     clock: Clock,
+    #[cfg(feature = "test-support")]
     faults: Faults,
     /// Woken whenever a result is stored, for [`EmbeddedBroker::wait_for_results`].
     result_stored: Arc<Notify>,
@@ -110,6 +115,7 @@ impl EmbeddedBroker {
             })),
             location_key: opts.location_key,
             clock,
+            #[cfg(feature = "test-support")]
             faults: Faults::default(),
             result_stored: Arc::new(Notify::new()),
         }
@@ -213,6 +219,7 @@ impl EmbeddedBroker {
     }
 
     /// The fault plan applied to broker API requests served over HTTP.
+    #[cfg(feature = "test-support")]
     pub fn faults(&self) -> Faults {
         self.faults.clone()
     }
@@ -364,8 +371,8 @@ mod tests {
 
     #[test]
     fn load_dir_submits_json_files_and_refuses_bad_ones() {
-        let dir = std::env::temp_dir().join(format!("embedded-broker-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("b.json"), r#"{"id":"b","runtime_type":"rt","timeout_secs":1}"#).unwrap();
         std::fs::write(dir.join("a.json"), r#"{"id":"a","runtime_type":"rt","timeout_secs":1}"#).unwrap();
         std::fs::write(dir.join("notes.txt"), "not a job").unwrap();
@@ -381,7 +388,7 @@ mod tests {
         let err = broker.load_dir(&dir).unwrap_err();
         assert_eq!(err.label(), "parse");
         assert!(err.to_string().contains("c.json"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        tmp.close().unwrap();
         assert_eq!(broker.load_dir(&dir).unwrap_err().label(), "read");
     }
 }

@@ -1,7 +1,9 @@
 //! HTTP/1 server for the embedded broker: broker API v1 plus the admin endpoints.
 //! Every request is checked for the bearer key first, then routed; bodies are bounded;
 //! a malformed body gets 400, a well-formed one of the wrong shape 422, a huge one 413.
-use super::{CallRecord, EmbeddedBroker, Injected, QueueError, NO_ANSWER};
+#[cfg(feature = "test-support")]
+use super::Injected;
+use super::{CallRecord, EmbeddedBroker, QueueError, NO_ANSWER};
 use crate::serve::{serve_http1, ServeSettings};
 use bytes::Bytes;
 use common::broker::{AckRequest, ErrorBody, PollRequest, ReleaseRequest, POLL_PATH, QUEUE_PATH};
@@ -25,6 +27,7 @@ type Answer = Response<Full<Bytes>>;
 
 /// Returned by the service to make hyper close the connection without an answer.
 #[derive(Debug, thiserror::Error)]
+#[cfg_attr(not(feature = "test-support"), allow(dead_code))] // only faults drop connections
 #[error("connection dropped by fault injection")]
 struct Dropped;
 
@@ -41,7 +44,7 @@ pub(super) async fn serve(
     };
     let service_for = || {
         // A broker that is "down" (fault injection) drops connections unanswered.
-        if broker.faults.is_down() {
+        if is_down(&broker) {
             return None;
         }
         let b = broker.clone();
@@ -75,34 +78,59 @@ fn job_id_in_path(path: &str) -> Option<JobId> {
 async fn answer(broker: &EmbeddedBroker, req: Request<Incoming>) -> Result<Answer, Dropped> {
     let is_broker_api = req.uri().path().starts_with("/v1/");
     if is_broker_api {
-        match broker.faults.next() {
-            Injected::Serve { delay } => {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-            }
-            Injected::Fail { status } => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return Ok(error(status, "injected", "fault injected by the test"));
-            }
-            Injected::Garbage => {
-                return Ok(Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(Bytes::from_static(b"{\"jobs\": [tr")))
-                    .expect("static response"))
-            }
-            Injected::Hang { until } => {
-                tokio::time::sleep_until(until.into()).await;
-                return Err(Dropped);
-            }
-            Injected::Down => return Err(Dropped),
+        if let Some(injected) = inject(broker).await {
+            return injected;
         }
     }
     if !authorized(broker, &req) {
         return Ok(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer location key"));
     }
     Ok(route(broker, req).await)
+}
+
+/// Whether the fault plan has the broker down (new connections are closed at once).
+#[cfg(feature = "test-support")]
+fn is_down(broker: &EmbeddedBroker) -> bool {
+    broker.faults.is_down()
+}
+
+#[cfg(not(feature = "test-support"))]
+fn is_down(_: &EmbeddedBroker) -> bool {
+    false
+}
+
+/// Apply the fault plan to a broker API request: `None` to serve it (after any delay),
+/// else what to do instead.
+#[cfg(feature = "test-support")]
+async fn inject(broker: &EmbeddedBroker) -> Option<Result<Answer, Dropped>> {
+    match broker.faults.next() {
+        Injected::Serve { delay } => {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            None
+        }
+        Injected::Fail { status } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Some(Ok(error(status, "injected", "fault injected by the test")))
+        }
+        Injected::Garbage => Some(Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"jobs\": [tr")))
+            .expect("static response"))),
+        Injected::Hang { until } => {
+            tokio::time::sleep_until(until.into()).await;
+            Some(Err(Dropped))
+        }
+        Injected::Down => Some(Err(Dropped)),
+    }
+}
+
+/// Without the `test-support` feature there is no fault plan: every request is served.
+#[cfg(not(feature = "test-support"))]
+async fn inject(_: &EmbeddedBroker) -> Option<Result<Answer, Dropped>> {
+    None
 }
 
 fn authorized(broker: &EmbeddedBroker, req: &Request<Incoming>) -> bool {

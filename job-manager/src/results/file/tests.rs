@@ -3,22 +3,6 @@ use crate::metrics::Metrics;
 use crate::results::ResultIntake;
 use common::Outcome;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let d = std::env::temp_dir().join(format!("jm-store-{}-{}", std::process::id(), rand::random::<u64>()));
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn id(s: &str) -> JobId {
     JobId::new(s).unwrap()
 }
@@ -33,8 +17,8 @@ fn journal_len(dir: &Path) -> u64 {
 
 #[tokio::test]
 async fn first_wins_duplicate_conflict_and_survives_reopen() {
-    let dir = TempDir::new();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     let j1 = id("j1");
     let r = JobResult::new(j1.clone(), Outcome::Succeeded, "ok");
     assert_eq!(store.record(&r).await.unwrap(), Recorded::Accepted);
@@ -43,7 +27,7 @@ async fn first_wins_duplicate_conflict_and_survives_reopen() {
     assert_eq!(store.record(&other).await.unwrap(), Recorded::Conflict);
     drop(store);
     // A fresh handle (a restarted process) sees the same state.
-    let reopened = FileResultStore::open(&dir.0).unwrap();
+    let reopened = FileResultStore::open(dir.path()).unwrap();
     assert_eq!(reopened.pending().await.unwrap(), vec![r.clone()]);
     reopened.mark_delivered(&j1).await.unwrap();
     reopened.mark_delivered(&j1).await.unwrap(); // idempotent
@@ -53,25 +37,25 @@ async fn first_wins_duplicate_conflict_and_survives_reopen() {
     assert_eq!(reopened.record(&other).await.unwrap(), Recorded::Conflict);
     assert!(matches!(reopened.mark_delivered(&id("nope")).await, Err(StoreError::UnknownJob(_))));
     drop(reopened);
-    let again = FileResultStore::open(&dir.0).unwrap();
+    let again = FileResultStore::open(dir.path()).unwrap();
     assert!(again.pending().await.unwrap().is_empty(), "the delivery was durable too");
     assert_eq!(again.record(&r).await.unwrap(), Recorded::Duplicate);
 }
 
 #[tokio::test]
 async fn a_second_process_cannot_open_the_same_directory() {
-    let dir = TempDir::new();
-    let store = FileResultStore::open(&dir.0).unwrap();
-    let err = FileResultStore::open(&dir.0).unwrap_err().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
+    let err = FileResultStore::open(dir.path()).unwrap_err().to_string();
     assert!(err.contains("in use by another job manager process"), "{err}");
     drop(store);
-    FileResultStore::open(&dir.0).expect("free again once the first handle is gone");
+    FileResultStore::open(dir.path()).expect("free again once the first handle is gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_batch_is_durable_across_reopen() {
-    let dir = TempDir::new();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     let tasks: Vec<_> = (0..500)
         .map(|i| {
             let s = store.clone();
@@ -82,7 +66,7 @@ async fn concurrent_batch_is_durable_across_reopen() {
         assert_eq!(t.await.unwrap(), Recorded::Accepted);
     }
     drop(store);
-    let reopened = FileResultStore::open(&dir.0).unwrap();
+    let reopened = FileResultStore::open(dir.path()).unwrap();
     let pending = reopened.pending().await.unwrap();
     let expected: Vec<_> = (0..500).map(|i| result(&format!("j{i:03}"), &format!("m{i}"))).collect();
     assert_eq!(pending, expected, "every accepted result, in job-id order");
@@ -90,8 +74,8 @@ async fn concurrent_batch_is_durable_across_reopen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_records_for_one_job_have_exactly_one_winner() {
-    let dir = TempDir::new();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     let tasks: Vec<_> = (0..32)
         .map(|i| {
             let s = store.clone();
@@ -125,9 +109,9 @@ async fn concurrent_records_for_one_job_have_exactly_one_winner() {
 /// are recorded; every first result must still be Accepted and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_result_delivered_right_after_it_is_recorded_is_still_accepted() {
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::new());
-    let intake = ResultIntake::new(FileResultStore::open(&dir.0).unwrap(), metrics.clone());
+    let intake = ResultIntake::new(FileResultStore::open(dir.path()).unwrap(), metrics.clone());
     let n = 300;
     let deliverer = {
         let intake = intake.clone();
@@ -161,56 +145,56 @@ async fn a_result_delivered_right_after_it_is_recorded_is_still_accepted() {
 
 #[tokio::test]
 async fn torn_tail_is_cut_off_and_saved_and_appends_continue_after_it() {
-    let dir = TempDir::new();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     for job in ["a", "b", "c"] {
         store.record(&result(job, "x")).await.unwrap();
     }
     drop(store);
-    let intact = journal_len(&dir.0);
+    let intact = journal_len(dir.path());
     // A batch cut short: a header promising 100 bytes, then only 10 of them.
-    let mut f = OpenOptions::new().append(true).open(dir.0.join(JOURNAL)).unwrap();
+    let mut f = OpenOptions::new().append(true).open(dir.path().join(JOURNAL)).unwrap();
     f.write_all(&100u32.to_le_bytes()).unwrap();
     f.write_all(&[0xAB; 14]).unwrap();
     drop(f);
 
-    let store = FileResultStore::open(&dir.0).unwrap();
-    assert_eq!(journal_len(&dir.0), intact, "the torn tail is cut off");
-    let saved: Vec<_> = std::fs::read_dir(&dir.0)
+    let store = FileResultStore::open(dir.path()).unwrap();
+    assert_eq!(journal_len(dir.path()), intact, "the torn tail is cut off");
+    let saved: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("journal.torn-"))
         .collect();
     assert_eq!(saved.len(), 1, "the torn bytes are kept aside: {saved:?}");
-    assert_eq!(std::fs::metadata(dir.0.join(&saved[0])).unwrap().len(), 18);
+    assert_eq!(std::fs::metadata(dir.path().join(&saved[0])).unwrap().len(), 18);
     assert_eq!(store.pending().await.unwrap().len(), 3);
     assert_eq!(store.record(&result("d", "x")).await.unwrap(), Recorded::Accepted);
     drop(store);
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     assert_eq!(store.pending().await.unwrap().len(), 4, "the append after recovery is readable");
 }
 
 #[tokio::test]
 async fn corrupt_last_frame_is_dropped_and_earlier_results_kept() {
-    let dir = TempDir::new();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     store.record(&result("a", "x")).await.unwrap();
     store.record(&result("b", "y")).await.unwrap();
     drop(store);
-    let path = dir.0.join(JOURNAL);
+    let path = dir.path().join(JOURNAL);
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 3;
     bytes[last] ^= 0x01; // a bit flip inside the last frame's payload
     std::fs::write(&path, &bytes).unwrap();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     assert_eq!(store.pending().await.unwrap(), vec![result("a", "x")]);
     assert_eq!(store.record(&result("b", "y2")).await.unwrap(), Recorded::Accepted, "b was never durable");
 }
 
 #[tokio::test]
 async fn compaction_keeps_undelivered_and_recent_results_and_shrinks_the_journal() {
-    let dir = TempDir::new();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     for i in 0..50 {
         store.record(&result(&format!("d{i:02}"), &"delivered ".repeat(10))).await.unwrap();
     }
@@ -220,9 +204,9 @@ async fn compaction_keeps_undelivered_and_recent_results_and_shrinks_the_journal
     for i in 0..50 {
         store.mark_delivered(&id(&format!("d{i:02}"))).await.unwrap();
     }
-    let before = journal_len(&dir.0);
+    let before = journal_len(dir.path());
     assert_eq!(store.prune_delivered(Duration::from_secs(3600)).unwrap(), 0, "too recent to forget");
-    assert!(journal_len(&dir.0) < before, "delivery markers folded into their results");
+    assert!(journal_len(dir.path()) < before, "delivery markers folded into their results");
     assert_eq!(store.lookup(&id("d00")).await.unwrap(), Some(result("d00", &"delivered ".repeat(10))));
     assert_eq!(store.prune_delivered(Duration::ZERO).unwrap(), 50);
     assert_eq!(store.lookup(&id("d00")).await.unwrap(), None);
@@ -231,52 +215,66 @@ async fn compaction_keeps_undelivered_and_recent_results_and_shrinks_the_journal
     // Appends after a compaction go to the new journal.
     assert_eq!(store.record(&result("p3", "late")).await.unwrap(), Recorded::Accepted);
     drop(store);
-    let reopened = FileResultStore::open(&dir.0).unwrap();
+    let reopened = FileResultStore::open(dir.path()).unwrap();
     let pending = reopened.pending().await.unwrap();
     assert_eq!(pending.len(), 3);
     assert_eq!(pending[2], result("p3", "late"));
     assert_eq!(reopened.lookup(&id("d01")).await.unwrap(), None);
-    assert!(!dir.0.join(COMPACTING).exists());
+    assert!(!dir.path().join(COMPACTING).exists());
 }
 
 #[tokio::test]
 async fn a_compaction_cut_short_leaves_the_old_journal_in_charge() {
-    let dir = TempDir::new();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     store.record(&result("a", "x")).await.unwrap();
     drop(store);
-    std::fs::write(dir.0.join(COMPACTING), b"half a compaction").unwrap();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    std::fs::write(dir.path().join(COMPACTING), b"half a compaction").unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     assert_eq!(store.pending().await.unwrap(), vec![result("a", "x")]);
-    assert!(!dir.0.join(COMPACTING).exists());
+    assert!(!dir.path().join(COMPACTING).exists());
+}
+
+#[tokio::test]
+async fn the_temp_file_of_a_compaction_cut_short_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
+    store.record(&result("a", "x")).await.unwrap();
+    drop(store);
+    // What `common::fs::write_atomic` leaves when a crash stops it before the rename.
+    let stale = dir.path().join(".journal.1-0.tmp");
+    std::fs::write(&stale, b"half a compaction").unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
+    assert_eq!(store.pending().await.unwrap(), vec![result("a", "x")]);
+    assert!(!stale.exists());
 }
 
 #[tokio::test]
 async fn results_of_the_old_per_file_layout_are_imported_once() {
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     for (sub, job, msg) in [("pending", "p", "waiting"), ("delivered", "d", "done")] {
-        std::fs::create_dir_all(dir.0.join(sub)).unwrap();
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         let r = result(job, msg);
-        std::fs::write(dir.0.join(sub).join(format!("r-{job}.json")), serde_json::to_vec(&r).unwrap()).unwrap();
+        std::fs::write(dir.path().join(sub).join(format!("r-{job}.json")), serde_json::to_vec(&r).unwrap()).unwrap();
     }
-    std::fs::write(dir.0.join("pending/.tmp-1-r-x.json"), b"{half").unwrap();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    std::fs::write(dir.path().join("pending/.tmp-1-r-x.json"), b"{half").unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     assert_eq!(store.pending().await.unwrap(), vec![result("p", "waiting")]);
     assert_eq!(store.lookup(&id("d")).await.unwrap(), Some(result("d", "done")));
     assert_eq!(store.record(&result("d", "other")).await.unwrap(), Recorded::Conflict);
-    assert!(!dir.0.join("pending").exists() && !dir.0.join("delivered").exists());
+    assert!(!dir.path().join("pending").exists() && !dir.path().join("delivered").exists());
     drop(store);
-    let reopened = FileResultStore::open(&dir.0).unwrap();
+    let reopened = FileResultStore::open(dir.path()).unwrap();
     assert_eq!(reopened.pending().await.unwrap(), vec![result("p", "waiting")], "imported into the journal");
 }
 
 #[tokio::test]
 async fn an_unreadable_old_result_keeps_its_directory() {
-    let dir = TempDir::new();
-    std::fs::create_dir_all(dir.0.join("pending")).unwrap();
-    std::fs::write(dir.0.join("pending/r-bad.json"), b"not json").unwrap();
-    std::fs::write(dir.0.join("pending/r-ok.json"), serde_json::to_vec(&result("ok", "m")).unwrap()).unwrap();
-    let store = FileResultStore::open(&dir.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pending")).unwrap();
+    std::fs::write(dir.path().join("pending/r-bad.json"), b"not json").unwrap();
+    std::fs::write(dir.path().join("pending/r-ok.json"), serde_json::to_vec(&result("ok", "m")).unwrap()).unwrap();
+    let store = FileResultStore::open(dir.path()).unwrap();
     assert_eq!(store.pending().await.unwrap(), vec![result("ok", "m")]);
-    assert!(dir.0.join("pending/r-bad.json").exists(), "not deleted without being imported");
+    assert!(dir.path().join("pending/r-bad.json").exists(), "not deleted without being imported");
 }

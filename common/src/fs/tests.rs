@@ -1,0 +1,67 @@
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn writes_the_content_with_the_mode_and_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    write_atomic(&path, b"secret", 0o600).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+    assert_eq!(mode_of(&path), 0o600);
+    assert_eq!(names(dir.path()), ["token"]);
+}
+
+#[test]
+fn replaces_an_existing_file_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.json");
+    std::fs::write(&path, "a much longer old content").unwrap();
+    write_atomic(&path, b"new", 0o600).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    assert_eq!(mode_of(&path), 0o600, "the new file's mode, not the replaced one's");
+    write_atomic(&path, b"newer", 0o600).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"newer");
+    assert_eq!(names(dir.path()), ["meta.json"]);
+}
+
+#[test]
+fn a_failed_write_leaves_the_old_file_and_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Renaming a file over a non-empty directory fails after the temp file was written.
+    let path = dir.path().join("occupied");
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("inside"), "x").unwrap();
+    assert!(write_atomic(&path, b"new", 0o600).is_err());
+    assert!(path.is_dir());
+    assert_eq!(names(dir.path()), ["occupied"]);
+}
+
+#[test]
+fn stale_temps_of_one_file_are_removed_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    let (stale, _file) = create_temp(&path, 0o644).unwrap();
+    assert!(stale.file_name().unwrap().to_str().unwrap().starts_with(".journal."));
+    for keep in ["journal", "journal.next", ".other.1-0.tmp", ".journal.keep"] {
+        std::fs::write(dir.path().join(keep), "x").unwrap();
+    }
+    assert_eq!(remove_stale_temps(&path).unwrap(), 1);
+    assert_eq!(names(dir.path()), [".journal.keep", ".other.1-0.tmp", "journal", "journal.next"]);
+}
+
+#[test]
+fn a_bare_file_name_lives_in_the_current_directory() {
+    assert_eq!(parent(Path::new("token")), Path::new("."));
+    assert_eq!(parent(Path::new("/run/x/token")), Path::new("/run/x"));
+}

@@ -1,0 +1,239 @@
+//! The local executor's processes: the commands that start a job's sidecar and runtime
+//! (each in its own process group, with only the environment the contract lists), pids
+//! that survive a restart ([`ProcessId`]), the ready-file wait, termination, and the
+//! output tails a `failed` result carries.
+//!
+//! If the job manager is SIGKILLed its children keep running (`kill_on_drop` only covers
+//! an orderly drop, and `PR_SET_PDEATHSIG` needs `unsafe` `pre_exec`), so a pid is
+//! recorded with its start time and a restarted job manager can tell its old children
+//! from strangers that reused their pids.
+use super::executor::{LocalRuntime, LocalSettings};
+use super::state_dir::{RUNTIME_OUTPUT, SIDECAR_OUTPUT};
+use crate::backend::HandoffError;
+use common::runtime_api::{runtime_env, sidecar_env, ReadyFile};
+use common::Job;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// A pid plus its start time (from `/proc/<pid>/stat`), so a recycled pid is never
+/// mistaken for ours after a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ProcessId {
+    pub pid: i32,
+    start_ticks: u64,
+}
+
+impl ProcessId {
+    pub fn of(pid: u32) -> Option<Self> {
+        let pid = i32::try_from(pid).ok()?;
+        Some(Self { pid, start_ticks: proc_start_ticks(pid)? })
+    }
+    pub fn alive(&self) -> bool {
+        proc_start_ticks(self.pid) == Some(self.start_ticks) && !proc_is_zombie(self.pid)
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot).
+fn proc_start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after its ')' are plain.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn proc_is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').and_then(|i| s[i + 2..].chars().next()))
+        .is_some_and(|state| state == 'Z' || state == 'X')
+}
+
+fn transient(what: &str, e: &dyn std::fmt::Display) -> HandoffError {
+    HandoffError::Transient(format!("{what}: {e}"))
+}
+
+/// The sidecar of the job in `dir`: policy env from config, the job dir, and the key on
+/// stdin only (piped; the caller writes it).
+pub(super) fn sidecar_command(
+    settings: &LocalSettings,
+    dir: &Path,
+    job: &Job,
+    ready: &Path,
+    spool: &Path,
+) -> Result<Command, HandoffError> {
+    let mut cmd = Command::new(&settings.sidecar_binary);
+    cmd.env_clear()
+        .envs(basic_env())
+        .envs(settings.sidecar_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(sidecar_env::LISTEN, "127.0.0.1:0")
+        .env(sidecar_env::READY_FILE, ready)
+        .env(sidecar_env::JOB_DIR, dir)
+        .env(sidecar_env::JOB_ID, job.id.as_str())
+        .env(sidecar_env::JOB_MANAGER_URL, &settings.job_manager_url)
+        .env(sidecar_env::INTERNAL_API_KEY_FILE, "-")
+        .env(sidecar_env::SPOOL_DIR, spool)
+        // Finish delivering within our grace, before we resort to SIGKILL.
+        .env(
+            sidecar_env::SHUTDOWN_GRACE_SECS,
+            settings.sidecar_exit_grace.as_secs().saturating_sub(2).max(1).to_string(),
+        )
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(output_file(&dir.join(SIDECAR_OUTPUT)).map_err(|e| transient("sidecar log", &e))?)
+        .stderr(output_file(&dir.join(SIDECAR_OUTPUT)).map_err(|e| transient("sidecar log", &e))?)
+        .process_group(0)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// The runtime of the job in `dir`, behind the sidecar's proxy at `proxy`: only what the
+/// contract lists. Never the key, never the token.
+pub(super) fn runtime_command(
+    settings: &LocalSettings,
+    runtime: &LocalRuntime,
+    dir: &Path,
+    job: &Job,
+    scratch: &Path,
+    proxy: &str,
+) -> Result<Command, HandoffError> {
+    let no_proxy = settings.no_proxy.join(",");
+    let (program, args) = runtime
+        .command
+        .split_first()
+        .ok_or_else(|| HandoffError::Permanent(format!("runtime type {:?} has no command", job.runtime_type)))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(basic_env())
+        .envs(&runtime.extra_env)
+        .env("HOME", scratch)
+        .env("TMPDIR", scratch)
+        .env(runtime_env::JOB_API_URL, proxy)
+        .env(runtime_env::HTTP_PROXY, proxy)
+        .env(runtime_env::HTTPS_PROXY, proxy)
+        .env("http_proxy", proxy)
+        .env("https_proxy", proxy)
+        .env(runtime_env::NO_PROXY, &no_proxy)
+        .env("no_proxy", &no_proxy)
+        .env(runtime_env::USER_DEFINED_VARIABLES, &settings.user_defined_variables)
+        .current_dir(scratch)
+        .stdin(Stdio::null())
+        .stdout(output_file(&dir.join(RUNTIME_OUTPUT)).map_err(|e| transient("runtime log", &e))?)
+        .stderr(output_file(&dir.join(RUNTIME_OUTPUT)).map_err(|e| transient("runtime log", &e))?)
+        // Its own process group, so a timeout kills everything it started.
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(p) = &settings.custom_node_modules_path {
+        cmd.env(runtime_env::CUSTOM_NODE_MODULES_PATH, p);
+    }
+    Ok(cmd)
+}
+
+fn basic_env() -> Vec<(String, String)> {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut env = vec![("PATH".to_string(), path)];
+    for name in ["LANG", "LC_ALL", "TZ"] {
+        if let Ok(v) = std::env::var(name) {
+            env.push((name.to_string(), v));
+        }
+    }
+    env
+}
+
+fn output_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)
+}
+
+/// The last `max` bytes of a file, lossily decoded (empty when unreadable).
+pub fn read_tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Wait until the sidecar wrote its ready file (it serves from then on).
+pub(super) async fn wait_ready(path: &Path, sidecar: &mut Child, timeout: Duration) -> Result<ReadyFile, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(bytes) = std::fs::read(path) {
+            if let Ok(ready) = serde_json::from_slice::<ReadyFile>(&bytes) {
+                return Ok(ready);
+            }
+        }
+        if let Ok(Some(status)) = sidecar.try_wait() {
+            return Err(format!("sidecar exited with {status}"));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no ready file after {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL.
+pub(super) async fn terminate(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!("sidecar did not exit within {grace:?}; killing it");
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+/// [`terminate`] for a process we are not the parent of (adopted after a restart).
+pub(super) async fn terminate_pid(p: ProcessId, grace: Duration) {
+    let _ = kill(Pid::from_raw(p.pid), Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while p.alive() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if p.alive() {
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+    }
+}
+
+/// SIGKILL the process group led by `pid`: everything a runtime started.
+pub(super) fn kill_group(pid: i32) {
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// SIGKILL one process.
+pub(super) fn kill_now(pid: i32) {
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_pid_is_alive_and_start_time_checked() {
+        let me = ProcessId::of(std::process::id()).expect("/proc readable");
+        assert!(me.alive());
+        let recycled = ProcessId { start_ticks: me.start_ticks + 1, ..me };
+        assert!(!recycled.alive(), "same pid, other start time: not ours");
+    }
+
+    #[test]
+    fn tail_reads_only_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tail");
+        std::fs::write(&p, "a".repeat(5000) + "END").unwrap();
+        let t = read_tail(&p, 10);
+        assert_eq!(t, "aaaaaaaEND");
+        assert_eq!(read_tail(Path::new("/nonexistent"), 10), "");
+        std::fs::remove_file(p).unwrap();
+    }
+}
