@@ -1,7 +1,13 @@
 //! Security-critical fields and decisions, asserted one by one (the whole-object
 //! comparisons live in `job-manager/tests/kubernetes_translate.rs`).
 use super::*;
-use crate::config::model::RuntimeConfig;
+use crate::backend::kubernetes::labels;
+use crate::config::model::{ImageSettings, RuntimeConfig};
+use common::runtime_api::sidecar_env;
+use common::Job;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 fn config() -> Config {
