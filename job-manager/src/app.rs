@@ -324,7 +324,7 @@ pub async fn start_local<B: BrokerApi>(
             (r.name.clone(), LocalRuntime { command, parallelism: r.parallelism, extra_env: r.extra_env.clone() })
         })
         .collect();
-    local.sidecar_env = config::model::sidecar_policy_env(c);
+    local.sidecar_env = crate::backend::sidecar_env::sidecar_policy_env(c);
     local.no_proxy = c.sidecar.no_proxy.clone();
     local.user_defined_variables = serde_json::Value::Object(validated.user_defined_variables.clone()).to_string();
     local.custom_node_modules_path =

@@ -7,6 +7,7 @@
 //! a sidecar's result takes, so the first outcome recorded for a job wins.
 pub mod kubernetes;
 pub mod local;
+pub mod sidecar_env;
 
 use common::{Job, JobId};
 use std::collections::BTreeMap;

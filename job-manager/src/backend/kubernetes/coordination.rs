@@ -5,7 +5,7 @@
 //! - `service-setup`: server-side apply of persistent workloads (Deployment, Service,
 //!   HPA per persistent runtime type) and the runtime NetworkPolicy. Idempotent.
 //!
-//! Pending results are retried by the delivery loop (jm-core's `DeliveryLoop` over the
+//! Pending results are retried by the delivery loop (`crate::results::DeliveryLoop` over the
 //! [`crate::backend::kubernetes::store::RecordStore`]); the records make them durable. Every
 //! replica delivers the results it received itself; only the `runtime-pruning` holder
 //! sweeps the records for results nobody delivered ([`Coordinator::holds_pruning`]).
@@ -325,14 +325,14 @@ impl Coordinator {
     /// Apply every persistent workload and the NetworkPolicy. Public for tests.
     pub async fn setup_once(&self) -> Result<usize, CoordinationError> {
         let m = &self.ctx.metrics;
-        let config = &self.ctx.config;
+        let settings = &self.ctx.translate;
         let ns = &self.ctx.namespace;
         let client = self.ctx.client.clone();
         // Force: the job manager owns these objects; a hand edit is reverted.
         let pp = PatchParams::apply(labels::FIELD_MANAGER).force();
         let mut applied = 0;
-        for runtime in config.runtimes.iter().filter(|r| r.enabled && r.workload == Workload::Persistent) {
-            let objects = translate::persistent_objects(&runtime.name, config, ns)?;
+        for runtime in settings.runtimes.iter().filter(|r| r.enabled && r.workload == Workload::Persistent) {
+            let objects = translate::persistent_objects(&runtime.name, settings, ns)?;
             let name = labels::persistent_name(&runtime.name);
             let deployments: Api<apps::Deployment> = Api::namespaced(client.clone(), ns);
             m.call(
@@ -355,8 +355,8 @@ impl Coordinator {
         }
         self.retire_persistent_workloads().await?;
         let policies: Api<networking::NetworkPolicy> = Api::namespaced(client, ns);
-        if config.kubernetes.network_policy.enabled {
-            let policy = translate::runtime_network_policy(config, ns);
+        if settings.kubernetes.network_policy.enabled {
+            let policy = translate::runtime_network_policy(settings, ns);
             m.call(
                 Resource::NetworkPolicies,
                 Verb::Patch,
@@ -392,7 +392,7 @@ impl Coordinator {
         let lp = ListParams::default().labels(&labels::persistent_selector());
         let existing = m.call(Resource::Deployments, Verb::List, deployments.list_metadata(&lp)).await?;
         let names = existing.items.iter().filter_map(|d| d.metadata.name.as_deref());
-        let retired = translate::retired_persistent_workloads(names, &self.ctx.config);
+        let retired = translate::retired_persistent_workloads(names, &self.ctx.translate);
         let dp = DeleteParams::background();
         let services: Api<core::Service> = Api::namespaced(client.clone(), ns);
         let hpas: Api<autoscaling::HorizontalPodAutoscaler> = Api::namespaced(client, ns);

@@ -17,6 +17,7 @@ use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::config::model::{Config, Workload};
 use bytes::Bytes;
 use common::runtime_api::{RuntimeJob, INGRESS_DISPATCH_PATH};
+use common::secret::Secret;
 use common::JobId;
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::batch::v1 as batch;
@@ -77,13 +78,34 @@ pub fn classify_dispatch_status(status: u16, body: &str) -> Result<(), HandoffEr
 
 type HttpClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
+/// What the executor reads besides translation's settings.
+#[derive(Clone, Debug)]
+pub struct ExecutorSettings {
+    /// `internalApiKey`: sent with every dispatch to a persistent runtime's sidecar.
+    pub internal_api_key: Secret,
+    /// `kubernetes.persistentEndpoints`: base URL per persistent runtime type, instead of
+    /// the Service's cluster DNS name.
+    pub persistent_endpoints: BTreeMap<String, String>,
+}
+
+impl From<&Config> for ExecutorSettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            internal_api_key: Secret::new(c.internal_api_key.clone()),
+            persistent_endpoints: c.kubernetes.persistent_endpoints.clone(),
+        }
+    }
+}
+
 /// Shared by the executor and the coordination tasks.
 pub struct KubeContext {
     pub client: kube::Client,
     pub namespace: String,
     /// This replica's [`labels::DISPATCHER`] label value.
     pub dispatcher: String,
-    pub config: Arc<Config>,
+    /// Translation's settings (coordination reads its runtime types and switches too).
+    pub translate: translate::TranslateSettings,
+    pub executor: ExecutorSettings,
     pub metrics: KubeMetrics,
     pub events: EventPublisher,
 }
@@ -113,8 +135,7 @@ impl KubeExecutor {
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
         let persistent_endpoints = ctx
-            .config
-            .kubernetes
+            .executor
             .persistent_endpoints
             .iter()
             .map(|(runtime, url)| (runtime.clone(), url.trim_end_matches('/').to_string()))
@@ -139,7 +160,7 @@ impl KubeExecutor {
                 "http://{}.{}.svc:{}",
                 labels::persistent_name(runtime_type),
                 self.ctx.namespace,
-                self.ctx.config.sidecar.ingress_port
+                self.ctx.translate.sidecar.ingress_port
             )
         })
     }
@@ -207,7 +228,7 @@ impl KubeExecutor {
             &handoff.job,
             &handoff.token,
             handoff.deadline,
-            &self.ctx.config,
+            &self.ctx.translate,
             &self.ctx.namespace,
         )
         .map_err(|e| HandoffError::Permanent(e.to_string()))?;
@@ -241,7 +262,7 @@ impl KubeExecutor {
 
     async fn dispatch_persistent(&self, handoff: Handoff) -> Result<Accepted, HandoffError> {
         let record =
-            translate::persistent_record(&handoff.job, handoff.deadline, &self.ctx.config, &self.ctx.namespace)
+            translate::persistent_record(&handoff.job, handoff.deadline, &self.ctx.translate, &self.ctx.namespace)
                 .map_err(|e| HandoffError::Permanent(e.to_string()))?;
         let name = record.metadata.name.clone().unwrap_or_default();
         let (existing, created) = self.create_or_get_record(&record, &handoff.job.id).await?;
@@ -269,7 +290,7 @@ impl KubeExecutor {
             serde_json::to_vec(&RuntimeJob::from(&handoff.job)).map_err(|e| HandoffError::Permanent(e.to_string()))?;
         let request = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header(common::headers::INTERNAL_API_KEY, &self.ctx.config.internal_api_key)
+            .header(common::headers::INTERNAL_API_KEY, self.ctx.executor.internal_api_key.expose())
             .header(common::headers::JOB_TOKEN, &handoff.token)
             .header(common::headers::JOB_ID, handoff.job.id.as_str())
             .body(Full::new(Bytes::from(body)))
@@ -313,7 +334,7 @@ impl Executor for KubeExecutor {
         }
         let workload = self
             .ctx
-            .config
+            .translate
             .runtimes
             .iter()
             .find(|r| r.name == handoff.job.runtime_type)

@@ -1,13 +1,16 @@
 //! Assembling the Kubernetes executor for the app: a client (in-cluster config or
-//! `KUBECONFIG`), the namespace, and the parts jm-core wires in — the executor, the
-//! result store on job records, the lease-guarded coordinator, the metrics.
+//! `KUBECONFIG`), the namespace, the narrow settings taken from the config once, and
+//! the parts the composition root (`run`) wires in — the executor, the result store on
+//! job records, the lease-guarded coordinator, the metrics.
 use crate::backend::kubernetes::coordination::{CoordinationSettings, Coordinator};
 use crate::backend::kubernetes::events::EventPublisher;
-use crate::backend::kubernetes::executor::{KubeContext, KubeExecutor};
+use crate::backend::kubernetes::executor::{ExecutorSettings, KubeContext, KubeExecutor};
 use crate::backend::kubernetes::metrics::KubeMetrics;
 use crate::backend::kubernetes::rbac::{Resource, Verb};
 use crate::backend::kubernetes::store::RecordStore;
+use crate::backend::kubernetes::translate::TranslateSettings;
 use crate::config::model::Config;
+use crate::config::Validated;
 use crate::results::ResultIntake;
 use std::sync::Arc;
 
@@ -59,15 +62,27 @@ impl KubeSetup {
 
     /// Like [`KubeSetup::with_client`], as the replica (pod) named `pod_name`.
     pub fn with_client_as(client: kube::Client, config: &Config, pod_name: &str) -> Result<Self, SetupError> {
+        let translate = translate_settings(config)?;
+        Ok(Self::assemble(client, config, translate, pod_name))
+    }
+
+    /// From a validated configuration, whose user-defined variables are already merged.
+    pub fn for_validated(client: kube::Client, validated: &Validated) -> Self {
+        let config = &validated.config;
+        let translate = TranslateSettings::new(config, &validated.user_defined_variables);
+        Self::assemble(client, config, translate, &pod_name(config))
+    }
+
+    fn assemble(client: kube::Client, config: &Config, translate: TranslateSettings, pod_name: &str) -> Self {
         let namespace =
             if config.namespace.is_empty() { client.default_namespace().to_string() } else { config.namespace.clone() };
-        let config = resolve_user_defined_variables(config)?;
         let identity = instance_identity();
         let metrics = KubeMetrics::default();
         let events = EventPublisher::new(client.clone(), &identity, metrics.clone());
         let dispatcher = crate::backend::kubernetes::labels::label_value(pod_name);
-        let ctx = Arc::new(KubeContext { client, namespace, dispatcher, config: Arc::new(config), metrics, events });
-        Ok(Self { ctx, identity })
+        let executor = ExecutorSettings::from(config);
+        let ctx = Arc::new(KubeContext { client, namespace, dispatcher, translate, executor, metrics, events });
+        Self { ctx, identity }
     }
 
     /// Check, once at startup, that the CRD exists and this replica may use it, so a
@@ -118,19 +133,20 @@ impl KubeSetup {
     }
 }
 
-/// `userDefinedFile` is read once here, so the translation sees only JSON (the file
-/// wins over `userDefinedJson` when both are set, as the more specific source).
-pub fn resolve_user_defined_variables(config: &Config) -> Result<Config, SetupError> {
-    let mut config = config.clone();
+/// Translation's settings for `config`. `userDefinedFile` is read once here, so the
+/// translation sees only JSON (the file wins over `userDefinedJson` when both are set, as
+/// the more specific source).
+pub fn translate_settings(config: &Config) -> Result<TranslateSettings, SetupError> {
+    let settings = TranslateSettings::from(config);
     let file = &config.user_defined_variables.user_defined_file;
-    if !file.is_empty() {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
-        config.user_defined_variables.user_defined_json = value.to_string();
+    if file.is_empty() {
+        return Ok(settings);
     }
-    Ok(config)
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
+    Ok(settings.with_user_defined_variables(value))
 }
 
 /// The pod name (HOSTNAME in a pod), else `hostnameOverride`.
@@ -152,20 +168,15 @@ mod tests {
 
     #[test]
     fn user_defined_file_is_read_as_json() {
-        let dir = std::env::temp_dir().join(format!("udv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("vars.json");
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("vars.json");
         std::fs::write(&path, r#"{ "KEY": "v" }"#).unwrap();
         let mut c = Config::default();
         c.user_defined_variables.user_defined_file = path.display().to_string();
-        assert_eq!(
-            resolve_user_defined_variables(&c).unwrap().user_defined_variables.user_defined_json,
-            r#"{"KEY":"v"}"#
-        );
+        assert_eq!(translate_settings(&c).unwrap().user_defined_variables, r#"{"KEY":"v"}"#);
         std::fs::write(&path, "not json").unwrap();
-        let err = resolve_user_defined_variables(&c).unwrap_err();
+        let err = translate_settings(&c).unwrap_err();
         assert_eq!(err.label(), "user_defined_variables");
         assert!(err.to_string().contains("vars.json"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

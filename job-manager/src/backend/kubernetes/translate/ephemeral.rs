@@ -1,9 +1,10 @@
 //! One ephemeral job: its [`JobRecord`] and the `batch/v1` Job the record owns.
 use super::pod::{pod_spec, PodInputs, PodMode};
+use super::TranslateSettings;
 use super::{check_common, deadline_time, runtime_for, TranslateError};
 use crate::backend::kubernetes::labels;
 use crate::backend::kubernetes::record::{JobRecord, JobRecordSpec, RecordWorkload};
-use crate::config::model::{Config, Workload};
+use crate::config::model::Workload;
 use common::Job;
 use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;
@@ -45,11 +46,11 @@ pub fn ephemeral_objects(
     job: &Job,
     token: &str,
     deadline: SystemTime,
-    config: &Config,
+    settings: &TranslateSettings,
     namespace: &str,
 ) -> Result<EphemeralObjects, TranslateError> {
-    let runtime = runtime_for(config, &job.runtime_type, Workload::Ephemeral)?;
-    check_common(config, namespace)?;
+    let runtime = runtime_for(settings, &job.runtime_type, Workload::Ephemeral)?;
+    check_common(settings, namespace)?;
     let name = labels::object_name(&job.id);
     let object_labels = labels::job_labels(&job.id, &runtime.name);
     let annotations = BTreeMap::from([(labels::JOB_ID_ANNOTATION.to_string(), job.id.to_string())]);
@@ -75,17 +76,17 @@ pub fn ephemeral_objects(
         status: None,
     };
 
-    let mut pod_labels = config.kubernetes.pod_labels.clone();
+    let mut pod_labels = settings.kubernetes.pod_labels.clone();
     pod_labels.extend(object_labels);
-    let mut pod_annotations = config.kubernetes.pod_annotations.clone();
+    let mut pod_annotations = settings.kubernetes.pod_annotations.clone();
     pod_annotations.extend(annotations);
-    let pod = PodInputs { runtime, config, namespace, mode: PodMode::Ephemeral { job_id: &job.id, token } };
-    let active_deadline = i64::from(job.timeout_secs.clamp(1, config.check_timeout.max(1)));
+    let pod = PodInputs { runtime, settings, namespace, mode: PodMode::Ephemeral { job_id: &job.id, token } };
+    let active_deadline = i64::from(job.timeout_secs.clamp(1, settings.check_timeout.max(1)));
     let k8s_job = batch::Job {
         metadata: meta,
         spec: Some(batch::JobSpec {
-            backoff_limit: Some(config.kubernetes.job.backoff_limit),
-            ttl_seconds_after_finished: Some(config.kubernetes.job.ttl_seconds_after_finished),
+            backoff_limit: Some(settings.kubernetes.job.backoff_limit),
+            ttl_seconds_after_finished: Some(settings.kubernetes.job.ttl_seconds_after_finished),
             active_deadline_seconds: Some(active_deadline),
             parallelism: Some(1),
             completions: Some(1),

@@ -32,7 +32,7 @@
 //! kills a runaway pod even if every job-manager replica is gone; pruning then reports it.
 #[cfg(doc)]
 use crate::backend::kubernetes::{labels, record::JobRecord};
-use crate::config::model::{Config, RuntimeConfig, Workload};
+use crate::config::model::{RuntimeConfig, Workload};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::time::SystemTime;
 
@@ -41,12 +41,14 @@ mod ephemeral;
 mod network_policy;
 mod persistent;
 mod pod;
+mod settings;
 
 pub use defaults::{default_pod_security_context, default_security_context, default_sidecar_resources};
 pub use ephemeral::{ephemeral_objects, EphemeralObjects};
 pub use network_policy::{runtime_network_policy, METADATA_CIDR};
 pub use persistent::{persistent_objects, persistent_record, retired_persistent_workloads, PersistentObjects};
 pub use pod::image_ref;
+pub use settings::{SidecarPod, TranslateSettings};
 
 /// The job-manager Service port sidecars call (CONTRACTS.md, "Ports").
 pub const JOB_MANAGER_SERVICE_PORT: u16 = 8080;
@@ -89,11 +91,11 @@ impl TranslateError {
 }
 
 fn runtime_for<'a>(
-    config: &'a Config,
+    settings: &'a TranslateSettings,
     runtime_type: &str,
     wanted: Workload,
 ) -> Result<&'a RuntimeConfig, TranslateError> {
-    let runtime = config
+    let runtime = settings
         .runtimes
         .iter()
         .find(|r| r.name == runtime_type)
@@ -118,11 +120,11 @@ fn workload_name(w: &Workload) -> &'static str {
     }
 }
 
-fn check_common(config: &Config, namespace: &str) -> Result<(), TranslateError> {
+fn check_common(settings: &TranslateSettings, namespace: &str) -> Result<(), TranslateError> {
     if namespace.is_empty() {
         return Err(TranslateError::MissingNamespace);
     }
-    if config.kubernetes.internal_api_key_secret_name.is_empty() {
+    if settings.kubernetes.internal_api_key_secret_name.is_empty() {
         return Err(TranslateError::MissingInternalKeySecret);
     }
     Ok(())

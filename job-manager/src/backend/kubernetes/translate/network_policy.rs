@@ -1,6 +1,6 @@
 //! The runtime NetworkPolicy (applied by the `service-setup` holder when enabled).
+use super::TranslateSettings;
 use crate::backend::kubernetes::labels;
-use crate::config::model::Config;
 use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -15,7 +15,7 @@ pub const METADATA_CIDR: &str = "169.254.169.254/32";
 /// the sidecar's ingress port), and may reach DNS, the job manager, and anything else
 /// except cloud metadata (when `restrictMetadataService`) and the API server addresses.
 /// Finer egress policy (private ranges, hosts) is the sidecar's job.
-pub fn runtime_network_policy(config: &Config, namespace: &str) -> networking::NetworkPolicy {
+pub fn runtime_network_policy(settings: &TranslateSettings, namespace: &str) -> networking::NetworkPolicy {
     let runtime_pods = LabelSelector {
         match_labels: Some(BTreeMap::from([
             (labels::MANAGED_BY.to_string(), labels::MANAGED_BY_VALUE.to_string()),
@@ -23,18 +23,20 @@ pub fn runtime_network_policy(config: &Config, namespace: &str) -> networking::N
         ])),
         match_expressions: None,
     };
-    let job_manager_pods =
-        LabelSelector { match_labels: Some(config.kubernetes.job_manager_pod_labels.clone()), match_expressions: None };
+    let job_manager_pods = LabelSelector {
+        match_labels: Some(settings.kubernetes.job_manager_pod_labels.clone()),
+        match_expressions: None,
+    };
     let tcp = |port: u16| networking::NetworkPolicyPort {
         port: Some(IntOrString::Int(i32::from(port))),
         protocol: Some("TCP".into()),
         end_port: None,
     };
     let (mut except_v4, mut except_v6) = (Vec::new(), Vec::new());
-    if config.kubernetes.restrict_metadata_service {
+    if settings.kubernetes.restrict_metadata_service {
         except_v4.push(METADATA_CIDR.to_string());
     }
-    for address in &config.sidecar.api_server_addresses {
+    for address in &settings.sidecar.api_server_addresses {
         match api_server_ip(address) {
             Some(std::net::IpAddr::V4(ip)) => except_v4.push(format!("{ip}/32")),
             Some(std::net::IpAddr::V6(ip)) => except_v6.push(format!("{ip}/128")),
@@ -65,7 +67,7 @@ pub fn runtime_network_policy(config: &Config, namespace: &str) -> networking::N
                     pod_selector: Some(job_manager_pods.clone()),
                     ..networking::NetworkPolicyPeer::default()
                 }]),
-                ports: Some(vec![tcp(config.sidecar.ingress_port)]),
+                ports: Some(vec![tcp(settings.sidecar.ingress_port)]),
             }]),
             egress: Some(vec![
                 networking::NetworkPolicyEgressRule {

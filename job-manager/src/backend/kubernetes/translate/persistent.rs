@@ -1,10 +1,11 @@
 //! Persistent runtime types: the Deployment + Service + HPA applied once per type, the
 //! record of a job dispatched to one, and which applied workloads are no longer wanted.
 use super::pod::{pod_spec, PodInputs, PodMode};
+use super::TranslateSettings;
 use super::{check_common, deadline_time, runtime_for, TranslateError};
 use crate::backend::kubernetes::labels;
 use crate::backend::kubernetes::record::{JobRecord, JobRecordSpec, RecordWorkload};
-use crate::config::model::{Config, Workload};
+use crate::config::model::Workload;
 use common::Job;
 use k8s_openapi::api::apps::v1 as apps;
 use k8s_openapi::api::autoscaling::v2 as autoscaling;
@@ -27,11 +28,11 @@ pub struct PersistentObjects {
 pub fn persistent_record(
     job: &Job,
     deadline: SystemTime,
-    config: &Config,
+    settings: &TranslateSettings,
     namespace: &str,
 ) -> Result<JobRecord, TranslateError> {
-    let runtime = runtime_for(config, &job.runtime_type, Workload::Persistent)?;
-    check_common(config, namespace)?;
+    let runtime = runtime_for(settings, &job.runtime_type, Workload::Persistent)?;
+    check_common(settings, namespace)?;
     let mut record_labels = labels::runtime_labels(&runtime.name, "persistent");
     record_labels.insert(labels::JOB_LABEL.to_string(), labels::object_name(&job.id));
     Ok(JobRecord {
@@ -57,11 +58,14 @@ pub fn persistent_record(
 }
 
 /// The persistent workloads (Deployment, Service and HPA share the name) among `existing`
-/// that no enabled persistent runtime type of `config` wants any more: removed from the
+/// that no enabled persistent runtime type of `settings` wants any more: removed from the
 /// config, disabled, or turned ephemeral. The `service-setup` holder deletes them, so a
 /// runtime type taken out of the values does not keep pods running.
-pub fn retired_persistent_workloads<'a>(existing: impl IntoIterator<Item = &'a str>, config: &Config) -> Vec<String> {
-    let wanted: std::collections::BTreeSet<String> = config
+pub fn retired_persistent_workloads<'a>(
+    existing: impl IntoIterator<Item = &'a str>,
+    settings: &TranslateSettings,
+) -> Vec<String> {
+    let wanted: std::collections::BTreeSet<String> = settings
         .runtimes
         .iter()
         .filter(|r| r.enabled && r.workload == Workload::Persistent)
@@ -76,11 +80,11 @@ pub fn retired_persistent_workloads<'a>(existing: impl IntoIterator<Item = &'a s
 /// The Deployment + Service + HPA of one persistent runtime type.
 pub fn persistent_objects(
     runtime_type: &str,
-    config: &Config,
+    settings: &TranslateSettings,
     namespace: &str,
 ) -> Result<PersistentObjects, TranslateError> {
-    let runtime = runtime_for(config, runtime_type, Workload::Persistent)?;
-    check_common(config, namespace)?;
+    let runtime = runtime_for(settings, runtime_type, Workload::Persistent)?;
+    check_common(settings, namespace)?;
     let name = labels::persistent_name(&runtime.name);
     let selector = labels::runtime_labels(&runtime.name, "persistent");
     let meta = ObjectMeta {
@@ -89,10 +93,10 @@ pub fn persistent_objects(
         labels: Some(selector.clone()),
         ..ObjectMeta::default()
     };
-    let mut pod_labels = config.kubernetes.pod_labels.clone();
+    let mut pod_labels = settings.kubernetes.pod_labels.clone();
     pod_labels.extend(selector.clone());
-    let pod_annotations = config.kubernetes.pod_annotations.clone();
-    let pod = PodInputs { runtime, config, namespace, mode: PodMode::Persistent };
+    let pod_annotations = settings.kubernetes.pod_annotations.clone();
+    let pod = PodInputs { runtime, settings, namespace, mode: PodMode::Persistent };
     let deployment = apps::Deployment {
         metadata: meta.clone(),
         spec: Some(apps::DeploymentSpec {
@@ -117,7 +121,7 @@ pub fn persistent_objects(
             selector: Some(selector),
             ports: Some(vec![core::ServicePort {
                 name: Some("ingress".into()),
-                port: i32::from(config.sidecar.ingress_port),
+                port: i32::from(settings.sidecar.ingress_port),
                 target_port: Some(IntOrString::String("ingress".into())),
                 protocol: Some("TCP".into()),
                 ..core::ServicePort::default()

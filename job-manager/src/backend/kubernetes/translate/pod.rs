@@ -2,9 +2,10 @@
 //! native sidecar (init container, `restartPolicy: Always`), the runtime container
 //! behind it, their env and volumes.
 use super::defaults::{default_pod_security_context, default_security_context, default_sidecar_resources};
+use super::TranslateSettings;
 use super::{TranslateError, INTERNAL_API_KEY_SECRET_KEY, JOB_MANAGER_SERVICE_PORT};
 use crate::backend::kubernetes::labels;
-use crate::config::model::{Config, ImageSettings, RuntimeConfig};
+use crate::config::model::{ImageSettings, RuntimeConfig};
 use common::runtime_api::{runtime_env, sidecar_env};
 use common::JobId;
 use k8s_openapi::api::core::v1 as core;
@@ -43,13 +44,13 @@ pub(super) enum PodMode<'a> {
 
 pub(super) struct PodInputs<'a> {
     pub(super) runtime: &'a RuntimeConfig,
-    pub(super) config: &'a Config,
+    pub(super) settings: &'a TranslateSettings,
     pub(super) namespace: &'a str,
     pub(super) mode: PodMode<'a>,
 }
 
 pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateError> {
-    let k = &p.config.kubernetes;
+    let k = &p.settings.kubernetes;
     let mut init_containers = vec![sidecar_container(p)];
     // Extra sidecars run as native sidecars too: as plain containers they would keep a
     // Job's pod alive after the runtime exits.
@@ -64,7 +65,7 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
         empty_dir: Some(core::EmptyDirVolumeSource::default()),
         ..core::Volume::default()
     });
-    volumes.push(data_volume(p.config));
+    volumes.push(data_volume(p.settings));
     volumes.extend(k.extra_volumes.iter().cloned());
 
     let mut pull_secrets: Vec<core::LocalObjectReference> = Vec::new();
@@ -100,8 +101,8 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
     })
 }
 
-fn data_volume(config: &Config) -> core::Volume {
-    let persistence = &config.kubernetes.persistence;
+fn data_volume(settings: &TranslateSettings) -> core::Volume {
+    let persistence = &settings.kubernetes.persistence;
     let mut volume = core::Volume { name: labels::DATA_VOLUME.into(), ..core::Volume::default() };
     if persistence.existing_claim_name.is_empty() {
         volume.empty_dir = Some(core::EmptyDirVolumeSource {
@@ -123,14 +124,14 @@ fn env(name: &str, value: impl Into<String>) -> core::EnvVar {
 }
 
 fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
-    let c = p.config;
+    let c = p.settings;
     let s = &c.sidecar;
     let mut envs = vec![
         env(sidecar_env::LISTEN, format!("127.0.0.1:{}", s.port)),
         env(sidecar_env::ADMIN_LISTEN, format!("0.0.0.0:{}", s.admin_port)),
         env(
             sidecar_env::JOB_MANAGER_URL,
-            format!("http://{}.{}.svc:{JOB_MANAGER_SERVICE_PORT}", c.hostname_override, p.namespace),
+            format!("http://{}.{}.svc:{JOB_MANAGER_SERVICE_PORT}", c.job_manager_service, p.namespace),
         ),
         core::EnvVar {
             name: sidecar_env::INTERNAL_API_KEY.into(),
@@ -172,7 +173,7 @@ fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
     }
     // Policy, upstream proxy (on the sidecar only: the runtime never sees upstream
     // credentials) and logging: the same mapping the local executor uses.
-    envs.extend(crate::config::model::sidecar_policy_env(c).into_iter().map(|(k, v)| env(&k, v)));
+    envs.extend(c.sidecar_policy.env().into_iter().map(|(k, v)| env(&k, v)));
     mounts.push(core::VolumeMount {
         name: labels::SPOOL_VOLUME.into(),
         mount_path: labels::SPOOL_MOUNT.into(),
@@ -208,15 +209,10 @@ fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
 }
 
 fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateError> {
-    let c = p.config;
+    let c = p.settings;
     let k = &c.kubernetes;
     let proxy = format!("http://127.0.0.1:{}", c.sidecar.port);
     let no_proxy = c.sidecar.no_proxy.join(",");
-    let user_defined = if c.user_defined_variables.user_defined_json.trim().is_empty() {
-        "{}".to_string()
-    } else {
-        c.user_defined_variables.user_defined_json.clone()
-    };
     let mut envs = vec![
         env(runtime_env::JOB_API_URL, proxy.clone()),
         env(runtime_env::HTTP_PROXY, proxy.clone()),
@@ -226,7 +222,7 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
         env("http_proxy", proxy.clone()),
         env("https_proxy", proxy),
         env("no_proxy", no_proxy),
-        env(runtime_env::USER_DEFINED_VARIABLES, user_defined),
+        env(runtime_env::USER_DEFINED_VARIABLES, c.user_defined_variables.clone()),
     ];
     let persistence = &k.persistence;
     if !k.custom_node_modules_path.is_empty() {
