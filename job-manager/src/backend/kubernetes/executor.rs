@@ -10,7 +10,6 @@
 use crate::backend::kubernetes::events::EventPublisher;
 use crate::backend::kubernetes::labels;
 use crate::backend::kubernetes::metrics::KubeMetrics;
-use crate::backend::kubernetes::rbac::{Resource, Verb};
 use crate::backend::kubernetes::record::JobRecord;
 use crate::backend::kubernetes::translate;
 use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
@@ -176,14 +175,12 @@ impl KubeExecutor {
             .insert(labels::DISPATCHER.into(), self.ctx.dispatcher.clone());
         let record = &record;
         let api = self.ctx.records();
-        let m = &self.ctx.metrics;
         let pp = PostParams::default();
-        match m.call(Resource::JobRecords, Verb::Create, api.create(&pp, record)).await {
+        match api.create(&pp, record).await {
             Ok(created) => Ok((created, true)),
             Err(e) if is_already_exists(&e) => {
                 let name = record.metadata.name.as_deref().unwrap_or_default();
-                let existing =
-                    m.call(Resource::JobRecords, Verb::Get, api.get(name)).await.map_err(|e| classify_api_error(&e))?;
+                let existing = api.get(name).await.map_err(|e| classify_api_error(&e))?;
                 if existing.spec.job_id != id.as_str() {
                     return Err(HandoffError::Permanent(format!(
                         "object name {name} is taken by job {} (hash collision)",
@@ -204,7 +201,7 @@ impl KubeExecutor {
         let api = self.ctx.records();
         let backoff = common::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         for attempt in 0..ABANDON_ATTEMPTS {
-            match self.ctx.metrics.call(Resource::JobRecords, Verb::Delete, api.delete(name, &dp)).await {
+            match api.delete(name, &dp).await {
                 Ok(_) => return,
                 Err(e) if is_not_found(&e) => return,
                 Err(e)
@@ -240,11 +237,10 @@ impl KubeExecutor {
         }
         let uid = record.metadata.uid.clone().unwrap_or_default();
         let objects = objects.owned_by(&uid);
-        let m = &self.ctx.metrics;
         let pp = PostParams::default();
 
         let jobs = self.ctx.jobs();
-        match m.call(Resource::Jobs, Verb::Create, jobs.create(&pp, &objects.job)).await {
+        match jobs.create(&pp, &objects.job).await {
             Ok(_) => Ok(Accepted::Started),
             Err(e) if is_already_exists(&e) => {
                 Ok(if created_record { Accepted::Started } else { Accepted::AlreadyRunning })
@@ -354,12 +350,7 @@ impl Executor for KubeExecutor {
         let selector = format!("{},{}={}", labels::managed_runtime_selector(), labels::DISPATCHER, self.ctx.dispatcher);
         let lp = ListParams::default().labels(&selector);
         let api = self.ctx.records();
-        let list = self
-            .ctx
-            .metrics
-            .call(Resource::JobRecords, Verb::List, api.list(&lp))
-            .await
-            .map_err(|e| StateError(e.to_string()))?;
+        let list = api.list(&lp).await.map_err(|e| StateError(e.to_string()))?;
         Ok(in_flight_from(&list.items))
     }
 

@@ -24,6 +24,7 @@
 //! no status bookkeeping while the job runs.
 pub mod cache;
 pub mod cli;
+pub mod client;
 pub mod coordination;
 pub mod diagnose;
 pub mod events;

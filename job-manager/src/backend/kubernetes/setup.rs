@@ -2,11 +2,13 @@
 //! `KUBECONFIG`), the namespace, the narrow settings taken from the config once, and
 //! the parts the composition root (`run`) wires in — the executor, the result store on
 //! job records, the lease-guarded coordinator, the metrics.
+use crate::backend::kubernetes::client;
+#[cfg(doc)]
+use crate::backend::kubernetes::client::ApiCallLayer;
 use crate::backend::kubernetes::coordination::{CoordinationSettings, Coordinator};
 use crate::backend::kubernetes::events::EventPublisher;
 use crate::backend::kubernetes::executor::{ExecutorSettings, KubeContext, KubeExecutor};
 use crate::backend::kubernetes::metrics::KubeMetrics;
-use crate::backend::kubernetes::rbac::{Resource, Verb};
 use crate::backend::kubernetes::store::RecordStore;
 use crate::backend::kubernetes::translate::TranslateSettings;
 use crate::config::model::Config;
@@ -51,11 +53,28 @@ impl KubeSetup {
     /// `KUBECONFIG`/`~/.kube/config`). The namespace is `config.namespace`, else the
     /// client's default (the pod's namespace in-cluster).
     pub async fn connect(config: &Config) -> Result<Self, SetupError> {
-        let client = kube::Client::try_default().await.map_err(|e| SetupError::Client(e.to_string()))?;
-        Self::with_client(client, config)
+        let kube_config =
+            kube::Config::infer().await.map_err(|e| SetupError::Client(kube::Error::InferConfig(e).to_string()))?;
+        Self::with_config_as(kube_config, config, &pod_name(config))
     }
 
-    /// Use a given client (tests against an emulated cluster).
+    /// Connect with a given client configuration (tests against an emulated cluster):
+    /// the client is built like [`KubeSetup::connect`]'s, behind the same [`ApiCallLayer`].
+    pub fn with_config(kube_config: kube::Config, config: &Config) -> Result<Self, SetupError> {
+        Self::with_config_as(kube_config, config, &pod_name(config))
+    }
+
+    /// Like [`KubeSetup::with_config`], as the replica (pod) named `pod_name`.
+    pub fn with_config_as(kube_config: kube::Config, config: &Config, pod_name: &str) -> Result<Self, SetupError> {
+        let translate = translate_settings(config)?;
+        let metrics = KubeMetrics::default();
+        let client = client::build(kube_config, &metrics).map_err(|e| SetupError::Client(e.to_string()))?;
+        Ok(Self::assemble(client, metrics, config, translate, pod_name))
+    }
+
+    /// Use a given client (tests against an emulated cluster). Its requests go through
+    /// [`ApiCallLayer`] too ([`client::instrument`]), so they are counted and checked
+    /// against the declared RBAC rights like those of a client this module builds.
     pub fn with_client(client: kube::Client, config: &Config) -> Result<Self, SetupError> {
         Self::with_client_as(client, config, &pod_name(config))
     }
@@ -63,22 +82,33 @@ impl KubeSetup {
     /// Like [`KubeSetup::with_client`], as the replica (pod) named `pod_name`.
     pub fn with_client_as(client: kube::Client, config: &Config, pod_name: &str) -> Result<Self, SetupError> {
         let translate = translate_settings(config)?;
-        Ok(Self::assemble(client, config, translate, pod_name))
+        let metrics = KubeMetrics::default();
+        let client = client::instrument(client, &metrics);
+        Ok(Self::assemble(client, metrics, config, translate, pod_name))
     }
 
-    /// From a validated configuration, whose user-defined variables are already merged.
+    /// From a validated configuration, whose user-defined variables are already merged
+    /// (JSON, file and path): nothing is read again.
     pub fn for_validated(client: kube::Client, validated: &Validated) -> Self {
         let config = &validated.config;
         let translate = TranslateSettings::new(config, &validated.user_defined_variables);
-        Self::assemble(client, config, translate, &pod_name(config))
+        let metrics = KubeMetrics::default();
+        let client = client::instrument(client, &metrics);
+        Self::assemble(client, metrics, config, translate, &pod_name(config))
     }
 
-    fn assemble(client: kube::Client, config: &Config, translate: TranslateSettings, pod_name: &str) -> Self {
+    /// `client` must already count into `metrics` (see [`client`]).
+    fn assemble(
+        client: kube::Client,
+        metrics: KubeMetrics,
+        config: &Config,
+        translate: TranslateSettings,
+        pod_name: &str,
+    ) -> Self {
         let namespace =
             if config.namespace.is_empty() { client.default_namespace().to_string() } else { config.namespace.clone() };
         let identity = instance_identity();
-        let metrics = KubeMetrics::default();
-        let events = EventPublisher::new(client.clone(), &identity, metrics.clone());
+        let events = EventPublisher::new(client.clone(), &identity);
         let dispatcher = crate::backend::kubernetes::labels::label_value(pod_name);
         let executor = ExecutorSettings::from(config);
         let ctx = Arc::new(KubeContext { client, namespace, dispatcher, translate, executor, metrics, events });
@@ -90,7 +120,7 @@ impl KubeSetup {
     pub async fn preflight(&self) -> Result<(), SetupError> {
         let lp = kube::api::ListParams::default().limit(1);
         let records = self.ctx.records();
-        let listed = self.ctx.metrics.call(Resource::JobRecords, Verb::List, records.list(&lp)).await;
+        let listed = records.list(&lp).await;
         match listed {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Err(SetupError::CrdMissing),
@@ -123,7 +153,7 @@ impl KubeSetup {
     }
 
     pub fn record_store(&self) -> RecordStore {
-        RecordStore::new(self.ctx.client.clone(), &self.ctx.namespace, self.ctx.metrics.clone())
+        RecordStore::new(self.ctx.client.clone(), &self.ctx.namespace)
     }
 
     /// The lease-guarded pruning and service-setup loops; run with
