@@ -53,9 +53,7 @@ impl KubeSetup {
     /// `KUBECONFIG`/`~/.kube/config`). The namespace is `config.namespace`, else the
     /// client's default (the pod's namespace in-cluster).
     pub async fn connect(config: &Config) -> Result<Self, SetupError> {
-        let kube_config =
-            kube::Config::infer().await.map_err(|e| SetupError::Client(kube::Error::InferConfig(e).to_string()))?;
-        Self::with_config_as(kube_config, config, &pod_name(config))
+        Self::with_config_as(ambient_config().await?, config, &pod_name(config))
     }
 
     /// Connect with a given client configuration (tests against an emulated cluster):
@@ -66,9 +64,9 @@ impl KubeSetup {
 
     /// Like [`KubeSetup::with_config`], as the replica (pod) named `pod_name`.
     pub fn with_config_as(kube_config: kube::Config, config: &Config, pod_name: &str) -> Result<Self, SetupError> {
-        let translate = translate_settings(config)?;
         let metrics = KubeMetrics::default();
         let client = client::build(kube_config, &metrics).map_err(|e| SetupError::Client(e.to_string()))?;
+        let translate = translate_settings(config)?;
         Ok(Self::assemble(client, metrics, config, translate, pod_name))
     }
 
@@ -88,13 +86,18 @@ impl KubeSetup {
     }
 
     /// From a validated configuration, whose user-defined variables are already merged
-    /// (JSON, file and path): nothing is read again.
-    pub fn for_validated(client: kube::Client, validated: &Validated) -> Self {
+    /// (JSON, file and path), so nothing is read again: with `client` (behind
+    /// [`ApiCallLayer`] like [`KubeSetup::with_client`]'s), else connected like
+    /// [`KubeSetup::connect`].
+    pub async fn for_validated(client: Option<kube::Client>, validated: &Validated) -> Result<Self, SetupError> {
         let config = &validated.config;
-        let translate = TranslateSettings::new(config, &validated.user_defined_variables);
         let metrics = KubeMetrics::default();
-        let client = client::instrument(client, &metrics);
-        Self::assemble(client, metrics, config, translate, &pod_name(config))
+        let client = match client {
+            Some(client) => client::instrument(client, &metrics),
+            None => client::build(ambient_config().await?, &metrics).map_err(|e| SetupError::Client(e.to_string()))?,
+        };
+        let translate = TranslateSettings::new(config, &validated.user_defined_variables);
+        Ok(Self::assemble(client, metrics, config, translate, &pod_name(config)))
     }
 
     /// `client` must already count into `metrics` (see [`client`]).
@@ -179,6 +182,11 @@ pub fn translate_settings(config: &Config) -> Result<TranslateSettings, SetupErr
     Ok(settings.with_user_defined_variables(value))
 }
 
+/// In-cluster service account, else `KUBECONFIG`/`~/.kube/config`.
+async fn ambient_config() -> Result<kube::Config, SetupError> {
+    kube::Config::infer().await.map_err(|e| SetupError::Client(kube::Error::InferConfig(e).to_string()))
+}
+
 /// The pod name (HOSTNAME in a pod), else `hostnameOverride`.
 fn pod_name(config: &Config) -> String {
     std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| config.hostname_override.clone())
@@ -208,5 +216,23 @@ mod tests {
         let err = translate_settings(&c).unwrap_err();
         assert_eq!(err.label(), "user_defined_variables");
         assert!(err.to_string().contains("vars.json"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn validated_user_defined_variables_reach_translation_as_they_are() {
+        let mut config = Config { namespace: "jobs".into(), ..Config::default() };
+        // Already merged by validation: the raw JSON field is not read again.
+        config.user_defined_variables.user_defined_json = "not read".into();
+        let validated = Validated {
+            config,
+            user_defined_variables: serde_json::from_str(r#"{"KEY": "v"}"#).unwrap(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            warnings: Vec::new(),
+        };
+        // No call is made: nothing needs to listen.
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let setup = KubeSetup::for_validated(Some(client), &validated).await.unwrap();
+        assert_eq!(setup.context().translate.user_defined_variables, r#"{"KEY":"v"}"#);
+        assert_eq!(setup.namespace(), "jobs");
     }
 }

@@ -236,3 +236,19 @@ fn retired_persistent_workloads_are_those_no_longer_wanted() {
     );
     assert!(retired_persistent_workloads([browser.as_str()], &TranslateSettings::from(&c)).is_empty());
 }
+
+#[test]
+fn user_defined_variables_reach_the_runtime_as_json() {
+    let runtime_env = |settings: &TranslateSettings| {
+        let o = ephemeral_objects(&job("node-api-runtime"), "t", deadline(), settings, "ns").unwrap();
+        let env = pod(&o).containers[0].env.clone().unwrap();
+        env.into_iter().find(|e| e.name == "USER_DEFINED_VARIABLES").and_then(|e| e.value).unwrap()
+    };
+    // None configured: an empty object, never an empty string.
+    assert_eq!(runtime_env(&TranslateSettings::from(&config())), "{}");
+    // Merged ones (JSON, file and path, as validation merges them) win over the raw field.
+    let mut c = config();
+    c.user_defined_variables.user_defined_json = r#"{"RAW": 1}"#.into();
+    let merged = serde_json::from_str(r#"{"KEY": "v"}"#).unwrap();
+    assert_eq!(runtime_env(&TranslateSettings::new(&c, &merged)), r#"{"KEY":"v"}"#);
+}
