@@ -35,6 +35,11 @@ impl fmt::Display for Secret {
     }
 }
 
+/// `bytes` random bytes as lowercase hex: generated keys and per-process secrets.
+pub fn random_hex(bytes: usize) -> String {
+    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,9 +53,12 @@ mod tests {
         assert!(!Secret::new("").matches(b""), "an empty secret must never match");
         assert_eq!(format!("{s:?} {s}"), "Secret([redacted]) [redacted]");
     }
-}
 
-/// `bytes` random bytes as lowercase hex: generated keys and per-process secrets.
-pub fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    #[test]
+    fn random_hex_has_two_digits_per_byte_and_differs_per_call() {
+        let (a, b) = (random_hex(16), random_hex(16));
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{a}");
+        assert_ne!(a, b);
+    }
 }

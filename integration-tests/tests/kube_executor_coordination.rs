@@ -11,7 +11,7 @@ use integration_tests::emulator::{Fault, FaultRule};
 use job_manager::backend::kubernetes::coordination::{CoordinationSettings, Coordinator};
 use job_manager::backend::kubernetes::diagnose::Timing;
 use job_manager::backend::kubernetes::labels;
-use job_manager::backend::kubernetes::metrics::LeaseLabels;
+use job_manager::backend::kubernetes::metrics::{ApiCallLabels, LeaseLabels};
 use job_manager::backend::kubernetes::setup::KubeSetup;
 use job_manager::backend::{Accepted, Executor, HandoffError};
 use job_manager::results::{ResultIntake, ResultStore};
@@ -126,6 +126,8 @@ async fn pruning_times_out_names_pod_failures_and_deletes_orphans() {
 
     // Passes read watch caches: a pod that is OOMKilled now is seen without re-listing.
     assert!(cluster.emu.requests().iter().any(|r| r.verb == "watch" && r.resource == "pods"));
+    // The watches share the replica's client, so its API-call metrics count them too.
+    assert!(api_calls(&setup, "pods", "watch") > 0);
     let healthy = labels::object_name(&id("healthy"));
     let mut oom: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": format!("{healthy}-y1"), "labels": labels::job_labels(&id("healthy"), "node-api-runtime")},
@@ -248,6 +250,10 @@ async fn service_setup_applies_persistent_workloads_idempotently() {
     assert_eq!(deletes(), 4);
 }
 
+fn api_calls(setup: &KubeSetup, resource: &'static str, verb: &'static str) -> u64 {
+    setup.metrics().api_calls.get_or_create(&ApiCallLabels { resource, verb, outcome: "ok" }).get()
+}
+
 fn holds(setup: &KubeSetup, lease: &'static str) -> bool {
     setup.metrics().lease_held.get_or_create(&LeaseLabels { lease }).get() == 1
 }
@@ -278,6 +284,8 @@ fn one_lease_holder_and_takeover_when_it_dies() {
     // B waits while A renews: well past one lease duration, A still holds.
     main.block_on(async { tokio::time::sleep(Duration::from_secs(4)).await });
     assert!(holds(&a, labels::LEASE_RUNTIME_PRUNING) && !holds(&b, labels::LEASE_RUNTIME_PRUNING));
+    // The lease manager's calls are counted like every other (reads, then renewals).
+    assert!(api_calls(&a, "leases", "get") > 0 && api_calls(&a, "leases", "patch") > 0);
     // The lease holder did its work: the persistent workload exists.
     assert!(cluster.object("apps/v1", "Deployment", &labels::persistent_name("browser")).is_some());
 

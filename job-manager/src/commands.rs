@@ -2,7 +2,7 @@
 //! backend, and hand them to the composition root ([`crate::app::App`]); `sign`,
 //! `render`, `crd` and `rbac` need no running job manager.
 use crate::app::{App, AppSettings, StartError};
-use crate::backend::kubernetes::run::KubeBackend;
+use crate::backend::kubernetes::backend::KubeBackend;
 use crate::backend::local::LocalBackend;
 use crate::backend::{Backend, BackendError};
 use crate::broker::client::{BrokerClientConfig, HttpBroker};

@@ -1,20 +1,14 @@
 //! The Kubernetes subcommands through the real binary: `render`, `crd`, `rbac`.
-use std::path::PathBuf;
 use std::process::Command;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_job-manager"))
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("jm-k8s-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn render_prints_every_object_as_yaml() {
-    let dir = temp_dir("render");
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = tmp.path();
     std::fs::write(dir.join("job.json"), r#"{"id": "cli-1", "runtime_type": "node-api-runtime", "timeout_secs": 30}"#)
         .unwrap();
     std::fs::write(
@@ -56,7 +50,6 @@ fn render_prints_every_object_as_yaml() {
     let out = bin().args(["render", "--job"]).arg(dir.join("missing.json")).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.json"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -48,17 +48,21 @@ impl Cluster {
         cluster
     }
 
-    pub async fn client(&self) -> kube::Client {
+    pub async fn kube_config(&self) -> kube::Config {
         let kc = kube::config::Kubeconfig::read_from(self.emu.kubeconfig_path()).expect("kubeconfig readable");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await
-            .expect("kubeconfig valid");
-        kube::Client::try_from(cfg).expect("client builds")
+            .expect("kubeconfig valid")
     }
 
-    /// A job-manager replica's Kubernetes parts (its own client, like a separate pod).
+    pub async fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.kube_config().await).expect("client builds")
+    }
+
+    /// A job-manager replica's Kubernetes parts (its own client, like a separate pod),
+    /// built as `KubeSetup::connect` builds it.
     pub async fn replica(&self, config: &Config) -> KubeSetup {
-        KubeSetup::with_client(self.client().await, config).expect("setup")
+        KubeSetup::with_config(self.kube_config().await, config).expect("setup")
     }
 
     pub fn object(&self, api_version: &str, kind: &str, name: &str) -> Option<serde_json::Value> {

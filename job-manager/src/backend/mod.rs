@@ -14,6 +14,7 @@
 //! a sidecar's result takes, so the first outcome recorded for a job wins.
 pub mod kubernetes;
 pub mod local;
+pub mod sidecar_env;
 
 use crate::config::Config;
 use crate::results::{ResultIntake, ResultStore, SweepGate};

@@ -4,7 +4,6 @@
 //! and its default. Kubernetes-shaped fields use k8s-openapi types, so a malformed
 //! toleration or resource quantity fails when the file is read.
 pub use crate::telemetry::LogFormat;
-use common::runtime_api::sidecar_env;
 use k8s_openapi::api::core::v1 as core;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -346,42 +345,6 @@ impl Default for PersistenceSettings {
     }
 }
 
-/// `sidecar.*` config -> the sidecar's `SIDECAR_*` policy, upstream-proxy and logging
-/// environment: one mapping for both executors (local processes, pod templates).
-pub fn sidecar_policy_env(c: &Config) -> Vec<(String, String)> {
-    let s = &c.sidecar;
-    let mut env = Vec::new();
-    let mut list = |name: &str, v: &[String]| {
-        if !v.is_empty() {
-            env.push((name.to_string(), v.join(",")));
-        }
-    };
-    list(sidecar_env::ALLOW_CIDRS, &s.allow_cidrs);
-    list(sidecar_env::DENY_CIDRS, &s.deny_cidrs);
-    list(sidecar_env::ALLOW_HOSTS, &s.allow_hosts);
-    list(sidecar_env::DENY_HOSTS, &s.deny_hosts);
-    list(sidecar_env::API_SERVER_ADDRESSES, &s.api_server_addresses);
-    if s.deny_private {
-        env.push((sidecar_env::DENY_PRIVATE.into(), "true".into()));
-    }
-    if s.report_only {
-        env.push((sidecar_env::REPORT_ONLY.into(), "true".into()));
-    }
-    if !s.upstream_proxy.is_empty() {
-        env.push((sidecar_env::UPSTREAM_PROXY.into(), s.upstream_proxy.clone()));
-        if !s.upstream_proxy_bypass.is_empty() {
-            env.push((sidecar_env::UPSTREAM_PROXY_BYPASS.into(), s.upstream_proxy_bypass.join(",")));
-        }
-    }
-    let format = match c.log_format {
-        LogFormat::Json => "json",
-        LogFormat::Text => "text",
-    };
-    env.push((sidecar_env::LOG_FORMAT.into(), format.into()));
-    env.push((sidecar_env::LOG_LEVEL.into(), crate::telemetry::level_directive(&c.log_level).into()));
-    env
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,22 +375,5 @@ mod tests {
         .unwrap();
         assert_eq!(c.runtimes[0].parallelism, 1);
         assert_eq!(c.kubernetes.persistence.existing_claim_name, "data");
-    }
-
-    #[test]
-    fn sidecar_env_carries_the_policy_and_the_upstream_proxy_with_its_bypass() {
-        let mut c = Config::default();
-        c.sidecar.allow_cidrs = vec!["10.0.0.0/8".into(), "192.168.0.0/16".into()];
-        c.sidecar.deny_private = true;
-        c.sidecar.upstream_proxy_bypass = vec![".svc.cluster.local".into()];
-        let env: std::collections::BTreeMap<_, _> = sidecar_policy_env(&c).into_iter().collect();
-        assert_eq!(env[sidecar_env::ALLOW_CIDRS], "10.0.0.0/8,192.168.0.0/16");
-        assert_eq!(env[sidecar_env::DENY_PRIVATE], "true");
-        // No upstream proxy: no bypass either (the sidecar would refuse it alone).
-        assert!(!env.contains_key(sidecar_env::UPSTREAM_PROXY_BYPASS));
-        c.sidecar.upstream_proxy = "http://proxy.corp:3128".into();
-        let env: std::collections::BTreeMap<_, _> = sidecar_policy_env(&c).into_iter().collect();
-        assert_eq!(env[sidecar_env::UPSTREAM_PROXY], "http://proxy.corp:3128");
-        assert_eq!(env[sidecar_env::UPSTREAM_PROXY_BYPASS], ".svc.cluster.local");
     }
 }

@@ -1,6 +1,6 @@
 //! The Kubernetes subcommands: `render` (every object the job manager would create for
 //! a job and a config, no cluster needed), `crd` and `rbac`. Plain functions returning
-//! the text, so jm-core's clap enum only has to call them and print.
+//! the text, so the binary's clap subcommands (`crate::cli`) only have to call them and print.
 use crate::backend::kubernetes::{labels, rbac, record, translate};
 use crate::config::model::{Config, Workload};
 use common::Job;
@@ -51,10 +51,11 @@ pub fn render_files(job_file: &Path, config_file: Option<&Path>, namespace: Opti
 /// objects (ephemeral) or its runtime type's Deployment/Service/HPA (persistent), then
 /// the runtime NetworkPolicy when the job manager manages it.
 pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime) -> Result<String, CliError> {
+    let settings = translate::TranslateSettings::from(config);
     let mut docs = Vec::new();
     let persistent = config.runtimes.iter().any(|r| r.name == job.runtime_type && r.workload == Workload::Persistent);
     if persistent {
-        let objects = translate::persistent_objects(&job.runtime_type, config, namespace)?;
+        let objects = translate::persistent_objects(&job.runtime_type, &settings, namespace)?;
         docs.push(doc(
             "Persistent runtime: applied once per runtime type by the `service-setup` lease holder",
             &objects.deployment,
@@ -62,7 +63,7 @@ pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime)
         docs.push(doc("", &objects.service));
         docs.push(doc("", &objects.hpa));
     } else {
-        let objects = translate::ephemeral_objects(job, RENDER_TOKEN_PLACEHOLDER, deadline, config, namespace)?;
+        let objects = translate::ephemeral_objects(job, RENDER_TOKEN_PLACEHOLDER, deadline, &settings, namespace)?;
         docs.push(doc(
             &format!(
                 "Job {} -> objects named {}; created in this order. At creation the record also gets label {}=<dispatching pod>",
@@ -80,7 +81,7 @@ pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime)
     if config.kubernetes.network_policy.enabled {
         docs.push(doc(
             "Applied by the `service-setup` lease holder (kubernetes.networkPolicy.enabled)",
-            &translate::runtime_network_policy(config, namespace),
+            &translate::runtime_network_policy(&settings, namespace),
         ));
     }
     Ok(docs.join(""))

@@ -5,7 +5,7 @@
 //! - `service-setup`: server-side apply of persistent workloads (Deployment, Service,
 //!   HPA per persistent runtime type) and the runtime NetworkPolicy. Idempotent.
 //!
-//! Pending results are retried by the delivery loop (jm-core's `DeliveryLoop` over the
+//! Pending results are retried by the delivery loop (`crate::results::DeliveryLoop` over the
 //! [`crate::backend::kubernetes::store::RecordStore`]); the records make them durable. Every
 //! replica delivers the results it received itself; only the `runtime-pruning` holder
 //! sweeps the records for results nobody delivered ([`Coordinator::holds_pruning`]).
@@ -13,7 +13,6 @@ use crate::backend::kubernetes::cache::ClusterCache;
 use crate::backend::kubernetes::diagnose::{self, Action, Snapshot, Timing};
 use crate::backend::kubernetes::executor::KubeContext;
 use crate::backend::kubernetes::labels;
-use crate::backend::kubernetes::rbac::{Resource, Verb};
 use crate::backend::kubernetes::record::JobRecord;
 use crate::backend::kubernetes::store::RecordStore;
 use crate::backend::kubernetes::translate;
@@ -211,7 +210,6 @@ impl Coordinator {
 
     /// One pruning pass over the job manager's objects. Public for tests.
     pub async fn prune_once(&self) -> Result<PrunePass, CoordinationError> {
-        let m = &self.ctx.metrics;
         let runtime_objects = ListParams::default().labels(&labels::managed_runtime_selector());
         let ephemeral = ListParams::default().labels(&labels::ephemeral_selector());
         let records = self.ctx.records();
@@ -222,9 +220,9 @@ impl Coordinator {
             Some(snapshot) => snapshot,
             // The watches are not synced (yet): list instead.
             None => (
-                m.call(Resource::JobRecords, Verb::List, records.list(&runtime_objects)).await?.items,
-                m.call(Resource::Jobs, Verb::List, jobs.list(&ephemeral)).await?.items,
-                m.call(Resource::Pods, Verb::List, pods.list(&ephemeral)).await?.items,
+                records.list(&runtime_objects).await?.items,
+                jobs.list(&ephemeral).await?.items,
+                pods.list(&ephemeral).await?.items,
             ),
         };
         let snapshot =
@@ -262,7 +260,7 @@ impl Coordinator {
         let events: Api<core::Event> = Api::namespaced(self.ctx.client.clone(), &self.ctx.namespace);
         let lp = ListParams::default()
             .fields(&format!("involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"));
-        match self.ctx.metrics.call(Resource::CoreEvents, Verb::List, events.list(&lp)).await {
+        match events.list(&lp).await {
             Ok(list) => diagnose::no_pod_message(&message, &list.items),
             Err(e) => {
                 tracing::warn!(job, error = %e, "cannot read the Job's FailedCreate events; reporting without them");
@@ -303,7 +301,7 @@ impl Coordinator {
             }
             Action::DeleteJob { name } => {
                 let jobs = self.ctx.jobs();
-                let done = deleted(m.call(Resource::Jobs, Verb::Delete, jobs.delete(&name, &dp)).await)?;
+                let done = deleted(jobs.delete(&name, &dp).await)?;
                 m.pruned
                     .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: "stopped_job" })
                     .inc();
@@ -317,67 +315,47 @@ impl Coordinator {
                 m.pruned
                     .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: "orphan_job" })
                     .inc();
-                deleted(m.call(Resource::Jobs, Verb::Delete, jobs.delete(&name, &dp)).await)
+                deleted(jobs.delete(&name, &dp).await)
             }
         }
     }
 
     /// Apply every persistent workload and the NetworkPolicy. Public for tests.
     pub async fn setup_once(&self) -> Result<usize, CoordinationError> {
-        let m = &self.ctx.metrics;
-        let config = &self.ctx.config;
+        let settings = &self.ctx.translate;
         let ns = &self.ctx.namespace;
         let client = self.ctx.client.clone();
         // Force: the job manager owns these objects; a hand edit is reverted.
         let pp = PatchParams::apply(labels::FIELD_MANAGER).force();
         let mut applied = 0;
-        for runtime in config.runtimes.iter().filter(|r| r.enabled && r.workload == Workload::Persistent) {
-            let objects = translate::persistent_objects(&runtime.name, config, ns)?;
+        for runtime in settings.runtimes.iter().filter(|r| r.enabled && r.workload == Workload::Persistent) {
+            let objects = translate::persistent_objects(&runtime.name, settings, ns)?;
             let name = labels::persistent_name(&runtime.name);
             let deployments: Api<apps::Deployment> = Api::namespaced(client.clone(), ns);
-            m.call(
-                Resource::Deployments,
-                Verb::Patch,
-                deployments.patch(&name, &pp, &Patch::Apply(&objects.deployment)),
-            )
-            .await?;
+            deployments.patch(&name, &pp, &Patch::Apply(&objects.deployment)).await?;
             let services: Api<core::Service> = Api::namespaced(client.clone(), ns);
-            m.call(Resource::Services, Verb::Patch, services.patch(&name, &pp, &Patch::Apply(&objects.service)))
-                .await?;
+            services.patch(&name, &pp, &Patch::Apply(&objects.service)).await?;
             let hpas: Api<autoscaling::HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-            m.call(
-                Resource::HorizontalPodAutoscalers,
-                Verb::Patch,
-                hpas.patch(&name, &pp, &Patch::Apply(&objects.hpa)),
-            )
-            .await?;
+            hpas.patch(&name, &pp, &Patch::Apply(&objects.hpa)).await?;
             applied += 3;
         }
         self.retire_persistent_workloads().await?;
         let policies: Api<networking::NetworkPolicy> = Api::namespaced(client, ns);
-        if config.kubernetes.network_policy.enabled {
-            let policy = translate::runtime_network_policy(config, ns);
-            m.call(
-                Resource::NetworkPolicies,
-                Verb::Patch,
-                policies.patch(labels::RUNTIME_NETWORK_POLICY_NAME, &pp, &Patch::Apply(&policy)),
-            )
-            .await?;
+        if settings.kubernetes.network_policy.enabled {
+            let policy = translate::runtime_network_policy(settings, ns);
+            policies.patch(labels::RUNTIME_NETWORK_POLICY_NAME, &pp, &Patch::Apply(&policy)).await?;
             applied += 1;
         } else {
             // Switched off: remove ours if an earlier configuration applied it.
             let name = labels::RUNTIME_NETWORK_POLICY_NAME;
-            let existing = m.call(Resource::NetworkPolicies, Verb::Get, policies.get_opt(name)).await?;
+            let existing = policies.get_opt(name).await?;
             let ours = existing
                 .as_ref()
                 .and_then(|p| p.metadata.labels.as_ref())
                 .is_some_and(|l| l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE));
             if ours {
                 tracing::info!(name, "kubernetes.networkPolicy.enabled is off: deleting the runtime NetworkPolicy");
-                deleted(
-                    m.call(Resource::NetworkPolicies, Verb::Delete, policies.delete(name, &DeleteParams::background()))
-                        .await,
-                )?;
+                deleted(policies.delete(name, &DeleteParams::background()).await)?;
             }
         }
         Ok(applied)
@@ -390,17 +368,17 @@ impl Coordinator {
         let (client, ns) = (self.ctx.client.clone(), &self.ctx.namespace);
         let deployments: Api<apps::Deployment> = Api::namespaced(client.clone(), ns);
         let lp = ListParams::default().labels(&labels::persistent_selector());
-        let existing = m.call(Resource::Deployments, Verb::List, deployments.list_metadata(&lp)).await?;
+        let existing = deployments.list_metadata(&lp).await?;
         let names = existing.items.iter().filter_map(|d| d.metadata.name.as_deref());
-        let retired = translate::retired_persistent_workloads(names, &self.ctx.config);
+        let retired = translate::retired_persistent_workloads(names, &self.ctx.translate);
         let dp = DeleteParams::background();
         let services: Api<core::Service> = Api::namespaced(client.clone(), ns);
         let hpas: Api<autoscaling::HorizontalPodAutoscaler> = Api::namespaced(client, ns);
         for name in &retired {
             tracing::info!(name, "persistent runtime type no longer configured: deleting its workload");
-            deleted(m.call(Resource::HorizontalPodAutoscalers, Verb::Delete, hpas.delete(name, &dp)).await)?;
-            deleted(m.call(Resource::Services, Verb::Delete, services.delete(name, &dp)).await)?;
-            deleted(m.call(Resource::Deployments, Verb::Delete, deployments.delete(name, &dp)).await)?;
+            deleted(hpas.delete(name, &dp).await)?;
+            deleted(services.delete(name, &dp).await)?;
+            deleted(deployments.delete(name, &dp).await)?;
             m.pruned
                 .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: "retired_runtime" })
                 .inc();

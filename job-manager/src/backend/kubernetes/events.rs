@@ -4,8 +4,6 @@
 //! in the record's status and would otherwise cost an API write per job. Publishing is
 //! best effort and never blocks the caller.
 use crate::backend::kubernetes::labels;
-use crate::backend::kubernetes::metrics::KubeMetrics;
-use crate::backend::kubernetes::rbac::{Resource, Verb};
 use crate::backend::kubernetes::record::JobRecord;
 use crate::backend::HandoffError;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -15,18 +13,17 @@ use kube::Resource as _;
 #[derive(Clone)]
 pub struct EventPublisher {
     recorder: Option<Recorder>,
-    metrics: KubeMetrics,
 }
 
 impl EventPublisher {
-    pub fn new(client: kube::Client, instance: &str, metrics: KubeMetrics) -> Self {
+    pub fn new(client: kube::Client, instance: &str) -> Self {
         let reporter = Reporter { controller: labels::FIELD_MANAGER.into(), instance: Some(instance.to_string()) };
-        Self { recorder: Some(Recorder::new(client, reporter)), metrics }
+        Self { recorder: Some(Recorder::new(client, reporter)) }
     }
 
     /// Publishes nothing (tools and tests that need no events).
-    pub fn disabled(metrics: KubeMetrics) -> Self {
-        Self { recorder: None, metrics }
+    pub fn disabled() -> Self {
+        Self { recorder: None }
     }
 
     pub fn handoff_failed(&self, record: &JobRecord, err: &HandoffError) {
@@ -50,9 +47,8 @@ impl EventPublisher {
         let note: String = note.chars().take(1000).collect();
         let event =
             Event { type_, reason: reason.to_string(), note: Some(note), action: action.to_string(), secondary: None };
-        let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics.call(Resource::Events, Verb::Create, recorder.publish(&event, &reference)).await {
+            if let Err(e) = recorder.publish(&event, &reference).await {
                 tracing::debug!(error = %e, "could not publish an event");
             }
         });

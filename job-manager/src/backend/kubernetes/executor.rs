@@ -10,13 +10,13 @@
 use crate::backend::kubernetes::events::EventPublisher;
 use crate::backend::kubernetes::labels;
 use crate::backend::kubernetes::metrics::KubeMetrics;
-use crate::backend::kubernetes::rbac::{Resource, Verb};
 use crate::backend::kubernetes::record::JobRecord;
 use crate::backend::kubernetes::translate;
 use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::config::model::{Config, Workload};
 use bytes::Bytes;
 use common::runtime_api::{RuntimeJob, INGRESS_DISPATCH_PATH};
+use common::secret::Secret;
 use common::JobId;
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::batch::v1 as batch;
@@ -77,13 +77,34 @@ pub fn classify_dispatch_status(status: u16, body: &str) -> Result<(), HandoffEr
 
 type HttpClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
+/// What the executor reads besides translation's settings.
+#[derive(Clone, Debug)]
+pub struct ExecutorSettings {
+    /// `internalApiKey`: sent with every dispatch to a persistent runtime's sidecar.
+    pub internal_api_key: Secret,
+    /// `kubernetes.persistentEndpoints`: base URL per persistent runtime type, instead of
+    /// the Service's cluster DNS name.
+    pub persistent_endpoints: BTreeMap<String, String>,
+}
+
+impl From<&Config> for ExecutorSettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            internal_api_key: Secret::new(c.internal_api_key.clone()),
+            persistent_endpoints: c.kubernetes.persistent_endpoints.clone(),
+        }
+    }
+}
+
 /// Shared by the executor and the coordination tasks.
 pub struct KubeContext {
     pub client: kube::Client,
     pub namespace: String,
     /// This replica's [`labels::DISPATCHER`] label value.
     pub dispatcher: String,
-    pub config: Arc<Config>,
+    /// Translation's settings (coordination reads its runtime types and switches too).
+    pub translate: translate::TranslateSettings,
+    pub executor: ExecutorSettings,
     pub metrics: KubeMetrics,
     pub events: EventPublisher,
 }
@@ -113,8 +134,7 @@ impl KubeExecutor {
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
         let persistent_endpoints = ctx
-            .config
-            .kubernetes
+            .executor
             .persistent_endpoints
             .iter()
             .map(|(runtime, url)| (runtime.clone(), url.trim_end_matches('/').to_string()))
@@ -139,7 +159,7 @@ impl KubeExecutor {
                 "http://{}.{}.svc:{}",
                 labels::persistent_name(runtime_type),
                 self.ctx.namespace,
-                self.ctx.config.sidecar.ingress_port
+                self.ctx.translate.sidecar.ingress_port
             )
         })
     }
@@ -155,14 +175,12 @@ impl KubeExecutor {
             .insert(labels::DISPATCHER.into(), self.ctx.dispatcher.clone());
         let record = &record;
         let api = self.ctx.records();
-        let m = &self.ctx.metrics;
         let pp = PostParams::default();
-        match m.call(Resource::JobRecords, Verb::Create, api.create(&pp, record)).await {
+        match api.create(&pp, record).await {
             Ok(created) => Ok((created, true)),
             Err(e) if is_already_exists(&e) => {
                 let name = record.metadata.name.as_deref().unwrap_or_default();
-                let existing =
-                    m.call(Resource::JobRecords, Verb::Get, api.get(name)).await.map_err(|e| classify_api_error(&e))?;
+                let existing = api.get(name).await.map_err(|e| classify_api_error(&e))?;
                 if existing.spec.job_id != id.as_str() {
                     return Err(HandoffError::Permanent(format!(
                         "object name {name} is taken by job {} (hash collision)",
@@ -183,7 +201,7 @@ impl KubeExecutor {
         let api = self.ctx.records();
         let backoff = common::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         for attempt in 0..ABANDON_ATTEMPTS {
-            match self.ctx.metrics.call(Resource::JobRecords, Verb::Delete, api.delete(name, &dp)).await {
+            match api.delete(name, &dp).await {
                 Ok(_) => return,
                 Err(e) if is_not_found(&e) => return,
                 Err(e)
@@ -207,7 +225,7 @@ impl KubeExecutor {
             &handoff.job,
             &handoff.token,
             handoff.deadline,
-            &self.ctx.config,
+            &self.ctx.translate,
             &self.ctx.namespace,
         )
         .map_err(|e| HandoffError::Permanent(e.to_string()))?;
@@ -219,11 +237,10 @@ impl KubeExecutor {
         }
         let uid = record.metadata.uid.clone().unwrap_or_default();
         let objects = objects.owned_by(&uid);
-        let m = &self.ctx.metrics;
         let pp = PostParams::default();
 
         let jobs = self.ctx.jobs();
-        match m.call(Resource::Jobs, Verb::Create, jobs.create(&pp, &objects.job)).await {
+        match jobs.create(&pp, &objects.job).await {
             Ok(_) => Ok(Accepted::Started),
             Err(e) if is_already_exists(&e) => {
                 Ok(if created_record { Accepted::Started } else { Accepted::AlreadyRunning })
@@ -241,7 +258,7 @@ impl KubeExecutor {
 
     async fn dispatch_persistent(&self, handoff: Handoff) -> Result<Accepted, HandoffError> {
         let record =
-            translate::persistent_record(&handoff.job, handoff.deadline, &self.ctx.config, &self.ctx.namespace)
+            translate::persistent_record(&handoff.job, handoff.deadline, &self.ctx.translate, &self.ctx.namespace)
                 .map_err(|e| HandoffError::Permanent(e.to_string()))?;
         let name = record.metadata.name.clone().unwrap_or_default();
         let (existing, created) = self.create_or_get_record(&record, &handoff.job.id).await?;
@@ -269,7 +286,7 @@ impl KubeExecutor {
             serde_json::to_vec(&RuntimeJob::from(&handoff.job)).map_err(|e| HandoffError::Permanent(e.to_string()))?;
         let request = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header(common::headers::INTERNAL_API_KEY, &self.ctx.config.internal_api_key)
+            .header(common::headers::INTERNAL_API_KEY, self.ctx.executor.internal_api_key.expose())
             .header(common::headers::JOB_TOKEN, &handoff.token)
             .header(common::headers::JOB_ID, handoff.job.id.as_str())
             .body(Full::new(Bytes::from(body)))
@@ -313,7 +330,7 @@ impl Executor for KubeExecutor {
         }
         let workload = self
             .ctx
-            .config
+            .translate
             .runtimes
             .iter()
             .find(|r| r.name == handoff.job.runtime_type)
@@ -333,12 +350,7 @@ impl Executor for KubeExecutor {
         let selector = format!("{},{}={}", labels::managed_runtime_selector(), labels::DISPATCHER, self.ctx.dispatcher);
         let lp = ListParams::default().labels(&selector);
         let api = self.ctx.records();
-        let list = self
-            .ctx
-            .metrics
-            .call(Resource::JobRecords, Verb::List, api.list(&lp))
-            .await
-            .map_err(|e| StateError(e.to_string()))?;
+        let list = api.list(&lp).await.map_err(|e| StateError(e.to_string()))?;
         Ok(in_flight_from(&list.items))
     }
 

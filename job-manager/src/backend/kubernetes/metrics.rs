@@ -1,20 +1,19 @@
-//! Kubernetes executor metrics: API calls by resource, verb and outcome; lease
+//! Kubernetes executor metrics: API calls by resource, verb and outcome (counted by
+//! [`crate::backend::kubernetes::client::ApiCallLayer`] on the shared client); lease
 //! ownership; what pruning and diagnosis did. [`KubeMetrics::register`] is the hook the
 //! process's `/metrics` registry calls (metrics are shared handles: register once,
 //! update from anywhere).
-use crate::backend::kubernetes::rbac::{self, Resource, Verb};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::future::Future;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiCallLabels {
     pub resource: &'static str,
     pub verb: &'static str,
-    /// `ok`, or the error label of [`api_outcome`].
+    /// `ok`, or what the error status means ([`crate::backend::kubernetes::client::status_outcome`]).
     pub outcome: &'static str,
 }
 
@@ -54,27 +53,6 @@ impl KubeMetrics {
         sub.register("pruned_objects", "Objects deleted by pruning, by reason", self.pruned.clone());
     }
 
-    /// Run one API call, counting it. In debug builds, a call the declared RBAC rules do
-    /// not grant panics, so tests catch a Role that would refuse it in production.
-    pub async fn call<T, F>(&self, resource: Resource, verb: Verb, call: F) -> Result<T, kube::Error>
-    where
-        F: Future<Output = Result<T, kube::Error>>,
-    {
-        debug_assert!(
-            rbac::allows(resource, verb),
-            "{} {} is not declared in kubernetes/rbac.rs",
-            verb.as_str(),
-            resource.name()
-        );
-        let result = call.await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => api_outcome(e),
-        };
-        self.api_calls.get_or_create(&ApiCallLabels { resource: resource.name(), verb: verb.as_str(), outcome }).inc();
-        result
-    }
-
     pub fn set_lease(&self, lease: &'static str, held: bool) {
         let gauge = self.lease_held.get_or_create(&LeaseLabels { lease });
         if (gauge.get() == 1) != held {
@@ -84,52 +62,9 @@ impl KubeMetrics {
     }
 }
 
-/// Stable label for an API error.
-pub fn api_outcome(e: &kube::Error) -> &'static str {
-    match e {
-        kube::Error::Api(s) => match s.code {
-            400 => "bad_request",
-            401 => "unauthorized",
-            403 => "forbidden",
-            404 => "not_found",
-            409 if s.reason == "AlreadyExists" => "already_exists",
-            409 => "conflict",
-            410 => "gone",
-            422 => "invalid",
-            429 => "too_many_requests",
-            500..=599 => "server_error",
-            _ => "other_status",
-        },
-        _ => "transport",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn status(code: u16, reason: &str) -> kube::Error {
-        kube::Error::Api(Box::new(kube::core::Status { code, reason: reason.into(), ..Default::default() }))
-    }
-
-    #[tokio::test]
-    async fn calls_are_counted_by_outcome() {
-        let m = KubeMetrics::default();
-        let _ = m.call(Resource::Jobs, Verb::Create, async { Ok::<_, kube::Error>(()) }).await;
-        let _ = m.call(Resource::Jobs, Verb::Create, async { Err::<(), _>(status(409, "AlreadyExists")) }).await;
-        let _ = m.call(Resource::Jobs, Verb::Create, async { Err::<(), _>(status(503, "")) }).await;
-        let get =
-            |outcome| m.api_calls.get_or_create(&ApiCallLabels { resource: "jobs", verb: "create", outcome }).get();
-        assert_eq!((get("ok"), get("already_exists"), get("server_error")), (1, 1, 1));
-        let mut registry = Registry::default();
-        m.register(&mut registry);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(
-            text.contains("kubernetes_api_calls_total{resource=\"jobs\",verb=\"create\",outcome=\"ok\"} 1"),
-            "{text}"
-        );
-    }
 
     #[test]
     fn lease_transitions_count_changes_only() {

@@ -1,13 +1,18 @@
 //! Assembling the Kubernetes executor for the app: a client (in-cluster config or
-//! `KUBECONFIG`), the namespace, and the parts jm-core wires in — the executor, the
-//! result store on job records, the lease-guarded coordinator, the metrics.
+//! `KUBECONFIG`), the namespace, the narrow settings taken from the config once, and
+//! the parts the composition root (`run`) wires in — the executor, the result store on
+//! job records, the lease-guarded coordinator, the metrics.
+use crate::backend::kubernetes::client;
+#[cfg(doc)]
+use crate::backend::kubernetes::client::ApiCallLayer;
 use crate::backend::kubernetes::coordination::{CoordinationSettings, Coordinator};
 use crate::backend::kubernetes::events::EventPublisher;
-use crate::backend::kubernetes::executor::{KubeContext, KubeExecutor};
+use crate::backend::kubernetes::executor::{ExecutorSettings, KubeContext, KubeExecutor};
 use crate::backend::kubernetes::metrics::KubeMetrics;
-use crate::backend::kubernetes::rbac::{Resource, Verb};
 use crate::backend::kubernetes::store::RecordStore;
+use crate::backend::kubernetes::translate::TranslateSettings;
 use crate::config::model::Config;
+use crate::config::Validated;
 use crate::results::ResultIntake;
 use std::sync::Arc;
 
@@ -48,26 +53,69 @@ impl KubeSetup {
     /// `KUBECONFIG`/`~/.kube/config`). The namespace is `config.namespace`, else the
     /// client's default (the pod's namespace in-cluster).
     pub async fn connect(config: &Config) -> Result<Self, SetupError> {
-        let client = kube::Client::try_default().await.map_err(|e| SetupError::Client(e.to_string()))?;
-        Self::with_client(client, config)
+        Self::with_config_as(ambient_config().await?, config, &pod_name(config))
     }
 
-    /// Use a given client (tests against an emulated cluster).
+    /// Connect with a given client configuration (tests against an emulated cluster):
+    /// the client is built like [`KubeSetup::connect`]'s, behind the same [`ApiCallLayer`].
+    pub fn with_config(kube_config: kube::Config, config: &Config) -> Result<Self, SetupError> {
+        Self::with_config_as(kube_config, config, &pod_name(config))
+    }
+
+    /// Like [`KubeSetup::with_config`], as the replica (pod) named `pod_name`.
+    pub fn with_config_as(kube_config: kube::Config, config: &Config, pod_name: &str) -> Result<Self, SetupError> {
+        let metrics = KubeMetrics::default();
+        let client = client::build(kube_config, &metrics).map_err(|e| SetupError::Client(e.to_string()))?;
+        let translate = translate_settings(config)?;
+        Ok(Self::assemble(client, metrics, config, translate, pod_name))
+    }
+
+    /// Use a given client (tests against an emulated cluster). Its requests go through
+    /// [`ApiCallLayer`] too ([`client::instrument`]), so they are counted and checked
+    /// against the declared RBAC rights like those of a client this module builds.
     pub fn with_client(client: kube::Client, config: &Config) -> Result<Self, SetupError> {
         Self::with_client_as(client, config, &pod_name(config))
     }
 
     /// Like [`KubeSetup::with_client`], as the replica (pod) named `pod_name`.
     pub fn with_client_as(client: kube::Client, config: &Config, pod_name: &str) -> Result<Self, SetupError> {
+        let translate = translate_settings(config)?;
+        let metrics = KubeMetrics::default();
+        let client = client::instrument(client, &metrics);
+        Ok(Self::assemble(client, metrics, config, translate, pod_name))
+    }
+
+    /// From a validated configuration, whose user-defined variables are already merged
+    /// (JSON, file and path), so nothing is read again: with `client` (behind
+    /// [`ApiCallLayer`] like [`KubeSetup::with_client`]'s), else connected like
+    /// [`KubeSetup::connect`].
+    pub async fn for_validated(client: Option<kube::Client>, validated: &Validated) -> Result<Self, SetupError> {
+        let config = &validated.config;
+        let metrics = KubeMetrics::default();
+        let client = match client {
+            Some(client) => client::instrument(client, &metrics),
+            None => client::build(ambient_config().await?, &metrics).map_err(|e| SetupError::Client(e.to_string()))?,
+        };
+        let translate = TranslateSettings::new(config, &validated.user_defined_variables);
+        Ok(Self::assemble(client, metrics, config, translate, &pod_name(config)))
+    }
+
+    /// `client` must already count into `metrics` (see [`client`]).
+    fn assemble(
+        client: kube::Client,
+        metrics: KubeMetrics,
+        config: &Config,
+        translate: TranslateSettings,
+        pod_name: &str,
+    ) -> Self {
         let namespace =
             if config.namespace.is_empty() { client.default_namespace().to_string() } else { config.namespace.clone() };
-        let config = resolve_user_defined_variables(config)?;
         let identity = instance_identity();
-        let metrics = KubeMetrics::default();
-        let events = EventPublisher::new(client.clone(), &identity, metrics.clone());
+        let events = EventPublisher::new(client.clone(), &identity);
         let dispatcher = crate::backend::kubernetes::labels::label_value(pod_name);
-        let ctx = Arc::new(KubeContext { client, namespace, dispatcher, config: Arc::new(config), metrics, events });
-        Ok(Self { ctx, identity })
+        let executor = ExecutorSettings::from(config);
+        let ctx = Arc::new(KubeContext { client, namespace, dispatcher, translate, executor, metrics, events });
+        Self { ctx, identity }
     }
 
     /// Check, once at startup, that the CRD exists and this replica may use it, so a
@@ -75,7 +123,7 @@ impl KubeSetup {
     pub async fn preflight(&self) -> Result<(), SetupError> {
         let lp = kube::api::ListParams::default().limit(1);
         let records = self.ctx.records();
-        let listed = self.ctx.metrics.call(Resource::JobRecords, Verb::List, records.list(&lp)).await;
+        let listed = records.list(&lp).await;
         match listed {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Err(SetupError::CrdMissing),
@@ -108,7 +156,7 @@ impl KubeSetup {
     }
 
     pub fn record_store(&self) -> RecordStore {
-        RecordStore::new(self.ctx.client.clone(), &self.ctx.namespace, self.ctx.metrics.clone())
+        RecordStore::new(self.ctx.client.clone(), &self.ctx.namespace)
     }
 
     /// The lease-guarded pruning and service-setup loops; run with
@@ -118,19 +166,25 @@ impl KubeSetup {
     }
 }
 
-/// `userDefinedFile` is read once here, so the translation sees only JSON (the file
-/// wins over `userDefinedJson` when both are set, as the more specific source).
-pub fn resolve_user_defined_variables(config: &Config) -> Result<Config, SetupError> {
-    let mut config = config.clone();
+/// Translation's settings for `config`. `userDefinedFile` is read once here, so the
+/// translation sees only JSON (the file wins over `userDefinedJson` when both are set, as
+/// the more specific source).
+pub fn translate_settings(config: &Config) -> Result<TranslateSettings, SetupError> {
+    let settings = TranslateSettings::from(config);
     let file = &config.user_defined_variables.user_defined_file;
-    if !file.is_empty() {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
-        config.user_defined_variables.user_defined_json = value.to_string();
+    if file.is_empty() {
+        return Ok(settings);
     }
-    Ok(config)
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| SetupError::UserDefinedVariables { path: file.clone(), message: e.to_string() })?;
+    Ok(settings.with_user_defined_variables(value))
+}
+
+/// In-cluster service account, else `KUBECONFIG`/`~/.kube/config`.
+async fn ambient_config() -> Result<kube::Config, SetupError> {
+    kube::Config::infer().await.map_err(|e| SetupError::Client(kube::Error::InferConfig(e).to_string()))
 }
 
 /// The pod name (HOSTNAME in a pod), else `hostnameOverride`.
@@ -152,20 +206,33 @@ mod tests {
 
     #[test]
     fn user_defined_file_is_read_as_json() {
-        let dir = std::env::temp_dir().join(format!("udv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("vars.json");
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("vars.json");
         std::fs::write(&path, r#"{ "KEY": "v" }"#).unwrap();
         let mut c = Config::default();
         c.user_defined_variables.user_defined_file = path.display().to_string();
-        assert_eq!(
-            resolve_user_defined_variables(&c).unwrap().user_defined_variables.user_defined_json,
-            r#"{"KEY":"v"}"#
-        );
+        assert_eq!(translate_settings(&c).unwrap().user_defined_variables, r#"{"KEY":"v"}"#);
         std::fs::write(&path, "not json").unwrap();
-        let err = resolve_user_defined_variables(&c).unwrap_err();
+        let err = translate_settings(&c).unwrap_err();
         assert_eq!(err.label(), "user_defined_variables");
         assert!(err.to_string().contains("vars.json"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn validated_user_defined_variables_reach_translation_as_they_are() {
+        let mut config = Config { namespace: "jobs".into(), ..Config::default() };
+        // Already merged by validation: the raw JSON field is not read again.
+        config.user_defined_variables.user_defined_json = "not read".into();
+        let validated = Validated {
+            config,
+            user_defined_variables: serde_json::from_str(r#"{"KEY": "v"}"#).unwrap(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            warnings: Vec::new(),
+        };
+        // No call is made: nothing needs to listen.
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let setup = KubeSetup::for_validated(Some(client), &validated).await.unwrap();
+        assert_eq!(setup.context().translate.user_defined_variables, r#"{"KEY":"v"}"#);
+        assert_eq!(setup.namespace(), "jobs");
     }
 }

@@ -4,8 +4,6 @@
 //! write; the loser gets 409, re-reads, and answers `Duplicate` or `Conflict`. That first
 //! accepted write is what consumes the job's single-use token.
 use crate::backend::kubernetes::labels;
-use crate::backend::kubernetes::metrics::KubeMetrics;
-use crate::backend::kubernetes::rbac::{Resource, Verb};
 use crate::backend::kubernetes::record::{
     Delivery, DeliveryState, JobRecord, JobRecordStatus, RecordPhase, RecordWorkload, RecordedResult,
 };
@@ -85,12 +83,11 @@ pub fn pending_results(records: &[JobRecord]) -> Vec<JobResult> {
 #[derive(Clone)]
 pub struct RecordStore {
     records: Api<JobRecord>,
-    metrics: KubeMetrics,
 }
 
 impl RecordStore {
-    pub fn new(client: kube::Client, namespace: &str, metrics: KubeMetrics) -> Self {
-        Self { records: Api::namespaced(client, namespace), metrics }
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self { records: Api::namespaced(client, namespace) }
     }
 
     fn unavailable(e: kube::Error) -> StoreError {
@@ -104,11 +101,7 @@ impl RecordStore {
 
     async fn get_record(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let name = labels::object_name(id);
-        let record = self
-            .metrics
-            .call(Resource::JobRecords, Verb::Get, self.records.get_opt(&name))
-            .await
-            .map_err(Self::unavailable)?;
+        let record = self.records.get_opt(&name).await.map_err(Self::unavailable)?;
         // Two ids can only share a name through a hash collision: never mix them up.
         Ok(record.filter(|r| r.spec.job_id == id.as_str()))
     }
@@ -119,8 +112,8 @@ impl ResultStore for RecordStore {
         let name = labels::object_name(&result.job_id);
         for _ in 0..MAX_CONFLICT_RETRIES {
             let record = self
-                .metrics
-                .call(Resource::JobRecords, Verb::Get, self.records.get_opt(&name))
+                .records
+                .get_opt(&name)
                 .await
                 .map_err(Self::unavailable)?
                 .ok_or_else(|| StoreError::UnknownJob(result.job_id.clone()))?;
@@ -139,7 +132,7 @@ impl ResultStore for RecordStore {
                     // `updated` carries the resourceVersion read above: the precondition.
                     let pp = PostParams::default();
                     let write = self.records.replace_status(&name, &pp, &updated);
-                    match self.metrics.call(Resource::JobRecordStatus, Verb::Update, write).await {
+                    match write.await {
                         Ok(_) => return Ok(Recorded::Accepted),
                         Err(kube::Error::Api(s)) if s.code == 409 => continue,
                         Err(kube::Error::Api(s)) if s.code == 404 => {
@@ -155,11 +148,7 @@ impl ResultStore for RecordStore {
 
     async fn pending(&self) -> Result<Vec<JobResult>, StoreError> {
         let lp = ListParams::default().labels(&labels::managed_runtime_selector());
-        let list = self
-            .metrics
-            .call(Resource::JobRecords, Verb::List, self.records.list(&lp))
-            .await
-            .map_err(Self::unavailable)?;
+        let list = self.records.list(&lp).await.map_err(Self::unavailable)?;
         Ok(pending_results(&list.items))
     }
 
@@ -178,7 +167,7 @@ impl ResultStore for RecordStore {
         let name = labels::object_name(id);
         let dp = DeleteParams::background();
         let delete = self.records.delete(&name, &dp);
-        match self.metrics.call(Resource::JobRecords, Verb::Delete, delete).await {
+        match delete.await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(Self::unavailable(e)),

@@ -56,7 +56,7 @@ impl LocalBackend {
                 (r.name.clone(), LocalRuntime { command, parallelism: r.parallelism, extra_env: r.extra_env.clone() })
             })
             .collect();
-        settings.sidecar_env = crate::config::model::sidecar_policy_env(c);
+        settings.sidecar_env = crate::backend::sidecar_env::sidecar_policy_env(c);
         settings.no_proxy = c.sidecar.no_proxy.clone();
         settings.user_defined_variables =
             serde_json::Value::Object(validated.user_defined_variables.clone()).to_string();

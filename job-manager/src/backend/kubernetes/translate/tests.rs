@@ -1,7 +1,13 @@
 //! Security-critical fields and decisions, asserted one by one (the whole-object
 //! comparisons live in `job-manager/tests/kubernetes_translate.rs`).
 use super::*;
-use crate::config::model::RuntimeConfig;
+use crate::backend::kubernetes::labels;
+use crate::config::model::{Config, ImageSettings, RuntimeConfig};
+use common::runtime_api::sidecar_env;
+use common::Job;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 fn config() -> Config {
@@ -25,7 +31,7 @@ fn deadline() -> SystemTime {
 }
 
 fn objects(c: &Config) -> EphemeralObjects {
-    ephemeral_objects(&job("node-api-runtime"), "tok-123", deadline(), c, "ns").unwrap()
+    ephemeral_objects(&job("node-api-runtime"), "tok-123", deadline(), &TranslateSettings::from(c), "ns").unwrap()
 }
 
 fn pod(o: &EphemeralObjects) -> core::PodSpec {
@@ -127,15 +133,16 @@ fn deadline_is_clamped_to_check_timeout() {
     assert_eq!(o.job.spec.as_ref().unwrap().active_deadline_seconds, Some(60));
     let mut j = job("node-api-runtime");
     j.timeout_secs = 0;
-    let o = ephemeral_objects(&j, "t", deadline(), &c, "ns").unwrap();
+    let o = ephemeral_objects(&j, "t", deadline(), &TranslateSettings::from(&c), "ns").unwrap();
     assert_eq!(o.job.spec.unwrap().active_deadline_seconds, Some(1));
 }
 
 #[test]
 fn errors_name_the_problem() {
     let c = config();
-    let err =
-        |runtime: &str, c: &Config, ns: &str| ephemeral_objects(&job(runtime), "t", deadline(), c, ns).unwrap_err();
+    let err = |runtime: &str, c: &Config, ns: &str| {
+        ephemeral_objects(&job(runtime), "t", deadline(), &TranslateSettings::from(c), ns).unwrap_err()
+    };
     assert_eq!(err("nope", &c, "ns"), TranslateError::UnknownRuntime("nope".into()));
     assert_eq!(err("browser", &c, "ns").label(), "wrong_workload");
     assert_eq!(err("node-api-runtime", &c, ""), TranslateError::MissingNamespace);
@@ -151,7 +158,10 @@ fn errors_name_the_problem() {
     let mut sneaky_runtime = c.clone();
     sneaky_runtime.runtimes[0].extra_env.insert("no_proxy".into(), "*".into());
     assert_eq!(err("node-api-runtime", &sneaky_runtime, "ns").label(), "reserved_env");
-    assert_eq!(persistent_objects("node-api-runtime", &c, "ns").unwrap_err().label(), "wrong_workload");
+    assert_eq!(
+        persistent_objects("node-api-runtime", &TranslateSettings::from(&c), "ns").unwrap_err().label(),
+        "wrong_workload"
+    );
 }
 
 #[test]
@@ -196,14 +206,14 @@ fn network_policy_blocks_metadata_and_api_servers() {
     let mut c = config();
     c.sidecar.api_server_addresses =
         vec!["10.0.0.1".into(), "10.0.0.2:6443".into(), "[fd00::1]:443".into(), "api.internal".into()];
-    let np = runtime_network_policy(&c, "ns");
+    let np = runtime_network_policy(&TranslateSettings::from(&c), "ns");
     let text = serde_json::to_string(&np).unwrap();
     for cidr in ["169.254.169.254/32", "10.0.0.1/32", "10.0.0.2/32", "fd00::1/128"] {
         assert!(text.contains(cidr), "{cidr} missing: {text}");
     }
     c.kubernetes.restrict_metadata_service = false;
     c.sidecar.api_server_addresses.clear();
-    let text = serde_json::to_string(&runtime_network_policy(&c, "ns")).unwrap();
+    let text = serde_json::to_string(&runtime_network_policy(&TranslateSettings::from(&c), "ns")).unwrap();
     assert!(!text.contains("169.254.169.254"), "{text}");
     assert!(!text.contains("except"), "{text}");
 }
@@ -221,8 +231,24 @@ fn retired_persistent_workloads_are_those_no_longer_wanted() {
     let existing = [browser.as_str(), "jm-rt-removed", "jm-rt-off", "jm-rt-node-api-runtime", "jm-rt-removed"];
     // Still configured, enabled and persistent: kept. Removed, disabled, or now ephemeral: retired.
     assert_eq!(
-        retired_persistent_workloads(existing, &c),
+        retired_persistent_workloads(existing, &TranslateSettings::from(&c)),
         ["jm-rt-node-api-runtime", "jm-rt-off", "jm-rt-removed"].map(String::from)
     );
-    assert!(retired_persistent_workloads([browser.as_str()], &c).is_empty());
+    assert!(retired_persistent_workloads([browser.as_str()], &TranslateSettings::from(&c)).is_empty());
+}
+
+#[test]
+fn user_defined_variables_reach_the_runtime_as_json() {
+    let runtime_env = |settings: &TranslateSettings| {
+        let o = ephemeral_objects(&job("node-api-runtime"), "t", deadline(), settings, "ns").unwrap();
+        let env = pod(&o).containers[0].env.clone().unwrap();
+        env.into_iter().find(|e| e.name == "USER_DEFINED_VARIABLES").and_then(|e| e.value).unwrap()
+    };
+    // None configured: an empty object, never an empty string.
+    assert_eq!(runtime_env(&TranslateSettings::from(&config())), "{}");
+    // Merged ones (JSON, file and path, as validation merges them) win over the raw field.
+    let mut c = config();
+    c.user_defined_variables.user_defined_json = r#"{"RAW": 1}"#.into();
+    let merged = serde_json::from_str(r#"{"KEY": "v"}"#).unwrap();
+    assert_eq!(runtime_env(&TranslateSettings::new(&c, &merged)), r#"{"KEY":"v"}"#);
 }

@@ -31,19 +31,10 @@ impl KubeBackend {
     /// Connect (a given client in tests, else in-cluster configuration or `KUBECONFIG`)
     /// and check once that the CRD exists and this replica may use it.
     pub async fn connect(validated: &Validated, client: Option<kube::Client>) -> Result<Self, BackendError> {
-        let mut c = validated.config.clone();
-        if c.internal_api_key.trim().is_empty() {
+        if validated.config.internal_api_key.trim().is_empty() {
             return Err(BackendError::usage(CONTEXT, "missing_internal_key", MissingInternalKey));
         }
-        // Configuration loading already merged JSON, file and path into one object.
-        c.user_defined_variables.user_defined_json =
-            serde_json::Value::Object(validated.user_defined_variables.clone()).to_string();
-        c.user_defined_variables.user_defined_file.clear();
-        let setup = match client {
-            Some(client) => KubeSetup::with_client(client, &c),
-            None => KubeSetup::connect(&c).await,
-        }
-        .map_err(setup_error)?;
+        let setup = KubeSetup::for_validated(client, validated).await.map_err(setup_error)?;
         setup.preflight().await.map_err(setup_error)?;
         tracing::info!(namespace = setup.namespace(), identity = setup.identity(), "connected to the cluster");
         Ok(Self { setup })
