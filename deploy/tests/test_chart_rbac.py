@@ -1,5 +1,5 @@
 """The chart's Role grants exactly what the job manager uses: the rules `job-manager rbac`
-prints (job-manager/src/kubernetes/rbac.rs), no more, no less."""
+prints (job-manager/src/backend/kubernetes/rbac.rs), no more, no less."""
 import yaml
 
 from conftest import REQUIRED, job_manager_binary, render, run

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Network-namespace egress test (issue 2): a runtime user whose direct egress is blocked
+# Network-namespace egress test: a runtime user whose direct egress is blocked
 # by an iptables owner-match rule still works through the sidecar, and the sidecar still
 # refuses what policy forbids.
 #

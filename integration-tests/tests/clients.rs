@@ -1,5 +1,5 @@
-//! Real HTTP clients through the real `sidecar` binary (issue 2, "standard clients work
-//! unchanged"): curl, Python `requests`, Node `fetch` with undici's proxy agents and
+//! Real HTTP clients through the real `sidecar` binary (standard clients work
+//! unchanged through it): curl, Python `requests`, Node `fetch` with undici's proxy agents and
 //! headless Chromium, each against a local origin (`clients/origin.py`: HTTP + HTTPS with
 //! a certificate made at test time). Every test asserts what the client actually got:
 //! the origin's body, the sidecar's 403 and reason for a refused target, a CONNECT tunnel

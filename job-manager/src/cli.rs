@@ -65,7 +65,8 @@ pub struct RenderArgs {
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct RunArgs {
-    /// YAML config file [env: JM_CONFIG_FILE]
+    /// YAML config file; without the flag, `$JM_CONFIG_FILE` (read with the other `JM_*`
+    /// settings, so an empty value means none)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Result API + health + metrics listen address (key `listen`)
@@ -138,7 +139,7 @@ pub struct SignArgs {
     /// The job file (a `common::Job` as JSON); its runtime_type and payload are signed
     #[arg(long, value_name = "FILE")]
     pub job: PathBuf,
-    /// The VSE passphrase [env: JM_VSE_PASSPHRASE]
+    /// The VSE passphrase
     #[arg(long, value_name = "PASSPHRASE", env = "JM_VSE_PASSPHRASE", hide_env_values = true)]
     pub passphrase: String,
     /// Write the job back with its `signature` set instead of printing the signature

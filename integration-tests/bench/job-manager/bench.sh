@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Job-manager benchmarks (issue 3), a `make bench` section (run.sh runs every
+# Job-manager benchmarks, a `make bench` section (run.sh runs every
 # integration-tests/bench/*/bench.sh); also runs standalone:
 #   integration-tests/bench/job-manager/bench.sh            # release build, full sizes
 #   BENCH_PROFILE=dev BENCH_E2E_JOBS=50 BENCH_INFLIGHT=100 BENCH_RESULTS=20000 ...   # quick

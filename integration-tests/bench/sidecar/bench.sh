@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sidecar benchmark section (issue 2 "Performance"). Prints a markdown report on stdout;
+# Sidecar benchmark section. Prints a markdown report on stdout;
 # progress and raw tool output go to stderr and $work/raw.log.
 #
 #   1. HTTP forward proxying: wrk, absolute-URI Lua script, 50 connections, keep-alive,
