@@ -15,13 +15,11 @@
 //! recorded pids (checked against their start time, so a reused pid is not mistaken for
 //! ours), enforces the recorded deadline, terminates the sidecar once the runtime is gone,
 //! records a `failed` result if none arrived, and removes the dir.
-use super::process::{self, read_tail, ProcessId};
-use super::state_dir::{
-    self, Claim, JobsDir, Meta, READY_FILE, RUNTIME_OUTPUT, SCRATCH_DIR, SIDECAR_OUTPUT, SPOOL_DIR,
-};
+use super::process::{self, read_tail, ProcessId, RUNTIME_OUTPUT, SIDECAR_OUTPUT};
+use super::settings::{LocalRuntime, LocalSettings};
+use super::state_dir::{self, Claim, JobsDir, Meta, READY_FILE, SCRATCH_DIR, SPOOL_DIR};
 use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::results::{ResultIntake, ResultStore};
-use common::secret::Secret;
 use common::{JobId, JobResult, Outcome};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,55 +32,6 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-
-/// How one runtime type runs locally.
-#[derive(Clone, Debug)]
-pub struct LocalRuntime {
-    /// argv; `command[0]` is the program.
-    pub command: Vec<String>,
-    pub parallelism: u32,
-    pub extra_env: BTreeMap<String, String>,
-}
-
-#[derive(Clone, Debug)]
-pub struct LocalSettings {
-    pub state_dir: PathBuf,
-    pub sidecar_binary: PathBuf,
-    /// This job manager's result API base URL, e.g. `http://127.0.0.1:8080`.
-    pub job_manager_url: String,
-    pub internal_api_key: Secret,
-    pub runtimes: BTreeMap<String, LocalRuntime>,
-    /// Policy and other `SIDECAR_*` settings passed to every sidecar.
-    pub sidecar_env: Vec<(String, String)>,
-    pub no_proxy: Vec<String>,
-    /// JSON object given to runtimes as `USER_DEFINED_VARIABLES`.
-    pub user_defined_variables: String,
-    pub custom_node_modules_path: Option<String>,
-    pub sidecar_ready_timeout: Duration,
-    /// After the runtime exits: how long the sidecar may take to deliver and exit.
-    pub sidecar_exit_grace: Duration,
-    /// How much of the runtime's output a `failed` result carries.
-    pub output_tail_bytes: u64,
-}
-
-impl LocalSettings {
-    pub fn new(state_dir: PathBuf, sidecar_binary: PathBuf, job_manager_url: String, key: Secret) -> Self {
-        Self {
-            state_dir,
-            sidecar_binary,
-            job_manager_url,
-            internal_api_key: key,
-            runtimes: BTreeMap::new(),
-            sidecar_env: Vec::new(),
-            no_proxy: Vec::new(),
-            user_defined_variables: "{}".into(),
-            custom_node_modules_path: None,
-            sidecar_ready_timeout: Duration::from_secs(15),
-            sidecar_exit_grace: Duration::from_secs(15),
-            output_tail_bytes: 4096,
-        }
-    }
-}
 
 /// Why a job's runtime stopped.
 enum Ending {

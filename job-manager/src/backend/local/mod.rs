@@ -4,10 +4,12 @@
 //! there when none are configured, and the hourly pruning of delivered results.
 pub mod executor;
 mod process;
+mod settings;
 mod state_dir;
 
 pub use executor::*;
 pub use process::read_tail;
+pub use settings::{LocalRuntime, LocalSettings};
 
 use crate::backend::{Backend, BackendError, Companions, ExecutorParts, KeySettings, Keys};
 use crate::config::Validated;

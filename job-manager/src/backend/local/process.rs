@@ -7,8 +7,7 @@
 //! an orderly drop, and `PR_SET_PDEATHSIG` needs `unsafe` `pre_exec`), so a pid is
 //! recorded with its start time and a restarted job manager can tell its old children
 //! from strangers that reused their pids.
-use super::executor::{LocalRuntime, LocalSettings};
-use super::state_dir::{RUNTIME_OUTPUT, SIDECAR_OUTPUT};
+use super::settings::{LocalRuntime, LocalSettings};
 use crate::backend::HandoffError;
 use common::runtime_api::{runtime_env, sidecar_env, ReadyFile};
 use common::Job;
@@ -21,6 +20,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
+
+/// The runtime's and the sidecar's combined stdout + stderr, in the job dir.
+pub(super) const RUNTIME_OUTPUT: &str = "runtime.log";
+pub(super) const SIDECAR_OUTPUT: &str = "sidecar.log";
 
 /// A pid plus its start time (from `/proc/<pid>/stat`), so a recycled pid is never
 /// mistaken for ours after a restart.

@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 
 const META_FILE: &str = "meta.json";
 pub(super) const READY_FILE: &str = "ready.json";
-pub(super) const RUNTIME_OUTPUT: &str = "runtime.log";
-pub(super) const SIDECAR_OUTPUT: &str = "sidecar.log";
 pub(super) const SPOOL_DIR: &str = "spool";
 pub(super) const SCRATCH_DIR: &str = "scratch";
 
