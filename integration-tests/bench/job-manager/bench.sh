@@ -17,6 +17,10 @@
 #    the broker; poll->hand-off latency p50/p99 from the job manager's histogram
 #    `job_manager_poll_to_handoff_seconds`.
 # 4. RSS with BENCH_INFLIGHT jobs in flight (a runtime sleeping BENCH_SLEEP_SECS).
+# 5. With BENCH_BASELINE_JM=<path to another job-manager binary> (e.g. a release build of
+#    the previous commit): BENCH_AB_ROUNDS rounds of (1) + (2) alternating baseline and
+#    this build, reported as per-round ratios and their median (this build / baseline),
+#    so a regression shows up against a peer measured in the same run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -76,7 +80,7 @@ runtimes:
 sidecar:
   binary: $bin_dir/sidecar
 EOF
-  "$bin_dir/job-manager" run --config "$dir/config.yaml" --state-dir "$dir/state" \
+  "${JM_BIN:-$bin_dir/job-manager}" run --config "$dir/config.yaml" --state-dir "$dir/state" \
     --embedded-broker-listen "127.0.0.1:$broker_port" > "$dir/job-manager.log" 2>&1 &
   jm_pid=$!
   for _ in $(seq 1 200); do
@@ -187,3 +191,44 @@ echo "| job-manager RSS after the ingestion run | $(mib "$ingest_rss") MiB | - |
 echo "| job-manager RSS with ${inflight_now%.*} jobs in flight (sleeping runtime) | **$(mib "$inflight_rss") MiB** | <= 40 MiB at 1,000 |"
 echo
 echo "Raw: ingestion \`$(cat "$work/ingest.json")\`; end to end \`$(cat "$work/e2e.json")\`."
+
+# --- 5: A/B against a baseline build (optional) ----------------------------------------
+if [ -n "${BENCH_BASELINE_JM:-}" ]; then
+  rounds="${BENCH_AB_ROUNDS:-3}"
+  ab_results="${BENCH_AB_RESULTS:-$results}"
+  log "A/B: $rounds rounds of idle RSS + ingestion ($ab_results results), baseline $BENCH_BASELINE_JM"
+  # ingest_round <label> <binary> -> "accepted_per_sec idle_rss_kib"
+  ingest_round() {
+    JM_BIN="$2" start_jm "ab-$1" 4 180
+    sleep 2
+    local rss; rss="$(rss_kib "$jm_pid")"
+    "$bin_dir/jm-bench" submit --broker "$broker_url" --key "$key" --count "$ab_results" --prefix "ab-$1-" \
+      --runtime-type bench-ingest-unpolled --concurrency 16 > /dev/null
+    "$bin_dir/jm-bench" results --url "$jm_url" --internal-key "$internal_key" --signing-key "$signing_key" \
+      --count "$ab_results" --prefix "ab-$1-" --connections "$connections" > "$work/ab-$1.json"
+    stop_jm
+    echo "$(json_field accepted_per_sec < "$work/ab-$1.json") $rss"
+  }
+  rate_ratios=(); rss_ratios=()
+  echo
+  echo "A/B against \`$BENCH_BASELINE_JM\` ($rounds rounds, order alternating; ratio = this build / baseline):"
+  echo
+  echo "| round | baseline results/s | this build results/s | ratio | baseline idle RSS | this build idle RSS | ratio |"
+  echo "|---|---|---|---|---|---|---|"
+  for r in $(seq 1 "$rounds"); do
+    if [ $((r % 2)) = 1 ]; then
+      read -r b_rate b_rss < <(ingest_round "base-$r" "$BENCH_BASELINE_JM")
+      read -r n_rate n_rss < <(ingest_round "new-$r" "$bin_dir/job-manager")
+    else
+      read -r n_rate n_rss < <(ingest_round "new-$r" "$bin_dir/job-manager")
+      read -r b_rate b_rss < <(ingest_round "base-$r" "$BENCH_BASELINE_JM")
+    fi
+    rr="$(awk -v a="$n_rate" -v b="$b_rate" 'BEGIN { printf "%.3f", a / b }')"
+    mr="$(awk -v a="$n_rss" -v b="$b_rss" 'BEGIN { printf "%.3f", a / b }')"
+    rate_ratios+=("$rr"); rss_ratios+=("$mr")
+    echo "| $r | $b_rate | $n_rate | $rr | $(mib "$b_rss") MiB | $(mib "$n_rss") MiB | $mr |"
+  done
+  median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+  echo
+  echo "Median ratio: ingestion **$(median "${rate_ratios[@]}")**, idle RSS **$(median "${rss_ratios[@]}")**."
+fi
