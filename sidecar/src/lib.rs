@@ -217,20 +217,10 @@ pub async fn run_with(
         )));
     }
     if let (Some(l), Some(ing), Some(k)) = (listeners.ingress, config.ingress, key.clone()) {
-        let ingress = Arc::new(ingress::IngressProxy::new(
-            k,
-            ing.upstream,
-            local.ingress_tokens.clone(),
-            config.limits.max_body_bytes,
-            metrics.clone(),
-        ));
-        loops.push(tokio::spawn(serve("ingress").run(
-            l,
-            tower::service_fn(move |req| {
-                let ingress = ingress.clone();
-                async move { Ok::<_, Infallible>(ingress.handle(req).await) }
-            }),
-        )));
+        let settings =
+            ingress::IngressSettings { key: k, upstream: ing.upstream, max_body: config.limits.max_body_bytes };
+        let ingress = ingress::new_ingress(local.ingress_tokens.clone(), &metrics, settings);
+        loops.push(tokio::spawn(serve("ingress").run(l, ingress)));
     }
 
     // Handed over by id + token (Kubernetes): fetch the job before reporting ready, so
