@@ -307,9 +307,10 @@ async fn fetch_job(
     }
 }
 
-/// Writes the ready file atomically (temp file + rename) so a reader never sees half.
+/// Writes the ready file atomically (temp file + rename, [`common::fs::replace_atomic`])
+/// so a reader never sees half; not fsynced: its readers live on the same machine, and
+/// a new boot starts a new sidecar that writes it again. Mode 0666 before the umask, as
+/// `std::fs::write` creates files.
 pub fn write_ready_file(path: &std::path::Path, ready: &common::runtime_api::ReadyFile) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(ready)?)?;
-    std::fs::rename(&tmp, path)
+    common::fs::replace_atomic(path, &serde_json::to_vec(ready)?, 0o666)
 }
