@@ -16,19 +16,42 @@ const TEMP_SUFFIX: &str = ".tmp";
 /// it, rename it over `path`, then fsync the directory so the rename itself survives a
 /// crash. On an error before the rename the temp file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    replace(path, bytes, mode, Durability::Fsync)
+}
+
+/// Replace `path` with `bytes` atomically but without the fsyncs of [`write_atomic`]:
+/// the same temp file, rename and clean-up, so a reader sees the old contents or the new,
+/// never half a file; but a crash of the machine may lose the write (or leave an empty
+/// file). For files that do not outlive the machine anyway (an emptyDir, a ready file
+/// read by a process on the same host), and for hot paths that must not wait on the disk.
+pub fn replace_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    replace(path, bytes, mode, Durability::None)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Fsync,
+    None,
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, durability: Durability) -> std::io::Result<()> {
+    let fsync = durability == Durability::Fsync;
     let (tmp, mut file) = create_temp(path, mode)?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    let written = file.write_all(bytes).and_then(|()| if fsync { file.sync_all() } else { Ok(()) });
     drop(file);
     if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    File::open(parent(path))?.sync_all()
+    if fsync {
+        File::open(parent(path))?.sync_all()?;
+    }
+    Ok(())
 }
 
-/// Remove the temp files that interrupted [`write_atomic`]s of `path` left behind (a
-/// crash between creating and renaming one). Call it only while nothing else writes
-/// `path`, e.g. at startup. Returns how many were removed.
+/// Remove the temp files that interrupted [`write_atomic`]s or [`replace_atomic`]s of
+/// `path` left behind (a crash between creating and renaming one). Call it only while
+/// nothing else writes `path`, e.g. at startup. Returns how many were removed.
 pub fn remove_stale_temps(path: &Path) -> std::io::Result<usize> {
     let prefix = temp_prefix(path)?;
     let mut removed = 0;

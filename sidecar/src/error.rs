@@ -1,9 +1,9 @@
 //! Why the sidecar answers instead of the destination: each cause, its stable label,
 //! its status and the synthetic response a client sees (403 for a policy refusal, 502
 //! for an unreachable upstream, 504 for a timeout, 4xx for bad requests). Every
-//! synthetic response carries `x-sidecar-error: <label>`. The proxy stack's rescue
-//! layer (`proxy/rescue.rs`) maps its layers' own errors onto these; the local API and
-//! the ingress answer with them directly.
+//! synthetic response carries `x-sidecar-error: <label>`. The rescue layer
+//! (`proxy/rescue.rs`, under the proxy and the ingress stacks) maps their layers' own
+//! errors onto these; the local API answers with them directly.
 use crate::policy::Decision;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};

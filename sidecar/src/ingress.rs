@@ -4,118 +4,63 @@
 //! kept here (never shown to the runtime) so the runtime's later
 //! `POST /v1/jobs/{id}/result` to the local API is delivered with it. The runtime's
 //! answers, 429 included, go back unchanged.
-use crate::error::ProxyError;
+//!
+//! One tower stack, the same shape as the proxy's (`crate::proxy`): each concern is a
+//! small module, errors are boxed across layers and [`Rescue`] answers them;
+//! [`new_ingress`] is the one place the layers are stacked.
 use crate::ingress_tokens::IngressTokens;
-use crate::local_api::read_body;
 use crate::metrics::{KindLabel, Metrics};
-use crate::proxy::strip_hop_by_hop;
-use bytes::Bytes;
-use common::headers;
-use common::runtime_api::INGRESS_DISPATCH_PATH;
+use crate::proxy::{Rescue, RescueLayer, StripHopByHop, StripHopByHopLayer};
 use common::secret::Secret;
-use common::JobId;
-use http::{header, HeaderValue, Method, Request, Response, Uri};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tower::ServiceBuilder;
 
-type OutBody = Either<Incoming, Full<Bytes>>;
+mod count;
+mod keep_token;
+mod require_key;
+mod runtime;
 
-pub struct IngressProxy {
-    key: Secret,
-    upstream: SocketAddr,
-    client: Client<HttpConnector, OutBody>,
-    tokens: Arc<IngressTokens>,
-    max_body: usize,
-    metrics: Arc<Metrics>,
+pub use count::{Count, CountLayer};
+pub use keep_token::{KeepToken, KeepTokenLayer};
+pub use require_key::{RequireKey, RequireKeyError, RequireKeyLayer};
+pub use runtime::Runtime;
+
+/// The ingress listener's service: answers every request (errors are responses).
+pub type IngressService = Count<Rescue<RequireKey<StripHopByHop<KeepToken<Runtime>>>>>;
+
+/// What the ingress stack needs besides the token store and metrics.
+pub struct IngressSettings {
+    /// The internal key a request must carry.
+    pub key: Secret,
+    /// The runtime's listen address (`--ingress-upstream`).
+    pub upstream: SocketAddr,
+    /// The largest dispatch body read (`--max-body-bytes`).
+    pub max_body: usize,
 }
 
-#[derive(serde::Deserialize)]
-struct DispatchedJob {
-    id: JobId,
-}
-
-impl IngressProxy {
-    pub fn new(
-        key: Secret,
-        upstream: SocketAddr,
-        tokens: Arc<IngressTokens>,
-        max_body: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connector);
-        Self { key, upstream, client, tokens, max_body, metrics }
-    }
-
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<OutBody> {
-        self.metrics.requests.get_or_create(&KindLabel { kind: "ingress" }).inc();
-        match self.forward(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics.errors.get_or_create(&crate::metrics::ReasonLabel { reason: e.label() }).inc();
-                tracing::info!(error = %e, label = e.label(), "ingress request refused");
-                e.response().map(Either::Right)
-            }
-        }
-    }
-
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<OutBody>, ProxyError> {
-        let presented = req.headers().get(headers::INTERNAL_API_KEY).ok_or(ProxyError::MissingKey)?;
-        if !self.key.matches(presented.as_bytes()) {
-            return Err(ProxyError::BadKey);
-        }
-        let (mut parts, body) = req.into_parts();
-        parts.headers.remove(headers::INTERNAL_API_KEY);
-        strip_hop_by_hop(&mut parts.headers);
-        let token = parts.headers.remove(headers::JOB_TOKEN);
-        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        parts.uri = Uri::try_from(format!("http://{}{}", self.upstream, path_and_query))
-            .map_err(|e| ProxyError::BadRequest(format!("bad path: {e}")))?;
-        parts.headers.insert(
-            header::HOST,
-            HeaderValue::from_str(&self.upstream.to_string()).expect("socket address is a valid header"),
-        );
-
-        let dispatch = parts.method == Method::POST && parts.uri.path() == INGRESS_DISPATCH_PATH;
-        let (body, job_id) = if dispatch {
-            let bytes = read_body(body, self.max_body).await?;
-            let id = serde_json::from_slice::<DispatchedJob>(&bytes).ok().map(|j| j.id);
-            (Either::Right(Full::new(bytes)), id)
-        } else {
-            (Either::Left(body), None)
-        };
-        // Keep the token *before* the runtime sees the job: a fast runtime posts its result
-        // before the dispatch's answer gets back here. Undone when the runtime does not
-        // take the job (a 429, an error), restoring what an earlier dispatch left.
-        let kept = match (&job_id, token.as_ref().and_then(|t| t.to_str().ok())) {
-            (Some(id), Some(t)) => Some((id.clone(), self.tokens.keep(id, t).await)),
-            _ => None,
-        };
-        let undo = |kept: Option<(JobId, Option<String>)>| async {
-            if let Some((id, previous)) = kept {
-                self.tokens.restore(&id, previous).await;
-            }
-        };
-        let resp = match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(r) => r,
-            Err(e) => {
-                undo(kept).await;
-                return Err(ProxyError::Connect { target: self.upstream.to_string(), message: e.to_string() });
-            }
-        };
-        if !resp.status().is_success() {
-            undo(kept).await;
-        }
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(headers::INTERNAL_API_KEY);
-        parts.headers.remove(headers::JOB_TOKEN);
-        Ok(Response::from_parts(parts, Either::Left(body)))
-    }
+/// Assembles the ingress stack. Outermost first, and why each layer sits where it does:
+///
+/// - The request counter first: every request counts, refused ones included.
+/// - `Rescue`: any failure below becomes the one synthetic answer the job manager sees
+///   (401/403 for the key, 413 for a dispatch body over the limit, 502 for an
+///   unreachable runtime), counted and logged once.
+/// - `RequireKey` before anything reads the request: a request without the right key
+///   gets nothing else done to it (no body read, no token kept). It takes the key out
+///   of the request, and out of the response.
+/// - `StripHopByHop` after the key check (a `Connection: x-internal-api-key` cannot
+///   hide the key from it) and before `KeepToken`, as the inline code had it; on the
+///   way back it strips the runtime's response.
+/// - `KeepToken` right on the runtime: it takes the job token out of every request,
+///   keeps a dispatch's before the runtime sees the job, and undoes that unless the
+///   runtime's answer (which it sees first) takes the job.
+/// - `Runtime`: re-addresses the request to the runtime and sends it.
+pub fn new_ingress(tokens: Arc<IngressTokens>, metrics: &Metrics, s: IngressSettings) -> IngressService {
+    ServiceBuilder::new()
+        .layer(CountLayer::new(metrics.requests.get_or_create(&KindLabel { kind: "ingress" }).clone()))
+        .layer(RescueLayer::new(metrics.errors.clone()).logged_as("ingress request refused"))
+        .layer(RequireKeyLayer::new(s.key))
+        .layer(StripHopByHopLayer)
+        .layer(KeepTokenLayer::new(tokens, s.max_body))
+        .service(Runtime::new(s.upstream))
 }

@@ -101,15 +101,12 @@ impl IngressTokens {
     }
 }
 
+/// Not fsynced (see the module doc): [`common::fs::replace_atomic`], not `write_atomic`,
+/// also because this runs before every dispatch reaches the runtime.
 fn write_private(dir: &Path, path: &Path, token: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    common::fs::replace_atomic(path, token.as_bytes(), 0o600)
 }
 
 #[cfg(test)]

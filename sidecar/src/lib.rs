@@ -217,20 +217,10 @@ pub async fn run_with(
         )));
     }
     if let (Some(l), Some(ing), Some(k)) = (listeners.ingress, config.ingress, key.clone()) {
-        let ingress = Arc::new(ingress::IngressProxy::new(
-            k,
-            ing.upstream,
-            local.ingress_tokens.clone(),
-            config.limits.max_body_bytes,
-            metrics.clone(),
-        ));
-        loops.push(tokio::spawn(serve("ingress").run(
-            l,
-            tower::service_fn(move |req| {
-                let ingress = ingress.clone();
-                async move { Ok::<_, Infallible>(ingress.handle(req).await) }
-            }),
-        )));
+        let settings =
+            ingress::IngressSettings { key: k, upstream: ing.upstream, max_body: config.limits.max_body_bytes };
+        let ingress = ingress::new_ingress(local.ingress_tokens.clone(), &metrics, settings);
+        loops.push(tokio::spawn(serve("ingress").run(l, ingress)));
     }
 
     // Handed over by id + token (Kubernetes): fetch the job before reporting ready, so
@@ -317,9 +307,10 @@ async fn fetch_job(
     }
 }
 
-/// Writes the ready file atomically (temp file + rename) so a reader never sees half.
+/// Writes the ready file atomically (temp file + rename, [`common::fs::replace_atomic`])
+/// so a reader never sees half; not fsynced: its readers live on the same machine, and
+/// a new boot starts a new sidecar that writes it again. Mode 0666 before the umask, as
+/// `std::fs::write` creates files.
 pub fn write_ready_file(path: &std::path::Path, ready: &common::runtime_api::ReadyFile) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(ready)?)?;
-    std::fs::rename(&tmp, path)
+    common::fs::replace_atomic(path, &serde_json::to_vec(ready)?, 0o666)
 }

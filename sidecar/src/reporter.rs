@@ -16,7 +16,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,27 +272,14 @@ impl ResultReporter {
     }
 }
 
-/// Writes `{dir}/{job_id}.json` durably: temp file, fsync, rename, fsync the directory.
+/// Writes `{dir}/{job_id}.json` durably ([`common::fs::write_atomic`]: temp file, fsync,
+/// rename, fsync the directory), mode 0600: it holds the job token.
 pub fn write_spool(dir: &Path, record: &SpoolRecord) -> Result<PathBuf, ReporterError> {
     let final_path = dir.join(format!("{}.json", record.result.job_id));
-    let tmp = dir.join(format!(".{}.json.tmp", record.result.job_id));
     let io = |source| ReporterError::Spool { path: final_path.clone(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
     let bytes = serde_json::to_vec(record).map_err(|e| io(std::io::Error::other(e)))?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // It holds the job token.
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, &final_path).map_err(io)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    common::fs::write_atomic(&final_path, &bytes, 0o600).map_err(io)?;
     Ok(final_path)
 }
 
@@ -325,7 +311,9 @@ mod tests {
         assert_eq!(p, dir.join("j1.json"));
         let back: SpoolRecord = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(back.result, rec.result);
-        assert!(!dir.join(".j1.json.tmp").exists());
+        // No temp file left beside it (whatever its name): the directory holds only the record.
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["j1.json"]);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -65,3 +65,59 @@ fn a_bare_file_name_lives_in_the_current_directory() {
     assert_eq!(parent(Path::new("token")), Path::new("."));
     assert_eq!(parent(Path::new("/run/x/token")), Path::new("/run/x"));
 }
+
+#[test]
+fn replace_atomic_writes_the_content_with_the_mode_and_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j1.token");
+    replace_atomic(&path, b"tok", 0o600).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"tok");
+    assert_eq!(mode_of(&path), 0o600);
+    assert_eq!(names(dir.path()), ["j1.token"]);
+}
+
+#[test]
+fn replace_atomic_replaces_an_existing_file_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ready.json");
+    std::fs::write(&path, "a much longer old content").unwrap();
+    replace_atomic(&path, b"new", 0o600).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    assert_eq!(mode_of(&path), 0o600, "the new file's mode, not the replaced one's");
+    assert_eq!(names(dir.path()), ["ready.json"]);
+}
+
+#[test]
+fn a_failed_replace_leaves_the_old_file_and_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("occupied");
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("inside"), "x").unwrap();
+    assert!(replace_atomic(&path, b"new", 0o600).is_err());
+    assert!(path.is_dir());
+    assert_eq!(names(dir.path()), ["occupied"]);
+}
+
+#[test]
+fn a_reader_never_sees_half_a_replaced_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ready.json");
+    let (short, long) = (vec![b'a'; 10], vec![b'b'; 1 << 20]);
+    replace_atomic(&path, &short, 0o644).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let (path, stop, short, long) = (path.clone(), stop.clone(), short.clone(), long.clone());
+        move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let seen = std::fs::read(&path).unwrap();
+                assert!(seen == short || seen == long, "half a file: {} bytes", seen.len());
+            }
+        }
+    });
+    for i in 0..50 {
+        replace_atomic(&path, if i % 2 == 0 { &long } else { &short }, 0o644).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    assert_eq!(names(dir.path()), ["ready.json"]);
+}

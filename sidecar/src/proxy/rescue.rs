@@ -1,13 +1,14 @@
 //! The one place a failure becomes the answer a client sees. Every layer below fails
 //! with its own error type, boxed across tower boundaries; here each cause is mapped to
 //! a [`ProxyError`] (403 for a policy refusal, 502 for an unreachable upstream, 504 for
-//! a timeout, 4xx for bad requests, 503 over a limit), counted in
+//! a timeout, 4xx for bad requests, 503 over a limit; 401/403 for the ingress's key), counted in
 //! `sidecar_errors_total{reason}`, logged, and answered with `x-sidecar-error: <label>`.
 use super::normalize::NormalizeError;
 use super::route::RouteError;
 use super::tunnel_limit::TunnelLimitError;
 use super::{Body, BoxError};
 use crate::error::ProxyError;
+use crate::ingress::RequireKeyError;
 use crate::metrics::ReasonLabel;
 use futures_util::future::BoxFuture;
 use http::Response;
@@ -21,19 +22,26 @@ use tower::{Layer, Service};
 #[derive(Clone, Debug)]
 pub struct RescueLayer {
     errors: Family<ReasonLabel, Counter>,
+    log: &'static str,
 }
 
 impl RescueLayer {
     /// `errors`: the counter family failures are counted in, by label.
     pub fn new(errors: Family<ReasonLabel, Counter>) -> Self {
-        Self { errors }
+        Self { errors, log: "request failed" }
+    }
+
+    /// The message failures are logged with (default "request failed"), so each
+    /// listener's log line says whose request it was.
+    pub fn logged_as(self, log: &'static str) -> Self {
+        Self { log, ..self }
     }
 }
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Rescue { inner, errors: self.errors.clone() }
+        Rescue { inner, errors: self.errors.clone(), log: self.log }
     }
 }
 
@@ -41,6 +49,7 @@ impl<S> Layer<S> for RescueLayer {
 pub struct Rescue<S> {
     inner: S,
     errors: Family<ReasonLabel, Counter>,
+    log: &'static str,
 }
 
 impl<S, Req> Service<Req> for Rescue<S>
@@ -65,21 +74,21 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let fut = self.inner.call(req);
-        let errors = self.errors.clone();
+        let (errors, log) = (self.errors.clone(), self.log);
         Box::pin(async move {
             Ok(match fut.await {
                 Ok(resp) => resp,
-                Err(e) => rescue(cause(e), &errors),
+                Err(e) => rescue(cause(e), &errors, log),
             })
         })
     }
 }
 
-fn rescue(e: ProxyError, errors: &Family<ReasonLabel, Counter>) -> Response<Body> {
+fn rescue(e: ProxyError, errors: &Family<ReasonLabel, Counter>, log: &str) -> Response<Body> {
     errors.get_or_create(&ReasonLabel { reason: e.label() }).inc();
     if !matches!(e, ProxyError::Denied(_)) {
         // Refusals are logged where they are decided, with their class.
-        tracing::info!(error = %e, label = e.label(), "request failed");
+        tracing::info!(error = %e, label = e.label(), "{log}");
     }
     e.response().map(Either::Right)
 }
@@ -101,6 +110,15 @@ pub fn cause(e: BoxError) -> ProxyError {
     };
     let e = match e.downcast::<NormalizeError>() {
         Ok(n) => return ProxyError::BadRequest(n.to_string()),
+        Err(e) => e,
+    };
+    let e = match e.downcast::<RequireKeyError>() {
+        Ok(k) => {
+            return match *k {
+                RequireKeyError::Missing => ProxyError::MissingKey,
+                RequireKeyError::Wrong => ProxyError::BadKey,
+            }
+        }
         Err(e) => e,
     };
     if e.is::<TunnelLimitError>() {
