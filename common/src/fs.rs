@@ -66,6 +66,34 @@ pub fn remove_stale_temps(path: &Path) -> std::io::Result<usize> {
     Ok(removed)
 }
 
+/// Remove every temp file an interrupted [`write_atomic`] or [`replace_atomic`] left in
+/// `dir`, whatever it was writing (a spool of many files). Same rule as
+/// [`remove_stale_temps`]: only while nothing else writes in `dir`. Returns how many.
+pub fn remove_temps_in(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_temp_name(name) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// `.<name>.<pid>-<n>.tmp`, as [`create_temp`] names them.
+fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(TEMP_SUFFIX)) else { return false };
+    let Some((target, counter)) = rest.rsplit_once('.') else { return false };
+    let Some((pid, n)) = counter.split_once('-') else { return false };
+    !target.is_empty()
+        && !pid.is_empty()
+        && !n.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && n.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Hidden and with a `.tmp` suffix, so directory scans that look for `*.json` and the
 /// like never pick one up: `.<name>.<pid>-<n>.tmp`.
 fn create_temp(path: &Path, mode: u32) -> std::io::Result<(PathBuf, File)> {

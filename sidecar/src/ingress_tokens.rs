@@ -24,6 +24,9 @@ impl IngressTokens {
     pub fn new(spool_dir: Option<&Path>) -> Self {
         let dir = spool_dir.map(|d| d.join(SUBDIR));
         let mut map = HashMap::new();
+        if let Some(d) = dir.as_deref() {
+            let _ = common::fs::remove_temps_in(d);
+        }
         if let Some(entries) = dir.as_deref().and_then(|d| std::fs::read_dir(d).ok()) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();

@@ -111,6 +111,13 @@ impl ResultReporter {
             return Vec::new();
         };
         let mut ids = Vec::new();
+        // Results are only ever spooled through a temp file; one a crash left half
+        // written is not a result.
+        match common::fs::remove_temps_in(dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dir = %dir.display(), removed = n, "removed temp files an interrupted write left"),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot clear temp files from the spool"),
+        }
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) => {

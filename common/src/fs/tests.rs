@@ -121,3 +121,29 @@ fn a_reader_never_sees_half_a_replaced_file() {
     reader.join().unwrap();
     assert_eq!(names(dir.path()), ["ready.json"]);
 }
+
+#[test]
+fn remove_temps_in_removes_only_leftover_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in [".j1.json.123-0.tmp", ".j2.token.9-41.tmp"] {
+        std::fs::write(d.join(name), b"half").unwrap();
+    }
+    // Ordinary files, including ones that look almost like temp files, stay.
+    for name in ["j1.json", "j1.json.tmp", ".hidden", ".x.abc-1.tmp", ".x.1-.tmp", "..1-2.tmp"] {
+        std::fs::write(d.join(name), b"keep").unwrap();
+    }
+    assert_eq!(remove_temps_in(d).unwrap(), 2);
+    let mut left: Vec<String> =
+        std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, ["..1-2.tmp", ".hidden", ".x.1-.tmp", ".x.abc-1.tmp", "j1.json", "j1.json.tmp"]);
+}
+
+#[test]
+fn a_temp_name_from_create_temp_is_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("ready.json");
+    let (tmp, _file) = create_temp(&target, 0o600).unwrap();
+    assert!(is_temp_name(tmp.file_name().unwrap().to_str().unwrap()), "{}", tmp.display());
+}
