@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::HostPattern;
 
 fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let mut argv = vec!["sidecar"];
