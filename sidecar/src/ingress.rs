@@ -23,7 +23,7 @@ mod runtime;
 
 pub use count::{Count, CountLayer};
 pub use keep_token::{KeepToken, KeepTokenLayer};
-pub use require_key::{RequireKey, RequireKeyError, RequireKeyLayer};
+pub use require_key::{RequireKey, RequireKeyLayer};
 pub use runtime::Runtime;
 
 /// The ingress listener's service: answers every request (errors are responses).

@@ -2,6 +2,7 @@
 //! 401 when it is missing, 403 when it is wrong. The runtime never sees the key (it is
 //! removed from the request) and neither does the job manager in an answer (removed from
 //! the response).
+use crate::error::ProxyError;
 use crate::proxy::BoxError;
 use common::headers;
 use common::secret::Secret;
@@ -10,14 +11,6 @@ use http::{Request, Response};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RequireKeyError {
-    #[error("missing internal API key")]
-    Missing,
-    #[error("invalid internal API key")]
-    Wrong,
-}
 
 #[derive(Clone, Debug)]
 pub struct RequireKeyLayer {
@@ -60,8 +53,10 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let refused = match req.headers().get(headers::INTERNAL_API_KEY) {
-            None => Some(RequireKeyError::Missing),
-            Some(presented) if !self.key.matches(presented.as_bytes()) => Some(RequireKeyError::Wrong),
+            // The causes are the proxy's own (`ProxyError`), so the rescue of either stack
+            // answers them without knowing this layer.
+            None => Some(ProxyError::MissingKey),
+            Some(presented) if !self.key.matches(presented.as_bytes()) => Some(ProxyError::BadKey),
             Some(_) => None,
         };
         if let Some(e) = refused {

@@ -8,7 +8,6 @@ use super::route::RouteError;
 use super::tunnel_limit::TunnelLimitError;
 use super::{Body, BoxError};
 use crate::error::ProxyError;
-use crate::ingress::RequireKeyError;
 use crate::metrics::ReasonLabel;
 use futures_util::future::BoxFuture;
 use http::Response;
@@ -110,15 +109,6 @@ pub fn cause(e: BoxError) -> ProxyError {
     };
     let e = match e.downcast::<NormalizeError>() {
         Ok(n) => return ProxyError::BadRequest(n.to_string()),
-        Err(e) => e,
-    };
-    let e = match e.downcast::<RequireKeyError>() {
-        Ok(k) => {
-            return match *k {
-                RequireKeyError::Missing => ProxyError::MissingKey,
-                RequireKeyError::Wrong => ProxyError::BadKey,
-            }
-        }
         Err(e) => e,
     };
     if e.is::<TunnelLimitError>() {
