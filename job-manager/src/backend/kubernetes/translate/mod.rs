@@ -50,8 +50,6 @@ pub use persistent::{persistent_objects, persistent_record, retired_persistent_w
 pub use pod::image_ref;
 pub use settings::{SidecarPod, TranslateSettings};
 
-/// The job-manager Service port sidecars call (CONTRACTS.md, "Ports").
-pub const JOB_MANAGER_SERVICE_PORT: u16 = 8080;
 /// Key of the internal API key in `kubernetes.internalApiKeySecretName`.
 pub const INTERNAL_API_KEY_SECRET_KEY: &str = "internalApiKey";
 

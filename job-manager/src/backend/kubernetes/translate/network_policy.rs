@@ -6,8 +6,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
-use super::JOB_MANAGER_SERVICE_PORT;
-
 /// Cloud metadata endpoint blocked by the runtime NetworkPolicy.
 pub const METADATA_CIDR: &str = "169.254.169.254/32";
 
@@ -86,7 +84,7 @@ pub fn runtime_network_policy(settings: &TranslateSettings, namespace: &str) -> 
                         pod_selector: Some(job_manager_pods),
                         ..networking::NetworkPolicyPeer::default()
                     }]),
-                    ports: Some(vec![tcp(JOB_MANAGER_SERVICE_PORT)]),
+                    ports: Some(vec![tcp(settings.job_manager_port)]),
                 },
                 networking::NetworkPolicyEgressRule {
                     to: Some(vec![block("0.0.0.0/0", except_v4), block("::/0", except_v6)]),

@@ -3,7 +3,7 @@
 //! behind it, their env and volumes.
 use super::defaults::{default_pod_security_context, default_security_context, default_sidecar_resources};
 use super::TranslateSettings;
-use super::{TranslateError, INTERNAL_API_KEY_SECRET_KEY, JOB_MANAGER_SERVICE_PORT};
+use super::{TranslateError, INTERNAL_API_KEY_SECRET_KEY};
 use crate::backend::kubernetes::labels;
 use crate::config::model::{ImageSettings, RuntimeConfig};
 use common::runtime_api::{runtime_env, sidecar_env};
@@ -131,7 +131,7 @@ fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
         env(sidecar_env::ADMIN_LISTEN, format!("0.0.0.0:{}", s.admin_port)),
         env(
             sidecar_env::JOB_MANAGER_URL,
-            format!("http://{}.{}.svc:{JOB_MANAGER_SERVICE_PORT}", c.job_manager_service, p.namespace),
+            format!("http://{}.{}.svc:{}", c.job_manager_service, p.namespace, c.job_manager_port),
         ),
         core::EnvVar {
             name: sidecar_env::INTERNAL_API_KEY.into(),

@@ -5,6 +5,9 @@ use crate::backend::sidecar_env::SidecarPolicy;
 use crate::config::model::{Config, ImageSettings, KubernetesSettings, RuntimeConfig};
 use k8s_openapi::api::core::v1 as core;
 
+/// The port of the default `listen` (`0.0.0.0:8080`).
+const DEFAULT_JOB_MANAGER_PORT: u16 = 8080;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TranslateSettings {
     /// `runtimes`: every configured runtime type, enabled or not (translation says which
@@ -17,6 +20,10 @@ pub struct TranslateSettings {
     pub sidecar_policy: SidecarPolicy,
     /// `hostnameOverride`: the job-manager Service sidecars call.
     pub job_manager_service: String,
+    /// The port of `listen`: where the result API serves, so the port sidecars call on
+    /// the Service (the chart sets both from `service.port`) and the one the runtime
+    /// NetworkPolicy opens towards the job-manager pods.
+    pub job_manager_port: u16,
     /// `checkTimeout`: the upper bound of a Job's `activeDeadlineSeconds`.
     pub check_timeout: u32,
     /// The merged user-defined variables as the JSON text the runtime gets (`{}` if none).
@@ -69,6 +76,9 @@ impl From<&Config> for TranslateSettings {
             },
             sidecar_policy: SidecarPolicy::from(c),
             job_manager_service: c.hostname_override.clone(),
+            // Validation refuses an unparsable `listen` before a job runs; `render` of
+            // such a config shows the default port.
+            job_manager_port: c.listen.parse::<std::net::SocketAddr>().map_or(DEFAULT_JOB_MANAGER_PORT, |a| a.port()),
             check_timeout: c.check_timeout,
             user_defined_variables: if json.trim().is_empty() { "{}".to_string() } else { json.clone() },
         }

@@ -219,6 +219,24 @@ fn network_policy_blocks_metadata_and_api_servers() {
 }
 
 #[test]
+fn sidecars_call_and_the_network_policy_opens_the_port_the_job_manager_listens_on() {
+    let job_manager_port = |c: &Config| -> (String, Vec<IntOrString>) {
+        let sidecar = pod(&objects(c)).init_containers.unwrap().into_iter().find(|c| c.name == "sidecar").unwrap();
+        let url = sidecar.env.unwrap().into_iter().find(|e| e.name == sidecar_env::JOB_MANAGER_URL).unwrap();
+        let np = runtime_network_policy(&TranslateSettings::from(c), "ns");
+        let to_job_manager = np.spec.unwrap().egress.unwrap().into_iter().filter_map(|r| {
+            let to_pods = r.to.as_ref()?.iter().any(|p| p.pod_selector.is_some());
+            to_pods.then(|| r.ports.unwrap_or_default().into_iter().filter_map(|p| p.port).collect::<Vec<_>>())
+        });
+        (url.value.unwrap(), to_job_manager.flatten().collect())
+    };
+    let mut c = config();
+    assert_eq!(job_manager_port(&c), ("http://job-manager.ns.svc:8080".to_string(), vec![IntOrString::Int(8080)]));
+    c.listen = "0.0.0.0:9090".into();
+    assert_eq!(job_manager_port(&c), ("http://job-manager.ns.svc:9090".to_string(), vec![IntOrString::Int(9090)]));
+}
+
+#[test]
 fn retired_persistent_workloads_are_those_no_longer_wanted() {
     let mut c = config();
     c.runtimes.push(RuntimeConfig {
