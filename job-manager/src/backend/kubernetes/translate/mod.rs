@@ -45,7 +45,7 @@ mod settings;
 
 pub use defaults::{default_pod_security_context, default_security_context, default_sidecar_resources};
 pub use ephemeral::{ephemeral_objects, EphemeralObjects};
-pub use network_policy::{runtime_network_policy, METADATA_CIDR};
+pub use network_policy::{runtime_network_policy, METADATA_CIDR, METADATA_CIDR_V6};
 pub use persistent::{persistent_objects, persistent_record, retired_persistent_workloads, PersistentObjects};
 pub use pod::image_ref;
 pub use settings::{SidecarPod, TranslateSettings};

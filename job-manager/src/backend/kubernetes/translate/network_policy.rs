@@ -6,8 +6,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
-/// Cloud metadata endpoint blocked by the runtime NetworkPolicy.
+/// Cloud metadata endpoints blocked by the runtime NetworkPolicy (`restrictMetadataService`):
+/// the IPv4 link-local one every major cloud uses, and AWS's IPv6 one (the chart's own
+/// NetworkPolicy blocks the same pair for the job manager).
 pub const METADATA_CIDR: &str = "169.254.169.254/32";
+pub const METADATA_CIDR_V6: &str = "fd00:ec2::254/128";
 
 /// The runtime NetworkPolicy: runtime pods accept ingress only from job-manager pods (on
 /// the sidecar's ingress port), and may reach DNS, the job manager, and anything else
@@ -33,6 +36,7 @@ pub fn runtime_network_policy(settings: &TranslateSettings, namespace: &str) -> 
     let (mut except_v4, mut except_v6) = (Vec::new(), Vec::new());
     if settings.kubernetes.restrict_metadata_service {
         except_v4.push(METADATA_CIDR.to_string());
+        except_v6.push(METADATA_CIDR_V6.to_string());
     }
     for address in &settings.sidecar.api_server_addresses {
         match api_server_ip(address) {

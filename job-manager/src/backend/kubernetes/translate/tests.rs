@@ -208,13 +208,14 @@ fn network_policy_blocks_metadata_and_api_servers() {
         vec!["10.0.0.1".into(), "10.0.0.2:6443".into(), "[fd00::1]:443".into(), "api.internal".into()];
     let np = runtime_network_policy(&TranslateSettings::from(&c), "ns");
     let text = serde_json::to_string(&np).unwrap();
-    for cidr in ["169.254.169.254/32", "10.0.0.1/32", "10.0.0.2/32", "fd00::1/128"] {
+    for cidr in ["169.254.169.254/32", "fd00:ec2::254/128", "10.0.0.1/32", "10.0.0.2/32", "fd00::1/128"] {
         assert!(text.contains(cidr), "{cidr} missing: {text}");
     }
     c.kubernetes.restrict_metadata_service = false;
     c.sidecar.api_server_addresses.clear();
     let text = serde_json::to_string(&runtime_network_policy(&TranslateSettings::from(&c), "ns")).unwrap();
     assert!(!text.contains("169.254.169.254"), "{text}");
+    assert!(!text.contains("fd00:ec2::254"), "{text}");
     assert!(!text.contains("except"), "{text}");
 }
 
