@@ -9,6 +9,7 @@ use common::token::{TokenError, TokenSigner};
 use common::JobId;
 use futures_util::future::{ready, Either, Ready};
 use http::{Request, Response, StatusCode};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -38,16 +39,21 @@ impl From<AuthError> for Refusal {
     }
 }
 
-/// Builds [`CallerAuth`] around a route's handler.
-#[derive(Clone)]
-pub struct CallerAuthLayer {
+/// What a caller is checked against. Shared: the stack is cloned for every request.
+struct Credentials {
     key: Secret,
     signer: TokenSigner,
 }
 
+/// Builds [`CallerAuth`] around a route's handler.
+#[derive(Clone)]
+pub struct CallerAuthLayer {
+    credentials: Arc<Credentials>,
+}
+
 impl CallerAuthLayer {
     pub fn new(key: Secret, signer: TokenSigner) -> Self {
-        Self { key, signer }
+        Self { credentials: Arc::new(Credentials { key, signer }) }
     }
 }
 
@@ -55,21 +61,20 @@ impl<S> tower::Layer<S> for CallerAuthLayer {
     type Service = CallerAuth<S>;
 
     fn layer(&self, inner: S) -> CallerAuth<S> {
-        CallerAuth { inner, key: self.key.clone(), signer: self.signer.clone() }
+        CallerAuth { inner, credentials: self.credentials.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct CallerAuth<S> {
     inner: S,
-    key: Secret,
-    signer: TokenSigner,
+    credentials: Arc<Credentials>,
 }
 
 impl<S> CallerAuth<S> {
     fn check<B>(&self, req: &Request<B>) -> Result<(), AuthError> {
         let key = req.headers().get(common::headers::INTERNAL_API_KEY).map(|v| v.as_bytes()).unwrap_or_default();
-        if !self.key.matches(key) {
+        if !self.credentials.key.matches(key) {
             tracing::warn!("refused: missing or wrong internal API key");
             return Err(AuthError::BadKey);
         }
@@ -80,7 +85,7 @@ impl<S> CallerAuth<S> {
             .ok_or(AuthError::MissingToken)?;
         let id = req.extensions().get::<JobId>().expect("the router puts the path's job id in the extensions");
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        self.signer.verify(id, token, now).map(drop).map_err(|e| {
+        self.credentials.signer.verify(id, token, now).map(drop).map_err(|e| {
             tracing::warn!(reason = e.label(), "refused: bad job token");
             AuthError::Token(e)
         })

@@ -45,7 +45,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 
@@ -78,12 +77,59 @@ pub struct ResultApi<S> {
 }
 
 type Body = Full<Bytes>;
-type Route<B> = BoxCloneSyncService<Request<B>, Response<Body>, Refusal>;
 
-/// The job routes' stacks, built once per server.
-struct Routes {
-    post_result: Route<Incoming>,
-    get_job: Route<Incoming>,
+/// The job routes' stacks, built once per server and cloned (cheaply: `Arc`s) per request.
+struct Routes<S> {
+    post_result: CallerAuth<BufferBody<RecordResult<S>>>,
+    get_job: CallerAuth<HandedJob<S>>,
+}
+
+/// `POST /internal/v1/jobs/{id}/result`'s handler, the innermost service of its stack.
+struct RecordResult<S>(Arc<ResultApi<S>>);
+
+/// `GET /internal/v1/jobs/{id}`'s handler.
+struct HandedJob<S>(Arc<ResultApi<S>>);
+
+impl<S> Clone for RecordResult<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S> Clone for HandedJob<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S: ResultStore> tower::Service<Request<Bytes>> for RecordResult<S> {
+    type Response = Response<Body>;
+    type Error = Refusal;
+    type Future = BoxFuture<'static, Result<Response<Body>, Refusal>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Refusal>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move { api.record(req).await })
+    }
+}
+
+impl<S: ResultStore, B: Send + 'static> tower::Service<Request<B>> for HandedJob<S> {
+    type Response = Response<Body>;
+    type Error = Refusal;
+    type Future = BoxFuture<'static, Result<Response<Body>, Refusal>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Refusal>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move { api.handed_job(req).await })
+    }
 }
 
 impl<S: ResultStore> ResultApi<S> {
@@ -92,26 +138,18 @@ impl<S: ResultStore> ResultApi<S> {
     }
 
     /// The two job routes, each a stack of the layers named in the module docs.
-    fn routes(self: &Arc<Self>) -> Routes {
+    fn routes(self: &Arc<Self>) -> Routes<S> {
         let auth = CallerAuthLayer::new(self.internal_api_key.clone(), self.signer.clone());
         let body = BufferBodyLayer::new(self.limits.max_body_bytes, self.limits.body_read_timeout);
-        let api = self.clone();
-        let post_result =
-            ServiceBuilder::new().layer(auth.clone()).layer(body).service_fn(move |req: Request<Bytes>| {
-                let api = api.clone();
-                async move { api.record(req).await }
-            });
-        let api = self.clone();
-        let get_job = ServiceBuilder::new().layer(auth).service_fn(move |req: Request<Incoming>| {
-            let api = api.clone();
-            async move { api.handed_job(req).await }
-        });
-        Routes { post_result: BoxCloneSyncService::new(post_result), get_job: BoxCloneSyncService::new(get_job) }
+        Routes {
+            post_result: ServiceBuilder::new().layer(auth.clone()).layer(body).service(RecordResult(self.clone())),
+            get_job: ServiceBuilder::new().layer(auth).service(HandedJob(self.clone())),
+        }
     }
 
     /// The router: probes and metrics answer here; a job route gets the job id from the
     /// path (404 when it is not a valid one) and runs its stack inside the job's span.
-    fn route(self: &Arc<Self>, routes: &Routes, req: Request<Incoming>) -> BoxFuture<'static, Response<Body>> {
+    fn route(self: &Arc<Self>, routes: &Routes<S>, req: Request<Incoming>) -> BoxFuture<'static, Response<Body>> {
         let path = req.uri().path().to_string();
         let answer = |resp: Response<Body>| -> BoxFuture<'static, Response<Body>> { Box::pin(async move { resp }) };
         match (req.method(), path.as_str()) {
@@ -134,14 +172,13 @@ impl<S: ResultStore> ResultApi<S> {
             _ => {}
         }
         let refused = |status, code: &str, message: &str| answer(Refusal::new(status, code, message).into_response());
-        let (route, span_name, raw_id) = match (result_path_id(&path), job_path_id(&path)) {
-            (Some(id), _) if req.method() == Method::POST => (routes.post_result.clone(), "result_api", id),
+        let (counted, raw_id) = match (result_path_id(&path), job_path_id(&path)) {
+            (Some(id), _) if req.method() == Method::POST => (true, id),
             (Some(_), _) => return refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
-            (_, Some(id)) if req.method() == Method::GET => (routes.get_job.clone(), "job_api", id),
+            (_, Some(id)) if req.method() == Method::GET => (false, id),
             (_, Some(_)) => return refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"),
             _ => return refused(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
         };
-        let counted = span_name == "result_api";
         let Ok(id) = JobId::new(raw_id) else {
             let resp = Refusal::new(StatusCode::NOT_FOUND, "bad_job_id", "the path does not name a valid job id")
                 .into_response();
@@ -158,12 +195,15 @@ impl<S: ResultStore> ResultApi<S> {
         let mut req = req;
         req.extensions_mut().insert(id);
         let api = self.clone();
+        if !counted {
+            let route = routes.get_job.clone();
+            return Box::pin(async move { rescue(route.oneshot(req).await) }.instrument(span));
+        }
+        let route = routes.post_result.clone();
         Box::pin(
             async move {
                 let resp = rescue(route.oneshot(req).await);
-                if counted {
-                    api.metrics().result_api(resp.status().as_u16());
-                }
+                api.metrics().result_api(resp.status().as_u16());
                 resp
             }
             .instrument(span),
