@@ -149,65 +149,53 @@ impl<S: ResultStore> ResultApi<S> {
 
     /// The router: probes and metrics answer here; a job route gets the job id from the
     /// path (404 when it is not a valid one) and runs its stack inside the job's span.
-    fn route(self: &Arc<Self>, routes: &Routes<S>, req: Request<Incoming>) -> BoxFuture<'static, Response<Body>> {
-        let path = req.uri().path().to_string();
-        let answer = |resp: Response<Body>| -> BoxFuture<'static, Response<Body>> { Box::pin(async move { resp }) };
-        match (req.method(), path.as_str()) {
-            (&Method::GET, "/healthz") => return answer(text(StatusCode::OK, "ok\n", "text/plain")),
+    async fn route(self: Arc<Self>, routes: Arc<Routes<S>>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        match (req.method(), path) {
+            (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n", "text/plain"),
             (&Method::GET, "/readyz") => {
-                return answer(match self.readiness.check() {
+                return match self.readiness.check() {
                     Ok(()) => text(StatusCode::OK, "ready\n", "text/plain"),
                     Err(reason) => {
                         text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n"), "text/plain")
                     }
-                })
+                }
             }
             (&Method::GET, "/metrics") => {
-                return answer(text(
+                return text(
                     StatusCode::OK,
                     self.metrics().encode(),
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ))
+                )
             }
             _ => {}
         }
-        let refused = |status, code: &str, message: &str| answer(Refusal::new(status, code, message).into_response());
-        let (counted, raw_id) = match (result_path_id(&path), job_path_id(&path)) {
-            (Some(id), _) if req.method() == Method::POST => (true, id),
+        let refused = |status, code: &str, message: &str| Refusal::new(status, code, message).into_response();
+        let (counted, id) = match (result_path_id(path), job_path_id(path)) {
+            (Some(id), _) if req.method() == Method::POST => (true, JobId::new(id)),
             (Some(_), _) => return refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
-            (_, Some(id)) if req.method() == Method::GET => (false, id),
+            (_, Some(id)) if req.method() == Method::GET => (false, JobId::new(id)),
             (_, Some(_)) => return refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"),
             _ => return refused(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
         };
-        let Ok(id) = JobId::new(raw_id) else {
-            let resp = Refusal::new(StatusCode::NOT_FOUND, "bad_job_id", "the path does not name a valid job id")
-                .into_response();
+        let Ok(id) = id else {
+            let resp = refused(StatusCode::NOT_FOUND, "bad_job_id", "the path does not name a valid job id");
             if counted {
                 self.metrics().result_api(resp.status().as_u16());
             }
-            return answer(resp);
-        };
-        let span = if counted {
-            tracing::error_span!("result_api", job_id = %id)
-        } else {
-            tracing::error_span!("job_api", job_id = %id)
+            return resp;
         };
         let mut req = req;
-        req.extensions_mut().insert(id);
-        let api = self.clone();
         if !counted {
-            let route = routes.get_job.clone();
-            return Box::pin(async move { rescue(route.oneshot(req).await) }.instrument(span));
+            let span = tracing::error_span!("job_api", job_id = %id);
+            req.extensions_mut().insert(id);
+            return rescue(routes.get_job.clone().oneshot(req).instrument(span).await);
         }
-        let route = routes.post_result.clone();
-        Box::pin(
-            async move {
-                let resp = rescue(route.oneshot(req).await);
-                api.metrics().result_api(resp.status().as_u16());
-                resp
-            }
-            .instrument(span),
-        )
+        let span = tracing::error_span!("result_api", job_id = %id);
+        req.extensions_mut().insert(id);
+        let resp = rescue(routes.post_result.clone().oneshot(req).instrument(span).await);
+        self.metrics().result_api(resp.status().as_u16());
+        resp
     }
 
     /// `GET /internal/v1/jobs/{id}`, once the caller is authenticated.
@@ -283,8 +271,8 @@ pub async fn serve<S: ResultStore>(
     let service_for = || {
         let (api, routes) = (api.clone(), routes.clone());
         Some(hyper::service::service_fn(move |req| {
-            let response = api.route(&routes, req);
-            async move { Ok::<_, Infallible>(response.await) }
+            let (api, routes) = (api.clone(), routes.clone());
+            async move { Ok::<_, Infallible>(api.route(routes, req).await) }
         }))
     };
     serve_http1(listener, settings, service_for, shutdown.cancelled_owned()).await
