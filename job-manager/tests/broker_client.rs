@@ -238,3 +238,35 @@ async fn https_broker_through_connect_proxy_with_self_signed_certificate() {
     let err = HttpBroker::new(cfg).unwrap().with_retry_policy(fast_retries(1)).queue_stats().await.unwrap_err();
     assert!(matches!(&err, BrokerError::Unreachable(m) if m.contains("407")), "{err}");
 }
+
+/// Something between the job manager and the broker (a captive portal, a misrouted
+/// proxy) answers `200` with a page: the result was not stored, so it must not count as
+/// delivered (the API answers 204); the error is retryable, so the result stays pending.
+#[tokio::test]
+async fn a_result_answered_200_with_a_page_is_not_delivered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = stream.read(&mut buf).await;
+            let page = "<html>please log in</html>";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let c = client(&url);
+    let result = JobResult::new(id("r"), Outcome::Succeeded, "");
+    let err = c.submit_result(&result).await.unwrap_err();
+    assert!(matches!(err, BrokerError::BadResponse(_)), "{err}");
+    assert!(err.to_string().contains("expected 204") && err.to_string().contains("please log in"), "{err}");
+    assert!(err.retryable(), "the delivery loop keeps the result and tries again");
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 3, "retried like any unreadable answer");
+}

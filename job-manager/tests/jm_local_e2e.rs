@@ -196,6 +196,53 @@ async fn runtime_sees_only_its_contract_environment() {
     }
 }
 
+/// A runtime that leaves a background child behind and exits normally: the child is
+/// in the runtime's process group and must not outlive the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_s_background_children_do_not_outlive_a_normal_exit() {
+    let dir = TempDir::new("children");
+    let pid_file = dir.path().join("child.pid");
+    let script = format!("sleep 300 & echo $! > {}; exit 0", pid_file.display());
+    let yaml = format!(
+        "executor: local\npoll: {{intervalMs: 50, batchSize: 10}}\nshutdownGraceSecs: 2\n\
+         runtimes:\n  - name: {RUNTIME}\n    parallelism: 1\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n\
+         sidecar:\n  binary: {sc:?}\n",
+        sc = bin("sidecar").display().to_string(),
+    );
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let flags = [
+        job_manager::config::FlagOverride::new("listen", "127.0.0.1:0"),
+        job_manager::config::FlagOverride::new("brokerApiEndpoint", "embedded"),
+        job_manager::config::FlagOverride::new("stateDir", dir.path().join("state").display().to_string()),
+    ];
+    let loaded = job_manager::config::load(Some(&file), &std::collections::BTreeMap::new(), &flags).unwrap();
+    let v = job_manager::config::validate(loaded).unwrap();
+    let broker = broker(Duration::from_secs(30));
+    broker.submit(job("leaves-a-child", 20, json!({}))).unwrap();
+    let handle = start_local(&v, Arc::new(broker.clone())).await;
+    let results = broker.wait_for_results(1, Duration::from_secs(30)).await;
+    handle.stop().await.unwrap();
+
+    assert_eq!(results[&id("leaves-a-child")].outcome, Outcome::Failed, "exited 0 without a result: {results:?}");
+    let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let gone = || !std::path::Path::new(&format!("/proc/{child}")).exists() || is_zombie(child);
+    for _ in 0..50 {
+        if gone() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL);
+    panic!("the runtime's background child {child} outlived the job");
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
 /// The job manager on the local executor, as `job-manager run` wires it.
 async fn start_local<B: job_manager::broker::BrokerApi>(v: &job_manager::config::Validated, broker: Arc<B>) -> Handle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -30,23 +30,16 @@ pub fn job_manager_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_job-manager"))
 }
 
-/// A temp dir removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A scratch dir (tempfile's), removed on drop; named `jm-it-<tag>-...` so a leftover
+/// says which test made it.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("jm-it-{tag}-{}-{:x}", std::process::id(), rand::random::<u64>()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
+        Self(tempfile::Builder::new().prefix(&format!("jm-it-{tag}-")).tempdir().unwrap())
     }
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 

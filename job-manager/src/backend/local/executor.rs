@@ -210,13 +210,17 @@ impl<S: ResultStore> LocalExecutor<S> {
     /// Watch a job this process started until it ends, then settle its outcome.
     async fn supervise(self: Arc<Self>, dir: PathBuf, meta: Meta, mut sidecar: Child, mut runtime: Child) {
         let started = std::time::Instant::now();
+        // Taken now: once `wait` has seen the exit, the child no longer reports its pid.
+        let group = runtime.id();
         let ending = tokio::select! {
             status = runtime.wait() => Ending::Exited(status.ok()),
             _ = tokio::time::sleep(until(meta.deadline_unix_ms)) => Ending::DeadlineExceeded,
             _ = self.abort.cancelled() => Ending::Aborted,
         };
-        // Whatever happened, nothing of the runtime's process group may outlive it.
-        if let Some(pid) = runtime.id() {
+        // Whatever happened, nothing of the runtime's process group may outlive it, also
+        // after a normal exit (`sleep 600 &`). While members remain, the kernel does not
+        // hand the group's id to a new process, so this reaches only the runtime's own.
+        if let Some(pid) = group {
             process::kill_group(pid as i32);
         }
         let _ = runtime.wait().await;

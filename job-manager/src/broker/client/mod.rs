@@ -334,7 +334,18 @@ impl BrokerApi for HttpBroker {
         self.with_retries("submit_result", Retry::Safe, || async {
             let (status, resp) = self.send(Method::POST, &path, Some(body.clone())).await?;
             match status {
-                s if s.is_success() => Ok(SubmitOutcome::Accepted),
+                // The API answers 204 for a stored result. Any other success (a 200 with
+                // an HTML page from something in between) proves nothing was stored: the
+                // result stays pending and is retried, never counted as delivered.
+                StatusCode::NO_CONTENT => Ok(SubmitOutcome::Accepted),
+                s if s.is_success() => Err(AttemptError {
+                    error: BrokerError::BadResponse(format!(
+                        "expected 204 for a stored result, got {}: {}",
+                        s.as_u16(),
+                        error_message(&resp)
+                    )),
+                    unsent: false,
+                }),
                 StatusCode::CONFLICT => Ok(SubmitOutcome::Conflict),
                 s => Err(AttemptError { error: status_error(s, &resp, true), unsent: false }),
             }
