@@ -196,6 +196,24 @@ async fn runtime_sees_only_its_contract_environment() {
     }
 }
 
+/// A timed-out result reports the time the job was given: `timeout_secs: 0` runs with
+/// the 1 s floor and says 1 s, not the 0 it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_reports_the_time_the_job_was_given() {
+    let dir = TempDir::new("timeout-floor");
+    let v = validated(dir.path(), "");
+    let broker = broker(Duration::from_secs(30));
+    broker.submit(job("no-timeout-given", 0, json!({"action": "sleep", "secs": 30}))).unwrap();
+    let handle = start_local(&v, Arc::new(broker.clone())).await;
+    let results = broker.wait_for_results(1, Duration::from_secs(30)).await;
+    handle.stop().await.unwrap();
+    let r = &results[&id("no-timeout-given")];
+    assert_eq!(
+        (r.outcome, r.message.as_str()),
+        (Outcome::TimedOut, "runtime exceeded its timeout (1s) and was killed")
+    );
+}
+
 /// A runtime that leaves a background child behind and exits normally: the child is
 /// in the runtime's process group and must not outlive the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,6 +82,7 @@ pub fn handoff(id: &str, runtime: &str) -> Handoff {
         job: job(id, runtime),
         token: format!("token-for-{id}"),
         deadline: SystemTime::now() + Duration::from_secs(60),
+        timeout_secs: 60,
     }
 }
 

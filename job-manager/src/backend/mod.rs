@@ -36,6 +36,9 @@ pub struct Handoff {
     pub token: String,
     /// When the job must be over (now + min(job timeout, check timeout)).
     pub deadline: SystemTime,
+    /// The time the job was given: the job's timeout clamped to 1 s .. `checkTimeout`
+    /// (what a timed-out result reports).
+    pub timeout_secs: u32,
 }
 
 /// A successful hand-off: the dispatcher may ack.

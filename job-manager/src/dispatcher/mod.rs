@@ -336,7 +336,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         let secs = job.timeout_secs.clamp(1, self.settings.check_timeout_secs);
         let deadline = now + Duration::from_secs(secs.into());
         let expiry = (deadline + self.settings.token_slack).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        Handoff { token: self.signer.mint(&job.id, expiry), deadline, job: job.clone() }
+        Handoff { token: self.signer.mint(&job.id, expiry), deadline, timeout_secs: secs, job: job.clone() }
     }
 
     async fn ack(&self, job: &Job) {

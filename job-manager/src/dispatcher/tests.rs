@@ -270,6 +270,11 @@ async fn handoff_sets_deadline_and_bound_token() {
     long.timeout_secs = 500;
     let h = rig.dispatcher.handoff_for(&long, now);
     assert_eq!(h.deadline, now + Duration::from_secs(10), "clamped to the check timeout");
+    assert_eq!(h.timeout_secs, 10, "a timed-out result reports the time the job was given");
+    let mut none = job("none", "a");
+    none.timeout_secs = 0;
+    let h0 = rig.dispatcher.handoff_for(&none, now);
+    assert_eq!((h0.deadline, h0.timeout_secs), (now + Duration::from_secs(1), 1), "at least a second");
     let signer = TokenSigner::new("k");
     let t = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
     assert!(signer.verify(&long.id, &h.token, t + 10 + 60).is_ok(), "valid past the deadline (slack)");

@@ -159,7 +159,13 @@ impl<S: ResultStore> LocalExecutor<S> {
         let job = &handoff.job;
         let deadline_unix_ms =
             handoff.deadline.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
-        let mut meta = Meta { job: job.clone(), deadline_unix_ms, sidecar: None, runtime: None };
+        let mut meta = Meta {
+            job: job.clone(),
+            deadline_unix_ms,
+            timeout_secs: handoff.timeout_secs,
+            sidecar: None,
+            runtime: None,
+        };
         let (d, m, token) = (dir.to_path_buf(), meta.clone(), handoff.token.clone());
         off_worker(move || {
             state_dir::write_meta(&d, &m).map_err(|e| transient("write meta", &e))?;
@@ -255,7 +261,7 @@ impl<S: ResultStore> LocalExecutor<S> {
         let id = &meta.job.id;
         let decided = match &ending {
             Ending::DeadlineExceeded => {
-                let secs = meta.job.timeout_secs;
+                let secs = if meta.timeout_secs > 0 { meta.timeout_secs } else { meta.job.timeout_secs };
                 Some(JobResult {
                     duration_ms: Some(ran.as_millis() as u64),
                     ..JobResult::new(

@@ -27,6 +27,10 @@ pub(super) const SCRATCH_DIR: &str = "scratch";
 pub(super) struct Meta {
     pub job: Job,
     pub deadline_unix_ms: u64,
+    /// The time the job was given (`Handoff::timeout_secs`); 0 in job dirs written
+    /// before it was recorded, which then report the job's own timeout.
+    #[serde(default)]
+    pub timeout_secs: u32,
     #[serde(default)]
     pub sidecar: Option<ProcessId>,
     #[serde(default)]
