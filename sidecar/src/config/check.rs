@@ -1,10 +1,9 @@
 //! The validation-pass plumbing: [`Check`] reads raw values (clap's defaults for
-//! empty ones) and collects every failure; [`err`], [`parse_num`] and [`parse_addr`]
+//! empty ones) and collects every failure ([`Check::num`] for numbers); [`err`] and [`parse_addr`]
 //! turn a raw value into a typed one or a [`ConfigError`] naming the setting.
 use super::{Cli, ConfigError, ConfigErrors, Lookup};
 use clap::CommandFactory;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 /// The one validation pass: reads raw values, collects every failure.
 pub(super) struct Check<'a> {
@@ -59,6 +58,21 @@ impl<'a> Check<'a> {
         }
     }
 
+    /// A number setting: the value (or clap's default) parsed and checked against
+    /// `valid`; a failure is recorded (naming the setting and `rule`) and gives `None`.
+    pub(super) fn num<T: std::str::FromStr>(
+        &mut self,
+        value: &Option<String>,
+        id: &str,
+        setting: &'static str,
+        flag: &'static str,
+        valid: impl Fn(&T) -> bool,
+        rule: &str,
+    ) -> Option<T> {
+        let parsed = parse_num(self.one(value, id), setting, flag, valid, rule);
+        self.ok(parsed).flatten()
+    }
+
     pub(super) fn ok<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
         r.map_err(|e| self.fail(e)).ok()
     }
@@ -72,7 +86,7 @@ pub(super) fn err(setting: &'static str, flag: &'static str, message: impl Into<
     ConfigError { setting, flag, message: message.into() }
 }
 
-pub(super) fn parse_num<T: std::str::FromStr>(
+fn parse_num<T: std::str::FromStr>(
     v: Option<String>,
     setting: &'static str,
     flag: &'static str,
@@ -100,14 +114,4 @@ pub(super) fn parse_addr(
 /// Validity rule for durations that must not be zero.
 pub(super) fn positive(n: &u64) -> bool {
     *n > 0
-}
-
-/// Seconds if given, else `default` seconds.
-pub(super) fn secs(n: Option<u64>, default: u64) -> Duration {
-    Duration::from_secs(n.unwrap_or(default))
-}
-
-/// Milliseconds if given, else `default` milliseconds.
-pub(super) fn ms(n: Option<u64>, default: u64) -> Duration {
-    Duration::from_millis(n.unwrap_or(default))
 }

@@ -1,8 +1,9 @@
 //! Job settings: the hand-off (job dir, job manager, internal key, spool, deadlines),
 //! the job given by id + token, and the cross-setting rules that tie them together.
-use super::check::{err, parse_num, positive, secs, Check};
+use super::check::{err, positive, Check};
 use super::values::parse_job_manager_url;
 use super::*;
+use std::time::Duration;
 
 pub(super) struct JobHandoff {
     pub dir: Option<PathBuf>,
@@ -32,22 +33,27 @@ pub(super) fn handoff(c: &mut Check<'_>, cli: &Cli) -> JobHandoff {
             _ => KeySource::None,
         };
     let spool_dir = c.one(&cli.spool_dir, "spool_dir").map(PathBuf::from);
-    let result_deadline = parse_num(
-        c.one(&cli.result_deadline_secs, "result_deadline_secs"),
-        ENV_RESULT_DEADLINE_SECS,
-        "--result-deadline-secs",
-        positive,
-        "a positive number of seconds",
-    );
-    let result_deadline = secs(c.ok(result_deadline).flatten(), 600);
-    let shutdown_grace = parse_num(
-        c.one(&cli.shutdown_grace_secs, "shutdown_grace_secs"),
-        ENV_SHUTDOWN_GRACE_SECS,
-        "--shutdown-grace-secs",
-        |_| true,
-        "a number of seconds",
-    );
-    let shutdown_grace = secs(c.ok(shutdown_grace).flatten(), 30);
+    // clap supplies the defaults (600 s, 30 s); these stand in only for a failed value.
+    let result_deadline = c
+        .num(
+            &cli.result_deadline_secs,
+            "result_deadline_secs",
+            ENV_RESULT_DEADLINE_SECS,
+            "--result-deadline-secs",
+            positive,
+            "a positive number of seconds",
+        )
+        .map_or(Duration::from_secs(600), Duration::from_secs);
+    let shutdown_grace = c
+        .num(
+            &cli.shutdown_grace_secs,
+            "shutdown_grace_secs",
+            ENV_SHUTDOWN_GRACE_SECS,
+            "--shutdown-grace-secs",
+            |_: &u64| true,
+            "a number of seconds",
+        )
+        .map_or(Duration::from_secs(30), Duration::from_secs);
     JobHandoff { dir, manager_url, manager, internal_api_key, spool_dir, result_deadline, shutdown_grace }
 }
 
