@@ -221,21 +221,8 @@ async fn a_runtime_s_background_children_do_not_outlive_a_normal_exit() {
     let dir = TempDir::new("children");
     let pid_file = dir.path().join("child.pid");
     let script = format!("sleep 300 & echo $! > {}; exit 0", pid_file.display());
-    let yaml = format!(
-        "executor: local\npoll: {{intervalMs: 50, batchSize: 10}}\nshutdownGraceSecs: 2\n\
-         runtimes:\n  - name: {RUNTIME}\n    parallelism: 1\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n\
-         sidecar:\n  binary: {sc:?}\n",
-        sc = bin("sidecar").display().to_string(),
-    );
-    let file = dir.path().join("config.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let flags = [
-        job_manager::config::FlagOverride::new("listen", "127.0.0.1:0"),
-        job_manager::config::FlagOverride::new("brokerApiEndpoint", "embedded"),
-        job_manager::config::FlagOverride::new("stateDir", dir.path().join("state").display().to_string()),
-    ];
-    let loaded = job_manager::config::load(Some(&file), &std::collections::BTreeMap::new(), &flags).unwrap();
-    let v = job_manager::config::validate(loaded).unwrap();
+    let command = ["/bin/sh".to_string(), "-c".to_string(), script];
+    let v = validated_from(dir.path(), &local_yaml_running(&command, ""));
     let broker = broker(Duration::from_secs(30));
     broker.submit(job("leaves-a-child", 20, json!({}))).unwrap();
     let handle = start_local(&v, Arc::new(broker.clone())).await;

@@ -47,19 +47,28 @@ pub const RUNTIME: &str = "test-rt";
 
 /// YAML for a local-executor job manager running the real sidecar and test runtime.
 pub fn local_yaml(extra: &str) -> String {
+    local_yaml_running(&[bin("test-runtime").display().to_string()], extra)
+}
+
+/// The same, with `command` as the runtime type's command (a hostile or odd runtime).
+pub fn local_yaml_running(command: &[String], extra: &str) -> String {
     format!(
         "executor: local\npoll: {{intervalMs: 50, batchSize: 10}}\nshutdownGraceSecs: 2\n\
-         runtimes:\n  - name: {RUNTIME}\n    parallelism: 4\n    command: [{rt:?}]\n\
+         runtimes:\n  - name: {RUNTIME}\n    parallelism: 4\n    command: {command:?}\n\
          sidecar:\n  binary: {sc:?}\n  allowCidrs: [127.0.0.1/32]\n{extra}",
-        rt = bin("test-runtime").display().to_string(),
         sc = bin("sidecar").display().to_string(),
     )
 }
 
 /// A validated config for in-process tests (embedded broker, loopback, own state dir).
 pub fn validated(state: &Path, extra: &str) -> Validated {
+    validated_from(state, &local_yaml(extra))
+}
+
+/// A validated config from `yaml` (see [`local_yaml_running`]), with the test flags.
+pub fn validated_from(state: &Path, yaml: &str) -> Validated {
     let file = state.join("config.yaml");
-    std::fs::write(&file, local_yaml(extra)).unwrap();
+    std::fs::write(&file, yaml).unwrap();
     let flags = [
         FlagOverride::new("listen", "127.0.0.1:0"),
         FlagOverride::new("brokerApiEndpoint", "embedded"),
