@@ -54,27 +54,23 @@ fn replace(path: &Path, bytes: &[u8], mode: u32, durability: Durability) -> std:
 /// nothing else writes `path`, e.g. at startup. Returns how many were removed.
 pub fn remove_stale_temps(path: &Path) -> std::io::Result<usize> {
     let prefix = temp_prefix(path)?;
-    let mut removed = 0;
-    for entry in std::fs::read_dir(parent(path))?.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    let target = &prefix[1..prefix.len() - 1];
+    remove_temps_where(parent(path), |t| t == target)
 }
 
 /// Remove every temp file an interrupted [`write_atomic`] or [`replace_atomic`] left in
 /// `dir`, whatever it was writing (a spool of many files). Same rule as
 /// [`remove_stale_temps`]: only while nothing else writes in `dir`. Returns how many.
 pub fn remove_temps_in(dir: &Path) -> std::io::Result<usize> {
+    remove_temps_where(dir, |_| true)
+}
+
+/// Remove the temp files in `dir` whose target file name passes `wanted`.
+fn remove_temps_where(dir: &Path, wanted: impl Fn(&str) -> bool) -> std::io::Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if is_temp_name(name) {
+        if name.to_str().and_then(temp_target).is_some_and(&wanted) {
             std::fs::remove_file(entry.path())?;
             removed += 1;
         }
@@ -82,16 +78,13 @@ pub fn remove_temps_in(dir: &Path) -> std::io::Result<usize> {
     Ok(removed)
 }
 
-/// `.<name>.<pid>-<n>.tmp`, as [`create_temp`] names them.
-fn is_temp_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_suffix(TEMP_SUFFIX)) else { return false };
-    let Some((target, counter)) = rest.rsplit_once('.') else { return false };
-    let Some((pid, n)) = counter.split_once('-') else { return false };
-    !target.is_empty()
-        && !pid.is_empty()
-        && !n.is_empty()
-        && pid.bytes().all(|b| b.is_ascii_digit())
-        && n.bytes().all(|b| b.is_ascii_digit())
+/// The file a temp name of [`create_temp`]'s (`.<name>.<pid>-<n>.tmp`) was for.
+fn temp_target(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('.')?.strip_suffix(TEMP_SUFFIX)?;
+    let (target, counter) = rest.rsplit_once('.')?;
+    let (pid, n) = counter.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (!target.is_empty() && digits(pid) && digits(n)).then_some(target)
 }
 
 /// Hidden and with a `.tmp` suffix, so directory scans that look for `*.json` and the

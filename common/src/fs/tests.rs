@@ -145,5 +145,5 @@ fn a_temp_name_from_create_temp_is_recognised() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("ready.json");
     let (tmp, _file) = create_temp(&target, 0o600).unwrap();
-    assert!(is_temp_name(tmp.file_name().unwrap().to_str().unwrap()), "{}", tmp.display());
+    assert_eq!(temp_target(tmp.file_name().unwrap().to_str().unwrap()), Some("ready.json"), "{}", tmp.display());
 }
