@@ -134,9 +134,13 @@ pub(super) fn write_meta(dir: &Path, meta: &Meta) -> std::io::Result<()> {
 /// The hand-off files the sidecar reads (`job.json`, `token`) and the dirs it and the
 /// runtime work in.
 pub(super) fn write_handoff(dir: &Path, job: &Job, token: &str) -> Result<(), (&'static str, std::io::Error)> {
-    write_private(&dir.join(runtime_api::JOB_FILE), &serde_json::to_vec(job).expect("job serializes"))
+    // Read once, by the sidecar started right after; recovery reads only `meta.json`. So
+    // these are replaced atomically but not fsynced: after an OS crash the sidecar that
+    // would read them is gone too, and the fsyncs would sit on every job start.
+    let handoff_file = |path: PathBuf, bytes: &[u8]| common::fs::replace_atomic(&path, bytes, 0o600);
+    handoff_file(dir.join(runtime_api::JOB_FILE), &serde_json::to_vec(job).expect("job serializes"))
         .map_err(|e| ("write job file", e))?;
-    write_private(&dir.join(runtime_api::TOKEN_FILE), token.as_bytes()).map_err(|e| ("write token", e))?;
+    handoff_file(dir.join(runtime_api::TOKEN_FILE), token.as_bytes()).map_err(|e| ("write token", e))?;
     for d in [SPOOL_DIR, SCRATCH_DIR] {
         std::fs::DirBuilder::new().mode(0o700).create(dir.join(d)).map_err(|e| ("create dir", e))?;
     }
