@@ -81,10 +81,6 @@ impl Handle {
         self.shutdown.cancel();
         self.task.await
     }
-
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
 }
 
 /// The job manager: one wiring for every backend.

@@ -66,10 +66,6 @@ impl LocalBackend {
             (!c.kubernetes.custom_node_modules_path.is_empty()).then(|| c.kubernetes.custom_node_modules_path.clone());
         Ok(Self { settings, store })
     }
-
-    pub fn state_dir(&self) -> &Path {
-        &self.settings.state_dir
-    }
 }
 
 impl Backend for LocalBackend {
@@ -148,7 +144,7 @@ pub fn state_dir(configured: &str) -> PathBuf {
 
 /// The directory of this executable: `{bin}` in runtime commands, and where the sidecar
 /// binary is looked for by default.
-pub fn bin_dir() -> PathBuf {
+fn bin_dir() -> PathBuf {
     std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
 }
 
