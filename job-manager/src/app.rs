@@ -106,6 +106,11 @@ impl App {
         })?);
 
         let readiness = Readiness::new();
+        let gaps = backend.isolation_gaps();
+        for gap in &gaps {
+            tracing::warn!(backend = backend.name(), "{gap}");
+        }
+        readiness.set_caveats(gaps);
         let api = Arc::new(ResultApi {
             intake: intake.clone(),
             internal_api_key: keys.internal_api_key,

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 pub struct Readiness {
     stalled: Mutex<Option<String>>,
     draining: AtomicBool,
+    /// Said with every answer, ready or not (the backend's isolation gaps).
+    caveats: Mutex<Vec<String>>,
 }
 
 impl Readiness {
@@ -16,6 +18,12 @@ impl Readiness {
     }
     pub fn set_stalled(&self, reason: Option<String>) {
         *self.stalled.lock().expect("lock") = reason;
+    }
+    pub fn set_caveats(&self, caveats: Vec<String>) {
+        *self.caveats.lock().expect("lock") = caveats;
+    }
+    pub fn caveats(&self) -> Vec<String> {
+        self.caveats.lock().expect("lock").clone()
     }
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);

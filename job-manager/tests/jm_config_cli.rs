@@ -24,6 +24,13 @@ fn invalid_settings_exit_64_naming_setting_and_rule() {
     let file = dir.path().join("c.yaml");
     std::fs::write(&file, "brokerApiEndpoint: embedded\nruntimes: [{name: rt, command: [/bin/true]}]\n").unwrap();
     let f = file.to_str().unwrap();
+    let shared_uid = dir.path().join("shared-uid.yaml");
+    std::fs::write(
+        &shared_uid,
+        "brokerApiEndpoint: embedded\nruntimes: [{name: rt, command: [/bin/true]}]\n\
+         kubernetes: {runtimeSecurityContext: {runAsUser: 1002}}\n",
+    )
+    .unwrap();
     // (case, args, env, text stderr must contain)
     type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case<'_>] = &[
@@ -40,6 +47,12 @@ fn invalid_settings_exit_64_naming_setting_and_rule() {
         ("unknown key", &["--config", f, "--set", "nope=1"], &[], "no such setting"),
         ("bad json", &["--config", f], &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "[")], "userDefinedJson"),
         ("no runtimes", &["--set", "brokerApiEndpoint=embedded"], &[], "at least one enabled runtime"),
+        (
+            "sidecar and runtime share a UID",
+            &["--config", shared_uid.to_str().unwrap()],
+            &[],
+            "the sidecar and the runtime both run as UID 1002; they must differ",
+        ),
     ];
     for (name, args, env, expect) in cases {
         let o = run(args, env);

@@ -214,6 +214,13 @@ pub trait Backend: Send + Sync + 'static {
     /// The durable result store (files in the state dir, job records in the cluster).
     fn result_store(&self) -> Self::Store;
 
+    /// Where runtimes are not isolated as they should be (a firewall turned off, a
+    /// job manager without the privileges to separate jobs). The app logs each once at
+    /// start and `/readyz` repeats them; they do not make the job manager unready.
+    fn isolation_gaps(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Metric families of the backend's own, exported beside the job manager's.
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         let _ = registry;

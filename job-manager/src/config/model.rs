@@ -146,6 +146,9 @@ pub struct RuntimeConfig {
     pub replicas: ReplicaBounds,
     pub port: u16,
     pub extra_env: BTreeMap<String, String>,
+    /// Kubernetes: this runtime type's RuntimeClass (e.g. gVisor's `gvisor`, Kata's
+    /// `kata`); empty: `kubernetes.runtimeClassName`.
+    pub runtime_class_name: String,
 }
 
 impl Default for RuntimeConfig {
@@ -163,6 +166,7 @@ impl Default for RuntimeConfig {
             replicas: ReplicaBounds::default(),
             port: 8081,
             extra_env: BTreeMap::new(),
+            runtime_class_name: String::new(),
         }
     }
 }
@@ -256,8 +260,13 @@ pub struct KubernetesSettings {
     pub extra_volume_mounts: Vec<core::VolumeMount>,
     pub sidecars: Vec<core::Container>,
     pub extra_env: BTreeMap<String, String>,
-    pub network_policy: Toggle,
+    pub network_policy: NetworkPolicySettings,
     pub restrict_metadata_service: bool,
+    /// The `egress-init` container: a firewall in each runtime pod's network namespace
+    /// that lets only the sidecar's UID send packets off the pod.
+    pub egress_firewall: Toggle,
+    /// RuntimeClass of runtime pods (a runtime type's own wins); empty: the cluster's default.
+    pub runtime_class_name: String,
     /// Secret (key `internalApiKey`) the sidecar's env refers to.
     pub internal_api_key_secret_name: String,
     /// Service account runtime pods run as (no token is mounted either way).
@@ -292,8 +301,10 @@ impl Default for KubernetesSettings {
             extra_volume_mounts: Vec::new(),
             sidecars: Vec::new(),
             extra_env: BTreeMap::new(),
-            network_policy: Toggle { enabled: true },
+            network_policy: NetworkPolicySettings { enabled: true, deny_cidrs: Vec::new() },
             restrict_metadata_service: true,
+            egress_firewall: Toggle { enabled: true },
+            runtime_class_name: String::new(),
             internal_api_key_secret_name: String::new(),
             runtime_service_account: String::new(),
             job_manager_pod_labels: BTreeMap::from([(
@@ -309,6 +320,49 @@ impl Default for KubernetesSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Toggle {
     pub enabled: bool,
+}
+
+/// The runtime NetworkPolicy (defence in depth under the egress firewall).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NetworkPolicySettings {
+    pub enabled: bool,
+    /// CIDRs runtime pods may never reach, on top of metadata and the API servers: node
+    /// CIDRs, so kubelets are unreachable even without the egress firewall.
+    pub deny_cidrs: Vec<String>,
+}
+
+/// UID runtime containers run as when no security context says otherwise.
+pub const DEFAULT_RUNTIME_UID: i64 = 1001;
+/// UID sidecar containers run as when no security context says otherwise: never the
+/// runtime's, so the egress firewall can tell their packets apart.
+pub const DEFAULT_SIDECAR_UID: i64 = 1002;
+
+impl KubernetesSettings {
+    /// The UID the sidecar container runs as: its security context, else the pod's, else
+    /// the default (a configured sidecar context without `runAsUser` leaves it to the
+    /// pod's, then to the image: `None`).
+    pub fn sidecar_uid(&self) -> Option<i64> {
+        match &self.security_context {
+            None => Some(DEFAULT_SIDECAR_UID),
+            Some(ctx) => ctx.run_as_user.or_else(|| self.pod_uid()),
+        }
+    }
+
+    /// The UID the runtime container runs as (same rules as [`Self::sidecar_uid`]).
+    pub fn runtime_uid(&self) -> Option<i64> {
+        match &self.runtime_security_context {
+            None => Some(DEFAULT_RUNTIME_UID),
+            Some(ctx) => ctx.run_as_user.or_else(|| self.pod_uid()),
+        }
+    }
+
+    fn pod_uid(&self) -> Option<i64> {
+        match &self.pod_security_context {
+            None => Some(DEFAULT_RUNTIME_UID),
+            Some(ctx) => ctx.run_as_user,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

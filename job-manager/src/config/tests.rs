@@ -175,11 +175,75 @@ fn validation_rules_table() {
             "sidecar.upstreamProxyBypass",
         ),
         ("k8s needs key", MINIMAL, &[("JM_EXECUTOR", "kubernetes")], "internalApiKey"),
+        (
+            "sidecar and runtime share a UID",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {securityContext: {runAsUser: 1001}}\n",
+            &[],
+            "the sidecar and the runtime both run as UID 1001; they must differ",
+        ),
+        (
+            "shared UID through the pod's context",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {podSecurityContext: {runAsUser: 7}, securityContext: {}, runtimeSecurityContext: {}}\n",
+            &[],
+            "both run as UID 7",
+        ),
+        (
+            "shared UID refused even with the firewall off",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {egressFirewall: {enabled: false}, runtimeSecurityContext: {runAsUser: 1002}}\n",
+            &[],
+            "both run as UID 1002",
+        ),
+        (
+            "firewall needs the sidecar UID",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {podSecurityContext: {}, securityContext: {}}\n",
+            &[],
+            "must be set (in the sidecar's or the pod's security context)",
+        ),
+        (
+            "firewall refuses a root sidecar",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {securityContext: {runAsUser: 0}}\n",
+            &[],
+            "must be a non-root UID",
+        ),
+        (
+            "firewall needs the runtime UID",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {podSecurityContext: {}, securityContext: {runAsUser: 5}, runtimeSecurityContext: {}}\n",
+            &[],
+            "kubernetes.runtimeSecurityContext.runAsUser",
+        ),
+        (
+            "deny cidr",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {networkPolicy: {enabled: true, denyCidrs: [10.0.0.0/8, nodes]}}\n",
+            &[],
+            "kubernetes.networkPolicy.denyCidrs",
+        ),
+        (
+            "deny everything is not an except",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {networkPolicy: {denyCidrs: [0.0.0.0/0]}}\n",
+            &[],
+            "non-zero prefix",
+        ),
+        (
+            "runtime class",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x], runtimeClassName: Kata_1}]\n",
+            &[],
+            "RuntimeClass",
+        ),
     ];
     for (name, yaml, e, expect) in cases {
         let err = rule_of(load_valid(yaml, e, &[]));
         assert!(err.contains(expect), "case {name}: {err}");
     }
+}
+
+#[test]
+fn firewall_off_with_image_users_is_accepted() {
+    // Without the firewall, UIDs left to the images are the operator's call.
+    let yaml = "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x], runtimeClassName: gvisor}]\n\
+                kubernetes: {egressFirewall: {enabled: false}, podSecurityContext: {}, securityContext: {}, runtimeSecurityContext: {}, runtimeClassName: kata.v2}\n";
+    let v = load_valid(yaml, &[], &[]).unwrap();
+    assert!(!v.config.kubernetes.egress_firewall.enabled);
+    assert_eq!(v.config.kubernetes.runtime_class_name, "kata.v2");
 }
 
 #[test]

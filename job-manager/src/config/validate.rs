@@ -104,6 +104,7 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
     }
     validate_runtimes(c)?;
     validate_sidecar(c)?;
+    validate_runtime_pods(c)?;
     let user_defined_variables = user_defined_variables(c)?;
     Ok(Validated { listen, user_defined_variables, warnings, config })
 }
@@ -175,6 +176,70 @@ fn validate_sidecar(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What runtime pods are made of: the UIDs the egress firewall tells apart, the
+/// NetworkPolicy's CIDRs, RuntimeClass names. Checked whatever the executor (`render`
+/// shows Kubernetes objects for a local config too).
+fn validate_runtime_pods(c: &Config) -> Result<(), ConfigError> {
+    let k = &c.kubernetes;
+    let (sidecar, runtime) = (k.sidecar_uid(), k.runtime_uid());
+    if let (Some(s), Some(r)) = (sidecar, runtime) {
+        if s == r {
+            return Err(ConfigError::invalid(
+                "kubernetes.securityContext.runAsUser",
+                format!(
+                    "the sidecar and the runtime both run as UID {s}; they must differ (the egress firewall lets only \
+                     the sidecar's UID send packets off the pod, and a shared UID would give the runtime the \
+                     sidecar's files and process)"
+                ),
+            ));
+        }
+    }
+    if k.egress_firewall.enabled {
+        match sidecar {
+            None => {
+                return Err(ConfigError::invalid(
+                    "kubernetes.securityContext.runAsUser",
+                    "must be set (in the sidecar's or the pod's security context) while \
+                     kubernetes.egressFirewall.enabled: the firewall lets only that UID out",
+                ))
+            }
+            Some(uid) if uid <= 0 => {
+                return Err(ConfigError::invalid(
+                    "kubernetes.securityContext.runAsUser",
+                    format!("must be a non-root UID while kubernetes.egressFirewall.enabled, got {uid}"),
+                ))
+            }
+            Some(_) => {}
+        }
+        if runtime.is_none() {
+            return Err(ConfigError::invalid(
+                "kubernetes.runtimeSecurityContext.runAsUser",
+                "must be set (in the runtime's or the pod's security context) while \
+                 kubernetes.egressFirewall.enabled: a runtime running as its image's user could be the sidecar's UID",
+            ));
+        }
+    }
+    for cidr in &k.network_policy.deny_cidrs {
+        if !is_cidr(cidr) || cidr.ends_with("/0") {
+            return Err(ConfigError::invalid(
+                "kubernetes.networkPolicy.denyCidrs",
+                format!("{cidr:?} is not a CIDR with a non-zero prefix (e.g. 10.0.0.0/16 or fd00::/64)"),
+            ));
+        }
+    }
+    let classes = std::iter::once(("kubernetes.runtimeClassName", &k.runtime_class_name))
+        .chain(c.runtimes.iter().map(|r| ("runtimes[].runtimeClassName", &r.runtime_class_name)));
+    for (key, name) in classes {
+        if !name.is_empty() && !is_dns_subdomain(name) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{name:?} is not a RuntimeClass name (a DNS subdomain: lowercase letters, digits, '-', '.')"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// At most one source; each must be a JSON object.
 pub fn user_defined_variables(c: &Config) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
     let u = &c.user_defined_variables;
@@ -223,6 +288,11 @@ pub fn is_dns_label(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// An RFC 1123 subdomain, as Kubernetes object names are.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 pub fn is_cidr(s: &str) -> bool {

@@ -56,6 +56,22 @@ impl Backend for KubeBackend {
         "kubernetes"
     }
 
+    fn isolation_gaps(&self) -> Vec<String> {
+        let k = &self.setup.context().translate.kubernetes;
+        let mut gaps = Vec::new();
+        if !k.egress_firewall.enabled {
+            gaps.push(
+                "kubernetes.egressFirewall.enabled is off: runtime pods get no egress firewall, so a runtime that \
+                 ignores HTTP_PROXY reaches whatever the NetworkPolicy allows"
+                    .to_string(),
+            );
+        }
+        if !k.network_policy.enabled {
+            gaps.push("kubernetes.networkPolicy.enabled is off: runtime pods have no NetworkPolicy".to_string());
+        }
+        gaps
+    }
+
     /// Tokens must verify on every replica: the configured signing key, else one derived
     /// from the location key, else from the internal API key (required and shared).
     fn keys(&self, configured: &KeySettings) -> Result<Keys, BackendError> {

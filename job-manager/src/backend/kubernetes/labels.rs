@@ -38,10 +38,15 @@ pub const LEASE_SERVICE_SETUP: &str = "service-setup";
 /// Container names inside runtime pods.
 pub const SIDECAR_CONTAINER: &str = "sidecar";
 pub const RUNTIME_CONTAINER: &str = "runtime";
+/// The init container that installs the pod's egress firewall (before the sidecar).
+pub const EGRESS_INIT_CONTAINER: &str = "egress-init";
 
 /// Volume names inside runtime pods.
 pub const SPOOL_VOLUME: &str = "sidecar-spool";
 pub const DATA_VOLUME: &str = "data";
+/// The runtime's scratch space (its root filesystem is read-only).
+pub const TMP_VOLUME: &str = "tmp";
+pub const TMP_MOUNT: &str = "/tmp";
 
 /// Where the sidecar sees its spool.
 pub const SPOOL_MOUNT: &str = "/var/spool/sidecar";

@@ -154,12 +154,14 @@ impl<S: ResultStore> ResultApi<S> {
         match (req.method(), path) {
             (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n", "text/plain"),
             (&Method::GET, "/readyz") => {
-                return match self.readiness.check() {
-                    Ok(()) => text(StatusCode::OK, "ready\n", "text/plain"),
-                    Err(reason) => {
-                        text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n"), "text/plain")
-                    }
+                let (status, mut body) = match self.readiness.check() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+                };
+                for caveat in self.readiness.caveats() {
+                    body.push_str(&format!("warning: {caveat}\n"));
                 }
+                return text(status, body, "text/plain");
             }
             (&Method::GET, "/metrics") => {
                 return text(

@@ -43,9 +43,12 @@ mod persistent;
 mod pod;
 mod settings;
 
-pub use defaults::{default_pod_security_context, default_security_context, default_sidecar_resources};
+pub use defaults::{
+    default_pod_security_context, default_runtime_security_context, default_sidecar_resources,
+    default_sidecar_security_context,
+};
 pub use ephemeral::{ephemeral_objects, EphemeralObjects};
-pub use network_policy::{runtime_network_policy, METADATA_CIDR, METADATA_CIDR_V6};
+pub use network_policy::{runtime_network_policy, METADATA_CIDRS_V4, METADATA_CIDRS_V6};
 pub use persistent::{persistent_objects, persistent_record, retired_persistent_workloads, PersistentObjects};
 pub use pod::image_ref;
 pub use settings::{SidecarPod, TranslateSettings};
@@ -67,6 +70,11 @@ pub enum TranslateError {
     MissingNamespace,
     #[error("extra env may not override {0} (the job manager sets it to keep the runtime behind its sidecar)")]
     ReservedEnv(String),
+    #[error(
+        "the egress firewall needs the sidecar's UID known, non-root and different from the runtime's \
+         (kubernetes.securityContext / runtimeSecurityContext runAsUser)"
+    )]
+    FirewallUids,
     #[error("the deadline {0:?} is not representable")]
     BadDeadline(SystemTime),
     #[error("the job cannot be serialized: {0}")]
@@ -82,6 +90,7 @@ impl TranslateError {
             TranslateError::MissingInternalKeySecret => "missing_internal_key_secret",
             TranslateError::MissingNamespace => "missing_namespace",
             TranslateError::ReservedEnv(_) => "reserved_env",
+            TranslateError::FirewallUids => "firewall_uids",
             TranslateError::BadDeadline(_) => "bad_deadline",
             TranslateError::Serialize(_) => "serialize",
         }

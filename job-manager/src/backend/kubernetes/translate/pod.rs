@@ -1,7 +1,10 @@
 //! The pod template ephemeral Jobs and persistent Deployments share: the sidecar as a
 //! native sidecar (init container, `restartPolicy: Always`), the runtime container
 //! behind it, their env and volumes.
-use super::defaults::{default_pod_security_context, default_security_context, default_sidecar_resources};
+use super::defaults::{
+    default_pod_security_context, default_runtime_security_context, default_sidecar_resources,
+    default_sidecar_security_context, egress_init_resources, egress_init_security_context,
+};
 use super::TranslateSettings;
 use super::{TranslateError, INTERNAL_API_KEY_SECRET_KEY};
 use crate::backend::kubernetes::labels;
@@ -51,7 +54,12 @@ pub(super) struct PodInputs<'a> {
 
 pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateError> {
     let k = &p.settings.kubernetes;
-    let mut init_containers = vec![sidecar_container(p)];
+    let mut init_containers = Vec::new();
+    // The firewall goes in before anything else in the pod can send a packet.
+    if k.egress_firewall.enabled {
+        init_containers.push(egress_init_container(p.settings)?);
+    }
+    init_containers.push(sidecar_container(p));
     // Extra sidecars run as native sidecars too: as plain containers they would keep a
     // Job's pod alive after the runtime exits.
     init_containers.extend(k.sidecars.iter().cloned().map(|mut c| {
@@ -66,6 +74,11 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
         ..core::Volume::default()
     });
     volumes.push(data_volume(p.settings));
+    volumes.push(core::Volume {
+        name: labels::TMP_VOLUME.into(),
+        empty_dir: Some(core::EmptyDirVolumeSource::default()),
+        ..core::Volume::default()
+    });
     volumes.extend(k.extra_volumes.iter().cloned());
 
     let mut pull_secrets: Vec<core::LocalObjectReference> = Vec::new();
@@ -89,6 +102,11 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
         // env (`/proc/<pid>/environ`), which holds the job token.
         share_process_namespace: Some(false),
         termination_grace_period_seconds: Some(k.termination_grace_period_seconds),
+        runtime_class_name: non_empty(if p.runtime.runtime_class_name.is_empty() {
+            &k.runtime_class_name
+        } else {
+            &p.runtime.runtime_class_name
+        }),
         security_context: Some(k.pod_security_context.clone().unwrap_or_else(default_pod_security_context)),
         node_selector: (!k.node_selector.is_empty()).then(|| k.node_selector.clone()),
         tolerations: (!k.tolerations.is_empty()).then(|| k.tolerations.clone()),
@@ -117,6 +135,28 @@ fn data_volume(settings: &TranslateSettings) -> core::Volume {
         });
     }
     volume
+}
+
+/// The egress firewall's init container: the sidecar image's `egress-init` command,
+/// allowing only the sidecar's UID to send packets off the pod (every other UID reaches
+/// loopback only). Config validation refused a sidecar UID that is unknown, root or the
+/// runtime's; translation checks again rather than render a firewall that lets the
+/// runtime out.
+fn egress_init_container(c: &TranslateSettings) -> Result<core::Container, TranslateError> {
+    let k = &c.kubernetes;
+    let proxy_uid = match (k.sidecar_uid(), k.runtime_uid()) {
+        (Some(s), r) if s > 0 && r != Some(s) => s,
+        _ => return Err(TranslateError::FirewallUids),
+    };
+    Ok(core::Container {
+        name: labels::EGRESS_INIT_CONTAINER.into(),
+        image: Some(image_ref(&k.image_registry, &c.sidecar.image)),
+        image_pull_policy: non_empty(&c.sidecar.image.pull_policy),
+        args: Some(vec!["egress-init".into(), "--proxy-uid".into(), proxy_uid.to_string()]),
+        resources: Some(egress_init_resources()),
+        security_context: Some(egress_init_security_context()),
+        ..core::Container::default()
+    })
 }
 
 fn env(name: &str, value: impl Into<String>) -> core::EnvVar {
@@ -202,7 +242,7 @@ fn sidecar_container(p: &PodInputs<'_>) -> core::Container {
             ..core::Probe::default()
         }),
         resources: Some(s.resources.clone().unwrap_or_else(default_sidecar_resources)),
-        security_context: Some(c.kubernetes.security_context.clone().unwrap_or_else(|| default_security_context(true))),
+        security_context: Some(c.kubernetes.security_context.clone().unwrap_or_else(default_sidecar_security_context)),
         volume_mounts: Some(mounts),
         ..core::Container::default()
     }
@@ -246,6 +286,11 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
         sub_path: non_empty(&persistence.sub_path),
         ..core::VolumeMount::default()
     }];
+    mounts.push(core::VolumeMount {
+        name: labels::TMP_VOLUME.into(),
+        mount_path: labels::TMP_MOUNT.into(),
+        ..core::VolumeMount::default()
+    });
     mounts.extend(k.extra_volume_mounts.iter().cloned());
     Ok(core::Container {
         name: labels::RUNTIME_CONTAINER.into(),
@@ -253,7 +298,7 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
         image_pull_policy: non_empty(&p.runtime.image.pull_policy),
         env: Some(envs),
         resources: p.runtime.resources.clone(),
-        security_context: Some(k.runtime_security_context.clone().unwrap_or_else(|| default_security_context(false))),
+        security_context: Some(k.runtime_security_context.clone().unwrap_or_else(default_runtime_security_context)),
         volume_mounts: Some(mounts),
         ..core::Container::default()
     })

@@ -50,7 +50,7 @@ fn no_service_account_token_and_no_service_links() {
 fn token_and_key_reach_the_sidecar_only() {
     let o = objects(&config());
     let p = pod(&o);
-    let sidecar = &p.init_containers.as_ref().unwrap()[0];
+    let sidecar = &p.init_containers.as_ref().unwrap()[1];
     let runtime = &p.containers[0];
     assert_eq!(sidecar.name, "sidecar");
     assert_eq!(runtime.name, "runtime");
@@ -78,7 +78,7 @@ fn token_and_key_reach_the_sidecar_only() {
     assert!(sidecar_env_of(sidecar_env::JOB_DIR).is_none());
     let template = o.job.spec.as_ref().unwrap().template.clone();
     let mut without_sidecar_env = template.clone();
-    without_sidecar_env.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].env = None;
+    without_sidecar_env.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[1].env = None;
     let rest = serde_json::to_string(&without_sidecar_env).unwrap();
     assert!(!rest.contains("tok-123"), "{rest}");
     assert!(!serde_json::to_string(&o.record).unwrap().contains("tok-123"));
@@ -92,22 +92,24 @@ fn hardened_defaults() {
     let psc = p.security_context.unwrap();
     assert_eq!((psc.run_as_non_root, psc.run_as_user, psc.fs_group), (Some(true), Some(1001), Some(1001)));
     assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
-    let sidecar = &p.init_containers.as_ref().unwrap()[0];
-    for (c, read_only) in [(sidecar, true), (&p.containers[0], false)] {
+    let sidecar = &p.init_containers.as_ref().unwrap()[1];
+    assert_eq!(sidecar.name, labels::SIDECAR_CONTAINER);
+    for (c, uid) in [(sidecar, 1002), (&p.containers[0], 1001)] {
         let sc = c.security_context.clone().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
         assert_eq!(sc.privileged, Some(false));
         assert_eq!(sc.run_as_non_root, Some(true));
-        assert_eq!(sc.run_as_user, Some(1001));
+        assert_eq!(sc.run_as_user, Some(uid));
         assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
-        assert_eq!(sc.read_only_root_filesystem, Some(read_only), "{}", c.name);
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
     }
 }
 
 #[test]
 fn native_sidecar_gates_the_runtime() {
     let p = pod(&objects(&config()));
-    let sidecar = &p.init_containers.as_ref().unwrap()[0];
+    let sidecar = &p.init_containers.as_ref().unwrap()[1];
+    assert_eq!(sidecar.name, labels::SIDECAR_CONTAINER);
     assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
     let probe = sidecar.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
     assert_eq!(probe.path.as_deref(), Some("/readyz"));
@@ -208,15 +210,135 @@ fn network_policy_blocks_metadata_and_api_servers() {
         vec!["10.0.0.1".into(), "10.0.0.2:6443".into(), "[fd00::1]:443".into(), "api.internal".into()];
     let np = runtime_network_policy(&TranslateSettings::from(&c), "ns");
     let text = serde_json::to_string(&np).unwrap();
-    for cidr in ["169.254.169.254/32", "fd00:ec2::254/128", "10.0.0.1/32", "10.0.0.2/32", "fd00::1/128"] {
-        assert!(text.contains(cidr), "{cidr} missing: {text}");
+    let except = |np: &k8s_openapi::api::networking::v1::NetworkPolicy, cidr: &str| -> Vec<String> {
+        let rules = np.spec.clone().unwrap().egress.unwrap();
+        let peers = rules.into_iter().flat_map(|r| r.to.unwrap_or_default());
+        let block = peers.filter_map(|p| p.ip_block).find(|b| b.cidr == cidr).expect("the catch-all block");
+        block.except.unwrap_or_default()
+    };
+    let v4 = except(&np, "0.0.0.0/0");
+    let v6 = except(&np, "::/0");
+    // Every metadata address of the major clouds, and the configured API servers.
+    for cidr in ["169.254.0.0/16", "100.100.100.200/32", "168.63.129.16/32", "10.0.0.1/32", "10.0.0.2/32"] {
+        assert!(v4.contains(&cidr.to_string()), "{cidr} missing: {v4:?}");
     }
+    for cidr in ["fe80::/10", "fd00:ec2::254/128", "fd00:ec2::23/128", "fd20:ce::254/128", "fd00:c1::a9fe:a9fe/128"] {
+        assert!(v6.contains(&cidr.to_string()), "{cidr} missing: {v6:?}");
+    }
+    assert!(v6.contains(&"fd00::1/128".to_string()), "{v6:?}");
+    assert!(v4.iter().all(|c| !c.contains(':')) && v6.iter().all(|c| c.contains(':')), "{v4:?} {v6:?}");
     c.kubernetes.restrict_metadata_service = false;
     c.sidecar.api_server_addresses.clear();
     let text = serde_json::to_string(&runtime_network_policy(&TranslateSettings::from(&c), "ns")).unwrap();
-    assert!(!text.contains("169.254.169.254"), "{text}");
+    assert!(!text.contains("169.254"), "{text}");
     assert!(!text.contains("fd00:ec2::254"), "{text}");
     assert!(!text.contains("except"), "{text}");
+}
+
+#[test]
+fn network_policy_deny_cidrs_are_excepted_in_canonical_form() {
+    let mut c = config();
+    c.kubernetes.restrict_metadata_service = false;
+    c.kubernetes.network_policy.deny_cidrs =
+        vec!["10.128.7.9/16".into(), "fd00:1:2::5/48".into(), "10.128.0.0/16".into()];
+    let np = runtime_network_policy(&TranslateSettings::from(&c), "ns");
+    let blocks: Vec<_> = np
+        .spec
+        .unwrap()
+        .egress
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.to.unwrap_or_default())
+        .filter_map(|p| p.ip_block)
+        .collect();
+    let except = |cidr: &str| blocks.iter().find(|b| b.cidr == cidr).unwrap().except.clone().unwrap_or_default();
+    assert_eq!(except("0.0.0.0/0"), vec!["10.128.0.0/16".to_string()], "canonical and deduplicated");
+    assert_eq!(except("::/0"), vec!["fd00:1:2::/48".to_string()]);
+}
+
+fn egress_init(p: &core::PodSpec) -> Option<core::Container> {
+    p.init_containers.clone().unwrap().into_iter().find(|c| c.name == labels::EGRESS_INIT_CONTAINER)
+}
+
+#[test]
+fn egress_init_runs_first_as_root_with_net_admin_only_and_allows_the_sidecar_uid() {
+    let p = pod(&objects(&config()));
+    let inits = p.init_containers.clone().unwrap();
+    assert_eq!(inits[0].name, labels::EGRESS_INIT_CONTAINER, "before the sidecar: nothing sends before the firewall");
+    assert_eq!(inits[1].name, labels::SIDECAR_CONTAINER);
+    let init = &inits[0];
+    assert_eq!(init.restart_policy, None, "a plain init container: it must finish before the sidecar starts");
+    assert_eq!(init.image, inits[1].image, "shipped in the sidecar image");
+    assert_eq!(init.args.clone().unwrap(), vec!["egress-init", "--proxy-uid", "1002"]);
+    let ctx = init.security_context.clone().unwrap();
+    let caps = ctx.capabilities.unwrap();
+    assert_eq!(caps.add, Some(vec!["NET_ADMIN".to_string()]));
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    assert_eq!((ctx.run_as_user, ctx.run_as_non_root), (Some(0), Some(false)));
+    assert_eq!(ctx.allow_privilege_escalation, Some(false));
+    assert_eq!(ctx.privileged, Some(false));
+    assert_eq!(ctx.read_only_root_filesystem, Some(true));
+    assert_eq!(ctx.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    assert!(init.env.is_none() && init.volume_mounts.is_none(), "no secrets, no volumes");
+    // The sidecar and the runtime keep nothing but their own UIDs, which differ.
+    let sidecar = inits[1].security_context.clone().unwrap();
+    let runtime = p.containers[0].security_context.clone().unwrap();
+    assert_eq!((sidecar.run_as_user, runtime.run_as_user), (Some(1002), Some(1001)));
+    for ctx in [sidecar, runtime] {
+        assert_eq!(ctx.capabilities.unwrap().add, None);
+        assert_eq!(ctx.read_only_root_filesystem, Some(true));
+    }
+}
+
+#[test]
+fn egress_init_follows_the_configured_sidecar_uid_and_goes_when_disabled() {
+    let mut c = config();
+    c.kubernetes.security_context = Some(core::SecurityContext { run_as_user: Some(4242), ..Default::default() });
+    let init = egress_init(&pod(&objects(&c))).unwrap();
+    assert_eq!(init.args.unwrap()[2], "4242");
+    // A sidecar context without runAsUser takes the pod's.
+    c.kubernetes.security_context = Some(core::SecurityContext::default());
+    c.kubernetes.runtime_security_context =
+        Some(core::SecurityContext { run_as_user: Some(1001), ..Default::default() });
+    c.kubernetes.pod_security_context =
+        Some(core::PodSecurityContext { run_as_user: Some(3000), ..Default::default() });
+    assert_eq!(egress_init(&pod(&objects(&c))).unwrap().args.unwrap()[2], "3000");
+    c.kubernetes.egress_firewall.enabled = false;
+    assert!(egress_init(&pod(&objects(&c))).is_none());
+}
+
+#[test]
+fn translation_refuses_a_firewall_that_would_let_the_runtime_out() {
+    let mut c = config();
+    for (sidecar, runtime) in [(Some(1001), Some(1001)), (Some(0), Some(1001)), (None, Some(1001))] {
+        c.kubernetes.pod_security_context = Some(core::PodSecurityContext::default());
+        c.kubernetes.security_context = Some(core::SecurityContext { run_as_user: sidecar, ..Default::default() });
+        c.kubernetes.runtime_security_context =
+            Some(core::SecurityContext { run_as_user: runtime, ..Default::default() });
+        let err = ephemeral_objects(&job("node-api-runtime"), "t", deadline(), &TranslateSettings::from(&c), "ns")
+            .unwrap_err();
+        assert!(matches!(err, TranslateError::FirewallUids), "{sidecar:?}/{runtime:?}: {err}");
+    }
+}
+
+#[test]
+fn runtime_class_global_and_per_runtime() {
+    let mut c = config();
+    assert_eq!(pod(&objects(&c)).runtime_class_name, None);
+    c.kubernetes.runtime_class_name = "gvisor".into();
+    assert_eq!(pod(&objects(&c)).runtime_class_name.as_deref(), Some("gvisor"));
+    c.runtimes[0].runtime_class_name = "kata".into();
+    assert_eq!(pod(&objects(&c)).runtime_class_name.as_deref(), Some("kata"));
+}
+
+#[test]
+fn runtime_root_is_read_only_with_scratch_at_tmp() {
+    let p = pod(&objects(&config()));
+    let runtime = &p.containers[0];
+    let tmp = runtime.volume_mounts.iter().flatten().find(|m| m.mount_path == "/tmp").expect("a /tmp mount");
+    let volume = p.volumes.unwrap().into_iter().find(|v| v.name == tmp.name).unwrap();
+    assert!(volume.empty_dir.is_some(), "{volume:?}");
+    assert_eq!(runtime.security_context.clone().unwrap().read_only_root_filesystem, Some(true));
 }
 
 #[test]
