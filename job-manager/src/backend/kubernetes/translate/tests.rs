@@ -209,7 +209,6 @@ fn network_policy_blocks_metadata_and_api_servers() {
     c.sidecar.api_server_addresses =
         vec!["10.0.0.1".into(), "10.0.0.2:6443".into(), "[fd00::1]:443".into(), "api.internal".into()];
     let np = runtime_network_policy(&TranslateSettings::from(&c), "ns");
-    let text = serde_json::to_string(&np).unwrap();
     let except = |np: &k8s_openapi::api::networking::v1::NetworkPolicy, cidr: &str| -> Vec<String> {
         let rules = np.spec.clone().unwrap().egress.unwrap();
         let peers = rules.into_iter().flat_map(|r| r.to.unwrap_or_default());
