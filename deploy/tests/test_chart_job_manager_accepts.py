@@ -79,3 +79,19 @@ def test_job_manager_accepts_the_chart_config(chart, case, tmp_path):
         _, stderr = process.communicate()
     assert process.returncode != EXIT_CONFIG, f"{case}: the job manager refused the chart's settings:\n{stderr}"
     assert "invalid setting" not in stderr and "unknown field" not in stderr, stderr
+
+
+def test_a_sidecar_sharing_the_runtime_uid_is_refused_with_the_rule(chart, tmp_path):
+    """`sidecarSecurityContext: null` inherits the job manager's context (UID 1001, the
+    runtime's): the job manager refuses it at load, naming the rule."""
+    values = values_for("defaults")
+    values.setdefault("runtimePods", {})["sidecarSecurityContext"] = None
+    rendered = render_chart(chart, values)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(rendered.one("ConfigMap")["data"]["config.yaml"])
+    env = pod_environment(rendered, config_path)
+    env.update({"JM_BROKER_API_ENDPOINT": "http://127.0.0.1:9", "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
+                "PATH": "/usr/bin:/bin"})
+    out = subprocess.run([str(job_manager_binary())], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == EXIT_CONFIG, out.stderr
+    assert "the sidecar and the runtime both run as UID 1001; they must differ" in out.stderr, out.stderr

@@ -11,7 +11,8 @@ import yaml
 from conftest import KUBE_VERSIONS, NAMESPACE, RELEASE, job_manager_binary, kube_validate, load_all, render, run
 from test_chart_matrix import values_for
 
-CASES = ["defaults", "everything", "registry-override", "persistence-pvc", "network-policy"]
+CASES = ["defaults", "everything", "registry-override", "persistence-pvc", "network-policy", "runtime-sandbox",
+         "egress-firewall-off"]
 
 
 def runtime_objects(chart, case: str, runtime: str, tmp_path) -> list:
@@ -76,3 +77,48 @@ def test_registry_override_reaches_runtime_images(chart, tmp_path):
         images = [c["image"] for c in pod["containers"] + pod.get("initContainers", [])]
         assert all(i.startswith("registry.example.com:5000/") for i in images), images
         assert {"name": "regcred"} in pod["imagePullSecrets"]
+
+
+def egress_init(pod: dict):
+    return next((c for c in pod.get("initContainers", []) if c["name"] == "egress-init"), None)
+
+
+@pytest.mark.parametrize("case,uid", [("defaults", 1002), ("runtime-sandbox", 2102)])
+def test_egress_firewall_runs_first_and_lets_only_the_sidecar_uid_out(chart, case, uid, tmp_path):
+    for pod in pod_specs(runtime_objects(chart, case, "node-api-runtime", tmp_path)):
+        inits = pod["initContainers"]
+        assert [c["name"] for c in inits[:2]] == ["egress-init", "sidecar"], "the firewall is in before the sidecar starts"
+        init = inits[0]
+        assert init["args"] == ["egress-init", "--proxy-uid", str(uid)]
+        assert init["image"] == inits[1]["image"], "shipped in the sidecar image"
+        assert "restartPolicy" not in init
+        assert init["securityContext"]["capabilities"] == {"add": ["NET_ADMIN"], "drop": ["ALL"]}
+        assert init["securityContext"]["runAsUser"] == 0 and init["securityContext"]["allowPrivilegeEscalation"] is False
+        assert inits[1]["securityContext"]["runAsUser"] == uid
+        runtime = next(c for c in pod["containers"] if c["name"] == "runtime")
+        assert runtime["securityContext"]["runAsUser"] != uid
+
+
+def test_egress_firewall_off_renders_no_init_and_says_so(chart, tmp_path):
+    for pod in pod_specs(runtime_objects(chart, "egress-firewall-off", "node-api-runtime", tmp_path)):
+        assert egress_init(pod) is None
+    notes = render(chart, values_for("egress-firewall-off")).notes()
+    assert "WARNING: runtimePods.egressFirewall.enabled is false" in notes
+    assert "pod-security.kubernetes.io/enforce=privileged" in render(chart, values_for("defaults")).notes()
+
+
+def test_runtime_class_global_and_per_runtime(chart, tmp_path):
+    api = pod_specs(runtime_objects(chart, "runtime-sandbox", "node-api-runtime", tmp_path))
+    browser = pod_specs(runtime_objects(chart, "runtime-sandbox", "node-browser-runtime", tmp_path))
+    assert {p["runtimeClassName"] for p in api} == {"gvisor"}
+    assert {p["runtimeClassName"] for p in browser} == {"kata"}
+    assert all("runtimeClassName" not in p for p in pod_specs(runtime_objects(chart, "defaults", "node-api-runtime", tmp_path)))
+
+
+def test_network_policy_deny_cidrs_reach_the_runtime_policy(chart, tmp_path):
+    objects = runtime_objects(chart, "runtime-sandbox", "node-api-runtime", tmp_path)
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    excepts = {b["cidr"]: b.get("except", []) for rule in policy["spec"]["egress"] for peer in rule.get("to", [])
+               if "ipBlock" in peer for b in [peer["ipBlock"]]}
+    assert "10.240.0.0/16" in excepts["0.0.0.0/0"] and "169.254.0.0/16" in excepts["0.0.0.0/0"]
+    assert "fd10:240::/64" in excepts["::/0"] and "fd00:ec2::254/128" in excepts["::/0"]

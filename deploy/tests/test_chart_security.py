@@ -55,8 +55,13 @@ def test_runtime_pods_are_hardened_and_tokenless(chart, case):
         assert runtime_sa not in [s["name"] for s in binding["subjects"]]
 
 
-def test_sidecar_security_context_inherits_and_overrides(chart):
-    inherited = render(chart, REQUIRED).config()["kubernetes"]["securityContext"]
+def test_sidecar_security_context_own_uid_inherits_and_overrides(chart):
+    k8s = render(chart, REQUIRED).config()["kubernetes"]
+    assert k8s["securityContext"]["runAsUser"] == 1002, "the sidecar's own UID (the egress firewall lets only it out)"
+    assert k8s["runtimeSecurityContext"]["runAsUser"] == 1001
+    # null removes the chart's default (Helm merges maps, so `{}` would keep it).
+    emptied = deep_merge(REQUIRED, {"runtimePods": {"sidecarSecurityContext": None}})
+    inherited = render(chart, emptied).config()["kubernetes"]["securityContext"]
     assert inherited == render(chart, REQUIRED).jm_container()["securityContext"]
     custom = deep_merge(REQUIRED, {"runtimePods": {"sidecarSecurityContext": {
         "runAsNonRoot": True, "runAsUser": 2000, "runAsGroup": 2000, "allowPrivilegeEscalation": False, "privileged": False,

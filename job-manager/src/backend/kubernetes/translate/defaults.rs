@@ -18,23 +18,24 @@ pub fn default_pod_security_context() -> core::PodSecurityContext {
     }
 }
 
-/// Seed 001 container defaults, read-only root filesystem (the runtime gets an emptyDir
-/// at `/tmp` for scratch space). The sidecar runs as its own UID, so the egress firewall
+/// Seed 001 container defaults. The sidecar runs as its own UID, so the egress firewall
 /// can tell its packets from the runtime's; both share the pod's `fsGroup`.
 pub fn default_sidecar_security_context() -> core::SecurityContext {
-    hardened(DEFAULT_SIDECAR_UID)
+    hardened(DEFAULT_SIDECAR_UID, true)
 }
 
+/// The runtime's root filesystem stays writable as in the seed (browsers write outside
+/// /tmp); `readOnlyRootFilesystem: true` suits runtimes that only use /tmp (an emptyDir).
 pub fn default_runtime_security_context() -> core::SecurityContext {
-    hardened(DEFAULT_RUNTIME_UID)
+    hardened(DEFAULT_RUNTIME_UID, false)
 }
 
-fn hardened(uid: i64) -> core::SecurityContext {
+fn hardened(uid: i64, read_only_root: bool) -> core::SecurityContext {
     core::SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(core::Capabilities { add: None, drop: Some(vec!["ALL".into()]) }),
         privileged: Some(false),
-        read_only_root_filesystem: Some(true),
+        read_only_root_filesystem: Some(read_only_root),
         run_as_group: Some(uid),
         run_as_non_root: Some(true),
         run_as_user: Some(uid),

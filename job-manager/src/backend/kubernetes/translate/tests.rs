@@ -94,14 +94,14 @@ fn hardened_defaults() {
     assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
     let sidecar = &p.init_containers.as_ref().unwrap()[1];
     assert_eq!(sidecar.name, labels::SIDECAR_CONTAINER);
-    for (c, uid) in [(sidecar, 1002), (&p.containers[0], 1001)] {
+    for (c, uid, read_only) in [(sidecar, 1002, true), (&p.containers[0], 1001, false)] {
         let sc = c.security_context.clone().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
         assert_eq!(sc.privileged, Some(false));
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.run_as_user, Some(uid));
         assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
-        assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+        assert_eq!(sc.read_only_root_filesystem, Some(read_only), "{}", c.name);
     }
 }
 
@@ -285,7 +285,6 @@ fn egress_init_runs_first_as_root_with_net_admin_only_and_allows_the_sidecar_uid
     assert_eq!((sidecar.run_as_user, runtime.run_as_user), (Some(1002), Some(1001)));
     for ctx in [sidecar, runtime] {
         assert_eq!(ctx.capabilities.unwrap().add, None);
-        assert_eq!(ctx.read_only_root_filesystem, Some(true));
     }
 }
 
@@ -331,8 +330,14 @@ fn runtime_class_global_and_per_runtime() {
 }
 
 #[test]
-fn runtime_root_is_read_only_with_scratch_at_tmp() {
-    let p = pod(&objects(&config()));
+fn runtime_scratch_at_tmp_lets_the_root_filesystem_be_read_only() {
+    let mut c = config();
+    c.kubernetes.runtime_security_context = Some(core::SecurityContext {
+        read_only_root_filesystem: Some(true),
+        run_as_user: Some(1001),
+        ..Default::default()
+    });
+    let p = pod(&objects(&c));
     let runtime = &p.containers[0];
     let tmp = runtime.volume_mounts.iter().flatten().find(|m| m.mount_path == "/tmp").expect("a /tmp mount");
     let volume = p.volumes.unwrap().into_iter().find(|v| v.name == tmp.name).unwrap();
