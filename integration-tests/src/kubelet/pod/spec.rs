@@ -166,7 +166,16 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
             args = image_default_args(&ctx.opts, c);
         }
         // The image's entrypoint is the mapped binary; command[0] names it inside the image.
-        let argv: Vec<String> = command.iter().skip(1).chain(args.iter()).map(|a| rewrite(a)).collect();
+        let mut argv: Vec<String> = command.iter().skip(1).chain(args.iter()).map(|a| rewrite(a)).collect();
+        let mut binary = binary;
+        if adds_capability(c, "NET_ADMIN") {
+            // Pods here share the host's network, which a container that programs its
+            // pod's network namespace (the egress firewall) must not touch: it runs in a
+            // network namespace of its own, as root of a user namespace of its own.
+            argv = [PRIVATE_NET_ARGS.iter().map(|a| a.to_string()).collect(), vec![binary.display().to_string()], argv]
+                .concat();
+            binary = PathBuf::from(UNSHARE);
+        }
         launches.push(Launch {
             name: cname.into(),
             binary,
@@ -177,4 +186,14 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
         });
     }
     Ok(Prepared { launches, net })
+}
+
+/// util-linux `unshare`, which gives a container a private network namespace.
+const UNSHARE: &str = "unshare";
+const PRIVATE_NET_ARGS: [&str; 4] = ["--user", "--map-root-user", "--net", "--"];
+
+fn adds_capability(container: &Value, capability: &str) -> bool {
+    container["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .is_some_and(|caps| caps.iter().any(|c| c.as_str() == Some(capability)))
 }

@@ -254,70 +254,88 @@ impl Coordinator {
         self.cache.lock().await.take();
     }
 
-    /// Quotes the Job controller's `FailedCreate` event (quota, admission) in a "no pod"
-    /// result; the plain message when there is none or it cannot be read.
-    async fn no_pod_message(&self, job: &str, message: String) -> String {
+    /// The Job controller's `FailedCreate` events on `job` (quota, admission); empty when
+    /// they cannot be read.
+    async fn failed_create_events(&self, job: &str) -> Vec<core::Event> {
         let events: Api<core::Event> = Api::namespaced(self.ctx.client.clone(), &self.ctx.namespace);
         let lp = ListParams::default()
             .fields(&format!("involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"));
         match events.list(&lp).await {
-            Ok(list) => diagnose::no_pod_message(&message, &list.items),
+            Ok(list) => list.items,
             Err(e) => {
-                tracing::warn!(job, error = %e, "cannot read the Job's FailedCreate events; reporting without them");
-                message
+                tracing::warn!(job, error = %e, "cannot read the Job's FailedCreate events");
+                Vec::new()
             }
         }
     }
 
     async fn execute(&self, action: Action, records: &[JobRecord]) -> Result<Executed, CoordinationError> {
-        let m = &self.ctx.metrics;
-        let dp = DeleteParams::background();
-        let record_named = |name: &str| records.iter().find(|r| r.metadata.name.as_deref() == Some(name));
         match action {
+            Action::CheckAdmission { name, mut result } => {
+                let events = self.failed_create_events(&name).await;
+                if !diagnose::lasting_refusal(&events) {
+                    return Ok(Executed::Nothing);
+                }
+                result.message = diagnose::no_pod_message(&result.message, &events);
+                let reported = self.report(result, diagnose::Cause::NoPod, records).await;
+                // Nothing will ever run it: the Job goes too.
+                self.stop_job(&name, records).await?;
+                Ok(reported)
+            }
             Action::Report { mut result, cause } => {
                 if cause == diagnose::Cause::NoPod {
-                    let job = labels::object_name(&result.job_id);
-                    result.message = self.no_pod_message(&job, result.message).await;
+                    let events = self.failed_create_events(&labels::object_name(&result.job_id)).await;
+                    result.message = diagnose::no_pod_message(&result.message, &events);
                 }
-                let recorded = self.intake.record(&result).await;
-                match recorded {
-                    Ok(Recorded::Accepted) => {
-                        m.diagnosed
-                            .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: cause.label() })
-                            .inc();
-                        tracing::warn!(job_id = %result.job_id, cause = cause.label(), message = %result.message, "job manager decided the job's result");
-                        if let Some(r) = record_named(&labels::object_name(&result.job_id)) {
-                            self.ctx.events.diagnosed(r, cause_reason(cause), &result.message);
-                        }
-                        Ok(Executed::Reported)
-                    }
-                    // A sidecar's result got there first: it wins.
-                    Ok(_) => Ok(Executed::Nothing),
-                    Err(e) => {
-                        tracing::warn!(job_id = %result.job_id, error = %e, "could not record a decided result");
-                        Ok(Executed::Nothing)
-                    }
-                }
+                Ok(self.report(result, cause, records).await)
             }
-            Action::DeleteJob { name } => {
-                let jobs = self.ctx.jobs();
-                let done = deleted(jobs.delete(&name, &dp).await)?;
-                m.pruned
-                    .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: "stopped_job" })
-                    .inc();
-                if let Some(r) = record_named(&name) {
-                    self.ctx.events.pruned(r, "stopped the job's workload");
-                }
-                Ok(done)
-            }
+            Action::DeleteJob { name } => self.stop_job(&name, records).await,
             Action::DeleteOrphanJob { name } => {
-                let jobs = self.ctx.jobs();
-                m.pruned
+                self.ctx
+                    .metrics
+                    .pruned
                     .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: "orphan_job" })
                     .inc();
-                deleted(jobs.delete(&name, &dp).await)
+                deleted(self.ctx.jobs().delete(&name, &DeleteParams::background()).await)
             }
         }
+    }
+
+    /// Records a decided result (first wins: a sidecar's result that got there first stays).
+    async fn report(&self, result: common::JobResult, cause: diagnose::Cause, records: &[JobRecord]) -> Executed {
+        match self.intake.record(&result).await {
+            Ok(Recorded::Accepted) => {
+                self.ctx
+                    .metrics
+                    .diagnosed
+                    .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: cause.label() })
+                    .inc();
+                tracing::warn!(job_id = %result.job_id, cause = cause.label(), message = %result.message, "job manager decided the job's result");
+                if let Some(r) = record_named(records, &labels::object_name(&result.job_id)) {
+                    self.ctx.events.diagnosed(r, cause_reason(cause), &result.message);
+                }
+                Executed::Reported
+            }
+            Ok(_) => Executed::Nothing,
+            Err(e) => {
+                tracing::warn!(job_id = %result.job_id, error = %e, "could not record a decided result");
+                Executed::Nothing
+            }
+        }
+    }
+
+    /// Deletes a job's Job (its pod stops; the record stays until delivery).
+    async fn stop_job(&self, name: &str, records: &[JobRecord]) -> Result<Executed, CoordinationError> {
+        let done = deleted(self.ctx.jobs().delete(name, &DeleteParams::background()).await)?;
+        self.ctx
+            .metrics
+            .pruned
+            .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: "stopped_job" })
+            .inc();
+        if let Some(r) = record_named(records, name) {
+            self.ctx.events.pruned(r, "stopped the job's workload");
+        }
+        Ok(done)
     }
 
     /// Apply every persistent workload and the NetworkPolicy. Public for tests.
@@ -415,4 +433,8 @@ fn cause_reason(cause: diagnose::Cause) -> &'static str {
         PodFailed => "PodFailed",
         NoResult => "NoResult",
     }
+}
+
+fn record_named<'a>(records: &'a [JobRecord], name: &str) -> Option<&'a JobRecord> {
+    records.iter().find(|r| r.metadata.name.as_deref() == Some(name))
 }

@@ -30,6 +30,10 @@ pub struct Timing {
     pub unschedulable_grace: Duration,
     /// A Job without any pod this long (quota, admission refusal).
     pub no_pod_grace: Duration,
+    /// A Job without any pod this long gets its `FailedCreate` events read: an admission
+    /// refusal that no retry can change (Pod Security, a validating webhook) fails the
+    /// job at once instead of after `no_pod_grace`.
+    pub admission_check: Duration,
     /// A Job complete/failed this long without a result (the sidecar had its chance to
     /// deliver a spooled one).
     pub finished_grace: Duration,
@@ -45,6 +49,7 @@ impl Default for Timing {
             config_error_grace: Duration::from_secs(30),
             unschedulable_grace: Duration::from_secs(120),
             no_pod_grace: Duration::from_secs(90),
+            admission_check: Duration::from_secs(3),
             finished_grace: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(60),
         }
@@ -62,6 +67,10 @@ pub enum Action {
     /// collector normally does this; this covers a Job created without its owner
     /// reference, e.g. by hand or by a version that did so.)
     DeleteOrphanJob { name: String },
+    /// A Job still without a pod: read its `FailedCreate` events; if they show a lasting
+    /// admission refusal ([`lasting_refusal`]), report `result` quoting them and delete
+    /// the Job.
+    CheckAdmission { name: String, result: JobResult },
 }
 
 /// Why the job manager decided a result (the metric label).
@@ -150,6 +159,16 @@ pub fn plan(s: &Snapshot<'_>, timing: &Timing) -> Vec<Action> {
             if job.is_some_and(|j| !job_finished(j)) {
                 actions.push(Action::DeleteJob { name: name.to_string() });
             }
+        } else if let Some(job) = job.filter(|j| record.spec.workload != RecordWorkload::Persistent && podless(j)) {
+            if pods.get(name).is_none_or(Vec::is_empty)
+                && older_than(s.now, job.metadata.creation_timestamp.as_ref(), timing.admission_check)
+            {
+                let message = "no pod was created for the Job: admission refused it".to_string();
+                actions.push(Action::CheckAdmission {
+                    name: name.to_string(),
+                    result: JobResult::new(id, Outcome::Failed, message),
+                });
+            }
         }
     }
     for (name, job) in &jobs {
@@ -214,12 +233,7 @@ fn diagnose_job(job: &batch::Job, pods: &[&core::Pod], now: Timestamp, timing: &
         }
         return None;
     }
-    let status = job.status.as_ref();
-    let seen_pods =
-        status.map(|s| s.active.unwrap_or(0) + s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0)).unwrap_or(0);
-    if pods.is_empty()
-        && seen_pods == 0
-        && older_than(now, job.metadata.creation_timestamp.as_ref(), timing.no_pod_grace)
+    if pods.is_empty() && podless(job) && older_than(now, job.metadata.creation_timestamp.as_ref(), timing.no_pod_grace)
     {
         return Some((
             Cause::NoPod,
@@ -231,6 +245,22 @@ fn diagnose_job(job: &batch::Job, pods: &[&core::Pod], now: Timestamp, timing: &
         ));
     }
     None
+}
+
+/// A Job whose controller has not counted a single pod (active, failed or succeeded).
+fn podless(job: &batch::Job) -> bool {
+    let status = job.status.as_ref();
+    status.map(|s| s.active.unwrap_or(0) + s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0)).unwrap_or(0) == 0
+}
+
+/// Whether the Job controller's `FailedCreate` events show a refusal that retrying the
+/// same pod cannot get past: Pod Security admission (`violates PodSecurity`) or a
+/// validating webhook (`admission webhook ... denied the request`). A quota refusal is
+/// not one: pods finishing elsewhere free it.
+pub fn lasting_refusal(events: &[core::Event]) -> bool {
+    events.iter().filter(|e| e.reason.as_deref() == Some("FailedCreate")).filter_map(|e| e.message.as_deref()).any(
+        |m| m.contains("violates PodSecurity") || (m.contains("admission webhook") && m.contains("denied the request")),
+    )
 }
 
 /// How much of the Job controller's message a result quotes.

@@ -148,10 +148,39 @@ fn unschedulable_after_grace() {
 #[test]
 fn job_without_pods_is_a_quota_or_admission_failure() {
     let jobs = [job("jm-a", json!({}))];
-    assert_eq!(run(&[record("jm-a", 600, false)], &jobs, &[], 60), []);
+    // Young: nothing yet. Past the admission check: read its FailedCreate events (each
+    // pass), no result decided yet. Past the grace: failed, whatever the events say.
+    assert_eq!(run(&[record("jm-a", 600, false)], &jobs, &[], 2), []);
+    let check = run(&[record("jm-a", 600, false)], &jobs, &[], 60);
+    assert!(
+        matches!(&check[..], [Action::CheckAdmission { name, result }]
+            if name == "jm-a" && result.outcome == Outcome::Failed && result.message.starts_with("no pod was created for the Job")),
+        "{check:?}"
+    );
     let r = reported(&run(&[record("jm-a", 600, false)], &jobs, &[], 91));
     assert_eq!(r[0].1, Cause::NoPod);
     assert!(r[0].2.contains("quota"), "{}", r[0].2);
+    // A Job whose pod exists (or existed) is never checked.
+    let counted = [job("jm-a", json!({"failed": 1}))];
+    assert!(run(&[record("jm-a", 600, false)], &counted, &[], 60).is_empty());
+}
+
+#[test]
+fn only_admission_refusals_no_retry_can_pass_are_lasting() {
+    let event = |reason: &str, message: &str| -> core::Event {
+        serde_json::from_value(json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Job", "name": "jm-a"},
+            "reason": reason, "message": message}))
+        .unwrap()
+    };
+    let psa = r#"Error creating: pods "jm-a-x" is forbidden: violates PodSecurity "baseline:latest": non-default capabilities (container "egress-init" must not include "NET_ADMIN" in securityContext.capabilities.add)"#;
+    let webhook =
+        r#"Error creating: admission webhook "validation.gatekeeper.sh" denied the request: [no-net-admin] NET_ADMIN"#;
+    let quota = r#"Error creating: pods "jm-a-x" is forbidden: exceeded quota: team, requested: pods=1, used: pods=5, limited: pods=5"#;
+    assert!(lasting_refusal(&[event("FailedCreate", psa)]));
+    assert!(lasting_refusal(&[event("FailedCreate", quota), event("FailedCreate", webhook)]));
+    assert!(!lasting_refusal(&[event("FailedCreate", quota)]), "a quota frees up");
+    assert!(!lasting_refusal(&[event("Warning", psa)]), "only the Job controller's FailedCreate");
+    assert!(!lasting_refusal(&[]));
 }
 
 #[test]
