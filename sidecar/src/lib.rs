@@ -12,6 +12,7 @@ pub mod authority;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod egress_init;
 pub mod error;
 pub mod ingress;
 pub mod ingress_tokens;
