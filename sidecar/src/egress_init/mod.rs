@@ -5,8 +5,9 @@
 //! `iptables` binary: the image is FROM scratch), one table `inet sidecar_egress` whose
 //! output chain lets loopback traffic and the proxy UID's packets out and drops every
 //! other locally-made packet, IPv4 and IPv6, TCP, UDP and ICMP alike. A runtime that
-//! ignores `HTTP_PROXY` gets EPERM from connect()/sendto() and can reach only loopback,
-//! where the sidecar listens. See [`nft`] for the exact ruleset.
+//! ignores `HTTP_PROXY` reaches only loopback, where the sidecar listens: its UDP and
+//! ICMP sends fail with EPERM, and its TCP connects time out (each SYN is dropped; TCP
+//! retransmits rather than reporting EPERM). See [`nft`] for the exact ruleset.
 //!
 //! Rerunning it (an init container restart) replaces our table atomically and leaves one
 //! copy; other tables are never touched. It needs CAP_NET_ADMIN in the pod's network

@@ -36,9 +36,12 @@ fn messages(buf: &[u8]) -> Vec<Msg<'_>> {
     out
 }
 
+/// Attributes as (type with flags, payload).
+type Attrs<'a> = Vec<(u16, &'a [u8])>;
+
 /// Splits a run of attributes into (type with flags, payload), asserting that each
 /// length covers its payload exactly, padding is zero and the run ends on the last pad.
-fn attrs(buf: &[u8]) -> Vec<(u16, &[u8])> {
+fn attrs(buf: &[u8]) -> Attrs<'_> {
     let mut out = Vec::new();
     let mut rest = buf;
     while !rest.is_empty() {
@@ -72,7 +75,7 @@ fn nft(msg: u16) -> u16 {
 }
 
 /// (expression name, its NFTA_EXPR_DATA attributes) of every expression of a rule.
-fn expressions<'a>(rule: &Msg<'a>) -> Vec<(String, Vec<(u16, &'a [u8])>)> {
+fn expressions<'a>(rule: &Msg<'a>) -> Vec<(String, Attrs<'a>)> {
     let top = attrs(rule.attrs);
     attrs(get(&top, NFTA_RULE_EXPRESSIONS, true))
         .into_iter()
