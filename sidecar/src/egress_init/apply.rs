@@ -43,6 +43,15 @@ pub fn install(proxy_uid: u32) -> Result<(), ApplyError> {
     talk(&nft::install_batch(proxy_uid, 1))
 }
 
+/// What the kernel's errno for one step of the batch means for the operator.
+pub(crate) fn refusal(step: String, errno: Errno) -> ApplyError {
+    match errno {
+        Errno::EPERM | Errno::EACCES => ApplyError::NotPermitted(errno),
+        e if unsupported(e) => ApplyError::Unsupported { step, errno: e },
+        e => ApplyError::Refused { step, errno: e },
+    }
+}
+
 fn unsupported(errno: Errno) -> bool {
     matches!(errno, Errno::EPROTONOSUPPORT | Errno::EAFNOSUPPORT | Errno::EOPNOTSUPP | Errno::ENOENT)
 }
@@ -89,11 +98,7 @@ fn talk(batch: &Batch) -> Result<(), ApplyError> {
     if let Some(reply) = first_error {
         let errno = Errno::from_raw(reply.errno);
         let step = batch.step(reply.seq).map_or_else(|| format!("message {}", reply.seq), |s| s.what.clone());
-        return Err(match errno {
-            Errno::EPERM | Errno::EACCES => ApplyError::NotPermitted(errno),
-            e if unsupported(e) => ApplyError::Unsupported { step, errno: e },
-            e => ApplyError::Refused { step, errno: e },
-        });
+        return Err(refusal(step, errno));
     }
     if let Some(seq) = pending.first() {
         return Err(ApplyError::Unanswered(batch.step(*seq).map_or_else(|| seq.to_string(), |s| s.what.clone())));

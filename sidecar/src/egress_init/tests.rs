@@ -1,4 +1,5 @@
 use super::*;
+use nix::errno::Errno;
 
 #[test]
 fn proxy_uid_must_be_a_numeric_non_root_valid_uid() {
@@ -45,4 +46,41 @@ fn clap_errors_shrink_to_their_first_line() {
         one_line("error: the following required arguments were not provided:\n  --proxy-uid <UID>\n\nUsage: x"),
         "the following required arguments were not provided: --proxy-uid <UID>"
     );
+}
+
+#[test]
+fn kernel_refusals_read_as_one_line_naming_the_cause() {
+    struct Case {
+        errno: Errno,
+        want: &'static str,
+    }
+    let step = || "add chain output".to_string();
+    let cases = [
+        Case {
+            errno: Errno::EPERM,
+            want: "cannot program nftables in this network namespace: Operation not permitted (os error 1); \
+                   the init container needs CAP_NET_ADMIN",
+        },
+        Case {
+            errno: Errno::EOPNOTSUPP,
+            want: "this kernel has no usable nf_tables (add chain output: Operation not supported (os error 95)); \
+                   it needs nf_tables with the inet family, filter chains and the meta expression \
+                   (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET)",
+        },
+        Case {
+            errno: Errno::ENOENT,
+            want: "this kernel has no usable nf_tables (add chain output: No such file or directory (os error 2)); \
+                   it needs nf_tables with the inet family, filter chains and the meta expression \
+                   (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET)",
+        },
+        Case {
+            errno: Errno::EBUSY,
+            want: "the kernel refused to add chain output: Device or resource busy (os error 16)",
+        },
+    ];
+    for c in cases {
+        let line = apply::refusal(step(), c.errno).to_string();
+        assert_eq!(line, c.want, "errno {}", c.errno);
+        assert_eq!(line.lines().count(), 1);
+    }
 }
