@@ -718,18 +718,19 @@ fn chromium_refused_https_target_fails_tunnel() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Network namespace: owner-match firewall, runtime user only gets out via the sidecar
+// Network namespace: `sidecar egress-init` firewall, runtime user only gets out via the sidecar
 // ---------------------------------------------------------------------------------------
 
 #[test]
 fn netns_runtime_user_blocked_directly_reaches_origin_through_sidecar() {
-    // Root only (namespaces, iptables); `make test` runs as root on CI's machine. The
-    // script builds throwaway namespaces and prints one `ok - ` line per check.
+    // Root only (namespaces, nftables); `make test` runs as root on CI's machine. The
+    // script builds throwaway namespaces, installs the firewall with the sidecar binary's
+    // `egress-init` and prints one `ok - ` line per check.
     let script = clients_dir().join("netns-egress.sh");
     let out = Command::new(&script).arg(sidecar_bin()).stdin(Stdio::null()).output().expect("run netns-egress.sh");
     let text = stdout(&out);
     assert!(out.status.success(), "netns-egress.sh failed ({}):\n{text}\n{}", out.status, stderr(&out));
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok - ")).count(), 5, "expected 5 passing checks:\n{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok - ")).count(), 11, "expected 11 passing checks:\n{text}");
 }
 
 fn tail(s: &str, n: usize) -> String {

@@ -32,6 +32,10 @@ pub fn load_key(source: &KeySource) -> Result<KeySource, ConfigError> {
 }
 
 pub fn main() -> ExitCode {
+    // `sidecar egress-init ...` is the init container's firewall, not the proxy.
+    if std::env::args_os().nth(1).is_some_and(|a| a == crate::egress_init::SUBCOMMAND) {
+        return crate::egress_init::main(std::env::args_os().skip(1));
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -5,6 +5,10 @@
 //!
 //! `run` takes bound listeners and a shutdown future, so tests run it in-process on
 //! `127.0.0.1:0`; `main.rs` only parses configuration and calls it.
+//!
+//! The same binary carries the pod's egress firewall, `sidecar egress-init --proxy-uid
+//! <UID>` ([`egress_init`]): run first as an init container with CAP_NET_ADMIN, it lets
+//! only loopback and the sidecar's UID send packets out of the pod.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -12,6 +16,7 @@ pub mod authority;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod egress_init;
 pub mod error;
 pub mod ingress;
 pub mod ingress_tokens;

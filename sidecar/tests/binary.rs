@@ -1,5 +1,6 @@
 //! The real binary: configuration errors exit 64, --help documents every setting, the
-//! ready file, SIGTERM, the key from stdin, and the key never in logs.
+//! ready file, SIGTERM, the key from stdin, the key never in logs, and `egress-init`'s
+//! argument refusals.
 mod support;
 
 use std::io::{Read, Write};
@@ -33,6 +34,24 @@ fn bad_configuration_exits_64_naming_the_setting() {
         assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn egress_init_refuses_a_missing_non_numeric_or_root_uid_with_one_line_and_exit_64() {
+    // Argument errors come before any netlink, so this needs no root.
+    let cases: &[(&[&str], &str)] = &[
+        (&["egress-init", "--proxy-uid", "0"], "0 is root"),
+        (&["egress-init", "--proxy-uid", "sidecar"], "\"sidecar\" is not a numeric UID"),
+        (&["egress-init"], "required arguments were not provided: --proxy-uid <UID>"),
+        (&["egress-init", "--listen", "127.0.0.1:0"], "--listen"),
+    ];
+    for (args, needle) in cases {
+        let out = sidecar().args(*args).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("egress-init: ") && err.contains(needle), "{args:?}: {err}");
     }
 }
 
