@@ -16,8 +16,8 @@ use job_manager::backend::kubernetes::setup::KubeSetup;
 use job_manager::backend::{Accepted, Executor, HandoffError};
 use job_manager::results::{ResultIntake, ResultStore};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_executor_support::{config, eventually, handoff, Cluster, NS};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,7 @@ fn fast_timing() -> Timing {
         config_error_grace: Duration::ZERO,
         unschedulable_grace: Duration::ZERO,
         no_pod_grace: Duration::from_secs(3600),
+        admission_check: Duration::ZERO,
         finished_grace: Duration::ZERO,
         orphan_grace: Duration::ZERO,
     }
@@ -212,7 +213,8 @@ async fn service_setup_applies_persistent_workloads_idempotently() {
     let service = cluster.object("v1", "Service", &name).unwrap();
     assert_eq!(service["spec"]["ports"][0]["port"], 8443);
     let deployment = cluster.object("apps/v1", "Deployment", &name).unwrap();
-    assert_eq!(deployment["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"], "Always");
+    assert_eq!(deployment["spec"]["template"]["spec"]["initContainers"][1]["restartPolicy"], "Always");
+    assert_eq!(deployment["spec"]["template"]["spec"]["initContainers"][0]["name"], "egress-init");
     // Applying again (another holder, a restart) changes nothing.
     c.setup_once().await.unwrap();
     let after = [
@@ -374,4 +376,57 @@ async fn persistent_dispatch_backs_off_on_429_and_acks_on_202() {
     let body: serde_json::Value = serde_json::from_slice(last.body()).unwrap();
     assert_eq!(body["id"], "p-1");
     assert!(body.get("signature").is_none());
+}
+
+#[tokio::test]
+async fn a_job_refused_by_pod_security_fails_at_once_quoting_the_admission_message() {
+    let cluster = Cluster::start().await;
+    let setup = cluster.replica(&config()).await;
+    let store = setup.record_store();
+    // The namespace enforces `baseline`, which refuses the egress-init container's NET_ADMIN.
+    let namespaces: Api<Namespace> = Api::all(cluster.client().await);
+    let label = serde_json::json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "baseline"}}});
+    namespaces.patch(NS, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+    setup.executor().start(handoff("refused", "node-api-runtime")).await.unwrap();
+    integration_tests::kubelet::controllers::reconcile_all(cluster.emu.store());
+    assert!(cluster.emu.objects("v1", "Pod", NS).is_empty());
+
+    // no_pod_grace is an hour: only the admission check can decide this now.
+    let pruner = coordinator(&setup, CoordinationSettings { timing: fast_timing(), ..Default::default() });
+    eventually("the refused job is reported", Duration::from_secs(10), || async {
+        pruner.prune_once().await.unwrap();
+        store.lookup_result(&id("refused")).await.unwrap().is_some()
+    })
+    .await;
+    let result = store.lookup_result(&id("refused")).await.unwrap().unwrap();
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(result.message.starts_with("no pod was created for the Job: admission refused it"), "{}", result.message);
+    assert!(
+        result.message.contains(
+            r#"violates PodSecurity "baseline:latest": non-default capabilities (container "egress-init" must not include "NET_ADMIN" in securityContext.capabilities.add)"#
+        ),
+        "{}",
+        result.message
+    );
+    assert!(cluster.emu.objects("batch/v1", "Job", NS).is_empty(), "the refused Job is deleted");
+}
+
+#[tokio::test]
+async fn a_quota_refusal_is_not_failed_before_its_grace() {
+    let cluster = Cluster::start().await;
+    let setup = cluster.replica(&config()).await;
+    let store = setup.record_store();
+    let quotas: Api<ResourceQuota> = Api::namespaced(cluster.client().await, NS);
+    let quota: ResourceQuota =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}))
+            .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    setup.executor().start(handoff("waits", "node-api-runtime")).await.unwrap();
+    integration_tests::kubelet::controllers::reconcile_all(cluster.emu.store());
+    let pruner = coordinator(&setup, CoordinationSettings { timing: fast_timing(), ..Default::default() });
+    for _ in 0..3 {
+        pruner.prune_once().await.unwrap();
+    }
+    assert!(store.lookup_result(&id("waits")).await.unwrap().is_none(), "a quota frees up: the job waits");
+    assert_eq!(cluster.emu.objects("batch/v1", "Job", NS).len(), 1);
 }

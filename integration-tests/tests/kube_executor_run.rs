@@ -98,7 +98,12 @@ async fn polled_job_runs_as_objects_and_its_result_reaches_the_broker_once() {
 
     // What the sidecar gets: the job id and token in its container's env.
     let k8s_job = cluster.object("batch/v1", "Job", &name).unwrap();
-    let sidecar = &k8s_job["spec"]["template"]["spec"]["initContainers"][0];
+    let sidecar = k8s_job["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sidecar")
+        .unwrap();
     let env = |n: &str| {
         sidecar["env"]
             .as_array()

@@ -13,6 +13,7 @@
 //! ```
 pub mod faults;
 pub mod patch;
+pub mod pod_security;
 pub mod quota;
 pub mod resources;
 pub mod selectors;

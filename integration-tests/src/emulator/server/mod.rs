@@ -84,7 +84,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     match route {
         Route::Discovery(v) => Ok(full(StatusCode::OK, &v)),
         Route::Admin(segs) => Ok(admin(&state, &parts.method, &segs, &bytes)),
-        Route::Namespace(name) => Ok(namespace(&state.store, name)),
+        Route::Namespace(name) => Ok(namespace(&state.store, &parts.method, &content_type, name, &bytes)),
         Route::Resource { rt, namespace, name, sub } => {
             let watching = matches!(query.get("watch").map(String::as_str), Some("true") | Some("1"));
             let verb = match (&parts.method, name.is_some()) {
@@ -159,15 +159,42 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     }
 }
 
-/// Namespaces are implicit: every namespace exists and is Active.
-fn namespace(_store: &Store, name: Option<String>) -> Response<Body> {
-    let ns = |n: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-    match name {
-        Some(n) => full(StatusCode::OK, &ns(&n)),
-        None => full(
+/// Namespaces are implicit: every namespace exists and is Active. Their labels and
+/// annotations can be patched (`kubectl label namespace`), which is how Pod Security
+/// levels are set.
+fn namespace(store: &Store, method: &Method, content_type: &str, name: Option<String>, body: &Bytes) -> Response<Body> {
+    let ns = |n: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": store.namespace_metadata(n), "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+    match (method, name) {
+        (&Method::GET, Some(n)) => full(StatusCode::OK, &ns(&n)),
+        (&Method::GET, None) => full(
             StatusCode::OK,
             &json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": [ns("default")]}),
         ),
+        (&Method::PATCH, Some(n)) => {
+            let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+                return error_response(&ApiError::BadRequest("the patch is not JSON".into()));
+            };
+            let current = ns(&n);
+            let patched = match crate::emulator::patch::PatchType::from_content_type(content_type) {
+                Some(crate::emulator::patch::PatchType::Merge) => crate::emulator::patch::merge_patch(&current, &patch),
+                Some(crate::emulator::patch::PatchType::Strategic) => {
+                    crate::emulator::patch::strategic_merge(&current, &patch)
+                }
+                Some(crate::emulator::patch::PatchType::Json) => {
+                    match crate::emulator::patch::json_patch(&current, &patch) {
+                        Ok(v) => v,
+                        Err(e) => return error_response(&e),
+                    }
+                }
+                _ => return error_response(&ApiError::UnsupportedMediaType(
+                    "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"
+                        .into(),
+                )),
+            };
+            store.set_namespace_metadata(&n, &patched["metadata"]);
+            full(StatusCode::OK, &ns(&n))
+        }
+        _ => error_response(&ApiError::MethodNotAllowed),
     }
 }
 

@@ -106,6 +106,8 @@ struct State {
     /// Events at or below this resourceVersion were dropped from history.
     compacted: u64,
     next_cluster_ip: u32,
+    /// Labels and annotations set on namespaces (which are implicit: every one exists).
+    namespace_meta: BTreeMap<String, Value>,
 }
 
 pub struct Store {
@@ -146,6 +148,7 @@ impl Store {
                 history: VecDeque::new(),
                 compacted: 1000,
                 next_cluster_ip: 10,
+                namespace_meta: BTreeMap::new(),
             }),
             events,
             opts: Mutex::new(opts),
@@ -229,6 +232,25 @@ impl Store {
     }
 
     /// Everything of a type, for controllers.
+    /// A namespace's `metadata` (name, and the labels and annotations set on it).
+    pub fn namespace_metadata(&self, name: &str) -> Value {
+        let st = self.lock();
+        st.namespace_meta.get(name).cloned().unwrap_or_else(|| serde_json::json!({"name": name}))
+    }
+
+    /// Applies `patch` (already merged by the caller's patch type) to a namespace's
+    /// labels and annotations; other fields of a namespace are fixed.
+    pub fn set_namespace_metadata(&self, name: &str, metadata: &Value) {
+        let mut st = self.lock();
+        let mut meta = serde_json::json!({"name": name});
+        for field in ["labels", "annotations"] {
+            if metadata[field].is_object() {
+                meta[field] = metadata[field].clone();
+            }
+        }
+        st.namespace_meta.insert(name.to_string(), meta);
+    }
+
     pub fn all(&self, group: &str, plural: &str) -> Vec<Arc<Value>> {
         let st = self.lock();
         Self::scan(&st, group, plural).map(|(_, v)| v.clone()).collect()

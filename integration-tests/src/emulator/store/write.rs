@@ -4,17 +4,27 @@
 use super::defaults::merge_string_data;
 use super::{has_finalizers, meta_str, EventType, ObjKey, State, Store, WriteOptions};
 use crate::emulator::patch::{self, PatchType};
-use crate::emulator::quota;
 use crate::emulator::resources::{self, ResourceType};
 use crate::emulator::status::{self, ApiError};
 use crate::emulator::validation;
+use crate::emulator::{pod_security, quota};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
 
 impl Store {
-    /// ResourceQuota admission of a new pod (see [`quota`]).
-    fn admit_pod(st: &State, ns: &str, name: &str) -> Result<(), ApiError> {
+    /// Admission of a new pod: Pod Security (see [`pod_security`]), then ResourceQuota
+    /// (see [`quota`]), in the API server's order.
+    fn admit_pod(st: &State, ns: &str, name: &str, pod: &Value) -> Result<(), ApiError> {
+        let labels = st.namespace_meta.get(ns).map(|m| m["labels"].clone()).unwrap_or_default();
+        if let Some(detail) = pod_security::refuse(&labels, pod) {
+            return Err(ApiError::Forbidden {
+                group: String::new(),
+                resource: "pods".into(),
+                name: name.into(),
+                detail,
+            });
+        }
         let quotas: Vec<&Value> =
             Self::scan(st, "", "resourcequotas").filter(|(k, _)| k.namespace == ns).map(|(_, v)| v.as_ref()).collect();
         if quotas.is_empty() {
@@ -46,7 +56,7 @@ impl Store {
         validation::validate(rt, &obj, None)?;
         let name = meta_str(&obj, "name").to_string();
         if rt.group.is_empty() && rt.kind == "Pod" {
-            Self::admit_pod(st, ns, &name)?;
+            Self::admit_pod(st, ns, &name, &obj)?;
         }
         let key = Self::key(rt, ns, &name);
         if st.objects.contains_key(&key) {
