@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Network-namespace egress test for `sidecar egress-init`, the pod's kernel-enforced
 # egress firewall: after it runs, a runtime UID that ignores HTTP_PROXY cannot get a
-# packet out of the pod (TCP or UDP, IPv4 or IPv6), yet works through the sidecar; the
+# packet out of the pod (TCP or UDP, IPv4 or IPv6; its TCP connects are reset at once,
+# not left to time out), yet works through the sidecar; the
 # sidecar's UID gets out; a rerun leaves the same ruleset; without CAP_NET_ADMIN or with
 # proxy UID 0 it refuses with one line.
 #
@@ -68,7 +69,7 @@ in_pod ip link set "vp$id" up
 in_world ip link set "vw$id" up
 
 # A socket probe: prints what connect()/sendto() did: "connected", "reply", or the errno
-# ("EPERM", "ETIMEDOUT").
+# ("EPERM", "ECONNREFUSED", "ETIMEDOUT").
 cat >"$work/probe.py" <<'EOF'
 import errno, socket, sys
 mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -83,7 +84,8 @@ if mode == "udp-echo":
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
 try:
     if mode == "tcp":
-        # One SYN retry: a connect whose SYNs never leave fails with ETIMEDOUT in ~3 s.
+        # One SYN retry: should SYNs be dropped rather than reset (a regression), the
+        # connect fails with ETIMEDOUT in ~3 s rather than hanging ~2 minutes.
         s = socket.socket(family, socket.SOCK_STREAM)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)
         s.settimeout(10)
@@ -166,19 +168,22 @@ one_line_failure 64 "--proxy-uid" in_pod "$sidecar_bin" egress-init
 echo "ok - --proxy-uid 0, a non-numeric or a missing UID exits 64 with one line"
 
 # 4. The firewall, as the init container runs it.
-out=$(in_pod "$sidecar_bin" egress-init --proxy-uid "$proxy_uid") || fail "egress-init failed"
+out=$(in_pod "$sidecar_bin" egress-init --proxy-uid "$proxy_uid" 2>"$work/err") || fail "egress-init failed: $(cat "$work/err")"
 [ "$out" = "egress-init: installed table inet sidecar_egress (chain output, hook output): only loopback and uid $proxy_uid may send" ] \
   || fail "egress-init said '$out'"
+# Nothing on stderr: this kernel has the reject expression, so no fallback warning.
+[ ! -s "$work/err" ] || fail "egress-init warned: $(cat "$work/err")"
 want_table="table inet sidecar_egress {
 	chain output {
 		type filter hook output priority filter; policy accept;
 		oifname \"lo\" accept
+		meta l4proto tcp meta skuid != $proxy_uid reject with tcp reset
 		meta skuid != $proxy_uid drop
 	}
 }"
 [ "$(in_pod nft list table inet sidecar_egress)" = "$want_table" ] \
   || fail "installed table differs: $(in_pod nft list table inet sidecar_egress)"
-echo "ok - egress-init installs 'oifname lo accept; meta skuid != $proxy_uid drop' in table inet sidecar_egress"
+echo "ok - egress-init installs 'oifname lo accept; meta l4proto tcp meta skuid != $proxy_uid reject with tcp reset; meta skuid != $proxy_uid drop' in table inet sidecar_egress"
 
 # 5. A rerun (init container restart) replaces our table: same ruleset, one copy, and
 #    the bystander table untouched.
@@ -218,16 +223,25 @@ expect_probe "$proxy_uid" reply udp fd42:213::1 53
 [ "$(as_uid "$proxy_uid" curl -sf --max-time 10 "$url4")" = "$marker" ] || fail "uid $proxy_uid cannot fetch the origin"
 echo "ok - the sidecar's UID $proxy_uid reaches the origin directly (TCP and UDP, IPv4 and IPv6)"
 
-# 7-8. The runtime UID cannot. Every SYN is dropped in the output hook, so connect() to
-#      a port that answered in check 1 now times out (TCP retransmits a dropped SYN
-#      rather than failing with EPERM); UDP sendto() fails at once with EPERM, so not a
-#      datagram leaves (DNS included: the runtime resolves nothing itself).
-expect_probe "$runtime_uid" ETIMEDOUT tcp 10.213.0.1 8080
-expect_probe "$runtime_uid" ETIMEDOUT tcp fd42:213::1 8080
+# 7-8. The runtime UID cannot. Its SYN is answered with a RST in the output hook, so
+#      connect() to a port that answered in check 1 now fails at once with ECONNREFUSED
+#      (not a ~2-minute timeout of a dropped SYN); UDP sendto() fails at once with EPERM,
+#      so not a datagram leaves (DNS included: the runtime resolves nothing itself).
+# expect_fast_refusal HOST PORT: ECONNREFUSED in under 2 s.
+expect_fast_refusal() {
+  local t0 t1 got
+  t0=$(date +%s%N)
+  got=$(probe "$runtime_uid" tcp "$1" "$2")
+  t1=$(date +%s%N)
+  [ "$got" = ECONNREFUSED ] || fail "uid $runtime_uid tcp $1 $2 gave '$got', expected 'ECONNREFUSED'"
+  [ $(( (t1 - t0) / 1000000 )) -lt 2000 ] || fail "uid $runtime_uid tcp $1 $2 took $(( (t1 - t0) / 1000000 )) ms to be refused"
+}
+expect_fast_refusal 10.213.0.1 8080
+expect_fast_refusal fd42:213::1 8080
 if as_runtime curl -sf --max-time 2 -o /dev/null "$url4" 2>/dev/null; then
   fail "runtime user fetched the origin directly"
 fi
-echo "ok - runtime UID's direct TCP never connects: its SYNs are dropped (IPv4 and IPv6)"
+echo "ok - runtime UID's direct TCP is reset: connect() fails with ECONNREFUSED in under 2 s (IPv4 and IPv6)"
 expect_probe "$runtime_uid" EPERM udp 10.213.0.1 53
 expect_probe "$runtime_uid" EPERM udp fd42:213::1 53
 echo "ok - runtime UID's direct UDP (port 53) is refused with EPERM (IPv4 and IPv6)"

@@ -1,5 +1,5 @@
 //! Sends the batch to the kernel over an NETLINK_NETFILTER socket and reads every answer.
-use super::nft::{self, Batch};
+use super::nft::{self, Batch, Reply, TcpRefusal};
 use nix::errno::Errno;
 use nix::sys::socket::{
     recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
@@ -38,9 +38,38 @@ fn os(errno: Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(errno as i32)
 }
 
-/// Installs (or replaces) our table in the current network namespace.
-pub fn install(proxy_uid: u32) -> Result<(), ApplyError> {
-    talk(&nft::install_batch(proxy_uid, 1))
+/// What [`install`] put in place.
+#[derive(Debug)]
+pub enum Installed {
+    /// The full ruleset: another UID's TCP is reset, the rest dropped.
+    Full,
+    /// The kernel has no `reject` expression (it refused the reset rule with `errno`), so
+    /// the ruleset went in without it: another UID's TCP connects time out.
+    WithoutTcpReset { errno: Errno },
+}
+
+/// Installs (or replaces) our table in the current network namespace. The batch is
+/// atomic, so when the kernel refuses only the reset rule nothing is in place and the
+/// batch without it is sent on a fresh socket.
+pub fn install(proxy_uid: u32) -> Result<Installed, ApplyError> {
+    let full = nft::install_batch(proxy_uid, 1, TcpRefusal::Reset);
+    match send(&full)? {
+        None => Ok(Installed::Full),
+        Some(r) if full.reset_rule_unavailable(r) => {
+            let fallback = nft::install_batch(proxy_uid, 1, TcpRefusal::Drop);
+            match send(&fallback)? {
+                None => Ok(Installed::WithoutTcpReset { errno: Errno::from_raw(r.errno) }),
+                Some(r) => Err(refused(&fallback, r)),
+            }
+        }
+        Some(r) => Err(refused(&full, r)),
+    }
+}
+
+/// The kernel's first refusal of `batch`, named by its step.
+fn refused(batch: &Batch, reply: Reply) -> ApplyError {
+    let step = batch.step(reply.seq).map_or_else(|| format!("message {}", reply.seq), |s| s.what.clone());
+    refusal(step, Errno::from_raw(reply.errno))
 }
 
 /// What the kernel's errno for one step of the batch means for the operator.
@@ -56,7 +85,9 @@ fn unsupported(errno: Errno) -> bool {
     matches!(errno, Errno::EPROTONOSUPPORT | Errno::EAFNOSUPPORT | Errno::EOPNOTSUPP | Errno::ENOENT)
 }
 
-fn talk(batch: &Batch) -> Result<(), ApplyError> {
+/// Sends `batch` and reads its answers: `Ok(None)` when every message was acknowledged,
+/// `Ok(Some(_))` with the first (lowest-seq) refusal, which means nothing was applied.
+fn send(batch: &Batch) -> Result<Option<Reply>, ApplyError> {
     let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkNetFilter)
         .map_err(|errno| match errno {
             // No nfnetlink at all.
@@ -77,7 +108,7 @@ fn talk(batch: &Batch) -> Result<(), ApplyError> {
     // Every message asking for an ACK gets exactly one answer (an ACK or its error); an
     // error on the batch itself (EPERM) is answered under the begin message's seq.
     let mut pending: BTreeSet<u32> = batch.steps.iter().filter(|s| s.acked).map(|s| s.seq).collect();
-    let mut first_error: Option<nft::Reply> = None;
+    let mut first_error: Option<Reply> = None;
     let mut buf = vec![0u8; 64 * 1024];
     while !pending.is_empty() {
         // After an error the kernel may not answer the rest: take what is queued, no wait.
@@ -95,13 +126,11 @@ fn talk(batch: &Batch) -> Result<(), ApplyError> {
             }
         }
     }
-    if let Some(reply) = first_error {
-        let errno = Errno::from_raw(reply.errno);
-        let step = batch.step(reply.seq).map_or_else(|| format!("message {}", reply.seq), |s| s.what.clone());
-        return Err(refusal(step, errno));
+    if first_error.is_some() {
+        return Ok(first_error);
     }
     if let Some(seq) = pending.first() {
         return Err(ApplyError::Unanswered(batch.step(*seq).map_or_else(|| seq.to_string(), |s| s.what.clone())));
     }
-    Ok(())
+    Ok(None)
 }

@@ -3,11 +3,17 @@
 //!
 //! It installs, through nf_tables netlink in the pod's network namespace (no `nft` or
 //! `iptables` binary: the image is FROM scratch), one table `inet sidecar_egress` whose
-//! output chain lets loopback traffic and the proxy UID's packets out and drops every
+//! output chain lets loopback traffic and the proxy UID's packets out and refuses every
 //! other locally-made packet, IPv4 and IPv6, TCP, UDP and ICMP alike. A runtime that
-//! ignores `HTTP_PROXY` reaches only loopback, where the sidecar listens: its UDP and
-//! ICMP sends fail with EPERM, and its TCP connects time out (each SYN is dropped; TCP
-//! retransmits rather than reporting EPERM). See [`nft`] for the exact ruleset.
+//! ignores `HTTP_PROXY` reaches only loopback, where the sidecar listens: its TCP
+//! connects fail at once with ECONNREFUSED (the SYN is answered with a RST, `reject with
+//! tcp reset`), and its UDP and ICMP sends fail with EPERM (dropped). See [`nft`] for the
+//! exact ruleset.
+//!
+//! A kernel without the nftables `reject` expression (module nft_reject_inet) refuses
+//! the reset rule; the ruleset then goes in without it (TCP is dropped like the rest, so
+//! a direct connect times out after about two minutes instead of failing at once) and
+//! one warning line on stderr says so; the exit code is still 0.
 //!
 //! Rerunning it (an init container restart) replaces our table atomically and leaves one
 //! copy; other tables are never touched. It needs CAP_NET_ADMIN in the pod's network
@@ -64,7 +70,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     };
     match apply::install(args.proxy_uid) {
-        Ok(()) => {
+        Ok(installed) => {
+            if let apply::Installed::WithoutTcpReset { errno } = installed {
+                eprintln!("egress-init: {}", without_reset_warning(errno));
+            }
             println!(
                 "egress-init: installed table inet {} (chain {}, hook output): only loopback and uid {} may send",
                 nft::TABLE,
@@ -78,6 +87,16 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The one stderr line when the reset rule had to be left out.
+fn without_reset_warning(errno: nix::errno::Errno) -> String {
+    format!(
+        "warning: this kernel has no nftables reject expression (module nft_reject_inet; the kernel said: {}), \
+         so the ruleset is installed without `reject with tcp reset`: a runtime's direct TCP connects to \
+         outside will time out instead of being reset",
+        std::io::Error::from_raw_os_error(errno as i32)
+    )
 }
 
 /// clap's first line without its "error: " prefix (the usage lines that follow are noise

@@ -8,6 +8,7 @@
 //!     chain output {
 //!         type filter hook output priority 0; policy accept;
 //!         oifname "lo" accept
+//!         meta l4proto tcp meta skuid != <proxy uid> reject with tcp reset
 //!         meta skuid != <proxy uid> drop
 //!     }
 //! }
@@ -17,16 +18,29 @@
 //! The batch starts with `add table` (never refused when the table exists), `delete
 //! table`, then builds the table afresh, so a rerun replaces our table, and only ours.
 //!
-//! Two rules rather than one folded `oifname != "lo" meta skuid != uid drop`: each says one
-//! thing and `nft list ruleset` reads as above. `meta skuid` does not match a packet with
-//! no full socket (kernel-made RSTs, TIME_WAIT ACKs); those pass under policy accept,
-//! and only CAP_NET_RAW could forge such packets, which the runtime does not hold.
+//! Separate rules rather than one folded `oifname != "lo" meta skuid != uid drop`: each
+//! says one thing and `nft list ruleset` reads as above. The reset rule answers another
+//! UID's outgoing TCP SYN with a RST, so its connect() fails at once with ECONNREFUSED
+//! instead of retransmitting a dropped SYN for about two minutes; the kernel-made RST
+//! travels over loopback, which the first rule lets through. The drop rule takes the
+//! rest (UDP, ICMP: the sender sees EPERM).
+//!
+//! The `reject` expression lives in its own module (nft_reject_inet). A kernel without it
+//! refuses the reset rule with ENOENT (or EOPNOTSUPP); [`install_batch`] with
+//! [`TcpRefusal::Drop`] builds the same batch without that rule, for the caller to
+//! re-send (see [`Batch::reset_rule_unavailable`]): TCP is then dropped like the rest.
+//!
+//! `meta skuid` does not match a packet with no full socket (kernel-made RSTs, TIME_WAIT
+//! ACKs); those pass under policy accept, and only CAP_NET_RAW could forge such packets,
+//! which the runtime does not hold.
 //!
 //! Layout references: `include/uapi/linux/netlink.h`, `netfilter/nfnetlink.h` and
 //! `netfilter/nf_tables.h` in the kernel tree.
 
 #[cfg(test)]
 mod tests;
+
+use nix::errno::Errno;
 
 /// Our table, in the `inet` family (IPv4 and IPv6 in one). Nothing else is touched.
 pub const TABLE: &str = "sidecar_egress";
@@ -85,6 +99,7 @@ pub(crate) const NFTA_IMMEDIATE_DATA: u16 = 2;
 pub(crate) const NFTA_DATA_VALUE: u16 = 1;
 pub(crate) const NFTA_DATA_VERDICT: u16 = 2;
 pub(crate) const NFTA_VERDICT_CODE: u16 = 1;
+pub(crate) const NFTA_REJECT_TYPE: u16 = 1;
 
 // nf_tables.h / netfilter.h: values
 pub(crate) const NF_INET_LOCAL_OUT: u32 = 3;
@@ -95,6 +110,11 @@ pub(crate) const NFT_REG_VERDICT: u32 = 0;
 pub(crate) const NFT_REG_1: u32 = 1;
 pub(crate) const NFT_META_OIFNAME: u32 = 7;
 pub(crate) const NFT_META_SKUID: u32 = 10;
+/// The transport protocol number, one byte (`meta l4proto`).
+pub(crate) const NFT_META_L4PROTO: u32 = 16;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+/// `reject with tcp reset` (enum nft_reject_types).
+pub(crate) const NFT_REJECT_TCP_RST: u32 = 1;
 pub(crate) const NFT_CMP_EQ: u32 = 0;
 pub(crate) const NFT_CMP_NEQ: u32 = 1;
 /// `meta oifname` loads the name NUL-padded to IFNAMSIZ; the compare takes all of it.
@@ -109,29 +129,54 @@ pub enum Expr {
     Cmp { op: u32, data: Vec<u8> },
     /// `immediate reg 0 <verdict>`
     Verdict(u32),
+    /// `reject type <type>` (a terminal statement: the packet is dropped after it).
+    Reject { ty: u32 },
+}
+
+/// How the chain refuses another UID's outgoing TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpRefusal {
+    /// Answer the SYN with a RST: connect() fails at once with ECONNREFUSED.
+    Reset,
+    /// Drop it like any other packet (the kernel lacks the `reject` expression):
+    /// connect() retransmits and times out.
+    Drop,
 }
 
 /// The rules of our chain, in order, each with the text `nft` would show for it.
-pub fn rules(proxy_uid: u32) -> Vec<(String, Vec<Expr>)> {
-    vec![
-        (
-            "oifname \"lo\" accept".to_string(),
+pub fn rules(proxy_uid: u32, tcp: TcpRefusal) -> Vec<(String, Vec<Expr>)> {
+    // The kernel stores the uid in the register as a native-endian u32.
+    let not_proxy = || Expr::Cmp { op: NFT_CMP_NEQ, data: proxy_uid.to_ne_bytes().to_vec() };
+    let mut rules = vec![(
+        "oifname \"lo\" accept".to_string(),
+        vec![
+            Expr::Meta { key: NFT_META_OIFNAME },
+            Expr::Cmp { op: NFT_CMP_EQ, data: ifname("lo") },
+            Expr::Verdict(NF_ACCEPT),
+        ],
+    )];
+    if tcp == TcpRefusal::Reset {
+        rules.push((
+            reset_rule_text(proxy_uid),
             vec![
-                Expr::Meta { key: NFT_META_OIFNAME },
-                Expr::Cmp { op: NFT_CMP_EQ, data: ifname("lo") },
-                Expr::Verdict(NF_ACCEPT),
-            ],
-        ),
-        (
-            format!("meta skuid != {proxy_uid} drop"),
-            vec![
+                Expr::Meta { key: NFT_META_L4PROTO },
+                Expr::Cmp { op: NFT_CMP_EQ, data: vec![IPPROTO_TCP] },
                 Expr::Meta { key: NFT_META_SKUID },
-                // The kernel stores the uid in the register as a native-endian u32.
-                Expr::Cmp { op: NFT_CMP_NEQ, data: proxy_uid.to_ne_bytes().to_vec() },
-                Expr::Verdict(NF_DROP),
+                not_proxy(),
+                Expr::Reject { ty: NFT_REJECT_TCP_RST },
             ],
-        ),
-    ]
+        ));
+    }
+    rules.push((
+        format!("meta skuid != {proxy_uid} drop"),
+        vec![Expr::Meta { key: NFT_META_SKUID }, not_proxy(), Expr::Verdict(NF_DROP)],
+    ));
+    rules
+}
+
+/// The reset rule as `nft list ruleset` prints it.
+pub fn reset_rule_text(proxy_uid: u32) -> String {
+    format!("meta l4proto tcp meta skuid != {proxy_uid} reject with tcp reset")
 }
 
 /// An interface name as `meta oifname` loads it: NUL-padded to IFNAMSIZ.
@@ -148,6 +193,8 @@ pub fn ifname(name: &str) -> Vec<u8> {
 pub struct Batch {
     pub bytes: Vec<u8>,
     pub steps: Vec<Step>,
+    /// The sequence number of the TCP reset rule's message, if the batch has one.
+    pub reset_rule_seq: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,11 +209,20 @@ impl Batch {
     pub fn step(&self, seq: u32) -> Option<&Step> {
         self.steps.iter().find(|s| s.seq == seq)
     }
+
+    /// Whether the kernel's first refusal of this batch says only that the `reject`
+    /// expression is unavailable (no nft_reject_inet: ENOENT when the expression type is
+    /// unknown, EOPNOTSUPP when it is unsupported), so the batch without the reset rule
+    /// may be sent instead. Any other step or errno is a real failure.
+    pub fn reset_rule_unavailable(&self, refusal: Reply) -> bool {
+        self.reset_rule_seq == Some(refusal.seq)
+            && matches!(Errno::from_raw(refusal.errno), Errno::ENOENT | Errno::EOPNOTSUPP)
+    }
 }
 
 /// The whole install as one batch: add table, delete table, add table, add chain, add
 /// rules. Sequence numbers run from `first_seq`.
-pub fn install_batch(proxy_uid: u32, first_seq: u32) -> Batch {
+pub fn install_batch(proxy_uid: u32, first_seq: u32, tcp: TcpRefusal) -> Batch {
     let mut w = Writer::new(first_seq);
     w.batch_marker(NFNL_MSG_BATCH_BEGIN, "begin the nf_tables batch");
 
@@ -198,7 +254,11 @@ pub fn install_batch(proxy_uid: u32, first_seq: u32) -> Batch {
     w.attr_str(NFTA_CHAIN_TYPE, "filter");
     w.end(m);
 
-    for (text, exprs) in rules(proxy_uid) {
+    let mut reset_rule_seq = None;
+    for (text, exprs) in rules(proxy_uid, tcp) {
+        if exprs.iter().any(|e| matches!(e, Expr::Reject { .. })) {
+            reset_rule_seq = Some(w.seq);
+        }
         let m = w.begin(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, &format!("add rule `{text}`"));
         w.attr_str(NFTA_RULE_TABLE, TABLE);
         w.attr_str(NFTA_RULE_CHAIN, CHAIN);
@@ -211,7 +271,7 @@ pub fn install_batch(proxy_uid: u32, first_seq: u32) -> Batch {
     }
 
     w.batch_marker(NFNL_MSG_BATCH_END, "end the nf_tables batch");
-    Batch { bytes: w.buf, steps: w.steps }
+    Batch { bytes: w.buf, steps: w.steps, reset_rule_seq }
 }
 
 /// Netlink message and attribute writer: lengths are patched in when a message or a
@@ -303,6 +363,7 @@ impl Writer {
             Expr::Meta { .. } => "meta",
             Expr::Cmp { .. } => "cmp",
             Expr::Verdict(_) => "immediate",
+            Expr::Reject { .. } => "reject",
         };
         self.attr_str(NFTA_EXPR_NAME, name);
         let d = self.nest_begin(NFTA_EXPR_DATA);
@@ -326,6 +387,8 @@ impl Writer {
                 self.nest_end(verdict);
                 self.nest_end(v);
             }
+            // A TCP reset takes no ICMP code.
+            Expr::Reject { ty } => self.attr_be32(NFTA_REJECT_TYPE, *ty),
         }
         self.nest_end(d);
         self.nest_end(elem);

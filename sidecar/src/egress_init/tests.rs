@@ -84,3 +84,15 @@ fn kernel_refusals_read_as_one_line_naming_the_cause() {
         assert_eq!(line.lines().count(), 1);
     }
 }
+
+#[test]
+fn the_fallback_warning_is_one_line_saying_tcp_will_time_out() {
+    let line = without_reset_warning(Errno::ENOENT);
+    assert_eq!(
+        line,
+        "warning: this kernel has no nftables reject expression (module nft_reject_inet; the kernel said: \
+         No such file or directory (os error 2)), so the ruleset is installed without `reject with tcp reset`: \
+         a runtime's direct TCP connects to outside will time out instead of being reset"
+    );
+    assert_eq!(line.lines().count(), 1);
+}
