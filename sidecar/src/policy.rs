@@ -53,6 +53,9 @@ pub enum Class {
     DeniedHost,
     DeniedPort,
     PortNotAllowed,
+    /// Behind an upstream proxy: the name does not resolve locally, so no address rule
+    /// could run (`--upstream-proxy-unresolved refuse`, the default).
+    Unresolved,
     // --- allowances
     Public,
     PrivateAllowed,
@@ -61,7 +64,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const DENIALS: [Class; 12] = [
+    pub const DENIALS: [Class; 13] = [
         Class::Metadata,
         Class::LinkLocal,
         Class::Loopback,
@@ -74,6 +77,7 @@ impl Class {
         Class::DeniedHost,
         Class::DeniedPort,
         Class::PortNotAllowed,
+        Class::Unresolved,
     ];
 
     pub fn label(self) -> &'static str {
@@ -90,6 +94,7 @@ impl Class {
             Class::DeniedHost => "denied_host",
             Class::DeniedPort => "denied_port",
             Class::PortNotAllowed => "port_not_allowed",
+            Class::Unresolved => "unresolved",
             Class::Public => "public",
             Class::PrivateAllowed => "private_allowed",
             Class::AllowedCidr => "allowed_cidr",
@@ -123,7 +128,7 @@ impl Decision {
     fn allow(class: Class, reason: impl Into<String>) -> Self {
         Self { verdict: Verdict::Allow, class, reason: reason.into() }
     }
-    fn deny(class: Class, reason: impl Into<String>) -> Self {
+    pub fn deny(class: Class, reason: impl Into<String>) -> Self {
         Self { verdict: Verdict::Deny, class, reason: reason.into() }
     }
     pub fn is_allowed(&self) -> bool {

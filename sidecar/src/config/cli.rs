@@ -84,6 +84,9 @@ pub struct Cli {
     /// Dial this host pattern (as --allow-host) or CIDR directly, not through the upstream proxy; repeatable (a NO_PROXY list, e.g. .svc.cluster.local,10.0.0.0/8)
     #[arg(long = "upstream-proxy-bypass", value_name = "HOST|CIDR", env = ENV_UPSTREAM_PROXY_BYPASS, hide_env_values = true)]
     pub upstream_proxy_bypass: Vec<String>,
+    /// Names that do not resolve locally: refuse (403; the address rules cannot run on them) or forward them for the upstream proxy to resolve, unchecked
+    #[arg(long, value_name = "refuse|forward", env = ENV_UPSTREAM_PROXY_UNRESOLVED, default_value = "refuse", hide_env_values = true)]
+    pub upstream_proxy_unresolved: Option<String>,
     /// Write the bound addresses as JSON here once serving
     #[arg(long, value_name = "FILE", env = ENV_READY_FILE, hide_env_values = true)]
     pub ready_file: Option<String>,

@@ -51,6 +51,7 @@ pub const ENV_UPSTREAM_PROXY: &str = env::UPSTREAM_PROXY;
 pub const ENV_UPSTREAM_PROXY_CA_FILE: &str = env::UPSTREAM_PROXY_CA_FILE;
 pub const ENV_UPSTREAM_PROXY_INSECURE: &str = env::UPSTREAM_PROXY_INSECURE;
 pub const ENV_UPSTREAM_PROXY_BYPASS: &str = env::UPSTREAM_PROXY_BYPASS;
+pub const ENV_UPSTREAM_PROXY_UNRESOLVED: &str = env::UPSTREAM_PROXY_UNRESOLVED;
 pub const ENV_LOG_FORMAT: &str = env::LOG_FORMAT;
 pub const ENV_LOG_LEVEL: &str = env::LOG_LEVEL;
 pub const ENV_RESULT_DEADLINE_SECS: &str = env::RESULT_DEADLINE_SECS;
@@ -125,6 +126,18 @@ pub struct UpstreamProxy {
     pub insecure: bool,
     /// Destinations dialled directly instead (NO_PROXY).
     pub bypass: UpstreamBypass,
+    /// What a name that does not resolve locally gets.
+    pub unresolved: Unresolved,
+}
+
+/// Behind an upstream proxy, a name the sidecar cannot resolve: refused (403, class
+/// `unresolved`), or forwarded for the upstream proxy to resolve, unchecked by the
+/// address rules (step 3 of the policy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unresolved {
+    #[default]
+    Refuse,
+    Forward,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
