@@ -177,6 +177,8 @@ pub async fn run_with(
         metrics: metrics.clone(),
     });
     let ready = listeners.addrs();
+    // One cap per listener: a flood of tunnels on the proxy listener must never make the
+    // admin probes or the ingress refuse.
     let connections = ConnectionLimit::new(config.limits.max_connections);
     let proxy = new_proxy(
         dialer,
@@ -195,9 +197,9 @@ pub async fn run_with(
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let serve = |name| Serve {
+    let serve = |name, connections| Serve {
         name,
-        connections: connections.clone(),
+        connections,
         limits: config.limits,
         shutdown: stop.clone(),
         tracker: tracker.clone(),
@@ -205,10 +207,11 @@ pub async fn run_with(
         job_id: job_id.clone(),
     };
     let mut loops = Vec::new();
-    loops.push(tokio::spawn(serve("proxy").run(listeners.proxy, proxy)));
+    loops.push(tokio::spawn(serve("proxy", connections).run(listeners.proxy, proxy)));
     if let Some(l) = listeners.admin {
         let local = local.clone();
-        loops.push(tokio::spawn(serve("admin").run(
+        let admin = ConnectionLimit::new(config.limits.max_admin_connections);
+        loops.push(tokio::spawn(serve("admin", admin).run(
             l,
             tower::service_fn(move |req| {
                 let local = local.clone();
@@ -220,7 +223,8 @@ pub async fn run_with(
         let settings =
             ingress::IngressSettings { key: k, upstream: ing.upstream, max_body: config.limits.max_body_bytes };
         let ingress = ingress::new_ingress(local.ingress_tokens.clone(), &metrics, settings);
-        loops.push(tokio::spawn(serve("ingress").run(l, ingress)));
+        let cap = ConnectionLimit::new(config.limits.max_ingress_connections);
+        loops.push(tokio::spawn(serve("ingress", cap).run(l, ingress)));
     }
 
     // Handed over by id + token (Kubernetes): fetch the job before reporting ready, so

@@ -55,7 +55,7 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub max_tunnels: usize,
-    /// The connection cap shared with the listeners; a tunnel holds a slot of it.
+    /// The proxy listener's connection cap; a tunnel holds a slot of it.
     pub connections: ConnectionLimit,
 }
 

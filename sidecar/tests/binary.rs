@@ -79,6 +79,8 @@ fn help_explains_every_setting() {
         ENV_TUNNEL_IDLE_TIMEOUT_SECS,
         ENV_HEADER_READ_TIMEOUT_MS,
         ENV_MAX_CONNECTIONS,
+        ENV_MAX_ADMIN_CONNECTIONS,
+        ENV_MAX_INGRESS_CONNECTIONS,
         ENV_MAX_TUNNELS,
         ENV_WORKER_THREADS,
     ] {

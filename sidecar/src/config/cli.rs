@@ -117,9 +117,15 @@ pub struct Cli {
     /// A request head must arrive within this time (slowloris guard; also closes idle keep-alive client connections), ms
     #[arg(long, value_name = "MS", env = ENV_HEADER_READ_TIMEOUT_MS, default_value = "10000", hide_env_values = true)]
     pub header_read_timeout_ms: Option<String>,
-    /// Concurrent client connections (tunnels included); more get 503
+    /// Concurrent client connections on the proxy listener (tunnels included); more get 503. The admin and ingress listeners have caps of their own
     #[arg(long, value_name = "N", env = ENV_MAX_CONNECTIONS, default_value = "4096", hide_env_values = true)]
     pub max_connections: Option<String>,
+    /// Concurrent connections on the admin listener (probes, metrics); more get 503
+    #[arg(long, value_name = "N", env = ENV_MAX_ADMIN_CONNECTIONS, default_value = "64", hide_env_values = true)]
+    pub max_admin_connections: Option<String>,
+    /// Concurrent connections on the ingress listener; more get 503
+    #[arg(long, value_name = "N", env = ENV_MAX_INGRESS_CONNECTIONS, default_value = "1024", hide_env_values = true)]
+    pub max_ingress_connections: Option<String>,
     /// Concurrent CONNECT tunnels; more get 503
     #[arg(long, value_name = "N", env = ENV_MAX_TUNNELS, default_value = "2048", hide_env_values = true)]
     pub max_tunnels: Option<String>,

@@ -82,6 +82,26 @@ pub(super) fn limits(c: &mut Check<'_>, cli: &Cli) -> (Limits, usize) {
                 "a positive count",
             )
             .unwrap_or(d.max_connections),
+        max_admin_connections: c
+            .num(
+                &cli.max_admin_connections,
+                "max_admin_connections",
+                ENV_MAX_ADMIN_CONNECTIONS,
+                "--max-admin-connections",
+                positive_count,
+                "a positive count",
+            )
+            .unwrap_or(d.max_admin_connections),
+        max_ingress_connections: c
+            .num(
+                &cli.max_ingress_connections,
+                "max_ingress_connections",
+                ENV_MAX_INGRESS_CONNECTIONS,
+                "--max-ingress-connections",
+                positive_count,
+                "a positive count",
+            )
+            .unwrap_or(d.max_ingress_connections),
         max_tunnels: c
             .num(&cli.max_tunnels, "max_tunnels", ENV_MAX_TUNNELS, "--max-tunnels", positive_count, "a positive count")
             .unwrap_or(d.max_tunnels),

@@ -67,6 +67,8 @@ pub const ENV_IDLE_TIMEOUT_SECS: &str = "SIDECAR_IDLE_TIMEOUT_SECS";
 pub const ENV_TUNNEL_IDLE_TIMEOUT_SECS: &str = "SIDECAR_TUNNEL_IDLE_TIMEOUT_SECS";
 pub const ENV_HEADER_READ_TIMEOUT_MS: &str = "SIDECAR_HEADER_READ_TIMEOUT_MS";
 pub const ENV_MAX_CONNECTIONS: &str = "SIDECAR_MAX_CONNECTIONS";
+pub const ENV_MAX_ADMIN_CONNECTIONS: &str = "SIDECAR_MAX_ADMIN_CONNECTIONS";
+pub const ENV_MAX_INGRESS_CONNECTIONS: &str = "SIDECAR_MAX_INGRESS_CONNECTIONS";
 pub const ENV_MAX_TUNNELS: &str = "SIDECAR_MAX_TUNNELS";
 pub const ENV_WORKER_THREADS: &str = "SIDECAR_WORKER_THREADS";
 /// Set by Kubernetes in every pod: the API server's Service address, refused by default.
@@ -154,7 +156,13 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// The proxy listener's cap (its tunnels included).
     pub max_connections: usize,
+    /// The admin listener's own cap (probes, metrics), so a flood elsewhere never
+    /// fails `/readyz`.
+    pub max_admin_connections: usize,
+    /// The ingress listener's own cap (dispatches from the job manager).
+    pub max_ingress_connections: usize,
     pub max_tunnels: usize,
 }
 
@@ -168,6 +176,8 @@ impl Default for Limits {
             tunnel_idle_timeout: Duration::from_secs(600),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_admin_connections: 64,
+            max_ingress_connections: 1024,
             max_tunnels: 2048,
         }
     }

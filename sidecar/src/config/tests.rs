@@ -128,6 +128,8 @@ fn every_bad_value_names_its_setting() {
         (&["--max-body-bytes", "0"], &[], ENV_MAX_BODY_BYTES),
         (&["--connect-timeout-ms", "x"], &[], ENV_CONNECT_TIMEOUT_MS),
         (&["--max-connections", "0"], &[], ENV_MAX_CONNECTIONS),
+        (&["--max-admin-connections", "0"], &[], ENV_MAX_ADMIN_CONNECTIONS),
+        (&[], &[(ENV_MAX_INGRESS_CONNECTIONS, "many")], ENV_MAX_INGRESS_CONNECTIONS),
         (&["--max-tunnels=-3"], &[], ENV_MAX_TUNNELS),
     ];
     for (args, env, setting) in cases {
