@@ -9,6 +9,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod authority;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod connect;
@@ -153,14 +154,14 @@ pub async fn run_with(
     // Only an ingress (persistent workload) keeps tokens; with a spool they outlive a restart.
     let tokens = config.ingress.as_ref().map(|_| config.spool_dir.as_deref()).unwrap_or_default();
     let ingress_tokens = Arc::new(ingress_tokens::IngressTokens::new(tokens));
-    let local = Arc::new(LocalApi::new(
-        job,
-        ingress_tokens,
-        reporter.clone(),
-        already,
-        metrics.clone(),
+    // One budget for every body read whole (local API results, ingress dispatches).
+    let bodies = body::BodyLimits::new(
         config.limits.max_body_bytes,
-    ));
+        config.limits.body_read_timeout,
+        config.limits.max_body_memory_bytes,
+    );
+    let local =
+        Arc::new(LocalApi::new(job, ingress_tokens, reporter.clone(), already, metrics.clone(), bodies.clone()));
 
     let resolver: Arc<dyn Resolve> = match extras.resolver {
         Some(r) => r,
@@ -220,8 +221,7 @@ pub async fn run_with(
         )));
     }
     if let (Some(l), Some(ing), Some(k)) = (listeners.ingress, config.ingress, key.clone()) {
-        let settings =
-            ingress::IngressSettings { key: k, upstream: ing.upstream, max_body: config.limits.max_body_bytes };
+        let settings = ingress::IngressSettings { key: k, upstream: ing.upstream, bodies: bodies.clone() };
         let ingress = ingress::new_ingress(local.ingress_tokens.clone(), &metrics, settings);
         let cap = ConnectionLimit::new(config.limits.max_ingress_connections);
         loops.push(tokio::spawn(serve("ingress", cap).run(l, ingress)));

@@ -74,6 +74,8 @@ fn help_explains_every_setting() {
         ENV_JOB_ID,
         ENV_MAX_HEADER_BYTES,
         ENV_MAX_BODY_BYTES,
+        ENV_MAX_BODY_MEMORY_BYTES,
+        ENV_BODY_READ_TIMEOUT_MS,
         ENV_CONNECT_TIMEOUT_MS,
         ENV_IDLE_TIMEOUT_SECS,
         ENV_TUNNEL_IDLE_TIMEOUT_SECS,

@@ -105,6 +105,12 @@ pub struct Cli {
     /// Largest local API / ingress dispatch body, bytes
     #[arg(long, value_name = "BYTES", env = ENV_MAX_BODY_BYTES, default_value = "10485760", hide_env_values = true)]
     pub max_body_bytes: Option<String>,
+    /// Memory for all such bodies at once, bytes (>= --max-body-bytes); a body that would go over gets 503 with Retry-After
+    #[arg(long, value_name = "BYTES", env = ENV_MAX_BODY_MEMORY_BYTES, default_value = "33554432", hide_env_values = true)]
+    pub max_body_memory_bytes: Option<String>,
+    /// A local API / ingress dispatch body must arrive whole within this time (slow uploads get 408), ms
+    #[arg(long, value_name = "MS", env = ENV_BODY_READ_TIMEOUT_MS, default_value = "30000", hide_env_values = true)]
+    pub body_read_timeout_ms: Option<String>,
     /// Upstream connect timeout, ms (DNS included)
     #[arg(long, value_name = "MS", env = ENV_CONNECT_TIMEOUT_MS, default_value = "10000", hide_env_values = true)]
     pub connect_timeout_ms: Option<String>,

@@ -62,6 +62,8 @@ pub const ENV_JOB_TOKEN: &str = env::JOB_TOKEN;
 // Limits: sidecar-private settings, not part of the job-manager contract.
 pub const ENV_MAX_HEADER_BYTES: &str = "SIDECAR_MAX_HEADER_BYTES";
 pub const ENV_MAX_BODY_BYTES: &str = "SIDECAR_MAX_BODY_BYTES";
+pub const ENV_MAX_BODY_MEMORY_BYTES: &str = "SIDECAR_MAX_BODY_MEMORY_BYTES";
+pub const ENV_BODY_READ_TIMEOUT_MS: &str = "SIDECAR_BODY_READ_TIMEOUT_MS";
 pub const ENV_CONNECT_TIMEOUT_MS: &str = "SIDECAR_CONNECT_TIMEOUT_MS";
 pub const ENV_IDLE_TIMEOUT_SECS: &str = "SIDECAR_IDLE_TIMEOUT_SECS";
 pub const ENV_TUNNEL_IDLE_TIMEOUT_SECS: &str = "SIDECAR_TUNNEL_IDLE_TIMEOUT_SECS";
@@ -152,6 +154,11 @@ pub struct Ingress {
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
+    /// All bodies read whole (results, dispatches) together, bytes (at least one
+    /// `max_body_bytes`): more gets 503 with Retry-After.
+    pub max_body_memory_bytes: usize,
+    /// Time to receive one whole body (408 after).
+    pub body_read_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
@@ -171,6 +178,8 @@ impl Default for Limits {
         Self {
             max_header_bytes: 64 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
+            max_body_memory_bytes: 32 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             tunnel_idle_timeout: Duration::from_secs(600),
