@@ -10,7 +10,9 @@
 //!   length up front, else as chunks arrive), never waits for it: over the budget it is
 //!   refused at once with 503 and `Retry-After` (`body_memory_full`), so the client
 //!   retries later instead of an upload sitting on memory while it waits. The bytes go
-//!   back when the [`HeldBody`] is dropped.
+//!   back when the [`HeldBody`] is dropped. The rest of a refused body is read and
+//!   thrown away (within the same limits) before the answer, so the client sees the 503
+//!   rather than a connection reset in the middle of its upload.
 //!
 //! Bytes are copied into one buffer sized for the body (the declared length, or grown
 //! in steps, each step charged to the budget), so there is no second copy at the end
@@ -89,10 +91,14 @@ impl BodyLimits {
             Some(n) => n as usize,
             None => FIRST_STEP.min(limit),
         };
-        self.take(first, &mut share)?;
+        let mut body = std::pin::pin!(body);
+        if let Err(e) = self.take(first, &mut share) {
+            self.discard(body).await;
+            return Err(e);
+        }
         let mut buf: Vec<u8> = Vec::with_capacity(first);
+        let mut over_budget = false;
         let read = async {
-            let mut body = std::pin::pin!(body);
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| ProxyError::BadRequest(format!("reading body: {e}")))?;
                 let Ok(chunk) = frame.into_data() else {
@@ -104,17 +110,51 @@ impl BodyLimits {
                 }
                 if need > buf.capacity() {
                     let grown = need.max(buf.capacity().saturating_mul(2)).min(limit);
-                    self.take(grown - buf.capacity(), &mut share)?;
+                    if let Err(e) = self.take(grown - buf.capacity(), &mut share) {
+                        over_budget = true;
+                        return Err(e);
+                    }
                     buf.reserve_exact(grown - buf.len());
                 }
                 buf.put(chunk);
             }
             Ok(())
         };
-        match tokio::time::timeout(self.read_timeout, read).await {
-            Ok(Ok(())) => Ok(HeldBody { bytes: Bytes::from(buf), share }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ProxyError::BodyTimeout { after: self.read_timeout }),
+        let started = tokio::time::Instant::now();
+        let read = tokio::time::timeout(self.read_timeout, read).await;
+        let read = match read {
+            Ok(Ok(())) => return Ok(HeldBody { bytes: Bytes::from(buf), share }),
+            Ok(Err(e)) => e,
+            Err(_) => return Err(ProxyError::BodyTimeout { after: self.read_timeout }),
+        };
+        if over_budget {
+            drop((buf, share));
+            let left = self.read_timeout.saturating_sub(started.elapsed());
+            let _ = tokio::time::timeout(left, drain(body.as_mut(), limit)).await;
+        }
+        Err(read)
+    }
+
+    /// Reads the rest of a body that will not be used and throws it away (up to the
+    /// body limit, within the read timeout; errors ignored), so that an early answer
+    /// (a duplicate's 409, a 503) reaches a client still sending. Holds no memory.
+    pub async fn discard<B>(&self, body: B)
+    where
+        B: hyper::body::Body,
+    {
+        let body = std::pin::pin!(body);
+        let _ = tokio::time::timeout(self.read_timeout, drain(body, self.max)).await;
+    }
+}
+
+async fn drain<B: hyper::body::Body>(mut body: std::pin::Pin<&mut B>, limit: usize) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(chunk) = frame.into_data() {
+            seen += chunk.remaining();
+            if seen > limit {
+                return;
+            }
         }
     }
 }

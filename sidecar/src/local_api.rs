@@ -1,7 +1,7 @@
 //! The local runtime API (loopback only): the runtime reads its job and posts its
 //! result here; probes and metrics are served here too. The admin listener serves only
 //! the probes and metrics (it listens on the pod network, the job must not).
-use crate::body::BodyLimits;
+use crate::body::{BodyLimits, HeldBody};
 use crate::error::ProxyError;
 use crate::ingress_tokens::IngressTokens;
 use crate::metrics::Metrics;
@@ -190,6 +190,8 @@ impl LocalApi {
         let reporter =
             self.reporter.as_ref().ok_or_else(|| ProxyError::Unavailable("no job manager configured".into()))?;
         if !self.claim(&id) {
+            // Not buffered: read and thrown away, so the client gets the 409.
+            self.bodies.discard(req.into_body()).await;
             return Err(ProxyError::Conflict(format!("a result for job {id} was already accepted")));
         }
         let accepted = self.receive(req, &id, token, reporter).await;
@@ -208,15 +210,17 @@ impl LocalApi {
     ) -> Result<Response<Full<Bytes>>, ProxyError> {
         // The body's share of the budget is held until the result is handed on (parsed
         // and spooled), then the bytes and the share go together.
-        let held = self.bodies.read(req.into_body()).await?;
+        let HeldBody { bytes, share } = self.bodies.read(req.into_body()).await?;
         let result: RuntimeResult =
-            serde_json::from_slice(&held.bytes).map_err(|e| ProxyError::BadRequest(format!("invalid result: {e}")))?;
+            serde_json::from_slice(&bytes).map_err(|e| ProxyError::BadRequest(format!("invalid result: {e}")))?;
+        // The bytes go now; the share stays until the parsed result is handed on.
+        drop(bytes);
         let record = SpoolRecord { result: result.into_job_result(id.clone()), token };
         if let Err(e) = reporter.submit(record).await {
             tracing::error!(job_id = %id, error = %e, "cannot spool result");
             return Err(ProxyError::Unavailable(format!("cannot store the result: {e}")));
         }
-        drop(held);
+        drop(share);
         tracing::info!(job_id = %id, "result accepted");
         Ok(json(StatusCode::ACCEPTED, Bytes::from(format!("{{\"accepted\":true,\"job_id\":\"{id}\"}}"))))
     }
