@@ -71,10 +71,13 @@ fn ipv6_forms() {
     assert_eq!(effective_ip(one), one, "::1 is IPv6 loopback, not 0.0.0.1");
 }
 
+/// (address, the IPv4 it embeds and Teredo's second one)
+type Embedded = (&'static str, Option<(&'static str, Option<&'static str>)>);
+
 #[test]
 fn ipv4_embedded_in_ipv6() {
     let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-    let cases: &[(&str, Option<(&str, Option<&str>)>)] = &[
+    let cases: &[Embedded] = &[
         ("::ffff:169.254.169.254", Some(("169.254.169.254", None))),
         ("::ffff:0:169.254.169.254", Some(("169.254.169.254", None))),
         ("64:ff9b::10.0.0.1", Some(("10.0.0.1", None))),
