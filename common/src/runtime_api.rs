@@ -98,6 +98,10 @@ pub mod sidecar_env {
     /// Comma-separated hosts (`--allow-host` syntax) and CIDRs dialled directly, not
     /// through the upstream proxy (the usual NO_PROXY list: in-cluster services).
     pub const UPSTREAM_PROXY_BYPASS: &str = "SIDECAR_UPSTREAM_PROXY_BYPASS";
+    /// `refuse` (default) or `forward`: what happens to a name the sidecar cannot
+    /// resolve while an upstream proxy is set (forwarded, the upstream's resolver would
+    /// pick the address and no address rule would run).
+    pub const UPSTREAM_PROXY_UNRESOLVED: &str = "SIDECAR_UPSTREAM_PROXY_UNRESOLVED";
     pub const LOG_FORMAT: &str = "SIDECAR_LOG_FORMAT";
     pub const LOG_LEVEL: &str = "SIDECAR_LOG_LEVEL";
     /// Seconds the sidecar keeps retrying a result before giving up (default 600).

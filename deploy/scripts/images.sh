@@ -3,6 +3,7 @@
 #
 #   images.sh build           static release binaries, then buildah images FROM scratch
 #   images.sh push REGISTRY   push them to REGISTRY/newrelic/serverless-<name>:{VERSION,latest}
+#                             (TLS verified, except for a loopback registry: tls_verify_for)
 #   images.sh test            build, then verify
 #   images.sh verify          push the built images to a throwaway registry on 127.0.0.1:5000,
 #                             pull and inspect them back (entrypoint, user, size), smoke-run
@@ -13,7 +14,7 @@
 # touches the system's container storage or services. Needs root (or sudo) for apt and for
 # podman/buildah. Environment: IMAGE_TAG (default: the workspace version).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root=$(pwd)
 
 TARGET=x86_64-unknown-linux-gnu
@@ -132,14 +133,23 @@ cmd_build() {
   for name in $(built_names); do build_image "$name"; done
 }
 
+# --tls-verify for a registry: only a loopback registry (127.0.0.1, localhost, [::1],
+# with or without a port: the throwaway one `make image-test` starts) may skip TLS
+# verification; every other registry is verified, so a push to a real registry can
+# never be intercepted. Tested by deploy/tests/test_images_script.py.
+tls_verify_for() {
+  if [[ $1 =~ ^(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?$ ]]; then echo false; else echo true; fi
+}
+
 cmd_push() {
   local registry=${1:?usage: images.sh push REGISTRY}
   ensure_apt buildah
   ensure_storage
-  local name tag
+  local name tag verify
+  verify=$(tls_verify_for "$registry")
   for name in $(built_names); do
     for tag in "$TAG" latest; do
-      buildah push --quiet --tls-verify=false "localhost/$(repo_of "$name"):$TAG" "docker://$registry/$(repo_of "$name"):$tag"
+      buildah push --quiet --tls-verify="$verify" "localhost/$(repo_of "$name"):$TAG" "docker://$registry/$(repo_of "$name"):$tag"
     done
     log "pushed $registry/$(repo_of "$name"):{$TAG,latest}"
   done
@@ -342,6 +352,9 @@ cmd_test() {
   cmd_build
   cmd_verify
 }
+
+# Sourced (tests): define the functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 
 case ${1:-} in
   build) cmd_build ;;

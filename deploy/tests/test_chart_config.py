@@ -74,6 +74,7 @@ def test_defaults_match_the_seed(chart):
     assert sidecar["enabled"] is True
     assert sidecar["image"] == {"repository": "newrelic/serverless-sidecar", "tag": "latest", "pullPolicy": "IfNotPresent"}
     assert sidecar["resources"] == {"requests": {"cpu": "0.1", "memory": "128Mi"}, "limits": {"cpu": "0.2", "memory": "256Mi"}}
+    assert sidecar["upstreamProxyUnresolved"] == "refuse", "unresolvable names behind an upstream proxy are refused"
     k8s = config["kubernetes"]
     assert k8s["job"] == {"backoffLimit": 0, "ttlSecondsAfterFinished": 60}
     assert k8s["persistence"] == {"existingClaimName": "", "emptyDirSizeLimit": "2Gi", "mountPath": "/data", "subPath": ""}
@@ -103,6 +104,7 @@ def test_everything_reaches_the_config(chart):
     assert k8s["extraVolumes"] == [{"name": "extra", "emptyDir": {}}]
     assert config["sidecar"]["denyPrivate"] is True and config["sidecar"]["allowHosts"] == ["*.example.com"]
     assert "upstreamProxy" not in config["sidecar"], "it may carry credentials: env from the Secret"
+    assert config["sidecar"]["upstreamProxyUnresolved"] == "forward"
     assert "NOTE: jobManager.jvmOpts is ignored" in rendered.notes()
 
 

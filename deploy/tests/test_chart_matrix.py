@@ -49,6 +49,7 @@ MATRIX = {
                                    "extraEnv": {"AGENT": "1"},
                                    "userDefinedVariables": {"userDefinedJson": '{"a": 1}'},
                                    "sidecar": {"upstreamProxy": "http://u:p@proxy:3128", "denyPrivate": True,
+                                               "upstreamProxyUnresolved": "forward",
                                                "allowHosts": ["*.example.com"], "extraEnv": {"SIDE": "x"}}},
                     "global": {"checkTimeout": 900, "extraEnv": {"GLOBAL": "g", "AGENT": "0"}, "hostnameOverride": "jm-results",
                                "customNodeModules": {"customNodeModulesPath": "/data/modules"}},

@@ -24,6 +24,8 @@ REFUSED = {
     "sidecar-resources-list": ({"jobManager": {"sidecar": {"resources": ["cpu"]}}}, ["/jobManager/sidecar/resources", "want object"]),
     "unknown-top-level-key": ({"jobManger": {"locationKey": "x"}}, ["additional properties 'jobManger' not allowed"]),
     "unknown-nested-key": ({"jobManager": {"hpa": {"minReplica": 2}}}, ["/jobManager/hpa", "'minReplica' not allowed"]),
+    "bad-upstream-proxy-unresolved": ({"jobManager": {"sidecar": {"upstreamProxyUnresolved": "resolve"}}},
+                                      ["/jobManager/sidecar/upstreamProxyUnresolved", "value must be one of"]),
     "bad-log-level": ({"jobManager": {"logLevel": "verbose"}}, ["/jobManager/logLevel", "value must be one of"]),
     "bad-pull-policy": ({"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy"]),
     "bad-workload": ({"node-browser-runtime": {"workload": "forever"}}, ["/node-browser-runtime/workload"]),

@@ -261,25 +261,34 @@ pub fn target_of_uri(uri: &http::Uri) -> Result<Target, AuthorityError> {
     parse_authority(authority.as_str(), Some(default_port))
 }
 
-/// The address the policy should judge: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
-/// (`::a.b.c.d`) and NAT64 well-known-prefix (`64:ff9b::a.b.c.d`) addresses all lead to
-/// an IPv4 destination and are classified as that destination.
-pub fn effective_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
-            let s = v6.segments();
-            let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-            let compat = s[..6].iter().all(|&x| x == 0) && !(s[6] == 0 && s[7] <= 1);
-            let nat64 = s[0] == 0x64 && s[1] == 0xff9b && s[2..6].iter().all(|&x| x == 0);
-            if compat || nat64 {
-                IpAddr::V4(tail)
-            } else {
-                ip
-            }
-        }
+/// The IPv4 addresses an IPv6 address leads to, judged in its place (RFC 6052,
+/// 6145, 3056, 4380, 4291): IPv4-mapped `::ffff:a.b.c.d`, SIIT `::ffff:0:a.b.c.d`,
+/// NAT64 `64:ff9b::/96` and local-use `64:ff9b:1::/48` (last 32 bits), 6to4 `2002::/16`
+/// (bits 16..48), Teredo `2001::/32` (server: bits 32..64; client: last 32 bits
+/// inverted; both count), IPv4-compatible `::a.b.c.d` (deprecated; `::` and `::1` are
+/// themselves). `None` for IPv4 and every other IPv6 address.
+pub fn embedded_ipv4(ip: IpAddr) -> Option<(Ipv4Addr, Option<Ipv4Addr>)> {
+    let IpAddr::V6(v6) = ip else {
+        return None;
+    };
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    let tail = v4(s[6], s[7]);
+    let zero = |r: std::ops::Range<usize>| s[r].iter().all(|&x| x == 0);
+    match s {
+        _ if zero(0..5) && s[5] == 0xffff => Some((tail, None)),
+        _ if zero(0..4) && s[4] == 0xffff && s[5] == 0 => Some((tail, None)),
+        [0x64, 0xff9b, ..] if zero(2..6) => Some((tail, None)),
+        [0x64, 0xff9b, 1, ..] => Some((tail, None)),
+        [0x2002, hi, lo, ..] => Some((v4(hi, lo), None)),
+        [0x2001, 0, hi, lo, ..] => Some((v4(hi, lo), Some(Ipv4Addr::from(!u32::from(tail))))),
+        _ if zero(0..6) && !(s[6] == 0 && s[7] <= 1) => Some((tail, None)),
+        _ => None,
     }
+}
+
+/// The address the policy should judge in place of `ip`: the (first) IPv4 address it
+/// embeds ([`embedded_ipv4`]), or itself. The policy judges Teredo's second one too.
+pub fn effective_ip(ip: IpAddr) -> IpAddr {
+    embedded_ipv4(ip).map_or(ip, |(v4, _)| IpAddr::V4(v4))
 }

@@ -2,10 +2,10 @@
 //! passed (never a second lookup between check and connect), or the same through an
 //! upstream (corporate) proxy. Also the connector the forwarding client pools over.
 use crate::authority::{target_of_uri, Host, Target};
-use crate::config::UpstreamProxy;
+use crate::config::{Unresolved, UpstreamProxy};
 use crate::error::ProxyError;
 use crate::metrics::{ClassLabel, Metrics};
-use crate::policy::EgressPolicy;
+use crate::policy::{Class, Decision, EgressPolicy};
 use crate::resolve::Resolve;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -195,8 +195,24 @@ impl Dialer {
         let addrs = match self.lookup(target).await {
             Ok(a) => a,
             // Behind an upstream proxy the local resolver may know nothing about the
-            // internet; the upstream proxy resolves. Name rules have already run.
-            Err(ProxyError::Resolve(_)) if self.upstream.is_some() => return Ok(Vec::new()),
+            // internet, but forwarding such a name lets the upstream's resolver pick an
+            // address no rule of step 3 ever sees (metadata, the pod network). Only an
+            // operator who says so (`--upstream-proxy-unresolved forward`) gets that.
+            Err(ProxyError::Resolve(r)) if self.upstream.is_some() => {
+                let unresolved = self.upstream.as_ref().map(|u| u.config.unresolved);
+                if unresolved == Some(Unresolved::Forward) {
+                    return Ok(Vec::new());
+                }
+                let reason = format!(
+                    "{} does not resolve locally ({}); names the sidecar cannot check are not forwarded to the \
+                     upstream proxy ({}=refuse)",
+                    target.host,
+                    r.message,
+                    crate::config::ENV_UPSTREAM_PROXY_UNRESOLVED
+                );
+                self.refuse(target, Decision::deny(Class::Unresolved, reason))?;
+                return Ok(Vec::new());
+            }
             Err(e) => return Err(e),
         };
         let d = self.policy.decide_addresses(target, &addrs);
@@ -206,7 +222,7 @@ impl Dialer {
         Ok(addrs)
     }
 
-    fn refuse(&self, target: &Target, d: crate::policy::Decision) -> Result<(), ProxyError> {
+    fn refuse(&self, target: &Target, d: Decision) -> Result<(), ProxyError> {
         let enforced = !self.report_only;
         self.metrics
             .denials
@@ -259,19 +275,47 @@ impl Dialer {
         }
     }
 
-    /// A connection for forwarding plain HTTP to `target`: direct, or to the upstream
-    /// proxy (marked `proxied`, so requests go out in absolute form).
-    pub async fn dial_http(&self, target: &Target) -> Result<Io, ProxyError> {
+    /// Which way a plain-HTTP request to `target` will go, decided before it is sent so
+    /// that only requests bound for the upstream proxy carry its credentials. A lookup
+    /// happens only when the answer depends on it (a name, and CIDRs on the bypass
+    /// list); it only routes: the connector checks the policy on its own lookup and
+    /// refuses to dial a route other than this one ([`Dialer::dial_http`]).
+    pub async fn route_http(&self, target: &Target) -> Via {
+        let Some(up) = &self.upstream else {
+            return Via::Direct;
+        };
+        if self.policy.job_manager.as_ref() == Some(target) {
+            return Via::Direct;
+        }
+        let resolved = match &target.host {
+            Host::Name(_) if !up.config.bypass.cidrs.is_empty() => self.lookup(target).await.unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        match self.upstream_for(target, &resolved) {
+            Some(_) => Via::Upstream,
+            None => Via::Direct,
+        }
+    }
+
+    /// A connection for forwarding plain HTTP to `target` the way [`Dialer::route_http`]
+    /// chose: direct, or to the upstream proxy (marked `proxied`, so requests go out in
+    /// absolute form). Should the policy's own lookup route it the other way (a DNS
+    /// answer that moved in or out of the bypass list), nothing is dialled: a request
+    /// carrying the upstream's credentials must never reach anything else.
+    pub async fn dial_http(&self, target: &Target, via: Via) -> Result<Io, ProxyError> {
         let deadline = Instant::now() + self.connect_timeout;
         let work = async {
             let addrs = self.check(target).await?;
-            match self.upstream_for(target, &addrs) {
-                Some(up) => {
+            match (self.upstream_for(target, &addrs), via) {
+                (Some(up), Via::Upstream) => {
                     let mut io = up.connect().await?;
                     io.proxied = true;
                     Ok(io)
                 }
-                None => self.dial_direct(target, &addrs, deadline).await,
+                (None, Via::Direct) => self.dial_direct(target, &addrs, deadline).await,
+                _ => Err(ProxyError::UpstreamProxy(format!(
+                    "the route to {target} changed between lookups (in or out of the bypass list); retry"
+                ))),
             }
         };
         tokio::time::timeout_at(deadline.into(), work)
@@ -279,7 +323,9 @@ impl Dialer {
             .unwrap_or_else(|_| Err(ProxyError::ConnectTimeout { target: target.to_string() }))
     }
 
-    /// A connection for a CONNECT tunnel to `target`.
+    /// A connection for a CONNECT tunnel to `target`. The upstream's credentials go
+    /// only in the CONNECT sent to the upstream proxy ([`UpstreamDialer::tunnel`]); a
+    /// direct tunnel carries nothing of the client's request but its bytes.
     pub async fn dial_tunnel(&self, target: &Target) -> Result<Io, ProxyError> {
         let deadline = Instant::now() + self.connect_timeout;
         let work = async {
@@ -295,10 +341,22 @@ impl Dialer {
     }
 }
 
+/// The way a forwarded request goes: straight to its destination, or to the upstream
+/// proxy. Each has its own connection pool, so a connection is never reused the other way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Direct,
+    Upstream,
+}
+
 /// The forwarding client's connector: every new upstream connection goes through the
-/// policy. Pooled connections were checked when they were dialled.
+/// policy. Pooled connections were checked when they were dialled. One per route
+/// ([`Via`]): the client pools per connector, so routes never share a connection.
 #[derive(Clone)]
-pub struct PolicyConnector(pub Arc<Dialer>);
+pub struct PolicyConnector {
+    pub dialer: Arc<Dialer>,
+    pub via: Via,
+}
 
 impl tower::Service<http::Uri> for PolicyConnector {
     type Response = TokioIo<Io>;
@@ -310,10 +368,10 @@ impl tower::Service<http::Uri> for PolicyConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let dialer = self.0.clone();
+        let (dialer, via) = (self.dialer.clone(), self.via);
         Box::pin(async move {
             let target = target_of_uri(&uri)?;
-            dialer.dial_http(&target).await.map(TokioIo::new)
+            dialer.dial_http(&target, via).await.map(TokioIo::new)
         })
     }
 }

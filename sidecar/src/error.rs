@@ -29,6 +29,10 @@ pub enum ProxyError {
     TooManyTunnels,
     #[error("body larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("body not received within {} ms", .after.as_millis())]
+    BodyTimeout { after: std::time::Duration },
+    #[error("too many request bodies in memory; retry later")]
+    BodyMemoryFull,
     #[error("{0}")]
     BadRequest(String),
     #[error("not found")]
@@ -58,6 +62,8 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream_failed",
             ProxyError::TooManyTunnels => "too_many_tunnels",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
+            ProxyError::BodyMemoryFull => "body_memory_full",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NotFound => "not_found",
             ProxyError::MethodNotAllowed => "method_not_allowed",
@@ -77,7 +83,10 @@ impl ProxyError {
             | ProxyError::UpstreamProxy(_)
             | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::TooManyTunnels | ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooManyTunnels | ProxyError::Unavailable(_) | ProxyError::BodyMemoryFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -94,6 +103,17 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(common::headers::PROXY_ERROR, HeaderValue::from_static(self.label()));
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        match self {
+            // Bodies in memory are let go within a body read timeout at most.
+            ProxyError::BodyMemoryFull => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The rest of the body is never read: the connection cannot be reused.
+            ProxyError::BodyTimeout { .. } => {
+                h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
         resp
     }
 

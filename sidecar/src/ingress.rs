@@ -36,7 +36,7 @@ pub struct IngressSettings {
     /// The runtime's listen address (`--ingress-upstream`).
     pub upstream: SocketAddr,
     /// The largest dispatch body read (`--max-body-bytes`).
-    pub max_body: usize,
+    pub bodies: crate::body::BodyLimits,
 }
 
 /// Assembles the ingress stack. Outermost first, and why each layer sits where it does:
@@ -61,6 +61,6 @@ pub fn new_ingress(tokens: Arc<IngressTokens>, metrics: &Metrics, s: IngressSett
         .layer(RescueLayer::new(metrics.errors.clone()).logged_as("ingress request refused"))
         .layer(RequireKeyLayer::new(s.key))
         .layer(StripHopByHopLayer)
-        .layer(KeepTokenLayer::new(tokens, s.max_body))
+        .layer(KeepTokenLayer::new(tokens, s.bodies))
         .service(Runtime::new(s.upstream))
 }

@@ -13,6 +13,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod authority;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod connect;
@@ -158,14 +159,14 @@ pub async fn run_with(
     // Only an ingress (persistent workload) keeps tokens; with a spool they outlive a restart.
     let tokens = config.ingress.as_ref().map(|_| config.spool_dir.as_deref()).unwrap_or_default();
     let ingress_tokens = Arc::new(ingress_tokens::IngressTokens::new(tokens));
-    let local = Arc::new(LocalApi::new(
-        job,
-        ingress_tokens,
-        reporter.clone(),
-        already,
-        metrics.clone(),
+    // One budget for every body read whole (local API results, ingress dispatches).
+    let bodies = body::BodyLimits::new(
         config.limits.max_body_bytes,
-    ));
+        config.limits.body_read_timeout,
+        config.limits.max_body_memory_bytes,
+    );
+    let local =
+        Arc::new(LocalApi::new(job, ingress_tokens, reporter.clone(), already, metrics.clone(), bodies.clone()));
 
     let resolver: Arc<dyn Resolve> = match extras.resolver {
         Some(r) => r,
@@ -182,6 +183,8 @@ pub async fn run_with(
         metrics: metrics.clone(),
     });
     let ready = listeners.addrs();
+    // One cap per listener: a flood of tunnels on the proxy listener must never make the
+    // admin probes or the ingress refuse.
     let connections = ConnectionLimit::new(config.limits.max_connections);
     let proxy = new_proxy(
         dialer,
@@ -200,9 +203,9 @@ pub async fn run_with(
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let serve = |name| Serve {
+    let serve = |name, connections| Serve {
         name,
-        connections: connections.clone(),
+        connections,
         limits: config.limits,
         shutdown: stop.clone(),
         tracker: tracker.clone(),
@@ -210,10 +213,11 @@ pub async fn run_with(
         job_id: job_id.clone(),
     };
     let mut loops = Vec::new();
-    loops.push(tokio::spawn(serve("proxy").run(listeners.proxy, proxy)));
+    loops.push(tokio::spawn(serve("proxy", connections).run(listeners.proxy, proxy)));
     if let Some(l) = listeners.admin {
         let local = local.clone();
-        loops.push(tokio::spawn(serve("admin").run(
+        let admin = ConnectionLimit::new(config.limits.max_admin_connections);
+        loops.push(tokio::spawn(serve("admin", admin).run(
             l,
             tower::service_fn(move |req| {
                 let local = local.clone();
@@ -222,10 +226,10 @@ pub async fn run_with(
         )));
     }
     if let (Some(l), Some(ing), Some(k)) = (listeners.ingress, config.ingress, key.clone()) {
-        let settings =
-            ingress::IngressSettings { key: k, upstream: ing.upstream, max_body: config.limits.max_body_bytes };
+        let settings = ingress::IngressSettings { key: k, upstream: ing.upstream, bodies: bodies.clone() };
         let ingress = ingress::new_ingress(local.ingress_tokens.clone(), &metrics, settings);
-        loops.push(tokio::spawn(serve("ingress").run(l, ingress)));
+        let cap = ConnectionLimit::new(config.limits.max_ingress_connections);
+        loops.push(tokio::spawn(serve("ingress", cap).run(l, ingress)));
     }
 
     // Handed over by id + token (Kubernetes): fetch the job before reporting ready, so

@@ -1,6 +1,7 @@
-//! The connection cap: one count of client connections shared by every listener
-//! (proxy, admin, ingress) and by CONNECT tunnels, which outlive their HTTP connection
-//! and keep a slot of their own. Over the cap nothing waits: an accepted connection
+//! A connection cap: one count of client connections per listener (proxy, admin,
+//! ingress: each its own, so one listener's flood cannot starve another's; the admin
+//! probes above all). On the proxy listener CONNECT tunnels, which outlive their HTTP
+//! connection, keep a slot of their own. Over the cap nothing waits: an accepted connection
 //! gets an immediate `503` (`x-sidecar-error: too_many_connections`) and is closed,
 //! rather than sitting in the kernel backlog where a client cannot tell a slow sidecar
 //! from a dead one; a tunnel is refused with the tunnel limit's `503`.
@@ -14,7 +15,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// there is no request to answer through hyper.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-sidecar-error: too_many_connections\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
 
-/// The shared connection cap (`--max-connections`). Clones share the count.
+/// A listener's connection cap (`--max-connections`, `--max-admin-connections`,
+/// `--max-ingress-connections`). Clones share the count.
 #[derive(Clone, Debug)]
 pub struct ConnectionLimit {
     slots: Arc<Semaphore>,

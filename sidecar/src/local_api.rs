@@ -1,6 +1,7 @@
 //! The local runtime API (loopback only): the runtime reads its job and posts its
 //! result here; probes and metrics are served here too. The admin listener serves only
 //! the probes and metrics (it listens on the pod network, the job must not).
+use crate::body::{BodyLimits, HeldBody};
 use crate::error::ProxyError;
 use crate::ingress_tokens::IngressTokens;
 use crate::metrics::Metrics;
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use common::runtime_api::{RuntimeJob, RuntimeResult, LOCAL_JOB_PATH, LOCAL_RESULT_PATH};
 use common::{Job, JobId};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,13 +58,14 @@ pub struct LocalApi {
     /// Set at start (job directory) or once fetched from the job manager (id + token).
     job: OnceLock<LoadedJob>,
     reporter: Option<Arc<ResultReporter>>,
-    /// Jobs whose result was accepted (spooled); a second result gets 409.
+    /// Jobs whose result was accepted (spooled) or is being received; a second result
+    /// gets 409 before a byte of its body is read.
     accepted: Mutex<HashSet<JobId>>,
     /// Tokens of jobs dispatched through the ingress (persistent workloads).
     pub ingress_tokens: Arc<IngressTokens>,
     pub ready: AtomicBool,
     metrics: Arc<Metrics>,
-    max_body: usize,
+    bodies: BodyLimits,
 }
 
 impl LocalApi {
@@ -73,7 +75,7 @@ impl LocalApi {
         reporter: Option<Arc<ResultReporter>>,
         already_accepted: Vec<JobId>,
         metrics: Arc<Metrics>,
-        max_body: usize,
+        bodies: BodyLimits,
     ) -> Self {
         Self {
             job: job.map(OnceLock::from).unwrap_or_default(),
@@ -82,7 +84,7 @@ impl LocalApi {
             ingress_tokens,
             ready: AtomicBool::new(false),
             metrics,
-            max_body,
+            bodies,
         }
     }
 
@@ -166,6 +168,19 @@ impl LocalApi {
         Err(ProxyError::NotFound)
     }
 
+    /// Claims `id` for the result being received (false: one was accepted, or is being
+    /// received, already).
+    fn claim(&self, id: &JobId) -> bool {
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone())
+    }
+
+    fn unclaim(&self, id: &JobId) {
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// The job is claimed before its body is read, so a duplicate (or a second upload
+    /// racing the first) is answered 409 without buffering anything; a result that
+    /// fails (bad body, timeout, over the budget, spool error) gives the claim back.
     async fn accept_result(
         &self,
         req: Request<hyper::body::Incoming>,
@@ -174,18 +189,38 @@ impl LocalApi {
     ) -> Result<Response<Full<Bytes>>, ProxyError> {
         let reporter =
             self.reporter.as_ref().ok_or_else(|| ProxyError::Unavailable("no job manager configured".into()))?;
-        let body = read_body(req.into_body(), self.max_body).await?;
-        let result: RuntimeResult =
-            serde_json::from_slice(&body).map_err(|e| ProxyError::BadRequest(format!("invalid result: {e}")))?;
-        if !self.accepted.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+        if !self.claim(&id) {
+            // Not buffered: read and thrown away, so the client gets the 409.
+            self.bodies.discard(req.into_body()).await;
             return Err(ProxyError::Conflict(format!("a result for job {id} was already accepted")));
         }
+        let accepted = self.receive(req, &id, token, reporter).await;
+        if accepted.is_err() {
+            self.unclaim(&id);
+        }
+        accepted
+    }
+
+    async fn receive(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        id: &JobId,
+        token: String,
+        reporter: &Arc<ResultReporter>,
+    ) -> Result<Response<Full<Bytes>>, ProxyError> {
+        // The body's share of the budget is held until the result is handed on (parsed
+        // and spooled), then the bytes and the share go together.
+        let HeldBody { bytes, share } = self.bodies.read(req.into_body()).await?;
+        let result: RuntimeResult =
+            serde_json::from_slice(&bytes).map_err(|e| ProxyError::BadRequest(format!("invalid result: {e}")))?;
+        // The bytes go now; the share stays until the parsed result is handed on.
+        drop(bytes);
         let record = SpoolRecord { result: result.into_job_result(id.clone()), token };
         if let Err(e) = reporter.submit(record).await {
-            self.accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             tracing::error!(job_id = %id, error = %e, "cannot spool result");
             return Err(ProxyError::Unavailable(format!("cannot store the result: {e}")));
         }
+        drop(share);
         tracing::info!(job_id = %id, "result accepted");
         Ok(json(StatusCode::ACCEPTED, Bytes::from(format!("{{\"accepted\":true,\"job_id\":\"{id}\"}}"))))
     }
@@ -193,25 +228,6 @@ impl LocalApi {
 
 fn no_job() -> ProxyError {
     ProxyError::Unavailable("this sidecar has no job (SIDECAR_JOB_DIR is not set)".into())
-}
-
-/// Reads a whole body, refusing more than `limit` bytes (413).
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ProxyError>
-where
-    B: hyper::body::Body,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    // A declared length over the limit is refused before waiting for a single byte.
-    if body.size_hint().lower() > limit as u64 {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ProxyError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ProxyError::BadRequest(format!("reading body: {e}"))),
-    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -12,17 +12,19 @@
 //!    from the built-in name rules (its addresses are still checked in step 3); built-in
 //!    names are refused: cloud metadata (`metadata.google.internal`, ...), the Kubernetes
 //!    API (`kubernetes.default*`), `localhost` and `*.localhost`.
-//! 3. Every resolved address (IPv4-mapped/compatible and NAT64 IPv6 judged as the IPv4
-//!    they lead to): `deny_cidrs` refuses; `allow_cidrs` allows; then the built-in
-//!    classes refuse: configured API server addresses, cloud metadata, unspecified,
-//!    loopback, link-local, multicast/broadcast/reserved, and private ranges (RFC 1918,
-//!    CGNAT, ULA) only when `deny_private` is set. Anything else is public and allowed.
+//! 3. Every resolved address (IPv6 that embeds IPv4 — mapped, SIIT, NAT64 incl. local-use,
+//!    6to4, Teredo server and client, compatible — judged as the IPv4 it leads to):
+//!    `deny_cidrs` refuses; `allow_cidrs` allows; then the built-in classes refuse:
+//!    configured API server addresses, cloud metadata, unspecified, loopback,
+//!    link-local, multicast/broadcast/reserved (incl. documentation and benchmarking
+//!    ranges), and private ranges (RFC 1918, CGNAT, ULA) only when `deny_private` is
+//!    set. Anything else is public and allowed.
 //!
 //! A request is refused when *any* resolved address is refused: a DNS answer that mixes a
 //! public and a forbidden address is treated as hostile rather than raced.
 //! Allow lists beat built-in rules by design (an operator who allows `127.0.0.1/32` for a
 //! benchmark means it); deny lists beat allow lists.
-use crate::authority::{effective_ip, Host, Target};
+use crate::authority::{effective_ip, embedded_ipv4, Host, Target};
 use ipnet::IpNet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -53,6 +55,9 @@ pub enum Class {
     DeniedHost,
     DeniedPort,
     PortNotAllowed,
+    /// Behind an upstream proxy: the name does not resolve locally, so no address rule
+    /// could run (`--upstream-proxy-unresolved refuse`, the default).
+    Unresolved,
     // --- allowances
     Public,
     PrivateAllowed,
@@ -61,7 +66,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const DENIALS: [Class; 12] = [
+    pub const DENIALS: [Class; 13] = [
         Class::Metadata,
         Class::LinkLocal,
         Class::Loopback,
@@ -74,6 +79,7 @@ impl Class {
         Class::DeniedHost,
         Class::DeniedPort,
         Class::PortNotAllowed,
+        Class::Unresolved,
     ];
 
     pub fn label(self) -> &'static str {
@@ -90,6 +96,7 @@ impl Class {
             Class::DeniedHost => "denied_host",
             Class::DeniedPort => "denied_port",
             Class::PortNotAllowed => "port_not_allowed",
+            Class::Unresolved => "unresolved",
             Class::Public => "public",
             Class::PrivateAllowed => "private_allowed",
             Class::AllowedCidr => "allowed_cidr",
@@ -123,7 +130,7 @@ impl Decision {
     fn allow(class: Class, reason: impl Into<String>) -> Self {
         Self { verdict: Verdict::Allow, class, reason: reason.into() }
     }
-    fn deny(class: Class, reason: impl Into<String>) -> Self {
+    pub fn deny(class: Class, reason: impl Into<String>) -> Self {
         Self { verdict: Verdict::Deny, class, reason: reason.into() }
     }
     pub fn is_allowed(&self) -> bool {
@@ -212,14 +219,46 @@ const METADATA_NAMES: &[&str] = &[
     "metadata.tencentyun.com",
 ];
 
+/// Cloud metadata and credential endpoints, refused on every port.
 const METADATA_V4: &[Ipv4Addr] = &[
     Ipv4Addr::new(169, 254, 169, 254), // AWS, GCP, Azure, OpenStack, DigitalOcean
     Ipv4Addr::new(169, 254, 170, 2),   // AWS ECS task metadata
+    Ipv4Addr::new(169, 254, 170, 23),  // AWS EKS Pod Identity agent
     Ipv4Addr::new(169, 254, 169, 123), // AWS time sync
+    Ipv4Addr::new(168, 63, 129, 16),   // Azure WireServer (80, 443, 32526: host agent, extensions)
     Ipv4Addr::new(100, 100, 100, 200), // Alibaba Cloud
     Ipv4Addr::new(192, 0, 0, 192),     // Oracle Cloud (legacy)
 ];
-const METADATA_V6: &[Ipv6Addr] = &[Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)];
+const METADATA_V6: &[Ipv6Addr] = &[
+    Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254), // AWS IMDS (IPv6 endpoint)
+    Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23),  // AWS EKS Pod Identity agent (IPv6)
+    Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254),  // GCP metadata server (IPv6)
+    // Oracle Cloud IMDS over IPv6: OCI's "Getting Instance Metadata" documents
+    // http://[fd00:c1::a9fe:a9fe]/opc/v2/ (the v4 169.254.169.254 in the low 32 bits).
+    Ipv6Addr::new(0xfd00, 0xc1, 0, 0, 0, 0, 0xa9fe, 0xa9fe),
+];
+
+/// Documentation and benchmarking ranges (RFC 5737, 2544, 3849, 9637, 5180): never a
+/// real destination, so a name resolving there is refused as reserved.
+const RESERVED_V4: &[(Ipv4Addr, u8)] = &[
+    (Ipv4Addr::new(192, 0, 2, 0), 24),
+    (Ipv4Addr::new(198, 51, 100, 0), 24),
+    (Ipv4Addr::new(203, 0, 113, 0), 24),
+    (Ipv4Addr::new(198, 18, 0, 0), 15),
+];
+const RESERVED_V6: &[(Ipv6Addr, u8)] = &[
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32),
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20),
+    (Ipv6Addr::new(0x2001, 0x2, 0, 0, 0, 0, 0, 0), 48),
+];
+
+fn in_v4(ip: Ipv4Addr, nets: &[(Ipv4Addr, u8)]) -> bool {
+    nets.iter().any(|&(net, len)| (u32::from(ip) ^ u32::from(net)) >> (32 - len) == 0)
+}
+
+fn in_v6(ip: Ipv6Addr, nets: &[(Ipv6Addr, u8)]) -> bool {
+    nets.iter().any(|&(net, len)| (u128::from(ip) ^ u128::from(net)) >> (128 - len) == 0)
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct EgressPolicy {
@@ -298,10 +337,29 @@ impl EgressPolicy {
         self.decide_name(target).unwrap_or_else(|| self.decide_addresses(target, addrs))
     }
 
+    /// One resolved address. An IPv6 address that embeds IPv4 ([`embedded_ipv4`]:
+    /// mapped, SIIT, NAT64, 6to4, Teredo, compatible) is judged as the IPv4 address it
+    /// leads to, the whole decision (lists, API server, classes); Teredo carries two
+    /// (server and client) and is refused if either is. A deny CIDR on the IPv6 form
+    /// itself still refuses.
     fn decide_ip(&self, raw: IpAddr, port: u16) -> Decision {
-        let ip = effective_ip(raw);
+        if self.deny_cidrs.iter().any(|n| n.contains(&raw)) {
+            return Decision::deny(Class::DeniedCidr, format!("{raw} is in a denied CIDR"));
+        }
+        let Some((first, second)) = embedded_ipv4(raw) else {
+            return self.decide_one(raw, raw, port);
+        };
+        let d = self.decide_one(raw, IpAddr::V4(first), port);
+        match second {
+            Some(other) if d.is_allowed() => self.decide_one(raw, IpAddr::V4(other), port),
+            _ => d,
+        }
+    }
+
+    /// `ip` judged on behalf of `raw` (the address resolved, which may embed `ip`).
+    fn decide_one(&self, raw: IpAddr, ip: IpAddr, port: u16) -> Decision {
         let shown = if ip == raw { ip.to_string() } else { format!("{raw} (= {ip})") };
-        if self.deny_cidrs.iter().any(|n| n.contains(&ip) || n.contains(&raw)) {
+        if self.deny_cidrs.iter().any(|n| n.contains(&ip)) {
             return Decision::deny(Class::DeniedCidr, format!("{shown} is in a denied CIDR"));
         }
         if self.allow_cidrs.iter().any(|n| n.contains(&ip) || n.contains(&raw)) {
@@ -316,7 +374,7 @@ impl EgressPolicy {
             Class::Unspecified => "an unspecified address",
             Class::Loopback => "loopback",
             Class::LinkLocal => "link-local",
-            Class::Reserved => "multicast, broadcast or reserved",
+            Class::Reserved => "multicast, broadcast, documentation, benchmarking or reserved",
             Class::Private if self.deny_private => "a private address",
             Class::Private => return Decision::allow(Class::PrivateAllowed, format!("{shown} is private (allowed)")),
             _ => return Decision::allow(Class::Public, format!("{shown} is public")),
@@ -339,10 +397,10 @@ pub fn classify(ip: IpAddr) -> Class {
                 Class::Loopback
             } else if v4.is_link_local() {
                 Class::LinkLocal
-            } else if v4.is_multicast() || v4.is_broadcast() || o[0] >= 240 {
+            } else if v4.is_multicast() || v4.is_broadcast() || o[0] >= 240 || in_v4(v4, RESERVED_V4) {
                 Class::Reserved
-            } else if v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) || (o[0] == 198 && (o[1] & 0xfe) == 18) {
-                // RFC 1918, CGNAT 100.64/10 (also used by some clusters), benchmarking 198.18/15.
+            } else if v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
+                // RFC 1918, CGNAT 100.64/10 (also used by some clusters).
                 Class::Private
             } else {
                 Class::Public
@@ -358,7 +416,7 @@ pub fn classify(ip: IpAddr) -> Class {
                 Class::Loopback
             } else if (s0 & 0xffc0) == 0xfe80 {
                 Class::LinkLocal
-            } else if v6.is_multicast() || (s0 & 0xffc0) == 0xfec0 {
+            } else if v6.is_multicast() || (s0 & 0xffc0) == 0xfec0 || in_v6(v6, RESERVED_V6) {
                 Class::Reserved
             } else if (s0 & 0xfe00) == 0xfc00 {
                 Class::Private

@@ -55,7 +55,7 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub max_tunnels: usize,
-    /// The connection cap shared with the listeners; a tunnel holds a slot of it.
+    /// The proxy listener's connection cap; a tunnel holds a slot of it.
     pub connections: ConnectionLimit,
 }
 
@@ -69,15 +69,15 @@ pub struct ProxySettings {
 ///   before anything is resolved or dialled.
 /// - Forward: `StripHopByHop` first, so a client's `Connection: <name>` list cannot
 ///   remove a header added further in (the internal key); on the way back it strips
-///   the response last. `InjectKey` then sets the credentials this destination gets
-///   (and drops the key from the response). `Normalize` (userinfo, `Host`, HTTP/1.1)
+///   the response last. `InjectKey` then sets the internal key for the job manager
+///   (and drops it from the response). The upstream proxy's credentials are added by
+///   `Forward` itself, the only layer that knows the route (upstream or direct). `Normalize` (userinfo, `Host`, HTTP/1.1)
 ///   sits right on the client, so it sees the final request. The egress policy is not
 ///   a request layer: it runs in `Forward`'s connector, on the addresses actually
 ///   dialled after the one DNS lookup (a request-level check would need a second
 ///   lookup, and could be raced by it).
 /// - The local API is a service of its own; it answers its own errors.
 pub fn new_proxy(dialer: Arc<Dialer>, local: Arc<LocalApi>, metrics: Arc<Metrics>, s: ProxySettings) -> ProxyService {
-    let upstream_authorization = dialer.upstream.as_ref().and_then(|u| u.authorization()).map(str::to_owned);
     let connect = TunnelLimitLayer::new(s.max_tunnels, s.connections).layer(Tunnel::new(
         dialer.clone(),
         metrics.clone(),
@@ -85,11 +85,7 @@ pub fn new_proxy(dialer: Arc<Dialer>, local: Arc<LocalApi>, metrics: Arc<Metrics
     ));
     let forward = ServiceBuilder::new()
         .layer(StripHopByHopLayer)
-        .layer(InjectKeyLayer::new(
-            s.key.as_ref().map(Secret::expose),
-            s.job_manager,
-            upstream_authorization.as_deref(),
-        ))
+        .layer(InjectKeyLayer::new(s.key.as_ref().map(Secret::expose), s.job_manager))
         .layer(NormalizeLayer)
         .service(Forward::new(dialer, s.idle_timeout, metrics.request_duration.clone()));
     let route = Route::new(s.self_addr, KindCounters::new(&metrics), connect, LocalApiService(local), forward);

@@ -153,13 +153,16 @@ impl ResultReporter {
     }
 
     async fn deliver(&self, record: SpoolRecord, path: Option<PathBuf>) {
-        let job_id = record.result.job_id.clone();
-        let body = Bytes::from(serde_json::to_vec(&record.result).unwrap_or_default());
+        let SpoolRecord { result, token } = record;
+        let job_id = result.job_id.clone();
+        let body = Bytes::from(serde_json::to_vec(&result).unwrap_or_default());
+        // Only the serialized form is kept through the retries (results can be MiBs).
+        drop(result);
         let url = format!("{}{}", self.base, common::runtime_api::result_api_path(&job_id));
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
-            let outcome = self.attempt(&url, &record.token, body.clone()).await;
+            let outcome = self.attempt(&url, &token, body.clone()).await;
             let label = match &outcome {
                 Attempt::Delivered => "delivered",
                 Attempt::AlreadyAccepted => "already_accepted",

@@ -1,4 +1,4 @@
-//! Accept loops: one per listener, all under the shared connection cap
+//! Accept loops: one per listener, each under its own connection cap
 //! ([`ConnectionLimit`]: a client over it gets an immediate 503 instead of waiting in
 //! the kernel backlog), serving one tower service per listener, and a graceful drain on
 //! shutdown.

@@ -145,3 +145,65 @@ async fn connection_and_tunnel_limits_answer_503() {
     .await;
     sc.stop().await.unwrap();
 }
+
+/// Each listener has its own cap: tunnels filling the proxy listener's leave the admin
+/// probes and the ingress serving.
+#[tokio::test]
+async fn a_full_proxy_listener_never_starves_the_admin_probes_or_the_ingress() {
+    let echo = half_close_echo().await;
+    let runtime = Origin::start().await;
+    let upstream = runtime.addr.to_string();
+    let cfg = config(
+        &[
+            "--max-connections",
+            "4",
+            "--max-admin-connections",
+            "2",
+            "--allow-cidr",
+            "127.0.0.1/32",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--ingress-listen",
+            "127.0.0.1:0",
+            "--ingress-upstream",
+            &upstream,
+        ],
+        &[("SIDECAR_INTERNAL_API_KEY", "k")],
+    );
+    let sc = Sidecar::start(cfg, resolver(&[])).await;
+    let (admin, ingress) = (sc.admin.unwrap(), sc.ingress.unwrap());
+    // Two tunnels hold two slots; two idle clients take the rest.
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let (head, s) = connect_tunnel(sc.addr, &echo.to_string()).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tunnels.push(s);
+    }
+    for _ in 0..2 {
+        tunnels.push(tokio::net::TcpStream::connect(sc.addr).await.unwrap());
+    }
+    eventually("the proxy cap is reached", || async {
+        let answer = raw_exchange(sc.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections")
+    })
+    .await;
+
+    for _ in 0..3 {
+        let answer = raw_exchange(admin, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ready\n"), "{answer}");
+    }
+    let req = http::Request::get("/work").header("host", "runtime").header("x-internal-api-key", "k");
+    let (status, _, body) = send(ingress, req.body(Default::default()).unwrap()).await;
+    assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"origin ok GET 0"[..]));
+
+    // The admin listener's own (small) cap still holds.
+    let idle: Vec<_> = futures_util::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(admin))).await;
+    eventually("the admin cap is reached", || async {
+        raw_exchange(admin, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 503")
+    })
+    .await;
+    drop((idle, tunnels));
+    sc.stop().await.unwrap();
+}

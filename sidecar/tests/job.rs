@@ -281,3 +281,48 @@ async fn job_fetch_refused_or_wrong_job_is_an_error() {
         assert!(err.to_string().contains("job-10"), "{err}");
     }
 }
+
+/// A result upload that stalls is cut off (408) after the body read timeout, its job is
+/// free again, and a duplicate after an accepted result is refused before its body is
+/// read (the 409 comes back although none of the declared 10 MiB was sent).
+#[tokio::test]
+async fn slow_uploads_get_408_and_duplicates_409_unread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut jm = FakeJobManager::start(&[]).await;
+    let (dir, spool) = (job_dir("job-slow", "tok-slow"), temp_dir("spool"));
+    let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &["--body-read-timeout-ms", "300"]), resolver(&[])).await;
+    let head = |len: usize| {
+        format!(
+            "POST /v1/result HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+        )
+    };
+
+    let started = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(head(100).as_bytes()).await.unwrap();
+    s.write_all(br#"{"outcome":"#).await.unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut s)).await.expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("x-sidecar-error: body_timeout"), "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "{:?}", started.elapsed());
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection of a timed-out body is closed");
+
+    // The job was not taken by the upload that failed.
+    let (status, _, _) = send(sc.addr, post_json("/v1/result", r#"{"outcome":"succeeded"}"#)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(jm.next_call().await.uri, "/internal/v1/jobs/job-slow/result");
+
+    // A duplicate: its body (none sent here) is waited for only up to the read timeout
+    // and never buffered; the 409 comes back either way.
+    let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(head(10 * 1024 * 1024 - 1).as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(2), read_head(&mut s)).await.expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    // Sent whole, it is read and thrown away, and the client gets its 409.
+    let dup = "x".repeat(10 * 1024 * 1024 - 1);
+    let (status, _, _) = send(sc.addr, post_json("/v1/result", &dup)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    sc.healthy().await;
+    sc.stop().await.unwrap();
+}

@@ -1,6 +1,6 @@
 //! `sidecar.*` config -> the sidecar's `SIDECAR_*` policy, upstream-proxy and logging
 //! environment: one pure mapping for both executors (local processes, pod templates).
-use crate::config::model::{Config, LogFormat};
+use crate::config::model::{Config, LogFormat, UpstreamProxyUnresolved};
 use common::runtime_api::sidecar_env;
 
 /// What the sidecar's policy env is made of: the egress policy, the upstream proxy and
@@ -16,6 +16,7 @@ pub struct SidecarPolicy {
     pub report_only: bool,
     pub upstream_proxy: String,
     pub upstream_proxy_bypass: Vec<String>,
+    pub upstream_proxy_unresolved: UpstreamProxyUnresolved,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -33,6 +34,7 @@ impl From<&Config> for SidecarPolicy {
             report_only: s.report_only,
             upstream_proxy: s.upstream_proxy.clone(),
             upstream_proxy_bypass: s.upstream_proxy_bypass.clone(),
+            upstream_proxy_unresolved: s.upstream_proxy_unresolved,
             log_format: c.log_format,
             log_level: c.log_level.clone(),
         }
@@ -64,6 +66,11 @@ impl SidecarPolicy {
             if !self.upstream_proxy_bypass.is_empty() {
                 env.push((sidecar_env::UPSTREAM_PROXY_BYPASS.into(), self.upstream_proxy_bypass.join(",")));
             }
+            let unresolved = match self.upstream_proxy_unresolved {
+                UpstreamProxyUnresolved::Refuse => "refuse",
+                UpstreamProxyUnresolved::Forward => "forward",
+            };
+            env.push((sidecar_env::UPSTREAM_PROXY_UNRESOLVED.into(), unresolved.into()));
         }
         let format = match self.log_format {
             LogFormat::Json => "json",
@@ -95,9 +102,15 @@ mod tests {
         assert_eq!(env[sidecar_env::DENY_PRIVATE], "true");
         // No upstream proxy: no bypass either (the sidecar would refuse it alone).
         assert!(!env.contains_key(sidecar_env::UPSTREAM_PROXY_BYPASS));
+        assert!(!env.contains_key(sidecar_env::UPSTREAM_PROXY_UNRESOLVED));
         c.sidecar.upstream_proxy = "http://proxy.corp:3128".into();
         let env: std::collections::BTreeMap<_, _> = sidecar_policy_env(&c).into_iter().collect();
         assert_eq!(env[sidecar_env::UPSTREAM_PROXY], "http://proxy.corp:3128");
         assert_eq!(env[sidecar_env::UPSTREAM_PROXY_BYPASS], ".svc.cluster.local");
+        // Said explicitly, so the pod spec shows it.
+        assert_eq!(env[sidecar_env::UPSTREAM_PROXY_UNRESOLVED], "refuse");
+        c.sidecar.upstream_proxy_unresolved = UpstreamProxyUnresolved::Forward;
+        let env: std::collections::BTreeMap<_, _> = sidecar_policy_env(&c).into_iter().collect();
+        assert_eq!(env[sidecar_env::UPSTREAM_PROXY_UNRESOLVED], "forward");
     }
 }

@@ -186,6 +186,17 @@ impl Default for ReplicaBounds {
     }
 }
 
+/// Behind an upstream proxy, what the sidecar does with a name it cannot resolve:
+/// refuse it (no address rule could run on it), or forward it for the upstream proxy to
+/// resolve (`SIDECAR_UPSTREAM_PROXY_UNRESOLVED`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProxyUnresolved {
+    #[default]
+    Refuse,
+    Forward,
+}
+
 /// How runtimes' sidecars are configured (policy is passed as `SIDECAR_*` env).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -205,6 +216,8 @@ pub struct SidecarSettings {
     pub upstream_proxy: String,
     /// Destinations the sidecar dials directly instead of through `upstream_proxy`.
     pub upstream_proxy_bypass: Vec<String>,
+    /// Names the sidecar cannot resolve while `upstream_proxy` is set.
+    pub upstream_proxy_unresolved: UpstreamProxyUnresolved,
     pub no_proxy: Vec<String>,
     /// Port of the proxy + local API inside the pod.
     pub port: u16,
@@ -228,6 +241,7 @@ impl Default for SidecarSettings {
             api_server_addresses: Vec::new(),
             upstream_proxy: String::new(),
             upstream_proxy_bypass: Vec::new(),
+            upstream_proxy_unresolved: UpstreamProxyUnresolved::Refuse,
             no_proxy: Vec::new(),
             port: 3128,
             admin_port: 9901,

@@ -174,6 +174,18 @@ fn validation_rules_table() {
             &[("JM_SIDECAR_UPSTREAM_PROXY_BYPASS", ".svc.cluster.local")],
             "sidecar.upstreamProxyBypass",
         ),
+        (
+            "forward unresolved without upstream proxy",
+            MINIMAL,
+            &[("JM_SIDECAR_UPSTREAM_PROXY_UNRESOLVED", "forward")],
+            "sidecar.upstreamProxyUnresolved",
+        ),
+        (
+            "unresolved not refuse or forward",
+            MINIMAL,
+            &[("JM_SIDECAR_UPSTREAM_PROXY_UNRESOLVED", "maybe")],
+            "expected `refuse` or `forward`",
+        ),
         ("k8s needs key", MINIMAL, &[("JM_EXECUTOR", "kubernetes")], "internalApiKey"),
         (
             "sidecar and runtime share a UID",

@@ -1,7 +1,7 @@
 //! One validation pass over a loaded [`Config`]. Pure apart from reading the
 //! user-defined variables file, which must parse before the process starts.
 use super::error::ConfigError;
-use super::model::{Config, ExecutorKind};
+use super::model::{Config, ExecutorKind, UpstreamProxyUnresolved};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
@@ -162,6 +162,12 @@ fn validate_sidecar(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "sidecar.upstreamProxyBypass",
             "only meaningful with sidecar.upstreamProxy (nothing to bypass)",
+        ));
+    }
+    if c.sidecar.upstream_proxy_unresolved == UpstreamProxyUnresolved::Forward && c.sidecar.upstream_proxy.is_empty() {
+        return Err(ConfigError::invalid(
+            "sidecar.upstreamProxyUnresolved",
+            "forward is only meaningful with sidecar.upstreamProxy (nothing to forward to)",
         ));
     }
     for entry in &c.sidecar.api_server_addresses {

@@ -71,6 +71,36 @@ fn ipv6_forms() {
     assert_eq!(effective_ip(one), one, "::1 is IPv6 loopback, not 0.0.0.1");
 }
 
+/// (address, the IPv4 it embeds and Teredo's second one)
+type Embedded = (&'static str, Option<(&'static str, Option<&'static str>)>);
+
+#[test]
+fn ipv4_embedded_in_ipv6() {
+    let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let cases: &[Embedded] = &[
+        ("::ffff:169.254.169.254", Some(("169.254.169.254", None))),
+        ("::ffff:0:169.254.169.254", Some(("169.254.169.254", None))),
+        ("64:ff9b::10.0.0.1", Some(("10.0.0.1", None))),
+        ("64:ff9b:1:2:3:4:a00:1", Some(("10.0.0.1", None))),
+        ("2002:a9fe:a9fe:1::2", Some(("169.254.169.254", None))),
+        ("2001:0:5db8:d822:8000:f227:5601:5601", Some(("93.184.216.34", Some("169.254.169.254")))),
+        ("::10.0.0.1", Some(("10.0.0.1", None))),
+        ("::", None),
+        ("::1", None),
+        ("64:ff9b:2::a00:1", None),
+        ("2001:db8::a00:1", None),
+        ("2001:2::1", None),
+        ("2606:4700::1111", None),
+        ("fd00:ec2::254", None),
+        ("169.254.169.254", None),
+    ];
+    for (ip, want) in cases {
+        let got = embedded_ipv4(ip.parse().unwrap());
+        let want = want.map(|(a, b)| (v4(a), b.map(v4)));
+        assert_eq!(got, want, "{ip}");
+    }
+}
+
 #[test]
 fn authorities() {
     let t = parse_authority("allowed.com@169.254.169.254", Some(80)).unwrap();

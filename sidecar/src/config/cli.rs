@@ -84,6 +84,9 @@ pub struct Cli {
     /// Dial this host pattern (as --allow-host) or CIDR directly, not through the upstream proxy; repeatable (a NO_PROXY list, e.g. .svc.cluster.local,10.0.0.0/8)
     #[arg(long = "upstream-proxy-bypass", value_name = "HOST|CIDR", env = ENV_UPSTREAM_PROXY_BYPASS, hide_env_values = true)]
     pub upstream_proxy_bypass: Vec<String>,
+    /// Names that do not resolve locally: refuse (403; the address rules cannot run on them) or forward them for the upstream proxy to resolve, unchecked
+    #[arg(long, value_name = "refuse|forward", env = ENV_UPSTREAM_PROXY_UNRESOLVED, default_value = "refuse", hide_env_values = true)]
+    pub upstream_proxy_unresolved: Option<String>,
     /// Write the bound addresses as JSON here once serving
     #[arg(long, value_name = "FILE", env = ENV_READY_FILE, hide_env_values = true)]
     pub ready_file: Option<String>,
@@ -102,6 +105,12 @@ pub struct Cli {
     /// Largest local API / ingress dispatch body, bytes
     #[arg(long, value_name = "BYTES", env = ENV_MAX_BODY_BYTES, default_value = "10485760", hide_env_values = true)]
     pub max_body_bytes: Option<String>,
+    /// Memory for all such bodies at once, bytes (>= --max-body-bytes); a body that would go over gets 503 with Retry-After
+    #[arg(long, value_name = "BYTES", env = ENV_MAX_BODY_MEMORY_BYTES, default_value = "33554432", hide_env_values = true)]
+    pub max_body_memory_bytes: Option<String>,
+    /// A local API / ingress dispatch body must arrive whole within this time (slow uploads get 408), ms
+    #[arg(long, value_name = "MS", env = ENV_BODY_READ_TIMEOUT_MS, default_value = "30000", hide_env_values = true)]
+    pub body_read_timeout_ms: Option<String>,
     /// Upstream connect timeout, ms (DNS included)
     #[arg(long, value_name = "MS", env = ENV_CONNECT_TIMEOUT_MS, default_value = "10000", hide_env_values = true)]
     pub connect_timeout_ms: Option<String>,
@@ -114,9 +123,15 @@ pub struct Cli {
     /// A request head must arrive within this time (slowloris guard; also closes idle keep-alive client connections), ms
     #[arg(long, value_name = "MS", env = ENV_HEADER_READ_TIMEOUT_MS, default_value = "10000", hide_env_values = true)]
     pub header_read_timeout_ms: Option<String>,
-    /// Concurrent client connections (tunnels included); more get 503
+    /// Concurrent client connections on the proxy listener (tunnels included); more get 503. The admin and ingress listeners have caps of their own
     #[arg(long, value_name = "N", env = ENV_MAX_CONNECTIONS, default_value = "4096", hide_env_values = true)]
     pub max_connections: Option<String>,
+    /// Concurrent connections on the admin listener (probes, metrics); more get 503
+    #[arg(long, value_name = "N", env = ENV_MAX_ADMIN_CONNECTIONS, default_value = "64", hide_env_values = true)]
+    pub max_admin_connections: Option<String>,
+    /// Concurrent connections on the ingress listener; more get 503
+    #[arg(long, value_name = "N", env = ENV_MAX_INGRESS_CONNECTIONS, default_value = "1024", hide_env_values = true)]
+    pub max_ingress_connections: Option<String>,
     /// Concurrent CONNECT tunnels; more get 503
     #[arg(long, value_name = "N", env = ENV_MAX_TUNNELS, default_value = "2048", hide_env_values = true)]
     pub max_tunnels: Option<String>,

@@ -124,7 +124,20 @@ pub(super) fn upstream_proxy(c: &mut Check<'_>, cli: &Cli) -> Option<UpstreamPro
     if !c.list(&cli.upstream_proxy_bypass).is_empty() && upstream_proxy_url.is_none() {
         c.fail(err(ENV_UPSTREAM_PROXY_BYPASS, "--upstream-proxy-bypass", "only meaningful with --upstream-proxy"));
     }
-    let upstream_proxy = upstream_proxy.map(|p| UpstreamProxy { bypass, ..p });
+    let unresolved = match c.one(&cli.upstream_proxy_unresolved, "upstream_proxy_unresolved").as_deref() {
+        None | Some("refuse") => Unresolved::Refuse,
+        Some("forward") => Unresolved::Forward,
+        Some(other) => {
+            let m = format!("{other:?} is not refuse or forward");
+            c.fail(err(ENV_UPSTREAM_PROXY_UNRESOLVED, "--upstream-proxy-unresolved", m));
+            Unresolved::Refuse
+        }
+    };
+    if cli.upstream_proxy_unresolved.as_deref().is_some_and(|s| s.trim() == "forward") && upstream_proxy_url.is_none() {
+        let m = "only meaningful with --upstream-proxy";
+        c.fail(err(ENV_UPSTREAM_PROXY_UNRESOLVED, "--upstream-proxy-unresolved", m));
+    }
+    let upstream_proxy = upstream_proxy.map(|p| UpstreamProxy { bypass, unresolved, ..p });
     if upstream_proxy.as_ref().is_some_and(|p| !p.tls) && (upstream_proxy_ca_file.is_some() || upstream_proxy_insecure)
     {
         c.fail(err(

@@ -1,6 +1,6 @@
 //! Resource limits and timeouts ([`Limits`]) and the runtime's worker thread count:
 //! sidecar-private settings, not part of the job-manager contract.
-use super::check::{positive, Check};
+use super::check::{err, positive, Check};
 use super::*;
 use std::time::Duration;
 
@@ -32,6 +32,26 @@ pub(super) fn limits(c: &mut Check<'_>, cli: &Cli) -> (Limits, usize) {
                 "a positive byte count",
             )
             .unwrap_or(d.max_body_bytes),
+        max_body_memory_bytes: c
+            .num(
+                &cli.max_body_memory_bytes,
+                "max_body_memory_bytes",
+                ENV_MAX_BODY_MEMORY_BYTES,
+                "--max-body-memory-bytes",
+                positive_count,
+                "a positive byte count",
+            )
+            .unwrap_or(d.max_body_memory_bytes),
+        body_read_timeout: c
+            .num(
+                &cli.body_read_timeout_ms,
+                "body_read_timeout_ms",
+                ENV_BODY_READ_TIMEOUT_MS,
+                "--body-read-timeout-ms",
+                positive,
+                "a positive number of ms",
+            )
+            .map_or(d.body_read_timeout, ms),
         connect_timeout: c
             .num(
                 &cli.connect_timeout_ms,
@@ -82,10 +102,37 @@ pub(super) fn limits(c: &mut Check<'_>, cli: &Cli) -> (Limits, usize) {
                 "a positive count",
             )
             .unwrap_or(d.max_connections),
+        max_admin_connections: c
+            .num(
+                &cli.max_admin_connections,
+                "max_admin_connections",
+                ENV_MAX_ADMIN_CONNECTIONS,
+                "--max-admin-connections",
+                positive_count,
+                "a positive count",
+            )
+            .unwrap_or(d.max_admin_connections),
+        max_ingress_connections: c
+            .num(
+                &cli.max_ingress_connections,
+                "max_ingress_connections",
+                ENV_MAX_INGRESS_CONNECTIONS,
+                "--max-ingress-connections",
+                positive_count,
+                "a positive count",
+            )
+            .unwrap_or(d.max_ingress_connections),
         max_tunnels: c
             .num(&cli.max_tunnels, "max_tunnels", ENV_MAX_TUNNELS, "--max-tunnels", positive_count, "a positive count")
             .unwrap_or(d.max_tunnels),
     };
+    if limits.max_body_memory_bytes < limits.max_body_bytes {
+        let m = format!(
+            "{} is less than one body of --max-body-bytes ({}): no body of that size could ever be read",
+            limits.max_body_memory_bytes, limits.max_body_bytes
+        );
+        c.fail(err(ENV_MAX_BODY_MEMORY_BYTES, "--max-body-memory-bytes", m));
+    }
     let worker_threads = c
         .num(&cli.worker_threads, "worker_threads", ENV_WORKER_THREADS, "--worker-threads", |_: &usize| true, "a count")
         .unwrap_or(0);

@@ -51,6 +51,7 @@ pub const ENV_UPSTREAM_PROXY: &str = env::UPSTREAM_PROXY;
 pub const ENV_UPSTREAM_PROXY_CA_FILE: &str = env::UPSTREAM_PROXY_CA_FILE;
 pub const ENV_UPSTREAM_PROXY_INSECURE: &str = env::UPSTREAM_PROXY_INSECURE;
 pub const ENV_UPSTREAM_PROXY_BYPASS: &str = env::UPSTREAM_PROXY_BYPASS;
+pub const ENV_UPSTREAM_PROXY_UNRESOLVED: &str = env::UPSTREAM_PROXY_UNRESOLVED;
 pub const ENV_LOG_FORMAT: &str = env::LOG_FORMAT;
 pub const ENV_LOG_LEVEL: &str = env::LOG_LEVEL;
 pub const ENV_RESULT_DEADLINE_SECS: &str = env::RESULT_DEADLINE_SECS;
@@ -61,11 +62,15 @@ pub const ENV_JOB_TOKEN: &str = env::JOB_TOKEN;
 // Limits: sidecar-private settings, not part of the job-manager contract.
 pub const ENV_MAX_HEADER_BYTES: &str = "SIDECAR_MAX_HEADER_BYTES";
 pub const ENV_MAX_BODY_BYTES: &str = "SIDECAR_MAX_BODY_BYTES";
+pub const ENV_MAX_BODY_MEMORY_BYTES: &str = "SIDECAR_MAX_BODY_MEMORY_BYTES";
+pub const ENV_BODY_READ_TIMEOUT_MS: &str = "SIDECAR_BODY_READ_TIMEOUT_MS";
 pub const ENV_CONNECT_TIMEOUT_MS: &str = "SIDECAR_CONNECT_TIMEOUT_MS";
 pub const ENV_IDLE_TIMEOUT_SECS: &str = "SIDECAR_IDLE_TIMEOUT_SECS";
 pub const ENV_TUNNEL_IDLE_TIMEOUT_SECS: &str = "SIDECAR_TUNNEL_IDLE_TIMEOUT_SECS";
 pub const ENV_HEADER_READ_TIMEOUT_MS: &str = "SIDECAR_HEADER_READ_TIMEOUT_MS";
 pub const ENV_MAX_CONNECTIONS: &str = "SIDECAR_MAX_CONNECTIONS";
+pub const ENV_MAX_ADMIN_CONNECTIONS: &str = "SIDECAR_MAX_ADMIN_CONNECTIONS";
+pub const ENV_MAX_INGRESS_CONNECTIONS: &str = "SIDECAR_MAX_INGRESS_CONNECTIONS";
 pub const ENV_MAX_TUNNELS: &str = "SIDECAR_MAX_TUNNELS";
 pub const ENV_WORKER_THREADS: &str = "SIDECAR_WORKER_THREADS";
 /// Set by Kubernetes in every pod: the API server's Service address, refused by default.
@@ -125,6 +130,18 @@ pub struct UpstreamProxy {
     pub insecure: bool,
     /// Destinations dialled directly instead (NO_PROXY).
     pub bypass: UpstreamBypass,
+    /// What a name that does not resolve locally gets.
+    pub unresolved: Unresolved,
+}
+
+/// Behind an upstream proxy, a name the sidecar cannot resolve: refused (403, class
+/// `unresolved`), or forwarded for the upstream proxy to resolve, unchecked by the
+/// address rules (step 3 of the policy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unresolved {
+    #[default]
+    Refuse,
+    Forward,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,11 +154,22 @@ pub struct Ingress {
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
+    /// All bodies read whole (results, dispatches) together, bytes (at least one
+    /// `max_body_bytes`): more gets 503 with Retry-After.
+    pub max_body_memory_bytes: usize,
+    /// Time to receive one whole body (408 after).
+    pub body_read_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// The proxy listener's cap (its tunnels included).
     pub max_connections: usize,
+    /// The admin listener's own cap (probes, metrics), so a flood elsewhere never
+    /// fails `/readyz`.
+    pub max_admin_connections: usize,
+    /// The ingress listener's own cap (dispatches from the job manager).
+    pub max_ingress_connections: usize,
     pub max_tunnels: usize,
 }
 
@@ -150,11 +178,15 @@ impl Default for Limits {
         Self {
             max_header_bytes: 64 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
+            max_body_memory_bytes: 32 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             tunnel_idle_timeout: Duration::from_secs(600),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_admin_connections: 64,
+            max_ingress_connections: 1024,
             max_tunnels: 2048,
         }
     }

@@ -105,6 +105,12 @@ fn every_bad_value_names_its_setting() {
         (&["--ingress-listen", "0.0.0.0:8443"], &[(ENV_INTERNAL_API_KEY, "k")], ENV_INGRESS_UPSTREAM),
         (&["--ingress-listen", "0.0.0.0:8443", "--ingress-upstream", "127.0.0.1:8081"], &[], ENV_INTERNAL_API_KEY),
         (&["--upstream-proxy", "socks5://p:1"], &[], ENV_UPSTREAM_PROXY),
+        (
+            &["--upstream-proxy", "http://p:1", "--upstream-proxy-unresolved", "maybe"],
+            &[],
+            ENV_UPSTREAM_PROXY_UNRESOLVED,
+        ),
+        (&[], &[(ENV_UPSTREAM_PROXY_UNRESOLVED, "forward")], ENV_UPSTREAM_PROXY_UNRESOLVED),
         (&["--log-format", "xml"], &[], ENV_LOG_FORMAT),
         (&["--log-level", "sidecar=loud"], &[], ENV_LOG_LEVEL),
         (&["--job-id", "a/b"], &[], ENV_JOB_ID),
@@ -120,8 +126,15 @@ fn every_bad_value_names_its_setting() {
         (&["--shutdown-grace-secs=-1"], &[], ENV_SHUTDOWN_GRACE_SECS),
         (&["--max-header-bytes", "100"], &[], ENV_MAX_HEADER_BYTES),
         (&["--max-body-bytes", "0"], &[], ENV_MAX_BODY_BYTES),
+        (&["--max-body-memory-bytes", "0"], &[], ENV_MAX_BODY_MEMORY_BYTES),
+        (&["--max-body-memory-bytes", "1000"], &[], ENV_MAX_BODY_MEMORY_BYTES),
+        (&[], &[(ENV_MAX_BODY_BYTES, "2000"), (ENV_MAX_BODY_MEMORY_BYTES, "1999")], ENV_MAX_BODY_MEMORY_BYTES),
+        (&["--body-read-timeout-ms", "0"], &[], ENV_BODY_READ_TIMEOUT_MS),
+        (&[], &[(ENV_BODY_READ_TIMEOUT_MS, "soon")], ENV_BODY_READ_TIMEOUT_MS),
         (&["--connect-timeout-ms", "x"], &[], ENV_CONNECT_TIMEOUT_MS),
         (&["--max-connections", "0"], &[], ENV_MAX_CONNECTIONS),
+        (&["--max-admin-connections", "0"], &[], ENV_MAX_ADMIN_CONNECTIONS),
+        (&[], &[(ENV_MAX_INGRESS_CONNECTIONS, "many")], ENV_MAX_INGRESS_CONNECTIONS),
         (&["--max-tunnels=-3"], &[], ENV_MAX_TUNNELS),
     ];
     for (args, env, setting) in cases {
@@ -207,4 +220,17 @@ fn a_cli_built_without_clap_gets_claps_defaults() {
     assert_eq!((c.listen, c.limits, c.log_format), (d.listen, d.limits, d.log_format));
     assert_eq!((c.result_deadline, c.shutdown_grace, c.worker_threads), (d.result_deadline, d.shutdown_grace, 0));
     assert_eq!(c.log_level, d.log_level);
+}
+
+#[test]
+fn unresolved_names_behind_an_upstream_proxy_are_refused_unless_forward_is_set() {
+    let p = parse(&["--upstream-proxy", "http://proxy:3128"], &[]).unwrap().upstream_proxy.unwrap();
+    assert_eq!(p.unresolved, Unresolved::Refuse);
+    let env = [(ENV_UPSTREAM_PROXY_UNRESOLVED, " forward ")];
+    let p = parse(&["--upstream-proxy", "http://proxy:3128"], &env).unwrap().upstream_proxy.unwrap();
+    assert_eq!(p.unresolved, Unresolved::Forward);
+    let args = ["--upstream-proxy", "http://proxy:3128", "--upstream-proxy-unresolved", "refuse"];
+    assert_eq!(parse(&args, &env).unwrap().upstream_proxy.unwrap().unresolved, Unresolved::Refuse);
+    // Refuse is the default anyway, so it is accepted without an upstream proxy.
+    assert!(parse(&[], &[(ENV_UPSTREAM_PROXY_UNRESOLVED, "refuse")]).is_ok());
 }

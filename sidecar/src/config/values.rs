@@ -90,6 +90,7 @@ pub(super) fn parse_upstream_proxy(s: &str) -> Result<UpstreamProxy, String> {
         ca_file: None,
         insecure: false,
         bypass: UpstreamBypass::default(),
+        unresolved: super::Unresolved::Refuse,
     })
 }
 

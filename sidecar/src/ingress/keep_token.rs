@@ -1,12 +1,12 @@
 //! The job token (`x-job-token`): taken out of every request, so the runtime never sees
 //! it, and out of every response. A dispatch (`POST /v1/jobs`) is read whole (up to
-//! `--max-body-bytes`, 413 over) for its job id, and its token is kept for that id
+//! `--max-body-bytes`, 413 over; under the shared body budget, see [`crate::body`]) for its job id, and its token is kept for that id
 //! *before* the runtime sees the job: a fast runtime posts its result before the
 //! dispatch's answer gets back here. Undone when the runtime does not take the job (a
 //! 429, an error, no answer), restoring what an earlier dispatch left. Its failures are
 //! `ProxyError`s already (those of reading the body).
+use crate::body::BodyLimits;
 use crate::ingress_tokens::IngressTokens;
-use crate::local_api::read_body;
 use crate::proxy::BoxError;
 use bytes::Bytes;
 use common::headers;
@@ -27,20 +27,20 @@ struct DispatchedJob {
 #[derive(Clone)]
 pub struct KeepTokenLayer {
     tokens: Arc<IngressTokens>,
-    max_body: usize,
+    bodies: BodyLimits,
 }
 
 impl KeepTokenLayer {
-    /// Tokens are kept in `tokens`; a dispatch body over `max_body` bytes is refused.
-    pub fn new(tokens: Arc<IngressTokens>, max_body: usize) -> Self {
-        Self { tokens, max_body }
+    /// Tokens are kept in `tokens`; a dispatch body is read under `bodies`.
+    pub fn new(tokens: Arc<IngressTokens>, bodies: BodyLimits) -> Self {
+        Self { tokens, bodies }
     }
 }
 
 impl<S> Layer<S> for KeepTokenLayer {
     type Service = KeepToken<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        KeepToken { inner, tokens: self.tokens.clone(), max_body: self.max_body }
+        KeepToken { inner, tokens: self.tokens.clone(), bodies: self.bodies.clone() }
     }
 }
 
@@ -50,7 +50,7 @@ impl<S> Layer<S> for KeepTokenLayer {
 pub struct KeepToken<S> {
     inner: S,
     tokens: Arc<IngressTokens>,
-    max_body: usize,
+    bodies: BodyLimits,
 }
 
 impl<S, B, RespB> Service<Request<B>> for KeepToken<S>
@@ -75,17 +75,19 @@ where
         // The ready service serves this request; a clone stays for the next one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (tokens, max_body) = (self.tokens.clone(), self.max_body);
+        let (tokens, bodies) = (self.tokens.clone(), self.bodies.clone());
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let token = parts.headers.remove(headers::JOB_TOKEN);
             let dispatch = parts.method == Method::POST && parts.uri.path() == INGRESS_DISPATCH_PATH;
-            let (body, job_id) = if dispatch {
-                let bytes = read_body(body, max_body).await?;
-                let id = serde_json::from_slice::<DispatchedJob>(&bytes).ok().map(|j| j.id);
-                (Either::Right(Full::new(bytes)), id)
+            // The dispatch's share of the body budget is held until the runtime answered
+            // (its bytes live in the request until then).
+            let (body, job_id, _share) = if dispatch {
+                let held = bodies.read(body).await?;
+                let id = serde_json::from_slice::<DispatchedJob>(&held.bytes).ok().map(|j| j.id);
+                (Either::Right(Full::new(held.bytes)), id, Some(held.share))
             } else {
-                (Either::Left(body), None)
+                (Either::Left(body), None, None)
             };
             let kept = match (job_id, token.as_ref().and_then(|t| t.to_str().ok())) {
                 (Some(id), Some(t)) => {
@@ -119,6 +121,10 @@ mod tests {
 
     type In = Full<Bytes>;
 
+    fn limits(max: usize) -> BodyLimits {
+        BodyLimits::new(max, std::time::Duration::from_secs(5), 1 << 20)
+    }
+
     /// A runtime answering `status`; its answer says whether it saw a token and carries one.
     fn runtime(status: StatusCode) -> BoxCloneService<Request<Either<In, In>>, Response<bool>, Infallible> {
         BoxCloneService::new(tower::service_fn(move |req: Request<Either<In, In>>| async move {
@@ -146,7 +152,7 @@ mod tests {
     #[tokio::test]
     async fn a_taken_dispatch_keeps_its_token_and_nobody_sees_it() {
         let tokens = Arc::new(IngressTokens::new(None));
-        let svc = KeepTokenLayer::new(tokens.clone(), 1024).layer(runtime(StatusCode::ACCEPTED));
+        let svc = KeepTokenLayer::new(tokens.clone(), limits(1024)).layer(runtime(StatusCode::ACCEPTED));
         let resp = svc.oneshot(request(Method::POST, "/v1/jobs", "j1")).await.unwrap();
         assert!(!resp.body(), "the runtime saw the token");
         assert!(!resp.headers().contains_key(headers::JOB_TOKEN));
@@ -157,7 +163,7 @@ mod tests {
     async fn a_refused_dispatch_restores_the_earlier_token() {
         let tokens = Arc::new(IngressTokens::new(None));
         tokens.keep(&id("j1"), "earlier").await;
-        let svc = KeepTokenLayer::new(tokens.clone(), 1024).layer(runtime(StatusCode::TOO_MANY_REQUESTS));
+        let svc = KeepTokenLayer::new(tokens.clone(), limits(1024)).layer(runtime(StatusCode::TOO_MANY_REQUESTS));
         let resp = svc.oneshot(request(Method::POST, "/v1/jobs", "j1")).await.unwrap();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(tokens.get(&id("j1")).as_deref(), Some("earlier"));
@@ -166,7 +172,7 @@ mod tests {
     #[tokio::test]
     async fn other_requests_lose_the_token_and_keep_nothing() {
         let tokens = Arc::new(IngressTokens::new(None));
-        let svc = KeepTokenLayer::new(tokens.clone(), 1024).layer(runtime(StatusCode::OK));
+        let svc = KeepTokenLayer::new(tokens.clone(), limits(1024)).layer(runtime(StatusCode::OK));
         let resp = svc.oneshot(request(Method::PUT, "/v1/jobs", "j1")).await.unwrap();
         assert!(!resp.body());
         assert_eq!(tokens.get(&id("j1")), None);
@@ -175,7 +181,7 @@ mod tests {
     #[tokio::test]
     async fn a_dispatch_over_the_body_limit_is_refused_before_the_runtime() {
         let tokens = Arc::new(IngressTokens::new(None));
-        let svc = KeepTokenLayer::new(tokens.clone(), 4).layer(runtime(StatusCode::ACCEPTED));
+        let svc = KeepTokenLayer::new(tokens.clone(), limits(4)).layer(runtime(StatusCode::ACCEPTED));
         let err = svc.oneshot(request(Method::POST, "/v1/jobs", "j1")).await.unwrap_err();
         assert!(matches!(err.downcast_ref::<ProxyError>(), Some(ProxyError::BodyTooLarge { limit: 4 })), "{err}");
         assert_eq!(tokens.get(&id("j1")), None);

@@ -1,8 +1,9 @@
 //! Which credentials a forwarded request carries. The internal API key: a runtime never
 //! chooses it (whatever it sent is dropped), requests to the job manager get it, and it
-//! never comes back in a response. Corporate-proxy credentials (`Proxy-Authorization`)
-//! go only where the corporate proxy does: never to the job manager, which is dialled
-//! directly (see `Dialer::upstream_for`). Cannot fail, so no error type.
+//! never comes back in a response. A client's `Proxy-Authorization` (meant for us) is
+//! dropped too; the upstream proxy's own is added by `Forward`, which alone knows
+//! whether a request goes to the upstream proxy or straight to its destination (the
+//! job manager, the bypass list). Cannot fail, so no error type.
 use crate::authority::Target;
 use common::headers;
 use futures_util::future::{MapOk, TryFutureExt};
@@ -22,26 +23,18 @@ struct Credentials {
     /// The internal key, a sensitive header value.
     key: Option<HeaderValue>,
     job_manager: Option<Target>,
-    /// `Basic ...` for the upstream proxy, a sensitive header value.
-    upstream_authorization: Option<HeaderValue>,
 }
 
 impl InjectKeyLayer {
-    /// `key` goes to requests for `job_manager`; `upstream_authorization` to every
-    /// other request. Values that are not valid header values are left out.
-    pub fn new(key: Option<&str>, job_manager: Option<Target>, upstream_authorization: Option<&str>) -> Self {
+    /// `key` goes to requests for `job_manager`. A key that is not a valid header value
+    /// is left out.
+    pub fn new(key: Option<&str>, job_manager: Option<Target>) -> Self {
         let sensitive = |v: &str| {
             let mut v = HeaderValue::from_str(v).ok()?;
             v.set_sensitive(true);
             Some(v)
         };
-        Self {
-            credentials: Arc::new(Credentials {
-                key: key.and_then(sensitive),
-                job_manager,
-                upstream_authorization: upstream_authorization.and_then(sensitive),
-            }),
-        }
+        Self { credentials: Arc::new(Credentials { key: key.and_then(sensitive), job_manager }) }
     }
 }
 
@@ -77,14 +70,8 @@ where
         let h = req.headers_mut();
         h.remove(header::PROXY_AUTHORIZATION);
         h.remove(headers::INTERNAL_API_KEY);
-        match (to_job_manager, &c.key, &c.upstream_authorization) {
-            (true, Some(key), _) => {
-                h.insert(headers::INTERNAL_API_KEY, key.clone());
-            }
-            (false, _, Some(auth)) => {
-                h.insert(header::PROXY_AUTHORIZATION, auth.clone());
-            }
-            _ => {}
+        if let (true, Some(key)) = (to_job_manager, &c.key) {
+            h.insert(headers::INTERNAL_API_KEY, key.clone());
         }
         self.inner.call(req).map_ok(drop_key as fn(_) -> _)
     }

@@ -1,5 +1,5 @@
 //! The tunnel cap (`--max-tunnels`). A tunnel outlives its HTTP connection, so besides
-//! a tunnel slot it takes a slot of the shared connection cap ([`ConnectionLimit`]);
+//! a tunnel slot it takes a slot of the proxy listener's connection cap ([`ConnectionLimit`]);
 //! either one missing refuses the tunnel at once (503 `too_many_tunnels`), before
 //! anything is dialled. The slots travel with the request as a [`TunnelSlots`]
 //! extension; whoever serves the tunnel holds them until it ends.
