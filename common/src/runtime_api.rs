@@ -87,6 +87,9 @@ pub mod sidecar_env {
     pub const ALLOW_PORTS: &str = "SIDECAR_ALLOW_PORTS";
     /// `true` denies RFC 1918 / ULA ranges too.
     pub const DENY_PRIVATE: &str = "SIDECAR_DENY_PRIVATE";
+    /// `true` denies public addresses too: only the allow lists (and the job manager)
+    /// can be reached.
+    pub const DENY_PUBLIC: &str = "SIDECAR_DENY_PUBLIC";
     /// `true` logs what would be refused but lets it through.
     pub const REPORT_ONLY: &str = "SIDECAR_REPORT_ONLY";
     /// Comma-separated Kubernetes API server addresses (ip or ip:port) to deny.

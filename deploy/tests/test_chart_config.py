@@ -103,6 +103,7 @@ def test_everything_reaches_the_config(chart):
     assert k8s["podLabels"]["cost"] == "jobs"
     assert k8s["extraVolumes"] == [{"name": "extra", "emptyDir": {}}]
     assert config["sidecar"]["denyPrivate"] is True and config["sidecar"]["allowHosts"] == ["*.example.com"]
+    assert config["sidecar"]["denyPublic"] is True
     assert "upstreamProxy" not in config["sidecar"], "it may carry credentials: env from the Secret"
     assert config["sidecar"]["upstreamProxyUnresolved"] == "forward"
     assert "NOTE: jobManager.jvmOpts is ignored" in rendered.notes()

@@ -48,7 +48,7 @@ MATRIX = {
                                    "logLevel": "DEBUG", "logFormat": "json",
                                    "extraEnv": {"AGENT": "1"},
                                    "userDefinedVariables": {"userDefinedJson": '{"a": 1}'},
-                                   "sidecar": {"upstreamProxy": "http://u:p@proxy:3128", "denyPrivate": True,
+                                   "sidecar": {"upstreamProxy": "http://u:p@proxy:3128", "denyPrivate": True, "denyPublic": True,
                                                "upstreamProxyUnresolved": "forward",
                                                "allowHosts": ["*.example.com"], "extraEnv": {"SIDE": "x"}}},
                     "global": {"checkTimeout": 900, "extraEnv": {"GLOBAL": "g", "AGENT": "0"}, "hostnameOverride": "jm-results",

@@ -7,7 +7,9 @@
 //!
 //! The sidecar is told `--allow-cidr 127.0.0.1/32` so the origin on 127.0.0.1 is
 //! reachable; the same origin content on 127.0.0.2 is loopback it was *not* told to allow,
-//! which is the refused destination here (no outside network needed).
+//! which is the refused destination here (no outside network needed). `--deny-public
+//! --deny-private` put it in allow-list mode: whatever a client tries on its own
+//! (Chromium's background requests) cannot become traffic off the machine.
 //!
 //! A missing client is a failure with the setup command, never a skip:
 //! `deploy/scripts/setup-test-env.sh` installs them all (`make test` runs it).
@@ -171,7 +173,10 @@ impl Sidecar {
         let ready = dir.path().join("ready.json");
         let log = std::fs::File::create(dir.path().join("sidecar.log")).expect("sidecar log file");
         let mut child = Command::new(sidecar_bin())
-            .args(["--listen", "127.0.0.1:0", "--allow-cidr", "127.0.0.1/32", "--log-format", "json"])
+            // Allow-list mode: the clients (Chromium phones home) reach the test's origins
+            // on loopback and nothing else.
+            .args(["--listen", "127.0.0.1:0", "--allow-cidr", "127.0.0.1/32", "--deny-public", "--deny-private"])
+            .args(["--log-format", "json"])
             .arg("--ready-file")
             .arg(&ready)
             .env("SIDECAR_LOG_LEVEL", "debug")

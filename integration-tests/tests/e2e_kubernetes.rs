@@ -171,7 +171,8 @@ fn write_config(
             {"name": PERSISTENT, "workload": "persistent", "parallelism": 8, "replicas": {"min": 2, "max": 2},
              "image": {"repository": "newrelic/synthetics-node-browser-runtime-persistent", "tag": "latest"}},
         ],
-        "sidecar": {"image": {"repository": "newrelic/serverless-sidecar", "tag": "latest"}},
+        // Allow-list mode with an empty list: the sidecars reach the job manager only.
+        "sidecar": {"image": {"repository": "newrelic/serverless-sidecar", "tag": "latest"}, "denyPrivate": true, "denyPublic": true},
         "kubernetes": {"internalApiKeySecretName": INTERNAL_KEY_SECRET, "persistentEndpoints": persistent_endpoints, "job": {"backoffLimit": 0, "ttlSecondsAfterFinished": 5}},
     });
     let path = dir.join(format!("job-manager-{}.yaml", listen.port()));

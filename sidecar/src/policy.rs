@@ -18,7 +18,8 @@
 //!    configured API server addresses, cloud metadata, unspecified, loopback,
 //!    link-local, multicast/broadcast/reserved (incl. documentation and benchmarking
 //!    ranges), and private ranges (RFC 1918, CGNAT, ULA) only when `deny_private` is
-//!    set. Anything else is public and allowed.
+//!    set. Anything else is public: allowed, unless `deny_public` is set (allow-list
+//!    mode: only `allow_cidrs` and the job manager are reachable).
 //!
 //! A request is refused when *any* resolved address is refused: a DNS answer that mixes a
 //! public and a forbidden address is treated as hostile rather than raced.
@@ -58,6 +59,8 @@ pub enum Class {
     /// Behind an upstream proxy: the name does not resolve locally, so no address rule
     /// could run (`--upstream-proxy-unresolved refuse`, the default).
     Unresolved,
+    /// A public address while `deny_public` is set.
+    PublicDenied,
     // --- allowances
     Public,
     PrivateAllowed,
@@ -66,7 +69,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const DENIALS: [Class; 13] = [
+    pub const DENIALS: [Class; 14] = [
         Class::Metadata,
         Class::LinkLocal,
         Class::Loopback,
@@ -80,6 +83,7 @@ impl Class {
         Class::DeniedPort,
         Class::PortNotAllowed,
         Class::Unresolved,
+        Class::PublicDenied,
     ];
 
     pub fn label(self) -> &'static str {
@@ -97,6 +101,7 @@ impl Class {
             Class::DeniedPort => "denied_port",
             Class::PortNotAllowed => "port_not_allowed",
             Class::Unresolved => "unresolved",
+            Class::PublicDenied => "public_denied",
             Class::Public => "public",
             Class::PrivateAllowed => "private_allowed",
             Class::AllowedCidr => "allowed_cidr",
@@ -269,6 +274,8 @@ pub struct EgressPolicy {
     pub allow_ports: Vec<u16>,
     pub deny_ports: Vec<u16>,
     pub deny_private: bool,
+    /// Refuse public addresses too (allow-list mode).
+    pub deny_public: bool,
     pub api_servers: Vec<ApiServer>,
     /// The job manager's endpoint (step 0).
     pub job_manager: Option<Target>,
@@ -377,6 +384,12 @@ impl EgressPolicy {
             Class::Reserved => "multicast, broadcast, documentation, benchmarking or reserved",
             Class::Private if self.deny_private => "a private address",
             Class::Private => return Decision::allow(Class::PrivateAllowed, format!("{shown} is private (allowed)")),
+            _ if self.deny_public => {
+                return Decision::deny(
+                    Class::PublicDenied,
+                    format!("{shown} is public and only allowed CIDRs may be reached (deny-public)"),
+                )
+            }
             _ => return Decision::allow(Class::Public, format!("{shown} is public")),
         };
         Decision::deny(class, format!("{shown} is {what}"))

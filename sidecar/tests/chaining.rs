@@ -114,8 +114,8 @@ async fn upstream_proxy_refusing_connect_is_502() {
     let sc = Sidecar::start(config(&["--upstream-proxy", &upstream], &[]), resolver(&[])).await;
     // The in-test upstream proxy cannot reach this name: its tunnel fails.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let cfg = config(&["--upstream-proxy", &format!("http://{dead}")], &[]);
-    let sc2 = Sidecar::start(cfg, resolver(&[("example.test", &["93.184.216.34"])])).await;
+    let cfg = config(&["--upstream-proxy", &format!("http://{dead}"), "--allow-cidr", "127.0.0.3/32"], &[]);
+    let sc2 = Sidecar::start(cfg, resolver(&[("example.test", &["127.0.0.3"])])).await;
     let (head, _) = connect_tunnel(sc2.addr, "example.test:443").await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert!(head.contains("x-sidecar-error: upstream_proxy"), "{head}");
@@ -153,14 +153,18 @@ async fn bypass_list_is_dialled_directly_and_the_rest_goes_upstream() {
             &upstream,
             "--allow-cidr",
             "127.0.0.1/32",
+            "--allow-cidr",
+            "127.0.0.3/32",
             "--upstream-proxy-bypass",
             ".corp.internal",
             "--upstream-proxy-bypass",
-            "127.0.0.0/8",
+            "127.0.0.1/32",
         ],
         &[],
     );
-    let names = [("api.corp.internal", &["127.0.0.1"][..]), ("example.test", &["93.184.216.34"][..])];
+    // example.test is allowed but not bypassed: it goes upstream (a routing bug would dial
+    // an unused loopback address, never the internet).
+    let names = [("api.corp.internal", &["127.0.0.1"][..]), ("example.test", &["127.0.0.3"][..])];
     let sc = Sidecar::start(cfg, resolver(&names)).await;
     // By name (and, for the second, by address): straight to the origin.
     for url in [format!("http://api.corp.internal:{port}/by-name"), format!("http://127.0.0.1:{port}/by-cidr")] {

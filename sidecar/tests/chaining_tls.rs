@@ -99,11 +99,22 @@ async fn https_upstream_proxy_with_ca_file_insecure_and_untrusted() {
     let up = tls_upstream_proxy(&dir).await;
     let upstream = format!("https://u:p@localhost:{}", up.port());
     let ca = dir.join("ca.pem");
-    // A public address, never dialled: the upstream proxy answers itself.
-    let resolver = || resolver(&[("example.test", &["93.184.216.34"])]);
+    // Allowed, never dialled: the upstream proxy answers itself (and a routing bug would
+    // dial an unused loopback address, not the internet).
+    let resolver = || resolver(&[("example.test", &["127.0.0.3"])]);
 
     let sc = Sidecar::start(
-        config(&["--upstream-proxy", &upstream, "--upstream-proxy-ca-file", ca.to_str().unwrap()], &[]),
+        config(
+            &[
+                "--upstream-proxy",
+                &upstream,
+                "--upstream-proxy-ca-file",
+                ca.to_str().unwrap(),
+                "--allow-cidr",
+                "127.0.0.3/32",
+            ],
+            &[],
+        ),
         resolver(),
     )
     .await;
@@ -112,7 +123,8 @@ async fn https_upstream_proxy_with_ca_file_insecure_and_untrusted() {
     assert_eq!(&body[..], b"tls upstream saw http://example.test/a auth=Basic dTpw");
     sc.stop().await.unwrap();
 
-    let sc = Sidecar::start(config(&["--upstream-proxy", &upstream], &[]), resolver()).await;
+    let sc =
+        Sidecar::start(config(&["--upstream-proxy", &upstream, "--allow-cidr", "127.0.0.3/32"], &[]), resolver()).await;
     let (status, headers, body) = proxy_get(sc.addr, "http://example.test/a").await;
     assert_eq!(
         (status, headers["x-sidecar-error"].to_str().unwrap()),
@@ -122,8 +134,11 @@ async fn https_upstream_proxy_with_ca_file_insecure_and_untrusted() {
     assert!(String::from_utf8_lossy(&body).contains("TLS"), "{body:?}");
     sc.stop().await.unwrap();
 
-    let sc =
-        Sidecar::start(config(&["--upstream-proxy", &upstream, "--upstream-proxy-insecure"], &[]), resolver()).await;
+    let sc = Sidecar::start(
+        config(&["--upstream-proxy", &upstream, "--upstream-proxy-insecure", "--allow-cidr", "127.0.0.3/32"], &[]),
+        resolver(),
+    )
+    .await;
     let (status, _, _) = proxy_get(sc.addr, "http://example.test/a").await;
     assert_eq!(status, StatusCode::OK);
     sc.stop().await.unwrap();

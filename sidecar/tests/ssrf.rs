@@ -51,8 +51,12 @@ fn corpus_resolver() -> StaticResolver {
     ])
 }
 
+/// The corpus is about the default policy (public and private allowed); its running
+/// proxy sends anything allowed to a dead upstream proxy, so nothing leaves.
+const DEFAULT_POLICY: [(&str, &str); 2] = [("SIDECAR_DENY_PUBLIC", "false"), ("SIDECAR_DENY_PRIVATE", "false")];
+
 fn corpus_config() -> sidecar::config::Config {
-    config(&["--api-server-address", "10.96.0.1"], &[])
+    config(&["--api-server-address", "10.96.0.1"], &DEFAULT_POLICY)
 }
 
 #[tokio::test]
@@ -91,7 +95,7 @@ async fn corpus_through_running_proxy() {
     // mistake, the test fails with a 502 instead of reaching the internet.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let upstream = format!("http://{dead}");
-    let cfg = config(&["--api-server-address", "10.96.0.1", "--upstream-proxy", &upstream], &[]);
+    let cfg = config(&["--api-server-address", "10.96.0.1", "--upstream-proxy", &upstream], &DEFAULT_POLICY);
     let sc = Sidecar::start(cfg, corpus_resolver()).await;
     for c in corpus() {
         let raw = format!("{} {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", c.kind, c.target);

@@ -24,6 +24,10 @@ runtimes:
     workload: persistent
     image: { repository: test-runtime, tag: "1" }
     replicas: { min: 1, max: 3 }
+sidecar:
+  # Allow-list mode with an empty list: the test's sidecars reach the job manager only.
+  denyPrivate: true
+  denyPublic: true
 kubernetes:
   internalApiKeySecretName: jm-internal
 "#;

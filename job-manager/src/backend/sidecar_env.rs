@@ -13,6 +13,7 @@ pub struct SidecarPolicy {
     pub deny_hosts: Vec<String>,
     pub api_server_addresses: Vec<String>,
     pub deny_private: bool,
+    pub deny_public: bool,
     pub report_only: bool,
     pub upstream_proxy: String,
     pub upstream_proxy_bypass: Vec<String>,
@@ -31,6 +32,7 @@ impl From<&Config> for SidecarPolicy {
             deny_hosts: s.deny_hosts.clone(),
             api_server_addresses: s.api_server_addresses.clone(),
             deny_private: s.deny_private,
+            deny_public: s.deny_public,
             report_only: s.report_only,
             upstream_proxy: s.upstream_proxy.clone(),
             upstream_proxy_bypass: s.upstream_proxy_bypass.clone(),
@@ -57,6 +59,9 @@ impl SidecarPolicy {
         list(sidecar_env::API_SERVER_ADDRESSES, &self.api_server_addresses);
         if self.deny_private {
             env.push((sidecar_env::DENY_PRIVATE.into(), "true".into()));
+        }
+        if self.deny_public {
+            env.push((sidecar_env::DENY_PUBLIC.into(), "true".into()));
         }
         if self.report_only {
             env.push((sidecar_env::REPORT_ONLY.into(), "true".into()));
@@ -96,10 +101,12 @@ mod tests {
         let mut c = Config::default();
         c.sidecar.allow_cidrs = vec!["10.0.0.0/8".into(), "192.168.0.0/16".into()];
         c.sidecar.deny_private = true;
+        c.sidecar.deny_public = true;
         c.sidecar.upstream_proxy_bypass = vec![".svc.cluster.local".into()];
         let env: std::collections::BTreeMap<_, _> = sidecar_policy_env(&c).into_iter().collect();
         assert_eq!(env[sidecar_env::ALLOW_CIDRS], "10.0.0.0/8,192.168.0.0/16");
         assert_eq!(env[sidecar_env::DENY_PRIVATE], "true");
+        assert_eq!(env[sidecar_env::DENY_PUBLIC], "true");
         // No upstream proxy: no bypass either (the sidecar would refuse it alone).
         assert!(!env.contains_key(sidecar_env::UPSTREAM_PROXY_BYPASS));
         assert!(!env.contains_key(sidecar_env::UPSTREAM_PROXY_UNRESOLVED));

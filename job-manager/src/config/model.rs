@@ -211,6 +211,9 @@ pub struct SidecarSettings {
     pub allow_hosts: Vec<String>,
     pub deny_hosts: Vec<String>,
     pub deny_private: bool,
+    /// Allow-list mode: public destinations are refused too, only `allow_cidrs` (and the
+    /// job manager) can be reached.
+    pub deny_public: bool,
     pub report_only: bool,
     pub api_server_addresses: Vec<String>,
     pub upstream_proxy: String,
@@ -237,6 +240,7 @@ impl Default for SidecarSettings {
             allow_hosts: Vec::new(),
             deny_hosts: Vec::new(),
             deny_private: false,
+            deny_public: false,
             report_only: false,
             api_server_addresses: Vec::new(),
             upstream_proxy: String::new(),

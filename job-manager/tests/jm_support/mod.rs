@@ -55,7 +55,7 @@ pub fn local_yaml_running(command: &[String], extra: &str) -> String {
     format!(
         "executor: local\npoll: {{intervalMs: 50, batchSize: 10}}\nshutdownGraceSecs: 2\n\
          runtimes:\n  - name: {RUNTIME}\n    parallelism: 4\n    command: {command:?}\n\
-         sidecar:\n  binary: {sc:?}\n  allowCidrs: [127.0.0.1/32]\n{extra}",
+         sidecar:\n  binary: {sc:?}\n  allowCidrs: [127.0.0.1/32]\n  denyPrivate: true\n  denyPublic: true\n{extra}",
         sc = bin("sidecar").display().to_string(),
     )
 }

@@ -42,6 +42,9 @@ pub struct Cli {
     /// Also refuse private ranges (RFC 1918, CGNAT, ULA)
     #[arg(long, env = ENV_DENY_PRIVATE, num_args = 0, default_missing_value = "true", value_name = "BOOL", hide_env_values = true)]
     pub deny_private: Option<String>,
+    /// Also refuse public addresses: only --allow-cidr destinations (and the job manager) are reachable
+    #[arg(long, env = ENV_DENY_PUBLIC, num_args = 0, default_missing_value = "true", value_name = "BOOL", hide_env_values = true)]
+    pub deny_public: Option<String>,
     /// Log what would be refused but let it through (rollout mode)
     #[arg(long, env = ENV_REPORT_ONLY, num_args = 0, default_missing_value = "true", value_name = "BOOL", hide_env_values = true)]
     pub report_only: Option<String>,

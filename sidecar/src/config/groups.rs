@@ -54,6 +54,7 @@ pub(super) fn egress_policy(c: &mut Check<'_>, cli: &Cli) -> (EgressPolicy, bool
         policy.deny_ports.extend(c.ok(r));
     }
     policy.deny_private = c.flag(&cli.deny_private, ENV_DENY_PRIVATE, "--deny-private");
+    policy.deny_public = c.flag(&cli.deny_public, ENV_DENY_PUBLIC, "--deny-public");
     let report_only = c.flag(&cli.report_only, ENV_REPORT_ONLY, "--report-only");
     for s in c.list(&cli.api_server_addresses) {
         let r = parse_api_server(&s).map_err(|m| err(ENV_API_SERVER_ADDRESSES, "--api-server-address", m));

@@ -45,6 +45,7 @@ pub const ENV_DENY_HOSTS: &str = env::DENY_HOSTS;
 pub const ENV_ALLOW_PORTS: &str = env::ALLOW_PORTS;
 pub const ENV_DENY_PORTS: &str = env::DENY_PORTS;
 pub const ENV_DENY_PRIVATE: &str = env::DENY_PRIVATE;
+pub const ENV_DENY_PUBLIC: &str = env::DENY_PUBLIC;
 pub const ENV_REPORT_ONLY: &str = env::REPORT_ONLY;
 pub const ENV_API_SERVER_ADDRESSES: &str = env::API_SERVER_ADDRESSES;
 pub const ENV_UPSTREAM_PROXY: &str = env::UPSTREAM_PROXY;

@@ -107,6 +107,45 @@ const CASES: &[Case] = &[
         "10.1.2.3 is a private address",
     ),
     ("ula denied", |p| p.deny_private = true, "[fd12::1]:80", &[], Verdict::Deny, Class::Private, "private"),
+    (
+        "public denied in allow-list mode",
+        |p| p.deny_public = true,
+        "93.184.216.34:443",
+        &[],
+        Verdict::Deny,
+        Class::PublicDenied,
+        "93.184.216.34 is public and only allowed CIDRs may be reached",
+    ),
+    (
+        "allow-list mode: a name resolving public",
+        |p| p.deny_public = true,
+        "example.test:443",
+        &["2606:2800:220:1::1"],
+        Verdict::Deny,
+        Class::PublicDenied,
+        "example.test resolves to 2606:2800:220:1::1 is public",
+    ),
+    (
+        "allow-list mode: an allowed CIDR passes",
+        |p| {
+            p.deny_public = true;
+            p.allow_cidrs = vec!["93.184.216.0/24".parse().unwrap()];
+        },
+        "93.184.216.34:443",
+        &[],
+        Verdict::Allow,
+        Class::AllowedCidr,
+        "allowed CIDR",
+    ),
+    (
+        "allow-list mode leaves private to deny-private",
+        |p| p.deny_public = true,
+        "10.1.2.3:80",
+        &[],
+        Verdict::Allow,
+        Class::PrivateAllowed,
+        "private (allowed)",
+    ),
     ("cgnat denied", |p| p.deny_private = true, "100.64.1.1:80", &[], Verdict::Deny, Class::Private, "private"),
     (
         "name resolving to metadata",

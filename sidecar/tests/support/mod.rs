@@ -22,11 +22,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-/// Configuration from flags and an env map, exactly as the binary would build it.
+/// Configuration from flags and an env map, exactly as the binary would build it. In
+/// allow-list mode unless the test says otherwise (`SIDECAR_DENY_PUBLIC` /
+/// `SIDECAR_DENY_PRIVATE` in `env`): a test's sidecar reaches only what it allows.
 pub fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
     let mut argv = vec!["sidecar", "--listen", "127.0.0.1:0"];
     argv.extend_from_slice(args);
-    let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut map: HashMap<String, String> = HashMap::from([
+        ("SIDECAR_DENY_PUBLIC".to_string(), "true".to_string()),
+        ("SIDECAR_DENY_PRIVATE".to_string(), "true".to_string()),
+    ]);
+    map.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let cli = Cli::try_parse_with_env(argv, &map).expect("flags parse");
     parse_config(&cli, &map).expect("valid config")
 }
