@@ -127,7 +127,7 @@ pub fn refuse(namespace_labels: &Value, pod: &Value) -> Option<String> {
                 not_dropping.join(", ")
             ));
         }
-        parts.extend(forbidden_adds.drain(..));
+        parts.append(&mut forbidden_adds);
         if !parts.is_empty() {
             violations.push(format!("unrestricted capabilities ({})", parts.join("; ")));
         }
