@@ -8,8 +8,9 @@ import pytest
 from conftest import REQUIRED, RELEASE, deep_merge, render
 from test_chart_matrix import MATRIX, values_for
 
-METADATA_V4 = ipaddress.ip_network("169.254.169.254/32")
-METADATA_V6 = ipaddress.ip_network("fd00:ec2::254/128")
+METADATA = [ipaddress.ip_network(n) for n in (
+    "169.254.169.254/32", "169.254.170.2/32", "169.254.170.23/32", "100.100.100.200/32", "168.63.129.16/32",
+    "fd00:ec2::254/128", "fd00:ec2::23/128", "fd20:ce::254/128", "fd00:c1::a9fe:a9fe/128")]
 
 
 def assert_hardened_container(ctx: dict, read_only_root: bool, what: str):
@@ -86,7 +87,7 @@ def ip_blocks(policy: dict):
 def reaches_metadata(block: dict) -> bool:
     net = ipaddress.ip_network(block["cidr"])
     excepted = [ipaddress.ip_network(e) for e in block.get("except", [])]
-    for metadata in (METADATA_V4, METADATA_V6):
+    for metadata in METADATA:
         if metadata.version == net.version and metadata.subnet_of(net):
             if not any(metadata.version == e.version and metadata.subnet_of(e) for e in excepted):
                 return True
