@@ -24,13 +24,17 @@ struct Api {
 }
 
 async fn start() -> Api {
+    start_with(Readiness::new()).await
+}
+
+async fn start_with(readiness: Arc<Readiness>) -> Api {
     let intake = ResultIntake::new(MemoryResultStore::new(), Arc::new(Metrics::new()));
     let signer = TokenSigner::new("signing-key");
     let api = Arc::new(ResultApi {
         intake: intake.clone(),
         internal_api_key: common::secret::Secret::new(KEY),
         signer: signer.clone(),
-        readiness: Readiness::new(),
+        readiness,
         limits: ServerLimits {
             max_body_bytes: 64 * 1024,
             header_read_timeout: Duration::from_millis(300),
@@ -254,6 +258,26 @@ async fn slow_and_broken_clients_are_cut_off() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || answer.starts_with("HTTP/1.1 400"), "garbage: {answer}");
     api.healthy().await;
+    api.stop.cancel();
+}
+
+#[tokio::test]
+async fn readyz_repeats_isolation_gaps_ready_or_not() {
+    let readiness = Readiness::new();
+    readiness.set_caveats(vec!["kubernetes.egressFirewall.enabled is off: no firewall".into()]);
+    let api = start_with(readiness.clone()).await;
+    api.healthy().await;
+    let ready = request(&api.addr, "GET", "/readyz", &[], vec![]).await;
+    assert_eq!(ready.status, 200, "a gap is said, not a reason to be unready");
+    assert_eq!(ready.body, "ready\nwarning: kubernetes.egressFirewall.enabled is off: no firewall\n");
+    readiness.set_draining();
+    let draining = request(&api.addr, "GET", "/readyz", &[], vec![]).await;
+    assert_eq!(draining.status, 503);
+    assert!(
+        draining.body.ends_with("warning: kubernetes.egressFirewall.enabled is off: no firewall\n"),
+        "{}",
+        draining.body
+    );
     api.stop.cancel();
 }
 

@@ -57,19 +57,7 @@ impl Backend for KubeBackend {
     }
 
     fn isolation_gaps(&self) -> Vec<String> {
-        let k = &self.setup.context().translate.kubernetes;
-        let mut gaps = Vec::new();
-        if !k.egress_firewall.enabled {
-            gaps.push(
-                "kubernetes.egressFirewall.enabled is off: runtime pods get no egress firewall, so a runtime that \
-                 ignores HTTP_PROXY reaches whatever the NetworkPolicy allows"
-                    .to_string(),
-            );
-        }
-        if !k.network_policy.enabled {
-            gaps.push("kubernetes.networkPolicy.enabled is off: runtime pods have no NetworkPolicy".to_string());
-        }
-        gaps
+        isolation_gaps(&self.setup.context().translate.kubernetes)
     }
 
     /// Tokens must verify on every replica: the configured signing key, else one derived
@@ -104,5 +92,39 @@ impl Backend for KubeBackend {
             tasks: vec![tokio::spawn(coordinator.run(stop))],
             sweep_gate: Some(Arc::new(move || holds_pruning.load(Ordering::SeqCst))),
         }
+    }
+}
+
+/// The runtime isolation a configuration leaves out (see [`Backend::isolation_gaps`]).
+pub fn isolation_gaps(k: &crate::config::model::KubernetesSettings) -> Vec<String> {
+    let mut gaps = Vec::new();
+    if !k.egress_firewall.enabled {
+        gaps.push(
+            "kubernetes.egressFirewall.enabled is off: runtime pods get no egress firewall, so a runtime that \
+             ignores HTTP_PROXY reaches whatever the NetworkPolicy allows"
+                .to_string(),
+        );
+    }
+    if !k.network_policy.enabled {
+        gaps.push("kubernetes.networkPolicy.enabled is off: runtime pods have no NetworkPolicy".to_string());
+    }
+    gaps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::isolation_gaps;
+    use crate::config::model::KubernetesSettings;
+
+    #[test]
+    fn a_firewall_or_network_policy_turned_off_is_a_gap() {
+        let mut k = KubernetesSettings::default();
+        assert!(isolation_gaps(&k).is_empty(), "defaults isolate");
+        k.egress_firewall.enabled = false;
+        let gaps = isolation_gaps(&k);
+        assert_eq!(gaps.len(), 1);
+        assert!(gaps[0].starts_with("kubernetes.egressFirewall.enabled is off"), "{gaps:?}");
+        k.network_policy.enabled = false;
+        assert_eq!(isolation_gaps(&k).len(), 2);
     }
 }
