@@ -278,8 +278,11 @@ impl Coordinator {
                 }
                 result.message = diagnose::no_pod_message(&result.message, &events);
                 let reported = self.report(result, diagnose::Cause::NoPod, records).await;
-                // Nothing will ever run it: the Job goes too.
-                self.stop_job(&name, records).await?;
+                if reported == Executed::Reported {
+                    // Nothing will ever run it: the Job goes too (after the result is
+                    // recorded, so a failed write is retried on the next pass).
+                    self.stop_job(&name, records).await?;
+                }
                 Ok(reported)
             }
             Action::Report { mut result, cause } => {
@@ -413,6 +416,7 @@ fn deleted<T>(r: Result<T, kube::Error>) -> Result<Executed, CoordinationError> 
     }
 }
 
+#[derive(PartialEq, Eq)]
 enum Executed {
     Reported,
     Deleted,
