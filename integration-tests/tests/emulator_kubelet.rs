@@ -85,6 +85,9 @@ fn runtime_pod_spec(secret: &str) -> Value {
                 {"name": "SIDECAR_SPOOL_DIR", "value": "/var/spool/sidecar"},
                 {"name": "SIDECAR_JOB_MANAGER_URL", "value": format!("http://job-manager.{NS}.svc:8080")},
                 {"name": "SIDECAR_INTERNAL_API_KEY", "valueFrom": {"secretKeyRef": {"name": "internal-key", "key": "internalApiKey"}}},
+                // Allow-list mode with an empty list: the job manager only, nothing off the machine.
+                {"name": "SIDECAR_DENY_PUBLIC", "value": "true"},
+                {"name": "SIDECAR_DENY_PRIVATE", "value": "true"},
             ],
             "volumeMounts": [{"name": "job-dir", "mountPath": "/var/run/job", "readOnly": true}, {"name": "spool", "mountPath": "/var/spool/sidecar"}],
             "startupProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 1, "failureThreshold": 30},
