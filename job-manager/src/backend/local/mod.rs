@@ -48,8 +48,8 @@ impl LocalBackend {
         let isolation = if nix::unistd::geteuid().is_root() {
             let uids = UidRange::parse(&c.local.uid_range, 0)
                 .map_err(|e| BackendError::failed("local.uidRange", "uid_range", e))?;
-            let launcher = std::env::current_exe().map_err(|e| {
-                BackendError::failed("launcher", "launcher", format!("cannot find this executable: {e}"))
+            let launcher = launcher_binary().ok_or_else(|| {
+                BackendError::failed("launcher", "launcher", "cannot find the job-manager executable (the launcher)")
             })?;
             prepare_isolated_state_dir(&state_dir).map_err(state_err)?;
             Some(Isolation { uids, launcher })
@@ -204,6 +204,17 @@ pub fn state_dir(configured: &str) -> PathBuf {
 /// binary is looked for by default.
 fn bin_dir() -> PathBuf {
     std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The `job-manager` executable, whose hidden `isolate` subcommand starts isolated
+/// jobs: this one, or (in a test harness embedding the backend) the one beside it.
+fn launcher_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    if exe.file_name().is_some_and(|n| n == "job-manager") {
+        return Some(exe);
+    }
+    let dir = exe.parent()?;
+    [dir.join("job-manager"), dir.parent()?.join("job-manager")].into_iter().find(|p| p.is_file())
 }
 
 fn expand_bin(arg: &str) -> String {
