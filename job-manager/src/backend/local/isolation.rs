@@ -47,7 +47,7 @@ impl UidRange {
 
     /// How many jobs can run at once.
     pub fn slots(&self) -> u32 {
-        ((u64::from(self.last) - u64::from(self.first) + 1) / 2) as u32
+        self.last.abs_diff(self.first).div_ceil(2)
     }
 
     pub fn ids(&self, slot: u32) -> JobIds {
