@@ -203,6 +203,7 @@ impl<S: ResultStore> LocalExecutor<S> {
         runtime: &LocalRuntime,
         ids: Option<JobIds>,
     ) -> Result<(Child, Child, Meta), HandoffError> {
+        let begun = std::time::Instant::now();
         let job = &handoff.job;
         let deadline_unix_ms =
             handoff.deadline.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
@@ -271,7 +272,12 @@ impl<S: ResultStore> LocalExecutor<S> {
         };
         meta.runtime = child.id().and_then(ProcessId::of);
         write_meta(dir, &meta).await?;
-        tracing::info!(sidecar = %ready.listen, runtime_pid = child.id().unwrap_or_default(), "runtime started");
+        tracing::info!(
+            sidecar = %ready.listen,
+            runtime_pid = child.id().unwrap_or_default(),
+            handoff_ms = begun.elapsed().as_millis() as u64,
+            "runtime started"
+        );
         Ok((sidecar, child, meta))
     }
 
