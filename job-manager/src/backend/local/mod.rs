@@ -233,6 +233,9 @@ fn sidecar_binary(configured: &str) -> PathBuf {
 fn persistent_secret(path: &Path) -> Result<String, BackendError> {
     if let Ok(s) = std::fs::read_to_string(path) {
         if !s.trim().is_empty() {
+            // Owner-only also when an older run or a hand left it readable to others.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| BackendError::failed("keys", "keys", format!("cannot chmod {}: {e}", path.display())))?;
             return Ok(s.trim().to_string());
         }
     }
