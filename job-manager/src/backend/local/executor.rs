@@ -2,6 +2,12 @@
 //! process, handed over exactly as in a pod (job dir with `job.json` + `token`, the
 //! internal key on the sidecar's stdin, the runtime behind the sidecar's proxy).
 //!
+//! When the job manager is root, each job also takes a UID slot (`isolation.rs`): its
+//! sidecar and runtime are started through the `isolate` launcher (`launcher.rs`) under
+//! UIDs of their own, the runtime in a network namespace holding only its sidecar's
+//! listener. The slot is recorded in `meta.json`, and freed only after whatever still
+//! ran under its UIDs was killed.
+//!
 //! This file holds the [`LocalExecutor`] and its [`Executor`] impl: starting a job,
 //! supervising it to its end, in-flight counts, drain, and recovery after a restart. The
 //! job dir layout is in `state_dir`, the processes in `process`.

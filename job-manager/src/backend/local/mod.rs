@@ -1,7 +1,9 @@
 //! The local executor: each job runs as a local process beside a real sidecar process,
 //! with the same hand-off and result path as a pod. [`LocalBackend`] is what the app
 //! wires: the executor, the file result store in the state dir, generated keys kept
-//! there when none are configured, and the hourly pruning of delivered results.
+//! there when none are configured, and the hourly pruning of delivered results. As root
+//! it isolates jobs (own UIDs, own network namespace for the runtime: `isolation.rs`,
+//! `launcher.rs`); otherwise it reports that they are not ([`Backend::isolation_gaps`]).
 pub mod executor;
 pub mod isolation;
 pub mod launcher;
@@ -166,7 +168,12 @@ impl Backend for LocalBackend {
         if adopted > 0 {
             tracing::info!(jobs = adopted, "adopted jobs left running by a previous process");
         }
-        tracing::info!(state_dir = %self.settings.state_dir.display(), "local executor ready");
+        tracing::info!(
+            state_dir = %self.settings.state_dir.display(),
+            isolated = self.settings.isolation.is_some(),
+            uid_range = %self.settings.isolation.as_ref().map(|i| i.uids.to_string()).unwrap_or_default(),
+            "local executor ready"
+        );
         Ok(executor)
     }
 
