@@ -62,6 +62,10 @@ pub mod runtime_env {
 pub mod sidecar_env {
     /// Proxy + local runtime API listener (default `127.0.0.1:3128`).
     pub const LISTEN: &str = "SIDECAR_LISTEN";
+    /// `true`: the proxy + local runtime API listener is the bound, listening TCP socket
+    /// inherited as stdin (the local executor binds it inside the runtime's network
+    /// namespace); exclusive with `SIDECAR_LISTEN`, and the key cannot then come on stdin.
+    pub const LISTEN_STDIN: &str = "SIDECAR_LISTEN_STDIN";
     /// Health/readiness/metrics listener, e.g. `0.0.0.0:9901` in pods (kubelet probes).
     pub const ADMIN_LISTEN: &str = "SIDECAR_ADMIN_LISTEN";
     /// Directory holding [`super::JOB_FILE`] and [`super::TOKEN_FILE`] (ephemeral jobs).

@@ -47,6 +47,10 @@ impl AppError {
 
 /// The binary's entry point: parse flags, dispatch the subcommand, return the exit code.
 pub fn main() -> i32 {
+    // The local executor's launcher: internal, single-threaded, never reaches clap or tokio.
+    if std::env::args_os().nth(1).is_some_and(|a| a == crate::backend::local::launcher::SUBCOMMAND) {
+        return crate::backend::local::launcher::main(std::env::args_os().skip(2));
+    }
     let cli = <Cli as clap::Parser>::parse();
     // Blocking threads do the result store's fsyncs and state scans; a burst of result
     // posts must not fan out into hundreds of threads (and their stacks).

@@ -48,6 +48,13 @@ fn invalid_settings_exit_64_naming_setting_and_rule() {
         ("bad json", &["--config", f], &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_JSON", "[")], "userDefinedJson"),
         ("no runtimes", &["--set", "brokerApiEndpoint=embedded"], &[], "at least one enabled runtime"),
         (
+            "odd UID range",
+            &["--config", f],
+            &[("JM_LOCAL_UID_RANGE", "200000-200002")],
+            "`local.uidRange` (JM_LOCAL_UID_RANGE)",
+        ),
+        ("UID range from root", &["--config", f, "--set", "local.uidRange=0-99"], &[], "must not start at 0 (root)"),
+        (
             "sidecar and runtime share a UID",
             &["--config", shared_uid.to_str().unwrap()],
             &[],

@@ -219,9 +219,9 @@ async fn a_timeout_reports_the_time_the_job_was_given() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_s_background_children_do_not_outlive_a_normal_exit() {
     let dir = TempDir::new("children");
-    let pid_file = dir.path().join("child.pid");
-    let script = format!("sleep 300 & echo $! > {}; exit 0", pid_file.display());
-    let command = ["/bin/sh".to_string(), "-c".to_string(), script];
+    // The pid goes to the output (which the failed result carries): as root, the runtime
+    // runs under a UID of its own that cannot write to the test's dirs.
+    let command = ["/bin/sh".to_string(), "-c".to_string(), "sleep 300 & echo \"child=$!\"; exit 0".to_string()];
     let v = validated_from(dir.path(), &local_yaml_running(&command, ""));
     let broker = broker(Duration::from_secs(30));
     broker.submit(job("leaves-a-child", 20, json!({}))).unwrap();
@@ -230,7 +230,8 @@ async fn a_runtime_s_background_children_do_not_outlive_a_normal_exit() {
     handle.stop().await.unwrap();
 
     assert_eq!(results[&id("leaves-a-child")].outcome, Outcome::Failed, "exited 0 without a result: {results:?}");
-    let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let tail = results[&id("leaves-a-child")].output["output_tail"].as_str().unwrap().to_string();
+    let child: i32 = tail.lines().find_map(|l| l.strip_prefix("child=")).expect("pid in the output").parse().unwrap();
     let gone = || !std::path::Path::new(&format!("/proc/{child}")).exists() || is_zombie(child);
     for _ in 0..50 {
         if gone() {

@@ -200,3 +200,38 @@ async fn received_result_is_delivered_after_sigkill_and_restart() {
     assert!(result.message.contains("reported while the broker was down"), "{}", result.message);
     assert_eq!(rig.broker.counters(&id("pending")).unwrap().results_accepted, 1);
 }
+
+/// As root, each job holds a UID slot, recorded in its `meta.json`: a job adopted after a
+/// restart keeps its slot, and a job started next to it takes another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_job_keeps_its_uid_slot() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: UID slots exist only when the job manager runs as root (CI runs as root)");
+        return;
+    }
+    let rig = Rig::new("slots", Duration::from_secs(30), None).await;
+    let steps = |name: &str, secs: u32| {
+        json!({"action": "steps", "steps": [
+            {"action": "fetch", "url": format!("{}/{name}", rig.origin.url), "expectStatus": 200},
+            {"action": "sleep", "secs": secs},
+        ]})
+    };
+    rig.broker.submit(job("first", 30, steps("first", 4))).unwrap();
+    let jm = rig.start_job_manager(1).await;
+    rig.origin.wait_hit("/first", Duration::from_secs(20)).await;
+    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("first")).is_some_and(|c| c.acks == 1))
+        .await;
+    sigkill(jm);
+    let jm = rig.start_job_manager(2).await;
+    rig.broker.submit(job("second", 30, steps("second", 1))).unwrap();
+    rig.origin.wait_hit("/second", Duration::from_secs(20)).await;
+    let slot = |job: &str| -> Option<u64> {
+        let meta = std::fs::read(rig.dir.path().join(format!("state/jobs/j-{job}/meta.json"))).ok()?;
+        serde_json::from_slice::<serde_json::Value>(&meta).ok()?["uid_slot"].as_u64()
+    };
+    let slots = (slot("first"), slot("second"));
+    let results = rig.broker.wait_for_results(2, Duration::from_secs(40)).await;
+    stop(jm);
+    assert_eq!(slots, (Some(0), Some(1)), "the adopted job kept slot 0; the new one took the next free");
+    assert!(results.values().all(|r| r.outcome == Outcome::Succeeded), "{results:?}");
+}

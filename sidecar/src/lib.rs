@@ -64,8 +64,9 @@ impl Listeners {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
         };
+        let proxy = if config.listen_stdin { inherited_stdin_listener()? } else { bind(config.listen).await? };
         Ok(Self {
-            proxy: bind(config.listen).await?,
+            proxy,
             admin: match config.admin_listen {
                 Some(a) => Some(bind(a).await?),
                 None => None,
@@ -87,10 +88,33 @@ impl Listeners {
     }
 }
 
+/// The proxy listener handed over as stdin (`--listen-stdin`): the local executor binds it
+/// inside the runtime's network namespace, where this process cannot bind. Taken over
+/// through std's stdin handle, so no `unsafe` fd adoption; fd 0 then becomes `/dev/null`.
+fn inherited_stdin_listener() -> Result<TcpListener, RunError> {
+    use std::os::fd::AsFd;
+    let bad = |e: &dyn std::fmt::Display| RunError::InheritedListener(e.to_string());
+    let stdin = std::io::stdin();
+    let listening = nix::sys::socket::getsockopt(&stdin.as_fd(), nix::sys::socket::sockopt::AcceptConn)
+        .map_err(|e| bad(&format!("stdin is not a listening socket ({e})")))?;
+    if !listening {
+        return Err(bad(&"stdin is a socket that is not listening"));
+    }
+    let owned = stdin.as_fd().try_clone_to_owned().map_err(|e| bad(&e))?;
+    let listener = std::net::TcpListener::from(owned);
+    listener.local_addr().map_err(|e| bad(&format!("stdin is not a TCP socket ({e})")))?;
+    listener.set_nonblocking(true).map_err(|e| bad(&e))?;
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| bad(&e))?;
+    nix::unistd::dup2_stdin(devnull).map_err(|e| bad(&e))?;
+    TcpListener::from_std(listener).map_err(|e| bad(&e))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("inherited listener (--listen-stdin): {0}")]
+    InheritedListener(String),
     #[error("job: {0}")]
     Job(#[from] local_api::JobLoadError),
     #[error("DNS resolver: {0}")]

@@ -63,6 +63,7 @@ fn help_explains_every_setting() {
     use sidecar::config::*;
     for env in [
         ENV_LISTEN,
+        ENV_LISTEN_STDIN,
         ENV_ADMIN_LISTEN,
         ENV_JOB_DIR,
         ENV_JOB_MANAGER_URL,
@@ -158,6 +159,38 @@ async fn ready_file_probes_and_sigterm() {
     assert_eq!(status, http::StatusCode::NOT_FOUND);
     let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
     assert!(status.success(), "SIGTERM is a clean exit: {status}");
+}
+
+#[tokio::test]
+async fn a_listener_inherited_as_stdin_is_served_and_reported_in_the_ready_file() {
+    let dir = temp_dir("bin-inherited");
+    let ready = dir.join("ready.json");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut child = sidecar()
+        .env(sidecar::config::ENV_LISTEN_STDIN, "true")
+        .args(["--ready-file", ready.to_str().unwrap()])
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = wait_ready(&ready, &mut child);
+    assert_eq!(r.listen, addr, "the ready file names the inherited listener");
+    let (status, _, _) =
+        send(addr, http::Request::get("/readyz").header("host", "x").body(Default::default()).unwrap()).await;
+    assert_eq!(status, http::StatusCode::OK);
+    let (status, _, _) = proxy_get(addr, "http://169.254.169.254/").await;
+    assert_eq!(status, http::StatusCode::FORBIDDEN, "the policy applies on the inherited listener");
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn listen_stdin_refuses_a_stdin_that_is_not_a_listening_socket() {
+    let out = sidecar().env(sidecar::config::ENV_LISTEN_STDIN, "true").stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inherited listener (--listen-stdin): stdin is not a listening socket"), "{err}");
 }
 
 #[tokio::test]

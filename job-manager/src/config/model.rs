@@ -42,6 +42,7 @@ pub struct Config {
     pub runtimes: Vec<RuntimeConfig>,
     pub sidecar: SidecarSettings,
     pub kubernetes: KubernetesSettings,
+    pub local: LocalExecutorSettings,
 }
 
 impl Default for Config {
@@ -73,7 +74,24 @@ impl Default for Config {
             runtimes: Vec::new(),
             sidecar: SidecarSettings::default(),
             kubernetes: KubernetesSettings::default(),
+            local: LocalExecutorSettings::default(),
         }
+    }
+}
+
+/// The local executor's own settings (`local.*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LocalExecutorSettings {
+    /// UIDs for jobs when the job manager runs as root, `first-last`: each running job
+    /// takes two (runtime `first+2k`, sidecar `first+2k+1`), so at most half as many
+    /// jobs run at once. Two job managers on one host need ranges that do not overlap.
+    pub uid_range: String,
+}
+
+impl Default for LocalExecutorSettings {
+    fn default() -> Self {
+        Self { uid_range: crate::backend::local::isolation::DEFAULT_UID_RANGE.into() }
     }
 }
 

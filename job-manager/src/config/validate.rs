@@ -104,6 +104,8 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
     }
     validate_runtimes(c)?;
     validate_sidecar(c)?;
+    crate::backend::local::isolation::UidRange::parse(&c.local.uid_range, nix::unistd::geteuid().as_raw())
+        .map_err(|reason| ConfigError::invalid("local.uidRange", reason))?;
     validate_runtime_pods(c)?;
     let user_defined_variables = user_defined_variables(c)?;
     Ok(Validated { listen, user_defined_variables, warnings, config })

@@ -36,7 +36,11 @@ pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        Self(tempfile::Builder::new().prefix(&format!("jm-it-{tag}-")).tempdir().unwrap())
+        let dir = tempfile::Builder::new().prefix(&format!("jm-it-{tag}-")).tempdir().unwrap();
+        // Traversable (not listable): as root the local executor runs jobs under UIDs of
+        // their own, which must reach the state dir below.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+        Self(dir)
     }
     pub fn path(&self) -> &Path {
         self.0.path()
@@ -55,9 +59,18 @@ pub fn local_yaml_running(command: &[String], extra: &str) -> String {
     format!(
         "executor: local\npoll: {{intervalMs: 50, batchSize: 10}}\nshutdownGraceSecs: 2\n\
          runtimes:\n  - name: {RUNTIME}\n    parallelism: 4\n    command: {command:?}\n\
-         sidecar:\n  binary: {sc:?}\n  allowCidrs: [127.0.0.1/32]\n  denyPrivate: true\n  denyPublic: true\n{extra}",
+         sidecar:\n  binary: {sc:?}\n  allowCidrs: [127.0.0.1/32]\n  denyPrivate: true\n  denyPublic: true\nlocal:\n  uidRange: {uids}\n{extra}",
         sc = bin("sidecar").display().to_string(),
+        uids = test_uid_range(),
     )
+}
+
+/// UIDs for this test process's jobs when it runs as root: tests run in parallel, each
+/// with its own job manager, and two job managers must not share UIDs (one would kill
+/// what the other runs under them when its jobs end). 16 UIDs (8 jobs) per process.
+pub fn test_uid_range() -> String {
+    let first = 1_000_000 + (std::process::id() % 100_000) * 16;
+    format!("{first}-{}", first + 15)
 }
 
 /// A validated config for in-process tests (embedded broker, loopback, own state dir).

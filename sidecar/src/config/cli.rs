@@ -15,9 +15,12 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 #[derive(Debug, Default, Parser)]
 #[command(name = "sidecar", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
-    /// Proxy + local runtime API listen address
-    #[arg(long, value_name = "ADDR", env = ENV_LISTEN, default_value = "127.0.0.1:3128", hide_env_values = true)]
+    /// Proxy + local runtime API listen address [default: 127.0.0.1:3128]
+    #[arg(long, value_name = "ADDR", env = ENV_LISTEN, hide_env_values = true)]
     pub listen: Option<String>,
+    /// Serve the proxy on the bound, listening TCP socket inherited as stdin (instead of --listen); the key must then come from a file
+    #[arg(long, env = ENV_LISTEN_STDIN, num_args = 0, default_missing_value = "true", value_name = "BOOL", hide_env_values = true)]
+    pub listen_stdin: Option<String>,
     /// Extra listener for /healthz, /readyz, /metrics (pods: 0.0.0.0:9901)
     #[arg(long, value_name = "ADDR", env = ENV_ADMIN_LISTEN, hide_env_values = true)]
     pub admin_listen: Option<String>,

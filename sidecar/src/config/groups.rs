@@ -9,6 +9,9 @@ use crate::telemetry::log_filter;
 
 pub(super) struct Listeners {
     pub listen: SocketAddr,
+    /// `--listen` was given (not defaulted), for the exclusion with `--listen-stdin`.
+    pub listen_given: bool,
+    pub listen_stdin: bool,
     pub admin_listen: Option<SocketAddr>,
     pub ready_file: Option<PathBuf>,
 }
@@ -19,11 +22,31 @@ pub(super) fn listeners(c: &mut Check<'_>, cli: &Cli) -> Listeners {
         .ok(parse_addr(c.one(&cli.listen, "listen"), ENV_LISTEN, "--listen"))
         .flatten()
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3128)));
+    let listen_given = c.one(&cli.listen, "listen").is_some();
+    let listen_stdin = c.flag(&cli.listen_stdin, ENV_LISTEN_STDIN, "--listen-stdin");
     let admin_listen =
         c.ok(parse_addr(c.one(&cli.admin_listen, "admin_listen"), ENV_ADMIN_LISTEN, "--admin-listen")).flatten();
     // Never fails: its place in the check order does not matter.
     let ready_file = c.one(&cli.ready_file, "ready_file").map(PathBuf::from);
-    Listeners { listen, admin_listen, ready_file }
+    Listeners { listen, listen_given, listen_stdin, admin_listen, ready_file }
+}
+
+/// An inherited listener replaces `--listen`, and takes stdin, so the key cannot come
+/// from there.
+pub(super) fn listener_rules(c: &mut Check<'_>, listeners: &Listeners, key: &KeySource) {
+    if !listeners.listen_stdin {
+        return;
+    }
+    if listeners.listen_given {
+        c.fail(err(ENV_LISTEN_STDIN, "--listen-stdin", "give either --listen or --listen-stdin, not both"));
+    }
+    if *key == KeySource::Stdin {
+        c.fail(err(
+            ENV_LISTEN_STDIN,
+            "--listen-stdin",
+            "stdin is the listener: the internal API key must come from a file, not `-`",
+        ));
+    }
 }
 
 /// The egress policy (job manager target excepted) and report-only mode.

@@ -30,6 +30,7 @@ mod tests;
 pub const EXIT_BAD_CONFIG: i32 = 64;
 
 pub const ENV_LISTEN: &str = env::LISTEN;
+pub const ENV_LISTEN_STDIN: &str = env::LISTEN_STDIN;
 pub const ENV_ADMIN_LISTEN: &str = env::ADMIN_LISTEN;
 pub const ENV_JOB_DIR: &str = env::JOB_DIR;
 pub const ENV_JOB_MANAGER_URL: &str = env::JOB_MANAGER_URL;
@@ -196,6 +197,9 @@ impl Default for Limits {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Serve the proxy on the listening socket inherited as stdin instead of binding
+    /// `listen` (see [`ENV_LISTEN_STDIN`]).
+    pub listen_stdin: bool,
     pub admin_listen: Option<SocketAddr>,
     pub ingress: Option<Ingress>,
     pub policy: EgressPolicy,
@@ -284,9 +288,11 @@ pub fn parse_config(cli: &Cli, lookup: &dyn Lookup) -> Result<Config, ConfigErro
     let (job_id, job_token) = job::job_by_token(&mut c, cli);
     let (limits, worker_threads) = limits::limits(&mut c, cli);
     job::cross_setting_rules(&mut c, &job, &job_id, &job_token, ingress_given);
+    groups::listener_rules(&mut c, &listeners, &job.internal_api_key);
     c.finish()?;
     Ok(Config {
         listen: listeners.listen,
+        listen_stdin: listeners.listen_stdin,
         admin_listen: listeners.admin_listen,
         ingress,
         policy,

@@ -234,3 +234,21 @@ fn unresolved_names_behind_an_upstream_proxy_are_refused_unless_forward_is_set()
     // Refuse is the default anyway, so it is accepted without an upstream proxy.
     assert!(parse(&[], &[(ENV_UPSTREAM_PROXY_UNRESOLVED, "refuse")]).is_ok());
 }
+
+#[test]
+fn an_inherited_listener_replaces_listen_and_needs_the_key_from_a_file() {
+    let key_file = [(ENV_INTERNAL_API_KEY_FILE, "/proc/self/fd/5")];
+    let c = parse(&[], &[(ENV_LISTEN_STDIN, "true"), key_file[0]]).unwrap();
+    assert!(c.listen_stdin);
+    assert!(!parse(&[], &[]).unwrap().listen_stdin, "off by default");
+
+    let both = parse(&["--listen", "127.0.0.1:0", "--listen-stdin"], &key_file).unwrap_err();
+    assert_eq!(both.setting, ENV_LISTEN_STDIN);
+    assert_eq!(both.message, "give either --listen or --listen-stdin, not both");
+    let both_env = parse(&[], &[(ENV_LISTEN, "127.0.0.1:0"), (ENV_LISTEN_STDIN, "1"), key_file[0]]).unwrap_err();
+    assert_eq!(both_env.message, "give either --listen or --listen-stdin, not both");
+
+    let key_on_stdin = parse(&["--listen-stdin"], &[(ENV_INTERNAL_API_KEY_FILE, "-")]).unwrap_err();
+    assert_eq!(key_on_stdin.setting, ENV_LISTEN_STDIN);
+    assert_eq!(key_on_stdin.message, "stdin is the listener: the internal API key must come from a file, not `-`");
+}

@@ -2,6 +2,12 @@
 //! process, handed over exactly as in a pod (job dir with `job.json` + `token`, the
 //! internal key on the sidecar's stdin, the runtime behind the sidecar's proxy).
 //!
+//! When the job manager is root, each job also takes a UID slot (`isolation.rs`): its
+//! sidecar and runtime are started through the `isolate` launcher (`launcher.rs`) under
+//! UIDs of their own, the runtime in a network namespace holding only its sidecar's
+//! listener. The slot is recorded in `meta.json`, and freed only after whatever still
+//! ran under its UIDs was killed.
+//!
 //! This file holds the [`LocalExecutor`] and its [`Executor`] impl: starting a job,
 //! supervising it to its end, in-flight counts, drain, and recovery after a restart. The
 //! job dir layout is in `state_dir`, the processes in `process`.
@@ -15,13 +21,14 @@
 //! recorded pids (checked against their start time, so a reused pid is not mistaken for
 //! ours), enforces the recorded deadline, terminates the sidecar once the runtime is gone,
 //! records a `failed` result if none arrived, and removes the dir.
-use super::process::{self, read_tail, ProcessId, RUNTIME_OUTPUT, SIDECAR_OUTPUT};
+use super::isolation::JobIds;
+use super::process::{self, read_tail, Confinement, ProcessId, RUNTIME_OUTPUT, SIDECAR_OUTPUT};
 use super::settings::{LocalRuntime, LocalSettings};
-use super::state_dir::{self, Claim, JobsDir, Meta, READY_FILE, SCRATCH_DIR, SPOOL_DIR};
+use super::state_dir::{self, Claim, JobsDir, Meta, Owners, READY_FILE, SIDECAR_DIR, SPOOL_DIR};
 use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::results::{ResultIntake, ResultStore};
 use common::{JobId, JobResult, Outcome};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,11 +57,14 @@ pub struct LocalExecutor<S> {
     supervisors: TaskTracker,
     /// Jobs supervised by this process (for drain); the job dirs are the durable truth.
     supervised: Mutex<BTreeMap<JobId, String>>,
+    /// UID slots held by running jobs (isolated only); each is also in its `meta.json`,
+    /// where [`Self::recover`] finds those of adopted jobs.
+    uid_slots: Mutex<BTreeSet<u32>>,
 }
 
 impl<S: ResultStore> LocalExecutor<S> {
     pub fn new(settings: LocalSettings, intake: ResultIntake<S>) -> Result<Arc<Self>, StateError> {
-        let jobs = JobsDir::create(&settings.state_dir)?;
+        let jobs = JobsDir::create(&settings.state_dir, settings.isolation.is_some())?;
         Ok(Arc::new(Self {
             settings,
             jobs,
@@ -63,6 +73,7 @@ impl<S: ResultStore> LocalExecutor<S> {
             abort: CancellationToken::new(),
             supervisors: TaskTracker::new(),
             supervised: Mutex::new(BTreeMap::new()),
+            uid_slots: Mutex::new(BTreeSet::new()),
         }))
     }
 
@@ -79,10 +90,13 @@ impl<S: ResultStore> LocalExecutor<S> {
                     if let Some(p) = meta.sidecar.filter(|p| p.alive()) {
                         process::kill_now(p.pid);
                     }
-                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = self.jobs.remove(&dir);
                 }
                 Some(meta) => {
                     let id = meta.job.id.clone();
+                    if let Some(slot) = meta.uid_slot {
+                        self.uid_slots.lock().expect("lock").insert(slot);
+                    }
                     tracing::info!(job_id = %id, "adopting a job left by a previous run");
                     self.supervised.lock().expect("lock").insert(id.clone(), meta.job.runtime_type.clone());
                     let me = self.clone();
@@ -94,7 +108,7 @@ impl<S: ResultStore> LocalExecutor<S> {
                     // Claimed but never written: the hand-off did not finish, so the job
                     // was not acked and the broker re-delivers it.
                     tracing::warn!(dir = %dir.display(), "removing an incomplete job dir");
-                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = self.jobs.remove(&dir);
                 }
             }
         }
@@ -111,10 +125,10 @@ impl<S: ResultStore> LocalExecutor<S> {
         };
         let me = self.clone();
         let (id, runtime_type, parallelism) = (job.id.clone(), job.runtime_type.clone(), runtime.parallelism);
-        let Some(dir) = off_worker(move || me.claim_slot(&id, &runtime_type, parallelism)).await? else {
+        let Some((dir, ids)) = off_worker(move || me.claim_slot(&id, &runtime_type, parallelism)).await? else {
             return Ok(Accepted::AlreadyRunning);
         };
-        match self.launch(&dir, &handoff, runtime).await {
+        match self.launch(&dir, &handoff, runtime, ids).await {
             Ok((sidecar, child, meta)) => {
                 self.supervised.lock().expect("lock").insert(job.id.clone(), job.runtime_type.clone());
                 let me = self.clone();
@@ -124,16 +138,26 @@ impl<S: ResultStore> LocalExecutor<S> {
             }
             Err(e) => {
                 // Awaited: a retried start must not find this dir.
-                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || me.jobs.remove(&dir)).await;
+                if let Some(ids) = ids {
+                    process::reap_uids(&self.settings, &[ids.runtime, ids.sidecar]).await;
+                }
+                self.release_uid_slot(ids);
                 Err(e)
             }
         }
     }
 
-    /// Claim a job dir if the job has none and its runtime type has a free slot; `None`
-    /// when the job's dir exists (it runs here already). Blocking: the existence check,
-    /// the state-dir scan and the claim, in that order.
-    fn claim_slot(&self, id: &JobId, runtime_type: &str, parallelism: u32) -> Result<Option<PathBuf>, HandoffError> {
+    /// Claim a job dir if the job has none and its runtime type has a free slot, and
+    /// (isolated) a UID slot; `None` when the job's dir exists (it runs here already).
+    /// Blocking: the existence check, the state-dir scan and the claim, in that order.
+    fn claim_slot(
+        &self,
+        id: &JobId,
+        runtime_type: &str,
+        parallelism: u32,
+    ) -> Result<Option<(PathBuf, Option<JobIds>)>, HandoffError> {
         if self.jobs.job_dir(id).exists() {
             return Ok(None);
         }
@@ -143,9 +167,37 @@ impl<S: ResultStore> LocalExecutor<S> {
             return Err(HandoffError::Busy(format!("{busy} of {parallelism} {runtime_type} jobs already run")));
         }
         match self.jobs.claim(id) {
-            Ok(Claim::Claimed(dir)) => Ok(Some(dir)),
+            Ok(Claim::Claimed(dir)) => match self.take_uid_slot() {
+                Ok(ids) => Ok(Some((dir, ids))),
+                Err(e) => {
+                    let _ = self.jobs.remove(&dir);
+                    Err(e)
+                }
+            },
             Ok(Claim::Exists) => Ok(None),
             Err(e) => Err(HandoffError::Transient(e.to_string())),
+        }
+    }
+
+    /// The lowest free UID slot when isolated (`None` when not); all in use is transient:
+    /// the job stays with the broker until one is free.
+    fn take_uid_slot(&self) -> Result<Option<JobIds>, HandoffError> {
+        let Some(isolation) = &self.settings.isolation else { return Ok(None) };
+        let mut taken = self.uid_slots.lock().expect("lock");
+        let slot = isolation.uids.lowest_free(&taken).ok_or_else(|| {
+            HandoffError::Transient(format!(
+                "all {} UID slots of local.uidRange ({}) are in use",
+                isolation.uids.slots(),
+                isolation.uids
+            ))
+        })?;
+        taken.insert(slot);
+        Ok(Some(isolation.uids.ids(slot)))
+    }
+
+    fn release_uid_slot(&self, ids: Option<JobIds>) {
+        if let Some(ids) = ids {
+            self.uid_slots.lock().expect("lock").remove(&ids.slot);
         }
     }
 
@@ -155,7 +207,9 @@ impl<S: ResultStore> LocalExecutor<S> {
         dir: &Path,
         handoff: &Handoff,
         runtime: &LocalRuntime,
+        ids: Option<JobIds>,
     ) -> Result<(Child, Child, Meta), HandoffError> {
+        let begun = std::time::Instant::now();
         let job = &handoff.job;
         let deadline_unix_ms =
             handoff.deadline.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
@@ -165,18 +219,19 @@ impl<S: ResultStore> LocalExecutor<S> {
             timeout_secs: handoff.timeout_secs,
             sidecar: None,
             runtime: None,
+            uid_slot: ids.map(|i| i.slot),
         };
-        let (d, m, token) = (dir.to_path_buf(), meta.clone(), handoff.token.clone());
+        let scratch = self.jobs.scratch_dir(dir);
+        let owners = ids.map(|i| Owners { sidecar: i.sidecar, runtime: i.runtime });
+        let (d, s, m, token) = (dir.to_path_buf(), scratch.clone(), meta.clone(), handoff.token.clone());
         off_worker(move || {
             state_dir::write_meta(&d, &m).map_err(|e| transient("write meta", &e))?;
-            state_dir::write_handoff(&d, &m.job, &token).map_err(|(what, e)| transient(what, &e))
+            state_dir::write_handoff(&d, &s, &m.job, &token, owners).map_err(|(what, e)| transient(what, &e))
         })
         .await?;
-        let spool = dir.join(SPOOL_DIR);
-        let scratch = dir.join(SCRATCH_DIR);
-
-        let ready = dir.join(READY_FILE);
-        let mut sidecar = process::sidecar_command(&self.settings, dir, job, &ready, &spool)?
+        let spool = dir.join(SIDECAR_DIR).join(SPOOL_DIR);
+        let ready = dir.join(SIDECAR_DIR).join(READY_FILE);
+        let mut sidecar = process::sidecar_command(&self.settings, dir, job, &ready, &spool, ids.map(|i| i.sidecar))?
             .spawn()
             .map_err(|e| transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e))?;
         meta.sidecar = sidecar.id().and_then(ProcessId::of);
@@ -198,7 +253,21 @@ impl<S: ResultStore> LocalExecutor<S> {
         };
 
         let proxy = format!("http://{}", ready.listen);
-        let mut cmd = process::runtime_command(&self.settings, runtime, dir, job, &scratch, &proxy)?;
+        let confinement = match (ids, meta.sidecar) {
+            (Some(ids), Some(p)) => match process::job_netns(p.pid) {
+                Ok(netns) => Some(Confinement { uid: ids.runtime, netns }),
+                Err(e) => {
+                    process::terminate(&mut sidecar, Duration::from_secs(2)).await;
+                    return Err(transient("cannot find the job's network namespace", &e));
+                }
+            },
+            (Some(_), None) => {
+                process::terminate(&mut sidecar, Duration::from_secs(2)).await;
+                return Err(HandoffError::Transient("the sidecar's pid is unknown".into()));
+            }
+            (None, _) => None,
+        };
+        let mut cmd = process::runtime_command(&self.settings, runtime, dir, job, &scratch, &proxy, confinement)?;
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -209,7 +278,12 @@ impl<S: ResultStore> LocalExecutor<S> {
         };
         meta.runtime = child.id().and_then(ProcessId::of);
         write_meta(dir, &meta).await?;
-        tracing::info!(sidecar = %ready.listen, runtime_pid = child.id().unwrap_or_default(), "runtime started");
+        tracing::info!(
+            sidecar = %ready.listen,
+            runtime_pid = child.id().unwrap_or_default(),
+            handoff_ms = begun.elapsed().as_millis() as u64,
+            "runtime started"
+        );
         Ok((sidecar, child, meta))
     }
 
@@ -315,12 +389,18 @@ impl<S: ResultStore> LocalExecutor<S> {
                 self.record(&result).await;
             }
         }
-        let removing = dir.to_path_buf();
-        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(removing))
+        let (jobs, removing) = (self.jobs.clone(), dir.to_path_buf());
+        let removed = tokio::task::spawn_blocking(move || jobs.remove(&removing))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = removed {
             tracing::error!(error = %e, dir = %dir.display(), "cannot remove job dir");
+        }
+        // Only now, when nothing of the job runs under its UIDs any more.
+        if let (Some(slot), Some(isolation)) = (meta.uid_slot, &self.settings.isolation) {
+            let ids = isolation.uids.ids(slot);
+            process::reap_uids(&self.settings, &[ids.runtime, ids.sidecar]).await;
+            self.uid_slots.lock().expect("lock").remove(&slot);
         }
         self.supervised.lock().expect("lock").remove(id);
         tracing::info!("job finished");

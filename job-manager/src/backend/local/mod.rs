@@ -1,8 +1,12 @@
 //! The local executor: each job runs as a local process beside a real sidecar process,
 //! with the same hand-off and result path as a pod. [`LocalBackend`] is what the app
 //! wires: the executor, the file result store in the state dir, generated keys kept
-//! there when none are configured, and the hourly pruning of delivered results.
+//! there when none are configured, and the hourly pruning of delivered results. As root
+//! it isolates jobs (own UIDs, own network namespace for the runtime: `isolation.rs`,
+//! `launcher.rs`); otherwise it reports that they are not ([`Backend::isolation_gaps`]).
 pub mod executor;
+pub mod isolation;
+pub mod launcher;
 mod process;
 mod settings;
 mod state_dir;
@@ -16,7 +20,9 @@ use crate::config::Validated;
 use crate::results::{FileResultStore, ResultIntake};
 use common::secret::Secret;
 use common::token::TokenSigner;
+use isolation::{Isolation, UidRange};
 use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,15 +44,29 @@ impl LocalBackend {
     pub fn new(validated: &Validated) -> Result<Self, BackendError> {
         let c = &validated.config;
         let state_dir = state_dir(&c.state_dir);
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
-            BackendError::failed(
-                "state dir",
-                "state_dir",
-                format!("cannot create state dir {}: {e}", state_dir.display()),
-            )
-        })?;
-        let store = FileResultStore::open(state_dir.join("results"))
-            .map_err(|e| BackendError::failed("result store", "result_store", e))?;
+        let state_err = |e: String| BackendError::failed("state dir", "state_dir", e);
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| state_err(format!("cannot create state dir {}: {e}", state_dir.display())))?;
+        let isolation = if nix::unistd::geteuid().is_root() {
+            let uids = UidRange::parse(&c.local.uid_range, 0)
+                .map_err(|e| BackendError::failed("local.uidRange", "uid_range", e))?;
+            let launcher = launcher_binary().ok_or_else(|| {
+                BackendError::failed("launcher", "launcher", "cannot find the job-manager executable (the launcher)")
+            })?;
+            prepare_isolated_state_dir(&state_dir).map_err(state_err)?;
+            Some(Isolation { uids, launcher })
+        } else {
+            None
+        };
+        let results = state_dir.join("results");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&results)
+            .and_then(|()| std::fs::set_permissions(&results, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| state_err(format!("cannot create {}: {e}", results.display())))?;
+        let store =
+            FileResultStore::open(results).map_err(|e| BackendError::failed("result store", "result_store", e))?;
         let mut settings =
             LocalSettings::new(state_dir, sidecar_binary(&c.sidecar.binary), String::new(), Secret::new(String::new()));
         settings.runtimes = c
@@ -64,8 +84,33 @@ impl LocalBackend {
             serde_json::Value::Object(validated.user_defined_variables.clone()).to_string();
         settings.custom_node_modules_path =
             (!c.kubernetes.custom_node_modules_path.is_empty()).then(|| c.kubernetes.custom_node_modules_path.clone());
+        settings.isolation = isolation;
         Ok(Self { settings, store })
     }
+}
+
+/// As root, jobs run under UIDs of their own that must reach their dirs in the state dir
+/// and nothing else there: the state dir becomes 0711 (traversable, not listable; the
+/// keys and the result store in it are 0600/0700), and every dir above it must let
+/// others through, or no job could start (said here, at start, rather than per job).
+fn prepare_isolated_state_dir(state_dir: &Path) -> Result<(), String> {
+    let dir = std::fs::canonicalize(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("cannot make {} 0711: {e}", dir.display()))?;
+    for ancestor in dir.ancestors().skip(1) {
+        let mode =
+            std::fs::metadata(ancestor).map_err(|e| format!("{}: {e}", ancestor.display()))?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(format!(
+                "{} (mode {:o}) does not let other users through, so jobs running under their own UIDs \
+                 cannot reach the state dir {}: choose a stateDir below traversable dirs, or chmod o+x it",
+                ancestor.display(),
+                mode & 0o7777,
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Backend for LocalBackend {
@@ -96,6 +141,21 @@ impl Backend for LocalBackend {
         self.store.clone()
     }
 
+    /// Not root: every job runs as the job manager's own user, in its network namespace.
+    fn isolation_gaps(&self) -> Vec<String> {
+        match &self.settings.isolation {
+            Some(_) => Vec::new(),
+            None => vec![format!(
+                "local executor: jobs are not isolated from each other or from the job manager: the job manager \
+                 is not root (euid {}), so runtimes run as its own user, can read its state dir {} (other jobs' \
+                 tokens, keys) and the sidecars' memory, and can reach the network directly; run it as root to \
+                 give each job its own UIDs (local.uidRange) and a network namespace with only its sidecar",
+                nix::unistd::geteuid(),
+                self.settings.state_dir.display()
+            )],
+        }
+    }
+
     fn executor(&self, parts: ExecutorParts<FileResultStore>) -> Result<Self::Executor, BackendError> {
         let mut settings = self.settings.clone();
         let api = parts.result_api;
@@ -108,7 +168,12 @@ impl Backend for LocalBackend {
         if adopted > 0 {
             tracing::info!(jobs = adopted, "adopted jobs left running by a previous process");
         }
-        tracing::info!(state_dir = %self.settings.state_dir.display(), "local executor ready");
+        tracing::info!(
+            state_dir = %self.settings.state_dir.display(),
+            isolated = self.settings.isolation.is_some(),
+            uid_range = %self.settings.isolation.as_ref().map(|i| i.uids.to_string()).unwrap_or_default(),
+            "local executor ready"
+        );
         Ok(executor)
     }
 
@@ -148,6 +213,17 @@ fn bin_dir() -> PathBuf {
     std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The `job-manager` executable, whose hidden `isolate` subcommand starts isolated
+/// jobs: this one, or (in a test harness embedding the backend) the one beside it.
+fn launcher_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    if exe.file_name().is_some_and(|n| n == "job-manager") {
+        return Some(exe);
+    }
+    let dir = exe.parent()?;
+    [dir.join("job-manager"), dir.parent()?.join("job-manager")].into_iter().find(|p| p.is_file())
+}
+
 fn expand_bin(arg: &str) -> String {
     arg.replace("{bin}", &bin_dir().display().to_string())
 }
@@ -164,6 +240,9 @@ fn sidecar_binary(configured: &str) -> PathBuf {
 fn persistent_secret(path: &Path) -> Result<String, BackendError> {
     if let Ok(s) = std::fs::read_to_string(path) {
         if !s.trim().is_empty() {
+            // Owner-only also when an older run or a hand left it readable to others.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| BackendError::failed("keys", "keys", format!("cannot chmod {}: {e}", path.display())))?;
             return Ok(s.trim().to_string());
         }
     }

@@ -7,7 +7,9 @@
 //! an orderly drop, and `PR_SET_PDEATHSIG` needs `unsafe` `pre_exec`), so a pid is
 //! recorded with its start time and a restarted job manager can tell its old children
 //! from strangers that reused their pids.
+use super::launcher::{self, Role};
 use super::settings::{LocalRuntime, LocalSettings};
+use super::state_dir::SIDECAR_DIR;
 use crate::backend::HandoffError;
 use common::runtime_api::{runtime_env, sidecar_env, ReadyFile};
 use common::Job;
@@ -62,32 +64,44 @@ fn transient(what: &str, e: &dyn std::fmt::Display) -> HandoffError {
     HandoffError::Transient(format!("{what}: {e}"))
 }
 
-/// The sidecar of the job in `dir`: policy env from config, the job dir, and the key on
-/// stdin only (piped; the caller writes it).
+/// The sidecar of the job in `dir`: policy env from config, its part of the job dir, and
+/// the key on stdin only (piped; the caller writes it). With `as_uid`, started through
+/// the launcher: its own UID, its listener in the job's new network namespace.
 pub(super) fn sidecar_command(
     settings: &LocalSettings,
     dir: &Path,
     job: &Job,
     ready: &Path,
     spool: &Path,
+    as_uid: Option<u32>,
 ) -> Result<Command, HandoffError> {
-    let mut cmd = Command::new(&settings.sidecar_binary);
-    cmd.env_clear()
-        .envs(basic_env())
+    let mut cmd = match as_uid {
+        // The launcher binds the listener in the job's netns and hands the key on itself.
+        Some(uid) => {
+            let argv = [settings.sidecar_binary.clone().into_os_string()];
+            let mut cmd = Command::new(&isolation_launcher(settings)?);
+            cmd.args(launcher::args(Role::Sidecar, uid, &argv)).env_clear();
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(&settings.sidecar_binary);
+            cmd.env_clear().env(sidecar_env::LISTEN, "127.0.0.1:0").env(sidecar_env::INTERNAL_API_KEY_FILE, "-");
+            cmd
+        }
+    };
+    cmd.envs(basic_env())
         .envs(settings.sidecar_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(sidecar_env::LISTEN, "127.0.0.1:0")
         .env(sidecar_env::READY_FILE, ready)
-        .env(sidecar_env::JOB_DIR, dir)
+        .env(sidecar_env::JOB_DIR, dir.join(SIDECAR_DIR))
         .env(sidecar_env::JOB_ID, job.id.as_str())
         .env(sidecar_env::JOB_MANAGER_URL, &settings.job_manager_url)
-        .env(sidecar_env::INTERNAL_API_KEY_FILE, "-")
         .env(sidecar_env::SPOOL_DIR, spool)
         // Finish delivering within our grace, before we resort to SIGKILL.
         .env(
             sidecar_env::SHUTDOWN_GRACE_SECS,
             settings.sidecar_exit_grace.as_secs().saturating_sub(2).max(1).to_string(),
         )
-        .current_dir(dir)
+        .current_dir(dir.join(SIDECAR_DIR))
         .stdin(Stdio::piped())
         .stdout(output_file(&dir.join(SIDECAR_OUTPUT)).map_err(|e| transient("sidecar log", &e))?)
         .stderr(output_file(&dir.join(SIDECAR_OUTPUT)).map_err(|e| transient("sidecar log", &e))?)
@@ -96,8 +110,16 @@ pub(super) fn sidecar_command(
     Ok(cmd)
 }
 
+/// Where an isolated runtime runs: as `uid`, in the network namespace `netns` (the
+/// sidecar's listener's, with only loopback).
+pub(super) struct Confinement {
+    pub uid: u32,
+    pub netns: std::fs::File,
+}
+
 /// The runtime of the job in `dir`, behind the sidecar's proxy at `proxy`: only what the
-/// contract lists. Never the key, never the token.
+/// contract lists. Never the key, never the token. With `confinement`, started through
+/// the launcher, which enters the netns (given as its stdin) and drops to the UID.
 pub(super) fn runtime_command(
     settings: &LocalSettings,
     runtime: &LocalRuntime,
@@ -105,15 +127,26 @@ pub(super) fn runtime_command(
     job: &Job,
     scratch: &Path,
     proxy: &str,
+    confinement: Option<Confinement>,
 ) -> Result<Command, HandoffError> {
     let no_proxy = settings.no_proxy.join(",");
-    let (program, args) = runtime
-        .command
-        .split_first()
-        .ok_or_else(|| HandoffError::Permanent(format!("runtime type {:?} has no command", job.runtime_type)))?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
+    if runtime.command.is_empty() {
+        return Err(HandoffError::Permanent(format!("runtime type {:?} has no command", job.runtime_type)));
+    }
+    let (mut cmd, stdin) = match confinement {
+        Some(c) => {
+            let argv: Vec<std::ffi::OsString> = runtime.command.iter().map(Into::into).collect();
+            let mut cmd = Command::new(&isolation_launcher(settings)?);
+            cmd.args(launcher::args(Role::Runtime, c.uid, &argv));
+            (cmd, Stdio::from(c.netns))
+        }
+        None => {
+            let mut cmd = Command::new(&runtime.command[0]);
+            cmd.args(&runtime.command[1..]);
+            (cmd, Stdio::null())
+        }
+    };
+    cmd.env_clear()
         .envs(basic_env())
         .envs(&runtime.extra_env)
         .env("HOME", scratch)
@@ -127,7 +160,7 @@ pub(super) fn runtime_command(
         .env("no_proxy", &no_proxy)
         .env(runtime_env::USER_DEFINED_VARIABLES, &settings.user_defined_variables)
         .current_dir(scratch)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(output_file(&dir.join(RUNTIME_OUTPUT)).map_err(|e| transient("runtime log", &e))?)
         .stderr(output_file(&dir.join(RUNTIME_OUTPUT)).map_err(|e| transient("runtime log", &e))?)
         // Its own process group, so a timeout kills everything it started.
@@ -137,6 +170,46 @@ pub(super) fn runtime_command(
         cmd.env(runtime_env::CUSTOM_NODE_MODULES_PATH, p);
     }
     Ok(cmd)
+}
+
+/// Kill whatever still runs under `uids` (a runtime's children that left its process
+/// group, a stuck sidecar), before the UIDs go to another job. Each UID is signalled by
+/// a launcher running as that UID, so nothing else can be hit.
+pub(super) async fn reap_uids(settings: &LocalSettings, uids: &[u32]) {
+    let Ok(launcher) = isolation_launcher(settings) else { return };
+    for &uid in uids {
+        let status = Command::new(&launcher)
+            .args(launcher::args(Role::Reap, uid, &[]))
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .await;
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            tracing::error!(uid, ?status, "cannot kill what is left under a job's UID");
+        }
+    }
+}
+
+fn isolation_launcher(settings: &LocalSettings) -> Result<std::path::PathBuf, HandoffError> {
+    settings
+        .isolation
+        .as_ref()
+        .map(|i| i.launcher.clone())
+        .ok_or_else(|| HandoffError::Permanent("isolation asked for without a launcher".into()))
+}
+
+/// The network namespace the launcher created for the sidecar `pid` and left open in it
+/// (see `launcher.rs`): the one fd of `/proc/<pid>/fd` that is a netns other than ours.
+pub(super) fn job_netns(pid: i32) -> std::io::Result<std::fs::File> {
+    let own = std::fs::read_link("/proc/self/ns/net")?;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        if target.to_string_lossy().starts_with("net:[") && target != own {
+            return std::fs::File::open(entry.path());
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("sidecar {pid} holds no network namespace of a job")))
 }
 
 fn basic_env() -> Vec<(String, String)> {

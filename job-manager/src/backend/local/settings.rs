@@ -1,6 +1,7 @@
 //! What the local executor is built with: the state dir, the sidecar binary, the
 //! runtimes and what every sidecar and runtime is given. Plain data; the backend fills it
 //! from the configuration.
+use super::isolation::Isolation;
 use common::secret::Secret;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ pub struct LocalSettings {
     pub sidecar_exit_grace: Duration,
     /// How much of the runtime's output a `failed` result carries.
     pub output_tail_bytes: u64,
+    /// Jobs under UIDs of their own and the runtime in its own network namespace (the
+    /// job manager is root); `None`: as the job manager's children, unconfined.
+    pub isolation: Option<Isolation>,
 }
 
 impl LocalSettings {
@@ -51,6 +55,7 @@ impl LocalSettings {
             sidecar_ready_timeout: Duration::from_secs(15),
             sidecar_exit_grace: Duration::from_secs(15),
             output_tail_bytes: 4096,
+            isolation: None,
         }
     }
 }

@@ -1,10 +1,17 @@
 //! The on-disk layout of the local executor's state dir, and nothing that runs a process.
 //!
-//! `<state_dir>/jobs/j-<job id>/` (mode 0700) holds one running job: `meta.json` (job,
-//! deadline, pids), the hand-off files `job.json` and `token`, the sidecar's `ready.json`,
-//! `spool/`, the runtime's `scratch/`, and both processes' output. A job dir exists exactly
-//! while its job runs, so the listing is the durable truth the executor derives in-flight
-//! jobs from, and what it adopts after a restart.
+//! `<state_dir>/jobs/j-<job id>/` holds one running job: `meta.json` (job, deadline,
+//! pids, UID slot) and both processes' output, written by the job manager only, and
+//! `sidecar/`, the sidecar's: the hand-off files `job.json` and `token`, its `ready.json`
+//! and `spool/`. The runtime works in `<state_dir>/scratch/j-<job id>/`, outside, so
+//! nothing of the job manager's or the sidecar's is below or beside its working dir.
+//! A job dir exists exactly while its job runs, so the listing is the durable truth the
+//! executor derives in-flight jobs from, and what it adopts after a restart.
+//!
+//! Modes: everything 0700/0600 and the job manager's. When jobs run under their own UIDs
+//! (the job manager is root), `jobs/`, `scratch/` and each job dir are 0711 (traversable,
+//! not listable), `sidecar/` and all in it belong to the job's sidecar UID, and the
+//! scratch dir to its runtime UID (0700 both): a runtime reaches nothing but its scratch.
 //!
 //! Everything here is blocking file I/O: async callers run it in `spawn_blocking`.
 use super::process::ProcessId;
@@ -13,13 +20,16 @@ use common::runtime_api;
 use common::{Job, JobId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const META_FILE: &str = "meta.json";
 pub(super) const READY_FILE: &str = "ready.json";
 pub(super) const SPOOL_DIR: &str = "spool";
-pub(super) const SCRATCH_DIR: &str = "scratch";
+/// The sidecar's part of a job dir (owned by its UID when isolated).
+pub(super) const SIDECAR_DIR: &str = "sidecar";
+/// `<state_dir>/scratch/`: the runtimes' working dirs, one per job.
+const SCRATCH_ROOT: &str = "scratch";
 
 /// What a job dir records about its job, written before any process starts and updated
 /// with the pids once they exist.
@@ -35,12 +45,18 @@ pub(super) struct Meta {
     pub sidecar: Option<ProcessId>,
     #[serde(default)]
     pub runtime: Option<ProcessId>,
+    /// The UID slot the job's processes run under (isolated jobs only).
+    #[serde(default)]
+    pub uid_slot: Option<u32>,
 }
 
 /// `<state_dir>/jobs`: one dir per running job.
 #[derive(Clone, Debug)]
 pub(super) struct JobsDir {
     path: PathBuf,
+    scratch: PathBuf,
+    /// Jobs run under UIDs of their own: dirs they pass through are 0711.
+    isolated: bool,
 }
 
 /// How claiming a job dir went.
@@ -52,15 +68,35 @@ pub(super) enum Claim {
 }
 
 impl JobsDir {
-    /// Create (if need be) `<state_dir>/jobs`, mode 0700.
-    pub fn create(state_dir: &Path) -> Result<Self, StateError> {
-        let path = state_dir.join("jobs");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&path)
-            .map_err(|e| StateError(format!("cannot create {}: {e}", path.display())))?;
-        Ok(Self { path })
+    /// Create (if need be) `<state_dir>/jobs` and `<state_dir>/scratch`, and give them
+    /// their mode (also when they exist, from a run with the other setting).
+    pub fn create(state_dir: &Path, isolated: bool) -> Result<Self, StateError> {
+        let mode = if isolated { 0o711 } else { 0o700 };
+        let (path, scratch) = (state_dir.join("jobs"), state_dir.join(SCRATCH_ROOT));
+        for dir in [&path, &scratch] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
+                .map_err(|e| StateError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        Ok(Self { path, scratch, isolated })
+    }
+
+    /// The runtime's working dir (HOME, TMPDIR) of the job in `dir`.
+    pub fn scratch_dir(&self, dir: &Path) -> PathBuf {
+        self.scratch.join(dir.file_name().unwrap_or_default())
+    }
+
+    /// Remove a job dir and its scratch dir (whatever the runtime left in it).
+    pub fn remove(&self, dir: &Path) -> std::io::Result<()> {
+        let scratch = self.scratch_dir(dir);
+        let scratch_removed = match std::fs::remove_dir_all(&scratch) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        std::fs::remove_dir_all(dir).and(scratch_removed)
     }
 
     pub fn job_dir(&self, id: &JobId) -> PathBuf {
@@ -72,6 +108,11 @@ impl JobsDir {
     pub fn claim(&self, id: &JobId) -> std::io::Result<Claim> {
         let dir = self.job_dir(id);
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) if self.isolated => {
+                // Traversable, so the sidecar reaches `sidecar/`; its own files stay 0600.
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+                Ok(Claim::Claimed(dir))
+            }
             Ok(()) => Ok(Claim::Claimed(dir)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Claim::Exists),
             Err(e) => Err(std::io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))),
@@ -131,19 +172,44 @@ pub(super) fn write_meta(dir: &Path, meta: &Meta) -> std::io::Result<()> {
     write_private(&dir.join(META_FILE), &serde_json::to_vec(meta).expect("meta serializes"))
 }
 
-/// The hand-off files the sidecar reads (`job.json`, `token`) and the dirs it and the
-/// runtime work in.
-pub(super) fn write_handoff(dir: &Path, job: &Job, token: &str) -> Result<(), (&'static str, std::io::Error)> {
+/// Who owns the dirs a job's processes write: its sidecar's and its runtime's UIDs
+/// (gid = uid); `None` keeps the job manager's.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Owners {
+    pub sidecar: u32,
+    pub runtime: u32,
+}
+
+/// The sidecar's dir with the hand-off files it reads (`job.json`, `token`) and its
+/// `spool/`, and the runtime's scratch dir, each owned by the process that uses it.
+pub(super) fn write_handoff(
+    dir: &Path,
+    scratch: &Path,
+    job: &Job,
+    token: &str,
+    owners: Option<Owners>,
+) -> Result<(), (&'static str, std::io::Error)> {
+    let private_dir = |path: &Path, owner: Option<u32>| -> std::io::Result<()> {
+        std::fs::DirBuilder::new().mode(0o700).create(path)?;
+        owner.map_or(Ok(()), |uid| std::os::unix::fs::chown(path, Some(uid), Some(uid)))
+    };
+    let sidecar_dir = dir.join(SIDECAR_DIR);
+    let sidecar_uid = owners.map(|o| o.sidecar);
+    private_dir(&sidecar_dir, sidecar_uid).map_err(|e| ("create sidecar dir", e))?;
     // Read once, by the sidecar started right after; recovery reads only `meta.json`. So
     // these are replaced atomically but not fsynced: after an OS crash the sidecar that
     // would read them is gone too, and the fsyncs would sit on every job start.
-    let handoff_file = |path: PathBuf, bytes: &[u8]| common::fs::replace_atomic(&path, bytes, 0o600);
-    handoff_file(dir.join(runtime_api::JOB_FILE), &serde_json::to_vec(job).expect("job serializes"))
+    let handoff_file = |path: PathBuf, bytes: &[u8]| {
+        common::fs::replace_atomic(&path, bytes, 0o600)?;
+        sidecar_uid.map_or(Ok(()), |uid| std::os::unix::fs::chown(&path, Some(uid), Some(uid)))
+    };
+    handoff_file(sidecar_dir.join(runtime_api::JOB_FILE), &serde_json::to_vec(job).expect("job serializes"))
         .map_err(|e| ("write job file", e))?;
-    handoff_file(dir.join(runtime_api::TOKEN_FILE), token.as_bytes()).map_err(|e| ("write token", e))?;
-    for d in [SPOOL_DIR, SCRATCH_DIR] {
-        std::fs::DirBuilder::new().mode(0o700).create(dir.join(d)).map_err(|e| ("create dir", e))?;
-    }
+    handoff_file(sidecar_dir.join(runtime_api::TOKEN_FILE), token.as_bytes()).map_err(|e| ("write token", e))?;
+    private_dir(&sidecar_dir.join(SPOOL_DIR), sidecar_uid).map_err(|e| ("create spool dir", e))?;
+    // A scratch dir left by a job manager that died before removing it starts over.
+    let _ = std::fs::remove_dir_all(scratch);
+    private_dir(scratch, owners.map(|o| o.runtime)).map_err(|e| ("create scratch dir", e))?;
     Ok(())
 }
 
