@@ -109,6 +109,9 @@ pub mod sidecar_env {
     /// resolve while an upstream proxy is set (forwarded, the upstream's resolver would
     /// pick the address and no address rule would run).
     pub const UPSTREAM_PROXY_UNRESOLVED: &str = "SIDECAR_UPSTREAM_PROXY_UNRESOLVED";
+    /// Largest body the sidecar reads, bytes: a runtime's result (over it: 413 and a
+    /// `failed` outcome) or a dispatched job. The job manager sets its `maxResultBytes`.
+    pub const MAX_BODY_BYTES: &str = "SIDECAR_MAX_BODY_BYTES";
     pub const LOG_FORMAT: &str = "SIDECAR_LOG_FORMAT";
     pub const LOG_LEVEL: &str = "SIDECAR_LOG_LEVEL";
     /// Seconds the sidecar keeps retrying a result before giving up (default 600).

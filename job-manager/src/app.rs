@@ -51,7 +51,7 @@ impl From<&Validated> for AppSettings {
         Self {
             keys: KeySettings::from(c),
             dispatcher: DispatcherSettings::from(c),
-            server: ServerLimits::default(),
+            server: ServerLimits::from(c),
             shutdown_grace: Duration::from_secs(c.shutdown_grace_secs.into()),
         }
     }

@@ -21,6 +21,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod dispatcher;
+pub mod log_throttle;
 pub mod metrics;
 pub mod readiness;
 pub mod results;

@@ -18,6 +18,13 @@ pub struct Metrics {
     pub jobs_acked: Counter,
     pub jobs_released: Counter,
     pub jobs_deduplicated: Counter,
+    /// Jobs in a poll response that could not be read (rejected, or left to expire when
+    /// not even their id can name them).
+    pub jobs_unreadable: Counter,
+    /// 1 while the last poll's answer could not be read at all.
+    pub broker_poll_unreadable: Gauge,
+    /// Finished jobs the broker delivered again whose result was sent to it again.
+    pub results_resubmitted: Counter,
     /// Results recorded, by outcome (succeeded, failed, timed_out, rejected).
     pub job_results: Family<Labels, Counter>,
     pub in_flight: Family<Labels, Gauge>,
@@ -47,6 +54,9 @@ impl Metrics {
             jobs_acked: Counter::default(),
             jobs_released: Counter::default(),
             jobs_deduplicated: Counter::default(),
+            jobs_unreadable: Counter::default(),
+            broker_poll_unreadable: Gauge::default(),
+            results_resubmitted: Counter::default(),
             job_results: Family::default(),
             in_flight: Family::default(),
             poll_to_handoff_seconds: Histogram::new([
@@ -74,6 +84,21 @@ impl Metrics {
             "jobs_deduplicated",
             "Re-delivered jobs not started again (already running or finished)",
             m.jobs_deduplicated.clone(),
+        );
+        registry.register(
+            "jobs_unreadable",
+            "Jobs in a poll response that could not be read; the rest of the batch ran",
+            m.jobs_unreadable.clone(),
+        );
+        registry.register(
+            "broker_poll_unreadable",
+            "1 while the last poll answer could not be read at all (too large, not JSON)",
+            m.broker_poll_unreadable.clone(),
+        );
+        registry.register(
+            "results_resubmitted",
+            "Results sent to the broker again because it re-delivered their finished job",
+            m.results_resubmitted.clone(),
         );
         registry.register("job_results", "Results recorded, by outcome", m.job_results.clone());
         registry.register("jobs_in_flight", "Jobs running now, by runtime type", m.in_flight.clone());

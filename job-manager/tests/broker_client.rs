@@ -28,7 +28,7 @@ async fn happy_path_poll_ack_result_stats() {
 
     let polled = c.poll(&poll_req(1)).await.unwrap();
     assert_eq!(polled.jobs.len(), 1);
-    assert_eq!(polled.visibility_timeout_secs, 30);
+    assert_eq!(polled.visibility_timeout_secs, Some(30));
     let j = &polled.jobs[0];
     assert_eq!((j.id.as_str(), j.attempt), ("a", 1));
     assert_eq!(j.payload, serde_json::json!({"action": "sleep", "secs": 0}));
@@ -141,7 +141,7 @@ async fn garbage_answers_are_bad_responses() {
     let c = client(&served.url());
     served.broker.faults().garbage_next(1);
     let err = c.poll(&poll_req(1)).await.unwrap_err();
-    assert!(matches!(err, BrokerError::BadResponse(_)), "{err}");
+    assert!(matches!(err, BrokerError::Unreadable(_)), "a poll answer that is not JSON at all: {err}");
     assert!(err.retryable());
     served.broker.faults().garbage_next(1);
     assert_eq!(c.queue_stats().await.unwrap().depth, 0, "a read is retried past the garbage");
@@ -269,4 +269,81 @@ async fn a_result_answered_200_with_a_page_is_not_delivered() {
     assert!(err.to_string().contains("expected 204") && err.to_string().contains("please log in"), "{err}");
     assert!(err.retryable(), "the delivery loop keeps the result and tries again");
     assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 3, "retried like any unreadable answer");
+}
+
+/// A fake broker on loopback that answers every request with `status` and `body`.
+async fn serve_fixed(status: u16, body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            });
+        }
+    });
+    url
+}
+
+/// One hostile job per way a broker can get a job wrong, between two good ones: the
+/// good ones are read, each bad one is set apart with its id, attempt and reason.
+#[tokio::test]
+async fn a_poll_answer_with_malformed_jobs_is_read_job_by_job() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        r#"{{"visibility_timeout_secs":30,"jobs":[
+            {{"id":"good-1","runtime_type":"rt","timeout_secs":5}},
+            {{"id":"neg","runtime_type":"rt","timeout_secs":-1,"attempt":2}},
+            {{"id":"a/b","runtime_type":"rt","timeout_secs":5}},
+            {{"id":"na\u00efve","runtime_type":"rt","timeout_secs":5}},
+            {{"id":"unknown","runtime_type":"rt","timeout_secs":5,"priority":1}},
+            {{"id":"deep","runtime_type":"rt","timeout_secs":5,"payload":{deep}}},
+            {{"id":"good-2","runtime_type":"rt","timeout_secs":5}}
+        ]}}"#
+    );
+    let c = client(&serve_fixed(200, body.into_bytes()).await);
+    let batch = c.poll(&poll_req(10)).await.unwrap();
+    let good: Vec<&str> = batch.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(good, ["good-1", "good-2"]);
+    let bad: Vec<(Option<&str>, &str, u32)> =
+        batch.unreadable.iter().map(|u| (u.id.as_ref().map(|i| i.as_str()), u.raw_id.as_str(), u.attempt)).collect();
+    assert_eq!(
+        bad,
+        [
+            (Some("neg"), "neg", 2),
+            (None, "a/b", 1),
+            (None, "na\\u{ef}ve", 1),
+            (Some("unknown"), "unknown", 1),
+            (Some("deep"), "deep", 1)
+        ]
+    );
+    assert!(batch.unreadable[3].reason.starts_with("unknown field `priority`"), "{:?}", batch.unreadable[3]);
+    assert!(batch.unreadable[4].reason.starts_with("recursion limit exceeded"), "{:?}", batch.unreadable[4]);
+}
+
+/// An answer over the size limit, or not JSON, is unreadable as a whole (the
+/// dispatcher turns that into readiness); it is not retried within the poll.
+#[tokio::test]
+async fn a_poll_answer_too_large_or_not_json_is_unreadable_as_a_whole() {
+    let mut huge =
+        br#"{"visibility_timeout_secs":30,"jobs":[{"id":"x","runtime_type":"rt","timeout_secs":5,"payload":""#.to_vec();
+    huge.resize(17 * 1024 * 1024, b'a');
+    huge.extend_from_slice(br#""}]}"#);
+    let c = client(&serve_fixed(200, huge).await);
+    match c.poll(&poll_req(1)).await.unwrap_err() {
+        BrokerError::Unreadable(why) => assert_eq!(why, "the answer is larger than 16777216 bytes"),
+        other => panic!("{other}"),
+    }
+    let c = client(&serve_fixed(200, b"<html>gateway</html>".to_vec()).await);
+    let err = c.poll(&poll_req(1)).await.unwrap_err();
+    assert_eq!(err.label(), "unreadable", "{err}");
 }

@@ -29,6 +29,9 @@ pub enum ProxyError {
     TooManyTunnels,
     #[error("body larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// A runtime's result over the limit: refused, and the job reported failed for it.
+    #[error("{0}; the job is reported failed")]
+    ResultTooLarge(String),
     #[error("body not received within {} ms", .after.as_millis())]
     BodyTimeout { after: std::time::Duration },
     #[error("too many request bodies in memory; retry later")]
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream_failed",
             ProxyError::TooManyTunnels => "too_many_tunnels",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::ResultTooLarge(_) => "result_too_large",
             ProxyError::BodyTimeout { .. } => "body_timeout",
             ProxyError::BodyMemoryFull => "body_memory_full",
             ProxyError::BadRequest(_) => "bad_request",
@@ -87,7 +91,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTooLarge { .. } | ProxyError::ResultTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Conflict(_) => StatusCode::CONFLICT,

@@ -195,10 +195,25 @@ impl LocalApi {
             return Err(ProxyError::Conflict(format!("a result for job {id} was already accepted")));
         }
         let accepted = self.receive(req, &id, token, reporter).await;
-        if accepted.is_err() {
+        // Refused as too large, the job's outcome (failed) is spooled: the claim stays.
+        if accepted.as_ref().is_err_and(|e| !matches!(e, ProxyError::ResultTooLarge(_))) {
             self.unclaim(&id);
         }
         accepted
+    }
+
+    /// The runtime's result is over the limit: report the job failed for it (spooled
+    /// like any result, so the outcome survives a restart) and refuse the result with
+    /// 413. Never "accepted" and then lost further on.
+    async fn too_large(&self, id: &JobId, token: String, reporter: &Arc<ResultReporter>, size: &str) -> ProxyError {
+        let why = format!("result too large: {size} bytes > {} bytes limit", self.bodies.max);
+        tracing::error!(job_id = %id, reason = %why, "result refused; reporting the job failed");
+        let failed = common::JobResult::new(id.clone(), common::Outcome::Failed, why.clone());
+        if let Err(e) = reporter.submit(SpoolRecord { result: failed, token }).await {
+            tracing::error!(job_id = %id, error = %e, "cannot spool the failure");
+            return ProxyError::Unavailable(format!("cannot store the result: {e}"));
+        }
+        ProxyError::ResultTooLarge(why)
     }
 
     async fn receive(
@@ -208,14 +223,31 @@ impl LocalApi {
         token: String,
         reporter: &Arc<ResultReporter>,
     ) -> Result<Response<Full<Bytes>>, ProxyError> {
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         // The body's share of the budget is held until the result is handed on (parsed
         // and spooled), then the bytes and the share go together.
-        let HeldBody { bytes, share } = self.bodies.read(req.into_body()).await?;
+        let HeldBody { bytes, share } = match self.bodies.read(req.into_body()).await {
+            Ok(held) => held,
+            Err(ProxyError::BodyTooLarge { limit }) => {
+                let size = declared.map_or_else(|| format!("more than {limit}"), |n| n.to_string());
+                return Err(self.too_large(id, token, reporter, &size).await);
+            }
+            Err(e) => return Err(e),
+        };
         let result: RuntimeResult =
             serde_json::from_slice(&bytes).map_err(|e| ProxyError::BadRequest(format!("invalid result: {e}")))?;
         // The bytes go now; the share stays until the parsed result is handed on.
         drop(bytes);
-        let record = SpoolRecord { result: result.into_job_result(id.clone()), token };
+        let result = result.into_job_result(id.clone());
+        // What the job manager measures is the result as reported (job id added,
+        // re-encoded), which can outgrow the body the runtime sent.
+        let reported = serialized_len(&result);
+        if reported > self.bodies.max {
+            drop(result);
+            return Err(self.too_large(id, token, reporter, &reported.to_string()).await);
+        }
+        let record = SpoolRecord { result, token };
         if let Err(e) = reporter.submit(record).await {
             tracing::error!(job_id = %id, error = %e, "cannot spool result");
             return Err(ProxyError::Unavailable(format!("cannot store the result: {e}")));
@@ -224,6 +256,23 @@ impl LocalApi {
         tracing::info!(job_id = %id, "result accepted");
         Ok(json(StatusCode::ACCEPTED, Bytes::from(format!("{{\"accepted\":true,\"job_id\":\"{id}\"}}"))))
     }
+}
+
+/// Bytes of `value` as JSON, without keeping the encoding.
+fn serialized_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn no_job() -> ProxyError {

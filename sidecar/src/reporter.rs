@@ -2,8 +2,10 @@
 //! rename) before the runtime hears "accepted", then delivered to the job manager with
 //! the internal key and the job's token, retried with backoff on connection errors, 5xx
 //! and 429 until delivered or the deadline. 2xx and 409 ("already have a result") are
-//! done; other 4xx are permanent and logged. Whatever is still spooled at start is
-//! delivered again, so a sidecar restart loses nothing.
+//! done; 413 (the job manager takes less than this sidecar did: mismatched versions or
+//! settings) turns the result into a `failed` one saying so, delivered instead, so the
+//! job still gets an outcome; other 4xx are permanent and logged. Whatever is still
+//! spooled at start is delivered again, so a sidecar restart loses nothing.
 use crate::metrics::{Metrics, ReasonLabel};
 use bytes::Bytes;
 use common::backoff::Backoff;
@@ -50,6 +52,8 @@ pub struct ResultReporter {
 pub enum Attempt {
     Delivered,
     AlreadyAccepted,
+    /// 413: the job manager will not take a result this large.
+    TooLarge,
     Retry(String),
     Permanent(String),
 }
@@ -60,6 +64,8 @@ pub fn classify_status(status: StatusCode) -> Attempt {
         Attempt::Delivered
     } else if status == StatusCode::CONFLICT {
         Attempt::AlreadyAccepted
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Attempt::TooLarge
     } else if status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
@@ -155,21 +161,40 @@ impl ResultReporter {
     async fn deliver(&self, record: SpoolRecord, path: Option<PathBuf>) {
         let SpoolRecord { result, token } = record;
         let job_id = result.job_id.clone();
-        let body = Bytes::from(serde_json::to_vec(&result).unwrap_or_default());
+        let mut body = Bytes::from(serde_json::to_vec(&result).unwrap_or_default());
         // Only the serialized form is kept through the retries (results can be MiBs).
         drop(result);
+        let mut replaced = false;
         let url = format!("{}{}", self.base, common::runtime_api::result_api_path(&job_id));
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
             let outcome = self.attempt(&url, &token, body.clone()).await;
             let label = match &outcome {
+                Attempt::Delivered if replaced => "replaced_too_large",
                 Attempt::Delivered => "delivered",
                 Attempt::AlreadyAccepted => "already_accepted",
-                Attempt::Permanent(_) => "rejected",
+                Attempt::Permanent(_) | Attempt::TooLarge => "rejected",
                 Attempt::Retry(_) => "",
             };
             match outcome {
+                Attempt::TooLarge if !replaced => {
+                    // Dropping it would leave the job without an outcome although its
+                    // runtime was told "accepted": report it failed, saying why.
+                    let why = format!(
+                        "result too large: the job manager refused {} bytes with 413 (its limit is below this sidecar's; mismatched versions or settings?)",
+                        body.len()
+                    );
+                    tracing::error!(job_id = %job_id, reason = %why, "result refused as too large; reporting the job failed instead");
+                    let failed = JobResult::new(job_id.clone(), common::Outcome::Failed, why);
+                    body = Bytes::from(serde_json::to_vec(&failed).unwrap_or_default());
+                    replaced = true;
+                    attempt += 1;
+                    continue;
+                }
+                Attempt::TooLarge => {
+                    tracing::error!(job_id = %job_id, "even the failure report was refused as too large; not retrying");
+                }
                 Attempt::Delivered | Attempt::AlreadyAccepted => {
                     tracing::info!(job_id = %job_id, outcome = label, attempts = attempt + 1, "result delivered");
                 }

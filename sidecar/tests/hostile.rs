@@ -79,7 +79,16 @@ async fn oversized_bodies_are_refused() {
     let raw = "POST /v1/result HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 99999999999\r\n\r\n";
     let answer = raw_exchange(sc.addr, raw.as_bytes()).await;
     assert!(status_of(&answer).starts_with("HTTP/1.1 413"), "{answer:?}");
-    assert!(answer.contains("x-sidecar-error: body_too_large"), "{answer}");
+    assert!(answer.contains("x-sidecar-error: result_too_large"), "{answer}");
+    assert!(answer.contains("result too large: 99999999999 bytes > 4096 bytes limit"), "{answer}");
+    // That result was the job's one outcome (reported failed); a fresh job for the next.
+    sc.stop().await.unwrap();
+    let dir = job_dir("hostile-2", "tok");
+    let cfg = config(
+        &["--job-dir", dir.to_str().unwrap(), "--job-manager-url", &jm_url, "--max-body-bytes", "4096"],
+        &[("SIDECAR_INTERNAL_API_KEY", "k")],
+    );
+    let sc = Sidecar::start(cfg, resolver(&[])).await;
     // Chunked without a length: refused once the limit is crossed.
     // (Only the response head is read: the sidecar answers and closes while the rest of
     // the body is unread, which resets the connection.)
@@ -92,6 +101,7 @@ async fn oversized_bodies_are_refused() {
     s.write_all(raw.as_bytes()).await.unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head:?}");
+    assert!(head.contains("x-sidecar-error: result_too_large"), "{head:?}");
     sc.healthy().await;
     sc.stop().await.unwrap();
 }

@@ -75,18 +75,96 @@ async fn bad_results_are_400_and_413() {
             "{body}"
         );
     }
-    let big = format!(r#"{{"outcome":"succeeded","message":"{}"}}"#, "x".repeat(4096));
-    let (status, headers, _) = send(sc.addr, post_json("/v1/result", &big)).await;
-    assert_eq!(
-        (status, headers["x-sidecar-error"].to_str().unwrap()),
-        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-    );
     let (status, _, _) = send(sc.addr, post_json("/v1/job", "{}")).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    // A rejected result does not use up the job's one result.
+    // A malformed result does not use up the job's one result.
     let (status, _, _) = send(sc.addr, post_json("/v1/result", r#"{"outcome":"failed"}"#)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     sc.healthy().await;
+    sc.stop().await.unwrap();
+}
+
+/// A result over the limit (the job manager's `maxResultBytes`, passed as
+/// `--max-body-bytes`) is refused with 413 before it is acknowledged, and the job is
+/// reported `failed` saying why: never "accepted" and then lost.
+#[tokio::test]
+async fn a_result_over_the_limit_is_413_and_the_job_is_reported_failed() {
+    struct Case {
+        name: &'static str,
+        body: String,
+        message: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "declared length over the limit",
+            body: format!(r#"{{"outcome":"succeeded","message":"{}"}}"#, "x".repeat(4096)),
+            message: "result too large: 4132 bytes > 1024 bytes limit",
+        },
+        Case {
+            // Under the limit as sent, over it once the job id is added and escapes
+            // re-encoded: what the job manager would measure.
+            name: "over the limit as reported",
+            body: format!(r#"{{"outcome":"succeeded","message":"{}"}}"#, "\\u0001".repeat(160)),
+            message: "result too large: 1027 bytes > 1024 bytes limit",
+        },
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        let mut jm = FakeJobManager::start(&[]).await;
+        let id = format!("big-{i}");
+        let (dir, spool) = (job_dir(&id, "tok-big"), temp_dir("spool"));
+        let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &["--max-body-bytes", "1024"]), resolver(&[])).await;
+        let (status, headers, body) = send(sc.addr, post_json("/v1/result", &c.body)).await;
+        assert_eq!(
+            (status, headers["x-sidecar-error"].to_str().unwrap()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "result_too_large"),
+            "{}",
+            c.name
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("{}; the job is reported failed\n", c.message),
+            "{}",
+            c.name
+        );
+        let call = jm.next_call().await;
+        assert_eq!(call.uri, format!("/internal/v1/jobs/{id}/result"), "{}", c.name);
+        let reported: common::JobResult = serde_json::from_slice(&call.body).unwrap();
+        assert_eq!((reported.outcome, reported.message.as_str()), (common::Outcome::Failed, c.message), "{}", c.name);
+        // That was the job's one outcome.
+        let (status, _, _) = send(sc.addr, post_json("/v1/result", r#"{"outcome":"succeeded"}"#)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{}", c.name);
+        sc.stop().await.unwrap();
+    }
+}
+
+/// A job manager that still refuses the result as too large (mismatched versions or
+/// settings): the sidecar reports the job failed saying so instead of dropping it.
+#[tokio::test]
+async fn a_413_from_the_job_manager_becomes_a_failed_result_not_a_silent_drop() {
+    let mut jm = FakeJobManager::start(&[413, 200]).await;
+    let (dir, spool) = (job_dir("job-413", "tok-413"), temp_dir("spool"));
+    let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &[]), resolver(&[])).await;
+    let (status, _, _) =
+        send(sc.addr, post_json("/v1/result", r#"{"outcome":"succeeded","message":"a big one"}"#)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let first = jm.next_call().await;
+    assert_eq!(first.connection, 413);
+    let second = jm.next_call().await;
+    assert_eq!((second.connection, second.headers["x-job-token"].to_str().unwrap()), (200, "tok-413"));
+    let reported: common::JobResult = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(reported.outcome, common::Outcome::Failed);
+    assert_eq!(
+        reported.message,
+        format!(
+            "result too large: the job manager refused {} bytes with 413 (its limit is below this sidecar's; mismatched versions or settings?)",
+            first.body.len()
+        )
+    );
+    eventually("counted, spool emptied", || async {
+        sc.metrics().await.contains(r#"sidecar_result_deliveries_total{reason="replaced_too_large"} 1"#)
+            && std::fs::read_dir(&spool).unwrap().next().is_none()
+    })
+    .await;
     sc.stop().await.unwrap();
 }
 

@@ -1,5 +1,5 @@
-//! The real binary's memory under body floods: 25 concurrent result uploads one byte
-//! short of the 10 MiB body limit (each a valid result, for 25 jobs dispatched through
+//! The real binary's memory under body floods: 25 concurrent result uploads just
+//! short of a 10 MiB body limit (each a valid result, for 25 jobs dispatched through
 //! the ingress, as a persistent workload sees them). Before the shared body budget this
 //! took the sidecar from ~15 MB to ~281 MB RSS (the pod limit is 256 Mi); now at most
 //! `--max-body-memory-bytes` (32 MiB) of bodies are held at once and the rest get 503
@@ -65,6 +65,8 @@ async fn concurrent_near_limit_uploads_stay_within_the_body_budget() {
         .env_clear()
         .env("SIDECAR_INTERNAL_API_KEY", KEY)
         .args(["--listen", "127.0.0.1:0", "--ingress-listen", "127.0.0.1:0"])
+        // The limit as a job manager with `maxResultBytes: 10485760` would pass it.
+        .args(["--max-body-bytes", &LIMIT.to_string()])
         .args(["--ingress-upstream", &runtime.addr.to_string()])
         .args(["--job-manager-url", &format!("http://{}", jm.addr)])
         .args(["--ready-file", ready.to_str().unwrap(), "--log-level", "warn"])
@@ -88,12 +90,15 @@ async fn concurrent_near_limit_uploads_stay_within_the_body_budget() {
     }
     let baseline = rss(pid);
 
-    // One byte short of the limit, and a valid result.
+    // A valid result just short of the limit.
     let prefix = br#"{"outcome":"succeeded","message":""#;
     let suffix = br#""}"#;
-    let mut body = Vec::with_capacity(LIMIT - 1);
+    // Short of the limit by the room the job id takes once the sidecar adds it: the
+    // result as reported must fit the job manager's limit too, or it is refused (413).
+    let size = LIMIT - 64;
+    let mut body = Vec::with_capacity(size);
     body.extend_from_slice(prefix);
-    body.resize(LIMIT - 1 - suffix.len(), b'x');
+    body.resize(size - suffix.len(), b'x');
     body.extend_from_slice(suffix);
     let body = Bytes::from(body);
 

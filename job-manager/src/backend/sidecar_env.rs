@@ -1,5 +1,6 @@
-//! `sidecar.*` config -> the sidecar's `SIDECAR_*` policy, upstream-proxy and logging
-//! environment: one pure mapping for both executors (local processes, pod templates).
+//! `sidecar.*` config -> the sidecar's `SIDECAR_*` policy, upstream-proxy, logging and
+//! result-size environment: one pure mapping for both executors (local processes, pod
+//! templates).
 use crate::config::model::{Config, LogFormat, UpstreamProxyUnresolved};
 use common::runtime_api::sidecar_env;
 
@@ -20,6 +21,8 @@ pub struct SidecarPolicy {
     pub upstream_proxy_unresolved: UpstreamProxyUnresolved,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// `maxResultBytes`: the sidecar's body limit is the result API's.
+    pub max_result_bytes: u64,
 }
 
 impl From<&Config> for SidecarPolicy {
@@ -39,6 +42,7 @@ impl From<&Config> for SidecarPolicy {
             upstream_proxy_unresolved: s.upstream_proxy_unresolved,
             log_format: c.log_format,
             log_level: c.log_level.clone(),
+            max_result_bytes: c.max_result_bytes,
         }
     }
 }
@@ -83,6 +87,7 @@ impl SidecarPolicy {
         };
         env.push((sidecar_env::LOG_FORMAT.into(), format.into()));
         env.push((sidecar_env::LOG_LEVEL.into(), crate::telemetry::level_directive(&self.log_level).into()));
+        env.push((sidecar_env::MAX_BODY_BYTES.into(), self.max_result_bytes.to_string()));
         env
     }
 }

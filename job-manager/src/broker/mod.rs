@@ -1,10 +1,13 @@
 //! The broker boundary. [`BrokerApi`] is what the dispatcher and the result delivery
 //! loop need; the HTTP client implements it against any v1 broker (remote, or the
 //! embedded one served on loopback), and tests may implement it in memory.
+pub mod batch;
 pub mod client;
 pub mod embedded;
 
-use common::broker::{AckRequest, PollRequest, PollResponse, QueueStats, ReleaseRequest};
+pub use batch::{PolledBatch, UnreadableJob};
+
+use common::broker::{AckRequest, PollRequest, QueueStats, ReleaseRequest};
 use common::{JobId, JobResult};
 use std::future::Future;
 
@@ -29,6 +32,11 @@ pub enum BrokerError {
     Status { status: u16, message: String },
     #[error("broker answered with an unreadable body: {0}")]
     BadResponse(String),
+    /// The answer arrived whole but cannot be read at all: over the size limit, or not
+    /// the JSON asked for. Unlike a dropped connection this repeats until the broker is
+    /// fixed, so a poll answered this way makes the job manager unready.
+    #[error("broker answer unreadable: {0}")]
+    Unreadable(String),
     #[error("broker refused the location key (401)")]
     Unauthorized,
     #[error("unknown job (404)")]
@@ -43,7 +51,10 @@ pub enum BrokerError {
 impl BrokerError {
     pub fn retryable(&self) -> bool {
         match self {
-            BrokerError::Unreachable(_) | BrokerError::Timeout(_) | BrokerError::BadResponse(_) => true,
+            BrokerError::Unreachable(_)
+            | BrokerError::Timeout(_)
+            | BrokerError::BadResponse(_)
+            | BrokerError::Unreadable(_) => true,
             BrokerError::Status { status, .. } => *status >= 500 || *status == 429,
             BrokerError::Unauthorized
             | BrokerError::NotFound
@@ -59,6 +70,7 @@ impl BrokerError {
             BrokerError::Timeout(_) => "timeout",
             BrokerError::Status { .. } => "status",
             BrokerError::BadResponse(_) => "bad_response",
+            BrokerError::Unreadable(_) => "unreadable",
             BrokerError::Unauthorized => "unauthorized",
             BrokerError::NotFound => "not_found",
             BrokerError::LeaseLost => "lease_lost",
@@ -69,7 +81,10 @@ impl BrokerError {
 
 /// The broker API v1 as the job manager uses it (see `common::broker`).
 pub trait BrokerApi: Send + Sync + 'static {
-    fn poll(&self, req: &PollRequest) -> impl Future<Output = Result<PollResponse, BrokerError>> + Send;
+    /// Lease jobs. A job in the answer that cannot be read comes back in
+    /// [`PolledBatch::unreadable`] (the rest still run); `Err` only when the answer as a
+    /// whole cannot be read or did not come.
+    fn poll(&self, req: &PollRequest) -> impl Future<Output = Result<PolledBatch, BrokerError>> + Send;
     fn ack(&self, id: &JobId, req: &AckRequest) -> impl Future<Output = Result<(), BrokerError>> + Send;
     fn release(&self, id: &JobId, req: &ReleaseRequest) -> impl Future<Output = Result<(), BrokerError>> + Send;
     fn submit_result(&self, result: &JobResult) -> impl Future<Output = Result<SubmitOutcome, BrokerError>> + Send;

@@ -37,6 +37,11 @@ pub struct Config {
     pub namespace: String,
     pub poll: PollSettings,
     pub shutdown_grace_secs: u32,
+    /// Largest result a runtime may report, bytes (the JSON the sidecar posts to the
+    /// result API). The same number is every sidecar's `--max-body-bytes`, so a result
+    /// the sidecar accepts is one the job manager takes; over it, the runtime gets 413
+    /// and the job a `failed` outcome. Default 1 MiB: the broker API's own body limit.
+    pub max_result_bytes: u64,
     /// Local executor: where job directories and the durable result store live.
     pub state_dir: String,
     pub runtimes: Vec<RuntimeConfig>,
@@ -70,6 +75,7 @@ impl Default for Config {
             namespace: String::new(),
             poll: PollSettings::default(),
             shutdown_grace_secs: 30,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             state_dir: String::new(),
             runtimes: Vec::new(),
             sidecar: SidecarSettings::default(),
@@ -94,6 +100,14 @@ impl Default for LocalExecutorSettings {
         Self { uid_range: crate::backend::local::isolation::DEFAULT_UID_RANGE.into() }
     }
 }
+
+/// `maxResultBytes` by default and at least: the broker API's body limit (1 MiB). A
+/// persistent runtime's sidecar reads dispatched jobs under the same limit, and the
+/// broker takes jobs up to 1 MiB, so less would refuse jobs the broker hands out.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 1024 * 1024;
+/// `maxResultBytes` at most: half the sidecar's default memory for bodies (32 MiB), so
+/// two results can be held at once, and the size of the largest poll answer read.
+pub const MAX_MAX_RESULT_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -284,3 +284,25 @@ fn udv_sources_and_jvm_opts_warning() {
     ));
     assert!(err.contains("only one"), "{err}");
 }
+
+/// One setting for the largest result: bounded, from the file or `JM_MAX_RESULT_BYTES`,
+/// and the same number reaches the result API's body limit and every sidecar's
+/// `SIDECAR_MAX_BODY_BYTES`, so a result a sidecar accepts is one the job manager takes.
+#[test]
+fn max_result_bytes_is_bounded_and_is_the_limit_on_both_sides() {
+    let v = load_valid(MINIMAL, &[], &[]).unwrap();
+    assert_eq!(v.config.max_result_bytes, 1024 * 1024, "default: the broker API's body limit");
+    let v = load_valid(MINIMAL, &[("JM_MAX_RESULT_BYTES", "4194304")], &[]).unwrap();
+    assert_eq!(v.config.max_result_bytes, 4 * 1024 * 1024);
+    assert_eq!(crate::results::api::ServerLimits::from(&v.config).max_body_bytes, 4 * 1024 * 1024);
+    let env: BTreeMap<_, _> = crate::backend::sidecar_env::sidecar_policy_env(&v.config).into_iter().collect();
+    assert_eq!(env[common::runtime_api::sidecar_env::MAX_BODY_BYTES], "4194304");
+    for (bad, got) in [("maxResultBytes: 1000", "1000"), ("maxResultBytes: 16777217", "16777217")] {
+        assert_eq!(
+            rule_of(load_valid(&format!("{MINIMAL}{bad}\n"), &[], &[])),
+            format!(
+                "invalid setting `maxResultBytes` (JM_MAX_RESULT_BYTES): must be between 1048576 (the broker API's body limit) and 16777216, got {got}"
+            )
+        );
+    }
+}

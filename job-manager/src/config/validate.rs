@@ -1,7 +1,7 @@
 //! One validation pass over a loaded [`Config`]. Pure apart from reading the
 //! user-defined variables file, which must parse before the process starts.
 use super::error::ConfigError;
-use super::model::{Config, ExecutorKind, UpstreamProxyUnresolved};
+use super::model::{Config, ExecutorKind, UpstreamProxyUnresolved, DEFAULT_MAX_RESULT_BYTES, MAX_MAX_RESULT_BYTES};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
@@ -95,6 +95,15 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
     }
     if c.shutdown_grace_secs > 3600 {
         return Err(ConfigError::invalid("shutdownGraceSecs", "must be at most 3600"));
+    }
+    if !(DEFAULT_MAX_RESULT_BYTES..=MAX_MAX_RESULT_BYTES).contains(&c.max_result_bytes) {
+        return Err(ConfigError::invalid(
+            "maxResultBytes",
+            format!(
+                "must be between {DEFAULT_MAX_RESULT_BYTES} (the broker API's body limit) and {MAX_MAX_RESULT_BYTES}, got {}",
+                c.max_result_bytes
+            ),
+        ));
     }
     if c.executor == ExecutorKind::Kubernetes && c.internal_api_key.trim().is_empty() {
         return Err(ConfigError::invalid(

@@ -25,3 +25,25 @@ pub fn classify(running: bool, handing_off: bool, has_result: bool) -> Seen {
         Seen::New
     }
 }
+
+/// The same job more than once in one poll answer: keep its first place, under the
+/// newest attempt seen (the lease the broker holds now). Returns the jobs to handle and
+/// the copies dropped (id, attempt), in order.
+pub fn collapse_batch(jobs: Vec<common::Job>) -> (Vec<common::Job>, Vec<(common::JobId, u32)>) {
+    let mut kept: Vec<common::Job> = Vec::with_capacity(jobs.len());
+    let mut at: std::collections::HashMap<common::JobId, usize> = std::collections::HashMap::new();
+    let mut copies = Vec::new();
+    for job in jobs {
+        match at.get(&job.id) {
+            Some(&i) => {
+                kept[i].attempt = kept[i].attempt.max(job.attempt);
+                copies.push((job.id, job.attempt));
+            }
+            None => {
+                at.insert(job.id.clone(), kept.len());
+                kept.push(job);
+            }
+        }
+    }
+    (kept, copies)
+}

@@ -3,8 +3,8 @@
 //! can be switched down, and a [`FakeExecutor`] with scriptable hand-off failures.
 //! Compiled for unit tests only (`cfg(test)`), so none of it ships in the binary.
 use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
-use crate::broker::{BrokerApi, BrokerError, SubmitOutcome};
-use common::broker::{AckRequest, PollRequest, PollResponse, QueueStats, ReleaseRequest};
+use crate::broker::{BrokerApi, BrokerError, PolledBatch, SubmitOutcome, UnreadableJob};
+use common::broker::{AckRequest, PollRequest, QueueStats, ReleaseRequest};
 use common::{Job, JobId, JobResult};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +24,10 @@ pub enum BrokerCall {
 #[derive(Default)]
 pub struct FakeBroker {
     queue: Mutex<VecDeque<Job>>,
+    /// Handed out, whatever the demands, with the next poll.
+    unreadable: Mutex<Vec<UnreadableJob>>,
+    /// The next poll fails with this (e.g. an unreadable answer).
+    poll_error: Mutex<Option<BrokerError>>,
     calls: Mutex<Vec<BrokerCall>>,
     results: Mutex<BTreeMap<JobId, JobResult>>,
     down: AtomicBool,
@@ -40,6 +44,14 @@ impl FakeBroker {
     }
     pub fn push(&self, job: Job) {
         self.queue.lock().unwrap().push_back(job);
+    }
+    /// The next poll answers `u` among its jobs, as a broker that sent it malformed.
+    pub fn push_unreadable(&self, u: UnreadableJob) {
+        self.unreadable.lock().unwrap().push(u);
+    }
+    /// The next poll fails with `e`.
+    pub fn fail_next_poll(&self, e: BrokerError) {
+        *self.poll_error.lock().unwrap() = Some(e);
     }
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
@@ -69,8 +81,11 @@ impl FakeBroker {
 }
 
 impl BrokerApi for FakeBroker {
-    async fn poll(&self, req: &PollRequest) -> Result<PollResponse, BrokerError> {
+    async fn poll(&self, req: &PollRequest) -> Result<PolledBatch, BrokerError> {
         self.log(BrokerCall::Poll(req.clone()))?;
+        if let Some(e) = self.poll_error.lock().unwrap().take() {
+            return Err(e);
+        }
         let mut q = self.queue.lock().unwrap();
         let mut jobs = Vec::new();
         if self.ignore_demands.load(Ordering::SeqCst) {
@@ -89,7 +104,11 @@ impl BrokerApi for FakeBroker {
             }
             *q = rest;
         }
-        Ok(PollResponse { jobs, visibility_timeout_secs: 30 })
+        Ok(PolledBatch {
+            jobs,
+            unreadable: std::mem::take(&mut *self.unreadable.lock().unwrap()),
+            visibility_timeout_secs: Some(30),
+        })
     }
     async fn ack(&self, id: &JobId, req: &AckRequest) -> Result<(), BrokerError> {
         self.log(BrokerCall::Ack(id.clone(), req.attempt))
@@ -186,5 +205,38 @@ impl Executor for FakeExecutor {
     }
     async fn drain(&self, _grace: Duration) -> Vec<JobId> {
         self.running.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+/// Log lines written while the returned guard lives (this thread only), as plain text.
+#[derive(Clone, Default)]
+pub struct LogCapture(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Capture INFO and above on this thread until the guard drops.
+    pub fn install() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+        let capture = LogCapture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        (capture, tracing::subscriber::set_default(subscriber))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -104,6 +104,8 @@ pub struct TickReport {
     pub deduplicated: usize,
     pub rejected: usize,
     pub released: usize,
+    /// Jobs in the poll answer that could not be read (counted in `polled` too).
+    pub unreadable: usize,
 }
 
 pub struct Dispatcher<B, E, S> {
@@ -121,6 +123,8 @@ pub struct Dispatcher<B, E, S> {
     handoffs: TaskTracker,
     /// Rotates which runtime type is dealt the first job of each poll's batch.
     polls: std::sync::atomic::AtomicUsize,
+    /// Repeated broker failures are logged once, then summed up (metrics stay exact).
+    warnings: crate::log_throttle::LogThrottle,
 }
 
 impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
@@ -143,6 +147,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             last_dispatch: Mutex::new(Instant::now()),
             handoffs: TaskTracker::new(),
             polls: std::sync::atomic::AtomicUsize::new(0),
+            warnings: crate::log_throttle::LogThrottle::default(),
         })
     }
 
@@ -180,20 +185,36 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         }
         // poll
         let req = PollRequest { demands: demands.clone(), consumer: self.settings.consumer.clone() };
-        let resp = match self.broker.poll(&req).await {
-            Ok(r) => r,
+        let batch = match self.broker.poll(&req).await {
+            Ok(b) => {
+                self.poll_readable();
+                b
+            }
             Err(e) => {
-                self.metrics().broker_error("poll", e.label());
-                tracing::warn!(error = %e, "poll failed; retrying next tick");
+                self.poll_failed(&e);
                 return report;
             }
         };
         let polled_at = Instant::now();
-        report.polled = resp.jobs.len();
-        self.metrics().jobs_polled.inc_by(resp.jobs.len() as u64);
-        let mut allowance: BTreeMap<String, u32> = demands.iter().map(|d| (d.runtime_type.clone(), d.max)).collect();
+        report.polled = batch.len();
+        self.metrics().jobs_polled.inc_by(batch.len() as u64);
         let running: std::collections::BTreeSet<&JobId> = in_flight.values().flatten().collect();
-        for job in resp.jobs {
+        // A job that cannot be read is rejected (or left to expire) on its own; the rest
+        // of the batch runs.
+        for unreadable in batch.unreadable {
+            let span = tracing::error_span!("job", job_id = %unreadable.raw_id, attempt = unreadable.attempt);
+            self.refuse_unreadable(unreadable, &running, &mut report).instrument(span).await;
+        }
+        // The same job twice in one answer is one job: handled once (under its newest
+        // attempt), never released as "more than requested".
+        let (jobs, copies) = dedupe::collapse_batch(batch.jobs);
+        for (id, attempt) in copies {
+            tracing::info!(job_id = %id, attempt, "the same job twice in one poll answer; handling it once");
+            self.metrics().jobs_deduplicated.inc();
+            report.deduplicated += 1;
+        }
+        let mut allowance: BTreeMap<String, u32> = demands.iter().map(|d| (d.runtime_type.clone(), d.max)).collect();
+        for job in jobs {
             let span =
                 tracing::error_span!("job", job_id = %job.id, runtime = %job.runtime_type, attempt = job.attempt);
             // A broker that hands out more than asked (or a type we do not run) gets the
@@ -201,13 +222,13 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             match allowance.get_mut(&job.runtime_type) {
                 Some(n) if *n > 0 => *n -= 1,
                 Some(_) => {
-                    self.release(&job, "poll returned more jobs than requested").instrument(span).await;
+                    self.release(&job.id, job.attempt, "poll returned more jobs than requested").instrument(span).await;
                     report.released += 1;
                     continue;
                 }
                 None => {
                     let reason = format!("runtime type {:?} is not run by this job manager", job.runtime_type);
-                    self.release(&job, &reason).instrument(span).await;
+                    self.release(&job.id, job.attempt, &reason).instrument(span).await;
                     report.released += 1;
                     continue;
                 }
@@ -215,6 +236,125 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             self.admit(job, polled_at, &running, shutdown, &mut report).instrument(span).await;
         }
         report
+    }
+
+    /// A poll answer was read: readiness and the metric recover by themselves.
+    fn poll_readable(&self) {
+        if self.metrics().broker_poll_unreadable.get() != 0 {
+            tracing::info!("the broker's poll answers can be read again");
+        }
+        self.metrics().broker_poll_unreadable.set(0);
+        self.readiness.set_poll_unreadable(None);
+    }
+
+    fn poll_failed(&self, e: &BrokerError) {
+        self.metrics().broker_error("poll", e.label());
+        if let BrokerError::Unreadable(_) = e {
+            // Not a blip: the same answer comes back every tick until the broker (or
+            // something in between) is fixed, and no job of it can run meanwhile.
+            let reason = format!("broker poll answers cannot be read: {e}");
+            tracing::error!(%reason, "poll answer unreadable; retrying next tick");
+            self.metrics().broker_poll_unreadable.set(1);
+            self.readiness.set_poll_unreadable(Some(reason));
+            return;
+        }
+        if let Some(suppressed) = self.warnings.admit("poll") {
+            tracing::warn!(error = %e, suppressed, "poll failed; retrying next tick");
+        }
+    }
+
+    /// A job in the poll answer that is not a valid job: rejected with the reason when
+    /// its id can name it (a `rejected` result, then acked, like a VSE refusal), else
+    /// left to the broker's visibility timeout: no call of the broker API can name an id
+    /// outside its alphabet, and releasing would hand it straight back to the next poll.
+    async fn refuse_unreadable(
+        &self,
+        job: crate::broker::UnreadableJob,
+        running: &std::collections::BTreeSet<&JobId>,
+        report: &mut TickReport,
+    ) {
+        self.metrics().jobs_unreadable.inc();
+        report.unreadable += 1;
+        let Some(id) = job.id else {
+            tracing::error!(
+                reason = %job.reason,
+                "unreadable job in the poll answer, and its id cannot name it to the broker: \
+                 neither rejected nor released; the broker re-delivers it after its visibility timeout"
+            );
+            return;
+        };
+        tracing::warn!(reason = %job.reason, "unreadable job in the poll answer; rejecting it");
+        // A copy of a job that runs here, garbled in transit, must not overrule it.
+        if self.already_ours(&id, job.attempt, running, report).await {
+            return;
+        }
+        self.reject(&id, job.attempt, format!("unreadable job: {}", job.reason), report).await;
+    }
+
+    /// Record a `rejected` result (delivered like any other) and ack; release the job
+    /// if the rejection cannot be kept.
+    async fn reject(&self, id: &JobId, attempt: u32, reason: String, report: &mut TickReport) {
+        let result = JobResult::new(id.clone(), Outcome::Rejected, reason);
+        match self.intake.record(&result).await {
+            Ok(_) => {
+                self.ack(id, attempt).await;
+                report.rejected += 1;
+            }
+            Err(e) => {
+                // Could not keep the rejection: give the job back rather than lose it.
+                tracing::error!(error = %e, "cannot record the rejection; releasing the job");
+                self.release(id, attempt, "could not record its rejection").await;
+                report.released += 1;
+            }
+        }
+    }
+
+    /// Dedupe: true when the job is already ours (running, being handed off, or
+    /// finished) and was dealt with here.
+    async fn already_ours(
+        &self,
+        id: &JobId,
+        attempt: u32,
+        running: &std::collections::BTreeSet<&JobId>,
+        report: &mut TickReport,
+    ) -> bool {
+        let result = match self.intake.lookup(id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "result store lookup failed; assuming no result");
+                None
+            }
+        };
+        let handing_off = match self.handing_off.lock().expect("lock").get_mut(id) {
+            Some((_, newest)) => {
+                *newest = (*newest).max(attempt);
+                true
+            }
+            None => false,
+        };
+        match dedupe::classify(running.contains(id), handing_off, result.is_some()) {
+            Seen::New => return false,
+            Seen::HandingOff => {
+                tracing::info!("job re-delivered while its hand-off is in progress; that hand-off acks this attempt");
+            }
+            Seen::Running => {
+                tracing::info!("job re-delivered but still running here; acking without starting it again");
+                self.ack(id, attempt).await;
+            }
+            Seen::Finished => {
+                // The broker asks again, so it may not hold the result (lost, or an
+                // answer that only looked like success): send it again. Submissions are
+                // idempotent by job id, so a broker that has it just says so.
+                tracing::info!("job re-delivered but already finished here; acking and sending its result again");
+                self.ack(id, attempt).await;
+                if let Some(result) = result {
+                    self.intake.resubmit(result);
+                }
+            }
+        }
+        self.metrics().jobs_deduplicated.inc();
+        report.deduplicated += 1;
+        true
     }
 
     async fn admit(
@@ -226,55 +366,13 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         report: &mut TickReport,
     ) {
         // dedupe
-        let has_result = match self.intake.lookup(&job.id).await {
-            Ok(r) => r.is_some(),
-            Err(e) => {
-                tracing::warn!(error = %e, "result store lookup failed; assuming no result");
-                false
-            }
-        };
-        let handing_off = match self.handing_off.lock().expect("lock").get_mut(&job.id) {
-            Some((_, attempt)) => {
-                *attempt = (*attempt).max(job.attempt);
-                true
-            }
-            None => false,
-        };
-        match dedupe::classify(running.contains(&job.id), handing_off, has_result) {
-            Seen::New => {}
-            Seen::HandingOff => {
-                tracing::info!("job re-delivered while its hand-off is in progress; that hand-off acks this attempt");
-                self.metrics().jobs_deduplicated.inc();
-                report.deduplicated += 1;
-                return;
-            }
-            seen @ (Seen::Running | Seen::Finished) => {
-                tracing::info!(?seen, "job re-delivered but already ours; acking without starting it again");
-                self.metrics().jobs_deduplicated.inc();
-                report.deduplicated += 1;
-                self.ack(&job).await;
-                if seen == Seen::Finished {
-                    self.intake.kicked().notify_one();
-                }
-                return;
-            }
+        if self.already_ours(&job.id, job.attempt, running, report).await {
+            return;
         }
         // VSE
         if let Err(reason) = vse::check(&job, self.settings.vse_passphrase.as_ref()) {
             tracing::warn!(%reason, "job rejected");
-            let result = JobResult::new(job.id.clone(), Outcome::Rejected, reason);
-            match self.intake.record(&result).await {
-                Ok(_) => {
-                    self.ack(&job).await;
-                    report.rejected += 1;
-                }
-                Err(e) => {
-                    // Could not keep the rejection: give the job back rather than lose it.
-                    tracing::error!(error = %e, "cannot record the rejection; releasing the job");
-                    self.release(&job, "could not record its rejection").await;
-                    report.released += 1;
-                }
-            }
+            self.reject(&job.id, job.attempt, reason, report).await;
             return;
         }
         // schedule
@@ -321,11 +419,11 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
                 if accepted == Accepted::AlreadyRunning {
                     self.metrics().jobs_deduplicated.inc();
                 }
-                self.ack(&job).await;
+                self.ack(&job.id, job.attempt).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, attempts = attempt, "hand-off failed; releasing the job to the broker");
-                self.release(&job, &format!("hand-off failed: {e}")).await;
+                self.release(&job.id, job.attempt, &format!("hand-off failed: {e}")).await;
             }
         }
     }
@@ -339,9 +437,9 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         Handoff { token: self.signer.mint(&job.id, expiry), deadline, timeout_secs: secs, job: job.clone() }
     }
 
-    async fn ack(&self, job: &Job) {
-        let req = AckRequest { consumer: self.settings.consumer.clone(), attempt: job.attempt };
-        let res = self.with_retries("ack", || self.broker.ack(&job.id, &req)).await;
+    async fn ack(&self, id: &JobId, attempt: u32) {
+        let req = AckRequest { consumer: self.settings.consumer.clone(), attempt };
+        let res = self.with_retries("ack", || self.broker.ack(id, &req)).await;
         match res {
             Ok(()) => {
                 self.metrics().jobs_acked.inc();
@@ -356,13 +454,9 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         }
     }
 
-    async fn release(&self, job: &Job, reason: &str) {
-        let req = ReleaseRequest {
-            consumer: self.settings.consumer.clone(),
-            attempt: job.attempt,
-            reason: reason.to_string(),
-        };
-        match self.with_retries("release", || self.broker.release(&job.id, &req)).await {
+    async fn release(&self, id: &JobId, attempt: u32, reason: &str) {
+        let req = ReleaseRequest { consumer: self.settings.consumer.clone(), attempt, reason: reason.to_string() };
+        match self.with_retries("release", || self.broker.release(id, &req)).await {
             Ok(()) => {
                 self.metrics().jobs_released.inc();
                 tracing::info!(%reason, "job released to the broker");

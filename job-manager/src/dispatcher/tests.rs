@@ -219,6 +219,133 @@ async fn redelivered_finished_job_is_acked_not_run() {
     assert_eq!(rig.broker.acks(), vec![JobId::new("done").unwrap()]);
 }
 
+/// The broker re-delivers a job whose result we delivered (it answered as if stored, and
+/// lost it): the job is not run again, and the broker ends with the result.
+#[tokio::test]
+async fn redelivered_finished_job_gets_its_result_sent_again() {
+    let rig = rig(|_| {});
+    let id = JobId::new("lost").unwrap();
+    let result = JobResult::new(id.clone(), Outcome::Succeeded, "done once");
+    rig.intake.record(&result).await.unwrap();
+    // Delivered as far as this process knows: marked, out of the fresh queue.
+    rig.intake.take_fresh();
+    rig.intake.store().mark_delivered(&id).await.unwrap();
+    assert!(rig.broker.results().is_empty(), "the broker does not hold it");
+
+    let shutdown = CancellationToken::new();
+    let delivery = tokio::spawn(
+        crate::results::DeliveryLoop::new(rig.broker.clone(), rig.intake.clone())
+            .with_rescan(Duration::from_secs(3600))
+            .run(shutdown.clone()),
+    );
+    rig.broker.push(job("lost", "a"));
+    let r = rig.tick().await;
+    assert_eq!((r.deduplicated, r.scheduled), (1, 0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.broker.results().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the result was not sent again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    delivery.await.unwrap();
+    assert_eq!(rig.broker.results()[&id], result);
+    assert!(rig.executor.started().is_empty(), "not run again");
+    assert_eq!(rig.broker.acks(), vec![id]);
+    assert!(rig.intake.metrics().encode().contains("job_manager_results_resubmitted_total 1"));
+}
+
+fn unreadable(id: Option<&str>, raw_id: &str, reason: &str) -> crate::broker::UnreadableJob {
+    crate::broker::UnreadableJob {
+        id: id.map(|i| JobId::new(i).unwrap()),
+        raw_id: raw_id.into(),
+        attempt: 2,
+        reason: reason.into(),
+    }
+}
+
+/// One malformed job in a poll answer: the rest of the batch runs, the bad one is
+/// rejected with its reason (a `rejected` result, then acked) and counted; one whose id
+/// cannot name it is neither run, nor rejected, nor released.
+#[tokio::test(flavor = "current_thread")]
+async fn an_unreadable_job_is_rejected_and_the_rest_of_its_batch_runs() {
+    let (logs, _guard) = super::fakes::LogCapture::install();
+    let rig = rig(|s| s.runtimes[0].parallelism = 5);
+    rig.broker.push(job("ok1", "a"));
+    rig.broker.push(job("ok2", "a"));
+    rig.broker.push_unreadable(unreadable(Some("neg"), "neg", "invalid value: integer `-1`, expected u32"));
+    rig.broker.push_unreadable(unreadable(None, "a/b", "job id may only contain ..."));
+    let r = rig.tick().await;
+    assert_eq!((r.polled, r.scheduled, r.unreadable, r.rejected, r.released), (4, 2, 2, 1, 0));
+    assert_eq!(rig.executor.started(), vec![JobId::new("ok1").unwrap(), JobId::new("ok2").unwrap()]);
+    let neg = JobId::new("neg").unwrap();
+    let rejection = rig.intake.lookup(&neg).await.unwrap().expect("rejection recorded");
+    assert_eq!(
+        (rejection.outcome, rejection.message.as_str()),
+        (Outcome::Rejected, "unreadable job: invalid value: integer `-1`, expected u32")
+    );
+    assert!(rig.broker.calls().contains(&BrokerCall::Ack(neg, 2)), "acked under the attempt it came with");
+    assert!(rig.broker.releases().is_empty());
+    assert!(rig.intake.metrics().encode().contains("job_manager_jobs_unreadable_total 2"));
+    assert!(rig.readiness.check().is_ok(), "one bad job is no reason to be unready");
+    // The log names each bad job, with why.
+    let logs = logs.text();
+    let named = |id: &str, what: &str| {
+        logs.lines().any(|l| l.contains(&format!("job{{job_id={id} attempt=2}}")) && l.contains(what))
+    };
+    assert!(named("neg", "rejecting it"), "{logs}");
+    assert!(named("a/b", "neither rejected nor released"), "{logs}");
+}
+
+/// A garbled copy of a job that runs here does not overrule it with a rejection.
+#[tokio::test]
+async fn an_unreadable_copy_of_a_running_job_is_not_rejected() {
+    let rig = rig(|_| {});
+    rig.broker.push(job("runs", "a"));
+    rig.tick().await;
+    rig.broker.push_unreadable(unreadable(Some("runs"), "runs", "unknown field `x`"));
+    let r = rig.tick().await;
+    assert_eq!((r.unreadable, r.deduplicated, r.rejected), (1, 1, 0));
+    assert!(rig.intake.lookup(&JobId::new("runs").unwrap()).await.unwrap().is_none());
+}
+
+/// An answer that cannot be read at all makes the job manager unready, with the reason,
+/// and moves a metric; the next readable answer puts both back.
+#[tokio::test]
+async fn an_unreadable_poll_answer_shows_in_readiness_until_one_reads_again() {
+    let rig = rig(|_| {});
+    rig.broker.fail_next_poll(BrokerError::Unreadable("the answer is larger than 16777216 bytes".into()));
+    rig.tick().await;
+    let err = rig.readiness.check().unwrap_err();
+    assert_eq!(
+        err,
+        "broker poll answers cannot be read: broker answer unreadable: the answer is larger than 16777216 bytes"
+    );
+    let metrics = rig.intake.metrics().encode();
+    assert!(metrics.contains("job_manager_broker_poll_unreadable 1"), "{metrics}");
+    assert!(metrics.contains(r#"job_manager_broker_errors_total{call="poll",reason="unreadable"} 1"#), "{metrics}");
+    rig.tick().await;
+    assert!(rig.readiness.check().is_ok());
+    assert!(rig.intake.metrics().encode().contains("job_manager_broker_poll_unreadable 0"));
+}
+
+/// The same job twice in one answer is handled once, under its newest attempt, and not
+/// released as "more jobs than requested".
+#[tokio::test]
+async fn a_duplicate_within_one_poll_is_handled_once_not_released() {
+    let rig = rig(|_| {});
+    rig.broker.set_ignore_demands(true);
+    rig.broker.push(job("twice", "b"));
+    let mut again = job("twice", "b");
+    again.attempt = 2;
+    rig.broker.push(again);
+    let r = rig.tick().await;
+    assert_eq!((r.polled, r.scheduled, r.deduplicated, r.released), (2, 1, 1, 0));
+    assert!(rig.broker.releases().is_empty(), "{:?}", rig.broker.calls());
+    assert_eq!(rig.executor.started(), vec![JobId::new("twice").unwrap()]);
+    assert_eq!(rig.broker.acks(), vec![JobId::new("twice").unwrap()]);
+    assert!(rig.broker.calls().contains(&BrokerCall::Ack(JobId::new("twice").unwrap(), 2)), "the newest lease");
+}
+
 #[tokio::test]
 async fn vse_rejects_unsigned_and_runs_signed() {
     let rig = rig(|s| {

@@ -34,6 +34,8 @@ pub struct DeliveryLoop<B, S> {
     /// another process sharing the store, or left by a previous run).
     rescan: Duration,
     sweep_gate: SweepGate,
+    /// Retryable failures are logged once, then summed up per window (metrics stay exact).
+    warnings: crate::log_throttle::LogThrottle,
 }
 
 /// What one pass over the pending results did.
@@ -53,6 +55,7 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             rescan: Duration::from_secs(5),
             sweep_gate: Arc::new(|| true),
+            warnings: crate::log_throttle::LogThrottle::default(),
         }
     }
 
@@ -118,7 +121,9 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
                 metrics.result_delivery_retries.inc();
                 pass.failed += 1;
                 if e.retryable() {
-                    tracing::warn!(error = %e, "result delivery failed; will retry");
+                    if let Some(suppressed) = self.warnings.admit("submit_result") {
+                        tracing::warn!(error = %e, suppressed, "result delivery failed; will retry");
+                    }
                     pass.broker_unavailable = true;
                     return true;
                 }

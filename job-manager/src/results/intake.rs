@@ -70,6 +70,22 @@ impl<S: ResultStore> ResultIntake<S> {
         Ok(recorded)
     }
 
+    /// Send a recorded result to the broker again (it re-delivered the finished job, so
+    /// it may not hold the result). Queued for the delivery loop unless already queued;
+    /// counted pending until delivered (a later sweep recounts from the store).
+    pub fn resubmit(&self, result: JobResult) {
+        {
+            let mut fresh = self.fresh.lock().expect("fresh lock");
+            if fresh.iter().any(|r| r.job_id == result.job_id) {
+                return;
+            }
+            fresh.push(result);
+        }
+        self.metrics.results_resubmitted.inc();
+        self.metrics.results_pending.inc();
+        self.kick.notify_one();
+    }
+
     pub async fn lookup(&self, id: &JobId) -> Result<Option<JobResult>, StoreError> {
         self.store.lookup(id).await
     }

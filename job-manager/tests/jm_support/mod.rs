@@ -2,7 +2,7 @@
 //! counting HTTP origin, a raw HTTP client, temp dirs and a fault-injecting broker wrapper.
 #![allow(dead_code)]
 use bytes::Bytes;
-use common::broker::{AckRequest, PollRequest, PollResponse, QueueStats, ReleaseRequest};
+use common::broker::{AckRequest, PollRequest, QueueStats, ReleaseRequest};
 use common::{JobId, JobResult};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -201,7 +201,7 @@ impl<B> FlakyBroker<B> {
 }
 
 impl<B: BrokerApi> BrokerApi for FlakyBroker<B> {
-    async fn poll(&self, req: &PollRequest) -> Result<PollResponse, BrokerError> {
+    async fn poll(&self, req: &PollRequest) -> Result<job_manager::broker::PolledBatch, BrokerError> {
         self.inner.poll(req).await
     }
     async fn ack(&self, id: &JobId, req: &AckRequest) -> Result<(), BrokerError> {

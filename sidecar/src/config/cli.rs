@@ -108,8 +108,8 @@ pub struct Cli {
     /// Largest request head accepted, bytes (>= 8192)
     #[arg(long, value_name = "BYTES", env = ENV_MAX_HEADER_BYTES, default_value = "65536", hide_env_values = true)]
     pub max_header_bytes: Option<String>,
-    /// Largest local API / ingress dispatch body, bytes
-    #[arg(long, value_name = "BYTES", env = ENV_MAX_BODY_BYTES, default_value = "10485760", hide_env_values = true)]
+    /// Largest local API / ingress dispatch body, bytes: a result over it gets 413 and the job fails. The job manager sets it to its maxResultBytes; the default is that setting's default
+    #[arg(long, value_name = "BYTES", env = ENV_MAX_BODY_BYTES, default_value = "1048576", hide_env_values = true)]
     pub max_body_bytes: Option<String>,
     /// Memory for all such bodies at once, bytes (>= --max-body-bytes); a body that would go over gets 503 with Retry-After
     #[arg(long, value_name = "BYTES", env = ENV_MAX_BODY_MEMORY_BYTES, default_value = "33554432", hide_env_values = true)]

@@ -63,7 +63,8 @@ pub const ENV_JOB_ID: &str = env::JOB_ID;
 pub const ENV_JOB_TOKEN: &str = env::JOB_TOKEN;
 // Limits: sidecar-private settings, not part of the job-manager contract.
 pub const ENV_MAX_HEADER_BYTES: &str = "SIDECAR_MAX_HEADER_BYTES";
-pub const ENV_MAX_BODY_BYTES: &str = "SIDECAR_MAX_BODY_BYTES";
+// Set by the job manager (its `maxResultBytes`), so part of the contract.
+pub const ENV_MAX_BODY_BYTES: &str = env::MAX_BODY_BYTES;
 pub const ENV_MAX_BODY_MEMORY_BYTES: &str = "SIDECAR_MAX_BODY_MEMORY_BYTES";
 pub const ENV_BODY_READ_TIMEOUT_MS: &str = "SIDECAR_BODY_READ_TIMEOUT_MS";
 pub const ENV_CONNECT_TIMEOUT_MS: &str = "SIDECAR_CONNECT_TIMEOUT_MS";
@@ -179,7 +180,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_header_bytes: 64 * 1024,
-            max_body_bytes: 10 * 1024 * 1024,
+            // The job manager's default `maxResultBytes`; it passes its own setting.
+            max_body_bytes: 1024 * 1024,
             max_body_memory_bytes: 32 * 1024 * 1024,
             body_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),

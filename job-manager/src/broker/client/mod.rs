@@ -15,12 +15,12 @@ mod connector;
 
 pub use connector::{connect_status, ConnectError, ProxyTarget};
 
-use super::{BrokerApi, BrokerError, SubmitOutcome};
+use super::{BrokerApi, BrokerError, PolledBatch, SubmitOutcome};
 use bytes::Bytes;
 use common::backoff::Backoff;
 use common::broker::{
-    ack_path, release_path, result_path, AckRequest, ErrorBody, PollRequest, PollResponse, QueueStats, ReleaseRequest,
-    POLL_PATH, QUEUE_PATH,
+    ack_path, release_path, result_path, AckRequest, ErrorBody, PollRequest, QueueStats, ReleaseRequest, POLL_PATH,
+    QUEUE_PATH,
 };
 use common::secret::Secret;
 use common::{JobId, JobResult};
@@ -96,6 +96,8 @@ pub struct HttpBroker {
     proxy_authorization: Option<HeaderValue>,
     timeout: Duration,
     retry: RetryPolicy,
+    /// "Retrying" warnings, once per call and window while the broker is down.
+    warnings: Arc<crate::log_throttle::LogThrottle>,
 }
 
 impl std::fmt::Debug for HttpBroker {
@@ -160,6 +162,7 @@ impl HttpBroker {
             proxy_authorization,
             timeout: config.timeout,
             retry: RetryPolicy::default(),
+            warnings: Arc::default(),
         })
     }
 
@@ -198,7 +201,9 @@ impl HttpBroker {
                 return Err(err.error);
             }
             let delay = self.retry.backoff.delay(attempt - 1);
-            tracing::warn!(call = what, error = %err.error, attempt, retry_in_ms = delay.as_millis() as u64, "broker call failed; retrying");
+            if let Some(suppressed) = self.warnings.admit(what) {
+                tracing::warn!(call = what, error = %err.error, attempt, retry_in_ms = delay.as_millis() as u64, suppressed, "broker call failed; retrying");
+            }
             tokio::time::sleep(delay).await;
         }
     }
@@ -235,7 +240,12 @@ impl HttpBroker {
             })?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES).collect().await.map_err(|e| {
-                AttemptError { error: BrokerError::BadResponse(format!("reading the answer: {e}")), unsent: false }
+                let error = if e.is::<http_body_util::LengthLimitError>() {
+                    BrokerError::Unreadable(format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"))
+                } else {
+                    BrokerError::BadResponse(format!("reading the answer: {e}"))
+                };
+                AttemptError { error, unsent: false }
             })?;
             Ok((status, body.to_bytes()))
         };
@@ -308,14 +318,16 @@ impl HttpBroker {
 }
 
 impl BrokerApi for HttpBroker {
-    async fn poll(&self, req: &PollRequest) -> Result<PollResponse, BrokerError> {
+    async fn poll(&self, req: &PollRequest) -> Result<PolledBatch, BrokerError> {
         let body = encode(req);
         self.with_retries("poll", Retry::OnlyUnsent, || async {
             let (status, resp) = self.send(Method::POST, POLL_PATH, Some(body.clone())).await?;
             if !status.is_success() {
                 return Err(AttemptError { error: status_error(status, &resp, false), unsent: false });
             }
-            decode::<PollResponse>(&resp)
+            // Job by job: one bad job is set apart, not the whole batch (see `batch`).
+            super::batch::parse_poll_response(&resp)
+                .map_err(|e| AttemptError { error: BrokerError::Unreadable(e.0), unsent: false })
         })
         .await
     }

@@ -332,8 +332,8 @@ fn queue_error_to_broker(e: QueueError) -> BrokerError {
 /// In-process use without HTTP (no faults, no call log): handy where a test or the demo
 /// wants the queue semantics without a socket.
 impl BrokerApi for EmbeddedBroker {
-    async fn poll(&self, req: &PollRequest) -> Result<PollResponse, BrokerError> {
-        Ok(self.poll_jobs(req))
+    async fn poll(&self, req: &PollRequest) -> Result<super::PolledBatch, BrokerError> {
+        Ok(self.poll_jobs(req).into())
     }
 
     async fn ack(&self, id: &JobId, req: &AckRequest) -> Result<(), BrokerError> {

@@ -68,6 +68,14 @@ impl Default for ServerLimits {
     }
 }
 
+impl From<&crate::config::Config> for ServerLimits {
+    /// A result body may be as large as `maxResultBytes`: the limit every sidecar is
+    /// given too, so what a sidecar accepts from its runtime is never refused here.
+    fn from(c: &crate::config::Config) -> Self {
+        Self { max_body_bytes: usize::try_from(c.max_result_bytes).unwrap_or(usize::MAX), ..Self::default() }
+    }
+}
+
 pub struct ResultApi<S> {
     pub intake: ResultIntake<S>,
     pub internal_api_key: Secret,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::broker::BrokerError;
 use crate::dispatcher::fakes::{BrokerCall, FakeBroker};
 use crate::metrics::Metrics;
 use crate::results::{MemoryResultStore, ResultIntake};
@@ -148,4 +149,64 @@ async fn sweep_only_where_the_gate_allows_and_only_results_pending_twice() {
     assert_eq!(delivery.sweep(&mut previous).await.delivered, 0);
     assert_eq!(delivery.sweep(&mut previous).await.delivered, 1);
     assert_eq!(broker.results().len(), 2);
+}
+
+/// Lets other tasks run in the middle of every submission, as a real network call does.
+struct YieldingBroker(FakeBroker);
+
+impl BrokerApi for YieldingBroker {
+    async fn poll(&self, req: &common::broker::PollRequest) -> Result<crate::broker::PolledBatch, BrokerError> {
+        self.0.poll(req).await
+    }
+    async fn ack(&self, id: &JobId, req: &common::broker::AckRequest) -> Result<(), BrokerError> {
+        self.0.ack(id, req).await
+    }
+    async fn release(&self, id: &JobId, req: &common::broker::ReleaseRequest) -> Result<(), BrokerError> {
+        self.0.release(id, req).await
+    }
+    async fn submit_result(&self, result: &JobResult) -> Result<SubmitOutcome, BrokerError> {
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        self.0.submit_result(result).await
+    }
+    async fn queue_stats(&self) -> Result<common::broker::QueueStats, BrokerError> {
+        self.0.queue_stats().await
+    }
+}
+
+/// Each delivery runs in its own job's span, entered only while that delivery is polled:
+/// another task's lines logged while a submission waits never carry its job id.
+#[tokio::test(flavor = "current_thread")]
+async fn log_lines_carry_their_own_job_id_not_the_one_being_delivered() {
+    let (captured, _default) = crate::dispatcher::fakes::LogCapture::install();
+
+    let broker = Arc::new(YieldingBroker(FakeBroker::new()));
+    let intake = ResultIntake::new(MemoryResultStore::new(), Arc::new(Metrics::new()));
+    for i in 0..3 {
+        intake.record(&result(&format!("d{i}"), Outcome::Succeeded)).await.unwrap();
+    }
+    let delivery = DeliveryLoop::new(broker.clone(), intake.clone());
+    let other = intake.clone();
+    let logging_meanwhile = tokio::spawn(async move {
+        for i in 0..20 {
+            other.record(&result(&format!("other{i}"), Outcome::Failed)).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(delivery.deliver_pending().await.delivered, 3);
+    logging_meanwhile.await.unwrap();
+
+    let text = captured.text();
+    let mut checked = 0;
+    for line in text.lines() {
+        let Some(rest) = line.split_once("deliver{job_id=").map(|(_, r)| r) else { continue };
+        let span_id = rest.split('}').next().unwrap();
+        for (_, field) in line.match_indices(" job_id=").map(|(i, _)| line.split_at(i)) {
+            let event_id = field[" job_id=".len()..].split_whitespace().next().unwrap();
+            assert_eq!(event_id, span_id, "a line in job {span_id}'s span names job {event_id}: {line}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "the delivered lines were seen: {text}");
 }
