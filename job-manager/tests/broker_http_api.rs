@@ -139,9 +139,13 @@ async fn admin_endpoints_submit_and_read_results() {
     let answer = raw_exchange(served.addr, &request("GET", "/admin/v1/results", "")).await;
     let all: serde_json::Value = serde_json::from_str(body_of(&answer)).unwrap();
     assert_eq!(all["adm"]["outcome"], "timed_out");
+    let answer = raw_exchange(served.addr, &request("GET", "/admin/v1/counters", "")).await;
+    let counters: serde_json::Value = serde_json::from_str(body_of(&answer)).unwrap();
+    assert_eq!(counters["adm"]["results_accepted"], 1, "{counters}");
+    assert_eq!(counters["adm"]["deliveries"], 0, "{counters}");
 
     let calls = served.broker.calls();
-    assert_eq!(calls.len(), 6);
+    assert_eq!(calls.len(), 7);
     assert!(calls.iter().skip(2).take(3).all(|c| c.job_id.as_ref().map(|i| i.as_str()) == Some("adm")), "{calls:?}");
 }
 

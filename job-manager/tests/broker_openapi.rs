@@ -272,6 +272,7 @@ fn paths_match_common_broker_and_every_operation_is_authenticated() {
         ("POST", template(result_path(&id("ID")))),
         ("POST", "/admin/v1/jobs".to_string()),
         ("GET", "/admin/v1/results".to_string()),
+        ("GET", "/admin/v1/counters".to_string()),
         ("GET", "/admin/v1/results/{id}".to_string()),
     ]
     .into_iter()

@@ -5,7 +5,8 @@
 //! with the `test-support` feature, fault injection; [`server`] serves it over HTTP.
 //!
 //! Admin endpoints (same bearer key as the broker API):
-//! `POST /admin/v1/jobs` (a `Job`; 201, 409 duplicate), `GET /admin/v1/results`
+//! `POST /admin/v1/jobs` (a `Job`; 201, 409 duplicate), `GET /admin/v1/counters` (per-job
+//! delivery counters, keyed by job id), `GET /admin/v1/results`
 //! (object keyed by job id), `GET /admin/v1/results/{id}` (a `JobResult`, 404 until known).
 // Only tests stand the embedded broker in for a flaky remote one: no flag or endpoint
 // reaches the fault plan, so it stays out of the release binary.

@@ -50,7 +50,7 @@ pub enum JobState {
 }
 
 /// Per-job counters, so tests can assert "delivered once, exactly one outcome".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct JobCounters {
     /// Times the job was handed out by a poll (first delivery and re-deliveries).
     pub deliveries: u32,

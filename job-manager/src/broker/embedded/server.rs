@@ -171,6 +171,7 @@ async fn route(broker: &EmbeddedBroker, req: Request<Incoming>) -> Answer {
             Err(r) => Err(r),
         },
         ["admin", "v1", "results"] => allow(Method::GET).map(|()| json(StatusCode::OK, &broker.results())),
+        ["admin", "v1", "counters"] => allow(Method::GET).map(|()| json(StatusCode::OK, &broker.all_counters())),
         ["admin", "v1", "results", id] => {
             allow(Method::GET).and_then(|()| parse_id(id)).map(|id| match broker.result(&id) {
                 Some(r) => json(StatusCode::OK, &r),
