@@ -27,6 +27,10 @@ struct SidecarState {
     results: Vec<(String, RuntimeResult)>,
     /// Request targets seen, as sent (absolute form when proxied).
     targets: Vec<String>,
+    /// Answer this many result posts with 503 + `Retry-After: 1` first (a full disk).
+    unavailable: usize,
+    /// Result posts answered 503.
+    refused: usize,
 }
 
 #[derive(Clone)]
@@ -103,6 +107,19 @@ impl FakeSidecar {
                 None => reply(StatusCode::NOT_FOUND, &[], "{}".into()),
             },
             (Method::POST, None, p) if p == "/v1/result" || (p.starts_with("/v1/jobs/") && p.ends_with("/result")) => {
+                {
+                    let mut st = self.state.lock().unwrap();
+                    if st.unavailable > 0 {
+                        st.unavailable -= 1;
+                        st.refused += 1;
+                        return reply(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &[("retry-after", "1"), ("x-sidecar-error", "unavailable")],
+                            json!({"error": "unavailable", "message": "cannot store the result: No space left on device"})
+                                .to_string(),
+                        );
+                    }
+                }
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 match serde_json::from_slice::<RuntimeResult>(&body) {
                     Ok(result) => {
@@ -261,6 +278,30 @@ async fn fail_sleep_and_steps() {
 
     let (_, results, _) = run(json!({"action": "dance"})).await;
     assert_eq!(only_result(&results).message, "unknown action \"dance\"");
+}
+
+#[tokio::test]
+async fn a_503_from_the_sidecar_is_retried_after_retry_after_until_the_deadline() {
+    // Three refusals (~3 s with Retry-After: 1) fit in the job's 10 s: the result lands.
+    let sidecar = FakeSidecar::start(Some(job(json!({"action": "sleep", "secs": 0})))).await;
+    sidecar.state.lock().unwrap().unavailable = 3;
+    let started = std::time::Instant::now();
+    let status = runtime_command(&sidecar, "").status().await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(sidecar.state.lock().unwrap().refused, 3);
+    assert_eq!(only_result(&sidecar.results()).outcome, RuntimeOutcome::Succeeded);
+    assert!(started.elapsed() >= Duration::from_secs(3), "Retry-After honoured: {:?}", started.elapsed());
+    // A sidecar that never recovers: the runtime gives up at its deadline (2 s), exit 4.
+    let mut short = job(json!({"action": "sleep", "secs": 0}));
+    short.timeout_secs = 2;
+    let sidecar = FakeSidecar::start(Some(short)).await;
+    sidecar.state.lock().unwrap().unavailable = usize::MAX;
+    let status = tokio::time::timeout(Duration::from_secs(20), runtime_command(&sidecar, "").status())
+        .await
+        .expect("gives up by its deadline")
+        .unwrap();
+    assert_eq!(status.code(), Some(4));
+    assert!(sidecar.results().is_empty());
 }
 
 #[tokio::test]

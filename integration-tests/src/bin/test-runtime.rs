@@ -118,8 +118,9 @@ async fn run_once() -> i32 {
     };
     let id = job.id.to_string();
     log(&id, format_args!("started (attempt {}, runtime {})", job.attempt, job.runtime_type));
+    let until = Instant::now() + Duration::from_secs(u64::from(job.timeout_secs.max(1)));
     let result = run_job(&job).await;
-    match post_result(&api, LOCAL_RESULT_PATH, &id, &result).await {
+    match post_result(&api, LOCAL_RESULT_PATH, &id, &result, until).await {
         Ok(()) => 0,
         Err(e) => {
             log(&id, format_args!("could not post the result: {e}"));
@@ -145,26 +146,45 @@ async fn fetch_job(api: &str) -> Result<RuntimeJob, String> {
     Err(last)
 }
 
-async fn post_result(api: &str, path: &str, id: &str, result: &RuntimeResult) -> Result<(), String> {
+/// Posts the result as the contract asks a runtime to: a 2xx means the sidecar holds it
+/// durably; a 4xx is final; a 5xx (503: the sidecar cannot store it right now, e.g. a
+/// full disk) or a connection failure is retried, after `Retry-After` when given, until
+/// `until` (the job's deadline; the job manager ends the job then anyway).
+async fn post_result(
+    api: &str,
+    path: &str,
+    id: &str,
+    result: &RuntimeResult,
+    until: Instant,
+) -> Result<(), String> {
     let url = format!("{api}{path}");
     let body = serde_json::to_vec(result).expect("RuntimeResult serializes");
-    let mut last = String::new();
-    for attempt in 0..10u32 {
-        match request(Method::POST, &url, Some(body.clone()), None, Duration::from_secs(10)).await {
+    let mut attempt = 0u32;
+    loop {
+        let mut wait = Duration::from_millis(100 * u64::from(attempt + 1).min(10));
+        let last = match request(Method::POST, &url, Some(body.clone()), None, Duration::from_secs(10)).await {
             Ok(resp) if (200..300).contains(&resp.status) => {
                 log(id, format_args!("posted result {:?}: {}", result.outcome, result.message));
                 return Ok(());
             }
-            // 4xx: the sidecar refused this result; repeating it will not help.
             Ok(resp) if (400..500).contains(&resp.status) => {
                 return Err(format!("status {}: {}", resp.status, String::from_utf8_lossy(&resp.body)));
             }
-            Ok(resp) => last = format!("status {}", resp.status),
-            Err(e) => last = e,
+            Ok(resp) => {
+                let retry_after = resp.headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+                if let Some(secs) = retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
+                    wait = Duration::from_secs(secs.min(5));
+                }
+                format!("status {}: {}", resp.status, String::from_utf8_lossy(&resp.body))
+            }
+            Err(e) => e,
+        };
+        attempt += 1;
+        if Instant::now() + wait >= until {
+            return Err(format!("{last} (gave up at the job's deadline after {attempt} attempts)"));
         }
-        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
+        tokio::time::sleep(wait).await;
     }
-    Err(last)
 }
 
 /// Run the payload; `exit` and `crash` end the process right here.
@@ -534,8 +554,9 @@ async fn dispatch(
     let id = job.id.to_string();
     log(&id, format_args!("accepted (attempt {})", job.attempt));
     tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_secs(u64::from(job.timeout_secs.max(1)));
         let result = run_job(&job).await;
-        if let Err(e) = post_result(&api, &local_job_result_path(&job.id), &id, &result).await {
+        if let Err(e) = post_result(&api, &local_job_result_path(&job.id), &id, &result, until).await {
             log(&id, format_args!("could not post the result: {e}"));
         }
         running.fetch_sub(1, Ordering::SeqCst);
