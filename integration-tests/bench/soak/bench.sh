@@ -41,6 +41,11 @@ log "building ($profile)"
 
 work="$(mktemp -d /tmp/soak.XXXXXX)"
 chmod 711 "$work"
+# A copy of the binaries: a rebuild during a long soak must not swap them under it.
+mkdir -p "$work/bin"
+cp "$bin/job-manager" "$bin/sidecar" "$bin/test-runtime" "$bin/jm-bench" "$work/bin/"
+chmod 755 "$work/bin" "$work/bin/"*
+bin="$work/bin"
 state="$work/state"
 mkdir -p "$state"
 mount -t tmpfs -o "size=${tmpfs_mb}m,mode=0711" tmpfs "$state"
