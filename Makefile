@@ -17,8 +17,8 @@ build:
 run: build
 	./target/debug/job-manager demo --examples deploy/examples
 
-## Everything CI runs.
-test: setup test-rust chart-test
+## Everything CI runs: the tests, then the gates (formatting, clippy -D warnings, MSRV).
+test: setup test-rust chart-test lint
 
 setup:
 	deploy/scripts/setup-test-env.sh
@@ -38,6 +38,7 @@ chart-test:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	deploy/scripts/check-msrv.py
 
 fmt:
 	$(CARGO) fmt --all
