@@ -175,6 +175,7 @@ async fn job_fetch_checks_key_and_token_then_answers_the_handed_job() {
     }
     let post = request(&api.addr, "POST", "/internal/v1/jobs/j5", &[("x-internal-api-key", KEY)], Vec::new()).await;
     assert_eq!((post.status, error_code(&post).as_str()), (405, "method_not_allowed"));
+    assert_eq!(post.allow.as_deref(), Some("GET"));
     let ok = get("j5", Some(KEY), Some(api.token("j5"))).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(serde_json::from_str::<common::Job>(&ok.body).unwrap(), job);
@@ -203,6 +204,7 @@ async fn refuses_bad_bodies() {
     assert_eq!(bad_path.status, 404);
     let get = request(&api.addr, "GET", "/internal/v1/jobs/j4/result", &[], vec![]).await;
     assert_eq!(get.status, 405);
+    assert_eq!(get.allow.as_deref(), Some("POST"));
     api.healthy().await;
     assert!(api.intake.store().pending().await.unwrap().is_empty());
     api.stop.cancel();
@@ -292,5 +294,8 @@ async fn health_readiness_and_metrics() {
     assert!(m.body.contains("job_manager_result_api_requests_total{code=\"401\"} 1"), "{}", m.body);
     assert!(m.body.contains("# EOF"), "OpenMetrics text");
     assert_eq!(request(&api.addr, "GET", "/nope", &[], vec![]).await.status, 404);
+    assert_eq!(request(&api.addr, "GET", "/livez", &[], vec![]).await.status, 200);
+    let wrong = request(&api.addr, "POST", "/readyz", &[], vec![]).await;
+    assert_eq!((wrong.status, wrong.allow.as_deref()), (405, Some("GET")));
     api.stop.cancel();
 }

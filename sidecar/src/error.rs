@@ -40,8 +40,8 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("not found")]
     NotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    #[error("method not allowed (use {allow})")]
+    MethodNotAllowed { allow: &'static str },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -70,7 +70,7 @@ impl ProxyError {
             ProxyError::BodyMemoryFull => "body_memory_full",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NotFound => "not_found",
-            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::Conflict(_) => "conflict",
             ProxyError::Unavailable(_) => "unavailable",
             ProxyError::MissingKey => "missing_key",
@@ -93,7 +93,7 @@ impl ProxyError {
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyTooLarge { .. } | ProxyError::ResultTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
-            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Conflict(_) => StatusCode::CONFLICT,
             ProxyError::MissingKey => StatusCode::UNAUTHORIZED,
             ProxyError::BadKey => StatusCode::FORBIDDEN,
@@ -108,9 +108,13 @@ impl ProxyError {
         h.insert(common::headers::PROXY_ERROR, HeaderValue::from_static(self.label()));
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         match self {
-            // Bodies in memory are let go within a body read timeout at most.
-            ProxyError::BodyMemoryFull => {
+            // Bodies in memory are let go within a body read timeout at most; a store
+            // that cannot write (a full disk) is worth another try soon.
+            ProxyError::BodyMemoryFull | ProxyError::Unavailable(_) => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::MethodNotAllowed { allow } => {
+                h.insert(http::header::ALLOW, HeaderValue::from_static(allow));
             }
             // The rest of the body is never read: the connection cannot be reused.
             ProxyError::BodyTimeout { .. } => {
@@ -132,5 +136,20 @@ impl ProxyError {
             cur = e.source();
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProxyError;
+
+    #[test]
+    fn retryable_refusals_say_when_and_405_says_what() {
+        let unavailable = ProxyError::Unavailable("cannot store the result: No space left on device".into()).response();
+        assert_eq!(unavailable.status(), 503);
+        assert_eq!(unavailable.headers()[http::header::RETRY_AFTER], "1");
+        let wrong = ProxyError::MethodNotAllowed { allow: "POST" }.response();
+        assert_eq!(wrong.status(), 405);
+        assert_eq!(wrong.headers()[http::header::ALLOW], "POST");
     }
 }

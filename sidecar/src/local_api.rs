@@ -107,7 +107,7 @@ impl LocalApi {
             return None;
         }
         match req.uri().path() {
-            "/healthz" => Some(text(StatusCode::OK, "ok\n")),
+            "/healthz" | "/livez" => Some(text(StatusCode::OK, "ok\n")),
             "/readyz" if self.ready.load(Ordering::Acquire) => Some(text(StatusCode::OK, "ready\n")),
             "/readyz" => Some(text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")),
             "/metrics" => {
@@ -133,14 +133,14 @@ impl LocalApi {
         let path = req.uri().path();
         if path == LOCAL_JOB_PATH {
             if req.method() != Method::GET {
-                return Err(ProxyError::MethodNotAllowed);
+                return Err(ProxyError::MethodNotAllowed { allow: "GET" });
             }
             let job = self.job.get().ok_or_else(no_job)?;
             return Ok(json(StatusCode::OK, job.runtime_json.clone()));
         }
         if path == LOCAL_RESULT_PATH {
             if req.method() != Method::POST {
-                return Err(ProxyError::MethodNotAllowed);
+                return Err(ProxyError::MethodNotAllowed { allow: "POST" });
             }
             let job = self.job.get().ok_or_else(no_job)?;
             let (id, token) = (job.job.id.clone(), job.token.clone());
@@ -148,7 +148,7 @@ impl LocalApi {
         }
         if let Some(id) = path.strip_prefix("/v1/jobs/").and_then(|r| r.strip_suffix("/result")) {
             if req.method() != Method::POST {
-                return Err(ProxyError::MethodNotAllowed);
+                return Err(ProxyError::MethodNotAllowed { allow: "POST" });
             }
             let id = JobId::new(id).map_err(|e| ProxyError::BadRequest(format!("bad job id: {e}")))?;
             let token = self.ingress_tokens.get(&id);

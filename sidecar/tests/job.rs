@@ -404,3 +404,27 @@ async fn slow_uploads_get_408_and_duplicates_409_unread() {
     sc.healthy().await;
     sc.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn wrong_methods_get_405_with_allow_and_livez_answers() {
+    let jm = FakeJobManager::start(&[]).await;
+    let (dir, spool) = (job_dir("job-405", "tok-405"), temp_dir("spool"));
+    let sc = Sidecar::start(job_config(&dir, jm.addr, &spool, &[]), resolver(&[])).await;
+    for (method, path, allow) in
+        [("POST", "/v1/job", "GET"), ("GET", "/v1/result", "POST"), ("PUT", "/v1/result", "POST")]
+    {
+        let answer = raw_exchange(
+            sc.addr,
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{method} {path}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains(&format!("allow: {}", allow.to_ascii_lowercase())),
+            "{method} {path}: {answer}"
+        );
+    }
+    let (status, _, body) = sc.get_local("/livez").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok\n"[..]));
+    sc.stop().await.unwrap();
+}

@@ -150,13 +150,7 @@ async fn fetch_job(api: &str) -> Result<RuntimeJob, String> {
 /// durably; a 4xx is final; a 5xx (503: the sidecar cannot store it right now, e.g. a
 /// full disk) or a connection failure is retried, after `Retry-After` when given, until
 /// `until` (the job's deadline; the job manager ends the job then anyway).
-async fn post_result(
-    api: &str,
-    path: &str,
-    id: &str,
-    result: &RuntimeResult,
-    until: Instant,
-) -> Result<(), String> {
+async fn post_result(api: &str, path: &str, id: &str, result: &RuntimeResult, until: Instant) -> Result<(), String> {
     let url = format!("{api}{path}");
     let body = serde_json::to_vec(result).expect("RuntimeResult serializes");
     let mut attempt = 0u32;

@@ -160,6 +160,7 @@ impl Origin {
 pub struct Answer {
     pub status: u16,
     pub body: String,
+    pub allow: Option<String>,
 }
 
 /// One request over a fresh connection.
@@ -173,8 +174,9 @@ pub async fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &st
     }
     let resp = sender.send_request(req.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
     let status = resp.status().as_u16();
+    let allow = resp.headers().get(http::header::ALLOW).and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer { status, body: String::from_utf8_lossy(&body).into_owned() }
+    Answer { status, body: String::from_utf8_lossy(&body).into_owned(), allow }
 }
 
 /// Poll `cond` until true or `timeout` (for state owned by another process).

@@ -160,7 +160,7 @@ impl<S: ResultStore> ResultApi<S> {
     async fn route(self: Arc<Self>, routes: Arc<Routes<S>>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path();
         match (req.method(), path) {
-            (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n", "text/plain"),
+            (&Method::GET, "/healthz" | "/livez") => return text(StatusCode::OK, "ok\n", "text/plain"),
             (&Method::GET, "/readyz") => {
                 let (status, mut body) = match self.readiness.check() {
                     Ok(()) => (StatusCode::OK, "ready\n".to_string()),
@@ -178,14 +178,15 @@ impl<S: ResultStore> ResultApi<S> {
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )
             }
+            (_, "/healthz" | "/livez" | "/readyz" | "/metrics") => return method_not_allowed("GET"),
             _ => {}
         }
         let refused = |status, code: &str, message: &str| Refusal::new(status, code, message).into_response();
         let (counted, id) = match (result_path_id(path), job_path_id(path)) {
             (Some(id), _) if req.method() == Method::POST => (true, JobId::new(id)),
-            (Some(_), _) => return refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
+            (Some(_), _) => return method_not_allowed("POST"),
             (_, Some(id)) if req.method() == Method::GET => (false, JobId::new(id)),
-            (_, Some(_)) => return refused(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"),
+            (_, Some(_)) => return method_not_allowed("GET"),
             _ => return refused(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
         };
         let Ok(id) = id else {
@@ -286,4 +287,12 @@ pub async fn serve<S: ResultStore>(
         }))
     };
     serve_http1(listener, settings, service_for, shutdown.cancelled_owned()).await
+}
+
+/// 405 with the `Allow` header RFC 9110 asks for.
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp =
+        Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("use {allow}")).into_response();
+    resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    resp
 }
