@@ -654,7 +654,7 @@ impl Journal {
         h.journal_bytes.set(i64::try_from(self.len).unwrap_or(i64::MAX));
         h.reserve_bytes.set(i64::try_from(self.reserve.held()).unwrap_or(i64::MAX));
         if let Ok(fs) = nix::sys::statvfs::fstatvfs(&self.file) {
-            let available = u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size()));
+            let available = fs.blocks_available().saturating_mul(fs.fragment_size());
             h.fs_available_bytes.set(i64::try_from(available).unwrap_or(i64::MAX));
         }
     }

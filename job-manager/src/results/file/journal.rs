@@ -308,7 +308,11 @@ mod tests {
         }
         bytes[at[29].start + FRAME_HEADER] ^= 0x01;
         let r = replay(&bytes);
-        assert_eq!((r.entries.len(), r.corrupt.len(), r.torn_tail), (29, 0, Some(at[29].clone())), "only a bad last frame is a torn tail");
+        assert_eq!(
+            (r.entries.len(), r.corrupt.len(), r.torn_tail),
+            (29, 0, Some(at[29].clone())),
+            "only a bad last frame is a torn tail"
+        );
     }
 
     #[test]
@@ -316,7 +320,9 @@ mod tests {
         let entries = entries(10);
         let at = ranges(&entries);
         let bytes = frames(&entries);
-        for garbage in [vec![0u8; 4096], b"{\"op\":\"recorded\"}garbage".to_vec(), vec![0xFF; 3], 7u32.to_le_bytes().to_vec()] {
+        for garbage in
+            [vec![0u8; 4096], b"{\"op\":\"recorded\"}garbage".to_vec(), vec![0xFF; 3], 7u32.to_le_bytes().to_vec()]
+        {
             let mut damaged = bytes[..at[5].start].to_vec();
             damaged.extend_from_slice(&garbage);
             damaged.extend_from_slice(&bytes[at[5].start..]);
