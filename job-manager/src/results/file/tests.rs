@@ -556,3 +556,44 @@ async fn the_reserve_lets_results_land_on_a_full_disk_and_is_regrown_when_space_
     let store = FileResultStore::open_with(disk.path(), quick(reserve)).unwrap();
     assert_eq!(store.pending().await.unwrap().len(), 100);
 }
+
+/// The writer's own view of a failed write, with the failure injected: a journal handle
+/// that refuses writes. The batch fails, the store says why; once the handle works again
+/// (reopened by path, as after a compaction) the bytes a failed write left past the last
+/// durable one are cut off before the next append, so no half frame sits between frames.
+#[test]
+fn a_failed_append_is_cut_back_to_the_last_durable_byte_before_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(JOURNAL);
+    let mut first = Vec::new();
+    journal::encode(&Entry::Recorded { result: result("a", "x") }, &mut first).unwrap();
+    std::fs::write(&path, &first).unwrap();
+    let health = Arc::new(Health::default());
+    let mut journal = Journal {
+        dir: dir.path().to_path_buf(),
+        file: File::open(&path).unwrap(), // read-only: every write fails
+        len: first.len() as u64,
+        failure: None,
+        stale_handle: false,
+        reserve: Reserve::open(dir.path().join(RESERVE), 0).0,
+        health: health.clone(),
+        probe_every: Duration::from_millis(10),
+        _lock: File::open(dir.path()).unwrap(),
+    };
+    let mut second = Vec::new();
+    journal::encode(&Entry::Recorded { result: result("b", "y") }, &mut second).unwrap();
+    let why = journal.append(&second).unwrap_err();
+    assert_eq!(why, format!("cannot write the journal {}: Bad file descriptor (os error 9)", path.display()));
+    assert_eq!(health.check(), Err(format!("result store: {why}")));
+    assert_eq!((health.healthy.get(), health.write_errors.get()), (0, 1));
+
+    // What a write cut short by ENOSPC leaves: part of a frame past the durable end.
+    OpenOptions::new().append(true).open(&path).unwrap().write_all(&second[..5]).unwrap();
+    journal.stale_handle = true; // the disk is back: reopen by path at the next attempt
+    journal.append(&second).unwrap();
+    assert_eq!(health.check(), Ok(()));
+    assert_eq!(health.healthy.get(), 1);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes, [first, second].concat(), "the half frame was cut off first");
+    assert_eq!(journal::replay(&bytes).torn_tail, None);
+}
