@@ -22,7 +22,7 @@ use crate::dispatcher::{Dispatcher, DispatcherSettings};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::results::api::{ResultApi, ServerLimits};
-use crate::results::{DeliveryLoop, ResultIntake};
+use crate::results::{DeliveryLoop, ResultIntake, ResultStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,8 +96,12 @@ impl App {
         listener: TcpListener,
     ) -> Result<Handle, StartError> {
         let addr = listener.local_addr().map_err(StartError::Listener)?;
-        let metrics = Arc::new(Metrics::with_extra(|registry| backend.register_metrics(registry)));
-        let intake = ResultIntake::new(backend.result_store(), metrics.clone());
+        let store = backend.result_store();
+        let metrics = Arc::new(Metrics::with_extra(|registry| {
+            backend.register_metrics(registry);
+            store.register_metrics(registry);
+        }));
+        let intake = ResultIntake::new(store, metrics.clone());
         let keys = backend.keys(&settings.keys)?;
         let executor = Arc::new(backend.executor(ExecutorParts {
             intake: intake.clone(),
@@ -111,6 +115,8 @@ impl App {
             tracing::warn!(backend = backend.name(), "{gap}");
         }
         readiness.set_caveats(gaps);
+        let store = intake.store().clone();
+        readiness.add_check(Box::new(move || store.health()));
         let api = Arc::new(ResultApi {
             intake: intake.clone(),
             internal_api_key: keys.internal_api_key,

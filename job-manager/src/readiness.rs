@@ -1,15 +1,21 @@
 //! What `/readyz` answers, shared by the parts that can make the job manager unready:
-//! the dispatcher (stalled, or the broker's poll answers unreadable) and the shutdown
-//! sequence (draining); the result API reads it.
+//! the dispatcher (stalled, or the broker's poll answers unreadable), the shutdown
+//! sequence (draining) and health checks of parts that watch themselves (the result
+//! store); the result API reads it.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// What `/readyz` answers. Not ready while draining or while the dispatcher is stalled.
-#[derive(Default, Debug)]
+/// A part's own view of whether it works: `Err(reason)` when it does not.
+pub type HealthCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// What `/readyz` answers. Not ready while draining, while the dispatcher is stalled or
+/// cannot read the broker's answers, or while a health check fails.
+#[derive(Default)]
 pub struct Readiness {
     stalled: Mutex<Option<String>>,
     /// Why the last poll answer could not be read; cleared by the next one that can.
     poll_unreadable: Mutex<Option<String>>,
+    checks: Mutex<Vec<HealthCheck>>,
     draining: AtomicBool,
     /// Said with every answer, ready or not (the backend's isolation gaps).
     caveats: Mutex<Vec<String>>,
@@ -24,6 +30,10 @@ impl Readiness {
     }
     pub fn set_poll_unreadable(&self, reason: Option<String>) {
         *self.poll_unreadable.lock().expect("lock") = reason;
+    }
+    /// Ask `check` at every readiness answer (it must be cheap: no I/O).
+    pub fn add_check(&self, check: HealthCheck) {
+        self.checks.lock().expect("lock").push(check);
     }
     pub fn set_caveats(&self, caveats: Vec<String>) {
         *self.caveats.lock().expect("lock") = caveats;
@@ -42,9 +52,21 @@ impl Readiness {
         if let Some(r) = &*self.stalled.lock().expect("lock") {
             return Err(r.clone());
         }
-        match &*self.poll_unreadable.lock().expect("lock") {
-            Some(r) => Err(r.clone()),
-            None => Ok(()),
+        if let Some(r) = &*self.poll_unreadable.lock().expect("lock") {
+            return Err(r.clone());
         }
+        self.checks.lock().expect("lock").iter().try_for_each(|check| check())
+    }
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("stalled", &self.stalled)
+            .field("poll_unreadable", &self.poll_unreadable)
+            .field("checks", &self.checks.lock().map(|c| c.len()).unwrap_or(0))
+            .field("draining", &self.draining)
+            .field("caveats", &self.caveats)
+            .finish()
     }
 }

@@ -93,11 +93,17 @@ pub struct LocalExecutorSettings {
     /// takes two (runtime `first+2k`, sidecar `first+2k+1`), so at most half as many
     /// jobs run at once. Two job managers on one host need ranges that do not overlap.
     pub uid_range: String,
+    /// MiB preallocated beside the result journal (`journal.reserve`) and released when
+    /// the disk is full, so results of jobs in flight can still be made durable. 0: none.
+    pub result_reserve_mb: u32,
 }
 
 impl Default for LocalExecutorSettings {
     fn default() -> Self {
-        Self { uid_range: crate::backend::local::isolation::DEFAULT_UID_RANGE.into() }
+        Self {
+            uid_range: crate::backend::local::isolation::DEFAULT_UID_RANGE.into(),
+            result_reserve_mb: (crate::results::file::DEFAULT_RESERVE_BYTES >> 20) as u32,
+        }
     }
 }
 

@@ -16,7 +16,7 @@ pub mod memory;
 pub mod store;
 
 pub use delivery::{DeliveryLoop, SweepGate};
-pub use file::FileResultStore;
+pub use file::{FileResultStore, StoreSettings};
 pub use intake::ResultIntake;
 pub use memory::MemoryResultStore;
 pub use store::{Recorded, ResultStore, StoreError};

@@ -47,4 +47,14 @@ pub trait ResultStore: Send + Sync + 'static {
         let _ = id;
         async { Ok(None) }
     }
+    /// `Err(reason)` while the store cannot durably take results (a full disk, a failed
+    /// write); `/readyz` says the reason. Records then fail retryably, and a store that
+    /// heals itself clears it. The default is always healthy.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// The store's own metric families, exported beside the job manager's.
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let _ = registry;
+    }
 }

@@ -17,7 +17,7 @@ pub use settings::{LocalRuntime, LocalSettings};
 
 use crate::backend::{Backend, BackendError, Companions, ExecutorParts, KeySettings, Keys};
 use crate::config::Validated;
-use crate::results::{FileResultStore, ResultIntake};
+use crate::results::{FileResultStore, ResultIntake, StoreSettings};
 use common::secret::Secret;
 use common::token::TokenSigner;
 use isolation::{Isolation, UidRange};
@@ -65,8 +65,9 @@ impl LocalBackend {
             .create(&results)
             .and_then(|()| std::fs::set_permissions(&results, std::fs::Permissions::from_mode(0o700)))
             .map_err(|e| state_err(format!("cannot create {}: {e}", results.display())))?;
-        let store =
-            FileResultStore::open(results).map_err(|e| BackendError::failed("result store", "result_store", e))?;
+        let reserve_bytes = u64::from(c.local.result_reserve_mb) << 20;
+        let store = FileResultStore::open_with(results, StoreSettings { reserve_bytes, ..StoreSettings::default() })
+            .map_err(|e| BackendError::failed("result store", "result_store", e))?;
         let mut settings =
             LocalSettings::new(state_dir, sidecar_binary(&c.sidecar.binary), String::new(), Secret::new(String::new()));
         settings.runtimes = c

@@ -7,6 +7,7 @@
 use common::{JobId, JobResult};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 
 pub(super) const FRAME_HEADER: usize = 8;
 /// Larger frames are refused when written and treated as corruption when read: a garbage
@@ -44,37 +45,77 @@ pub(super) fn encode(entry: &Entry, out: &mut Vec<u8>) -> Result<usize, PayloadT
 #[error("result too large for the journal ({0} bytes encoded, limit {MAX_PAYLOAD})")]
 pub(super) struct PayloadTooLarge(pub usize);
 
-/// What a journal's bytes hold: the entries of every intact frame, in order, and how many
-/// leading bytes they span. Anything after `valid_len` is a torn tail (a batch whose write
-/// was cut short: it was never fsynced, so none of its results was ever acknowledged).
+/// What a journal's bytes hold: the entries of every intact frame, in order, where those
+/// frames are, and what lies between them that is no frame.
+///
+/// A frame is intact when its length fits, its checksum matches and its payload decodes;
+/// after a bad frame, recovery resynchronises on the next offset where an intact frame
+/// starts, so one flipped byte costs one frame, not every frame after it. Bad bytes
+/// followed by an intact frame are `corrupt` (damage to fsynced data: quarantined and
+/// reported). Bad bytes after the last intact frame are the `torn_tail`: a batch whose
+/// write was cut short, never fsynced, so none of its results was ever acknowledged.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Replay {
     pub entries: Vec<Entry>,
-    pub valid_len: usize,
+    /// Byte ranges of the intact frames, in order (one per entry).
+    pub frames: Vec<Range<usize>>,
+    /// Bad byte ranges between intact frames.
+    pub corrupt: Vec<Range<usize>>,
+    /// Bad bytes after the last intact frame, to the end.
+    pub torn_tail: Option<Range<usize>>,
 }
 
-/// Decode frames until the first incomplete, oversized, checksum-failing or undecodable one.
+impl Replay {
+    /// Whether the bytes were one run of intact frames, possibly cut short at the end:
+    /// then the journal is the prefix `..intact_prefix()` and nothing needs rewriting.
+    pub fn intact_prefix(&self) -> Option<usize> {
+        self.corrupt.is_empty().then(|| self.frames.last().map_or(0, |f| f.end))
+    }
+}
+
+/// Decode every intact frame, skipping (and reporting) the bytes that are none.
 pub(super) fn replay(bytes: &[u8]) -> Replay {
     let mut out = Replay::default();
     let mut pos = 0;
-    while bytes.len() - pos >= FRAME_HEADER {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        if len > MAX_PAYLOAD || bytes.len() - pos - FRAME_HEADER < len {
-            break;
+    let mut bad_since = None;
+    while pos < bytes.len() {
+        match frame_at(bytes, pos) {
+            Some((entry, end)) => {
+                if let Some(start) = bad_since.take() {
+                    out.corrupt.push(start..pos);
+                }
+                out.entries.push(entry);
+                out.frames.push(pos..end);
+                pos = end;
+            }
+            None => {
+                bad_since.get_or_insert(pos);
+                pos += 1;
+            }
         }
-        let payload = &bytes[pos + FRAME_HEADER..pos + FRAME_HEADER + len];
-        if crc32(payload) != crc {
-            break;
-        }
-        let Ok(entry) = serde_json::from_slice(payload) else {
-            break;
-        };
-        out.entries.push(entry);
-        pos += FRAME_HEADER + len;
     }
-    out.valid_len = pos;
+    out.torn_tail = bad_since.map(|start| start..bytes.len());
     out
+}
+
+/// The intact frame starting at `pos`, with where it ends. Cheap checks first, since a
+/// resynchronising scan asks this at every offset of a bad region: a length that does not
+/// fit is refused before any checksum, and a payload must open a JSON object (which also
+/// refuses the all-zero header of a zero-filled region, whose empty payload has CRC 0).
+fn frame_at(bytes: &[u8], pos: usize) -> Option<(Entry, usize)> {
+    let header = bytes.get(pos..pos + FRAME_HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len > MAX_PAYLOAD {
+        return None;
+    }
+    let end = pos + FRAME_HEADER + len;
+    let payload = bytes.get(pos + FRAME_HEADER..end)?;
+    if payload.first() != Some(&b'{') || crc32(payload) != crc {
+        return None;
+    }
+    let entry = serde_json::from_slice(payload).ok()?;
+    Some((entry, end))
 }
 
 /// One job's result as the store knows it.
@@ -205,27 +246,154 @@ mod tests {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
+    fn entries(n: usize) -> Vec<Entry> {
+        (0..n)
+            .map(|i| match i % 3 {
+                1 => Entry::Delivered { job_id: JobId::new(format!("j{}", i - 1)).unwrap(), at_ms: i as u64 },
+                _ => Entry::Recorded { result: result(&format!("j{i}"), &format!("message {i}")) },
+            })
+            .collect()
+    }
+
+    /// Where each entry's frame lies in `frames(entries)`.
+    fn ranges(entries: &[Entry]) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for e in entries {
+            let start = buf.len();
+            encode(e, &mut buf).unwrap();
+            out.push(start..buf.len());
+        }
+        out
+    }
+
     #[test]
-    fn replay_round_trips_and_stops_at_a_torn_or_corrupt_tail() {
-        let entries = vec![
-            Entry::Recorded { result: result("a", "x") },
-            Entry::Delivered { job_id: JobId::new("a").unwrap(), at_ms: 7 },
-            Entry::Recorded { result: result("b", "y") },
-        ];
+    fn replay_round_trips_and_cuts_a_torn_or_corrupt_last_frame_as_a_torn_tail() {
+        let entries = entries(3);
         let bytes = frames(&entries);
-        assert_eq!(replay(&bytes), Replay { entries: entries.clone(), valid_len: bytes.len() });
+        let whole = replay(&bytes);
+        assert_eq!((&whole.entries, whole.torn_tail.clone()), (&entries, None));
+        assert_eq!(whole.intact_prefix(), Some(bytes.len()));
         let first_two = frames(&entries[..2]).len();
         for cut in [first_two + 1, first_two + FRAME_HEADER, bytes.len() - 1] {
             let r = replay(&bytes[..cut]);
-            assert_eq!((r.entries.len(), r.valid_len), (2, first_two), "cut at {cut}");
+            assert_eq!(r.entries, entries[..2], "cut at {cut}");
+            assert_eq!((r.intact_prefix(), r.torn_tail), (Some(first_two), Some(first_two..cut)), "cut at {cut}");
         }
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 0x20;
-        assert_eq!(replay(&flipped).valid_len, first_two, "a bit flip fails the checksum");
+        let r = replay(&flipped);
+        assert_eq!(r.intact_prefix(), Some(first_two), "a bit flip fails the checksum");
+        assert_eq!(r.torn_tail, Some(first_two..bytes.len()));
         let mut huge = frames(&entries[..2]);
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&[0; 64]);
-        assert_eq!(replay(&huge).valid_len, first_two, "a garbage length is not waited for");
+        assert_eq!(replay(&huge).intact_prefix(), Some(first_two), "a garbage length is not waited for");
+    }
+
+    /// The incident: one flipped byte in frame 3 of 30 discarded the 27 frames after it.
+    #[test]
+    fn a_flipped_byte_in_a_middle_frame_costs_only_that_frame() {
+        let entries = entries(30);
+        let at = ranges(&entries);
+        let mut bytes = frames(&entries);
+        for (what, offset) in [("payload", at[2].start + FRAME_HEADER + 5), ("length", at[2].start + 1)] {
+            let mut damaged = bytes.clone();
+            damaged[offset] ^= 0x01;
+            let r = replay(&damaged);
+            let mut expected = entries.clone();
+            expected.remove(2);
+            assert_eq!(r.entries, expected, "a flip in frame 3's {what}");
+            assert_eq!((r.corrupt, r.torn_tail), (vec![at[2].clone()], None), "a flip in frame 3's {what}");
+        }
+        bytes[at[29].start + FRAME_HEADER] ^= 0x01;
+        let r = replay(&bytes);
+        assert_eq!(
+            (r.entries.len(), r.corrupt.len(), r.torn_tail),
+            (29, 0, Some(at[29].clone())),
+            "only a bad last frame is a torn tail"
+        );
+    }
+
+    #[test]
+    fn garbage_in_the_middle_is_skipped_and_the_frames_around_it_recovered() {
+        let entries = entries(10);
+        let at = ranges(&entries);
+        let bytes = frames(&entries);
+        for garbage in
+            [vec![0u8; 4096], b"{\"op\":\"recorded\"}garbage".to_vec(), vec![0xFF; 3], 7u32.to_le_bytes().to_vec()]
+        {
+            let mut damaged = bytes[..at[5].start].to_vec();
+            damaged.extend_from_slice(&garbage);
+            damaged.extend_from_slice(&bytes[at[5].start..]);
+            let r = replay(&damaged);
+            assert_eq!(r.entries, entries, "garbage {garbage:?}");
+            assert_eq!(r.corrupt, vec![at[5].start..at[5].start + garbage.len()]);
+            assert_eq!(r.torn_tail, None);
+        }
+    }
+
+    /// Random damage of every kind: replay never panics, never invents an entry, and
+    /// recovers every frame whose bytes the damage did not touch (so never fewer than
+    /// the intact frames before the first damage).
+    #[test]
+    fn replay_recovers_every_untouched_frame_under_random_damage() {
+        use rand::{Rng, SeedableRng};
+        let entries = entries(30);
+        let at = ranges(&entries);
+        let bytes = frames(&entries);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        for round in 0..3000 {
+            let mut damaged = bytes.clone();
+            let a = rng.random_range(0..bytes.len());
+            let b = (a + rng.random_range(1..200)).min(bytes.len());
+            // Which original byte range the damage touches, and the damaged bytes.
+            let (touched, kind) = match rng.random_range(0..5) {
+                0 => {
+                    damaged[a] ^= 1 << rng.random_range(0..8);
+                    (a..a + 1, "flip")
+                }
+                1 => {
+                    rng.fill(&mut damaged[a..b]);
+                    (a..b, "overwrite")
+                }
+                2 => {
+                    let mut garbage = vec![0u8; b - a];
+                    if rng.random_bool(0.5) {
+                        rng.fill(&mut garbage[..]);
+                    }
+                    damaged.splice(a..a, garbage);
+                    // Frames that start at `a` stay whole; the one `a` falls inside does not.
+                    (a..a + 1, "insert")
+                }
+                3 => {
+                    damaged.drain(a..b);
+                    (a..b, "delete")
+                }
+                _ => {
+                    damaged.truncate(a);
+                    (a..bytes.len(), "truncate")
+                }
+            };
+            let r = replay(&damaged);
+            let untouched: Vec<&Entry> = entries
+                .iter()
+                .zip(&at)
+                .filter(|(_, f)| f.end <= touched.start || f.start >= touched.end || (kind == "insert" && f.start == a))
+                .map(|(e, _)| e)
+                .collect();
+            let mut recovered = r.entries.iter().peekable();
+            for e in &untouched {
+                // In order: skip what the damage left of other frames (never invented).
+                while recovered.peek().is_some_and(|r| r != e) {
+                    let extra = recovered.next().unwrap();
+                    assert!(entries.contains(extra), "round {round} ({kind}): invented {extra:?}");
+                }
+                assert!(recovered.next().is_some(), "round {round} ({kind} at {touched:?}): lost {e:?}");
+            }
+            let before_damage = at.iter().take_while(|f| f.end <= touched.start).count();
+            assert!(r.entries.len() >= before_damage, "round {round}");
+        }
     }
 
     #[test]
