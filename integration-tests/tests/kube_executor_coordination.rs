@@ -155,17 +155,22 @@ async fn pruning_times_out_names_pod_failures_and_deletes_orphans() {
     assert_eq!(lists, 0, "pruning passes listed pods instead of reading the cache");
 }
 
+/// A ResourceQuota that allows no pod at all in the test namespace.
+async fn forbid_pods(cluster: &Cluster) {
+    let quotas: Api<ResourceQuota> = Api::namespaced(cluster.client().await, NS);
+    let quota: ResourceQuota =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}))
+            .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_job_refused_by_a_pod_quota_fails_quoting_the_job_controller() {
     let cluster = Cluster::start().await;
     let setup = cluster.replica(&config()).await;
     let store = setup.record_store();
     // The namespace's quota allows no pod at all.
-    let quotas: Api<ResourceQuota> = Api::namespaced(cluster.client().await, NS);
-    let quota: ResourceQuota =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}))
-            .unwrap();
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    forbid_pods(&cluster).await;
     setup.executor().start(handoff("over-quota", "node-api-runtime")).await.unwrap();
     // The Job controller's pass: the pod is refused, a FailedCreate event says why.
     integration_tests::kubelet::controllers::reconcile_all(cluster.emu.store());
@@ -416,11 +421,7 @@ async fn a_quota_refusal_is_not_failed_before_its_grace() {
     let cluster = Cluster::start().await;
     let setup = cluster.replica(&config()).await;
     let store = setup.record_store();
-    let quotas: Api<ResourceQuota> = Api::namespaced(cluster.client().await, NS);
-    let quota: ResourceQuota =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}))
-            .unwrap();
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    forbid_pods(&cluster).await;
     setup.executor().start(handoff("waits", "node-api-runtime")).await.unwrap();
     integration_tests::kubelet::controllers::reconcile_all(cluster.emu.store());
     let pruner = coordinator(&setup, CoordinationSettings { timing: fast_timing(), ..Default::default() });
