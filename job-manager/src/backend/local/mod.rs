@@ -5,6 +5,7 @@
 //! it isolates jobs (own UIDs, own network namespace for the runtime: `isolation.rs`,
 //! `launcher.rs`); otherwise it reports that they are not ([`Backend::isolation_gaps`]).
 pub mod executor;
+mod faults;
 pub mod isolation;
 pub mod launcher;
 mod process;

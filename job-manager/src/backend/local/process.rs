@@ -290,6 +290,81 @@ pub(super) fn kill_now(pid: i32) {
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
 }
 
+/// The environment entry every process of a job's runtime starts with (its `HOME`, the
+/// job's scratch dir), inherited by what it starts: how a runtime whose pid was never
+/// recorded, or a child that left its process group, is found.
+pub(super) fn runtime_marker(scratch: &Path) -> String {
+    format!("HOME={}", scratch.display())
+}
+
+/// The environment entry the sidecar of the job in `dir` starts with.
+pub(super) fn sidecar_marker(dir: &Path) -> String {
+    format!("{}={}", sidecar_env::JOB_DIR, dir.join(SIDECAR_DIR).display())
+}
+
+/// The live processes whose initial environment holds `entry`, oldest first. Reads
+/// `/proc/<pid>/environ`, which needs the same UID or root: a non-root job manager finds
+/// its own jobs' processes, and only those. A process that rewrote its environment
+/// block or `exec`ed with another environment is not found.
+pub(super) fn with_env_entry(entry: &str) -> Vec<ProcessId> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let me = std::process::id();
+    let mut found: Vec<ProcessId> = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
+        })
+        .filter_map(ProcessId::of)
+        .filter(ProcessId::alive)
+        .collect();
+    found.sort_by_key(|p| p.start_ticks);
+    found
+}
+
+/// The oldest process group leader among `procs`: the program we spawned (in a group
+/// of its own) rather than one of its children.
+pub(super) fn group_leader(procs: &[ProcessId]) -> Option<ProcessId> {
+    procs.iter().copied().find(|p| proc_pgid(p.pid) == Some(p.pid))
+}
+
+fn proc_pgid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The real UID a process runs as.
+pub(super) fn uid_of(p: ProcessId) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{}", p.pid)).ok().map(|m| m.uid())
+}
+
+/// SIGKILL each of `procs` still alive (checked against its start time just before).
+pub(super) fn kill_all(procs: &[ProcessId]) {
+    for p in procs.iter().filter(|p| p.alive()) {
+        kill_now(p.pid);
+    }
+}
+
+/// [`reap_uids`] for startup recovery, which runs before the async parts start and
+/// must be done before any job can be handed off again.
+pub(super) fn reap_uids_now(settings: &LocalSettings, uids: &[u32]) {
+    let Ok(launcher) = isolation_launcher(settings) else { return };
+    for &uid in uids {
+        let status = std::process::Command::new(&launcher)
+            .args(launcher::args(Role::Reap, uid, &[]))
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            tracing::error!(uid, ?status, "cannot kill what is left under a job's UID");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
