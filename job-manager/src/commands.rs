@@ -51,6 +51,10 @@ pub fn main() -> i32 {
     if std::env::args_os().nth(1).is_some_and(|a| a == crate::backend::local::launcher::SUBCOMMAND) {
         return crate::backend::local::launcher::main(std::env::args_os().skip(2));
     }
+    // The local executor's output helper: internal too, and as small.
+    if std::env::args_os().nth(1).is_some_and(|a| a == crate::backend::local::output::SUBCOMMAND) {
+        return crate::backend::local::output::main(std::env::args_os().skip(2));
+    }
     let cli = <Cli as clap::Parser>::parse();
     // Blocking threads do the result store's fsyncs and state scans; a burst of result
     // posts must not fan out into hundreds of threads (and their stacks).

@@ -22,7 +22,8 @@
 //! ours), enforces the recorded deadline, terminates the sidecar once the runtime is gone,
 //! records a `failed` result if none arrived, and removes the dir.
 use super::isolation::JobIds;
-use super::process::{self, read_tail, Confinement, ProcessId, RUNTIME_OUTPUT, SIDECAR_OUTPUT};
+use super::output::{self, read_tail};
+use super::process::{self, Confinement, ProcessId, RUNTIME_OUTPUT, SIDECAR_OUTPUT};
 use super::settings::{LocalRuntime, LocalSettings};
 use super::faults;
 use super::state_dir::{self, Claim, JobsDir, Meta, MetaState, Owners, READY_FILE, SIDECAR_DIR, SPOOL_DIR};
@@ -195,11 +196,12 @@ impl<S: ResultStore> LocalExecutor<S> {
             return Ok(Accepted::AlreadyRunning);
         };
         match self.launch(&dir, &handoff, runtime, ids).await {
-            Ok((sidecar, child, meta)) => {
+            Ok((sidecar, child, meta, helpers)) => {
                 self.supervised.lock().expect("lock").insert(job.id.clone(), job.runtime_type.clone());
                 let me = self.clone();
                 let span = tracing::Span::current();
-                self.supervisors.spawn(async move { me.supervise(dir, meta, sidecar, child).await }.instrument(span));
+                self.supervisors
+                    .spawn(async move { me.supervise(dir, meta, sidecar, child, helpers).await }.instrument(span));
                 Ok(Accepted::Started)
             }
             Err(e) => {
@@ -274,7 +276,7 @@ impl<S: ResultStore> LocalExecutor<S> {
         handoff: &Handoff,
         runtime: &LocalRuntime,
         ids: Option<JobIds>,
-    ) -> Result<(Child, Child, Meta), HandoffError> {
+    ) -> Result<(Child, Child, Meta, Vec<Child>), HandoffError> {
         let begun = std::time::Instant::now();
         let job = &handoff.job;
         let deadline_unix_ms =
@@ -298,8 +300,10 @@ impl<S: ResultStore> LocalExecutor<S> {
         .await?;
         let spool = dir.join(SIDECAR_DIR).join(SPOOL_DIR);
         let ready = dir.join(SIDECAR_DIR).join(READY_FILE);
-        let mut sidecar = process::sidecar_command(&self.settings, dir, job, &ready, &spool, ids.map(|i| i.sidecar))?
-            .spawn()
+        let (out, sidecar_output) = self.output_pipe(&dir.join(SIDECAR_OUTPUT))?;
+        let mut sidecar =
+            process::sidecar_command(&self.settings, dir, job, &ready, &spool, ids.map(|i| i.sidecar), out)?
+                .spawn()
             .map_err(|e| transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e))?;
         faults::abort_point("sidecar-spawned");
         meta.sidecar = sidecar.id().and_then(ProcessId::of);
@@ -315,6 +319,7 @@ impl<S: ResultStore> LocalExecutor<S> {
             Err(e) => {
                 let _ = sidecar.start_kill();
                 let _ = sidecar.wait().await;
+                drop(sidecar_output);
                 let tail = read_tail(&dir.join(SIDECAR_OUTPUT), 1024);
                 return Err(HandoffError::Transient(format!("sidecar did not become ready: {e}; output: {tail}")));
             }
@@ -335,12 +340,17 @@ impl<S: ResultStore> LocalExecutor<S> {
             }
             (None, _) => None,
         };
-        let mut cmd = process::runtime_command(&self.settings, runtime, dir, job, &scratch, &proxy, confinement)?;
+        let (out, runtime_output) = self.output_pipe(&dir.join(RUNTIME_OUTPUT))?;
+        let mut cmd = process::runtime_command(&self.settings, runtime, job, &scratch, &proxy, confinement, out)?;
         // Recorded before the spawn: from here on, a restart must not let the broker run
         // the job again without first finding out whether this runtime ran.
         meta.runtime_spawning = true;
         write_meta(dir, &meta).await?;
-        let child = match cmd.spawn() {
+        let spawned = cmd.spawn();
+        // Our copies of the pipe's write end go with it: the helper sees EOF when the
+        // runtime (and whatever it started) is done.
+        drop(cmd);
+        let child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 process::terminate(&mut sidecar, Duration::from_secs(2)).await;
@@ -357,11 +367,25 @@ impl<S: ResultStore> LocalExecutor<S> {
             handoff_ms = begun.elapsed().as_millis() as u64,
             "runtime started"
         );
-        Ok((sidecar, child, meta))
+        Ok((sidecar, child, meta, vec![sidecar_output, runtime_output]))
+    }
+
+    /// A pipe for a process's output, its other end read by a helper that keeps `path`
+    /// bounded (`output.rs`).
+    fn output_pipe(&self, path: &Path) -> Result<(std::os::fd::OwnedFd, Child), HandoffError> {
+        output::start(&self.settings.output_helper, path, self.settings.output_cap_bytes)
+            .map_err(|e| transient(&format!("cannot start the output helper for {}", path.display()), &e))
     }
 
     /// Watch a job this process started until it ends, then settle its outcome.
-    async fn supervise(self: Arc<Self>, dir: PathBuf, meta: Meta, mut sidecar: Child, mut runtime: Child) {
+    async fn supervise(
+        self: Arc<Self>,
+        dir: PathBuf,
+        meta: Meta,
+        mut sidecar: Child,
+        mut runtime: Child,
+        helpers: Vec<Child>,
+    ) {
         let started = std::time::Instant::now();
         // Taken now: once `wait` has seen the exit, the child no longer reports its pid.
         let group = runtime.id();
@@ -385,7 +409,7 @@ impl<S: ResultStore> LocalExecutor<S> {
             process::kill_group(pid as i32);
         }
         let _ = runtime.wait().await;
-        self.settle(&dir, &meta, ending, started.elapsed(), Some(&mut sidecar)).await;
+        self.settle(&dir, &meta, ending, started.elapsed(), Some(&mut sidecar), helpers).await;
     }
 
     /// Watch a job adopted after a restart: we are not its parent, so poll its pids.
@@ -414,7 +438,7 @@ impl<S: ResultStore> LocalExecutor<S> {
         if let Some(p) = meta.runtime.filter(|p| p.alive()) {
             process::kill_group(p.pid);
         }
-        self.settle(&dir, &meta, ending, started.elapsed(), None).await;
+        self.settle(&dir, &meta, ending, started.elapsed(), None, Vec::new()).await;
     }
 
     /// After the runtime is gone: deliver what it reported, else record the timeout or
@@ -426,7 +450,15 @@ impl<S: ResultStore> LocalExecutor<S> {
     /// spooled by the deadline counts; a timeout is therefore only ever recorded when no
     /// result from before the deadline exists, and a decided timeout never has to be
     /// replaced by one that arrives later.
-    async fn settle(&self, dir: &Path, meta: &Meta, ending: Ending, ran: Duration, sidecar: Option<&mut Child>) {
+    async fn settle(
+        &self,
+        dir: &Path,
+        meta: &Meta,
+        ending: Ending,
+        ran: Duration,
+        sidecar: Option<&mut Child>,
+        helpers: Vec<Child>,
+    ) {
         let id = &meta.job.id;
         if self.settings.isolation.is_none() {
             // Not root: the runtime's children that left its process group (`setsid`)
@@ -472,6 +504,15 @@ impl<S: ResultStore> LocalExecutor<S> {
         if decided.is_none() && !reported {
             reported = self.take_report(dir, id, None).await;
         }
+        // The writers are gone: the helpers drain the pipes and end. One kept open by a
+        // leftover that escaped every kill is not waited for (it gets SIGPIPE instead).
+        for mut helper in helpers {
+            if tokio::time::timeout(Duration::from_secs(2), helper.wait()).await.is_err() {
+                let _ = helper.start_kill();
+            }
+        }
+        let dropped = output::dropped_bytes(&dir.join(RUNTIME_OUTPUT));
+        self.settings.output_dropped.inc_by(dropped + output::dropped_bytes(&dir.join(SIDECAR_OUTPUT)));
         if decided.is_none() && !reported {
             let status = match (&ending, meta.runtime) {
                 (Ending::Exited(Some(s)), _) => s.to_string(),
@@ -484,12 +525,17 @@ impl<S: ResultStore> LocalExecutor<S> {
                 let start = t.char_indices().rev().nth(300).map_or(0, |(i, _)| i);
                 t[start..].to_string()
             };
+            let earlier = match dropped {
+                0 => String::new(),
+                n => format!(" ({n} bytes of earlier output were not kept)"),
+            };
             let mut result = JobResult::new(
                 id.clone(),
                 Outcome::Failed,
-                format!("runtime exited with {status} without reporting a result; output tail: {short}"),
+                format!("runtime exited with {status} without reporting a result; output tail{earlier}: {short}"),
             );
-            result.output = serde_json::json!({ "exit_status": status, "output_tail": tail });
+            result.output =
+                serde_json::json!({ "exit_status": status, "output_tail": tail, "output_dropped_bytes": dropped });
             result.duration_ms = Some(ran.as_millis() as u64);
             tracing::warn!("{}", result.message);
             self.record(&result).await;
