@@ -117,6 +117,10 @@ impl App {
             signer: keys.signer.clone(),
             readiness: readiness.clone(),
             limits: settings.server,
+            runs_here: Some({
+                let executor = executor.clone();
+                Arc::new(move |id: &common::JobId| executor.runs_here(id))
+            }),
         });
         let dispatcher = Dispatcher::new(
             broker.clone(),

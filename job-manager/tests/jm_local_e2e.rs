@@ -286,6 +286,33 @@ async fn a_runtime_writing_50_mb_keeps_less_than_the_cap_on_disk_and_ends_correc
     assert!(counted >= dropped, "{counted} < {dropped}");
 }
 
+/// The wall clock jumps a day forward while a job runs: its token is past its expiry
+/// when the sidecar delivers, and the result API still takes it, since the job runs here.
+/// (The executor would also record the spooled result when the runtime exits; the API's
+/// own answers show that the sidecar's delivery was not refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_clock_jump_does_not_fail_a_running_job() {
+    let dir = TempDir::new("clock");
+    let origin = Origin::start().await;
+    let v = validated(dir.path(), "");
+    let broker = broker(Duration::from_secs(30));
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/started", origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 1},
+    ]});
+    broker.submit(job("jumped", 20, payload)).unwrap();
+    let handle = start_local(&v, Arc::new(broker.clone())).await;
+    origin.wait_hit("/started", Duration::from_secs(20)).await;
+    job_manager::clock::jump(Duration::from_secs(24 * 3600));
+    let result = broker.wait_for_result(&id("jumped"), Duration::from_secs(30)).await;
+    let metrics = handle.metrics.encode();
+    handle.stop().await.unwrap();
+    let result = result.expect("a result");
+    assert_eq!(result.outcome, Outcome::Succeeded, "{}", result.message);
+    assert_eq!(broker.counters(&id("jumped")).unwrap().results_accepted, 1);
+    assert!(!metrics.contains("job_manager_result_api_requests_total{code=\"401\"}"), "token refused: {metrics}");
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))

@@ -613,6 +613,11 @@ impl<S: ResultStore> Executor for Arc<LocalExecutor<S>> {
             .map_err(|e| StateError(format!("state scan failed: {e}")))?
     }
 
+    /// Supervised here, also adopted after a restart (the table is filled by `recover`).
+    fn runs_here(&self, id: &JobId) -> bool {
+        self.supervised.lock().expect("lock").contains_key(id)
+    }
+
     async fn drain(&self, grace: Duration) -> Vec<JobId> {
         self.draining.store(true, Ordering::SeqCst);
         self.supervisors.close();
