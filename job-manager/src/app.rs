@@ -63,6 +63,8 @@ pub struct Handle {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// Jobs the executor ran at start (adopted from a previous process).
+    pub jobs_at_start: usize,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -104,6 +106,7 @@ impl App {
             keys: keys.clone(),
             result_api: addr,
         })?);
+        let jobs_at_start = executor.in_flight().await.map(|j| j.values().map(Vec::len).sum()).unwrap_or(0);
 
         let readiness = Readiness::new();
         let gaps = backend.isolation_gaps();
@@ -169,6 +172,6 @@ impl App {
             drop(backend);
             tracing::info!("job manager stopped");
         });
-        Ok(Handle { addr, metrics, readiness, shutdown, task })
+        Ok(Handle { addr, metrics, readiness, jobs_at_start, shutdown, task })
     }
 }

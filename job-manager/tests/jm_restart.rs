@@ -417,3 +417,47 @@ async fn a_corrupt_meta_json_kills_the_job_s_processes_and_reports_it_failed() {
     assert!(left.is_empty(), "the job's processes were killed: {left:?}");
     assert_eq!(rig.job_dirs(), 0);
 }
+
+/// A restart while the broker is down: the job left running is adopted and its deadline
+/// enforced (before, the job manager exited 69 at its broker check and nobody watched
+/// it); the timeout reaches the broker once it is back. With nothing running, an
+/// unreachable broker still ends the job manager with 69.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_a_broker_outage_still_enforces_adopted_deadlines() {
+    let rig = Rig::new("outage", Duration::from_secs(60), None).await;
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/started", rig.origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 60},
+    ]});
+    rig.broker.submit(job("outage", 4, payload)).unwrap();
+    let jm = rig.start_job_manager(1).await;
+    rig.origin.wait_hit("/started", Duration::from_secs(20)).await;
+    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("outage")).is_some_and(|c| c.acks == 1))
+        .await;
+    sigkill(jm);
+    rig.broker.faults().set_down(true);
+    let jm = rig.start_job_manager(2).await;
+    eventually("the deadline enforced while the broker is down", Duration::from_secs(30), || {
+        rig.job_dirs() == 0 && rig.processes_of("outage").is_empty()
+    })
+    .await;
+    rig.broker.faults().set_down(false);
+    let result = rig.broker.wait_for_result(&id("outage"), Duration::from_secs(30)).await;
+    let log = rig.log(2);
+    stop(jm);
+    assert_eq!(result.map(|r| r.outcome), Some(Outcome::TimedOut), "log: {log}");
+
+    rig.broker.faults().set_down(true);
+    let status = Command::new(job_manager_bin())
+        .arg("--config")
+        .arg(rig.dir.path().join("config.yaml"))
+        .env("JM_BROKER_API_ENDPOINT", &rig.broker_url)
+        .env("JM_LOCATION_KEY", LOCATION_KEY)
+        .env("JM_LISTEN", &rig.listen)
+        .env("JM_STATE_DIR", rig.dir.path().join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(69), "nothing running, broker unreachable: EX_UNAVAILABLE");
+}
