@@ -21,11 +21,11 @@
 //! recorded pids (checked against their start time, so a reused pid is not mistaken for
 //! ours), enforces the recorded deadline, terminates the sidecar once the runtime is gone,
 //! records a `failed` result if none arrived, and removes the dir.
+use super::faults;
 use super::isolation::JobIds;
 use super::output::{self, read_tail};
 use super::process::{self, Confinement, ProcessId, RUNTIME_OUTPUT, SIDECAR_OUTPUT};
 use super::settings::{LocalRuntime, LocalSettings};
-use super::faults;
 use super::state_dir::{self, Claim, JobsDir, Meta, MetaState, Owners, READY_FILE, SIDECAR_DIR, SPOOL_DIR};
 use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::results::{ResultIntake, ResultStore};
@@ -103,7 +103,8 @@ impl<S: ResultStore> LocalExecutor<S> {
                         meta.sidecar = process::with_env_entry(&process::sidecar_marker(&dir)).first().copied();
                     }
                     if meta.runtime.is_none() {
-                        meta.runtime = process::group_leader(&process::with_env_entry(&process::runtime_marker(&scratch)));
+                        meta.runtime =
+                            process::group_leader(&process::with_env_entry(&process::runtime_marker(&scratch)));
                         tracing::warn!(job_id = %id, found = meta.runtime.is_some(), "the runtime's pid was never recorded; looked for it");
                         if let Err(e) = state_dir::write_meta(&dir, &meta) {
                             tracing::warn!(job_id = %id, error = %e, "cannot record the runtime's pid");
@@ -304,7 +305,9 @@ impl<S: ResultStore> LocalExecutor<S> {
         let mut sidecar =
             process::sidecar_command(&self.settings, dir, job, &ready, &spool, ids.map(|i| i.sidecar), out)?
                 .spawn()
-            .map_err(|e| transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e))?;
+                .map_err(|e| {
+                    transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e)
+                })?;
         faults::abort_point("sidecar-spawned");
         meta.sidecar = sidecar.id().and_then(ProcessId::of);
         // Recorded at once, so a restart in the middle of the hand-off can stop it.

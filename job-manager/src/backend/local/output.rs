@@ -162,7 +162,11 @@ pub fn dropped_bytes(path: &Path) -> u64 {
 
 /// Bytes a stream occupies in the job dir (both halves).
 pub fn kept_bytes(path: &Path) -> u64 {
-    [path.to_path_buf(), with_suffix(path, ".1")].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+    [path.to_path_buf(), with_suffix(path, ".1")]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 #[cfg(test)]
