@@ -20,7 +20,31 @@
 //! correct: [`LocalExecutor::recover`] adopts every job dir it finds — it watches the
 //! recorded pids (checked against their start time, so a reused pid is not mistaken for
 //! ours), enforces the recorded deadline, terminates the sidecar once the runtime is gone,
-//! records a `failed` result if none arrived, and removes the dir.
+//! records a `failed` result if none arrived, and removes the dir. The hand-off window:
+//! - `meta.json` is written before any process starts, and again with
+//!   `runtime_spawning` just before the runtime is spawned. A dir without that mark ran
+//!   no runtime: its sidecar (found by its environment if its pid was never recorded)
+//!   is killed, the dir removed, and the unacked job re-delivered by the broker.
+//! - A dir with the mark but no runtime pid may have run its runtime: the runtime is
+//!   looked for by its environment (`HOME` = its scratch dir) and adopted if found;
+//!   otherwise the job is reported from what its sidecar spooled, else `failed`. It is
+//!   never handed back to run a second time.
+//! - An unreadable `meta.json`: the job's processes are found by their environment (and,
+//!   isolated, killed by UID), and the job reported from its spool, else `failed`.
+//!
+//! What a runtime reported wins over what the job manager decides (`settle`): a result
+//! its sidecar spooled (also one left by a sidecar that died with the machine) is
+//! recorded before any timeout, abort or "exited without a result"; an exit seen late
+//! (the job manager was paused past the deadline) is an exit, not a timeout; and a
+//! timeout is decided only after the runtime is dead and no result from before the
+//! deadline exists, so no earlier result can arrive after it.
+//!
+//! Leftovers after a normal exit: isolated, everything under the job's UIDs is killed.
+//! Not root, the runtime's process group is killed and then every process that still
+//! carries its environment marker; a child that both left the group (`setsid`) and
+//! replaced its environment escapes: without root there is no cgroup to hold the job
+//! (cgroup v2 delegation would be needed) and a session kill does not reach a process
+//! that made its own session.
 use super::faults;
 use super::isolation::JobIds;
 use super::output::{self, read_tail};

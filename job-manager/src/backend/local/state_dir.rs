@@ -1,7 +1,8 @@
 //! The on-disk layout of the local executor's state dir, and nothing that runs a process.
 //!
 //! `<state_dir>/jobs/j-<job id>/` holds one running job: `meta.json` (job, deadline,
-//! pids, UID slot) and both processes' output, written by the job manager only, and
+//! pids, UID slot) and both processes' output (bounded: `runtime.log` + `.1` +
+//! `.dropped`, likewise `sidecar.log`; see `output.rs`), written by the job manager only, and
 //! `sidecar/`, the sidecar's: the hand-off files `job.json` and `token`, its `ready.json`
 //! and `spool/`. The runtime works in `<state_dir>/scratch/j-<job id>/`, outside, so
 //! nothing of the job manager's or the sidecar's is below or beside its working dir.
