@@ -303,7 +303,7 @@ async fn a_result_spooled_while_the_job_manager_was_down_is_recorded_after_resta
     let result = result.unwrap_or_else(|| panic!("no result; log: {log}"));
     assert_eq!(result.outcome, Outcome::Succeeded, "{}; log: {log}", result.message);
     let c = rig.broker.counters(&id("spooled")).unwrap();
-    assert_eq!((c.results_accepted, c.results_conflicting), (1, 0), "{c:?}");
+    assert_eq!((c.results_accepted, c.results_conflicting), (1, 0), "{c:?}; log: {log}");
     assert_eq!(rig.job_dirs(), 0);
 }
 
