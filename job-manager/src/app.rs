@@ -63,6 +63,8 @@ pub struct Handle {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// Jobs the executor ran at start (adopted from a previous process).
+    pub jobs_at_start: usize,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -108,6 +110,7 @@ impl App {
             keys: keys.clone(),
             result_api: addr,
         })?);
+        let jobs_at_start = executor.in_flight().await.map(|j| j.values().map(Vec::len).sum()).unwrap_or(0);
 
         let readiness = Readiness::new();
         let gaps = backend.isolation_gaps();
@@ -123,6 +126,10 @@ impl App {
             signer: keys.signer.clone(),
             readiness: readiness.clone(),
             limits: settings.server,
+            runs_here: Some({
+                let executor = executor.clone();
+                Arc::new(move |id: &common::JobId| executor.runs_here(id))
+            }),
         });
         let dispatcher = Dispatcher::new(
             broker.clone(),
@@ -171,6 +178,6 @@ impl App {
             drop(backend);
             tracing::info!("job manager stopped");
         });
-        Ok(Handle { addr, metrics, readiness, shutdown, task })
+        Ok(Handle { addr, metrics, readiness, jobs_at_start, shutdown, task })
     }
 }

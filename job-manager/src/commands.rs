@@ -51,6 +51,10 @@ pub fn main() -> i32 {
     if std::env::args_os().nth(1).is_some_and(|a| a == crate::backend::local::launcher::SUBCOMMAND) {
         return crate::backend::local::launcher::main(std::env::args_os().skip(2));
     }
+    // The local executor's output helper: internal too, and as small.
+    if std::env::args_os().nth(1).is_some_and(|a| a == crate::backend::local::output::SUBCOMMAND) {
+        return crate::backend::local::output::main(std::env::args_os().skip(2));
+    }
     let cli = <Cli as clap::Parser>::parse();
     // Blocking threads do the result store's fsyncs and state scans; a burst of result
     // posts must not fan out into hundreds of threads (and their stacks).
@@ -172,16 +176,16 @@ pub async fn run(validated: Validated, args: &RunArgs, shutdown: CancellationTok
             let (b, stop) = (broker.clone(), shutdown.clone());
             tokio::spawn(async move { b.serve(l, async move { stop.cancelled().await }).await });
         }
-        run_on(&validated, Arc::new(broker), listener, shutdown).await
+        run_on(&validated, Arc::new(broker), listener, shutdown, None).await
     } else {
-        let broker = HttpBroker::new(BrokerClientConfig::from(c))?;
-        if c.network_health_check_disabled {
+        let broker = Arc::new(HttpBroker::new(BrokerClientConfig::from(c))?);
+        let health_check = if c.network_health_check_disabled {
             tracing::info!("network health check disabled");
+            None
         } else {
-            broker.network_health_check().await?;
-            tracing::info!(endpoint = %c.broker_api_endpoint, "broker reachable");
-        }
-        run_on(&validated, Arc::new(broker), listener, shutdown).await
+            Some(broker.clone())
+        };
+        run_on(&validated, broker, listener, shutdown, health_check).await
     }
 }
 
@@ -191,24 +195,46 @@ async fn run_on<B: BrokerApi>(
     broker: Arc<B>,
     listener: TcpListener,
     shutdown: CancellationToken,
+    health_check: Option<Arc<HttpBroker>>,
 ) -> Result<(), AppError> {
     match validated.config.executor {
-        ExecutorKind::Local => serve(validated, broker, LocalBackend::new(validated)?, listener, shutdown).await,
+        ExecutorKind::Local => {
+            serve(validated, broker, LocalBackend::new(validated)?, listener, shutdown, health_check).await
+        }
         ExecutorKind::Kubernetes => {
             let backend = KubeBackend::connect(validated, None).await?;
-            serve(validated, broker, backend, listener, shutdown).await
+            serve(validated, broker, backend, listener, shutdown, health_check).await
         }
     }
 }
 
+/// Start, then check the broker. Started first: jobs a previous process left running
+/// are adopted and their deadlines enforced whatever the broker's state. An unreachable
+/// broker still ends a job manager with nothing running (exit 69, as before); one that
+/// runs jobs stays up for them (its results wait in the store, its polls retry).
 async fn serve<B: BrokerApi, K: Backend>(
     validated: &Validated,
     broker: Arc<B>,
     backend: K,
     listener: TcpListener,
     shutdown: CancellationToken,
+    health_check: Option<Arc<HttpBroker>>,
 ) -> Result<(), AppError> {
     let handle = App::start(AppSettings::from(validated), broker, backend, listener).await?;
+    if let Some(broker) = health_check {
+        match broker.network_health_check().await {
+            Ok(()) => tracing::info!(endpoint = %validated.config.broker_api_endpoint, "broker reachable"),
+            Err(e) if handle.jobs_at_start == 0 => {
+                let _ = handle.stop().await;
+                return Err(e.into());
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                jobs = handle.jobs_at_start,
+                "broker unreachable at start; staying up to supervise the jobs left running (polls retry)"
+            ),
+        }
+    }
     shutdown.cancelled().await;
     handle.stop().await.map_err(|e| AppError::Io(format!("job manager task failed: {e}")))
 }

@@ -243,6 +243,76 @@ async fn a_runtime_s_background_children_do_not_outlive_a_normal_exit() {
     panic!("the runtime's background child {child} outlived the job");
 }
 
+/// A runtime that writes 50 MB to stdout: the job dir never holds more than the cap of
+/// it, the job still ends with its true result, and what was not kept is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_writing_50_mb_keeps_less_than_the_cap_on_disk_and_ends_correctly() {
+    const WRITTEN: u64 = 50_000_000;
+    let cap = job_manager::backend::local::output::DEFAULT_CAP_BYTES;
+    let dir = TempDir::new("noisy");
+    let script = format!("yes | head -c {WRITTEN}; echo; echo THE-END; sleep 1; exit 3");
+    let command = ["/bin/sh".to_string(), "-c".to_string(), script];
+    let v = validated_from(dir.path(), &local_yaml_running(&command, ""));
+    let broker = broker(Duration::from_secs(30));
+    broker.submit(job("noisy", 30, json!({}))).unwrap();
+    let log = dir.path().join("state/jobs/j-noisy/runtime.log");
+    let watching = tokio::spawn(async move {
+        let mut most = 0;
+        for _ in 0..1000 {
+            most = most.max(job_manager::backend::local::output::kept_bytes(&log));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        most
+    });
+    let handle = start_local(&v, Arc::new(broker.clone())).await;
+    let results = broker.wait_for_results(1, Duration::from_secs(60)).await;
+    let metrics = handle.metrics.encode();
+    handle.stop().await.unwrap();
+    let most = watching.await.unwrap();
+
+    let r = &results[&id("noisy")];
+    assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+    assert!(r.message.contains("exit status: 3") && r.message.contains("without reporting a result"), "{}", r.message);
+    assert!(r.message.contains("bytes of earlier output were not kept"), "{}", r.message);
+    assert!(r.output["output_tail"].as_str().unwrap().ends_with("THE-END\n"), "{}", r.output["output_tail"]);
+    let dropped = r.output["output_dropped_bytes"].as_u64().unwrap();
+    assert!(dropped >= WRITTEN - cap && dropped <= WRITTEN, "dropped {dropped} of {WRITTEN}");
+    assert!(most > 0 && most <= cap, "at most the cap on disk, saw {most}");
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("job_manager_local_output_dropped_bytes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("dropped-bytes metric: {metrics}"));
+    assert!(counted >= dropped, "{counted} < {dropped}");
+}
+
+/// The wall clock jumps a day forward while a job runs: its token is past its expiry
+/// when the sidecar delivers, and the result API still takes it, since the job runs here.
+/// (The executor would also record the spooled result when the runtime exits; the API's
+/// own answers show that the sidecar's delivery was not refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_clock_jump_does_not_fail_a_running_job() {
+    let dir = TempDir::new("clock");
+    let origin = Origin::start().await;
+    let v = validated(dir.path(), "");
+    let broker = broker(Duration::from_secs(30));
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/started", origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 1},
+    ]});
+    broker.submit(job("jumped", 20, payload)).unwrap();
+    let handle = start_local(&v, Arc::new(broker.clone())).await;
+    origin.wait_hit("/started", Duration::from_secs(20)).await;
+    job_manager::clock::jump(Duration::from_secs(24 * 3600));
+    let result = broker.wait_for_result(&id("jumped"), Duration::from_secs(30)).await;
+    let metrics = handle.metrics.encode();
+    handle.stop().await.unwrap();
+    let result = result.expect("a result");
+    assert_eq!(result.outcome, Outcome::Succeeded, "{}", result.message);
+    assert_eq!(broker.counters(&id("jumped")).unwrap().results_accepted, 1);
+    assert!(!metrics.contains("job_manager_result_api_requests_total{code=\"401\"}"), "token refused: {metrics}");
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))

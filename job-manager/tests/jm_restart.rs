@@ -54,10 +54,16 @@ impl Rig {
 
     /// Start the job manager process and wait until it serves. The caller waits for the
     /// child (`sigkill` / `stop`).
-    #[allow(clippy::zombie_processes)]
     async fn start_job_manager(&self, run: u32) -> Child {
+        self.start_job_manager_with(run, &[]).await
+    }
+
+    /// [`Self::start_job_manager`] with extra environment (e.g. a `JM_TEST_ABORT_AT` point).
+    #[allow(clippy::zombie_processes)]
+    async fn start_job_manager_with(&self, run: u32, env: &[(&str, &str)]) -> Child {
         let log = std::fs::File::create(self.dir.path().join(format!("jm-{run}.log"))).unwrap();
         let mut child = Command::new(job_manager_bin())
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(self.dir.path().join("config.yaml"))
             .env("JM_BROKER_API_ENDPOINT", &self.broker_url)
@@ -88,6 +94,39 @@ impl Rig {
 
     fn log(&self, run: u32) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("jm-{run}.log"))).unwrap_or_default()
+    }
+
+    fn job_dir(&self, job: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("state/jobs/j-{job}"))
+    }
+
+    /// A pid recorded in a job's `meta.json` (`sidecar` or `runtime`).
+    fn recorded_pid(&self, job: &str, which: &str) -> Option<i32> {
+        let meta = std::fs::read(self.job_dir(job).join("meta.json")).ok()?;
+        let meta: serde_json::Value = serde_json::from_slice(&meta).ok()?;
+        meta[which]["pid"].as_i64().map(|p| p as i32)
+    }
+
+    /// Live processes started for this rig's job `job` (its sidecar or its runtime and
+    /// what that started), found by the environment the executor gives them.
+    fn processes_of(&self, job: &str) -> Vec<u32> {
+        let markers = [
+            format!("SIDECAR_JOB_DIR={}", self.job_dir(job).join("sidecar").display()),
+            format!("HOME={}", self.dir.path().join(format!("state/scratch/j-{job}")).display()),
+        ];
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rfind(')').and_then(|i| s[i + 2..].chars().next()))
+                .is_none_or(|c| c == 'Z' || c == 'X');
+            if !zombie && env.split(|&b| b == 0).any(|kv| markers.iter().any(|m| kv == m.as_bytes())) {
+                found.push(pid);
+            }
+        }
+        found
     }
 
     fn job_dirs(&self) -> usize {
@@ -234,4 +273,191 @@ async fn an_adopted_job_keeps_its_uid_slot() {
     stop(jm);
     assert_eq!(slots, (Some(0), Some(1)), "the adopted job kept slot 0; the new one took the next free");
     assert!(results.values().all(|r| r.outcome == Outcome::Succeeded), "{results:?}");
+}
+
+/// The machine went down with the job manager: the runtime had reported (its sidecar
+/// spooled the result, unable to deliver it) and the sidecar is gone too. The restarted
+/// job manager records the spooled result instead of calling the job lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_spooled_while_the_job_manager_was_down_is_recorded_after_restart() {
+    let rig = Rig::new("spooled", Duration::from_secs(30), None).await;
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/started", rig.origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 1},
+    ]});
+    rig.broker.submit(job("spooled", 30, payload)).unwrap();
+    let jm = rig.start_job_manager(1).await;
+    rig.origin.wait_hit("/started", Duration::from_secs(20)).await;
+    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("spooled")).is_some_and(|c| c.acks == 1))
+        .await;
+    sigkill(jm);
+    let spool = rig.job_dir("spooled").join("sidecar/spool/spooled.json");
+    eventually("result spooled by the sidecar", Duration::from_secs(20), || spool.is_file()).await;
+    let sidecar = rig.recorded_pid("spooled", "sidecar").expect("sidecar pid recorded");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sidecar), nix::sys::signal::Signal::SIGKILL);
+    eventually("runtime and sidecar gone", Duration::from_secs(10), || rig.processes_of("spooled").is_empty()).await;
+    let jm = rig.start_job_manager(2).await;
+    let result = rig.broker.wait_for_result(&id("spooled"), Duration::from_secs(30)).await;
+    let log = rig.log(2);
+    stop(jm);
+    let result = result.unwrap_or_else(|| panic!("no result; log: {log}"));
+    assert_eq!(result.outcome, Outcome::Succeeded, "{}; log: {log}", result.message);
+    let c = rig.broker.counters(&id("spooled")).unwrap();
+    assert_eq!((c.results_accepted, c.results_conflicting), (1, 0), "{c:?}; log: {log}");
+    assert_eq!(rig.job_dirs(), 0);
+}
+
+/// SIGSTOP past the jobs' deadlines while they finish normally: after SIGCONT the exits
+/// and results that came first win over the timers that fire on waking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_job_manager_records_what_happened_not_timeouts() {
+    let rig = Rig::new("paused", Duration::from_secs(60), None).await;
+    let names = ["p1", "p2", "p3", "p4"];
+    for n in names {
+        let payload = json!({"action": "steps", "steps": [
+            {"action": "fetch", "url": format!("{}/{n}", rig.origin.url), "expectStatus": 200},
+            {"action": "sleep", "secs": 2},
+        ]});
+        rig.broker.submit(job(n, 5, payload)).unwrap();
+    }
+    let jm = rig.start_job_manager(1).await;
+    for n in names {
+        rig.origin.wait_hit(&format!("/{n}"), Duration::from_secs(20)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(jm.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let results = rig.broker.wait_for_results(names.len(), Duration::from_secs(40)).await;
+    let log = rig.log(1);
+    stop(jm);
+    for n in names {
+        let r = results.get(&id(n)).unwrap_or_else(|| panic!("{n}: no result; log: {log}"));
+        assert_eq!(r.outcome, Outcome::Succeeded, "{n}: {}", r.message);
+        let c = rig.broker.counters(&id(n)).unwrap();
+        assert_eq!((c.results_accepted, c.results_conflicting), (1, 0), "{n}: {c:?}");
+    }
+    assert!(!log.contains("refused"), "no result refused: {log}");
+}
+
+/// The job manager dies right after spawning the runtime, before recording its pid (the
+/// job is not acked yet). The restart finds the runtime, adopts it, and the job runs
+/// once and reports its own result; nothing of it is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_right_after_spawning_the_runtime_the_job_runs_once() {
+    let rig = Rig::new("abort-runtime", Duration::from_secs(4), None).await;
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/ran", rig.origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 3},
+    ]});
+    rig.broker.submit(job("handoff", 30, payload)).unwrap();
+    let mut jm = rig.start_job_manager_with(1, &[("JM_TEST_ABORT_AT", "runtime-spawned")]).await;
+    jm.wait().unwrap();
+    assert!(rig.log(1).contains("aborting at runtime-spawned"), "{}", rig.log(1));
+    assert_eq!(rig.recorded_pid("handoff", "runtime"), None, "killed before the pid was recorded");
+    let jm = rig.start_job_manager(2).await;
+    let result = rig.broker.wait_for_result(&id("handoff"), Duration::from_secs(40)).await;
+    let log = rig.log(2);
+    eventually("the job's processes are gone", Duration::from_secs(20), || rig.processes_of("handoff").is_empty())
+        .await;
+    stop(jm);
+    assert_eq!(result.map(|r| r.outcome), Some(Outcome::Succeeded), "log: {log}");
+    assert_eq!(rig.origin.hits("/ran"), 1, "ran exactly once");
+    let c = rig.broker.counters(&id("handoff")).unwrap();
+    assert_eq!((c.results_accepted, c.results_conflicting, c.releases), (1, 0, 0), "{c:?}");
+    assert_eq!(rig.job_dirs(), 0);
+}
+
+/// The job manager dies right after spawning the sidecar, before recording its pid: the
+/// restart kills that sidecar (found by its environment), the broker re-delivers the
+/// unacked job, and it runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_right_after_spawning_the_sidecar_leaves_no_orphan_and_the_job_runs_once() {
+    let rig = Rig::new("abort-sidecar", Duration::from_secs(4), None).await;
+    let payload = json!({"action": "fetch", "url": format!("{}/ran", rig.origin.url), "expectStatus": 200});
+    rig.broker.submit(job("early", 30, payload)).unwrap();
+    let mut jm = rig.start_job_manager_with(1, &[("JM_TEST_ABORT_AT", "sidecar-spawned")]).await;
+    jm.wait().unwrap();
+    assert!(rig.log(1).contains("aborting at sidecar-spawned"), "{}", rig.log(1));
+    let jm = rig.start_job_manager(2).await;
+    let result = rig.broker.wait_for_result(&id("early"), Duration::from_secs(40)).await;
+    let log = rig.log(2);
+    eventually("the job's processes are gone", Duration::from_secs(20), || rig.processes_of("early").is_empty()).await;
+    stop(jm);
+    assert_eq!(result.map(|r| r.outcome), Some(Outcome::Succeeded), "log: {log}");
+    assert_eq!(rig.origin.hits("/ran"), 1, "ran exactly once");
+    assert_eq!(rig.job_dirs(), 0);
+}
+
+/// A `meta.json` damaged while the job manager was down: the restart kills the job's
+/// processes (their pids were in it) and reports the job failed, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_meta_json_kills_the_job_s_processes_and_reports_it_failed() {
+    let rig = Rig::new("corrupt", Duration::from_secs(30), None).await;
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/started", rig.origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 60},
+    ]});
+    rig.broker.submit(job("corrupt", 120, payload)).unwrap();
+    let jm = rig.start_job_manager(1).await;
+    rig.origin.wait_hit("/started", Duration::from_secs(20)).await;
+    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("corrupt")).is_some_and(|c| c.acks == 1))
+        .await;
+    sigkill(jm);
+    assert!(!rig.processes_of("corrupt").is_empty(), "the job runs on without the job manager");
+    std::fs::write(rig.job_dir("corrupt").join("meta.json"), b"{\"job\": tru").unwrap();
+    let jm = rig.start_job_manager(2).await;
+    let result = rig.broker.wait_for_result(&id("corrupt"), Duration::from_secs(30)).await;
+    let log = rig.log(2);
+    let left = rig.processes_of("corrupt");
+    stop(jm);
+    let result = result.unwrap_or_else(|| panic!("no result; log: {log}"));
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(result.message.contains("meta.json is not a job record"), "{}", result.message);
+    assert!(left.is_empty(), "the job's processes were killed: {left:?}");
+    assert_eq!(rig.job_dirs(), 0);
+}
+
+/// A restart while the broker is down: the job left running is adopted and its deadline
+/// enforced (before, the job manager exited 69 at its broker check and nobody watched
+/// it); the timeout reaches the broker once it is back. With nothing running, an
+/// unreachable broker still ends the job manager with 69.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_a_broker_outage_still_enforces_adopted_deadlines() {
+    let rig = Rig::new("outage", Duration::from_secs(60), None).await;
+    let payload = json!({"action": "steps", "steps": [
+        {"action": "fetch", "url": format!("{}/started", rig.origin.url), "expectStatus": 200},
+        {"action": "sleep", "secs": 60},
+    ]});
+    rig.broker.submit(job("outage", 4, payload)).unwrap();
+    let jm = rig.start_job_manager(1).await;
+    rig.origin.wait_hit("/started", Duration::from_secs(20)).await;
+    eventually("acked", Duration::from_secs(10), || rig.broker.counters(&id("outage")).is_some_and(|c| c.acks == 1))
+        .await;
+    sigkill(jm);
+    rig.broker.faults().set_down(true);
+    let jm = rig.start_job_manager(2).await;
+    eventually("the deadline enforced while the broker is down", Duration::from_secs(30), || {
+        rig.job_dirs() == 0 && rig.processes_of("outage").is_empty()
+    })
+    .await;
+    rig.broker.faults().set_down(false);
+    let result = rig.broker.wait_for_result(&id("outage"), Duration::from_secs(30)).await;
+    let log = rig.log(2);
+    stop(jm);
+    assert_eq!(result.map(|r| r.outcome), Some(Outcome::TimedOut), "log: {log}");
+
+    rig.broker.faults().set_down(true);
+    let status = Command::new(job_manager_bin())
+        .arg("--config")
+        .arg(rig.dir.path().join("config.yaml"))
+        .env("JM_BROKER_API_ENDPOINT", &rig.broker_url)
+        .env("JM_LOCATION_KEY", LOCATION_KEY)
+        .env("JM_LISTEN", &rig.listen)
+        .env("JM_STATE_DIR", rig.dir.path().join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(69), "nothing running, broker unreachable: EX_UNAVAILABLE");
 }

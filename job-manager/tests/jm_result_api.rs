@@ -41,6 +41,7 @@ async fn start_with(readiness: Arc<Readiness>) -> Api {
             body_read_timeout: Duration::from_millis(300),
             max_connections: 64,
         },
+        runs_here: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -5,14 +5,16 @@
 //! it isolates jobs (own UIDs, own network namespace for the runtime: `isolation.rs`,
 //! `launcher.rs`); otherwise it reports that they are not ([`Backend::isolation_gaps`]).
 pub mod executor;
+mod faults;
 pub mod isolation;
 pub mod launcher;
+pub mod output;
 mod process;
 mod settings;
 mod state_dir;
 
 pub use executor::*;
-pub use process::read_tail;
+pub use output::read_tail;
 pub use settings::{LocalRuntime, LocalSettings};
 
 use crate::backend::{Backend, BackendError, Companions, ExecutorParts, KeySettings, Keys};
@@ -47,14 +49,15 @@ impl LocalBackend {
         let state_err = |e: String| BackendError::failed("state dir", "state_dir", e);
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| state_err(format!("cannot create state dir {}: {e}", state_dir.display())))?;
+        // Also the output helper (`output.rs`), so needed whether isolated or not.
+        let launcher = launcher_binary().ok_or_else(|| {
+            BackendError::failed("launcher", "launcher", "cannot find the job-manager executable (the launcher)")
+        })?;
         let isolation = if nix::unistd::geteuid().is_root() {
             let uids = UidRange::parse(&c.local.uid_range, 0)
                 .map_err(|e| BackendError::failed("local.uidRange", "uid_range", e))?;
-            let launcher = launcher_binary().ok_or_else(|| {
-                BackendError::failed("launcher", "launcher", "cannot find the job-manager executable (the launcher)")
-            })?;
             prepare_isolated_state_dir(&state_dir).map_err(state_err)?;
-            Some(Isolation { uids, launcher })
+            Some(Isolation { uids, launcher: launcher.clone() })
         } else {
             None
         };
@@ -86,6 +89,7 @@ impl LocalBackend {
         settings.custom_node_modules_path =
             (!c.kubernetes.custom_node_modules_path.is_empty()).then(|| c.kubernetes.custom_node_modules_path.clone());
         settings.isolation = isolation;
+        settings.output_helper = launcher;
         Ok(Self { settings, store })
     }
 }
@@ -136,6 +140,14 @@ impl Backend for LocalBackend {
             None => TokenSigner::new(persistent_secret(&dir.join("token-signing-key"))?),
         };
         Ok(Keys { internal_api_key: Secret::new(internal_api_key), signer })
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "local_output_dropped_bytes",
+            "Bytes of runtime and sidecar output not kept, beyond each job's per-stream cap",
+            self.settings.output_dropped.clone(),
+        );
     }
 
     fn result_store(&self) -> FileResultStore {

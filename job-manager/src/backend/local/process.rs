@@ -1,7 +1,7 @@
 //! The local executor's processes: the commands that start a job's sidecar and runtime
 //! (each in its own process group, with only the environment the contract lists), pids
-//! that survive a restart ([`ProcessId`]), the ready-file wait, termination, and the
-//! output tails a `failed` result carries.
+//! that survive a restart ([`ProcessId`]), the ready-file wait, termination, and
+//! finding a job's processes by the environment they started with.
 //!
 //! If the job manager is SIGKILLed its children keep running (`kill_on_drop` only covers
 //! an orderly drop, and `PR_SET_PDEATHSIG` needs `unsafe` `pre_exec`), so a pid is
@@ -16,14 +16,14 @@ use common::Job;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
-/// The runtime's and the sidecar's combined stdout + stderr, in the job dir.
+/// The runtime's and the sidecar's combined stdout + stderr, in the job dir (bounded:
+/// `output.rs`).
 pub(super) const RUNTIME_OUTPUT: &str = "runtime.log";
 pub(super) const SIDECAR_OUTPUT: &str = "sidecar.log";
 
@@ -74,6 +74,7 @@ pub(super) fn sidecar_command(
     ready: &Path,
     spool: &Path,
     as_uid: Option<u32>,
+    output: OwnedFd,
 ) -> Result<Command, HandoffError> {
     let mut cmd = match as_uid {
         // The launcher binds the listener in the job's netns and hands the key on itself.
@@ -103,8 +104,8 @@ pub(super) fn sidecar_command(
         )
         .current_dir(dir.join(SIDECAR_DIR))
         .stdin(Stdio::piped())
-        .stdout(output_file(&dir.join(SIDECAR_OUTPUT)).map_err(|e| transient("sidecar log", &e))?)
-        .stderr(output_file(&dir.join(SIDECAR_OUTPUT)).map_err(|e| transient("sidecar log", &e))?)
+        .stdout(Stdio::from(output.try_clone().map_err(|e| transient("sidecar output", &e))?))
+        .stderr(Stdio::from(output))
         .process_group(0)
         .kill_on_drop(true);
     Ok(cmd)
@@ -123,11 +124,11 @@ pub(super) struct Confinement {
 pub(super) fn runtime_command(
     settings: &LocalSettings,
     runtime: &LocalRuntime,
-    dir: &Path,
     job: &Job,
     scratch: &Path,
     proxy: &str,
     confinement: Option<Confinement>,
+    output: OwnedFd,
 ) -> Result<Command, HandoffError> {
     let no_proxy = settings.no_proxy.join(",");
     if runtime.command.is_empty() {
@@ -161,8 +162,8 @@ pub(super) fn runtime_command(
         .env(runtime_env::USER_DEFINED_VARIABLES, &settings.user_defined_variables)
         .current_dir(scratch)
         .stdin(stdin)
-        .stdout(output_file(&dir.join(RUNTIME_OUTPUT)).map_err(|e| transient("runtime log", &e))?)
-        .stderr(output_file(&dir.join(RUNTIME_OUTPUT)).map_err(|e| transient("runtime log", &e))?)
+        .stdout(Stdio::from(output.try_clone().map_err(|e| transient("runtime output", &e))?))
+        .stderr(Stdio::from(output))
         // Its own process group, so a timeout kills everything it started.
         .process_group(0)
         .kill_on_drop(true);
@@ -223,20 +224,6 @@ fn basic_env() -> Vec<(String, String)> {
     env
 }
 
-fn output_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)
-}
-
-/// The last `max` bytes of a file, lossily decoded (empty when unreadable).
-pub fn read_tail(path: &Path, max: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 /// Wait until the sidecar wrote its ready file (it serves from then on).
 pub(super) async fn wait_ready(path: &Path, sidecar: &mut Child, timeout: Duration) -> Result<ReadyFile, String> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -290,6 +277,81 @@ pub(super) fn kill_now(pid: i32) {
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
 }
 
+/// The environment entry every process of a job's runtime starts with (its `HOME`, the
+/// job's scratch dir), inherited by what it starts: how a runtime whose pid was never
+/// recorded, or a child that left its process group, is found.
+pub(super) fn runtime_marker(scratch: &Path) -> String {
+    format!("HOME={}", scratch.display())
+}
+
+/// The environment entry the sidecar of the job in `dir` starts with.
+pub(super) fn sidecar_marker(dir: &Path) -> String {
+    format!("{}={}", sidecar_env::JOB_DIR, dir.join(SIDECAR_DIR).display())
+}
+
+/// The live processes whose initial environment holds `entry`, oldest first. Reads
+/// `/proc/<pid>/environ`, which needs the same UID or root: a non-root job manager finds
+/// its own jobs' processes, and only those. A process that rewrote its environment
+/// block or `exec`ed with another environment is not found.
+pub(super) fn with_env_entry(entry: &str) -> Vec<ProcessId> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let me = std::process::id();
+    let mut found: Vec<ProcessId> = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
+        })
+        .filter_map(ProcessId::of)
+        .filter(ProcessId::alive)
+        .collect();
+    found.sort_by_key(|p| p.start_ticks);
+    found
+}
+
+/// The oldest process group leader among `procs`: the program we spawned (in a group
+/// of its own) rather than one of its children.
+pub(super) fn group_leader(procs: &[ProcessId]) -> Option<ProcessId> {
+    procs.iter().copied().find(|p| proc_pgid(p.pid) == Some(p.pid))
+}
+
+fn proc_pgid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The real UID a process runs as.
+pub(super) fn uid_of(p: ProcessId) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{}", p.pid)).ok().map(|m| m.uid())
+}
+
+/// SIGKILL each of `procs` still alive (checked against its start time just before).
+pub(super) fn kill_all(procs: &[ProcessId]) {
+    for p in procs.iter().filter(|p| p.alive()) {
+        kill_now(p.pid);
+    }
+}
+
+/// [`reap_uids`] for startup recovery, which runs before the async parts start and
+/// must be done before any job can be handed off again.
+pub(super) fn reap_uids_now(settings: &LocalSettings, uids: &[u32]) {
+    let Ok(launcher) = isolation_launcher(settings) else { return };
+    for &uid in uids {
+        let status = std::process::Command::new(&launcher)
+            .args(launcher::args(Role::Reap, uid, &[]))
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            tracing::error!(uid, ?status, "cannot kill what is left under a job's UID");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,16 +362,5 @@ mod tests {
         assert!(me.alive());
         let recycled = ProcessId { start_ticks: me.start_ticks + 1, ..me };
         assert!(!recycled.alive(), "same pid, other start time: not ours");
-    }
-
-    #[test]
-    fn tail_reads_only_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("tail");
-        std::fs::write(&p, "a".repeat(5000) + "END").unwrap();
-        let t = read_tail(&p, 10);
-        assert_eq!(t, "aaaaaaaEND");
-        assert_eq!(read_tail(Path::new("/nonexistent"), 10), "");
-        std::fs::remove_file(p).unwrap();
     }
 }

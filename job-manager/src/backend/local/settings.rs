@@ -3,6 +3,7 @@
 //! from the configuration.
 use super::isolation::Isolation;
 use common::secret::Secret;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +36,13 @@ pub struct LocalSettings {
     pub sidecar_exit_grace: Duration,
     /// How much of the runtime's output a `failed` result carries.
     pub output_tail_bytes: u64,
+    /// How much of each stream (runtime, sidecar) a job keeps on disk (`output.rs`).
+    pub output_cap_bytes: u64,
+    /// The executable whose `output-tail` subcommand keeps the streams bounded (the
+    /// job manager's own).
+    pub output_helper: PathBuf,
+    /// Bytes of output not kept, over all jobs (`job_manager_local_output_dropped_bytes`).
+    pub output_dropped: Counter,
     /// Jobs under UIDs of their own and the runtime in its own network namespace (the
     /// job manager is root); `None`: as the job manager's children, unconfined.
     pub isolation: Option<Isolation>,
@@ -55,6 +63,9 @@ impl LocalSettings {
             sidecar_ready_timeout: Duration::from_secs(15),
             sidecar_exit_grace: Duration::from_secs(15),
             output_tail_bytes: 4096,
+            output_cap_bytes: super::output::DEFAULT_CAP_BYTES,
+            output_helper: PathBuf::new(),
+            output_dropped: Counter::default(),
             isolation: None,
         }
     }

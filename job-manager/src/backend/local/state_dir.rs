@@ -1,7 +1,8 @@
 //! The on-disk layout of the local executor's state dir, and nothing that runs a process.
 //!
 //! `<state_dir>/jobs/j-<job id>/` holds one running job: `meta.json` (job, deadline,
-//! pids, UID slot) and both processes' output, written by the job manager only, and
+//! pids, UID slot) and both processes' output (bounded: `runtime.log` + `.1` +
+//! `.dropped`, likewise `sidecar.log`; see `output.rs`), written by the job manager only, and
 //! `sidecar/`, the sidecar's: the hand-off files `job.json` and `token`, its `ready.json`
 //! and `spool/`. The runtime works in `<state_dir>/scratch/j-<job id>/`, outside, so
 //! nothing of the job manager's or the sidecar's is below or beside its working dir.
@@ -45,6 +46,11 @@ pub(super) struct Meta {
     pub sidecar: Option<ProcessId>,
     #[serde(default)]
     pub runtime: Option<ProcessId>,
+    /// Set (and written) just before the runtime is spawned: a job dir with this and no
+    /// runtime pid may have run its runtime (the job manager died between spawning it
+    /// and recording its pid), so recovery must not hand it to the broker to run again.
+    #[serde(default)]
+    pub runtime_spawning: bool,
     /// The UID slot the job's processes run under (isolated jobs only).
     #[serde(default)]
     pub uid_slot: Option<u32>,
@@ -119,9 +125,8 @@ impl JobsDir {
         }
     }
 
-    /// Every job dir with its meta (`None` when missing or unreadable: a claim whose
-    /// hand-off never wrote it), for recovery.
-    pub fn scan(&self) -> Result<Vec<(PathBuf, Option<Meta>)>, StateError> {
+    /// Every job dir with its meta, for recovery.
+    pub fn scan(&self) -> Result<Vec<(PathBuf, MetaState)>, StateError> {
         let entries = std::fs::read_dir(&self.path).map_err(|e| StateError(format!("{}: {e}", self.path.display())))?;
         let mut out = Vec::new();
         for entry in entries.flatten() {
@@ -129,7 +134,7 @@ impl JobsDir {
             if !dir.is_dir() {
                 continue;
             }
-            out.push((dir.clone(), read_meta(&dir)));
+            out.push((dir.clone(), meta_state(&dir)));
         }
         Ok(out)
     }
@@ -165,6 +170,57 @@ impl JobsDir {
 
 fn read_meta(dir: &Path) -> Option<Meta> {
     std::fs::read(dir.join(META_FILE)).ok().and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
+}
+
+/// What recovery finds in a job dir's `meta.json`.
+#[derive(Debug)]
+pub(super) enum MetaState {
+    Present(Box<Meta>),
+    /// No `meta.json`: claimed, and the hand-off died before writing it (so before any
+    /// process started).
+    Missing,
+    /// There but unreadable (`meta.json` is only ever replaced atomically, so this is
+    /// damage from outside): the job may have run; its processes are unknown.
+    Corrupt(String),
+}
+
+fn meta_state(dir: &Path) -> MetaState {
+    match std::fs::read(dir.join(META_FILE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetaState::Missing,
+        Err(e) => MetaState::Corrupt(format!("cannot read {META_FILE}: {e}")),
+        Ok(bytes) => match serde_json::from_slice::<Meta>(&bytes) {
+            Ok(meta) => MetaState::Present(Box::new(meta)),
+            Err(e) => MetaState::Corrupt(format!("{META_FILE} is not a job record: {e}")),
+        },
+    }
+}
+
+/// The job id a job dir is named after (`j-<id>`).
+pub(super) fn job_id_of(dir: &Path) -> Option<JobId> {
+    dir.file_name()?.to_str()?.strip_prefix("j-").and_then(|n| JobId::new(n).ok())
+}
+
+/// A result the job's sidecar spooled (`sidecar/spool/<id>.json`), and when it was
+/// spooled (the file's mtime: the sidecar writes it before the runtime hears
+/// "accepted", so this is when the runtime reported).
+#[derive(Clone, Debug)]
+pub(super) struct Spooled {
+    pub result: common::JobResult,
+    pub at: std::time::SystemTime,
+}
+
+/// The result the sidecar of the job in `dir` spooled and has not delivered yet, if any.
+/// Only a result for this job counts; temp files (an interrupted write) are not results.
+pub(super) fn spooled_result(dir: &Path, id: &JobId) -> Option<Spooled> {
+    #[derive(Deserialize)]
+    struct Record {
+        result: common::JobResult,
+    }
+    let path = dir.join(SIDECAR_DIR).join(SPOOL_DIR).join(format!("{id}.json"));
+    let bytes = std::fs::read(&path).ok()?;
+    let at = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+    let record: Record = serde_json::from_slice(&bytes).ok()?;
+    (record.result.job_id == *id).then_some(Spooled { result: record.result, at })
 }
 
 /// Record (or update) the job dir's meta.

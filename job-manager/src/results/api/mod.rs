@@ -23,7 +23,7 @@ mod auth;
 mod body;
 mod refusal;
 
-pub use auth::{AuthError, CallerAuth, CallerAuthLayer};
+pub use auth::{AuthError, CallerAuth, CallerAuthLayer, RunsHere};
 pub use body::{BodyError, BufferBody, BufferBodyLayer};
 pub use refusal::Refusal;
 
@@ -82,6 +82,9 @@ pub struct ResultApi<S> {
     pub signer: TokenSigner,
     pub readiness: Arc<Readiness>,
     pub limits: ServerLimits,
+    /// Whether a job still runs on this replica's executor: its expired token is taken
+    /// (see [`auth`]); `None`: no executor answers that.
+    pub runs_here: Option<RunsHere>,
 }
 
 type Body = Full<Bytes>;
@@ -147,7 +150,8 @@ impl<S: ResultStore> ResultApi<S> {
 
     /// The two job routes, each a stack of the layers named in the module docs.
     fn routes(self: &Arc<Self>) -> Routes<S> {
-        let auth = CallerAuthLayer::new(self.internal_api_key.clone(), self.signer.clone());
+        let auth = CallerAuthLayer::new(self.internal_api_key.clone(), self.signer.clone())
+            .with_runs_here(self.runs_here.clone());
         let body = BufferBodyLayer::new(self.limits.max_body_bytes, self.limits.body_read_timeout);
         Routes {
             post_result: ServiceBuilder::new().layer(auth.clone()).layer(body).service(RecordResult(self.clone())),
