@@ -98,6 +98,9 @@ sidecar:
   binary: $bin/sidecar
   denyPrivate: true
   denyPublic: true
+# UIDs of its own, so a job manager run beside the soak (the demo) keeps its default range.
+local:
+  uidRange: 3100000-3100999
 EOF
 start_worker() {
   "$bin/job-manager" run --config "$work/worker.yaml" --state-dir "$state" >> "$work/worker.log" 2>&1 &

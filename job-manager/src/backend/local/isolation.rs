@@ -81,11 +81,83 @@ pub struct JobIds {
 pub struct Isolation {
     pub uids: UidRange,
     pub launcher: PathBuf,
+    /// Held as long as the executor lives (see [`claim_range`]).
+    pub claim: std::sync::Arc<RangeClaim>,
+}
+
+/// Where job managers on one host register the UID ranges they use (`local.uidRange`).
+pub const RANGE_REGISTRY: &str = "/run/job-manager";
+
+/// This process's hold on its UID range: while it lives, no other job manager on the host
+/// can start with a range that overlaps it (each would kill the other's jobs, since a job
+/// that ends has every process of its UIDs killed).
+#[derive(Debug)]
+pub struct RangeClaim {
+    _lock: std::fs::File,
+}
+
+/// Claims `range` in `registry` (created 0700): refuses, naming the holder's range, when a
+/// running job manager holds an overlapping one. Lock files of job managers that have
+/// exited hold no lock and are ignored (and replaced when the range is the same).
+pub fn claim_range(range: UidRange, registry: &std::path::Path) -> Result<RangeClaim, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let at = |what: &str, e: std::io::Error| format!("{what} {}: {e}", registry.display());
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(registry).map_err(|e| at("cannot create", e))?;
+    // One claim at a time on the host: the scan and the new lock belong together.
+    let guard = std::fs::File::create(registry.join("registry.lock")).map_err(|e| at("cannot open the lock in", e))?;
+    guard.lock().map_err(|e| at("cannot lock", e))?;
+    for entry in std::fs::read_dir(registry).map_err(|e| at("cannot read", e))?.flatten() {
+        let name = entry.file_name();
+        let Some(other) = name.to_str().and_then(parse_lock_name) else { continue };
+        if other.first > range.last || other.last < range.first {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(entry.path()) else { continue };
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+            return Err(format!(
+                "UIDs {}-{} overlap {}-{}, held by another job manager on this host (lock {}); give each job \
+                 manager a range of its own",
+                range.first,
+                range.last,
+                other.first,
+                other.last,
+                entry.path().display()
+            ));
+        }
+    }
+    let path = registry.join(lock_name(range));
+    let lock = std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    lock.try_lock().map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+    Ok(RangeClaim { _lock: lock })
+}
+
+fn lock_name(range: UidRange) -> String {
+    format!("uids-{}-{}.lock", range.first, range.last)
+}
+
+fn parse_lock_name(name: &str) -> Option<UidRange> {
+    let (first, last) = name.strip_prefix("uids-")?.strip_suffix(".lock")?.split_once('-')?;
+    Some(UidRange { first: first.parse().ok()?, last: last.parse().ok()? })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_ranges_cannot_be_held_twice_on_one_host() {
+        let registry = tempfile::tempdir().unwrap();
+        let range = |s: &str| UidRange::parse(s, 0).unwrap();
+        let held = claim_range(range("500000-500099"), registry.path()).unwrap();
+        let err = claim_range(range("500050-500149"), registry.path()).unwrap_err();
+        assert!(err.contains("overlap 500000-500099, held by another job manager"), "{err}");
+        assert!(claim_range(range("500000-500099"), registry.path()).is_err(), "the same range twice");
+        let beside = claim_range(range("500100-500199"), registry.path()).expect("a range beside it");
+        drop(held);
+        // Its holder gone, the range is free again (the stale lock file is reused).
+        let again = claim_range(range("500000-500099"), registry.path()).unwrap();
+        drop((again, beside));
+    }
 
     #[test]
     fn a_range_parses_into_slots_of_two_uids() {

@@ -296,7 +296,7 @@ pub async fn serve<S: ResultStore>(
 /// 405 with the `Allow` header RFC 9110 asks for.
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut resp =
-        Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("use {allow}")).into_response();
+        Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("use {allow}")).into_response();
     resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
     resp
 }
