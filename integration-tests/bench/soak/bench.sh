@@ -73,6 +73,8 @@ runtimes:
     command: ["/bin/true"]
 sidecar:
   binary: $bin/sidecar
+local:
+  uidRange: 3101000-3101099
 EOF
 "$bin/job-manager" run --config "$work/host.yaml" --state-dir "$work/host-state" \
   --embedded-broker-listen "127.0.0.1:$broker_port" > "$work/host.log" 2>&1 &

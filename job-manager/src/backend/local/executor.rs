@@ -124,7 +124,7 @@ impl<S: ResultStore> LocalExecutor<S> {
                     // Died between spawning a process and recording it: find it by the
                     // environment it was started with, and record it now.
                     if meta.sidecar.is_none() {
-                        meta.sidecar = process::with_env_entry(&process::sidecar_marker(&dir)).first().copied();
+                        meta.sidecar = process::with_env_entry(&process::sidecar_marker(&dir.join(SIDECAR_DIR))).first().copied();
                     }
                     if meta.runtime.is_none() {
                         meta.runtime =
@@ -174,7 +174,7 @@ impl<S: ResultStore> LocalExecutor<S> {
     /// the processes started with the job's environment, and (isolated) everything under
     /// the slot's UIDs or the UIDs those processes run as. Blocking (startup recovery).
     fn kill_leftovers(&self, dir: &Path, scratch: &Path, slot: Option<u32>) {
-        let mut found = process::with_env_entry(&process::sidecar_marker(dir));
+        let mut found = process::with_env_entry(&process::sidecar_marker(&dir.join(SIDECAR_DIR)));
         found.extend(process::with_env_entry(&process::runtime_marker(scratch)));
         if let Some(isolation) = &self.settings.isolation {
             let mut uids: BTreeSet<u32> = found
@@ -327,7 +327,15 @@ impl<S: ResultStore> LocalExecutor<S> {
         let ready = dir.join(SIDECAR_DIR).join(READY_FILE);
         let (out, sidecar_output) = self.output_pipe(&dir.join(SIDECAR_OUTPUT))?;
         let mut sidecar =
-            process::sidecar_command(&self.settings, dir, job, &ready, &spool, ids.map(|i| i.sidecar), out)?
+            process::sidecar_command(
+                &self.settings,
+                &dir.join(SIDECAR_DIR),
+                job,
+                &ready,
+                &spool,
+                ids.map(|i| i.sidecar),
+                out,
+            )?
                 .spawn()
                 .map_err(|e| {
                     transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e)

@@ -94,6 +94,16 @@ pub const RANGE_REGISTRY: &str = "/run/job-manager";
 #[derive(Debug)]
 pub struct RangeClaim {
     _lock: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for RangeClaim {
+    /// The lock goes with the file handle; the file is removed too, so the registry does
+    /// not collect one per range ever used (a SIGKILLed holder leaves its file, which
+    /// holds no lock and is ignored).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Claims `range` in `registry` (created 0700): refuses, naming the holder's range, when a
@@ -128,7 +138,7 @@ pub fn claim_range(range: UidRange, registry: &std::path::Path) -> Result<RangeC
     let path = registry.join(lock_name(range));
     let lock = std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     lock.try_lock().map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
-    Ok(RangeClaim { _lock: lock })
+    Ok(RangeClaim { _lock: lock, path })
 }
 
 fn lock_name(range: UidRange) -> String {

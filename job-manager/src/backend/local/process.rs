@@ -9,7 +9,6 @@
 //! from strangers that reused their pids.
 use super::launcher::{self, Role};
 use super::settings::{LocalRuntime, LocalSettings};
-use super::state_dir::SIDECAR_DIR;
 use crate::backend::HandoffError;
 use common::runtime_api::{runtime_env, sidecar_env, ReadyFile};
 use common::Job;
@@ -69,7 +68,7 @@ fn transient(what: &str, e: &dyn std::fmt::Display) -> HandoffError {
 /// the launcher: its own UID, its listener in the job's new network namespace.
 pub(super) fn sidecar_command(
     settings: &LocalSettings,
-    dir: &Path,
+    sidecar_dir: &Path,
     job: &Job,
     ready: &Path,
     spool: &Path,
@@ -93,7 +92,7 @@ pub(super) fn sidecar_command(
     cmd.envs(basic_env())
         .envs(settings.sidecar_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env(sidecar_env::READY_FILE, ready)
-        .env(sidecar_env::JOB_DIR, dir.join(SIDECAR_DIR))
+        .env(sidecar_env::JOB_DIR, sidecar_dir)
         .env(sidecar_env::JOB_ID, job.id.as_str())
         .env(sidecar_env::JOB_MANAGER_URL, &settings.job_manager_url)
         .env(sidecar_env::SPOOL_DIR, spool)
@@ -102,7 +101,7 @@ pub(super) fn sidecar_command(
             sidecar_env::SHUTDOWN_GRACE_SECS,
             settings.sidecar_exit_grace.as_secs().saturating_sub(2).max(1).to_string(),
         )
-        .current_dir(dir.join(SIDECAR_DIR))
+        .current_dir(sidecar_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::from(output.try_clone().map_err(|e| transient("sidecar output", &e))?))
         .stderr(Stdio::from(output))
@@ -284,9 +283,9 @@ pub(super) fn runtime_marker(scratch: &Path) -> String {
     format!("HOME={}", scratch.display())
 }
 
-/// The environment entry the sidecar of the job in `dir` starts with.
-pub(super) fn sidecar_marker(dir: &Path) -> String {
-    format!("{}={}", sidecar_env::JOB_DIR, dir.join(SIDECAR_DIR).display())
+/// The environment entry a job's sidecar starts with (its part of the job dir).
+pub(super) fn sidecar_marker(sidecar_dir: &Path) -> String {
+    format!("{}={}", sidecar_env::JOB_DIR, sidecar_dir.display())
 }
 
 /// The live processes whose initial environment holds `entry`, oldest first. Reads
