@@ -142,9 +142,14 @@ impl App {
 
         let (poll_stop, companions_stop, delivery_stop, server_stop) =
             (CancellationToken::new(), CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
+        // Before the API serves: what the first sweep may deliver (later results go fresh).
+        let startup_pending = intake.store().pending().await.ok();
         let server_task = tokio::spawn(crate::results::api::serve(listener, api, server_stop.clone()));
         let companions = backend.companions(&intake, companions_stop.clone());
         let mut delivery = DeliveryLoop::new(broker, intake);
+        if let Some(pending) = startup_pending {
+            delivery = delivery.with_startup_pending(pending.into_iter().map(|r| r.job_id).collect());
+        }
         if let Some(gate) = companions.sweep_gate {
             delivery = delivery.with_sweep_gate(gate);
         }

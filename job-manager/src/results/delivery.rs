@@ -34,6 +34,8 @@ pub struct DeliveryLoop<B, S> {
     /// another process sharing the store, or left by a previous run).
     rescan: Duration,
     sweep_gate: SweepGate,
+    /// What was pending before results could arrive (see [`Self::with_startup_pending`]).
+    startup_pending: Option<HashSet<JobId>>,
     /// Retryable failures are logged once, then summed up per window (metrics stay exact).
     warnings: crate::log_throttle::LogThrottle,
 }
@@ -55,8 +57,18 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             rescan: Duration::from_secs(5),
             sweep_gate: Arc::new(|| true),
+            startup_pending: None,
             warnings: crate::log_throttle::LogThrottle::default(),
         }
+    }
+
+    /// The results pending before the result API served: the first sweep delivers those
+    /// (still pending) and nothing recorded since, which the fresh queue carries. Without
+    /// it, a result recorded while the first sweep runs could be sent by both (an
+    /// identical repeat the broker answers 204 to, but a second submission all the same).
+    pub fn with_startup_pending(mut self, ids: HashSet<JobId>) -> Self {
+        self.startup_pending = Some(ids);
+        self
     }
 
     /// Sweep the store only while `gate` answers true (default: always).
@@ -194,7 +206,7 @@ impl<B: BrokerApi, S: ResultStore> DeliveryLoop<B, S> {
     pub async fn run(self, shutdown: CancellationToken) {
         let kick = self.intake.kicked();
         let mut attempt: u32 = 0;
-        let mut previous: Option<HashSet<JobId>> = None;
+        let mut previous: Option<HashSet<JobId>> = self.startup_pending.clone();
         let mut next_sweep = tokio::time::Instant::now();
         loop {
             let mut pass = self.deliver_fresh().await;

@@ -124,7 +124,8 @@ impl<S: ResultStore> LocalExecutor<S> {
                     // Died between spawning a process and recording it: find it by the
                     // environment it was started with, and record it now.
                     if meta.sidecar.is_none() {
-                        meta.sidecar = process::with_env_entry(&process::sidecar_marker(&dir.join(SIDECAR_DIR))).first().copied();
+                        meta.sidecar =
+                            process::with_env_entry(&process::sidecar_marker(&dir.join(SIDECAR_DIR))).first().copied();
                     }
                     if meta.runtime.is_none() {
                         meta.runtime =
@@ -326,20 +327,17 @@ impl<S: ResultStore> LocalExecutor<S> {
         let spool = dir.join(SIDECAR_DIR).join(SPOOL_DIR);
         let ready = dir.join(SIDECAR_DIR).join(READY_FILE);
         let (out, sidecar_output) = self.output_pipe(&dir.join(SIDECAR_OUTPUT))?;
-        let mut sidecar =
-            process::sidecar_command(
-                &self.settings,
-                &dir.join(SIDECAR_DIR),
-                job,
-                &ready,
-                &spool,
-                ids.map(|i| i.sidecar),
-                out,
-            )?
-                .spawn()
-                .map_err(|e| {
-                    transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e)
-                })?;
+        let mut sidecar = process::sidecar_command(
+            &self.settings,
+            &dir.join(SIDECAR_DIR),
+            job,
+            &ready,
+            &spool,
+            ids.map(|i| i.sidecar),
+            out,
+        )?
+        .spawn()
+        .map_err(|e| transient(&format!("cannot start sidecar {}", self.settings.sidecar_binary.display()), &e))?;
         faults::abort_point("sidecar-spawned");
         meta.sidecar = sidecar.id().and_then(ProcessId::of);
         // Recorded at once, so a restart in the middle of the hand-off can stop it.

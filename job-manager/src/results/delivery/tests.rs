@@ -151,6 +151,25 @@ async fn sweep_only_where_the_gate_allows_and_only_results_pending_twice() {
     assert_eq!(broker.results().len(), 2);
 }
 
+#[tokio::test]
+async fn the_first_sweep_takes_only_what_was_pending_before_results_could_arrive() {
+    // Left pending by a previous run; then, with the loop's snapshot taken, a result
+    // arrives through this process (it is the fresh queue's, whenever a sweep runs).
+    let broker = Arc::new(FakeBroker::new());
+    let shared = Arc::new(Shared::default());
+    let intake = ResultIntake::new(shared.clone(), Arc::new(Metrics::new()));
+    intake.store().inner.record(&result("left-over", Outcome::Succeeded)).await.unwrap();
+    let startup: std::collections::HashSet<JobId> =
+        intake.store().pending().await.unwrap().into_iter().map(|r| r.job_id).collect();
+    // Recorded in the store but not yet queued fresh (the instant the race is about).
+    intake.store().inner.record(&result("arriving", Outcome::Succeeded)).await.unwrap();
+    let delivery = DeliveryLoop::new(broker.clone(), intake.clone()).with_startup_pending(startup.clone());
+    let mut previous = delivery.startup_pending.clone();
+    assert_eq!(delivery.sweep(&mut previous).await.delivered, 1);
+    let sent: Vec<_> = broker.results().into_keys().collect();
+    assert_eq!(sent, vec![JobId::new("left-over").unwrap()], "the arriving result is not the sweep's to send");
+}
+
 /// Lets other tasks run in the middle of every submission, as a real network call does.
 struct YieldingBroker(FakeBroker);
 
