@@ -45,6 +45,12 @@ pub fn refuse(namespace_labels: &Value, pod: &Value) -> Option<String> {
         .flat_map(|list| spec[*list].as_array().into_iter().flatten())
         .collect();
     let name = |c: &Value| c["name"].as_str().unwrap_or_default().to_string();
+    // `containers "a", "b" must ...` for the containers where `bad` holds, if any.
+    let offenders = |bad: &dyn Fn(&Value) -> bool, must: &str| -> Option<String> {
+        let names: Vec<String> = containers.iter().filter(|c| bad(c)).map(|c| format!("{:?}", name(c))).collect();
+        (!names.is_empty()).then(|| format!("{} {} {must}", plural(names.len(), "container"), names.join(", ")))
+    };
+    let ctx = |c: &Value, field: &str| c["securityContext"][field].clone();
     let mut violations = Vec::new();
 
     let host: Vec<String> = ["hostNetwork", "hostPID", "hostIPC"]
@@ -55,125 +61,71 @@ pub fn refuse(namespace_labels: &Value, pod: &Value) -> Option<String> {
     if !host.is_empty() {
         violations.push(format!("host namespaces ({})", host.join(", ")));
     }
-    let privileged: Vec<String> = containers
-        .iter()
-        .filter(|c| c["securityContext"]["privileged"].as_bool() == Some(true))
-        .map(|c| format!("{:?}", name(c)))
-        .collect();
-    if !privileged.is_empty() {
-        violations.push(format!(
-            "privileged ({} {} must not set securityContext.privileged=true)",
-            plural(privileged.len(), "container"),
-            privileged.join(", ")
-        ));
+    if let Some(o) = offenders(&|c| ctx(c, "privileged") == true, "must not set securityContext.privileged=true") {
+        violations.push(format!("privileged ({o})"));
     }
-    let added = |c: &Value| -> Vec<String> {
-        c["securityContext"]["capabilities"]["add"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect()
+    let forbidden_add = |cap: &str| {
+        if restricted {
+            cap != "NET_BIND_SERVICE"
+        } else {
+            !BASELINE_CAPABILITIES.contains(&cap)
+        }
     };
-    let mut forbidden_adds = Vec::new();
-    for c in &containers {
-        let bad: Vec<String> =
-            added(c)
+    let mut capability_parts: Vec<String> = containers
+        .iter()
+        .filter_map(|c| {
+            let bad: Vec<String> = c["securityContext"]["capabilities"]["add"]
+                .as_array()
                 .into_iter()
-                .filter(|cap| {
-                    if restricted {
-                        cap != "NET_BIND_SERVICE"
-                    } else {
-                        !BASELINE_CAPABILITIES.contains(&cap.as_str())
-                    }
-                })
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter(|cap| forbidden_add(cap))
                 .map(|cap| format!("{cap:?}"))
                 .collect();
-        if !bad.is_empty() {
-            forbidden_adds.push(format!(
-                "container {:?} must not include {} in securityContext.capabilities.add",
-                name(c),
-                bad.join(", ")
-            ));
-        }
-    }
-    if restricted {
-        let escalating: Vec<String> = containers
-            .iter()
-            .filter(|c| c["securityContext"]["allowPrivilegeEscalation"].as_bool() != Some(false))
-            .map(|c| format!("{:?}", name(c)))
-            .collect();
-        if !escalating.is_empty() {
-            violations.push(format!(
-                "allowPrivilegeEscalation != false ({} {} must set securityContext.allowPrivilegeEscalation=false)",
-                plural(escalating.len(), "container"),
-                escalating.join(", ")
-            ));
-        }
-        let not_dropping: Vec<String> = containers
-            .iter()
-            .filter(|c| {
-                !c["securityContext"]["capabilities"]["drop"]
-                    .as_array()
-                    .is_some_and(|d| d.iter().any(|v| v.as_str() == Some("ALL")))
+            (!bad.is_empty()).then(|| {
+                format!(
+                    "container {:?} must not include {} in securityContext.capabilities.add",
+                    name(c),
+                    bad.join(", ")
+                )
             })
-            .map(|c| format!("{:?}", name(c)))
-            .collect();
-        let mut parts = Vec::new();
-        if !not_dropping.is_empty() {
-            parts.push(format!(
-                "{} {} must set securityContext.capabilities.drop=[\"ALL\"]",
-                plural(not_dropping.len(), "container"),
-                not_dropping.join(", ")
-            ));
+        })
+        .collect();
+    if restricted {
+        let escalates = |c: &Value| ctx(c, "allowPrivilegeEscalation") != false;
+        if let Some(o) = offenders(&escalates, "must set securityContext.allowPrivilegeEscalation=false") {
+            violations.push(format!("allowPrivilegeEscalation != false ({o})"));
         }
-        parts.append(&mut forbidden_adds);
-        if !parts.is_empty() {
-            violations.push(format!("unrestricted capabilities ({})", parts.join("; ")));
+        let keeps_capabilities = |c: &Value| {
+            !c["securityContext"]["capabilities"]["drop"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|v| v.as_str() == Some("ALL")))
+        };
+        if let Some(o) = offenders(&keeps_capabilities, "must set securityContext.capabilities.drop=[\"ALL\"]") {
+            capability_parts.insert(0, o);
+        }
+        if !capability_parts.is_empty() {
+            violations.push(format!("unrestricted capabilities ({})", capability_parts.join("; ")));
         }
         let pod_non_root = spec["securityContext"]["runAsNonRoot"].as_bool();
-        let root_ok: Vec<String> = containers
-            .iter()
-            .filter(|c| c["securityContext"]["runAsNonRoot"].as_bool().or(pod_non_root) != Some(true))
-            .map(|c| format!("{:?}", name(c)))
-            .collect();
-        if !root_ok.is_empty() {
-            violations.push(format!(
-                "runAsNonRoot != true ({} {} must not set securityContext.runAsNonRoot=false)",
-                plural(root_ok.len(), "container"),
-                root_ok.join(", ")
-            ));
+        let may_be_root = |c: &Value| ctx(c, "runAsNonRoot").as_bool().or(pod_non_root) != Some(true);
+        if let Some(o) = offenders(&may_be_root, "must not set securityContext.runAsNonRoot=false") {
+            violations.push(format!("runAsNonRoot != true ({o})"));
         }
-        let root_uid: Vec<String> = containers
-            .iter()
-            .filter(|c| c["securityContext"]["runAsUser"].as_i64() == Some(0))
-            .map(|c| format!("{:?}", name(c)))
-            .collect();
-        if !root_uid.is_empty() {
-            violations.push(format!(
-                "runAsUser=0 ({} {} must not set runAsUser=0)",
-                plural(root_uid.len(), "container"),
-                root_uid.join(", ")
-            ));
+        if let Some(o) = offenders(&|c| ctx(c, "runAsUser") == 0, "must not set runAsUser=0") {
+            violations.push(format!("runAsUser=0 ({o})"));
         }
         let pod_seccomp = spec["securityContext"]["seccompProfile"]["type"].as_str();
-        let no_seccomp: Vec<String> = containers
-            .iter()
-            .filter(|c| {
-                let t = c["securityContext"]["seccompProfile"]["type"].as_str().or(pod_seccomp);
-                !matches!(t, Some("RuntimeDefault" | "Localhost"))
-            })
-            .map(|c| format!("{:?}", name(c)))
-            .collect();
-        if !no_seccomp.is_empty() {
-            violations.push(format!(
-                "seccompProfile ({} {} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")",
-                plural(no_seccomp.len(), "container"),
-                no_seccomp.join(", ")
-            ));
+        let unconfined = |c: &Value| {
+            let t = c["securityContext"]["seccompProfile"]["type"].as_str().or(pod_seccomp);
+            !matches!(t, Some("RuntimeDefault" | "Localhost"))
+        };
+        let must = "must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"";
+        if let Some(o) = offenders(&unconfined, must) {
+            violations.push(format!("seccompProfile ({o})"));
         }
-    } else if !forbidden_adds.is_empty() {
-        violations.push(format!("non-default capabilities ({})", forbidden_adds.join("; ")));
+    } else if !capability_parts.is_empty() {
+        violations.push(format!("non-default capabilities ({})", capability_parts.join("; ")));
     }
     if violations.is_empty() {
         return None;
