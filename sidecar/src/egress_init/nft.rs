@@ -48,9 +48,8 @@ pub const TABLE: &str = "sidecar_egress";
 pub const CHAIN: &str = "output";
 
 // netlink.h
-pub(crate) const NLMSG_HDRLEN: usize = 16;
-pub(crate) const NLMSG_ERROR: u16 = 2;
-pub(crate) const NLMSG_DONE: u16 = 3;
+#[cfg(test)]
+pub(crate) use common::netlink::{NLMSG_ERROR, NLMSG_HDRLEN};
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
 pub(crate) const NLM_F_CREATE: u16 = 0x400;
@@ -395,46 +394,4 @@ impl Writer {
     }
 }
 
-/// One answer from the kernel: an NLMSG_ERROR carries the sequence number of the message
-/// it answers and 0 (an ACK) or a negative errno.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub seq: u32,
-    /// 0 for an acknowledgement, else the errno (positive).
-    pub errno: i32,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("malformed netlink reply from the kernel ({0})")]
-pub struct MalformedReply(pub &'static str);
-
-/// Parses the netlink messages of one datagram, keeping the error/ACK answers.
-pub fn parse_replies(mut buf: &[u8]) -> Result<Vec<Reply>, MalformedReply> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        if buf.len() < NLMSG_HDRLEN {
-            return Err(MalformedReply("truncated header"));
-        }
-        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
-        let ty = u16::from_ne_bytes(buf[4..6].try_into().unwrap());
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(MalformedReply("bad message length"));
-        }
-        if ty == NLMSG_ERROR {
-            // struct nlmsgerr { int error; struct nlmsghdr msg; ... }: the seq of the
-            // message answered is in the echoed header, not in ours.
-            if len < NLMSG_HDRLEN + 4 + NLMSG_HDRLEN {
-                return Err(MalformedReply("short error message"));
-            }
-            let error = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
-            let seq = u32::from_ne_bytes(buf[28..32].try_into().unwrap());
-            out.push(Reply { seq, errno: -error });
-        } else if ty == NLMSG_DONE {
-            break;
-        }
-        // NLMSG_ALIGN: the next message starts on a 4-byte boundary.
-        let next = (len + 3) & !3;
-        buf = buf.get(next..).unwrap_or(&[]);
-    }
-    Ok(out)
-}
+pub use common::netlink::{parse_replies, MalformedReply, Reply};

@@ -238,7 +238,6 @@ fn cstrings<'a>(items: impl Iterator<Item = impl std::borrow::Borrow<OsString> +
 const RTM_NEWLINK: u16 = 16;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
-const NLMSG_ERROR: u16 = 2;
 const IFF_UP: u32 = 0x1;
 /// `lo` is always ifindex 1 in a new network namespace.
 const LOOPBACK_IFINDEX: i32 = 1;
@@ -258,19 +257,6 @@ pub fn link_up_request(ifindex: i32, seq: u32) -> [u8; 32] {
     m
 }
 
-/// The errno of the kernel's `NLMSG_ERROR` answer to request `seq` (0 is the ACK).
-pub fn ack_errno(answer: &[u8], seq: u32) -> Result<i32, String> {
-    if answer.len() < 20 {
-        return Err(format!("short netlink answer ({} bytes)", answer.len()));
-    }
-    let u16_at = |i: usize| u16::from_ne_bytes([answer[i], answer[i + 1]]);
-    let u32_at = |i: usize| u32::from_ne_bytes([answer[i], answer[i + 1], answer[i + 2], answer[i + 3]]);
-    if u16_at(4) != NLMSG_ERROR || u32_at(8) != seq {
-        return Err(format!("unexpected netlink answer (type {}, seq {})", u16_at(4), u32_at(8)));
-    }
-    Ok(-(u32_at(16) as i32))
-}
-
 fn loopback_up() -> Result<(), String> {
     let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkRoute)
         .map_err(|e| format!("NETLINK_ROUTE socket: {e}"))?;
@@ -278,7 +264,7 @@ fn loopback_up() -> Result<(), String> {
     sendto(fd.as_raw_fd(), &request, &NetlinkAddr::new(0, 0), MsgFlags::empty()).map_err(|e| format!("sendto: {e}"))?;
     let mut answer = [0u8; 1024];
     let n = recv(fd.as_raw_fd(), &mut answer, MsgFlags::empty()).map_err(|e| format!("recv: {e}"))?;
-    match ack_errno(&answer[..n], 1)? {
+    match common::netlink::answer_to(&answer[..n], 1).map_err(|e| e.to_string())? {
         0 => Ok(()),
         errno => Err(format!("RTM_NEWLINK refused: {}", nix::errno::Errno::from_raw(errno))),
     }
@@ -346,22 +332,5 @@ mod tests {
         expected.extend_from_slice(&1u32.to_ne_bytes()); // ifi_flags: IFF_UP
         expected.extend_from_slice(&1u32.to_ne_bytes()); // ifi_change: IFF_UP
         assert_eq!(m.to_vec(), expected);
-    }
-
-    #[test]
-    fn the_kernel_s_answer_gives_its_errno() {
-        let answer = |kind: u16, seq: u32, error: i32| {
-            let mut a = vec![0u8; 36];
-            a[0..4].copy_from_slice(&36u32.to_ne_bytes());
-            a[4..6].copy_from_slice(&kind.to_ne_bytes());
-            a[8..12].copy_from_slice(&seq.to_ne_bytes());
-            a[16..20].copy_from_slice(&error.to_ne_bytes());
-            a
-        };
-        assert_eq!(ack_errno(&answer(NLMSG_ERROR, 1, 0), 1), Ok(0));
-        assert_eq!(ack_errno(&answer(NLMSG_ERROR, 1, -1), 1), Ok(1), "EPERM");
-        assert!(ack_errno(&answer(NLMSG_ERROR, 2, 0), 1).is_err(), "another request's answer");
-        assert!(ack_errno(&answer(3, 1, 0), 1).is_err(), "not an error/ack message");
-        assert!(ack_errno(&[0u8; 8], 1).is_err());
     }
 }
