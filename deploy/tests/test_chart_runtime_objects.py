@@ -122,3 +122,21 @@ def test_network_policy_deny_cidrs_reach_the_runtime_policy(chart, tmp_path):
                if "ipBlock" in peer for b in [peer["ipBlock"]]}
     assert "10.240.0.0/16" in excepts["0.0.0.0/0"] and "169.254.0.0/16" in excepts["0.0.0.0/0"]
     assert "fd10:240::/64" in excepts["::/0"] and "fd00:ec2::254/128" in excepts["::/0"]
+
+
+def sidecar_env(pod: dict) -> dict:
+    sidecar = next(c for c in pod["initContainers"] if c["name"] == "sidecar")
+    return {e["name"]: e.get("value") for e in sidecar.get("env", [])}
+
+
+def test_sidecar_policy_values_reach_the_sidecar_the_job_manager_renders(chart, tmp_path):
+    """What `jobManager.sidecar.*` says reaches the sidecar's env through the real job
+    manager's translation (not just the ConfigMap)."""
+    everything = [sidecar_env(p) for p in pod_specs(runtime_objects(chart, "everything", "node-api-runtime", tmp_path))]
+    defaults = [sidecar_env(p) for p in pod_specs(runtime_objects(chart, "defaults", "node-api-runtime", tmp_path))]
+    assert everything and defaults
+    for env in everything:
+        assert env["SIDECAR_DENY_PUBLIC"] == "true" and env["SIDECAR_DENY_PRIVATE"] == "true", env
+    for env in defaults:
+        assert "SIDECAR_DENY_PUBLIC" not in env and "SIDECAR_DENY_PRIVATE" not in env, env
+        assert env["SIDECAR_MAX_BODY_BYTES"] == str(1024 * 1024), env
