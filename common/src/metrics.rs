@@ -10,7 +10,7 @@
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
@@ -38,6 +38,18 @@ pub fn new_registry(prefix: &str, version: &str) -> Registry {
     root.sub_registry_with_prefix(prefix).register("build_info", "Build facts; the value is always 1", info);
     root.register_collector(Box::new(ProcessCollector));
     root
+}
+
+/// Creates each of `label_sets` in `family` (at zero), so a scraper sees the series
+/// before their first event: `rate()` and alerts need the zero.
+pub fn pre_create<S, M, C>(family: &Family<S, M, C>, label_sets: impl IntoIterator<Item = S>)
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    for labels in label_sets {
+        drop(family.get_or_create(&labels));
+    }
 }
 
 /// An exposition format.
@@ -183,20 +195,20 @@ impl Collector for ProcessCollector {
             let g = ConstGauge::new(v);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
         };
-        gauge("process_resident_memory_bytes", "Resident memory size in bytes", snapshot.resident_bytes)?;
-        gauge("process_virtual_memory_bytes", "Virtual memory size in bytes", snapshot.virtual_bytes)?;
-        gauge("process_open_fds", "Open file descriptors", snapshot.open_fds)?;
-        gauge("process_max_fds", "Maximum number of open file descriptors (soft limit)", snapshot.max_fds)?;
+        gauge("process_resident_memory_bytes", "Resident memory size in bytes.", snapshot.resident_bytes)?;
+        gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", snapshot.virtual_bytes)?;
+        gauge("process_open_fds", "Open file descriptors.", snapshot.open_fds)?;
+        gauge("process_max_fds", "Maximum number of open file descriptors (soft limit).", snapshot.max_fds)?;
         gauge(
             "process_start_time_seconds",
-            "Start time of the process since the Unix epoch, in seconds",
+            "Start time of the process since the Unix epoch, in seconds.",
             snapshot.start_time_seconds,
         )?;
         if let Some(cpu) = snapshot.cpu_seconds {
             let c = ConstCounter::new(cpu);
             c.encode(encoder.encode_descriptor(
                 "process_cpu_seconds",
-                "User and system CPU time spent, in seconds",
+                "User and system CPU time spent, in seconds.",
                 None,
                 c.metric_type(),
             )?)?;

@@ -1,6 +1,8 @@
 //! Prometheus metrics (prometheus-client). One [`Metrics`] per process, shared by the
-//! dispatcher, result API, delivery loop and executors; `/metrics` encodes its registry.
-use prometheus_client::encoding::text::encode;
+//! dispatcher, result API, delivery loop and executors; `/metrics` renders its registry
+//! (`job_manager_*`, plus `process_*`: see [`common::metrics`]). Every known label set
+//! (each outcome, hand-off failure reason, broker call and error) exists from the start.
+use common::metrics::{pre_create, Format};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -8,7 +10,13 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::backend::HandoffError;
+use crate::broker::BrokerError;
+
 type Labels = Vec<(String, String)>;
+
+/// The `call` values of `job_manager_broker_errors_total`.
+pub const BROKER_CALLS: [&str; 5] = ["poll", "ack", "release", "submit_result", "queue_stats"];
 
 pub struct Metrics {
     registry: Registry,
@@ -46,7 +54,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("job_manager");
+        let mut root = common::metrics::new_registry("job_manager", env!("CARGO_PKG_VERSION"));
         let m = Self {
             queue_depth: Gauge::default(),
             queue_oldest_age_seconds: Gauge::default(),
@@ -71,6 +79,16 @@ impl Metrics {
             dispatcher_stalled: Gauge::default(),
             registry: Registry::default(),
         };
+        let label = |key: &str, value: &str| vec![(key.to_string(), value.to_string())];
+        pre_create(&m.job_results, common::Outcome::ALL.map(|o| label("outcome", o.as_str())));
+        pre_create(&m.handoff_failures, HandoffError::LABELS.map(|reason| label("reason", reason)));
+        pre_create(
+            &m.broker_errors,
+            BROKER_CALLS.iter().flat_map(|&call| {
+                BrokerError::LABELS.map(|reason| vec![("call".into(), call.into()), ("reason".into(), reason.into())])
+            }),
+        );
+        let registry = root.sub_registry_with_prefix("job_manager");
         registry.register("broker_queue_depth", "Jobs waiting at the broker", m.queue_depth.clone());
         registry.register(
             "broker_queue_oldest_age_seconds",
@@ -122,14 +140,14 @@ impl Metrics {
             "1 when jobs wait at the broker, capacity is free and nothing was dispatched for a while",
             m.dispatcher_stalled.clone(),
         );
-        Self { registry, ..m }
+        Self { registry: root, ..m }
     }
 
     /// Like [`Metrics::new`], with more metrics registered in the same registry (the
     /// Kubernetes executor's API-call and lease metrics), so `/metrics` shows them too.
     pub fn with_extra(register: impl FnOnce(&mut Registry)) -> Self {
         let mut m = Self::new();
-        register(&mut m.registry);
+        register(m.registry.sub_registry_with_prefix("job_manager"));
         m
     }
 
@@ -149,10 +167,13 @@ impl Metrics {
         self.result_api_requests.get_or_create(&vec![("code".into(), status.to_string())]).inc();
     }
 
-    /// The OpenMetrics text exposition.
+    /// The exposition in `format` (see [`Format::negotiate`]).
+    pub fn render(&self, format: Format) -> String {
+        common::metrics::render(&self.registry, format)
+    }
+
+    /// The Prometheus text format (what tests read).
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        self.render(Format::Text)
     }
 }

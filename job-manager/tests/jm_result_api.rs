@@ -293,7 +293,14 @@ async fn health_readiness_and_metrics() {
     let m = request(&api.addr, "GET", "/metrics", &[], vec![]).await;
     assert_eq!(m.status, 200);
     assert!(m.body.contains("job_manager_result_api_requests_total{code=\"401\"} 1"), "{}", m.body);
-    assert!(m.body.contains("# EOF"), "OpenMetrics text");
+    // The Prometheus text format unless OpenMetrics is asked for (Prometheus asks).
+    assert_eq!(m.content_type.as_deref(), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert!(!m.body.contains("# EOF"), "{}", m.body);
+    assert!(m.body.contains("job_manager_job_results_total{outcome=\"timed_out\"} 0"), "{}", m.body);
+    let accept = [("accept", "application/openmetrics-text; version=1.0.0, text/plain; q=0.5")];
+    let om = request(&api.addr, "GET", "/metrics", &accept, vec![]).await;
+    assert_eq!(om.content_type.as_deref(), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    assert!(om.body.ends_with("# EOF\n"), "{}", om.body);
     assert_eq!(request(&api.addr, "GET", "/nope", &[], vec![]).await.status, 404);
     assert_eq!(request(&api.addr, "GET", "/livez", &[], vec![]).await.status, 200);
     let wrong = request(&api.addr, "POST", "/readyz", &[], vec![]).await;

@@ -53,6 +53,32 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Every [`ProxyError::label`] but the denials' (those are
+    /// [`crate::policy::Class::DENIALS`]), plus the server's `too_many_connections`: the
+    /// `reason` values of `sidecar_errors_total`, pre-created at zero.
+    pub const OTHER_LABELS: [&'static str; 20] = [
+        "unsupported_scheme",
+        "bad_target",
+        "dns_failure",
+        "connect_timeout",
+        "connect_failed",
+        "upstream_proxy",
+        "upstream_failed",
+        "too_many_tunnels",
+        "body_too_large",
+        "result_too_large",
+        "body_timeout",
+        "body_memory_full",
+        "bad_request",
+        "not_found",
+        "method_not_allowed",
+        "conflict",
+        "unavailable",
+        "missing_key",
+        "bad_key",
+        "too_many_connections",
+    ];
+
     /// Stable label for metrics and the `x-sidecar-error` header.
     pub fn label(&self) -> &'static str {
         match self {
@@ -142,6 +168,34 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::ProxyError;
+
+    #[test]
+    fn every_label_is_pre_created() {
+        use crate::authority::AuthorityError;
+        let errors = [
+            ProxyError::BadTarget(AuthorityError::UnsupportedScheme("ftp".into())),
+            ProxyError::BadTarget(AuthorityError::EmptyHost),
+            ProxyError::ConnectTimeout { target: "t".into() },
+            ProxyError::Connect { target: "t".into(), message: "m".into() },
+            ProxyError::UpstreamProxy("p".into()),
+            ProxyError::Upstream("u".into()),
+            ProxyError::TooManyTunnels,
+            ProxyError::BodyTooLarge { limit: 1 },
+            ProxyError::ResultTooLarge("r".into()),
+            ProxyError::BodyTimeout { after: std::time::Duration::from_secs(1) },
+            ProxyError::BodyMemoryFull,
+            ProxyError::BadRequest("b".into()),
+            ProxyError::NotFound,
+            ProxyError::MethodNotAllowed { allow: "GET" },
+            ProxyError::Conflict("c".into()),
+            ProxyError::Unavailable("u".into()),
+            ProxyError::MissingKey,
+            ProxyError::BadKey,
+        ];
+        for e in errors {
+            assert!(ProxyError::OTHER_LABELS.contains(&e.label()), "{} not pre-created", e.label());
+        }
+    }
 
     #[test]
     fn retryable_refusals_say_when_and_405_says_what() {

@@ -111,11 +111,11 @@ impl LocalApi {
             "/readyz" if self.ready.load(Ordering::Acquire) => Some(text(StatusCode::OK, "ready\n")),
             "/readyz" => Some(text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")),
             "/metrics" => {
-                let mut r = Response::new(Full::new(Bytes::from(self.metrics.encode())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-                );
+                let accept = req.headers().get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
+                let format = common::metrics::Format::negotiate(accept);
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render(format))));
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+                r.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
                 Some(r)
             }
             _ => None,

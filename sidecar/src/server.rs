@@ -4,7 +4,7 @@
 //! shutdown.
 use crate::config::Limits;
 use crate::limit::ConnectionLimit;
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerLabel, Metrics};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -47,6 +47,14 @@ impl Serve {
             .max_buf_size(self.limits.max_header_bytes)
             .keep_alive(true);
         let job_id = self.job_id.as_deref().unwrap_or("-").to_string();
+        // The admin listener's probes and scrapes are not client connections.
+        let counted = (self.name != "admin").then(|| {
+            let label = ListenerLabel { listener: self.name };
+            (
+                self.metrics.connections.get_or_create(&label).clone(),
+                self.metrics.open_connections.get_or_create(&label).clone(),
+            )
+        });
         loop {
             let accepted = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -70,14 +78,16 @@ impl Serve {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            self.metrics.connections.inc();
-            self.metrics.open_connections.inc();
+            if let Some((total, open)) = &counted {
+                total.inc();
+                open.inc();
+            }
             let service = service.clone();
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service_fn(move |req| service.clone().oneshot(req)))
                 .with_upgrades();
             let shutdown = self.shutdown.clone();
-            let metrics = self.metrics.clone();
+            let open = counted.as_ref().map(|(_, open)| open.clone());
             let span = tracing::info_span!("conn", listener = self.name, job_id = %job_id, %peer);
             self.tracker.spawn(
                 async move {
@@ -95,7 +105,9 @@ impl Serve {
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
-                    metrics.open_connections.dec();
+                    if let Some(open) = open {
+                        open.dec();
+                    }
                     drop(permit);
                 }
                 .instrument(span),

@@ -149,10 +149,26 @@ async fn ready_file_probes_and_sigterm() {
             send(addr, http::Request::get(path).header("host", "x").body(Default::default()).unwrap()).await;
         assert_eq!(status, http::StatusCode::OK, "{addr}{path}");
     }
-    let (status, _, body) =
+    let (status, headers, body) =
         send(admin, http::Request::get("/metrics").header("host", "x").body(Default::default()).unwrap()).await;
     assert_eq!(status, http::StatusCode::OK);
-    assert!(String::from_utf8_lossy(&body).contains("sidecar_connections_total"));
+    assert_eq!(headers[http::header::CONTENT_TYPE], "text/plain; version=0.0.4; charset=utf-8");
+    let text = String::from_utf8_lossy(&body);
+    // One connection to the proxy listener (its /readyz); the three admin requests
+    // (probes and this scrape) are not client connections.
+    assert!(text.contains("sidecar_connections_total{listener=\"proxy\"} 1\n"), "{text}");
+    assert!(!text.contains("listener=\"admin\""), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
+    // A scraper asking for OpenMetrics gets it.
+    let req = http::Request::get("/metrics")
+        .header("host", "x")
+        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        .body(Default::default())
+        .unwrap();
+    let (status, headers, body) = send(admin, req).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(headers[http::header::CONTENT_TYPE], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert!(String::from_utf8_lossy(&body).ends_with("# EOF\n"));
     // The admin port serves probes only, never the job API.
     let (status, _, _) =
         send(admin, http::Request::get("/v1/job").header("host", "x").body(Default::default()).unwrap()).await;

@@ -260,7 +260,7 @@ async fn connect_tunnel_relays_megabytes_both_ways_and_counts_them() {
     assert!(got_down == down_data, "downstream: {} of {DOWN} bytes, or out of order", got_down.len());
     assert!(got_up == up_data, "upstream: {} of {UP} bytes, or out of order", got_up.len());
     let m = sc.metrics().await;
-    assert!(m.contains(&format!("sidecar_bytes_total{{direction=\"upstream\"}} {UP}")), "{m}");
-    assert!(m.contains(&format!("sidecar_bytes_total{{direction=\"downstream\"}} {DOWN}")), "{m}");
+    assert!(m.contains(&format!("sidecar_tunnel_received_bytes_total{{side=\"client\"}} {UP}")), "{m}");
+    assert!(m.contains(&format!("sidecar_tunnel_received_bytes_total{{side=\"upstream\"}} {DOWN}")), "{m}");
     sc.stop().await.unwrap();
 }

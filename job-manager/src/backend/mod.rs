@@ -66,6 +66,9 @@ pub enum HandoffError {
 }
 
 impl HandoffError {
+    /// Every [`HandoffError::label`].
+    pub const LABELS: [&'static str; 3] = ["busy", "transient", "permanent"];
+
     pub fn label(&self) -> &'static str {
         match self {
             HandoffError::Busy(_) => "busy",

@@ -64,6 +64,19 @@ impl BrokerError {
     }
 
     /// Stable label for metrics.
+    /// Every [`BrokerError::label`].
+    pub const LABELS: [&'static str; 9] = [
+        "unreachable",
+        "timeout",
+        "status",
+        "bad_response",
+        "unreadable",
+        "unauthorized",
+        "not_found",
+        "lease_lost",
+        "invalid_config",
+    ];
+
     pub fn label(&self) -> &'static str {
         match self {
             BrokerError::Unreachable(_) => "unreachable",

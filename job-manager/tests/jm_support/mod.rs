@@ -161,6 +161,7 @@ pub struct Answer {
     pub status: u16,
     pub body: String,
     pub allow: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// One request over a fresh connection.
@@ -174,9 +175,10 @@ pub async fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &st
     }
     let resp = sender.send_request(req.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
     let status = resp.status().as_u16();
-    let allow = resp.headers().get(http::header::ALLOW).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name| resp.headers().get(name).and_then(|v: &http::HeaderValue| v.to_str().ok()).map(str::to_string);
+    let (allow, content_type) = (header(http::header::ALLOW), header(http::header::CONTENT_TYPE));
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer { status, body: String::from_utf8_lossy(&body).into_owned(), allow }
+    Answer { status, body: String::from_utf8_lossy(&body).into_owned(), allow, content_type }
 }
 
 /// Poll `cond` until true or `timeout` (for state owned by another process).

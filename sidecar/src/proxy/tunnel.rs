@@ -7,7 +7,7 @@ use super::tunnel_limit::TunnelSlots;
 use super::{relay, Body, BoxError};
 use crate::authority::Target;
 use crate::connect::{Dialer, Io};
-use crate::metrics::{DirectionLabel, Metrics};
+use crate::metrics::{Metrics, SideLabel};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -43,8 +43,8 @@ struct Shared {
 
 impl Tunnel {
     pub fn new(dialer: Arc<Dialer>, metrics: Arc<Metrics>, idle_timeout: Duration) -> Self {
-        let bytes_up = metrics.bytes.get_or_create(&DirectionLabel { direction: "upstream" }).clone();
-        let bytes_down = metrics.bytes.get_or_create(&DirectionLabel { direction: "downstream" }).clone();
+        let bytes_up = metrics.tunnel_received_bytes.get_or_create(&SideLabel { side: "client" }).clone();
+        let bytes_down = metrics.tunnel_received_bytes.get_or_create(&SideLabel { side: "upstream" }).clone();
         Self { shared: Arc::new(Shared { dialer, metrics, idle_timeout, bytes_up, bytes_down }) }
     }
 }

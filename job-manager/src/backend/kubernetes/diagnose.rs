@@ -88,6 +88,18 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub const ALL: [Cause; 9] = [
+        Cause::DeadlineExceeded,
+        Cause::ImagePull,
+        Cause::Unschedulable,
+        Cause::ContainerConfig,
+        Cause::OomKilled,
+        Cause::CrashLoop,
+        Cause::NoPod,
+        Cause::PodFailed,
+        Cause::NoResult,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Cause::DeadlineExceeded => "deadline_exceeded",

@@ -27,6 +27,9 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The `reason` values of `pruned_objects` (see `coordination.rs`).
+pub const PRUNE_REASONS: [&str; 3] = ["orphan_job", "stopped_job", "retired_runtime"];
+
 #[derive(Clone, Default)]
 pub struct KubeMetrics {
     pub api_calls: Family<ApiCallLabels, Counter>,
@@ -41,6 +44,10 @@ pub struct KubeMetrics {
 
 impl KubeMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        use crate::backend::kubernetes::diagnose::Cause;
+        let reasons = |r: &[&'static str]| r.iter().map(|&reason| ReasonLabels { reason }).collect::<Vec<_>>();
+        common::metrics::pre_create(&self.diagnosed, reasons(&Cause::ALL.map(Cause::label)));
+        common::metrics::pre_create(&self.pruned, reasons(&PRUNE_REASONS));
         let sub = registry.sub_registry_with_prefix("kubernetes");
         sub.register("api_calls", "Kubernetes API calls by resource, verb and outcome", self.api_calls.clone());
         sub.register("lease_held", "1 while this replica holds the lease", self.lease_held.clone());

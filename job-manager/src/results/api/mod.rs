@@ -176,11 +176,11 @@ impl<S: ResultStore> ResultApi<S> {
                 return text(status, body, "text/plain");
             }
             (&Method::GET, "/metrics") => {
-                return text(
-                    StatusCode::OK,
-                    self.metrics().encode(),
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )
+                let accept = req.headers().get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
+                let format = common::metrics::Format::negotiate(accept);
+                let mut resp = text(StatusCode::OK, self.metrics().render(format), format.content_type());
+                resp.headers_mut().insert(http::header::VARY, http::HeaderValue::from_static("accept"));
+                return resp;
             }
             (_, "/healthz" | "/livez" | "/readyz" | "/metrics") => return method_not_allowed("GET"),
             _ => {}
