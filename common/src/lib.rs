@@ -14,6 +14,7 @@ pub mod broker;
 pub mod fs;
 pub mod headers;
 pub mod job;
+pub mod logs;
 pub mod metrics;
 pub mod netlink;
 pub mod runtime_api;

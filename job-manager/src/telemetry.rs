@@ -1,7 +1,7 @@
 //! Logging: tracing-subscriber, text or JSON. Every line about a job carries its id:
 //! the dispatcher, executors and result API run inside a `job`/`result_api`/`deliver`
-//! span with a `job_id` field, which text logs print as a prefix and JSON logs include
-//! as `span`/`spans`. Those spans are created at ERROR level on purpose: a span below
+//! span with a `job_id` field, which text logs print as a prefix and JSON logs
+//! ([`common::logs`], the sidecar's shape) as a top-level `job_id`. Those spans are created at ERROR level on purpose: a span below
 //! the configured level is disabled and its fields vanish from every line inside it.
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -32,13 +32,19 @@ pub fn level_directive(level: &str) -> &'static str {
 pub fn init(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level_directive(level)));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => registry.with(common::logs::json_layer(std::io::stderr)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_target(false),
+            )
+            .try_init(),
     };
 }
 

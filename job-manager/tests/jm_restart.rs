@@ -461,3 +461,24 @@ async fn a_restart_during_a_broker_outage_still_enforces_adopted_deadlines() {
         .unwrap();
     assert_eq!(status.code(), Some(69), "nothing running, broker unreachable: EX_UNAVAILABLE");
 }
+
+/// The JSON log lines of the real binary, through a whole job: every one has the shape
+/// the sidecar's have too (`common::logs`), and the job's lines carry its id at the top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_are_flat_with_the_job_id_once() {
+    let rig = Rig::new("json-logs", Duration::from_secs(30), None).await;
+    let payload = json!({"action": "fetch", "url": format!("{}/ran", rig.origin.url), "expectStatus": 200});
+    rig.broker.submit(job("logged", 20, payload)).unwrap();
+    let jm = rig.start_job_manager_with(1, &[("JM_LOG_FORMAT", "json")]).await;
+    let result = rig.broker.wait_for_result(&id("logged"), Duration::from_secs(40)).await;
+    stop(jm);
+    let log = rig.log(1);
+    assert_eq!(result.map(|r| r.outcome), Some(Outcome::Succeeded), "log: {log}");
+    let lines: Vec<_> = log.lines().map(|l| common::logs::check_line(l).unwrap()).collect();
+    let started = lines.iter().find(|l| l["message"] == "job manager started").expect("start logged");
+    assert_eq!(started["addr"], rig.listen.as_str(), "{started:?}");
+    assert!(started["target"].as_str().unwrap().starts_with("job_manager::"), "{started:?}");
+    let about_the_job: Vec<_> = lines.iter().filter(|l| l.get("job_id").is_some_and(|j| j == "logged")).collect();
+    assert!(about_the_job.len() >= 2, "{log}");
+    assert!(lines.iter().all(|l| l["level"].as_str().is_some_and(|v| ["DEBUG", "INFO", "WARN", "ERROR"].contains(&v))));
+}

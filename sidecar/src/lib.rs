@@ -280,8 +280,8 @@ pub async fn run_with(
     local.ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %ready.listen,
-        admin = ?ready.admin,
-        ingress = ?ready.ingress,
+        admin = ready.admin.map(tracing::field::display),
+        ingress = ready.ingress.map(tracing::field::display),
         job_id = job_id.as_deref().unwrap_or("-"),
         report_only = config.report_only,
         "sidecar serving"

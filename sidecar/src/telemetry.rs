@@ -1,5 +1,5 @@
-//! Logs: tracing-subscriber, text or JSON, to stderr. Span fields (job id, peer) appear
-//! on every line of a request. Depends on nothing else in the crate: configuration
+//! Logs: tracing-subscriber, text or JSON ([`common::logs`]: the job manager's shape),
+//! to stderr. Span fields (job id, listener, peer) appear on every line of a request. Depends on nothing else in the crate: configuration
 //! uses [`LogFormat`] and [`log_filter`] from here to validate its log settings.
 use tracing_subscriber::filter::{LevelFilter, ParseError, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -26,12 +26,13 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, level: &str) {
     let filter = log_filter(level).unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     // A second init (tests running several sidecars in one process) is harmless.
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Text => registry.with(fmt).try_init(),
-        LogFormat::Json => registry.with(fmt.json().with_current_span(true).with_span_list(false)).try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi))
+            .try_init(),
+        LogFormat::Json => registry.with(common::logs::json_layer(std::io::stderr)).try_init(),
     };
 }
 

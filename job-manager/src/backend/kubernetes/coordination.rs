@@ -313,7 +313,7 @@ impl Coordinator {
                     .diagnosed
                     .get_or_create(&crate::backend::kubernetes::metrics::ReasonLabels { reason: cause.label() })
                     .inc();
-                tracing::warn!(job_id = %result.job_id, cause = cause.label(), message = %result.message, "job manager decided the job's result");
+                tracing::warn!(job_id = %result.job_id, cause = cause.label(), result_message = %result.message, "job manager decided the job's result");
                 if let Some(r) = record_named(records, &labels::object_name(&result.job_id)) {
                     self.ctx.events.diagnosed(r, cause_reason(cause), &result.message);
                 }
