@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything `make test` needs beyond cargo: real HTTP clients for the proxy
-# tests (curl, Python requests, Node undici, headless Chromium) and real Helm +
-# Kubernetes schema validation for the chart tests. Idempotent; fast when done.
+# tests (curl, Python requests, Node undici, headless Chromium), real Helm +
+# Kubernetes schema validation for the chart tests and promtool for the metrics gate.
+# Idempotent; fast when done.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -13,6 +14,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)   # the client tests' origi
 { command -v ip || [ -x /usr/sbin/ip ]; } >/dev/null || need_apt+=(iproute2)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
+command -v promtool >/dev/null || need_apt+=(prometheus)   # `promtool check metrics` on live scrapes (chart tests)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

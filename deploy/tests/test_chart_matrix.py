@@ -1,5 +1,7 @@
 """The chart renders, lints clean in strict mode and yields manifests valid for the oldest
 and newest supported Kubernetes, for default values and a matrix of settings."""
+import json
+
 import helm_python as helm
 import pytest
 import yaml
@@ -133,7 +135,7 @@ def test_hpa_on_external_queue_depth(chart):
     assert hpa["spec"]["minReplicas"] == 1 and hpa["spec"]["maxReplicas"] == 10
     metric = hpa["spec"]["metrics"][0]
     assert metric["type"] == "External"
-    assert metric["external"]["metric"]["name"] == "serverless_queue_depth"
+    assert metric["external"]["metric"]["name"] == "job_manager_broker_queue_depth"
     assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "100"}
 
 
@@ -153,8 +155,32 @@ def test_notes_tell_the_operator_what_to_check(chart):
     notes = render(chart, REQUIRED).notes()
     assert "rollout status deployment/jm-job-manager" in notes
     assert 'Service "job-manager" on port 8080' in notes
-    assert "serverless_queue_depth" in notes and "external metrics adapter" in notes
+    assert "job_manager_broker_queue_depth" in notes and "external metrics adapter" in notes
     assert "169.254.169.254 must be unreachable" in notes
     keda = render(chart, values_for("keda")).notes()
     assert "KEDA scales the job manager between 0 and 10" in keda and "HorizontalPodAutoscaler" not in keda
     assert "NOT filtered by the sidecar" in render(chart, values_for("sidecar-disabled")).notes()
+
+
+def test_grafana_dashboard_configmap_only_when_enabled(chart):
+    names = lambda r: {d["metadata"]["name"] for d in r.of_kind("ConfigMap")}
+    assert "jm-job-manager-dashboard" not in names(render(chart, REQUIRED))
+    values = deep_merge(REQUIRED, {"grafanaDashboard": {
+        "enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "Jobs"},
+        # The loader's label is always "1"; a value given here does not make a duplicate key.
+        "labels": {"release": "prom", "grafana_dashboard": "0"}}})
+    cm = render(chart, values).one("ConfigMap", "jm-job-manager-dashboard")
+    for version in KUBE_VERSIONS:
+        kube_validate(cm, version)
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and cm["metadata"]["labels"]["release"] == "prom"
+    assert cm["metadata"]["labels"]["app.kubernetes.io/instance"] == "jm"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Jobs"}
+    assert json.loads(cm["data"]["job-manager.json"]) == json.loads((CHART / "files" / "dashboard.json").read_text())
+    default_ns = render(chart, deep_merge(REQUIRED, {"grafanaDashboard": {"enabled": True}}))
+    assert default_ns.one("ConfigMap", "jm-job-manager-dashboard")["metadata"]["namespace"] == "jobs"
+
+
+def test_grafana_dashboard_namespace_must_be_a_namespace_name(chart):
+    with pytest.raises(Exception, match="namespace"):
+        render(chart, deep_merge(REQUIRED, {"grafanaDashboard": {"enabled": True, "namespace": "Not_A_Namespace"}}))

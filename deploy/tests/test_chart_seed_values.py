@@ -21,7 +21,7 @@ SEED_000 = [
     ("jobManager.userDefinedVariables.userDefinedJson", ""), ("jobManager.userDefinedVariables.userDefinedFile", ""),
     ("jobManager.userDefinedVariables.userDefinedPath", ""),
     ("jobManager.hpa.enabled", True), ("jobManager.hpa.minReplicas", 1), ("jobManager.hpa.maxReplicas", 10),
-    ("jobManager.hpa.customMetrics.queueDepthMetricName", "serverless_queue_depth"),
+    # jobManager.hpa.customMetrics.queueDepthMetricName: see test_queue_depth_metric_name_is_one_that_is_exported.
     ("jobManager.hpa.customMetrics.targetValue", 100),
     ("jobManager.sidecar.enabled", True), ("jobManager.sidecar.image.repository", "newrelic/serverless-sidecar"),
     ("jobManager.sidecar.image.tag", "latest"),
@@ -87,3 +87,10 @@ def test_restrict_metadata_and_grace_period_exist(chart):
     assert chart.values["restrictMetadataService"] is True
     assert chart.values["terminationGracePeriodSeconds"] > chart.values["jobManager"]["shutdownGraceSecs"]
     assert chart.values["runtimePods"]["terminationGracePeriodSeconds"] == 30
+
+
+def test_queue_depth_metric_name_is_one_that_is_exported(chart):
+    # Seed 000 defaults it to `serverless_queue_depth`, a name nothing in this system
+    # exports; the default is the job manager's own gauge of the broker's queue depth
+    # (test_metrics_live.py checks a live job manager exports it). The key is the seed's.
+    assert chart.values["jobManager"]["hpa"]["customMetrics"]["queueDepthMetricName"] == "job_manager_broker_queue_depth"

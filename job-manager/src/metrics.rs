@@ -81,6 +81,9 @@ impl Metrics {
         };
         let label = |key: &str, value: &str| vec![(key.to_string(), value.to_string())];
         pre_create(&m.job_results, common::Outcome::ALL.map(|o| label("outcome", o.as_str())));
+        // The two success answers of the result API (202 recorded, 200 duplicate); error
+        // codes appear when they happen.
+        pre_create(&m.result_api_requests, ["202", "200"].map(|code| label("code", code)));
         pre_create(&m.handoff_failures, HandoffError::LABELS.map(|reason| label("reason", reason)));
         pre_create(
             &m.broker_errors,
