@@ -103,8 +103,10 @@ class Live:
 
     def start_sidecar(self) -> str:
         ready = self.tmp / "sidecar-ready.json"
+        # Allow-list mode with an empty list: this sidecar can reach nothing at all.
         sc, log = self.spawn("sidecar", ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ready-file",
-                                         str(ready), "--log-format", "json", "--job-id", "live-1"])
+                                         str(ready), "--log-format", "json", "--job-id", "live-1", "--deny-public",
+                                         "--deny-private"])
         wait_for("the sidecar's ready file", ready.exists, proc=sc, log=log)
         addrs = json.loads(ready.read_text())
         # One refused request through the proxy (refused by policy before any dial).
