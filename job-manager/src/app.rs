@@ -166,7 +166,8 @@ impl App {
             let _ = dispatcher_task.await;
             let still_running = executor.drain(grace).await;
             if !still_running.is_empty() {
-                tracing::warn!(jobs = ?still_running, "jobs still running after the grace period");
+                let jobs: Vec<String> = still_running.iter().map(ToString::to_string).collect();
+                tracing::warn!(jobs = %jobs.join(", "), "jobs still running after the grace period");
             }
             companions_stop.cancel();
             for task in companions.tasks {

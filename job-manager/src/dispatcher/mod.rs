@@ -401,7 +401,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
                         break Err(e);
                     }
                     let delay = self.settings.handoff_backoff.delay(attempt - 1);
-                    tracing::warn!(error = %e, attempt, ?delay, "hand-off failed; retrying");
+                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "hand-off failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => break Err(e),

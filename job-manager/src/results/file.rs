@@ -355,7 +355,7 @@ fn recover(dir: &Path) -> Result<(File, Index, u64), StoreError> {
     }
     if let Some(what) = describe_recovery(&replay) {
         let saved_to: Vec<String> = saved.iter().map(|(p, _)| p.display().to_string()).collect();
-        tracing::warn!(journal = %path.display(), saved_to = ?saved_to, "result journal: {what}");
+        tracing::warn!(journal = %path.display(), saved_to = %saved_to.join(", "), "result journal: {what}");
     }
     let index = Index::from_entries(replay.entries);
     tracing::info!(journal = %path.display(), results = index.len(), pending = index.pending_count(), "result journal recovered");

@@ -186,7 +186,8 @@ pub(super) async fn reap_uids(settings: &LocalSettings, uids: &[u32]) {
             .status()
             .await;
         if !status.as_ref().is_ok_and(|s| s.success()) {
-            tracing::error!(uid, ?status, "cannot kill what is left under a job's UID");
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            tracing::error!(uid, %status, "cannot kill what is left under a job's UID");
         }
     }
 }
@@ -346,7 +347,8 @@ pub(super) fn reap_uids_now(settings: &LocalSettings, uids: &[u32]) {
             .stdout(Stdio::null())
             .status();
         if !status.as_ref().is_ok_and(|s| s.success()) {
-            tracing::error!(uid, ?status, "cannot kill what is left under a job's UID");
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            tracing::error!(uid, %status, "cannot kill what is left under a job's UID");
         }
     }
 }
