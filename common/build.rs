@@ -1,7 +1,9 @@
-//! Build facts for `common::build`: the git commit (env `GIT_COMMIT` when set, e.g. a
-//! build from a source tarball; else `git rev-parse`; else "unknown") and the rustc
-//! version. Both binaries read them from `common` (their `*_build_info` metric), so
-//! this is the only build script in the workspace.
+//! Build facts for `common::metrics` (both binaries' `*_build_info`): the rustc version
+//! and the git commit: env `GIT_COMMIT` when set (e.g. a build from a source tarball);
+//! else, in release builds (the images), `git rev-parse`; else "unknown". Debug builds
+//! do not ask git on purpose: the commit would change `common`, and so rebuild the whole
+//! workspace, on every commit of a development loop. This is the workspace's only build
+//! script.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,7 +13,7 @@ fn main() {
         .ok()
         .map(|c| c.trim().to_string())
         .filter(|c| !c.is_empty())
-        .or_else(git_commit)
+        .or_else(|| (std::env::var("PROFILE").as_deref() == Ok("release")).then(git_commit).flatten())
         .unwrap_or_else(|| "unknown".into());
     let rustc = std::env::var("RUSTC")
         .ok()

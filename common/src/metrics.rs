@@ -14,8 +14,8 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-/// The checked-out commit the binary was built from ("unknown" outside git without
-/// `GIT_COMMIT`), set by `common/build.rs`.
+/// The commit the binary was built from: `GIT_COMMIT` at build time, else (release
+/// builds) the checked-out one, else "unknown" (see `common/build.rs`).
 pub const GIT_COMMIT: &str = env!("BUILD_GIT_COMMIT");
 /// The compiler that built the binary, e.g. `1.89.0 (29483883e 2025-08-04)`.
 pub const RUSTC_VERSION: &str = env!("BUILD_RUSTC_VERSION");
