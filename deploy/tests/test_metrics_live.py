@@ -3,6 +3,7 @@ chart deploys; against the workspace's `kube-emulator`) and a sidecar, both on l
 
 - `promtool check metrics` accepts both text scrapes (the gate of issue 13). In CI
   (`CI=true`) a missing promtool fails; elsewhere the test is skipped, loudly.
+- Every query of the chart's Grafana dashboard parses (`promtool check rules`).
 - A scraper asking for OpenMetrics gets it, and it parses as OpenMetrics.
 - Every metric name in the chart's Grafana dashboard and the HPA's default metric name
   are exported by the real registries (names read from the scrapes, not a list).
@@ -156,6 +157,18 @@ def exported_names(text: str) -> set:
     return names
 
 
+def need_promtool(what: str) -> str:
+    """promtool's path; without it, a failure under CI=true and a loud skip elsewhere."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        message = f"PROMTOOL NOT INSTALLED: {what} (apt-get install prometheus, or deploy/scripts/setup-test-env.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        print(f"\n*** {message} ***", file=sys.stderr)
+        pytest.skip(message)
+    return promtool
+
+
 @pytest.mark.parametrize("name", BINARIES)
 def test_promtool_accepts_the_scrape(live, name):
     content_type, text = get(live[name])
@@ -164,14 +177,7 @@ def test_promtool_accepts_the_scrape(live, name):
     prefix = name.replace("-", "_")
     for family in (f"{prefix}_build_info", "process_resident_memory_bytes", "process_cpu_seconds_total"):
         assert f"# TYPE {family} " in text, f"{family} missing from\n{text}"
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        message = ("PROMTOOL NOT INSTALLED: `promtool check metrics` NOT RUN on the live scrapes "
-                   "(apt-get install prometheus, or deploy/scripts/setup-test-env.sh)")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        print(f"\n*** {message} ***", file=sys.stderr)
-        pytest.skip(message)
+    promtool = need_promtool("`promtool check metrics` NOT RUN on the live scrapes")
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, f"promtool: {result.stdout}{result.stderr}"
     # ... and promtool is a gate that can fail: the old always-OpenMetrics answer fails it.
@@ -267,6 +273,26 @@ def test_every_dashboard_query_uses_exported_names(exported):
     used = set().union(*(promql_metric_names(e) for e in exprs))
     assert {"job_manager_broker_queue_depth", "sidecar_denials_total", "process_resident_memory_bytes"} <= used
     assert unknown_names(dashboard, exported) == {}
+
+
+def promtool_check_queries(exprs: list, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`promtool check rules` on a rule file with one recording rule per query (Grafana's
+    `$__rate_interval` as 5m): Prometheus's own PromQL parser reads every query."""
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": e.replace("$__rate_interval", "5m")} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(json.dumps(rules))
+    promtool = need_promtool("the dashboard's queries NOT parsed by `promtool check rules`")
+    return subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
+
+
+def test_every_dashboard_query_parses(tmp_path):
+    exprs = dashboard_exprs(json.loads(DASHBOARD.read_text()))
+    result = promtool_check_queries(exprs, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in result.stdout, result.stdout
+    broken = promtool_check_queries(["sum by (le (rate(x[5m]))"], tmp_path)
+    assert broken.returncode != 0, "a query that does not parse is caught"
 
 
 def test_a_wrong_name_in_the_dashboard_is_caught(exported):
