@@ -37,15 +37,15 @@ struct Shared {
     dialer: Arc<Dialer>,
     metrics: Arc<Metrics>,
     idle_timeout: Duration,
-    bytes_up: Counter,
-    bytes_down: Counter,
+    from_client: Counter,
+    from_upstream: Counter,
 }
 
 impl Tunnel {
     pub fn new(dialer: Arc<Dialer>, metrics: Arc<Metrics>, idle_timeout: Duration) -> Self {
-        let bytes_up = metrics.tunnel_received_bytes.get_or_create(&SideLabel { side: "client" }).clone();
-        let bytes_down = metrics.tunnel_received_bytes.get_or_create(&SideLabel { side: "upstream" }).clone();
-        Self { shared: Arc::new(Shared { dialer, metrics, idle_timeout, bytes_up, bytes_down }) }
+        let from_client = metrics.tunnel_received_bytes.get_or_create(&SideLabel { side: "client" }).clone();
+        let from_upstream = metrics.tunnel_received_bytes.get_or_create(&SideLabel { side: "upstream" }).clone();
+        Self { shared: Arc::new(Shared { dialer, metrics, idle_timeout, from_client, from_upstream }) }
     }
 }
 
@@ -75,7 +75,7 @@ impl Service<Request<Incoming>> for Tunnel {
                             Ok(parts) => {
                                 let mut upstream = upstream;
                                 if !parts.read_buf.is_empty() {
-                                    this.bytes_up.inc_by(parts.read_buf.len() as u64);
+                                    this.from_client.inc_by(parts.read_buf.len() as u64);
                                     if upstream.write_all(&parts.read_buf).await.is_err() {
                                         this.metrics.open_tunnels.dec();
                                         return;
@@ -107,8 +107,8 @@ impl Shared {
     async fn relay<C: AsyncRead + AsyncWrite + Unpin>(&self, client: C, upstream: Io) {
         let epoch = Instant::now();
         let last = Arc::new(AtomicU64::new(0));
-        let mut client = Tracked { inner: client, epoch, last: last.clone(), bytes: self.bytes_up.clone() };
-        let mut upstream = Tracked { inner: upstream, epoch, last: last.clone(), bytes: self.bytes_down.clone() };
+        let mut client = Tracked { inner: client, epoch, last: last.clone(), bytes: self.from_client.clone() };
+        let mut upstream = Tracked { inner: upstream, epoch, last: last.clone(), bytes: self.from_upstream.clone() };
         let idle = self.idle_timeout;
         let watchdog = idle_watchdog(&last, epoch, idle);
         tokio::select! {
@@ -131,8 +131,8 @@ impl Shared {
         let (client_r, client_w) = client.into_split();
         let (upstream_r, upstream_w) = upstream.into_split();
         let activity = |bytes| relay::Activity { bytes, last: &last, epoch };
-        let up = relay::one_way(client_r, upstream_w, activity(&self.bytes_up));
-        let down = relay::one_way(upstream_r, client_w, activity(&self.bytes_down));
+        let up = relay::one_way(client_r, upstream_w, activity(&self.from_client));
+        let down = relay::one_way(upstream_r, client_w, activity(&self.from_upstream));
         let idle = self.idle_timeout;
         let watchdog = idle_watchdog(&last, epoch, idle);
         tokio::pin!(up, down, watchdog);
