@@ -14,12 +14,14 @@
 pub mod faults;
 pub mod patch;
 pub mod pod_security;
+pub mod protobuf;
 pub mod quota;
 pub mod resources;
 pub mod selectors;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod table;
 pub mod time;
 pub mod validation;
 

@@ -19,6 +19,7 @@ use crate::emulator::resources::ResourceType;
 use crate::emulator::selectors::{FieldSelector, LabelSelector};
 use crate::emulator::status::{self, ApiError};
 use crate::emulator::store::{meta_str, DeleteOptions, DeleteOutcome, Store, WriteOptions};
+use crate::emulator::table;
 use admin::admin;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -71,6 +72,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     let path = parts.uri.path().to_string();
     let user_agent =
         parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let content_type =
         parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
@@ -84,7 +86,6 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     match route {
         Route::Discovery(v) => Ok(full(StatusCode::OK, &v)),
         Route::Admin(segs) => Ok(admin(&state, &parts.method, &segs, &bytes)),
-        Route::Namespace(name) => Ok(namespace(&state.store, &parts.method, &content_type, name, &bytes)),
         Route::Resource { rt, namespace, name, sub } => {
             let watching = matches!(query.get("watch").map(String::as_str), Some("true") | Some("1"));
             let verb = match (&parts.method, name.is_some()) {
@@ -143,6 +144,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
                         sub: sub.as_deref(),
                         query: &query,
                         content_type: &content_type,
+                        accept: &accept,
                         body: &bytes,
                         field_manager,
                     };
@@ -159,45 +161,6 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     }
 }
 
-/// Namespaces are implicit: every namespace exists and is Active. Their labels and
-/// annotations can be patched (`kubectl label namespace`), which is how Pod Security
-/// levels are set.
-fn namespace(store: &Store, method: &Method, content_type: &str, name: Option<String>, body: &Bytes) -> Response<Body> {
-    let ns = |n: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": store.namespace_metadata(n), "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-    match (method, name) {
-        (&Method::GET, Some(n)) => full(StatusCode::OK, &ns(&n)),
-        (&Method::GET, None) => full(
-            StatusCode::OK,
-            &json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": [ns("default")]}),
-        ),
-        (&Method::PATCH, Some(n)) => {
-            let Ok(patch) = serde_json::from_slice::<Value>(body) else {
-                return error_response(&ApiError::BadRequest("the patch is not JSON".into()));
-            };
-            let current = ns(&n);
-            let patched = match crate::emulator::patch::PatchType::from_content_type(content_type) {
-                Some(crate::emulator::patch::PatchType::Merge) => crate::emulator::patch::merge_patch(&current, &patch),
-                Some(crate::emulator::patch::PatchType::Strategic) => {
-                    crate::emulator::patch::strategic_merge(&current, &patch)
-                }
-                Some(crate::emulator::patch::PatchType::Json) => {
-                    match crate::emulator::patch::json_patch(&current, &patch) {
-                        Ok(v) => v,
-                        Err(e) => return error_response(&e),
-                    }
-                }
-                _ => return error_response(&ApiError::UnsupportedMediaType(
-                    "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"
-                        .into(),
-                )),
-            };
-            store.set_namespace_metadata(&n, &patched["metadata"]);
-            full(StatusCode::OK, &ns(&n))
-        }
-        _ => error_response(&ApiError::MethodNotAllowed),
-    }
-}
-
 struct ResourceRequest<'a> {
     rt: &'a ResourceType,
     namespace: Option<&'a str>,
@@ -205,8 +168,25 @@ struct ResourceRequest<'a> {
     sub: Option<&'a str>,
     query: &'a HashMap<String, String>,
     content_type: &'a str,
+    accept: &'a str,
     body: &'a Bytes,
     field_manager: String,
+}
+
+/// A whole object sent with POST or PUT, in whichever encoding the client chose.
+fn parse_object(bytes: &Bytes, content_type: &str) -> Result<Value, ApiError> {
+    use crate::emulator::protobuf::{self, ProtobufError};
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        protobuf::CONTENT_TYPE => protobuf::decode(bytes).map_err(|e| match e {
+            ProtobufError::UnsupportedKind { .. } => {
+                ApiError::UnsupportedMediaType(format!("application/json, application/yaml ({e})"))
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        }),
+        "application/yaml" => parse_body(bytes, true),
+        _ => parse_body(bytes, false),
+    }
 }
 
 fn parse_body(bytes: &Bytes, yaml: bool) -> Result<Value, ApiError> {
@@ -248,29 +228,44 @@ fn serve_resource(
         &rt.field_selectors(),
     )
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let as_table = (table::wants_table(r.accept) && r.sub.is_none())
+        .then(|| table::Include::from_query(r.query.get("includeObject").map(String::as_str)));
     match ctx.verb {
-        "get" => Ok(full(StatusCode::OK, &store.get(rt, ns, r.name.unwrap_or_default())?)),
+        "get" => {
+            let obj = store.get(rt, ns, r.name.unwrap_or_default())?;
+            match as_table {
+                Some(include) => Ok(full(StatusCode::OK, &table::table(rt, &[obj], None, include))),
+                None => Ok(full(StatusCode::OK, &obj)),
+            }
+        }
         "list" => {
             let (items, rv) = store.list(rt, r.namespace, &labels, &fields);
+            if let Some(include) = as_table {
+                return Ok(full(StatusCode::OK, &table::table(rt, &items, Some(&rv.to_string()), include)));
+            }
             Ok(full(
                 StatusCode::OK,
                 &json!({"apiVersion": rt.api_version(), "kind": rt.list_kind(),
                 "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
             ))
         }
-        "watch" => watch_stream(state, rt, r.namespace, labels, fields, r.query, drop_after),
+        "watch" => watch_stream(state, rt, r.namespace, labels, fields, r.query, drop_after, as_table),
         "create" => {
-            let body = parse_body(r.body, false)?;
+            let body = parse_object(r.body, r.content_type)?;
             check_kind(rt, &body)?;
             let created = store.create(rt, ns, body, &w)?;
             Ok(full(StatusCode::CREATED, &created))
         }
         "update" => {
-            let body = parse_body(r.body, false)?;
+            let body = parse_object(r.body, r.content_type)?;
             check_kind(rt, &body)?;
             Ok(full(StatusCode::OK, &store.replace(rt, ns, r.name.unwrap_or_default(), body, r.sub, &w)?))
         }
         "patch" => {
+            if rt.group.is_empty() && rt.kind == "Namespace" {
+                // Labelling a namespace nothing has used yet (every namespace is usable).
+                store.touch_namespace(r.name.unwrap_or_default());
+            }
             let kind = PatchType::from_content_type(r.content_type)
                 .ok_or_else(|| ApiError::UnsupportedMediaType(patch::ACCEPTED_PATCH_TYPES_BUILTIN.into()))?;
             let custom = matches!(rt.schema, crate::emulator::resources::SchemaSource::Crd(_));

@@ -45,7 +45,6 @@ pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
 pub(super) enum Route {
     Discovery(Value),
     Resource { rt: Box<ResourceType>, namespace: Option<String>, name: Option<String>, sub: Option<String> },
-    Namespace(Option<String>),
     Admin(Vec<String>),
 }
 
@@ -90,8 +89,6 @@ pub(super) fn route(store: &Store, path: &str) -> Result<Route, ApiError> {
             }
             Ok(Route::Discovery(resource_list(g, v, &types)))
         }
-        ["api", "v1", "namespaces"] => Ok(Route::Namespace(None)),
-        ["api", "v1", "namespaces", ns] => Ok(Route::Namespace(Some(ns.to_string()))),
         ["api", "v1", rest @ ..] => resource_route(&types, "", "v1", rest),
         ["apis", g, v, rest @ ..] => resource_route(&types, g, v, rest),
         _ => Err(ApiError::NoResource),
@@ -116,6 +113,12 @@ fn resource_route(types: &[ResourceType], g: &str, v: &str, rest: &[&str]) -> Re
     };
     let owned = |s: &&str| s.to_string();
     match rest {
+        ["namespaces", ns, sub] if g.is_empty() && find(sub).is_err() => Ok(Route::Resource {
+            rt: Box::new(find("namespaces")?),
+            namespace: None,
+            name: Some(ns.to_string()),
+            sub: Some(sub.to_string()),
+        }),
         ["namespaces", ns, plural, more @ ..] if more.len() <= 2 => {
             let rt = find(plural)?;
             if !rt.namespaced {

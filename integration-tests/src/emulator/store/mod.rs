@@ -106,8 +106,6 @@ struct State {
     /// Events at or below this resourceVersion were dropped from history.
     compacted: u64,
     next_cluster_ip: u32,
-    /// Labels and annotations set on namespaces (which are implicit: every one exists).
-    namespace_meta: BTreeMap<String, Value>,
 }
 
 pub struct Store {
@@ -140,7 +138,7 @@ fn has_finalizers(obj: &Value) -> bool {
 impl Store {
     pub fn new(opts: StoreOptions) -> Arc<Self> {
         let (events, _) = broadcast::channel(16_384);
-        Arc::new(Self {
+        let store = Arc::new(Self {
             state: Mutex::new(State {
                 rv: 1000,
                 objects: BTreeMap::new(),
@@ -148,11 +146,46 @@ impl Store {
                 history: VecDeque::new(),
                 compacted: 1000,
                 next_cluster_ip: 10,
-                namespace_meta: BTreeMap::new(),
             }),
             events,
             opts: Mutex::new(opts),
-        })
+        });
+        {
+            let mut st = store.lock();
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                store.ensure_namespace(&mut st, ns);
+            }
+        }
+        store
+    }
+
+    fn namespace_type() -> ResourceType {
+        resources::builtins().into_iter().find(|t| t.kind == "Namespace").expect("Namespace is a built-in kind")
+    }
+
+    /// Namespaces come into being when first used (the real API refuses objects in a
+    /// namespace nobody created; the emulator creates it, so tests need no setup step).
+    fn ensure_namespace(&self, st: &mut State, ns: &str) {
+        let rt = Self::namespace_type();
+        if ns.is_empty() || st.objects.contains_key(&Self::key(&rt, "", ns)) {
+            return;
+        }
+        let body = json!({"metadata": {"name": ns}});
+        if let Err(e) = self.create_locked(st, &rt, "", body, &WriteOptions::default()) {
+            tracing::warn!("creating namespace {ns:?}: {e}");
+        }
+    }
+
+    /// Creates namespace `ns` unless it exists (see [`Store::ensure_namespace`]).
+    pub fn touch_namespace(&self, ns: &str) {
+        let mut st = self.lock();
+        self.ensure_namespace(&mut st, ns);
+    }
+
+    /// The labels of a namespace (Pod Security levels), empty when it has none.
+    fn namespace_labels(st: &State, ns: &str) -> Value {
+        let rt = Self::namespace_type();
+        st.objects.get(&Self::key(&rt, "", ns)).map(|o| o["metadata"]["labels"].clone()).unwrap_or_default()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -232,25 +265,6 @@ impl Store {
     }
 
     /// Everything of a type, for controllers.
-    /// A namespace's `metadata` (name, and the labels and annotations set on it).
-    pub fn namespace_metadata(&self, name: &str) -> Value {
-        let st = self.lock();
-        st.namespace_meta.get(name).cloned().unwrap_or_else(|| serde_json::json!({"name": name}))
-    }
-
-    /// Applies `patch` (already merged by the caller's patch type) to a namespace's
-    /// labels and annotations; other fields of a namespace are fixed.
-    pub fn set_namespace_metadata(&self, name: &str, metadata: &Value) {
-        let mut st = self.lock();
-        let mut meta = serde_json::json!({"name": name});
-        for field in ["labels", "annotations"] {
-            if metadata[field].is_object() {
-                meta[field] = metadata[field].clone();
-            }
-        }
-        st.namespace_meta.insert(name.to_string(), meta);
-    }
-
     pub fn all(&self, group: &str, plural: &str) -> Vec<Arc<Value>> {
         let st = self.lock();
         Self::scan(&st, group, plural).map(|(_, v)| v.clone()).collect()
