@@ -12,6 +12,7 @@
 //! # }
 //! ```
 pub mod faults;
+pub mod openapi;
 pub mod patch;
 pub mod pod_security;
 pub mod protobuf;

@@ -65,6 +65,16 @@ impl ResourceType {
                 "kind": self.kind, "verbs": ["get", "patch", "update"],
             }));
         }
+        match (self.group.as_str(), self.kind.as_str()) {
+            ("", "Pod") => out.push(json!({
+                "name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"],
+            })),
+            ("apps", "Deployment") => out.push(json!({
+                "name": "deployments/scale", "singularName": "", "namespaced": true, "group": "autoscaling",
+                "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],
+            })),
+            _ => {}
+        }
         out
     }
 }

@@ -75,6 +75,23 @@ fn render_value(v: &Value) -> String {
     }
 }
 
+/// The API server's wording: one conflict on one line, several grouped by manager.
+fn apply_conflict_message(conflicts: &[(String, String)]) -> String {
+    if let [(m, f)] = conflicts {
+        return format!("Apply failed with 1 conflict: conflict with {m}: {f}");
+    }
+    let mut lines = Vec::new();
+    let mut last: Option<&str> = None;
+    for (m, f) in conflicts {
+        if last != Some(m.as_str()) {
+            lines.push(format!("conflicts with {m}:"));
+            last = Some(m);
+        }
+        lines.push(format!("- {f}"));
+    }
+    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+}
+
 /// Every error the emulator answers with. `label()` is stable (metrics, request log).
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum ApiError {
@@ -86,8 +103,9 @@ pub enum ApiError {
     Conflict { group: String, resource: String, name: String, detail: String },
     #[error("{kind} {name:?} is invalid: {}", causes.iter().map(Cause::line).collect::<Vec<_>>().join(", "))]
     Invalid { group: String, kind: String, name: String, causes: Vec<Cause> },
-    #[error("Apply failed with {} conflict{}: {}", conflicts.len(), if conflicts.len() == 1 { "" } else { "s" }, conflicts.iter().map(|(m, f)| format!("conflict with {m:?} using {api_version}: {f}")).collect::<Vec<_>>().join("\n"))]
-    ApplyConflict { api_version: String, conflicts: Vec<(String, String)> },
+    /// `conflicts`: (manager as the server prints it, field path), sorted by manager.
+    #[error("{}", apply_conflict_message(conflicts))]
+    ApplyConflict { conflicts: Vec<(String, String)> },
     #[error("{0}")]
     BadRequest(String),
     #[error("the server could not find the requested resource")]
@@ -178,11 +196,9 @@ impl ApiError {
                 }
                 Some(d)
             }
-            ApiError::ApplyConflict { api_version, conflicts } => {
-                Some(json!({"causes": conflicts.iter().map(|(m, f)| json!({
-                "reason": "FieldManagerConflict", "message": format!("conflict with {m:?} using {api_version}"), "field": f,
-            })).collect::<Vec<_>>()}))
-            }
+            ApiError::ApplyConflict { conflicts } => Some(json!({"causes": conflicts.iter().map(|(m, f)| json!({
+                "reason": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": f,
+            })).collect::<Vec<_>>()})),
             ApiError::TooManyRequests { retry_after_secs } => Some(json!({"retryAfterSeconds": retry_after_secs})),
             ApiError::Internal(msg) => Some(json!({"causes": [{"message": msg}]})),
             _ => None,

@@ -115,6 +115,7 @@ impl Kubelet {
             let _ = std::fs::create_dir_all(&opts.work_dir);
             None
         };
+        store.set_pod_log_dir(opts.work_dir.clone());
         // Snapshot the binaries (hard links): a concurrent `cargo build` replacing
         // target/debug/* then cannot make images vanish mid-test.
         let bin_dir = opts.work_dir.join("bin");

@@ -8,6 +8,7 @@
 mod admin;
 mod log;
 mod routes;
+mod subresources;
 mod watch;
 
 pub use log::{RequestLog, RequestRecord};
@@ -207,17 +208,35 @@ fn serve_resource(
     let store = &state.store;
     let rt = r.rt;
     let ns = r.namespace.unwrap_or_default();
-    if let Some(sub) = r.sub {
-        if sub != "status" || !rt.has_status {
-            return Err(ApiError::NoResource);
-        }
-    }
     let dry_run = r.query.get("dryRun").is_some_and(|v| v == "All");
     let w = WriteOptions {
         field_manager: r.field_manager.clone(),
         force: r.query.get("force").is_some_and(|v| v == "true"),
         dry_run,
     };
+    match (r.sub, rt.group.as_str(), rt.kind.as_str()) {
+        (None, ..) => {}
+        (Some("status"), ..) if rt.has_status => {}
+        (Some("log"), "", "Pod") if ctx.verb == "get" => {
+            return subresources::pod_log(store, ns, r.name.unwrap_or_default(), r.query)
+        }
+        (Some("scale"), "apps", "Deployment") => {
+            let body = match ctx.verb {
+                "get" => None,
+                "update" => Some((None, parse_object(r.body, r.content_type)?)),
+                "patch" => {
+                    let kind = PatchType::from_content_type(r.content_type)
+                        .filter(|k| *k != PatchType::Apply)
+                        .ok_or_else(|| ApiError::UnsupportedMediaType(patch::ACCEPTED_PATCH_TYPES_BUILTIN.into()))?;
+                    Some((Some(kind), parse_body(r.body, false)?))
+                }
+                _ => return Err(ApiError::MethodNotAllowed),
+            };
+            let scale = subresources::scale(store, rt, ns, r.name.unwrap_or_default(), body, &w)?;
+            return Ok(full(StatusCode::OK, &scale));
+        }
+        _ => return Err(ApiError::NoResource),
+    }
     if rt.namespaced && r.namespace.is_none() && !matches!(ctx.verb, "list" | "watch") {
         return Err(ApiError::NoResource);
     }

@@ -1,5 +1,6 @@
 //! The API's URL scheme: paths to routes (discovery, resources, namespaces, the
 //! emulator's admin endpoints), query strings, and the discovery documents.
+use crate::emulator::openapi;
 use crate::emulator::resources::ResourceType;
 use crate::emulator::status::ApiError;
 use crate::emulator::store::Store;
@@ -57,6 +58,13 @@ pub(super) fn route(store: &Store, path: &str) -> Result<Route, ApiError> {
         ["version"] => Ok(Route::Discovery(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-emulator",
             "gitCommit": "emulator", "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z",
             "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}))),
+        ["openapi", "v3"] => Ok(Route::Discovery(openapi::root(&types))),
+        ["openapi", "v3", "api", v] => {
+            openapi::group_version_doc(&types, "", v).map(Route::Discovery).ok_or(ApiError::NoResource)
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            openapi::group_version_doc(&types, g, v).map(Route::Discovery).ok_or(ApiError::NoResource)
+        }
         ["healthz"] | ["readyz"] | ["livez"] => Ok(Route::Discovery(json!("ok"))),
         ["api"] => Ok(Route::Discovery(json!({"kind": "APIVersions", "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}))),

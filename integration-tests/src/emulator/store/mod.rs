@@ -112,6 +112,8 @@ pub struct Store {
     state: Mutex<State>,
     events: broadcast::Sender<Arc<StoreEvent>>,
     opts: Mutex<StoreOptions>,
+    /// Where a kubelet keeps container logs (`{dir}/{ns}_{pod}_{uid}/logs/{container}.log`).
+    pod_log_dir: Mutex<Option<std::path::PathBuf>>,
 }
 
 const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -149,6 +151,7 @@ impl Store {
             }),
             events,
             opts: Mutex::new(opts),
+            pod_log_dir: Mutex::new(None),
         });
         {
             let mut st = store.lock();
@@ -194,6 +197,18 @@ impl Store {
 
     pub fn set_graceful_pods(&self, on: bool) {
         self.opts.lock().unwrap_or_else(|e| e.into_inner()).graceful_pods = on;
+    }
+
+    /// A kubelet announces where container logs are (`pods/{name}/log` reads them).
+    pub fn set_pod_log_dir(&self, dir: std::path::PathBuf) {
+        *self.pod_log_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir);
+    }
+
+    /// The log file of one container of a pod, if a kubelet keeps logs.
+    pub fn pod_log_path(&self, pod: &Value, container: &str) -> Option<std::path::PathBuf> {
+        let dir = self.pod_log_dir.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let (ns, name, uid) = (meta_str(pod, "namespace"), meta_str(pod, "name"), meta_str(pod, "uid"));
+        Some(dir.join(format!("{ns}_{name}_{uid}")).join("logs").join(format!("{container}.log")))
     }
 
     fn options(&self) -> StoreOptions {
