@@ -347,8 +347,12 @@ fn paths_for(v: &Value, sub: Option<&str>) -> BTreeSet<FieldPath> {
 
 /// Records an Update-operation write (create, PUT, non-apply patches): fields whose
 /// value changed move to `manager`; fields that disappeared are owned by nobody.
+/// A write that sets `metadata.managedFields` itself (kubectl's upgrade of client-side
+/// apply ownership to server-side apply) replaces the record, as on the real server.
 pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, sub: Option<&str>) {
-    let mut owners = old.map(read_ownership).unwrap_or_default();
+    let sent = new.pointer("/metadata/managedFields").filter(|m| m.is_array());
+    let rewritten = sent.is_some() && old.and_then(|o| o.pointer("/metadata/managedFields")) != sent;
+    let mut owners = if rewritten { read_ownership(new) } else { old.map(read_ownership).unwrap_or_default() };
     let new_paths = paths_for(new, sub);
     let old_paths = old.map(|o| paths_for(o, sub)).unwrap_or_default();
     let changed: Vec<FieldPath> =

@@ -304,6 +304,7 @@ fn is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::String(s) => s.is_empty(),
+        Value::Number(n) => n.as_i64() == Some(0),
         Value::Object(m) => m.is_empty(),
         _ => false,
     }

@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(t["metadata"]["resourceVersion"], "7");
         let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running", "containerStatuses": [{"ready": true, "restartCount": 2, "state": {"running": {}}}]}});
         let t = table(&rt("Pod"), &[pod], None, Include::None);
-        assert_eq!(t["rows"][0]["cells"][1..4], [json!("1/1"), json!("Running"), json!("2")]);
+        assert_eq!(t["rows"][0]["cells"].as_array().unwrap()[1..4], [json!("1/1"), json!("Running"), json!("2")]);
         assert_eq!(t["columnDefinitions"][5]["priority"], 1, "IP is a wide column");
         assert!(t["rows"][0].get("object").is_none());
     }
