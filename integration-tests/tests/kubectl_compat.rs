@@ -168,7 +168,7 @@ spec:
       containers:
       - name: web
         image: busybox:1.36
-        command: ["sh", "-c", "echo hello from the kubelet; echo level=$LEVEL; exec sleep 3600"]
+        command: ["sh", "-c", "echo hello from the kubelet; echo level=$LEVEL; cat \"${KUBECONFIG%/*}/token\"; echo; exec sleep 3600"]
         env:
         - name: LEVEL
           valueFrom:
@@ -190,6 +190,20 @@ spec:
 
 fn lines_with(out: &str, needle: &str) -> usize {
     out.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A GET with a bearer token, as a client inside a pod sends it.
+async fn http_get(emu: &Emulator, path: &str, token: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(emu.addr()).await.expect("connect");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: emulator\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.expect("send");
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).await.expect("read");
+    let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (code, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 async fn eventually<F, Fut>(what: &str, mut f: F)
@@ -308,9 +322,31 @@ async fn operator_session(version: &str) {
 
     // 10. logs of the pod the kubelet ran (with the ConfigMap's value in its env).
     let logs = s.ok(&["logs", "-n", "jobs", "-l", "app=web"]).await;
-    assert_eq!(logs, "hello from the kubelet\nlevel=info\n", "the pod started before the re-apply");
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines[..2], ["hello from the kubelet", "level=info"], "the pod started before the re-apply: {logs}");
+    let pod_token = lines.get(2).copied().unwrap_or_default().to_string();
     let tail = s.ok(&["logs", "-n", "jobs", "deployment/web", "--tail=1"]).await;
-    assert_eq!(tail, "level=info\n");
+    assert_eq!(tail, format!("{pod_token}\n"));
+
+    // 10b. RBAC. The token the kubelet gave the pod is ServiceAccount jobs/robot, which
+    // its Role lets read pods but not Secrets. kubectl sends no token to a plain-HTTP
+    // server, so kubectl acts as the account with `--as`; the pod's own token is sent
+    // as a client in the pod would.
+    let as_robot = ["--as", "system:serviceaccount:jobs:robot", "-n", "jobs"];
+    assert!(s.ok(&[&as_robot[..], &["get", "pods", "-o", "name"]].concat()).await.starts_with("pod/web-"));
+    let r = s.run(&[&as_robot[..], &["get", "secrets"]].concat()).await;
+    assert!(!r.ok);
+    let denied = "secrets is forbidden: User \"system:serviceaccount:jobs:robot\" cannot list resource \"secrets\" in API group \"\" in the namespace \"jobs\"";
+    assert_eq!(r.stderr.trim(), format!("Error from server (Forbidden): {denied}"));
+    let r = s.run(&[&as_robot[..], &["delete", "configmap", "settings"]].concat()).await;
+    assert!(r.stderr.contains("configmaps \"settings\" is forbidden: User \"system:serviceaccount:jobs:robot\" cannot delete resource \"configmaps\" in API group \"\" in the namespace \"jobs\""), "{}", r.stderr);
+    let (code, body) = http_get(&s.emu, "/api/v1/namespaces/jobs/secrets", &pod_token).await;
+    assert_eq!((code, body["message"].as_str().unwrap_or_default()), (403, denied));
+    let (code, body) = http_get(&s.emu, "/api/v1/namespaces/jobs/pods", &pod_token).await;
+    assert_eq!((code, body["kind"].as_str()), (200, Some("PodList")));
+    let issued = s.ok(&["create", "token", "robot", "-n", "jobs"]).await;
+    assert_eq!(http_get(&s.emu, "/api/v1/namespaces/jobs/pods", issued.trim()).await.0, 200);
+    assert_eq!(http_get(&s.emu, "/api/v1/namespaces/jobs/pods", "not-a-token").await.0, 401);
 
     // 11. scale.
     assert_eq!(s.ok(&["scale", "deployment/web", "-n", "jobs", "--replicas=2"]).await, "deployment.apps/web scaled\n");

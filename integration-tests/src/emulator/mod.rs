@@ -17,6 +17,7 @@ pub mod patch;
 pub mod pod_security;
 pub mod protobuf;
 pub mod quota;
+pub mod rbac;
 pub mod resources;
 pub mod selectors;
 pub mod server;
@@ -102,11 +103,12 @@ pub(crate) fn keep_if_failing(dir: &mut TempDir) {
     }
 }
 
-/// A kubeconfig pointing at `server` (plain HTTP, no credentials: the emulator has no
-/// authentication, like `kubectl proxy`).
-pub fn kubeconfig_yaml(server: &str, namespace: &str) -> String {
+/// A kubeconfig pointing at `server` (plain HTTP) that authenticates with bearer
+/// `token`, or sends no credentials when `token` is empty.
+pub fn kubeconfig_yaml(server: &str, namespace: &str, token: &str) -> String {
+    let user = if token.is_empty() { "{}".to_string() } else { format!("\n    token: {token}") };
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {server}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: {namespace}\ncurrent-context: emulator\nusers:\n- name: emulator\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {server}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: {namespace}\ncurrent-context: emulator\nusers:\n- name: emulator\n  user: {user}\n"
     )
 }
 
@@ -122,9 +124,9 @@ impl Emulator {
                 (Some(t), p)
             }
         };
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&format!("http://{addr}"), &opts.namespace))
-            .map_err(|e| EmulatorError::Kubeconfig(kubeconfig.clone(), e))?;
         let store = Store::new(StoreOptions { history: opts.history, graceful_pods: false });
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&format!("http://{addr}"), &opts.namespace, store.admin_token()))
+            .map_err(|e| EmulatorError::Kubeconfig(kubeconfig.clone(), e))?;
         let state = Arc::new(ServerState {
             store,
             faults: Arc::new(Faults::default()),
@@ -170,6 +172,17 @@ impl Emulator {
     /// Closes every open watch stream (clients must resume from their resourceVersion).
     pub fn drop_watches(&self) {
         self.state.watch_generation.send_modify(|g| *g += 1);
+    }
+
+    /// A kubeconfig (written next to the emulator's own) that authenticates as
+    /// ServiceAccount `namespace/name` with a fresh token: what a pod of that account
+    /// gets, for processes the tests run on the host.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf, EmulatorError> {
+        let token = self.state.store.issue_token(namespace, name);
+        let path = self.kubeconfig.with_file_name(format!("kubeconfig-{namespace}-{name}"));
+        std::fs::write(&path, kubeconfig_yaml(&self.url(), namespace, &token))
+            .map_err(|e| EmulatorError::Kubeconfig(path.clone(), e))?;
+        Ok(path)
     }
 
     /// The resource type serving `apiVersion`/`kind`, built-in or from a CRD.

@@ -69,6 +69,10 @@ impl ResourceType {
             ("", "Pod") => out.push(json!({
                 "name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"],
             })),
+            ("", "ServiceAccount") => out.push(json!({
+                "name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io",
+                "version": "v1", "kind": "TokenRequest", "verbs": ["create"],
+            })),
             ("apps", "Deployment") => out.push(json!({
                 "name": "deployments/scale", "singularName": "", "namespaced": true, "group": "autoscaling",
                 "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],

@@ -122,6 +122,12 @@ pub enum ApiError {
     Internal(String),
     #[error("Request entity too large: limit is {0}")]
     TooLarge(usize),
+    /// Refused by the RBAC authoriser; `message` is the whole API server wording.
+    #[error("{message}")]
+    Denied { group: String, resource: String, name: String, message: String },
+    /// No or an unknown bearer token.
+    #[error("Unauthorized")]
+    Unauthenticated,
     /// Refused by admission (e.g. ResourceQuota): `pods "x" is forbidden: exceeded quota: ...`.
     #[error("{resource} {name:?} is forbidden: {detail}")]
     Forbidden { group: String, resource: String, name: String, detail: String },
@@ -140,7 +146,8 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => 429,
             ApiError::Internal(_) => 500,
             ApiError::TooLarge(_) => 413,
-            ApiError::Forbidden { .. } => 403,
+            ApiError::Forbidden { .. } | ApiError::Denied { .. } => 403,
+            ApiError::Unauthenticated => 401,
         }
     }
 
@@ -158,7 +165,8 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
-            ApiError::Forbidden { .. } => "Forbidden",
+            ApiError::Forbidden { .. } | ApiError::Denied { .. } => "Forbidden",
+            ApiError::Unauthenticated => "Unauthorized",
         }
     }
 
@@ -178,7 +186,8 @@ impl ApiError {
             ApiError::NotFound { group, resource, name }
             | ApiError::AlreadyExists { group, resource, name }
             | ApiError::Conflict { group, resource, name, .. }
-            | ApiError::Forbidden { group, resource, name, .. } => {
+            | ApiError::Forbidden { group, resource, name, .. }
+            | ApiError::Denied { group, resource, name, .. } => {
                 let mut d = json!({"name": name, "kind": resource});
                 if !group.is_empty() {
                     d["group"] = json!(group);

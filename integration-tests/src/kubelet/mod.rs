@@ -130,7 +130,12 @@ impl Kubelet {
             }
         }
         let net = Arc::new(Network::default());
-        let ctx = Arc::new(PodCtx { store: store.clone(), net: net.clone(), opts: Arc::new(opts.clone()) });
+        let ctx = Arc::new(PodCtx {
+            store: store.clone(),
+            net: net.clone(),
+            opts: Arc::new(opts.clone()),
+            api_url: emu.url(),
+        });
         let pods: Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>> = Default::default();
         // One permit-keeping Notify per loop: a change during a pass is never missed.
         let (wake_ctl, wake_pods) = (Arc::new(Notify::new()), Arc::new(Notify::new()));

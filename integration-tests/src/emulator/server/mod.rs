@@ -16,6 +16,7 @@ pub use routes::parse_query;
 
 use crate::emulator::faults::{self, Fault, Faults};
 use crate::emulator::patch::{self, PatchType};
+use crate::emulator::rbac;
 use crate::emulator::resources::ResourceType;
 use crate::emulator::selectors::{FieldSelector, LabelSelector};
 use crate::emulator::status::{self, ApiError};
@@ -80,12 +81,23 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(error_response(&ApiError::TooLarge(MAX_BODY))),
     };
+    let user = match authenticate(&state.store, &parts.headers).and_then(|u| impersonate(u, &parts.headers)) {
+        Ok(u) => u,
+        Err(e) => return Ok(error_response(&e)),
+    };
     let route = match route(&state.store, &path) {
         Ok(r) => r,
         Err(e) => return Ok(error_response(&e)),
     };
     match route {
+        // Discovery and OpenAPI: every authenticated user (`system:discovery`).
         Route::Discovery(v) => Ok(full(StatusCode::OK, &v)),
+        Route::Admin(_) if !user.groups.iter().any(|g| g == rbac::MASTERS) => Ok(error_response(&ApiError::Denied {
+            group: String::new(),
+            resource: String::new(),
+            name: String::new(),
+            message: format!("forbidden: User {:?} cannot use the emulator's admin endpoints", user.name),
+        })),
         Route::Admin(segs) => Ok(admin(&state, &parts.method, &segs, &bytes)),
         Route::Resource { rt, namespace, name, sub } => {
             let watching = matches!(query.get("watch").map(String::as_str), Some("true") | Some("1"));
@@ -94,6 +106,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
                 (&Method::GET, false) if watching => "watch",
                 (&Method::GET, false) => "list",
                 (&Method::POST, false) => "create",
+                (&Method::POST, true) if sub.is_some() => "create",
                 (&Method::PUT, true) => "update",
                 (&Method::PATCH, true) => "patch",
                 (&Method::DELETE, true) => "delete",
@@ -115,8 +128,28 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
                     code: 0,
                     field_manager: field_manager.clone(),
                     user_agent,
+                    user: user.name.clone(),
                 },
             };
+            let attrs = rbac::Attributes {
+                verb: verb.into(),
+                group: rt.group.clone(),
+                resource: rt.plural.clone(),
+                subresource: sub.clone().unwrap_or_default(),
+                namespace: namespace.clone().unwrap_or_default(),
+                name: name.clone().unwrap_or_default(),
+            };
+            if let rbac::Decision::Deny { reason } = rbac::authorize(&user, &attrs, &state.store.rbac_policy()) {
+                let denied = ApiError::Denied {
+                    group: rt.group.clone(),
+                    resource: rt.plural.clone(),
+                    name: attrs.name.clone(),
+                    message: rbac::forbidden_message(&user, &attrs, &reason),
+                };
+                ctx.record.code = 403;
+                state.log.push(ctx.record);
+                return Ok(error_response(&denied));
+            }
             let picked = state.faults.pick(verb, &rt.plural);
             if let Some(d) = faults::latency(&picked) {
                 tokio::time::sleep(d).await;
@@ -160,6 +193,48 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
             Ok(resp)
         }
     }
+}
+
+/// Who sent a request: the administrator (its kubeconfig token, or no token at all),
+/// a ServiceAccount (a token the emulator issued), or nobody it knows (401).
+fn authenticate(store: &Store, headers: &http::HeaderMap) -> Result<rbac::User, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(rbac::User::admin());
+    };
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    match token.and_then(|t| store.token_subject(t)) {
+        Some(None) => Ok(rbac::User::admin()),
+        Some(Some((ns, sa))) => Ok(rbac::User::service_account(&ns, &sa)),
+        None => Err(ApiError::Unauthenticated),
+    }
+}
+
+/// `Impersonate-User` / `Impersonate-Group` (`kubectl --as`, `--as-group`): the
+/// administrator may act as anyone, as on a real cluster; others may not. kubectl
+/// sends no bearer token to a plain-HTTP server, so this is how it tests RBAC here.
+fn impersonate(user: rbac::User, headers: &http::HeaderMap) -> Result<rbac::User, ApiError> {
+    let Some(name) = headers.get("impersonate-user").and_then(|v| v.to_str().ok()) else {
+        return Ok(user);
+    };
+    if !user.groups.iter().any(|g| g == rbac::MASTERS) {
+        return Err(ApiError::Denied {
+            group: String::new(),
+            resource: "users".into(),
+            name: name.into(),
+            message: format!(
+                "users {name:?} is forbidden: User {:?} cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+                user.name
+            ),
+        });
+    }
+    let mut as_user = match name.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+        Some((ns, sa)) => rbac::User::service_account(ns, sa),
+        None => rbac::User { name: name.into(), groups: vec![rbac::AUTHENTICATED.into()] },
+    };
+    for g in headers.get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok()) {
+        as_user.groups.push(g.to_string());
+    }
+    Ok(as_user)
 }
 
 struct ResourceRequest<'a> {
@@ -219,6 +294,13 @@ fn serve_resource(
         (Some("status"), ..) if rt.has_status => {}
         (Some("log"), "", "Pod") if ctx.verb == "get" => {
             return subresources::pod_log(store, ns, r.name.unwrap_or_default(), r.query)
+        }
+        (Some("token"), "", "ServiceAccount") if ctx.verb == "create" => {
+            let request = parse_object(r.body, r.content_type)?;
+            return Ok(full(
+                StatusCode::CREATED,
+                &subresources::token(store, rt, ns, r.name.unwrap_or_default(), request)?,
+            ));
         }
         (Some("scale"), "apps", "Deployment") => {
             let body = match ctx.verb {

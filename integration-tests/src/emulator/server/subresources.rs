@@ -73,6 +73,23 @@ pub(super) fn pod_log(
         .expect("static response parts are valid"))
 }
 
+/// `POST serviceaccounts/{name}/token` (`kubectl create token`): a TokenRequest whose
+/// status carries a bearer token the emulator authenticates as that account.
+pub(super) fn token(store: &Store, rt: &ResourceType, ns: &str, name: &str, request: Value) -> Result<Value, ApiError> {
+    if name != "default" {
+        store.get(rt, ns, name)?;
+    }
+    let secs = request["spec"]["expirationSeconds"].as_u64().unwrap_or(3600);
+    let expires = crate::emulator::time::rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(secs));
+    Ok(json!({
+        "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+        "spec": {"audiences": request["spec"]["audiences"].as_array().cloned().unwrap_or_else(|| vec![json!("https://kubernetes.default.svc")]),
+            "expirationSeconds": secs, "boundObjectRef": null},
+        "status": {"token": store.issue_token(ns, name), "expirationTimestamp": expires},
+    }))
+}
+
 fn scale_of(d: &Value) -> Value {
     let selector: Vec<String> = d["spec"]["selector"]["matchLabels"]
         .as_object()

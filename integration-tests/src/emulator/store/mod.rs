@@ -112,6 +112,9 @@ pub struct Store {
     state: Mutex<State>,
     events: broadcast::Sender<Arc<StoreEvent>>,
     opts: Mutex<StoreOptions>,
+    /// Bearer tokens: the administrator's, and ServiceAccount tokens -> (namespace, name).
+    admin_token: String,
+    sa_tokens: Mutex<std::collections::HashMap<String, (String, String)>>,
     /// Where a kubelet keeps container logs (`{dir}/{ns}_{pod}_{uid}/logs/{container}.log`).
     pod_log_dir: Mutex<Option<std::path::PathBuf>>,
 }
@@ -152,6 +155,8 @@ impl Store {
             events,
             opts: Mutex::new(opts),
             pod_log_dir: Mutex::new(None),
+            admin_token: format!("emulator-admin.{}", random_suffix(24)),
+            sa_tokens: Mutex::new(Default::default()),
         });
         {
             let mut st = store.lock();
@@ -197,6 +202,56 @@ impl Store {
 
     pub fn set_graceful_pods(&self, on: bool) {
         self.opts.lock().unwrap_or_else(|e| e.into_inner()).graceful_pods = on;
+    }
+
+    /// The administrator's bearer token (in the emulator's kubeconfig).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// A new token for ServiceAccount `namespace/name` (a TokenRequest, or the token a
+    /// kubelet projects into a pod).
+    pub fn issue_token(&self, namespace: &str, name: &str) -> String {
+        let token = format!("emulator-sa.{namespace}.{name}.{}", random_suffix(24));
+        self.sa_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.clone(), (namespace.to_string(), name.to_string()));
+        token
+    }
+
+    /// Who a bearer token is: `Some(None)` for the administrator, `Some(Some((ns, sa)))`
+    /// for a ServiceAccount that still exists (`default` always does), `None` otherwise.
+    #[allow(clippy::option_option)]
+    pub fn token_subject(&self, token: &str) -> Option<Option<(String, String)>> {
+        if token == self.admin_token {
+            return Some(None);
+        }
+        let (ns, name) = self.sa_tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()?;
+        let exists = name == "default" || {
+            let st = self.lock();
+            st.objects.contains_key(&ObjKey {
+                group: String::new(),
+                plural: "serviceaccounts".into(),
+                namespace: ns.clone(),
+                name: name.clone(),
+            })
+        };
+        exists.then_some(Some((ns, name)))
+    }
+
+    /// The RBAC objects in force, for the authoriser.
+    pub fn rbac_policy(&self) -> crate::emulator::rbac::Policy {
+        let st = self.lock();
+        let all = |plural: &str| -> Vec<Value> {
+            Self::scan(&st, "rbac.authorization.k8s.io", plural).map(|(_, v)| (**v).clone()).collect()
+        };
+        crate::emulator::rbac::Policy {
+            roles: all("roles"),
+            cluster_roles: all("clusterroles"),
+            role_bindings: all("rolebindings"),
+            cluster_role_bindings: all("clusterrolebindings"),
+        }
     }
 
     /// A kubelet announces where container logs are (`pods/{name}/log` reads them).
