@@ -58,7 +58,6 @@ const SERVICE_ACCOUNT: &str = "job-manager";
 struct Cluster {
     emu: Option<Emulator>,
     kubelet: Option<Kubelet>,
-    kubeconfig: PathBuf,
     /// What the replicas connect with: on the emulator, a token of the job manager's
     /// ServiceAccount, which RBAC limits to the chart's Role; the test's own kubeconfig
     /// on a real cluster.
@@ -90,8 +89,7 @@ impl Cluster {
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig valid");
         let client = kube::Client::try_from(cfg).unwrap();
-        let replica_kubeconfig = kubeconfig.clone();
-        Self { emu, kubelet, kubeconfig, replica_kubeconfig, namespace, client }
+        Self { emu, kubelet, replica_kubeconfig: kubeconfig, namespace, client }
     }
 
     /// The chart's ServiceAccount, Role (`files/role-rules.yaml`, minus `drop_rule` when

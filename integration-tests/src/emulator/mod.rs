@@ -2,7 +2,19 @@
 //! speaking the API's JSON (discovery, CRUD, watch, patch flavours, server-side
 //! apply, deletion with propagation, garbage collection, Leases, CRDs and their
 //! custom resources), validating every object against the official v1.33 schemas and
-//! the API's own rules, with fault injection and a request log.
+//! the API's own rules, with fault injection and a request log. Real kubectl works
+//! against it: `/openapi/v3` ([`openapi`]), protobuf request bodies ([`protobuf`]),
+//! server-side Tables ([`table`]), `pods/log`, `deployments/scale`,
+//! `serviceaccounts/token`. RBAC ([`rbac`]) holds ServiceAccount tokens to their
+//! bindings; the kubeconfig's token and token-less requests are the administrator.
+//!
+//! Known differences from a real API server: namespaces come into being when first
+//! used (a real server refuses objects in a namespace nobody created), and deleting one
+//! deletes its contents at once; the ServiceAccount admission plugin does not run (no
+//! `kube-api-access` volume is added to pod specs: the kubelet projects the token when
+//! the pod and its account do not opt out, and a missing account blocks the pod);
+//! aggregated ClusterRoles, `SelfSubjectAccessReview` and aggregated discovery are not
+//! served; plain HTTP only (kubectl then sends no token: use `--as`).
 //!
 //! ```no_run
 //! # async fn demo() {

@@ -51,6 +51,7 @@ fn translate(ev: &StoreEvent, labels: &LabelSelector, fields: &FieldSelector) ->
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn watch_stream(
     state: &ServerState,
     rt: &ResourceType,

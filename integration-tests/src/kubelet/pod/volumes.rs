@@ -16,7 +16,7 @@ pub(super) enum VolumeError {
     #[error("MountVolume.SetUp failed for volume {volume:?} : configmap {config_map:?} not found")]
     ConfigMapNotFound { volume: String, config_map: String },
     #[error("MountVolume.SetUp failed for volume \"kube-api-access\" : failed to fetch token: serviceaccounts {name:?} not found")]
-    ServiceAccountNotFound { name: String },
+    TokenUnavailable { name: String },
 }
 
 /// Where a pod's processes find their ServiceAccount token (the path every client
@@ -32,7 +32,7 @@ pub(super) fn service_account(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<O
     let name = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
     let account = ctx.store.find_kind("v1", "ServiceAccount").and_then(|rt| ctx.store.get(&rt, ns, name).ok());
     if account.is_none() && name != "default" {
-        return Err(VolumeError::ServiceAccountNotFound { name: name.into() });
+        return Err(VolumeError::TokenUnavailable { name: name.into() });
     }
     let automount = pod["spec"]["automountServiceAccountToken"]
         .as_bool()
