@@ -233,6 +233,15 @@ async fn operator_session(version: &str) {
         assert_eq!(rows, 1, "{r} missing from api-resources:\n{resources}");
     }
 
+    // Aggregated discovery: `/api` and `/apis` answer everything, no group-version
+    // documents are fetched one by one.
+    let fresh = s.dir.path().join("fresh-cache").display().to_string();
+    let r = s.run(&["get", "pods", "-v=6", "--cache-dir", &fresh]).await;
+    assert!(r.ok, "{}", r.stderr);
+    let discovery: Vec<&str> = r.stderr.lines().filter(|l| l.contains("/api") && !l.contains("/namespaces/")).collect();
+    assert!(!discovery.is_empty(), "no discovery requests logged:\n{}", r.stderr);
+    assert!(!discovery.iter().any(|l| l.contains("/apis/apps/v1")), "per-group discovery was fetched:\n{discovery:#?}");
+
     // 2. A namespace.
     assert_eq!(s.ok(&["create", "namespace", "jobs"]).await, "namespace/jobs created\n");
     assert!(s.ok(&["get", "namespaces"]).await.lines().any(|l| l.starts_with("jobs ") && l.contains("Active")));

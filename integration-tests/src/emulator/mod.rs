@@ -3,7 +3,7 @@
 //! apply, deletion with propagation, garbage collection, Leases, CRDs and their
 //! custom resources), validating every object against the official v1.33 schemas and
 //! the API's own rules, with fault injection and a request log. Real kubectl works
-//! against it: `/openapi/v3` ([`openapi`]), protobuf request bodies ([`protobuf`]),
+//! against it: aggregated discovery, `/openapi/v3` ([`openapi`]), protobuf request bodies ([`protobuf`]),
 //! server-side Tables ([`table`]), `pods/log`, `deployments/scale`,
 //! `serviceaccounts/token`. RBAC ([`rbac`]) holds ServiceAccount tokens to their
 //! bindings; the kubeconfig's token and token-less requests are the administrator.
@@ -13,8 +13,8 @@
 //! deletes its contents at once; the ServiceAccount admission plugin does not run (no
 //! `kube-api-access` volume is added to pod specs: the kubelet projects the token when
 //! the pod and its account do not opt out, and a missing account blocks the pod);
-//! aggregated ClusterRoles, `SelfSubjectAccessReview` and aggregated discovery are not
-//! served; plain HTTP only (kubectl then sends no token: use `--as`).
+//! aggregated ClusterRoles and `SelfSubjectAccessReview` are not served; plain HTTP
+//! only (kubectl then sends no token: use `--as`).
 //!
 //! ```no_run
 //! # async fn demo() {

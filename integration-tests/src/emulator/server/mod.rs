@@ -85,6 +85,13 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
         Ok(u) => u,
         Err(e) => return Ok(error_response(&e)),
     };
+    if let (Some(v), "/api" | "/apis") = (routes::aggregated_version(&accept), path.trim_end_matches('/')) {
+        let doc = routes::aggregated_discovery(&state.store.types(), path.trim_end_matches('/') == "/api", v);
+        let mut r = full(StatusCode::OK, &doc);
+        let ct = format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
+        r.headers_mut().insert(header::CONTENT_TYPE, ct.parse().expect("a valid header value"));
+        return Ok(r);
+    }
     let route = match route(&state.store, &path) {
         Ok(r) => r,
         Err(e) => return Ok(error_response(&e)),
