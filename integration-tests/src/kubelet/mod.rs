@@ -61,12 +61,14 @@ impl KubeletOptions {
 }
 
 impl Default for KubeletOptions {
-    /// Images containing `sidecar` run `target/debug/sidecar`; `test-runtime`,
+    /// Images containing `job-manager` run `target/debug/job-manager`, `sidecar`
+    /// `target/debug/sidecar`; `test-runtime`,
     /// `node-api-runtime` and `node-browser-runtime` run `target/debug/test-runtime`.
     fn default() -> Self {
         let debug = binary_dir();
         Self {
             images: vec![
+                ("job-manager".into(), debug.join("job-manager")),
                 ("sidecar".into(), debug.join("sidecar")),
                 ("test-runtime".into(), debug.join("test-runtime")),
                 ("node-api-runtime".into(), debug.join("test-runtime")),

@@ -165,10 +165,9 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
             })
             .collect();
         let mut mounts = mounts;
-        let mut env = resolve_env(ctx, pod, c).map_err(|e| Blocked { container: idx, error: e.into() })?;
+        let env = resolve_env(ctx, pod, c).map_err(|e| Blocked { container: idx, error: e.into() })?;
         if let Some(sa) = &sa_dir {
             mounts.push((volumes::SERVICE_ACCOUNT_PATH.to_string(), sa.clone()));
-            service_account_env(&mut env, &ctx.api_url, sa);
         }
         let rewrite = |s: &str| {
             let s = map_mounts(s, &mounts);
@@ -176,7 +175,11 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
             ctx.net.rewrite_service_hosts(&ctx.store, &s)
         };
         let vars: HashMap<String, String> = env.iter().cloned().collect();
-        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, rewrite(&v))).collect();
+        let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, rewrite(&v))).collect();
+        if let Some(sa) = &sa_dir {
+            // Host paths already: not rewritten again (a `/tmp` mount would catch them).
+            service_account_env(&mut env, &ctx.api_url, sa);
+        }
         let command: Vec<String> = c["command"]
             .as_array()
             .into_iter()
