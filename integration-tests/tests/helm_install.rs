@@ -49,12 +49,12 @@ fn kubectl() -> Option<PathBuf> {
 }
 
 /// The chart rendered by Helm with `values` (install), as one multi-document YAML.
-fn helm_template(python: &std::path::Path, values: &serde_json::Value) -> String {
+fn helm_template(python: &std::path::Path, values: &serde_json::Value, install: bool) -> String {
     let script = r#"
 import json, sys
 import helm_python as helm
 with helm.Chart.load(sys.argv[1]) as chart:
-    files = chart.render(json.loads(sys.argv[2]), name="jm", namespace=sys.argv[3], is_install=True)
+    files = chart.render(json.loads(sys.argv[2]), name="jm", namespace=sys.argv[3], is_install=sys.argv[4] == "install")
 for path, text in sorted(files.items()):
     if path.endswith(".yaml") and text.strip():
         print(f"---\n# Source: {path}\n{text}")
@@ -65,6 +65,7 @@ for path, text in sorted(files.items()):
         .arg(&chart)
         .arg(values.to_string())
         .arg(NS)
+        .arg(if install { "install" } else { "upgrade" })
         .output()
         .expect("python runs");
     assert!(out.status.success(), "helm render failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -95,7 +96,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn helm_install_with_default_values_runs_a_job_end_to_end() {
+async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_rolls_the_deployment() {
     let Some(kubectl) = kubectl() else { return missing("kubectl.1.33 (beside `kubectl`, or KUBECTL_DIR)") };
     let python = workspace_root().join(".venv/bin/python");
     if !python.is_file() {
@@ -123,7 +124,7 @@ async fn helm_install_with_default_values_runs_a_job_end_to_end() {
         "global": {"internalApiKey": "helm-internal-api-key"},
         "extraEnv": {"JM_LISTEN": "0.0.0.0:8080"},
     });
-    let manifests = helm_template(&python, &values);
+    let manifests = helm_template(&python, &values, true);
     let home = tempfile::tempdir().unwrap();
     let file = home.path().join("release.yaml");
     std::fs::write(&file, &manifests).unwrap();
@@ -189,6 +190,54 @@ async fn helm_install_with_default_values_runs_a_job_end_to_end() {
     }
     let result = &results[&JobId::new("helm-0001").unwrap()];
     assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}");
+
+    // `helm upgrade` changing a value: the config checksum rolls the Deployment, the new
+    // pod runs with the new value (JSON logs), and jobs keep running.
+    let first_pods: Vec<String> = emu
+        .objects("v1", "Pod", NS)
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let mut upgraded = values.clone();
+    upgraded["jobManager"]["logFormat"] = json!("json");
+    std::fs::write(&file, helm_template(&python, &upgraded, false)).unwrap();
+    let (ok, out) = k(vec!["apply".into(), "--server-side".into(), "-f".into(), file.display().to_string()]).await;
+    assert!(ok && out.contains("deployment.apps/jm-job-manager serverside-applied"), "{out}");
+    let (ok, out) =
+        k(["rollout", "status", "-n", NS, "deployment/jm-job-manager", "--timeout=60s"].map(String::from).to_vec())
+            .await;
+    assert!(ok, "{}", diagnose(&format!("the upgrade did not roll out: {out}")));
+    let mut new_pod = None;
+    for _ in 0..100 {
+        let pods = emu.objects("v1", "Pod", NS);
+        let jm: Vec<&serde_json::Value> =
+            pods.iter().filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "job-manager").collect();
+        if let [only] = jm.as_slice() {
+            let name = only["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            if !first_pods.contains(&name) {
+                new_pod = Some(name);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_pod = new_pod.unwrap_or_else(|| panic!("{}", diagnose("the old job-manager pod was not replaced")));
+    let (_, logs) = k(["logs", "-n", NS, &new_pod, "--tail=3"].map(String::from).to_vec()).await;
+    assert!(logs.lines().next().is_some_and(|l| l.starts_with('{')), "the new pod does not log JSON: {logs}");
+    broker
+        .submit(Job {
+            id: JobId::new("helm-0002").unwrap(),
+            runtime_type: "node-api-runtime".into(),
+            workload_kind: WorkloadKind::Ephemeral,
+            timeout_secs: 30,
+            attempt: 1,
+            payload: json!({"action": "sleep", "secs": 0}),
+            signature: None,
+        })
+        .unwrap();
+    let results = broker.wait_for_results(2, Duration::from_secs(90)).await;
+    let second = results.get(&JobId::new("helm-0002").unwrap()).map(|r| r.outcome.clone());
+    assert_eq!(second, Some(Outcome::Succeeded), "{}", diagnose("the job after the upgrade"));
 
     // The job manager ran as the chart's ServiceAccount and the chart's Role sufficed.
     let user = format!("system:serviceaccount:{NS}:jm-job-manager");
