@@ -236,7 +236,7 @@ async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_ro
         })
         .unwrap();
     let results = broker.wait_for_results(2, Duration::from_secs(90)).await;
-    let second = results.get(&JobId::new("helm-0002").unwrap()).map(|r| r.outcome.clone());
+    let second = results.get(&JobId::new("helm-0002").unwrap()).map(|r| r.outcome);
     assert_eq!(second, Some(Outcome::Succeeded), "{}", diagnose("the job after the upgrade"));
 
     // The job manager ran as the chart's ServiceAccount and the chart's Role sufficed.
