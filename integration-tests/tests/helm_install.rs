@@ -85,6 +85,17 @@ async fn run_kubectl(bin: &std::path::Path, emu: &Emulator, home: &std::path::Pa
     (out.status.success(), text)
 }
 
+fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else { return "connect failed".into() };
@@ -118,13 +129,35 @@ async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_ro
     let serving = broker.clone();
     tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
 
-    // The operator's install: the two required values, the broker's address.
-    let values = json!({
+    // The operator's install: the two required values, the broker's address; more from
+    // `HELM_VALUES` (JSON, merged over these) to try another case of the matrix.
+    let mut values = json!({
         "jobManager": {"locationKey": LOCATION_KEY, "brokerApiEndpoint": format!("http://{broker_addr}")},
         "global": {"internalApiKey": "helm-internal-api-key"},
-        "extraEnv": {"JM_LISTEN": "0.0.0.0:8080"},
     });
+    if let Some(extra) = std::env::var("HELM_VALUES").ok().filter(|v| !v.trim().is_empty()) {
+        merge(&mut values, &serde_json::from_str(&extra).expect("HELM_VALUES is JSON"));
+    }
+    let port = values["service"]["port"].as_u64().unwrap_or(8080) as u16;
+    values["extraEnv"]["JM_LISTEN"] = json!(format!("0.0.0.0:{port}"));
     let manifests = helm_template(&python, &values, true);
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&manifests)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|d: &serde_json::Value| d.is_object())
+        .collect();
+    let name_of = |kind: &str| {
+        let found: Vec<&str> =
+            docs.iter().filter(|d| d["kind"] == kind).filter_map(|d| d["metadata"]["name"].as_str()).collect();
+        assert_eq!(found.len(), 1, "one {kind} expected in the release, found {found:?}");
+        found[0].to_string()
+    };
+    let (deployment, service) = (format!("deployment/{}", name_of("Deployment")), name_of("Service"));
+    let sa = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .and_then(|d| d["spec"]["template"]["spec"]["serviceAccountName"].as_str())
+        .unwrap_or("default")
+        .to_string();
     let home = tempfile::tempdir().unwrap();
     let file = home.path().join("release.yaml");
     std::fs::write(&file, &manifests).unwrap();
@@ -144,10 +177,9 @@ async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_ro
         let (ok, out) = k(args.clone()).await;
         assert!(ok, "kubectl {args:?} failed:\n{out}");
     }
-    let (ok, out) = k(["wait", "-n", NS, "--for=condition=Available", "deployment/jm-job-manager", "--timeout=60s"]
-        .map(String::from)
-        .to_vec())
-    .await;
+    let (ok, out) =
+        k(["wait", "-n", NS, "--for=condition=Available", &deployment, "--timeout=60s"].map(String::from).to_vec())
+            .await;
     let diagnose = |why: &str| {
         let pods: Vec<String> = emu
             .objects("v1", "Pod", NS)
@@ -157,13 +189,12 @@ async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_ro
         format!("{why}\npods: {pods:#?}")
     };
     if !ok {
-        let (_, logs) =
-            k(["logs", "-n", NS, "deployment/jm-job-manager", "--tail=30"].map(String::from).to_vec()).await;
+        let (_, logs) = k(["logs", "-n", NS, &deployment, "--tail=30"].map(String::from).to_vec()).await;
         panic!("{}\njob manager log:\n{logs}", diagnose(&format!("the Deployment did not become Available: {out}")));
     }
 
     // The chart's Service reaches the job manager (what the runtime pods' sidecars use).
-    let svc = kubelet.service_addr(NS, "job-manager", 8080).expect("a forwarder for the chart's Service");
+    let svc = kubelet.service_addr(NS, &service, port).expect("a forwarder for the chart's Service");
     let health = http_get(svc, "/healthz").await;
     assert!(
         health.starts_with("HTTP/1.1 200"),
@@ -184,8 +215,7 @@ async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_ro
         .unwrap();
     let results = broker.wait_for_results(1, Duration::from_secs(90)).await;
     if results.is_empty() {
-        let (_, logs) =
-            k(["logs", "-n", NS, "deployment/jm-job-manager", "--tail=40"].map(String::from).to_vec()).await;
+        let (_, logs) = k(["logs", "-n", NS, &deployment, "--tail=40"].map(String::from).to_vec()).await;
         panic!("{}\njob manager log:\n{logs}", diagnose("no result reached the broker"));
     }
     let result = &results[&JobId::new("helm-0001").unwrap()];
@@ -202,10 +232,11 @@ async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_ro
     upgraded["jobManager"]["logFormat"] = json!("json");
     std::fs::write(&file, helm_template(&python, &upgraded, false)).unwrap();
     let (ok, out) = k(vec!["apply".into(), "--server-side".into(), "-f".into(), file.display().to_string()]).await;
-    assert!(ok && out.contains("deployment.apps/jm-job-manager serverside-applied"), "{out}");
-    let (ok, out) =
-        k(["rollout", "status", "-n", NS, "deployment/jm-job-manager", "--timeout=60s"].map(String::from).to_vec())
-            .await;
+    assert!(
+        ok && out.contains(&format!("{} serverside-applied", deployment.replace("deployment/", "deployment.apps/"))),
+        "{out}"
+    );
+    let (ok, out) = k(["rollout", "status", "-n", NS, &deployment, "--timeout=60s"].map(String::from).to_vec()).await;
     assert!(ok, "{}", diagnose(&format!("the upgrade did not roll out: {out}")));
     let mut new_pod = None;
     for _ in 0..100 {
@@ -240,7 +271,7 @@ async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_ro
     assert_eq!(second, Some(Outcome::Succeeded), "{}", diagnose("the job after the upgrade"));
 
     // The job manager ran as the chart's ServiceAccount and the chart's Role sufficed.
-    let user = format!("system:serviceaccount:{NS}:jm-job-manager");
+    let user = format!("system:serviceaccount:{NS}:{sa}");
     let mine: Vec<_> = emu.requests().into_iter().filter(|r| r.user == user).collect();
     assert!(!mine.is_empty(), "no request came from {user}");
     let refused: Vec<_> = mine.iter().filter(|r| r.code == 403).collect();
