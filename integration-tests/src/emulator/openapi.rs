@@ -33,17 +33,33 @@ fn schema_name(rt: &ResourceType) -> String {
     }
 }
 
-/// `#/$defs/X` (the bundle's references) -> `#/components/schemas/X`.
+/// The bundle's JSON Schema in OpenAPI 3.0 terms: `#/$defs/X` -> `#/components/schemas/X`,
+/// `type: [X, "null"]` -> `type: X` + `nullable` (kubectl explain reads `type` as text).
 fn rewrite_refs(v: &Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| match (k.as_str(), v) {
-                    ("$ref", Value::String(r)) => (k.clone(), json!(r.replace("#/$defs/", "#/components/schemas/"))),
-                    _ => (k.clone(), rewrite_refs(v)),
-                })
-                .collect(),
-        ),
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) => {
+                        out.insert(k.clone(), json!(r.replace("#/$defs/", "#/components/schemas/")));
+                    }
+                    ("type", Value::Array(types)) => {
+                        let named: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
+                        if let [one] = named.as_slice() {
+                            out.insert(k.clone(), (*one).clone());
+                        }
+                        if named.len() < types.len() {
+                            out.insert("nullable".into(), json!(true));
+                        }
+                    }
+                    _ => {
+                        out.insert(k.clone(), rewrite_refs(v));
+                    }
+                }
+            }
+            Value::Object(out)
+        }
         Value::Array(a) => Value::Array(a.iter().map(rewrite_refs).collect()),
         other => other.clone(),
     }
@@ -226,6 +242,7 @@ mod tests {
         assert!(patch["requestBody"]["content"].get("application/strategic-merge-patch+json").is_none());
         let text = doc.to_string();
         assert!(!text.contains("#/$defs/"));
+        assert!(!text.contains("\"type\":["), "explain needs `type` as text");
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for r in text.split("#/components/schemas/").skip(1) {
             let name = &r[..r.find('"').unwrap()];
