@@ -255,6 +255,27 @@ async fn operator_session(version: &str) {
     assert_eq!(secret["data"]["token"], "czNjcmV0");
     assert_eq!(secret["type"], "Opaque");
 
+    // 3b. An imperative Deployment (1.33 sends it as protobuf too), in `default`.
+    let created = s
+        .ok(&[
+            "create",
+            "deployment",
+            "probe",
+            "--image=busybox:1.36",
+            "--port=8080",
+            "--",
+            "sh",
+            "-c",
+            "exec sleep 3600",
+        ])
+        .await;
+    assert_eq!(created, "deployment.apps/probe created\n");
+    let probe = s.emu.object("apps/v1", "Deployment", "default", "probe").expect("deployment stored");
+    let c = &probe["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["command"], json!(["sh", "-c", "exec sleep 3600"]));
+    assert_eq!(c["ports"], json!([{"containerPort": 8080, "protocol": "TCP"}]));
+    assert_eq!(probe["spec"]["strategy"]["type"], "RollingUpdate");
+
     // 4. The chart's CRD, then a manifest, client-side.
     let crd = workspace_root().join("deploy/helm/job-manager/crds/jobrecords.yaml");
     assert_eq!(

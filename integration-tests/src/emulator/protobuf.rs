@@ -16,8 +16,16 @@ const MAGIC: &[u8] = b"k8s\0";
 enum Ty {
     Str,
     Bytes,
+    /// A pointer bool (`*bool`): sent only when set, `false` included.
     Bool,
+    /// A plain bool: always sent, left out of JSON when false.
+    Flag,
+    /// A plain integer: always sent, left out of JSON when 0.
     Int,
+    /// A pointer integer (`*int32`): sent only when set, 0 included.
+    IntPtr,
+    /// `map<string, resource.Quantity>`.
+    MapQuantity,
     Msg(&'static [Field]),
     /// `metav1.Time`: seconds and nanos, as RFC 3339.
     Time,
@@ -133,6 +141,69 @@ const PDB: &[Field] = &[
     f(3, "status", Ty::Ignored),
 ];
 
+const QUANTITY: &[Field] = &[f(1, "string", Ty::Str)];
+const CONTAINER_PORT: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "hostPort", Ty::Int),
+    f(3, "containerPort", Ty::Int),
+    f(4, "protocol", Ty::Str),
+    f(5, "hostIP", Ty::Str),
+];
+const ENV_VAR: &[Field] = &[f(1, "name", Ty::Str), f(2, "value", Ty::Str)];
+const CONTAINER: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "image", Ty::Str),
+    rep(3, "command", Ty::Str),
+    rep(4, "args", Ty::Str),
+    f(5, "workingDir", Ty::Str),
+    rep(6, "ports", Ty::Msg(CONTAINER_PORT)),
+    rep(7, "env", Ty::Msg(ENV_VAR)),
+    f(8, "resources", Ty::Msg(&[f(1, "limits", Ty::MapQuantity), f(2, "requests", Ty::MapQuantity)])),
+    f(13, "terminationMessagePath", Ty::Str),
+    f(14, "imagePullPolicy", Ty::Str),
+    f(16, "stdin", Ty::Flag),
+    f(17, "stdinOnce", Ty::Flag),
+    f(18, "tty", Ty::Flag),
+    f(20, "terminationMessagePolicy", Ty::Str),
+];
+/// The pod spec fields `kubectl create deployment|job|cronjob` fill in.
+const POD_SPEC: &[Field] = &[
+    rep(2, "containers", Ty::Msg(CONTAINER)),
+    f(3, "restartPolicy", Ty::Str),
+    f(4, "terminationGracePeriodSeconds", Ty::IntPtr),
+    f(6, "dnsPolicy", Ty::Str),
+    f(7, "nodeSelector", Ty::MapStr),
+    f(8, "serviceAccountName", Ty::Str),
+    f(9, "serviceAccount", Ty::Str),
+    f(10, "nodeName", Ty::Str),
+    f(11, "hostNetwork", Ty::Flag),
+    f(12, "hostPID", Ty::Flag),
+    f(13, "hostIPC", Ty::Flag),
+    f(16, "hostname", Ty::Str),
+    f(17, "subdomain", Ty::Str),
+    f(19, "schedulerName", Ty::Str),
+    f(24, "priorityClassName", Ty::Str),
+];
+const POD_TEMPLATE: &[Field] = &[f(1, "metadata", Ty::Msg(OBJECT_META)), f(2, "spec", Ty::Msg(POD_SPEC))];
+const DEPLOYMENT: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Ty::Msg(&[
+            f(1, "replicas", Ty::IntPtr),
+            f(2, "selector", Ty::Msg(LABEL_SELECTOR)),
+            f(3, "template", Ty::Msg(POD_TEMPLATE)),
+            f(4, "strategy", Ty::Msg(&[f(1, "type", Ty::Str)])),
+            f(5, "minReadySeconds", Ty::Int),
+            f(6, "revisionHistoryLimit", Ty::IntPtr),
+            f(7, "paused", Ty::Flag),
+            f(9, "progressDeadlineSeconds", Ty::IntPtr),
+        ]),
+    ),
+    f(3, "status", Ty::Ignored),
+];
+
 const TOKEN_REQUEST: &[Field] = &[
     f(1, "metadata", Ty::Msg(OBJECT_META)),
     f(
@@ -167,6 +238,7 @@ fn message_of(api_version: &str, kind: &str) -> Option<&'static [Field]> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
         ("policy/v1", "PodDisruptionBudget") => PDB,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
+        ("apps/v1", "Deployment") => DEPLOYMENT,
         _ => return None,
     })
 }
@@ -247,7 +319,8 @@ fn scalar(ty: Ty, w: &Wire<'_>, message: &str) -> Result<Value, ProtobufError> {
         (Ty::Str, Wire::Bytes(b)) => json!(text(b)?),
         (Ty::Bytes, Wire::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         (Ty::Bool, Wire::Varint(v)) => json!(*v != 0),
-        (Ty::Int, Wire::Varint(v)) => json!(*v as i64),
+        (Ty::Flag, Wire::Varint(v)) => json!(*v != 0),
+        (Ty::Int | Ty::IntPtr, Wire::Varint(v)) => json!(*v as i64),
         (Ty::Msg(m), Wire::Bytes(b)) => decode_message(m, b, message)?,
         (Ty::Time, Wire::Bytes(b)) => {
             let mut secs = 0i64;
@@ -293,10 +366,14 @@ fn decode_message(desc: &[Field], b: &[u8], message: &str) -> Result<Value, Prot
         let path = format!("{message}.{name}");
         match ty {
             Ty::Ignored => {}
-            Ty::MapStr | Ty::MapBytes => {
+            Ty::MapStr | Ty::MapBytes | Ty::MapQuantity => {
                 let Wire::Bytes(entry) = w else { return Err(ProtobufError::Malformed) };
                 let (mut k, mut v) = (String::new(), Value::String(String::new()));
-                let value_ty = if matches!(ty, Ty::MapStr) { Ty::Str } else { Ty::Bytes };
+                let value_ty = match ty {
+                    Ty::MapStr => Ty::Str,
+                    Ty::MapBytes => Ty::Bytes,
+                    _ => Ty::Msg(QUANTITY),
+                };
                 for (en, ew) in fields(entry)? {
                     match (en, &ew) {
                         (1, Wire::Bytes(kb)) => k = text(kb)?,
@@ -304,6 +381,7 @@ fn decode_message(desc: &[Field], b: &[u8], message: &str) -> Result<Value, Prot
                         _ => return Err(ProtobufError::Malformed),
                     }
                 }
+                let v = if matches!(ty, Ty::MapQuantity) { v["string"].clone() } else { v };
                 out.entry(name).or_insert_with(|| json!({}))[&k] = v;
             }
             _ => {
@@ -313,7 +391,7 @@ fn decode_message(desc: &[Field], b: &[u8], message: &str) -> Result<Value, Prot
                     if let Some(a) = list.as_array_mut() {
                         a.push(v);
                     }
-                } else if !is_empty(&v) {
+                } else if matches!(ty, Ty::Bool | Ty::IntPtr) || !is_empty(&v) {
                     out.insert(name.into(), v);
                 }
             }
@@ -329,6 +407,7 @@ fn is_empty(v: &Value) -> bool {
         Value::Null => true,
         Value::String(s) => s.is_empty(),
         Value::Number(n) => n.as_i64() == Some(0),
+        Value::Bool(b) => !b,
         Value::Object(m) => m.is_empty(),
         _ => false,
     }
@@ -370,6 +449,22 @@ mod tests {
     /// What kubectl 1.33 sends for `kubectl create namespace jobs` (captured).
     const CREATE_NS: &[u8] = b"k8s\x00\n\x0f\n\x02v1\x12\tNamespace\x12\x1c\n\x14\n\x04jobs\x12\x00\x1a\x00\"\x00*\x002\x008\x00B\x00\x12\x00\x1a\x02\n\x00\x1a\x00\"\x00";
 
+    /// `kubectl create deployment d --image=test-runtime:1 --replicas=2 --port=8080 -- sleep 10`
+    /// (kubectl 1.33, captured).
+    const CREATE_DEPLOYMENT: &[u8] = b"k8s\x00\x0a\x15\x0a\x07apps/v1\x12\x0aDeployment\x12\xcd\x01\x0a\x1b\x0a\x01d\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00Z\x08\x0a\x03app\x12\x01d\x12\x9f\x01\x08\x02\x12\x0a\x0a\x08\x0a\x03app\x12\x01d\x1a\x86\x01\x0a\x1a\x0a\x00\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00Z\x08\x0a\x03app\x12\x01d\x12h\x12J\x0a\x0ctest-runtime\x12\x0etest-runtime:1\x1a\x05sleep\x1a\x0210*\x002\x0b\x0a\x00\x10\x00\x18\x90?\x22\x00*\x00B\x00j\x00r\x00\x80\x01\x00\x88\x01\x00\x90\x01\x00\xa2\x01\x00\x1a\x002\x00B\x00J\x00R\x00X\x00`\x00h\x00\x82\x01\x00\x8a\x01\x00\x9a\x01\x00\xc2\x01\x00\x22\x02\x0a\x00(\x008\x00\x1a\x0c\x08\x00\x10\x00\x18\x00 \x00(\x008\x00\x1a\x00\x22\x00";
+
+    #[test]
+    fn a_captured_deployment_decodes_to_what_kubectl_sends_as_json() {
+        let d = decode(CREATE_DEPLOYMENT).unwrap();
+        assert_eq!(
+            d,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"app": "d"}},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "d"}},
+                    "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [
+                        {"name": "test-runtime", "image": "test-runtime:1", "command": ["sleep", "10"], "ports": [{"containerPort": 8080}]}]}}}})
+        );
+    }
+
     #[test]
     fn a_captured_namespace_decodes_to_its_json() {
         assert_eq!(
@@ -410,8 +505,8 @@ mod tests {
     #[test]
     fn an_unknown_kind_or_field_is_refused_by_name() {
         assert_eq!(
-            decode(&envelope("apps/v1", "Deployment", b"")).unwrap_err().to_string(),
-            "the emulator does not decode Deployment (apps/v1) from protobuf; send JSON"
+            decode(&envelope("apps/v1", "StatefulSet", b"")).unwrap_err().to_string(),
+            "the emulator does not decode StatefulSet (apps/v1) from protobuf; send JSON"
         );
         let raw = ld(9, b"x");
         assert_eq!(
