@@ -36,13 +36,17 @@ fn schema_name(rt: &ResourceType) -> String {
 /// The bundle's JSON Schema in OpenAPI 3.0 terms: `#/$defs/X` -> `#/components/schemas/X`,
 /// `type: [X, "null"]` -> `type: X` + `nullable` (kubectl explain reads `type` as text).
 fn rewrite_refs(v: &Value) -> Value {
+    rewrite_refs_to(v, "#/components/schemas/")
+}
+
+fn rewrite_refs_to(v: &Value, prefix: &str) -> Value {
     match v {
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, v) in m {
                 match (k.as_str(), v) {
                     ("$ref", Value::String(r)) => {
-                        out.insert(k.clone(), json!(r.replace("#/$defs/", "#/components/schemas/")));
+                        out.insert(k.clone(), json!(r.replace("#/$defs/", prefix)));
                     }
                     ("type", Value::Array(types)) => {
                         let named: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
@@ -54,13 +58,13 @@ fn rewrite_refs(v: &Value) -> Value {
                         }
                     }
                     _ => {
-                        out.insert(k.clone(), rewrite_refs(v));
+                        out.insert(k.clone(), rewrite_refs_to(v, prefix));
                     }
                 }
             }
             Value::Object(out)
         }
-        Value::Array(a) => Value::Array(a.iter().map(rewrite_refs).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| rewrite_refs_to(x, prefix)).collect()),
         other => other.clone(),
     }
 }
@@ -201,6 +205,52 @@ fn hash(doc: &Value) -> String {
     digest.iter().take(32).map(|b| format!("{b:02X}")).collect()
 }
 
+/// `GET /openapi/v2` as JSON (Swagger 2.0): every kind's schema under `definitions` and
+/// each kind's PATCH with its `fieldValidation` parameter. kubectl asks for the protobuf
+/// form only, which the emulator does not serve (406); it then uses `/openapi/v3`.
+pub fn swagger_v2(types: &[ResourceType]) -> Value {
+    let mut definitions = Map::new();
+    if let Some(defs) = bundle()["$defs"].as_object() {
+        for (name, d) in defs {
+            definitions.insert(name.clone(), rewrite_refs_to(d, "#/definitions/"));
+        }
+    }
+    let mut paths = Map::new();
+    for rt in types {
+        let name = schema_name(rt);
+        let mut schema = match &rt.schema {
+            SchemaSource::Builtin(key) => rewrite_refs_to(&bundle()["kinds"][*key], "#/definitions/"),
+            SchemaSource::Crd(s) => s.clone(),
+        };
+        if let Some(m) = schema.as_object_mut() {
+            m.remove("$schema");
+            m.remove("$id");
+            m.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]),
+            );
+        }
+        definitions.insert(name.clone(), schema);
+        for (path, mut item) in operations(rt, &json!({"$ref": format!("#/definitions/{name}")})) {
+            // Swagger 2 parameters carry their type inline and have no request bodies.
+            for op in item.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                if let Some(o) = op.as_object_mut() {
+                    o.remove("requestBody");
+                    o.insert("responses".into(), json!({"200": {"description": "OK"}}));
+                    for p in o.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
+                        if let Some(pm) = p.as_object_mut() {
+                            pm.remove("schema");
+                            pm.insert("type".into(), json!("string"));
+                        }
+                    }
+                }
+            }
+            paths.insert(path, item);
+        }
+    }
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "definitions": definitions})
+}
+
 /// `GET /openapi/v3`: where each group-version's document is.
 pub fn root(types: &[ResourceType]) -> Value {
     let mut gvs: Vec<(String, String)> = types.iter().map(|t| (t.group.clone(), t.version.clone())).collect();
@@ -221,6 +271,24 @@ pub fn root(types: &[ResourceType]) -> Value {
 mod tests {
     use super::*;
     use crate::emulator::resources::builtins;
+
+    #[test]
+    fn swagger_v2_resolves_every_reference_and_offers_field_validation() {
+        let doc = swagger_v2(&builtins());
+        let text = doc.to_string();
+        let defs = doc["definitions"].as_object().unwrap();
+        for r in text.split("#/definitions/").skip(1) {
+            let name = &r[..r.find('"').unwrap()];
+            assert!(defs.contains_key(name), "dangling reference {name}");
+        }
+        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert!(patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "fieldValidation" && p["type"] == "string"));
+        assert!(defs["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"].is_array());
+    }
 
     #[test]
     fn the_root_lists_every_group_version_with_a_hash() {

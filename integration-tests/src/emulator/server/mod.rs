@@ -92,6 +92,18 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
         r.headers_mut().insert(header::CONTENT_TYPE, ct.parse().expect("a valid header value"));
         return Ok(r);
     }
+    if path == "/openapi/v2" {
+        // JSON for those who accept it; kubectl accepts only protobuf: 406, and it
+        // moves on to /openapi/v3.
+        if !accept.is_empty() && !accept.contains("application/json") && !accept.contains("*/*") {
+            return Ok(full(
+                StatusCode::NOT_ACCEPTABLE,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "only application/json is served for /openapi/v2", "reason": "NotAcceptable", "code": 406}),
+            ));
+        }
+        return Ok(full(StatusCode::OK, &crate::emulator::openapi::swagger_v2(&state.store.types())));
+    }
     let route = match route(&state.store, &path) {
         Ok(r) => r,
         Err(e) => return Ok(error_response(&e)),
