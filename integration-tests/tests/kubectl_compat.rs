@@ -211,7 +211,8 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..100 {
+    // Generous: CI runs every suite at once on two cores.
+    for _ in 0..300 {
         if f().await {
             return;
         }
