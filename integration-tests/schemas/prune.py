@@ -1,6 +1,6 @@
 import json, sys, os, re
 src = sys.argv[1]; dst = sys.argv[2]
-kinds = ["pod-v1","secret-v1","service-v1","configmap-v1","event-v1","event-events-v1","job-batch-v1","deployment-apps-v1","horizontalpodautoscaler-autoscaling-v2","networkpolicy-networking-v1","lease-coordination-v1","customresourcedefinition-apiextensions-v1","resourcequota-v1"]
+kinds = ["pod-v1","secret-v1","service-v1","configmap-v1","event-v1","event-events-v1","job-batch-v1","deployment-apps-v1","horizontalpodautoscaler-autoscaling-v2","networkpolicy-networking-v1","lease-coordination-v1","customresourcedefinition-apiextensions-v1","resourcequota-v1","namespace-v1","serviceaccount-v1","role-rbac-v1","rolebinding-rbac-v1","clusterrole-rbac-v1","clusterrolebinding-rbac-v1","poddisruptionbudget-policy-v1","persistentvolumeclaim-v1","scale-autoscaling-v1"]
 defs = json.load(open(os.path.join(src,"_definitions.json")))["$defs"]
 keys=set()
 def strip(o, inprops=False):

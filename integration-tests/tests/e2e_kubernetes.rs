@@ -52,10 +52,16 @@ fn metric(name: &str, value: impl std::fmt::Display) {
     println!("E2E-METRIC {name} {value}");
 }
 
+/// The job manager's ServiceAccount, bound to the chart's Role (emulator runs).
+const SERVICE_ACCOUNT: &str = "job-manager";
+
 struct Cluster {
     emu: Option<Emulator>,
     kubelet: Option<Kubelet>,
-    kubeconfig: PathBuf,
+    /// What the replicas connect with: on the emulator, a token of the job manager's
+    /// ServiceAccount, which RBAC limits to the chart's Role; the test's own kubeconfig
+    /// on a real cluster.
+    replica_kubeconfig: PathBuf,
     namespace: String,
     client: kube::Client,
 }
@@ -83,7 +89,33 @@ impl Cluster {
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig valid");
         let client = kube::Client::try_from(cfg).unwrap();
-        Self { emu, kubelet, kubeconfig, namespace, client }
+        Self { emu, kubelet, replica_kubeconfig: kubeconfig, namespace, client }
+    }
+
+    /// The chart's ServiceAccount, Role (`files/role-rules.yaml`, minus `drop_rule` when
+    /// given: index into the rules) and RoleBinding; the replicas then connect as that
+    /// account. Emulator only: a real cluster is set up by `helm install`.
+    fn install_rbac(&mut self, drop_rule: Option<usize>) {
+        let Some(emu) = &self.emu else { return };
+        let ns = &self.namespace;
+        let mut rules = chart_role_rules();
+        if let Some(i) = drop_rule {
+            rules.remove(i);
+        }
+        let create = |api_version: &str, kind: &str, obj: serde_json::Value| {
+            let rt = emu.resource(api_version, kind).expect("RBAC kinds are served");
+            emu.store().create(&rt, ns, obj, &Default::default()).expect("RBAC object created");
+        };
+        create("v1", "ServiceAccount", json!({"metadata": {"name": SERVICE_ACCOUNT}}));
+        create("rbac.authorization.k8s.io/v1", "Role", json!({"metadata": {"name": SERVICE_ACCOUNT}, "rules": rules}));
+        create(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            json!({"metadata": {"name": SERVICE_ACCOUNT},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SERVICE_ACCOUNT},
+                "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": ns}]}),
+        );
+        self.replica_kubeconfig = emu.service_account_kubeconfig(ns, SERVICE_ACCOUNT).expect("kubeconfig");
     }
 
     /// What the Helm chart would install: the CRD, the internal-key Secret, and the
@@ -185,7 +217,7 @@ async fn spawn_replica(cluster: &Cluster, config: &std::path::Path, addr: Socket
     let child = tokio::process::Command::new(integration_tests::kubelet::binary_dir().join("job-manager"))
         .arg("--config")
         .arg(config)
-        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("KUBECONFIG", &cluster.replica_kubeconfig)
         .env("JM_EXECUTOR", "kubernetes")
         .env("RUST_LOG", "info")
         .stdout(log.try_clone().unwrap())
@@ -281,7 +313,8 @@ fn diagnose(cluster: &Cluster, dir: &std::path::Path) -> String {
 /// API faults injected; asserts every job has exactly one result.
 async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
     let n = job_count();
-    let cluster = Cluster::start().await;
+    let mut cluster = Cluster::start().await;
+    cluster.install_rbac(None);
     let broker = EmbeddedBroker::new(EmbeddedOptions {
         visibility_timeout: Duration::from_secs(30),
         location_key: common::secret::Secret::new(LOCATION_KEY),
@@ -313,6 +346,7 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
         emu.faults().add(FaultRule::new(Fault::InternalError).verb("create").probability(0.03));
         emu.faults().add(FaultRule::new(Fault::Conflict).resource("jobrecords").probability(0.05));
     }
+    let startup_requests = cluster.emu.as_ref().map(|e| e.requests()).unwrap_or_default();
     if let Some(emu) = &cluster.emu {
         emu.clear_requests();
     }
@@ -382,6 +416,21 @@ async fn run_workload(prefix: &str, runtime: &str, kind: WorkloadKind) {
         metric(&format!("{prefix}.api_writes_breakdown"), breakdown.join(","));
         metric(&format!("{prefix}.faults_injected"), emu.faults().injected());
     }
+    if let Some(emu) = &cluster.emu {
+        // The chart's Role was enough: the replicas ran as its account and were never
+        // refused; what it grants that this run did not use is reported.
+        let all: Vec<_> = startup_requests.iter().cloned().chain(emu.requests()).collect();
+        let user = format!("system:serviceaccount:{}:{SERVICE_ACCOUNT}", cluster.namespace);
+        let mine: Vec<_> = all.iter().filter(|r| r.user == user).collect();
+        assert!(mine.len() > n, "the replicas did not authenticate as {user} ({} requests)", mine.len());
+        let refused: Vec<_> = mine.iter().filter(|r| r.code == 403).collect();
+        assert!(refused.is_empty(), "the chart's Role is not enough: {refused:#?}");
+        let unused = unused_rights(&all, &user);
+        metric(&format!("{prefix}.rbac_rights_unused"), unused.len());
+        for right in unused {
+            println!("E2E-RBAC-UNUSED {prefix} {right}");
+        }
+    }
     if let Some(l) = latencies {
         let mut l = l.lock().unwrap().clone();
         if !l.is_empty() {
@@ -402,4 +451,99 @@ async fn e2e_ephemeral_jobs_survive_a_replica_kill_and_api_faults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_persistent_jobs_survive_a_replica_kill_and_api_faults() {
     run_workload("per", PERSISTENT, WorkloadKind::Persistent).await;
+}
+
+/// The rules of the chart's Role.
+fn chart_role_rules() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(workspace_root().join("deploy/helm/job-manager/files/role-rules.yaml"))
+        .expect("the chart's role rules");
+    serde_yaml::from_str(&text).expect("role rules are YAML")
+}
+
+/// The rights (`group/resource[/sub]:verb`) the chart's Role grants that no request of
+/// the job manager's account used.
+fn unused_rights(requests: &[integration_tests::emulator::RequestRecord], user: &str) -> Vec<String> {
+    let used: std::collections::BTreeSet<String> = requests
+        .iter()
+        .filter(|r| r.user == user)
+        .map(|r| {
+            let sub = if r.subresource.is_empty() { String::new() } else { format!("/{}", r.subresource) };
+            format!("{}/{}{sub}:{}", r.group, r.resource, r.verb)
+        })
+        .collect();
+    let mut unused = Vec::new();
+    for rule in chart_role_rules() {
+        let strs = |k: &str| -> Vec<String> {
+            rule[k].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
+        };
+        for g in strs("apiGroups") {
+            for r in strs("resources") {
+                for v in strs("verbs") {
+                    let right = format!("{g}/{r}:{v}");
+                    if !used.contains(&right) {
+                        unused.push(right);
+                    }
+                }
+            }
+        }
+    }
+    unused
+}
+
+/// The chart's Role minus its `batch/jobs` rule: the job manager cannot create a job's
+/// Kubernetes Job, and the API server's 403 (with the account and the missing right) is
+/// in its log: a removed rule is visible, not a job that silently does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_a_role_missing_a_rule_shows_the_403_in_the_job_managers_log() {
+    if std::env::var_os("E2E_KUBECONFIG").is_some() {
+        eprintln!("SKIPPED on a real cluster: the Role there is the chart's, installed by Helm");
+        return;
+    }
+    let mut cluster = Cluster::start().await;
+    let batch_rule = chart_role_rules().iter().position(|r| r["apiGroups"] == json!(["batch"])).expect("a batch rule");
+    cluster.install_rbac(Some(batch_rule));
+    let broker = EmbeddedBroker::new(EmbeddedOptions {
+        visibility_timeout: Duration::from_secs(30),
+        location_key: common::secret::Secret::new(LOCATION_KEY),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broker_addr = listener.local_addr().unwrap();
+    let serving = broker.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+    let addr = free_addr();
+    cluster.install(&[addr]).await;
+    let dir = tempfile::Builder::new().prefix("e2e-rbac-").tempdir().unwrap();
+    let cfg = write_config(dir.path(), &cluster, broker_addr, addr, &BTreeMap::new());
+    let log = dir.path().join("replica-0.log");
+    let _replica = spawn_replica(&cluster, &cfg, addr, log.clone()).await;
+    for j in jobs("rbac", EPHEMERAL, WorkloadKind::Ephemeral, 1) {
+        broker.submit(j).unwrap();
+    }
+    let ns = &cluster.namespace;
+    let expected = format!(
+        "jobs.batch is forbidden: User \\\"system:serviceaccount:{ns}:{SERVICE_ACCOUNT}\\\" cannot create resource \\\"jobs\\\" in API group \\\"batch\\\" in the namespace \\\"{ns}\\\""
+    );
+    let plain = expected.replace("\\\"", "\"");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(&expected) || text.contains(&plain) || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        text.contains(&expected) || text.contains(&plain),
+        "the 403 is not in the job manager's log:\n{}",
+        text.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+    let line = text.lines().find(|l| l.contains(&expected) || l.contains(&plain)).unwrap_or_default();
+    println!("rbac: the job manager logged: {line}");
+    let emu = cluster.emu.as_ref().unwrap();
+    let refused =
+        emu.requests().into_iter().filter(|r| r.code == 403 && r.resource == "jobs" && r.verb == "create").count();
+    assert!(refused >= 1, "the emulator refused no job creation");
+    assert!(emu.objects("batch/v1", "Job", ns).is_empty(), "a Job was created without the right to");
+    let results = broker.wait_for_results(1, Duration::from_secs(5)).await;
+    println!("rbac: results after the refusal: {results:?}");
 }

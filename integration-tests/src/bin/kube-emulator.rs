@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "kube-emulator", about = "Kubernetes API emulator for tests (no auth, plain HTTP)")]
+#[command(
+    name = "kube-emulator",
+    about = "Kubernetes API emulator for tests (plain HTTP; RBAC for ServiceAccount tokens)"
+)]
 struct Args {
     /// Address to serve the API on.
     #[arg(long, env = "KUBE_EMULATOR_LISTEN", default_value = "127.0.0.1:6443")]

@@ -2,7 +2,19 @@
 //! speaking the API's JSON (discovery, CRUD, watch, patch flavours, server-side
 //! apply, deletion with propagation, garbage collection, Leases, CRDs and their
 //! custom resources), validating every object against the official v1.33 schemas and
-//! the API's own rules, with fault injection and a request log.
+//! the API's own rules, with fault injection and a request log. Real kubectl works
+//! against it: aggregated discovery, `/openapi/v3` ([`openapi`]), protobuf request bodies ([`protobuf`]),
+//! server-side Tables ([`table`]), `pods/log`, `deployments/scale`,
+//! `serviceaccounts/token`. RBAC ([`rbac`]) holds ServiceAccount tokens to their
+//! bindings; the kubeconfig's token and token-less requests are the administrator.
+//!
+//! Known differences from a real API server: namespaces come into being when first
+//! used (a real server refuses objects in a namespace nobody created), and deleting one
+//! deletes its contents at once; the ServiceAccount admission plugin does not run (no
+//! `kube-api-access` volume is added to pod specs: the kubelet projects the token when
+//! the pod and its account do not opt out, and a missing account blocks the pod);
+//! aggregated ClusterRoles and `SelfSubjectAccessReview` are not served; plain HTTP
+//! only (kubectl then sends no token: use `--as`).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -12,14 +24,18 @@
 //! # }
 //! ```
 pub mod faults;
+pub mod openapi;
 pub mod patch;
 pub mod pod_security;
+pub mod protobuf;
 pub mod quota;
+pub mod rbac;
 pub mod resources;
 pub mod selectors;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod table;
 pub mod time;
 pub mod validation;
 
@@ -99,11 +115,12 @@ pub(crate) fn keep_if_failing(dir: &mut TempDir) {
     }
 }
 
-/// A kubeconfig pointing at `server` (plain HTTP, no credentials: the emulator has no
-/// authentication, like `kubectl proxy`).
-pub fn kubeconfig_yaml(server: &str, namespace: &str) -> String {
+/// A kubeconfig pointing at `server` (plain HTTP) that authenticates with bearer
+/// `token`, or sends no credentials when `token` is empty.
+pub fn kubeconfig_yaml(server: &str, namespace: &str, token: &str) -> String {
+    let user = if token.is_empty() { "{}".to_string() } else { format!("\n    token: {token}") };
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {server}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: {namespace}\ncurrent-context: emulator\nusers:\n- name: emulator\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {server}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: {namespace}\ncurrent-context: emulator\nusers:\n- name: emulator\n  user: {user}\n"
     )
 }
 
@@ -119,9 +136,9 @@ impl Emulator {
                 (Some(t), p)
             }
         };
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&format!("http://{addr}"), &opts.namespace))
-            .map_err(|e| EmulatorError::Kubeconfig(kubeconfig.clone(), e))?;
         let store = Store::new(StoreOptions { history: opts.history, graceful_pods: false });
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&format!("http://{addr}"), &opts.namespace, store.admin_token()))
+            .map_err(|e| EmulatorError::Kubeconfig(kubeconfig.clone(), e))?;
         let state = Arc::new(ServerState {
             store,
             faults: Arc::new(Faults::default()),
@@ -167,6 +184,17 @@ impl Emulator {
     /// Closes every open watch stream (clients must resume from their resourceVersion).
     pub fn drop_watches(&self) {
         self.state.watch_generation.send_modify(|g| *g += 1);
+    }
+
+    /// A kubeconfig (written next to the emulator's own) that authenticates as
+    /// ServiceAccount `namespace/name` with a fresh token: what a pod of that account
+    /// gets, for processes the tests run on the host.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf, EmulatorError> {
+        let token = self.state.store.issue_token(namespace, name);
+        let path = self.kubeconfig.with_file_name(format!("kubeconfig-{namespace}-{name}"));
+        std::fs::write(&path, kubeconfig_yaml(&self.url(), namespace, &token))
+            .map_err(|e| EmulatorError::Kubeconfig(path.clone(), e))?;
+        Ok(path)
     }
 
     /// The resource type serving `apiVersion`/`kind`, built-in or from a CRD.

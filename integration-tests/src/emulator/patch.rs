@@ -347,8 +347,12 @@ fn paths_for(v: &Value, sub: Option<&str>) -> BTreeSet<FieldPath> {
 
 /// Records an Update-operation write (create, PUT, non-apply patches): fields whose
 /// value changed move to `manager`; fields that disappeared are owned by nobody.
+/// A write that sets `metadata.managedFields` itself (kubectl's upgrade of client-side
+/// apply ownership to server-side apply) replaces the record, as on the real server.
 pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, sub: Option<&str>) {
-    let mut owners = old.map(read_ownership).unwrap_or_default();
+    let sent = new.pointer("/metadata/managedFields").filter(|m| m.is_array());
+    let rewritten = sent.is_some() && old.and_then(|o| o.pointer("/metadata/managedFields")) != sent;
+    let mut owners = if rewritten { read_ownership(new) } else { old.map(read_ownership).unwrap_or_default() };
     let new_paths = paths_for(new, sub);
     let old_paths = old.map(|o| paths_for(o, sub)).unwrap_or_default();
     let changed: Vec<FieldPath> =
@@ -362,6 +366,23 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_ve
     }
     owners.retain(|o| !o.fields.is_empty());
     write_ownership(new, &owners);
+}
+
+/// A manager as the API server names it in conflicts: `"kubectl"` for an applier,
+/// `"kube-controller-manager" using apps/v1 at 2025-01-01T00:00:00Z` for an updater.
+fn print_manager(o: &Ownership) -> String {
+    let mut s = format!("{:?}", o.manager);
+    if let Some(sub) = &o.subresource {
+        s = format!("{s} with subresource {sub:?}");
+    }
+    if o.operation == "Update" {
+        s = if o.time.is_empty() {
+            format!("{s} using {}", o.api_version)
+        } else {
+            format!("{s} using {} at {}", o.api_version, o.time)
+        };
+    }
+    s
 }
 
 /// Server-side apply of `applied` (the manager's full intent) onto `current`.
@@ -385,13 +406,17 @@ pub fn apply(
         }
         for o in owners.iter().filter(|o| o.manager != manager) {
             if o.fields.iter().any(|f| overlaps(f, p)) {
-                conflicts.push((o.manager.clone(), render_path(p)));
+                conflicts.push((o.manager.clone(), print_manager(o), render_path(p)));
             }
         }
     }
     if !conflicts.is_empty() && !force {
         conflicts.dedup();
-        return Err(ApiError::ApplyConflict { api_version: api_version.into(), conflicts });
+        conflicts.sort_by(|a, b| a.0.cmp(&b.0));
+        conflicts.dedup();
+        return Err(ApiError::ApplyConflict {
+            conflicts: conflicts.into_iter().map(|(_, printed, path)| (printed, path)).collect(),
+        });
     }
     // Shared ownership of equal values is allowed; a forced or changed value moves.
     for o in owners.iter_mut().filter(|o| o.manager != manager) {
@@ -462,10 +487,7 @@ mod tests {
         let mut b = lease.clone();
         b["spec"]["holderIdentity"] = json!("b");
         let err = apply(Some(&v1), &b, "b", false, "coordination.k8s.io/v1", None).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "Apply failed with 1 conflict: conflict with \"a\" using coordination.k8s.io/v1: .spec.holderIdentity"
-        );
+        assert_eq!(err.to_string(), "Apply failed with 1 conflict: conflict with \"a\": .spec.holderIdentity");
         let forced = apply(Some(&v1), &b, "b", true, "coordination.k8s.io/v1", None).unwrap();
         assert_eq!(forced["spec"]["holderIdentity"], "b");
         let owners = read_ownership(&forced);

@@ -24,6 +24,9 @@ pub struct ResourceType {
     pub schema: SchemaSource,
     /// Field selectors accepted besides `metadata.name`/`metadata.namespace`.
     pub extra_field_selectors: Vec<&'static str>,
+    /// A CRD version's `additionalPrinterColumns` (`kubectl get` columns); null for
+    /// built-in kinds, whose columns are in [`crate::emulator::table`].
+    pub printer_columns: Value,
 }
 
 impl ResourceType {
@@ -62,6 +65,20 @@ impl ResourceType {
                 "kind": self.kind, "verbs": ["get", "patch", "update"],
             }));
         }
+        match (self.group.as_str(), self.kind.as_str()) {
+            ("", "Pod") => out.push(json!({
+                "name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"],
+            })),
+            ("", "ServiceAccount") => out.push(json!({
+                "name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io",
+                "version": "v1", "kind": "TokenRequest", "verbs": ["create"],
+            })),
+            ("apps", "Deployment") => out.push(json!({
+                "name": "deployments/scale", "singularName": "", "namespaced": true, "group": "autoscaling",
+                "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],
+            })),
+            _ => {}
+        }
         out
     }
 }
@@ -86,6 +103,7 @@ fn builtin(
         has_status,
         schema: SchemaSource::Builtin(schema),
         extra_field_selectors: vec![],
+        printer_columns: Value::Null,
     }
 }
 
@@ -109,7 +127,15 @@ pub fn builtins() -> Vec<ResourceType> {
         "customresourcedefinition-apiextensions-v1",
     );
     crds.namespaced = false;
+    let cluster = |mut t: ResourceType| {
+        t.namespaced = false;
+        t
+    };
+    let mut namespaces = cluster(builtin("", "v1", "namespaces", "Namespace", &["ns"], true, "namespace-v1"));
+    namespaces.extra_field_selectors = vec!["status.phase"];
+    let rbac = "rbac.authorization.k8s.io";
     vec![
+        namespaces,
         pods,
         secrets,
         builtin("", "v1", "services", "Service", &["svc"], true, "service-v1"),
@@ -138,6 +164,37 @@ pub fn builtins() -> Vec<ResourceType> {
         ),
         builtin("coordination.k8s.io", "v1", "leases", "Lease", &[], false, "lease-coordination-v1"),
         quotas,
+        builtin("", "v1", "serviceaccounts", "ServiceAccount", &["sa"], false, "serviceaccount-v1"),
+        builtin(
+            "",
+            "v1",
+            "persistentvolumeclaims",
+            "PersistentVolumeClaim",
+            &["pvc"],
+            true,
+            "persistentvolumeclaim-v1",
+        ),
+        builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            &["pdb"],
+            true,
+            "poddisruptionbudget-policy-v1",
+        ),
+        builtin(rbac, "v1", "roles", "Role", &[], false, "role-rbac-v1"),
+        builtin(rbac, "v1", "rolebindings", "RoleBinding", &[], false, "rolebinding-rbac-v1"),
+        cluster(builtin(rbac, "v1", "clusterroles", "ClusterRole", &[], false, "clusterrole-rbac-v1")),
+        cluster(builtin(
+            rbac,
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            &[],
+            false,
+            "clusterrolebinding-rbac-v1",
+        )),
         crds,
     ]
 }
@@ -171,6 +228,7 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
             has_status: v.pointer("/subresources/status").is_some(),
             schema: SchemaSource::Crd(v.pointer("/schema/openAPIV3Schema").cloned().unwrap_or(json!({}))),
             extra_field_selectors: vec![],
+            printer_columns: v.get("additionalPrinterColumns").cloned().unwrap_or(Value::Null),
         })
         .collect()
 }

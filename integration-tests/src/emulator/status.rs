@@ -75,6 +75,23 @@ fn render_value(v: &Value) -> String {
     }
 }
 
+/// The API server's wording: one conflict on one line, several grouped by manager.
+fn apply_conflict_message(conflicts: &[(String, String)]) -> String {
+    if let [(m, f)] = conflicts {
+        return format!("Apply failed with 1 conflict: conflict with {m}: {f}");
+    }
+    let mut lines = Vec::new();
+    let mut last: Option<&str> = None;
+    for (m, f) in conflicts {
+        if last != Some(m.as_str()) {
+            lines.push(format!("conflicts with {m}:"));
+            last = Some(m);
+        }
+        lines.push(format!("- {f}"));
+    }
+    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+}
+
 /// Every error the emulator answers with. `label()` is stable (metrics, request log).
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum ApiError {
@@ -86,8 +103,9 @@ pub enum ApiError {
     Conflict { group: String, resource: String, name: String, detail: String },
     #[error("{kind} {name:?} is invalid: {}", causes.iter().map(Cause::line).collect::<Vec<_>>().join(", "))]
     Invalid { group: String, kind: String, name: String, causes: Vec<Cause> },
-    #[error("Apply failed with {} conflict{}: {}", conflicts.len(), if conflicts.len() == 1 { "" } else { "s" }, conflicts.iter().map(|(m, f)| format!("conflict with {m:?} using {api_version}: {f}")).collect::<Vec<_>>().join("\n"))]
-    ApplyConflict { api_version: String, conflicts: Vec<(String, String)> },
+    /// `conflicts`: (manager as the server prints it, field path), sorted by manager.
+    #[error("{}", apply_conflict_message(conflicts))]
+    ApplyConflict { conflicts: Vec<(String, String)> },
     #[error("{0}")]
     BadRequest(String),
     #[error("the server could not find the requested resource")]
@@ -104,6 +122,12 @@ pub enum ApiError {
     Internal(String),
     #[error("Request entity too large: limit is {0}")]
     TooLarge(usize),
+    /// Refused by the RBAC authoriser; `message` is the whole API server wording.
+    #[error("{message}")]
+    Denied { group: String, resource: String, name: String, message: String },
+    /// No or an unknown bearer token.
+    #[error("Unauthorized")]
+    Unauthenticated,
     /// Refused by admission (e.g. ResourceQuota): `pods "x" is forbidden: exceeded quota: ...`.
     #[error("{resource} {name:?} is forbidden: {detail}")]
     Forbidden { group: String, resource: String, name: String, detail: String },
@@ -122,7 +146,8 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => 429,
             ApiError::Internal(_) => 500,
             ApiError::TooLarge(_) => 413,
-            ApiError::Forbidden { .. } => 403,
+            ApiError::Forbidden { .. } | ApiError::Denied { .. } => 403,
+            ApiError::Unauthenticated => 401,
         }
     }
 
@@ -140,7 +165,8 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
-            ApiError::Forbidden { .. } => "Forbidden",
+            ApiError::Forbidden { .. } | ApiError::Denied { .. } => "Forbidden",
+            ApiError::Unauthenticated => "Unauthorized",
         }
     }
 
@@ -160,7 +186,8 @@ impl ApiError {
             ApiError::NotFound { group, resource, name }
             | ApiError::AlreadyExists { group, resource, name }
             | ApiError::Conflict { group, resource, name, .. }
-            | ApiError::Forbidden { group, resource, name, .. } => {
+            | ApiError::Forbidden { group, resource, name, .. }
+            | ApiError::Denied { group, resource, name, .. } => {
                 let mut d = json!({"name": name, "kind": resource});
                 if !group.is_empty() {
                     d["group"] = json!(group);
@@ -178,11 +205,9 @@ impl ApiError {
                 }
                 Some(d)
             }
-            ApiError::ApplyConflict { api_version, conflicts } => {
-                Some(json!({"causes": conflicts.iter().map(|(m, f)| json!({
-                "reason": "FieldManagerConflict", "message": format!("conflict with {m:?} using {api_version}"), "field": f,
-            })).collect::<Vec<_>>()}))
-            }
+            ApiError::ApplyConflict { conflicts } => Some(json!({"causes": conflicts.iter().map(|(m, f)| json!({
+                "reason": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": f,
+            })).collect::<Vec<_>>()})),
             ApiError::TooManyRequests { retry_after_secs } => Some(json!({"retryAfterSeconds": retry_after_secs})),
             ApiError::Internal(msg) => Some(json!({"causes": [{"message": msg}]})),
             _ => None,

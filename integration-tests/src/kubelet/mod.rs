@@ -61,12 +61,14 @@ impl KubeletOptions {
 }
 
 impl Default for KubeletOptions {
-    /// Images containing `sidecar` run `target/debug/sidecar`; `test-runtime`,
+    /// Images containing `job-manager` run `target/debug/job-manager`, `sidecar`
+    /// `target/debug/sidecar`; `test-runtime`,
     /// `node-api-runtime` and `node-browser-runtime` run `target/debug/test-runtime`.
     fn default() -> Self {
         let debug = binary_dir();
         Self {
             images: vec![
+                ("job-manager".into(), debug.join("job-manager")),
                 ("sidecar".into(), debug.join("sidecar")),
                 ("test-runtime".into(), debug.join("test-runtime")),
                 ("node-api-runtime".into(), debug.join("test-runtime")),
@@ -115,6 +117,7 @@ impl Kubelet {
             let _ = std::fs::create_dir_all(&opts.work_dir);
             None
         };
+        store.set_pod_log_dir(opts.work_dir.clone());
         // Snapshot the binaries (hard links): a concurrent `cargo build` replacing
         // target/debug/* then cannot make images vanish mid-test.
         let bin_dir = opts.work_dir.join("bin");
@@ -129,7 +132,12 @@ impl Kubelet {
             }
         }
         let net = Arc::new(Network::default());
-        let ctx = Arc::new(PodCtx { store: store.clone(), net: net.clone(), opts: Arc::new(opts.clone()) });
+        let ctx = Arc::new(PodCtx {
+            store: store.clone(),
+            net: net.clone(),
+            opts: Arc::new(opts.clone()),
+            api_url: emu.url(),
+        });
         let pods: Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>> = Default::default();
         // One permit-keeping Notify per loop: a change during a pass is never missed.
         let (wake_ctl, wake_pods) = (Arc::new(Notify::new()), Arc::new(Notify::new()));

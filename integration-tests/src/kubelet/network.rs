@@ -183,13 +183,10 @@ impl Network {
         let Ok(svc) = store.get(&rt, ns, service) else {
             return vec![];
         };
-        let Some(target) = svc["spec"]["ports"]
+        let target = svc["spec"]["ports"]
             .as_array()
             .and_then(|ps| ps.iter().find(|p| p["port"].as_u64() == Some(port as u64)))
-            .map(|p| p["targetPort"].clone())
-        else {
-            return vec![];
-        };
+            .map(|p| p["targetPort"].clone());
         let selector: std::collections::BTreeMap<String, String> = svc["spec"]["selector"]
             .as_object()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
@@ -201,10 +198,19 @@ impl Network {
             selector.into_iter().map(|(k, v)| crate::emulator::selectors::Requirement::Eq(k, v)).collect(),
         );
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-        pods.iter()
-            .filter(|((pns, _), p)| pns == ns && p.ready && sel.matches(&p.labels))
-            .filter_map(|(_, p)| p.resolve(&target).map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
-            .collect()
+        let selected = pods.iter().filter(|((pns, _), p)| pns == ns && p.ready && sel.matches(&p.labels));
+        match target {
+            Some(target) => selected
+                .filter_map(|(_, p)| p.resolve(&target).map(|port| SocketAddr::from(([127, 0, 0, 1], port))))
+                .collect(),
+            // Not a port of the Service, but a selected pod's local port: a process that
+            // derives a Service URL from its own (remapped) listen port, which equals
+            // the Service port in a cluster, still reaches its pods.
+            None => selected
+                .filter(|(_, p)| p.ports.values().any(|local| *local == port))
+                .map(|_| SocketAddr::from(([127, 0, 0, 1], port)))
+                .collect(),
+        }
     }
 
     /// Rewrites cluster DNS names of existing Services (`name.ns.svc[.cluster.local]:port`)

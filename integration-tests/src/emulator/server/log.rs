@@ -15,6 +15,8 @@ pub struct RequestRecord {
     pub code: u16,
     pub field_manager: String,
     pub user_agent: String,
+    /// The authenticated user (`system:admin`, `system:serviceaccount:<ns>:<name>`).
+    pub user: String,
 }
 
 impl RequestRecord {

@@ -8,6 +8,7 @@
 mod admin;
 mod log;
 mod routes;
+mod subresources;
 mod watch;
 
 pub use log::{RequestLog, RequestRecord};
@@ -15,10 +16,12 @@ pub use routes::parse_query;
 
 use crate::emulator::faults::{self, Fault, Faults};
 use crate::emulator::patch::{self, PatchType};
+use crate::emulator::rbac;
 use crate::emulator::resources::ResourceType;
 use crate::emulator::selectors::{FieldSelector, LabelSelector};
 use crate::emulator::status::{self, ApiError};
 use crate::emulator::store::{meta_str, DeleteOptions, DeleteOutcome, Store, WriteOptions};
+use crate::emulator::table;
 use admin::admin;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -71,20 +74,50 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     let path = parts.uri.path().to_string();
     let user_agent =
         parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let content_type =
         parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(error_response(&ApiError::TooLarge(MAX_BODY))),
     };
+    let user = match authenticate(&state.store, &parts.headers).and_then(|u| impersonate(u, &parts.headers)) {
+        Ok(u) => u,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    if let (Some(v), "/api" | "/apis") = (routes::aggregated_version(&accept), path.trim_end_matches('/')) {
+        let doc = routes::aggregated_discovery(&state.store.types(), path.trim_end_matches('/') == "/api", v);
+        let mut r = full(StatusCode::OK, &doc);
+        let ct = format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
+        r.headers_mut().insert(header::CONTENT_TYPE, ct.parse().expect("a valid header value"));
+        return Ok(r);
+    }
+    if path == "/openapi/v2" {
+        // JSON for those who accept it; kubectl accepts only protobuf: 406, and it
+        // moves on to /openapi/v3.
+        if !accept.is_empty() && !accept.contains("application/json") && !accept.contains("*/*") {
+            return Ok(full(
+                StatusCode::NOT_ACCEPTABLE,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "only application/json is served for /openapi/v2", "reason": "NotAcceptable", "code": 406}),
+            ));
+        }
+        return Ok(full(StatusCode::OK, &crate::emulator::openapi::swagger_v2(&state.store.types())));
+    }
     let route = match route(&state.store, &path) {
         Ok(r) => r,
         Err(e) => return Ok(error_response(&e)),
     };
     match route {
+        // Discovery and OpenAPI: every authenticated user (`system:discovery`).
         Route::Discovery(v) => Ok(full(StatusCode::OK, &v)),
+        Route::Admin(_) if !user.groups.iter().any(|g| g == rbac::MASTERS) => Ok(error_response(&ApiError::Denied {
+            group: String::new(),
+            resource: String::new(),
+            name: String::new(),
+            message: format!("forbidden: User {:?} cannot use the emulator's admin endpoints", user.name),
+        })),
         Route::Admin(segs) => Ok(admin(&state, &parts.method, &segs, &bytes)),
-        Route::Namespace(name) => Ok(namespace(&state.store, &parts.method, &content_type, name, &bytes)),
         Route::Resource { rt, namespace, name, sub } => {
             let watching = matches!(query.get("watch").map(String::as_str), Some("true") | Some("1"));
             let verb = match (&parts.method, name.is_some()) {
@@ -92,6 +125,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
                 (&Method::GET, false) if watching => "watch",
                 (&Method::GET, false) => "list",
                 (&Method::POST, false) => "create",
+                (&Method::POST, true) if sub.is_some() => "create",
                 (&Method::PUT, true) => "update",
                 (&Method::PATCH, true) => "patch",
                 (&Method::DELETE, true) => "delete",
@@ -113,8 +147,28 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
                     code: 0,
                     field_manager: field_manager.clone(),
                     user_agent,
+                    user: user.name.clone(),
                 },
             };
+            let attrs = rbac::Attributes {
+                verb: verb.into(),
+                group: rt.group.clone(),
+                resource: rt.plural.clone(),
+                subresource: sub.clone().unwrap_or_default(),
+                namespace: namespace.clone().unwrap_or_default(),
+                name: name.clone().unwrap_or_default(),
+            };
+            if let rbac::Decision::Deny { reason } = rbac::authorize(&user, &attrs, &state.store.rbac_policy()) {
+                let denied = ApiError::Denied {
+                    group: rt.group.clone(),
+                    resource: rt.plural.clone(),
+                    name: attrs.name.clone(),
+                    message: rbac::forbidden_message(&user, &attrs, &reason),
+                };
+                ctx.record.code = 403;
+                state.log.push(ctx.record);
+                return Ok(error_response(&denied));
+            }
             let picked = state.faults.pick(verb, &rt.plural);
             if let Some(d) = faults::latency(&picked) {
                 tokio::time::sleep(d).await;
@@ -143,6 +197,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
                         sub: sub.as_deref(),
                         query: &query,
                         content_type: &content_type,
+                        accept: &accept,
                         body: &bytes,
                         field_manager,
                     };
@@ -159,43 +214,46 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     }
 }
 
-/// Namespaces are implicit: every namespace exists and is Active. Their labels and
-/// annotations can be patched (`kubectl label namespace`), which is how Pod Security
-/// levels are set.
-fn namespace(store: &Store, method: &Method, content_type: &str, name: Option<String>, body: &Bytes) -> Response<Body> {
-    let ns = |n: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": store.namespace_metadata(n), "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-    match (method, name) {
-        (&Method::GET, Some(n)) => full(StatusCode::OK, &ns(&n)),
-        (&Method::GET, None) => full(
-            StatusCode::OK,
-            &json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": [ns("default")]}),
-        ),
-        (&Method::PATCH, Some(n)) => {
-            let Ok(patch) = serde_json::from_slice::<Value>(body) else {
-                return error_response(&ApiError::BadRequest("the patch is not JSON".into()));
-            };
-            let current = ns(&n);
-            let patched = match crate::emulator::patch::PatchType::from_content_type(content_type) {
-                Some(crate::emulator::patch::PatchType::Merge) => crate::emulator::patch::merge_patch(&current, &patch),
-                Some(crate::emulator::patch::PatchType::Strategic) => {
-                    crate::emulator::patch::strategic_merge(&current, &patch)
-                }
-                Some(crate::emulator::patch::PatchType::Json) => {
-                    match crate::emulator::patch::json_patch(&current, &patch) {
-                        Ok(v) => v,
-                        Err(e) => return error_response(&e),
-                    }
-                }
-                _ => return error_response(&ApiError::UnsupportedMediaType(
-                    "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"
-                        .into(),
-                )),
-            };
-            store.set_namespace_metadata(&n, &patched["metadata"]);
-            full(StatusCode::OK, &ns(&n))
-        }
-        _ => error_response(&ApiError::MethodNotAllowed),
+/// Who sent a request: the administrator (its kubeconfig token, or no token at all),
+/// a ServiceAccount (a token the emulator issued), or nobody it knows (401).
+fn authenticate(store: &Store, headers: &http::HeaderMap) -> Result<rbac::User, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(rbac::User::admin());
+    };
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    match token.and_then(|t| store.token_subject(t)) {
+        Some(None) => Ok(rbac::User::admin()),
+        Some(Some((ns, sa))) => Ok(rbac::User::service_account(&ns, &sa)),
+        None => Err(ApiError::Unauthenticated),
     }
+}
+
+/// `Impersonate-User` / `Impersonate-Group` (`kubectl --as`, `--as-group`): the
+/// administrator may act as anyone, as on a real cluster; others may not. kubectl
+/// sends no bearer token to a plain-HTTP server, so this is how it tests RBAC here.
+fn impersonate(user: rbac::User, headers: &http::HeaderMap) -> Result<rbac::User, ApiError> {
+    let Some(name) = headers.get("impersonate-user").and_then(|v| v.to_str().ok()) else {
+        return Ok(user);
+    };
+    if !user.groups.iter().any(|g| g == rbac::MASTERS) {
+        return Err(ApiError::Denied {
+            group: String::new(),
+            resource: "users".into(),
+            name: name.into(),
+            message: format!(
+                "users {name:?} is forbidden: User {:?} cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+                user.name
+            ),
+        });
+    }
+    let mut as_user = match name.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+        Some((ns, sa)) => rbac::User::service_account(ns, sa),
+        None => rbac::User { name: name.into(), groups: vec![rbac::AUTHENTICATED.into()] },
+    };
+    for g in headers.get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok()) {
+        as_user.groups.push(g.to_string());
+    }
+    Ok(as_user)
 }
 
 struct ResourceRequest<'a> {
@@ -205,8 +263,25 @@ struct ResourceRequest<'a> {
     sub: Option<&'a str>,
     query: &'a HashMap<String, String>,
     content_type: &'a str,
+    accept: &'a str,
     body: &'a Bytes,
     field_manager: String,
+}
+
+/// A whole object sent with POST or PUT, in whichever encoding the client chose.
+fn parse_object(bytes: &Bytes, content_type: &str) -> Result<Value, ApiError> {
+    use crate::emulator::protobuf::{self, ProtobufError};
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        protobuf::CONTENT_TYPE => protobuf::decode(bytes).map_err(|e| match e {
+            ProtobufError::UnsupportedKind { .. } => {
+                ApiError::UnsupportedMediaType(format!("application/json, application/yaml ({e})"))
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        }),
+        "application/yaml" => parse_body(bytes, true),
+        _ => parse_body(bytes, false),
+    }
 }
 
 fn parse_body(bytes: &Bytes, yaml: bool) -> Result<Value, ApiError> {
@@ -227,17 +302,42 @@ fn serve_resource(
     let store = &state.store;
     let rt = r.rt;
     let ns = r.namespace.unwrap_or_default();
-    if let Some(sub) = r.sub {
-        if sub != "status" || !rt.has_status {
-            return Err(ApiError::NoResource);
-        }
-    }
     let dry_run = r.query.get("dryRun").is_some_and(|v| v == "All");
     let w = WriteOptions {
         field_manager: r.field_manager.clone(),
         force: r.query.get("force").is_some_and(|v| v == "true"),
         dry_run,
     };
+    match (r.sub, rt.group.as_str(), rt.kind.as_str()) {
+        (None, ..) => {}
+        (Some("status"), ..) if rt.has_status => {}
+        (Some("log"), "", "Pod") if ctx.verb == "get" => {
+            return subresources::pod_log(store, ns, r.name.unwrap_or_default(), r.query)
+        }
+        (Some("token"), "", "ServiceAccount") if ctx.verb == "create" => {
+            let request = parse_object(r.body, r.content_type)?;
+            return Ok(full(
+                StatusCode::CREATED,
+                &subresources::token(store, rt, ns, r.name.unwrap_or_default(), request)?,
+            ));
+        }
+        (Some("scale"), "apps", "Deployment") => {
+            let body = match ctx.verb {
+                "get" => None,
+                "update" => Some((None, parse_object(r.body, r.content_type)?)),
+                "patch" => {
+                    let kind = PatchType::from_content_type(r.content_type)
+                        .filter(|k| *k != PatchType::Apply)
+                        .ok_or_else(|| ApiError::UnsupportedMediaType(patch::ACCEPTED_PATCH_TYPES_BUILTIN.into()))?;
+                    Some((Some(kind), parse_body(r.body, false)?))
+                }
+                _ => return Err(ApiError::MethodNotAllowed),
+            };
+            let scale = subresources::scale(store, rt, ns, r.name.unwrap_or_default(), body, &w)?;
+            return Ok(full(StatusCode::OK, &scale));
+        }
+        _ => return Err(ApiError::NoResource),
+    }
     if rt.namespaced && r.namespace.is_none() && !matches!(ctx.verb, "list" | "watch") {
         return Err(ApiError::NoResource);
     }
@@ -248,29 +348,44 @@ fn serve_resource(
         &rt.field_selectors(),
     )
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let as_table = (table::wants_table(r.accept) && r.sub.is_none())
+        .then(|| table::Include::from_query(r.query.get("includeObject").map(String::as_str)));
     match ctx.verb {
-        "get" => Ok(full(StatusCode::OK, &store.get(rt, ns, r.name.unwrap_or_default())?)),
+        "get" => {
+            let obj = store.get(rt, ns, r.name.unwrap_or_default())?;
+            match as_table {
+                Some(include) => Ok(full(StatusCode::OK, &table::table(rt, &[obj], None, include))),
+                None => Ok(full(StatusCode::OK, &obj)),
+            }
+        }
         "list" => {
             let (items, rv) = store.list(rt, r.namespace, &labels, &fields);
+            if let Some(include) = as_table {
+                return Ok(full(StatusCode::OK, &table::table(rt, &items, Some(&rv.to_string()), include)));
+            }
             Ok(full(
                 StatusCode::OK,
                 &json!({"apiVersion": rt.api_version(), "kind": rt.list_kind(),
                 "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
             ))
         }
-        "watch" => watch_stream(state, rt, r.namespace, labels, fields, r.query, drop_after),
+        "watch" => watch_stream(state, rt, r.namespace, labels, fields, r.query, drop_after, as_table),
         "create" => {
-            let body = parse_body(r.body, false)?;
+            let body = parse_object(r.body, r.content_type)?;
             check_kind(rt, &body)?;
             let created = store.create(rt, ns, body, &w)?;
             Ok(full(StatusCode::CREATED, &created))
         }
         "update" => {
-            let body = parse_body(r.body, false)?;
+            let body = parse_object(r.body, r.content_type)?;
             check_kind(rt, &body)?;
             Ok(full(StatusCode::OK, &store.replace(rt, ns, r.name.unwrap_or_default(), body, r.sub, &w)?))
         }
         "patch" => {
+            if rt.group.is_empty() && rt.kind == "Namespace" {
+                // Labelling a namespace nothing has used yet (every namespace is usable).
+                store.touch_namespace(r.name.unwrap_or_default());
+            }
             let kind = PatchType::from_content_type(r.content_type)
                 .ok_or_else(|| ApiError::UnsupportedMediaType(patch::ACCEPTED_PATCH_TYPES_BUILTIN.into()))?;
             let custom = matches!(rt.schema, crate::emulator::resources::SchemaSource::Crd(_));

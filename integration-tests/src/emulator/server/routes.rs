@@ -1,5 +1,6 @@
 //! The API's URL scheme: paths to routes (discovery, resources, namespaces, the
 //! emulator's admin endpoints), query strings, and the discovery documents.
+use crate::emulator::openapi;
 use crate::emulator::resources::ResourceType;
 use crate::emulator::status::ApiError;
 use crate::emulator::store::Store;
@@ -45,7 +46,6 @@ pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
 pub(super) enum Route {
     Discovery(Value),
     Resource { rt: Box<ResourceType>, namespace: Option<String>, name: Option<String>, sub: Option<String> },
-    Namespace(Option<String>),
     Admin(Vec<String>),
 }
 
@@ -58,6 +58,13 @@ pub(super) fn route(store: &Store, path: &str) -> Result<Route, ApiError> {
         ["version"] => Ok(Route::Discovery(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-emulator",
             "gitCommit": "emulator", "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z",
             "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}))),
+        ["openapi", "v3"] => Ok(Route::Discovery(openapi::root(&types))),
+        ["openapi", "v3", "api", v] => {
+            openapi::group_version_doc(&types, "", v).map(Route::Discovery).ok_or(ApiError::NoResource)
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            openapi::group_version_doc(&types, g, v).map(Route::Discovery).ok_or(ApiError::NoResource)
+        }
         ["healthz"] | ["readyz"] | ["livez"] => Ok(Route::Discovery(json!("ok"))),
         ["api"] => Ok(Route::Discovery(json!({"kind": "APIVersions", "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}))),
@@ -90,8 +97,6 @@ pub(super) fn route(store: &Store, path: &str) -> Result<Route, ApiError> {
             }
             Ok(Route::Discovery(resource_list(g, v, &types)))
         }
-        ["api", "v1", "namespaces"] => Ok(Route::Namespace(None)),
-        ["api", "v1", "namespaces", ns] => Ok(Route::Namespace(Some(ns.to_string()))),
         ["api", "v1", rest @ ..] => resource_route(&types, "", "v1", rest),
         ["apis", g, v, rest @ ..] => resource_route(&types, g, v, rest),
         _ => Err(ApiError::NoResource),
@@ -116,6 +121,12 @@ fn resource_route(types: &[ResourceType], g: &str, v: &str, rest: &[&str]) -> Re
     };
     let owned = |s: &&str| s.to_string();
     match rest {
+        ["namespaces", ns, sub] if g.is_empty() && find(sub).is_err() => Ok(Route::Resource {
+            rt: Box::new(find("namespaces")?),
+            namespace: None,
+            name: Some(ns.to_string()),
+            sub: Some(sub.to_string()),
+        }),
         ["namespaces", ns, plural, more @ ..] if more.len() <= 2 => {
             let rt = find(plural)?;
             if !rt.namespaced {
@@ -141,5 +152,118 @@ fn resource_route(types: &[ResourceType], g: &str, v: &str, rest: &[&str]) -> Re
             })
         }
         _ => Err(ApiError::NoResource),
+    }
+}
+
+/// Which aggregated discovery version an `Accept` header asks for (`v2`, else
+/// `v2beta1`), if any: kubectl 1.33 offers both, 1.29 only `v2beta1`.
+pub(super) fn aggregated_version(accept: &str) -> Option<&'static str> {
+    let offered = |v: &str| {
+        accept.split(',').any(|part| {
+            let p: Vec<&str> = part.split(';').map(str::trim).collect();
+            p.contains(&"g=apidiscovery.k8s.io") && p.contains(&"as=APIGroupDiscoveryList") && p.contains(&v)
+        })
+    };
+    if offered("v=v2") {
+        Some("v2")
+    } else if offered("v=v2beta1") {
+        Some("v2beta1")
+    } else {
+        None
+    }
+}
+
+/// The aggregated discovery document (`APIGroupDiscoveryList`) of `/api` (`legacy`)
+/// or `/apis`: every group, version and resource with its subresources in one answer.
+pub(super) fn aggregated_discovery(types: &[ResourceType], legacy: bool, version: &str) -> Value {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for t in types.iter().filter(|t| t.group.is_empty() == legacy) {
+        match groups.iter_mut().find(|(g, _)| *g == t.group) {
+            Some((_, vs)) if !vs.contains(&t.version) => vs.push(t.version.clone()),
+            Some(_) => {}
+            None => groups.push((t.group.clone(), vec![t.version.clone()])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = types
+                        .iter()
+                        .filter(|t| t.group == *g && t.version == *v)
+                        .map(|t| {
+                            let entries = t.discovery_entries();
+                            let subresources: Vec<Value> = entries[1..]
+                                .iter()
+                                .map(|e| {
+                                    let name = e["name"].as_str().unwrap_or_default();
+                                    json!({
+                                        "subresource": name.split_once('/').map(|x| x.1).unwrap_or_default(),
+                                        "responseKind": {"group": e.get("group").cloned().unwrap_or(json!(t.group)),
+                                            "version": e.get("version").cloned().unwrap_or(json!(t.version)), "kind": e["kind"]},
+                                        "verbs": e["verbs"],
+                                    })
+                                })
+                                .collect();
+                            let mut r = json!({
+                                "resource": t.plural,
+                                "responseKind": {"group": t.group, "version": t.version, "kind": t.kind},
+                                "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": t.singular,
+                                "verbs": entries[0]["verbs"],
+                            });
+                            if !t.short_names.is_empty() {
+                                r["shortNames"] = json!(t.short_names);
+                            }
+                            if !subresources.is_empty() {
+                                r["subresources"] = json!(subresources);
+                            }
+                            r
+                        })
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            let mut meta = json!({"creationTimestamp": null});
+            if !g.is_empty() {
+                meta["name"] = json!(g);
+            }
+            json!({"metadata": meta, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::resources::builtins;
+
+    #[test]
+    fn aggregated_discovery_is_served_in_the_version_asked_for() {
+        let v133 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(v133), Some("v2"));
+        assert_eq!(
+            aggregated_version(
+                "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+            ),
+            Some("v2beta1")
+        );
+        assert_eq!(aggregated_version("application/json, */*"), None);
+        let apis = aggregated_discovery(&builtins(), false, "v2");
+        let apps = apis["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "apps").unwrap();
+        let deployments = &apps["versions"][0]["resources"][0];
+        assert_eq!(deployments["resource"], "deployments");
+        assert_eq!(
+            deployments["subresources"][1],
+            json!({"subresource": "scale",
+            "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]})
+        );
+        let api = aggregated_discovery(&builtins(), true, "v2beta1");
+        assert_eq!(api["apiVersion"], "apidiscovery.k8s.io/v2beta1");
+        assert_eq!(api["items"].as_array().unwrap().len(), 1);
+        assert!(api["items"][0]["metadata"].get("name").is_none());
     }
 }

@@ -7,6 +7,7 @@ use crate::emulator::resources::ResourceType;
 use crate::emulator::selectors::{FieldSelector, LabelSelector};
 use crate::emulator::status::ApiError;
 use crate::emulator::store::{EventType, StoreEvent};
+use crate::emulator::table::{self, Include};
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -50,6 +51,7 @@ fn translate(ev: &StoreEvent, labels: &LabelSelector, fields: &FieldSelector) ->
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn watch_stream(
     state: &ServerState,
     rt: &ResourceType,
@@ -58,6 +60,7 @@ pub(super) fn watch_stream(
     fields: FieldSelector,
     query: &HashMap<String, String>,
     drop_after: Option<Duration>,
+    as_table: Option<Include>,
 ) -> Result<Response<Body>, ApiError> {
     let send_initial = query.get("sendInitialEvents").is_some_and(|v| v == "true");
     let from = match query.get("resourceVersion").map(String::as_str) {
@@ -86,11 +89,20 @@ pub(super) fn watch_stream(
     let ns = ns.map(str::to_string);
     let mut generation = state.watch_generation.subscribe();
     let interval = state.bookmark_interval;
+    let rt2 = rt.clone();
+    // `kubectl get -w`: each event's object is a one-row Table.
+    let line = move |kind: &str, obj: &Value| match as_table {
+        Some(include) => event_line(
+            kind,
+            &table::table(&rt2, std::slice::from_ref(obj), obj["metadata"]["resourceVersion"].as_str(), include),
+        ),
+        None => event_line(kind, obj),
+    };
     tokio::spawn(async move {
         let mut last_rv = start_rv;
         for ev in &backlog {
             if let Some(kind) = translate(ev, &labels, &fields) {
-                if tx.send(event_line(kind, &ev.object)).await.is_err() {
+                if tx.send(line(kind, &ev.object)).await.is_err() {
                     return;
                 }
             }
@@ -139,7 +151,7 @@ pub(super) fn watch_stream(
                         continue;
                     }
                     if let Some(kind) = translate(&ev, &labels, &fields) {
-                        if tx.send(event_line(kind, &ev.object)).await.is_err() { return; }
+                        if tx.send(line(kind, &ev.object)).await.is_err() { return; }
                     }
                 }
             }

@@ -75,6 +75,12 @@ impl Store {
             }
         }
         match (rt.group.as_str(), rt.kind.as_str()) {
+            ("", "Namespace") => {
+                let name = meta_str(&obj, "name").to_string();
+                obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+                obj["status"] = json!({"phase": "Active"});
+            }
             ("", "Secret") => merge_string_data(&mut obj),
             ("", "Pod") => obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(&obj["spec"])}),
             ("batch", "Job") => job_selector(rt, &mut obj, &uid)?,

@@ -121,6 +121,16 @@ impl Store {
     }
 
     pub(super) fn after_delete(&self, st: &mut State, rt: &ResourceType, obj: &Value) {
+        if rt.group.is_empty() && rt.kind == "Namespace" {
+            // The namespace controller's job, done at once: everything in it goes.
+            let ns = meta_str(obj, "name").to_string();
+            let keys: Vec<ObjKey> = st.objects.keys().filter(|k| k.namespace == ns).cloned().collect();
+            for k in keys {
+                if let Some(o) = st.objects.get(&k).cloned() {
+                    self.commit(st, k, EventType::Deleted, (*o).clone(), Some(o));
+                }
+            }
+        }
         if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
             let (group, plural) = (
                 obj["spec"]["group"].as_str().unwrap_or_default().to_string(),

@@ -106,14 +106,17 @@ struct State {
     /// Events at or below this resourceVersion were dropped from history.
     compacted: u64,
     next_cluster_ip: u32,
-    /// Labels and annotations set on namespaces (which are implicit: every one exists).
-    namespace_meta: BTreeMap<String, Value>,
 }
 
 pub struct Store {
     state: Mutex<State>,
     events: broadcast::Sender<Arc<StoreEvent>>,
     opts: Mutex<StoreOptions>,
+    /// Bearer tokens: the administrator's, and ServiceAccount tokens -> (namespace, name).
+    admin_token: String,
+    sa_tokens: Mutex<std::collections::HashMap<String, (String, String)>>,
+    /// Where a kubelet keeps container logs (`{dir}/{ns}_{pod}_{uid}/logs/{container}.log`).
+    pod_log_dir: Mutex<Option<std::path::PathBuf>>,
 }
 
 const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -140,7 +143,7 @@ fn has_finalizers(obj: &Value) -> bool {
 impl Store {
     pub fn new(opts: StoreOptions) -> Arc<Self> {
         let (events, _) = broadcast::channel(16_384);
-        Arc::new(Self {
+        let store = Arc::new(Self {
             state: Mutex::new(State {
                 rv: 1000,
                 objects: BTreeMap::new(),
@@ -148,11 +151,49 @@ impl Store {
                 history: VecDeque::new(),
                 compacted: 1000,
                 next_cluster_ip: 10,
-                namespace_meta: BTreeMap::new(),
             }),
             events,
             opts: Mutex::new(opts),
-        })
+            pod_log_dir: Mutex::new(None),
+            admin_token: format!("emulator-admin.{}", random_suffix(24)),
+            sa_tokens: Mutex::new(Default::default()),
+        });
+        {
+            let mut st = store.lock();
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                store.ensure_namespace(&mut st, ns);
+            }
+        }
+        store
+    }
+
+    fn namespace_type() -> ResourceType {
+        resources::builtins().into_iter().find(|t| t.kind == "Namespace").expect("Namespace is a built-in kind")
+    }
+
+    /// Namespaces come into being when first used (the real API refuses objects in a
+    /// namespace nobody created; the emulator creates it, so tests need no setup step).
+    fn ensure_namespace(&self, st: &mut State, ns: &str) {
+        let rt = Self::namespace_type();
+        if ns.is_empty() || st.objects.contains_key(&Self::key(&rt, "", ns)) {
+            return;
+        }
+        let body = json!({"metadata": {"name": ns}});
+        if let Err(e) = self.create_locked(st, &rt, "", body, &WriteOptions::default()) {
+            tracing::warn!("creating namespace {ns:?}: {e}");
+        }
+    }
+
+    /// Creates namespace `ns` unless it exists (see [`Store::ensure_namespace`]).
+    pub fn touch_namespace(&self, ns: &str) {
+        let mut st = self.lock();
+        self.ensure_namespace(&mut st, ns);
+    }
+
+    /// The labels of a namespace (Pod Security levels), empty when it has none.
+    fn namespace_labels(st: &State, ns: &str) -> Value {
+        let rt = Self::namespace_type();
+        st.objects.get(&Self::key(&rt, "", ns)).map(|o| o["metadata"]["labels"].clone()).unwrap_or_default()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -161,6 +202,68 @@ impl Store {
 
     pub fn set_graceful_pods(&self, on: bool) {
         self.opts.lock().unwrap_or_else(|e| e.into_inner()).graceful_pods = on;
+    }
+
+    /// The administrator's bearer token (in the emulator's kubeconfig).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// A new token for ServiceAccount `namespace/name` (a TokenRequest, or the token a
+    /// kubelet projects into a pod).
+    pub fn issue_token(&self, namespace: &str, name: &str) -> String {
+        let token = format!("emulator-sa.{namespace}.{name}.{}", random_suffix(24));
+        self.sa_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.clone(), (namespace.to_string(), name.to_string()));
+        token
+    }
+
+    /// Who a bearer token is: `Some(None)` for the administrator, `Some(Some((ns, sa)))`
+    /// for a ServiceAccount that still exists (`default` always does), `None` otherwise.
+    #[allow(clippy::option_option)]
+    pub fn token_subject(&self, token: &str) -> Option<Option<(String, String)>> {
+        if token == self.admin_token {
+            return Some(None);
+        }
+        let (ns, name) = self.sa_tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()?;
+        let exists = name == "default" || {
+            let st = self.lock();
+            st.objects.contains_key(&ObjKey {
+                group: String::new(),
+                plural: "serviceaccounts".into(),
+                namespace: ns.clone(),
+                name: name.clone(),
+            })
+        };
+        exists.then_some(Some((ns, name)))
+    }
+
+    /// The RBAC objects in force, for the authoriser.
+    pub fn rbac_policy(&self) -> crate::emulator::rbac::Policy {
+        let st = self.lock();
+        let all = |plural: &str| -> Vec<Value> {
+            Self::scan(&st, "rbac.authorization.k8s.io", plural).map(|(_, v)| (**v).clone()).collect()
+        };
+        crate::emulator::rbac::Policy {
+            roles: all("roles"),
+            cluster_roles: all("clusterroles"),
+            role_bindings: all("rolebindings"),
+            cluster_role_bindings: all("clusterrolebindings"),
+        }
+    }
+
+    /// A kubelet announces where container logs are (`pods/{name}/log` reads them).
+    pub fn set_pod_log_dir(&self, dir: std::path::PathBuf) {
+        *self.pod_log_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir);
+    }
+
+    /// The log file of one container of a pod, if a kubelet keeps logs.
+    pub fn pod_log_path(&self, pod: &Value, container: &str) -> Option<std::path::PathBuf> {
+        let dir = self.pod_log_dir.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let (ns, name, uid) = (meta_str(pod, "namespace"), meta_str(pod, "name"), meta_str(pod, "uid"));
+        Some(dir.join(format!("{ns}_{name}_{uid}")).join("logs").join(format!("{container}.log")))
     }
 
     fn options(&self) -> StoreOptions {
@@ -232,25 +335,6 @@ impl Store {
     }
 
     /// Everything of a type, for controllers.
-    /// A namespace's `metadata` (name, and the labels and annotations set on it).
-    pub fn namespace_metadata(&self, name: &str) -> Value {
-        let st = self.lock();
-        st.namespace_meta.get(name).cloned().unwrap_or_else(|| serde_json::json!({"name": name}))
-    }
-
-    /// Applies `patch` (already merged by the caller's patch type) to a namespace's
-    /// labels and annotations; other fields of a namespace are fixed.
-    pub fn set_namespace_metadata(&self, name: &str, metadata: &Value) {
-        let mut st = self.lock();
-        let mut meta = serde_json::json!({"name": name});
-        for field in ["labels", "annotations"] {
-            if metadata[field].is_object() {
-                meta[field] = metadata[field].clone();
-            }
-        }
-        st.namespace_meta.insert(name.to_string(), meta);
-    }
-
     pub fn all(&self, group: &str, plural: &str) -> Vec<Arc<Value>> {
         let st = self.lock();
         Self::scan(&st, group, plural).map(|(_, v)| v.clone()).collect()

@@ -16,7 +16,7 @@ impl Store {
     /// Admission of a new pod: Pod Security (see [`pod_security`]), then ResourceQuota
     /// (see [`quota`]), in the API server's order.
     fn admit_pod(st: &State, ns: &str, name: &str, pod: &Value) -> Result<(), ApiError> {
-        let labels = st.namespace_meta.get(ns).map(|m| m["labels"].clone()).unwrap_or_default();
+        let labels = Self::namespace_labels(st, ns);
         if let Some(detail) = pod_security::refuse(&labels, pod) {
             return Err(ApiError::Forbidden {
                 group: String::new(),
@@ -44,7 +44,7 @@ impl Store {
         self.create_locked(&mut st, rt, ns, body, w)
     }
 
-    fn create_locked(
+    pub(super) fn create_locked(
         &self,
         st: &mut State,
         rt: &ResourceType,
@@ -65,6 +65,9 @@ impl Store {
         patch::record_update(None, &mut obj, &w.field_manager, &rt.api_version(), None);
         if w.dry_run {
             return Ok(obj);
+        }
+        if rt.namespaced {
+            self.ensure_namespace(st, ns);
         }
         let out = self.commit(st, key, EventType::Added, obj, None);
         self.after_write(st, rt, &out);
@@ -123,6 +126,9 @@ impl Store {
                 patch::write_ownership(&mut obj, &owners);
                 if w.dry_run {
                     return Ok((obj, true));
+                }
+                if rt.namespaced {
+                    self.ensure_namespace(&mut st, ns);
                 }
                 let out = self.commit(&mut st, key, EventType::Added, obj, None);
                 self.after_write(&mut st, rt, &out);

@@ -109,18 +109,19 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
         }
         ("apps", "Deployment") => {
             let spec = &mut obj["spec"];
-            for (k, v) in [
-                ("replicas", json!(1)),
-                ("revisionHistoryLimit", json!(10)),
-                ("progressDeadlineSeconds", json!(600)),
-                (
-                    "strategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
-                ),
-            ] {
+            for (k, v) in
+                [("replicas", json!(1)), ("revisionHistoryLimit", json!(10)), ("progressDeadlineSeconds", json!(600))]
+            {
                 if spec.get(k).is_none() {
                     spec[k] = v;
                 }
+            }
+            // `strategy: {}` (what `kubectl create deployment` sends) is defaulted too.
+            if spec["strategy"].get("type").is_none() {
+                spec["strategy"]["type"] = json!("RollingUpdate");
+            }
+            if spec["strategy"]["type"] == "RollingUpdate" && spec["strategy"].get("rollingUpdate").is_none() {
+                spec["strategy"]["rollingUpdate"] = json!({"maxSurge": "25%", "maxUnavailable": "25%"});
             }
             if spec["template"]["spec"].get("restartPolicy").is_none() {
                 spec["template"]["spec"]["restartPolicy"] = json!("Always");

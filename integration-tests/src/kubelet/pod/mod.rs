@@ -49,6 +49,8 @@ pub struct PodCtx {
     pub store: Arc<Store>,
     pub net: Arc<Network>,
     pub opts: Arc<KubeletOptions>,
+    /// The API server's URL, for the kubeconfig of pods that mount a token.
+    pub api_url: String,
 }
 
 #[cfg(test)]

@@ -83,6 +83,23 @@ pub(super) enum ImageError {
     NotFound { image: String },
 }
 
+/// What a pod with a ServiceAccount token gets: the API server's address as in a
+/// cluster, and `KUBECONFIG` naming the projected credentials (unless the container
+/// sets its own), which client libraries prefer over in-cluster files.
+fn service_account_env(env: &mut Vec<(String, String)>, api_url: &str, sa_dir: &Path) {
+    let hostport = api_url.trim_start_matches("http://").trim_start_matches("https://");
+    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "80"));
+    for (k, v) in [
+        ("KUBERNETES_SERVICE_HOST", host.to_string()),
+        ("KUBERNETES_SERVICE_PORT", port.to_string()),
+        ("KUBECONFIG", sa_dir.join("kubeconfig").display().to_string()),
+    ] {
+        if !env.iter().any(|(name, _)| name == k) {
+            env.push((k.into(), v));
+        }
+    }
+}
+
 /// Resolves everything a pod needs before any process starts.
 pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared, Blocked> {
     let spec = &pod["spec"];
@@ -93,6 +110,7 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
         .chain(spec["containers"].as_array().into_iter().flatten())
         .collect();
     let volumes = volumes::materialise(ctx, pod, dir).map_err(|e| Blocked { container: 0, error: e.into() })?;
+    let sa_dir = volumes::service_account(ctx, pod, dir).map_err(|e| Blocked { container: 0, error: e.into() })?;
     // Ports: declared ones plus any loopback/wildcard port written in env or args.
     let mut net = PodNet::default();
     let mut pod_ports: Vec<u16> = Vec::new();
@@ -146,14 +164,22 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
                 Some((m["mountPath"].as_str()?.trim_end_matches('/').to_string(), d))
             })
             .collect();
+        let mut mounts = mounts;
         let env = resolve_env(ctx, pod, c).map_err(|e| Blocked { container: idx, error: e.into() })?;
+        if let Some(sa) = &sa_dir {
+            mounts.push((volumes::SERVICE_ACCOUNT_PATH.to_string(), sa.clone()));
+        }
         let rewrite = |s: &str| {
             let s = map_mounts(s, &mounts);
             let s = network::remap_ports(&s, &net.ports);
             ctx.net.rewrite_service_hosts(&ctx.store, &s)
         };
         let vars: HashMap<String, String> = env.iter().cloned().collect();
-        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, rewrite(&v))).collect();
+        let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, rewrite(&v))).collect();
+        if let Some(sa) = &sa_dir {
+            // Host paths already: not rewritten again (a `/tmp` mount would catch them).
+            service_account_env(&mut env, &ctx.api_url, sa);
+        }
         let command: Vec<String> = c["command"]
             .as_array()
             .into_iter()

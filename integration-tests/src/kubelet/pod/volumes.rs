@@ -15,6 +15,41 @@ pub(super) enum VolumeError {
     SecretNotFound { volume: String, secret: String },
     #[error("MountVolume.SetUp failed for volume {volume:?} : configmap {config_map:?} not found")]
     ConfigMapNotFound { volume: String, config_map: String },
+    #[error("MountVolume.SetUp failed for volume \"kube-api-access\" : failed to fetch token: serviceaccounts {name:?} not found")]
+    TokenUnavailable { name: String },
+}
+
+/// Where a pod's processes find their ServiceAccount token (the path every client
+/// library reads in a cluster).
+pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount token a pod mounts, as the kubelet projects it: `token`,
+/// `namespace` and `ca.crt` files, plus a `kubeconfig` with the same credentials for
+/// processes (which cannot see the standard path). `None` when the pod or its account
+/// opts out with `automountServiceAccountToken: false`.
+pub(super) fn service_account(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Option<PathBuf>, VolumeError> {
+    let ns = meta_str(pod, "namespace");
+    let name = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+    let account = ctx.store.find_kind("v1", "ServiceAccount").and_then(|rt| ctx.store.get(&rt, ns, name).ok());
+    if account.is_none() && name != "default" {
+        return Err(VolumeError::TokenUnavailable { name: name.into() });
+    }
+    let automount = pod["spec"]["automountServiceAccountToken"]
+        .as_bool()
+        .or_else(|| account.as_ref().and_then(|a| a["automountServiceAccountToken"].as_bool()))
+        .unwrap_or(true);
+    if !automount {
+        return Ok(None);
+    }
+    let sa_dir = dir.join("serviceaccount");
+    let _ = std::fs::create_dir_all(&sa_dir);
+    let token = ctx.store.issue_token(ns, name);
+    let _ = std::fs::write(sa_dir.join("token"), &token);
+    let _ = std::fs::write(sa_dir.join("namespace"), ns);
+    let _ = std::fs::write(sa_dir.join("ca.crt"), "");
+    let kubeconfig = crate::emulator::kubeconfig_yaml(&ctx.api_url, ns, &token);
+    let _ = std::fs::write(sa_dir.join("kubeconfig"), kubeconfig);
+    Ok(Some(sa_dir))
 }
 
 /// Materialises the pod's volumes; returns each volume's directory by volume name.
