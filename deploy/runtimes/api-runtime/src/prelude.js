@@ -6,13 +6,23 @@
   'use strict';
   const stringify = JSON.stringify;
   const freeze = Object.freeze;
+  const create = Object.create;
   const defineProperty = Object.defineProperty;
   const keysOf = Object.keys;
   const getPrototypeOf = Object.getPrototypeOf;
   const isArray = Array.isArray;
   const objectIs = Object.is;
-  const hasOwn = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
-  const toStr = (v) => Object.prototype.toString.call(v);
+  const apply = Reflect.apply;
+  const ownProperty = Object.prototype.hasOwnProperty;
+  const objectToString = Object.prototype.toString;
+  const Str = String;
+  const hasOwn = (o, k) => apply(ownProperty, o, [k]);
+  const own = (o, k) => (hasOwn(o, k) ? o[k] : undefined);
+  const toStr = (v) => apply(objectToString, v, []);
+  // Array helpers that do not go through Array.prototype (a script may replace it).
+  const append = (a, x) => { a[a.length] = x; };
+  const joinWith = (a, sep) => { let out = ''; for (let i = 0; i < a.length; i++) out += (i ? sep : '') + a[i]; return out; };
+  const contains = (a, x) => { for (let i = 0; i < a.length; i++) if (a[i] === x) return true; return false; };
   const hostLog = host.log, hostHttp = host.http, hostSetTimeout = host.setTimeout, hostClearTimeout = host.clearTimeout;
 
   function deepFreeze(v) {
@@ -29,39 +39,39 @@
     seen = seen || [];
     if (typeof v === 'string') return depth === 0 ? v : "'" + v + "'";
     if (typeof v === 'function') return '[Function: ' + (v.name || 'anonymous') + ']';
-    if (typeof v === 'symbol' || typeof v === 'bigint') return String(v) + (typeof v === 'bigint' ? 'n' : '');
-    if (v === null || typeof v !== 'object') return String(v);
-    if (v instanceof Error) return (v.stack && String(v.stack).indexOf(v.message) >= 0) ? v.name + ': ' + v.message : String(v);
-    if (seen.indexOf(v) >= 0) return '[Circular]';
+    if (typeof v === 'symbol' || typeof v === 'bigint') return Str(v) + (typeof v === 'bigint' ? 'n' : '');
+    if (v === null || typeof v !== 'object') return Str(v);
+    if (v instanceof Error) return Str(v.name) + ': ' + Str(v.message);
+    if (contains(seen, v)) return '[Circular]';
     if (depth > 4) return isArray(v) ? '[Array]' : '[Object]';
     if (v instanceof Date) return isNaN(v) ? 'Invalid Date' : v.toISOString();
-    if (v instanceof RegExp) return String(v);
-    seen.push(v);
+    if (v instanceof RegExp) return Str(v);
+    append(seen, v);
     let out;
     if (isArray(v)) {
       const items = [];
-      for (let i = 0; i < v.length && i < 100; i++) items.push(inspect(v[i], depth + 1, seen));
-      if (v.length > 100) items.push('... ' + (v.length - 100) + ' more items');
-      out = '[ ' + items.join(', ') + ' ]';
+      for (let i = 0; i < v.length && i < 100; i++) append(items, inspect(v[i], depth + 1, seen));
+      if (v.length > 100) append(items, '... ' + (v.length - 100) + ' more items');
+      out = '[ ' + joinWith(items, ', ') + ' ]';
       if (!items.length) out = '[]';
     } else if (v instanceof Map || v instanceof Set) {
       const items = [];
-      for (const e of v) items.push(v instanceof Map ? inspect(e[0], depth + 1, seen) + ' => ' + inspect(e[1], depth + 1, seen) : inspect(e, depth + 1, seen));
-      out = (v instanceof Map ? 'Map(' : 'Set(') + v.size + ') { ' + items.join(', ') + ' }';
+      for (const e of v) append(items, v instanceof Map ? inspect(e[0], depth + 1, seen) + ' => ' + inspect(e[1], depth + 1, seen) : inspect(e, depth + 1, seen));
+      out = (v instanceof Map ? 'Map(' : 'Set(') + v.size + ') { ' + joinWith(items, ', ') + ' }';
     } else {
       const items = [];
       const ks = keysOf(v);
-      for (let i = 0; i < ks.length && i < 100; i++) items.push(ks[i] + ': ' + inspect(v[ks[i]], depth + 1, seen));
-      if (ks.length > 100) items.push('... ' + (ks.length - 100) + ' more properties');
-      out = items.length ? '{ ' + items.join(', ') + ' }' : '{}';
+      for (let i = 0; i < ks.length && i < 100; i++) append(items, ks[i] + ': ' + inspect(v[ks[i]], depth + 1, seen));
+      if (ks.length > 100) append(items, '... ' + (ks.length - 100) + ' more properties');
+      out = items.length ? '{ ' + joinWith(items, ', ') + ' }' : '{}';
     }
-    seen.pop();
+    seen.length -= 1;
     return out;
   }
   function format(args) {
     const parts = [];
-    for (let i = 0; i < args.length; i++) parts.push(inspect(args[i]));
-    return parts.join(' ');
+    for (let i = 0; i < args.length; i++) append(parts, inspect(args[i]));
+    return joinWith(parts, ' ');
   }
 
   const console = {};
@@ -196,30 +206,44 @@
   assert.strict = assert;
 
   // --- $http ---
+  // Only the options' own properties count, and the host gets a null-prototype copy: a
+  // polluted Object.prototype cannot add a URL, a header or a method to a request.
   function request(options) {
     if (typeof options === 'string') options = { url: options };
     if (options === null || typeof options !== 'object') return Promise.reject(new TypeError('$http.request(options): options must be an object or a URL string'));
-    const spec = {
-      method: options.method === undefined ? 'GET' : String(options.method).toUpperCase(),
-      url: options.url === undefined ? undefined : String(options.url),
-      headers: {},
-      timeout: options.timeout,
-      followRedirect: options.followRedirect === undefined ? true : !!options.followRedirect,
-      responseType: options.responseType === undefined ? 'text' : String(options.responseType),
-    };
-    if (options.headers) for (const k of keysOf(options.headers)) spec.headers[k] = String(options.headers[k]);
-    if (options.json !== undefined) {
-      spec.body = stringify(options.json);
-      if (!keysOf(spec.headers).some((k) => k.toLowerCase() === 'content-type')) spec.headers['content-type'] = 'application/json';
-    } else if (options.body !== undefined) {
-      spec.body = String(options.body);
+    const method = own(options, 'method'), url = own(options, 'url'), headers = own(options, 'headers');
+    const follow = own(options, 'followRedirect'), responseType = own(options, 'responseType');
+    const spec = create(null);
+    spec.method = method === undefined ? 'GET' : Str(method).toUpperCase();
+    spec.url = url === undefined ? undefined : Str(url);
+    spec.headers = create(null);
+    spec.timeout = own(options, 'timeout');
+    spec.followRedirect = follow === undefined ? true : !!follow;
+    spec.responseType = responseType === undefined ? 'text' : Str(responseType);
+    let hasContentType = false;
+    if (headers) {
+      const names = keysOf(headers);
+      for (let i = 0; i < names.length; i++) {
+        spec.headers[names[i]] = Str(headers[names[i]]);
+        if (names[i].toLowerCase() === 'content-type') hasContentType = true;
+      }
+    }
+    const json = own(options, 'json'), body = own(options, 'body');
+    if (json !== undefined) {
+      spec.body = stringify(json);
+      if (!hasContentType) spec.headers['content-type'] = 'application/json';
+    } else if (body !== undefined) {
+      spec.body = Str(body);
     }
     return hostHttp(stringify(spec));
   }
   function withMethod(method) {
     return function (url, options) {
-      const o = {};
-      if (options) for (const k of keysOf(options)) o[k] = options[k];
+      const o = create(null);
+      if (options) {
+        const names = keysOf(options);
+        for (let i = 0; i < names.length; i++) o[names[i]] = options[names[i]];
+      }
       o.url = url;
       o.method = method;
       return request(o);
