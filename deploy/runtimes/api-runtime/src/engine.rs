@@ -349,7 +349,7 @@ impl<'js> Session<'_, 'js> {
         loop {
             while self.ctx.execute_pending_job() {}
             if self.interrupted.get() {
-                return Some(self.timeout_error(None));
+                return Some(self.timeout_error());
             }
             if let Some(v) = self.state.borrow_mut().uncaught.take() {
                 return Some(self.describe(v, false));
@@ -384,7 +384,7 @@ impl<'js> Session<'_, 'js> {
             }
             let now = Instant::now();
             if now >= self.deadline {
-                return Some(self.timeout_error(None));
+                return Some(self.timeout_error());
             }
             let until = next_timer.map_or(self.deadline, |t| t.min(self.deadline));
             match rx.recv_timeout(until.saturating_duration_since(now)) {
@@ -422,19 +422,13 @@ impl<'js> Session<'_, 'js> {
         Some(e)
     }
 
-    fn timeout_error(&self, at: Option<Value<'js>>) -> ScriptError {
+    fn timeout_error(&self) -> ScriptError {
         let secs = self.deadline.saturating_duration_since(self.started).as_secs_f64();
         let mut e = ScriptError::new(
             ErrorKind::Timeout,
             "TimeoutError",
             format!("timed out: the check was still running after {secs:.1} s"),
         );
-        if let Some(v) = at {
-            let described = self.describe(v, false);
-            e.line = described.line;
-            e.column = described.column;
-            e.stack = described.stack;
-        }
         if self.state.borrow().http.is_empty() {
             e.message.push_str(" (busy in the script: an endless loop?)");
         } else {
@@ -674,17 +668,8 @@ impl<'js> Session<'_, 'js> {
     /// Reading it may run script code (getters): that runs under a short budget.
     fn describe(&self, value: Value<'js>, at_parse: bool) -> ScriptError {
         if self.interrupted.get() {
-            let mut e = self.timeout_error(None);
-            self.budget.set(Instant::now() + REPORT_GRACE);
-            self.interrupted.set(false);
-            if let Some(obj) = value.as_object() {
-                let stack = obj.get::<_, Option<String>>("stack").ok().flatten();
-                if let Some((l, c)) = stack.as_deref().and_then(locate) {
-                    e.line = Some(l);
-                    e.column = c;
-                }
-            }
-            return e;
+            // Where an interrupt struck is not known (QuickJS reports the function's start).
+            return self.timeout_error();
         }
         self.budget.set(Instant::now() + REPORT_GRACE);
         let mut e = describe_value(&value);
