@@ -578,7 +578,6 @@ impl<'js> Session<'_, 'js> {
         )?;
 
         let state = self.state.clone();
-        let started = self.started;
         fns.set(
             "setTimeout",
             Function::new(ctx.clone(), move |callback: Function<'js>, ms: f64| -> u64 {
@@ -586,7 +585,6 @@ impl<'js> Session<'_, 'js> {
                 s.next_id += 1;
                 let id = s.next_id;
                 let delay = Duration::from_secs_f64((ms.max(0.0) / 1000.0).min(86_400.0));
-                let _ = started;
                 s.timers.insert((Instant::now() + delay, id), callback);
                 id
             })?,
