@@ -366,6 +366,10 @@ fn an_endless_loop_in_a_callback_or_a_catch_is_stopped_too() {
         "setTimeout(() => { for (;;) {} }, 1);",
         "while (true) { try { for (;;) {} } catch (e) { console.log('caught', e); } }",
         "$http.get('http://origin.test/x').then(() => { while (true) {} });",
+        // Endless microtasks and timers: the loop never gets idle.
+        "function again() { Promise.resolve().then(again); }\nagain();",
+        "while (true) { await null; }",
+        "function tick() { setTimeout(tick, 0); }\ntick();",
     ] {
         let (e, took) = timed(Duration::from_millis(300), script);
         assert_eq!(e.kind, ErrorKind::Timeout, "{script}: {e:?}");
