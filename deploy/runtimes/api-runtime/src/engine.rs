@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 /// The script's file name in stacks and error locations.
 pub const SCRIPT_NAME: &str = "check.js";
 const PRELUDE: &str = include_str!("prelude.js");
+/// Hops kept in the result (the rest are counted): with the console's bound, a result
+/// stays well under the smallest `maxResultBytes` (1 MiB).
+pub const MAX_RECORDED_HOPS: usize = 100;
+/// Longest URL kept in a hop record.
+const MAX_RECORDED_URL: usize = 512;
 /// Time the host gets after the deadline to read the error that ended the script.
 const REPORT_GRACE: Duration = Duration::from_millis(200);
 
@@ -493,14 +498,14 @@ impl<'js> Session<'_, 'js> {
         let started_ms = self.started.elapsed().as_millis() as u64;
         let mut r = self.requests.borrow_mut();
         for hop in hops {
-            if r.0.len() >= self.limits.max_requests {
+            if r.0.len() >= MAX_RECORDED_HOPS {
                 r.1 += 1;
                 continue;
             }
             let started_ms = started_ms.saturating_sub(hop.timings.total_ms as u64);
             r.0.push(RequestRecord {
                 method: hop.method.to_string(),
-                url: crate::log::truncate(&hop.url, 2048),
+                url: crate::log::truncate(&hop.url, MAX_RECORDED_URL),
                 status: hop.status,
                 error: hop.error.clone(),
                 started_ms,

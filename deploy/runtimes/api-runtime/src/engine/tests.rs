@@ -537,3 +537,14 @@ fn locate_reads_the_first_frame_in_the_script() {
     assert_eq!(locate("    at check.js:12:1\n"), Some((12, Some(1))));
     assert_eq!(locate("    at native\n"), None);
 }
+
+#[test]
+fn the_result_keeps_a_bounded_number_of_request_records() {
+    let (r, _) = run_with(
+        &check("for (let i = 0; i < 150; i++) await $http.get('http://origin.test/' + 'p'.repeat(1000) + i);"),
+        &Limits::default(),
+    );
+    assert_eq!(r.error, None);
+    assert_eq!((r.requests.len(), r.requests_dropped), (MAX_RECORDED_HOPS, 50));
+    assert!(r.requests[0].url.ends_with("... (508 more bytes)"), "{}", r.requests[0].url);
+}
