@@ -747,10 +747,14 @@ fn describe_value(value: &Value<'_>) -> ScriptError {
         let text = value
             .as_string()
             .and_then(|s| s.to_string().ok())
+            .map(|s| crate::log::truncate(&s, 4096))
             .unwrap_or_else(|| format!("{value:?}").chars().take(200).collect());
         return ScriptError::new(ErrorKind::Error, "Error", format!("the script threw a non-error value: {text}"));
     };
-    let get = |k: &str| obj.get::<_, Option<rquickjs::Coerced<String>>>(k).ok().flatten().map(|c| c.0);
+    // Bounded: a script may throw an error with a message of many megabytes.
+    let get = |k: &str| {
+        obj.get::<_, Option<rquickjs::Coerced<String>>>(k).ok().flatten().map(|c| crate::log::truncate(&c.0, 4096))
+    };
     let name = get("name").unwrap_or_else(|| "Error".into());
     let message = get("message").unwrap_or_default();
     let stack = get("stack");
@@ -766,7 +770,7 @@ fn describe_value(value: &Value<'_>) -> ScriptError {
         e.line = Some(line);
         e.column = column;
     }
-    e.stack = stack.map(|s| crate::log::truncate(&s, 4096));
+    e.stack = stack;
     e
 }
 

@@ -290,6 +290,12 @@ fn a_thrown_error_has_its_message_line_and_column() {
 }
 
 #[test]
+fn a_huge_error_message_is_cut() {
+    let e = error_of("throw new Error('m'.repeat(1000000));");
+    assert!(e.message.len() < 4200 && e.message.ends_with("... (995904 more bytes)"), "{}", e.message.len());
+}
+
+#[test]
 fn a_thrown_non_error_is_reported() {
     let e = error_of("throw 'just a string';");
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Error, "the script threw a non-error value: just a string"));
