@@ -8,7 +8,7 @@
 //! `$http` answer or timer, until the script's promise settled and nothing is pending, or
 //! the deadline passed. Everything the script can observe is decided here, so a script
 //! that replaces `Promise`, `JSON` or `Object.prototype` members only confuses itself.
-use crate::http::{Hop, HttpError, HttpOutcome, HttpPort, HttpRequest, HttpResponse};
+use crate::http::{Hop, HttpOutcome, HttpPort, HttpRequest, HttpResponse};
 use crate::log::{Level, LogBuffer, LogLimits};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
@@ -68,58 +68,6 @@ pub struct Check {
     /// `$env` (a JSON object: `USER_DEFINED_VARIABLES`, `JOB_ID`, ...).
     pub env: serde_json::Map<String, serde_json::Value>,
     pub timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// An `assert` call failed.
-    Assertion,
-    /// The script threw (or its promise rejected with) something else.
-    Error,
-    /// The script does not parse.
-    Syntax,
-    /// The check's deadline passed while the script still ran or waited.
-    Timeout,
-    /// The heap limit was reached.
-    OutOfMemory,
-    /// A promise was rejected and nothing handled it.
-    UnhandledRejection,
-    /// The script waits for a promise that nothing can settle any more.
-    NeverSettled,
-    /// The runtime could not run the script at all.
-    Internal,
-}
-
-/// Why a check failed, located in the script when the engine knows where.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ScriptError {
-    pub kind: ErrorKind,
-    pub name: String,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub column: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stack: Option<String>,
-}
-
-impl ScriptError {
-    fn new(kind: ErrorKind, name: &str, message: impl Into<String>) -> Self {
-        Self { kind, name: name.into(), message: message.into(), line: None, column: None, stack: None }
-    }
-
-    /// One line: `AssertionError: 404 == 200 (check.js:4:8)`.
-    pub fn summary(&self) -> String {
-        let first = self.message.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" ");
-        let place = match (self.line, self.column) {
-            (Some(l), Some(c)) => format!(" ({SCRIPT_NAME}:{l}:{c})"),
-            (Some(l), None) => format!(" ({SCRIPT_NAME}:{l})"),
-            _ => String::new(),
-        };
-        format!("{}: {first}{place}", self.name)
-    }
 }
 
 /// One `$http` hop as the result reports it.
@@ -471,13 +419,7 @@ impl<'js> Session<'_, 'js> {
                 Ok(obj) => p.resolve.call::<_, ()>((obj,)),
                 Err(message) => self.reject_with(&p, &message),
             },
-            Err(e) => {
-                let message = match &e {
-                    HttpError::Timeout(_) => format!("$http {} {}: {e}", p.method, p.url),
-                    _ => format!("$http {} {}: {e}", p.method, p.url),
-                };
-                self.reject_with(&p, &message)
-            }
+            Err(e) => self.reject_with(&p, &format!("$http {} {}: {e}", p.method, p.url)),
         };
         if let Err(e) = settled {
             // Out of memory building the answer, or the interrupt: the loop sees it next.
@@ -723,70 +665,9 @@ fn parse_spec(spec: &str, deadline: Instant) -> Result<(HttpRequest, bool), Stri
     Ok((request, json))
 }
 
-const NO_MODULES: &str =
-    "checks run without modules (no import, no require); use the globals $http, assert, console, $env, $secure, setTimeout";
-
-/// `import x from 'y'` does not parse in a script and `import('y')` finds no loader: say
-/// why in words, not as a parser's complaint.
-fn explain_modules(e: &mut ScriptError, script: &str) {
-    let import_line = e
-        .line
-        .and_then(|l| script.lines().nth(l.saturating_sub(1) as usize))
-        .map(str::trim_start)
-        .is_some_and(|t| t.starts_with("import ") || t.starts_with("import{") || t.starts_with("export "));
-    if e.kind == ErrorKind::Syntax && import_line {
-        e.message = format!("import/export declarations are not available: {NO_MODULES} ({})", e.message);
-    } else if let Some(name) = e.message.strip_prefix("could not load module ") {
-        e.message = format!("import({name}) is not available: {NO_MODULES}");
-    }
-}
-
-/// Name, message, stack and the script location of a thrown value.
-fn describe_value(value: &Value<'_>) -> ScriptError {
-    let Some(obj) = value.as_object() else {
-        let text = value
-            .as_string()
-            .and_then(|s| s.to_string().ok())
-            .map(|s| crate::log::truncate(&s, 4096))
-            .unwrap_or_else(|| format!("{value:?}").chars().take(200).collect());
-        return ScriptError::new(ErrorKind::Error, "Error", format!("the script threw a non-error value: {text}"));
-    };
-    // Bounded: a script may throw an error with a message of many megabytes.
-    let get = |k: &str| {
-        obj.get::<_, Option<rquickjs::Coerced<String>>>(k).ok().flatten().map(|c| crate::log::truncate(&c.0, 4096))
-    };
-    let name = get("name").unwrap_or_else(|| "Error".into());
-    let message = get("message").unwrap_or_default();
-    let stack = get("stack");
-    let kind = if name == "AssertionError" {
-        ErrorKind::Assertion
-    } else if message == "out of memory" || (name == "InternalError" && message.contains("out of memory")) {
-        ErrorKind::OutOfMemory
-    } else {
-        ErrorKind::Error
-    };
-    let mut e = ScriptError::new(kind, &name, message);
-    if let Some((line, column)) = stack.as_deref().and_then(locate) {
-        e.line = Some(line);
-        e.column = column;
-    }
-    e.stack = stack;
-    e
-}
-
-/// The first stack frame in the script: `at f (check.js:3:7)` or `at check.js:3:7`.
-pub fn locate(stack: &str) -> Option<(u32, Option<u32>)> {
-    stack.lines().find_map(|line| {
-        let at = line.find(SCRIPT_NAME)?;
-        let rest = &line[at + SCRIPT_NAME.len()..];
-        let rest = rest.strip_prefix(':')?;
-        let end = rest.find(|c: char| !c.is_ascii_digit() && c != ':').unwrap_or(rest.len());
-        let mut parts = rest[..end].split(':');
-        let line_no = parts.next()?.parse().ok()?;
-        let column = parts.next().and_then(|c| c.parse().ok());
-        Some((line_no, column))
-    })
-}
+mod error;
+use error::{describe_value, explain_modules};
+pub use error::{locate, ErrorKind, ScriptError};
 
 #[cfg(test)]
 mod tests;

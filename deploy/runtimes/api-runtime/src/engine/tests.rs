@@ -2,6 +2,7 @@
 //! of issue 11 (each ends in a clear failure within its limits). `$http` answers come from
 //! a fake port here; the real path through the sidecar is `tests/through_sidecar.rs`.
 use super::*;
+use crate::http::HttpError;
 use std::sync::Mutex;
 
 /// Answers `$http` from a table (URL -> status, body) and records what was asked.
