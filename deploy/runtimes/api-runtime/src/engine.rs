@@ -99,12 +99,32 @@ impl Report {
     }
 }
 
+/// More globals for the script, installed after the standard ones and before the script
+/// runs: how another runtime (the browser runtime's `$browser`) embeds this engine. Its
+/// host functions run on the engine's thread and must bound their own waits.
+pub trait Extension {
+    fn install<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<()>;
+}
+
+struct NoExtension;
+
+impl Extension for NoExtension {
+    fn install<'js>(&self, _ctx: &Ctx<'js>) -> rquickjs::Result<()> {
+        Ok(())
+    }
+}
+
 /// Runs `check` to its end: passed, failed or timed out. Never panics on script input.
 pub fn run(check: &Check, http: Arc<dyn HttpPort>, limits: &Limits) -> Report {
+    run_extended(check, http, limits, &NoExtension)
+}
+
+/// [`run`] with the globals of `extension` added.
+pub fn run_extended(check: &Check, http: Arc<dyn HttpPort>, limits: &Limits, extension: &dyn Extension) -> Report {
     let started = Instant::now();
     let log = Rc::new(RefCell::new(LogBuffer::new(limits.log.clone(), started)));
     let requests = Rc::new(RefCell::new((Vec::new(), 0u64)));
-    let error = match sandbox(check, http, limits, started, &log, &requests) {
+    let error = match sandbox(check, http, limits, extension, started, &log, &requests) {
         Ok(error) => error,
         Err(e) => Some(ScriptError::new(ErrorKind::Internal, "InternalError", format!("cannot start the engine: {e}"))),
     };
@@ -119,6 +139,7 @@ fn sandbox(
     check: &Check,
     http: Arc<dyn HttpPort>,
     limits: &Limits,
+    extension: &dyn Extension,
     started: Instant,
     log: &Rc<RefCell<LogBuffer>>,
     requests: &Requests,
@@ -169,7 +190,7 @@ fn sandbox(
             state: Rc::new(RefCell::new(LoopState::default())),
             rejections: rejections.clone(),
         };
-        let outcome = session.run(check);
+        let outcome = session.run(check, extension);
         // Persistent values must go while their runtime lives.
         session.rejections.borrow_mut().clear();
         session.state.borrow_mut().clear();
@@ -255,10 +276,10 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 impl<'js> Session<'_, 'js> {
-    fn run(&mut self, check: &Check) -> Option<ScriptError> {
+    fn run(&mut self, check: &Check, extension: &dyn Extension) -> Option<ScriptError> {
         let (tx, rx) = mpsc::channel::<(u64, HttpOutcome)>();
         let tx = Rc::new(tx);
-        if let Err(e) = self.install(check, tx) {
+        if let Err(e) = self.install(check, tx).and_then(|()| extension.install(&self.ctx)) {
             let caught = CaughtError::from_error(&self.ctx, e);
             return Some(ScriptError::new(
                 ErrorKind::Internal,

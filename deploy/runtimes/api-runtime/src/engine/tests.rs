@@ -555,3 +555,22 @@ fn the_result_keeps_a_bounded_number_of_request_records() {
     assert_eq!((r.requests.len(), r.requests_dropped), (MAX_RECORDED_HOPS, 50));
     assert!(r.requests[0].url.ends_with("... (508 more bytes)"), "{}", r.requests[0].url);
 }
+
+struct Hello;
+
+impl Extension for Hello {
+    fn install<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<()> {
+        ctx.globals().set("$hello", Function::new(ctx.clone(), |name: String| format!("hello {name}"))?)
+    }
+}
+
+#[test]
+fn an_extension_adds_globals_beside_the_standard_ones() {
+    let c = check(
+        "assert.strictEqual($hello('browser'), 'hello browser');\nassert.strictEqual(typeof $http.get, 'function');",
+    );
+    let r = run_extended(&c, Arc::new(FakeHttp::default()), &Limits::default(), &Hello);
+    assert_eq!(r.error, None);
+    let r = run_with(&check("$hello('x')"), &Limits::default()).0;
+    assert_eq!(r.error.unwrap().message, "$hello is not defined");
+}
