@@ -61,8 +61,9 @@ impl KubeletOptions {
 }
 
 impl Default for KubeletOptions {
-    /// Images containing `job-manager` run `target/debug/job-manager`, `sidecar` run `target/debug/sidecar`; `serverless-api-runtime`
-    /// (the chart's `node-api-runtime` image) runs `target/debug/api-runtime`;
+    /// Images containing `job-manager` run `target/debug/job-manager`, `sidecar`
+    /// `target/debug/sidecar`; `serverless-api-runtime` (the chart's `node-api-runtime`
+    /// image) runs `target/debug/api-runtime`;
     /// `test-runtime`, `node-api-runtime` and `node-browser-runtime` (the upstream images'
     /// names) run `target/debug/test-runtime`.
     fn default() -> Self {
