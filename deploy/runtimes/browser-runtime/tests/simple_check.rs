@@ -1,0 +1,408 @@
+//! The real `browser-runtime` with real headless Chromium, behind the real `sidecar`
+//! binary, checking pages a loopback origin in this test serves. Everything is on
+//! loopback: the sidecar runs in allow-list mode (`--allow-cidr 127.0.0.1/32
+//! --deny-public --deny-private`), so whatever Chromium might try on its own cannot leave
+//! the machine. The sidecar gets the job from a job directory and delivers the result
+//! to a fake job manager here, exactly as in the local executor.
+//!
+//! Chromium missing is a failure with the setup command, never a skip
+//! (`deploy/scripts/setup-test-env.sh` installs it).
+#![forbid(unsafe_code)]
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+const RUNTIME: &str = env!("CARGO_BIN_EXE_browser-runtime");
+
+fn workspace_root() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.ancestors().nth(3).expect("deploy/runtimes/browser-runtime sits in the workspace").to_path_buf()
+}
+
+/// The workspace's `sidecar` binary (debug profile), built by `make test`.
+fn sidecar_bin() -> PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => workspace_root().join(d),
+        None => workspace_root().join("target"),
+    };
+    let p = target.join("debug/sidecar");
+    assert!(p.is_file(), "{} not found: `cargo build -p sidecar` (make test builds every binary)", p.display());
+    p
+}
+
+fn require_chromium() {
+    let found = Path::new("/usr/lib/chromium/chromium").is_file()
+        || std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|d| d.join("chromium").is_file()))
+            .unwrap_or(false);
+    assert!(found, "chromium not installed: run deploy/scripts/setup-test-env.sh");
+}
+
+async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+fn html(status: u16, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/html; charset=utf-8")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// The pages under test.
+async fn origin() -> SocketAddr {
+    serve(|req: Request<hyper::body::Incoming>| async move {
+        match req.uri().path() {
+            "/ok" => html(
+                200,
+                "<!doctype html><html><head><title>Browser check OK</title>\
+                 <style>body{background:#2a6;color:#fff;font:32px sans-serif}</style></head>\
+                 <body><h1>Hello from the loopback origin</h1>\
+                 <script>console.error('synthetic console error', 42); console.log('not an error');</script>\
+                 <img src=\"/missing.png\"></body></html>",
+            ),
+            "/throws" => html(200, "<!doctype html><script>null.boom();</script><p>x</p>"),
+            // Never answers: the page's load event never fires.
+            "/never.js" => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                html(200, "")
+            }
+            "/hang" => html(200, "<!doctype html><title>hang</title><p>loading<script src=\"/never.js\"></script>"),
+            _ => html(404, "<!doctype html><title>Not here</title><h1>404</h1>"),
+        }
+    })
+    .await
+}
+
+/// A job manager that accepts results (`POST /internal/v1/jobs/{id}/result`).
+#[derive(Clone, Default)]
+struct FakeJobManager {
+    results: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeJobManager {
+    async fn start(&self) -> SocketAddr {
+        let results = self.results.clone();
+        serve(move |req: Request<hyper::body::Incoming>| {
+            let results = results.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                if req.method() == http::Method::POST && path.ends_with("/result") {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    results.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                    return Response::builder().status(StatusCode::NO_CONTENT).body(Full::default()).unwrap();
+                }
+                html(404, "")
+            }
+        })
+        .await
+    }
+}
+
+struct Run {
+    /// The `JobResult` the job manager got.
+    result: Value,
+    runtime_stderr: String,
+    runtime_exit: std::process::ExitStatus,
+    /// Processes still carrying this run's environment marker after the runtime exited.
+    leftovers: Vec<String>,
+    /// Most processes carrying the marker seen at once during the run.
+    most_processes: usize,
+    wall: Duration,
+}
+
+/// Pids (with their command lines) whose environment contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+        if env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!("{name}: {}", String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// One job through sidecar + runtime, the result as the job manager received it.
+async fn run_job(id: &str, payload: Value, timeout_secs: u32) -> Run {
+    require_chromium();
+    let jm = FakeJobManager::default();
+    let jm_addr = jm.start().await;
+    let dir = tempfile::Builder::new().prefix("brt-").tempdir().unwrap();
+    let job_dir = dir.path().join("job");
+    std::fs::create_dir(&job_dir).unwrap();
+    let job =
+        json!({ "id": id, "runtime_type": "node-browser-runtime", "timeout_secs": timeout_secs, "payload": payload });
+    std::fs::write(job_dir.join("job.json"), job.to_string()).unwrap();
+    std::fs::write(job_dir.join("token"), "test-token").unwrap();
+    let ready = dir.path().join("ready.json");
+    let mut sidecar = tokio::process::Command::new(sidecar_bin())
+        .args(["--listen", "127.0.0.1:0", "--allow-cidr", "127.0.0.1/32", "--deny-public", "--deny-private"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--job-dir")
+        .arg(&job_dir)
+        .args(["--job-manager-url", &format!("http://{jm_addr}")])
+        .env("SIDECAR_INTERNAL_API_KEY", "test-key")
+        .arg("--spool-dir")
+        .arg(dir.path().join("spool"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("sidecar.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sidecar");
+    let waited = Instant::now();
+    let sidecar_addr = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let rf: common::runtime_api::ReadyFile = serde_json::from_str(&text).unwrap();
+            break rf.listen;
+        }
+        assert!(
+            sidecar.try_wait().unwrap().is_none(),
+            "sidecar exited before ready:\n{}",
+            std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default()
+        );
+        assert!(waited.elapsed() < Duration::from_secs(20), "sidecar not ready in 20s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let marker = format!("BROWSER_RUNTIME_TEST_MARKER={id}-{}", std::process::id());
+    let (mk, mv) = marker.split_once('=').unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let sidecar_url = format!("http://{sidecar_addr}");
+    let mut cmd = tokio::process::Command::new(RUNTIME);
+    for v in
+        ["http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"]
+    {
+        cmd.env_remove(v);
+    }
+    let started = Instant::now();
+    let child = cmd
+        .env("JOB_API_URL", &sidecar_url)
+        .env("HTTP_PROXY", &sidecar_url)
+        .env("HTTPS_PROXY", &sidecar_url)
+        .env("TMPDIR", &tmp)
+        .env(mk, mv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn browser-runtime");
+    // While it runs, count the processes carrying the marker (the runtime, Chromium and
+    // its helpers): proof that the leftover check below can see Chromium.
+    let most_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = tokio::spawn({
+        let (marker, most_seen) = (marker.clone(), most_seen.clone());
+        async move {
+            loop {
+                let n = processes_with(&marker).len();
+                most_seen.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let out = tokio::time::timeout(Duration::from_secs(u64::from(timeout_secs) + 30), child.wait_with_output())
+        .await
+        .expect("browser-runtime did not exit")
+        .unwrap();
+    sampler.abort();
+    let wall = started.elapsed();
+    let leftovers = processes_with(&marker);
+    let runtime_stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let waited = Instant::now();
+    let result = loop {
+        if let Some(r) = jm.results.lock().unwrap().first().cloned() {
+            break r;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(20), "no result reached the job manager:\n{runtime_stderr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = sidecar.start_kill();
+    let _ = sidecar.wait().await;
+    let profile_left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(profile_left.is_empty(), "the runtime left files in its temp dir: {profile_left:?}");
+    let most_processes = most_seen.load(std::sync::atomic::Ordering::Relaxed);
+    Run { result, runtime_stderr, runtime_exit: out.status, leftovers, most_processes, wall }
+}
+
+/// Decodes a base64 PNG and checks its structure: signature, IHDR dimensions, IEND.
+fn png_dimensions(b64: &str) -> (u32, u32) {
+    let png = base64::engine::general_purpose::STANDARD.decode(b64).expect("screenshot is base64");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    assert_eq!(&png[12..16], b"IHDR", "first chunk is IHDR");
+    assert_eq!(&png[png.len() - 8..png.len() - 4], b"IEND", "last chunk is IEND");
+    let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_check_passes_with_screenshot_timings_console_errors_and_failed_requests() {
+    let origin = origin().await;
+    let url = format!("http://{origin}/ok");
+    let run = run_job("browser-ok", json!({ "type": "simple", "url": url }), 30).await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "succeeded", "{r:#}\n{}", run.runtime_stderr);
+    assert!(run.runtime_exit.success(), "{}", run.runtime_stderr);
+    assert_eq!(r["job_id"], "browser-ok");
+    assert_eq!(r["message"], format!("loaded {url} -> 200 OK"));
+    let out = &r["output"];
+    assert_eq!(out["status"], 200);
+    assert_eq!(out["final_url"], url);
+    let t = &out["timings"];
+    for k in ["connect_ms", "ttfb_ms", "dom_content_loaded_ms", "load_ms"] {
+        assert!(t[k].as_f64().is_some(), "timing {k} missing: {t}");
+    }
+    assert!(t["load_ms"].as_f64().unwrap() > 0.0, "{t}");
+    assert!(t["load_ms"].as_f64() >= t["dom_content_loaded_ms"].as_f64(), "{t}");
+    assert_eq!(t["tls_ms"], Value::Null, "plain HTTP has no TLS phase: {t}");
+    assert!(out["chromium_start_ms"].as_u64().unwrap() > 0);
+
+    let errors = out["console_errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e["source"] == "console" && e["text"] == "synthetic console error 42"),
+        "console.error captured: {errors:?}"
+    );
+    assert!(!errors.iter().any(|e| e["text"].as_str().unwrap_or_default().contains("not an error")), "{errors:?}");
+    let failed = out["failed_requests"].as_array().unwrap();
+    assert!(
+        failed.iter().any(|f| f["url"] == format!("http://{origin}/missing.png") && f["status"] == 404),
+        "the 404 image is a failed request: {failed:?}"
+    );
+
+    let shot = &out["artifacts"][0];
+    assert_eq!((shot["name"].as_str(), shot["content_type"].as_str()), (Some("screenshot.png"), Some("image/png")));
+    assert_eq!(png_dimensions(shot["data"].as_str().unwrap()), (1280, 720));
+    assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_main_document_fails_with_its_status() {
+    let origin = origin().await;
+    let url = format!("http://{origin}/nothing-here");
+    let run = run_job("browser-404", json!({ "type": "simple", "url": url }), 30).await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "failed", "{r:#}");
+    assert_eq!(r["message"], format!("main document {url} answered 404 Not Found"));
+    assert_eq!(r["output"]["status"], 404);
+    // The error page is still pictured.
+    assert_eq!(png_dimensions(r["output"]["artifacts"][0]["data"].as_str().unwrap()), (1280, 720));
+    assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncaught_exception_is_a_console_error_with_its_line() {
+    let origin = origin().await;
+    let run = run_job(
+        "browser-throws",
+        json!({ "type": "simple", "url": format!("http://{origin}/throws"), "screenshot": false }),
+        30,
+    )
+    .await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "succeeded", "a script error does not fail a simple check: {r:#}");
+    let errors = r["output"]["console_errors"].as_array().unwrap();
+    let ex = errors.iter().find(|e| e["source"] == "exception").unwrap_or_else(|| panic!("{errors:?}"));
+    assert!(ex["text"].as_str().unwrap().starts_with("TypeError: Cannot read properties of null"), "{ex}");
+    assert_eq!(ex["line"], 1, "{ex}");
+    assert!(r["output"].get("artifacts").is_none(), "screenshot: false takes none");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_url_fails_with_the_sidecars_reason() {
+    // A port nothing listens on (bound, then closed).
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let url = format!("http://{closed}/");
+    let run = run_job("browser-unreachable", json!({ "type": "simple", "url": url }), 30).await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "failed", "{r:#}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.starts_with(&format!("main document {url} answered 502")), "{msg}");
+    assert!(msg.contains("refused or failed at the sidecar:"), "the sidecar's label is shown: {msg}");
+    assert!(r["output"]["sidecar_error"].is_string(), "{r:#}");
+    assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_the_sidecar_refuses_fails_with_its_reason() {
+    // 127.0.0.2 is loopback the sidecar was not told to allow.
+    let url = "http://127.0.0.2:8080/".to_string();
+    let run = run_job("browser-refused", json!({ "type": "simple", "url": url }), 30).await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "failed", "{r:#}");
+    assert_eq!(r["output"]["status"], 403, "{r:#}");
+    assert_eq!(r["output"]["sidecar_error"], "loopback", "{r:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_never_finishes_loading_times_out_and_leaves_no_chromium() {
+    let origin = origin().await;
+    let url = format!("http://{origin}/hang");
+    let timeout_secs = 6;
+    let run = run_job("browser-hang", json!({ "type": "simple", "url": url }), timeout_secs).await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "failed", "{r:#}");
+    assert_eq!(r["message"], format!("timed out: {url} did not finish loading within {timeout_secs}s"));
+    assert_eq!(r["output"]["timed_out"], true);
+    assert_eq!(r["output"]["status"], 200, "the document itself arrived: {r:#}");
+    let pending = r["output"]["pending_requests"].as_array().unwrap();
+    assert!(pending.contains(&json!(format!("http://{origin}/never.js"))), "{pending:?}");
+    assert!(
+        run.wall < Duration::from_secs(u64::from(timeout_secs)),
+        "reported before the job's deadline: {:?}",
+        run.wall
+    );
+    assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
+    assert!(run.most_processes >= 3, "runtime, chromium and its helpers were seen running: {}", run.most_processes);
+    // The hung page is pictured too.
+    assert_eq!(png_dimensions(r["output"]["artifacts"][0]["data"].as_str().unwrap()), (1280, 720));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_payload_fails_with_a_clear_error() {
+    let run = run_job("browser-bad", json!({ "type": "simple", "url": "ftp://example.com/" }), 10).await;
+    assert_eq!(run.result["outcome"], "failed");
+    assert_eq!(
+        run.result["message"],
+        "invalid browser check payload: url \"ftp://example.com/\" is not an http:// or https:// URL"
+    );
+}
