@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Container images without a Docker engine: the daemonless twin of deploy/docker/*.Dockerfile.
 #
-#   images.sh build           static release binaries, then buildah images FROM scratch
+#   images.sh build [NAME..]  static release binaries, then buildah images FROM scratch
+#                             (browser-runtime: FROM scratch plus Debian's Chromium and
+#                             exactly the shared libraries it loads: browser_rootfs)
 #   images.sh push REGISTRY   push them to REGISTRY/newrelic/serverless-<name>:{VERSION,latest}
 #                             (TLS verified, except for a loopback registry: tls_verify_for)
 #   images.sh test            build, then verify
+#   images.sh browser-rootfs DIR   only assemble the browser runtime's root filesystem
+#                             (the Dockerfile's rootfs stage runs this)
 #   images.sh verify          push the built images to a throwaway registry on 127.0.0.1:5000,
 #                             pull and inspect them back (entrypoint, user, size), smoke-run
 #                             them with podman (a job through sidecar + test-runtime; the
@@ -18,7 +22,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root=$(pwd)
 
 TARGET=x86_64-unknown-linux-gnu
-NAMES=(job-manager sidecar test-runtime)
+NAMES=(job-manager sidecar test-runtime browser-runtime)
 VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 TAG=${IMAGE_TAG:-$VERSION}
 REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -84,6 +88,44 @@ build_binaries() {
 
 binary_of() { echo "$root/target/$TARGET/release/$1"; }
 
+# The browser runtime's root filesystem, from this machine's Debian packages (no base
+# image: no registry is reachable, and a distro base would carry a shell, apt and
+# hundreds of unused files): /usr/lib/chromium (en-US locale only, no Vulkan debug
+# layers), every shared library `ldd` lists for it, its own libraries and NSS's
+# dlopen()ed modules, the dynamic loader, fontconfig + DejaVu fonts, the CA bundle, a
+# passwd entry for 1001 and a world-writable /tmp. Same layout as
+# deploy/runtimes/browser-runtime/Dockerfile.
+browser_rootfs() {
+  local dir=$1 f lib
+  local pkgs=(chromium fonts-dejavu-core fontconfig-config ca-certificates)
+  for f in "${pkgs[@]}"; do
+    dpkg -s "$f" >/dev/null 2>&1 || { log "apt-get install ${pkgs[*]}"; $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null; break; }
+  done
+  rm -rf "$dir" && mkdir -p "$dir"/{tmp,etc,usr/lib,usr/share/fonts/truetype,etc/ssl/certs}
+  chmod 1777 "$dir/tmp"
+  cp -a /usr/lib/chromium "$dir/usr/lib/"
+  find "$dir/usr/lib/chromium/locales" -type f ! -name 'en-US.pak' -delete
+  rm -f "$dir"/usr/lib/chromium/libVkLayer_khronos_validation.so* "$dir"/usr/lib/chromium/libVkICD_mock_icd.so* "$dir"/usr/lib/chromium/*.TOC
+  rm -rf "$dir/usr/lib/chromium/extensions"
+  {
+    for f in "$dir"/usr/lib/chromium/chromium "$dir"/usr/lib/chromium/chrome_crashpad_handler "$dir"/usr/lib/chromium/*.so* \
+      /usr/lib/x86_64-linux-gnu/nss/*.so /usr/lib/x86_64-linux-gnu/libnss3.so; do
+      # Not every file is an ELF object ldd can read: an empty answer, not an error.
+      { ldd "$f" 2>/dev/null || true; } | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'
+    done
+    ls /usr/lib/x86_64-linux-gnu/nss/*.so
+  } | sort -u | while read -r lib; do
+    case $lib in "$dir"/*) continue ;; esac
+    cp -L --parents "$lib" "$dir"
+  done
+  [ -e "$dir/lib64/ld-linux-x86-64.so.2" ] || die "the dynamic loader is missing from the browser rootfs"
+  cp -a --parents /etc/fonts /usr/share/fontconfig "$dir"
+  cp -a /usr/share/fonts/truetype/dejavu "$dir/usr/share/fonts/truetype/"
+  cp -L /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
+  printf 'root:x:0:0::/:/nonexistent\nruntime:x:1001:1001::/tmp:/nonexistent\n' >"$dir/etc/passwd"
+  printf 'root:x:0:\nruntime:x:1001:\n' >"$dir/etc/group"
+}
+
 built_names() {
   local name
   for name in "${NAMES[@]}"; do [ -x "$(binary_of "$name")" ] && echo "$name"; done
@@ -101,9 +143,16 @@ build_image() {
   local name=$1 bin ctr desc image
   bin=$(binary_of "$name")
   assert_static "$bin"
-  desc=$(sed -n 's/^      org.opencontainers.image.description="\(.*\)" \\$/\1/p' "deploy/docker/$name.Dockerfile")
+  local dockerfile="deploy/docker/$name.Dockerfile"
+  [ "$name" = browser-runtime ] && dockerfile=deploy/runtimes/browser-runtime/Dockerfile
+  desc=$(sed -n 's/^      org.opencontainers.image.description="\(.*\)" \\$/\1/p' "$dockerfile")
   image="localhost/$(repo_of "$name"):$TAG"
   ctr=$(buildah from scratch)
+  if [ "$name" = browser-runtime ]; then
+    browser_rootfs "$state/browser-rootfs"
+    buildah copy --quiet "$ctr" "$state/browser-rootfs" / >/dev/null
+    buildah config --env HOME=/tmp --env TMPDIR=/tmp "$ctr"
+  fi
   buildah copy --quiet "$ctr" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
   buildah copy --quiet --chmod 0555 "$ctr" "$bin" "/$name" >/dev/null
   buildah config \
@@ -126,6 +175,8 @@ build_image() {
 }
 
 cmd_build() {
+  # Optional names: build only those images (e.g. `images.sh build browser-runtime`).
+  if [ $# -gt 0 ]; then NAMES=("$@"); fi
   ensure_apt buildah
   ensure_storage
   build_binaries
@@ -357,9 +408,10 @@ cmd_test() {
 [[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 
 case ${1:-} in
-  build) cmd_build ;;
+  build) shift; cmd_build "$@" ;;
   push) shift; cmd_push "$@" ;;
   test) cmd_test ;;
   verify) cmd_verify ;;
-  *) echo "usage: $0 build | push REGISTRY | test | verify" >&2; exit 2 ;;
+  browser-rootfs) browser_rootfs "${2:?usage: images.sh browser-rootfs DIR}" ;;
+  *) echo "usage: $0 build | push REGISTRY | test | verify | browser-rootfs DIR" >&2; exit 2 ;;
 esac

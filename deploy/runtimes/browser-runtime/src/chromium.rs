@@ -56,6 +56,18 @@ pub fn default_chromium(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
     PathBuf::from("chromium")
 }
 
+/// Where profiles go: the temp dir, unless its path is so long that Chromium's
+/// singleton socket (`<TMPDIR>/org.chromium.Chromium.XXXXXX/SingletonSocket`, inside the
+/// profile here) would pass the 108-byte limit of a socket path; then `/tmp`.
+pub fn temp_base(temp_dir: &Path) -> PathBuf {
+    const MAX: usize = 40;
+    if temp_dir.as_os_str().len() <= MAX {
+        temp_dir.to_path_buf()
+    } else {
+        PathBuf::from("/tmp")
+    }
+}
+
 /// Whether /dev/shm is missing or smaller than Chromium needs.
 pub fn shm_is_small() -> bool {
     match nix::sys::statvfs::statvfs("/dev/shm") {
@@ -159,7 +171,7 @@ impl Browser {
     pub async fn launch(opts: &LaunchOptions, deadline: Instant) -> Result<Browser, String> {
         let profile = tempfile::Builder::new()
             .prefix("br-")
-            .tempdir()
+            .tempdir_in(temp_base(&std::env::temp_dir()))
             .map_err(|e| format!("cannot create the browser profile dir: {e}"))?;
         let tmp = profile.path().join("t");
         std::fs::create_dir(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
@@ -169,10 +181,9 @@ impl Browser {
         cmd.arg(TRAMPOLINE_ARG)
             .arg(&opts.chromium)
             .args(chromium_args(opts, profile.path()))
-            // Chromium writes caches and crash state under HOME/XDG dirs: keep them in
-            // the profile (the only writable place may be the temp dir), and its own
-            // temp files too, so removing the profile removes everything.
-            .env("HOME", profile.path())
+            // Caches and config under the profile, and Chromium's own temp files too, so
+            // removing the profile removes everything. HOME is left alone: the local
+            // executor finds a job's leftover processes by it.
             .env("TMPDIR", &tmp)
             .env("XDG_CONFIG_HOME", profile.path().join(".config"))
             .env("XDG_CACHE_HOME", profile.path().join(".cache"))
@@ -335,6 +346,16 @@ mod tests {
         let args = chromium_args(&o, Path::new("/tmp/p"));
         assert!(args.contains(&"--disable-dev-shm-usage".to_string()));
         assert!(args.contains(&"--proxy-bypass-list=internal.example;<-loopback>".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn profiles_go_where_the_singleton_socket_path_fits() {
+        assert_eq!(temp_base(Path::new("/tmp")), Path::new("/tmp"));
+        let long = Path::new("/tmp/job-manager-demo-123456/scratch/j-browser-check-ok");
+        assert_eq!(temp_base(long), Path::new("/tmp"));
+        // The longest socket path it can lead to stays under the limit.
+        let worst = format!("{}/br-XXXXXX/t/org.chromium.Chromium.XXXXXX/SingletonSocket", "x".repeat(40));
+        assert!(worst.len() < 108, "{}", worst.len());
     }
 
     #[test]

@@ -208,6 +208,8 @@ async fn run_job(id: &str, payload: Value, timeout_secs: u32) -> Run {
     let (mk, mv) = marker.split_once('=').unwrap();
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
     let sidecar_url = format!("http://{sidecar_addr}");
     let mut cmd = tokio::process::Command::new(RUNTIME);
     for v in
@@ -221,6 +223,7 @@ async fn run_job(id: &str, payload: Value, timeout_secs: u32) -> Run {
         .env("HTTP_PROXY", &sidecar_url)
         .env("HTTPS_PROXY", &sidecar_url)
         .env("TMPDIR", &tmp)
+        .env("HOME", &home)
         .env(mk, mv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
