@@ -161,76 +161,115 @@ fn processes_with(marker: &str) -> Vec<String> {
     found
 }
 
-/// One job through sidecar + runtime, the result as the job manager received it.
-async fn run_job(id: &str, payload: Value, timeout_secs: u32) -> Run {
-    require_chromium();
-    let jm = FakeJobManager::default();
-    let jm_addr = jm.start().await;
-    let dir = tempfile::Builder::new().prefix("brt-").tempdir().unwrap();
-    let job_dir = dir.path().join("job");
-    std::fs::create_dir(&job_dir).unwrap();
-    let job =
-        json!({ "id": id, "runtime_type": "node-browser-runtime", "timeout_secs": timeout_secs, "payload": payload });
-    std::fs::write(job_dir.join("job.json"), job.to_string()).unwrap();
-    std::fs::write(job_dir.join("token"), "test-token").unwrap();
-    let ready = dir.path().join("ready.json");
-    let mut sidecar = tokio::process::Command::new(sidecar_bin())
-        .args(["--listen", "127.0.0.1:0", "--allow-cidr", "127.0.0.1/32", "--deny-public", "--deny-private"])
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--job-dir")
-        .arg(&job_dir)
-        .args(["--job-manager-url", &format!("http://{jm_addr}")])
-        .env("SIDECAR_INTERNAL_API_KEY", "test-key")
-        .arg("--spool-dir")
-        .arg(dir.path().join("spool"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("sidecar.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn sidecar");
-    let waited = Instant::now();
-    let sidecar_addr = loop {
-        if let Ok(text) = std::fs::read_to_string(&ready) {
-            let rf: common::runtime_api::ReadyFile = serde_json::from_str(&text).unwrap();
-            break rf.listen;
+/// The real sidecar on loopback in allow-list mode, delivering to `jm_addr`.
+struct Sidecar {
+    child: tokio::process::Child,
+    ready: common::runtime_api::ReadyFile,
+}
+
+impl Sidecar {
+    async fn start(dir: &Path, jm_addr: SocketAddr, args: &[&str]) -> Sidecar {
+        let ready = dir.join("ready.json");
+        let log = dir.join("sidecar.log");
+        let mut child = tokio::process::Command::new(sidecar_bin())
+            .args(["--listen", "127.0.0.1:0", "--allow-cidr", "127.0.0.1/32", "--deny-public", "--deny-private"])
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--job-manager-url", &format!("http://{jm_addr}")])
+            .env("SIDECAR_INTERNAL_API_KEY", "test-key")
+            .arg("--spool-dir")
+            .arg(dir.join("spool"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sidecar");
+        let waited = Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                return Sidecar { child, ready: serde_json::from_str(&text).unwrap() };
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "sidecar exited before ready:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(waited.elapsed() < Duration::from_secs(20), "sidecar not ready in 20s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(
-            sidecar.try_wait().unwrap().is_none(),
-            "sidecar exited before ready:\n{}",
-            std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default()
-        );
-        assert!(waited.elapsed() < Duration::from_secs(20), "sidecar not ready in 20s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let marker = format!("BROWSER_RUNTIME_TEST_MARKER={id}-{}", std::process::id());
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.ready.listen)
+    }
+}
+
+/// The runtime's command: the contract's environment (and nothing of this machine's
+/// proxy settings), a private TMPDIR and HOME, and `marker` in its environment.
+fn runtime_command(sidecar: &Sidecar, dir: &Path, marker: &str) -> tokio::process::Command {
     let (mk, mv) = marker.split_once('=').unwrap();
-    let tmp = dir.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    let home = dir.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    let sidecar_url = format!("http://{sidecar_addr}");
     let mut cmd = tokio::process::Command::new(RUNTIME);
     for v in
         ["http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"]
     {
         cmd.env_remove(v);
     }
-    let started = Instant::now();
-    let child = cmd
-        .env("JOB_API_URL", &sidecar_url)
-        .env("HTTP_PROXY", &sidecar_url)
-        .env("HTTPS_PROXY", &sidecar_url)
-        .env("TMPDIR", &tmp)
-        .env("HOME", &home)
+    for d in ["tmp", "home"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    cmd.env("JOB_API_URL", sidecar.url())
+        .env("HTTP_PROXY", sidecar.url())
+        .env("HTTPS_PROXY", sidecar.url())
+        .env("TMPDIR", dir.join("tmp"))
+        .env("HOME", dir.join("home"))
         .env(mk, mv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn browser-runtime");
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Writes the job directory the sidecar hands the job from.
+fn job_dir(dir: &Path, id: &str, payload: &Value, timeout_secs: u32) -> PathBuf {
+    let job_dir = dir.join("job");
+    std::fs::create_dir(&job_dir).unwrap();
+    let job =
+        json!({ "id": id, "runtime_type": "node-browser-runtime", "timeout_secs": timeout_secs, "payload": payload });
+    std::fs::write(job_dir.join("job.json"), job.to_string()).unwrap();
+    std::fs::write(job_dir.join("token"), "test-token").unwrap();
+    job_dir
+}
+
+async fn wait_for_result(jm: &FakeJobManager, n: usize, why: &str) -> Vec<Value> {
+    let waited = Instant::now();
+    loop {
+        let got = jm.results.lock().unwrap().clone();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(30), "no result reached the job manager:\n{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn marker_for(id: &str) -> String {
+    format!("BROWSER_RUNTIME_TEST_MARKER={id}-{}", std::process::id())
+}
+
+/// One job through sidecar + runtime, the result as the job manager received it.
+async fn run_job(id: &str, payload: Value, timeout_secs: u32) -> Run {
+    require_chromium();
+    let jm = FakeJobManager::default();
+    let jm_addr = jm.start().await;
+    let dir = tempfile::Builder::new().prefix("brt-").tempdir().unwrap();
+    let jobs = job_dir(dir.path(), id, &payload, timeout_secs);
+    let mut sidecar = Sidecar::start(dir.path(), jm_addr, &["--job-dir", jobs.to_str().unwrap()]).await;
+    let marker = marker_for(id);
+    let started = Instant::now();
+    let child = runtime_command(&sidecar, dir.path(), &marker).spawn().expect("spawn browser-runtime");
     // While it runs, count the processes carrying the marker (the runtime, Chromium and
     // its helpers): proof that the leftover check below can see Chromium.
     let most_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -252,16 +291,10 @@ async fn run_job(id: &str, payload: Value, timeout_secs: u32) -> Run {
     let wall = started.elapsed();
     let leftovers = processes_with(&marker);
     let runtime_stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let waited = Instant::now();
-    let result = loop {
-        if let Some(r) = jm.results.lock().unwrap().first().cloned() {
-            break r;
-        }
-        assert!(waited.elapsed() < Duration::from_secs(20), "no result reached the job manager:\n{runtime_stderr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let _ = sidecar.start_kill();
-    let _ = sidecar.wait().await;
+    let result = wait_for_result(&jm, 1, &runtime_stderr).await.remove(0);
+    let _ = sidecar.child.start_kill();
+    let _ = sidecar.child.wait().await;
+    let tmp = dir.path().join("tmp");
     let profile_left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
     assert!(profile_left.is_empty(), "the runtime left files in its temp dir: {profile_left:?}");
     let most_processes = most_seen.load(std::sync::atomic::Ordering::Relaxed);
@@ -408,4 +441,98 @@ async fn a_bad_payload_fails_with_a_clear_error() {
         run.result["message"],
         "invalid browser check payload: url \"ftp://example.com/\" is not an http:// or https:// URL"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runtime_leaves_no_chromium_behind() {
+    require_chromium();
+    let origin = origin().await;
+    let jm = FakeJobManager::default();
+    let jm_addr = jm.start().await;
+    let dir = tempfile::Builder::new().prefix("brt-").tempdir().unwrap();
+    let payload = json!({ "type": "simple", "url": format!("http://{origin}/hang") });
+    let jobs = job_dir(dir.path(), "browser-killed", &payload, 60);
+    let _sidecar = Sidecar::start(dir.path(), jm_addr, &["--job-dir", jobs.to_str().unwrap()]).await;
+    let marker = marker_for("browser-killed");
+    let mut child = runtime_command(&_sidecar, dir.path(), &marker).spawn().expect("spawn browser-runtime");
+    // Wait until Chromium and its helpers run (the page hangs, so they stay up).
+    let waited = Instant::now();
+    while processes_with(&marker).len() < 3 {
+        assert!(waited.elapsed() < Duration::from_secs(30), "chromium never started: {:?}", processes_with(&marker));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL: the runtime gets no chance to clean up. Chromium reads EOF on its
+    // DevTools pipe and exits, taking its helpers with it.
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let waited = Instant::now();
+    loop {
+        let left = processes_with(&marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(10), "chromium outlived its runtime by 10s: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_mode_runs_dispatched_jobs_and_answers_429_when_busy() {
+    require_chromium();
+    let origin = origin().await;
+    let jm = FakeJobManager::default();
+    let jm_addr = jm.start().await;
+    let dir = tempfile::Builder::new().prefix("brt-").tempdir().unwrap();
+    let serve = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let sidecar = Sidecar::start(
+        dir.path(),
+        jm_addr,
+        &["--ingress-listen", "127.0.0.1:0", "--ingress-upstream", &serve.to_string()],
+    )
+    .await;
+    let marker = marker_for("browser-serve");
+    let mut child = runtime_command(&sidecar, dir.path(), &marker)
+        .args(["--serve", &serve.to_string(), "--max-concurrent", "1"])
+        .spawn()
+        .expect("spawn browser-runtime --serve");
+    let ingress = sidecar.ready.ingress.expect("ingress address");
+    let dispatch = |id: &'static str, path: &'static str| async move {
+        let timeout_secs = if path == "/hang" { 5 } else { 30 };
+        let job = json!({ "id": id, "runtime_type": "node-browser-runtime", "timeout_secs": timeout_secs, "attempt": 1,
+                          "payload": { "type": "simple", "url": format!("http://{origin}{path}"), "screenshot": false } });
+        let tcp = tokio::net::TcpStream::connect(ingress).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::post("/v1/jobs")
+            .header("host", "runtime")
+            .header("content-type", "application/json")
+            .header("x-internal-api-key", "test-key")
+            .header("x-job-token", format!("token-{id}"))
+            .body(Full::new(Bytes::from(job.to_string())))
+            .unwrap();
+        send.send_request(req).await.unwrap().status()
+    };
+    // The runtime may still be binding its port.
+    let waited = Instant::now();
+    let first = loop {
+        let status = dispatch("serve-hang", "/hang").await;
+        if status != StatusCode::BAD_GATEWAY && status != StatusCode::SERVICE_UNAVAILABLE {
+            break status;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(10), "runtime not serving: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(first, StatusCode::ACCEPTED);
+    assert_eq!(dispatch("serve-busy", "/ok").await, StatusCode::TOO_MANY_REQUESTS, "one job at a time");
+    let results = wait_for_result(&jm, 1, "the hanging page times out and is reported").await;
+    assert_eq!(results[0]["job_id"], "serve-hang");
+    assert_eq!(results[0]["output"]["timed_out"], true, "{:#}", results[0]);
+    assert_eq!(dispatch("serve-ok", "/ok").await, StatusCode::ACCEPTED, "free again");
+    let results = wait_for_result(&jm, 2, "the second job").await;
+    assert_eq!((results[1]["job_id"].as_str(), results[1]["outcome"].as_str()), (Some("serve-ok"), Some("succeeded")));
+    // Between jobs only the runtime itself is left: each job's Chromium is gone.
+    let left = processes_with(&marker);
+    assert_eq!(left.len(), 1, "only the serving runtime: {left:?}");
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
 }
