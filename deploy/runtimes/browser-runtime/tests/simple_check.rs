@@ -311,6 +311,49 @@ fn png_dimensions(b64: &str) -> (u32, u32) {
     (be(16), be(20))
 }
 
+/// Pixels of a base64 PNG, decoded by Python's zlib (the workspace has no inflate):
+/// the colour at the bottom-right corner and how many pixels of the top 80 rows are
+/// near white.
+fn png_pixels(b64: &str) -> ((u8, u8, u8), usize) {
+    const DECODE: &str = r#"
+import base64, struct, sys, zlib
+png = base64.b64decode(sys.stdin.read())
+pos, idat, w, h, ctype = 8, b"", 0, 0, 0
+while pos < len(png):
+    n, kind = struct.unpack(">I4s", png[pos:pos + 8]); data = png[pos + 8:pos + 8 + n]; pos += 12 + n
+    if kind == b"IHDR": w, h, depth, ctype = struct.unpack(">IIBB", data[:10]); assert depth == 8, depth
+    elif kind == b"IDAT": idat += data
+bpp = {2: 3, 6: 4}[ctype]; raw = zlib.decompress(idat); stride = w * bpp; rows = []; prev = bytearray(stride)
+for y in range(h):
+    f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+    for i in range(stride):
+        a = line[i - bpp] if i >= bpp else 0; b = prev[i]; c = prev[i - bpp] if i >= bpp else 0
+        if f == 1: line[i] = (line[i] + a) & 255
+        elif f == 2: line[i] = (line[i] + b) & 255
+        elif f == 3: line[i] = (line[i] + (a + b) // 2) & 255
+        elif f == 4:
+            p = a + b - c; pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+            line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+    rows.append(line); prev = line
+px = lambda x, y: tuple(rows[y][x * bpp:x * bpp + 3])
+white = sum(1 for y in range(80) for x in range(w) if min(px(x, y)) > 200)
+print(*px(w - 1, h - 1), white)
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", DECODE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 decodes the screenshot");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b64.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PNG decode failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: Vec<usize> = text.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    ((v[0] as u8, v[1] as u8, v[2] as u8), v[3])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_check_passes_with_screenshot_timings_console_errors_and_failed_requests() {
     let origin = origin().await;
@@ -348,6 +391,11 @@ async fn simple_check_passes_with_screenshot_timings_console_errors_and_failed_r
     let shot = &out["artifacts"][0];
     assert_eq!((shot["name"].as_str(), shot["content_type"].as_str()), (Some("screenshot.png"), Some("image/png")));
     assert_eq!(png_dimensions(shot["data"].as_str().unwrap()), (1280, 720));
+    // The page was painted: its green background fills the viewport, and its white
+    // heading text (fonts work) is in the top rows.
+    let (corner, white) = png_pixels(shot["data"].as_str().unwrap());
+    assert_eq!(corner, (0x22, 0xaa, 0x66), "background colour at the bottom-right corner");
+    assert!(white > 500, "white heading pixels in the top rows: {white}");
     assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
 }
 
