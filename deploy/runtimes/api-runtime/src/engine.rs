@@ -63,6 +63,10 @@ pub struct Check {
     /// `$env` (a JSON object: `USER_DEFINED_VARIABLES`, `JOB_ID`, ...).
     pub env: serde_json::Map<String, serde_json::Value>,
     pub timeout: Duration,
+    /// An embedding runtime's own globals: JavaScript run (strict, as `host.js`) after
+    /// the prelude and before the script, with the prelude's globals in scope. The
+    /// browser runtime defines `$browser` here over `$http`.
+    pub host_script: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -661,6 +665,12 @@ impl<'js> Session<'_, 'js> {
             self.ctx.eval_with_options(PRELUDE, options)?
         };
         prelude.call::<_, ()>((fns, env, secure))?;
+        if let Some(source) = &check.host_script {
+            let mut options = EvalOptions::default();
+            options.strict = true;
+            options.filename = Some("host.js".into());
+            self.ctx.eval_with_options::<(), _>(source.as_str(), options)?;
+        }
         Ok(())
     }
 

@@ -20,7 +20,8 @@ pub const MAX_SCREENSHOT_B64: usize = 640 * 1024;
 /// Requests remembered for URL look-ups (a page can make many).
 const MAX_TRACKED_REQUESTS: usize = 10_000;
 
-/// The job payload: `{"type":"simple","url":"https://..."}`.
+/// The job payload: `{"type":"simple","url":"https://..."}` or
+/// `{"type":"scripted","script":"...","secure":{...}}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Payload {
@@ -30,10 +31,22 @@ pub enum Payload {
         #[serde(default = "yes")]
         screenshot: bool,
     },
+    /// The user's JavaScript, run by the API runtime's engine with `$browser`.
+    Scripted {
+        script: String,
+        #[serde(default)]
+        secure: std::collections::BTreeMap<String, String>,
+    },
 }
 
 fn yes() -> bool {
     true
+}
+
+/// An `http://` or `https://` URL (what a check may load).
+pub fn is_web_url(url: &str) -> bool {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    matches!(scheme.as_deref(), Some("http" | "https"))
 }
 
 impl Payload {
@@ -41,10 +54,10 @@ impl Payload {
     pub fn parse(v: &Value) -> Result<Payload, String> {
         let p: Payload =
             serde_json::from_value(v.clone()).map_err(|e| format!("invalid browser check payload: {e}"))?;
-        let Payload::Simple { url, .. } = &p;
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        if !matches!(scheme.as_deref(), Some("http" | "https")) {
-            return Err(format!("invalid browser check payload: url {url:?} is not an http:// or https:// URL"));
+        if let Payload::Simple { url, .. } = &p {
+            if !is_web_url(url) {
+                return Err(format!("invalid browser check payload: url {url:?} is not an http:// or https:// URL"));
+            }
         }
         Ok(p)
     }
@@ -200,6 +213,27 @@ impl Observations {
         }
     }
 
+    /// Applies the page's events received so far.
+    pub fn drain(&mut self, browser: &mut Browser) {
+        while let Ok(ev) = browser.events.try_recv() {
+            if ev.session.as_deref() == Some(browser.session.as_str()) {
+                self.apply(&ev);
+            }
+        }
+    }
+
+    /// Console errors and failed requests (and how many were dropped) into `output`.
+    pub fn report_into(&self, output: &mut Value) {
+        output["console_errors"] = json!(self.console_errors);
+        output["failed_requests"] = json!(self.failed_requests);
+        if self.console_errors_dropped > 0 {
+            output["console_errors_dropped"] = json!(self.console_errors_dropped);
+        }
+        if self.failed_requests_dropped > 0 {
+            output["failed_requests_dropped"] = json!(self.failed_requests_dropped);
+        }
+    }
+
     pub fn document(&self, loader_id: &str) -> Option<&Document> {
         self.documents.get(loader_id)
     }
@@ -293,7 +327,7 @@ pub struct Report {
     pub output: Value,
 }
 
-/// Drives one simple check in `browser`. `load_by` is when waiting for the load event
+/// Drives one simple check in `browser` (its page prepared by [`prepare_page`]). `load_by` is when waiting for the load event
 /// stops; `end_by` when everything (the screenshot) must be done.
 pub async fn run(
     browser: &mut Browser,
@@ -304,27 +338,6 @@ pub async fn run(
     end_by: Instant,
 ) -> Report {
     let mut obs = Observations::default();
-    let (w, h) = crate::chromium::WINDOW;
-    let setup = async {
-        for (method, params) in [
-            ("Page.enable", json!({})),
-            ("Page.setLifecycleEventsEnabled", json!({ "enabled": true })),
-            ("Network.enable", json!({})),
-            ("Runtime.enable", json!({})),
-            ("Log.enable", json!({})),
-            // The viewport itself (a window size would lose the headless window's frame).
-            (
-                "Emulation.setDeviceMetricsOverride",
-                json!({ "width": w, "height": h, "deviceScaleFactor": 1, "mobile": false }),
-            ),
-        ] {
-            browser.page(method, params).await?;
-        }
-        Ok::<(), String>(())
-    };
-    if let Err(e) = tokio::time::timeout_at(load_by.into(), setup).await.unwrap_or_else(|_| Err("timed out".into())) {
-        return Report { ok: false, message: format!("cannot set up the page: {e}"), output: json!({ "url": url }) };
-    }
     let started = Instant::now();
     let (load, loader_id) = navigate_and_wait(browser, &mut obs, url, load_by).await;
     let wall_ms = started.elapsed().as_millis() as u64;
@@ -355,32 +368,48 @@ pub async fn run(
         }
     }
     if screenshot {
-        match tokio::time::timeout_at(end_by.into(), take_screenshot(browser)).await {
+        match tokio::time::timeout_at(end_by.into(), take_screenshot(browser, MAX_SCREENSHOT_B64)).await {
             Ok(Ok(artifact)) => output["artifacts"] = json!([artifact]),
             Ok(Err(e)) => output["screenshot_error"] = json!(e),
             Err(_) => output["screenshot_error"] = json!("no screenshot before the deadline"),
         }
     }
     // Late events (console errors logged during the load handler) up to now.
-    while let Ok(ev) = browser.events.try_recv() {
-        if ev.session.as_deref() == Some(browser.session.as_str()) {
-            obs.apply(&ev);
-        }
-    }
-    output["console_errors"] = json!(obs.console_errors);
-    output["failed_requests"] = json!(obs.failed_requests);
-    if obs.console_errors_dropped > 0 {
-        output["console_errors_dropped"] = json!(obs.console_errors_dropped);
-    }
-    if obs.failed_requests_dropped > 0 {
-        output["failed_requests_dropped"] = json!(obs.failed_requests_dropped);
-    }
+    obs.drain(browser);
+    obs.report_into(&mut output);
     Report { ok, message, output }
+}
+
+/// Turns on the events a check reads and sets the viewport.
+pub async fn prepare_page(browser: &Browser, by: Instant) -> Result<(), String> {
+    let (w, h) = crate::chromium::WINDOW;
+    let setup = async {
+        for (method, params) in [
+            ("Page.enable", json!({})),
+            ("Page.setLifecycleEventsEnabled", json!({ "enabled": true })),
+            ("Network.enable", json!({})),
+            ("Runtime.enable", json!({})),
+            ("Log.enable", json!({})),
+            // The viewport itself (a window size would lose the headless window's frame).
+            (
+                "Emulation.setDeviceMetricsOverride",
+                json!({ "width": w, "height": h, "deviceScaleFactor": 1, "mobile": false }),
+            ),
+        ] {
+            browser.page(method, params).await?;
+        }
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout_at(by.into(), setup).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot set up the page: {e}")),
+        Err(_) => Err("cannot set up the page: timed out".into()),
+    }
 }
 
 /// Navigates and feeds events to `obs` until the navigation's load event, a navigation
 /// error, or `load_by`. Returns the loader id when the navigation started.
-async fn navigate_and_wait(
+pub async fn navigate_and_wait(
     browser: &mut Browser,
     obs: &mut Observations,
     url: &str,
@@ -447,7 +476,7 @@ async fn navigation_timing(browser: &Browser) -> Result<Value, String> {
 }
 
 /// A PNG of the viewport; at half scale when the full one is over the size budget.
-async fn take_screenshot(browser: &Browser) -> Result<Value, String> {
+pub async fn take_screenshot(browser: &Browser, budget: usize) -> Result<Value, String> {
     let (w, h) = crate::chromium::WINDOW;
     for scale in [1.0, 0.5, 0.25] {
         let mut params = json!({ "format": "png" });
@@ -456,7 +485,7 @@ async fn take_screenshot(browser: &Browser) -> Result<Value, String> {
         }
         let r = browser.page("Page.captureScreenshot", params).await?;
         let data = r.get("data").and_then(Value::as_str).ok_or("Page.captureScreenshot: no data")?;
-        if data.len() <= MAX_SCREENSHOT_B64 {
+        if data.len() <= budget {
             return Ok(json!({
                 "name": "screenshot.png",
                 "content_type": "image/png",
@@ -467,7 +496,7 @@ async fn take_screenshot(browser: &Browser) -> Result<Value, String> {
             }));
         }
     }
-    Err(format!("screenshot over {MAX_SCREENSHOT_B64} bytes even at quarter scale: left out"))
+    Err(format!("screenshot over {budget} bytes even at quarter scale: left out"))
 }
 
 #[cfg(test)]

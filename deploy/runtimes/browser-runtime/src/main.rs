@@ -22,6 +22,7 @@ mod cdp;
 mod check;
 mod chromium;
 mod local_api;
+mod scripted;
 
 use bytes::Bytes;
 use common::runtime_api::{
@@ -207,14 +208,30 @@ async fn run_job(job: &RuntimeJob, chromium: &std::path::Path) -> RuntimeResult 
         output,
         duration_ms: Some(started.elapsed().as_millis() as u64),
     };
-    let (url, screenshot) = match check::Payload::parse(&job.payload) {
-        Ok(check::Payload::Simple { url, screenshot }) => (url, screenshot),
+    let payload = match check::Payload::parse(&job.payload) {
+        Ok(p) => p,
         Err(e) => {
             log(&id, &e);
             return finish(false, e, Value::Null);
         }
     };
     let env = |k: &str| std::env::var(k).ok();
+    // A scripted check is read (and refused) before Chromium starts.
+    let scripted = match &payload {
+        check::Payload::Scripted { script, secure } => {
+            let as_api_job = RuntimeJob { payload: json!({ "script": script, "secure": secure }), ..job.clone() };
+            let udv = env(runtime_env::USER_DEFINED_VARIABLES);
+            let check = api_runtime::payload::check_of(&as_api_job, udv.as_deref());
+            let proxies = api_runtime::http::Proxies::from_env(&env);
+            match (check, proxies) {
+                (Ok(c), Ok(p)) => Some((c, p, secure.clone())),
+                (Err(e), _) | (_, Err(e)) => {
+                    return finish(false, format!("invalid browser check payload: {e}"), Value::Null)
+                }
+            }
+        }
+        check::Payload::Simple { .. } => None,
+    };
     let proxy = match sidecar_proxy(&env) {
         Ok(p) => p,
         Err(e) => return finish(false, e, Value::Null),
@@ -226,19 +243,44 @@ async fn run_job(job: &RuntimeJob, chromium: &std::path::Path) -> RuntimeResult 
         no_proxy: no_proxy.split(',').map(|s| s.trim().to_string()).collect(),
         small_shm: chromium::shm_is_small(),
     };
+    let kind = if scripted.is_some() { "scripted" } else { "simple" };
     let mut browser = match chromium::Browser::launch(&opts, end_by).await {
         Ok(b) => b,
         Err(e) => {
             log(&id, &e);
-            return finish(false, e, json!({ "type": "simple", "url": url }));
+            return finish(false, e, json!({ "type": kind }));
         }
     };
-    log(&id, format_args!("chromium answered in {} ms; loading {url}", browser.start_ms));
-    let load_by = load_deadline(Instant::now(), end_by);
-    let report = check::run(&mut browser, &url, screenshot, timeout, load_by, end_by).await;
-    browser.shutdown().await;
-    log(&id, &report.message);
-    finish(report.ok, report.message, report.output)
+    log(&id, format_args!("chromium answered in {} ms ({kind} check)", browser.start_ms));
+    let work_by = load_deadline(Instant::now(), end_by);
+    if let Err(e) = check::prepare_page(&browser, work_by).await {
+        browser.shutdown().await;
+        return finish(false, e, json!({ "type": kind }));
+    }
+    match (payload, scripted) {
+        (check::Payload::Simple { url, screenshot }, _) => {
+            let report = check::run(&mut browser, &url, screenshot, timeout, work_by, end_by).await;
+            browser.shutdown().await;
+            log(&id, &report.message);
+            finish(report.ok, report.message, report.output)
+        }
+        (check::Payload::Scripted { .. }, Some((mut check, proxies, secure))) => {
+            check.timeout = work_by.saturating_duration_since(Instant::now());
+            let outcome = scripted::run(check, browser, proxies, end_by).await;
+            let mut result = api_runtime::payload::result_of(&outcome.report, &secure);
+            let mut extra = outcome.output;
+            // Typed into a page, a secure value can show up in what the page logs too.
+            api_runtime::log::Redactor::new(secure.values()).redact_json(&mut extra);
+            if let (Value::Object(out), Value::Object(extra)) = (&mut result.output, extra) {
+                out.extend(extra);
+                out.insert("runtime".into(), json!(concat!("browser-runtime/", env!("CARGO_PKG_VERSION"))));
+            }
+            result.duration_ms = Some(started.elapsed().as_millis() as u64);
+            log(&id, &result.message);
+            result
+        }
+        (check::Payload::Scripted { .. }, None) => unreachable!("a scripted payload was read above"),
+    }
 }
 
 // --- persistent mode ---

@@ -1,5 +1,6 @@
 //! The real `browser-runtime` with real headless Chromium, behind the real `sidecar`
-//! binary, checking pages a loopback origin in this test serves. Everything is on
+//! binary, checking pages a loopback origin in this test serves: simple checks, scripted
+//! checks (`$browser` in the API runtime's engine), persistent mode and clean-up. Everything is on
 //! loopback: the sidecar runs in allow-list mode (`--allow-cidr 127.0.0.1/32
 //! --deny-public --deny-private`), so whatever Chromium might try on its own cannot leave
 //! the machine. The sidecar gets the job from a job directory and delivers the result
@@ -94,6 +95,17 @@ async fn origin() -> SocketAddr {
                  <script>console.error('synthetic console error', 42); console.log('not an error');</script>\
                  <img src=\"/missing.png\"></body></html>",
             ),
+            "/form" => html(
+                200,
+                "<!doctype html><title>Form page</title>\
+                 <input id=\"q\" name=\"q\"><button id=\"go\">Go</button><p id=\"result\"></p>\
+                 <a href=\"/ok\">to the OK page</a>\
+                 <script>document.getElementById('go').addEventListener('click', e => {\
+                   if (!e.isTrusted) return;\
+                   setTimeout(() => { const r = document.getElementById('result');\
+                     r.textContent = 'Hello, ' + document.getElementById('q').value; r.className = 'done'; }, 300);\
+                 });</script>",
+            ),
             "/throws" => html(200, "<!doctype html><script>null.boom();</script><p>x</p>"),
             // Never answers: the page's load event never fires.
             "/never.js" => {
@@ -130,6 +142,17 @@ impl FakeJobManager {
         })
         .await
     }
+}
+
+/// A result for failure messages: artifacts without their data.
+fn shown(r: &Value) -> String {
+    let mut r = r.clone();
+    if let Some(list) = r.pointer_mut("/output/artifacts").and_then(Value::as_array_mut) {
+        for a in list {
+            a["data"] = json!("...");
+        }
+    }
+    format!("{r:#}")
 }
 
 struct Run {
@@ -360,7 +383,7 @@ async fn simple_check_passes_with_screenshot_timings_console_errors_and_failed_r
     let url = format!("http://{origin}/ok");
     let run = run_job("browser-ok", json!({ "type": "simple", "url": url }), 30).await;
     let r = &run.result;
-    assert_eq!(r["outcome"], "succeeded", "{r:#}\n{}", run.runtime_stderr);
+    assert_eq!(r["outcome"], "succeeded", "{}\n{}", shown(r), run.runtime_stderr);
     assert!(run.runtime_exit.success(), "{}", run.runtime_stderr);
     assert_eq!(r["job_id"], "browser-ok");
     assert_eq!(r["message"], format!("loaded {url} -> 200 OK"));
@@ -405,7 +428,7 @@ async fn a_404_main_document_fails_with_its_status() {
     let url = format!("http://{origin}/nothing-here");
     let run = run_job("browser-404", json!({ "type": "simple", "url": url }), 30).await;
     let r = &run.result;
-    assert_eq!(r["outcome"], "failed", "{r:#}");
+    assert_eq!(r["outcome"], "failed", "{}", shown(r));
     assert_eq!(r["message"], format!("main document {url} answered 404 Not Found"));
     assert_eq!(r["output"]["status"], 404);
     // The error page is still pictured.
@@ -438,11 +461,11 @@ async fn an_unreachable_url_fails_with_the_sidecars_reason() {
     let url = format!("http://{closed}/");
     let run = run_job("browser-unreachable", json!({ "type": "simple", "url": url }), 30).await;
     let r = &run.result;
-    assert_eq!(r["outcome"], "failed", "{r:#}");
+    assert_eq!(r["outcome"], "failed", "{}", shown(r));
     let msg = r["message"].as_str().unwrap();
     assert!(msg.starts_with(&format!("main document {url} answered 502")), "{msg}");
     assert!(msg.contains("refused or failed at the sidecar:"), "the sidecar's label is shown: {msg}");
-    assert!(r["output"]["sidecar_error"].is_string(), "{r:#}");
+    assert!(r["output"]["sidecar_error"].is_string(), "{}", shown(r));
     assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
 }
 
@@ -452,9 +475,9 @@ async fn a_destination_the_sidecar_refuses_fails_with_its_reason() {
     let url = "http://127.0.0.2:8080/".to_string();
     let run = run_job("browser-refused", json!({ "type": "simple", "url": url }), 30).await;
     let r = &run.result;
-    assert_eq!(r["outcome"], "failed", "{r:#}");
-    assert_eq!(r["output"]["status"], 403, "{r:#}");
-    assert_eq!(r["output"]["sidecar_error"], "loopback", "{r:#}");
+    assert_eq!(r["outcome"], "failed", "{}", shown(r));
+    assert_eq!(r["output"]["status"], 403, "{}", shown(r));
+    assert_eq!(r["output"]["sidecar_error"], "loopback", "{}", shown(r));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,7 +487,7 @@ async fn a_page_that_never_finishes_loading_times_out_and_leaves_no_chromium() {
     let timeout_secs = 6;
     let run = run_job("browser-hang", json!({ "type": "simple", "url": url }), timeout_secs).await;
     let r = &run.result;
-    assert_eq!(r["outcome"], "failed", "{r:#}");
+    assert_eq!(r["outcome"], "failed", "{}", shown(r));
     assert_eq!(r["message"], format!("timed out: {url} did not finish loading within {timeout_secs}s"));
     assert_eq!(r["output"]["timed_out"], true);
     assert_eq!(r["output"]["status"], 200, "the document itself arrived: {r:#}");
@@ -583,4 +606,97 @@ async fn persistent_mode_runs_dispatched_jobs_and_answers_429_when_busy() {
     assert_eq!(left.len(), 1, "only the serving runtime: {left:?}");
     child.start_kill().unwrap();
     let _ = child.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_check_fills_a_form_clicks_and_reads_the_answer() {
+    let origin = origin().await;
+    let script = format!(
+        r#"await $browser.get('http://{origin}/form');
+assert.equal(await $browser.getTitle(), 'Form page');
+const q = await $browser.findElement($driver.By.id('q'));
+await q.sendKeys('browser ', 'runtime');
+await (await $browser.findElement($selenium.By.css('#go'))).click();
+const out = await $browser.waitForAndFindElement($driver.By.css('#result.done'), 5000);
+assert.equal(await out.getText(), 'Hello, browser runtime');
+assert.equal(await q.getAttribute('name'), 'q');
+await (await $browser.findElement($driver.By.linkText('to the OK page'))).click();
+await $browser.waitForAndFindElement($driver.By.tagName('h1'), 5000);
+assert.match(await $browser.getCurrentUrl(), /\/ok$/);
+const r = await $http.get('http://{origin}/ok');
+assert.equal(r.statusCode, 200);
+console.log('all steps passed');"#
+    );
+    let run = run_job("scripted-ok", json!({ "type": "scripted", "script": script }), 30).await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "succeeded", "{}\n{}", shown(r), run.runtime_stderr);
+    let out = &r["output"];
+    assert_eq!(out["type"], "scripted");
+    assert_eq!(out["pages"][0]["status"], 200, "{out:#}");
+    assert!(out["log"].to_string().contains("all steps passed"), "{}", out["log"]);
+    // $browser calls leave no request records; the script's own $http.get does.
+    let requests = out["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["status"], 200);
+    let last = out["artifacts"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["name"], "final.png");
+    // The final screenshot shows the OK page the link led to.
+    assert_eq!(png_pixels(last["data"].as_str().unwrap()).0, (0x22, 0xaa, 0x66));
+    assert!(
+        out["console_errors"].as_array().unwrap().iter().any(|e| e["text"] == "synthetic console error 42"),
+        "{}",
+        out["console_errors"]
+    );
+    assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_scripted_step_names_its_line() {
+    let origin = origin().await;
+    let script = format!(
+        "await $browser.get('http://{origin}/form');\nconst el = await $browser.findElement($driver.By.css('#nope'));\n"
+    );
+    let run = run_job("scripted-missing", json!({ "type": "scripted", "script": script }), 30).await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "failed", "{}", shown(r));
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.starts_with("NoSuchElementError: no element matches By.css(\"#nope\") (check.js:2:"), "{msg}");
+    assert_eq!(r["output"]["error"]["line"], 2);
+
+    let script = format!(
+        "await $browser.get('http://{origin}/form');\nawait $browser.waitForAndFindElement($driver.By.id('never'), 500);\n"
+    );
+    let run = run_job("scripted-wait", json!({ "type": "scripted", "script": script }), 30).await;
+    let msg = run.result["message"].as_str().unwrap().to_string();
+    assert!(msg.starts_with("TimeoutError: no element matched By.id(\"never\") within 500 ms (check.js:2:"), "{msg}");
+
+    let script =
+        format!("await $browser.get('http://{origin}/form');\nassert.equal(await $browser.getTitle(), 'Other');\n");
+    let run = run_job("scripted-assert", json!({ "type": "scripted", "script": script }), 30).await;
+    let r = &run.result;
+    assert_eq!(r["output"]["error"]["kind"], "assertion", "{}", shown(r));
+    assert_eq!(r["output"]["error"]["line"], 2, "{}", shown(r));
+    // The page as the script left it is pictured.
+    assert_eq!(r["output"]["artifacts"][0]["name"], "final.png");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_check_that_loops_forever_times_out_and_leaves_no_chromium() {
+    let run = run_job("scripted-loop", json!({ "type": "scripted", "script": "while (true) {}" }), 5).await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "failed", "{}", shown(r));
+    assert_eq!(r["output"]["error"]["kind"], "timeout", "{}", shown(r));
+    assert!(run.wall < Duration::from_secs(5), "reported before the job's deadline: {:?}", run.wall);
+    assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_payloads_are_checked_before_chromium_starts() {
+    let run =
+        run_job("scripted-bad", json!({ "type": "scripted", "script": "1", "secure": {"not valid": "x"} }), 10).await;
+    assert_eq!(run.result["outcome"], "failed");
+    let msg = run.result["message"].as_str().unwrap();
+    assert!(msg.starts_with("invalid browser check payload: secure credential name \"not valid\""), "{msg}");
+    assert!(run.most_processes <= 1, "only the runtime ran: {}", run.most_processes);
+    assert!(!run.runtime_stderr.contains("chromium answered"), "no Chromium was started: {}", run.runtime_stderr);
 }
