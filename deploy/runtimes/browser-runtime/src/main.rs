@@ -1,5 +1,8 @@
 //! `browser-runtime`: browser checks in headless Chromium, speaking the runtime contract
-//! of `common/CONTRACTS.md` ("Browser runtime" there documents the payload and result).
+//! of `common/CONTRACTS.md` ("Browser runtime" there documents the payload and result):
+//! a simple check (`check.rs`: load a URL, status, timings, console errors, failed
+//! requests, screenshot) or a scripted one (`scripted.rs`: the user's JavaScript in the
+//! API runtime's engine with `$browser`).
 //!
 //! Ephemeral (default): `GET {JOB_API_URL}/v1/job`, run the check, `POST
 //! {JOB_API_URL}/v1/result`, exit 0 (also when the check failed: the result says so).
