@@ -9,7 +9,7 @@
 //! Going away: [`Browser::shutdown`] (and, as a fallback, dropping a [`Browser`])
 //! SIGKILLs the whole process group, and the runtime is a child subreaper so Chromium's
 //! helpers (zygote, renderers) that outlive their parent come back to it and are reaped
-//! by group. If the runtime itself is killed, Chromium reads EOF on the DevTools pipe and
+//! by group; crashpad handlers, which leave the group, by [`reap_strays`]. If the runtime itself is killed, Chromium reads EOF on the DevTools pipe and
 //! exits on its own.
 use crate::cdp::{Cdp, Event};
 use nix::sys::signal::{killpg, Signal};
@@ -193,6 +193,7 @@ impl Browser {
             .process_group(0);
         let mut child = cmd.spawn().map_err(|e| format!("cannot start chromium: {e}"))?;
         let pgid = child.id().map(|p| p as i32);
+        ACTIVE.lock().expect("active lock").extend(pgid);
         let stderr_tail: Arc<Mutex<Vec<u8>>> = Arc::default();
         if let Some(mut err) = child.stderr.take() {
             let tail = stderr_tail.clone();
@@ -268,9 +269,42 @@ impl Browser {
         if let Some(mut child) = self.child.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
         }
+        ACTIVE.lock().expect("active lock").retain(|p| *p != pgid);
         let until = Instant::now() + Duration::from_secs(2);
         while reap_group(pgid) && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        reap_strays();
+    }
+}
+
+/// Chromium main processes of the running jobs: tokio waits for those, not [`reap_strays`].
+static ACTIVE: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Children of this process that no job owns: Chromium's crashpad handlers (they leave
+/// the group for a session of their own and come back to this subreaper, or to this
+/// PID 1 in a container). Exited ones are reaped; live crashpad handlers are killed
+/// (reaped on the next sweep). Serve mode sweeps every second.
+pub fn reap_strays() {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    let active = ACTIVE.lock().expect("active lock").clone();
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if active.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) != Some(me) {
+            continue;
+        }
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+        if fields.first() == Some(&"Z") {
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        } else if comm.starts_with("chrome_crashpad") {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
@@ -291,6 +325,7 @@ impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(pgid) = self.pgid.take() {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            ACTIVE.lock().expect("active lock").retain(|p| *p != pgid);
             reap_group(pgid);
         }
     }

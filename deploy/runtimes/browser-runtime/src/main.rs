@@ -309,6 +309,13 @@ async fn serve(addr: std::net::SocketAddr, max_concurrent: usize, chromium: Path
     );
     let running = Arc::new(AtomicUsize::new(0));
     let chromium = Arc::new(chromium);
+    // Chromium's strays (crashpad handlers) come back to this process: sweep them.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            chromium::reap_strays();
+        }
+    });
     let accept = async {
         loop {
             let Ok((stream, _)) = listener.accept().await else {

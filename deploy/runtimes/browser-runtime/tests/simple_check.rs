@@ -282,6 +282,21 @@ fn marker_for(id: &str) -> String {
     format!("BROWSER_RUNTIME_TEST_MARKER={id}-{}", std::process::id())
 }
 
+/// Processes (zombies included) whose parent is `pid`: "pid state comm".
+fn children_of(pid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            found.push(format!("{head}) {}", fields[0]));
+        }
+    }
+    found
+}
+
 /// One job through sidecar + runtime, the result as the job manager received it.
 async fn run_job(id: &str, payload: Value, timeout_secs: u32) -> Run {
     require_chromium();
@@ -601,9 +616,20 @@ async fn persistent_mode_runs_dispatched_jobs_and_answers_429_when_busy() {
     assert_eq!(dispatch("serve-ok", "/ok").await, StatusCode::ACCEPTED, "free again");
     let results = wait_for_result(&jm, 2, "the second job").await;
     assert_eq!((results[1]["job_id"].as_str(), results[1]["outcome"].as_str()), (Some("serve-ok"), Some("succeeded")));
-    // Between jobs only the runtime itself is left: each job's Chromium is gone.
+    // Between jobs only the runtime itself is left: each job's Chromium is gone, and
+    // reaped (no zombie children either: the runtime is their subreaper).
     let left = processes_with(&marker);
     assert_eq!(left.len(), 1, "only the serving runtime: {left:?}");
+    let runtime_pid = child.id().unwrap();
+    let waited = Instant::now();
+    loop {
+        let children = children_of(runtime_pid);
+        if children.is_empty() {
+            break;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(5), "the runtime still has children: {children:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     child.start_kill().unwrap();
     let _ = child.wait().await;
 }
