@@ -342,6 +342,8 @@ PY
   case $runtime in
     # The API runtime runs a script; its console (with the page) is in the result.
     api-runtime) payload=$(printf '{"script":"const r = await $http.get(\x27http://%s:%s/index.html\x27);\\nconsole.log(r.body);\\nassert.equal(r.statusCode, 200);"}' "$host_ip" "$up_port") ;;
+    # The browser runtime: Chromium in the image loads the page; the script logs its text.
+    browser-runtime) payload=$(printf '{"type":"scripted","script":"await $browser.get(\x27http://%s:%s/index.html\x27);\\nconsole.log(await (await $browser.findElement($driver.By.tagName(\x27body\x27))).getText());"}' "$host_ip" "$up_port") ;;
     *) payload=$(printf '{"action":"fetch","url":"http://%s:%s/index.html","expectStatus":200}' "$host_ip" "$up_port") ;;
   esac
   printf '{"id":"smoke-1","runtime_type":"%s","timeout_secs":30,"payload":%s}' "$runtime" "$payload" >"$tmp/job/job.json"
@@ -354,7 +356,8 @@ PY
     "$sidecar_image" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
   wait_http "http://127.0.0.1:$admin/readyz" "sidecar container"
   [ "$(podman inspect -f '{{.Config.User}}' "$sidecar_ctr")" = "1001:1001" ] || die "sidecar does not run as 1001:1001"
-  podman run --rm --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
+  # /tmp as a pod gives it (an emptyDir): the browser runtime keeps Chromium's profile there.
+  podman run --rm --network host --read-only --tmpfs /tmp:rw,mode=1777 --cap-drop ALL --security-opt no-new-privileges \
     -e "JOB_API_URL=http://127.0.0.1:$port" -e "HTTP_PROXY=http://127.0.0.1:$port" -e "HTTPS_PROXY=http://127.0.0.1:$port" \
     "$runtime_image" >"$tmp/runtime.log" 2>&1 || die "$runtime container failed: $(tail -5 "$tmp/runtime.log")"
   for i in $(seq 1 100); do [ -s "$tmp/delivered.json" ] && break; sleep 0.1; done
@@ -403,6 +406,9 @@ cmd_verify() {
   smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of test-runtime):$TAG"
   if [ -x "$(binary_of api-runtime)" ]; then
     smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of api-runtime):$TAG" api-runtime
+  fi
+  if [ -x "$(binary_of browser-runtime)" ]; then
+    smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of browser-runtime):$TAG" browser-runtime
   fi
   smoke_job_manager "127.0.0.1:5000/$(repo_of job-manager):$TAG"
   cp "$tmp/sizes" "$state/sizes.txt"
