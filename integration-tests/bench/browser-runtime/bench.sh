@@ -12,8 +12,8 @@
 #    figures: Chromium start (spawn to first DevTools answer) and page load wall time.
 # 2. Baseline in the same run: Chromium's own CLI doing the same page through the same
 #    sidecar (`chromium --headless --screenshot`, a fresh profile each time).
-# 3. The image: compressed size of the browser runtime's root filesystem as one gzip
-#    layer (what `images.sh` pushes), when `images.sh build browser-runtime` has built it.
+# 3. The image: its compressed size as pushed (gzip layers + config), when
+#    `images.sh build browser-runtime` has built it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -112,14 +112,22 @@ PY
   log "round $i: runtime $(tail -1 "$work/runtime.tsv" | cut -f1) ms, chromium CLI $(tail -1 "$work/cli.tsv") ms"
 done
 
+# The image as a registry would store it: `buildah push` to an OCI layout with gzip
+# layers, config + layers summed (what a node pulls); unpacked size from buildah.
 image_line="not built (run \`deploy/scripts/images.sh build browser-runtime\`)"
-rootfs="$root/.cache/images/browser-rootfs"
-static_bin="$root/target/x86_64-unknown-linux-gnu/release/browser-runtime"
-if [ -d "$rootfs" ] && [ -x "$static_bin" ]; then
-  raw=$(( $(du -sb "$rootfs" | cut -f1) + $(stat -c %s "$static_bin") ))
-  gz=$( { tar -C "$rootfs" -cf - . ; } | gzip -6 | wc -c)
-  gzb=$(gzip -6 -c "$static_bin" | wc -c)
-  image_line=$(python3 -c 'import sys; r,g=int(sys.argv[1]),int(sys.argv[2]); print(f"{g/1e6:.1f} MB compressed (one gzip layer), {r/1e6:.0f} MB unpacked")' "$raw" "$((gz + gzb))")
+image="localhost/newrelic/serverless-browser-runtime:latest"
+export CONTAINERS_STORAGE_CONF="$root/.cache/images/storage.conf"
+if command -v buildah >/dev/null && [ -f "$CONTAINERS_STORAGE_CONF" ] && buildah inspect --type image "$image" >/dev/null 2>&1; then
+  buildah push --quiet --compression-format gzip "$image" "oci:$work/oci" >/dev/null
+  image_line=$(python3 - "$work/oci" "$(buildah images --noheading --format '{{.Size}}' "$image" | head -1)" <<'PY'
+import json, sys
+d, unpacked = sys.argv[1], sys.argv[2]
+m = json.load(open(f"{d}/index.json"))["manifests"][0]["digest"].split(":")[1]
+man = json.load(open(f"{d}/blobs/sha256/{m}"))
+size = man["config"]["size"] + sum(l["size"] for l in man["layers"])
+print(f"{size / 1e6:.1f} MB compressed ({len(man['layers'])} gzip layer), {unpacked} unpacked")
+PY
+)
 fi
 
 python3 - "$work/runtime.tsv" "$work/cli.tsv" "$rounds" "$profile" "$image_line" "$(chromium --version 2>/dev/null)" <<'PY'

@@ -262,8 +262,10 @@ async fn run_job(job: &RuntimeJob, chromium: &std::path::Path) -> RuntimeResult 
     }
     match (payload, scripted) {
         (check::Payload::Simple { url, screenshot }, _) => {
-            let report = check::run(&mut browser, &url, screenshot, timeout, work_by, end_by).await;
+            let mut report = check::run(&mut browser, &url, screenshot, timeout, work_by, end_by).await;
+            let stopping = Instant::now();
             browser.shutdown().await;
+            report.output["chromium_stop_ms"] = json!(stopping.elapsed().as_millis() as u64);
             log(&id, &report.message);
             finish(report.ok, report.message, report.output)
         }
