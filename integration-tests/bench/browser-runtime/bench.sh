@@ -97,7 +97,7 @@ for i in $(seq 1 "$rounds"); do
 import json, sys
 r = json.load(open(sys.argv[1])); o = r["output"]
 assert r["outcome"] == "succeeded", r["message"]
-print(sys.argv[2], o["chromium_start_ms"], o["page_load_wall_ms"], o["timings"]["load_ms"], len(o["artifacts"][0]["data"]), sep="\t")
+print(sys.argv[2], o["chromium_start_ms"], o["page_load_wall_ms"], o["timings"]["load_ms"], len(o["artifacts"][0]["data"]), o["chromium_stop_ms"], sep="\t")
 PY
   # Baseline: Chromium's CLI, same page, same kind of sidecar, fresh profile.
   proxy=$(start_sidecar "$d")
@@ -144,6 +144,7 @@ print(f"| simple check end to end: runtime start -> job fetched, Chromium starte
 print(f"| of which Chromium start (spawn -> first DevTools answer) | {fmt(col(1))} |")
 print(f"| of which page load (navigate -> load event), through the sidecar | {fmt(col(2))} |")
 print(f"| page `loadEventEnd` (navigation timing) | {statistics.median(col(3)):.0f} ms |")
+print(f"| of which Chromium stop (process group killed and reaped) | {fmt(col(5))} |")
 print(f"| screenshot (base64 bytes) | {statistics.median(col(4)):.0f} |")
 print(f"| baseline: `chromium --headless --screenshot` of the same page through a sidecar | {fmt(cli)} |")
 print(f"| image `newrelic/serverless-browser-runtime` | {image} |")
