@@ -400,7 +400,6 @@ async fn persistent_mode_runs_dispatched_checks_and_posts_each_result() {
     let _child = Kill(cmd.stderr(Stdio::inherit()).spawn().unwrap());
     let dispatch = |id: &str, script: &str| {
         let job = json!({"id": id, "runtime_type": "node-api-runtime", "timeout_secs": 10, "attempt": 1, "payload": {"script": script}});
-        let port = port;
         async move {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {

@@ -8,7 +8,7 @@
 //! `$http` answer or timer, until the script's promise settled and nothing is pending, or
 //! the deadline passed. Everything the script can observe is decided here, so a script
 //! that replaces `Promise`, `JSON` or `Object.prototype` members only confuses itself.
-use crate::http::{Hop, HttpError, HttpOutcome, HttpPort, HttpRequest, HttpResponse};
+use crate::http::{Hop, HttpOutcome, HttpPort, HttpRequest, HttpResponse};
 use crate::log::{Level, LogBuffer, LogLimits};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 /// The script's file name in stacks and error locations.
 pub const SCRIPT_NAME: &str = "check.js";
 const PRELUDE: &str = include_str!("prelude.js");
+/// Hops kept in the result (the rest are counted): with the console's bound, a result
+/// stays well under the smallest `maxResultBytes` (1 MiB).
+pub const MAX_RECORDED_HOPS: usize = 100;
+/// Longest URL kept in a hop record.
+const MAX_RECORDED_URL: usize = 512;
 /// Time the host gets after the deadline to read the error that ended the script.
 const REPORT_GRACE: Duration = Duration::from_millis(200);
 
@@ -63,62 +68,6 @@ pub struct Check {
     /// `$env` (a JSON object: `USER_DEFINED_VARIABLES`, `JOB_ID`, ...).
     pub env: serde_json::Map<String, serde_json::Value>,
     pub timeout: Duration,
-    /// An embedding runtime's own globals: JavaScript run (strict, as `host.js`) after
-    /// the prelude and before the script, with the prelude's globals in scope. The
-    /// browser runtime defines `$browser` here over `$http`.
-    pub host_script: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// An `assert` call failed.
-    Assertion,
-    /// The script threw (or its promise rejected with) something else.
-    Error,
-    /// The script does not parse.
-    Syntax,
-    /// The check's deadline passed while the script still ran or waited.
-    Timeout,
-    /// The heap limit was reached.
-    OutOfMemory,
-    /// A promise was rejected and nothing handled it.
-    UnhandledRejection,
-    /// The script waits for a promise that nothing can settle any more.
-    NeverSettled,
-    /// The runtime could not run the script at all.
-    Internal,
-}
-
-/// Why a check failed, located in the script when the engine knows where.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ScriptError {
-    pub kind: ErrorKind,
-    pub name: String,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub column: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stack: Option<String>,
-}
-
-impl ScriptError {
-    fn new(kind: ErrorKind, name: &str, message: impl Into<String>) -> Self {
-        Self { kind, name: name.into(), message: message.into(), line: None, column: None, stack: None }
-    }
-
-    /// One line: `AssertionError: 404 == 200 (check.js:4:8)`.
-    pub fn summary(&self) -> String {
-        let first = self.message.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" ");
-        let place = match (self.line, self.column) {
-            (Some(l), Some(c)) => format!(" ({SCRIPT_NAME}:{l}:{c})"),
-            (Some(l), None) => format!(" ({SCRIPT_NAME}:{l})"),
-            _ => String::new(),
-        };
-        format!("{}: {first}{place}", self.name)
-    }
 }
 
 /// One `$http` hop as the result reports it.
@@ -150,12 +99,32 @@ impl Report {
     }
 }
 
+/// More globals for the script, installed after the standard ones and before the script
+/// runs: how another runtime (the browser runtime's `$browser`) embeds this engine. Its
+/// host functions run on the engine's thread and must bound their own waits.
+pub trait Extension {
+    fn install<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<()>;
+}
+
+struct NoExtension;
+
+impl Extension for NoExtension {
+    fn install<'js>(&self, _ctx: &Ctx<'js>) -> rquickjs::Result<()> {
+        Ok(())
+    }
+}
+
 /// Runs `check` to its end: passed, failed or timed out. Never panics on script input.
 pub fn run(check: &Check, http: Arc<dyn HttpPort>, limits: &Limits) -> Report {
+    run_extended(check, http, limits, &NoExtension)
+}
+
+/// [`run`] with the globals of `extension` added.
+pub fn run_extended(check: &Check, http: Arc<dyn HttpPort>, limits: &Limits, extension: &dyn Extension) -> Report {
     let started = Instant::now();
     let log = Rc::new(RefCell::new(LogBuffer::new(limits.log.clone(), started)));
     let requests = Rc::new(RefCell::new((Vec::new(), 0u64)));
-    let error = match sandbox(check, http, limits, started, &log, &requests) {
+    let error = match sandbox(check, http, limits, extension, started, &log, &requests) {
         Ok(error) => error,
         Err(e) => Some(ScriptError::new(ErrorKind::Internal, "InternalError", format!("cannot start the engine: {e}"))),
     };
@@ -170,6 +139,7 @@ fn sandbox(
     check: &Check,
     http: Arc<dyn HttpPort>,
     limits: &Limits,
+    extension: &dyn Extension,
     started: Instant,
     log: &Rc<RefCell<LogBuffer>>,
     requests: &Requests,
@@ -220,7 +190,7 @@ fn sandbox(
             state: Rc::new(RefCell::new(LoopState::default())),
             rejections: rejections.clone(),
         };
-        let outcome = session.run(check);
+        let outcome = session.run(check, extension);
         // Persistent values must go while their runtime lives.
         session.rejections.borrow_mut().clear();
         session.state.borrow_mut().clear();
@@ -306,10 +276,10 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 impl<'js> Session<'_, 'js> {
-    fn run(&mut self, check: &Check) -> Option<ScriptError> {
+    fn run(&mut self, check: &Check, extension: &dyn Extension) -> Option<ScriptError> {
         let (tx, rx) = mpsc::channel::<(u64, HttpOutcome)>();
         let tx = Rc::new(tx);
-        if let Err(e) = self.install(check, tx) {
+        if let Err(e) = self.install(check, tx).and_then(|()| extension.install(&self.ctx)) {
             let caught = CaughtError::from_error(&self.ctx, e);
             return Some(ScriptError::new(
                 ErrorKind::Internal,
@@ -470,13 +440,7 @@ impl<'js> Session<'_, 'js> {
                 Ok(obj) => p.resolve.call::<_, ()>((obj,)),
                 Err(message) => self.reject_with(&p, &message),
             },
-            Err(e) => {
-                let message = match &e {
-                    HttpError::Timeout(_) => format!("$http {} {}: {e}", p.method, p.url),
-                    _ => format!("$http {} {}: {e}", p.method, p.url),
-                };
-                self.reject_with(&p, &message)
-            }
+            Err(e) => self.reject_with(&p, &format!("$http {} {}: {e}", p.method, p.url)),
         };
         if let Err(e) = settled {
             // Out of memory building the answer, or the interrupt: the loop sees it next.
@@ -497,14 +461,14 @@ impl<'js> Session<'_, 'js> {
         let started_ms = self.started.elapsed().as_millis() as u64;
         let mut r = self.requests.borrow_mut();
         for hop in hops {
-            if r.0.len() >= self.limits.max_requests {
+            if r.0.len() >= MAX_RECORDED_HOPS {
                 r.1 += 1;
                 continue;
             }
             let started_ms = started_ms.saturating_sub(hop.timings.total_ms as u64);
             r.0.push(RequestRecord {
                 method: hop.method.to_string(),
-                url: crate::log::truncate(&hop.url, 2048),
+                url: crate::log::truncate(&hop.url, MAX_RECORDED_URL),
                 status: hop.status,
                 error: hop.error.clone(),
                 started_ms,
@@ -582,7 +546,6 @@ impl<'js> Session<'_, 'js> {
         )?;
 
         let state = self.state.clone();
-        let started = self.started;
         fns.set(
             "setTimeout",
             Function::new(ctx.clone(), move |callback: Function<'js>, ms: f64| -> u64 {
@@ -590,7 +553,6 @@ impl<'js> Session<'_, 'js> {
                 s.next_id += 1;
                 let id = s.next_id;
                 let delay = Duration::from_secs_f64((ms.max(0.0) / 1000.0).min(86_400.0));
-                let _ = started;
                 s.timers.insert((Instant::now() + delay, id), callback);
                 id
             })?,
@@ -665,12 +627,6 @@ impl<'js> Session<'_, 'js> {
             self.ctx.eval_with_options(PRELUDE, options)?
         };
         prelude.call::<_, ()>((fns, env, secure))?;
-        if let Some(source) = &check.host_script {
-            let mut options = EvalOptions::default();
-            options.strict = true;
-            options.filename = Some("host.js".into());
-            self.ctx.eval_with_options::<(), _>(source.as_str(), options)?;
-        }
         Ok(())
     }
 
@@ -730,66 +686,9 @@ fn parse_spec(spec: &str, deadline: Instant) -> Result<(HttpRequest, bool), Stri
     Ok((request, json))
 }
 
-const NO_MODULES: &str =
-    "checks run without modules (no import, no require); use the globals $http, assert, console, $env, $secure, setTimeout";
-
-/// `import x from 'y'` does not parse in a script and `import('y')` finds no loader: say
-/// why in words, not as a parser's complaint.
-fn explain_modules(e: &mut ScriptError, script: &str) {
-    let import_line = e
-        .line
-        .and_then(|l| script.lines().nth(l.saturating_sub(1) as usize))
-        .map(str::trim_start)
-        .is_some_and(|t| t.starts_with("import ") || t.starts_with("import{") || t.starts_with("export "));
-    if e.kind == ErrorKind::Syntax && import_line {
-        e.message = format!("import/export declarations are not available: {NO_MODULES} ({})", e.message);
-    } else if let Some(name) = e.message.strip_prefix("could not load module ") {
-        e.message = format!("import({name}) is not available: {NO_MODULES}");
-    }
-}
-
-/// Name, message, stack and the script location of a thrown value.
-fn describe_value(value: &Value<'_>) -> ScriptError {
-    let Some(obj) = value.as_object() else {
-        let text = value
-            .as_string()
-            .and_then(|s| s.to_string().ok())
-            .unwrap_or_else(|| format!("{value:?}").chars().take(200).collect());
-        return ScriptError::new(ErrorKind::Error, "Error", format!("the script threw a non-error value: {text}"));
-    };
-    let get = |k: &str| obj.get::<_, Option<rquickjs::Coerced<String>>>(k).ok().flatten().map(|c| c.0);
-    let name = get("name").unwrap_or_else(|| "Error".into());
-    let message = get("message").unwrap_or_default();
-    let stack = get("stack");
-    let kind = if name == "AssertionError" {
-        ErrorKind::Assertion
-    } else if message == "out of memory" || (name == "InternalError" && message.contains("out of memory")) {
-        ErrorKind::OutOfMemory
-    } else {
-        ErrorKind::Error
-    };
-    let mut e = ScriptError::new(kind, &name, message);
-    if let Some((line, column)) = stack.as_deref().and_then(locate) {
-        e.line = Some(line);
-        e.column = column;
-    }
-    e.stack = stack.map(|s| crate::log::truncate(&s, 4096));
-    e
-}
-
-/// The first stack frame in the script: `at f (check.js:3:7)` or `at check.js:3:7`.
-pub fn locate(stack: &str) -> Option<(u32, Option<u32>)> {
-    stack.lines().find_map(|line| {
-        let at = line.find(SCRIPT_NAME)?;
-        let rest = &line[at + SCRIPT_NAME.len()..];
-        let rest = rest.strip_prefix(':')?;
-        let end = rest.find(|c: char| !c.is_ascii_digit() && c != ':').unwrap_or(rest.len());
-        let mut parts = rest[..end].split(':');
-        let line_no = parts.next()?.parse().ok()?;
-        let column = parts.next().and_then(|c| c.parse().ok());
-        Some((line_no, column))
-    })
-}
+mod error;
+use error::{describe_value, explain_modules};
+pub use error::{locate, ErrorKind, ScriptError};
 
 #[cfg(test)]
 mod tests;

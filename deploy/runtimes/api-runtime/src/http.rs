@@ -212,7 +212,10 @@ pub fn parse_url(url: &str) -> Result<Uri, HttpError> {
 pub fn resolve_location(base: &Uri, location: &str) -> Result<String, HttpError> {
     let scheme = base.scheme_str().unwrap_or("http");
     let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
-    let resolved = if location.starts_with("http://") || location.starts_with("https://") {
+    let has_scheme = location.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let resolved = if has_scheme {
         location.to_string()
     } else if let Some(rest) = location.strip_prefix("//") {
         format!("{scheme}://{rest}")

@@ -54,7 +54,7 @@ pub fn check_of(job: &RuntimeJob, user_defined_variables: Option<&str>) -> Resul
     env.insert("JOB_ID".into(), json!(job.id.as_str()));
     env.insert("RUNTIME_TYPE".into(), json!(job.runtime_type));
     env.insert("ATTEMPT".into(), json!(job.attempt));
-    Ok(Check { script: p.script, secure: p.secure, env, timeout: script_timeout(job.timeout_secs), host_script: None })
+    Ok(Check { script: p.script, secure: p.secure, env, timeout: script_timeout(job.timeout_secs) })
 }
 
 fn is_identifier(s: &str) -> bool {

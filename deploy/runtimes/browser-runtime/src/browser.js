@@ -1,5 +1,5 @@
-// `$browser`, `$driver.By` (also `$selenium.By`) for scripted browser checks: the browser
-// runtime's host script, run by the API runtime's engine after its prelude and before
+// `$browser`, `$driver.By` (also `$selenium.By`) for scripted browser checks: evaluated
+// by the browser runtime's engine `Extension` after the API runtime's prelude and before
 // the check. Each call is a `$http` request to http://browser.invalid/v1, a name that never
 // resolves, which the browser runtime answers from its DevTools session. Everything used
 // here is captured before the check runs, so a script that replaces globals only

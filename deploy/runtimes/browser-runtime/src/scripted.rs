@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The host script that defines `$browser`, `$driver` and `$selenium`.
+/// The JavaScript that defines `$browser`, `$driver` and `$selenium`.
 pub const BROWSER_JS: &str = include_str!("browser.js");
 /// Where `browser.js` sends its calls.
 pub const BRIDGE_HOST: &str = "browser.invalid";
@@ -368,10 +368,21 @@ pub struct Outcome {
     pub output: Value,
 }
 
-/// Runs `check` (its `host_script` set here) against `browser`; the final screenshot is
-/// taken by `end_by`. Chromium is shut down before this returns.
-pub async fn run(mut check: Check, browser: Browser, proxies: Proxies, end_by: Instant) -> Outcome {
-    check.host_script = Some(BROWSER_JS.to_string());
+/// The engine extension: `browser.js` evaluated after the standard globals.
+struct BrowserGlobals;
+
+impl engine::Extension for BrowserGlobals {
+    fn install<'js>(&self, ctx: &rquickjs::Ctx<'js>) -> rquickjs::Result<()> {
+        let mut options = rquickjs::context::EvalOptions::default();
+        options.strict = true;
+        options.filename = Some("browser.js".into());
+        ctx.eval_with_options::<(), _>(BROWSER_JS, options)
+    }
+}
+
+/// Runs `check` with `$browser` against `browser`; the final screenshot is taken by
+/// `end_by`. Chromium is shut down before this returns.
+pub async fn run(check: Check, browser: Browser, proxies: Proxies, end_by: Instant) -> Outcome {
     let start_ms = browser.start_ms;
     let driver = Arc::new(Driver::new(browser, end_by));
     let port = Arc::new(BrowserPort {
@@ -380,23 +391,24 @@ pub async fn run(mut check: Check, browser: Browser, proxies: Proxies, end_by: I
         handle: tokio::runtime::Handle::current(),
     });
     let limits = Limits::default();
-    let report = match tokio::task::spawn_blocking(move || engine::run(&check, port, &limits)).await {
-        Ok(r) => r,
-        Err(e) => engine::Report {
-            error: Some(engine::ScriptError {
-                kind: engine::ErrorKind::Internal,
-                name: "InternalError".into(),
-                message: format!("the engine stopped: {e}"),
-                line: None,
-                column: None,
-                stack: None,
-            }),
-            log: api_runtime::log::LogBuffer::new(Default::default(), Instant::now()),
-            requests: Vec::new(),
-            requests_dropped: 0,
-            duration: Duration::ZERO,
-        },
-    };
+    let report =
+        match tokio::task::spawn_blocking(move || engine::run_extended(&check, port, &limits, &BrowserGlobals)).await {
+            Ok(r) => r,
+            Err(e) => engine::Report {
+                error: Some(engine::ScriptError {
+                    kind: engine::ErrorKind::Internal,
+                    name: "InternalError".into(),
+                    message: format!("the engine stopped: {e}"),
+                    line: None,
+                    column: None,
+                    stack: None,
+                }),
+                log: api_runtime::log::LogBuffer::new(Default::default(), Instant::now()),
+                requests: Vec::new(),
+                requests_dropped: 0,
+                duration: Duration::ZERO,
+            },
+        };
     // Calls the engine gave up on end by `end_by`; then the page as the script left it.
     let mut guard = driver.state.lock().await;
     let st = &mut *guard;

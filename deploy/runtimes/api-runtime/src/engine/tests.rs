@@ -2,6 +2,7 @@
 //! of issue 11 (each ends in a clear failure within its limits). `$http` answers come from
 //! a fake port here; the real path through the sidecar is `tests/through_sidecar.rs`.
 use super::*;
+use crate::http::HttpError;
 use std::sync::Mutex;
 
 /// Answers `$http` from a table (URL -> status, body) and records what was asked.
@@ -290,6 +291,12 @@ fn a_thrown_error_has_its_message_line_and_column() {
 }
 
 #[test]
+fn a_huge_error_message_is_cut() {
+    let e = error_of("throw new Error('m'.repeat(1000000));");
+    assert!(e.message.len() < 4200 && e.message.ends_with("... (995904 more bytes)"), "{}", e.message.len());
+}
+
+#[test]
 fn a_thrown_non_error_is_reported() {
     let e = error_of("throw 'just a string';");
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Error, "the script threw a non-error value: just a string"));
@@ -366,6 +373,10 @@ fn an_endless_loop_in_a_callback_or_a_catch_is_stopped_too() {
         "setTimeout(() => { for (;;) {} }, 1);",
         "while (true) { try { for (;;) {} } catch (e) { console.log('caught', e); } }",
         "$http.get('http://origin.test/x').then(() => { while (true) {} });",
+        // Endless microtasks and timers: the loop never gets idle.
+        "function again() { Promise.resolve().then(again); }\nagain();",
+        "while (true) { await null; }",
+        "function tick() { setTimeout(tick, 0); }\ntick();",
     ] {
         let (e, took) = timed(Duration::from_millis(300), script);
         assert_eq!(e.kind, ErrorKind::Timeout, "{script}: {e:?}");
@@ -532,4 +543,34 @@ fn locate_reads_the_first_frame_in_the_script() {
     assert_eq!(locate("    at f (prelude.js:1:2)\n    at <eval> (check.js:3:8)\n"), Some((3, Some(8))));
     assert_eq!(locate("    at check.js:12:1\n"), Some((12, Some(1))));
     assert_eq!(locate("    at native\n"), None);
+}
+
+#[test]
+fn the_result_keeps_a_bounded_number_of_request_records() {
+    let (r, _) = run_with(
+        &check("for (let i = 0; i < 150; i++) await $http.get('http://origin.test/' + 'p'.repeat(1000) + i);"),
+        &Limits::default(),
+    );
+    assert_eq!(r.error, None);
+    assert_eq!((r.requests.len(), r.requests_dropped), (MAX_RECORDED_HOPS, 50));
+    assert!(r.requests[0].url.ends_with("... (508 more bytes)"), "{}", r.requests[0].url);
+}
+
+struct Hello;
+
+impl Extension for Hello {
+    fn install<'js>(&self, ctx: &Ctx<'js>) -> rquickjs::Result<()> {
+        ctx.globals().set("$hello", Function::new(ctx.clone(), |name: String| format!("hello {name}"))?)
+    }
+}
+
+#[test]
+fn an_extension_adds_globals_beside_the_standard_ones() {
+    let c = check(
+        "assert.strictEqual($hello('browser'), 'hello browser');\nassert.strictEqual(typeof $http.get, 'function');",
+    );
+    let r = run_extended(&c, Arc::new(FakeHttp::default()), &Limits::default(), &Hello);
+    assert_eq!(r.error, None);
+    let r = run_with(&check("$hello('x')"), &Limits::default()).0;
+    assert_eq!(r.error.unwrap().message, "$hello is not defined");
 }
