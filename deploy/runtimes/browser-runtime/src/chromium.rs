@@ -30,6 +30,9 @@ pub const WINDOW: (u32, u32) = (1280, 720);
 /// Below this, /dev/shm is too small for Chromium's shared memory (Docker's default is
 /// 64 MiB); it then uses the temp dir instead (`--disable-dev-shm-usage`).
 const SMALL_SHM_BYTES: u64 = 512 * 1024 * 1024;
+/// The profile's preferences: WebRTC may use UDP only through the proxy (which, an HTTP
+/// proxy, carries none), so a page cannot send STUN or media packets around the sidecar.
+const PREFERENCES: &str = r#"{"webrtc":{"ip_handling_policy":"disable_non_proxied_udp","multiple_routes_enabled":false,"nonproxied_udp_enabled":false}}"#;
 /// Bytes of Chromium's stderr kept for error messages.
 const STDERR_TAIL: usize = 4096;
 
@@ -175,6 +178,11 @@ impl Browser {
             .map_err(|e| format!("cannot create the browser profile dir: {e}"))?;
         let tmp = profile.path().join("t");
         std::fs::create_dir(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        // Preferences a fresh profile starts with (WebRTC: only UDP through the proxy).
+        let default = profile.path().join("Default");
+        std::fs::create_dir(&default)
+            .and_then(|()| std::fs::write(default.join("Preferences"), PREFERENCES))
+            .map_err(|e| format!("cannot write the browser preferences: {e}"))?;
         let me = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
         let started = Instant::now();
         let mut cmd = tokio::process::Command::new(me);

@@ -106,6 +106,24 @@ async fn origin() -> SocketAddr {
                      r.textContent = 'Hello, ' + document.getElementById('q').value; r.className = 'done'; }, 300);\
                  });</script>",
             ),
+            // Starts WebRTC ICE gathering against the STUN server named in the query, and
+            // holds the load event for a second (a slow image) so gathering has run.
+            "/webrtc" => {
+                let stun = req.uri().query().unwrap_or_default().to_string();
+                html(
+                    200,
+                    &format!(
+                        "<!doctype html><title>webrtc</title><script>\
+                         const pc = new RTCPeerConnection({{ iceServers: [{{ urls: 'stun:{stun}' }}] }});\
+                         pc.createDataChannel('x'); pc.createOffer().then(o => pc.setLocalDescription(o));\
+                         </script><img src=\"/slow.png\">"
+                    ),
+                )
+            }
+            "/slow.png" => {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                html(404, "")
+            }
             "/throws" => html(200, "<!doctype html><script>null.boom();</script><p>x</p>"),
             // Never answers: the page's load event never fires.
             "/never.js" => {
@@ -725,4 +743,28 @@ async fn scripted_payloads_are_checked_before_chromium_starts() {
     assert!(msg.starts_with("invalid browser check payload: secure credential name \"not valid\""), "{msg}");
     assert!(run.most_processes <= 1, "only the runtime ran: {}", run.most_processes);
     assert!(!run.runtime_stderr.contains("chromium answered"), "no Chromium was started: {}", run.runtime_stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_sends_no_udp_around_the_proxy() {
+    let origin = origin().await;
+    // A STUN server that only counts what reaches it.
+    let stun = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stun_addr = stun.local_addr().unwrap();
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = tokio::spawn({
+        let received = received.clone();
+        async move {
+            let mut buf = [0u8; 2048];
+            while stun.recv_from(&mut buf).await.is_ok() {
+                received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let url = format!("http://{origin}/webrtc?{stun_addr}");
+    let run = run_job("browser-webrtc", json!({ "type": "simple", "url": url, "screenshot": false }), 30).await;
+    assert_eq!(run.result["outcome"], "succeeded", "{}", shown(&run.result));
+    assert!(run.result["output"]["page_load_wall_ms"].as_u64().unwrap() >= 1000, "ICE gathering had time to run");
+    counter.abort();
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 0, "STUN datagrams reached {stun_addr}");
 }
