@@ -11,7 +11,7 @@
 //! each result to `{JOB_API_URL}/v1/jobs/{id}/result`. Each job gets its own Chromium
 //! with a fresh profile, killed (whole process group) when the job ends.
 //!
-//! DevTools client: hand-written over `--remote-debugging-pipe` (`cdp.rs`, ~100 lines
+//! DevTools client: hand-written over `--remote-debugging-pipe` (`cdp.rs`, ~130 lines
 //! and no new dependency) rather than `chromiumoxide`, which pulls in a websocket stack
 //! and thousands of generated protocol types for the dozen commands used here.
 //!
@@ -274,8 +274,13 @@ async fn run_job(job: &RuntimeJob, chromium: &std::path::Path) -> RuntimeResult 
             let outcome = scripted::run(check, browser, proxies, end_by).await;
             let mut result = api_runtime::payload::result_of(&outcome.report, &secure);
             let mut extra = outcome.output;
-            // Typed into a page, a secure value can show up in what the page logs too.
+            // A secure value can show up in URLs and in what the page logs too. Not in the
+            // screenshots' base64, which a short value could match by chance.
+            let artifacts = extra.get_mut("artifacts").map(Value::take);
             api_runtime::log::Redactor::new(secure.values()).redact_json(&mut extra);
+            if let Some(a) = artifacts {
+                extra["artifacts"] = a;
+            }
             if let (Value::Object(out), Value::Object(extra)) = (&mut result.output, extra) {
                 out.extend(extra);
                 out.insert("runtime".into(), json!(concat!("browser-runtime/", env!("CARGO_PKG_VERSION"))));

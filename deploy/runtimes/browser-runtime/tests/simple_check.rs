@@ -656,7 +656,7 @@ async fn persistent_mode_runs_dispatched_jobs_and_answers_429_when_busy() {
 async fn a_scripted_check_fills_a_form_clicks_and_reads_the_answer() {
     let origin = origin().await;
     let script = format!(
-        r#"await $browser.get('http://{origin}/form');
+        r#"await $browser.get('http://{origin}/form?session=' + $secure.SESSION);
 assert.equal(await $browser.getTitle(), 'Form page');
 const q = await $browser.findElement($driver.By.id('q'));
 await q.sendKeys('browser ', 'runtime');
@@ -671,12 +671,16 @@ const r = await $http.get('http://{origin}/ok');
 assert.equal(r.statusCode, 200);
 console.log('all steps passed');"#
     );
-    let run = run_job("scripted-ok", json!({ "type": "scripted", "script": script }), 30).await;
+    let secure = json!({ "SESSION": "s3cr3t-session-value" });
+    let run = run_job("scripted-ok", json!({ "type": "scripted", "script": script, "secure": secure }), 30).await;
     let r = &run.result;
     assert_eq!(r["outcome"], "succeeded", "{}\n{}", shown(r), run.runtime_stderr);
     let out = &r["output"];
     assert_eq!(out["type"], "scripted");
     assert_eq!(out["pages"][0]["status"], 200, "{out:#}");
+    // The secure value was in a URL: redacted wherever the result shows it.
+    assert!(!r.to_string().contains("s3cr3t-session-value"), "{}", shown(r));
+    assert!(out["pages"][0]["url"].as_str().unwrap().ends_with("/form?session=[REDACTED]"), "{}", out["pages"]);
     assert!(out["log"].to_string().contains("all steps passed"), "{}", out["log"]);
     // $browser calls leave no request records; the script's own $http.get does.
     let requests = out["requests"].as_array().unwrap();
