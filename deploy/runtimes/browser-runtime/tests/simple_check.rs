@@ -124,6 +124,7 @@ async fn origin() -> SocketAddr {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 html(404, "")
             }
+            "/busy" => html(200, "<!doctype html><title>busy</title><script>while (true) {}</script>"),
             "/throws" => html(200, "<!doctype html><script>null.boom();</script><p>x</p>"),
             // Never answers: the page's load event never fires.
             "/never.js" => {
@@ -771,4 +772,16 @@ async fn webrtc_sends_no_udp_around_the_proxy() {
     assert!(run.result["output"]["page_load_wall_ms"].as_u64().unwrap() >= 1000, "ICE gathering had time to run");
     counter.abort();
     assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 0, "STUN datagrams reached {stun_addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_stuck_in_a_script_loop_times_out_and_leaves_no_chromium() {
+    let origin = origin().await;
+    let url = format!("http://{origin}/busy");
+    let run = run_job("browser-busy", json!({ "type": "simple", "url": url }), 6).await;
+    let r = &run.result;
+    assert_eq!(r["outcome"], "failed", "{}", shown(r));
+    assert_eq!(r["message"], format!("timed out: {url} did not finish loading within 6s"));
+    assert!(run.wall < Duration::from_secs(6), "reported before the job's deadline: {:?}", run.wall);
+    assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
 }
