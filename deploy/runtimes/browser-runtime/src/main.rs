@@ -6,7 +6,8 @@
 //!
 //! Ephemeral (default): `GET {JOB_API_URL}/v1/job`, run the check, `POST
 //! {JOB_API_URL}/v1/result`, exit 0 (also when the check failed: the result says so).
-//! Persistent: `browser-runtime --serve 127.0.0.1:8081 [--max-concurrent N]` accepts
+//! Persistent: `browser-runtime --serve 127.0.0.1:8081 [--max-concurrent N]` (or
+//! `BROWSER_RUNTIME_SERVE` / `BROWSER_RUNTIME_MAX_CONCURRENT`: pods get no arguments) accepts
 //! `POST /v1/jobs` (a `RuntimeJob`) with 202, or 429 when N jobs are running, and posts
 //! each result to `{JOB_API_URL}/v1/jobs/{id}/result`. Each job gets its own Chromium
 //! with a fresh profile, killed (whole process group) when the job ends.
@@ -55,7 +56,7 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
-        match parse_args(&args) {
+        match parse_args(&args, &|k| std::env::var(k).ok()) {
             Ok(Args { mode, chromium }) => {
                 chromium::become_subreaper();
                 let chromium = chromium.unwrap_or_else(|| chromium::default_chromium(&|k| std::env::var(k).ok()));
@@ -88,21 +89,30 @@ struct Args {
     chromium: Option<PathBuf>,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut serve = None;
-    let mut max_concurrent = 1usize;
+/// Environment twins of the flags (a flag wins): the job manager passes no arguments to
+/// runtime containers, so a persistent browser runtime is the chart's
+/// `node-browser-runtime.extraEnv: {BROWSER_RUNTIME_SERVE: "127.0.0.1:8081"}`.
+const ENV_SERVE: &str = "BROWSER_RUNTIME_SERVE";
+const ENV_MAX_CONCURRENT: &str = "BROWSER_RUNTIME_MAX_CONCURRENT";
+
+fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Args, String> {
+    let address = |what: &str, v: &str| -> Result<std::net::SocketAddr, String> {
+        v.trim().parse().map_err(|e| format!("{what} {v}: {e}"))
+    };
+    let positive = |what: &str, v: &str| -> Result<usize, String> {
+        v.trim().parse().ok().filter(|n| *n > 0).ok_or(format!("{what} {v}: not a positive number"))
+    };
+    let var = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let mut serve = var(ENV_SERVE).map(|v| address(ENV_SERVE, &v)).transpose()?;
+    let mut max_concurrent =
+        var(ENV_MAX_CONCURRENT).map(|v| positive(ENV_MAX_CONCURRENT, &v)).transpose()?.unwrap_or(1);
     let mut chromium = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--serve" => {
-                let v = it.next().ok_or("--serve needs an address")?;
-                serve = Some(v.parse().map_err(|e| format!("--serve {v}: {e}"))?);
-            }
+            "--serve" => serve = Some(address("--serve", it.next().ok_or("--serve needs an address")?)?),
             "--max-concurrent" => {
-                let v = it.next().ok_or("--max-concurrent needs a number")?;
-                max_concurrent =
-                    v.parse().ok().filter(|n| *n > 0).ok_or(format!("--max-concurrent {v}: not a positive number"))?;
+                max_concurrent = positive("--max-concurrent", it.next().ok_or("--max-concurrent needs a number")?)?
             }
             "--chromium" => chromium = Some(PathBuf::from(it.next().ok_or("--chromium needs a path")?)),
             other => return Err(format!("unknown argument {other:?}")),
@@ -403,16 +413,32 @@ mod tests {
     #[test]
     fn args() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(parse_args(&s(&[])), Ok(Args { mode: Mode::Once, chromium: None }));
+        let no_env = |_: &str| None;
+        assert_eq!(parse_args(&s(&[]), &no_env), Ok(Args { mode: Mode::Once, chromium: None }));
         assert_eq!(
-            parse_args(&s(&["--serve", "127.0.0.1:8081", "--max-concurrent", "3", "--chromium", "/c"])),
+            parse_args(&s(&["--serve", "127.0.0.1:8081", "--max-concurrent", "3", "--chromium", "/c"]), &no_env),
             Ok(Args {
                 mode: Mode::Serve { addr: "127.0.0.1:8081".parse().unwrap(), max_concurrent: 3 },
                 chromium: Some("/c".into())
             })
         );
-        assert!(parse_args(&s(&["--max-concurrent", "0"])).unwrap_err().contains("not a positive number"));
-        assert!(parse_args(&s(&["--bogus"])).unwrap_err().contains("unknown argument"));
+        assert!(parse_args(&s(&["--max-concurrent", "0"]), &no_env).unwrap_err().contains("not a positive number"));
+        assert!(parse_args(&s(&["--bogus"]), &no_env).unwrap_err().contains("unknown argument"));
+    }
+
+    #[test]
+    fn the_environment_says_what_a_pod_cannot_pass_as_arguments() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let env = |k: &str| match k {
+            "BROWSER_RUNTIME_SERVE" => Some("127.0.0.1:8081".to_string()),
+            "BROWSER_RUNTIME_MAX_CONCURRENT" => Some("2".to_string()),
+            _ => None,
+        };
+        let serve = |n| Mode::Serve { addr: "127.0.0.1:8081".parse().unwrap(), max_concurrent: n };
+        assert_eq!(parse_args(&s(&[]), &env).unwrap().mode, serve(2));
+        assert_eq!(parse_args(&s(&["--max-concurrent", "3"]), &env).unwrap().mode, serve(3), "a flag wins");
+        let bad = |k: &str| (k == "BROWSER_RUNTIME_SERVE").then(|| "nowhere".to_string());
+        assert!(parse_args(&s(&[]), &bad).unwrap_err().starts_with("BROWSER_RUNTIME_SERVE nowhere: "));
     }
 
     #[test]
