@@ -518,7 +518,7 @@ async fn a_destination_the_sidecar_refuses_fails_with_its_reason() {
 async fn a_page_that_never_finishes_loading_times_out_and_leaves_no_chromium() {
     let origin = origin().await;
     let url = format!("http://{origin}/hang");
-    let timeout_secs = 6;
+    let timeout_secs = 10;
     let run = run_job("browser-hang", json!({ "type": "simple", "url": url }), timeout_secs).await;
     let r = &run.result;
     assert_eq!(r["outcome"], "failed", "{}", shown(r));
@@ -602,7 +602,7 @@ async fn persistent_mode_runs_dispatched_jobs_and_answers_429_when_busy() {
         .expect("spawn browser-runtime --serve");
     let ingress = sidecar.ready.ingress.expect("ingress address");
     let dispatch = |id: &'static str, path: &'static str| async move {
-        let timeout_secs = if path == "/hang" { 5 } else { 30 };
+        let timeout_secs = if path == "/hang" { 8 } else { 30 };
         let job = json!({ "id": id, "runtime_type": "node-browser-runtime", "timeout_secs": timeout_secs, "attempt": 1,
                           "payload": { "type": "simple", "url": format!("http://{origin}{path}"), "screenshot": false } });
         let tcp = tokio::net::TcpStream::connect(ingress).await.unwrap();
@@ -731,11 +731,11 @@ async fn a_failing_scripted_step_names_its_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_check_that_loops_forever_times_out_and_leaves_no_chromium() {
-    let run = run_job("scripted-loop", json!({ "type": "scripted", "script": "while (true) {}" }), 5).await;
+    let run = run_job("scripted-loop", json!({ "type": "scripted", "script": "while (true) {}" }), 8).await;
     let r = &run.result;
     assert_eq!(r["outcome"], "failed", "{}", shown(r));
     assert_eq!(r["output"]["error"]["kind"], "timeout", "{}", shown(r));
-    assert!(run.wall < Duration::from_secs(5), "reported before the job's deadline: {:?}", run.wall);
+    assert!(run.wall < Duration::from_secs(8), "reported before the job's deadline: {:?}", run.wall);
     assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
 }
 
@@ -778,10 +778,10 @@ async fn webrtc_sends_no_udp_around_the_proxy() {
 async fn a_page_stuck_in_a_script_loop_times_out_and_leaves_no_chromium() {
     let origin = origin().await;
     let url = format!("http://{origin}/busy");
-    let run = run_job("browser-busy", json!({ "type": "simple", "url": url }), 6).await;
+    let run = run_job("browser-busy", json!({ "type": "simple", "url": url }), 10).await;
     let r = &run.result;
     assert_eq!(r["outcome"], "failed", "{}", shown(r));
-    assert_eq!(r["message"], format!("timed out: {url} did not finish loading within 6s"));
-    assert!(run.wall < Duration::from_secs(6), "reported before the job's deadline: {:?}", run.wall);
+    assert_eq!(r["message"], format!("timed out: {url} did not finish loading within 10s"));
+    assert!(run.wall < Duration::from_secs(10), "reported before the job's deadline: {:?}", run.wall);
     assert!(run.leftovers.is_empty(), "chromium left running: {:?}", run.leftovers);
 }
