@@ -136,3 +136,13 @@ async fn a_sidecar_answer_to_a_plain_request_is_a_failure_not_the_destinations_a
     let err = fetch(&proxies, request("http://origin.test/"), &mut Vec::new()).await.unwrap_err();
     assert_eq!(err.to_string(), "refused by the sidecar (502 connect_failed): refused");
 }
+
+#[tokio::test]
+async fn without_a_sidecar_a_request_fails_and_never_goes_direct() {
+    // A port nothing listens on stands for a sidecar that is gone.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let proxies = Proxies { http: ("127.0.0.1".into(), port), https: ("127.0.0.1".into(), port) };
+    let err = fetch(&proxies, request("http://127.0.0.1:9/"), &mut Vec::new()).await.unwrap_err();
+    let HttpError::Failed(message) = err else { panic!("{err:?}") };
+    assert!(message.starts_with(&format!("cannot connect to the sidecar at 127.0.0.1:{port}: ")), "{message}");
+}
