@@ -1,4 +1,5 @@
-# The verbs. Every target works on a fresh machine: `make run` needs only cargo;
+# The verbs. Every target works on a fresh machine: `make run` needs cargo (and `chromium`
+# for its browser check: `apt-get install chromium`, or `make setup`);
 # `make test` installs what the tests need (apt, pip venv, npm) via deploy/scripts/setup-test-env.sh.
 SHELL := /bin/bash
 CARGO ?= cargo

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Container images without a Docker engine: the daemonless twin of deploy/docker/*.Dockerfile.
 #
-#   images.sh build           static release binaries, then buildah images FROM scratch
+#   images.sh build [NAME..]  static release binaries, then buildah images FROM scratch
+#                             (browser-runtime: FROM scratch plus Debian's Chromium and
+#                             exactly the shared libraries it loads: browser_rootfs)
 #   images.sh push REGISTRY   push them to REGISTRY/newrelic/serverless-<name>:{VERSION,latest}
 #                             (TLS verified, except for a loopback registry: tls_verify_for)
 #   images.sh test            build, then verify
+#   images.sh browser-rootfs DIR   only assemble the browser runtime's root filesystem
+#                             (the Dockerfile's rootfs stage runs this)
 #   images.sh verify          push the built images to a throwaway registry on 127.0.0.1:5000,
 #                             pull and inspect them back (entrypoint, user, size), smoke-run
 #                             them with podman (a job through sidecar + test-runtime; the
@@ -18,7 +22,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root=$(pwd)
 
 TARGET=x86_64-unknown-linux-gnu
-NAMES=(job-manager sidecar test-runtime api-runtime)
+NAMES=(job-manager sidecar test-runtime api-runtime browser-runtime)
 VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 TAG=${IMAGE_TAG:-$VERSION}
 REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -88,6 +92,44 @@ build_binaries() {
 
 binary_of() { echo "$root/target/$TARGET/release/$1"; }
 
+# The browser runtime's root filesystem, from this machine's Debian packages (no base
+# image: no registry is reachable, and a distro base would carry a shell, apt and
+# hundreds of unused files): /usr/lib/chromium (en-US locale only, no Vulkan debug
+# layers), every shared library `ldd` lists for it, its own libraries and NSS's
+# dlopen()ed modules, the dynamic loader, fontconfig + DejaVu fonts, the CA bundle, a
+# passwd entry for 1001 and a world-writable /tmp. Same layout as
+# deploy/runtimes/browser-runtime/Dockerfile.
+browser_rootfs() {
+  local dir=$1 f lib
+  local pkgs=(chromium fonts-dejavu-core fontconfig-config ca-certificates)
+  for f in "${pkgs[@]}"; do
+    dpkg -s "$f" >/dev/null 2>&1 || { log "apt-get install ${pkgs[*]}"; $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null; break; }
+  done
+  rm -rf "$dir" && mkdir -p "$dir"/{tmp,etc,usr/lib,usr/share/fonts/truetype,etc/ssl/certs}
+  chmod 1777 "$dir/tmp"
+  cp -a /usr/lib/chromium "$dir/usr/lib/"
+  find "$dir/usr/lib/chromium/locales" -type f ! -name 'en-US.pak' -delete
+  rm -f "$dir"/usr/lib/chromium/libVkLayer_khronos_validation.so* "$dir"/usr/lib/chromium/libVkICD_mock_icd.so* "$dir"/usr/lib/chromium/*.TOC
+  rm -rf "$dir/usr/lib/chromium/extensions"
+  {
+    for f in "$dir"/usr/lib/chromium/chromium "$dir"/usr/lib/chromium/chrome_crashpad_handler "$dir"/usr/lib/chromium/*.so* \
+      /usr/lib/x86_64-linux-gnu/nss/*.so /usr/lib/x86_64-linux-gnu/libnss3.so; do
+      # Not every file is an ELF object ldd can read: an empty answer, not an error.
+      { ldd "$f" 2>/dev/null || true; } | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'
+    done
+    ls /usr/lib/x86_64-linux-gnu/nss/*.so
+  } | sort -u | while read -r lib; do
+    case $lib in "$dir"/*) continue ;; esac
+    cp -L --parents "$lib" "$dir"
+  done
+  [ -e "$dir/lib64/ld-linux-x86-64.so.2" ] || die "the dynamic loader is missing from the browser rootfs"
+  cp -a --parents /etc/fonts /usr/share/fontconfig "$dir"
+  cp -a /usr/share/fonts/truetype/dejavu "$dir/usr/share/fonts/truetype/"
+  cp -L /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
+  printf 'root:x:0:0::/:/nonexistent\nruntime:x:1001:1001::/tmp:/nonexistent\n' >"$dir/etc/passwd"
+  printf 'root:x:0:\nruntime:x:1001:\n' >"$dir/etc/group"
+}
+
 built_names() {
   local name
   for name in "${NAMES[@]}"; do [ -x "$(binary_of "$name")" ] && echo "$name"; done
@@ -108,6 +150,11 @@ build_image() {
   desc=$(sed -n 's/^      org.opencontainers.image.description="\(.*\)" \\$/\1/p' "$(dockerfile_of "$name")")
   image="localhost/$(repo_of "$name"):$TAG"
   ctr=$(buildah from scratch)
+  if [ "$name" = browser-runtime ]; then
+    browser_rootfs "$state/browser-rootfs"
+    buildah copy --quiet "$ctr" "$state/browser-rootfs" / >/dev/null
+    buildah config --env HOME=/tmp --env TMPDIR=/tmp "$ctr"
+  fi
   buildah copy --quiet "$ctr" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
   buildah copy --quiet --chmod 0555 "$ctr" "$bin" "/$name" >/dev/null
   buildah config \
@@ -130,6 +177,8 @@ build_image() {
 }
 
 cmd_build() {
+  # Optional names: build only those images (e.g. `images.sh build browser-runtime`).
+  if [ $# -gt 0 ]; then NAMES=("$@"); fi
   ensure_apt buildah
   ensure_storage
   build_binaries
@@ -293,6 +342,8 @@ PY
   case $runtime in
     # The API runtime runs a script; its console (with the page) is in the result.
     api-runtime) payload=$(printf '{"script":"const r = await $http.get(\x27http://%s:%s/index.html\x27);\\nconsole.log(r.body);\\nassert.equal(r.statusCode, 200);"}' "$host_ip" "$up_port") ;;
+    # The browser runtime: Chromium in the image loads the page; the script logs its text.
+    browser-runtime) payload=$(printf '{"type":"scripted","script":"await $browser.get(\x27http://%s:%s/index.html\x27);\\nconsole.log(await (await $browser.findElement($driver.By.tagName(\x27body\x27))).getText());"}' "$host_ip" "$up_port") ;;
     *) payload=$(printf '{"action":"fetch","url":"http://%s:%s/index.html","expectStatus":200}' "$host_ip" "$up_port") ;;
   esac
   printf '{"id":"smoke-1","runtime_type":"%s","timeout_secs":30,"payload":%s}' "$runtime" "$payload" >"$tmp/job/job.json"
@@ -305,7 +356,8 @@ PY
     "$sidecar_image" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
   wait_http "http://127.0.0.1:$admin/readyz" "sidecar container"
   [ "$(podman inspect -f '{{.Config.User}}' "$sidecar_ctr")" = "1001:1001" ] || die "sidecar does not run as 1001:1001"
-  podman run --rm --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
+  # /tmp as a pod gives it (an emptyDir): the browser runtime keeps Chromium's profile there.
+  podman run --rm --network host --read-only --tmpfs /tmp:rw,mode=1777 --cap-drop ALL --security-opt no-new-privileges \
     -e "JOB_API_URL=http://127.0.0.1:$port" -e "HTTP_PROXY=http://127.0.0.1:$port" -e "HTTPS_PROXY=http://127.0.0.1:$port" \
     "$runtime_image" >"$tmp/runtime.log" 2>&1 || die "$runtime container failed: $(tail -5 "$tmp/runtime.log")"
   for i in $(seq 1 100); do [ -s "$tmp/delivered.json" ] && break; sleep 0.1; done
@@ -355,6 +407,9 @@ cmd_verify() {
   if [ -x "$(binary_of api-runtime)" ]; then
     smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of api-runtime):$TAG" api-runtime
   fi
+  if [ -x "$(binary_of browser-runtime)" ]; then
+    smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of browser-runtime):$TAG" browser-runtime
+  fi
   smoke_job_manager "127.0.0.1:5000/$(repo_of job-manager):$TAG"
   cp "$tmp/sizes" "$state/sizes.txt"
   log "ok: sizes in $state/sizes.txt"
@@ -369,9 +424,10 @@ cmd_test() {
 [[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 
 case ${1:-} in
-  build) cmd_build ;;
+  build) shift; cmd_build "$@" ;;
   push) shift; cmd_push "$@" ;;
   test) cmd_test ;;
   verify) cmd_verify ;;
-  *) echo "usage: $0 build | push REGISTRY | test | verify" >&2; exit 2 ;;
+  browser-rootfs) browser_rootfs "${2:?usage: images.sh browser-rootfs DIR}" ;;
+  *) echo "usage: $0 build | push REGISTRY | test | verify | browser-rootfs DIR" >&2; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)   # the client tests' origin makes its cert
 { command -v nft || [ -x /usr/sbin/nft ]; } >/dev/null || need_apt+=(nftables)   # netns egress test reads egress-init's ruleset
 { command -v ip || [ -x /usr/sbin/ip ]; } >/dev/null || need_apt+=(iproute2)
+# Chromium: the proxy client tests, the browser runtime's tests and make run's browser checks.
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v promtool >/dev/null || need_apt+=(prometheus)   # `promtool check metrics` on live scrapes (chart tests)

@@ -40,7 +40,9 @@ SEED_000 = [
     ("node-api-runtime.resources", {"requests": {"cpu": "0.5", "memory": "1250Mi"}, "limits": {"cpu": "0.75", "memory": "2500Mi"}}),
     ("node-browser-runtime.parallelism", 1), ("node-browser-runtime.completions", 6),
     ("node-browser-runtime.imagePullSecrets", []),
-    ("node-browser-runtime.image.repository", "newrelic/synthetics-node-browser-runtime"),
+    # Deliberately not the seed's upstream image (which speaks another contract): ours,
+    # built by deploy/scripts/images.sh (issue 11).
+    ("node-browser-runtime.image.repository", "newrelic/serverless-browser-runtime"),
     ("node-browser-runtime.image.pullPolicy", "IfNotPresent"),
     ("node-browser-runtime.resources", {"requests": {"cpu": "1", "memory": "2000Mi"}, "limits": {"cpu": "1.5", "memory": "3000Mi"}}),
 ]

@@ -63,7 +63,8 @@ impl KubeletOptions {
 impl Default for KubeletOptions {
     /// Images containing `job-manager` run `target/debug/job-manager`, `sidecar`
     /// `target/debug/sidecar`; `serverless-api-runtime` (the chart's `node-api-runtime`
-    /// image) runs `target/debug/api-runtime`;
+    /// image) runs `target/debug/api-runtime`, `serverless-browser-runtime` (its
+    /// `node-browser-runtime` image) `target/debug/browser-runtime`;
     /// `test-runtime`, `node-api-runtime` and `node-browser-runtime` (the upstream images'
     /// names) run `target/debug/test-runtime`.
     fn default() -> Self {
@@ -73,6 +74,7 @@ impl Default for KubeletOptions {
                 ("job-manager".into(), debug.join("job-manager")),
                 ("sidecar".into(), debug.join("sidecar")),
                 ("serverless-api-runtime".into(), debug.join("api-runtime")),
+                ("serverless-browser-runtime".into(), debug.join("browser-runtime")),
                 ("test-runtime".into(), debug.join("test-runtime")),
                 ("node-api-runtime".into(), debug.join("test-runtime")),
                 ("node-browser-runtime".into(), debug.join("test-runtime")),

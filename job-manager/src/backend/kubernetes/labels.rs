@@ -47,6 +47,10 @@ pub const DATA_VOLUME: &str = "data";
 /// The runtime's scratch space (its root filesystem is read-only).
 pub const TMP_VOLUME: &str = "tmp";
 pub const TMP_MOUNT: &str = "/tmp";
+/// Memory-backed shared memory for the runtime (Chromium needs more than the container
+/// runtime's 64 MiB default; bounded by the runtime's memory limit).
+pub const SHM_VOLUME: &str = "dshm";
+pub const SHM_MOUNT: &str = "/dev/shm";
 
 /// Where the sidecar sees its spool.
 pub const SPOOL_MOUNT: &str = "/var/spool/sidecar";

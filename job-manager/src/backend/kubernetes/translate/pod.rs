@@ -67,18 +67,24 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
         c
     }));
 
-    let mut volumes = Vec::new();
-    volumes.push(core::Volume {
-        name: labels::SPOOL_VOLUME.into(),
-        empty_dir: Some(core::EmptyDirVolumeSource::default()),
-        ..core::Volume::default()
-    });
-    volumes.push(data_volume(p.settings));
-    volumes.push(core::Volume {
-        name: labels::TMP_VOLUME.into(),
-        empty_dir: Some(core::EmptyDirVolumeSource::default()),
-        ..core::Volume::default()
-    });
+    let mut volumes = vec![
+        core::Volume {
+            name: labels::SPOOL_VOLUME.into(),
+            empty_dir: Some(core::EmptyDirVolumeSource::default()),
+            ..core::Volume::default()
+        },
+        data_volume(p.settings),
+        core::Volume {
+            name: labels::TMP_VOLUME.into(),
+            empty_dir: Some(core::EmptyDirVolumeSource::default()),
+            ..core::Volume::default()
+        },
+        core::Volume {
+            name: labels::SHM_VOLUME.into(),
+            empty_dir: Some(core::EmptyDirVolumeSource { medium: Some("Memory".into()), ..Default::default() }),
+            ..core::Volume::default()
+        },
+    ];
     volumes.extend(k.extra_volumes.iter().cloned());
 
     let mut pull_secrets: Vec<core::LocalObjectReference> = Vec::new();
@@ -289,6 +295,11 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
     mounts.push(core::VolumeMount {
         name: labels::TMP_VOLUME.into(),
         mount_path: labels::TMP_MOUNT.into(),
+        ..core::VolumeMount::default()
+    });
+    mounts.push(core::VolumeMount {
+        name: labels::SHM_VOLUME.into(),
+        mount_path: labels::SHM_MOUNT.into(),
         ..core::VolumeMount::default()
     });
     mounts.extend(k.extra_volume_mounts.iter().cloned());

@@ -346,6 +346,15 @@ fn runtime_scratch_at_tmp_lets_the_root_filesystem_be_read_only() {
 }
 
 #[test]
+fn runtimes_get_a_memory_backed_dev_shm() {
+    let p = pod(&objects(&config()));
+    let runtime = &p.containers[0];
+    let shm = runtime.volume_mounts.iter().flatten().find(|m| m.mount_path == "/dev/shm").expect("a /dev/shm mount");
+    let volume = p.volumes.unwrap().into_iter().find(|v| v.name == shm.name).unwrap();
+    assert_eq!(volume.empty_dir.and_then(|e| e.medium).as_deref(), Some("Memory"));
+}
+
+#[test]
 fn sidecars_call_and_the_network_policy_opens_the_port_the_job_manager_listens_on() {
     let job_manager_port = |c: &Config| -> (String, Vec<IntOrString>) {
         let sidecar = pod(&objects(c)).init_containers.unwrap().into_iter().find(|c| c.name == "sidecar").unwrap();
