@@ -1,5 +1,5 @@
-# The verbs. Every target works on a fresh machine: `make run` needs cargo (and `chromium`
-# for its browser check: `apt-get install chromium`, or `make setup`);
+# The verbs. Every target works on a fresh machine: `make run` needs cargo, and installs
+# Debian's `chromium` for its browser checks when it is missing (apt, as root or with sudo);
 # `make test` installs what the tests need (apt, pip venv, npm) via deploy/scripts/setup-test-env.sh.
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -16,6 +16,9 @@ build:
 ## The main job on the embedded default: local executor + embedded broker, the sample
 ## jobs in deploy/examples/, each job's result printed; exits 0 when all behaved as expected.
 run: build
+	@command -v chromium >/dev/null || { echo "run: apt-get install chromium (the browser checks)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	./target/debug/job-manager demo --examples deploy/examples
 
 ## Everything CI runs: the tests, then the gates (formatting, clippy -D warnings, MSRV).
