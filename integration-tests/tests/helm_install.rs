@@ -209,7 +209,7 @@ async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_ro
             workload_kind: WorkloadKind::Ephemeral,
             timeout_secs: 30,
             attempt: 1,
-            payload: json!({"action": "sleep", "secs": 0}),
+            payload: json!({"script": "assert.ok(true, \"the chart runs API checks\");"}),
             signature: None,
         })
         .unwrap();
@@ -262,7 +262,7 @@ async fn helm_install_with_default_values_runs_jobs_end_to_end_and_an_upgrade_ro
             workload_kind: WorkloadKind::Ephemeral,
             timeout_secs: 30,
             attempt: 1,
-            payload: json!({"action": "sleep", "secs": 0}),
+            payload: json!({"script": "assert.ok(true, \"the chart runs API checks\");"}),
             signature: None,
         })
         .unwrap();
