@@ -59,7 +59,12 @@ pub(super) enum EnvError {
 }
 
 /// The container's environment in order, later definitions replacing earlier ones.
-pub(super) fn resolve_env(ctx: &PodCtx, pod: &Value, c: &Value) -> Result<Vec<(String, String)>, EnvError> {
+pub(super) fn resolve_env(
+    ctx: &PodCtx,
+    pod: &Value,
+    c: &Value,
+    pod_ip: std::net::Ipv4Addr,
+) -> Result<Vec<(String, String)>, EnvError> {
     let ns = meta_str(pod, "namespace");
     let secret_rt = ctx.store.find_kind("v1", "Secret");
     let cm_rt = ctx.store.find_kind("v1", "ConfigMap");
@@ -138,7 +143,8 @@ pub(super) fn resolve_env(ctx: &PodCtx, pod: &Value, c: &Value) -> Result<Vec<(S
                     "spec.serviceAccountName" => {
                         pod["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_string()
                     }
-                    "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => "127.0.0.1".into(),
+                    "status.podIP" | "status.podIPs" => pod_ip.to_string(),
+                    "status.hostIP" | "status.hostIPs" => "127.0.0.1".into(),
                     p => {
                         let key = p.split("['").nth(1).and_then(|s| s.strip_suffix("']")).unwrap_or_default();
                         let map = if p.starts_with("metadata.labels") { "labels" } else { "annotations" };

@@ -53,7 +53,14 @@ pub(super) fn service_account(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<O
 }
 
 /// Materialises the pod's volumes; returns each volume's directory by volume name.
-pub(super) fn materialise(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<HashMap<String, PathBuf>, VolumeError> {
+/// Text in Secret and ConfigMap keys goes through `in_pod` (the pod's own loopback and
+/// wildcard addresses pointed at the pod's address; see [`crate::kubelet::network`]).
+pub(super) fn materialise(
+    ctx: &PodCtx,
+    pod: &Value,
+    dir: &Path,
+    in_pod: &dyn Fn(&str) -> String,
+) -> Result<HashMap<String, PathBuf>, VolumeError> {
     let ns = meta_str(pod, "namespace");
     let spec = &pod["spec"];
     let mut volumes: HashMap<String, PathBuf> = HashMap::new();
@@ -65,7 +72,7 @@ pub(super) fn materialise(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<HashM
         if let Some(s) = v.get("secret") {
             let sname = s["secretName"].as_str().unwrap_or_default();
             match secret_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, sname).ok()) {
-                Some(secret) => write_keys(&vdir, &secret["data"], s.get("items"), true),
+                Some(secret) => write_keys(&vdir, &secret["data"], s.get("items"), true, in_pod),
                 None if s["optional"] == json!(true) => {
                     let _ = std::fs::create_dir_all(&vdir);
                 }
@@ -74,7 +81,7 @@ pub(super) fn materialise(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<HashM
         } else if let Some(c) = v.get("configMap") {
             let cname = c["name"].as_str().unwrap_or_default();
             match cm_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, cname).ok()) {
-                Some(cm) => write_keys(&vdir, &cm["data"], c.get("items"), false),
+                Some(cm) => write_keys(&vdir, &cm["data"], c.get("items"), false, in_pod),
                 None if c["optional"] == json!(true) => {
                     let _ = std::fs::create_dir_all(&vdir);
                 }
@@ -97,14 +104,18 @@ pub(super) fn materialise(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<HashM
     Ok(volumes)
 }
 
-fn write_keys(dir: &Path, data: &Value, items: Option<&Value>, base64: bool) {
+fn write_keys(dir: &Path, data: &Value, items: Option<&Value>, base64: bool, in_pod: &dyn Fn(&str) -> String) {
     let _ = std::fs::create_dir_all(dir);
     let decode = |v: &Value| -> Vec<u8> {
         let s = v.as_str().unwrap_or_default();
-        if base64 {
+        let bytes = if base64 {
             base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
         } else {
             s.as_bytes().to_vec()
+        };
+        match String::from_utf8(bytes) {
+            Ok(text) => in_pod(&text).into_bytes(),
+            Err(e) => e.into_bytes(),
         }
     };
     let Some(map) = data.as_object() else { return };
