@@ -18,14 +18,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root=$(pwd)
 
 TARGET=x86_64-unknown-linux-gnu
-NAMES=(job-manager sidecar test-runtime)
+NAMES=(job-manager sidecar test-runtime api-runtime)
 VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 TAG=${IMAGE_TAG:-$VERSION}
 REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # The chart's image repositories (values.yaml): `--set global.imageRegistry=REGISTRY` finds them.
 repo_of() { echo "newrelic/serverless-$1"; }
 # Size goals (bytes, compressed layers as pushed).
-declare -A GOAL=([job-manager]=$((25 * 1024 * 1024)) [sidecar]=$((10 * 1024 * 1024)))
+declare -A GOAL=([job-manager]=$((25 * 1024 * 1024)) [sidecar]=$((10 * 1024 * 1024)) [api-runtime]=$((10 * 1024 * 1024)))
+# Runtimes keep their Dockerfile beside their code (deploy/runtimes/<name>/Dockerfile).
+dockerfile_of() {
+  if [ -f "deploy/runtimes/$1/Dockerfile" ]; then echo "deploy/runtimes/$1/Dockerfile"; else echo "deploy/docker/$1.Dockerfile"; fi
+}
 
 state="$root/.cache/images"
 export CONTAINERS_STORAGE_CONF="$state/storage.conf"
@@ -95,13 +99,13 @@ assert_static() {
   if ldd "$1" 2>&1 | grep -q '=>'; then die "$1 is dynamically linked: $(ldd "$1" | tr '\n' ' ')"; fi
 }
 
-# Mirrors deploy/docker/<name>.Dockerfile: FROM scratch, CA bundle, the binary (0555),
+# Mirrors the name's Dockerfile (dockerfile_of): FROM scratch, CA bundle, the binary (0555),
 # USER 1001:1001, ENTRYPOINT, OCI labels.
 build_image() {
   local name=$1 bin ctr desc image
   bin=$(binary_of "$name")
   assert_static "$bin"
-  desc=$(sed -n 's/^      org.opencontainers.image.description="\(.*\)" \\$/\1/p' "deploy/docker/$name.Dockerfile")
+  desc=$(sed -n 's/^      org.opencontainers.image.description="\(.*\)" \\$/\1/p' "$(dockerfile_of "$name")")
   image="localhost/$(repo_of "$name"):$TAG"
   ctr=$(buildah from scratch)
   buildah copy --quiet "$ctr" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
@@ -257,7 +261,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # proxy and posts its result; the sidecar delivers it to a stand-in job manager with the
 # internal API key and the job token.
 smoke_job_flow() {
-  local sidecar_image=$1 runtime_image=$2 port admin up_port jm_port host_ip i
+  local sidecar_image=$1 runtime_image=$2 runtime=${3:-test-runtime} payload port admin up_port jm_port host_ip i
   port=$(free_port); admin=$(free_port); up_port=$(free_port); jm_port=$(free_port)
   # The upstream sits on a non-loopback address: the sidecar always refuses loopback.
   host_ip=$(hostname -I | awk '{print $1}')
@@ -285,8 +289,13 @@ PY
   wait_http "http://$host_ip:$up_port/" "smoke upstream"
   wait_http "http://127.0.0.1:$jm_port/" "stand-in job manager"
   mkdir -p "$tmp/job"
-  printf '{"id":"smoke-1","runtime_type":"test-runtime","timeout_secs":30,"payload":{"action":"fetch","url":"http://%s:%s/index.html","expectStatus":200}}' \
-    "$host_ip" "$up_port" >"$tmp/job/job.json"
+  rm -f "$tmp/delivered.json"
+  case $runtime in
+    # The API runtime runs a script; its console (with the page) is in the result.
+    api-runtime) payload=$(printf '{"script":"const r = await $http.get(\x27http://%s:%s/index.html\x27);\\nconsole.log(r.body);\\nassert.equal(r.statusCode, 200);"}' "$host_ip" "$up_port") ;;
+    *) payload=$(printf '{"action":"fetch","url":"http://%s:%s/index.html","expectStatus":200}' "$host_ip" "$up_port") ;;
+  esac
+  printf '{"id":"smoke-1","runtime_type":"%s","timeout_secs":30,"payload":%s}' "$runtime" "$payload" >"$tmp/job/job.json"
   printf 'smoke-token' >"$tmp/job/token"
   chmod 0755 "$tmp/job" && chmod 0644 "$tmp/job/job.json" "$tmp/job/token"
   sidecar_ctr=$(podman run -d --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
@@ -298,7 +307,7 @@ PY
   [ "$(podman inspect -f '{{.Config.User}}' "$sidecar_ctr")" = "1001:1001" ] || die "sidecar does not run as 1001:1001"
   podman run --rm --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
     -e "JOB_API_URL=http://127.0.0.1:$port" -e "HTTP_PROXY=http://127.0.0.1:$port" -e "HTTPS_PROXY=http://127.0.0.1:$port" \
-    "$runtime_image" >"$tmp/runtime.log" 2>&1 || die "test-runtime container failed: $(tail -5 "$tmp/runtime.log")"
+    "$runtime_image" >"$tmp/runtime.log" 2>&1 || die "$runtime container failed: $(tail -5 "$tmp/runtime.log")"
   for i in $(seq 1 100); do [ -s "$tmp/delivered.json" ] && break; sleep 0.1; done
   [ -s "$tmp/delivered.json" ] || die "the sidecar delivered no result: $(podman logs "$sidecar_ctr" 2>&1 | tail -5)"
   python3 - "$tmp/delivered.json" <<'PY' || die "unexpected delivery: $(cat "$tmp/delivered.json")"
@@ -310,7 +319,7 @@ assert "hello through the sidecar" in json.dumps(d["body"]), d
 PY
   podman rm -f "$sidecar_ctr" >/dev/null; sidecar_ctr=""
   kill "$upstream_pid" "$jm_pid"; upstream_pid=""; jm_pid=""
-  log "sidecar + test-runtime images: a job ran read-only as 1001:1001, fetched through the proxy, and its result reached the job manager with key and token"
+  log "sidecar + $runtime images: a job ran read-only as 1001:1001, fetched through the proxy, and its result reached the job manager with key and token"
 }
 
 smoke_job_manager() {
@@ -343,6 +352,9 @@ cmd_verify() {
     podman pull --quiet --tls-verify=false "127.0.0.1:5000/$(repo_of "$name"):$TAG" >/dev/null
   done
   smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of test-runtime):$TAG"
+  if [ -x "$(binary_of api-runtime)" ]; then
+    smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of api-runtime):$TAG" api-runtime
+  fi
   smoke_job_manager "127.0.0.1:5000/$(repo_of job-manager):$TAG"
   cp "$tmp/sizes" "$state/sizes.txt"
   log "ok: sizes in $state/sizes.txt"

@@ -65,7 +65,7 @@ def test_defaults_match_the_seed(chart):
     assert config["hostnameOverride"] == "job-manager"
     api, browser = config["runtimes"]
     assert (api["name"], browser["name"]) == ("node-api-runtime", "node-browser-runtime")
-    assert api["image"]["repository"] == "newrelic/synthetics-node-api-runtime"
+    assert api["image"] == {"repository": "newrelic/serverless-api-runtime", "tag": "latest", "pullPolicy": "IfNotPresent"}
     assert browser["image"]["repository"] == "newrelic/synthetics-node-browser-runtime"
     assert (api["parallelism"], api["completions"]) == (1, 6)
     assert api["resources"] == {"requests": {"cpu": "0.5", "memory": "1250Mi"}, "limits": {"cpu": "0.75", "memory": "2500Mi"}}

@@ -34,7 +34,8 @@ SEED_000 = [
     ("nodeSelector", {}), ("tolerations", []), ("affinity", {}),
     ("node-api-runtime.enabled", True), ("node-browser-runtime.enabled", True),
     ("node-api-runtime.parallelism", 1), ("node-api-runtime.completions", 6), ("node-api-runtime.imagePullSecrets", []),
-    ("node-api-runtime.image.repository", "newrelic/synthetics-node-api-runtime"),
+    # Issue 11: the API runtime image is ours (the upstream one speaks another contract).
+    ("node-api-runtime.image.repository", "newrelic/serverless-api-runtime"),
     ("node-api-runtime.image.pullPolicy", "IfNotPresent"),
     ("node-api-runtime.resources", {"requests": {"cpu": "0.5", "memory": "1250Mi"}, "limits": {"cpu": "0.75", "memory": "2500Mi"}}),
     ("node-browser-runtime.parallelism", 1), ("node-browser-runtime.completions", 6),

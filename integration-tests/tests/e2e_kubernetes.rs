@@ -198,8 +198,9 @@ fn write_config(
         "logFormat": "json",
         "poll": {"intervalMs": 100, "batchSize": 20},
         "runtimes": [
+            // The chart's default image: the scripted API runtime (a QuickJS check per job).
             {"name": EPHEMERAL, "workload": "ephemeral", "parallelism": PARALLELISM,
-             "image": {"repository": "newrelic/synthetics-node-api-runtime", "tag": "latest"}},
+             "image": {"repository": "newrelic/serverless-api-runtime", "tag": "latest"}},
             {"name": PERSISTENT, "workload": "persistent", "parallelism": 8, "replicas": {"min": 2, "max": 2},
              "image": {"repository": "newrelic/synthetics-node-browser-runtime-persistent", "tag": "latest"}},
         ],
@@ -250,7 +251,13 @@ fn jobs(prefix: &str, runtime: &str, kind: WorkloadKind, n: usize) -> Vec<Job> {
             workload_kind: kind,
             timeout_secs: 30,
             attempt: 1,
-            payload: json!({"action": "sleep", "secs": 0}),
+            payload: if runtime == EPHEMERAL {
+                // What a user writes for the API runtime (no network: the sidecars here
+                // reach nothing but the job manager).
+                json!({"script": format!("const id = $env.JOB_ID;\nassert.strictEqual(id, '{prefix}-{i:04}');\nconsole.log('checked', id);")})
+            } else {
+                json!({"action": "sleep", "secs": 0})
+            },
             signature: None,
         })
         .collect()

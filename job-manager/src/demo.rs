@@ -1,10 +1,10 @@
 //! `job-manager demo --examples deploy/examples`: the whole flow on one machine.
 //!
 //! Starts the embedded broker, a tiny HTTP origin on loopback and the job manager with the
-//! local executor (config `local.yaml`, real sidecars, the `test-runtime` binary), submits
-//! every `jobs/*.json` (with `${ORIGIN}` replaced by the origin's URL), waits for all
-//! results, prints them, and checks them against `expected.yaml`. Exit 0 only when every
-//! job ended as expected.
+//! local executor (config `local.yaml`, real sidecars, the `api-runtime` and `test-runtime`
+//! binaries), submits every `jobs/*.json` (with `${ORIGIN}` replaced by the origin's URL),
+//! waits for all results, prints them, and checks them against `expected.yaml`. Exit 0 only
+//! when every job ended as expected.
 //!
 //! VSE: the demo config sets a passphrase, so every job must be signed. Job files whose
 //! `signature` is `${VSE_SIGNATURE}` are signed here, after `${ORIGIN}` is filled in (the

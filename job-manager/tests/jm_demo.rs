@@ -6,8 +6,10 @@ use std::process::Command;
 
 #[test]
 fn demo_runs_the_shipped_examples() {
-    // The demo finds `sidecar` and `test-runtime` next to the job-manager executable.
+    // The demo finds `sidecar`, `api-runtime` and `test-runtime` next to the job-manager
+    // executable.
     jm_support::bin("sidecar");
+    jm_support::bin("api-runtime");
     jm_support::bin("test-runtime");
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let out = Command::new(jm_support::job_manager_bin())
@@ -18,7 +20,15 @@ fn demo_runs_the_shipped_examples() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    for id in ["http-check-ok", "egress-refused", "times-out", "check-fails", "exits-without-result", "vse-rejected"] {
+    for id in [
+        "http-check-ok",
+        "egress-refused",
+        "times-out",
+        "check-fails",
+        "exits-without-result",
+        "vse-rejected",
+        "killed-at-deadline",
+    ] {
         let line = stdout.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} reported: {stdout}"));
         assert!(line.contains(" ok "), "{line}");
     }

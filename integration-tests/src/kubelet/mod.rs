@@ -62,14 +62,17 @@ impl KubeletOptions {
 
 impl Default for KubeletOptions {
     /// Images containing `job-manager` run `target/debug/job-manager`, `sidecar`
-    /// `target/debug/sidecar`; `test-runtime`,
-    /// `node-api-runtime` and `node-browser-runtime` run `target/debug/test-runtime`.
+    /// `target/debug/sidecar`; `serverless-api-runtime` (the chart's `node-api-runtime`
+    /// image) runs `target/debug/api-runtime`;
+    /// `test-runtime`, `node-api-runtime` and `node-browser-runtime` (the upstream images'
+    /// names) run `target/debug/test-runtime`.
     fn default() -> Self {
         let debug = binary_dir();
         Self {
             images: vec![
                 ("job-manager".into(), debug.join("job-manager")),
                 ("sidecar".into(), debug.join("sidecar")),
+                ("serverless-api-runtime".into(), debug.join("api-runtime")),
                 ("test-runtime".into(), debug.join("test-runtime")),
                 ("node-api-runtime".into(), debug.join("test-runtime")),
                 ("node-browser-runtime".into(), debug.join("test-runtime")),
