@@ -223,6 +223,12 @@ impl Kubelet {
         self.net.hosts_file()
     }
 
+    /// The directory standing in for PersistentVolumeClaim `claim` (shared by every pod
+    /// that mounts it; write files here to have them on the volume).
+    pub fn claim_dir(&self, namespace: &str, claim: &str) -> PathBuf {
+        pod::claim_dir(&self.work_dir, namespace, claim)
+    }
+
     /// Where a container's stdout+stderr go.
     pub fn log_path(&self, namespace: &str, pod: &Value, container: &str) -> PathBuf {
         self.work_dir

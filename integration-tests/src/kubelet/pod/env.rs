@@ -44,6 +44,34 @@ pub fn map_mounts(s: &str, mounts: &[(String, PathBuf)]) -> String {
     s.to_string()
 }
 
+/// Mount paths written in a mounted file (a config file naming another mounted file or
+/// the data volume), as whole paths: preceded by a quote, blank, `=` or `:` (or the
+/// start) and followed by `/`, a quote, a blank, `,` or the end.
+pub fn map_mounts_in_text(text: &str, mounts: &[(String, PathBuf)]) -> String {
+    let mut mounts: Vec<&(String, PathBuf)> = mounts.iter().filter(|(m, _)| m.len() > 1).collect();
+    mounts.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    'outer: while i < text.len() {
+        let before_ok = i == 0 || text[..i].ends_with(['"', '\'', ' ', '\t', '\n', '=', ':']);
+        if before_ok {
+            for (mount, dir) in &mounts {
+                if let Some(rest) = text[i..].strip_prefix(mount.as_str()) {
+                    if rest.is_empty() || rest.starts_with(['/', '"', '\'', ' ', '\t', '\n', '\r', ',']) {
+                        out.push_str(&dir.display().to_string());
+                        i += mount.len();
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+        let ch = text[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
 /// A Secret, ConfigMap or key the environment refers to that does not exist (the
 /// container waits in `CreateContainerConfigError`).
 #[derive(Debug, thiserror::Error)]

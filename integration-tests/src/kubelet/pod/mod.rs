@@ -21,9 +21,10 @@ mod spec;
 mod status;
 mod volumes;
 
-pub use env::{expand, map_mounts};
+pub use env::{expand, map_mounts, map_mounts_in_text};
 pub use lifecycle::run;
 pub use spec::image_binary;
+pub use volumes::claim_dir;
 
 use super::network::Network;
 use super::KubeletOptions;

@@ -1,7 +1,7 @@
 //! Reading a pod spec into what its processes need: the node selector, images mapped
 //! to binaries, ports, and one launch (binary, argv, env, log) per container.
 use super::super::network::{self, PodNet};
-use super::env::{expand, map_mounts, resolve_env, EnvError};
+use super::env::{expand, map_mounts, map_mounts_in_text, resolve_env, EnvError};
 use super::process::Launch;
 use super::volumes::{self, VolumeError};
 use super::{PodCtx, OOM_KILL_ANNOTATION};
@@ -132,9 +132,29 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path, ip: Ipv4Addr) -> Re
         }
     }
     net.ports.extend(pod_ports.into_iter().filter(|p| *p != 0));
+    // Mounted files see the pod's addresses and (as whole paths) its mount paths.
+    let ns = crate::emulator::store::meta_str(pod, "namespace");
+    let volume_dirs: HashMap<&str, PathBuf> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((v["name"].as_str()?, volumes::volume_dir(ctx, ns, dir, v))))
+        .collect();
+    let mut file_mounts: Vec<(String, PathBuf)> = containers
+        .iter()
+        .flat_map(|c| c["volumeMounts"].as_array().into_iter().flatten())
+        .filter_map(|m| {
+            let vdir = volume_dirs.get(m["name"].as_str()?)?;
+            let sub = m["subPath"].as_str().unwrap_or_default();
+            let d = if sub.is_empty() { vdir.clone() } else { vdir.join(sub) };
+            Some((m["mountPath"].as_str()?.trim_end_matches('/').to_string(), d))
+        })
+        .collect();
+    file_mounts.push((volumes::SERVICE_ACCOUNT_PATH.to_string(), dir.join("serviceaccount")));
     let in_pod = |s: &str| network::to_pod_address(s, ip, &net.ports);
+    let in_file = |s: &str| map_mounts_in_text(&in_pod(s), &file_mounts);
     let volumes =
-        volumes::materialise(ctx, pod, dir, &in_pod).map_err(|e| Blocked { container: 0, error: e.into() })?;
+        volumes::materialise(ctx, pod, dir, &in_file).map_err(|e| Blocked { container: 0, error: e.into() })?;
     let sa_dir = volumes::service_account(ctx, pod, dir).map_err(|e| Blocked { container: 0, error: e.into() })?;
     let mut launches = Vec::new();
     let oom_target = pod["metadata"]["annotations"][OOM_KILL_ANNOTATION].as_str().unwrap_or_default().to_string();
@@ -213,6 +233,10 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path, ip: Ipv4Addr) -> Re
         }
         launches.push(Launch {
             name: cname.into(),
+            hostname: spec["hostname"]
+                .as_str()
+                .unwrap_or_else(|| crate::emulator::store::meta_str(pod, "name"))
+                .to_string(),
             binary,
             args: argv,
             env,

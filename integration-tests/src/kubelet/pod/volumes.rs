@@ -52,6 +52,23 @@ pub(super) fn service_account(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<O
     Ok(Some(sa_dir))
 }
 
+/// Where volume `v` of a pod (in `ns`, pod directory `dir`) lives on the host: its own
+/// directory, a claim's directory shared by every pod naming the claim, or a hostPath.
+pub(super) fn volume_dir(ctx: &PodCtx, ns: &str, dir: &Path, v: &Value) -> PathBuf {
+    if let Some(pvc) = v.get("persistentVolumeClaim") {
+        claim_dir(&ctx.opts.work_dir, ns, pvc["claimName"].as_str().unwrap_or_default())
+    } else if let Some(h) = v.get("hostPath") {
+        PathBuf::from(h["path"].as_str().unwrap_or("/"))
+    } else {
+        dir.join("volumes").join(v["name"].as_str().unwrap_or_default())
+    }
+}
+
+/// The directory standing in for PersistentVolumeClaim `claim` in `ns`.
+pub fn claim_dir(work_dir: &Path, ns: &str, claim: &str) -> PathBuf {
+    work_dir.join("volumes").join(ns).join(claim)
+}
+
 /// Materialises the pod's volumes; returns each volume's directory by volume name.
 /// Text in Secret and ConfigMap keys goes through `in_pod` (the pod's own loopback and
 /// wildcard addresses pointed at the pod's address; see [`crate::kubelet::network`]).
@@ -68,7 +85,7 @@ pub(super) fn materialise(
     let cm_rt = ctx.store.find_kind("v1", "ConfigMap");
     for v in spec["volumes"].as_array().into_iter().flatten() {
         let vname = v["name"].as_str().unwrap_or_default();
-        let vdir = dir.join("volumes").join(vname);
+        let vdir = volume_dir(ctx, ns, dir, v);
         if let Some(s) = v.get("secret") {
             let sname = s["secretName"].as_str().unwrap_or_default();
             match secret_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, sname).ok()) {
@@ -87,15 +104,9 @@ pub(super) fn materialise(
                 }
                 None => return Err(VolumeError::ConfigMapNotFound { volume: vname.into(), config_map: cname.into() }),
             }
-        } else if let Some(pvc) = v.get("persistentVolumeClaim") {
-            let claim = pvc["claimName"].as_str().unwrap_or_default();
-            let shared = ctx.opts.work_dir.join("volumes").join(ns).join(claim);
-            let _ = std::fs::create_dir_all(&shared);
-            volumes.insert(vname.into(), shared);
-            continue;
-        } else if let Some(h) = v.get("hostPath") {
-            volumes.insert(vname.into(), PathBuf::from(h["path"].as_str().unwrap_or("/")));
-            continue;
+        } else if v.get("persistentVolumeClaim").is_some() {
+            let _ = std::fs::create_dir_all(&vdir);
+        } else if v.get("hostPath").is_some() {
         } else {
             let _ = std::fs::create_dir_all(&vdir);
         }
