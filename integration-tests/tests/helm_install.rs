@@ -514,13 +514,15 @@ async fn fullname_override_names_the_release_objects_and_jobs_run() {
     r.assert_rbac_sufficed();
 }
 
-/// Two replicas; the one holding the `runtime-pruning` Lease is killed: jobs still
+/// Two replicas (and the PodDisruptionBudget the chart adds for them); the one holding the `runtime-pruning` Lease is killed: jobs still
 /// complete, the Deployment replaces the pod, and another replica takes the Lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_with_one_killed_keep_running_jobs_and_hand_the_lease_over() {
     let mut r = release!();
-    r.install(json!({"replicaCount": 2})).await;
-    assert_eq!(r.job_manager_pods().len(), 2);
+    // `replicaCount` counts when the HPA (on by default) is off; the emulator runs no HPA.
+    r.install(json!({"replicaCount": 2, "jobManager": {"hpa": {"enabled": false}}})).await;
+    let pods = r.job_manager_pods();
+    assert_eq!(pods.len(), 2, "{}", r.diagnose("two replicas expected").await);
     r.assert_job_succeeds("rep-0001").await;
     let holder = || {
         r.emu
