@@ -281,6 +281,20 @@ async fn fail_sleep_and_steps() {
 }
 
 #[tokio::test]
+async fn env_reports_a_variable_of_the_runtimes_environment_or_null() {
+    let (status, results, sidecar) = run(json!({"action": "env", "name": "JOB_API_URL"})).await;
+    assert!(status.success());
+    let r = only_result(&results);
+    assert_eq!(r.outcome, RuntimeOutcome::Succeeded);
+    assert_eq!(r.output, json!({"JOB_API_URL": sidecar.url()}));
+    let (_, results, _) = run(json!({"action": "env", "name": "NOT_SET_IN_THIS_TEST_RUNTIME"})).await;
+    assert_eq!(only_result(&results).output, json!({"NOT_SET_IN_THIS_TEST_RUNTIME": null}));
+    let (_, results, _) = run(json!({"action": "env"})).await;
+    let r = only_result(&results);
+    assert_eq!((r.outcome, r.message.as_str()), (RuntimeOutcome::Failed, "env: payload has no \"name\""));
+}
+
+#[tokio::test]
 async fn a_503_from_the_sidecar_is_retried_after_retry_after_until_the_deadline() {
     // Three refusals (~3 s with Retry-After: 1) fit in the job's 10 s: the result lands.
     let sidecar = FakeSidecar::start(Some(job(json!({"action": "sleep", "secs": 0})))).await;

@@ -12,6 +12,8 @@
 //! - `{"action":"fetch","url":"...","expectStatus":200}`: through `HTTP_PROXY` /
 //!   `HTTPS_PROXY` (honouring `NO_PROXY`); succeeded when the status matches.
 //! - `{"action":"sleep","secs":N}` then succeed.
+//! - `{"action":"env","name":"VAR"}`: succeed with `{"VAR": <its value, or null>}` as
+//!   output (what the pod's environment gave the runtime, e.g. `USER_DEFINED_VARIABLES`).
 //! - `{"action":"fail","message":"..."}`: post a failed result.
 //! - `{"action":"exit","code":N}`: exit with that code without posting anything.
 //! - `{"action":"crash"}`: abort (a signal death, no result).
@@ -210,6 +212,14 @@ async fn run_action(id: &str, payload: &Value, deadline: Duration) -> StepResult
             log(id, format_args!("sleeping {secs}s"));
             tokio::time::sleep(Duration::from_secs_f64(secs)).await;
             Ok((format!("slept {secs}s"), json!({ "slept_secs": secs })))
+        }
+        "env" => {
+            let Some(name) = payload.get("name").and_then(Value::as_str) else {
+                return Err(("env: payload has no \"name\"".into(), Value::Null));
+            };
+            let value = std::env::var(name).ok();
+            log(id, format_args!("env {name}: {}", if value.is_some() { "set" } else { "unset" }));
+            Ok((format!("env {name}"), json!({ name: value })))
         }
         "fail" => {
             let message = payload.get("message").and_then(Value::as_str).unwrap_or("failed on request").to_string();

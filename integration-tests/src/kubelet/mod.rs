@@ -1,7 +1,7 @@
 //! The emulated node: a process kubelet (pods run as local processes — the real
 //! `sidecar` and `test-runtime` binaries), the Job and Deployment controllers, and
 //! Service networking through local forwarders. See [`pod`] for the pod lifecycle
-//! and [`network`] for how ports and Service names map onto loopback.
+//! and [`network`] for how pod addresses, Services and their names map onto loopback.
 pub mod controllers;
 pub mod network;
 pub mod pod;
@@ -136,12 +136,13 @@ impl Kubelet {
                 *path = snap;
             }
         }
-        let net = Arc::new(Network::default());
+        let net = Arc::new(Network::new(&opts.work_dir));
         let ctx = Arc::new(PodCtx {
             store: store.clone(),
             net: net.clone(),
             opts: Arc::new(opts.clone()),
             api_url: emu.url(),
+            mount_ns: pod::mount_namespace_args(net.hosts_file()),
         });
         let pods: Arc<std::sync::Mutex<HashMap<String, watch::Sender<Stop>>>> = Default::default();
         // One permit-keeping Notify per loop: a change during a pass is never missed.
@@ -166,11 +167,13 @@ impl Kubelet {
         // Controllers.
         {
             let store = store.clone();
+            let net = net.clone();
             let wake = wake_ctl.clone();
             let resync = opts.resync;
             tasks.push(tokio::spawn(async move {
                 loop {
                     controllers::reconcile_all(&store);
+                    net.sync_services(&store);
                     // At most one pass per 20ms however busy the API is.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     tokio::select! {
@@ -201,7 +204,8 @@ impl Kubelet {
         Self { store, net, work_dir: opts.work_dir, tasks, pods, temp }
     }
 
-    /// The loopback address of a Service port (its forwarder starts on first use).
+    /// The loopback address of a Service port (`<the Service's address>:<port>`; its
+    /// forwarder starts on first use).
     pub fn service_addr(&self, namespace: &str, service: &str, port: u16) -> Option<SocketAddr> {
         self.net.service_addr(&self.store, namespace, service, port)
     }
@@ -211,9 +215,20 @@ impl Kubelet {
         self.net.set_external_endpoints(namespace, service, addrs)
     }
 
-    /// The local port standing in for a pod's port.
-    pub fn pod_port(&self, namespace: &str, pod: &str, port: u16) -> Option<u16> {
-        self.net.pod(namespace, pod)?.ports.get(&port).copied()
+    /// Where a running pod's port is reached (its own loopback address).
+    pub fn pod_addr(&self, namespace: &str, pod: &str, port: u16) -> Option<SocketAddr> {
+        Some(SocketAddr::from((self.net.pod(namespace, pod)?.ip, port)))
+    }
+
+    /// The hosts file pods see as `/etc/hosts` (the host's entries and every Service).
+    pub fn hosts_file(&self) -> &std::path::Path {
+        self.net.hosts_file()
+    }
+
+    /// The directory standing in for PersistentVolumeClaim `claim` (shared by every pod
+    /// that mounts it; write files here to have them on the volume).
+    pub fn claim_dir(&self, namespace: &str, claim: &str) -> PathBuf {
+        pod::claim_dir(&self.work_dir, namespace, claim)
     }
 
     /// Where a container's stdout+stderr go.

@@ -44,6 +44,34 @@ pub fn map_mounts(s: &str, mounts: &[(String, PathBuf)]) -> String {
     s.to_string()
 }
 
+/// Mount paths written in a mounted file (a config file naming another mounted file or
+/// the data volume), as whole paths: preceded by a quote, blank, `=` or `:` (or the
+/// start) and followed by `/`, a quote, a blank, `,` or the end.
+pub fn map_mounts_in_text(text: &str, mounts: &[(String, PathBuf)]) -> String {
+    let mut mounts: Vec<&(String, PathBuf)> = mounts.iter().filter(|(m, _)| m.len() > 1).collect();
+    mounts.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    'outer: while i < text.len() {
+        let before_ok = i == 0 || text[..i].ends_with(['"', '\'', ' ', '\t', '\n', '=', ':']);
+        if before_ok {
+            for (mount, dir) in &mounts {
+                if let Some(rest) = text[i..].strip_prefix(mount.as_str()) {
+                    if rest.is_empty() || rest.starts_with(['/', '"', '\'', ' ', '\t', '\n', '\r', ',']) {
+                        out.push_str(&dir.display().to_string());
+                        i += mount.len();
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+        let ch = text[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
 /// A Secret, ConfigMap or key the environment refers to that does not exist (the
 /// container waits in `CreateContainerConfigError`).
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +87,12 @@ pub(super) enum EnvError {
 }
 
 /// The container's environment in order, later definitions replacing earlier ones.
-pub(super) fn resolve_env(ctx: &PodCtx, pod: &Value, c: &Value) -> Result<Vec<(String, String)>, EnvError> {
+pub(super) fn resolve_env(
+    ctx: &PodCtx,
+    pod: &Value,
+    c: &Value,
+    pod_ip: std::net::Ipv4Addr,
+) -> Result<Vec<(String, String)>, EnvError> {
     let ns = meta_str(pod, "namespace");
     let secret_rt = ctx.store.find_kind("v1", "Secret");
     let cm_rt = ctx.store.find_kind("v1", "ConfigMap");
@@ -138,7 +171,8 @@ pub(super) fn resolve_env(ctx: &PodCtx, pod: &Value, c: &Value) -> Result<Vec<(S
                     "spec.serviceAccountName" => {
                         pod["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_string()
                     }
-                    "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => "127.0.0.1".into(),
+                    "status.podIP" | "status.podIPs" => pod_ip.to_string(),
+                    "status.hostIP" | "status.hostIPs" => "127.0.0.1".into(),
                     p => {
                         let key = p.split("['").nth(1).and_then(|s| s.strip_suffix("']")).unwrap_or_default();
                         let map = if p.starts_with("metadata.labels") { "labels" } else { "annotations" };

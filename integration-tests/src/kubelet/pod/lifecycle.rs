@@ -52,12 +52,20 @@ pub async fn run(ctx: Arc<PodCtx>, pod: Value, mut stop: watch::Receiver<Stop>) 
     let main_specs: Vec<Value> = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
     let mut init_st = CStatus::all_waiting(&init_specs, "PodInitializing");
     let mut main_st = CStatus::all_waiting(&main_specs, "ContainerCreating");
-    let status = PodStatusWriter { ctx: &ctx, ns: &ns, name: &name, init_specs: &init_specs, started_at: time::now() };
+    let ip = ctx.net.allocate_pod_ip();
+    let status = PodStatusWriter {
+        ctx: &ctx,
+        ns: &ns,
+        name: &name,
+        init_specs: &init_specs,
+        started_at: time::now(),
+        ip: ip.to_string(),
+    };
     status.publish(&init_st, &main_st, "Pending", None);
 
     // Volumes, images and env: retried (as the kubelet does) until they resolve.
     let prepared = loop {
-        match prepare(&ctx, &pod, &dir) {
+        match prepare(&ctx, &pod, &dir, ip) {
             Ok(p) => break p,
             Err(Blocked { container: idx, error }) => {
                 let st = if idx < init_st.len() { &mut init_st[idx] } else { &mut main_st[idx - init_st.len()] };

@@ -9,7 +9,8 @@
 //! - `spec`: reads the pod spec into launches (images to binaries, ports, argv);
 //! - `volumes` and `env`: materialise volumes and resolve environment variables;
 //! - `lifecycle`: the worker that schedules, starts, probes and stops the containers;
-//! - `process`: one container as one restarted child process;
+//! - `process`: one container as one restarted child process (in a mount namespace
+//!   of its own, with the kubelet's hosts file as `/etc/hosts`: `name.ns.svc` resolves);
 //! - `probe`: startup and readiness probes against the pod's ports;
 //! - `status`: container statuses and the pod status the kubelet writes.
 mod env;
@@ -20,9 +21,10 @@ mod spec;
 mod status;
 mod volumes;
 
-pub use env::{expand, map_mounts};
+pub use env::{expand, map_mounts, map_mounts_in_text};
 pub use lifecycle::run;
 pub use spec::image_binary;
+pub use volumes::claim_dir;
 
 use super::network::Network;
 use super::KubeletOptions;
@@ -51,6 +53,34 @@ pub struct PodCtx {
     pub opts: Arc<KubeletOptions>,
     /// The API server's URL, for the kubeconfig of pods that mount a token.
     pub api_url: String,
+    /// `unshare` options giving a container a mount namespace of its own (where the
+    /// kubelet's hosts file is bound over `/etc/hosts`); `None` when this machine allows
+    /// neither (pods then resolve no Service names).
+    pub mount_ns: Option<Vec<&'static str>>,
+}
+
+/// The shell step run inside a container's new mount namespace: `$0` is the hosts file.
+pub(super) const BIND_HOSTS: &str = r#"mount --bind "$0" /etc/hosts && exec "$@""#;
+
+/// Which `unshare` options give a process a private mount namespace here: plain
+/// `--mount` as root, or inside a user namespace of its own otherwise; tried once.
+pub fn mount_namespace_args(hosts: &std::path::Path) -> Option<Vec<&'static str>> {
+    let variants: [&[&'static str]; 2] = [&["--mount"], &["--user", "--map-root-user", "--mount"]];
+    for args in variants {
+        let ok = std::process::Command::new("unshare")
+            .args(args)
+            .args(["--", "sh", "-c", BIND_HOSTS, &hosts.display().to_string(), "true"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(args.to_vec());
+        }
+    }
+    tracing::warn!("no private mount namespace (unshare --mount): pods cannot resolve Service names");
+    None
 }
 
 #[cfg(test)]

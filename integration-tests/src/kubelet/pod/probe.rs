@@ -1,4 +1,4 @@
-//! Startup and readiness probes, run against the ports the pod was given.
+//! Startup and readiness probes, run against the pod's address.
 use super::super::network::PodNet;
 use serde_json::Value;
 use std::time::Duration;
@@ -15,17 +15,22 @@ pub(super) async fn probe_passes(probe: &Value, net: &PodNet) -> bool {
         let Some(port) = net.resolve(&tcp["port"]) else {
             return false;
         };
-        return tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok();
+        return tokio::net::TcpStream::connect(port).await.is_ok();
     }
     // exec/grpc probes are not emulated: treated as passing.
     true
 }
 
-async fn http_get_ok(port: u16, path: &str) -> bool {
+async fn http_get_ok(addr: std::net::SocketAddr, path: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.33\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.33\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut buf = [0u8; 32];
         let n = s.read(&mut buf).await.ok()?;
         let line = String::from_utf8_lossy(&buf[..n]).to_string();

@@ -10,6 +10,8 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug)]
 pub(super) struct Launch {
     pub name: String,
+    /// `HOSTNAME`: the pod's hostname (`spec.hostname`, else the pod's name).
+    pub hostname: String,
     pub binary: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -32,7 +34,7 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
             cmd.env(keep, v);
         }
     }
-    cmd.env("HOSTNAME", &launch.name);
+    cmd.env("HOSTNAME", &launch.hostname);
     cmd.envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
     cmd.spawn()

@@ -1,13 +1,14 @@
 //! Reading a pod spec into what its processes need: the node selector, images mapped
 //! to binaries, ports, and one launch (binary, argv, env, log) per container.
 use super::super::network::{self, PodNet};
-use super::env::{expand, map_mounts, resolve_env, EnvError};
+use super::env::{expand, map_mounts, map_mounts_in_text, resolve_env, EnvError};
 use super::process::Launch;
 use super::volumes::{self, VolumeError};
 use super::{PodCtx, OOM_KILL_ANNOTATION};
 use crate::kubelet::KubeletOptions;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 pub(super) fn node_selector_matches(pod: &Value, node_labels: &BTreeMap<String, String>) -> bool {
@@ -100,8 +101,8 @@ fn service_account_env(env: &mut Vec<(String, String)>, api_url: &str, sa_dir: &
     }
 }
 
-/// Resolves everything a pod needs before any process starts.
-pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared, Blocked> {
+/// Resolves everything a pod with address `ip` needs before any process starts.
+pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path, ip: Ipv4Addr) -> Result<Prepared, Blocked> {
     let spec = &pod["spec"];
     let containers: Vec<&Value> = spec["initContainers"]
         .as_array()
@@ -109,10 +110,8 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
         .flatten()
         .chain(spec["containers"].as_array().into_iter().flatten())
         .collect();
-    let volumes = volumes::materialise(ctx, pod, dir).map_err(|e| Blocked { container: 0, error: e.into() })?;
-    let sa_dir = volumes::service_account(ctx, pod, dir).map_err(|e| Blocked { container: 0, error: e.into() })?;
     // Ports: declared ones plus any loopback/wildcard port written in env or args.
-    let mut net = PodNet::default();
+    let mut net = PodNet::new(ip);
     let mut pod_ports: Vec<u16> = Vec::new();
     for c in &containers {
         for p in c["ports"].as_array().into_iter().flatten() {
@@ -132,11 +131,31 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
             pod_ports.extend(network::local_ports_in(&a));
         }
     }
-    for p in pod_ports {
-        if p != 0 && !net.ports.contains_key(&p) {
-            net.ports.insert(p, network::free_port());
-        }
-    }
+    net.ports.extend(pod_ports.into_iter().filter(|p| *p != 0));
+    // Mounted files see the pod's addresses and (as whole paths) its mount paths.
+    let ns = crate::emulator::store::meta_str(pod, "namespace");
+    let volume_dirs: HashMap<&str, PathBuf> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((v["name"].as_str()?, volumes::volume_dir(ctx, ns, dir, v))))
+        .collect();
+    let mut file_mounts: Vec<(String, PathBuf)> = containers
+        .iter()
+        .flat_map(|c| c["volumeMounts"].as_array().into_iter().flatten())
+        .filter_map(|m| {
+            let vdir = volume_dirs.get(m["name"].as_str()?)?;
+            let sub = m["subPath"].as_str().unwrap_or_default();
+            let d = if sub.is_empty() { vdir.clone() } else { vdir.join(sub) };
+            Some((m["mountPath"].as_str()?.trim_end_matches('/').to_string(), d))
+        })
+        .collect();
+    file_mounts.push((volumes::SERVICE_ACCOUNT_PATH.to_string(), dir.join("serviceaccount")));
+    let in_pod = |s: &str| network::to_pod_address(s, ip, &net.ports);
+    let in_file = |s: &str| map_mounts_in_text(&in_pod(s), &file_mounts);
+    let volumes =
+        volumes::materialise(ctx, pod, dir, &in_file).map_err(|e| Blocked { container: 0, error: e.into() })?;
+    let sa_dir = volumes::service_account(ctx, pod, dir).map_err(|e| Blocked { container: 0, error: e.into() })?;
     let mut launches = Vec::new();
     let oom_target = pod["metadata"]["annotations"][OOM_KILL_ANNOTATION].as_str().unwrap_or_default().to_string();
     for (idx, c) in containers.iter().enumerate() {
@@ -165,13 +184,13 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
             })
             .collect();
         let mut mounts = mounts;
-        let env = resolve_env(ctx, pod, c).map_err(|e| Blocked { container: idx, error: e.into() })?;
+        let env = resolve_env(ctx, pod, c, ip).map_err(|e| Blocked { container: idx, error: e.into() })?;
         if let Some(sa) = &sa_dir {
             mounts.push((volumes::SERVICE_ACCOUNT_PATH.to_string(), sa.clone()));
         }
         let rewrite = |s: &str| {
             let s = map_mounts(s, &mounts);
-            let s = network::remap_ports(&s, &net.ports);
+            let s = in_pod(&s);
             ctx.net.rewrite_service_hosts(&ctx.store, &s)
         };
         let vars: HashMap<String, String> = env.iter().cloned().collect();
@@ -202,8 +221,22 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
                 .concat();
             binary = PathBuf::from(UNSHARE);
         }
+        if let Some(mount_ns) = &ctx.mount_ns {
+            // A mount namespace of its own, where the kubelet's hosts file is /etc/hosts.
+            let hosts = ctx.net.hosts_file().display().to_string();
+            let wrapper = mount_ns
+                .iter()
+                .map(|a| a.to_string())
+                .chain(["--", "sh", "-c", super::BIND_HOSTS, &hosts, &binary.display().to_string()].map(String::from));
+            argv = wrapper.chain(argv).collect();
+            binary = PathBuf::from(UNSHARE);
+        }
         launches.push(Launch {
             name: cname.into(),
+            hostname: spec["hostname"]
+                .as_str()
+                .unwrap_or_else(|| crate::emulator::store::meta_str(pod, "name"))
+                .to_string(),
             binary,
             args: argv,
             env,
@@ -214,7 +247,7 @@ pub(super) fn prepare(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<Prepared,
     Ok(Prepared { launches, net })
 }
 
-/// util-linux `unshare`, which gives a container a private network namespace.
+/// util-linux `unshare`, which gives a container a private network or mount namespace.
 const UNSHARE: &str = "unshare";
 const PRIVATE_NET_ARGS: [&str; 4] = ["--user", "--map-root-user", "--net", "--"];
 

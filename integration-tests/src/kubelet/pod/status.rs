@@ -73,6 +73,8 @@ pub(super) struct PodStatusWriter<'a> {
     pub name: &'a str,
     pub init_specs: &'a [Value],
     pub started_at: String,
+    /// The pod's own loopback address.
+    pub ip: String,
 }
 
 impl PodStatusWriter<'_> {
@@ -93,8 +95,8 @@ impl PodStatusWriter<'_> {
             s["phase"] = json!(phase);
             s["hostIP"] = json!("127.0.0.1");
             s["hostIPs"] = json!([{"ip": "127.0.0.1"}]);
-            s["podIP"] = json!("127.0.0.1");
-            s["podIPs"] = json!([{"ip": "127.0.0.1"}]);
+            s["podIP"] = json!(self.ip);
+            s["podIPs"] = json!([{"ip": self.ip}]);
             s["startTime"] = json!(self.started_at);
             s["conditions"] = json!([
                 cond("PodReadyToStartContainers", true),

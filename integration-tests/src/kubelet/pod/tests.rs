@@ -1,7 +1,7 @@
 use super::env::EnvError;
 use super::spec::{image_default_args, node_selector_matches, ImageError, PrepareError};
 use super::volumes::VolumeError;
-use super::{expand, image_binary, map_mounts};
+use super::{expand, image_binary, map_mounts, map_mounts_in_text};
 use crate::kubelet::KubeletOptions;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +15,20 @@ fn expansion_and_mount_mapping() {
     assert_eq!(map_mounts("/var/run/job", &mounts), "/tmp/p/job");
     assert_eq!(map_mounts("/var/run/job/token", &mounts), "/tmp/p/job/token");
     assert_eq!(map_mounts("/var/run/jobs", &mounts), "/var/run/jobs");
+}
+
+#[test]
+fn mount_paths_in_mounted_files_map_as_whole_paths() {
+    let mounts = vec![
+        ("/etc/job-manager".to_string(), PathBuf::from("/w/config")),
+        ("/data".to_string(), PathBuf::from("/w/claim")),
+    ];
+    let text = "file: \"/etc/job-manager/vars.json\"\nmountPath: /data\nurl: http://x/data\nother: /database\n";
+    assert_eq!(
+        map_mounts_in_text(text, &mounts),
+        "file: \"/w/config/vars.json\"\nmountPath: /w/claim\nurl: http://x/data\nother: /database\n"
+    );
+    assert_eq!(map_mounts_in_text(r#"{"p":"/data"}"#, &mounts), r#"{"p":"/w/claim"}"#);
 }
 
 #[test]

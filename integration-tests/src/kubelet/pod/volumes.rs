@@ -52,8 +52,32 @@ pub(super) fn service_account(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<O
     Ok(Some(sa_dir))
 }
 
+/// Where volume `v` of a pod (in `ns`, pod directory `dir`) lives on the host: its own
+/// directory, a claim's directory shared by every pod naming the claim, or a hostPath.
+pub(super) fn volume_dir(ctx: &PodCtx, ns: &str, dir: &Path, v: &Value) -> PathBuf {
+    if let Some(pvc) = v.get("persistentVolumeClaim") {
+        claim_dir(&ctx.opts.work_dir, ns, pvc["claimName"].as_str().unwrap_or_default())
+    } else if let Some(h) = v.get("hostPath") {
+        PathBuf::from(h["path"].as_str().unwrap_or("/"))
+    } else {
+        dir.join("volumes").join(v["name"].as_str().unwrap_or_default())
+    }
+}
+
+/// The directory standing in for PersistentVolumeClaim `claim` in `ns`.
+pub fn claim_dir(work_dir: &Path, ns: &str, claim: &str) -> PathBuf {
+    work_dir.join("volumes").join(ns).join(claim)
+}
+
 /// Materialises the pod's volumes; returns each volume's directory by volume name.
-pub(super) fn materialise(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<HashMap<String, PathBuf>, VolumeError> {
+/// Text in Secret and ConfigMap keys goes through `in_pod` (the pod's own loopback and
+/// wildcard addresses pointed at the pod's address; see [`crate::kubelet::network`]).
+pub(super) fn materialise(
+    ctx: &PodCtx,
+    pod: &Value,
+    dir: &Path,
+    in_pod: &dyn Fn(&str) -> String,
+) -> Result<HashMap<String, PathBuf>, VolumeError> {
     let ns = meta_str(pod, "namespace");
     let spec = &pod["spec"];
     let mut volumes: HashMap<String, PathBuf> = HashMap::new();
@@ -61,11 +85,11 @@ pub(super) fn materialise(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<HashM
     let cm_rt = ctx.store.find_kind("v1", "ConfigMap");
     for v in spec["volumes"].as_array().into_iter().flatten() {
         let vname = v["name"].as_str().unwrap_or_default();
-        let vdir = dir.join("volumes").join(vname);
+        let vdir = volume_dir(ctx, ns, dir, v);
         if let Some(s) = v.get("secret") {
             let sname = s["secretName"].as_str().unwrap_or_default();
             match secret_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, sname).ok()) {
-                Some(secret) => write_keys(&vdir, &secret["data"], s.get("items"), true),
+                Some(secret) => write_keys(&vdir, &secret["data"], s.get("items"), true, in_pod),
                 None if s["optional"] == json!(true) => {
                     let _ = std::fs::create_dir_all(&vdir);
                 }
@@ -74,21 +98,15 @@ pub(super) fn materialise(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<HashM
         } else if let Some(c) = v.get("configMap") {
             let cname = c["name"].as_str().unwrap_or_default();
             match cm_rt.as_ref().and_then(|rt| ctx.store.get(rt, ns, cname).ok()) {
-                Some(cm) => write_keys(&vdir, &cm["data"], c.get("items"), false),
+                Some(cm) => write_keys(&vdir, &cm["data"], c.get("items"), false, in_pod),
                 None if c["optional"] == json!(true) => {
                     let _ = std::fs::create_dir_all(&vdir);
                 }
                 None => return Err(VolumeError::ConfigMapNotFound { volume: vname.into(), config_map: cname.into() }),
             }
-        } else if let Some(pvc) = v.get("persistentVolumeClaim") {
-            let claim = pvc["claimName"].as_str().unwrap_or_default();
-            let shared = ctx.opts.work_dir.join("volumes").join(ns).join(claim);
-            let _ = std::fs::create_dir_all(&shared);
-            volumes.insert(vname.into(), shared);
-            continue;
-        } else if let Some(h) = v.get("hostPath") {
-            volumes.insert(vname.into(), PathBuf::from(h["path"].as_str().unwrap_or("/")));
-            continue;
+        } else if v.get("persistentVolumeClaim").is_some() {
+            let _ = std::fs::create_dir_all(&vdir);
+        } else if v.get("hostPath").is_some() {
         } else {
             let _ = std::fs::create_dir_all(&vdir);
         }
@@ -97,14 +115,18 @@ pub(super) fn materialise(ctx: &PodCtx, pod: &Value, dir: &Path) -> Result<HashM
     Ok(volumes)
 }
 
-fn write_keys(dir: &Path, data: &Value, items: Option<&Value>, base64: bool) {
+fn write_keys(dir: &Path, data: &Value, items: Option<&Value>, base64: bool, in_pod: &dyn Fn(&str) -> String) {
     let _ = std::fs::create_dir_all(dir);
     let decode = |v: &Value| -> Vec<u8> {
         let s = v.as_str().unwrap_or_default();
-        if base64 {
+        let bytes = if base64 {
             base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
         } else {
             s.as_bytes().to_vec()
+        };
+        match String::from_utf8(bytes) {
+            Ok(text) => in_pod(&text).into_bytes(),
+            Err(e) => e.into_bytes(),
         }
     };
     let Some(map) = data.as_object() else { return };
