@@ -306,3 +306,43 @@ fn max_result_bytes_is_bounded_and_is_the_limit_on_both_sides() {
         );
     }
 }
+
+#[test]
+fn every_listed_env_name_can_be_set_and_sets_its_key() {
+    let table = settings_table();
+    assert!(table.iter().any(|(k, _, _)| k == "kubernetes.jobManagerPodLabels"), "maps are listed whole");
+    for (key, env_var, default) in &table {
+        assert!(
+            env_var.len() > 3 && env_var.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+            "{key}: {env_var:?} is not a name a shell or a pod spec can set"
+        );
+        assert!(key.split('.').all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric())), "{key}");
+        // The printed name is the one loading reads: setting it to its own default
+        // (JSON as printed) loads, and the flag of the same key is accepted too.
+        let raw = serde_json::from_str::<serde_json::Value>(default)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| default.clone());
+        let from_env = load(None, &env(&[(env_var.as_str(), raw.as_str())]), &[]);
+        assert!(from_env.is_ok(), "{env_var}={raw}: {from_env:?}");
+        assert_eq!(from_env.unwrap(), Config::default(), "{env_var}={raw} must round-trip");
+        assert!(load(None, &env(&[]), &[FlagOverride::new(key.as_str(), raw.as_str())]).is_ok(), "--set {key}");
+    }
+}
+
+#[test]
+fn a_map_of_labels_is_set_whole_from_its_env_name() {
+    let c = load(
+        None,
+        &env(&[("JM_KUBERNETES_JOB_MANAGER_POD_LABELS", r#"{"app.kubernetes.io/component": "jm", "tier": "x"}"#)]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.kubernetes.job_manager_pod_labels,
+        BTreeMap::from([("app.kubernetes.io/component".into(), "jm".into()), ("tier".into(), "x".into())])
+    );
+    let f = file("kubernetes: {nodeSelector: {pool: a}}\n");
+    let c = load(Some(f.path()), &env(&[("JM_KUBERNETES_NODE_SELECTOR", "{pool: b}")]), &[]).unwrap();
+    assert_eq!(c.kubernetes.node_selector, BTreeMap::from([("pool".into(), "b".into())]));
+}
