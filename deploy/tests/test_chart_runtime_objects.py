@@ -3,26 +3,41 @@ the real `job-manager render` (the same translation the Kubernetes executor runs
 it and a sample job into runtime objects, and those must be valid Kubernetes objects
 with no service-account token, hardened containers and the sidecar as the only way out."""
 import json
+import subprocess
 
 import jsonschema
 import pytest
 import yaml
 
-from conftest import KUBE_VERSIONS, NAMESPACE, RELEASE, job_manager_binary, kube_validate, load_all, render, run
+from conftest import KUBE_VERSIONS, NAMESPACE, RELEASE, job_manager_binary, kube_validate, load_all, render
+from test_chart_job_manager_accepts import pod_environment
 from test_chart_matrix import values_for
 
 CASES = ["defaults", "everything", "registry-override", "persistence-pvc", "network-policy", "runtime-sandbox",
          "egress-firewall-off"]
 
 
-def runtime_objects(chart, case: str, runtime: str, tmp_path) -> list:
+def render_objects(chart, values: dict, runtime: str, tmp_path, sets=()) -> subprocess.CompletedProcess:
+    """`job-manager render` on the chart's ConfigMap, in the job-manager container's
+    environment (its JM_* env, secrets resolved from the rendered Secrets), as the pod
+    loads it; `sets` are extra `--set` flags (e.g. where the data volume is mounted)."""
     binary = job_manager_binary()
     assert binary, "target/debug/job-manager missing: chart-test.sh builds it (cargo build -p job-manager --bins)"
+    rendered = render(chart, values)
     config = tmp_path / "config.yaml"
-    config.write_text(render(chart, values_for(case)).one("ConfigMap")["data"]["config.yaml"])
+    config.write_text(rendered.one("ConfigMap")["data"]["config.yaml"])
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"id": "chart-test-1", "runtime_type": runtime, "timeout_secs": 60, "payload": {"script": "ok"}}))
-    out = run([str(binary), "render", "--job", str(job), "--config", str(config), "--namespace", NAMESPACE])
+    env = pod_environment(rendered, config)
+    env["PATH"] = "/usr/bin:/bin"
+    cmd = [str(binary), "render", "--job", str(job), "--config", str(config), "--namespace", NAMESPACE]
+    for s in sets:
+        cmd += ["--set", s]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def runtime_objects(chart, case: str, runtime: str, tmp_path) -> list:
+    out = render_objects(chart, values_for(case), runtime, tmp_path)
     assert out.returncode == 0, f"job-manager render refused the chart's config ({case}): {out.stderr}"
     return load_all(out.stdout)
 

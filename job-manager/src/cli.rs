@@ -42,7 +42,9 @@ pub enum Command {
     /// Print the verified-script-execution signature of a job file (for `signature`).
     Sign(SignArgs),
     /// Print every Kubernetes object the job manager would create for a job (multi-document
-    /// YAML; no cluster needed).
+    /// YAML; no cluster needed). The configuration is loaded and validated as `run` does
+    /// with the kubernetes executor (file, JM_* env, --set); secrets it does not show
+    /// (location key, internal API key) may be left out.
     Render(RenderArgs),
     /// Print the JobRecord CustomResourceDefinition (the chart ships it in crds/).
     Crd,
@@ -55,12 +57,16 @@ pub struct RenderArgs {
     /// The job file (a `common::Job` as JSON or YAML)
     #[arg(long, value_name = "FILE")]
     pub job: PathBuf,
-    /// YAML config file (the same file `run --config` takes; defaults when omitted)
+    /// YAML config file (the same file `run --config` takes, e.g. deploy/examples/kubernetes.yaml
+    /// or the chart's ConfigMap); without the flag, `$JM_CONFIG_FILE`, else the defaults
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Namespace of the objects (default: the config's `namespace`, else `default`)
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
+    /// Any setting by its key path, as `run --set` (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

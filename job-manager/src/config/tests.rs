@@ -188,6 +188,36 @@ fn validation_rules_table() {
         ),
         ("k8s needs key", MINIMAL, &[("JM_EXECUTOR", "kubernetes")], "internalApiKey"),
         (
+            "k8s needs the key's secret name",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a, image: {repository: rt}}]\n",
+            &[],
+            "kubernetes.internalApiKeySecretName",
+        ),
+        (
+            "k8s runtime image without repository",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a}]\nkubernetes: {internalApiKeySecretName: s}\n",
+            &[],
+            "runtimes[0].image (a): repository is required with the kubernetes executor (got an empty one: the image would be `:latest`)",
+        ),
+        (
+            "k8s sidecar image without repository",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a, image: {repository: rt}}]\nkubernetes: {internalApiKeySecretName: s}\nsidecar: {image: {repository: ''}}\n",
+            &[],
+            "`sidecar.image.repository`",
+        ),
+        (
+            "k8s image repository with a tag in it",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a, image: {repository: ':latest'}}]\nkubernetes: {internalApiKeySecretName: s}\n",
+            &[],
+            "is not an image repository",
+        ),
+        (
+            "udv path missing on the volume",
+            MINIMAL,
+            &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "vars"), ("JM_KUBERNETES_PERSISTENCE_MOUNT_PATH", "/nonexistent")],
+            "cannot read /nonexistent/vars",
+        ),
+        (
             "sidecar and runtime share a UID",
             "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {securityContext: {runAsUser: 1001}}\n",
             &[],
@@ -345,4 +375,32 @@ fn a_map_of_labels_is_set_whole_from_its_env_name() {
     let f = file("kubernetes: {nodeSelector: {pool: a}}\n");
     let c = load(Some(f.path()), &env(&[("JM_KUBERNETES_NODE_SELECTOR", "{pool: b}")]), &[]).unwrap();
     assert_eq!(c.kubernetes.node_selector, BTreeMap::from([("pool".into(), "b".into())]));
+}
+
+#[test]
+fn user_defined_path_is_read_from_the_data_volume_as_a_file_or_a_directory() {
+    let data = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir(data.path().join("variables")).unwrap();
+    std::fs::write(data.path().join("variables/user_defined_variables.json"), r#"{"FROM": "dir"}"#).unwrap();
+    std::fs::write(data.path().join("mine.json"), r#"{"FROM": "file"}"#).unwrap();
+    let mount = data.path().display().to_string();
+    for (path, expected) in [("variables", "dir"), ("variables/", "dir"), ("mine.json", "file")] {
+        let v = load_valid(
+            MINIMAL,
+            &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", path), ("JM_KUBERNETES_PERSISTENCE_MOUNT_PATH", &mount)],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(v.user_defined_variables.get("FROM"), Some(&serde_json::json!(expected)), "{path}");
+    }
+    std::fs::write(data.path().join("list.json"), "[1]").unwrap();
+    let err = rule_of(load_valid(
+        MINIMAL,
+        &[
+            ("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "list.json"),
+            ("JM_KUBERNETES_PERSISTENCE_MOUNT_PATH", &mount),
+        ],
+        &[],
+    ));
+    assert!(err.contains("userDefinedPath") && err.contains("must be a JSON object"), "{err}");
 }

@@ -111,6 +111,9 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
             "is required with the kubernetes executor (every replica and sidecar must share it)",
         ));
     }
+    if c.executor == ExecutorKind::Kubernetes {
+        validate_kubernetes_executor(c)?;
+    }
     validate_runtimes(c)?;
     validate_sidecar(c)?;
     crate::backend::local::isolation::UidRange::parse(&c.local.uid_range, nix::unistd::geteuid().as_raw())
@@ -159,6 +162,49 @@ fn validate_runtimes(c: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// What the Kubernetes executor needs before it creates a pod: a Secret name for the
+/// sidecars' internal API key and an image for every container (an empty repository
+/// would render `image: :latest`, which the API server takes and the kubelet never pulls).
+fn validate_kubernetes_executor(c: &Config) -> Result<(), ConfigError> {
+    if c.kubernetes.internal_api_key_secret_name.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "kubernetes.internalApiKeySecretName",
+            "is required with the kubernetes executor: sidecars read the internal API key from this Secret \
+             (chart: set from global.internalApiKey or global.internalApiKeySecretName)",
+        ));
+    }
+    for (i, r) in c.runtimes.iter().enumerate().filter(|(_, r)| r.enabled) {
+        if let Some(problem) = image_problem(&r.image) {
+            return Err(ConfigError::invalid("runtimes", format!("runtimes[{i}].image ({}): {problem}", r.name)));
+        }
+    }
+    if let Some(problem) = image_problem(&c.sidecar.image) {
+        return Err(ConfigError::invalid("sidecar.image.repository", problem));
+    }
+    Ok(())
+}
+
+/// Why an image cannot be pulled as configured, if it cannot.
+fn image_problem(image: &super::model::ImageSettings) -> Option<String> {
+    let repo = image.repository.trim();
+    if repo.is_empty() {
+        return Some(format!(
+            "repository is required with the kubernetes executor (got an empty one: the image would be `:{}`)",
+            image.tag
+        ));
+    }
+    if repo.chars().any(|c| c.is_whitespace() || c.is_ascii_uppercase()) || repo.starts_with(['/', ':', '@', '.', '-'])
+    {
+        return Some(format!(
+            "repository {repo:?} is not an image repository (lowercase, e.g. registry.example.com/team/runtime)"
+        ));
+    }
+    if image.tag.chars().any(char::is_whitespace) {
+        return Some(format!("tag {:?} must not contain whitespace", image.tag));
+    }
+    None
 }
 
 fn validate_sidecar(c: &Config) -> Result<(), ConfigError> {
@@ -287,16 +333,41 @@ pub fn user_defined_variables(c: &Config) -> Result<serde_json::Map<String, serd
         return parse(key, &text);
     }
     if !u.user_defined_path.trim().is_empty() {
-        // A path on the shared volume, read by runtimes in the cluster: it must stay inside it.
-        let p = std::path::Path::new(&u.user_defined_path);
-        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(ConfigError::invalid(
-                "userDefinedVariables.userDefinedPath",
-                "must be a relative path inside the persistent volume (no leading '/', no '..')",
-            ));
-        }
+        let key = "userDefinedVariables.userDefinedPath";
+        let file = user_defined_path_file(c)?;
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            ConfigError::invalid(
+                key,
+                format!(
+                    "cannot read {} ({:?} on the data volume mounted at kubernetes.persistence.mountPath {:?}): {e}",
+                    file.display(),
+                    u.user_defined_path,
+                    c.kubernetes.persistence.mount_path
+                ),
+            )
+        })?;
+        return parse(key, &text);
     }
     Ok(serde_json::Map::new())
+}
+
+/// The file name `userDefinedPath` names when it is a directory (as the synthetics job
+/// manager's chart mounts it: `--set ...userDefinedPath=variables`).
+pub const USER_DEFINED_VARIABLES_FILE: &str = "user_defined_variables.json";
+
+/// `userDefinedPath` on the data volume (`kubernetes.persistence.mountPath`, which the
+/// chart mounts in the job-manager pod as in runtime pods): the file itself, or a
+/// directory holding [`USER_DEFINED_VARIABLES_FILE`]. It must stay inside the volume.
+fn user_defined_path_file(c: &Config) -> Result<std::path::PathBuf, ConfigError> {
+    let rel = std::path::Path::new(c.user_defined_variables.user_defined_path.trim());
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(ConfigError::invalid(
+            "userDefinedVariables.userDefinedPath",
+            "must be a relative path inside the persistent volume (no leading '/', no '..')",
+        ));
+    }
+    let path = std::path::Path::new(&c.kubernetes.persistence.mount_path).join(rel);
+    Ok(if path.is_dir() { path.join(USER_DEFINED_VARIABLES_FILE) } else { path })
 }
 
 pub fn is_dns_label(s: &str) -> bool {
