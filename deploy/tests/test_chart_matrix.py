@@ -28,7 +28,6 @@ MATRIX = {
                                       "podAnnotations": {"team": "global", "a": "global"}},
                            "imagePullSecrets": [{"name": "jm-only"}], "podAnnotations": {"a": "component"}},
                           {"Deployment"}, set()),
-    "sidecar-disabled": ({"jobManager": {"sidecar": {"enabled": False}}}, {"Deployment"}, set()),
     "keda": ({"jobManager": {"keda": {"enabled": True}}}, {"ScaledObject", "TriggerAuthentication"},
              {"HorizontalPodAutoscaler", "PodDisruptionBudget"}),
     "replicas-3": ({"jobManager": {"hpa": {"enabled": False}}, "replicaCount": 3}, {"PodDisruptionBudget"}, {"HorizontalPodAutoscaler"}),
@@ -157,4 +156,7 @@ def test_notes_tell_the_operator_what_to_check(chart):
     assert "169.254.169.254 must be unreachable" in notes
     keda = render(chart, values_for("keda")).notes()
     assert "KEDA scales the job manager between 0 and 10" in keda and "HorizontalPodAutoscaler" not in keda
-    assert "NOT filtered by the sidecar" in render(chart, values_for("sidecar-disabled")).notes()
+    assert "reportOnly is true" in render(chart, deep_merge(REQUIRED, {"jobManager": {"sidecar": {"reportOnly": True}}})).notes()
+    completions = render(chart, deep_merge(REQUIRED, {"node-api-runtime": {"completions": 12}})).notes()
+    assert "node-api-runtime.completions is ignored" in completions and "node-browser-runtime.completions" not in completions
+    assert "completions" not in notes

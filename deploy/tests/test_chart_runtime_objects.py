@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import KUBE_VERSIONS, NAMESPACE, RELEASE, job_manager_binary, kube_validate, load_all, render
+from conftest import KUBE_VERSIONS, NAMESPACE, RELEASE, deep_merge, job_manager_binary, kube_validate, load_all, render
 from test_chart_job_manager_accepts import pod_environment
 from test_chart_matrix import values_for
 
@@ -155,3 +155,83 @@ def test_sidecar_policy_values_reach_the_sidecar_the_job_manager_renders(chart, 
     for env in defaults:
         assert "SIDECAR_DENY_PUBLIC" not in env and "SIDECAR_DENY_PRIVATE" not in env, env
         assert env["SIDECAR_MAX_BODY_BYTES"] == str(1024 * 1024), env
+
+
+def runtime_env(pod: dict) -> dict:
+    runtime = next(c for c in pod["containers"] if c["name"] == "runtime")
+    return {e["name"]: e.get("value") for e in runtime.get("env", [])}
+
+
+def mounts(rendered) -> dict:
+    """The job-manager container's mounts: path -> volume (as the Deployment says)."""
+    volumes = {v["name"]: v for v in rendered.jm_pod()["volumes"]}
+    return {m["mountPath"]: (volumes[m["name"]], m.get("subPath")) for m in rendered.jm_container()["volumeMounts"]}
+
+
+@pytest.mark.parametrize("source", ["json", "file", "path"])
+def test_user_defined_variables_reach_the_runtime_from_each_source(chart, source, tmp_path):
+    """Each of userDefinedJson, userDefinedFile (content, as --set-file gives it) and
+    userDefinedPath (on the data volume) ends in the runtime's USER_DEFINED_VARIABLES, read
+    by the real job manager where the Deployment mounts it."""
+    variables = {"SOURCE": source, "N": 1}
+    text = json.dumps(variables, indent=2)
+    key = {"json": "userDefinedJson", "file": "userDefinedFile", "path": "userDefinedPath"}[source]
+    values = values_for("defaults")
+    values["jobManager"] = {**values["jobManager"], "userDefinedVariables": {key: "variables" if source == "path" else text}}
+    rendered = render(chart, values)
+    config = rendered.config()
+    sets = []
+    if source == "file":
+        # The kubelet's view: the ConfigMap mounted where the Deployment says.
+        path = config["userDefinedVariables"]["userDefinedFile"]
+        mount_dir, name = path.rsplit("/", 1)
+        volume, sub_path = mounts(rendered)[mount_dir]
+        assert sub_path is None and volume["configMap"]["name"] == rendered.one("ConfigMap")["metadata"]["name"]
+        mounted = tmp_path / "configmap"
+        mounted.mkdir()
+        for k, v in rendered.one("ConfigMap")["data"].items():
+            (mounted / k).write_text(v)
+        assert json.loads((mounted / name).read_text()) == variables
+        sets.append(f"userDefinedVariables.userDefinedFile={mounted / name}")
+    if source == "path":
+        # The data volume, mounted at kubernetes.persistence.mountPath in the job-manager pod.
+        assert "data" in [v["name"] for v, _ in [mounts(rendered)[config["kubernetes"]["persistence"]["mountPath"]]]]
+        volume = tmp_path / "volume"
+        (volume / "variables").mkdir(parents=True)
+        (volume / "variables" / "user_defined_variables.json").write_text(text)
+        sets.append(f"kubernetes.persistence.mountPath={volume}")
+    out = render_objects(chart, values, "node-api-runtime", tmp_path, sets)
+    assert out.returncode == 0, out.stderr
+    pods = pod_specs(load_all(out.stdout))
+    assert pods
+    for pod in pods:
+        assert json.loads(runtime_env(pod)["USER_DEFINED_VARIABLES"]) == variables
+    # And without any source: an empty object.
+    for pod in pod_specs(runtime_objects(chart, "defaults", "node-api-runtime", tmp_path)):
+        assert runtime_env(pod)["USER_DEFINED_VARIABLES"] == "{}"
+
+
+def test_service_port_reaches_sidecars_and_the_runtime_network_policy(chart, tmp_path):
+    """service.port moves the Service, the container's port and the listener; the real job
+    manager then points sidecars at it and opens it in the runtime NetworkPolicy."""
+    values = deep_merge(values_for("defaults"), {"service": {"port": 9090}})
+    rendered = render(chart, values)
+    assert rendered.config()["listen"] == "0.0.0.0:9090"
+    assert rendered.one("Service")["spec"]["ports"][0]["port"] == 9090
+    assert rendered.jm_container()["ports"][0]["containerPort"] == 9090
+    out = render_objects(chart, values, "node-api-runtime", tmp_path)
+    assert out.returncode == 0, out.stderr
+    objects = load_all(out.stdout)
+    for pod in pod_specs(objects):
+        assert sidecar_env(pod)["SIDECAR_JOB_MANAGER_URL"] == f"http://job-manager.{NAMESPACE}.svc:9090"
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    to_job_manager = [r for r in policy["spec"]["egress"] if any("podSelector" in p for p in r.get("to", []))]
+    assert [p["port"] for r in to_job_manager for p in r["ports"]] == [9090]
+
+
+def test_completions_set_reaches_the_job_manager_as_a_warning(chart, tmp_path):
+    values = deep_merge(values_for("defaults"), {"node-api-runtime": {"completions": 12}})
+    out = render_objects(chart, values, "node-api-runtime", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "completions (node-api-runtime: 12) is accepted for chart compatibility and ignored" in out.stderr
+    assert "completions" not in render_objects(chart, values_for("defaults"), "node-api-runtime", tmp_path).stderr

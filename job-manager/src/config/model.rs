@@ -174,7 +174,12 @@ pub struct RuntimeConfig {
     pub workload: Workload,
     /// Max concurrent jobs of this type per replica (and the Job's parallelism).
     pub parallelism: u32,
-    pub completions: u32,
+    /// Seed 000's "jobs expected per minute (x parallelism)": the synthetics job manager's
+    /// runtime CronJob ran `completions` pods a minute. Here an execution is one pod
+    /// started when a job arrives, so there is nothing to size: accepted for values
+    /// compatibility and ignored with a warning (the chart passes it only when set to
+    /// something other than the seed's 6).
+    pub completions: Option<u32>,
     pub image: ImageSettings,
     pub image_pull_secrets: Vec<core::LocalObjectReference>,
     pub resources: Option<core::ResourceRequirements>,
@@ -196,7 +201,7 @@ impl Default for RuntimeConfig {
             enabled: true,
             workload: Workload::Ephemeral,
             parallelism: 1,
-            completions: 6,
+            completions: None,
             image: ImageSettings::default(),
             image_pull_secrets: Vec::new(),
             resources: None,

@@ -187,6 +187,7 @@ fn validation_rules_table() {
             "expected `refuse` or `forward`",
         ),
         ("k8s needs key", MINIMAL, &[("JM_EXECUTOR", "kubernetes")], "internalApiKey"),
+        ("sidecar off", MINIMAL, &[("JM_SIDECAR_ENABLED", "false")], "use sidecar.reportOnly: true"),
         (
             "k8s needs the key's secret name",
             "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a, image: {repository: rt}}]\n",
@@ -403,4 +404,18 @@ fn user_defined_path_is_read_from_the_data_volume_as_a_file_or_a_directory() {
         &[],
     ));
     assert!(err.contains("userDefinedPath") && err.contains("must be a JSON object"), "{err}");
+}
+
+#[test]
+fn completions_is_accepted_with_a_warning_naming_the_runtime() {
+    let v = load_valid(MINIMAL, &[], &[]).unwrap();
+    assert!(!v.warnings.iter().any(|w| w.contains("completions")), "{:?}", v.warnings);
+    let v =
+        load_valid("brokerApiEndpoint: embedded\nruntimes: [{name: rt, command: [x], completions: 12}]\n", &[], &[])
+            .unwrap();
+    assert!(
+        v.warnings.iter().any(|w| w.contains("completions (rt: 12) is accepted for chart compatibility and ignored")),
+        "{:?}",
+        v.warnings
+    );
 }

@@ -76,6 +76,24 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
             c.jvm_opts
         ));
     }
+    for r in c.runtimes.iter() {
+        if let Some(n) = r.completions {
+            warnings.push(format!(
+                "runtimes[].completions ({}: {n}) is accepted for chart compatibility and ignored: each job runs in a \
+                 pod of its own, started when the job arrives; runtimes[].parallelism bounds how many run at once",
+                r.name
+            ));
+        }
+    }
+    if !c.sidecar.enabled {
+        return Err(ConfigError::invalid(
+            "sidecar.enabled",
+            "cannot be false: the sidecar is every runtime's only way to its job and back (it fetches the job with \
+             the single-use token and reports the result) and its egress policy is what keeps runtimes away from \
+             cloud metadata, the API server and private ranges. To roll out a policy without enforcing it, use \
+             sidecar.reportOnly: true",
+        ));
+    }
     if c.hostname_override.trim().is_empty() {
         return Err(ConfigError::invalid("hostnameOverride", "must not be empty (sidecars call this Service name)"));
     }
