@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// Print the list of every setting with its env variable and default, then exit
     #[arg(long)]
     pub list_settings: bool,
+    /// Load and validate the configuration, print it as the job manager would run with it
+    /// (YAML, secrets redacted; warnings on stderr), then exit: 0 if valid, 64 if not
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 impl RunArgs {

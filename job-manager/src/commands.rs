@@ -159,6 +159,13 @@ async fn run_command(args: RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if args.print_config {
+        for warning in &validated.warnings {
+            eprintln!("job-manager: warning: {warning}");
+        }
+        print!("{}", config::redacted_yaml(&validated.config));
+        return 0;
+    }
     crate::telemetry::init(&validated.config.log_level, validated.config.log_format);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -226,3 +226,26 @@ pub fn settings_table() -> Vec<(String, String, String)> {
         })
         .collect()
 }
+
+/// Stands in for a secret in [`redacted_yaml`].
+pub const REDACTED: &str = "<redacted>";
+
+/// The configuration as YAML with every secret that is set replaced by [`REDACTED`]
+/// (`run --print-config`): what the job manager runs with, safe to paste in a ticket.
+pub fn redacted_yaml(config: &Config) -> String {
+    let mut c = config.clone();
+    for secret in [
+        &mut c.location_key,
+        &mut c.vse_passphrase,
+        &mut c.broker_api_proxy_pw,
+        &mut c.internal_api_key,
+        &mut c.token_signing_key,
+        // May carry credentials (`http://user:pw@proxy:3128`).
+        &mut c.sidecar.upstream_proxy,
+    ] {
+        if !secret.is_empty() {
+            *secret = REDACTED.into();
+        }
+    }
+    serde_yaml::to_string(&c).expect("config serializes")
+}

@@ -419,3 +419,31 @@ fn completions_is_accepted_with_a_warning_naming_the_runtime() {
         v.warnings
     );
 }
+
+#[test]
+fn printed_config_hides_every_secret_and_reparses() {
+    let v = load_valid(
+        MINIMAL,
+        &[
+            ("JM_LOCATION_KEY", "loc-secret"),
+            ("JM_VSE_PASSPHRASE", "vse-secret"),
+            ("JM_INTERNAL_API_KEY", "internal-secret"),
+            ("JM_TOKEN_SIGNING_KEY", "signing-secret"),
+            ("JM_API_PROXY_HOST", "proxy"),
+            ("JM_API_PROXY_PORT", "3128"),
+            ("JM_BROKER_API_PROXY_USERNAME", "u"),
+            ("JM_BROKER_API_PROXY_PW", "pw-secret"),
+            ("JM_SIDECAR_UPSTREAM_PROXY", "http://u:up-secret@proxy:3128"),
+            ("JM_POLL_INTERVAL_MS", "1234"),
+        ],
+        &[],
+    )
+    .unwrap();
+    let text = redacted_yaml(&v.config);
+    assert!(!text.contains("secret"), "{text}");
+    let back = parse_file(&text).unwrap();
+    assert_eq!(back.poll.interval_ms, 1234);
+    assert_eq!(back.location_key, "<redacted>");
+    assert_eq!(back.vse_passphrase, "<redacted>");
+    assert_eq!(back.broker_api_proxy_username, "u", "not a secret");
+}
