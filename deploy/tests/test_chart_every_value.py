@@ -145,6 +145,15 @@ for _rt in ("node-api-runtime", "node-browser-runtime"):
         f"{_rt}.replicas.max": ({_rt: {"workload": "persistent"}}, {_rt: {"replicas": {"max": 6}}}),
         f"{_rt}.extraEnv": ({}, {_rt: {"extraEnv": {"RUNTIME_SETTING": "1"}}}),
         f"{_rt}.runtimeClassName": ({}, {_rt: {"runtimeClassName": "kata"}}),
+        f"{_rt}.nodeSelector": ({}, {_rt: {"nodeSelector": {"pool": _rt}}}),
+        f"{_rt}.tolerations": ({}, {_rt: {"tolerations": [{"key": _rt, "operator": "Exists", "effect": "NoSchedule"}]}}),
+        f"{_rt}.affinity": ({}, {_rt: {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": [_rt]}]}]}}}}}),
+        f"{_rt}.podAnnotations": ({}, {_rt: {"podAnnotations": {"runtime": _rt}}}),
+        f"{_rt}.securityContext": ({}, {_rt: {"securityContext": {
+            "runAsUser": 3000, "runAsGroup": 3000, "runAsNonRoot": True, "allowPrivilegeEscalation": False,
+            "privileged": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}}}),
     }
 for _key in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod", "activationTargetValue"):
     FLIPS[f"jobManager.keda.{_key}"] = ({"jobManager": {"keda": {"enabled": True}}}, None)  # generic flip, KEDA on

@@ -192,6 +192,17 @@ pub struct RuntimeConfig {
     /// Kubernetes: this runtime type's RuntimeClass (e.g. gVisor's `gvisor`, Kata's
     /// `kata`); empty: `kubernetes.runtimeClassName`.
     pub runtime_class_name: String,
+    /// Kubernetes: merged over `kubernetes.nodeSelector` (this runtime wins on a key).
+    pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes: added to `kubernetes.tolerations`.
+    pub tolerations: Vec<core::Toleration>,
+    /// Kubernetes: replaces `kubernetes.affinity` for this runtime's pods.
+    pub affinity: Option<core::Affinity>,
+    /// Kubernetes: merged over `kubernetes.podAnnotations` (this runtime wins on a key).
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Kubernetes: the runtime container's security context, replacing
+    /// `kubernetes.runtimeSecurityContext` (its UID must still differ from the sidecar's).
+    pub security_context: Option<core::SecurityContext>,
 }
 
 impl Default for RuntimeConfig {
@@ -210,6 +221,11 @@ impl Default for RuntimeConfig {
             port: 8081,
             extra_env: BTreeMap::new(),
             runtime_class_name: String::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            pod_annotations: BTreeMap::new(),
+            security_context: None,
         }
     }
 }
@@ -414,6 +430,14 @@ impl KubernetesSettings {
     pub fn runtime_uid(&self) -> Option<i64> {
         match &self.runtime_security_context {
             None => Some(DEFAULT_RUNTIME_UID),
+            Some(ctx) => ctx.run_as_user.or_else(|| self.pod_uid()),
+        }
+    }
+
+    /// The UID `runtime`'s container runs as: its own security context when it has one.
+    pub fn runtime_uid_of(&self, runtime: &RuntimeConfig) -> Option<i64> {
+        match &runtime.security_context {
+            None => self.runtime_uid(),
             Some(ctx) => ctx.run_as_user.or_else(|| self.pod_uid()),
         }
     }

@@ -263,16 +263,21 @@ fn validate_sidecar(c: &Config) -> Result<(), ConfigError> {
 fn validate_runtime_pods(c: &Config) -> Result<(), ConfigError> {
     let k = &c.kubernetes;
     let (sidecar, runtime) = (k.sidecar_uid(), k.runtime_uid());
-    if let (Some(s), Some(r)) = (sidecar, runtime) {
-        if s == r {
-            return Err(ConfigError::invalid(
-                "kubernetes.securityContext.runAsUser",
-                format!(
-                    "the sidecar and the runtime both run as UID {s}; they must differ (the egress firewall lets only \
-                     the sidecar's UID send packets off the pod, and a shared UID would give the runtime the \
-                     sidecar's files and process)"
-                ),
-            ));
+    // The pod-wide runtime context, then each runtime type's own.
+    let runtimes = std::iter::once((String::new(), runtime))
+        .chain(c.runtimes.iter().map(|r| (format!(" ({}: runtimes[].securityContext)", r.name), k.runtime_uid_of(r))));
+    for (which, runtime) in runtimes {
+        if let (Some(s), Some(r)) = (sidecar, runtime) {
+            if s == r {
+                return Err(ConfigError::invalid(
+                    "kubernetes.securityContext.runAsUser",
+                    format!(
+                        "the sidecar and the runtime{which} both run as UID {s}; they must differ (the egress firewall \
+                         lets only the sidecar's UID send packets off the pod, and a shared UID would give the runtime \
+                         the sidecar's files and process)"
+                    ),
+                ));
+            }
         }
     }
     if k.egress_firewall.enabled {
@@ -292,7 +297,7 @@ fn validate_runtime_pods(c: &Config) -> Result<(), ConfigError> {
             }
             Some(_) => {}
         }
-        if runtime.is_none() {
+        if runtime.is_none() || c.runtimes.iter().any(|r| k.runtime_uid_of(r).is_none()) {
             return Err(ConfigError::invalid(
                 "kubernetes.runtimeSecurityContext.runAsUser",
                 "must be set (in the runtime's or the pod's security context) while \

@@ -57,7 +57,7 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
     let mut init_containers = Vec::new();
     // The firewall goes in before anything else in the pod can send a packet.
     if k.egress_firewall.enabled {
-        init_containers.push(egress_init_container(p.settings)?);
+        init_containers.push(egress_init_container(p.settings, p.runtime)?);
     }
     init_containers.push(sidecar_container(p));
     // Extra sidecars run as native sidecars too: as plain containers they would keep a
@@ -80,6 +80,11 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
         ..core::Volume::default()
     });
     volumes.extend(k.extra_volumes.iter().cloned());
+
+    // Scheduling: the runtime type's own settings over the pod-wide ones.
+    let mut node_selector = k.node_selector.clone();
+    node_selector.extend(p.runtime.node_selector.clone());
+    let tolerations: Vec<core::Toleration> = k.tolerations.iter().chain(&p.runtime.tolerations).cloned().collect();
 
     let mut pull_secrets: Vec<core::LocalObjectReference> = Vec::new();
     for s in k.image_pull_secrets.iter().chain(&p.runtime.image_pull_secrets) {
@@ -108,9 +113,9 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
             &p.runtime.runtime_class_name
         }),
         security_context: Some(k.pod_security_context.clone().unwrap_or_else(default_pod_security_context)),
-        node_selector: (!k.node_selector.is_empty()).then(|| k.node_selector.clone()),
-        tolerations: (!k.tolerations.is_empty()).then(|| k.tolerations.clone()),
-        affinity: k.affinity.clone(),
+        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        affinity: p.runtime.affinity.clone().or_else(|| k.affinity.clone()),
         image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
         init_containers: Some(init_containers),
         containers: vec![runtime_container(p)?],
@@ -142,9 +147,9 @@ fn data_volume(settings: &TranslateSettings) -> core::Volume {
 /// loopback only). Config validation refused a sidecar UID that is unknown, root or the
 /// runtime's; translation checks again rather than render a firewall that lets the
 /// runtime out.
-fn egress_init_container(c: &TranslateSettings) -> Result<core::Container, TranslateError> {
+fn egress_init_container(c: &TranslateSettings, runtime: &RuntimeConfig) -> Result<core::Container, TranslateError> {
     let k = &c.kubernetes;
-    let proxy_uid = match (k.sidecar_uid(), k.runtime_uid()) {
+    let proxy_uid = match (k.sidecar_uid(), k.runtime_uid_of(runtime)) {
         (Some(s), r) if s > 0 && r != Some(s) => s,
         _ => return Err(TranslateError::FirewallUids),
     };
@@ -298,7 +303,13 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
         image_pull_policy: non_empty(&p.runtime.image.pull_policy),
         env: Some(envs),
         resources: p.runtime.resources.clone(),
-        security_context: Some(k.runtime_security_context.clone().unwrap_or_else(default_runtime_security_context)),
+        security_context: Some(
+            p.runtime
+                .security_context
+                .clone()
+                .or_else(|| k.runtime_security_context.clone())
+                .unwrap_or_else(default_runtime_security_context),
+        ),
         volume_mounts: Some(mounts),
         ..core::Container::default()
     })
@@ -313,4 +324,14 @@ fn join_path(base: &str, rel: &str) -> String {
 
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Pod annotations: the pod-wide ones, the runtime type's over them.
+pub(super) fn pod_annotations(
+    settings: &TranslateSettings,
+    runtime: &RuntimeConfig,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = settings.kubernetes.pod_annotations.clone();
+    out.extend(runtime.pod_annotations.clone());
+    out
 }

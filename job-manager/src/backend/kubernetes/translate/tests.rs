@@ -397,3 +397,86 @@ fn user_defined_variables_reach_the_runtime_as_json() {
     let merged = serde_json::from_str(r#"{"KEY": "v"}"#).unwrap();
     assert_eq!(runtime_env(&TranslateSettings::new(&c, &merged)), r#"{"KEY":"v"}"#);
 }
+
+#[test]
+fn a_runtime_types_scheduling_annotations_and_security_context_reach_its_pods_only() {
+    let toleration = |key: &str| core::Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..core::Toleration::default()
+    };
+    let affinity = |pool: &str| core::Affinity {
+        node_affinity: Some(core::NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(core::NodeSelector {
+                node_selector_terms: vec![core::NodeSelectorTerm {
+                    match_expressions: Some(vec![core::NodeSelectorRequirement {
+                        key: "pool".into(),
+                        operator: "In".into(),
+                        values: Some(vec![pool.into()]),
+                    }]),
+                    match_fields: None,
+                }],
+            }),
+            preferred_during_scheduling_ignored_during_execution: None,
+        }),
+        ..core::Affinity::default()
+    };
+    let mut c = config();
+    c.kubernetes.node_selector = BTreeMap::from([("pool".into(), "all".into()), ("zone".into(), "a".into())]);
+    c.kubernetes.tolerations = vec![toleration("shared")];
+    c.kubernetes.affinity = Some(affinity("all"));
+    c.kubernetes.pod_annotations = BTreeMap::from([("team".into(), "all".into()), ("cost".into(), "x".into())]);
+    let rt = &mut c.runtimes[0];
+    rt.node_selector = BTreeMap::from([("pool".into(), "api".into())]);
+    rt.tolerations = vec![toleration("api-only")];
+    rt.affinity = Some(affinity("api"));
+    rt.pod_annotations = BTreeMap::from([("team".into(), "api".into())]);
+    rt.security_context = Some(core::SecurityContext {
+        run_as_user: Some(3000),
+        read_only_root_filesystem: Some(true),
+        ..core::SecurityContext::default()
+    });
+
+    let o = objects(&c);
+    let p = pod(&o);
+    assert_eq!(
+        p.node_selector,
+        Some(BTreeMap::from([("pool".into(), "api".into()), ("zone".into(), "a".into())])),
+        "the runtime's key wins, the others stay"
+    );
+    assert_eq!(p.tolerations, Some(vec![toleration("shared"), toleration("api-only")]));
+    assert_eq!(p.affinity, Some(affinity("api")));
+    let annotations = o.job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone().unwrap();
+    assert_eq!((annotations["team"].as_str(), annotations["cost"].as_str()), ("api", "x"));
+    let runtime = &p.containers[0];
+    assert_eq!(runtime.security_context.as_ref().unwrap().run_as_user, Some(3000));
+    // The firewall still lets only the sidecar out, and knows the runtime's own UID.
+    let init = &p.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.args.as_ref().unwrap(), &["egress-init", "--proxy-uid", "1002"]);
+
+    // The persistent type keeps the pod-wide settings.
+    let s = TranslateSettings::from(&c);
+    let d = persistent_objects("browser", &s, "ns").unwrap().deployment;
+    let bp = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    assert_eq!(bp.node_selector.unwrap()["pool"], "all");
+    assert_eq!(bp.tolerations.unwrap(), vec![toleration("shared")]);
+    assert_eq!(bp.affinity, Some(affinity("all")));
+    let bp_annotations = d.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+    assert_eq!(bp_annotations["team"], "all");
+    assert_eq!(bp.containers[0].security_context.as_ref().unwrap().run_as_user, Some(1001));
+}
+
+#[test]
+fn a_runtime_type_running_as_the_sidecars_uid_is_refused() {
+    let mut c = config();
+    c.location_key = "k".into();
+    c.runtimes[0].command = vec!["x".into()];
+    c.runtimes[1].command = vec!["x".into()];
+    c.runtimes[1].security_context = Some(core::SecurityContext { run_as_user: Some(1002), ..Default::default() });
+    let err = crate::config::validate(c).unwrap_err().to_string();
+    assert!(
+        err.contains("the sidecar and the runtime (browser: runtimes[].securityContext) both run as UID 1002"),
+        "{err}"
+    );
+}
