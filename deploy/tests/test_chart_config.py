@@ -73,7 +73,7 @@ def test_defaults_match_the_seed(chart):
     assert browser["resources"] == {"requests": {"cpu": "1", "memory": "2000Mi"}, "limits": {"cpu": "1.5", "memory": "3000Mi"}}
     sidecar = config["sidecar"]
     assert sidecar["enabled"] is True
-    assert sidecar["image"] == {"repository": "newrelic/serverless-sidecar", "tag": "latest", "pullPolicy": "IfNotPresent"}
+    assert sidecar["image"] == {"repository": "newrelic/serverless-sidecar", "tag": "latest", "pullPolicy": "IfNotPresent", "digest": ""}
     assert sidecar["resources"] == {"requests": {"cpu": "0.1", "memory": "128Mi"}, "limits": {"cpu": "0.2", "memory": "256Mi"}}
     assert sidecar["upstreamProxyUnresolved"] == "refuse", "unresolvable names behind an upstream proxy are refused"
     k8s = config["kubernetes"]

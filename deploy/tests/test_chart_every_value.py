@@ -25,6 +25,8 @@ from helm_python.errors import HelmError
 from conftest import NAMESPACE, REPO, REQUIRED, deep_merge, job_manager_binary, load_all, render
 from test_chart_job_manager_accepts import pod_environment
 
+DIGEST = "sha256:" + "c" * 64
+
 # How to flip a value whose generic flip (bool: negate, int: +1, quantity: bump, name:
 # suffix) is not a valid or meaningful one: key -> (context, flip). The context is merged
 # into both renders (it makes the value matter: KEDA values need KEDA on); the flip only
@@ -89,6 +91,9 @@ FLIPS = {
     "replicaCount": ({"jobManager": {"hpa": {"enabled": False}}}, {"replicaCount": 2}),
     "image.pullPolicy": ({}, {"image": {"pullPolicy": "Always"}}),
     "image.tag": ({}, {"image": {"tag": "1.2.3"}}),
+    "image.digest": ({}, {"image": {"digest": DIGEST}}),
+    "jobManager.sidecar.image.digest": ({}, {"jobManager": {"sidecar": {"image": {"digest": DIGEST}}}}),
+    "global.image.registry": ({}, {"global": {"image": {"registry": "umbrella.example.com"}}}),
     "serviceAccount.name": ({}, {"serviceAccount": {"name": "jm-sa"}}),
     "serviceAccount.annotations": ({}, {"serviceAccount": {"annotations": {"iam.example.com/role": "jm"}}}),
     "networkPolicy.apiServerCidrs": ({"networkPolicy": {"enabled": True}}, {"networkPolicy": {"apiServerCidrs": ["10.96.0.1/32"]}}),
@@ -141,6 +146,7 @@ for _rt in ("node-api-runtime", "node-browser-runtime"):
         f"{_rt}.workload": ({}, {_rt: {"workload": "persistent"}}),
         f"{_rt}.imagePullSecrets": ({}, {_rt: {"imagePullSecrets": ["rt-cred"]}}),
         f"{_rt}.image.pullPolicy": ({}, {_rt: {"image": {"pullPolicy": "Always"}}}),
+        f"{_rt}.image.digest": ({}, {_rt: {"image": {"digest": DIGEST}}}),
         f"{_rt}.replicas.min": ({_rt: {"workload": "persistent"}}, {_rt: {"replicas": {"min": 2}}}),
         f"{_rt}.replicas.max": ({_rt: {"workload": "persistent"}}, {_rt: {"replicas": {"max": 6}}}),
         f"{_rt}.extraEnv": ({}, {_rt: {"extraEnv": {"RUNTIME_SETTING": "1"}}}),

@@ -235,3 +235,24 @@ def test_completions_set_reaches_the_job_manager_as_a_warning(chart, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "completions (node-api-runtime: 12) is accepted for chart compatibility and ignored" in out.stderr
     assert "completions" not in render_objects(chart, values_for("defaults"), "node-api-runtime", tmp_path).stderr
+
+
+def test_umbrella_globals_and_digests_reach_every_image(chart, tmp_path):
+    """Under an umbrella chart: unknown global keys pass, `global.image.registry` prefixes
+    every image (job manager, sidecar, egress-init, runtime); a digest wins over the tag."""
+    digest = "sha256:" + "d" * 64
+    values = deep_merge(values_for("defaults"), {
+        "global": {"image": {"registry": "umbrella.example.com"}, "storageClass": "fast", "someOtherChart": {"x": 1}},
+        "image": {"digest": digest},
+        "jobManager": {"sidecar": {"image": {"digest": digest}}},
+        "node-api-runtime": {"image": {"tag": "9.9", "digest": digest}},
+    })
+    rendered = render(chart, values)
+    assert rendered.jm_container()["image"] == f"umbrella.example.com/newrelic/serverless-job-manager@{digest}"
+    for pod in pod_specs(load_all(render_objects(chart, values, "node-api-runtime", tmp_path).stdout)):
+        images = {c["name"]: c["image"] for c in pod["containers"] + pod["initContainers"]}
+        assert images["runtime"] == f"umbrella.example.com/newrelic/synthetics-node-api-runtime@{digest}"
+        assert images["sidecar"] == images["egress-init"] == f"umbrella.example.com/newrelic/serverless-sidecar@{digest}"
+    # global.imageRegistry, when set, wins.
+    values["global"]["imageRegistry"] = "mine.example.com"
+    assert render(chart, values).jm_container()["image"].startswith("mine.example.com/")

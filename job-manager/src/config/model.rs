@@ -150,11 +150,18 @@ pub struct ImageSettings {
     pub repository: String,
     pub tag: String,
     pub pull_policy: String,
+    /// `sha256:<hex>`: pins the image; wins over `tag` (`repository@digest`).
+    pub digest: String,
 }
 
 impl Default for ImageSettings {
     fn default() -> Self {
-        Self { repository: String::new(), tag: "latest".into(), pull_policy: "IfNotPresent".into() }
+        Self {
+            repository: String::new(),
+            tag: "latest".into(),
+            pull_policy: "IfNotPresent".into(),
+            digest: String::new(),
+        }
     }
 }
 

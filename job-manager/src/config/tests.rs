@@ -213,6 +213,12 @@ fn validation_rules_table() {
             "is not an image repository",
         ),
         (
+            "k8s image digest malformed",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a, image: {repository: rt, digest: 'sha256:xyz'}}]\nkubernetes: {internalApiKeySecretName: s}\n",
+            &[],
+            "is not an image digest",
+        ),
+        (
             "udv path missing on the volume",
             MINIMAL,
             &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "vars"), ("JM_KUBERNETES_PERSISTENCE_MOUNT_PATH", "/nonexistent")],

@@ -222,7 +222,19 @@ fn image_problem(image: &super::model::ImageSettings) -> Option<String> {
     if image.tag.chars().any(char::is_whitespace) {
         return Some(format!("tag {:?} must not contain whitespace", image.tag));
     }
+    if !image.digest.is_empty() && !is_digest(&image.digest) {
+        return Some(format!("digest {:?} is not an image digest (e.g. sha256:<64 hex digits>)", image.digest));
+    }
     None
+}
+
+/// `algorithm:hex`, as an OCI digest (`sha256:` + 64 lowercase hex digits).
+fn is_digest(s: &str) -> bool {
+    let Some((algorithm, hex)) = s.split_once(':') else { return false };
+    !algorithm.is_empty()
+        && algorithm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && hex.len() >= 32
+        && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn validate_sidecar(c: &Config) -> Result<(), ConfigError> {

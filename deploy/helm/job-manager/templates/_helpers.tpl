@@ -91,13 +91,19 @@ app.kubernetes.io/component: runtime
 
 {{/* Images --------------------------------------------------------------------- */}}
 
+{{/* The registry prepended to every image: global.imageRegistry, else an umbrella
+     chart's global.image.registry. */}}
+{{- define "job-manager.imageRegistry" -}}
+{{- default ((.Values.global.image | default dict).registry | default "") .Values.global.imageRegistry | trimSuffix "/" }}
+{{- end }}
+
 {{- define "job-manager.image" -}}
-{{- $registry := .Values.global.imageRegistry | trimSuffix "/" }}
-{{- $tag := default (include "job-manager.appVersion" .) .Values.image.tag }}
-{{- if $registry }}
-{{- printf "%s/%s:%s" $registry .Values.image.repository $tag }}
+{{- $registry := include "job-manager.imageRegistry" . }}
+{{- $repository := ternary (printf "%s/%s" $registry .Values.image.repository) .Values.image.repository (ne $registry "") }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- printf "%s:%s" $repository (default (include "job-manager.appVersion" .) (toString .Values.image.tag)) }}
 {{- end }}
 {{- end }}
 

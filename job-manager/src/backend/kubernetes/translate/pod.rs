@@ -28,12 +28,16 @@ const RESERVED_RUNTIME_ENV: [&str; 8] = [
     runtime_env::USER_DEFINED_VARIABLES,
 ];
 
-/// Full image reference: `[imageRegistry/]repository[:tag]`.
+/// Full image reference: `[imageRegistry/]repository@digest` when a digest is set (it
+/// wins over the tag), else `[imageRegistry/]repository[:tag]`.
 pub fn image_ref(registry: &str, image: &ImageSettings) -> String {
     let registry = registry.trim_end_matches('/');
     let mut out =
         if registry.is_empty() { image.repository.clone() } else { format!("{registry}/{}", image.repository) };
-    if !image.tag.is_empty() && !image.repository.contains('@') {
+    if !image.digest.is_empty() && !image.repository.contains('@') {
+        out.push('@');
+        out.push_str(&image.digest);
+    } else if !image.tag.is_empty() && !image.repository.contains('@') {
         out.push(':');
         out.push_str(&image.tag);
     }

@@ -195,8 +195,12 @@ fn labels_win_over_configured_pod_labels() {
 
 #[test]
 fn image_references() {
-    let img =
-        |repo: &str, tag: &str| ImageSettings { repository: repo.into(), tag: tag.into(), pull_policy: String::new() };
+    let img = |repo: &str, tag: &str| ImageSettings {
+        repository: repo.into(),
+        tag: tag.into(),
+        pull_policy: String::new(),
+        digest: String::new(),
+    };
     assert_eq!(image_ref("", &img("a/b", "1")), "a/b:1");
     assert_eq!(image_ref("reg.io/", &img("a/b", "1")), "reg.io/a/b:1");
     assert_eq!(image_ref("reg.io", &img("a/b", "")), "reg.io/a/b");
@@ -479,4 +483,25 @@ fn a_runtime_type_running_as_the_sidecars_uid_is_refused() {
         err.contains("the sidecar and the runtime (browser: runtimes[].securityContext) both run as UID 1002"),
         "{err}"
     );
+}
+
+#[test]
+fn a_digest_pins_the_image_and_wins_over_the_tag() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let mut c = config();
+    c.kubernetes.image_registry = "registry.example.com/".into();
+    c.runtimes[0].image = ImageSettings {
+        repository: "team/runtime".into(),
+        tag: "1.2.3".into(),
+        digest: digest.clone(),
+        ..ImageSettings::default()
+    };
+    c.sidecar.image.digest = digest.clone();
+    let p = pod(&objects(&c));
+    assert_eq!(p.containers[0].image.as_deref(), Some(format!("registry.example.com/team/runtime@{digest}").as_str()));
+    for init in p.init_containers.unwrap() {
+        assert_eq!(init.image.unwrap(), format!("registry.example.com/newrelic/serverless-sidecar@{digest}"));
+    }
+    c.runtimes[0].image.digest.clear();
+    assert_eq!(pod(&objects(&c)).containers[0].image.as_deref(), Some("registry.example.com/team/runtime:1.2.3"));
 }
