@@ -26,6 +26,7 @@ from conftest import NAMESPACE, REPO, REQUIRED, deep_merge, job_manager_binary, 
 from test_chart_job_manager_accepts import pod_environment
 
 DIGEST = "sha256:" + "c" * 64
+SPREAD = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
 
 # How to flip a value whose generic flip (bool: negate, int: +1, quantity: bump, name:
 # suffix) is not a valid or meaningful one: key -> (context, flip). The context is merged
@@ -139,6 +140,10 @@ FLIPS = {
     "runtimePods.sidecars": ({}, {"runtimePods": {"sidecars": [{"name": "logs", "image": "busybox:1"}]}}),
     "runtimePods.networkPolicy.denyCidrs": ({}, {"runtimePods": {"networkPolicy": {"denyCidrs": ["10.240.0.0/16"]}}}),
     "runtimePods.runtimeClassName": ({}, {"runtimePods": {"runtimeClassName": "gvisor"}}),
+    "priorityClassName": ({}, {"priorityClassName": "jobs-high"}),
+    "topologySpreadConstraints": ({}, {"topologySpreadConstraints": [SPREAD]}),
+    "runtimePods.priorityClassName": ({}, {"runtimePods": {"priorityClassName": "jobs-low"}}),
+    "runtimePods.topologySpreadConstraints": ({}, {"runtimePods": {"topologySpreadConstraints": [SPREAD]}}),
     "runtimePods.serviceAccount.name": ({}, {"runtimePods": {"serviceAccount": {"name": "runtimes"}}}),
 }
 for _rt in ("node-api-runtime", "node-browser-runtime"):

@@ -14,7 +14,7 @@ from test_chart_job_manager_accepts import pod_environment
 from test_chart_matrix import values_for
 
 CASES = ["defaults", "everything", "registry-override", "persistence-pvc", "network-policy", "runtime-sandbox",
-         "egress-firewall-off"]
+         "egress-firewall-off", "scheduling"]
 
 
 def render_objects(chart, values: dict, runtime: str, tmp_path, sets=()) -> subprocess.CompletedProcess:
@@ -256,3 +256,19 @@ def test_umbrella_globals_and_digests_reach_every_image(chart, tmp_path):
     # global.imageRegistry, when set, wins.
     values["global"]["imageRegistry"] = "mine.example.com"
     assert render(chart, values).jm_container()["image"].startswith("mine.example.com/")
+
+
+def test_scheduling_values_reach_the_job_manager_and_runtime_pods(chart, tmp_path):
+    rendered = render(chart, values_for("scheduling"))
+    jm = rendered.jm_pod()
+    assert jm["priorityClassName"] == "jobs-high"
+    assert jm["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "job-manager"
+    for pod in pod_specs(runtime_objects(chart, "scheduling", "node-api-runtime", tmp_path)):
+        assert pod["priorityClassName"] == "jobs-low"
+        assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+        assert pod["nodeSelector"] == {"pool": "api"}
+        assert pod["tolerations"] == [{"key": "api", "operator": "Exists", "effect": "NoSchedule"}]
+        runtime = next(c for c in pod["containers"] if c["name"] == "runtime")
+        assert runtime["securityContext"]["runAsUser"] == 3000
+    for pod in pod_specs(runtime_objects(chart, "scheduling", "node-browser-runtime", tmp_path)):
+        assert "nodeSelector" not in pod and "tolerations" not in pod, "per-runtime values stay with their runtime"

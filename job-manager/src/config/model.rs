@@ -331,6 +331,9 @@ pub struct KubernetesSettings {
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<core::Toleration>,
     pub affinity: Option<core::Affinity>,
+    /// PriorityClass of runtime pods; empty: the cluster's default.
+    pub priority_class_name: String,
+    pub topology_spread_constraints: Vec<core::TopologySpreadConstraint>,
     pub pod_security_context: Option<core::PodSecurityContext>,
     /// Sidecar container (read-only root filesystem).
     pub security_context: Option<core::SecurityContext>,
@@ -374,6 +377,8 @@ impl Default for KubernetesSettings {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             affinity: None,
+            priority_class_name: String::new(),
+            topology_spread_constraints: Vec::new(),
             pod_security_context: None,
             security_context: None,
             runtime_security_context: None,

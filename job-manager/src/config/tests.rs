@@ -219,6 +219,12 @@ fn validation_rules_table() {
             "is not an image digest",
         ),
         (
+            "priority class name",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {priorityClassName: High_Priority}\n",
+            &[],
+            "is not a PriorityClass name",
+        ),
+        (
             "udv path missing on the volume",
             MINIMAL,
             &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "vars"), ("JM_KUBERNETES_PERSISTENCE_MOUNT_PATH", "/nonexistent")],

@@ -325,6 +325,12 @@ fn validate_runtime_pods(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    if !k.priority_class_name.is_empty() && !is_dns_subdomain(&k.priority_class_name) {
+        return Err(ConfigError::invalid(
+            "kubernetes.priorityClassName",
+            format!("{:?} is not a PriorityClass name (a DNS subdomain)", k.priority_class_name),
+        ));
+    }
     let classes = std::iter::once(("kubernetes.runtimeClassName", &k.runtime_class_name))
         .chain(c.runtimes.iter().map(|r| ("runtimes[].runtimeClassName", &r.runtime_class_name)));
     for (key, name) in classes {

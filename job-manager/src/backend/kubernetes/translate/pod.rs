@@ -120,6 +120,9 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
         node_selector: (!node_selector.is_empty()).then_some(node_selector),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         affinity: p.runtime.affinity.clone().or_else(|| k.affinity.clone()),
+        priority_class_name: non_empty(&k.priority_class_name),
+        topology_spread_constraints: (!k.topology_spread_constraints.is_empty())
+            .then(|| k.topology_spread_constraints.clone()),
         image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
         init_containers: Some(init_containers),
         containers: vec![runtime_container(p)?],

@@ -505,3 +505,26 @@ fn a_digest_pins_the_image_and_wins_over_the_tag() {
     c.runtimes[0].image.digest.clear();
     assert_eq!(pod(&objects(&c)).containers[0].image.as_deref(), Some("registry.example.com/team/runtime:1.2.3"));
 }
+
+#[test]
+fn priority_class_and_topology_spread_reach_runtime_pods() {
+    let spread = core::TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "topology.kubernetes.io/zone".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        ..core::TopologySpreadConstraint::default()
+    };
+    let mut c = config();
+    assert_eq!(pod(&objects(&c)).priority_class_name, None);
+    c.kubernetes.priority_class_name = "jobs-low".into();
+    c.kubernetes.topology_spread_constraints = vec![spread.clone()];
+    let p = pod(&objects(&c));
+    assert_eq!(p.priority_class_name.as_deref(), Some("jobs-low"));
+    assert_eq!(p.topology_spread_constraints, Some(vec![spread.clone()]));
+    let d = persistent_objects("browser", &TranslateSettings::from(&c), "ns").unwrap().deployment;
+    let dp = d.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        (dp.priority_class_name.as_deref(), dp.topology_spread_constraints),
+        (Some("jobs-low"), Some(vec![spread]))
+    );
+}
