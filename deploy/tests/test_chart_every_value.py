@@ -166,6 +166,10 @@ for _rt in ("node-api-runtime", "node-browser-runtime"):
             "privileged": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
             "seccompProfile": {"type": "RuntimeDefault"}}}}),
     }
+for _monitor in ("serviceMonitor", "podMonitor"):
+    FLIPS[f"{_monitor}.interval"] = ({_monitor: {"enabled": True}}, None)
+    FLIPS[f"{_monitor}.scrapeTimeout"] = ({_monitor: {"enabled": True}}, None)
+    FLIPS[f"{_monitor}.labels"] = ({_monitor: {"enabled": True}}, {_monitor: {"labels": {"release": "prometheus"}}})
 for _key in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod", "activationTargetValue"):
     FLIPS[f"jobManager.keda.{_key}"] = ({"jobManager": {"keda": {"enabled": True}}}, None)  # generic flip, KEDA on
 

@@ -50,6 +50,19 @@ pub enum Command {
     Crd,
     /// Print the RBAC rules the job manager needs (the chart's Role must grant exactly these).
     Rbac,
+    /// GET an http:// URL and exit 0 on a 2xx answer (the chart's `helm test` pod checks
+    /// /readyz with it: the image has no shell or curl).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// e.g. http://job-manager.jobs.svc:8080/readyz
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// Give up after this many seconds
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]

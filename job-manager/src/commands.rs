@@ -79,6 +79,9 @@ pub async fn main_with(cli: Cli) -> i32 {
             print!("{}", crate::backend::kubernetes::cli::crd());
             0
         }
+        Some(Command::Check(args)) => {
+            crate::check::run(&args.url, std::time::Duration::from_secs(args.timeout_secs)).await
+        }
         Some(Command::Rbac) => {
             print!("{}", crate::backend::kubernetes::cli::rbac());
             0
