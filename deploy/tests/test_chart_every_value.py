@@ -181,6 +181,10 @@ REFUSED = {
 # Reach the job manager and are proven by their own tests (the values need files the
 # pod mounts): key -> test that fails if the value stops working.
 COVERED_BY = {
+    "jobManager.brokerTls.caBundle":
+        "deploy/tests/test_chart_job_manager_accepts.py::test_broker_ca_bundle_and_client_certificate_reach_the_job_manager",
+    "jobManager.brokerTls.clientCertSecretName":
+        "deploy/tests/test_chart_job_manager_accepts.py::test_broker_ca_bundle_and_client_certificate_reach_the_job_manager",
     "jobManager.userDefinedVariables.userDefinedJson":
         "deploy/tests/test_chart_runtime_objects.py::test_user_defined_variables_reach_the_runtime_from_each_source",
     "jobManager.userDefinedVariables.userDefinedFile":

@@ -57,6 +57,8 @@ REFUSED = {
                                    ["userDefinedFile must be the content of a JSON object file", "cannot unmarshal array"]),
     "user-variables-json-broken": ({"jobManager": {"userDefinedVariables": {"userDefinedJson": '{"a": '}}},
                                    ["userDefinedJson must be a JSON object", "unexpected end of JSON input"]),
+    "ca-bundle-given-as-path": ({"jobManager": {"brokerTls": {"caBundle": "/etc/ssl/ca.pem"}}},
+                                ["/jobManager/brokerTls/caBundle", "does not match pattern"]),
     "bad-digest": ({"node-api-runtime": {"image": {"digest": "latest"}}}, ["/node-api-runtime/image/digest", "does not match pattern"]),
     "no-runtime": ({"node-api-runtime": {"enabled": False}, "node-browser-runtime": {"enabled": False}},
                    ["enable at least one runtime"]),

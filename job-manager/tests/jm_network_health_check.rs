@@ -3,12 +3,13 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn start(dir: &std::path::Path, disabled: bool) -> std::process::Child {
+/// The child and the address it serves on.
+fn start(dir: &std::path::Path, disabled: bool) -> (std::process::Child, String) {
     // A port nothing listens on: connections are refused at once.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/local.yaml");
-    Command::new(env!("CARGO_BIN_EXE_job-manager"))
+    let child = Command::new(env!("CARGO_BIN_EXE_job-manager"))
         .arg("--config")
         .arg(examples)
         .env_clear()
@@ -23,7 +24,8 @@ fn start(dir: &std::path::Path, disabled: bool) -> std::process::Child {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    (child, listen.to_string())
 }
 
 /// A range no other test's job manager is likely to hold at the same time.
@@ -44,17 +46,11 @@ fn healthy(listen: &str) -> bool {
 #[test]
 fn an_unreachable_broker_ends_the_start_only_while_the_check_is_on() {
     let tmp = tempfile::TempDir::new().unwrap();
-    let mut on = start(tmp.path(), false);
+    let (mut on, _) = start(tmp.path(), false);
     let status = on.wait().unwrap();
     assert_eq!(status.code(), Some(69), "broker unreachable, check on: EX_UNAVAILABLE");
 
-    let mut off = start(tmp.path(), true);
-    let listen = {
-        // The listen address the child was given, read back from its environment.
-        let environ = std::fs::read(format!("/proc/{}/environ", off.id())).unwrap();
-        let text = String::from_utf8_lossy(&environ).to_string();
-        text.split('\0').find_map(|kv| kv.strip_prefix("JM_LISTEN=")).unwrap().to_string()
-    };
+    let (mut off, listen) = start(tmp.path(), true);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut serving = false;
     while Instant::now() < deadline {

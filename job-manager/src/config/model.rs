@@ -27,6 +27,9 @@ pub struct Config {
     /// Meaningless here (no JVM); accepted with a warning.
     pub jvm_opts: String,
     pub network_health_check_disabled: bool,
+    /// TLS to the broker beyond the public and system roots: a private CA, a client
+    /// certificate for mutual TLS.
+    pub broker_tls: BrokerTls,
     pub user_defined_variables: UserDefinedVariables,
     pub hostname_override: String,
     pub internal_api_key: String,
@@ -66,6 +69,7 @@ impl Default for Config {
             broker_api_proxy_pw: String::new(),
             jvm_opts: String::new(),
             network_health_check_disabled: false,
+            broker_tls: BrokerTls::default(),
             user_defined_variables: UserDefinedVariables::default(),
             hostname_override: "job-manager".into(),
             internal_api_key: String::new(),
@@ -121,6 +125,18 @@ pub enum ExecutorKind {
     #[default]
     Local,
     Kubernetes,
+}
+
+/// PEM files (the chart mounts them from a ConfigMap and a `kubernetes.io/tls` Secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BrokerTls {
+    /// CA certificates trusted for the broker (and a TLS-intercepting proxy) in addition
+    /// to the public and system roots.
+    pub ca_file: String,
+    /// Client certificate chain and its key, presented to the broker (mutual TLS).
+    pub client_cert_file: String,
+    pub client_key_file: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -132,6 +132,7 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
     if c.executor == ExecutorKind::Kubernetes {
         validate_kubernetes_executor(c)?;
     }
+    validate_broker_tls(c)?;
     validate_runtimes(c)?;
     validate_sidecar(c)?;
     crate::backend::local::isolation::UidRange::parse(&c.local.uid_range, nix::unistd::geteuid().as_raw())
@@ -180,6 +181,21 @@ fn validate_runtimes(c: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// `brokerTls.*`: the files are read and the TLS settings built once here, so a missing
+/// or malformed PEM file ends the start (exit 64) naming it.
+fn validate_broker_tls(c: &Config) -> Result<(), ConfigError> {
+    use crate::broker::client::connector::{tls_config, TlsMaterial};
+    let t = &c.broker_tls;
+    if t.ca_file.is_empty() && t.client_cert_file.is_empty() && t.client_key_file.is_empty() {
+        return Ok(());
+    }
+    let material = TlsMaterial::read(&t.ca_file, &t.client_cert_file, &t.client_key_file)
+        .map_err(|reason| ConfigError::invalid("brokerTls", reason))?;
+    tls_config(c.broker_api_proxy_self_signed_cert, &material)
+        .map(|_| ())
+        .map_err(|e| ConfigError::invalid("brokerTls", e.to_string()))
 }
 
 /// What the Kubernetes executor needs before it creates a pod: a Secret name for the

@@ -83,6 +83,15 @@ app.kubernetes.io/component: runtime
 {{- default (include "job-manager.credentialsSecretName" .) .Values.jobManager.tokenSigningKeySecretName }}
 {{- end }}
 
+{{/* Where the job manager reads the broker CA bundle (its ConfigMap's mount) and the
+     client certificate Secret. */}}
+{{- define "job-manager.brokerCaFile" -}}
+/etc/job-manager/broker-ca.pem
+{{- end }}
+{{- define "job-manager.brokerClientCertDir" -}}
+/etc/job-manager/broker-client
+{{- end }}
+
 {{/* Where the job manager reads the --set-file content of
      jobManager.userDefinedVariables.userDefinedFile: its own ConfigMap's mount. */}}
 {{- define "job-manager.userDefinedFileMount" -}}
