@@ -142,6 +142,7 @@ FLIPS = {
     "runtimePods.runtimeClassName": ({}, {"runtimePods": {"runtimeClassName": "gvisor"}}),
     "priorityClassName": ({}, {"priorityClassName": "jobs-high"}),
     "topologySpreadConstraints": ({}, {"topologySpreadConstraints": [SPREAD]}),
+    "runtimePods.caBundle": ({}, {"runtimePods": {"caBundle": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}),
     "runtimePods.priorityClassName": ({}, {"runtimePods": {"priorityClassName": "jobs-low"}}),
     "runtimePods.topologySpreadConstraints": ({}, {"runtimePods": {"topologySpreadConstraints": [SPREAD]}}),
     "runtimePods.serviceAccount.name": ({}, {"runtimePods": {"serviceAccount": {"name": "runtimes"}}}),

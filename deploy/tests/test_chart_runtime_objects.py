@@ -25,7 +25,7 @@ def render_objects(chart, values: dict, runtime: str, tmp_path, sets=()) -> subp
     assert binary, "target/debug/job-manager missing: chart-test.sh builds it (cargo build -p job-manager --bins)"
     rendered = render(chart, values)
     config = tmp_path / "config.yaml"
-    config.write_text(rendered.one("ConfigMap")["data"]["config.yaml"])
+    config.write_text(rendered.config_map()["data"]["config.yaml"])
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"id": "chart-test-1", "runtime_type": runtime, "timeout_secs": 60, "payload": {"script": "ok"}}))
     env = pod_environment(rendered, config)
@@ -186,10 +186,10 @@ def test_user_defined_variables_reach_the_runtime_from_each_source(chart, source
         path = config["userDefinedVariables"]["userDefinedFile"]
         mount_dir, name = path.rsplit("/", 1)
         volume, sub_path = mounts(rendered)[mount_dir]
-        assert sub_path is None and volume["configMap"]["name"] == rendered.one("ConfigMap")["metadata"]["name"]
+        assert sub_path is None and volume["configMap"]["name"] == rendered.config_map()["metadata"]["name"]
         mounted = tmp_path / "configmap"
         mounted.mkdir()
-        for k, v in rendered.one("ConfigMap")["data"].items():
+        for k, v in rendered.config_map()["data"].items():
             (mounted / k).write_text(v)
         assert json.loads((mounted / name).read_text()) == variables
         sets.append(f"userDefinedVariables.userDefinedFile={mounted / name}")
@@ -272,3 +272,25 @@ def test_scheduling_values_reach_the_job_manager_and_runtime_pods(chart, tmp_pat
         assert runtime["securityContext"]["runAsUser"] == 3000
     for pod in pod_specs(runtime_objects(chart, "scheduling", "node-browser-runtime", tmp_path)):
         assert "nodeSelector" not in pod and "tolerations" not in pod, "per-runtime values stay with their runtime"
+
+
+def test_runtime_ca_bundle_reaches_runtime_containers(chart, tmp_path):
+    ca = "-----BEGIN CERTIFICATE-----\nMIIBcorp\n-----END CERTIFICATE-----\n"
+    values = deep_merge(values_for("defaults"), {"runtimePods": {"caBundle": ca}})
+    rendered = render(chart, values)
+    config_map = rendered.one("ConfigMap", f"{RELEASE}-job-manager-runtime-ca")
+    assert config_map["data"]["ca.crt"] == ca
+    for pod in pod_specs(runtime_objects_for(chart, values, "node-browser-runtime", tmp_path)):
+        volume = next(v for v in pod["volumes"] if v.get("configMap", {}).get("name") == config_map["metadata"]["name"])
+        runtime = next(c for c in pod["containers"] if c["name"] == "runtime")
+        mount = next(m for m in runtime["volumeMounts"] if m["name"] == volume["name"])
+        assert runtime_env(pod)["NODE_EXTRA_CA_CERTS"] == f"{mount['mountPath']}/ca.crt"
+        assert mount["readOnly"] is True
+    for pod in pod_specs(runtime_objects(chart, "defaults", "node-api-runtime", tmp_path)):
+        assert "NODE_EXTRA_CA_CERTS" not in runtime_env(pod)
+
+
+def runtime_objects_for(chart, values, runtime, tmp_path) -> list:
+    out = render_objects(chart, values, runtime, tmp_path)
+    assert out.returncode == 0, out.stderr
+    return load_all(out.stdout)

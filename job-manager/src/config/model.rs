@@ -349,6 +349,10 @@ pub struct KubernetesSettings {
     pub affinity: Option<core::Affinity>,
     /// PriorityClass of runtime pods; empty: the cluster's default.
     pub priority_class_name: String,
+    /// A ConfigMap of PEM CA certificates mounted into runtime containers, named to
+    /// Node by `NODE_EXTRA_CA_CERTS` (added to its bundled roots): for origins behind a
+    /// private CA. Empty name: none.
+    pub runtime_ca_bundle: ConfigMapKey,
     pub topology_spread_constraints: Vec<core::TopologySpreadConstraint>,
     pub pod_security_context: Option<core::PodSecurityContext>,
     /// Sidecar container (read-only root filesystem).
@@ -394,6 +398,7 @@ impl Default for KubernetesSettings {
             tolerations: Vec::new(),
             affinity: None,
             priority_class_name: String::new(),
+            runtime_ca_bundle: ConfigMapKey { config_map_name: String::new(), key: "ca.crt".into() },
             topology_spread_constraints: Vec::new(),
             pod_security_context: None,
             security_context: None,
@@ -419,6 +424,14 @@ impl Default for KubernetesSettings {
             persistent_endpoints: BTreeMap::new(),
         }
     }
+}
+
+/// One key of a ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConfigMapKey {
+    pub config_map_name: String,
+    pub key: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -341,6 +341,15 @@ fn validate_runtime_pods(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    let ca = &k.runtime_ca_bundle;
+    if !ca.config_map_name.is_empty()
+        && (!is_dns_subdomain(&ca.config_map_name) || ca.key.is_empty() || ca.key.contains('/'))
+    {
+        return Err(ConfigError::invalid(
+            "kubernetes.runtimeCaBundle",
+            format!("configMapName {:?} must be a ConfigMap name and key {:?} a file name", ca.config_map_name, ca.key),
+        ));
+    }
     if !k.priority_class_name.is_empty() && !is_dns_subdomain(&k.priority_class_name) {
         return Err(ConfigError::invalid(
             "kubernetes.priorityClassName",

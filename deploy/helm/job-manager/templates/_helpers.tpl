@@ -83,6 +83,10 @@ app.kubernetes.io/component: runtime
 {{- default (include "job-manager.credentialsSecretName" .) .Values.jobManager.tokenSigningKeySecretName }}
 {{- end }}
 
+{{- define "job-manager.runtimeCaConfigMapName" -}}
+{{- printf "%s-runtime-ca" (include "job-manager.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* Where the job manager reads the broker CA bundle (its ConfigMap's mount) and the
      client certificate Secret. */}}
 {{- define "job-manager.brokerCaFile" -}}

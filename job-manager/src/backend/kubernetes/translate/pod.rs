@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Env names the job manager sets on the runtime container; extra env may not override
 /// them (that would let configuration route the runtime around its sidecar).
-const RESERVED_RUNTIME_ENV: [&str; 8] = [
+const RESERVED_RUNTIME_ENV: [&str; 9] = [
     runtime_env::JOB_API_URL,
     runtime_env::HTTP_PROXY,
     runtime_env::HTTPS_PROXY,
@@ -26,7 +26,13 @@ const RESERVED_RUNTIME_ENV: [&str; 8] = [
     "https_proxy",
     "no_proxy",
     runtime_env::USER_DEFINED_VARIABLES,
+    NODE_EXTRA_CA_CERTS,
 ];
+
+/// Where runtime containers find `kubernetes.runtimeCaBundle`, and the env that names it.
+pub const RUNTIME_CA_MOUNT: &str = "/etc/job-manager/runtime-ca";
+pub const RUNTIME_CA_VOLUME: &str = "runtime-ca";
+pub const NODE_EXTRA_CA_CERTS: &str = "NODE_EXTRA_CA_CERTS";
 
 /// Full image reference: `[imageRegistry/]repository@digest` when a digest is set (it
 /// wins over the tag), else `[imageRegistry/]repository[:tag]`.
@@ -83,6 +89,22 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
         empty_dir: Some(core::EmptyDirVolumeSource::default()),
         ..core::Volume::default()
     });
+    if !k.runtime_ca_bundle.config_map_name.is_empty() {
+        volumes.push(core::Volume {
+            name: RUNTIME_CA_VOLUME.into(),
+            config_map: Some(core::ConfigMapVolumeSource {
+                name: k.runtime_ca_bundle.config_map_name.clone(),
+                items: Some(vec![core::KeyToPath {
+                    key: k.runtime_ca_bundle.key.clone(),
+                    path: k.runtime_ca_bundle.key.clone(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+                ..core::ConfigMapVolumeSource::default()
+            }),
+            ..core::Volume::default()
+        });
+    }
     volumes.extend(k.extra_volumes.iter().cloned());
 
     // Scheduling: the runtime type's own settings over the pod-wide ones.
@@ -283,6 +305,9 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
             join_path(&persistence.mount_path, &k.custom_node_modules_path),
         ));
     }
+    if !k.runtime_ca_bundle.config_map_name.is_empty() {
+        envs.push(env(NODE_EXTRA_CA_CERTS, format!("{RUNTIME_CA_MOUNT}/{}", k.runtime_ca_bundle.key)));
+    }
     // Global extra env, then the runtime type's own (which wins on a shared name).
     let mut extra = k.extra_env.clone();
     extra.extend(p.runtime.extra_env.clone());
@@ -303,6 +328,14 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
         mount_path: labels::TMP_MOUNT.into(),
         ..core::VolumeMount::default()
     });
+    if !k.runtime_ca_bundle.config_map_name.is_empty() {
+        mounts.push(core::VolumeMount {
+            name: RUNTIME_CA_VOLUME.into(),
+            mount_path: RUNTIME_CA_MOUNT.into(),
+            read_only: Some(true),
+            ..core::VolumeMount::default()
+        });
+    }
     mounts.extend(k.extra_volume_mounts.iter().cloned());
     Ok(core::Container {
         name: labels::RUNTIME_CONTAINER.into(),

@@ -528,3 +528,28 @@ fn priority_class_and_topology_spread_reach_runtime_pods() {
         (Some("jobs-low"), Some(vec![spread]))
     );
 }
+
+#[test]
+fn a_runtime_ca_bundle_is_mounted_and_named_to_node() {
+    let mut c = config();
+    assert!(pod(&objects(&c)).containers[0].env.as_ref().unwrap().iter().all(|e| e.name != "NODE_EXTRA_CA_CERTS"));
+    c.kubernetes.runtime_ca_bundle.config_map_name = "corp-ca".into();
+    let p = pod(&objects(&c));
+    let runtime = &p.containers[0];
+    let env: BTreeMap<_, _> = runtime.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone())).collect();
+    assert_eq!(env["NODE_EXTRA_CA_CERTS"].as_deref(), Some("/etc/job-manager/runtime-ca/ca.crt"));
+    let mount = runtime.volume_mounts.iter().flatten().find(|m| m.name == "runtime-ca").expect("mounted");
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), ("/etc/job-manager/runtime-ca", Some(true)));
+    let volume = p.volumes.unwrap().into_iter().find(|v| v.name == "runtime-ca").unwrap();
+    assert_eq!(volume.config_map.unwrap().name, "corp-ca");
+    // Only the runtime gets it; extra env may not point Node elsewhere.
+    assert!(p.init_containers.unwrap().iter().all(|i| i
+        .volume_mounts
+        .iter()
+        .flatten()
+        .all(|m| m.name != "runtime-ca")));
+    c.kubernetes.extra_env.insert("NODE_EXTRA_CA_CERTS".into(), "/tmp/mine.pem".into());
+    let err =
+        ephemeral_objects(&job("node-api-runtime"), "t", deadline(), &TranslateSettings::from(&c), "ns").unwrap_err();
+    assert_eq!(err.label(), "reserved_env");
+}
