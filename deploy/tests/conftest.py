@@ -67,9 +67,12 @@ class Rendered:
     def notes(self) -> str:
         return next(v for k, v in self.files.items() if k.endswith("NOTES.txt"))
 
+    def config_map(self) -> dict:
+        """The job manager's own ConfigMap (config.yaml and the files it names)."""
+        return self.one("ConfigMap", f"{RELEASE}-job-manager-config")
+
     def config(self) -> dict:
-        cm = self.one("ConfigMap", f"{RELEASE}-job-manager-config")
-        return yaml.safe_load(cm["data"]["config.yaml"])
+        return yaml.safe_load(self.config_map()["data"]["config.yaml"])
 
     def jm_pod(self) -> dict:
         return self.one("Deployment")["spec"]["template"]["spec"]

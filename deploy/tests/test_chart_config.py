@@ -65,14 +65,15 @@ def test_defaults_match_the_seed(chart):
     assert config["hostnameOverride"] == "job-manager"
     api, browser = config["runtimes"]
     assert (api["name"], browser["name"]) == ("node-api-runtime", "node-browser-runtime")
-    assert api["image"] == {"repository": "newrelic/serverless-api-runtime", "tag": "latest", "pullPolicy": "IfNotPresent"}
-    assert browser["image"] == {"repository": "newrelic/serverless-browser-runtime", "tag": "latest", "pullPolicy": "IfNotPresent"}
-    assert (api["parallelism"], api["completions"]) == (1, 6)
+    assert (api["image"]["repository"], api["image"]["tag"]) == ("newrelic/serverless-api-runtime", "latest")
+    assert (browser["image"]["repository"], browser["image"]["tag"]) == ("newrelic/serverless-browser-runtime", "latest")
+    assert api["parallelism"] == 1
+    assert "completions" not in api, "the seed's default asks for nothing: no warning for it"
     assert api["resources"] == {"requests": {"cpu": "0.5", "memory": "1250Mi"}, "limits": {"cpu": "0.75", "memory": "2500Mi"}}
     assert browser["resources"] == {"requests": {"cpu": "1", "memory": "2000Mi"}, "limits": {"cpu": "1.5", "memory": "3000Mi"}}
     sidecar = config["sidecar"]
     assert sidecar["enabled"] is True
-    assert sidecar["image"] == {"repository": "newrelic/serverless-sidecar", "tag": "latest", "pullPolicy": "IfNotPresent"}
+    assert sidecar["image"] == {"repository": "newrelic/serverless-sidecar", "tag": "latest", "pullPolicy": "IfNotPresent", "digest": ""}
     assert sidecar["resources"] == {"requests": {"cpu": "0.1", "memory": "128Mi"}, "limits": {"cpu": "0.2", "memory": "256Mi"}}
     assert sidecar["upstreamProxyUnresolved"] == "refuse", "unresolvable names behind an upstream proxy are refused"
     k8s = config["kubernetes"]

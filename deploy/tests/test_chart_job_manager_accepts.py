@@ -2,12 +2,14 @@
 config file and the Deployment's env (secrets resolved from the rendered Secrets), so a
 release never crash-loops on exit 64 (invalid configuration)."""
 import base64
+from pathlib import Path
 import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
+import yaml
 
 from conftest import NAMESPACE, job_manager_binary
 from conftest import render as render_chart
@@ -58,7 +60,7 @@ def test_job_manager_accepts_the_chart_config(chart, case, tmp_path):
     assert binary, "target/debug/job-manager missing: chart-test.sh builds it (cargo build -p job-manager --bins)"
     rendered = render_chart(chart, values_for(case))
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(rendered.one("ConfigMap")["data"]["config.yaml"])
+    config_path.write_text(rendered.config_map()["data"]["config.yaml"])
     port = free_port()
     env = pod_environment(rendered, config_path)
     # Keep the test hermetic: no real broker, no cluster. A refused broker and a missing
@@ -88,10 +90,50 @@ def test_a_sidecar_sharing_the_runtime_uid_is_refused_with_the_rule(chart, tmp_p
     values.setdefault("runtimePods", {})["sidecarSecurityContext"] = None
     rendered = render_chart(chart, values)
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(rendered.one("ConfigMap")["data"]["config.yaml"])
+    config_path.write_text(rendered.config_map()["data"]["config.yaml"])
     env = pod_environment(rendered, config_path)
     env.update({"JM_BROKER_API_ENDPOINT": "http://127.0.0.1:9", "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
                 "PATH": "/usr/bin:/bin"})
     out = subprocess.run([str(job_manager_binary())], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == EXIT_CONFIG, out.stderr
     assert "the sidecar and the runtime both run as UID 1001; they must differ" in out.stderr, out.stderr
+
+
+TLS_SUPPORT = Path(__file__).resolve().parents[2] / "job-manager" / "tests" / "broker_support"
+
+
+def test_broker_ca_bundle_and_client_certificate_reach_the_job_manager(chart, tmp_path):
+    """jobManager.brokerTls: the CA bundle (content, --set-file) lands in the ConfigMap and
+    the client certificate Secret is mounted where the config says; the real job manager
+    loads and checks both (a broken bundle is refused at start, exit 64, naming it)."""
+    ca = (TLS_SUPPORT / "private-ca-cert.pem").read_text()
+    values = values_for("defaults")
+    values["jobManager"] = {**values["jobManager"], "brokerTls": {"caBundle": ca, "clientCertSecretName": "jm-broker-client"}}
+    rendered = render_chart(chart, values)
+    config = yaml.safe_load(rendered.config_map()["data"]["config.yaml"])["brokerTls"]
+    # The kubelet's view: the ConfigMap and the Secret mounted where the Deployment says.
+    mounts = {m["mountPath"]: m for m in rendered.jm_container()["volumeMounts"]}
+    volumes = {v["name"]: v for v in rendered.jm_pod()["volumes"]}
+    ca_dir, ca_name = config["caFile"].rsplit("/", 1)
+    assert volumes[mounts[ca_dir]["name"]]["configMap"]["name"] == rendered.config_map()["metadata"]["name"]
+    assert rendered.config_map()["data"][ca_name] == ca
+    cert_dir = config["clientCertFile"].rsplit("/", 1)[0]
+    assert config["clientKeyFile"] == f"{cert_dir}/tls.key" and config["clientCertFile"] == f"{cert_dir}/tls.crt"
+    assert volumes[mounts[cert_dir]["name"]]["secret"]["secretName"] == "jm-broker-client"
+    assert mounts[cert_dir]["readOnly"] is True
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    (mounted / ca_name).write_text(rendered.config_map()["data"][ca_name])
+    (mounted / "tls.crt").write_text((TLS_SUPPORT / "private-client-cert.pem").read_text())
+    (mounted / "tls.key").write_text((TLS_SUPPORT / "private-client-key.pem").read_text())
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(rendered.config_map()["data"]["config.yaml"])
+    env = {**pod_environment(rendered, config_path), "PATH": "/usr/bin:/bin"}
+    sets = ["--set", f"brokerTls.caFile={mounted / ca_name}", "--set", f"brokerTls.clientCertFile={mounted / 'tls.crt'}",
+            "--set", f"brokerTls.clientKeyFile={mounted / 'tls.key'}"]
+    out = subprocess.run([str(job_manager_binary()), "run", "--print-config", *sets], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["brokerTls"]["caFile"] == str(mounted / ca_name)
+    (mounted / ca_name).write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    out = subprocess.run([str(job_manager_binary()), "run", "--print-config", *sets], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == EXIT_CONFIG and "brokerTls" in out.stderr, out.stderr

@@ -30,7 +30,6 @@ MATRIX = {
                                       "podAnnotations": {"team": "global", "a": "global"}},
                            "imagePullSecrets": [{"name": "jm-only"}], "podAnnotations": {"a": "component"}},
                           {"Deployment"}, set()),
-    "sidecar-disabled": ({"jobManager": {"sidecar": {"enabled": False}}}, {"Deployment"}, set()),
     "keda": ({"jobManager": {"keda": {"enabled": True}}}, {"ScaledObject", "TriggerAuthentication"},
              {"HorizontalPodAutoscaler", "PodDisruptionBudget"}),
     "replicas-3": ({"jobManager": {"hpa": {"enabled": False}}, "replicaCount": 3}, {"PodDisruptionBudget"}, {"HorizontalPodAutoscaler"}),
@@ -43,6 +42,20 @@ MATRIX = {
                                                                     "seccompProfile": {"type": "RuntimeDefault"}}},
                          "node-browser-runtime": {"runtimeClassName": "kata"}},
                         {"Deployment"}, set()),
+    "scheduling": ({"priorityClassName": "jobs-high",
+                    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                                   "whenUnsatisfiable": "ScheduleAnyway"}],
+                    "runtimePods": {"priorityClassName": "jobs-low",
+                                    "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
+                                                                   "whenUnsatisfiable": "DoNotSchedule",
+                                                                   "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "runtime"}}}]},
+                    "node-api-runtime": {"nodeSelector": {"pool": "api"}, "podAnnotations": {"rt": "api"},
+                                         "tolerations": [{"key": "api", "operator": "Exists", "effect": "NoSchedule"}],
+                                         "securityContext": {"runAsUser": 3000, "runAsGroup": 3000, "runAsNonRoot": True,
+                                                             "allowPrivilegeEscalation": False, "privileged": False,
+                                                             "capabilities": {"drop": ["ALL"]},
+                                                             "seccompProfile": {"type": "RuntimeDefault"}}}},
+                   {"Deployment"}, set()),
     "egress-firewall-off": ({"runtimePods": {"egressFirewall": {"enabled": False}}}, {"Deployment"}, set()),
     "everything": ({"jobManager": {"vsePassphrase": "vse", "brokerApiProxyPw": "pw", "brokerApiProxyUsername": "u",
                                    "apiProxyHost": "proxy.corp", "apiProxyPort": "3128",
@@ -159,7 +172,10 @@ def test_notes_tell_the_operator_what_to_check(chart):
     assert "169.254.169.254 must be unreachable" in notes
     keda = render(chart, values_for("keda")).notes()
     assert "KEDA scales the job manager between 0 and 10" in keda and "HorizontalPodAutoscaler" not in keda
-    assert "NOT filtered by the sidecar" in render(chart, values_for("sidecar-disabled")).notes()
+    assert "reportOnly is true" in render(chart, deep_merge(REQUIRED, {"jobManager": {"sidecar": {"reportOnly": True}}})).notes()
+    completions = render(chart, deep_merge(REQUIRED, {"node-api-runtime": {"completions": 12}})).notes()
+    assert "node-api-runtime.completions is ignored" in completions and "node-browser-runtime.completions" not in completions
+    assert "completions" not in notes
 
 
 def test_grafana_dashboard_configmap_only_when_enabled(chart):

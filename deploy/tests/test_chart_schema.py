@@ -47,6 +47,19 @@ REFUSED = {
                                     ["userDefinedPath must be a relative path inside the persistent volume"]),
     "poll-too-fast": ({"jobManager": {"poll": {"intervalMs": 5}}}, ["/jobManager/poll/intervalMs", "minimum: got 5, want 10"]),
     "batch-too-big": ({"jobManager": {"poll": {"batchSize": 5000}}}, ["/jobManager/poll/batchSize", "maximum: got 5,000, want 1,000"]),
+    "sidecar-disabled": ({"jobManager": {"sidecar": {"enabled": False}}},
+                         ["jobManager.sidecar.enabled cannot be false", "only way to its job",
+                          "set jobManager.sidecar.reportOnly=true"]),
+    "user-variables-file-given-as-path": ({"jobManager": {"userDefinedVariables": {"userDefinedFile": "/etc/vars.json"}}},
+                                          ["userDefinedFile must be the content of a JSON object file",
+                                           "--set-file jobManager.userDefinedVariables.userDefinedFile=<path>", "/etc/vars.json"]),
+    "user-variables-file-a-list": ({"jobManager": {"userDefinedVariables": {"userDefinedFile": "[1, 2]"}}},
+                                   ["userDefinedFile must be the content of a JSON object file", "cannot unmarshal array"]),
+    "user-variables-json-broken": ({"jobManager": {"userDefinedVariables": {"userDefinedJson": '{"a": '}}},
+                                   ["userDefinedJson must be a JSON object", "unexpected end of JSON input"]),
+    "ca-bundle-given-as-path": ({"jobManager": {"brokerTls": {"caBundle": "/etc/ssl/ca.pem"}}},
+                                ["/jobManager/brokerTls/caBundle", "does not match pattern"]),
+    "bad-digest": ({"node-api-runtime": {"image": {"digest": "latest"}}}, ["/node-api-runtime/image/digest", "does not match pattern"]),
     "no-runtime": ({"node-api-runtime": {"enabled": False}, "node-browser-runtime": {"enabled": False}},
                    ["enable at least one runtime"]),
 }
@@ -74,6 +87,8 @@ def test_lint_reports_the_refusal():
     {"jobManager": {"brokerApiProxySelfSignedCert": True}, "resources": {"limits": {"cpu": 2, "memory": "1.5e9"}}},
     {"jobManager": {"hpa": {"customMetrics": {"targetValue": "100"}}}},
     {"global": {"imagePullSecrets": ["a", {"name": "b"}]}},
+    {"jobManager": {"userDefinedVariables": {"userDefinedJson": '{"Error": "a fine variable name"}'}}},
+    {"jobManager": {"userDefinedVariables": {"userDefinedFile": ' {"Error": "x"}\n'}}},
 ])
 def test_accepted_edge_values(chart, values):
     render(chart, deep_merge(REQUIRED, values))

@@ -142,7 +142,7 @@ def test_metadata_restriction_can_be_turned_off(chart):
 def test_secrets_never_in_configmap_or_env_values(chart):
     rendered = render(chart, values_for("everything"))
     secret_values = ["loc-key-123", "internal-key-456", "vse", "http://u:p@proxy:3128", "sign"]
-    config_text = rendered.one("ConfigMap")["data"]["config.yaml"]
+    config_text = rendered.config_map()["data"]["config.yaml"]
     for value in secret_values:
         assert value not in config_text.split(), f"{value!r} leaked into the ConfigMap"
     plain_env = {e["name"]: e.get("value") for e in rendered.jm_container()["env"]}

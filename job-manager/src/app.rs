@@ -187,3 +187,50 @@ impl App {
         Ok(Handle { addr, metrics, readiness, jobs_at_start, shutdown, task })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::client::BrokerClientConfig;
+    use crate::config::model::{Config, RuntimeConfig};
+
+    /// The settings only a running job manager shows reach the parts that act on them:
+    /// the dispatcher (per-type `parallelism`, `poll.*`: `dispatcher::tests`), the
+    /// shutdown drain (`shutdownGraceSecs`: `jm_local_e2e`), the broker client (endpoint
+    /// and proxy: `tests/broker_client.rs`). Checked by the chart's every-value test.
+    #[test]
+    fn process_settings_come_from_the_config() {
+        let mut c = Config {
+            runtimes: vec![RuntimeConfig { name: "rt".into(), parallelism: 7, ..RuntimeConfig::default() }],
+            ..Config::default()
+        };
+        c.poll.interval_ms = 1234;
+        c.poll.batch_size = 17;
+        c.shutdown_grace_secs = 42;
+        c.broker_api_endpoint = "https://broker.example".into();
+        c.api_proxy_host = "proxy.corp".into();
+        c.api_proxy_port = 3129;
+        c.broker_api_proxy_username = "user".into();
+        c.broker_api_proxy_pw = "pw".into();
+        c.broker_api_proxy_self_signed_cert = true;
+        let validated = Validated {
+            config: c.clone(),
+            user_defined_variables: Default::default(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            warnings: Vec::new(),
+        };
+        let s = AppSettings::from(&validated);
+        assert_eq!(
+            s.dispatcher.runtimes.iter().map(|r| (r.name.as_str(), r.parallelism)).collect::<Vec<_>>(),
+            [("rt", 7)]
+        );
+        assert_eq!((s.dispatcher.poll_interval, s.dispatcher.batch_size), (Duration::from_millis(1234), 17));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(42));
+        let broker = BrokerClientConfig::from(&c);
+        assert_eq!(broker.endpoint, "https://broker.example");
+        let proxy = broker.proxy.expect("a proxy");
+        assert_eq!((proxy.host.as_str(), proxy.port, proxy.username.as_deref()), ("proxy.corp", 3129, Some("user")));
+        assert_eq!(proxy.password.as_ref().map(|p| p.expose()), Some("pw"));
+        assert!(proxy.accept_self_signed);
+    }
+}

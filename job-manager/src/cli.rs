@@ -42,12 +42,27 @@ pub enum Command {
     /// Print the verified-script-execution signature of a job file (for `signature`).
     Sign(SignArgs),
     /// Print every Kubernetes object the job manager would create for a job (multi-document
-    /// YAML; no cluster needed).
+    /// YAML; no cluster needed). The configuration is loaded and validated as `run` does
+    /// with the kubernetes executor (file, JM_* env, --set); secrets it does not show
+    /// (location key, internal API key) may be left out.
     Render(RenderArgs),
     /// Print the JobRecord CustomResourceDefinition (the chart ships it in crds/).
     Crd,
     /// Print the RBAC rules the job manager needs (the chart's Role must grant exactly these).
     Rbac,
+    /// GET an http:// URL and exit 0 on a 2xx answer (the chart's `helm test` pod checks
+    /// /readyz with it: the image has no shell or curl).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// e.g. http://job-manager.jobs.svc:8080/readyz
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// Give up after this many seconds
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -55,12 +70,16 @@ pub struct RenderArgs {
     /// The job file (a `common::Job` as JSON or YAML)
     #[arg(long, value_name = "FILE")]
     pub job: PathBuf,
-    /// YAML config file (the same file `run --config` takes; defaults when omitted)
+    /// YAML config file (the same file `run --config` takes, e.g. deploy/examples/kubernetes.yaml
+    /// or the chart's ConfigMap); without the flag, `$JM_CONFIG_FILE`, else the defaults
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Namespace of the objects (default: the config's `namespace`, else `default`)
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
+    /// Any setting by its key path, as `run --set` (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -99,6 +118,10 @@ pub struct RunArgs {
     /// Print the list of every setting with its env variable and default, then exit
     #[arg(long)]
     pub list_settings: bool,
+    /// Load and validate the configuration, print it as the job manager would run with it
+    /// (YAML, secrets redacted; warnings on stderr), then exit: 0 if valid, 64 if not
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 impl RunArgs {

@@ -8,7 +8,7 @@ use crate::backend::{Backend, BackendError};
 use crate::broker::client::{BrokerClientConfig, HttpBroker};
 use crate::broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use crate::broker::{BrokerApi, BrokerError};
-use crate::cli::{Cli, Command, RunArgs, SignArgs};
+use crate::cli::{Cli, Command, RenderArgs, RunArgs, SignArgs};
 use crate::config::model::ExecutorKind;
 use crate::config::{self, ConfigError, EnvLookup, ProcessEnv, Validated, EMBEDDED_BROKER, EXIT_USAGE};
 use std::sync::Arc;
@@ -74,25 +74,13 @@ pub async fn main_with(cli: Cli) -> i32 {
         Some(Command::Run(args)) => run_command(args).await,
         Some(Command::Demo(args)) => crate::demo::run(args).await,
         Some(Command::Sign(args)) => sign_command(&args),
-        Some(Command::Render(args)) => {
-            match crate::backend::kubernetes::cli::render_files(
-                &args.job,
-                args.config.as_deref(),
-                args.namespace.as_deref(),
-            ) {
-                Ok(yaml) => {
-                    print!("{yaml}");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("job-manager render: {e}");
-                    EXIT_USAGE
-                }
-            }
-        }
+        Some(Command::Render(args)) => render_command(&args, &ProcessEnv),
         Some(Command::Crd) => {
             print!("{}", crate::backend::kubernetes::cli::crd());
             0
+        }
+        Some(Command::Check(args)) => {
+            crate::check::run(&args.url, std::time::Duration::from_secs(args.timeout_secs)).await
         }
         Some(Command::Rbac) => {
             print!("{}", crate::backend::kubernetes::cli::rbac());
@@ -103,9 +91,61 @@ pub async fn main_with(cli: Cli) -> i32 {
 
 /// Load and validate the configuration from flags + environment.
 pub fn load_config(args: &RunArgs, env: &dyn EnvLookup) -> Result<Validated, ConfigError> {
+    config::validate(load_unvalidated(args, env)?)
+}
+
+fn load_unvalidated(args: &RunArgs, env: &dyn EnvLookup) -> Result<config::Config, ConfigError> {
     let overrides = args.overrides().map_err(|rule| ConfigError::Invalid { setting: "--set".into(), rule })?;
     let file = config::config_file_path(args.config.as_deref(), env);
-    config::validate(config::load(file.as_deref(), env, &overrides)?)
+    config::load(file.as_deref(), env, &overrides)
+}
+
+/// Stands in for a secret `render` never shows (it reaches pods by `secretKeyRef`, or
+/// only the broker sees it), so a config without secrets renders.
+pub const RENDER_SECRET_PLACEHOLDER: &str = "<secret, not rendered>";
+
+/// `render`'s configuration: loaded like `run`'s (file, `JM_*` env, `--set`), run by the
+/// kubernetes executor, secrets it does not show filled with a placeholder, then the
+/// same [`config::validate`] as `run`.
+pub fn load_render_config(args: &RenderArgs, env: &dyn EnvLookup) -> Result<Validated, ConfigError> {
+    let run_args = RunArgs { config: args.config.clone(), set: args.set.clone(), ..RunArgs::default() };
+    let mut c = load_unvalidated(&run_args, env)?;
+    c.executor = ExecutorKind::Kubernetes;
+    for secret in [&mut c.location_key, &mut c.internal_api_key] {
+        if secret.trim().is_empty() {
+            *secret = RENDER_SECRET_PLACEHOLDER.into();
+        }
+    }
+    config::validate(c)
+}
+
+fn render_command(args: &RenderArgs, env: &dyn EnvLookup) -> i32 {
+    let validated = match load_render_config(args, env) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("job-manager render: {e}");
+            if config::config_file_path(args.config.as_deref(), env).is_none() {
+                eprintln!(
+                    "job-manager render: no --config (nor JM_CONFIG_FILE): the built-in defaults configure no runtime; \
+                     try --config deploy/examples/kubernetes.yaml, or the chart's ConfigMap (see the chart's NOTES)"
+                );
+            }
+            return EXIT_USAGE;
+        }
+    };
+    for warning in &validated.warnings {
+        eprintln!("job-manager render: warning: {warning}");
+    }
+    match crate::backend::kubernetes::cli::render_files(&args.job, &validated, args.namespace.as_deref()) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            0
+        }
+        Err(e) => {
+            eprintln!("job-manager render: {e}");
+            EXIT_USAGE
+        }
+    }
 }
 
 async fn run_command(args: RunArgs) -> i32 {
@@ -122,6 +162,13 @@ async fn run_command(args: RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if args.print_config {
+        for warning in &validated.warnings {
+            eprintln!("job-manager: warning: {warning}");
+        }
+        print!("{}", config::redacted_yaml(&validated.config));
+        return 0;
+    }
     crate::telemetry::init(&validated.config.log_level, validated.config.log_format);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -16,6 +16,7 @@
 pub mod app;
 pub mod backend;
 pub mod broker;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod commands;

@@ -6,6 +6,7 @@ use broker_support::*;
 use common::broker::{AckRequest, ReleaseRequest};
 use common::secret::Secret;
 use common::{JobResult, Outcome};
+use job_manager::broker::client::connector::TlsMaterial;
 use job_manager::broker::client::HttpBroker;
 use job_manager::broker::embedded::NO_ANSWER;
 use job_manager::broker::{BrokerApi, BrokerError, SubmitOutcome};
@@ -346,4 +347,66 @@ async fn a_poll_answer_too_large_or_not_json_is_unreadable_as_a_whole() {
     let c = client(&serve_fixed(200, b"<html>gateway</html>".to_vec()).await);
     let err = c.poll(&poll_req(1)).await.unwrap_err();
     assert_eq!(err.label(), "unreadable", "{err}");
+}
+
+fn support_file(name: &str) -> String {
+    format!("{}/tests/broker_support/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn material(ca: bool, client: bool) -> TlsMaterial {
+    let path = |on: bool, name: &str| if on { support_file(name) } else { String::new() };
+    TlsMaterial::read(
+        &path(ca, "private-ca-cert.pem"),
+        &path(client, "private-client-cert.pem"),
+        &path(client, "private-client-key.pem"),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_private_ca_and_a_client_certificate_reach_the_broker_over_mutual_tls() {
+    let served = serve_new().await;
+    served.broker.submit(job("t")).unwrap();
+    // Server certificate of a private CA: refused on the public roots, trusted with brokerTls.caFile.
+    let tls = start_private_tls_terminator(served.addr, false).await;
+    let endpoint = format!("https://localhost:{}", tls.port());
+    let err = client(&endpoint).with_retry_policy(fast_retries(1)).queue_stats().await.unwrap_err();
+    assert!(matches!(&err, BrokerError::Unreachable(m) if m.contains("certificate")), "{err}");
+    let mut cfg = client_config(&endpoint);
+    cfg.tls = material(true, false);
+    assert_eq!(HttpBroker::new(cfg).unwrap().queue_stats().await.unwrap().depth, 1);
+
+    // A broker that requires a client certificate: refused without, served with one.
+    let mtls = start_private_tls_terminator(served.addr, true).await;
+    let endpoint = format!("https://localhost:{}", mtls.port());
+    let mut cfg = client_config(&endpoint);
+    cfg.tls = material(true, false);
+    let err = HttpBroker::new(cfg).unwrap().with_retry_policy(fast_retries(1)).queue_stats().await.unwrap_err();
+    assert!(matches!(&err, BrokerError::Unreachable(_)), "{err}");
+    let mut cfg = client_config(&endpoint);
+    cfg.tls = material(true, true);
+    let c = HttpBroker::new(cfg).unwrap();
+    assert_eq!(c.poll(&poll_req(1)).await.unwrap().jobs[0].id.as_str(), "t");
+}
+
+#[test]
+fn broken_tls_material_is_refused_naming_the_setting() {
+    let err = TlsMaterial::read("/nonexistent/ca.pem", "", "").unwrap_err();
+    assert!(err.contains("brokerTls.caFile") && err.contains("/nonexistent/ca.pem"), "{err}");
+    let mut cfg = client_config("https://localhost:1");
+    cfg.tls = TlsMaterial { client_cert_pem: material(false, true).client_cert_pem, ..TlsMaterial::default() };
+    let err = HttpBroker::new(cfg).unwrap_err().to_string();
+    assert!(err.contains("clientCertFile and brokerTls.clientKeyFile go together"), "{err}");
+    let mut cfg = client_config("https://localhost:1");
+    cfg.tls = TlsMaterial { ca_pem: b"not a certificate".to_vec(), ..TlsMaterial::default() };
+    let err = HttpBroker::new(cfg).unwrap_err().to_string();
+    assert!(err.contains("brokerTls.caFile"), "{err}");
+    let mut cfg = client_config("https://localhost:1");
+    cfg.tls = TlsMaterial {
+        client_cert_pem: material(false, true).client_cert_pem,
+        client_key_pem: std::fs::read(support_file("private-server-key.pem")).unwrap(),
+        ..TlsMaterial::default()
+    };
+    let err = HttpBroker::new(cfg).unwrap_err().to_string();
+    assert!(err.contains("do not match"), "{err}");
 }

@@ -130,6 +130,14 @@ impl From<&crate::config::Config> for client::BrokerClientConfig {
             location_key: Secret::new(c.location_key.clone()),
             timeout: std::time::Duration::from_secs(30),
             proxy,
+            // Validation read these files already (`brokerTls`); one unreadable now fails
+            // the client's construction, naming it.
+            tls: client::connector::TlsMaterial::read(
+                &c.broker_tls.ca_file,
+                &c.broker_tls.client_cert_file,
+                &c.broker_tls.client_key_file,
+            )
+            .unwrap_or_else(client::connector::TlsMaterial::unreadable),
         }
     }
 }

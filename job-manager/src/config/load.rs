@@ -115,10 +115,11 @@ fn apply_flag(tree: &mut Value, flag: &FlagOverride) -> Result<(), ConfigError> 
 }
 
 /// Every settable leaf: scalars, lists and nulls (optional structured values). Objects
-/// that are free-form maps (labels, annotations) are leaves too: they are set whole.
+/// that are free-form maps (labels, annotations) are leaves too: they are set whole, as
+/// JSON, so a key like `app.kubernetes.io/component` never becomes part of an env name.
 fn collect_leaves(v: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
     match v {
-        Value::Object(m) if !m.is_empty() && !is_free_form_map(path) => {
+        Value::Object(m) if !m.is_empty() && !is_free_form_map(path) && m.keys().all(|k| is_setting_name(k)) => {
             for (k, child) in m {
                 path.push(k.clone());
                 collect_leaves(child, path, out);
@@ -131,7 +132,24 @@ fn collect_leaves(v: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>)
 
 /// Maps keyed by user data (not by setting names) are set as a whole.
 fn is_free_form_map(path: &[String]) -> bool {
-    matches!(path.last().map(String::as_str), Some("podAnnotations" | "podLabels" | "nodeSelector" | "extraEnv"))
+    matches!(
+        path.last().map(String::as_str),
+        Some(
+            "podAnnotations"
+                | "podLabels"
+                | "nodeSelector"
+                | "extraEnv"
+                | "jobManagerPodLabels"
+                | "persistentEndpoints"
+                | "annotations"
+        )
+    )
+}
+
+/// A key the model names (camelCase letters and digits): anything else in an object is
+/// user data, and the object a free-form map whatever its name.
+fn is_setting_name(key: &str) -> bool {
+    key.starts_with(|c: char| c.is_ascii_lowercase()) && key.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 fn slot_mut<'a>(tree: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
@@ -207,4 +225,27 @@ pub fn settings_table() -> Vec<(String, String, String)> {
             (key, env, v.to_string())
         })
         .collect()
+}
+
+/// Stands in for a secret in [`redacted_yaml`].
+pub const REDACTED: &str = "<redacted>";
+
+/// The configuration as YAML with every secret that is set replaced by [`REDACTED`]
+/// (`run --print-config`): what the job manager runs with, safe to paste in a ticket.
+pub fn redacted_yaml(config: &Config) -> String {
+    let mut c = config.clone();
+    for secret in [
+        &mut c.location_key,
+        &mut c.vse_passphrase,
+        &mut c.broker_api_proxy_pw,
+        &mut c.internal_api_key,
+        &mut c.token_signing_key,
+        // May carry credentials (`http://user:pw@proxy:3128`).
+        &mut c.sidecar.upstream_proxy,
+    ] {
+        if !secret.is_empty() {
+            *secret = REDACTED.into();
+        }
+    }
+    serde_yaml::to_string(&c).expect("config serializes")
 }

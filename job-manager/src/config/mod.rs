@@ -9,7 +9,7 @@ mod validate;
 pub use error::{ConfigError, EXIT_USAGE};
 pub use keys::env_name;
 pub use load::{
-    config_file_path, load, parse_bool, parse_file, settings_table, EnvLookup, FlagOverride, ProcessEnv,
+    config_file_path, load, parse_bool, parse_file, redacted_yaml, settings_table, EnvLookup, FlagOverride, ProcessEnv,
     ENV_CONFIG_FILE,
 };
 pub use model::Config;

@@ -27,6 +27,9 @@ pub struct Config {
     /// Meaningless here (no JVM); accepted with a warning.
     pub jvm_opts: String,
     pub network_health_check_disabled: bool,
+    /// TLS to the broker beyond the public and system roots: a private CA, a client
+    /// certificate for mutual TLS.
+    pub broker_tls: BrokerTls,
     pub user_defined_variables: UserDefinedVariables,
     pub hostname_override: String,
     pub internal_api_key: String,
@@ -66,6 +69,7 @@ impl Default for Config {
             broker_api_proxy_pw: String::new(),
             jvm_opts: String::new(),
             network_health_check_disabled: false,
+            broker_tls: BrokerTls::default(),
             user_defined_variables: UserDefinedVariables::default(),
             hostname_override: "job-manager".into(),
             internal_api_key: String::new(),
@@ -123,6 +127,18 @@ pub enum ExecutorKind {
     Kubernetes,
 }
 
+/// PEM files (the chart mounts them from a ConfigMap and a `kubernetes.io/tls` Secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BrokerTls {
+    /// CA certificates trusted for the broker (and a TLS-intercepting proxy) in addition
+    /// to the public and system roots.
+    pub ca_file: String,
+    /// Client certificate chain and its key, presented to the broker (mutual TLS).
+    pub client_cert_file: String,
+    pub client_key_file: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct UserDefinedVariables {
@@ -150,11 +166,18 @@ pub struct ImageSettings {
     pub repository: String,
     pub tag: String,
     pub pull_policy: String,
+    /// `sha256:<hex>`: pins the image; wins over `tag` (`repository@digest`).
+    pub digest: String,
 }
 
 impl Default for ImageSettings {
     fn default() -> Self {
-        Self { repository: String::new(), tag: "latest".into(), pull_policy: "IfNotPresent".into() }
+        Self {
+            repository: String::new(),
+            tag: "latest".into(),
+            pull_policy: "IfNotPresent".into(),
+            digest: String::new(),
+        }
     }
 }
 
@@ -174,7 +197,12 @@ pub struct RuntimeConfig {
     pub workload: Workload,
     /// Max concurrent jobs of this type per replica (and the Job's parallelism).
     pub parallelism: u32,
-    pub completions: u32,
+    /// Seed 000's "jobs expected per minute (x parallelism)": the synthetics job manager's
+    /// runtime CronJob ran `completions` pods a minute. Here an execution is one pod
+    /// started when a job arrives, so there is nothing to size: accepted for values
+    /// compatibility and ignored with a warning (the chart passes it only when set to
+    /// something other than the seed's 6).
+    pub completions: Option<u32>,
     pub image: ImageSettings,
     pub image_pull_secrets: Vec<core::LocalObjectReference>,
     pub resources: Option<core::ResourceRequirements>,
@@ -187,6 +215,17 @@ pub struct RuntimeConfig {
     /// Kubernetes: this runtime type's RuntimeClass (e.g. gVisor's `gvisor`, Kata's
     /// `kata`); empty: `kubernetes.runtimeClassName`.
     pub runtime_class_name: String,
+    /// Kubernetes: merged over `kubernetes.nodeSelector` (this runtime wins on a key).
+    pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes: added to `kubernetes.tolerations`.
+    pub tolerations: Vec<core::Toleration>,
+    /// Kubernetes: replaces `kubernetes.affinity` for this runtime's pods.
+    pub affinity: Option<core::Affinity>,
+    /// Kubernetes: merged over `kubernetes.podAnnotations` (this runtime wins on a key).
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Kubernetes: the runtime container's security context, replacing
+    /// `kubernetes.runtimeSecurityContext` (its UID must still differ from the sidecar's).
+    pub security_context: Option<core::SecurityContext>,
 }
 
 impl Default for RuntimeConfig {
@@ -196,7 +235,7 @@ impl Default for RuntimeConfig {
             enabled: true,
             workload: Workload::Ephemeral,
             parallelism: 1,
-            completions: 6,
+            completions: None,
             image: ImageSettings::default(),
             image_pull_secrets: Vec::new(),
             resources: None,
@@ -205,6 +244,11 @@ impl Default for RuntimeConfig {
             port: 8081,
             extra_env: BTreeMap::new(),
             runtime_class_name: String::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            pod_annotations: BTreeMap::new(),
+            security_context: None,
         }
     }
 }
@@ -303,6 +347,13 @@ pub struct KubernetesSettings {
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<core::Toleration>,
     pub affinity: Option<core::Affinity>,
+    /// PriorityClass of runtime pods; empty: the cluster's default.
+    pub priority_class_name: String,
+    /// A ConfigMap of PEM CA certificates mounted into runtime containers, named to
+    /// Node by `NODE_EXTRA_CA_CERTS` (added to its bundled roots): for origins behind a
+    /// private CA. Empty name: none.
+    pub runtime_ca_bundle: ConfigMapKey,
+    pub topology_spread_constraints: Vec<core::TopologySpreadConstraint>,
     pub pod_security_context: Option<core::PodSecurityContext>,
     /// Sidecar container (read-only root filesystem).
     pub security_context: Option<core::SecurityContext>,
@@ -346,6 +397,9 @@ impl Default for KubernetesSettings {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             affinity: None,
+            priority_class_name: String::new(),
+            runtime_ca_bundle: ConfigMapKey { config_map_name: String::new(), key: "ca.crt".into() },
+            topology_spread_constraints: Vec::new(),
             pod_security_context: None,
             security_context: None,
             runtime_security_context: None,
@@ -370,6 +424,14 @@ impl Default for KubernetesSettings {
             persistent_endpoints: BTreeMap::new(),
         }
     }
+}
+
+/// One key of a ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConfigMapKey {
+    pub config_map_name: String,
+    pub key: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -409,6 +471,14 @@ impl KubernetesSettings {
     pub fn runtime_uid(&self) -> Option<i64> {
         match &self.runtime_security_context {
             None => Some(DEFAULT_RUNTIME_UID),
+            Some(ctx) => ctx.run_as_user.or_else(|| self.pod_uid()),
+        }
+    }
+
+    /// The UID `runtime`'s container runs as: its own security context when it has one.
+    pub fn runtime_uid_of(&self, runtime: &RuntimeConfig) -> Option<i64> {
+        match &runtime.security_context {
+            None => self.runtime_uid(),
             Some(ctx) => ctx.run_as_user.or_else(|| self.pod_uid()),
         }
     }

@@ -187,6 +187,49 @@ fn validation_rules_table() {
             "expected `refuse` or `forward`",
         ),
         ("k8s needs key", MINIMAL, &[("JM_EXECUTOR", "kubernetes")], "internalApiKey"),
+        ("sidecar off", MINIMAL, &[("JM_SIDECAR_ENABLED", "false")], "use sidecar.reportOnly: true"),
+        (
+            "k8s needs the key's secret name",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a, image: {repository: rt}}]\n",
+            &[],
+            "kubernetes.internalApiKeySecretName",
+        ),
+        (
+            "k8s runtime image without repository",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a}]\nkubernetes: {internalApiKeySecretName: s}\n",
+            &[],
+            "runtimes[0].image (a): repository is required with the kubernetes executor (got an empty one: the image would be `:latest`)",
+        ),
+        (
+            "k8s sidecar image without repository",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a, image: {repository: rt}}]\nkubernetes: {internalApiKeySecretName: s}\nsidecar: {image: {repository: ''}}\n",
+            &[],
+            "`sidecar.image.repository`",
+        ),
+        (
+            "k8s image repository with a tag in it",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a, image: {repository: ':latest'}}]\nkubernetes: {internalApiKeySecretName: s}\n",
+            &[],
+            "is not an image repository",
+        ),
+        (
+            "k8s image digest malformed",
+            "brokerApiEndpoint: embedded\nexecutor: kubernetes\ninternalApiKey: k\nruntimes: [{name: a, image: {repository: rt, digest: 'sha256:xyz'}}]\nkubernetes: {internalApiKeySecretName: s}\n",
+            &[],
+            "is not an image digest",
+        ),
+        (
+            "priority class name",
+            "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {priorityClassName: High_Priority}\n",
+            &[],
+            "is not a PriorityClass name",
+        ),
+        (
+            "udv path missing on the volume",
+            MINIMAL,
+            &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "vars"), ("JM_KUBERNETES_PERSISTENCE_MOUNT_PATH", "/nonexistent")],
+            "cannot read /nonexistent/vars",
+        ),
         (
             "sidecar and runtime share a UID",
             "brokerApiEndpoint: embedded\nruntimes: [{name: a, command: [x]}]\nkubernetes: {securityContext: {runAsUser: 1001}}\n",
@@ -305,4 +348,114 @@ fn max_result_bytes_is_bounded_and_is_the_limit_on_both_sides() {
             )
         );
     }
+}
+
+#[test]
+fn every_listed_env_name_can_be_set_and_sets_its_key() {
+    let table = settings_table();
+    assert!(table.iter().any(|(k, _, _)| k == "kubernetes.jobManagerPodLabels"), "maps are listed whole");
+    for (key, env_var, default) in &table {
+        assert!(
+            env_var.len() > 3 && env_var.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+            "{key}: {env_var:?} is not a name a shell or a pod spec can set"
+        );
+        assert!(key.split('.').all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric())), "{key}");
+        // The printed name is the one loading reads: setting it to its own default
+        // (JSON as printed) loads, and the flag of the same key is accepted too.
+        let raw = serde_json::from_str::<serde_json::Value>(default)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| default.clone());
+        let from_env = load(None, &env(&[(env_var.as_str(), raw.as_str())]), &[]);
+        assert!(from_env.is_ok(), "{env_var}={raw}: {from_env:?}");
+        assert_eq!(from_env.unwrap(), Config::default(), "{env_var}={raw} must round-trip");
+        assert!(load(None, &env(&[]), &[FlagOverride::new(key.as_str(), raw.as_str())]).is_ok(), "--set {key}");
+    }
+}
+
+#[test]
+fn a_map_of_labels_is_set_whole_from_its_env_name() {
+    let c = load(
+        None,
+        &env(&[("JM_KUBERNETES_JOB_MANAGER_POD_LABELS", r#"{"app.kubernetes.io/component": "jm", "tier": "x"}"#)]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.kubernetes.job_manager_pod_labels,
+        BTreeMap::from([("app.kubernetes.io/component".into(), "jm".into()), ("tier".into(), "x".into())])
+    );
+    let f = file("kubernetes: {nodeSelector: {pool: a}}\n");
+    let c = load(Some(f.path()), &env(&[("JM_KUBERNETES_NODE_SELECTOR", "{pool: b}")]), &[]).unwrap();
+    assert_eq!(c.kubernetes.node_selector, BTreeMap::from([("pool".into(), "b".into())]));
+}
+
+#[test]
+fn user_defined_path_is_read_from_the_data_volume_as_a_file_or_a_directory() {
+    let data = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir(data.path().join("variables")).unwrap();
+    std::fs::write(data.path().join("variables/user_defined_variables.json"), r#"{"FROM": "dir"}"#).unwrap();
+    std::fs::write(data.path().join("mine.json"), r#"{"FROM": "file"}"#).unwrap();
+    let mount = data.path().display().to_string();
+    for (path, expected) in [("variables", "dir"), ("variables/", "dir"), ("mine.json", "file")] {
+        let v = load_valid(
+            MINIMAL,
+            &[("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", path), ("JM_KUBERNETES_PERSISTENCE_MOUNT_PATH", &mount)],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(v.user_defined_variables.get("FROM"), Some(&serde_json::json!(expected)), "{path}");
+    }
+    std::fs::write(data.path().join("list.json"), "[1]").unwrap();
+    let err = rule_of(load_valid(
+        MINIMAL,
+        &[
+            ("JM_USER_DEFINED_VARIABLES_USER_DEFINED_PATH", "list.json"),
+            ("JM_KUBERNETES_PERSISTENCE_MOUNT_PATH", &mount),
+        ],
+        &[],
+    ));
+    assert!(err.contains("userDefinedPath") && err.contains("must be a JSON object"), "{err}");
+}
+
+#[test]
+fn completions_is_accepted_with_a_warning_naming_the_runtime() {
+    let v = load_valid(MINIMAL, &[], &[]).unwrap();
+    assert!(!v.warnings.iter().any(|w| w.contains("completions")), "{:?}", v.warnings);
+    let v =
+        load_valid("brokerApiEndpoint: embedded\nruntimes: [{name: rt, command: [x], completions: 12}]\n", &[], &[])
+            .unwrap();
+    assert!(
+        v.warnings.iter().any(|w| w.contains("completions (rt: 12) is accepted for chart compatibility and ignored")),
+        "{:?}",
+        v.warnings
+    );
+}
+
+#[test]
+fn printed_config_hides_every_secret_and_reparses() {
+    let v = load_valid(
+        MINIMAL,
+        &[
+            ("JM_LOCATION_KEY", "loc-secret"),
+            ("JM_VSE_PASSPHRASE", "vse-secret"),
+            ("JM_INTERNAL_API_KEY", "internal-secret"),
+            ("JM_TOKEN_SIGNING_KEY", "signing-secret"),
+            ("JM_API_PROXY_HOST", "proxy"),
+            ("JM_API_PROXY_PORT", "3128"),
+            ("JM_BROKER_API_PROXY_USERNAME", "u"),
+            ("JM_BROKER_API_PROXY_PW", "pw-secret"),
+            ("JM_SIDECAR_UPSTREAM_PROXY", "http://u:up-secret@proxy:3128"),
+            ("JM_POLL_INTERVAL_MS", "1234"),
+        ],
+        &[],
+    )
+    .unwrap();
+    let text = redacted_yaml(&v.config);
+    assert!(!text.contains("secret"), "{text}");
+    let back = parse_file(&text).unwrap();
+    assert_eq!(back.poll.interval_ms, 1234);
+    assert_eq!(back.location_key, "<redacted>");
+    assert_eq!(back.vse_passphrase, "<redacted>");
+    assert_eq!(back.broker_api_proxy_username, "u", "not a secret");
 }

@@ -76,6 +76,24 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
             c.jvm_opts
         ));
     }
+    for r in c.runtimes.iter() {
+        if let Some(n) = r.completions {
+            warnings.push(format!(
+                "runtimes[].completions ({}: {n}) is accepted for chart compatibility and ignored: each job runs in a \
+                 pod of its own, started when the job arrives; runtimes[].parallelism bounds how many run at once",
+                r.name
+            ));
+        }
+    }
+    if !c.sidecar.enabled {
+        return Err(ConfigError::invalid(
+            "sidecar.enabled",
+            "cannot be false: the sidecar is every runtime's only way to its job and back (it fetches the job with \
+             the single-use token and reports the result) and its egress policy is what keeps runtimes away from \
+             cloud metadata, the API server and private ranges. To roll out a policy without enforcing it, use \
+             sidecar.reportOnly: true",
+        ));
+    }
     if c.hostname_override.trim().is_empty() {
         return Err(ConfigError::invalid("hostnameOverride", "must not be empty (sidecars call this Service name)"));
     }
@@ -111,6 +129,10 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
             "is required with the kubernetes executor (every replica and sidecar must share it)",
         ));
     }
+    if c.executor == ExecutorKind::Kubernetes {
+        validate_kubernetes_executor(c)?;
+    }
+    validate_broker_tls(c)?;
     validate_runtimes(c)?;
     validate_sidecar(c)?;
     crate::backend::local::isolation::UidRange::parse(&c.local.uid_range, nix::unistd::geteuid().as_raw())
@@ -161,6 +183,76 @@ fn validate_runtimes(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `brokerTls.*`: the files are read and the TLS settings built once here, so a missing
+/// or malformed PEM file ends the start (exit 64) naming it.
+fn validate_broker_tls(c: &Config) -> Result<(), ConfigError> {
+    use crate::broker::client::connector::{tls_config, TlsMaterial};
+    let t = &c.broker_tls;
+    if t.ca_file.is_empty() && t.client_cert_file.is_empty() && t.client_key_file.is_empty() {
+        return Ok(());
+    }
+    let material = TlsMaterial::read(&t.ca_file, &t.client_cert_file, &t.client_key_file)
+        .map_err(|reason| ConfigError::invalid("brokerTls", reason))?;
+    tls_config(c.broker_api_proxy_self_signed_cert, &material)
+        .map(|_| ())
+        .map_err(|e| ConfigError::invalid("brokerTls", e.to_string()))
+}
+
+/// What the Kubernetes executor needs before it creates a pod: a Secret name for the
+/// sidecars' internal API key and an image for every container (an empty repository
+/// would render `image: :latest`, which the API server takes and the kubelet never pulls).
+fn validate_kubernetes_executor(c: &Config) -> Result<(), ConfigError> {
+    if c.kubernetes.internal_api_key_secret_name.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "kubernetes.internalApiKeySecretName",
+            "is required with the kubernetes executor: sidecars read the internal API key from this Secret \
+             (chart: set from global.internalApiKey or global.internalApiKeySecretName)",
+        ));
+    }
+    for (i, r) in c.runtimes.iter().enumerate().filter(|(_, r)| r.enabled) {
+        if let Some(problem) = image_problem(&r.image) {
+            return Err(ConfigError::invalid("runtimes", format!("runtimes[{i}].image ({}): {problem}", r.name)));
+        }
+    }
+    if let Some(problem) = image_problem(&c.sidecar.image) {
+        return Err(ConfigError::invalid("sidecar.image.repository", problem));
+    }
+    Ok(())
+}
+
+/// Why an image cannot be pulled as configured, if it cannot.
+fn image_problem(image: &super::model::ImageSettings) -> Option<String> {
+    let repo = image.repository.trim();
+    if repo.is_empty() {
+        return Some(format!(
+            "repository is required with the kubernetes executor (got an empty one: the image would be `:{}`)",
+            image.tag
+        ));
+    }
+    if repo.chars().any(|c| c.is_whitespace() || c.is_ascii_uppercase()) || repo.starts_with(['/', ':', '@', '.', '-'])
+    {
+        return Some(format!(
+            "repository {repo:?} is not an image repository (lowercase, e.g. registry.example.com/team/runtime)"
+        ));
+    }
+    if image.tag.chars().any(char::is_whitespace) {
+        return Some(format!("tag {:?} must not contain whitespace", image.tag));
+    }
+    if !image.digest.is_empty() && !is_digest(&image.digest) {
+        return Some(format!("digest {:?} is not an image digest (e.g. sha256:<64 hex digits>)", image.digest));
+    }
+    None
+}
+
+/// `algorithm:hex`, as an OCI digest (`sha256:` + 64 lowercase hex digits).
+fn is_digest(s: &str) -> bool {
+    let Some((algorithm, hex)) = s.split_once(':') else { return false };
+    !algorithm.is_empty()
+        && algorithm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && hex.len() >= 32
+        && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn validate_sidecar(c: &Config) -> Result<(), ConfigError> {
     for (key, list) in [("sidecar.allowCidrs", &c.sidecar.allow_cidrs), ("sidecar.denyCidrs", &c.sidecar.deny_cidrs)] {
         for cidr in list {
@@ -199,16 +291,21 @@ fn validate_sidecar(c: &Config) -> Result<(), ConfigError> {
 fn validate_runtime_pods(c: &Config) -> Result<(), ConfigError> {
     let k = &c.kubernetes;
     let (sidecar, runtime) = (k.sidecar_uid(), k.runtime_uid());
-    if let (Some(s), Some(r)) = (sidecar, runtime) {
-        if s == r {
-            return Err(ConfigError::invalid(
-                "kubernetes.securityContext.runAsUser",
-                format!(
-                    "the sidecar and the runtime both run as UID {s}; they must differ (the egress firewall lets only \
-                     the sidecar's UID send packets off the pod, and a shared UID would give the runtime the \
-                     sidecar's files and process)"
-                ),
-            ));
+    // The pod-wide runtime context, then each runtime type's own.
+    let runtimes = std::iter::once((String::new(), runtime))
+        .chain(c.runtimes.iter().map(|r| (format!(" ({}: runtimes[].securityContext)", r.name), k.runtime_uid_of(r))));
+    for (which, runtime) in runtimes {
+        if let (Some(s), Some(r)) = (sidecar, runtime) {
+            if s == r {
+                return Err(ConfigError::invalid(
+                    "kubernetes.securityContext.runAsUser",
+                    format!(
+                        "the sidecar and the runtime{which} both run as UID {s}; they must differ (the egress firewall \
+                         lets only the sidecar's UID send packets off the pod, and a shared UID would give the runtime \
+                         the sidecar's files and process)"
+                    ),
+                ));
+            }
         }
     }
     if k.egress_firewall.enabled {
@@ -228,7 +325,7 @@ fn validate_runtime_pods(c: &Config) -> Result<(), ConfigError> {
             }
             Some(_) => {}
         }
-        if runtime.is_none() {
+        if runtime.is_none() || c.runtimes.iter().any(|r| k.runtime_uid_of(r).is_none()) {
             return Err(ConfigError::invalid(
                 "kubernetes.runtimeSecurityContext.runAsUser",
                 "must be set (in the runtime's or the pod's security context) while \
@@ -243,6 +340,21 @@ fn validate_runtime_pods(c: &Config) -> Result<(), ConfigError> {
                 format!("{cidr:?} is not a CIDR with a non-zero prefix (e.g. 10.0.0.0/16 or fd00::/64)"),
             ));
         }
+    }
+    let ca = &k.runtime_ca_bundle;
+    if !ca.config_map_name.is_empty()
+        && (!is_dns_subdomain(&ca.config_map_name) || ca.key.is_empty() || ca.key.contains('/'))
+    {
+        return Err(ConfigError::invalid(
+            "kubernetes.runtimeCaBundle",
+            format!("configMapName {:?} must be a ConfigMap name and key {:?} a file name", ca.config_map_name, ca.key),
+        ));
+    }
+    if !k.priority_class_name.is_empty() && !is_dns_subdomain(&k.priority_class_name) {
+        return Err(ConfigError::invalid(
+            "kubernetes.priorityClassName",
+            format!("{:?} is not a PriorityClass name (a DNS subdomain)", k.priority_class_name),
+        ));
     }
     let classes = std::iter::once(("kubernetes.runtimeClassName", &k.runtime_class_name))
         .chain(c.runtimes.iter().map(|r| ("runtimes[].runtimeClassName", &r.runtime_class_name)));
@@ -287,16 +399,41 @@ pub fn user_defined_variables(c: &Config) -> Result<serde_json::Map<String, serd
         return parse(key, &text);
     }
     if !u.user_defined_path.trim().is_empty() {
-        // A path on the shared volume, read by runtimes in the cluster: it must stay inside it.
-        let p = std::path::Path::new(&u.user_defined_path);
-        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(ConfigError::invalid(
-                "userDefinedVariables.userDefinedPath",
-                "must be a relative path inside the persistent volume (no leading '/', no '..')",
-            ));
-        }
+        let key = "userDefinedVariables.userDefinedPath";
+        let file = user_defined_path_file(c)?;
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            ConfigError::invalid(
+                key,
+                format!(
+                    "cannot read {} ({:?} on the data volume mounted at kubernetes.persistence.mountPath {:?}): {e}",
+                    file.display(),
+                    u.user_defined_path,
+                    c.kubernetes.persistence.mount_path
+                ),
+            )
+        })?;
+        return parse(key, &text);
     }
     Ok(serde_json::Map::new())
+}
+
+/// The file name `userDefinedPath` names when it is a directory (as the synthetics job
+/// manager's chart mounts it: `--set ...userDefinedPath=variables`).
+pub const USER_DEFINED_VARIABLES_FILE: &str = "user_defined_variables.json";
+
+/// `userDefinedPath` on the data volume (`kubernetes.persistence.mountPath`, which the
+/// chart mounts in the job-manager pod as in runtime pods): the file itself, or a
+/// directory holding [`USER_DEFINED_VARIABLES_FILE`]. It must stay inside the volume.
+fn user_defined_path_file(c: &Config) -> Result<std::path::PathBuf, ConfigError> {
+    let rel = std::path::Path::new(c.user_defined_variables.user_defined_path.trim());
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(ConfigError::invalid(
+            "userDefinedVariables.userDefinedPath",
+            "must be a relative path inside the persistent volume (no leading '/', no '..')",
+        ));
+    }
+    let path = std::path::Path::new(&c.kubernetes.persistence.mount_path).join(rel);
+    Ok(if path.is_dir() { path.join(USER_DEFINED_VARIABLES_FILE) } else { path })
 }
 
 pub fn is_dns_label(s: &str) -> bool {

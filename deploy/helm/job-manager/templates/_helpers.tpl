@@ -83,15 +83,40 @@ app.kubernetes.io/component: runtime
 {{- default (include "job-manager.credentialsSecretName" .) .Values.jobManager.tokenSigningKeySecretName }}
 {{- end }}
 
+{{- define "job-manager.runtimeCaConfigMapName" -}}
+{{- printf "%s-runtime-ca" (include "job-manager.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Where the job manager reads the broker CA bundle (its ConfigMap's mount) and the
+     client certificate Secret. */}}
+{{- define "job-manager.brokerCaFile" -}}
+/etc/job-manager/broker-ca.pem
+{{- end }}
+{{- define "job-manager.brokerClientCertDir" -}}
+/etc/job-manager/broker-client
+{{- end }}
+
+{{/* Where the job manager reads the --set-file content of
+     jobManager.userDefinedVariables.userDefinedFile: its own ConfigMap's mount. */}}
+{{- define "job-manager.userDefinedFileMount" -}}
+/etc/job-manager/user_defined_variables.json
+{{- end }}
+
 {{/* Images --------------------------------------------------------------------- */}}
 
+{{/* The registry prepended to every image: global.imageRegistry, else an umbrella
+     chart's global.image.registry. */}}
+{{- define "job-manager.imageRegistry" -}}
+{{- default ((.Values.global.image | default dict).registry | default "") .Values.global.imageRegistry | trimSuffix "/" }}
+{{- end }}
+
 {{- define "job-manager.image" -}}
-{{- $registry := .Values.global.imageRegistry | trimSuffix "/" }}
-{{- $tag := default (include "job-manager.appVersion" .) .Values.image.tag }}
-{{- if $registry }}
-{{- printf "%s/%s:%s" $registry .Values.image.repository $tag }}
+{{- $registry := include "job-manager.imageRegistry" . }}
+{{- $repository := ternary (printf "%s/%s" $registry .Values.image.repository) .Values.image.repository (ne $registry "") }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- printf "%s:%s" $repository (default (include "job-manager.appVersion" .) (toString .Values.image.tag)) }}
 {{- end }}
 {{- end }}
 
@@ -173,6 +198,23 @@ app.kubernetes.io/component: runtime
 {{- $udv := $jm.userDefinedVariables }}
 {{- if gt (len (compact (list $udv.userDefinedJson $udv.userDefinedFile $udv.userDefinedPath))) 1 }}
 {{- fail "set only one of jobManager.userDefinedVariables.userDefinedJson, userDefinedFile and userDefinedPath" }}
+{{- end }}
+{{- range $key := list "userDefinedJson" "userDefinedFile" }}
+{{- $text := index $udv $key | trim }}
+{{- if $text }}
+{{- $parsed := fromJson $text }}
+{{- /* fromJson answers {"Error": ...} for anything that is not a JSON object. */}}
+{{- if or (not (hasPrefix "{" $text)) (and (hasKey $parsed "Error") (eq (len $parsed) 1) (not (contains "\"Error\"" $text))) }}
+{{- if eq $key "userDefinedFile" }}
+{{- fail (printf "jobManager.userDefinedVariables.userDefinedFile must be the content of a JSON object file, given with --set-file jobManager.userDefinedVariables.userDefinedFile=<path> (as the synthetics job manager's chart takes it), got %q (%s)" ($text | trunc 60) (get $parsed "Error" | default "not an object")) }}
+{{- else }}
+{{- fail (printf "jobManager.userDefinedVariables.userDefinedJson must be a JSON object, e.g. '{\"key\":\"value\"}', got %q (%s)" ($text | trunc 60) (get $parsed "Error" | default "not an object")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $jm.sidecar.enabled }}
+{{- fail "jobManager.sidecar.enabled cannot be false: the sidecar is every runtime's only way to its job and back (it fetches the job with the single-use token and reports the result), and its egress policy is what keeps runtimes away from cloud metadata, the API server and private ranges. To roll out a policy without enforcing it, set jobManager.sidecar.reportOnly=true" }}
 {{- end }}
 {{- if and $udv.userDefinedPath (or (hasPrefix "/" $udv.userDefinedPath) (has ".." (splitList "/" $udv.userDefinedPath))) }}
 {{- fail "jobManager.userDefinedVariables.userDefinedPath must be a relative path inside the persistent volume (no leading '/', no '..')" }}

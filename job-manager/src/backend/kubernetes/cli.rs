@@ -3,6 +3,7 @@
 //! the text, so the binary's clap subcommands (`crate::cli`) only have to call them and print.
 use crate::backend::kubernetes::{labels, rbac, record, translate};
 use crate::config::model::{Config, Workload};
+use crate::config::Validated;
 use common::Job;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,11 @@ pub enum CliError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid job: {message}")]
     BadJob { path: PathBuf, message: String },
-    #[error("{path} is not a valid config: {message}")]
-    BadConfig { path: PathBuf, message: String },
+    #[error(
+        "no runtime type {runtime:?} is configured (configured: {configured:?}); without --config the built-in \
+         defaults configure none: try --config deploy/examples/kubernetes.yaml or the chart's ConfigMap"
+    )]
+    NoRuntime { runtime: String, configured: Vec<String> },
     #[error(transparent)]
     Translate(#[from] translate::TranslateError),
 }
@@ -25,37 +29,51 @@ pub const RENDER_TOKEN_PLACEHOLDER: &str = "<job token, minted at dispatch>";
 /// Namespace used when neither the config nor the caller names one.
 pub const RENDER_DEFAULT_NAMESPACE: &str = "default";
 
-/// `job-manager render --job FILE --config FILE [--namespace NS]`.
-pub fn render_files(job_file: &Path, config_file: Option<&Path>, namespace: Option<&str>) -> Result<String, CliError> {
-    let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| CliError::Read { path: p.to_path_buf(), source });
-    let job_text = read(job_file)?;
+/// `job-manager render --job FILE [--config FILE] [--set K=V]... [--namespace NS]`, with
+/// the configuration already loaded and validated (`crate::commands::load_render_config`).
+pub fn render_files(job_file: &Path, validated: &Validated, namespace: Option<&str>) -> Result<String, CliError> {
+    let job_text =
+        std::fs::read_to_string(job_file).map_err(|source| CliError::Read { path: job_file.to_path_buf(), source })?;
     // Job files are JSON as the broker sends them; YAML is a superset, so both work.
     let job: Job = serde_yaml::from_str(&job_text)
         .map_err(|e| CliError::BadJob { path: job_file.to_path_buf(), message: e.to_string() })?;
-    let config: Config = match config_file {
-        // The same parser `run --config` uses.
-        Some(p) => crate::config::parse_file(&read(p)?)
-            .map_err(|message| CliError::BadConfig { path: p.to_path_buf(), message })?,
-        None => Config::default(),
-    };
+    let config = &validated.config;
+    if !config.runtimes.iter().any(|r| r.name == job.runtime_type) {
+        return Err(CliError::NoRuntime {
+            runtime: job.runtime_type.clone(),
+            configured: config.runtimes.iter().map(|r| r.name.clone()).collect(),
+        });
+    }
     let namespace = namespace
         .map(str::to_string)
         .or_else(|| (!config.namespace.is_empty()).then(|| config.namespace.clone()))
         .unwrap_or_else(|| RENDER_DEFAULT_NAMESPACE.to_string());
     let deadline =
         SystemTime::now() + Duration::from_secs(u64::from(job.timeout_secs.clamp(1, config.check_timeout.max(1))));
-    render(&job, &config, &namespace, deadline)
+    let settings = translate::TranslateSettings::new(config, &validated.user_defined_variables);
+    render_with(&job, config, &settings, &namespace, deadline)
 }
 
 /// Every object for `job`, as multi-document YAML, in creation order: the job's own
 /// objects (ephemeral) or its runtime type's Deployment/Service/HPA (persistent), then
 /// the runtime NetworkPolicy when the job manager manages it.
+/// The user-defined variables are `userDefinedJson` as written (see [`render_files`] for
+/// a validated config's, from JSON, file or path).
 pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime) -> Result<String, CliError> {
-    let settings = translate::TranslateSettings::from(config);
+    render_with(job, config, &translate::TranslateSettings::from(config), namespace, deadline)
+}
+
+fn render_with(
+    job: &Job,
+    config: &Config,
+    settings: &translate::TranslateSettings,
+    namespace: &str,
+    deadline: SystemTime,
+) -> Result<String, CliError> {
     let mut docs = Vec::new();
     let persistent = config.runtimes.iter().any(|r| r.name == job.runtime_type && r.workload == Workload::Persistent);
     if persistent {
-        let objects = translate::persistent_objects(&job.runtime_type, &settings, namespace)?;
+        let objects = translate::persistent_objects(&job.runtime_type, settings, namespace)?;
         docs.push(doc(
             "Persistent runtime: applied once per runtime type by the `service-setup` lease holder",
             &objects.deployment,
@@ -63,7 +81,7 @@ pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime)
         docs.push(doc("", &objects.service));
         docs.push(doc("", &objects.hpa));
     } else {
-        let objects = translate::ephemeral_objects(job, RENDER_TOKEN_PLACEHOLDER, deadline, &settings, namespace)?;
+        let objects = translate::ephemeral_objects(job, RENDER_TOKEN_PLACEHOLDER, deadline, settings, namespace)?;
         docs.push(doc(
             &format!(
                 "Job {} -> objects named {}; created in this order. At creation the record also gets label {}=<dispatching pod>",
@@ -81,7 +99,7 @@ pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime)
     if config.kubernetes.network_policy.enabled {
         docs.push(doc(
             "Applied by the `service-setup` lease holder (kubernetes.networkPolicy.enabled)",
-            &translate::runtime_network_policy(&settings, namespace),
+            &translate::runtime_network_policy(settings, namespace),
         ));
     }
     Ok(docs.join(""))

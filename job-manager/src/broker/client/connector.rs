@@ -1,6 +1,7 @@
 //! How the broker client reaches the broker: directly, or through an HTTP proxy
 //! (absolute-form requests for `http://` brokers, a CONNECT tunnel for `https://` ones),
 //! with rustls on top for `https://`.
+use crate::broker::BrokerError;
 use base64::Engine as _;
 use http::{HeaderValue, Uri};
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -228,22 +229,75 @@ pub fn connect_status(line: &str) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
-/// rustls settings: webpki roots plus the system's, or — only when explicitly configured —
-/// no certificate verification at all (a corporate proxy re-signing TLS).
-pub fn tls_config(accept_any_certificate: bool) -> ClientConfig {
+/// PEM material for the broker connection beyond the public roots (`brokerTls.*`).
+#[derive(Clone, Debug, Default)]
+pub struct TlsMaterial {
+    /// Extra trust anchors (a private CA, a TLS-intercepting proxy's CA).
+    pub ca_pem: Vec<u8>,
+    /// Client certificate chain and key for mutual TLS (both or neither).
+    pub client_cert_pem: Vec<u8>,
+    pub client_key_pem: Vec<u8>,
+    /// Why the files could not be read: the client refuses to be built.
+    pub unreadable: Option<String>,
+}
+
+impl TlsMaterial {
+    /// Read the files `brokerTls.*` names; an unreadable one is named.
+    pub fn read(ca_file: &str, client_cert_file: &str, client_key_file: &str) -> Result<Self, String> {
+        let read = |what: &str, path: &str| -> Result<Vec<u8>, String> {
+            if path.is_empty() {
+                return Ok(Vec::new());
+            }
+            std::fs::read(path).map_err(|e| format!("brokerTls.{what} {path:?}: {e}"))
+        };
+        Ok(Self {
+            ca_pem: read("caFile", ca_file)?,
+            client_cert_pem: read("clientCertFile", client_cert_file)?,
+            client_key_pem: read("clientKeyFile", client_key_file)?,
+            unreadable: None,
+        })
+    }
+
+    pub fn unreadable(reason: String) -> Self {
+        Self { unreadable: Some(reason), ..Self::default() }
+    }
+}
+
+/// rustls settings: webpki roots plus the system's plus `material`'s CA, or — only when
+/// explicitly configured — no certificate verification at all (a corporate proxy
+/// re-signing TLS); with `material`'s client certificate when one is given.
+pub fn tls_config(accept_any_certificate: bool, material: &TlsMaterial) -> Result<ClientConfig, BrokerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+    let invalid = |m: String| BrokerError::InvalidConfig(m);
+    if let Some(reason) = &material.unreadable {
+        return Err(invalid(reason.clone()));
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions");
-    let mut config = if accept_any_certificate {
+    let client_auth = match (material.client_cert_pem.is_empty(), material.client_key_pem.is_empty()) {
+        (true, true) => None,
+        (false, false) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&material.client_cert_pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid(format!("brokerTls.clientCertFile is not PEM certificates: {e}")))?;
+            if chain.is_empty() {
+                return Err(invalid("brokerTls.clientCertFile holds no certificate".into()));
+            }
+            let key = PrivateKeyDer::from_pem_slice(&material.client_key_pem)
+                .map_err(|e| invalid(format!("brokerTls.clientKeyFile is not a PEM private key: {e}")))?;
+            Some((chain, key))
+        }
+        _ => return Err(invalid("brokerTls.clientCertFile and brokerTls.clientKeyFile go together".into())),
+    };
+    let builder = if accept_any_certificate {
         tracing::warn!(
             "broker TLS certificate verification is DISABLED (brokerApiProxySelfSignedCert): \
              any certificate is accepted, so the broker connection can be intercepted"
         );
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth()
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
     } else {
         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let native = rustls_native_certs::load_native_certs();
@@ -252,10 +306,28 @@ pub fn tls_config(accept_any_certificate: bool) -> ClientConfig {
         }
         let (added, ignored) = roots.add_parsable_certificates(native.certs);
         tracing::debug!(added, ignored, "system root certificates loaded");
-        builder.with_root_certificates(roots).with_no_client_auth()
+        if !material.ca_pem.is_empty() {
+            let mut count = 0;
+            for cert in CertificateDer::pem_slice_iter(&material.ca_pem) {
+                let cert = cert.map_err(|e| invalid(format!("brokerTls.caFile is not PEM certificates: {e}")))?;
+                roots.add(cert).map_err(|e| invalid(format!("brokerTls.caFile: a certificate is not a CA: {e}")))?;
+                count += 1;
+            }
+            if count == 0 {
+                return Err(invalid("brokerTls.caFile holds no certificate".into()));
+            }
+            tracing::info!(count, "broker CA certificates added (brokerTls.caFile)");
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| invalid(format!("brokerTls client certificate and key do not match: {e}")))?,
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+    Ok(config)
 }
 
 /// Accepts any server certificate but still checks the handshake signatures, so the

@@ -11,7 +11,7 @@
 //! - `poll`: only when the connection could not be made (nothing was sent, so nothing was
 //!   leased). A poll whose answer was lost leases jobs we never see; they come back after
 //!   the visibility timeout, and the dispatcher polls again on its next tick anyway.
-mod connector;
+pub mod connector;
 
 pub use connector::{connect_status, ConnectError, ProxyTarget};
 
@@ -44,6 +44,8 @@ pub struct BrokerClientConfig {
     /// Per attempt: connecting, sending and reading the whole answer.
     pub timeout: Duration,
     pub proxy: Option<ProxySettings>,
+    /// Extra trust anchors and a client certificate (`brokerTls.*`, read at start).
+    pub tls: connector::TlsMaterial,
 }
 
 /// seed 000: `apiProxyHost`, `apiProxyPort`, `brokerApiProxyUsername`,
@@ -150,7 +152,7 @@ impl HttpBroker {
         let accept_any = config.proxy.as_ref().is_some_and(|p| p.accept_self_signed);
         let connector = BrokerConnector {
             proxy: proxy.clone(),
-            tls: Arc::new(connector::tls_config(accept_any)),
+            tls: Arc::new(connector::tls_config(accept_any, &config.tls)?),
             connect_timeout: config.timeout,
         };
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
@@ -410,6 +412,7 @@ mod tests {
             location_key: Secret::new("k"),
             timeout: Duration::from_secs(1),
             proxy: None,
+            tls: Default::default(),
         }
     }
 

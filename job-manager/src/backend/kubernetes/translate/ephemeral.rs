@@ -78,7 +78,7 @@ pub fn ephemeral_objects(
 
     let mut pod_labels = settings.kubernetes.pod_labels.clone();
     pod_labels.extend(object_labels);
-    let mut pod_annotations = settings.kubernetes.pod_annotations.clone();
+    let mut pod_annotations = super::pod::pod_annotations(settings, runtime);
     pod_annotations.extend(annotations);
     let pod = PodInputs { runtime, settings, namespace, mode: PodMode::Ephemeral { job_id: &job.id, token } };
     let active_deadline = i64::from(job.timeout_secs.clamp(1, settings.check_timeout.max(1)));

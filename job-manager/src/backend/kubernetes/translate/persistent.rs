@@ -95,7 +95,7 @@ pub fn persistent_objects(
     };
     let mut pod_labels = settings.kubernetes.pod_labels.clone();
     pod_labels.extend(selector.clone());
-    let pod_annotations = settings.kubernetes.pod_annotations.clone();
+    let pod_annotations = super::pod::pod_annotations(settings, runtime);
     let pod = PodInputs { runtime, settings, namespace, mode: PodMode::Persistent };
     let deployment = apps::Deployment {
         metadata: meta.clone(),

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Env names the job manager sets on the runtime container; extra env may not override
 /// them (that would let configuration route the runtime around its sidecar).
-const RESERVED_RUNTIME_ENV: [&str; 8] = [
+const RESERVED_RUNTIME_ENV: [&str; 9] = [
     runtime_env::JOB_API_URL,
     runtime_env::HTTP_PROXY,
     runtime_env::HTTPS_PROXY,
@@ -26,14 +26,24 @@ const RESERVED_RUNTIME_ENV: [&str; 8] = [
     "https_proxy",
     "no_proxy",
     runtime_env::USER_DEFINED_VARIABLES,
+    NODE_EXTRA_CA_CERTS,
 ];
 
-/// Full image reference: `[imageRegistry/]repository[:tag]`.
+/// Where runtime containers find `kubernetes.runtimeCaBundle`, and the env that names it.
+pub const RUNTIME_CA_MOUNT: &str = "/etc/job-manager/runtime-ca";
+pub const RUNTIME_CA_VOLUME: &str = "runtime-ca";
+pub const NODE_EXTRA_CA_CERTS: &str = "NODE_EXTRA_CA_CERTS";
+
+/// Full image reference: `[imageRegistry/]repository@digest` when a digest is set (it
+/// wins over the tag), else `[imageRegistry/]repository[:tag]`.
 pub fn image_ref(registry: &str, image: &ImageSettings) -> String {
     let registry = registry.trim_end_matches('/');
     let mut out =
         if registry.is_empty() { image.repository.clone() } else { format!("{registry}/{}", image.repository) };
-    if !image.tag.is_empty() && !image.repository.contains('@') {
+    if !image.digest.is_empty() && !image.repository.contains('@') {
+        out.push('@');
+        out.push_str(&image.digest);
+    } else if !image.tag.is_empty() && !image.repository.contains('@') {
         out.push(':');
         out.push_str(&image.tag);
     }
@@ -57,7 +67,7 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
     let mut init_containers = Vec::new();
     // The firewall goes in before anything else in the pod can send a packet.
     if k.egress_firewall.enabled {
-        init_containers.push(egress_init_container(p.settings)?);
+        init_containers.push(egress_init_container(p.settings, p.runtime)?);
     }
     init_containers.push(sidecar_container(p));
     // Extra sidecars run as native sidecars too: as plain containers they would keep a
@@ -67,25 +77,45 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
         c
     }));
 
-    let mut volumes = vec![
-        core::Volume {
-            name: labels::SPOOL_VOLUME.into(),
-            empty_dir: Some(core::EmptyDirVolumeSource::default()),
+    let mut volumes = Vec::new();
+    volumes.push(core::Volume {
+        name: labels::SPOOL_VOLUME.into(),
+        empty_dir: Some(core::EmptyDirVolumeSource::default()),
+        ..core::Volume::default()
+    });
+    volumes.push(data_volume(p.settings));
+    volumes.push(core::Volume {
+        name: labels::TMP_VOLUME.into(),
+        empty_dir: Some(core::EmptyDirVolumeSource::default()),
+        ..core::Volume::default()
+    });
+    if !k.runtime_ca_bundle.config_map_name.is_empty() {
+        volumes.push(core::Volume {
+            name: RUNTIME_CA_VOLUME.into(),
+            config_map: Some(core::ConfigMapVolumeSource {
+                name: k.runtime_ca_bundle.config_map_name.clone(),
+                items: Some(vec![core::KeyToPath {
+                    key: k.runtime_ca_bundle.key.clone(),
+                    path: k.runtime_ca_bundle.key.clone(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+                ..core::ConfigMapVolumeSource::default()
+            }),
             ..core::Volume::default()
-        },
-        data_volume(p.settings),
-        core::Volume {
-            name: labels::TMP_VOLUME.into(),
-            empty_dir: Some(core::EmptyDirVolumeSource::default()),
-            ..core::Volume::default()
-        },
-        core::Volume {
-            name: labels::SHM_VOLUME.into(),
-            empty_dir: Some(core::EmptyDirVolumeSource { medium: Some("Memory".into()), ..Default::default() }),
-            ..core::Volume::default()
-        },
-    ];
+        });
+    }
+    volumes.push(core::Volume {
+        name: labels::SHM_VOLUME.into(),
+        empty_dir: Some(core::EmptyDirVolumeSource { medium: Some("Memory".into()), ..Default::default() }),
+        ..core::Volume::default()
+    });
     volumes.extend(k.extra_volumes.iter().cloned());
+
+    // Scheduling: the runtime type's own settings over the pod-wide ones.
+    let mut node_selector = k.node_selector.clone();
+    node_selector.extend(p.runtime.node_selector.clone());
+    let tolerations: Vec<core::Toleration> = k.tolerations.iter().chain(&p.runtime.tolerations).cloned().collect();
 
     let mut pull_secrets: Vec<core::LocalObjectReference> = Vec::new();
     for s in k.image_pull_secrets.iter().chain(&p.runtime.image_pull_secrets) {
@@ -114,9 +144,12 @@ pub(super) fn pod_spec(p: &PodInputs<'_>) -> Result<core::PodSpec, TranslateErro
             &p.runtime.runtime_class_name
         }),
         security_context: Some(k.pod_security_context.clone().unwrap_or_else(default_pod_security_context)),
-        node_selector: (!k.node_selector.is_empty()).then(|| k.node_selector.clone()),
-        tolerations: (!k.tolerations.is_empty()).then(|| k.tolerations.clone()),
-        affinity: k.affinity.clone(),
+        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        affinity: p.runtime.affinity.clone().or_else(|| k.affinity.clone()),
+        priority_class_name: non_empty(&k.priority_class_name),
+        topology_spread_constraints: (!k.topology_spread_constraints.is_empty())
+            .then(|| k.topology_spread_constraints.clone()),
         image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
         init_containers: Some(init_containers),
         containers: vec![runtime_container(p)?],
@@ -148,9 +181,9 @@ fn data_volume(settings: &TranslateSettings) -> core::Volume {
 /// loopback only). Config validation refused a sidecar UID that is unknown, root or the
 /// runtime's; translation checks again rather than render a firewall that lets the
 /// runtime out.
-fn egress_init_container(c: &TranslateSettings) -> Result<core::Container, TranslateError> {
+fn egress_init_container(c: &TranslateSettings, runtime: &RuntimeConfig) -> Result<core::Container, TranslateError> {
     let k = &c.kubernetes;
-    let proxy_uid = match (k.sidecar_uid(), k.runtime_uid()) {
+    let proxy_uid = match (k.sidecar_uid(), k.runtime_uid_of(runtime)) {
         (Some(s), r) if s > 0 && r != Some(s) => s,
         _ => return Err(TranslateError::FirewallUids),
     };
@@ -277,6 +310,9 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
             join_path(&persistence.mount_path, &k.custom_node_modules_path),
         ));
     }
+    if !k.runtime_ca_bundle.config_map_name.is_empty() {
+        envs.push(env(NODE_EXTRA_CA_CERTS, format!("{RUNTIME_CA_MOUNT}/{}", k.runtime_ca_bundle.key)));
+    }
     // Global extra env, then the runtime type's own (which wins on a shared name).
     let mut extra = k.extra_env.clone();
     extra.extend(p.runtime.extra_env.clone());
@@ -297,6 +333,14 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
         mount_path: labels::TMP_MOUNT.into(),
         ..core::VolumeMount::default()
     });
+    if !k.runtime_ca_bundle.config_map_name.is_empty() {
+        mounts.push(core::VolumeMount {
+            name: RUNTIME_CA_VOLUME.into(),
+            mount_path: RUNTIME_CA_MOUNT.into(),
+            read_only: Some(true),
+            ..core::VolumeMount::default()
+        });
+    }
     mounts.push(core::VolumeMount {
         name: labels::SHM_VOLUME.into(),
         mount_path: labels::SHM_MOUNT.into(),
@@ -309,7 +353,13 @@ fn runtime_container(p: &PodInputs<'_>) -> Result<core::Container, TranslateErro
         image_pull_policy: non_empty(&p.runtime.image.pull_policy),
         env: Some(envs),
         resources: p.runtime.resources.clone(),
-        security_context: Some(k.runtime_security_context.clone().unwrap_or_else(default_runtime_security_context)),
+        security_context: Some(
+            p.runtime
+                .security_context
+                .clone()
+                .or_else(|| k.runtime_security_context.clone())
+                .unwrap_or_else(default_runtime_security_context),
+        ),
         volume_mounts: Some(mounts),
         ..core::Container::default()
     })
@@ -324,4 +374,14 @@ fn join_path(base: &str, rel: &str) -> String {
 
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Pod annotations: the pod-wide ones, the runtime type's over them.
+pub(super) fn pod_annotations(
+    settings: &TranslateSettings,
+    runtime: &RuntimeConfig,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = settings.kubernetes.pod_annotations.clone();
+    out.extend(runtime.pod_annotations.clone());
+    out
 }

@@ -195,8 +195,12 @@ fn labels_win_over_configured_pod_labels() {
 
 #[test]
 fn image_references() {
-    let img =
-        |repo: &str, tag: &str| ImageSettings { repository: repo.into(), tag: tag.into(), pull_policy: String::new() };
+    let img = |repo: &str, tag: &str| ImageSettings {
+        repository: repo.into(),
+        tag: tag.into(),
+        pull_policy: String::new(),
+        digest: String::new(),
+    };
     assert_eq!(image_ref("", &img("a/b", "1")), "a/b:1");
     assert_eq!(image_ref("reg.io/", &img("a/b", "1")), "reg.io/a/b:1");
     assert_eq!(image_ref("reg.io", &img("a/b", "")), "reg.io/a/b");
@@ -405,4 +409,156 @@ fn user_defined_variables_reach_the_runtime_as_json() {
     c.user_defined_variables.user_defined_json = r#"{"RAW": 1}"#.into();
     let merged = serde_json::from_str(r#"{"KEY": "v"}"#).unwrap();
     assert_eq!(runtime_env(&TranslateSettings::new(&c, &merged)), r#"{"KEY":"v"}"#);
+}
+
+#[test]
+fn a_runtime_types_scheduling_annotations_and_security_context_reach_its_pods_only() {
+    let toleration = |key: &str| core::Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..core::Toleration::default()
+    };
+    let affinity = |pool: &str| core::Affinity {
+        node_affinity: Some(core::NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(core::NodeSelector {
+                node_selector_terms: vec![core::NodeSelectorTerm {
+                    match_expressions: Some(vec![core::NodeSelectorRequirement {
+                        key: "pool".into(),
+                        operator: "In".into(),
+                        values: Some(vec![pool.into()]),
+                    }]),
+                    match_fields: None,
+                }],
+            }),
+            preferred_during_scheduling_ignored_during_execution: None,
+        }),
+        ..core::Affinity::default()
+    };
+    let mut c = config();
+    c.kubernetes.node_selector = BTreeMap::from([("pool".into(), "all".into()), ("zone".into(), "a".into())]);
+    c.kubernetes.tolerations = vec![toleration("shared")];
+    c.kubernetes.affinity = Some(affinity("all"));
+    c.kubernetes.pod_annotations = BTreeMap::from([("team".into(), "all".into()), ("cost".into(), "x".into())]);
+    let rt = &mut c.runtimes[0];
+    rt.node_selector = BTreeMap::from([("pool".into(), "api".into())]);
+    rt.tolerations = vec![toleration("api-only")];
+    rt.affinity = Some(affinity("api"));
+    rt.pod_annotations = BTreeMap::from([("team".into(), "api".into())]);
+    rt.security_context = Some(core::SecurityContext {
+        run_as_user: Some(3000),
+        read_only_root_filesystem: Some(true),
+        ..core::SecurityContext::default()
+    });
+
+    let o = objects(&c);
+    let p = pod(&o);
+    assert_eq!(
+        p.node_selector,
+        Some(BTreeMap::from([("pool".into(), "api".into()), ("zone".into(), "a".into())])),
+        "the runtime's key wins, the others stay"
+    );
+    assert_eq!(p.tolerations, Some(vec![toleration("shared"), toleration("api-only")]));
+    assert_eq!(p.affinity, Some(affinity("api")));
+    let annotations = o.job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone().unwrap();
+    assert_eq!((annotations["team"].as_str(), annotations["cost"].as_str()), ("api", "x"));
+    let runtime = &p.containers[0];
+    assert_eq!(runtime.security_context.as_ref().unwrap().run_as_user, Some(3000));
+    // The firewall still lets only the sidecar out, and knows the runtime's own UID.
+    let init = &p.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.args.as_ref().unwrap(), &["egress-init", "--proxy-uid", "1002"]);
+
+    // The persistent type keeps the pod-wide settings.
+    let s = TranslateSettings::from(&c);
+    let d = persistent_objects("browser", &s, "ns").unwrap().deployment;
+    let bp = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    assert_eq!(bp.node_selector.unwrap()["pool"], "all");
+    assert_eq!(bp.tolerations.unwrap(), vec![toleration("shared")]);
+    assert_eq!(bp.affinity, Some(affinity("all")));
+    let bp_annotations = d.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+    assert_eq!(bp_annotations["team"], "all");
+    assert_eq!(bp.containers[0].security_context.as_ref().unwrap().run_as_user, Some(1001));
+}
+
+#[test]
+fn a_runtime_type_running_as_the_sidecars_uid_is_refused() {
+    let mut c = config();
+    c.location_key = "k".into();
+    c.runtimes[0].command = vec!["x".into()];
+    c.runtimes[1].command = vec!["x".into()];
+    c.runtimes[1].security_context = Some(core::SecurityContext { run_as_user: Some(1002), ..Default::default() });
+    let err = crate::config::validate(c).unwrap_err().to_string();
+    assert!(
+        err.contains("the sidecar and the runtime (browser: runtimes[].securityContext) both run as UID 1002"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_digest_pins_the_image_and_wins_over_the_tag() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let mut c = config();
+    c.kubernetes.image_registry = "registry.example.com/".into();
+    c.runtimes[0].image = ImageSettings {
+        repository: "team/runtime".into(),
+        tag: "1.2.3".into(),
+        digest: digest.clone(),
+        ..ImageSettings::default()
+    };
+    c.sidecar.image.digest = digest.clone();
+    let p = pod(&objects(&c));
+    assert_eq!(p.containers[0].image.as_deref(), Some(format!("registry.example.com/team/runtime@{digest}").as_str()));
+    for init in p.init_containers.unwrap() {
+        assert_eq!(init.image.unwrap(), format!("registry.example.com/newrelic/serverless-sidecar@{digest}"));
+    }
+    c.runtimes[0].image.digest.clear();
+    assert_eq!(pod(&objects(&c)).containers[0].image.as_deref(), Some("registry.example.com/team/runtime:1.2.3"));
+}
+
+#[test]
+fn priority_class_and_topology_spread_reach_runtime_pods() {
+    let spread = core::TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "topology.kubernetes.io/zone".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        ..core::TopologySpreadConstraint::default()
+    };
+    let mut c = config();
+    assert_eq!(pod(&objects(&c)).priority_class_name, None);
+    c.kubernetes.priority_class_name = "jobs-low".into();
+    c.kubernetes.topology_spread_constraints = vec![spread.clone()];
+    let p = pod(&objects(&c));
+    assert_eq!(p.priority_class_name.as_deref(), Some("jobs-low"));
+    assert_eq!(p.topology_spread_constraints, Some(vec![spread.clone()]));
+    let d = persistent_objects("browser", &TranslateSettings::from(&c), "ns").unwrap().deployment;
+    let dp = d.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        (dp.priority_class_name.as_deref(), dp.topology_spread_constraints),
+        (Some("jobs-low"), Some(vec![spread]))
+    );
+}
+
+#[test]
+fn a_runtime_ca_bundle_is_mounted_and_named_to_node() {
+    let mut c = config();
+    assert!(pod(&objects(&c)).containers[0].env.as_ref().unwrap().iter().all(|e| e.name != "NODE_EXTRA_CA_CERTS"));
+    c.kubernetes.runtime_ca_bundle.config_map_name = "corp-ca".into();
+    let p = pod(&objects(&c));
+    let runtime = &p.containers[0];
+    let env: BTreeMap<_, _> = runtime.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone())).collect();
+    assert_eq!(env["NODE_EXTRA_CA_CERTS"].as_deref(), Some("/etc/job-manager/runtime-ca/ca.crt"));
+    let mount = runtime.volume_mounts.iter().flatten().find(|m| m.name == "runtime-ca").expect("mounted");
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), ("/etc/job-manager/runtime-ca", Some(true)));
+    let volume = p.volumes.unwrap().into_iter().find(|v| v.name == "runtime-ca").unwrap();
+    assert_eq!(volume.config_map.unwrap().name, "corp-ca");
+    // Only the runtime gets it; extra env may not point Node elsewhere.
+    assert!(p.init_containers.unwrap().iter().all(|i| i
+        .volume_mounts
+        .iter()
+        .flatten()
+        .all(|m| m.name != "runtime-ca")));
+    c.kubernetes.extra_env.insert("NODE_EXTRA_CA_CERTS".into(), "/tmp/mine.pem".into());
+    let err =
+        ephemeral_objects(&job("node-api-runtime"), "t", deadline(), &TranslateSettings::from(&c), "ns").unwrap_err();
+    assert_eq!(err.label(), "reserved_env");
 }
