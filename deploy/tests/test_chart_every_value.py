@@ -171,6 +171,12 @@ for _monitor in ("serviceMonitor", "podMonitor"):
     FLIPS[f"{_monitor}.interval"] = ({_monitor: {"enabled": True}}, None)
     FLIPS[f"{_monitor}.scrapeTimeout"] = ({_monitor: {"enabled": True}}, None)
     FLIPS[f"{_monitor}.labels"] = ({_monitor: {"enabled": True}}, {_monitor: {"labels": {"release": "prometheus"}}})
+_DASH = {"grafanaDashboard": {"enabled": True}}
+FLIPS |= {
+    "grafanaDashboard.namespace": (_DASH, {"grafanaDashboard": {"namespace": "monitoring"}}),
+    "grafanaDashboard.labels": (_DASH, {"grafanaDashboard": {"labels": {"release": "grafana"}}}),
+    "grafanaDashboard.annotations": (_DASH, {"grafanaDashboard": {"annotations": {"grafana_folder": "Jobs"}}}),
+}
 for _key in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod", "activationTargetValue"):
     FLIPS[f"jobManager.keda.{_key}"] = ({"jobManager": {"keda": {"enabled": True}}}, None)  # generic flip, KEDA on
 

@@ -251,7 +251,7 @@ def test_umbrella_globals_and_digests_reach_every_image(chart, tmp_path):
     assert rendered.jm_container()["image"] == f"umbrella.example.com/newrelic/serverless-job-manager@{digest}"
     for pod in pod_specs(load_all(render_objects(chart, values, "node-api-runtime", tmp_path).stdout)):
         images = {c["name"]: c["image"] for c in pod["containers"] + pod["initContainers"]}
-        assert images["runtime"] == f"umbrella.example.com/newrelic/synthetics-node-api-runtime@{digest}"
+        assert images["runtime"] == f"umbrella.example.com/newrelic/serverless-api-runtime@{digest}"
         assert images["sidecar"] == images["egress-init"] == f"umbrella.example.com/newrelic/serverless-sidecar@{digest}"
     # global.imageRegistry, when set, wins.
     values["global"]["imageRegistry"] = "mine.example.com"
