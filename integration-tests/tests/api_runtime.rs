@@ -445,3 +445,79 @@ fn bad_command_lines_and_a_missing_job_api_exit_with_their_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("JOB_API_URL is not set"));
 }
+
+/// An https origin on 127.0.0.1 whose certificate (for `IP:127.0.0.1`) is signed by a
+/// private CA (`tests/api_runtime_support/`).
+async fn private_ca_origin() -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let support = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api_runtime_support");
+    let certs =
+        CertificateDer::pem_file_iter(support.join("server-cert.pem")).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(support.join("server-key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(text(200, "private hello", &[]))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_private_ca_named_by_node_extra_ca_certs_is_trusted_and_only_then() {
+    let env = Env::new().await;
+    let origin = private_ca_origin().await;
+    let url = format!("https://127.0.0.1:{}/", origin.port());
+    let check = script(&[
+        &format!("const res = await $http.get('{url}');"),
+        "assert.strictEqual(res.statusCode, 200);",
+        "assert.strictEqual(res.body, 'private hello');",
+    ]);
+
+    // Without the bundle: the handshake fails, named as a certificate problem.
+    let (_, result, stderr) = env.check(check.clone(), 10).await;
+    assert_eq!(result.outcome, RuntimeOutcome::Failed, "{result:?}\n{stderr}");
+    assert!(result.message.contains("TLS handshake") && result.message.contains("127.0.0.1"), "{result:?}");
+
+    // With it (the job manager sets NODE_EXTRA_CA_CERTS when runtimePods.caBundle is given).
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api_runtime_support/private-ca-cert.pem");
+    env.job(check.clone(), 10);
+    let mut cmd = env.command();
+    cmd.env("NODE_EXTRA_CA_CERTS", &ca);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let results = env.state.lock().unwrap().results.clone();
+    let last = &results.last().unwrap().1;
+    assert_eq!(
+        last.outcome,
+        RuntimeOutcome::Succeeded,
+        "{last:?}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.sidecar.log()
+    );
+
+    // A bundle that cannot be read fails the check naming the file, never trusts less quietly.
+    env.job(check, 10);
+    let mut cmd = env.command();
+    cmd.env("NODE_EXTRA_CA_CERTS", "/nonexistent/ca.pem");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let results = env.state.lock().unwrap().results.clone();
+    let last = &results.last().unwrap().1;
+    assert_eq!(last.outcome, RuntimeOutcome::Failed);
+    assert!(last.message.contains("NODE_EXTRA_CA_CERTS=/nonexistent/ca.pem"), "{last:?}");
+}

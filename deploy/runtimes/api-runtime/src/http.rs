@@ -277,7 +277,7 @@ async fn one_hop(
     let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let name = rustls::pki_types::ServerName::try_from(bare.clone())
         .map_err(|e| HttpError::Failed(format!("TLS name {bare}: {e}")))?;
-    let tls = tokio_rustls::TlsConnector::from(tls_config())
+    let tls = tokio_rustls::TlsConnector::from(tls_config().map_err(HttpError::Failed)?)
         .connect(name, tcp)
         .await
         .map_err(|e| HttpError::Failed(format!("TLS handshake with {bare}: {e}")))?;
@@ -285,16 +285,29 @@ async fn one_hop(
     exchange(tls, req, started, timings).await
 }
 
-/// Trust roots: the system's bundle (the image ships one) plus the webpki roots; built on
-/// first use so a check without https pays nothing for it.
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+/// Trust roots: the system's bundle (the image ships one), the webpki roots, and the PEM
+/// file named by `NODE_EXTRA_CA_CERTS` (the name Node runtimes use; the job manager sets it
+/// when the chart's `runtimePods.caBundle` is given: origins behind a private CA). Built on
+/// first use so a check without https pays nothing for it; an unreadable or empty bundle
+/// fails every https request with a message naming the file, never silently trusts less.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             for cert in rustls_native_certs::load_native_certs().certs {
                 let _ = roots.add(cert);
+            }
+            if let Some(path) = std::env::var_os(EXTRA_CA_ENV).filter(|p| !p.is_empty()) {
+                let path = std::path::PathBuf::from(path);
+                let pem = std::fs::read(&path)
+                    .map_err(|e| format!("{EXTRA_CA_ENV}={}: cannot read the CA bundle: {e}", path.display()))?;
+                for cert in extra_roots(&pem).map_err(|e| format!("{EXTRA_CA_ENV}={}: {e}", path.display()))? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{EXTRA_CA_ENV}={}: not a usable CA certificate: {e}", path.display()))?;
+                }
             }
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -303,9 +316,25 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Arc::new(config)
+            Ok(Arc::new(config))
         })
         .clone()
+}
+
+/// The environment variable naming extra trusted CA certificates (PEM).
+pub const EXTRA_CA_ENV: &str = "NODE_EXTRA_CA_CERTS";
+
+/// The certificates of a PEM bundle; other PEM sections (keys, comments) are skipped. A
+/// bundle without a single certificate, or with a broken one, is an error.
+pub fn extra_roots(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate bundle: {e:?}"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE in the bundle".into());
+    }
+    Ok(certs)
 }
 
 /// CONNECT through the sidecar; its refusal becomes [`HttpError::Refused`] with its reason.
