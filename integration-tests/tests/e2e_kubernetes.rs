@@ -91,7 +91,7 @@ impl Cluster {
     async fn install(&self, replicas: &[SocketAddr]) {
         let crd_yaml = std::fs::read_to_string(workspace_root().join("deploy/helm/job-manager/crds/jobrecords.yaml"))
             .expect("committed CRD");
-        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml).unwrap();
+        let crd: serde_json::Value = serde_saphyr::from_str(&crd_yaml).unwrap();
         let crds: Api<DynamicObject> = Api::all_with(
             self.client.clone(),
             &ApiResource::erase::<
@@ -176,7 +176,7 @@ fn write_config(
         "kubernetes": {"internalApiKeySecretName": INTERNAL_KEY_SECRET, "persistentEndpoints": persistent_endpoints, "job": {"backoffLimit": 0, "ttlSecondsAfterFinished": 5}},
     });
     let path = dir.join(format!("job-manager-{}.yaml", listen.port()));
-    std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&cfg).unwrap()).unwrap();
     path
 }
 

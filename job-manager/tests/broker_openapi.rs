@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 fn document() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../common/openapi/broker-v1.yaml");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"))
 }
 
 fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {

@@ -27,7 +27,7 @@ fn render_prints_every_object_as_yaml() {
     let text = String::from_utf8(out.stdout).unwrap();
     let kinds: Vec<String> = text
         .split("\n---\n")
-        .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d.trim_start_matches("---\n")).unwrap())
+        .map(|d| serde_saphyr::from_str::<serde_json::Value>(d.trim_start_matches("---\n")).unwrap())
         .map(|v| format!("{}/{}", v["kind"].as_str().unwrap(), v["metadata"]["namespace"].as_str().unwrap()))
         .collect();
     assert_eq!(kinds, ["JobRecord/jobs", "Job/jobs", "NetworkPolicy/jobs"]);
@@ -59,6 +59,6 @@ fn crd_and_rbac_match_the_library() {
     assert_eq!(String::from_utf8(crd.stdout).unwrap(), job_manager::backend::kubernetes::cli::crd());
     let rbac = bin().arg("rbac").output().unwrap();
     assert!(rbac.status.success());
-    let rules: Vec<serde_yaml::Value> = serde_yaml::from_slice(&rbac.stdout).unwrap();
+    let rules: Vec<serde_json::Value> = serde_saphyr::from_slice(&rbac.stdout).unwrap();
     assert_eq!(rules.len(), job_manager::backend::kubernetes::rbac::Resource::ALL.len());
 }

@@ -211,7 +211,7 @@ struct ResourceRequest<'a> {
 
 fn parse_body(bytes: &Bytes, yaml: bool) -> Result<Value, ApiError> {
     if yaml {
-        serde_yaml::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
+        serde_saphyr::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
     } else {
         serde_json::from_slice(bytes)
             .map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}")))

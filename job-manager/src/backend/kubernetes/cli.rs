@@ -30,7 +30,7 @@ pub fn render_files(job_file: &Path, config_file: Option<&Path>, namespace: Opti
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| CliError::Read { path: p.to_path_buf(), source });
     let job_text = read(job_file)?;
     // Job files are JSON as the broker sends them; YAML is a superset, so both work.
-    let job: Job = serde_yaml::from_str(&job_text)
+    let job: Job = serde_saphyr::from_str(&job_text)
         .map_err(|e| CliError::BadJob { path: job_file.to_path_buf(), message: e.to_string() })?;
     let config: Config = match config_file {
         // The same parser `run --config` uses.
@@ -88,7 +88,7 @@ pub fn render(job: &Job, config: &Config, namespace: &str, deadline: SystemTime)
 }
 
 fn doc<T: Serialize>(comment: &str, object: &T) -> String {
-    let body = serde_yaml::to_string(object).expect("Kubernetes objects always serialize");
+    let body = serde_saphyr::to_string(object).expect("Kubernetes objects always serialize");
     let comment = if comment.is_empty() { String::new() } else { format!("# {comment}\n") };
     format!("---\n{comment}{body}")
 }
