@@ -9,6 +9,7 @@
 //! `E2E_JOBS` (default 60) sets the job count per workload; `make bench` runs 1,000 and
 //! reads the `E2E-METRIC` lines this suite prints. `E2E_CALM=1` runs without injected
 //! API faults and without the replica kill: what a job costs on a healthy cluster.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use common::{Job, JobId, Outcome, WorkloadKind};
 use integration_tests::emulator::{Emulator, EmulatorOptions, Fault, FaultRule};
 use integration_tests::kubelet::{Kubelet, KubeletOptions};

@@ -1,5 +1,6 @@
 //! The real binary: invalid configuration names the setting and the rule and exits 64;
 //! precedence file < env < flags; `--help`, `--list-settings`, `sign`.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod jm_support;
 
 use jm_support::{job_manager_bin, TempDir};

@@ -1,4 +1,5 @@
 //! The Kubernetes subcommands through the real binary: `render`, `crd`, `rbac`.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use std::process::Command;
 
 fn bin() -> Command {

@@ -2,6 +2,7 @@
 //! `job-manager crd` generates from the Rust types. After changing the types, regenerate
 //! with `UPDATE_FIXTURES=1 cargo test -p job-manager --test kubernetes_crd` (or
 //! `job-manager crd > deploy/helm/job-manager/crds/jobrecords.yaml`).
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use job_manager::backend::kubernetes::cli;
 use std::path::PathBuf;
 
@@ -37,7 +38,7 @@ fn crd_is_structural_and_names_the_status_subresource() {
     fn walk(v: &serde_json::Value, path: &str) {
         if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
             for (k, p) in props {
-                let p_path = format!("{path}.{}", k);
+                let p_path = format!("{path}.{k}");
                 assert!(
                     p.get("type").is_some() || p.get("anyOf").is_some() || p.get("oneOf").is_some(),
                     "{p_path} has no type: {p:?}"

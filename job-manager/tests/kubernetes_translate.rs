@@ -3,6 +3,7 @@
 //! `tests/fixtures/kubernetes/`. After an intended change, regenerate with
 //! `UPDATE_FIXTURES=1 cargo test -p job-manager --test kubernetes_translate` and review
 //! the diff like code.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use job_manager::backend::kubernetes::cli;
 use job_manager::config::Config;
 use std::path::PathBuf;

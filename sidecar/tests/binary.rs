@@ -1,6 +1,7 @@
 //! The real binary: configuration errors exit 64, --help documents every setting, the
 //! ready file, SIGTERM, the key from stdin, the key never in logs, and `egress-init`'s
 //! argument refusals.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use std::io::{Read, Write};

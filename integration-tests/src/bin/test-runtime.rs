@@ -18,8 +18,6 @@
 //! - `{"action":"steps","steps":[...]}`: run several in order, stop at the first failure.
 //!
 //! One log line per step on stderr.
-#![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
 
 use bytes::Bytes;
 use common::runtime_api::{
@@ -165,7 +163,7 @@ async fn post_result(api: &str, path: &str, id: &str, result: &RuntimeResult, un
                 return Err(format!("status {}: {}", resp.status, String::from_utf8_lossy(&resp.body)));
             }
             Ok(resp) => {
-                let retry_after = resp.headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+                let retry_after = resp.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok());
                 if let Some(secs) = retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
                     wait = Duration::from_secs(secs.min(5));
                 }
@@ -496,7 +494,7 @@ async fn serve(addr: std::net::SocketAddr, max_concurrent: usize) -> i32 {
         listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     let running = Arc::new(AtomicUsize::new(0));
-    let api = Arc::new(api);
+    let api: Arc<str> = Arc::from(api);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -513,7 +511,7 @@ async fn serve(addr: std::net::SocketAddr, max_concurrent: usize) -> i32 {
 async fn dispatch(
     req: Request<hyper::body::Incoming>,
     running: Arc<AtomicUsize>,
-    api: Arc<String>,
+    api: Arc<str>,
     max_concurrent: usize,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let reply = |status: StatusCode, body: Value| {

@@ -175,17 +175,13 @@ fn namespace(store: &Store, method: &Method, content_type: &str, name: Option<St
                 return error_response(&ApiError::BadRequest("the patch is not JSON".into()));
             };
             let current = ns(&n);
-            let patched = match crate::emulator::patch::PatchType::from_content_type(content_type) {
-                Some(crate::emulator::patch::PatchType::Merge) => crate::emulator::patch::merge_patch(&current, &patch),
-                Some(crate::emulator::patch::PatchType::Strategic) => {
-                    crate::emulator::patch::strategic_merge(&current, &patch)
-                }
-                Some(crate::emulator::patch::PatchType::Json) => {
-                    match crate::emulator::patch::json_patch(&current, &patch) {
-                        Ok(v) => v,
-                        Err(e) => return error_response(&e),
-                    }
-                }
+            let patched = match PatchType::from_content_type(content_type) {
+                Some(PatchType::Merge) => patch::merge_patch(&current, &patch),
+                Some(PatchType::Strategic) => patch::strategic_merge(&current, &patch),
+                Some(PatchType::Json) => match patch::json_patch(&current, &patch) {
+                    Ok(v) => v,
+                    Err(e) => return error_response(&e),
+                },
                 _ => return error_response(&ApiError::UnsupportedMediaType(
                     "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"
                         .into(),
