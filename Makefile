@@ -17,7 +17,8 @@ build:
 run: build
 	./target/debug/job-manager demo --examples deploy/examples
 
-## Everything CI runs: the tests, then the gates (formatting, clippy -D warnings, MSRV).
+## Everything CI runs: the tests, then the gates (formatting, clippy -D warnings with the
+## workspace lints, cargo-deny licences/bans/sources, MSRV).
 test: setup test-rust chart-test lint
 
 setup:
@@ -38,6 +39,8 @@ chart-test:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@command -v cargo-deny >/dev/null || { echo "cargo-deny is missing: run 'make setup'"; exit 1; }
+	$(CARGO) deny --offline --locked check licenses bans sources
 	deploy/scripts/check-msrv.py
 
 fmt:
