@@ -77,6 +77,15 @@ fn kubernetes_executor_without_key_is_refused() {
 }
 
 #[test]
+fn version_names_the_commit_and_the_compiler() {
+    let o = run(&["--version"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = format!("job-manager {}\n", common::build_info::LONG_VERSION);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), want);
+    assert!(want.contains(" (commit ") && want.contains(", rustc 1."), "{want}");
+}
+
+#[test]
 fn help_and_settings_list_explain_configuration() {
     let o = run(&["--help"], &[]);
     assert!(o.status.success());

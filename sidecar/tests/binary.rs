@@ -57,6 +57,15 @@ fn egress_init_refuses_a_missing_non_numeric_or_root_uid_with_one_line_and_exit_
 }
 
 #[test]
+fn version_names_the_commit_and_the_compiler() {
+    let out = sidecar().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let want = format!("sidecar {}\n", common::build_info::LONG_VERSION);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    assert!(want.contains(" (commit ") && want.contains(", rustc 1."), "{want}");
+}
+
+#[test]
 fn help_explains_every_setting() {
     let out = sidecar().arg("--help").output().unwrap();
     assert!(out.status.success());

@@ -50,10 +50,14 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
         match parse_args(&args) {
+            Ok(Mode::Version) => {
+                println!("test-runtime {}", common::build_info::LONG_VERSION);
+                0
+            }
             Ok(Mode::Once) => run_once().await,
             Ok(Mode::Serve { addr, max_concurrent }) => serve(addr, max_concurrent).await,
             Err(e) => {
-                eprintln!("test-runtime: {e}\nusage: test-runtime [--serve ADDR [--max-concurrent N]]");
+                eprintln!("test-runtime: {e}\nusage: test-runtime [--serve ADDR [--max-concurrent N]] | --version");
                 64
             }
         }
@@ -63,6 +67,7 @@ fn main() {
 
 #[derive(Debug, PartialEq)]
 enum Mode {
+    Version,
     Once,
     Serve { addr: std::net::SocketAddr, max_concurrent: usize },
 }
@@ -73,6 +78,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--version" | "-V" => return Ok(Mode::Version),
             "--serve" => {
                 let v = it.next().ok_or("--serve needs an address")?;
                 serve = Some(v.parse().map_err(|e| format!("--serve {v}: {e}"))?);
@@ -611,5 +617,6 @@ mod tests {
         );
         assert!(parse_args(&s(&["--max-concurrent", "0"])).is_err());
         assert!(parse_args(&s(&["--bogus"])).is_err());
+        assert_eq!(parse_args(&s(&["--version"])), Ok(Mode::Version));
     }
 }
