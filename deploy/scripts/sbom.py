@@ -6,7 +6,9 @@
 The crate list is the `.dep-v0` section of the binary itself (zlib-compressed JSON, the
 cargo-auditable format), so it names exactly the crates linked into that binary: no
 dev-dependencies, no crates of other targets or of other binaries. Build-time crates
-(build scripts, proc macros) are left out: none of their code is in the image. Licences
+(build scripts, and proc macros, which cargo-auditable lists as runtime crates when a
+normal dependency names them, found through `cargo metadata`) are left out with whatever
+only they reach: none of their code is in the image. Licences
 come from `cargo metadata`, SHA-256 checksums from Cargo.lock. The output depends only on
 its inputs (timestamp from EPOCH, serial number derived from the content), so two builds
 of one commit give the same file.
@@ -34,15 +36,17 @@ def embedded_packages(binary):
             return json.loads(zlib.decompress(f.read()))["packages"]
 
 
-def runtime_closure(packages):
-    """Indices of the root and of every package it reaches through runtime edges."""
+def runtime_closure(packages, proc_macros):
+    """Indices of the root and of every package it reaches through runtime edges, not
+    entering build-time crates or proc macros."""
     roots = [i for i, p in enumerate(packages) if p.get("root")]
     if len(roots) != 1:
         sys.exit(f"sbom: expected one root package in .dep-v0, found {len(roots)}")
     seen, todo = set(), roots[:]
     while todo:
         i = todo.pop()
-        if i in seen or packages[i].get("kind", "runtime") != "runtime":
+        p = packages[i]
+        if i in seen or p.get("kind", "runtime") != "runtime" or (p["name"], p["version"]) in proc_macros:
             continue
         seen.add(i)
         todo.extend(packages[i].get("dependencies", []))
@@ -58,9 +62,11 @@ def main():
         sys.exit(__doc__.strip().splitlines()[2].strip())
     binary, name, version, commit, epoch = sys.argv[1:]
     packages = embedded_packages(binary)
-    root, keep = runtime_closure(packages)
     meta = json.loads(subprocess.run(["cargo", "metadata", "--format-version", "1", "--locked", "--offline"],
                                      check=True, capture_output=True, text=True).stdout)
+    proc_macros = {(p["name"], p["version"]) for p in meta["packages"]
+                   if any("proc-macro" in t["kind"] for t in p["targets"])}
+    root, keep = runtime_closure(packages, proc_macros)
     licences = {(p["name"], p["version"]): p.get("license") for p in meta["packages"]}
     with open(os.path.join(meta["workspace_root"], "Cargo.lock"), "rb") as f:
         checksums = {(p["name"], p["version"]): p.get("checksum") for p in tomllib.load(f)["package"]}

@@ -35,13 +35,16 @@ def sbom(binary: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_runtime_crates_only_with_licences_checksums_and_edges(tmp_path):
-    itoa, syn = locked("itoa"), locked("syn")
+    itoa, syn, derive = locked("itoa"), locked("syn"), locked("serde_derive")
     packages = [
         {"name": "sidecar", "version": "0.1.0", "source": "local", "root": True, "dependencies": [1, 2]},
-        {"name": "common", "version": "0.1.0", "source": "local", "dependencies": [3]},
+        {"name": "common", "version": "0.1.0", "source": "local", "dependencies": [3, 5]},
         {"name": "syn", "version": syn["version"], "source": "crates.io", "kind": "build"},
         {"name": "itoa", "version": itoa["version"], "source": "crates.io"},
         {"name": "unreached", "version": "9.9.9", "source": "crates.io"},
+        # cargo-auditable lists a proc macro named by a normal dependency as runtime.
+        {"name": "serde_derive", "version": derive["version"], "source": "crates.io", "dependencies": [6]},
+        {"name": "proc-macro2", "version": locked("proc-macro2")["version"], "source": "crates.io"},
     ]
     out = sbom(binary_with(tmp_path, packages), "sidecar", "0.1.0", "abc123", "1700000000")
     assert out.returncode == 0, out.stderr
@@ -50,7 +53,7 @@ def test_runtime_crates_only_with_licences_checksums_and_edges(tmp_path):
     assert bom["metadata"]["timestamp"] == "2023-11-14T22:13:20Z"
     assert bom["metadata"]["component"]["purl"] == "pkg:cargo/sidecar@0.1.0?vcs_commit=abc123"
     by_name = {c["name"]: c for c in bom["components"]}
-    assert sorted(by_name) == ["common", "itoa"], "build-time and unreachable crates are not in the binary"
+    assert sorted(by_name) == ["common", "itoa"], "build-time, proc-macro and unreachable crates are not in the binary"
     assert by_name["itoa"]["hashes"] == [{"alg": "SHA-256", "content": itoa["checksum"]}]
     assert by_name["itoa"]["licenses"] == [{"expression": "MIT OR Apache-2.0"}]
     assert by_name["common"]["licenses"] == [{"expression": "Apache-2.0"}]
