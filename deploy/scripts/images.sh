@@ -352,7 +352,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 smoke_job_flow() {
   local sidecar_image=$1 runtime_image=$2 port admin up_port jm_port host_ip i
   port=$(free_port); admin=$(free_port); up_port=$(free_port); jm_port=$(free_port)
-  # The upstream sits on a non-loopback address: the sidecar always refuses loopback.
+  # The upstream sits on the host's first non-loopback address, allowed by --allow-cidr
+  # for exactly that address: a build host's address may be in a range the sidecar
+  # refuses by default (192.0.2.0/24 documentation addresses on some CI machines).
   host_ip=$(hostname -I | awk '{print $1}')
   [ -n "$host_ip" ] || die "no non-loopback address for the smoke upstream"
   mkdir -p "$tmp/www" && echo "hello through the sidecar" >"$tmp/www/index.html"
@@ -386,7 +388,7 @@ PY
     -v "$tmp/job:/var/run/job:ro" --tmpfs /var/spool/sidecar:rw,mode=1777 \
     -e SIDECAR_JOB_DIR=/var/run/job -e SIDECAR_SPOOL_DIR=/var/spool/sidecar \
     -e "SIDECAR_JOB_MANAGER_URL=http://127.0.0.1:$jm_port" -e SIDECAR_INTERNAL_API_KEY=smoke-internal-key \
-    "$sidecar_image" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
+    "$sidecar_image" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --allow-cidr "$host_ip/32")
   wait_http "http://127.0.0.1:$admin/readyz" "sidecar container"
   [ "$(podman inspect -f '{{.Config.User}}' "$sidecar_ctr")" = "1001:1001" ] || die "sidecar does not run as 1001:1001"
   podman run --rm --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
@@ -410,6 +412,11 @@ smoke_job_manager() {
   local image=$1 out code
   out=$(podman run --rm --network none --read-only "$image" --help) || die "job-manager --help failed"
   grep -qi "usage" <<<"$out" || die "job-manager --help printed no usage: $out"
+  # --version names the commit the image says it was built from.
+  local revision
+  revision=$(podman inspect -f '{{index .Labels "org.opencontainers.image.revision"}}' "$image")
+  out=$(podman run --rm --network none --read-only "$image" --version) || die "job-manager --version failed"
+  grep -q "^job-manager $VERSION (commit $revision, rustc " <<<"$out" || die "job-manager --version: $out (image revision $revision)"
   printf 'checkTimeout: 0\n' >"$tmp/bad-config.yaml"
   set +e
   out=$(podman run --rm --network none --read-only -v "$tmp/bad-config.yaml:/config/bad.yaml:ro" \
@@ -418,7 +425,7 @@ smoke_job_manager() {
   set -e
   [ "$code" = 64 ] || die "job-manager with checkTimeout 0 exited $code, want 64: $out"
   grep -q "checkTimeout" <<<"$out" || die "job-manager did not name the bad setting: $out"
-  log "job-manager image: --help works; a bad config exits 64 naming checkTimeout"
+  log "job-manager image: --help works, --version names commit ${revision:0:12}; a bad config exits 64 naming checkTimeout"
 }
 
 # The registry round trip and smoke runs, for images already built (`images.sh build`).
