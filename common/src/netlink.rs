@@ -21,6 +21,11 @@ pub struct Reply {
 #[error("malformed netlink reply from the kernel ({0})")]
 pub struct MalformedReply(pub &'static str);
 
+/// A native-endian u32 from 4 bytes the caller has bounds-checked.
+fn ne_u32(b: &[u8]) -> u32 {
+    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+}
+
 /// Parses the netlink messages of one datagram, keeping the error/ACK answers.
 pub fn parse_replies(mut buf: &[u8]) -> Result<Vec<Reply>, MalformedReply> {
     let mut out = Vec::new();
@@ -28,8 +33,8 @@ pub fn parse_replies(mut buf: &[u8]) -> Result<Vec<Reply>, MalformedReply> {
         if buf.len() < NLMSG_HDRLEN {
             return Err(MalformedReply("truncated header"));
         }
-        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
-        let ty = u16::from_ne_bytes(buf[4..6].try_into().unwrap());
+        let len = ne_u32(&buf[0..4]) as usize;
+        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
         if len < NLMSG_HDRLEN || len > buf.len() {
             return Err(MalformedReply("bad message length"));
         }
@@ -39,8 +44,8 @@ pub fn parse_replies(mut buf: &[u8]) -> Result<Vec<Reply>, MalformedReply> {
             if len < NLMSG_HDRLEN + 4 + NLMSG_HDRLEN {
                 return Err(MalformedReply("short error message"));
             }
-            let error = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
-            let seq = u32::from_ne_bytes(buf[28..32].try_into().unwrap());
+            let error = ne_u32(&buf[16..20]) as i32;
+            let seq = ne_u32(&buf[28..32]);
             out.push(Reply { seq, errno: -error });
         } else if ty == NLMSG_DONE {
             break;

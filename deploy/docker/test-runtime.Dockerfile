@@ -2,7 +2,11 @@
 # The test-runtime image: one statically linked binary FROM scratch. No shell, no libc, no
 # package manager; runs as 1001:1001 and needs nothing writable in its root filesystem.
 # Build from the repository root:
-#   docker build -f deploy/docker/test-runtime.Dockerfile -t test-runtime:dev .
+#   docker build -f deploy/docker/test-runtime.Dockerfile -t test-runtime:dev \
+#     --build-arg REVISION=$(git rev-parse HEAD) --build-arg SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) \
+#     --build-arg CREATED=$(date -u -d @$(git log -1 --format=%ct) +%Y-%m-%dT%H:%M:%SZ) .
+# (BuildKit clamps image timestamps to SOURCE_DATE_EPOCH; `docker buildx build --sbom=true`
+# attaches an SBOM, read from the crate list `cargo auditable` embeds in the binary.)
 # Without a Docker engine, deploy/scripts/images.sh builds the same image with buildah.
 
 ARG RUST_VERSION=1.95
@@ -10,14 +14,20 @@ ARG TARGET=x86_64-unknown-linux-gnu
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
 ARG TARGET
+ARG REVISION=unknown
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    cargo install --locked cargo-auditable --version 0.7.7
 WORKDIR /src
 COPY . .
 # glibc with crt-static gives a fully static binary (DNS via the built-in resolver);
-# TLS is rustls everywhere, so there is no OpenSSL to link.
+# TLS is rustls everywhere, so there is no OpenSSL to link. `cargo auditable` embeds the
+# crate list (.dep-v0) that scanners read; BUILD_COMMIT reaches `--version`; the paths
+# are remapped as deploy/scripts/images.sh does, so the binary does not name the builder.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --release --locked --target "${TARGET}" --bin test-runtime \
+    BUILD_COMMIT="${REVISION}" \
+    RUSTFLAGS='-C target-feature=+crt-static --remap-path-prefix=/src=/build --remap-path-prefix=/usr/local/cargo=/cargo' \
+    cargo auditable build --release --locked --target "${TARGET}" --bin test-runtime \
  && cp "target/${TARGET}/release/test-runtime" /test-runtime \
  && ! ldd /test-runtime 2>/dev/null | grep -q '=>'
 

@@ -6,7 +6,8 @@
 #                             exactly the shared libraries it loads: browser_rootfs)
 #   images.sh push REGISTRY   push them to REGISTRY/newrelic/serverless-<name>:{VERSION,latest}
 #                             (TLS verified, except for a loopback registry: tls_verify_for)
-#   images.sh test            build, then verify
+#   images.sh test            build, rebuild the images and compare digests, then verify
+#   images.sh reproduce       rebuild the images from the same binaries: same digests?
 #   images.sh browser-rootfs DIR   only assemble the browser runtime's root filesystem
 #                             (the Dockerfile's rootfs stage runs this)
 #   images.sh verify          push the built images to a throwaway registry on 127.0.0.1:5000,
@@ -16,7 +17,17 @@
 #
 # Images live in a private containers-storage under .cache/images (vfs driver), so nothing
 # touches the system's container storage or services. Needs root (or sudo) for apt and for
-# podman/buildah. Environment: IMAGE_TAG (default: the workspace version).
+# podman/buildah. Environment: IMAGE_TAG (default: the workspace version),
+# SOURCE_DATE_EPOCH (default: the last commit's time).
+#
+# Reproducible: every timestamp (image `created`, history, file times in the layer, the
+# `created` label, the SBOM's) is SOURCE_DATE_EPOCH; the binaries are built with
+# `cargo auditable` (their crate list embedded in a `.dep-v0` section, the format
+# cargo-audit, Trivy and Syft read), BUILD_COMMIT for `--version`, and the checkout and
+# cargo home remapped out of panic paths, so another checkout of the commit builds the
+# same bytes. Each image carries a CycloneDX SBOM of exactly its binary's crates at
+# /usr/share/sbom/<name>.cdx.json (deploy/scripts/sbom.py); a copy stays in
+# .cache/images/sbom/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root=$(pwd)
@@ -25,7 +36,13 @@ TARGET=x86_64-unknown-linux-gnu
 NAMES=(job-manager sidecar test-runtime api-runtime browser-runtime)
 VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 TAG=${IMAGE_TAG:-$VERSION}
-REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
+export SOURCE_DATE_EPOCH
+# cargo-auditable, compiled once (~3 min on the shared 2 cores) when absent: no prebuilt
+# is reachable from crates.io, PyPI or Debian.
+AUDITABLE_VERSION=0.7.7
 # The chart's image repositories (values.yaml): `--set global.imageRegistry=REGISTRY` finds them.
 repo_of() { echo "newrelic/serverless-$1"; }
 # Size goals (bytes, compressed layers as pushed).
@@ -78,16 +95,25 @@ workspace_bins() {
     python3 -c 'import json,sys; print("\n".join(t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "bin" in t["kind"]))'
 }
 
+ensure_cargo_auditable() {
+  cargo install --list | grep -qx "cargo-auditable v$AUDITABLE_VERSION:" && return
+  log "cargo install cargo-auditable $AUDITABLE_VERSION (once per machine)"
+  cargo install --locked --quiet cargo-auditable --version "$AUDITABLE_VERSION"
+}
+
 build_binaries() {
   local have bins=() name
   have=$(workspace_bins)
   for name in "${NAMES[@]}"; do
     if grep -qx "$name" <<<"$have"; then bins+=(--bin "$name"); else log "no '$name' binary in the workspace: its image is not built"; fi
   done
-  log "cargo build --release --target $TARGET ${bins[*]} (static)"
+  ensure_cargo_auditable
+  log "cargo auditable build --release --target $TARGET ${bins[*]} (static, commit $REVISION)"
   # --target keeps RUSTFLAGS off build scripts and proc macros, and the output apart
   # from everyone's debug builds in the shared target/.
-  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$TARGET" "${bins[@]}"
+  BUILD_COMMIT=$REVISION \
+    RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/build --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
+    cargo auditable build --release --locked --target "$TARGET" "${bins[@]}"
 }
 
 binary_of() { echo "$root/target/$TARGET/release/$1"; }
@@ -144,11 +170,14 @@ assert_static() {
 # Mirrors the name's Dockerfile (dockerfile_of): FROM scratch, CA bundle, the binary (0555),
 # USER 1001:1001, ENTRYPOINT, OCI labels.
 build_image() {
-  local name=$1 bin ctr desc image
+  local name=$1 bin ctr desc image sbom
   bin=$(binary_of "$name")
   assert_static "$bin"
   desc=$(sed -n 's/^      org.opencontainers.image.description="\(.*\)" \\$/\1/p' "$(dockerfile_of "$name")")
   image="localhost/$(repo_of "$name"):$TAG"
+  sbom="$state/sbom/$name.cdx.json"
+  mkdir -p "$state/sbom"
+  deploy/scripts/sbom.py "$bin" "$name" "$TAG" "$REVISION" "$SOURCE_DATE_EPOCH" >"$sbom"
   ctr=$(buildah from scratch)
   if [ "$name" = browser-runtime ]; then
     browser_rootfs "$state/browser-rootfs"
@@ -157,6 +186,7 @@ build_image() {
   fi
   buildah copy --quiet "$ctr" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
   buildah copy --quiet --chmod 0555 "$ctr" "$bin" "/$name" >/dev/null
+  buildah copy --quiet --chmod 0444 "$ctr" "$sbom" "/usr/share/sbom/$name.cdx.json" >/dev/null
   buildah config \
     --user 1001:1001 \
     --entrypoint "[\"/$name\"]" \
@@ -167,11 +197,11 @@ build_image() {
     --label "org.opencontainers.image.description=$desc" \
     --label "org.opencontainers.image.version=$TAG" \
     --label "org.opencontainers.image.revision=$REVISION" \
-    --label "org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    --label "org.opencontainers.image.created=$CREATED" \
     --label "org.opencontainers.image.licenses=Apache-2.0" \
     --label "org.opencontainers.image.source=https://github.com/newrelic/helm-charts" \
     "$ctr"
-  buildah commit --quiet --format oci --rm "$ctr" "$image" >/dev/null
+  buildah commit --quiet --format oci --timestamp "$SOURCE_DATE_EPOCH" --rm "$ctr" "$image" >/dev/null
   buildah tag "$image" "localhost/$(repo_of "$name"):latest"
   log "built $image"
 }
@@ -184,6 +214,33 @@ cmd_build() {
   build_binaries
   local name
   for name in $(built_names); do build_image "$name"; done
+}
+
+# "<name> <image id> <manifest digest>" of each built image.
+image_digests() {
+  local name
+  for name in $(built_names); do
+    # One row per tag of the image: the same ID and digest twice.
+    echo "$name $(buildah images --no-trunc --format '{{.ID}} {{.Digest}}' "localhost/$(repo_of "$name"):$TAG" | sort -u | tr '\n' ' ')"
+  done
+}
+
+# Two image builds of one commit must give the same digests: remove the images, assemble
+# them again from the same binaries, compare.
+cmd_reproduce() {
+  ensure_apt buildah
+  ensure_storage
+  local before after name
+  before=$(image_digests)
+  [ -n "$before" ] || die "no images to rebuild: run images.sh build first"
+  for name in $(built_names); do
+    buildah rmi -f "localhost/$(repo_of "$name"):$TAG" "localhost/$(repo_of "$name"):latest" >/dev/null
+    build_image "$name"
+  done
+  after=$(image_digests)
+  [ "$before" = "$after" ] || die "a second build of the same commit gave other digests:"$'\n'"$before"$'\n'"vs"$'\n'"$after"
+  log "reproducible: a second build gave the same digests (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH):"
+  while read -r name id digest; do log "  $name: image $id, manifest $digest"; done <<<"$after"
 }
 
 # --tls-verify for a registry: only a loopback registry (127.0.0.1, localhost, [::1],
@@ -259,10 +316,18 @@ inspect_image() {
   ref="docker://127.0.0.1:5000/$(repo_of "$name"):$TAG"
   config=$(skopeo inspect --tls-verify=false --config "$ref")
   raw=$(skopeo inspect --tls-verify=false --raw "$ref")
-  python3 - "$name" "$config" "$raw" "${GOAL[$name]:-0}" "$tmp/sizes" <<'EOF'
+  python3 - "$name" "$config" "$raw" "${GOAL[$name]:-0}" "$tmp/sizes" "$CREATED" <<'EOF'
 import json, sys
+from datetime import datetime
 name, config, raw, goal, sizes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+created = sys.argv[6]
 cfg = config["config"]
+# Reproducible: the image's and its history's times are the last commit's, not the build's.
+when = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
+assert when(config["created"]) == when(created), f"{name}: created {config['created']}, want {created}"
+assert all(when(h["created"]) == when(created) for h in config.get("history", [])), f"{name}: history {config.get('history')}"
+assert (cfg.get("Labels") or {}).get("org.opencontainers.image.created") == created, f"{name}: created label"
+
 assert cfg.get("Entrypoint") == [f"/{name}"], f"{name}: entrypoint {cfg.get('Entrypoint')}"
 assert cfg.get("User") == "1001:1001", f"{name}: user {cfg.get('User')}"
 assert not cfg.get("Cmd"), f"{name}: unexpected cmd {cfg.get('Cmd')}"
@@ -277,6 +342,34 @@ print(f"images: {name}: entrypoint {cfg['Entrypoint']}, user {cfg['User']}, {siz
       f"images: {name}: entrypoint {cfg['Entrypoint']}, user {cfg['User']}, {size / 1e6:.2f} MB ({size} bytes) compressed", file=sys.stderr)
 with open(sizes, "a") as f:
     f.write(f"{name} {size}\n")
+EOF
+}
+
+# The SBOM inside a pulled image: CycloneDX for this binary, every crate with a licence,
+# and none of the crates that cannot be in it (dev-only, or only in another binary).
+check_sbom() {
+  local name=$1 ctr
+  ctr=$(podman create "127.0.0.1:5000/$(repo_of "$name"):$TAG")
+  podman cp "$ctr:/usr/share/sbom/$name.cdx.json" "$tmp/$name.cdx.json"
+  podman rm "$ctr" >/dev/null
+  python3 - "$name" "$tmp/$name.cdx.json" "$CREATED" <<'EOF' || die "$name: bad SBOM in the image"
+import json, sys
+name, path, created = sys.argv[1:]
+bom = json.load(open(path))
+assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.5", bom.get("specVersion")
+assert bom["metadata"]["component"]["name"] == name, bom["metadata"]["component"]
+assert bom["metadata"]["timestamp"] == created, (bom["metadata"]["timestamp"], created)
+crates = {c["name"] for c in bom["components"]}
+assert {"tokio", "common"} <= crates, f"{name}: {sorted(crates)}"
+never = {"serde_derive", "syn", "proc-macro2"}  # build time only
+if name in ("job-manager", "sidecar"):
+    never.add("tempfile")  # their dev-dependency (test-runtime's package, integration-tests, uses it)
+assert not crates & never, f"{name}: {sorted(crates & never)} cannot be in the binary"
+if name == "sidecar":
+    assert not any(c.startswith("kube") or c == "k8s-openapi" for c in crates), "sidecar SBOM lists kube crates"
+missing = [c["name"] for c in bom["components"] if not c.get("licenses")]
+assert not missing, f"{name}: no licence for {missing}"
+print(f"images: {name}: SBOM /usr/share/sbom/{name}.cdx.json lists {len(crates)} crates", file=sys.stderr)
 EOF
 }
 
@@ -312,7 +405,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 smoke_job_flow() {
   local sidecar_image=$1 runtime_image=$2 runtime=${3:-test-runtime} payload port admin up_port jm_port host_ip i
   port=$(free_port); admin=$(free_port); up_port=$(free_port); jm_port=$(free_port)
-  # The upstream sits on a non-loopback address: the sidecar always refuses loopback.
+  # The upstream sits on the host's first non-loopback address, allowed by --allow-cidr
+  # for exactly that address: a build host's address may be in a range the sidecar
+  # refuses by default (192.0.2.0/24 documentation addresses on some CI machines).
   host_ip=$(hostname -I | awk '{print $1}')
   [ -n "$host_ip" ] || die "no non-loopback address for the smoke upstream"
   mkdir -p "$tmp/www" && echo "hello through the sidecar" >"$tmp/www/index.html"
@@ -353,7 +448,7 @@ PY
     -v "$tmp/job:/var/run/job:ro" --tmpfs /var/spool/sidecar:rw,mode=1777 \
     -e SIDECAR_JOB_DIR=/var/run/job -e SIDECAR_SPOOL_DIR=/var/spool/sidecar \
     -e "SIDECAR_JOB_MANAGER_URL=http://127.0.0.1:$jm_port" -e SIDECAR_INTERNAL_API_KEY=smoke-internal-key \
-    "$sidecar_image" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin")
+    "$sidecar_image" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --allow-cidr "$host_ip/32")
   wait_http "http://127.0.0.1:$admin/readyz" "sidecar container"
   [ "$(podman inspect -f '{{.Config.User}}' "$sidecar_ctr")" = "1001:1001" ] || die "sidecar does not run as 1001:1001"
   # /tmp as a pod gives it (an emptyDir): the browser runtime keeps Chromium's profile there.
@@ -378,6 +473,11 @@ smoke_job_manager() {
   local image=$1 out code
   out=$(podman run --rm --network none --read-only "$image" --help) || die "job-manager --help failed"
   grep -qi "usage" <<<"$out" || die "job-manager --help printed no usage: $out"
+  # --version names the commit the image says it was built from.
+  local revision
+  revision=$(podman inspect -f '{{index .Labels "org.opencontainers.image.revision"}}' "$image")
+  out=$(podman run --rm --network none --read-only "$image" --version) || die "job-manager --version failed"
+  grep -q "^job-manager $VERSION (commit $revision, rustc " <<<"$out" || die "job-manager --version: $out (image revision $revision)"
   printf 'checkTimeout: 0\n' >"$tmp/bad-config.yaml"
   set +e
   out=$(podman run --rm --network none --read-only -v "$tmp/bad-config.yaml:/config/bad.yaml:ro" \
@@ -386,7 +486,7 @@ smoke_job_manager() {
   set -e
   [ "$code" = 64 ] || die "job-manager with checkTimeout 0 exited $code, want 64: $out"
   grep -q "checkTimeout" <<<"$out" || die "job-manager did not name the bad setting: $out"
-  log "job-manager image: --help works; a bad config exits 64 naming checkTimeout"
+  log "job-manager image: --help works, --version names commit ${revision:0:12}; a bad config exits 64 naming checkTimeout"
 }
 
 # The registry round trip and smoke runs, for images already built (`images.sh build`).
@@ -403,6 +503,7 @@ cmd_verify() {
   for name in $(built_names); do
     podman pull --quiet --tls-verify=false "127.0.0.1:5000/$(repo_of "$name"):$TAG" >/dev/null
   done
+  for name in $(built_names); do check_sbom "$name"; done
   smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of test-runtime):$TAG"
   if [ -x "$(binary_of api-runtime)" ]; then
     smoke_job_flow "127.0.0.1:5000/$(repo_of sidecar):$TAG" "127.0.0.1:5000/$(repo_of api-runtime):$TAG" api-runtime
@@ -417,6 +518,7 @@ cmd_verify() {
 
 cmd_test() {
   cmd_build
+  cmd_reproduce
   cmd_verify
 }
 
@@ -428,6 +530,7 @@ case ${1:-} in
   push) shift; cmd_push "$@" ;;
   test) cmd_test ;;
   verify) cmd_verify ;;
+  reproduce) cmd_reproduce ;;
   browser-rootfs) browser_rootfs "${2:?usage: images.sh browser-rootfs DIR}" ;;
-  *) echo "usage: $0 build | push REGISTRY | test | verify | browser-rootfs DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 build | push REGISTRY | test | verify | reproduce | browser-rootfs DIR" >&2; exit 2 ;;
 esac

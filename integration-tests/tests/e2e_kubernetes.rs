@@ -9,6 +9,7 @@
 //! `E2E_JOBS` (default 60) sets the job count per workload; `make bench` runs 1,000 and
 //! reads the `E2E-METRIC` lines this suite prints. `E2E_CALM=1` runs without injected
 //! API faults and without the replica kill: what a job costs on a healthy cluster.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use common::{Job, JobId, Outcome, WorkloadKind};
 use integration_tests::emulator::{Emulator, EmulatorOptions, Fault, FaultRule};
 use integration_tests::kubelet::{Kubelet, KubeletOptions};
@@ -123,7 +124,7 @@ impl Cluster {
     async fn install(&self, replicas: &[SocketAddr]) {
         let crd_yaml = std::fs::read_to_string(workspace_root().join("deploy/helm/job-manager/crds/jobrecords.yaml"))
             .expect("committed CRD");
-        let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml).unwrap();
+        let crd: serde_json::Value = serde_saphyr::from_str(&crd_yaml).unwrap();
         let crds: Api<DynamicObject> = Api::all_with(
             self.client.clone(),
             &ApiResource::erase::<
@@ -209,7 +210,7 @@ fn write_config(
         "kubernetes": {"internalApiKeySecretName": INTERNAL_KEY_SECRET, "persistentEndpoints": persistent_endpoints, "job": {"backoffLimit": 0, "ttlSecondsAfterFinished": 5}},
     });
     let path = dir.join(format!("job-manager-{}.yaml", listen.port()));
-    std::fs::write(&path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&cfg).unwrap()).unwrap();
     path
 }
 
@@ -464,7 +465,7 @@ async fn e2e_persistent_jobs_survive_a_replica_kill_and_api_faults() {
 fn chart_role_rules() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(workspace_root().join("deploy/helm/job-manager/files/role-rules.yaml"))
         .expect("the chart's role rules");
-    serde_yaml::from_str(&text).expect("role rules are YAML")
+    serde_saphyr::from_str(&text).expect("role rules are YAML")
 }
 
 /// The rights (`group/resource[/sub]:verb`) the chart's Role grants that no request of

@@ -1,4 +1,5 @@
 //! The emulator's API semantics, checked on the wire (raw HTTP) and through kube-rs.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod emulator_support;
 
 use emulator_support::{emulator, kube_client, Raw};

@@ -1,5 +1,6 @@
 //! The standalone `kube-emulator` binary: serves on the address asked, writes a
 //! kubeconfig kube-rs can use, and takes fault rules over its admin endpoint.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use tokio::io::AsyncBufReadExt;

@@ -1,6 +1,7 @@
 //! The process kubelet and the controllers: pods run as real `sidecar` and
 //! `test-runtime` processes, Jobs complete or fail like on a cluster, and pods that
 //! cannot start show the same waiting reasons a kubelet reports.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod emulator_support;
 
 use bytes::Bytes;

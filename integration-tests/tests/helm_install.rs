@@ -15,6 +15,7 @@
 //! The one value an operator would not set: the runtimes' images name the test runtime
 //! (`newrelic/test-runtime`), whose payload actions the cases drive (`sleep`, and `env`
 //! to read `USER_DEFINED_VARIABLES` back from the runtime's environment).
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use common::{Job, JobId, JobResult, Outcome, WorkloadKind};
 use integration_tests::bins::workspace_root;
 use integration_tests::emulator::{Emulator, EmulatorOptions};
@@ -228,9 +229,10 @@ impl Release {
     async fn apply(&mut self, extra: &Value, install: bool) -> String {
         merge(&mut self.values, extra);
         let manifests = helm_template(&self.python, &self.values, install).unwrap_or_else(|e| panic!("helm: {e}"));
-        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&manifests)
-            .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-            .filter(|d: &Value| d.is_object())
+        let docs: Vec<Value> = serde_saphyr::from_multiple::<Value>(&manifests)
+            .unwrap_or_else(|e| panic!("helm's output is not YAML: {e}"))
+            .into_iter()
+            .filter(Value::is_object)
             .collect();
         let name_of = |kind: &str| {
             let found: Vec<&str> =

@@ -2,6 +2,7 @@
 //! cannot start, orphans), service setup (server-side apply, idempotent), lease
 //! ownership and takeover when the holder dies, and persistent dispatch (429 -> busy,
 //! 202 -> accepted) through a fake sidecar ingress.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod kube_executor_support;
 
 use bytes::Bytes;

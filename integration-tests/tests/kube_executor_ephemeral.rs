@@ -1,6 +1,7 @@
 //! The Kubernetes executor and the record store against the emulated API server (which
 //! validates every object against the official v1.33 schemas): creation, idempotency,
 //! first-result-wins across replicas, failure mapping, and garbage collection.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod kube_executor_support;
 
 use common::{JobId, JobResult, Outcome};

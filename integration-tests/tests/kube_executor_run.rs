@@ -4,6 +4,7 @@
 //! token read from the sidecar container's env, as the sidecar gets it) reaches the
 //! broker once, and delivery removes the job's objects. No kubelet here: the
 //! process-level end-to-end suite covers pods.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod kube_executor_support;
 
 use bytes::Bytes;

@@ -3,6 +3,7 @@
 //! aggregated discovery, OpenAPI v3). The binaries are `kubectl.1.29` and `kubectl.1.33`
 //! beside the real path of `kubectl` (or `KUBECTL_DIR`); without them the test says so
 //! and passes only outside CI: under `CI=true` a missing kubectl fails it.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use integration_tests::bins::workspace_root;
 use integration_tests::emulator::{Emulator, EmulatorOptions};
 use integration_tests::kubelet::{Kubelet, KubeletOptions};

@@ -2,6 +2,7 @@
 //! `/v1/result`) plus a forward proxy that answers absolute-form requests itself and
 //! refuses what a policy would (403 with a reason), so every payload action is checked
 //! end to end without the real sidecar.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use bytes::Bytes;
 use common::runtime_api::{RuntimeJob, RuntimeOutcome, RuntimeResult};
 use http::{Method, Request, Response, StatusCode};

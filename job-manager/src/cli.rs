@@ -24,7 +24,7 @@ The configuration is validated once at startup; an invalid setting is named toge
 with its rule and the process exits with status 64.";
 
 #[derive(Debug, Parser)]
-#[command(name = "job-manager", version, about = ABOUT, long_about = LONG_ABOUT, args_conflicts_with_subcommands = true)]
+#[command(name = "job-manager", version = common::build_info::LONG_VERSION, about = ABOUT, long_about = LONG_ABOUT, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -88,7 +88,7 @@ pub fn load_jobs(dir: &Path, origin: &str, vse_passphrase: &str) -> Result<Vec<J
 
 pub fn load_expected(path: &Path) -> Result<BTreeMap<JobId, Expectation>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_yaml::from_str(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))
+    serde_saphyr::from_str(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))
 }
 
 /// A loopback HTTP origin answering every request with [`ORIGIN_BODY`].
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn expectations_parse_and_match() {
         let e: BTreeMap<JobId, Expectation> =
-            serde_yaml::from_str("a: succeeded\nb: {outcome: failed, messageContains: refused}\n").unwrap();
+            serde_saphyr::from_str("a: succeeded\nb: {outcome: failed, messageContains: refused}\n").unwrap();
         let a = JobResult::new(JobId::new("a").unwrap(), Outcome::Succeeded, "");
         assert_eq!(e[&a.job_id].mismatch(Some(&a)), None);
         let b = JobResult::new(JobId::new("b").unwrap(), Outcome::Failed, "egress refused: metadata");

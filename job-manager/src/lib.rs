@@ -10,8 +10,6 @@
 //! ```
 //! Pure translation (config, job -> objects, decisions) lives in plain functions; I/O
 //! lives at the edges (broker client, executors, HTTP server).
-#![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
 
 pub mod app;
 pub mod backend;

@@ -1,5 +1,6 @@
 //! The HTTP broker client against the embedded broker served on loopback: the happy path,
 //! status mapping, retries, garbage, hangs, outages, proxies and TLS.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod broker_support;
 
 use broker_support::*;

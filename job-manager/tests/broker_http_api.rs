@@ -1,5 +1,6 @@
 //! The embedded broker's HTTP API under hostile and unusual input: every bad request gets
 //! the right 4xx with an `ErrorBody`, and the server keeps serving afterwards.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod broker_support;
 
 use broker_support::*;

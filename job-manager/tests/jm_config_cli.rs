@@ -1,5 +1,6 @@
 //! The real binary: invalid configuration names the setting and the rule and exits 64;
 //! precedence file < env < flags; `--help`, `--list-settings`, `sign`.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod jm_support;
 
 use jm_support::{job_manager_bin, TempDir};
@@ -73,6 +74,15 @@ fn kubernetes_executor_without_key_is_refused() {
     let o = run(&["--set", "executor=kubernetes", "--set", "brokerApiEndpoint=embedded"], &[]);
     assert_eq!(o.status.code(), Some(64));
     assert!(stderr(&o).contains("internalApiKey"), "{}", stderr(&o));
+}
+
+#[test]
+fn version_names_the_commit_and_the_compiler() {
+    let o = run(&["--version"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = format!("job-manager {}\n", common::build_info::LONG_VERSION);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), want);
+    assert!(want.contains(" (commit ") && want.contains(", rustc 1."), "{want}");
 }
 
 #[test]

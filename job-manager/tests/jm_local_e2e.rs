@@ -1,5 +1,6 @@
 //! End to end on one machine: embedded broker (in process), job manager with the local
 //! executor, the real `sidecar` and `test-runtime` binaries.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod jm_support;
 
 use common::{JobId, Outcome};

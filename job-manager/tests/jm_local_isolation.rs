@@ -3,6 +3,7 @@
 //! every job ran as the job manager's user in the host network namespace, and reports
 //! each attempt in its output; every one must fail, a concurrent job's outcome stays its
 //! own, and the runtime still reaches an allowed origin through its sidecar.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod jm_support;
 
 use common::{JobId, Outcome};

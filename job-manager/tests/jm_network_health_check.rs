@@ -1,5 +1,6 @@
 //! `networkHealthCheckDisabled`: with the check on, a job manager that cannot reach its
 //! broker at start (and has nothing running) exits 69; with it off, it starts and serves.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,7 @@
 //! - a job polled but not yet handed off is re-delivered by the broker and runs once;
 //! - a job running at the kill is adopted by the restarted process and reports once;
 //! - a result received but not yet delivered (broker down) is delivered after restart.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod jm_support;
 
 use common::secret::Secret;

@@ -1,5 +1,6 @@
 //! Hostile input on the result API: every refusal gets the right 4xx with a JSON error
 //! naming the problem, and the server stays healthy throughout.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod jm_support;
 
 use common::token::TokenSigner;

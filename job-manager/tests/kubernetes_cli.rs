@@ -1,4 +1,5 @@
 //! The Kubernetes subcommands through the real binary: `render`, `crd`, `rbac`.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use std::process::Command;
 
 fn bin() -> Command {
@@ -12,18 +13,17 @@ fn repo() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn docs(stdout: &[u8]) -> Vec<serde_yaml::Value> {
+fn docs(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .split("\n---\n")
-        .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d.trim_start_matches("---\n")).unwrap())
+        .map(|d| serde_saphyr::from_str::<serde_json::Value>(d.trim_start_matches("---\n")).unwrap())
         .collect()
 }
 
-fn runtime_env(objects: &[serde_yaml::Value], name: &str) -> Option<String> {
+fn runtime_env(objects: &[serde_json::Value], name: &str) -> Option<String> {
     let job = objects.iter().find(|o| o["kind"] == "Job")?;
-    let runtime =
-        job["spec"]["template"]["spec"]["containers"].as_sequence()?.iter().find(|c| c["name"] == "runtime")?;
-    let entry = runtime["env"].as_sequence()?.iter().find(|e| e["name"] == name)?;
+    let runtime = job["spec"]["template"]["spec"]["containers"].as_array()?.iter().find(|c| c["name"] == "runtime")?;
+    let entry = runtime["env"].as_array()?.iter().find(|e| e["name"] == name)?;
     entry["value"].as_str().map(str::to_string)
 }
 
@@ -37,7 +37,7 @@ fn render_works_for_a_newcomer_with_the_shipped_example() {
     let kinds: Vec<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["JobRecord", "Job", "NetworkPolicy"]);
     let images: Vec<String> = objects[1]["spec"]["template"]["spec"]["containers"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|c| c["image"].as_str().unwrap().to_string())
@@ -166,7 +166,7 @@ fn render_prints_every_object_as_yaml() {
     let text = String::from_utf8(out.stdout).unwrap();
     let kinds: Vec<String> = text
         .split("\n---\n")
-        .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d.trim_start_matches("---\n")).unwrap())
+        .map(|d| serde_saphyr::from_str::<serde_json::Value>(d.trim_start_matches("---\n")).unwrap())
         .map(|v| format!("{}/{}", v["kind"].as_str().unwrap(), v["metadata"]["namespace"].as_str().unwrap()))
         .collect();
     assert_eq!(kinds, ["JobRecord/jobs", "Job/jobs", "NetworkPolicy/jobs"]);
@@ -204,6 +204,6 @@ fn crd_and_rbac_match_the_library() {
     assert_eq!(String::from_utf8(crd.stdout).unwrap(), job_manager::backend::kubernetes::cli::crd());
     let rbac = bin().arg("rbac").output().unwrap();
     assert!(rbac.status.success());
-    let rules: Vec<serde_yaml::Value> = serde_yaml::from_slice(&rbac.stdout).unwrap();
+    let rules: Vec<serde_json::Value> = serde_saphyr::from_slice(&rbac.stdout).unwrap();
     assert_eq!(rules.len(), job_manager::backend::kubernetes::rbac::Resource::ALL.len());
 }

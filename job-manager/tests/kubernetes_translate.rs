@@ -3,6 +3,7 @@
 //! `tests/fixtures/kubernetes/`. After an intended change, regenerate with
 //! `UPDATE_FIXTURES=1 cargo test -p job-manager --test kubernetes_translate` and review
 //! the diff like code.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 use job_manager::backend::kubernetes::cli;
 use job_manager::config::Config;
 use std::path::PathBuf;
@@ -31,9 +32,9 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Merge `overlay` YAML into the base config (mappings merge, everything else replaces).
 fn config(overlay: &str) -> Config {
-    fn merge(base: &mut serde_yaml::Value, overlay: serde_yaml::Value) {
+    fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
         match (base, overlay) {
-            (serde_yaml::Value::Mapping(b), serde_yaml::Value::Mapping(o)) => {
+            (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
                 for (k, v) in o {
                     match b.get_mut(&k) {
                         Some(existing) => merge(existing, v),
@@ -46,11 +47,11 @@ fn config(overlay: &str) -> Config {
             (b, o) => *b = o,
         }
     }
-    let mut base: serde_yaml::Value = serde_yaml::from_str(BASE_CONFIG).unwrap();
+    let mut base: serde_json::Value = serde_saphyr::from_str(BASE_CONFIG).unwrap();
     if !overlay.trim().is_empty() {
-        merge(&mut base, serde_yaml::from_str(overlay).unwrap());
+        merge(&mut base, serde_saphyr::from_str(overlay).unwrap());
     }
-    serde_yaml::from_value(base).unwrap()
+    serde_json::from_value(base).unwrap()
 }
 
 fn check(case: &str, overlay: &str, job: &str) {
@@ -66,8 +67,8 @@ fn check(case: &str, overlay: &str, job: &str) {
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_FIXTURES=1 to create it", path.display()));
     // Compare parsed documents (whole objects), so formatting is not what is tested.
-    let parse = |text: &str| -> Vec<serde_yaml::Value> {
-        text.split("\n---\n").map(|d| serde_yaml::from_str(d.trim_start_matches("---\n")).unwrap()).collect()
+    let parse = |text: &str| -> Vec<serde_json::Value> {
+        text.split("\n---\n").map(|d| serde_saphyr::from_str(d.trim_start_matches("---\n")).unwrap()).collect()
     };
     assert_eq!(
         parse(&rendered),

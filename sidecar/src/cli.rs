@@ -91,9 +91,8 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return std::future::pending().await;
         };
         tokio::select! {
             _ = term.recv() => {}

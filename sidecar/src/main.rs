@@ -1,4 +1,3 @@
-#![forbid(unsafe_code)]
 fn main() -> std::process::ExitCode {
     sidecar::cli::main()
 }

@@ -146,7 +146,7 @@ impl ResultReporter {
                     self.spawn_delivery(rec, Some(path));
                 }
                 Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "unreadable spool file left in place")
+                    tracing::error!(file = %path.display(), error = %e, "unreadable spool file left in place");
                 }
             }
         }
@@ -226,9 +226,8 @@ impl ResultReporter {
     }
 
     async fn attempt(&self, url: &str, token: &str, body: Bytes) -> Attempt {
-        let mut token_value = match HeaderValue::from_str(token) {
-            Ok(v) => v,
-            Err(_) => return Attempt::Permanent("job token is not a valid header value".into()),
+        let Ok(mut token_value) = HeaderValue::from_str(token) else {
+            return Attempt::Permanent("job token is not a valid header value".into());
         };
         token_value.set_sensitive(true);
         let req = Request::builder()

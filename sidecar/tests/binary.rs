@@ -1,6 +1,7 @@
 //! The real binary: configuration errors exit 64, --help documents every setting, the
 //! ready file, SIGTERM, the key from stdin, the key never in logs, and `egress-init`'s
 //! argument refusals.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use std::io::{Read, Write};
@@ -53,6 +54,15 @@ fn egress_init_refuses_a_missing_non_numeric_or_root_uid_with_one_line_and_exit_
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("egress-init: ") && err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn version_names_the_commit_and_the_compiler() {
+    let out = sidecar().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let want = format!("sidecar {}\n", common::build_info::LONG_VERSION);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    assert!(want.contains(" (commit ") && want.contains(", rustc 1."), "{want}");
 }
 
 #[test]

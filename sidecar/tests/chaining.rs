@@ -1,4 +1,5 @@
 //! Upstream (corporate) proxy chaining, plain HTTP and CONNECT, with basic auth.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use bytes::Bytes;

@@ -1,5 +1,6 @@
 //! An https:// upstream proxy: trusted through --upstream-proxy-ca-file, refused without
 //! it, accepted with --upstream-proxy-insecure. Certificates come from the openssl CLI.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use bytes::Bytes;

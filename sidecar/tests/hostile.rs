@@ -1,4 +1,5 @@
 //! Hostile input: each case gets a clear error and the process stays healthy.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Ingress for persistent workloads: key check, key and token stripping, token kept for
 //! the result, 429 passed through.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use bytes::Bytes;

@@ -1,5 +1,6 @@
 //! Job mode: the local runtime API, result delivery to a fake job manager (retries,
 //! spool re-delivery after a restart, shutdown drain) and internal-key injection.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use http::StatusCode;

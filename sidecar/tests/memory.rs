@@ -4,6 +4,7 @@
 //! took the sidecar from ~15 MB to ~281 MB RSS (the pod limit is 256 Mi); now at most
 //! `--max-body-memory-bytes` (32 MiB) of bodies are held at once and the rest get 503
 //! with Retry-After.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use bytes::Bytes;

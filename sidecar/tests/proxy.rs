@@ -1,4 +1,5 @@
 //! The forward proxy and CONNECT tunnels against real local servers.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use bytes::Bytes;

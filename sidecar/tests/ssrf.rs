@@ -1,5 +1,6 @@
 //! The SSRF corpus (tests/data/ssrf-corpus.txt), through the pure policy and through the
 //! running proxy: every spelling must be refused with the expected class.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use sidecar::authority::{parse_authority, target_of_uri, Host};

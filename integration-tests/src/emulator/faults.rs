@@ -1,7 +1,7 @@
 //! Fault injection: rules matched per verb and resource, applied for N requests or
 //! with a probability. Controlled in-process (`Emulator::faults()`) or over HTTP
 //! (`/emulator/faults`) for the standalone binary.
-use rand::Rng as _;
+use rand::RngExt as _;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -178,7 +178,7 @@ impl Emulator {
     }
 
     pub fn clear_requests(&self) {
-        self.state.log.clear()
+        self.state.log.clear();
     }
 
     /// Closes every open watch stream (clients must resume from their resourceVersion).

@@ -157,7 +157,7 @@ impl Kubelet {
                     match rx.recv().await {
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             wake_ctl.notify_one();
-                            wake_pods.notify_one()
+                            wake_pods.notify_one();
                         }
                         Err(_) => return,
                     }
@@ -212,7 +212,7 @@ impl Kubelet {
 
     /// Backends for a Service whose endpoints live outside the emulator.
     pub fn set_external_endpoints(&self, namespace: &str, service: &str, addrs: Vec<SocketAddr>) {
-        self.net.set_external_endpoints(namespace, service, addrs)
+        self.net.set_external_endpoints(namespace, service, addrs);
     }
 
     /// Where a running pod's port is reached (its own loopback address).

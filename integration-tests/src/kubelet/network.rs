@@ -128,7 +128,7 @@ pub fn to_pod_address(s: &str, ip: Ipv4Addr, ports: &BTreeSet<u16>) -> String {
 
 /// Reserves a `127.B.0.0/16` block no other kubelet on this machine holds.
 fn reserve_block() -> (u8, std::net::TcpListener) {
-    use rand::Rng as _;
+    use rand::RngExt as _;
     let mut rng = rand::rng();
     for _ in 0..1000 {
         let block: u8 = rng.random_range(2..=254);

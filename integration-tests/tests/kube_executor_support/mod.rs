@@ -33,7 +33,7 @@ kubernetes:
 "#;
 
 pub fn config() -> Config {
-    serde_yaml::from_str(CONFIG).expect("test config parses")
+    serde_saphyr::from_str(CONFIG).expect("test config parses")
 }
 
 pub struct Cluster {

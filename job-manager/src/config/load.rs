@@ -87,7 +87,7 @@ pub fn parse_file(text: &str) -> Result<Config, String> {
     if text.trim().is_empty() {
         return Ok(Config::default());
     }
-    serde_yaml::from_str(text).map_err(|e| e.to_string())
+    serde_saphyr::from_str(text).map_err(|e| e.to_string())
 }
 
 fn apply_env(tree: &mut Value, env: &dyn EnvLookup) -> Result<(), ConfigError> {
@@ -195,8 +195,7 @@ pub fn parse_like(current: &Value, raw: &str) -> Result<Value, String> {
 }
 
 fn parse_structured(raw: &str) -> Result<Value, String> {
-    let y: serde_yaml::Value = serde_yaml::from_str(raw).map_err(|e| format!("must be JSON or YAML: {e}"))?;
-    serde_json::to_value(y).map_err(|e| format!("must be JSON or YAML: {e}"))
+    serde_saphyr::from_str(raw).map_err(|e| format!("must be JSON or YAML: {e}"))
 }
 
 /// `true`/`1`/`yes` and `false`/`0`/`no` (case-insensitive), as the chart passes them.
@@ -247,5 +246,5 @@ pub fn redacted_yaml(config: &Config) -> String {
             *secret = REDACTED.into();
         }
     }
-    serde_yaml::to_string(&c).expect("config serializes")
+    serde_saphyr::to_string(&c).expect("config serializes")
 }

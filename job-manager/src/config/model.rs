@@ -531,7 +531,7 @@ mod tests {
 
     #[test]
     fn empty_file_is_all_defaults() {
-        let c: Config = serde_yaml::from_str("{}").unwrap();
+        let c: Config = serde_saphyr::from_str("{}").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.check_timeout, 180);
         assert_eq!(c.hostname_override, "job-manager");
@@ -539,17 +539,17 @@ mod tests {
 
     #[test]
     fn unknown_key_named() {
-        let err = serde_yaml::from_str::<Config>("checkTimeOut: 5").unwrap_err().to_string();
+        let err = serde_saphyr::from_str::<Config>("checkTimeOut: 5").unwrap_err().to_string();
         assert!(err.contains("unknown field `checkTimeOut`"), "{err}");
     }
 
     #[test]
     fn kubernetes_fields_are_typed() {
-        let err = serde_yaml::from_str::<Config>("kubernetes: {tolerations: [{effect: 3, key: [1]}]}")
+        let err = serde_saphyr::from_str::<Config>("kubernetes: {tolerations: [{effect: 3, key: [1]}]}")
             .unwrap_err()
             .to_string();
         assert!(err.contains("kubernetes"), "{err}");
-        let c: Config = serde_yaml::from_str(
+        let c: Config = serde_saphyr::from_str(
             "runtimes: [{name: rt, resources: {limits: {cpu: '1', memory: 1Gi}}}]\nkubernetes: {persistence: {existingClaimName: data}}",
         )
         .unwrap();

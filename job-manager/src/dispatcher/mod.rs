@@ -446,10 +446,10 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
                 tracing::debug!("job acked");
             }
             Err(BrokerError::LeaseLost) => {
-                tracing::warn!("ack refused: the job was re-delivered; the re-delivery will be deduplicated")
+                tracing::warn!("ack refused: the job was re-delivered; the re-delivery will be deduplicated");
             }
             Err(e) => {
-                tracing::error!(error = %e, "ack failed; the broker will re-deliver the job and it will be deduplicated")
+                tracing::error!(error = %e, "ack failed; the broker will re-deliver the job and it will be deduplicated");
             }
         }
     }
@@ -462,7 +462,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
                 tracing::info!(%reason, "job released to the broker");
             }
             Err(e) => {
-                tracing::error!(error = %e, "release failed; the broker re-delivers it after its visibility timeout")
+                tracing::error!(error = %e, "release failed; the broker re-delivers it after its visibility timeout");
             }
         }
     }

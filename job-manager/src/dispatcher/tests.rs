@@ -268,7 +268,7 @@ fn unreadable(id: Option<&str>, raw_id: &str, reason: &str) -> crate::broker::Un
 /// cannot name it is neither run, nor rejected, nor released.
 #[tokio::test(flavor = "current_thread")]
 async fn an_unreadable_job_is_rejected_and_the_rest_of_its_batch_runs() {
-    let (logs, _guard) = super::fakes::LogCapture::install();
+    let (logs, _guard) = fakes::LogCapture::install();
     let rig = rig(|s| s.runtimes[0].parallelism = 5);
     rig.broker.push(job("ok1", "a"));
     rig.broker.push(job("ok2", "a"));

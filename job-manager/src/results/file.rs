@@ -37,13 +37,9 @@
 //! the append retried, so results in flight still land while something else fills the
 //! disk; the reserve is regrown once there is room.
 //!
-//! Results left in the old per-file layout (`pending/`, `delivered/`) are imported once
-//! at `open` (see `legacy`), so an upgrade loses nothing.
-//!
 //! One process owns the directory (an exclusive lock on `lock`): a second job manager on
 //! the same state dir gets a clear error instead of interleaved appends.
 mod journal;
-mod legacy;
 mod reserve;
 
 use super::store::{Recorded, ResultStore, StoreError};
@@ -188,7 +184,7 @@ impl FileResultStore {
         let _ = std::fs::remove_file(dir.join(COMPACTING));
         let _ = std::fs::remove_file(dir.join(PROBE));
         let _ = common::fs::remove_stale_temps(&dir.join(JOURNAL));
-        let (file, mut index, len) = recover(&dir)?;
+        let (file, index, len) = recover(&dir)?;
         let health = Arc::new(Health::default());
         health.set_write_failure(None);
         let (reserve, allocated) = Reserve::open(dir.join(RESERVE), settings.reserve_bytes);
@@ -205,10 +201,6 @@ impl FileResultStore {
         };
         if let Err(e) = allocated {
             journal.reserve_short(format!("cannot reserve {} bytes for the journal: {e}", settings.reserve_bytes));
-        }
-        let imported = legacy::import(&dir, &mut journal, &mut index)?;
-        if imported > 0 {
-            tracing::info!(dir = %dir.display(), results = imported, "imported results of the old per-file store");
         }
         journal.refresh_gauges();
         let index = Arc::new(RwLock::new(index));

@@ -39,7 +39,7 @@ pub async fn serve(broker: EmbeddedBroker) -> Served {
             let _ = stopped.await;
         })
         .await
-        .unwrap()
+        .unwrap();
     });
     Served { broker, addr, _stop: stop }
 }

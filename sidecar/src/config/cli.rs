@@ -13,7 +13,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 /// value or a repeated flag (which replaces the env list); boolean settings take
 /// true/false (1/0, yes/no, on/off) from the environment.
 #[derive(Debug, Default, Parser)]
-#[command(name = "sidecar", version, about, long_about, max_term_width = 100)]
+#[command(name = "sidecar", version = common::build_info::LONG_VERSION, about, long_about, max_term_width = 100)]
 pub struct Cli {
     /// Proxy + local runtime API listen address [default: 127.0.0.1:3128]
     #[arg(long, value_name = "ADDR", env = ENV_LISTEN, hide_env_values = true)]

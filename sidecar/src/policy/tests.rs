@@ -197,7 +197,7 @@ const CASES: &[Case] = &[
         "deny cidr beats allow cidr",
         |p| {
             p.allow_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
-            p.deny_cidrs = vec!["10.1.0.0/16".parse().unwrap()]
+            p.deny_cidrs = vec!["10.1.0.0/16".parse().unwrap()];
         },
         "10.1.2.3:80",
         &[],

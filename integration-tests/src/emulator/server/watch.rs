@@ -135,12 +135,9 @@ pub(super) fn watch_stream(
                     if tx.send(bookmark(&rt, last_rv, false)).await.is_err() { return; }
                 }
                 ev = events.recv() => {
-                    let ev = match ev {
-                        Ok(ev) => ev,
-                        // A watcher too slow for the event rate is closed, as the real
-                        // server does; the client resumes from its last resourceVersion.
-                        Err(_) => return,
-                    };
+                    // A watcher too slow for the event rate is closed, as the real
+                    // server does; the client resumes from its last resourceVersion.
+                    let Ok(ev) = ev else { return };
                     if ev.rv <= start_rv {
                         continue;
                     }

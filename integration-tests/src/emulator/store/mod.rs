@@ -17,7 +17,7 @@ mod write;
 use crate::emulator::resources::{self, ResourceType};
 use crate::emulator::selectors::{FieldSelector, LabelSelector};
 use crate::emulator::status::ApiError;
-use rand::Rng as _;
+use rand::RngExt as _;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -200,7 +200,7 @@ fn walk(schema: &Value, value: &Value, path: &str, out: &mut Vec<Violation>, bun
                         // The bundle says `additionalProperties: false`; a CRD object
                         // without it would prune the field: both are unknown fields.
                         _ if props.is_some() || additional == Some(&Value::Bool(false)) || crd => {
-                            out.push(Violation::UnknownField { path: child(path, k) })
+                            out.push(Violation::UnknownField { path: child(path, k) });
                         }
                         _ => {}
                     }

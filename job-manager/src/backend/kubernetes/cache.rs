@@ -42,7 +42,7 @@ where
                     tracing::debug!(error = %e, "watch interrupted; resuming");
                 }
             })
-            .await
+            .await;
     });
     (reader, task)
 }

@@ -35,7 +35,7 @@ pub fn render_files(job_file: &Path, validated: &Validated, namespace: Option<&s
     let job_text =
         std::fs::read_to_string(job_file).map_err(|source| CliError::Read { path: job_file.to_path_buf(), source })?;
     // Job files are JSON as the broker sends them; YAML is a superset, so both work.
-    let job: Job = serde_yaml::from_str(&job_text)
+    let job: Job = serde_saphyr::from_str(&job_text)
         .map_err(|e| CliError::BadJob { path: job_file.to_path_buf(), message: e.to_string() })?;
     let config = &validated.config;
     if !config.runtimes.iter().any(|r| r.name == job.runtime_type) {
@@ -106,7 +106,7 @@ fn render_with(
 }
 
 fn doc<T: Serialize>(comment: &str, object: &T) -> String {
-    let body = serde_yaml::to_string(object).expect("Kubernetes objects always serialize");
+    let body = serde_saphyr::to_string(object).expect("Kubernetes objects always serialize");
     let comment = if comment.is_empty() { String::new() } else { format!("# {comment}\n") };
     format!("---\n{comment}{body}")
 }

@@ -123,7 +123,7 @@ impl Coordinator {
                         tracing::warn!(error = %e, "pruning pass failed");
                     }
                 })
-                .await
+                .await;
             }
         };
         let setup = {
@@ -135,7 +135,7 @@ impl Coordinator {
                         tracing::warn!(error = %e, "service setup pass failed");
                     }
                 })
-                .await
+                .await;
             }
         };
         tokio::join!(pruning, setup);

@@ -154,7 +154,7 @@ pub fn rules() -> Vec<PolicyRule> {
 
 /// What `job-manager rbac` prints.
 pub fn rules_yaml() -> String {
-    serde_yaml::to_string(&rules()).expect("rules always serialize")
+    serde_saphyr::to_string(&rules()).expect("rules always serialize")
 }
 
 #[cfg(test)]
@@ -192,7 +192,7 @@ mod tests {
         let yaml = rules_yaml();
         assert!(yaml.starts_with("- apiGroups:\n  - jobs.jobmanager.dev\n  resources:\n  - jobrecords\n"), "{yaml}");
         assert!(
-            yaml.contains("- apiGroups:\n  - ''\n  resources:\n  - pods\n  verbs:\n  - get\n  - list\n  - watch\n"),
+            yaml.contains("- apiGroups:\n  - \"\"\n  resources:\n  - pods\n  verbs:\n  - get\n  - list\n  - watch\n"),
             "{yaml}"
         );
     }

@@ -57,9 +57,9 @@ impl LocalBackend {
             let uids = UidRange::parse(&c.local.uid_range, 0)
                 .map_err(|e| BackendError::failed("local.uidRange", "uid_range", e))?;
             prepare_isolated_state_dir(&state_dir).map_err(state_err)?;
-            let claim = isolation::claim_range(uids, std::path::Path::new(isolation::RANGE_REGISTRY))
+            let claim = isolation::claim_range(uids, Path::new(isolation::RANGE_REGISTRY))
                 .map_err(|e| BackendError::usage("local.uidRange", "uid_range_in_use", e))?;
-            Some(Isolation { uids, launcher: launcher.clone(), claim: std::sync::Arc::new(claim) })
+            Some(Isolation { uids, launcher: launcher.clone(), claim: Arc::new(claim) })
         } else {
             None
         };

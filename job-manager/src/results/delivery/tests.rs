@@ -143,7 +143,7 @@ async fn sweep_only_where_the_gate_allows_and_only_results_pending_twice() {
 
     // Once sweeping, a result that appears between two sweeps waits for the second:
     // its own process is delivering it.
-    let mut previous = Some(std::collections::HashSet::new());
+    let mut previous = Some(HashSet::new());
     other.record(&result("in-hand", Outcome::Failed)).await.unwrap();
     let delivery = DeliveryLoop::new(broker.clone(), intake.clone());
     assert_eq!(delivery.sweep(&mut previous).await.delivered, 0);
@@ -159,8 +159,7 @@ async fn the_first_sweep_takes_only_what_was_pending_before_results_could_arrive
     let shared = Arc::new(Shared::default());
     let intake = ResultIntake::new(shared.clone(), Arc::new(Metrics::new()));
     intake.store().inner.record(&result("left-over", Outcome::Succeeded)).await.unwrap();
-    let startup: std::collections::HashSet<JobId> =
-        intake.store().pending().await.unwrap().into_iter().map(|r| r.job_id).collect();
+    let startup: HashSet<JobId> = intake.store().pending().await.unwrap().into_iter().map(|r| r.job_id).collect();
     // Recorded in the store but not yet queued fresh (the instant the race is about).
     intake.store().inner.record(&result("arriving", Outcome::Succeeded)).await.unwrap();
     let delivery = DeliveryLoop::new(broker.clone(), intake.clone()).with_startup_pending(startup.clone());

@@ -338,7 +338,7 @@ mod tests {
     /// the intact frames before the first damage).
     #[test]
     fn replay_recovers_every_untouched_frame_under_random_damage() {
-        use rand::{Rng, SeedableRng};
+        use rand::{RngExt, SeedableRng};
         let entries = entries(30);
         let at = ranges(&entries);
         let bytes = frames(&entries);

@@ -266,36 +266,6 @@ async fn the_temp_file_of_a_compaction_cut_short_is_removed_at_open() {
     assert!(!stale.exists());
 }
 
-#[tokio::test]
-async fn results_of_the_old_per_file_layout_are_imported_once() {
-    let dir = tempfile::tempdir().unwrap();
-    for (sub, job, msg) in [("pending", "p", "waiting"), ("delivered", "d", "done")] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        let r = result(job, msg);
-        std::fs::write(dir.path().join(sub).join(format!("r-{job}.json")), serde_json::to_vec(&r).unwrap()).unwrap();
-    }
-    std::fs::write(dir.path().join("pending/.tmp-1-r-x.json"), b"{half").unwrap();
-    let store = open(dir.path()).unwrap();
-    assert_eq!(store.pending().await.unwrap(), vec![result("p", "waiting")]);
-    assert_eq!(store.lookup(&id("d")).await.unwrap(), Some(result("d", "done")));
-    assert_eq!(store.record(&result("d", "other")).await.unwrap(), Recorded::Conflict);
-    assert!(!dir.path().join("pending").exists() && !dir.path().join("delivered").exists());
-    drop(store);
-    let reopened = open(dir.path()).unwrap();
-    assert_eq!(reopened.pending().await.unwrap(), vec![result("p", "waiting")], "imported into the journal");
-}
-
-#[tokio::test]
-async fn an_unreadable_old_result_keeps_its_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pending")).unwrap();
-    std::fs::write(dir.path().join("pending/r-bad.json"), b"not json").unwrap();
-    std::fs::write(dir.path().join("pending/r-ok.json"), serde_json::to_vec(&result("ok", "m")).unwrap()).unwrap();
-    let store = open(dir.path()).unwrap();
-    assert_eq!(store.pending().await.unwrap(), vec![result("ok", "m")]);
-    assert!(dir.path().join("pending/r-bad.json").exists(), "not deleted without being imported");
-}
-
 /// The incident: one flipped byte in frame 3 of 30 cut the journal to its first two
 /// frames and moved 27 fsynced ones aside unread, blamed on "a torn tail".
 #[tokio::test]

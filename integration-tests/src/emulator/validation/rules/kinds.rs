@@ -67,7 +67,7 @@ pub fn deployment(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     match spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str) {
         None | Some("Always") => {}
         Some(other) => {
-            causes.push(Cause::not_supported("spec.template.spec.restartPolicy", &json!(other), &["Always"]))
+            causes.push(Cause::not_supported("spec.template.spec.restartPolicy", &json!(other), &["Always"]));
         }
     }
     if let Some(r) = spec.get("replicas").and_then(Value::as_i64) {

@@ -96,10 +96,10 @@ fn container(
     let is_sidecar = is_init && restart == Some("Always");
     match (is_init, restart) {
         (false, Some(_)) => {
-            causes.push(Cause::forbidden(format!("{cp}.restartPolicy"), "may not be set for non-init containers"))
+            causes.push(Cause::forbidden(format!("{cp}.restartPolicy"), "may not be set for non-init containers"));
         }
         (true, Some(r)) if r != "Always" => {
-            causes.push(Cause::not_supported(format!("{cp}.restartPolicy"), &json!(r), &["Always"]))
+            causes.push(Cause::not_supported(format!("{cp}.restartPolicy"), &json!(r), &["Always"]));
         }
         _ => {}
     }
@@ -148,10 +148,10 @@ fn container(
             let field = format!("{cp}.{probe}.httpGet.port");
             match port {
                 Value::Number(n) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
-                    causes.push(Cause::invalid(field, port, "must be between 1 and 65535, inclusive"))
+                    causes.push(Cause::invalid(field, port, "must be between 1 and 65535, inclusive"));
                 }
                 Value::String(s) if !port_names.contains(s) => {
-                    causes.push(Cause::invalid(field, port, "must contain at least one port definition"))
+                    causes.push(Cause::invalid(field, port, "must contain at least one port definition"));
                 }
                 _ => {}
             }
