@@ -441,8 +441,11 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             }
             Err(HandoffError::Refused { right, message }) => {
                 self.handoff_refused(&job.runtime_type, &right, &message);
-                tracing::debug!(%message, "hand-off refused; releasing the job to the broker");
-                self.release(&job.id, job.attempt, &format!("hand-off refused: {message}")).await;
+                // Said once per right by `handoff_refused`; per job only at debug level.
+                let reason = format!("hand-off refused: {message}");
+                if self.release_quietly(&job.id, job.attempt, &reason).await {
+                    tracing::debug!(%reason, "job released to the broker");
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, attempts = attempt, "hand-off failed; releasing the job to the broker");
@@ -505,14 +508,22 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
     }
 
     async fn release(&self, id: &JobId, attempt: u32, reason: &str) {
+        if self.release_quietly(id, attempt, reason).await {
+            tracing::info!(%reason, "job released to the broker");
+        }
+    }
+
+    /// Release without saying so (a failure is still logged): true when released.
+    async fn release_quietly(&self, id: &JobId, attempt: u32, reason: &str) -> bool {
         let req = ReleaseRequest { consumer: self.settings.consumer.clone(), attempt, reason: reason.to_string() };
         match self.with_retries("release", || self.broker.release(id, &req)).await {
             Ok(()) => {
                 self.metrics().jobs_released.inc();
-                tracing::info!(%reason, "job released to the broker");
+                true
             }
             Err(e) => {
-                tracing::error!(error = %e, "release failed; the broker re-delivers it after its visibility timeout")
+                tracing::error!(error = %e, "release failed; the broker re-delivers it after its visibility timeout");
+                false
             }
         }
     }

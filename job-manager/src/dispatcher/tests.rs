@@ -503,6 +503,7 @@ async fn a_refused_handoff_is_released_and_unready_until_one_of_its_type_starts(
     assert!(asked.contains(&("a".to_string(), 1)), "{asked:?}");
     assert_eq!(rig.broker.releases().len(), 2);
     assert_eq!(logs.text().matches("hand-offs refused").count(), 1, "{}", logs.text());
+    assert_eq!(logs.text().matches(said).count(), 1, "the API server's words once, not per job: {}", logs.text());
 
     // Nothing started since the dispatcher began: with r3 waiting, that is a stall.
     tokio::time::sleep(Duration::from_millis(60)).await;
