@@ -498,11 +498,45 @@ fn unused_rights(requests: &[integration_tests::emulator::RequestRecord], user: 
     unused
 }
 
+/// `GET path` on a replica: (status code, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// Polls `GET path` until `done(status, body)` or `within` passes; the last answer.
+async fn http_until(addr: SocketAddr, path: &str, within: Duration, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (code, body) = http_get(addr, path).await;
+        if done(code, &body) || Instant::now() > deadline {
+            return (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The chart's Role minus its `batch/jobs` rule: the job manager cannot create a job's
-/// Kubernetes Job, and the API server's 403 (with the account and the missing right) is
-/// in its log: a removed rule is visible, not a job that silently does nothing.
+/// Kubernetes Job. The API server's 403 (with the account and the missing right) is in
+/// its log once, `/readyz` answers 503 naming the right and the metric says which
+/// runtime type is refused: a removed rule is visible, not a job that silently does
+/// nothing. The job goes back to the broker meanwhile; once the rule is restored (the
+/// emulator authorises against the Roles as they are now), the job runs and the job
+/// manager is ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn e2e_a_role_missing_a_rule_shows_the_403_in_the_job_managers_log() {
+async fn e2e_a_role_missing_a_rule_is_named_by_readyz_until_the_rule_is_restored() {
     if std::env::var_os("E2E_KUBECONFIG").is_some() {
         eprintln!("SKIPPED on a real cluster: the Role there is the chart's, installed by Helm");
         return;
@@ -524,34 +558,64 @@ async fn e2e_a_role_missing_a_rule_shows_the_403_in_the_job_managers_log() {
     let cfg = write_config(dir.path(), &cluster, broker_addr, addr, &BTreeMap::new());
     let log = dir.path().join("replica-0.log");
     let _replica = spawn_replica(&cluster, &cfg, addr, log.clone()).await;
+    let (code, body) = http_get(addr, "/readyz").await;
+    assert_eq!(code, 200, "ready before any hand-off: {body}");
     for j in jobs("rbac", EPHEMERAL, WorkloadKind::Ephemeral, 1) {
         broker.submit(j).unwrap();
     }
-    let ns = &cluster.namespace;
-    let expected = format!(
-        "jobs.batch is forbidden: User \\\"system:serviceaccount:{ns}:{SERVICE_ACCOUNT}\\\" cannot create resource \\\"jobs\\\" in API group \\\"batch\\\" in the namespace \\\"{ns}\\\""
+    let ns = cluster.namespace.clone();
+    let said = format!(
+        "jobs.batch is forbidden: User \"system:serviceaccount:{ns}:{SERVICE_ACCOUNT}\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"{ns}\""
     );
-    let plain = expected.replace("\\\"", "\"");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(&expected) || text.contains(&plain) || Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (code, body) = http_until(addr, "/readyz", Duration::from_secs(30), |c, _| c == 503).await;
+    assert_eq!(code, 503, "/readyz did not turn unready: {body}");
+    assert!(body.contains(&format!("hand-offs of {EPHEMERAL} are refused")), "{body}");
+    assert!(body.contains(&format!("create jobs.batch in namespace \"{ns}\"")), "the missing right: {body}");
+    assert!(body.contains(&said), "the API server's own words: {body}");
+    println!("rbac: /readyz answered {code}: {}", body.trim());
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    let refused_metric = format!("job_manager_handoffs_refused{{runtime=\"{EPHEMERAL}\"}} 1");
     assert!(
-        text.contains(&expected) || text.contains(&plain),
-        "the 403 is not in the job manager's log:\n{}",
+        metrics.contains(&refused_metric),
+        "{}",
+        metrics.lines().filter(|l| l.contains("refused")).collect::<Vec<_>>().join("\n")
+    );
+
+    // Several refused hand-offs later, the log still says it once.
+    let emu = cluster.emu.as_ref().unwrap();
+    let refusals = |emu: &Emulator| {
+        emu.requests().into_iter().filter(|r| r.code == 403 && r.resource == "jobs" && r.verb == "create").count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while refusals(emu) < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refusals(emu) >= 3, "the job was not handed off again after its release");
+    assert!(emu.objects("batch/v1", "Job", &ns).is_empty(), "a Job was created without the right to");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let escaped = said.replace('"', "\\\"");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&said) || l.contains(&escaped)).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "the 403 is logged once, not per refused hand-off:\n{}",
         text.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
-    let line = text.lines().find(|l| l.contains(&expected) || l.contains(&plain)).unwrap_or_default();
-    println!("rbac: the job manager logged: {line}");
-    let emu = cluster.emu.as_ref().unwrap();
-    let refused =
-        emu.requests().into_iter().filter(|r| r.code == 403 && r.resource == "jobs" && r.verb == "create").count();
-    assert!(refused >= 1, "the emulator refused no job creation");
-    assert!(emu.objects("batch/v1", "Job", ns).is_empty(), "a Job was created without the right to");
-    let results = broker.wait_for_results(1, Duration::from_secs(5)).await;
-    println!("rbac: results after the refusal: {results:?}");
+    assert!(lines[0].contains("hand-offs refused"), "{}", lines[0]);
+    println!("rbac: the job manager logged: {}", lines[0]);
+    assert!(broker.wait_for_results(1, Duration::from_millis(100)).await.is_empty(), "no result while refused");
+
+    // The rule is back: the job runs, and the job manager is ready again.
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(cluster.client.clone(), &ns);
+    let restored = json!({"rules": chart_role_rules()});
+    roles.patch(SERVICE_ACCOUNT, &PatchParams::default(), &Patch::Merge(&restored)).await.expect("Role patched");
+    let results = broker.wait_for_results(1, Duration::from_secs(60)).await;
+    assert_eq!(results.len(), 1, "the job did not run once the rule was restored:\n{}", diagnose(&cluster, dir.path()));
+    let result = results.values().next().unwrap();
+    assert_eq!(result.outcome, Outcome::Succeeded, "{}", result.message);
+    let (code, body) = http_until(addr, "/readyz", Duration::from_secs(30), |c, _| c == 200).await;
+    assert_eq!(code, 200, "/readyz did not recover: {body}");
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert!(metrics.contains(&format!("job_manager_handoffs_refused{{runtime=\"{EPHEMERAL}\"}} 0")), "{metrics}");
+    println!("rbac: after the rule was restored: {:?} {}", result.outcome, result.message);
 }

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub results_pending: Gauge,
     pub result_api_requests: Family<Labels, Counter>,
     pub dispatcher_stalled: Gauge,
+    /// 1 per runtime type while its hand-offs are refused for good (the job manager's
+    /// Role lacks a right); created at 0 for every runtime type by the dispatcher.
+    pub handoffs_refused: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -77,6 +80,7 @@ impl Metrics {
             results_pending: Gauge::default(),
             result_api_requests: Family::default(),
             dispatcher_stalled: Gauge::default(),
+            handoffs_refused: Family::default(),
             registry: Registry::default(),
         };
         let label = |key: &str, value: &str| vec![(key.to_string(), value.to_string())];
@@ -143,6 +147,11 @@ impl Metrics {
             "1 when jobs wait at the broker, capacity is free and nothing was dispatched for a while",
             m.dispatcher_stalled.clone(),
         );
+        registry.register(
+            "handoffs_refused",
+            "1 while hand-offs of a runtime type are refused by the platform (the job manager's Role lacks a right; /readyz names it)",
+            m.handoffs_refused.clone(),
+        );
         Self { registry: root, ..m }
     }
 
@@ -164,6 +173,10 @@ impl Metrics {
 
     pub fn set_in_flight(&self, runtime: &str, n: usize) {
         self.in_flight.get_or_create(&vec![("runtime".into(), runtime.into())]).set(n as i64);
+    }
+
+    pub fn set_handoffs_refused(&self, runtime: &str, refused: bool) {
+        self.handoffs_refused.get_or_create(&vec![("runtime".into(), runtime.into())]).set(i64::from(refused));
     }
 
     pub fn result_api(&self, status: u16) {

@@ -63,17 +63,29 @@ pub enum HandoffError {
     /// Retrying cannot help (invalid object, unknown runtime type): release at once.
     #[error("hand-off failed: {0}")]
     Permanent(String),
+    /// The platform refuses the job manager itself, for every job of this kind (the
+    /// Kubernetes executor's Role lacks a right): release at once, and say so in
+    /// `/readyz` until a hand-off of the same runtime type succeeds again.
+    #[error("hand-off refused: {message}")]
+    Refused {
+        /// What was refused, the same for every job (`create jobs.batch in namespace
+        /// "default"`): one log line per distinct `right`.
+        right: String,
+        /// The whole story: the right, who lacks it, and the platform's own words.
+        message: String,
+    },
 }
 
 impl HandoffError {
     /// Every [`HandoffError::label`].
-    pub const LABELS: [&'static str; 3] = ["busy", "transient", "permanent"];
+    pub const LABELS: [&'static str; 4] = ["busy", "transient", "permanent", "refused"];
 
     pub fn label(&self) -> &'static str {
         match self {
             HandoffError::Busy(_) => "busy",
             HandoffError::Transient(_) => "transient",
             HandoffError::Permanent(_) => "permanent",
+            HandoffError::Refused { .. } => "refused",
         }
     }
 }

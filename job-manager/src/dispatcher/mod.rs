@@ -8,10 +8,15 @@
 //! hand-offs in progress here, never from a counter alone. A job is acked only after the
 //! executor accepted it, and released when it could not be handed off; a job rejected by
 //! VSE gets a `rejected` result through the same [`ResultIntake`] as every other result.
+//! A hand-off the platform refuses for good (the job manager's Role lacks a right) is
+//! released too, but turns `/readyz` unready naming the right until a hand-off of that
+//! runtime type succeeds ([`refusal`]); only an accepted hand-off counts as a dispatch
+//! for stall detection.
 pub mod dedupe;
 #[cfg(test)]
 pub mod fakes;
 pub mod limit;
+pub mod refusal;
 pub mod stall;
 pub mod vse;
 
@@ -119,7 +124,10 @@ pub struct Dispatcher<B, E, S> {
     /// attempt seen). A re-delivery during a slow hand-off bumps the attempt, so the ack
     /// that follows the hand-off is for the lease the broker currently holds.
     handing_off: Mutex<BTreeMap<JobId, (String, u32)>>,
+    /// When the executor last accepted a job (a refused or failed hand-off is no progress).
     last_dispatch: Mutex<Instant>,
+    /// Runtime types whose hand-offs the platform refuses for good.
+    refusals: Mutex<refusal::Refusals>,
     handoffs: TaskTracker,
     /// Rotates which runtime type is dealt the first job of each poll's batch.
     polls: std::sync::atomic::AtomicUsize,
@@ -136,6 +144,9 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         settings: DispatcherSettings,
         readiness: Arc<Readiness>,
     ) -> Arc<Self> {
+        for r in &settings.runtimes {
+            intake.metrics().set_handoffs_refused(&r.name, false);
+        }
         Arc::new(Self {
             broker,
             executor,
@@ -145,6 +156,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
             readiness,
             handing_off: Mutex::new(BTreeMap::new()),
             last_dispatch: Mutex::new(Instant::now()),
+            refusals: Mutex::new(refusal::Refusals::default()),
             handoffs: TaskTracker::new(),
             polls: std::sync::atomic::AtomicUsize::new(0),
             warnings: crate::log_throttle::LogThrottle::default(),
@@ -177,7 +189,8 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         for r in &self.settings.runtimes {
             self.metrics().set_in_flight(&r.name, in_flight.get(&r.name).map_or(0, Vec::len));
         }
-        let free = limit::free_capacity(&self.settings.runtimes, &in_flight, &self.handing_off_counts());
+        let mut free = limit::free_capacity(&self.settings.runtimes, &in_flight, &self.handing_off_counts());
+        self.refusals.lock().expect("lock").cap_free(&mut free);
         let start = self.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let demands = limit::demands(&free, &self.settings.runtimes, self.settings.batch_size, start);
         if demands.is_empty() {
@@ -377,7 +390,6 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         }
         // schedule
         self.handing_off.lock().expect("lock").insert(job.id.clone(), (job.runtime_type.clone(), job.attempt));
-        *self.last_dispatch.lock().expect("lock") = Instant::now();
         report.scheduled += 1;
         let me = self.clone();
         let shutdown = shutdown.clone();
@@ -396,7 +408,7 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
                 Err(e) => {
                     self.metrics().handoff_failures.get_or_create(&vec![("reason".into(), e.label().into())]).inc();
                     attempt += 1;
-                    let permanent = matches!(e, HandoffError::Permanent(_));
+                    let permanent = matches!(e, HandoffError::Permanent(_) | HandoffError::Refused { .. });
                     if permanent || attempt >= self.settings.handoff_attempts {
                         break Err(e);
                     }
@@ -414,17 +426,58 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         }
         match outcome {
             Ok(accepted) => {
+                *self.last_dispatch.lock().expect("lock") = Instant::now();
                 self.metrics().poll_to_handoff_seconds.observe(polled_at.elapsed().as_secs_f64());
                 tracing::info!(?accepted, "job handed off");
+                if accepted == Accepted::Started {
+                    // Only a job started here proves every right its runtime type needs
+                    // (one already running may have been started by another replica).
+                    self.handoff_succeeded(&job.runtime_type);
+                }
                 if accepted == Accepted::AlreadyRunning {
                     self.metrics().jobs_deduplicated.inc();
                 }
                 self.ack(&job.id, job.attempt).await;
             }
+            Err(HandoffError::Refused { right, message }) => {
+                self.handoff_refused(&job.runtime_type, &right, &message);
+                // Said once per right by `handoff_refused`; per job only at debug level.
+                let reason = format!("hand-off refused: {message}");
+                if self.release_quietly(&job.id, job.attempt, &reason).await {
+                    tracing::debug!(%reason, "job released to the broker");
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, attempts = attempt, "hand-off failed; releasing the job to the broker");
                 self.release(&job.id, job.attempt, &format!("hand-off failed: {e}")).await;
             }
+        }
+    }
+
+    /// The platform refused a hand-off of `runtime` for good: unready, with the metric
+    /// set; logged once per distinct right.
+    fn handoff_refused(&self, runtime: &str, right: &str, message: &str) {
+        let mut refusals = self.refusals.lock().expect("lock");
+        if refusal::Change::Refused == refusals.refused(runtime, right, message) {
+            tracing::error!(
+                runtime,
+                %right,
+                reason = %message,
+                "hand-offs refused: jobs of this runtime type go back to the broker and the job manager \
+                 reports not ready until a hand-off succeeds"
+            );
+        }
+        self.metrics().set_handoffs_refused(runtime, true);
+        self.readiness.set_refused(refusals.readiness());
+    }
+
+    /// A job of `runtime` started: a refusal of that runtime type is over.
+    fn handoff_succeeded(&self, runtime: &str) {
+        let mut refusals = self.refusals.lock().expect("lock");
+        if let refusal::Change::Recovered { right, cleared } = refusals.handed_off(runtime) {
+            tracing::info!(runtime, %right, cleared, "hand-offs accepted again");
+            self.metrics().set_handoffs_refused(runtime, false);
+            self.readiness.set_refused(refusals.readiness());
         }
     }
 
@@ -455,14 +508,22 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
     }
 
     async fn release(&self, id: &JobId, attempt: u32, reason: &str) {
+        if self.release_quietly(id, attempt, reason).await {
+            tracing::info!(%reason, "job released to the broker");
+        }
+    }
+
+    /// Release without saying so (a failure is still logged): true when released.
+    async fn release_quietly(&self, id: &JobId, attempt: u32, reason: &str) -> bool {
         let req = ReleaseRequest { consumer: self.settings.consumer.clone(), attempt, reason: reason.to_string() };
         match self.with_retries("release", || self.broker.release(id, &req)).await {
             Ok(()) => {
                 self.metrics().jobs_released.inc();
-                tracing::info!(%reason, "job released to the broker");
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "release failed; the broker re-delivers it after its visibility timeout");
+                false
             }
         }
     }

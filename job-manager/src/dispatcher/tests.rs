@@ -455,3 +455,67 @@ async fn redelivery_during_slow_handoff_acks_the_newest_attempt() {
     assert_eq!(rig.broker.acks(), vec![JobId::new("slow").unwrap()]);
     assert!(rig.broker.calls().contains(&BrokerCall::Ack(JobId::new("slow").unwrap(), 2)), "{:?}", rig.broker.calls());
 }
+
+/// A hand-off the platform refuses for good (the Role lacks a right): the job goes back
+/// to the broker at once, the job manager is unready naming the right (logged once), the
+/// metric is 1, the refused runtime type is polled one job at a time, and a refused
+/// hand-off is no dispatch (the stall check sees it); a job of that type that starts
+/// clears it all.
+#[tokio::test]
+async fn a_refused_handoff_is_released_and_unready_until_one_of_its_type_starts() {
+    let rig = rig(|s| {
+        s.runtimes[0].parallelism = 5;
+        s.stall_after = Duration::from_millis(50);
+    });
+    let (logs, _guard) = super::fakes::LogCapture::install();
+    let said = r#"jobs.batch is forbidden: User "u" cannot create resource "jobs" in API group "batch" in the namespace "default""#;
+    let refused = || HandoffError::Refused {
+        right: r#"create jobs.batch in namespace "default""#.into(),
+        message: format!("the job manager's Role does not allow it: 403 Forbidden: {said}"),
+    };
+    let metrics = || rig.intake.metrics().encode();
+    assert!(metrics().contains(r#"job_manager_handoffs_refused{runtime="a"} 0"#), "{}", metrics());
+    rig.executor.fail_next(refused());
+    rig.broker.push(job("r1", "a"));
+    rig.tick().await;
+    assert_eq!(rig.broker.releases(), vec![JobId::new("r1").unwrap()]);
+    assert!(rig.broker.calls().iter().any(|c| matches!(c, BrokerCall::Release(_, why) if why.contains(said))));
+    assert!(rig.executor.started().is_empty());
+    assert!(metrics().contains(r#"job_manager_handoff_failures_total{reason="refused"} 1"#), "not retried");
+    let err = rig.readiness.check().unwrap_err();
+    assert_eq!(
+        err,
+        format!("hand-offs of a are refused: the job manager's Role does not allow it: 403 Forbidden: {said}")
+    );
+    assert!(metrics().contains(r#"job_manager_handoffs_refused{runtime="a"} 1"#), "{}", metrics());
+    assert!(metrics().contains(r#"job_manager_handoffs_refused{runtime="b"} 0"#), "{}", metrics());
+
+    // Refused again: polled one at a time, and not logged again.
+    rig.executor.fail_next(refused());
+    rig.broker.push(job("r2", "a"));
+    rig.broker.push(job("r3", "a"));
+    rig.tick().await;
+    let last_poll = rig.broker.calls().into_iter().rev().find_map(|c| match c {
+        BrokerCall::Poll(p) => Some(p),
+        _ => None,
+    });
+    let asked: Vec<(String, u32)> = last_poll.unwrap().demands.into_iter().map(|d| (d.runtime_type, d.max)).collect();
+    assert!(asked.contains(&("a".to_string(), 1)), "{asked:?}");
+    assert_eq!(rig.broker.releases().len(), 2);
+    assert_eq!(logs.text().matches("hand-offs refused").count(), 1, "{}", logs.text());
+    assert_eq!(logs.text().matches(said).count(), 1, "the API server's words once, not per job: {}", logs.text());
+
+    // Nothing started since the dispatcher began: with r3 waiting, that is a stall.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    rig.dispatcher.check_queue().await;
+    assert!(metrics().contains("job_manager_dispatcher_stalled 1"), "a refused hand-off is no dispatch");
+    assert!(rig.readiness.check().unwrap_err().starts_with("hand-offs of a are refused"), "the cause comes first");
+
+    // The Role is fixed: r3 starts, and everything recovers.
+    rig.tick().await;
+    assert_eq!(rig.executor.started(), vec![JobId::new("r3").unwrap()]);
+    assert!(metrics().contains(r#"job_manager_handoffs_refused{runtime="a"} 0"#), "{}", metrics());
+    rig.dispatcher.check_queue().await;
+    assert_eq!(rig.readiness.check(), Ok(()));
+    assert!(logs.text().contains("hand-offs accepted again"), "{}", logs.text());
+}

@@ -9,6 +9,7 @@
 //! `image_pull_grace`), never a silent timeout.
 use crate::backend::kubernetes::labels;
 use crate::backend::kubernetes::record::{JobRecord, RecordWorkload};
+use crate::backend::kubernetes::refusal;
 use common::{JobId, JobResult, Outcome};
 use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;
@@ -266,13 +267,16 @@ fn podless(job: &batch::Job) -> bool {
 }
 
 /// Whether the Job controller's `FailedCreate` events show a refusal that retrying the
-/// same pod cannot get past: Pod Security admission (`violates PodSecurity`) or a
-/// validating webhook (`admission webhook ... denied the request`). A quota refusal is
-/// not one: pods finishing elsewhere free it.
+/// same pod cannot get past ([`refusal::Refusal::lasting`]): Pod Security admission
+/// (`violates PodSecurity`), a validating webhook (`admission webhook ... denied the
+/// request`), or the authoriser denying the Job controller. A quota refusal is not one:
+/// pods finishing elsewhere free it.
 pub fn lasting_refusal(events: &[core::Event]) -> bool {
-    events.iter().filter(|e| e.reason.as_deref() == Some("FailedCreate")).filter_map(|e| e.message.as_deref()).any(
-        |m| m.contains("violates PodSecurity") || (m.contains("admission webhook") && m.contains("denied the request")),
-    )
+    events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+        .filter_map(|e| e.message.as_deref())
+        .any(|m| refusal::classify(m).is_some_and(|r| r.lasting()))
 }
 
 /// How much of the Job controller's message a result quotes.

@@ -11,6 +11,7 @@ use crate::backend::kubernetes::events::EventPublisher;
 use crate::backend::kubernetes::labels;
 use crate::backend::kubernetes::metrics::KubeMetrics;
 use crate::backend::kubernetes::record::JobRecord;
+use crate::backend::kubernetes::refusal;
 use crate::backend::kubernetes::translate;
 use crate::backend::{Accepted, Executor, Handoff, HandoffError, StateError};
 use crate::config::model::{Config, Workload};
@@ -39,10 +40,7 @@ pub fn classify_api_error(e: &kube::Error) -> HandoffError {
         kube::Error::Api(s) => {
             let what = format!("{} {}: {}", s.code, s.reason, s.message);
             match s.code {
-                // Quota is transient (jobs finish, quota frees up); any other 403 is a Role
-                // that lacks a right, which retrying cannot fix.
-                403 if s.message.contains("quota") => HandoffError::Transient(format!("resource quota: {what}")),
-                403 => HandoffError::Permanent(format!("forbidden (check the job manager's Role): {what}")),
+                403 => classify_forbidden(&s.message, what),
                 404 => HandoffError::Permanent(format!(
                     "not found (is the JobRecord CRD installed and the namespace right?): {what}"
                 )),
@@ -52,6 +50,29 @@ pub fn classify_api_error(e: &kube::Error) -> HandoffError {
             }
         }
         other => HandoffError::Transient(format!("Kubernetes API unreachable: {other}")),
+    }
+}
+
+/// A 403 during hand-off, by what refused it ([`refusal::classify`], the reading the
+/// pruning loop applies to the Job controller's events). Quota is transient (jobs
+/// finish, quota frees up). The authoriser refusing the job manager a right is
+/// [`HandoffError::Refused`]: every job of this kind meets it until the Role changes, so
+/// the message names the missing right. A webhook refusing this object is permanent
+/// for the job; an unrecognised 403 too.
+fn classify_forbidden(message: &str, what: String) -> HandoffError {
+    match refusal::classify(message) {
+        Some(refusal::Refusal::Quota) => HandoffError::Transient(format!("resource quota: {what}")),
+        Some(refusal::Refusal::Authorization(d)) => HandoffError::Refused {
+            message: format!(
+                "the job manager's Role does not allow it to {} (add the rule to the Role bound to {}): {what}",
+                d.right(),
+                d.user
+            ),
+            right: d.right(),
+        },
+        Some(refusal::Refusal::Webhook) => HandoffError::Permanent(format!("refused by an admission webhook: {what}")),
+        Some(refusal::Refusal::PodSecurity) => HandoffError::Permanent(format!("refused by Pod Security: {what}")),
+        None => HandoffError::Permanent(format!("forbidden (check the job manager's Role): {what}")),
     }
 }
 
@@ -380,6 +401,8 @@ mod tests {
         let quota = api(403, "Forbidden", "jobs \"x\" is forbidden: exceeded quota: compute, requested: pods=1");
         assert!(matches!(classify_api_error(&quota), HandoffError::Transient(m) if m.contains("quota")));
         assert_eq!(classify_api_error(&api(403, "Forbidden", "cannot create resource \"jobs\"")).label(), "permanent");
+        let webhook = api(403, "Forbidden", r#"admission webhook "v.example" denied the request: no"#);
+        assert!(matches!(classify_api_error(&webhook), HandoffError::Permanent(m) if m.contains("admission webhook")));
         assert_eq!(classify_api_error(&api(409, "Conflict", "")).label(), "transient");
         assert_eq!(classify_api_error(&api(422, "Invalid", "spec.x: Invalid value")).label(), "permanent");
         assert_eq!(classify_api_error(&api(429, "TooManyRequests", "")).label(), "transient");
@@ -388,6 +411,18 @@ mod tests {
         assert_eq!(classify_api_error(&api(404, "NotFound", "")).label(), "permanent");
         assert!(is_already_exists(&api(409, "AlreadyExists", "")));
         assert!(!is_already_exists(&api(409, "Conflict", "")));
+    }
+
+    #[test]
+    fn an_rbac_denial_is_a_refusal_naming_the_missing_right() {
+        let said = r#"jobs.batch is forbidden: User "system:serviceaccount:default:job-manager" cannot create resource "jobs" in API group "batch" in the namespace "default""#;
+        let HandoffError::Refused { right, message: m } = classify_api_error(&api(403, "Forbidden", said)) else {
+            panic!("not a refusal");
+        };
+        assert_eq!(right, r#"create jobs.batch in namespace "default""#);
+        assert!(m.contains(r#"to create jobs.batch in namespace "default""#), "{m}");
+        assert!(m.contains("system:serviceaccount:default:job-manager"), "{m}");
+        assert!(m.ends_with(said), "the API server's own words are kept: {m}");
     }
 
     #[test]

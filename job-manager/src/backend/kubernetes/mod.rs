@@ -16,6 +16,8 @@
 //! client       the shared kube::Client behind ApiCallLayer: every request (watches and
 //!              leases included) counted by resource/verb/outcome, and checked against
 //!              `rbac` in debug builds
+//! refusal      pure: an API server's refusal message -> RBAC denial (who, verb, resource,
+//!              group, namespace), Pod Security, webhook or quota, and whether it lasts
 //! diagnose     pure: cluster snapshot -> decided results, stopped workloads, orphans
 //! executor     KubeExecutor (Executor) + ExecutorSettings: create objects / dispatch to
 //!              persistent runtimes
@@ -47,6 +49,7 @@ pub mod labels;
 pub mod metrics;
 pub mod rbac;
 pub mod record;
+pub mod refusal;
 
 pub mod setup;
 pub mod store;

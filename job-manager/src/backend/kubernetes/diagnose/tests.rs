@@ -179,6 +179,8 @@ fn only_admission_refusals_no_retry_can_pass_are_lasting() {
     assert!(lasting_refusal(&[event("FailedCreate", psa)]));
     assert!(lasting_refusal(&[event("FailedCreate", quota), event("FailedCreate", webhook)]));
     assert!(!lasting_refusal(&[event("FailedCreate", quota)]), "a quota frees up");
+    let rbac = r#"Error creating: pods "jm-a-x" is forbidden: User "system:serviceaccount:kube-system:job-controller" cannot create resource "pods" in API group "" in the namespace "jobs""#;
+    assert!(lasting_refusal(&[event("FailedCreate", rbac)]), "a Role does not change by itself");
     assert!(!lasting_refusal(&[event("Warning", psa)]), "only the Job controller's FailedCreate");
     assert!(!lasting_refusal(&[]));
 }
