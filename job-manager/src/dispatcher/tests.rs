@@ -467,7 +467,7 @@ async fn a_refused_handoff_is_released_and_unready_until_one_of_its_type_starts(
         s.runtimes[0].parallelism = 5;
         s.stall_after = Duration::from_millis(50);
     });
-    let (logs, _guard) = super::fakes::LogCapture::install();
+    let (logs, _guard) = fakes::LogCapture::install();
     let said = r#"jobs.batch is forbidden: User "u" cannot create resource "jobs" in API group "batch" in the namespace "default""#;
     let refused = || HandoffError::Refused {
         right: r#"create jobs.batch in namespace "default""#.into(),
