@@ -4,8 +4,9 @@
 //! wire types and paths ([`broker`]), the job and result types ([`job`]), header names
 //! ([`headers`]), the runtime-facing local API and hand-off layout ([`runtime_api`]),
 //! single-use job tokens ([`token`]), constant-time secret comparison ([`secret`]) and
-//! retry backoff ([`backoff`]). No I/O lives here but atomic file replacement ([`fs`]),
-//! which both processes use for the files a crash must not leave half written.
+//! retry backoff ([`backoff`]). Little I/O lives here: atomic file replacement ([`fs`]),
+//! which both processes use for the files a crash must not leave half written, and the
+//! runtime side of the runtime contract ([`runtime_client`]), which every runtime uses.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -18,6 +19,7 @@ pub mod logs;
 pub mod metrics;
 pub mod netlink;
 pub mod runtime_api;
+pub mod runtime_client;
 pub mod secret;
 pub mod token;
 
