@@ -4,8 +4,10 @@
 //! wire types and paths ([`broker`]), the job and result types ([`job`]), header names
 //! ([`headers`]), the runtime-facing local API and hand-off layout ([`runtime_api`]),
 //! single-use job tokens ([`token`]), constant-time secret comparison ([`secret`]) and
-//! retry backoff ([`backoff`]), and what a binary was built from ([`build_info`]). No I/O lives here but atomic file replacement ([`fs`]),
-//! which both processes use for the files a crash must not leave half written.
+//! retry backoff ([`backoff`]), and what a binary was built from ([`build_info`]). Little
+//! I/O lives here: atomic file replacement ([`fs`]), which both processes use for the files
+//! a crash must not leave half written, and the runtime side of the runtime contract
+//! ([`runtime_client`]), which every runtime uses.
 
 pub mod backoff;
 pub mod broker;
@@ -17,6 +19,7 @@ pub mod logs;
 pub mod metrics;
 pub mod netlink;
 pub mod runtime_api;
+pub mod runtime_client;
 pub mod secret;
 pub mod token;
 

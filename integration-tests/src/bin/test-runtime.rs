@@ -22,16 +22,13 @@
 //! One log line per step on stderr.
 
 use bytes::Bytes;
-use common::runtime_api::{
-    local_job_result_path, runtime_env, RuntimeJob, RuntimeOutcome, RuntimeResult, INGRESS_DISPATCH_PATH,
-    LOCAL_JOB_PATH, LOCAL_RESULT_PATH,
-};
-use http::{header, HeaderMap, Method, Request, Response, StatusCode, Uri};
+use common::runtime_api::{runtime_env, RuntimeJob, RuntimeOutcome, RuntimeResult};
+use common::runtime_client::{exit, RuntimeClient};
+use http::{header, HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,28 +36,40 @@ use tokio::net::TcpStream;
 
 /// Largest fetched body kept (the digest and size cover only what was read).
 const MAX_FETCH_BODY: usize = 8 * 1024 * 1024;
-const MAX_JOB_BODY: usize = 1024 * 1024;
 /// Bytes of the fetched body echoed in the result.
 const HEAD_BYTES: usize = 256;
 
+const NAME: &str = "test-runtime";
+
 fn log(job: &str, what: impl std::fmt::Display) {
-    eprintln!("test-runtime: job {job}: {what}");
+    eprintln!("{NAME}: job {job}: {what}");
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = match parse_args(&args) {
+        Ok(Mode::Version) => {
+            println!("{NAME} {}", common::build_info::LONG_VERSION);
+            return;
+        }
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("{NAME}: {e}\nusage: test-runtime [--serve ADDR [--max-concurrent N]] | --version");
+            std::process::exit(exit::USAGE);
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
-        match parse_args(&args) {
-            Ok(Mode::Version) => {
-                println!("test-runtime {}", common::build_info::LONG_VERSION);
-                0
-            }
-            Ok(Mode::Once) => run_once().await,
-            Ok(Mode::Serve { addr, max_concurrent }) => serve(addr, max_concurrent).await,
+        match RuntimeClient::from_env(NAME, &|k| std::env::var(k).ok()) {
+            Ok(client) => match mode {
+                Mode::Serve { addr, max_concurrent } => {
+                    client.serve(addr, max_concurrent, |job| async move { run_job(&job).await }).await
+                }
+                Mode::Once | Mode::Version => client.run_once(|job| async move { Ok(run_job(&job).await) }).await,
+            },
             Err(e) => {
-                eprintln!("test-runtime: {e}\nusage: test-runtime [--serve ADDR [--max-concurrent N]] | --version");
-                64
+                eprintln!("{NAME}: {e}");
+                exit::CONFIG
             }
         }
     });
@@ -97,94 +106,6 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         Some(addr) => Mode::Serve { addr, max_concurrent },
         None => Mode::Once,
     })
-}
-
-fn job_api_url() -> Result<String, String> {
-    std::env::var(runtime_env::JOB_API_URL)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(|v| v.trim_end_matches('/').to_string())
-        .ok_or_else(|| format!("{} is not set", runtime_env::JOB_API_URL))
-}
-
-async fn run_once() -> i32 {
-    let api = match job_api_url() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("test-runtime: {e}");
-            return 2;
-        }
-    };
-    let job = match fetch_job(&api).await {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("test-runtime: cannot get the job from {api}{LOCAL_JOB_PATH}: {e}");
-            return 3;
-        }
-    };
-    let id = job.id.to_string();
-    log(&id, format_args!("started (attempt {}, runtime {})", job.attempt, job.runtime_type));
-    let until = Instant::now() + Duration::from_secs(u64::from(job.timeout_secs.max(1)));
-    let result = run_job(&job).await;
-    match post_result(&api, LOCAL_RESULT_PATH, &id, &result, until).await {
-        Ok(()) => 0,
-        Err(e) => {
-            log(&id, format_args!("could not post the result: {e}"));
-            4
-        }
-    }
-}
-
-/// The sidecar may still be coming up: retry connection failures for a few seconds.
-async fn fetch_job(api: &str) -> Result<RuntimeJob, String> {
-    let url = format!("{api}{LOCAL_JOB_PATH}");
-    let mut last = String::new();
-    for attempt in 0..20u32 {
-        match request(Method::GET, &url, None, None, Duration::from_secs(10)).await {
-            Ok(resp) if resp.status == 200 => {
-                return serde_json::from_slice(&resp.body).map_err(|e| format!("not a RuntimeJob: {e}"));
-            }
-            Ok(resp) => last = format!("status {}: {}", resp.status, String::from_utf8_lossy(&resp.body)),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt + 1).min(10))).await;
-    }
-    Err(last)
-}
-
-/// Posts the result as the contract asks a runtime to: a 2xx means the sidecar holds it
-/// durably; a 4xx is final; a 5xx (503: the sidecar cannot store it right now, e.g. a
-/// full disk) or a connection failure is retried, after `Retry-After` when given, until
-/// `until` (the job's deadline; the job manager ends the job then anyway).
-async fn post_result(api: &str, path: &str, id: &str, result: &RuntimeResult, until: Instant) -> Result<(), String> {
-    let url = format!("{api}{path}");
-    let body = serde_json::to_vec(result).expect("RuntimeResult serializes");
-    let mut attempt = 0u32;
-    loop {
-        let mut wait = Duration::from_millis(100 * u64::from(attempt + 1).min(10));
-        let last = match request(Method::POST, &url, Some(body.clone()), None, Duration::from_secs(10)).await {
-            Ok(resp) if (200..300).contains(&resp.status) => {
-                log(id, format_args!("posted result {:?}: {}", result.outcome, result.message));
-                return Ok(());
-            }
-            Ok(resp) if (400..500).contains(&resp.status) => {
-                return Err(format!("status {}: {}", resp.status, String::from_utf8_lossy(&resp.body)));
-            }
-            Ok(resp) => {
-                let retry_after = resp.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok());
-                if let Some(secs) = retry_after.and_then(|s| s.trim().parse::<u64>().ok()) {
-                    wait = Duration::from_secs(secs.min(5));
-                }
-                format!("status {}: {}", resp.status, String::from_utf8_lossy(&resp.body))
-            }
-            Err(e) => e,
-        };
-        attempt += 1;
-        if Instant::now() + wait >= until {
-            return Err(format!("{last} (gave up at the job's deadline after {attempt} attempts)"));
-        }
-        tokio::time::sleep(wait).await;
-    }
 }
 
 /// Run the payload; `exit` and `crash` end the process right here.
@@ -486,94 +407,6 @@ where
     let body =
         Limited::new(body, MAX_FETCH_BODY).collect().await.map_err(|e| format!("reading the body: {e}"))?.to_bytes();
     Ok(Fetched { status: parts.status.as_u16(), headers: parts.headers, body })
-}
-
-// --- persistent mode ---
-
-async fn serve(addr: std::net::SocketAddr, max_concurrent: usize) -> i32 {
-    let api = match job_api_url() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("test-runtime: {e}");
-            return 2;
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("test-runtime: cannot listen on {addr}: {e}");
-            return 2;
-        }
-    };
-    eprintln!(
-        "test-runtime: serving on {} (max {max_concurrent} concurrent jobs)",
-        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
-    );
-    let running = Arc::new(AtomicUsize::new(0));
-    let api: Arc<str> = Arc::from(api);
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (running, api) = (running.clone(), api.clone());
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| dispatch(req, running.clone(), api.clone(), max_concurrent));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
-}
-
-async fn dispatch(
-    req: Request<hyper::body::Incoming>,
-    running: Arc<AtomicUsize>,
-    api: Arc<str>,
-    max_concurrent: usize,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let reply = |status: StatusCode, body: Value| {
-        Ok(Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("valid response"))
-    };
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => {
-            return reply(StatusCode::OK, json!({ "running": running.load(Ordering::SeqCst) }))
-        }
-        (&Method::POST, p) if p == INGRESS_DISPATCH_PATH => {}
-        _ => return reply(StatusCode::NOT_FOUND, json!({ "error": "not_found" })),
-    }
-    let body = match Limited::new(req.into_body(), MAX_JOB_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": "too_large" })),
-    };
-    let job: RuntimeJob = match serde_json::from_slice(&body) {
-        Ok(j) => j,
-        Err(e) => {
-            return reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": "invalid", "message": e.to_string() }))
-        }
-    };
-    // Claim a slot atomically; answer 429 when none is free so the caller backs off.
-    if running.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max_concurrent).then_some(n + 1)).is_err() {
-        log(job.id.as_str(), "busy: 429");
-        return reply(StatusCode::TOO_MANY_REQUESTS, json!({ "error": "busy", "max_concurrent": max_concurrent }));
-    }
-    let id = job.id.to_string();
-    log(&id, format_args!("accepted (attempt {})", job.attempt));
-    tokio::spawn(async move {
-        let until = Instant::now() + Duration::from_secs(u64::from(job.timeout_secs.max(1)));
-        let result = run_job(&job).await;
-        if let Err(e) = post_result(&api, &local_job_result_path(&job.id), &id, &result, until).await {
-            log(&id, format_args!("could not post the result: {e}"));
-        }
-        running.fetch_sub(1, Ordering::SeqCst);
-    });
-    reply(StatusCode::ACCEPTED, json!({ "accepted": job_id_json(&body) }))
-}
-
-fn job_id_json(body: &[u8]) -> Value {
-    serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("id").cloned()).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

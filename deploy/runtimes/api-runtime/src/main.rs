@@ -86,13 +86,7 @@ fn main() {
     let code = rt.block_on(async {
         match args.mode {
             Mode::Once => contract::run_once(settings).await,
-            Mode::Serve { addr, max_concurrent } => match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => contract::serve(settings, listener, max_concurrent).await,
-                Err(e) => {
-                    eprintln!("api-runtime: cannot listen on {addr}: {e}");
-                    exit::CONFIG
-                }
-            },
+            Mode::Serve { addr, max_concurrent } => contract::serve(settings, addr, max_concurrent).await,
         }
     });
     std::process::exit(code);

@@ -23,28 +23,19 @@
 mod cdp;
 mod check;
 mod chromium;
-mod local_api;
 mod scripted;
 
-use bytes::Bytes;
-use common::runtime_api::{
-    local_job_result_path, runtime_env, RuntimeJob, RuntimeOutcome, RuntimeResult, INGRESS_DISPATCH_PATH,
-    LOCAL_RESULT_PATH,
-};
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
-use local_api::LocalApi;
+use common::runtime_api::{runtime_env, RuntimeJob, RuntimeOutcome, RuntimeResult};
+use common::runtime_client::{exit, RuntimeClient};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const MAX_JOB_BODY: usize = 1024 * 1024;
+const NAME: &str = "browser-runtime";
 
 fn log(job: &str, what: impl std::fmt::Display) {
-    eprintln!("browser-runtime: job {job}: {what}");
+    eprintln!("{NAME}: job {job}: {what}");
 }
 
 fn main() {
@@ -71,7 +62,7 @@ fn main() {
                 eprintln!(
                     "browser-runtime: {e}\nusage: browser-runtime [--chromium PATH] [--serve ADDR [--max-concurrent N]]"
                 );
-                64
+                exit::USAGE
             }
         }
     });
@@ -127,50 +118,30 @@ fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<A
     Ok(Args { mode, chromium })
 }
 
-fn local_api() -> Result<LocalApi, String> {
-    let url = std::env::var(runtime_env::JOB_API_URL)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| format!("{} is not set", runtime_env::JOB_API_URL))?;
-    LocalApi::new(&url)
+fn client() -> Result<RuntimeClient, String> {
+    RuntimeClient::from_env(NAME, &|k| std::env::var(k).ok())
 }
 
 async fn run_once(chromium: PathBuf) -> i32 {
-    let api = match local_api() {
-        Ok(a) => a,
+    let client = match client() {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("browser-runtime: {e}");
-            return 2;
+            eprintln!("{NAME}: {e}");
+            return exit::CONFIG;
         }
     };
-    let job = match api.fetch_job().await {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("browser-runtime: cannot get the job from {}/v1/job: {e}", api.base());
-            return 3;
-        }
-    };
-    let id = job.id.to_string();
-    log(&id, format_args!("started (attempt {}, runtime {})", job.attempt, job.runtime_type));
-    let until = Instant::now() + Duration::from_secs(u64::from(job.timeout_secs.max(1)));
-    // SIGTERM/SIGINT: dropping the job's future kills Chromium's process group.
-    let result = tokio::select! {
-        r = run_job(&job, &chromium) => r,
-        sig = terminated() => {
-            log(&id, format_args!("{sig}: stopping (Chromium killed)"));
-            return 143;
-        }
-    };
-    match api.post_result(LOCAL_RESULT_PATH, &result, until).await {
-        Ok(()) => {
-            log(&id, format_args!("posted result {:?}: {}", result.outcome, result.message));
-            0
-        }
-        Err(e) => {
-            log(&id, format_args!("could not post the result: {e}"));
-            4
-        }
-    }
+    client
+        .run_once(|job| async move {
+            // SIGTERM/SIGINT: dropping the job's future kills Chromium's process group.
+            tokio::select! {
+                r = run_job(&job, &chromium) => Ok(r),
+                sig = terminated() => {
+                    log(job.id.as_str(), format_args!("{sig}: stopping (Chromium killed)"));
+                    Err(exit::TERMINATED)
+                }
+            }
+        })
+        .await
 }
 
 async fn terminated() -> &'static str {
@@ -308,26 +279,13 @@ async fn run_job(job: &RuntimeJob, chromium: &Path) -> RuntimeResult {
 // --- persistent mode ---
 
 async fn serve(addr: std::net::SocketAddr, max_concurrent: usize, chromium: PathBuf) -> i32 {
-    let api = match local_api() {
-        Ok(a) => Arc::new(a),
+    let client = match client() {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("browser-runtime: {e}");
-            return 2;
+            eprintln!("{NAME}: {e}");
+            return exit::CONFIG;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("browser-runtime: cannot listen on {addr}: {e}");
-            return 2;
-        }
-    };
-    eprintln!(
-        "browser-runtime: serving on {} (max {max_concurrent} concurrent jobs)",
-        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
-    );
-    let running = Arc::new(AtomicUsize::new(0));
-    let chromium: Arc<Path> = Arc::from(chromium);
     // Chromium's strays (crashpad handlers) come back to this process: sweep them.
     tokio::spawn(async {
         loop {
@@ -335,77 +293,18 @@ async fn serve(addr: std::net::SocketAddr, max_concurrent: usize, chromium: Path
             chromium::reap_strays();
         }
     });
-    let accept = async {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (running, api, chromium) = (running.clone(), api.clone(), chromium.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    dispatch(req, running.clone(), api.clone(), chromium.clone(), max_concurrent)
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
+    let chromium = Arc::new(chromium);
+    let run = move |job: RuntimeJob| {
+        let chromium = chromium.clone();
+        async move { run_job(&job, &chromium).await }
     };
     tokio::select! {
-        _ = accept => 0,
+        code = client.serve(addr, max_concurrent, run) => code,
         sig = terminated() => {
-            eprintln!("browser-runtime: {sig}: stopping");
-            0
+            eprintln!("{NAME}: {sig}: stopping");
+            exit::OK
         }
     }
-}
-
-async fn dispatch(
-    req: Request<hyper::body::Incoming>,
-    running: Arc<AtomicUsize>,
-    api: Arc<LocalApi>,
-    chromium: Arc<Path>,
-    max_concurrent: usize,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let reply = |status: StatusCode, body: Value| {
-        Ok(Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("valid response"))
-    };
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => {
-            return reply(StatusCode::OK, json!({ "running": running.load(Ordering::SeqCst) }))
-        }
-        (&Method::POST, p) if p == INGRESS_DISPATCH_PATH => {}
-        _ => return reply(StatusCode::NOT_FOUND, json!({ "error": "not_found" })),
-    }
-    let body = match Limited::new(req.into_body(), MAX_JOB_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": "too_large" })),
-    };
-    let job: RuntimeJob = match serde_json::from_slice(&body) {
-        Ok(j) => j,
-        Err(e) => {
-            return reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": "invalid", "message": e.to_string() }))
-        }
-    };
-    if running.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max_concurrent).then_some(n + 1)).is_err() {
-        log(job.id.as_str(), "busy: 429");
-        return reply(StatusCode::TOO_MANY_REQUESTS, json!({ "error": "busy", "max_concurrent": max_concurrent }));
-    }
-    let id = job.id.to_string();
-    log(&id, format_args!("accepted (attempt {})", job.attempt));
-    let accepted = json!({ "accepted": id });
-    tokio::spawn(async move {
-        let until = Instant::now() + Duration::from_secs(u64::from(job.timeout_secs.max(1)));
-        let result = run_job(&job, &chromium).await;
-        match api.post_result(&local_job_result_path(&job.id), &result, until).await {
-            Ok(()) => log(&id, format_args!("posted result {:?}: {}", result.outcome, result.message)),
-            Err(e) => log(&id, format_args!("could not post the result: {e}")),
-        }
-        running.fetch_sub(1, Ordering::SeqCst);
-    });
-    reply(StatusCode::ACCEPTED, accepted)
 }
 
 #[cfg(test)]
