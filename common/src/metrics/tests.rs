@@ -135,7 +135,8 @@ fn build_info_carries_version_commit_and_rustc() {
     let line = text.lines().find(|l| l.starts_with("demo_build_info{")).expect("build_info sample");
     assert!(line.contains("version=\"1.2.3\""), "{line}");
     assert!(line.contains(&format!("commit=\"{GIT_COMMIT}\"")), "{line}");
-    assert!(line.contains(&format!("rustc=\"{RUSTC_VERSION}\"")), "{line}");
+    let rustc = RUSTC_VERSION.trim_start_matches("rustc ");
+    assert!(line.contains(&format!("rustc=\"{rustc}\"")), "{line}");
     assert!(line.ends_with("} 1"), "{line}");
     assert!(!RUSTC_VERSION.is_empty() && RUSTC_VERSION != "unknown", "{RUSTC_VERSION}");
 }
