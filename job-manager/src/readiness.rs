@@ -1,6 +1,7 @@
 //! What `/readyz` answers, shared by the parts that can make the job manager unready:
-//! the dispatcher (stalled, the broker's poll answers unreadable, or hand-offs refused by
-//! the platform: the job manager's Role lacks a right), the shutdown
+//! the dispatcher (stalled, the broker's poll answers unreadable, the executor's state
+//! unreadable, or hand-offs refused by the platform: the job manager's Role lacks a
+//! right), the shutdown
 //! sequence (draining) and health checks of parts that watch themselves (the result
 //! store); the result API reads it.
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,9 @@ pub struct Readiness {
     refused: Mutex<Option<String>>,
     /// Why the last poll answer could not be read; cleared by the next one that can.
     poll_unreadable: Mutex<Option<String>>,
+    /// Why the executor's state (what runs now) could not be read, so nothing is polled:
+    /// e.g. the Role lost `list` on jobrecords. Cleared by the next read that works.
+    state_unreadable: Mutex<Option<String>>,
     checks: Mutex<Vec<HealthCheck>>,
     draining: AtomicBool,
     /// Said with every answer, ready or not (the backend's isolation gaps).
@@ -38,6 +42,9 @@ impl Readiness {
     }
     pub fn set_poll_unreadable(&self, reason: Option<String>) {
         *self.poll_unreadable.lock().expect("lock") = reason;
+    }
+    pub fn set_state_unreadable(&self, reason: Option<String>) {
+        *self.state_unreadable.lock().expect("lock") = reason;
     }
     /// Ask `check` at every readiness answer (it must be cheap: no I/O).
     pub fn add_check(&self, check: HealthCheck) {
@@ -67,6 +74,9 @@ impl Readiness {
         if let Some(r) = &*self.poll_unreadable.lock().expect("lock") {
             return Err(r.clone());
         }
+        if let Some(r) = &*self.state_unreadable.lock().expect("lock") {
+            return Err(r.clone());
+        }
         self.checks.lock().expect("lock").iter().try_for_each(|check| check())
     }
 }
@@ -77,6 +87,7 @@ impl std::fmt::Debug for Readiness {
             .field("stalled", &self.stalled)
             .field("refused", &self.refused)
             .field("poll_unreadable", &self.poll_unreadable)
+            .field("state_unreadable", &self.state_unreadable)
             .field("checks", &self.checks.lock().map(|c| c.len()).unwrap_or(0))
             .field("draining", &self.draining)
             .field("caveats", &self.caveats)

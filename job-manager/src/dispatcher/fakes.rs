@@ -149,6 +149,8 @@ pub struct FakeExecutor {
     /// Also fail every call (until cleared).
     always_fail: AtomicBool,
     pub start_delay: Mutex<Duration>,
+    /// When set, `in_flight` fails with it (the executor's state cannot be read).
+    pub state_error: Mutex<Option<String>>,
 }
 
 impl FakeExecutor {
@@ -197,6 +199,9 @@ impl Executor for FakeExecutor {
         Ok(Accepted::Started)
     }
     async fn in_flight(&self) -> Result<BTreeMap<String, Vec<JobId>>, StateError> {
+        if let Some(e) = self.state_error.lock().unwrap().clone() {
+            return Err(StateError(e));
+        }
         let mut out: BTreeMap<String, Vec<JobId>> = BTreeMap::new();
         for (id, rt) in self.running.lock().unwrap().iter() {
             out.entry(rt.clone()).or_default().push(id.clone());

@@ -180,9 +180,18 @@ impl<B: BrokerApi, E: Executor, S: ResultStore> Dispatcher<B, E, S> {
         let mut report = TickReport::default();
         // limit
         let in_flight = match self.executor.in_flight().await {
-            Ok(f) => f,
+            Ok(f) => {
+                self.readiness.set_state_unreadable(None);
+                f
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read executor state; not polling this round");
+                // No polling without knowing what runs: unready, naming why (a Role that
+                // lost `list` on jobrecords says so here), until a read works again.
+                let reason = format!("cannot read what runs now, so no jobs are polled: {e}");
+                if let Some(suppressed) = self.warnings.admit("executor-state") {
+                    tracing::warn!(%reason, suppressed, "not polling this round");
+                }
+                self.readiness.set_state_unreadable(Some(reason));
                 return report;
             }
         };

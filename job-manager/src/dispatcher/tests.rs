@@ -166,6 +166,27 @@ async fn polls_only_free_capacity_and_acks_after_start() {
 }
 
 #[tokio::test]
+async fn unreadable_executor_state_stops_polling_and_names_why_in_readiness_until_it_reads_again() {
+    let rig = rig(|_| {});
+    rig.broker.push(job("a0", "a"));
+    let forbidden = "jobrecords.jobs.example.com is forbidden: User \"system:serviceaccount:jobs:jm\" cannot list resource \"jobrecords\"";
+    *rig.executor.state_error.lock().unwrap() = Some(forbidden.into());
+    for _ in 0..3 {
+        assert_eq!(rig.tick().await, TickReport::default());
+    }
+    assert!(rig.broker.calls().is_empty(), "nothing is polled without knowing what runs");
+    let reason = rig.readiness.check().unwrap_err();
+    assert!(
+        reason.contains("no jobs are polled") && reason.contains("cannot list resource \"jobrecords\""),
+        "{reason}"
+    );
+
+    *rig.executor.state_error.lock().unwrap() = None;
+    assert_eq!(rig.tick().await.scheduled, 1);
+    assert_eq!(rig.readiness.check(), Ok(()), "ready again once the state can be read");
+}
+
+#[tokio::test]
 async fn transient_failures_retry_then_release() {
     let rig = rig(|_| {});
     rig.executor.fail_next(HandoffError::Transient("quota".into()));
