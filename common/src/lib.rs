@@ -18,6 +18,7 @@ pub mod job;
 pub mod logs;
 pub mod metrics;
 pub mod netlink;
+pub mod pem;
 pub mod runtime_api;
 pub mod runtime_client;
 pub mod secret;

@@ -1,7 +1,6 @@
 //! rustls client configuration for an https upstream proxy.
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::path::Path;
 use std::sync::Arc;
@@ -24,13 +23,8 @@ pub fn upstream_client_config(ca_file: Option<&Path>, insecure: bool) -> Result<
     }
     let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("reading CA file {}: {e}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("parsing CA file {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("CA file {} holds no certificates", path.display()));
-        }
+        let pem = std::fs::read(path).map_err(|e| format!("reading CA file {}: {e}", path.display()))?;
+        let certs = common::pem::certificates(&pem).map_err(|e| format!("CA file {} {e}", path.display()))?;
         for c in certs {
             roots.add(c).map_err(|e| format!("CA file {}: {e}", path.display()))?;
         }

@@ -303,7 +303,9 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
                 let path = std::path::PathBuf::from(path);
                 let pem = std::fs::read(&path)
                     .map_err(|e| format!("{EXTRA_CA_ENV}={}: cannot read the CA bundle: {e}", path.display()))?;
-                for cert in extra_roots(&pem).map_err(|e| format!("{EXTRA_CA_ENV}={}: {e}", path.display()))? {
+                for cert in
+                    common::pem::certificates(&pem).map_err(|e| format!("{EXTRA_CA_ENV}={}: {e}", path.display()))?
+                {
                     roots
                         .add(cert)
                         .map_err(|e| format!("{EXTRA_CA_ENV}={}: not a usable CA certificate: {e}", path.display()))?;
@@ -323,19 +325,6 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
 
 /// The environment variable naming extra trusted CA certificates (PEM).
 pub const EXTRA_CA_ENV: &str = "NODE_EXTRA_CA_CERTS";
-
-/// The certificates of a PEM bundle; other PEM sections (keys, comments) are skipped. A
-/// bundle without a single certificate, or with a broken one, is an error.
-pub fn extra_roots(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not a PEM certificate bundle: {e:?}"))?;
-    if certs.is_empty() {
-        return Err("no CERTIFICATE in the bundle".into());
-    }
-    Ok(certs)
-}
 
 /// CONNECT through the sidecar; its refusal becomes [`HttpError::Refused`] with its reason.
 async fn connect_tunnel(tcp: &mut TcpStream, authority: &str) -> Result<(), HttpError> {

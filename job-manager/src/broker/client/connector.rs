@@ -280,12 +280,8 @@ pub fn tls_config(accept_any_certificate: bool, material: &TlsMaterial) -> Resul
     let client_auth = match (material.client_cert_pem.is_empty(), material.client_key_pem.is_empty()) {
         (true, true) => None,
         (false, false) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&material.client_cert_pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| invalid(format!("brokerTls.clientCertFile is not PEM certificates: {e}")))?;
-            if chain.is_empty() {
-                return Err(invalid("brokerTls.clientCertFile holds no certificate".into()));
-            }
+            let chain = common::pem::certificates(&material.client_cert_pem)
+                .map_err(|e| invalid(format!("brokerTls.clientCertFile {e}")))?;
             let key = PrivateKeyDer::from_pem_slice(&material.client_key_pem)
                 .map_err(|e| invalid(format!("brokerTls.clientKeyFile is not a PEM private key: {e}")))?;
             Some((chain, key))
@@ -307,14 +303,11 @@ pub fn tls_config(accept_any_certificate: bool, material: &TlsMaterial) -> Resul
         let (added, ignored) = roots.add_parsable_certificates(native.certs);
         tracing::debug!(added, ignored, "system root certificates loaded");
         if !material.ca_pem.is_empty() {
-            let mut count = 0;
-            for cert in CertificateDer::pem_slice_iter(&material.ca_pem) {
-                let cert = cert.map_err(|e| invalid(format!("brokerTls.caFile is not PEM certificates: {e}")))?;
+            let certs =
+                common::pem::certificates(&material.ca_pem).map_err(|e| invalid(format!("brokerTls.caFile {e}")))?;
+            let count = certs.len();
+            for cert in certs {
                 roots.add(cert).map_err(|e| invalid(format!("brokerTls.caFile: a certificate is not a CA: {e}")))?;
-                count += 1;
-            }
-            if count == 0 {
-                return Err(invalid("brokerTls.caFile holds no certificate".into()));
             }
             tracing::info!(count, "broker CA certificates added (brokerTls.caFile)");
         }

@@ -146,24 +146,3 @@ async fn without_a_sidecar_a_request_fails_and_never_goes_direct() {
     let HttpError::Failed(message) = err else { panic!("{err:?}") };
     assert!(message.starts_with(&format!("cannot connect to the sidecar at 127.0.0.1:{port}: ")), "{message}");
 }
-
-// A private CA (the job manager's broker TLS tests keep one) is read from a PEM bundle,
-// keys in the same file are skipped, and a bundle without a certificate is refused.
-const PRIVATE_CA: &[u8] = include_bytes!("../../../../../job-manager/tests/broker_support/private-ca-cert.pem");
-const CLIENT_KEY: &[u8] = include_bytes!("../../../../../job-manager/tests/broker_support/private-client-key.pem");
-
-#[test]
-fn extra_ca_bundle_is_read_and_garbage_refused() {
-    let certs = extra_roots(PRIVATE_CA).unwrap();
-    assert_eq!(certs.len(), 1);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certs[0].clone()).expect("a CA certificate the store accepts");
-
-    let mixed = [CLIENT_KEY, PRIVATE_CA, PRIVATE_CA].concat();
-    assert_eq!(extra_roots(&mixed).unwrap().len(), 2, "the key is skipped, both certificates kept");
-
-    assert!(extra_roots(CLIENT_KEY).unwrap_err().contains("no CERTIFICATE"));
-    assert!(extra_roots(b"").unwrap_err().contains("no CERTIFICATE"));
-    let broken = b"-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n";
-    assert!(extra_roots(broken).is_err(), "a broken certificate is an error, not skipped");
-}
